@@ -1,0 +1,185 @@
+"""Perceptual losses of Johnson et al. 2016 (Sec. 3.2-3.3) and the one objective built from them.
+
+Training, the Gatys optimiser and evaluation all call :class:`PerceptualLoss`, so their numbers are
+comparable by construction.
+
+Units (ours, images RGB in [0, 1], torchvision VGG with ImageNet normalisation):
+
+* content: ``||phi_j(y_hat) - phi_j(y)||^2 / (C_j H_j W_j)`` (eq. 2), averaged over the batch;
+* style: ``sum_j w_j ||G_j(y_hat) - G_j(y_s)||_F^2`` (eq. 4) with Grams normalised by C_j H_j W_j
+  (eq. 3), averaged over the batch;
+* tv: squared neighbour differences (the beta = 2 total variation) per pixel, i.e. summed and
+  divided by B*C*H*W, so its weight does not depend on image size;
+* pixel: mean squared error against the target image (the super-resolution baseline).
+
+With these units, content 1 / style 10 / tv 40 gives a clearly visible style at 256 px. The
+released Lua presets keep their content:style ratio in ours; their TV strength maps to ours
+multiplied by about 4e6 (0-255 sums versus [0, 1] per-pixel means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylenet import StylenetError
+from stylenet.nets.vgg import VGGFeatures
+
+DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
+DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of eq. 3: G = psi psi^T / (C H W) with psi the (C, H*W) reshape of the features.
+
+    Always computed in fp32, also under autocast: a half-precision Gram of relu4_3 overflows."""
+    batch, channels, height, width = features.shape
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        psi = features.float().reshape(batch, channels, height * width)  # (B, C, HW)
+        return torch.bmm(psi, psi.transpose(1, 2)) / (channels * height * width)  # (B, C, C)
+
+
+def feature_reconstruction_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: squared Euclidean distance of feature maps divided by C*H*W, averaged over the batch."""
+    return F.mse_loss(features.float(), target.float())
+
+
+def style_reconstruction_loss(gram: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: squared Frobenius norm of the Gram difference, averaged over the batch.
+
+    ``target_gram`` may be (1, C, C) and broadcast over the batch; it can come from an image of a
+    different size than the output, since Grams are C x C."""
+    return (gram - target_gram).pow(2).sum(dim=(1, 2)).mean()
+
+
+def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
+    """Total variation regulariser (beta = 2, Mahendran & Vedaldi 2015): squared differences of
+    vertical and horizontal neighbours, summed and divided by the number of values B*C*H*W."""
+    images = images.float()
+    vertical = (images[:, :, 1:, :] - images[:, :, :-1, :]).pow(2).sum()
+    horizontal = (images[:, :, :, 1:] - images[:, :, :, :-1]).pow(2).sum()
+    return (vertical + horizontal) / images.numel()
+
+
+def pixel_loss(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean squared error: the paper's super-resolution baseline (Sec. 4.2)."""
+    return F.mse_loss(images.float(), target.float())
+
+
+def layer_weights(layers: Mapping[str, float] | Sequence[str] | None, setting: str) -> dict[str, float]:
+    """Layer list or {layer: weight} mapping -> {layer: weight}, rejecting negative weights."""
+    if layers is None:
+        return {}
+    weights = {name: 1.0 for name in layers} if not isinstance(layers, Mapping) else dict(layers)
+    for name, weight in weights.items():
+        if float(weight) < 0:
+            raise StylenetError(f"{setting}.{name} must be >= 0, got {weight}")
+    return {name: float(weight) for name, weight in weights.items()}
+
+
+class PerceptualLoss(nn.Module):
+    """The full objective ``content_weight * l_feat + style_weight * l_style + tv_weight * l_tv
+    (+ pixel_weight * l_pixel)`` over a frozen VGG, with the style targets computed once.
+
+    ``forward`` returns a dict of the unweighted terms (``content``, ``style``, ``style/<layer>``,
+    ``tv``, ``pixel``; only those with a non-zero weight) and the weighted ``total``.
+    """
+
+    def __init__(
+        self,
+        weights: str = "imagenet",
+        arch: str = "vgg16",
+        seed: int = 0,
+        content_layers: Mapping[str, float] | Sequence[str] | None = None,
+        style_layers: Mapping[str, float] | Sequence[str] | None = None,
+        content_weight: float = 1.0,
+        style_weight: float = 10.0,
+        tv_weight: float = 40.0,
+        pixel_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.term_weights = {"content": float(content_weight), "style": float(style_weight),
+                             "tv": float(tv_weight), "pixel": float(pixel_weight)}
+        for term, weight in self.term_weights.items():
+            if weight < 0:
+                raise StylenetError(f"loss.{term}_weight must be >= 0, got {weight}")
+        self.content_layers = layer_weights(
+            DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, "loss.content_layers")
+        self.style_layers = layer_weights(
+            DEFAULT_STYLE_LAYERS if style_layers is None else style_layers, "loss.style_layers")
+        if self.term_weights["content"] == 0:
+            self.content_layers = {}
+        if self.term_weights["style"] == 0:
+            self.style_layers = {}
+        layers = {*self.content_layers, *self.style_layers}
+        self.vgg = VGGFeatures(layers, arch=arch, weights=weights, seed=seed) if layers else None
+        self.has_style_targets = False
+
+    @property
+    def needs_style(self) -> bool:
+        return bool(self.style_layers)
+
+    @torch.no_grad()
+    def set_style(self, styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None) -> None:
+        """Compute the style targets once: Gram matrices of each (3, H, W) style image, mixed with
+        ``blend`` weights (normalised to sum to 1) when several styles are given."""
+        if not self.needs_style:
+            return
+        blend = [1.0] * len(styles) if blend is None else [float(b) for b in blend]
+        if len(blend) != len(styles) or min(blend) < 0 or sum(blend) <= 0:
+            raise StylenetError(f"style weights {blend} must be >= 0, not all zero, one per style image")
+        total = sum(blend)
+        for name in self.style_layers:
+            grams = [w / total * gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name])
+                     for s, w in zip(styles, blend, strict=True)]
+            self.register_buffer(f"target_gram_{name}", torch.stack(grams).sum(0), persistent=False)  # (1, C, C)
+        self.has_style_targets = True
+
+    def target_gram(self, layer: str) -> torch.Tensor:
+        """The (1, C, C) style target of ``layer`` (a non-persistent buffer: recomputed, never saved)."""
+        return getattr(self, f"target_gram_{layer}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.vgg.mean.device if self.vgg is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def content_targets(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """VGG features of the content images, only up to the deepest content layer."""
+        return self.vgg(content, self.content_layers) if self.content_layers else {}
+
+    def forward(
+        self,
+        output: torch.Tensor,
+        content: torch.Tensor | None = None,
+        content_features: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms for ``output`` against the content images (or their precomputed features)
+        and the stored style targets."""
+        if self.needs_style and not self.has_style_targets:
+            raise StylenetError("the style targets are not set: call set_style() first")
+        if self.content_layers and content_features is None:
+            if content is None:
+                raise StylenetError("the content loss needs the content images or their features")
+            content_features = self.content_targets(content)
+        terms: dict[str, torch.Tensor] = {}
+        features = self.vgg(output, {*self.content_layers, *self.style_layers}) if self.vgg else {}
+        if self.content_layers:
+            terms["content"] = sum(w * feature_reconstruction_loss(features[name], content_features[name])
+                                   for name, w in self.content_layers.items())
+        if self.style_layers:
+            for name in self.style_layers:
+                terms[f"style/{name}"] = style_reconstruction_loss(gram_matrix(features[name]),
+                                                                   self.target_gram(name))
+            terms["style"] = sum(w * terms[f"style/{name}"] for name, w in self.style_layers.items())
+        if self.term_weights["tv"] > 0:
+            terms["tv"] = total_variation_loss(output)
+        if self.term_weights["pixel"] > 0:
+            if content is None:
+                raise StylenetError("the pixel loss needs the target images")
+            terms["pixel"] = pixel_loss(output, content)
+        terms["total"] = sum(self.term_weights[term] * terms[term] for term in self.term_weights if term in terms)
+        return terms

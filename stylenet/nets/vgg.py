@@ -1,0 +1,177 @@
+"""The frozen VGG loss network (Simonyan & Zisserman 2015) used by every perceptual loss here.
+
+Johnson et al. 2016 (Sec. 3) measure content and style with a VGG-16 pretrained on ImageNet and
+kept fixed. Inputs stay RGB in [0, 1]; the ImageNet normalisation torchvision's weights expect is
+applied inside. The network is cut after the deepest layer any loss asks for, and its weights are
+non-persistent buffers rather than parameters: frozen by construction, never in a checkpoint, and
+still moved by ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylenet import StylenetError
+
+log = logging.getLogger(__name__)
+
+#: convolutions per block; every block ends with a 2x2 max-pool.
+BLOCK_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+BLOCK_WIDTHS = (64, 128, 256, 512, 512)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+WEIGHT_SOURCES = "'imagenet', 'random' or a path to a .pth state dict"
+
+
+def layer_names(arch: str = "vgg16") -> list[str]:
+    """Names of torchvision's ``vgg.features`` modules in order: conv1_1, relu1_1, ..., pool5."""
+    if arch not in BLOCK_DEPTHS:
+        raise StylenetError(f"unknown VGG architecture {arch!r}; expected one of {sorted(BLOCK_DEPTHS)}")
+    names = []
+    for block, depth in enumerate(BLOCK_DEPTHS[arch], start=1):
+        for i in range(1, depth + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return names
+
+
+def conv_shapes(arch: str, num_layers: int) -> dict[int, tuple[int, int]]:
+    """(in, out) channels of each convolution among the first ``num_layers`` feature modules,
+    keyed by its index in ``vgg.features``."""
+    shapes, in_channels = {}, 3
+    for index, name in enumerate(layer_names(arch)[:num_layers]):
+        if name.startswith("conv"):
+            out_channels = BLOCK_WIDTHS[int(name[4]) - 1]
+            shapes[index] = (in_channels, out_channels)
+            in_channels = out_channels
+    return shapes
+
+
+def random_state(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded Kaiming-normal weights (fan-out, as torchvision initialises VGG): for tests and
+    offline smoke runs only; random features transfer colours and noisy texture, not strokes."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, (c_in, c_out) in conv_shapes(arch, num_layers).items():
+        std = math.sqrt(2.0 / (c_out * 9))
+        state[f"{index}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=generator) * std
+        state[f"{index}.bias"] = torch.zeros(c_out)
+    return state
+
+
+def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's ``IMAGENET1K_V1`` weights, from the hub cache or downloaded once.
+
+    Raises a StylenetError that says how to pass a local file when the download is impossible,
+    rather than silently falling back to random weights."""
+    from torchvision import models
+
+    weights = models.get_model_weights(arch).IMAGENET1K_V1
+    filename = weights.url.rsplit("/", 1)[-1]
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # URLError, hash mismatch, partial download: all mean "no weights"
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        raise StylenetError(
+            f"cannot get ImageNet {arch} weights ({type(err).__name__}: {err}); offline? download {weights.url} "
+            f"on a connected machine and pass loss.weights=/path/to/{filename} (or copy it to {cache})"
+        ) from None
+    return {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+
+
+def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor]:
+    """A local torchvision VGG state dict (``features.N.weight`` keys, or bare ``N.weight``),
+    loaded without unpickling code and checked key by key and shape by shape."""
+    if not path.is_file():
+        raise StylenetError(f"VGG weights file {str(path)!r} does not exist; expected {WEIGHT_SOURCES}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StylenetError(f"cannot load VGG weights file {str(path)!r}: {first_line}") from None
+    if not isinstance(raw, dict):
+        raise StylenetError(f"VGG weights file {str(path)!r} holds a {type(raw).__name__}, not a state dict")
+    state = {key.removeprefix("features."): value for key, value in raw.items() if isinstance(value, torch.Tensor)}
+    for index, (c_in, c_out) in conv_shapes(arch, num_layers).items():
+        for key, shape in ((f"{index}.weight", (c_out, c_in, 3, 3)), (f"{index}.bias", (c_out,))):
+            if key not in state:
+                raise StylenetError(f"VGG weights file {str(path)!r} lacks features.{key} ({arch} expected)")
+            if tuple(state[key].shape) != shape:
+                raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} has shape "
+                                    f"{tuple(state[key].shape)}, {arch} needs {shape}")
+    return state
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG feature extractor that returns a dict of named activations.
+
+    Args:
+        layers: every layer any loss will ask for (e.g. ``relu2_2``); the network is truncated after
+            the deepest one.
+        arch: ``vgg16`` (Johnson et al.) or ``vgg19`` (Gatys et al.).
+        weights: ``imagenet``, ``random`` or a path to a local ``.pth`` state dict.
+        seed: seed of the ``random`` weights.
+    """
+
+    def __init__(self, layers: Iterable[str], arch: str = "vgg16", weights: str = "imagenet",
+                 seed: int = 0) -> None:
+        super().__init__()
+        names = layer_names(arch)
+        layers = list(layers)
+        unknown = [name for name in layers if name not in names]
+        if unknown or not layers:
+            raise StylenetError(f"unknown VGG layer(s) {unknown or layers}; {arch} has {', '.join(names)}")
+        self.arch, self.weights_source = arch, str(weights)
+        self.names = names[: max(names.index(name) for name in layers) + 1]
+        if weights == "random":
+            log.warning("VGG loss network uses RANDOM weights (seed %d): fine for tests and smoke runs, "
+                        "but results will not look artistic; use loss.weights=imagenet or a .pth file", seed)
+            state = random_state(arch, len(self.names), seed)
+        elif weights == "imagenet":
+            state = imagenet_state(arch)
+        elif str(weights).endswith((".pth", ".pt")) or Path(str(weights)).exists():
+            state = file_state(Path(str(weights)), arch, len(self.names))
+        else:
+            raise StylenetError(f"unknown VGG weight source {weights!r}; expected {WEIGHT_SOURCES}")
+        for index in conv_shapes(arch, len(self.names)):
+            self.register_buffer(f"weight{index}", state[f"{index}.weight"].detach().float().clone(), persistent=False)
+            self.register_buffer(f"bias{index}", state[f"{index}.bias"].detach().float().clone(), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VGGFeatures:
+        """The loss network is always in eval mode (it has no dropout or norm here, but callers'
+        ``model.train()`` must never change that)."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Activations of ``layers`` for RGB ``images`` in [0, 1]; stops at the deepest one asked
+        for, so a content-only pass (relu2_2) costs a fraction of a full relu4_3 pass."""
+        wanted = set(layers)
+        missing = wanted.difference(self.names)
+        if missing:
+            raise StylenetError(f"VGG layer(s) {sorted(missing)} are beyond this network's last layer "
+                                f"{self.names[-1]}")
+        x = (images - self.mean) / self.std
+        features: dict[str, torch.Tensor] = {}
+        for index, name in enumerate(self.names):
+            if name.startswith("conv"):
+                x = F.conv2d(x, getattr(self, f"weight{index}"), getattr(self, f"bias{index}"), padding=1)
+            elif name.startswith("relu"):
+                # In place unless the conv output itself was asked for: saves one activation per layer.
+                x = F.relu(x) if self.names[index - 1] in wanted else F.relu_(x)
+            else:
+                x = F.max_pool2d(x, 2)
+            if name in wanted:
+                features[name] = x
+                if len(features) == len(wanted):
+                    break
+        return features

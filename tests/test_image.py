@@ -1,0 +1,610 @@
+"""Tests for stylenet.image: every image is generated here, in tmp_path; no network."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms, ImageFile
+
+from stylenet import image as im_mod
+from stylenet.image import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    LoadedImage,
+    check_output_path,
+    list_images,
+    load_image,
+    load_rgb,
+    read_image_size,
+    save_image,
+    to_pil,
+)
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _save(path: Path, img: Image.Image, **kw) -> Path:
+    img.save(path, **kw)
+    return path
+
+
+def _px(loaded: LoadedImage, x: int, y: int) -> tuple[int, int, int]:
+    """RGB of pixel (x, y) as 0..255 ints."""
+    return tuple(round(float(v) * 255) for v in loaded.rgb[:, y, x])
+
+
+def _row(mode: str, values: list, size: tuple[int, int] | None = None) -> Image.Image:
+    img = Image.new(mode, size or (len(values), 1))
+    for i, v in enumerate(values):
+        img.putpixel((i, 0), v)
+    return img
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _png_with_header_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR is patched (with a correct CRC) to claim width x height."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _assert_one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
+    msg = str(err.value)
+    assert type(err.value) is ImageError
+    assert path.name in msg
+    assert "\n" not in msg and "\r" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------------------- mode conversions
+
+
+def test_rgb_png_values_and_types(tmp_path):
+    p = _save(tmp_path / "rgb.png", _row("RGB", [(255, 0, 0), (0, 128, 7)]))
+    out = load_image(p)
+    assert out.rgb.dtype == torch.float32 and out.rgb.shape == (3, 1, 2)
+    assert _px(out, 0, 0) == (255, 0, 0) and _px(out, 1, 0) == (0, 128, 7)
+    assert out.alpha is None and out.was_gray is False and out.icc_profile is None
+    assert torch.equal(load_rgb(p), out.rgb)
+
+
+def test_mode_1(tmp_path):
+    out = load_image(_save(tmp_path / "one.png", _row("1", [0, 255, 0])))
+    assert [_px(out, x, 0) for x in range(3)] == [(0, 0, 0), (255, 255, 255), (0, 0, 0)]
+    assert out.was_gray and out.alpha is None
+
+
+def test_mode_l(tmp_path):
+    out = load_image(_save(tmp_path / "l.png", _row("L", [0, 128, 255])))
+    assert out.rgb[:, 0, 1].tolist() == pytest.approx([128 / 255] * 3)
+    assert out.was_gray and out.alpha is None
+
+
+def test_mode_la_keeps_alpha(tmp_path):
+    out = load_image(_save(tmp_path / "la.png", _row("LA", [(100, 50), (200, 255)])))
+    assert _px(out, 0, 0) == (100, 100, 100) and _px(out, 1, 0) == (200, 200, 200)
+    assert out.alpha.dtype == torch.uint8 and out.alpha.tolist() == [[[50, 255]]]
+    assert out.was_gray
+
+
+def test_mode_p_without_transparency(tmp_path):
+    img = _row("P", [0, 1])
+    img.putpalette([255, 0, 0, 0, 0, 255])
+    out = load_image(_save(tmp_path / "p.png", img))
+    assert _px(out, 0, 0) == (255, 0, 0) and _px(out, 1, 0) == (0, 0, 255)
+    assert out.alpha is None and not out.was_gray
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif"])
+def test_mode_p_with_index_transparency(tmp_path, suffix):
+    img = _row("P", [0, 1, 0])
+    img.putpalette([255, 0, 0, 0, 0, 255])
+    out = load_image(_save(tmp_path / f"pt{suffix}", img, transparency=1))
+    assert out.alpha is not None and out.alpha.tolist() == [[[255, 0, 255]]]
+    assert _px(out, 0, 0) == (255, 0, 0)
+
+
+def test_mode_p_with_per_index_alpha(tmp_path):
+    img = _row("P", [0, 1, 2])
+    img.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    out = load_image(_save(tmp_path / "pa.png", img, transparency=bytes([255, 0, 77])))
+    assert out.alpha.tolist() == [[[255, 0, 77]]]
+    assert [_px(out, x, 0) for x in range(3)] == [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+def test_mode_pa(tmp_path):
+    img = Image.new("PA", (2, 1))
+    img.putpalette([10, 20, 30, 200, 100, 0])
+    img.putpixel((0, 0), (0, 255))
+    img.putpixel((1, 0), (1, 7))
+    p = _save(tmp_path / "pa.tif", img)
+    assert Image.open(p).mode == "PA"
+    out = load_image(p)
+    assert _px(out, 0, 0) == (10, 20, 30) and _px(out, 1, 0) == (200, 100, 0)
+    assert out.alpha.tolist() == [[[255, 7]]]
+
+
+def test_mode_rgba(tmp_path):
+    out = load_image(_save(tmp_path / "rgba.png", _row("RGBA", [(1, 2, 3, 0), (250, 251, 252, 128)])))
+    assert _px(out, 0, 0) == (1, 2, 3) and _px(out, 1, 0) == (250, 251, 252)
+    assert out.alpha.tolist() == [[[0, 128]]]
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "values", "expected"),
+    [
+        ("L", 100, [0, 100, 200], [255, 0, 255]),
+        ("RGB", (1, 2, 3), [(1, 2, 3), (4, 5, 6)], [0, 255]),
+    ],
+)
+def test_png_colour_key_transparency(tmp_path, mode, key, values, expected):
+    out = load_image(_save(tmp_path / "key.png", _row(mode, values), transparency=key))
+    assert out.alpha.tolist() == [[expected]]
+
+
+def test_mode_cmyk_pure_cyan(tmp_path):
+    p = _save(tmp_path / "cmyk.tif", _row("CMYK", [(255, 0, 0, 0), (0, 0, 0, 255), (0, 255, 255, 0)]))
+    assert Image.open(p).mode == "CMYK"
+    out = load_image(p)
+    assert [_px(out, x, 0) for x in range(3)] == [(0, 255, 255), (0, 0, 0), (255, 0, 0)]
+    assert not out.was_gray and out.alpha is None
+
+
+def test_mode_ycbcr(tmp_path):
+    p = _save(tmp_path / "ycc.tif", _row("YCbCr", [(255, 128, 128), (0, 128, 128), (76, 85, 255)]))
+    assert Image.open(p).mode == "YCbCr"
+    out = load_image(p)
+    assert _px(out, 0, 0) == (255, 255, 255) and _px(out, 1, 0) == (0, 0, 0)
+    r, g, b = _px(out, 2, 0)  # BT.601 red
+    assert r > 240 and g < 10 and b < 10
+
+
+def test_16bit_png_midgrey_is_half_not_clipped(tmp_path):
+    img = Image.fromarray(np.array([[0, 1000, 32768, 65535]], dtype=np.uint16))
+    p = _save(tmp_path / "g16.png", img)
+    assert Image.open(p).mode == "I;16"
+    out = load_image(p)
+    assert out.rgb[0, 0].tolist() == pytest.approx([0, 1000 / 65535, 32768 / 65535, 1.0], abs=1e-6)
+    assert abs(float(out.rgb[1, 0, 2]) - 0.5) < 1e-4  # 32768 -> ~0.5, not clipped to 1
+    assert out.was_gray and out.alpha is None
+
+
+def test_16bit_big_endian_tiff(tmp_path):
+    img = Image.new("I;16B", (2, 1))
+    img.putpixel((0, 0), 32768)
+    img.putpixel((1, 0), 65535)
+    p = _save(tmp_path / "g16b.tif", img)
+    assert Image.open(p).mode == "I;16B"
+    out = load_image(p)
+    assert out.rgb[:, 0, 0].tolist() == pytest.approx([32768 / 65535] * 3, abs=1e-6)
+    assert out.rgb[:, 0, 1].tolist() == pytest.approx([1.0] * 3)
+    assert out.was_gray
+
+
+def test_16bit_colour_key_gives_16bit_alpha(tmp_path):
+    img = Image.fromarray(np.array([[0, 1000, 40000]], dtype=np.uint16))
+    out = load_image(_save(tmp_path / "k16.png", img, transparency=1000))
+    assert out.alpha.dtype == torch.uint16
+    assert out.alpha.tolist() == [[[65535, 0, 65535]]]
+
+
+def test_mode_i_from_16bit_pgm(tmp_path):
+    img = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+    p = _save(tmp_path / "g16.pgm", img)
+    assert Image.open(p).mode == "I"
+    out = load_image(p)
+    assert out.rgb[0, 0].tolist() == pytest.approx([0.0, 32768 / 65535, 1.0], abs=1e-6)
+    assert out.was_gray
+
+
+def test_mode_i_beyond_16bit_scales_by_max(tmp_path):
+    p = _save(tmp_path / "i32.tif", _row("I", [-5, 100000, 200000]))
+    assert Image.open(p).mode == "I"
+    assert load_image(p).rgb[2, 0].tolist() == pytest.approx([0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([0.0, 0.25, 1.0], [0.0, 0.25, 1.0]), ([0.0, 2.0, 4.0], [0.0, 0.5, 1.0]), ([-1.0, 0.5], [0.0, 0.5])],
+)
+def test_mode_f(tmp_path, values, expected):
+    p = _save(tmp_path / "f.tif", _row("F", values))
+    assert Image.open(p).mode == "F"
+    out = load_image(p)
+    assert out.rgb[1, 0].tolist() == pytest.approx(expected)
+    assert out.was_gray
+
+
+def test_gif_and_ppm_read(tmp_path):
+    out = load_image(_save(tmp_path / "a.ppm", _row("RGB", [(9, 8, 7)])))
+    assert _px(out, 0, 0) == (9, 8, 7)
+    out = load_image(_save(tmp_path / "a.gif", _row("RGB", [(255, 0, 0), (0, 0, 255)])))
+    assert _px(out, 0, 0) == (255, 0, 0) and _px(out, 1, 0) == (0, 0, 255)
+
+
+# ------------------------------------------------------------------------------------------- EXIF
+
+
+def _oriented(tmp_path: Path, suffix: str) -> Path:
+    """A 40 wide x 16 high image, red 8x8 block at the stored top-left, EXIF orientation 6."""
+    arr = np.zeros((16, 40, 3), dtype=np.uint8)
+    arr[:8, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _save(tmp_path / f"rot{suffix}", Image.fromarray(arr), exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_6_rotates(tmp_path, suffix):
+    p = _oriented(tmp_path, suffix)
+    out = load_image(p)
+    assert out.rgb.shape == (3, 40, 16)  # displayed upright: 16 wide, 40 high
+    r, g, b = _px(out, 16 - 3, 3)  # stored top-left ends at displayed top-right (90 deg clockwise)
+    assert r > 200 and g < 40 and b < 40
+    r, g, b = _px(out, 2, 3)
+    assert r < 40
+    assert read_image_size(p) == (16, 40)
+    assert read_image_size(p, apply_exif=False) == (40, 16)
+
+
+def test_read_image_size_does_not_decode(tmp_path):
+    """A PNG with an intact header but missing pixel data still reports its size."""
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (5, 5, 5)).save(buf, "PNG")
+    p = tmp_path / "cut.png"
+    p.write_bytes(buf.getvalue()[:60])
+    assert read_image_size(p) == (300, 200)
+    with pytest.raises(ImageError):
+        load_image(p)
+
+
+# --------------------------------------------------------------------------- alpha / ICC / round trip
+
+
+def test_rgba_alpha_round_trips_bit_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, size=(9, 11, 4), dtype=np.uint8)
+    first = load_image(_save(tmp_path / "in.png", Image.fromarray(arr)))
+    assert first.alpha.shape == (1, 9, 11)
+    assert np.array_equal(first.alpha[0].numpy(), arr[..., 3])
+    out = save_image(tmp_path / "out.png", first.rgb, alpha=first.alpha)
+    second = load_image(out)
+    assert torch.equal(second.alpha, first.alpha)
+    assert torch.equal(second.rgb, first.rgb)
+    assert np.array_equal(np.asarray(Image.open(out)), arr)
+
+
+def test_webp_keeps_alpha_and_jpeg_drops_it(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = torch.rand(3, 16, 16)
+    alpha = torch.from_numpy(rng.integers(0, 256, size=(1, 16, 16), dtype=np.uint8))
+    webp = load_image(save_image(tmp_path / "o.webp", rgb, alpha=alpha))
+    assert torch.equal(webp.alpha, alpha)
+    jpg = save_image(tmp_path / "o.jpg", rgb, alpha=alpha)
+    assert Image.open(jpg).mode == "RGB" and load_image(jpg).alpha is None
+
+
+def test_png_round_trip_is_pixel_exact(tmp_path):
+    arr = np.random.default_rng(2).integers(0, 256, size=(13, 17, 3), dtype=np.uint8)
+    src = _save(tmp_path / "src.png", Image.fromarray(arr))
+    dst = save_image(tmp_path / "dst.png", load_image(src).rgb)
+    assert np.array_equal(np.asarray(Image.open(dst)), arr)
+    assert torch.equal(load_rgb(dst), load_rgb(src))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_icc_profile_passes_through(tmp_path, suffix):
+    icc = _srgb_icc()
+    src = _save(tmp_path / "src.png", Image.new("RGB", (4, 4), (10, 200, 30)), icc_profile=icc)
+    loaded = load_image(src)
+    assert loaded.icc_profile == icc
+    out = save_image(tmp_path / f"out{suffix}", loaded.rgb, icc_profile=loaded.icc_profile)
+    assert load_image(out).icc_profile == icc
+    assert load_image(save_image(tmp_path / f"plain{suffix}", loaded.rgb)).icc_profile is None
+
+
+def test_non_rgb_icc_profile_is_dropped(tmp_path):
+    gray_icc = bytearray(_srgb_icc())
+    gray_icc[16:20] = b"GRAY"
+    p = _save(tmp_path / "g.png", Image.new("L", (2, 2), 7), icc_profile=bytes(gray_icc))
+    assert Image.open(p).info["icc_profile"] == bytes(gray_icc)
+    assert load_image(p).icc_profile is None
+
+
+# ------------------------------------------------------------------------------------------ to_pil
+
+
+def test_to_pil_rounds_and_clamps():
+    rgb = torch.tensor([[[-0.5, 0.2, 1.5, float("nan")]]] * 3)
+    img = to_pil(rgb)
+    assert img.mode == "RGB" and img.size == (4, 1)
+    assert np.asarray(img)[0, :, 0].tolist() == [0, 51, 255, 0]
+    assert to_pil(rgb[None]).size == (4, 1)  # batch of one accepted
+    k = torch.arange(256, dtype=torch.float32).reshape(1, 1, 256).expand(3, 1, 256) / 255
+    assert np.asarray(to_pil(k))[0, :, 1].tolist() == list(range(256))
+
+
+def test_to_pil_alpha_dtypes():
+    rgb = torch.zeros(3, 1, 3)
+    a16 = torch.tensor([[[0, 32896, 65535]]], dtype=torch.uint16)
+    assert np.asarray(to_pil(rgb, a16))[0, :, 3].tolist() == [0, 128, 255]
+    af = torch.tensor([[0.0, 0.5, 2.0]])
+    img = to_pil(rgb, af)
+    assert img.mode == "RGBA" and np.asarray(img)[0, :, 3].tolist() == [0, 128, 255]
+    with pytest.raises(ValueError):
+        to_pil(rgb, torch.zeros(1, 2, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError):
+        to_pil(torch.zeros(4, 2, 2))
+
+
+# ------------------------------------------------------------------------------ decompression bombs
+
+
+@pytest.mark.parametrize(
+    ("size", "max_pixels"),
+    [(20000, DEFAULT_MAX_PIXELS), (11000, DEFAULT_MAX_PIXELS), (2000, 1_000_000), (20000, None)],
+)
+def test_bomb_header_refused_fast_without_global_changes(tmp_path, size, max_pixels):
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_with_header_size(size, size))
+    assert p.stat().st_size < 100
+    before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError) as err:
+            load_image(p, max_pixels=max_pixels)
+    assert time.perf_counter() - start < 0.5
+    _assert_one_line_naming(err, p)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert before == (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+
+
+def test_max_pixels_applies_to_real_images(tmp_path):
+    p = _save(tmp_path / "big.png", Image.new("RGB", (100, 100)))
+    with pytest.raises(ImageError, match="exceeds"):
+        load_image(p, max_pixels=5000)
+    assert load_image(p, max_pixels=10_000).rgb.shape == (3, 100, 100)
+
+
+def test_read_image_size_of_bomb_header_is_quiet(tmp_path):
+    p = tmp_path / "big.png"
+    p.write_bytes(_png_with_header_size(10000, 10000))  # above Pillow's warning threshold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image_size(p) == (10000, 10000)
+
+
+# ------------------------------------------------------------------------------------- bad files
+
+
+def _jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    arr = np.random.default_rng(3).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    arr = np.random.default_rng(4).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _ico_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "ICO")
+    return buf.getvalue()
+
+
+BAD_FILES = {
+    "zero_bytes.png": lambda: b"",
+    "random_bytes.jpg": lambda: np.random.default_rng(5).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    "truncated.jpg": lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2],
+    "truncated.png": lambda: _png_bytes()[: len(_png_bytes()) // 2],
+    "really_an_icon.png": _ico_bytes,  # a format Pillow reads but we do not accept
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_files_raise_one_line_image_error(tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(BAD_FILES[name]())
+    with pytest.raises(ImageError) as err:
+        load_image(p)
+    msg = _assert_one_line_naming(err, p)
+    if name.startswith("truncated"):
+        assert "truncated" in msg
+    with pytest.raises(ImageError):
+        read_image_size(p) if name in ("zero_bytes.png", "random_bytes.jpg") else load_rgb(p)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "nope.png")
+    assert "no such file" in _assert_one_line_naming(err, tmp_path / "nope.png")
+    (tmp_path / "folder.png").mkdir()
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "folder.png")
+    assert "directory" in _assert_one_line_naming(err, tmp_path / "folder.png")
+
+
+def test_file_name_with_newline_stays_one_line(tmp_path):
+    p = tmp_path / "two\nlines.png"
+    p.write_bytes(b"garbage")
+    with pytest.raises(ImageError) as err:
+        load_image(p)
+    assert "\n" not in str(err.value) and "lines.png" in str(err.value)
+
+
+def _seed_files() -> list[bytes]:
+    seeds = [_png_bytes()[:400], _jpeg_bytes()[:600]]
+    for fmt, mode in [
+        ("PNG", "RGBA"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "CMYK"),
+        ("PPM", "L"),
+        ("WEBP", "RGB"),
+    ]:
+        buf = io.BytesIO()
+        Image.new(mode, (5, 3)).save(buf, fmt)
+        seeds.append(buf.getvalue())
+    return seeds
+
+
+_SEEDS = _seed_files()
+
+
+@st.composite
+def _file_bytes(draw) -> bytes:
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    data = bytearray(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(0, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(0, len(data)))])
+
+
+# Mangled TIFF/EXIF tags make Pillow warn "Truncated File Read"; the outcome is what we test.
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=50, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_file_bytes())
+def test_fuzz_load_returns_or_raises_image_error(tmp_path_factory, data):
+    p = tmp_path_factory.getbasetemp() / "fuzz.jpg"
+    p.write_bytes(data)
+    try:
+        out = load_image(p, max_pixels=1_000_000)
+    except ImageError as err:
+        assert "fuzz.jpg" in str(err) and "\n" not in str(err)
+    else:
+        assert out.rgb.dtype == torch.float32 and out.rgb.shape[0] == 3
+        assert float(out.rgb.min()) >= 0.0 and float(out.rgb.max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ saving
+
+
+def test_save_creates_parents_and_leaves_no_temp(tmp_path, monkeypatch):
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (replaced.append((Path(a), Path(b))), real_replace(a, b))[1]
+    )
+    target = tmp_path / "a" / "b" / "out.png"
+    assert save_image(target, torch.rand(3, 5, 6)) == target
+    assert synced and len(replaced) == 1
+    tmp, final = replaced[0]
+    assert final == target and tmp.parent == target.parent
+    assert tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+    assert sorted(os.listdir(target.parent)) == ["out.png"]
+
+
+def test_save_overwrite_false_refuses(tmp_path):
+    target = save_image(tmp_path / "out.png", torch.zeros(3, 2, 2))
+    before = target.read_bytes()
+    with pytest.raises(ImageError) as err:
+        save_image(target, torch.ones(3, 2, 2), overwrite=False)
+    _assert_one_line_naming(err, target)
+    assert target.read_bytes() == before
+    save_image(target, torch.ones(3, 2, 2))  # overwrite=True (default) replaces
+    assert _px(load_image(target), 0, 0) == (255, 255, 255)
+    fresh = save_image(tmp_path / "fresh.png", torch.ones(3, 2, 2), overwrite=False)
+    assert sorted(os.listdir(tmp_path)) == ["fresh.png", "out.png"] and fresh.exists()
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError])
+def test_save_failure_removes_temp_and_keeps_old_file(tmp_path, monkeypatch, exc):
+    target = save_image(tmp_path / "out.png", torch.zeros(3, 2, 2))
+    before = target.read_bytes()
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise exc("boom")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt if exc is KeyboardInterrupt else ImageError):
+        save_image(target, torch.ones(3, 2, 2))
+    assert os.listdir(tmp_path) == ["out.png"]
+    assert target.read_bytes() == before
+
+
+def test_check_output_path(tmp_path):
+    with pytest.raises(ImageError) as err:
+        check_output_path(tmp_path / "out.xyz")
+    assert ".xyz" in _assert_one_line_naming(err, tmp_path / "out.xyz")
+    with pytest.raises(ImageError):
+        check_output_path(tmp_path / "no_extension")
+    for name in ["a.png", "b.JPG", "c.jpeg", "d.webp", "e.bmp", "f.tif", "g.TIFF"]:
+        check_output_path(tmp_path / name)
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageError):
+        check_output_path(tmp_path / "dir.png")
+    with pytest.raises(ImageError):  # refused before anything is created
+        save_image(tmp_path / "new" / "out.xyz", torch.zeros(3, 2, 2))
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".bmp", ".tiff", ".webp"])
+def test_save_formats_follow_extension(tmp_path, suffix):
+    rgb = torch.full((3, 8, 8), 0.5)
+    out = save_image(tmp_path / f"o{suffix}", rgb, quality=90)
+    expected = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tiff": "TIFF", ".webp": "WEBP"}
+    assert Image.open(out).format == expected[suffix.lower()]
+    assert torch.allclose(load_rgb(out), rgb, atol=3 / 255)
+
+
+# ------------------------------------------------------------------------------------- list_images
+
+
+def test_list_images_recursive_case_insensitive_sorted(tmp_path):
+    names = [
+        "b.PNG",
+        "a/c.jpg",
+        "a/deep/z.JpEg",
+        "a/deep/y.webp",
+        "d.tif",
+        "e.pgm",
+        "notes.txt",
+        "x.png.bak",
+        ".hidden.png",
+        ".cache/k.png",
+    ]
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"")
+    got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert got == ["a/c.jpg", "a/deep/y.webp", "a/deep/z.JpEg", "b.PNG", "d.tif", "e.pgm"]
+    assert list_images(str(tmp_path / "b.PNG")) == [tmp_path / "b.PNG"]
+    with pytest.raises(ImageError) as err:
+        list_images(tmp_path / "missing")
+    assert "missing" in str(err.value)
+
+
+def test_extension_tables():
+    assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"} == set(
+        IMAGE_EXTENSIONS
+    )
+    assert set(im_mod.WRITABLE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}

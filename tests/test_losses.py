@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from stylenet import StylenetError
+from stylenet.losses import (
+    PerceptualLoss,
+    feature_reconstruction_loss,
+    gram_matrix,
+    pixel_loss,
+    style_reconstruction_loss,
+    total_variation_loss,
+)
+
+
+def test_gram_matrix_hand_computed() -> None:
+    # channel 0 = [1, 2], channel 1 = [3, 4] on a 1x2 map: psi psi^T = [[5, 11], [11, 25]], C*H*W = 4
+    features = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])  # (1, 2, 1, 2)
+    expected = torch.tensor([[[5.0, 11.0], [11.0, 25.0]]]) / 4
+    torch.testing.assert_close(gram_matrix(features), expected)
+
+
+def test_gram_matrix_is_fp32_under_bf16_autocast() -> None:
+    features = torch.randn(2, 8, 16, 16) * 100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram = gram_matrix(features.bfloat16())
+    assert gram.dtype == torch.float32
+    reference = torch.einsum("bchw,bdhw->bcd", features.bfloat16().float(), features.bfloat16().float()) / (8 * 256)
+    torch.testing.assert_close(gram, reference, rtol=1e-5, atol=1e-3)
+
+
+def test_feature_reconstruction_loss_is_squared_distance_over_chw() -> None:
+    a, b = torch.randn(3, 4, 5, 6), torch.randn(3, 4, 5, 6)
+    per_image = [((a[i] - b[i]) ** 2).sum() / (4 * 5 * 6) for i in range(3)]
+    torch.testing.assert_close(feature_reconstruction_loss(a, b), torch.stack(per_image).mean())
+
+
+def test_style_loss_is_squared_frobenius_norm_averaged_over_batch() -> None:
+    gram = torch.tensor([[[1.0, 2.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    # image 0: 0 + 4 + 4 + 4 = 12; image 1: 1 + 0 + 0 + 1 = 2
+    torch.testing.assert_close(style_reconstruction_loss(gram, target), torch.tensor(7.0))
+
+
+def test_total_variation_hand_computed() -> None:
+    image = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # vertical (2-0)^2 + (4-1)^2 = 13, horizontal (1-0)^2 + (4-2)^2 = 5, over 4 values
+    torch.testing.assert_close(total_variation_loss(image), torch.tensor(18.0 / 4))
+    assert total_variation_loss(torch.full((1, 3, 8, 8), 0.3)) == 0
+
+
+def test_pixel_loss() -> None:
+    torch.testing.assert_close(pixel_loss(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)), torch.tensor(1.0))
+
+
+def test_perceptual_loss_total_is_the_weighted_sum_of_independent_terms() -> None:
+    loss = PerceptualLoss(weights="random", content_weight=2.0, style_weight=30.0, tv_weight=5.0,
+                          style_layers={"relu1_2": 1.0, "relu2_2": 0.5})
+    style = torch.rand(3, 40, 56)  # a different size than the output: Grams are C x C
+    loss.set_style([style])
+    output, content = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    terms = loss(output, content)
+    vgg = loss.vgg
+    out_f, con_f = vgg(output, ["relu1_2", "relu2_2"]), vgg(content, ["relu2_2"])
+    sty_f = vgg(style.unsqueeze(0), ["relu1_2", "relu2_2"])
+    content_term = ((out_f["relu2_2"] - con_f["relu2_2"]) ** 2).mean()
+    style_terms = {name: ((gram_matrix(out_f[name]) - gram_matrix(sty_f[name])) ** 2).sum((1, 2)).mean()
+                   for name in ("relu1_2", "relu2_2")}
+    tv = total_variation_loss(output)
+    torch.testing.assert_close(terms["content"], content_term)
+    torch.testing.assert_close(terms["style/relu1_2"], style_terms["relu1_2"])
+    torch.testing.assert_close(terms["style"], style_terms["relu1_2"] + 0.5 * style_terms["relu2_2"])
+    torch.testing.assert_close(terms["total"], 2 * content_term + 30 * terms["style"] + 5 * tv)
+    assert "pixel" not in terms
+
+
+def test_style_blend_mixes_grams_by_weight() -> None:
+    loss = PerceptualLoss(weights="random", style_layers=["relu1_2"], content_weight=0, tv_weight=0)
+    a, b = torch.rand(3, 16, 16), torch.rand(3, 24, 24)
+    loss.set_style([a, b], blend=[3.0, 1.0])
+    grams = [gram_matrix(loss.vgg(x.unsqueeze(0), ["relu1_2"])["relu1_2"]) for x in (a, b)]
+    torch.testing.assert_close(loss.target_gram("relu1_2"), 0.75 * grams[0] + 0.25 * grams[1])
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(StylenetError, match="loss.style_weight must be >= 0"):
+        PerceptualLoss(weights="random", style_weight=-1)
+    with pytest.raises(StylenetError, match="loss.style_layers.relu1_2 must be >= 0"):
+        PerceptualLoss(weights="random", style_layers={"relu1_2": -0.1})
+    with pytest.raises(StylenetError, match="unknown VGG layer"):
+        PerceptualLoss(weights="random", content_layers=["relu2_9"])
+    loss = PerceptualLoss(weights="random")
+    with pytest.raises(StylenetError, match="set_style"):
+        loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def test_pixel_only_objective_needs_no_vgg() -> None:
+    loss = PerceptualLoss(weights="random", content_weight=0, style_weight=0, tv_weight=0, pixel_weight=1)
+    assert loss.vgg is None
+    terms = loss(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5))
+    torch.testing.assert_close(terms["total"], torch.tensor(0.25))

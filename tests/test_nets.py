@@ -1,0 +1,61 @@
+import pytest
+import torch
+from torch import nn
+
+from stylenet.nets import TransformerNet
+
+
+def conv_params(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def expected_parameters(c: int = 32, blocks: int = 5) -> int:
+    """Parameter count of c9s1-c, d2c, d4c, R4c x blocks, u2c, uc, c9s1-3 with affine norms."""
+    convs = (conv_params(3, c, 9) + conv_params(c, 2 * c, 3) + conv_params(2 * c, 4 * c, 3)
+             + blocks * 2 * conv_params(4 * c, 4 * c, 3)
+             + conv_params(4 * c, 2 * c, 3) + conv_params(2 * c, c, 3) + conv_params(c, 3, 9))
+    norms = 2 * (c + 2 * c + 4 * c + blocks * 2 * 4 * c + 2 * c + c)
+    return convs + norms
+
+
+def test_default_network_has_the_papers_size() -> None:
+    net = TransformerNet()
+    count = sum(p.numel() for p in net.parameters())
+    assert count == expected_parameters()
+    assert 1.67e6 < count < 1.69e6  # ~1.68 M (NOTES.md)
+
+
+@pytest.mark.parametrize("height,width", [(8, 8), (32, 48), (64, 36), (100, 124)])
+def test_output_size_equals_input_size_and_stays_in_range(height: int, width: int) -> None:
+    net = TransformerNet(channels=8, residual_blocks=1)
+    x = torch.rand(2, 3, height, width) * 4 - 2  # even out-of-range input gives a valid image
+    y = net(x)
+    assert y.shape == x.shape
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_architecture_uses_instance_norm_upsampling_and_no_transposed_conv() -> None:
+    net = TransformerNet()
+    modules = list(net.modules())
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in modules)
+    norms = [m for m in modules if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == 3 + 2 * 5 + 2 and all(m.affine and not m.track_running_stats for m in norms)
+    assert sum(isinstance(m, nn.Upsample) and m.mode == "nearest" for m in modules) == 2
+    assert sum(isinstance(m, nn.ReflectionPad2d) for m in modules) == sum(isinstance(m, nn.Conv2d) for m in modules)
+
+
+def test_batch_norm_and_widths_come_from_config() -> None:
+    net = TransformerNet(channels=16, residual_blocks=3, norm="batch")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    half = sum(p.numel() for p in TransformerNet(channels=16).parameters())
+    assert half == expected_parameters(16)
+    assert net.config == {"channels": 16, "residual_blocks": 3, "norm": "batch"}
+    with pytest.raises(ValueError, match="model.norm"):
+        TransformerNet(norm="group")
+
+
+def test_residual_block_is_identity_plus_body() -> None:
+    net = TransformerNet(channels=4, residual_blocks=1)
+    block = net.residuals[0]
+    x = torch.randn(1, 16, 8, 8)
+    assert torch.allclose(block(x), x + block.body(x))

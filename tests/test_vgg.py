@@ -1,0 +1,96 @@
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+import torchvision
+
+from stylenet import StylenetError
+from stylenet.nets.vgg import VGGFeatures, layer_names
+
+
+def test_layer_names_follow_torchvision_order() -> None:
+    names = layer_names("vgg16")
+    config = torchvision.models.vgg.cfgs["D"]  # torchvision's VGG-16 layout: widths and "M" pools
+    assert len(names) == len(config) + sum(c != "M" for c in config) == 31
+    assert names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert names.index("relu2_2") == 8 and names.index("relu3_3") == 15 and names.index("relu4_3") == 22
+    vgg19 = layer_names("vgg19")
+    assert len(vgg19) == 37 and vgg19.index("relu4_2") == 22 and vgg19.index("relu5_1") == 29
+
+
+def test_truncated_after_deepest_layer_and_frozen() -> None:
+    vgg = VGGFeatures(["relu1_2", "relu2_2"], weights="random")
+    assert vgg.names[-1] == "relu2_2"
+    assert list(vgg.parameters()) == []
+    assert len([n for n, _ in vgg.named_buffers() if n.startswith("weight")]) == 4
+    assert vgg.state_dict() == {}  # never saved into checkpoints
+    vgg.train()
+    assert not vgg.training
+    features = vgg(torch.rand(2, 3, 32, 32), ["relu1_2", "relu2_2"])
+    assert features["relu1_2"].shape == (2, 64, 32, 32) and features["relu2_2"].shape == (2, 128, 16, 16)
+    with pytest.raises(StylenetError, match="relu3_3"):
+        vgg(torch.rand(1, 3, 8, 8), ["relu3_3"])
+
+
+def test_features_match_torchvision_vgg16_with_the_same_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"]).eval()  # vgg16().features
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in reference.state_dict().items()}, path)
+    ours = VGGFeatures(["relu2_2", "relu4_3"], weights=str(path))
+    image = torch.rand(1, 3, 48, 40)
+    normalised = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected_relu2_2 = reference[:9](normalised)
+        expected_relu4_3 = reference[:23](normalised)
+    features = ours(image, ["relu2_2", "relu4_3"])
+    torch.testing.assert_close(features["relu2_2"], expected_relu2_2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features["relu4_3"], expected_relu4_3, rtol=1e-4, atol=1e-5)
+
+
+def test_content_pass_truncated_at_content_layer_equals_full_pass() -> None:
+    vgg = VGGFeatures(["relu2_2", "relu4_3"], weights="random")
+    image = torch.rand(1, 3, 32, 32)
+    shallow = vgg(image, ["relu2_2"])
+    full = vgg(image, ["relu2_2", "relu4_3"])
+    assert list(shallow) == ["relu2_2"]
+    assert torch.equal(shallow["relu2_2"], full["relu2_2"])
+
+
+def test_random_weights_are_seeded() -> None:
+    image = torch.rand(1, 3, 16, 16)
+    a = VGGFeatures(["relu1_2"], weights="random", seed=1)(image, ["relu1_2"])["relu1_2"]
+    b = VGGFeatures(["relu1_2"], weights="random", seed=1)(image, ["relu1_2"])["relu1_2"]
+    c = VGGFeatures(["relu1_2"], weights="random", seed=2)(image, ["relu1_2"])["relu1_2"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_bad_weight_files_and_names_give_one_line_errors(tmp_path: Path) -> None:
+    bad_shape = tmp_path / "bad_shape.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 1, 3, 3), "features.0.bias": torch.zeros(64)}, bad_shape)
+    with pytest.raises(StylenetError, match=r"features\.0\.weight has shape") as err:
+        VGGFeatures(["relu1_1"], weights=str(bad_shape))
+    assert "\n" not in str(err.value)
+    missing = tmp_path / "missing_keys.pth"
+    torch.save({"something": torch.zeros(1)}, missing)
+    with pytest.raises(StylenetError, match="lacks features.0.weight"):
+        VGGFeatures(["relu1_1"], weights=str(missing))
+    with pytest.raises(StylenetError, match="does not exist"):
+        VGGFeatures(["relu1_1"], weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(StylenetError, match="unknown VGG weight source"):
+        VGGFeatures(["relu1_1"], weights="imagenet21k")
+    with pytest.raises(StylenetError, match="unknown VGG layer"):
+        VGGFeatures(["relu9_9"], weights="random")
+
+
+def test_offline_imagenet_request_fails_fast_with_instructions(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(StylenetError, match=r"loss\.weights=/path/to/vgg16-397923af\.pth") as err:
+        VGGFeatures(["relu2_2"], weights="imagenet")
+    assert "\n" not in str(err.value)
