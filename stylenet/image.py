@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from stylenet import StylenetError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 
-class ImageError(ValueError):
+class ImageError(StylenetError, ValueError):
     """A file that is not a usable image (or cannot be written as one).
 
     ``str(err)`` is ONE line that names the file and the reason, e.g.

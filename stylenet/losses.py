@@ -69,11 +69,17 @@ def pixel_loss(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(images.float(), target.float())
 
 
-def layer_weights(layers: Mapping[str, float] | Sequence[str] | None, setting: str) -> dict[str, float]:
-    """Layer list or {layer: weight} mapping -> {layer: weight}, rejecting negative weights."""
-    if layers is None:
-        return {}
-    weights = {name: 1.0 for name in layers} if not isinstance(layers, Mapping) else dict(layers)
+def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | None,
+                  setting: str) -> dict[str, float]:
+    """Layer names (weights from ``per_layer``, default 1 each) or a {layer: weight} mapping ->
+    {layer: weight}, rejecting negative weights."""
+    if isinstance(layers, Mapping):
+        weights = dict(layers)
+    else:
+        per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
+        if len(per_layer) != len(layers):
+            raise StylenetError(f"{setting}_weights has {len(per_layer)} values for {len(layers)} layers {list(layers)}")
+        weights = dict(zip(layers, per_layer, strict=True))
     for name, weight in weights.items():
         if float(weight) < 0:
             raise StylenetError(f"{setting}.{name} must be >= 0, got {weight}")
@@ -95,6 +101,7 @@ class PerceptualLoss(nn.Module):
         seed: int = 0,
         content_layers: Mapping[str, float] | Sequence[str] | None = None,
         style_layers: Mapping[str, float] | Sequence[str] | None = None,
+        style_layer_weights: Sequence[float] | None = None,
         content_weight: float = 1.0,
         style_weight: float = 10.0,
         tv_weight: float = 40.0,
@@ -107,9 +114,9 @@ class PerceptualLoss(nn.Module):
             if weight < 0:
                 raise StylenetError(f"loss.{term}_weight must be >= 0, got {weight}")
         self.content_layers = layer_weights(
-            DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, "loss.content_layers")
+            DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, None, "loss.content_layer")
         self.style_layers = layer_weights(
-            DEFAULT_STYLE_LAYERS if style_layers is None else style_layers, "loss.style_layers")
+            DEFAULT_STYLE_LAYERS if style_layers is None else style_layers, style_layer_weights, "loss.style_layer")
         if self.term_weights["content"] == 0:
             self.content_layers = {}
         if self.term_weights["style"] == 0:

@@ -8,6 +8,7 @@ Lightning owns the loop, checkpointing, precision, DDP and logging.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from stylenet.data import resize_long_side, resolve_image_path
 from stylenet.image import ImageError, load_rgb
 from stylenet.losses import PerceptualLoss
 from stylenet.nets import TransformerNet
+
+# The frozen VGG inside the loss is in eval mode on purpose (VGGFeatures.train is a no-op).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
 
 def file_sha256(path: Path) -> str:

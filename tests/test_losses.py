@@ -54,7 +54,7 @@ def test_pixel_loss() -> None:
 
 def test_perceptual_loss_total_is_the_weighted_sum_of_independent_terms() -> None:
     loss = PerceptualLoss(weights="random", content_weight=2.0, style_weight=30.0, tv_weight=5.0,
-                          style_layers={"relu1_2": 1.0, "relu2_2": 0.5})
+                          style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0, 0.5])
     style = torch.rand(3, 40, 56)  # a different size than the output: Grams are C x C
     loss.set_style([style])
     output, content = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
@@ -84,8 +84,10 @@ def test_style_blend_mixes_grams_by_weight() -> None:
 def test_settings_are_validated() -> None:
     with pytest.raises(StylenetError, match="loss.style_weight must be >= 0"):
         PerceptualLoss(weights="random", style_weight=-1)
-    with pytest.raises(StylenetError, match="loss.style_layers.relu1_2 must be >= 0"):
+    with pytest.raises(StylenetError, match="loss.style_layer.relu1_2 must be >= 0"):
         PerceptualLoss(weights="random", style_layers={"relu1_2": -0.1})
+    with pytest.raises(StylenetError, match="loss.style_layer_weights has 1 values for 2 layers"):
+        PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0])
     with pytest.raises(StylenetError, match="unknown VGG layer"):
         PerceptualLoss(weights="random", content_layers=["relu2_9"])
     loss = PerceptualLoss(weights="random")

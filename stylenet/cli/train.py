@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 
@@ -26,22 +27,42 @@ def config_dir() -> str:
     raise RuntimeError(f"stylenet configs not found next to {package}")
 
 
-def train(cfg: DictConfig) -> Path:
-    """Run one training job; returns the run folder."""
-    import pytorch_lightning as pl
-    from hydra.core.hydra_config import HydraConfig
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that surfaces our one-line errors (and wrong setting names)
+    instead of Hydra's multi-line wrapper."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return instantiate(node, **kwargs)
+    except MissingMandatoryValue as err:
+        raise StylenetError(f"setting {err.full_key} is required (pass {err.full_key}=...)") from None
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, StylenetError):
+            raise cause from None
+        if isinstance(cause, TypeError):  # an unknown or missing setting name
+            raise StylenetError(f"{node.get('_target_')}: {cause}") from None
+        raise
+
+
+def train(cfg: DictConfig, run_dir: Path) -> None:
+    """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder)."""
+    import pytorch_lightning as pl
 
     from stylenet.image import save_image
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if OmegaConf.is_missing(cfg.style, "image"):
+        raise StylenetError(f"style.image is required: pass style.image=/path/to/{cfg.style.name}.jpg "
+                            "(the presets' paintings are not shipped)")
     pl.seed_everything(cfg.seed, workers=True)
-    task = instantiate(cfg.task, _convert_="all")
-    datamodule = instantiate(cfg.data)
+    task = build(cfg.task, _convert_="all")
+    datamodule = build(cfg.data)
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     if trainer.is_global_zero and datamodule.val_files:
         from stylenet.export import load_model
@@ -53,13 +74,14 @@ def train(cfg: DictConfig) -> Path:
         stylized = run_network(load_model(cfg.callbacks.export.path).net, load_rgb(photo))
         out = save_image(run_dir / f"{photo.stem}_{cfg.style.name}.png", stylized)
         logging.getLogger(__name__).info("stylized %s -> %s", photo.name, out)
-    return run_dir
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     try:
-        train(cfg)
+        train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         sys.exit(2)

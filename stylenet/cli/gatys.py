@@ -1,0 +1,122 @@
+"""``stylenet-gatys``: the optimisation baseline (Gatys et al. 2016) as a Hydra app (configs/gatys.yaml).
+
+One content photo and one or more style images in, one optimised image out, scored by the same
+objective the feed-forward networks are trained on (``loss`` group). In the run folder: the final
+image (``output``), ``tensorboard/`` (every objective term per iteration, intermediate images),
+``steps/`` (snapshots every ``save_every`` iterations) and Hydra's config and log.
+
+Bad settings and unreadable images fail before any optimisation with one line,
+``stylenet-gatys: error: ...``, and exit status 2. A non-finite objective stops the optimisation,
+writes the last finite image to ``output`` and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from stylenet import StylenetError
+from stylenet.cli.train import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def style_specs(style: object) -> list[str]:
+    """``style=a.jpg`` or ``style=[a.jpg,b.jpg]`` -> a list of image specs."""
+    specs = [style] if isinstance(style, str) else list(style)
+    if not specs:
+        raise StylenetError("style is required: style=painting.jpg, or style=[a.jpg,b.jpg] style_weights=[0.7,0.3]")
+    return [str(spec) for spec in specs]
+
+
+def run(cfg: DictConfig) -> int:
+    """Optimise one image; returns the exit status (0, or 1 when the objective became non-finite)."""
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from stylenet.data import resize_long_side
+    from stylenet.gatys import (Progress, check_memory, long_side_shape, optimize_image, read_image, resize_to,
+                                resolve_device)
+    from stylenet.image import check_output_path, save_image
+    from stylenet.losses import PerceptualLoss
+
+    for key in ("content", "style"):
+        if OmegaConf.is_missing(cfg, key):
+            raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg style=painting.jpg")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    output = Path(cfg.output)
+    check_output_path(output)
+    device = resolve_device(cfg.device)
+    content = read_image(cfg.content, "content")
+    styles = [read_image(spec, "style") for spec in style_specs(cfg.style)]
+    height, width = long_side_shape(*content.shape[-2:], cfg.size)
+    try:
+        loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
+    except TypeError as err:
+        raise StylenetError(f"loss: {err}") from None
+    check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
+    content = resize_to(content, height, width)
+    styles = [resize_long_side(style, cfg.style_size or max(height, width)) for style in styles]
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer.add_image("content", content)
+    for index, style in enumerate(styles):
+        writer.add_image(f"style/{index}", style)
+    bar = tqdm(total=cfg.iterations * cfg.scales, desc="gatys", unit="it", file=sys.stderr,
+               disable=not cfg.progress, dynamic_ncols=True)
+
+    def on_iteration(progress: Progress) -> None:
+        for name, value in progress.terms.items():
+            writer.add_scalar(f"loss/{name}", value, progress.iteration)
+        if cfg.image_every and progress.iteration % cfg.image_every == 0:
+            writer.add_image("image", progress.image.cpu(), progress.iteration)
+        if cfg.save_every and progress.iteration % cfg.save_every == 0:
+            save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
+        bar.set_postfix(loss=f"{progress.terms['total']:.4g}", scale=progress.scale + 1, refresh=False)
+        bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        result = optimize_image(content, styles, loss, style_weights=cfg.style_weights, iterations=cfg.iterations,
+                                optimizer=cfg.optimizer, lr=cfg.lr, history_size=cfg.history_size, init=cfg.init,
+                                scales=cfg.scales, preserve_color=cfg.preserve_color, seed=cfg.seed,
+                                callback=on_iteration)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    save_image(output, result.image.cpu())
+    writer.add_image("final", result.image.cpu(), result.iterations)
+    writer.close()
+    if result.stopped:
+        print(f"stylenet-gatys: error: {result.stopped}; wrote it to {output}", file=sys.stderr)
+        return 1
+    log.info("wrote %s: %d %s iterations (%d objective evaluations) in %.1f s on %s, objective %.4g -> %.4g",
+             output, result.iterations, cfg.optimizer, result.evaluations, seconds, device, result.history[0],
+             result.terms["total"])
+    return 0
+
+
+@hydra.main(config_path=config_dir(), config_name="gatys", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        status = run(cfg)
+    except StylenetError as err:
+        print(f"stylenet-gatys: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if status:
+        sys.exit(status)
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""stylenet-train as users run it: the console script, Hydra overrides and bad settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from stylenet import StylenetError
+from stylenet.cli.train import config_dir, train
+from stylenet.export import load_model
+
+SCRIPT = Path(sys.executable).with_name("stylenet-train")
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "stylenet.cli.train"]
+    return subprocess.run([*command, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "step_000020.ckpt").is_file()
+    model = load_model(run_dir / "smoke.safetensors")
+    assert model.metadata["steps"] == 20 and model.metadata["style_name"] == "demo"
+    assert len(list(run_dir.glob("*_demo.png"))) == 1  # the run ends with a stylized photo
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert "train/total" in events.Tags()["scalars"]
+    assert "VGG loss network uses RANDOM weights" in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists()  # hydra.run.dir holds every artefact
+
+
+def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smoke"):  # noqa: ANN201
+    chosen = [f"experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*chosen, f"hydra.run.dir={tmp_path}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("override,message", [
+    ("style.image=/no/such/painting.jpg", "style image '/no/such/painting.jpg' does not exist"),
+    ("loss.style_layers=[relu1_2,relu9_1]", "unknown VGG layer"),
+    ("loss.style_layer_weights=[1,-1,1,1]", "loss.style_layer.relu2_2 must be >= 0"),
+    ("loss.content_weight=-1", "loss.content_weight must be >= 0"),
+    ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
+    ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
+    ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
+])
+def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
+                                                                  message: str) -> None:
+    with pytest.raises(StylenetError, match=message.replace("(", r"\(")):
+        train(compose_train(tmp_path, override), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StylenetError, match="contains no images"):
+        train(compose_train(tmp_path, "data=folder", f"data.root={tmp_path / 'empty'}"), tmp_path)
+    cfg = compose_train(tmp_path, "style=candy", "style.image=demo:coffee", experiment=None)
+    assert (cfg.style.name, cfg.style.size, cfg.loss.style_weight, cfg.loss.tv_weight) == ("candy", 384, 10.0, 400)
+    assert cfg.trainer.max_steps == 40000 and cfg.name == "candy"
+    preset = compose_train(tmp_path, "style=the_scream")
+    with pytest.raises(StylenetError, match="style.image is required"):
+        train(preset, tmp_path)
+
+
+def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:
+    result = run_cli("experiment=smoke", "style.image=missing.png", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == ["stylenet-train: error: style image 'missing.png' does not exist (style.image)"]

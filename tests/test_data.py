@@ -1,0 +1,122 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet import StylenetError
+from stylenet.data import (
+    DEMO_PHOTOS,
+    ImageFileDataset,
+    ImageFolderDataModule,
+    StreamSampler,
+    collate_skipping_bad,
+    resize_long_side,
+    resolve_image_path,
+)
+from tests.conftest import make_photo
+
+
+def mixed_mode_folder(root: Path) -> Path:
+    """One photo per PIL mode the data must handle, a 16-bit PNG, an EXIF-rotated JPEG, and a
+    corrupt file."""
+    for i, mode in enumerate(["RGB", "L", "P", "RGBA", "CMYK", "1", "LA"]):
+        suffix = ".jpg" if mode == "CMYK" else ".png"
+        make_photo(root / f"{mode}{suffix}", size=(70, 60), seed=i, mode=mode)
+    Image.fromarray(np.full((60, 70), 40000, np.uint16)).save(root / "grey16.png")
+    rotated = Image.new("RGB", (80, 60), (200, 10, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    (root / "nested").mkdir()
+    rotated.save(root / "nested" / "rotated.jpg", exif=exif)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+def test_every_mode_becomes_an_rgb_crop_and_bad_files_are_reported(tmp_path: Path) -> None:
+    root = mixed_mode_folder(tmp_path / "mixed")
+    dataset = ImageFileDataset(sorted(p for p in root.rglob("*") if p.is_file()), image_size=32)
+    samples = [dataset[i] for i in range(len(dataset))]
+    good = [s for s in samples if s["image"] is not None]
+    assert len(good) == len(samples) - 1
+    assert all(s["image"].shape == (3, 32, 32) and 0 <= s["image"].min() <= s["image"].max() <= 1 for s in good)
+    grey16 = next(s for s in good if s["path"].endswith("grey16.png"))
+    torch.testing.assert_close(grey16["image"], torch.full((3, 32, 32), 40000 / 65535), atol=2e-3, rtol=0)
+    batch = collate_skipping_bad(samples)
+    assert batch["images"].shape == (len(good), 3, 32, 32)
+    assert len(batch["skipped"]) == 1 and "broken.jpg" in batch["skipped"][0]
+
+
+def test_datamodule_holds_out_fixed_validation_files(photo_folder: Path) -> None:
+    dm = ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2, val_images=2)
+    dm.setup("fit")
+    assert len(dm.val_files) == 2 and len(dm.train_files) == 4
+    assert not set(dm.val_files) & set(dm.train_files)
+    again = ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, val_images=2)
+    again.setup("fit")
+    assert again.val_files == dm.val_files
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (2, 3, 32, 32) and batch["batch_number"] == 0
+    val = next(iter(dm.val_dataloader()))
+    assert torch.equal(val["images"], next(iter(dm.val_dataloader()))["images"])  # centre crops, fixed
+
+
+def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StylenetError, match="contains no images"):
+        ImageFolderDataModule(source="folder", root=str(tmp_path / "empty")).setup("fit")
+    with pytest.raises(StylenetError, match="is not a folder"):
+        ImageFolderDataModule(source="folder", root=str(tmp_path / "missing")).setup("fit")
+    with pytest.raises(StylenetError, match="data.image_size must be a positive multiple of 4"):
+        ImageFolderDataModule(image_size=30)
+
+
+def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
+    dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
+    dm.report_path = tmp_path / "skipped_images.txt"
+    dm.samples_seen = 100
+    dm.record_bad(["cannot read image 'a.jpg': truncated"] * 5)
+    assert dm.report_path.read_text().count("a.jpg") == 5
+    with pytest.raises(StylenetError, match=r"11 of 100 training images were unreadable"):
+        dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6)
+
+
+def test_stream_is_deterministic_sharded_and_resumable() -> None:
+    def take(sampler: StreamSampler, batches: int) -> list[list[tuple[int, int, int]]]:
+        stream = iter(sampler)
+        return [next(stream) for _ in range(batches)]
+
+    full = take(StreamSampler(10, batch_size=2, seed=3), 12)
+    assert full == take(StreamSampler(10, batch_size=2, seed=3), 12)
+    first_epoch = [index for batch in full[:5] for _, _, index in batch]
+    assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
+    assert [b[0][0] for b in full] == list(range(12))
+    resumed = take(StreamSampler(10, batch_size=2, seed=3, start_batch=7), 5)
+    assert resumed == full[7:12]
+    rank0 = take(StreamSampler(10, batch_size=2, seed=3, rank=0, world_size=2), 3)
+    rank1 = take(StreamSampler(10, batch_size=2, seed=3, rank=1, world_size=2), 3)
+    positions0 = {p for batch in rank0 for _, p, _ in batch}
+    positions1 = {p for batch in rank1 for _, p, _ in batch}
+    assert not positions0 & positions1 and positions0 | positions1 == set(range(12))
+
+
+def test_random_crops_depend_only_on_seed_and_position(tmp_path: Path) -> None:
+    path = make_photo(tmp_path / "wide.png", size=(120, 40))
+    dataset = ImageFileDataset([path], image_size=16, seed=5)
+    assert torch.equal(dataset[(0, 3, 0)]["image"], dataset[(9, 3, 0)]["image"])
+    crops = {dataset[(0, p, 0)]["image"].sum().item() for p in range(8)}
+    assert len(crops) > 1
+
+
+def test_demo_source_and_demo_paths_use_bundled_photos() -> None:
+    dm = ImageFolderDataModule(source="demo", image_size=64, val_images=2)
+    dm.setup("fit")
+    assert len(dm.train_files) + len(dm.val_files) == len(DEMO_PHOTOS)
+    assert resolve_image_path("demo:chelsea").name == "chelsea.png"
+    with pytest.raises(StylenetError, match="no bundled demo image"):
+        resolve_image_path("demo:nonexistent")
+
+
+def test_resize_long_side() -> None:
+    assert resize_long_side(torch.rand(3, 100, 50), 40).shape == (3, 40, 20)

@@ -1,0 +1,133 @@
+"""Training end to end on generated photos: loss falls, logs, checkpoints, export, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from stylenet import StylenetError
+from stylenet.callbacks import ExportStyleModel
+from stylenet.data import ImageFolderDataModule
+from stylenet.export import export_checkpoint, load_model
+from stylenet.tasks import StyleTransferTask
+
+TINY_MODEL = {"channels": 8, "residual_blocks": 1, "norm": "instance"}
+RANDOM_LOSS = {"weights": "random", "style_weight": 1000.0, "tv_weight": 1.0}
+
+
+def make_task(style_image: Path, **loss: object) -> StyleTransferTask:
+    return StyleTransferTask(model=TINY_MODEL, loss={**RANDOM_LOSS, **loss},
+                             style={"name": "test", "image": str(style_image), "size": 64}, image_size=32)
+
+
+def make_trainer(run_dir: Path, max_steps: int, **kwargs: object) -> pl.Trainer:
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step_{step:06d}", every_n_train_steps=5,
+                                 save_last=True, save_top_k=-1, auto_insert_metric_name=False),
+                 ExportStyleModel(str(run_dir / "test.safetensors"))]
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=5,
+                      check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
+                      log_every_n_steps=1, use_distributed_sampler=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=run_dir, callbacks=callbacks,
+                      logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+                      **kwargs)
+
+
+def make_data(photo_folder: Path) -> ImageFolderDataModule:
+    return ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2, val_images=2)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 30-step run shared by the tests that inspect its artefacts."""
+    from tests.conftest import make_photo
+
+    root = tmp_path_factory.mktemp("run")
+    photos = root / "photos"
+    for i in range(6):
+        make_photo(photos / f"img{i}.png", size=(48 + 4 * i, 40), seed=i)
+    style = make_photo(root / "style.png", size=(64, 64), seed=42)
+    pl.seed_everything(0)
+    task = make_task(style)
+    trainer = make_trainer(root / "out", max_steps=30)
+    trainer.fit(task, datamodule=make_data(photos), weights_only=True)
+    return root
+
+
+def scalars(run: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(run / "out" / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    return [event.value for event in events.Scalars(tag)]
+
+
+def test_total_loss_falls_clearly(trained_run: Path) -> None:
+    totals = scalars(trained_run, "train/total")
+    assert len(totals) >= 25
+    assert sum(totals[-5:]) / 5 < 0.5 * sum(totals[:3]) / 3
+
+
+def test_tensorboard_holds_every_loss_term_and_image_grids(trained_run: Path) -> None:
+    events = EventAccumulator(str(trained_run / "out" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/total", "train/content", "train/style", "train/tv", "train/style/relu1_2",
+                "train/style/relu4_3", "val/total"):
+        assert tag in tags["scalars"], tag
+    assert "style" in tags["images"] and "val/content_stylized" in tags["images"]
+    grids = events.Images("val/content_stylized")
+    assert [g.step for g in grids] == [5, 10, 15, 20, 25, 30]
+    # one row per held-out image, content | stylized side by side, make_grid's padding of 2 px
+    assert (grids[0].width, grids[0].height) == (2 * 32 + 2 * 2, 2 * 32 + 3 * 2)
+
+
+def test_checkpoints_load_safely_and_export_round_trips(trained_run: Path, tmp_path: Path) -> None:
+    ckpt_dir = trained_run / "out" / "checkpoints"
+    assert {p.name for p in ckpt_dir.iterdir()} >= {"last.ckpt", "step_000005.ckpt", "step_000030.ckpt"}
+    checkpoint = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 30
+    assert not any(key.startswith("loss.") for key in checkpoint["state_dict"])  # no VGG in checkpoints
+    exported = export_checkpoint(ckpt_dir / "last.ckpt", tmp_path / "style.safetensors")
+    model, at_end = load_model(exported), load_model(trained_run / "out" / "test.safetensors")
+    assert model.metadata["steps"] == 30 and model.metadata["style_name"] == "test"
+    assert model.metadata["network"] == {"class": "TransformerNet", **TINY_MODEL}
+    assert len(model.metadata["style_sha256"]) == 64 and model.metadata["image_size"] == 32
+    assert exported.stat().st_size < 200_000  # weights only: no VGG, no optimiser
+    task = StyleTransferTask.load_from_checkpoint(ckpt_dir / "last.ckpt", weights_only=True)
+    image = torch.rand(1, 3, 36, 44)
+    with torch.no_grad():
+        expected = task.net.eval()(image)
+        assert torch.equal(model.net(image), expected)
+        assert torch.equal(at_end.net(image), expected)
+
+
+def test_resume_restores_step_optimizer_and_data_stream(tmp_path: Path, photo_folder: Path,
+                                                        style_image: Path) -> None:
+    pl.seed_everything(0)
+    first = make_trainer(tmp_path / "a", max_steps=5)
+    first.fit(make_task(style_image), datamodule=make_data(photo_folder), weights_only=True)
+    checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["optimizer_states"][0]["state"][0]["step"] == 5
+    assert checkpoint["ImageFolderDataModule"]["next_batch"] == 5
+
+    data = make_data(photo_folder)
+    resumed = make_trainer(tmp_path / "b", max_steps=8)
+    resumed.fit(make_task(style_image), datamodule=data, ckpt_path=tmp_path / "a" / "checkpoints" / "last.ckpt",
+                weights_only=True)
+    assert resumed.global_step == 8 and data.next_batch == 8
+    assert resumed.optimizers[0].state_dict()["state"][0]["step"] == 8
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Path) -> None:
+    with pytest.raises(StylenetError, match="does not exist"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "nope.jpg")})
+    with pytest.raises(StylenetError, match="style.image is required"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": "???"})
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(StylenetError, match="text.png"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "text.png")})
+    with pytest.raises(StylenetError, match="model: model.norm"):
+        StyleTransferTask(model={**TINY_MODEL, "norm": "layer"}, loss=RANDOM_LOSS, style={"image": str(style_image)})
