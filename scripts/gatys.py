@@ -1,11 +1,11 @@
-"""Run ``stylenet-gatys`` from a checkout without installing: ``python scripts/gatys.py content=... style=...``."""
+"""``stylenet-gatys`` from a checkout, not installed: ``python scripts/gatys.py content=... style=...``."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stylenet.cli.gatys import main  # noqa: E402 - after making the checkout importable
+from stylenet.cli.gatys import main
 
 if __name__ == "__main__":
     main()

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from stylenet import StylenetError
+from stylenet.checkpoints import EXPERIMENT_KEY, first_non_finite
 from stylenet.export import checkpoint_metadata, save_model
 
 log = logging.getLogger(__name__)
@@ -24,4 +32,75 @@ class ExportStyleModel(pl.Callback):
             return
         metadata = checkpoint_metadata(dict(pl_module.hparams), trainer.global_step)
         save_model(self.path, pl_module.net, metadata)
-        log.info("exported the style model to %s", self.path)
+        log.info("exported the model to %s", self.path)
+
+
+class TrainingInterrupted(SystemExit):
+    """The run stopped on SIGTERM or Ctrl-C after saving a checkpoint. Its exit status is the shell's
+    128 + signal number (143 for SIGTERM, 130 for SIGINT), so a scheduler sees a job killed by a
+    signal (to requeue), while the work up to the last step is safe."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class ResumableRun(pl.Callback):
+    """Makes every run resumable by ``resume=auto``.
+
+    * Checkpoints carry the experiment ``name`` (how ``resume=auto`` recognises its own among the
+      sibling run folders) and are refused, with an error, if a weight is not finite.
+    * SIGTERM (preemption, ``scancel``, ``kill``) and a first Ctrl-C let the current step finish,
+      save ``last.ckpt`` at that step and stop; Lightning then flushes and closes the loggers. A
+      second Ctrl-C aborts at once without a new checkpoint. SIGTERM is Lightning's own: it stops
+      after the step with :class:`SIGTERMException` (and stops every DDP rank), but saves nothing
+      and exits with status 0; Ctrl-C stops the same way with :class:`TrainingInterrupted`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sigint = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Installed after Lightning saved every signal handler at the start of fit, so Lightning's
+        # teardown puts the previous SIGINT handler back, on success and on any exception alike.
+        self.sigint = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.on_sigint)
+
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.sigint:
+            raise KeyboardInterrupt
+        self.sigint = True
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (press again to abort at once)")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        # any rank's Ctrl-C stops all ranks at the same step (a lone rank would hang the others)
+        if trainer.strategy.reduce_boolean_decision(self.sigint, all=False):
+            raise TrainingInterrupted(signal.SIGINT)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        """Save the step just finished; only on a signal, when the state between two steps is whole."""
+        if not isinstance(exception, (TrainingInterrupted, SIGTERMException)):
+            return
+        path = self.interrupt_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        log.warning("interrupted: saved %s at step %d; run again (resume=auto) to continue", path,
+                    trainer.global_step)
+
+    @staticmethod
+    def interrupt_checkpoint_path(trainer: pl.Trainer) -> Path:
+        """``last.ckpt`` beside the periodic checkpoints, so ``ckpt_path=last`` finds it as well."""
+        callback = trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
+        return Path(folder) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        bad = first_non_finite(checkpoint["state_dict"])
+        if bad is not None:
+            raise StylenetError(f"not saving a checkpoint at step {trainer.global_step}: {bad} holds NaN or "
+                                "infinite values; the previous checkpoint is the last good one")
+        checkpoint[EXPERIMENT_KEY] = self.name

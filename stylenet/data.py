@@ -7,71 +7,63 @@ checkpoint sees exactly the batches the uninterrupted run would have seen, on on
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from stylenet import StylenetError
-from stylenet.image import ImageError, list_images, load_rgb
+from stylenet.image import (  # noqa: F401 - the resize and demo helpers are re-exported for data users
+    DEMO_PHOTOS,
+    ImageError,
+    crop,
+    demo_root,
+    list_images,
+    load_rgb,
+    resize_long_side,
+    resize_short_side,
+    resolve_image_path,
+)
+from stylenet.metrics import degrade
+from stylenet.nets.sr import SuperResolutionNet
+from stylenet.shards import ShardStore
 
 log = logging.getLogger(__name__)
 
-#: scikit-image's bundled sample photos (colour and grey), used by ``data=demo``.
-DEMO_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-               "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png")
+class InFlight:
+    """Which file each DataLoader worker is decoding, in memory shared with the main process.
 
+    A worker killed by a crashing decoder or the OOM killer, or one stuck past ``timeout_s``, reaches
+    the main process as a RuntimeError with at most a pid; this table lets the error name the file."""
 
-def demo_root() -> Path:
-    """The folder of scikit-image's sample images (shipped in its wheel, no download)."""
-    import skimage
+    def __init__(self, workers: int) -> None:
+        self.index = multiprocessing.RawArray("q", [-1] * workers)
+        self.pid = multiprocessing.RawArray("q", [0] * workers)
 
-    return Path(skimage.__file__).parent / "data"
+    @contextlib.contextmanager
+    def loading(self, index: int) -> Iterator[None]:
+        info = get_worker_info()
+        if info is None:  # loading in the main process: its own traceback says everything
+            yield
+            return
+        self.pid[info.id], self.index[info.id] = os.getpid(), index
+        yield
+        self.index[info.id] = -1  # not reached when loading raised: the file stays the suspect
 
-
-def resolve_image_path(spec: str | Path) -> Path:
-    """A path, or ``demo:<name>`` for one of scikit-image's bundled photos (e.g. ``demo:chelsea``)."""
-    text = str(spec)
-    if text.startswith("demo:"):
-        name = text.removeprefix("demo:")
-        matches = sorted(demo_root().glob(f"{name}.*")) or sorted(demo_root().glob(name))
-        if not matches:
-            raise StylenetError(f"no bundled demo image {name!r}; choose one of "
-                                f"{', '.join(Path(p).stem for p in DEMO_PHOTOS)}")
-        return matches[0]
-    return Path(text).expanduser()
-
-
-def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a (3, H, W) image so that its shorter side is ``size``."""
-    height, width = image.shape[-2:]
-    scale = size / min(height, width)
-    new_size = (max(size, round(height * scale)), max(size, round(width * scale)))
-    return F.interpolate(image.unsqueeze(0), size=new_size, mode="bilinear", antialias=True,
-                         align_corners=False).squeeze(0).clamp_(0, 1)
-
-
-def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased resize of a (3, H, W) image so that its longer side is ``size`` (style images)."""
-    height, width = image.shape[-2:]
-    scale = size / max(height, width)
-    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return F.interpolate(image.unsqueeze(0), size=new_size, mode="bilinear", antialias=True,
-                         align_corners=False).squeeze(0).clamp_(0, 1)
-
-
-def crop(image: torch.Tensor, size: int, rng: random.Random | None) -> torch.Tensor:
-    """A size x size crop: random when ``rng`` is given, centred otherwise."""
-    height, width = image.shape[-2:]
-    top = rng.randint(0, height - size) if rng else (height - size) // 2
-    left = rng.randint(0, width - size) if rng else (width - size) // 2
-    return image[:, top: top + size, left: left + size]
+    def suspects(self, message: str) -> list[int]:
+        """Indices being loaded: by the worker whose pid ``message`` names, else by every busy worker."""
+        busy = [(pid, index) for pid, index in zip(self.pid, self.index, strict=True) if index >= 0]
+        named = [index for pid, index in busy if re.search(rf"\b{pid}\b", message)]
+        return named or [index for _, index in busy]
 
 
 class ImageFileDataset(Dataset):
@@ -81,6 +73,9 @@ class ImageFileDataset(Dataset):
     Training items are ``(batch_number, position, index)`` triples from :class:`StreamSampler`: the
     crop is drawn from a generator seeded with (seed, position). Validation items are plain indices
     and get a centre crop."""
+
+    #: set by :class:`ImageFolderDataModule` when the loader has worker processes
+    in_flight: InFlight | None = None
 
     def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0,
                  max_pixels: int | None = None) -> None:
@@ -93,19 +88,58 @@ class ImageFileDataset(Dataset):
         batch_number, position, index = item if isinstance(item, tuple) else (-1, -1, item)
         path = self.files[index]
         rng = random.Random(f"{self.seed}:{position}") if position >= 0 else None
-        kwargs = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
-        try:
-            image = crop(resize_short_side(load_rgb(path, **kwargs), self.image_size), self.image_size, rng)
-        except ImageError as err:
-            return {"image": None, "path": str(path), "error": str(err), "batch_number": batch_number}
+        with self.in_flight.loading(index) if self.in_flight else contextlib.nullcontext():
+            try:
+                image = self.patch(self.read(path), rng)
+            except ImageError as err:
+                return {"image": None, "path": str(path), "error": str(err), "batch_number": batch_number}
         return {"image": image, "path": str(path), "error": None, "batch_number": batch_number}
+
+    def read(self, path: Path) -> torch.Tensor:
+        """The photo at ``path``, decoded to (3, H, W) in [0, 1]."""
+        kwargs = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+        return load_rgb(path, **kwargs)
+
+    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
+        """The sample cut from one photo: short side resized to ``image_size`` (the paper's 256x256
+        COCO images), then a square crop."""
+        return crop(resize_short_side(image, self.image_size), self.image_size, rng)
+
+
+class ShardDataset(ImageFileDataset):
+    """:class:`ImageFileDataset`'s items (same ``(batch_number, position, index)`` protocol, same
+    seeded crops) read from a prepared dataset (:mod:`stylenet.shards`) instead of decoded photos.
+
+    ``files`` are the photos the shards were made from (the manifest's sources); no file is opened.
+    Shards prepared at the training size (``stylenet-prepare``'s default, like the original code's
+    256x256 HDF5) are served as they are; shards prepared larger give random ``image_size`` crops in
+    training and centre crops in validation, as photos do. Smaller shards are refused: upsampling
+    prepared pixels would silently train on blurred images."""
+
+    def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0, *, store: ShardStore) -> None:
+        super().__init__(files, image_size, seed)
+        if store.size < image_size:
+            raise StylenetError(f"the prepared dataset {str(store.root)!r} has {store.size} px images, smaller "
+                                f"than data.image_size={image_size}; prepare it again with --size {image_size}")
+        self.store = store
+        self.rows = {str(path): row for row, path in enumerate(store.sources)}
+
+    def read(self, path: Path) -> torch.Tensor:
+        """The prepared uint8 pixels as a (3, S, S) view of the memory map: no copy, no decoding."""
+        return torch.from_numpy(self.store.image(self.rows[str(path)])).permute(2, 0, 1)
+
+    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
+        """Crop first, then convert: only the crop's pixels are copied to float."""
+        return crop(image, self.image_size, rng).float().div_(255.0)
 
 
 def collate_skipping_bad(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good images; report the bad ones (their one-line errors) alongside the batch."""
+    """Stack the good images; report the bad ones (their one-line errors) alongside the batch, and
+    the good ones' paths (so that an error about this batch can name its files)."""
     good = [s["image"] for s in samples if s["image"] is not None]
     return {
         "images": torch.stack(good) if good else torch.empty(0, 3, 0, 0),  # (B, 3, S, S)
+        "paths": [s["path"] for s in samples if s["image"] is not None],
         "skipped": [s["error"] for s in samples if s["image"] is None],
         "batch_number": samples[0]["batch_number"],
     }
@@ -151,6 +185,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     is part of the checkpoint, so a resumed run continues the same stream.
     """
 
+    #: what cuts a sample from a photo (subclasses change the cut, not the listing or the stream)
+    dataset_class: type[ImageFileDataset] = ImageFileDataset
+
     def __init__(self, source: str = "demo", root: str | None = None, image_size: int = 256,
                  batch_size: int = 4, num_workers: int = 0, val_images: int = 4, seed: int = 0,
                  max_bad_fraction: float = 0.05, max_pixels: int | None = None,
@@ -160,8 +197,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
         if batch_size < 1:
             raise StylenetError(f"data.batch_size must be >= 1, got {batch_size}")
-        if source not in ("demo", "folder", "coco"):
-            raise StylenetError(f"data.source must be demo, folder or coco, got {source!r}")
+        if source not in ("demo", "folder", "coco", "shards"):
+            raise StylenetError(f"data.source must be demo, folder, coco or shards, got {source!r}")
         self.source, self.root, self.image_size, self.batch_size = source, root, image_size, batch_size
         self.num_workers, self.val_images, self.seed = num_workers, val_images, seed
         self.max_bad_fraction, self.max_pixels, self.timeout_s = max_bad_fraction, max_pixels, timeout_s
@@ -171,12 +208,17 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.samples_seen = 0
         self.bad_files: list[str] = []
         self.report_path: Path | None = None
+        self.shards: ShardStore | None = None  # source=shards: the prepared dataset, once listed
+        self.worker_datasets: list[ImageFileDataset] = []
 
     def list_files(self) -> list[Path]:
         if self.source == "demo":
             return [demo_root() / name for name in DEMO_PHOTOS if (demo_root() / name).is_file()]
         if not self.root:
             raise StylenetError(f"data.root must name a folder of images for data={self.source}")
+        if self.source == "shards":
+            self.shards = ShardStore(self.root)
+            return self.shards.sources
         root = Path(self.root).expanduser()
         if not root.is_dir():
             raise StylenetError(f"data.root {str(root)!r} is not a folder")
@@ -195,8 +237,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_files = [f for i, f in enumerate(files) if i in held_out]
         self.train_files = [f for i, f in enumerate(files) if i not in held_out]
 
-    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: ImageFileDataset, **kwargs: Any) -> DataLoader:
         workers = self.num_workers
+        if workers > 0:
+            dataset.in_flight = InFlight(workers)
+            self.worker_datasets.append(dataset)
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
@@ -205,12 +250,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = StreamSampler(len(self.train_files), self.batch_size, self.seed, rank, world, self.next_batch)
-        dataset = ImageFileDataset(self.train_files, self.image_size, self.seed, self.max_pixels)
-        return self._loader(dataset, batch_sampler=sampler)
+        return self._loader(self.make_dataset(self.train_files), batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = ImageFileDataset(self.val_files, self.image_size, self.seed, self.max_pixels)
-        return self._loader(dataset, batch_size=self.batch_size, shuffle=False)
+        return self._loader(self.make_dataset(self.val_files), batch_size=self.batch_size, shuffle=False)
+
+    def make_dataset(self, files: list[Path]) -> ImageFileDataset:
+        """Samples of ``files``: read from the prepared shards for ``source=shards``, else decoded."""
+        if self.source == "shards":
+            return ShardDataset(files, self.image_size, self.seed, store=self.shards)
+        return self.dataset_class(files, self.image_size, self.seed, self.max_pixels)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Count what training consumes (not what the loader prefetched) and police bad files."""
@@ -235,6 +284,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
                                 f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}); see "
                                 f"{self.report_path or 'the log'}")
 
+    def explain_failure(self, err: BaseException) -> StylenetError | None:
+        """A one-line error naming the file(s) a DataLoader worker was decoding when it died, hung past
+        ``timeout_s`` or raised; None when ``err`` did not come from a worker."""
+        # torch's messages for all three ("DataLoader worker (pid 12) exited unexpectedly", "DataLoader
+        # timed out after 120 seconds", "Caught X in DataLoader worker process 0") are the only marker.
+        message = str(err)
+        if isinstance(err, StylenetError) or "DataLoader" not in message:
+            return None
+        files = [str(dataset.files[index]) for dataset in self.worker_datasets
+                 for index in dataset.in_flight.suspects(message)]
+        if not files:
+            return None
+        return StylenetError(f"{message.strip().splitlines()[0]} while loading {', '.join(files)}: remove or "
+                             "fix the file, or set data.num_workers=0 to debug it in the main process")
+
     def state_dict(self) -> dict[str, Any]:
         return {"next_batch": self.next_batch, "samples_seen": self.samples_seen,
                 "bad_files": len(self.bad_files)}
@@ -242,3 +306,42 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_batch = int(state_dict["next_batch"])
         self.samples_seen = int(state_dict["samples_seen"])
+
+
+class SuperResolutionPatches(ImageFileDataset):
+    """High-resolution patches for super-resolution (Johnson et al. 2016, Sec. 4.2: 288x288 patches
+    of COCO photos), cut at the photo's own resolution: resizing first would soften exactly the
+    detail the network must learn to restore. Photos smaller than a patch are enlarged to fit."""
+
+    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
+        if min(image.shape[-2:]) < self.image_size:
+            image = resize_short_side(image, self.image_size)
+        return crop(image, self.image_size, rng)
+
+
+class SuperResolutionDataModule(ImageFolderDataModule):
+    """:class:`ImageFolderDataModule` (same sources, held-out files, resumable stream, bad-file
+    policy) serving HR patches with their LR versions: ``batch["images"]`` (B, 3, S, S) and
+    ``batch["lr"]`` (B, 3, S/f, S/f).
+
+    The LR images are made on the fly, after the batch reached the training device, by
+    :func:`stylenet.metrics.degrade` (Gaussian blur sigma 1.0, then antialiased bicubic
+    downsampling): the same function ``stylenet-evaluate-sr`` uses, so training and evaluation
+    see the same degradation. Validation uses centre patches of the held-out photos.
+    """
+
+    dataset_class = SuperResolutionPatches
+
+    def __init__(self, factor: int = 4, image_size: int = 288, **kwargs: Any) -> None:
+        super().__init__(image_size=image_size, **kwargs)
+        if factor < 1 or image_size % factor:
+            raise StylenetError(f"data.image_size ({image_size}) must be a multiple of the factor {factor}")
+        if image_size // factor < SuperResolutionNet.min_size:
+            raise StylenetError(f"data.image_size ({image_size}) / factor {factor} leaves LR patches smaller "
+                                f"than the network's minimum of {SuperResolutionNet.min_size} px")
+        self.factor = factor
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        images = batch["images"]
+        batch["lr"] = degrade(images, self.factor) if images.numel() else images
+        return batch

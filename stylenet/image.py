@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stylenet import StylenetError
@@ -576,3 +578,56 @@ def save_image(
         raise _error(p, _one_line(str(err)) or type(err).__name__, verb="write") from None
     _fsync_dir(p.parent)
     return p
+
+
+# --- Demo photos and resizing: light helpers shared by training, Gatys, scripts and inference. ---
+
+#: scikit-image's bundled sample photos (colour and grey), used by ``data=demo``.
+DEMO_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+               "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png")
+
+
+def demo_root() -> Path:
+    """The folder of scikit-image's sample images (shipped in its wheel, no download)."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def resolve_image_path(spec: str | Path) -> Path:
+    """A path, or ``demo:<name>`` for one of scikit-image's bundled photos (e.g. ``demo:chelsea``)."""
+    text = str(spec)
+    if text.startswith("demo:"):
+        name = text.removeprefix("demo:")
+        matches = sorted(demo_root().glob(f"{name}.*")) or sorted(demo_root().glob(name))
+        if not matches:
+            raise StylenetError(f"no bundled demo image {name!r}; choose one of "
+                                f"{', '.join(Path(p).stem for p in DEMO_PHOTOS)}")
+        return matches[0]
+    return Path(text).expanduser()
+
+
+def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a (3, H, W) image so that its shorter side is ``size``."""
+    height, width = image.shape[-2:]
+    scale = size / min(height, width)
+    new_size = (max(size, round(height * scale)), max(size, round(width * scale)))
+    return F.interpolate(image.unsqueeze(0), size=new_size, mode="bilinear", antialias=True,
+                         align_corners=False).squeeze(0).clamp_(0, 1)
+
+
+def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased resize of a (3, H, W) image so that its longer side is ``size`` (style images)."""
+    height, width = image.shape[-2:]
+    scale = size / max(height, width)
+    new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(image.unsqueeze(0), size=new_size, mode="bilinear", antialias=True,
+                         align_corners=False).squeeze(0).clamp_(0, 1)
+
+
+def crop(image: torch.Tensor, size: int, rng: random.Random | None) -> torch.Tensor:
+    """A size x size crop: random when ``rng`` is given, centred otherwise."""
+    height, width = image.shape[-2:]
+    top = rng.randint(0, height - size) if rng else (height - size) // 2
+    left = rng.randint(0, width - size) if rng else (width - size) // 2
+    return image[:, top: top + size, left: left + size]

@@ -78,7 +78,8 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
     else:
         per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
         if len(per_layer) != len(layers):
-            raise StylenetError(f"{setting}_weights has {len(per_layer)} values for {len(layers)} layers {list(layers)}")
+            raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "
+                                f"{len(layers)} layers {list(layers)}")
         weights = dict(zip(layers, per_layer, strict=True))
     for name, weight in weights.items():
         if float(weight) < 0:

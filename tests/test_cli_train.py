@@ -38,7 +38,7 @@ def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) 
     assert not (tmp_path / "outputs").exists()  # hydra.run.dir holds every artefact
 
 
-def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smoke"):  # noqa: ANN201
+def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smoke"):
     chosen = [f"experiment={experiment}"] if experiment else []
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*chosen, f"hydra.run.dir={tmp_path}", *overrides],

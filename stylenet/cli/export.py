@@ -1,4 +1,11 @@
-"""``stylenet-export``: Lightning checkpoint -> per-style model file (weights + metadata only)."""
+"""``stylenet-export``: a trained model -> per-style model file, ONNX model and/or ``torch.export`` program.
+
+The source is a ``stylenet-train`` Lightning checkpoint (.ckpt), a stylenet model file (.safetensors)
+or a pytorch/examples fast_neural_style checkpoint (.pth/.model); it is read without unpickling
+code. Each ``-o`` picks its format by extension: .safetensors (weights + metadata, for
+stylenet-stylize), .onnx (onnxruntime etc.) or .pt2 (torch.export.load); ONNX and .pt2 accept any
+height and width >= 8.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,28 @@ from stylenet import StylenetError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stylenet-export", description=__doc__)
-    parser.add_argument("checkpoint", help="a Lightning .ckpt written by stylenet-train")
-    parser.add_argument("-o", "--output", required=True, help="the model file to write (.safetensors)")
+    parser = argparse.ArgumentParser(prog="stylenet-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source",
+                        help="a .ckpt from stylenet-train, a .safetensors model or a pytorch/examples .pth")
+    parser.add_argument("-o", "--output", required=True, action="append", dest="outputs",
+                        help="file to write (.safetensors, .onnx or .pt2); repeat for several formats")
+    parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names)")
     args = parser.parse_args(argv)
-    from stylenet.export import export_checkpoint
+    from stylenet.export import check_export_path, load_model, write_models
 
     try:
-        path = export_checkpoint(args.checkpoint, args.output)
+        for output in args.outputs:
+            check_export_path(output)
+        model = load_model(args.source)
+        if args.style_name:
+            model.metadata["style_name"] = args.style_name
+        paths = write_models(model, args.outputs)
     except StylenetError as err:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
         return 2
-    print(path)
+    for path in paths:
+        print(path)
     return 0
 
 

@@ -26,36 +26,49 @@ from stylenet.cli.train import config_dir
 log = logging.getLogger(__name__)
 
 
+#: the config key behind ``style=``: Hydra would read ``style=...`` as a choice from the training
+#: presets' ``style`` config group (configs/style/), so :func:`main` renames it on the command line.
+STYLE_KEY = "style_images"
+
+
 def style_specs(style: object) -> list[str]:
     """``style=a.jpg`` or ``style=[a.jpg,b.jpg]`` -> a list of image specs."""
     specs = [style] if isinstance(style, str) else list(style)
     if not specs:
-        raise StylenetError("style is required: style=painting.jpg, or style=[a.jpg,b.jpg] style_weights=[0.7,0.3]")
+        raise StylenetError("style is required: style=painting.jpg, or style=[a.jpg,b.jpg] "
+                            "style_weights=[0.7,0.3]")
     return [str(spec) for spec in specs]
 
 
-def run(cfg: DictConfig) -> int:
-    """Optimise one image; returns the exit status (0, or 1 when the objective became non-finite)."""
-    import torch
-    from hydra.core.hydra_config import HydraConfig
+def run(cfg: DictConfig, run_dir: Path) -> int:
+    """Optimise one image, writing into ``run_dir`` (Hydra's run folder); returns the exit status:
+    0, or 1 when the objective became non-finite."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from stylenet.data import resize_long_side
-    from stylenet.gatys import (Progress, check_memory, long_side_shape, optimize_image, read_image, resize_to,
-                                resolve_device)
-    from stylenet.image import check_output_path, save_image
+    from stylenet.gatys import (
+        Progress,
+        check_memory,
+        check_settings,
+        long_side_shape,
+        optimize_image,
+        read_image,
+        resize_to,
+        resolve_device,
+    )
+    from stylenet.image import check_output_path, resize_long_side, save_image
     from stylenet.losses import PerceptualLoss
 
-    for key in ("content", "style"):
+    for key, setting in (("content", "content"), (STYLE_KEY, "style")):
         if OmegaConf.is_missing(cfg, key):
-            raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg style=painting.jpg")
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    output = Path(cfg.output)
+            raise StylenetError(f"{setting} is required: stylenet-gatys content=photo.jpg style=painting.jpg")
+    output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     check_output_path(output)
+    settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
+    check_settings(**settings)
     device = resolve_device(cfg.device)
     content = read_image(cfg.content, "content")
-    styles = [read_image(spec, "style") for spec in style_specs(cfg.style)]
+    styles = [read_image(spec, "style") for spec in style_specs(cfg[STYLE_KEY])]
     height, width = long_side_shape(*content.shape[-2:], cfg.size)
     try:
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
@@ -84,10 +97,8 @@ def run(cfg: DictConfig) -> int:
 
     started = time.perf_counter()
     try:
-        result = optimize_image(content, styles, loss, style_weights=cfg.style_weights, iterations=cfg.iterations,
-                                optimizer=cfg.optimizer, lr=cfg.lr, history_size=cfg.history_size, init=cfg.init,
-                                scales=cfg.scales, preserve_color=cfg.preserve_color, seed=cfg.seed,
-                                callback=on_iteration)
+        result = optimize_image(content, styles, loss, style_weights=cfg.style_weights, **settings,
+                                preserve_color=cfg.preserve_color, seed=cfg.seed, callback=on_iteration)
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -105,8 +116,10 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path=config_dir(), config_name="gatys", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     try:
-        status = run(cfg)
+        status = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -115,6 +128,8 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = [f"{STYLE_KEY}={arg.removeprefix('style=')}" if arg.startswith("style=") else arg
+                    for arg in sys.argv[1:]]
     hydra_main()
 
 

@@ -3,12 +3,18 @@
 Builds, in this order so that bad settings fail before any data is read or any step runs: the
 task (loss network weights, style image, network), the data module (lists the files), then the
 Lightning trainer with its logger and callbacks.
+
+Exit status: 0 done; 2 a bad setting, file or training error (one line on stderr, e.g. a non-finite
+loss or a dead DataLoader worker, with the step or file named); 143 SIGTERM and 130 Ctrl-C, after
+saving ``checkpoints/last.ckpt`` at the current step (``resume=auto``, the default, continues from it).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +22,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
+
+# Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
 
 
 def config_dir() -> str:
@@ -50,10 +59,13 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 def train(cfg: DictConfig, run_dir: Path) -> None:
     """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder)."""
     import pytorch_lightning as pl
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from stylenet.callbacks import TrainingInterrupted
+    from stylenet.checkpoints import resolve_resume
     from stylenet.image import save_image
 
-    if OmegaConf.is_missing(cfg.style, "image"):
+    if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{cfg.style.name}.jpg "
                             "(the presets' paintings are not shipped)")
     pl.seed_everything(cfg.seed, workers=True)
@@ -61,19 +73,32 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     datamodule = build(cfg.data)
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
+    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams))
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:  # Lightning's stop on SIGTERM exits 0, which a scheduler takes for success
+        raise TrainingInterrupted(signal.SIGTERM) from None
+    except Exception as err:  # a dead or stuck DataLoader worker: name the file it was decoding
+        explained = datamodule.explain_failure(err)
+        if explained is None:
+            raise
+        raise explained from err
     if trainer.is_global_zero and datamodule.val_files:
         from stylenet.export import load_model
         from stylenet.image import load_rgb
-
         from stylenet.inference import run_network
+        from stylenet.metrics import degrade, modcrop
 
         photo = datamodule.val_files[0]
-        stylized = run_network(load_model(cfg.callbacks.export.path).net, load_rgb(photo))
-        out = save_image(run_dir / f"{photo.stem}_{cfg.style.name}.png", stylized)
-        logging.getLogger(__name__).info("stylized %s -> %s", photo.name, out)
+        model, image, label = load_model(cfg.callbacks.export.path), load_rgb(photo), cfg.style.name
+        if model.task == "sr":  # upscale the held-out photo's own low-resolution version
+            factor = model.net.scale
+            image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
+        out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
+        logging.getLogger(__name__).info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized",
+                                         photo.name, out)
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")

@@ -76,7 +76,7 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     weights = models.get_model_weights(arch).IMAGENET1K_V1
     filename = weights.url.rsplit("/", 1)[-1]
     try:
-        state = weights.get_state_dict(progress=False, check_hash=True)
+        state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as err:  # URLError, hash mismatch, partial download: all mean "no weights"
         cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
         raise StylenetError(

@@ -1,0 +1,24 @@
+"""``torch.hub`` entry points for stylenet.
+
+    model = torch.hub.load("path/to/stylenet", "style_model", path="candy.safetensors", source="local")
+    stylized = model.stylize(Image.open("photo.jpg"))
+
+Works offline with ``source="local"``; the model file is the user's, loaded without unpickling code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stylenet.inference import InferenceModel
+
+dependencies = ["torch", "safetensors", "PIL", "numpy"]
+
+
+def style_model(path: str, device: str = "auto", precision: str = "fp32") -> InferenceModel:
+    """A style model file (stylenet ``.safetensors``, ``stylenet-train`` ``.ckpt`` or pytorch/examples
+    ``.pth``/``.model``) as a :class:`stylenet.inference.InferenceModel` with ``.stylize(...)``."""
+    import stylenet
+
+    return stylenet.load_model(path, device=device, precision=precision)

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Measure the inference targets of issue 3 (the README's numbers come from here).
+
+    python scripts/tile_check.py psnr     # tiled vs whole PSNR, 1024x1024 photo, 256 px tiles
+    python scripts/tile_check.py large    # 8000x8000 on the CPU: peak RSS and time of stylenet-stylize
+    python scripts/tile_check.py speed    # seconds per megapixel at 1024x1024, fp32 vs bf16
+    python scripts/tile_check.py export   # ONNX and .pt2 export time of the paper's network
+
+The network is the paper's TransformerNet (32 channels, 5 residual blocks) with seeded random
+weights: no trained model ships with the repository. Random weights react more strongly to
+everything than a trained network does, so the PSNR figures are conservative. The photo is
+scikit-image's astronaut (512x512), resized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402 - after the path setup
+
+from stylenet.export import load_model, save_model, write_models  # noqa: E402
+from stylenet.image import demo_root, load_image  # noqa: E402
+from stylenet.inference import InferenceModel, resize  # noqa: E402
+from stylenet.nets import TransformerNet  # noqa: E402
+
+
+def paper_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    metadata = {"task": "style", "style_name": "random"}
+    return save_model(folder / "random.safetensors", TransformerNet(), metadata)
+
+
+def photo(size: int) -> torch.Tensor:
+    return resize(load_image(demo_root() / "astronaut.png").rgb, (size, size)).clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))
+
+
+def check_psnr(folder: Path, size: int, tile: int) -> None:
+    model = InferenceModel.from_file(paper_model(folder), device="cpu")
+    image = photo(size)
+    start = time.perf_counter()
+    whole = model.transform(image)
+    print(f"whole {size}x{size}: {time.perf_counter() - start:.1f} s")
+    for overlap in (32, 64, 128):
+        start = time.perf_counter()
+        tiled = model.transform(image, tile=tile, tile_overlap=overlap)
+        print(f"tiles {tile} px, overlap {overlap}: PSNR vs whole {psnr(tiled, whole):.1f} dB "
+              f"({time.perf_counter() - start:.1f} s)")
+    for stats_side in (size // 2, size // 4):  # a budget too small for a full-size statistics pass
+        model.max_memory = int(stats_side * stats_side * model.bytes_per_pixel())
+        tiled = model.transform(image, tile=tile)
+        print(f"tiles {tile} px, InstanceNorm statistics from a {stats_side} px thumbnail: "
+              f"PSNR vs whole {psnr(tiled, whole):.1f} dB")
+    start = time.perf_counter()
+    tiled = model.transform(image, tile=tile, exact_statistics=True)
+    print(f"tiles {tile} px, exact streaming statistics (budget {stats_side} px): PSNR vs whole "
+          f"{psnr(tiled, whole):.1f} dB ({time.perf_counter() - start:.1f} s)")
+
+
+def check_large(folder: Path, size: int) -> None:
+    from PIL import Image
+
+    source = folder / f"large_{size}.jpg"
+    with Image.open(demo_root() / "astronaut.png") as image:
+        image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(source, quality=90)
+    command = [sys.executable, str(ROOT / "scripts" / "stylize.py"), str(source), "--model",
+               str(paper_model(folder)), "-o", str(folder / "large_out.jpg"), "--device", "cpu"]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+    print(result.stdout.strip(), result.stderr.strip(), sep="\n")
+    print(f"{size}x{size} on the CPU: exit {result.returncode}, {seconds:.0f} s, peak RSS {peak_gib:.2f} GiB")
+
+
+def check_speed(folder: Path, size: int) -> None:
+    path = paper_model(folder)
+    image = photo(size)
+    for precision in ("fp32", "bf16"):
+        model = InferenceModel.from_file(path, device="cpu", precision=precision)
+        model.transform(image[:, :64, :64])  # warm-up
+        start = time.perf_counter()
+        model.transform(image)
+        rate = (time.perf_counter() - start) / (size * size / 1e6)
+        threads = torch.get_num_threads()
+        print(f"{size}x{size} {precision} on the CPU ({threads} threads): {rate:.2f} s/megapixel")
+
+
+def check_export(folder: Path) -> None:
+    model = load_model(paper_model(folder))
+    for suffix in (".pt2", ".onnx"):
+        start = time.perf_counter()
+        write_models(model, [folder / f"random{suffix}"])
+        print(f"export {suffix}: {time.perf_counter() - start:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checks", nargs="*", default=["psnr", "speed", "export", "large"],
+                        choices=["psnr", "speed", "export", "large"])
+    parser.add_argument("--size", type=int, default=1024, help="photo side for psnr and speed")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--large", type=int, default=8000, help="image side for the memory check")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for check in args.checks:
+            if check == "psnr":
+                check_psnr(folder, args.size, args.tile)
+            elif check == "speed":
+                check_speed(folder, args.size)
+            elif check == "export":
+                check_export(folder)
+            else:
+                check_large(folder, args.large)
+
+
+if __name__ == "__main__":
+    main()

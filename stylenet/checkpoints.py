@@ -1,0 +1,149 @@
+"""Lightning checkpoints that survive crashes, and are found again by ``resume=auto|must|never``.
+
+Lightning writes checkpoints through an fsspec transaction: on a local disk that is a temporary file
+in the system temp folder, no fsync, then ``shutil.move``, which is a copy (not an atomic rename)
+whenever /tmp is another filesystem. :class:`AtomicCheckpointIO` writes next to the target, fsyncs
+and renames, so a crash leaves the previous checkpoint or the new one, never half of one. The
+temporary name (``.last.ckpt.<pid>.tmp``) never matches ``*.ckpt``, so nothing mistakes it for a
+checkpoint.
+
+Lightning's ``ckpt_path="last"`` silently starts from scratch when there is no checkpoint, and Hydra
+gives every run a new folder; :func:`resolve_resume` adds what a user expects instead: find the
+newest checkpoint of this experiment that actually loads, wherever the previous run put it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.utils import get_protocol
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from stylenet import StylenetError
+from stylenet.export import atomic_write
+
+log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "must", "never")
+#: what every Lightning training checkpoint holds; a file without these cannot restore a run.
+REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
+#: hyper-parameters that decide whether a checkpoint can continue this run: the network's shape
+#: (else the weights do not fit) and the style image (else it would train another style).
+IDENTITY_HPARAMS = ("model", "style_sha256")
+#: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
+EXPERIMENT_KEY = "stylenet_experiment"
+#: ``ckpt_path`` values that Lightning resolves itself.
+LIGHTNING_CKPT_NAMES = ("last", "hpc", "best", "registry")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written atomically (temporary name, fsync, rename); loads never unpickle code.
+
+    Remote paths (``s3://`` and the like) keep Lightning's own fsspec transaction."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or get_protocol(str(path)) != "file":
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Always ``weights_only=True``, whatever the caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says:
+        our checkpoints hold only tensors and primitives, and a checkpoint may come from anyone."""
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any]) -> str | None:
+    """Why ``path`` cannot resume this run (None when it can).
+
+    It must load with ``weights_only=True``, hold a full training state with finite weights, belong
+    to experiment ``name`` (when given and recorded) and have the same :data:`IDENTITY_HPARAMS`."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, I/O error: all mean "not a checkpoint"
+        first_sentence = str(err).strip().split("\n")[0].split(". ")[0]
+        return f"unreadable ({first_sentence or type(err).__name__})"
+    if (not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS)
+            or not isinstance(checkpoint["state_dict"], dict)):
+        return f"not a Lightning training checkpoint (needs {', '.join(REQUIRED_KEYS)})"
+    bad = first_non_finite(checkpoint["state_dict"])
+    if bad:
+        return f"non-finite weights in {bad}"
+    recorded = checkpoint.get(EXPERIMENT_KEY)
+    if name is not None and recorded is not None and recorded != name:
+        return f"belongs to experiment {recorded!r}, not {name!r}"
+    saved = checkpoint.get("hyper_parameters")
+    saved = saved if isinstance(saved, dict) else {}
+    for key in IDENTITY_HPARAMS:
+        if saved.get(key) != hparams.get(key):
+            return f"trained with another {key} ({saved.get(key)!r}, this run has {hparams.get(key)!r})"
+    return None
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> str | None:
+    """The first floating-point tensor holding NaN or infinity: a diverged run, not worth resuming."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
+
+
+def newest_first(paths: Iterable[Path]) -> list[Path]:
+    """By modification time (the name breaks ties): the order in which a run wrote them."""
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+def candidate_checkpoints(run_dir: Path) -> list[Path]:
+    """``*.ckpt`` files of this run folder, newest first, then those of its sibling run folders.
+
+    With the default ``hydra.run.dir=outputs/<name>/<time>`` the siblings are the earlier runs of
+    the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it."""
+    own = newest_first((run_dir / "checkpoints").glob("*.ckpt"))
+    siblings = [p for p in run_dir.parent.glob("*/checkpoints/*.ckpt") if p.parent.parent != run_dir]
+    return own + newest_first(siblings)
+
+
+def first_valid(paths: Iterable[Path], problem: Callable[[Path], str | None]) -> Path | None:
+    """The first checkpoint without a problem; each skipped one is named in a warning."""
+    for path in paths:
+        reason = problem(path)
+        if reason is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, reason)
+    return None
+
+
+def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
+                   hparams: dict[str, Any]) -> str | None:
+    """The checkpoint to resume from (for ``trainer.fit(ckpt_path=...)``), or None to start afresh.
+
+    An explicit ``ckpt_path`` wins over ``resume`` and must be valid (Lightning's own names such as
+    ``last`` pass through). Otherwise ``never`` starts afresh, ``auto`` takes the newest valid
+    checkpoint of :func:`candidate_checkpoints` and ``must`` does the same but fails without one."""
+    if mode not in RESUME_MODES:
+        raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
+    if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise StylenetError(f"ckpt_path {str(path)!r} does not exist")
+        reason = checkpoint_problem(path, None, hparams)
+        if reason:
+            raise StylenetError(f"ckpt_path {str(path)!r} cannot resume this run: {reason}")
+        return str(path)
+    if ckpt_path is not None or mode == "never":
+        return ckpt_path
+    found = first_valid(candidate_checkpoints(run_dir), lambda p: checkpoint_problem(p, name, hparams))
+    if found is None:
+        if mode == "must":
+            raise StylenetError(f"resume=must: no valid checkpoint of experiment {name!r} in "
+                                f"{run_dir / 'checkpoints'} or {run_dir.parent}/*/checkpoints")
+        log.info("resume=auto: no checkpoint of experiment %r yet, starting afresh", name)
+        return None
+    log.info("resume=%s: continuing from %s (pass resume=never to start afresh)", mode, found)
+    return str(found)

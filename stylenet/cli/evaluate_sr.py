@@ -1,0 +1,162 @@
+"""``stylenet-evaluate-sr``: score super-resolution models against bicubic upsampling on HR images.
+
+Follows the SR literature's protocol (Johnson et al. 2016, Sec. 4.2; :mod:`stylenet.metrics`): each
+HR image (a folder in the layout of Set5, Set14 or BSD100, or single files) is cropped to a multiple
+of the factor, degraded to LR (Gaussian blur sigma 1.0, bicubic downsampling), upscaled by bicubic
+interpolation and by every ``--model``, and scored with PSNR and SSIM on the BT.601 Y channel with
+``factor`` pixels shaved off each border. Prints a markdown table (per image and mean) and writes
+it as ``--out table.md`` and/or ``--out table.csv``.
+
+    stylenet-evaluate-sr Set5/ --model sr_x4.safetensors --model sr_x4_pixel.safetensors --out set5.md
+    stylenet-evaluate-sr Set14/ --factor 4            # bicubic only
+
+Imports neither Lightning nor Hydra: it starts fast and runs where only inference is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stylenet import StylenetError
+
+PROG = "stylenet-evaluate-sr"
+OUT_SUFFIXES = (".md", ".csv")
+
+
+@dataclass
+class Scored:
+    """One image's scores: method -> (PSNR in dB, SSIM); ``size`` (H, W) is None for the mean."""
+
+    name: str
+    size: tuple[int, int] | None
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def method_names(models: list[str]) -> list[str]:
+    """Column names: ``bicubic`` then each model file's stem (its path where stems repeat)."""
+    stems = [Path(m).stem for m in models]
+    return ["bicubic", *(s if stems.count(s) == 1 else m for s, m in zip(stems, models, strict=True))]
+
+
+def with_mean(rows: list[Scored], methods: list[str]) -> list[Scored]:
+    """The rows and a last ``mean`` row: mean PSNR and mean SSIM over images (per-image PSNR
+    averaged, as SR tables report them)."""
+    mean = {m: (sum(r.scores[m][0] for r in rows) / len(rows), sum(r.scores[m][1] for r in rows) / len(rows))
+            for m in methods}
+    return [*rows, Scored("mean", None, mean)]
+
+
+def markdown_table(rows: list[Scored], methods: list[str], factor: int) -> str:
+    """Per-image rows and the mean, ``PSNR / SSIM`` per method."""
+    lines = [f"x{factor}, PSNR (dB) / SSIM on Y (BT.601), {factor} px border shaved, {len(rows)} image(s)",
+             "", "| image | HR size | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for row in with_mean(rows, methods):
+        name, size = (row.name, f"{row.size[1]}x{row.size[0]}") if row.size else (f"**{row.name}**", "")
+        cells = [f"{row.scores[m][0]:.2f} / {row.scores[m][1]:.4f}" for m in methods]
+        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[Scored], methods: list[str]) -> str:
+    """One row per image and a final ``mean`` row; full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "height", "width", *(f"{m}_{k}" for m in methods for k in ("psnr", "ssim"))])
+    for row in with_mean(rows, methods):
+        size = row.size or ("", "")
+        writer.writerow([row.name, *size, *(f"{value:.6f}" for m in methods for value in row.scores[m])])
+    return buffer.getvalue()
+
+
+def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
+    """(name for the table, path) of every image: relative to its folder, or the file's name."""
+    from stylenet.image import list_images
+
+    found = []
+    for spec in map(Path, inputs):
+        for path in list_images(spec):
+            found.append((str(path.relative_to(spec)) if spec.is_dir() else path.name, path))
+    if not found:
+        raise StylenetError(f"no images in {', '.join(inputs)}")
+    return found
+
+
+def evaluate(inputs: list[str], models: list[str], factor: int | None, device: str,
+             max_pixels: int | None) -> tuple[list[Scored], list[str], int, list[str]]:
+    """Score every image; returns the rows, the method names, the factor and per-image errors."""
+    import torch
+
+    from stylenet.image import DEFAULT_MAX_PIXELS, ImageError, load_rgb
+    from stylenet.inference import InferenceModel
+    from stylenet.metrics import SSIM_RADIUS, degrade, modcrop, sr_scores, upscale_bicubic
+
+    nets = [InferenceModel.from_file(path, task="sr", device=device) for path in models]
+    factors = {int(net.scale) for net in nets} | ({factor} if factor else set())
+    if len(factors) != 1:
+        raise StylenetError("--factor is required without --model" if not factors else
+                            f"the models and --factor disagree on the factor: {sorted(factors)}")
+    factor = factors.pop()
+    methods = method_names(models)
+    rows, errors = [], []
+    for name, path in list_inputs(inputs):
+        try:
+            hr = modcrop(load_rgb(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS), factor)
+        except ImageError as err:
+            errors.append(str(err))
+            continue
+        if min(hr.shape[-2:]) - 2 * factor < 2 * SSIM_RADIUS + 1:
+            errors.append(f"{path}: {hr.shape[2]}x{hr.shape[1]} is too small to score at x{factor}")
+            continue
+        lr = degrade(hr.unsqueeze(0), factor)
+        outputs = [upscale_bicubic(lr, factor)[0], *(net.transform(lr[0]) for net in nets)]
+        row = Scored(name, tuple(hr.shape[-2:]))
+        for method, output in zip(methods, outputs, strict=True):
+            scores = sr_scores(output.unsqueeze(0).to(torch.float32), hr.unsqueeze(0), border=factor)
+            row.scores[method] = (scores["psnr"].item(), scores["ssim"].item())
+        rows.append(row)
+    return rows, methods, factor, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="HR images or folders of them (searched recursively)")
+    parser.add_argument("--model", action="append", default=[], help="an SR model file (stylenet-export); "
+                        "repeat to compare several")
+    parser.add_argument("--factor", type=int, help="upscaling factor (default: the models'; required "
+                        "without --model)")
+    parser.add_argument("--out", action="append", default=[], help="write the table to FILE.md (markdown) or "
+                        "FILE.csv; repeatable")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, then CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--max-pixels", type=int, help="refuse larger images (decompression bombs); "
+                        "default 120 Mpx")
+    args = parser.parse_args(argv)
+    bad_out = [out for out in args.out if Path(out).suffix.lower() not in OUT_SUFFIXES]
+    if bad_out:
+        parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {bad_out[0]}")
+    try:
+        rows, methods, factor, errors = evaluate(args.inputs, args.model, args.factor, args.device,
+                                                 args.max_pixels)
+    except StylenetError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+    if not rows:
+        print(f"{PROG}: error: no image could be scored", file=sys.stderr)
+        return 2
+    table = markdown_table(rows, methods, factor)
+    print(table, end="")
+    for out in map(Path, args.out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table if out.suffix.lower() == ".md" else csv_table(rows, methods), encoding="utf-8")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""``stylenet-prepare``: decode, resize and crop a photo folder once into memory-mapped uint8 shards.
+
+    stylenet-prepare data/coco/train2014 -o data/coco256            # then: data=shards data.root=data/coco256
+    stylenet-prepare photos/ -o prepared/ --size 288 --workers 4   # larger: random 256 px crops in training
+
+Each photo's short side is resized to ``--size`` (antialiased bilinear, the function training uses
+on photos) and centre-cropped; the format is described in :mod:`stylenet.shards`. Unreadable files
+and exact duplicates (same SHA-256) are skipped and listed with the reason in the manifest. Run it
+again with the same arguments after an interruption: finished shards are kept, the rest is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stylenet import StylenetError
+from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
+
+PROG = "stylenet-prepare"
+
+
+def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | None, str | None]:
+    """(photo, source root, size) -> (relative path, SHA-256, (S, S, 3) uint8 or None, error or None).
+
+    Runs in worker processes: imports stay inside, errors come back as values."""
+    import torch
+
+    from stylenet.data import crop, resize_short_side
+    from stylenet.image import ImageError, load_rgb
+
+    path, root, size = job
+    relative = path.relative_to(root).as_posix()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        image = crop(resize_short_side(load_rgb(path), size), size, None)
+    except (ImageError, OSError) as err:
+        return relative, "", None, str(err).splitlines()[0]
+    pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (a reader or a resumed run sees the old one or the new one)."""
+    import json
+
+    from stylenet.export import atomic_write
+
+    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+
+
+def start_manifest(out: Path, source_root: Path, size: int) -> dict[str, Any]:
+    """The existing manifest of ``out`` (resuming), checked against the arguments, or a new one."""
+    if (out / MANIFEST).is_file():
+        manifest = read_manifest(out)
+        if manifest["size"] != size or Path(manifest["source_root"]) != source_root:
+            raise StylenetError(f"{str(out)!r} holds shards of {manifest['source_root']} at {manifest['size']} px; "
+                                f"use another -o for {source_root} at {size} px")
+        return manifest
+    return {"format": FORMAT, "version": FORMAT_VERSION, "size": size, "source_root": str(source_root),
+            "count": 0, "complete": False, "shards": [], "skipped": []}
+
+
+def write_shard(out: Path, index: int, images: list[np.ndarray]) -> str:
+    """Write one shard under a temporary name, fsync, then rename: a shard file is whole or absent."""
+    name = shard_name(index)
+    tmp = out / f".{name}.tmp"
+    with open(tmp, "wb") as handle:
+        np.save(handle, np.stack(images))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, out / name)
+    return name
+
+
+def add_shard(out: Path, manifest: dict[str, Any], group: list[tuple[str, str, np.ndarray]]) -> None:
+    """Write ``group`` as the next shard, then record it (and the files skipped so far) in the manifest."""
+    name = write_shard(out, len(manifest["shards"]), [pixels for _, _, pixels in group])
+    manifest["shards"].append({"file": name, "count": len(group),
+                               "sources": [[relative, digest] for relative, digest, _ in group]})
+    manifest["count"] += len(group)
+    write_manifest(out, manifest)
+
+
+def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, workers: int = 0,
+            progress: bool = True) -> dict[str, Any]:
+    """Prepare (or finish preparing) ``out`` from the photos under ``source``; returns the manifest."""
+    from tqdm import tqdm
+
+    from stylenet.image import list_images
+
+    if size <= 0 or size % 4 or shard_images < 1 or workers < 0:
+        raise StylenetError(f"--size must be a positive multiple of 4, --shard-images >= 1 and --workers >= 0; "
+                            f"got {size}, {shard_images}, {workers}")
+    source = source.expanduser().resolve()
+    if not source.is_dir():
+        raise StylenetError(f"{str(source)!r} is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = start_manifest(out, source, size)
+    seen = {sha: relative for entry in manifest["shards"] for relative, sha in entry["sources"]}
+    done = {*seen.values(), *(entry["path"] for entry in manifest["skipped"])}
+    files = list_images(source)
+    todo = [path for path in files if path.relative_to(source).as_posix() not in done]
+    manifest["complete"] = False
+    jobs = ((path, source, size) for path in todo)
+    bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
+               file=sys.stderr)
+    pool = Pool(workers) if workers > 0 else None
+    try:
+        results = pool.imap(prepare_one, jobs, chunksize=8) if pool else map(prepare_one, jobs)
+        pending: list[tuple[str, str, np.ndarray]] = []
+        for relative, digest, pixels, error in results:
+            bar.update(1)
+            reason = error if pixels is None else f"duplicate of {seen[digest]}" if digest in seen else None
+            if reason is not None:
+                manifest["skipped"].append({"path": relative, "reason": reason})
+                continue
+            seen[digest] = relative
+            pending.append((relative, digest, pixels))
+            if len(pending) == shard_images:
+                add_shard(out, manifest, pending)
+                pending = []
+        if pending:
+            add_shard(out, manifest, pending)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    manifest["complete"] = True
+    write_manifest(out, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="folder of photos, searched recursively (e.g. COCO train2014)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for the shards and manifest.json")
+    parser.add_argument("--size", type=int, default=256,
+                        help="side of the stored square images, px (default 256, the training size)")
+    parser.add_argument("--shard-images", type=int, default=1000, help="images per shard file (default 1000)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="decoding processes (default: one per CPU; 0 decodes in this process)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        manifest = prepare(args.source, args.output, args.size, args.shard_images, args.workers,
+                           progress=not args.no_progress)
+    except StylenetError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{manifest['count']} images in {len(manifest['shards'])} shards of {manifest['size']} px under "
+          f"{args.output}; {len(manifest['skipped'])} skipped (see {args.output / MANIFEST})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Prepared datasets: photos resized and cropped once into uint8 shards that training memory-maps.
+
+The original Lua code converted COCO to one HDF5 file of 256x256 images before training; decoding
+and resizing an 80k-photo JPEG folder at every epoch costs more CPU than the training step on a
+small machine. ``stylenet-prepare`` (:mod:`stylenet.cli.prepare`) writes the same thing as plain
+NumPy files, so reading needs no extra dependency and no decoding:
+
+* ``shard_NNNNN.npy``: uint8 (N, S, S, 3), RGB, each photo's short side resized to S (antialiased
+  bilinear, as :func:`stylenet.data.resize_short_side`) and centre-cropped;
+* ``manifest.json``: the format, S, the image count, per shard its file and its sources (path
+  relative to ``source_root`` and the SHA-256 of the file's bytes), and every skipped file with
+  the reason. It is replaced atomically after each finished shard, so an interrupted preparation
+  resumes from the last finished shard and a reader never sees a half-written dataset.
+
+This module only reads; it imports neither Lightning nor the data module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stylenet import StylenetError
+
+FORMAT = "stylenet-shards"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.npy"
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared dataset folder, checked for format and version."""
+    path = Path(root) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StylenetError(f"{str(root)!r} is not a prepared dataset (no {MANIFEST}); "
+                            "make one with stylenet-prepare <photo folder> -o <dir>") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise StylenetError(f"cannot read {str(path)!r}: {err}") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise StylenetError(f"{str(path)!r} is not a {FORMAT} v{FORMAT_VERSION} manifest")
+    return manifest
+
+
+class ShardStore:
+    """Read access to a prepared dataset: ``sources[i]`` is the photo row ``i`` was made from and
+    ``image(i)`` its (S, S, 3) uint8 pixels.
+
+    The shards are memory-mapped lazily, in the process that reads them, and never pickled: a
+    DataLoader worker maps the files itself instead of receiving a copy of the data. They are
+    mapped copy-on-write, which gives writable arrays (so ``torch.from_numpy`` can wrap them)
+    without ever writing to the files.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        manifest = read_manifest(self.root)
+        self.size = int(manifest["size"])
+        source_root = Path(manifest["source_root"])
+        self.files = [entry["file"] for entry in manifest["shards"]]
+        self.sources: list[Path] = []
+        self.location: list[tuple[int, int]] = []  # row -> (shard, row within the shard)
+        for shard, entry in enumerate(manifest["shards"]):
+            self.sources += [source_root / relative for relative, _sha in entry["sources"]]
+            self.location += [(shard, row) for row in range(len(entry["sources"]))]
+        if not self.sources:
+            raise StylenetError(f"prepared dataset {str(self.root)!r} holds no images")
+        self._maps: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": None}
+
+    def _shards(self) -> list[np.ndarray]:
+        if self._maps is None:
+            maps = []
+            for name in self.files:
+                array = np.load(self.root / name, mmap_mode="c")
+                if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (self.size, self.size, 3):
+                    raise StylenetError(f"shard {str(self.root / name)!r} holds {array.dtype} {array.shape}, "
+                                        f"expected uint8 (N, {self.size}, {self.size}, 3)")
+                maps.append(array)
+            self._maps = maps
+        return self._maps
+
+    def image(self, row: int) -> np.ndarray:
+        """(S, S, 3) uint8 view of image ``row`` (no copy, no decoding)."""
+        shard, index = self.location[row]
+        return self._shards()[shard][index]

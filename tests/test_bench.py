@@ -1,0 +1,52 @@
+"""stylenet-bench runs end to end at tiny sizes and writes valid JSON with every figure and ratio;
+its reference step computes the same objective as the fast one."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from stylenet.cli import bench
+
+
+def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--threads", "1", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    numbers = {key: value for key, value in results.items() if isinstance(value, (int, float))
+               and not isinstance(value, bool)}
+    assert all(math.isfinite(value) and value >= 0 for value in numbers.values()), numbers
+    for key in ("train_speedup", "train_fraction_of_peak", "infer_speedup_32", "train_reference_s",
+                "train_fast_s", "train_fast_gflop", "infer_fast_paper_32_seconds", "infer_fp32_paper_32_peak_mb",
+                "gatys_iteration_s", "gatys500_over_feedforward", "conv_fp32_gflops", "conv_bf16_gflops",
+                "data_jpeg_img_s", "data_shard_img_s", "data_shard_feed_ratio"):
+        assert numbers.get(key, 0) > 0, key
+    # The reference pushes the content batch through VGG to relu4_3; the fast path stops at relu2_2.
+    assert results["train_reference_gflop"] > results["train_fast_gflop"]
+    assert results["meta"]["command"].startswith("stylenet-bench --quick")
+    table = capsys.readouterr().out
+    assert "train step" in table and "stylize 32 px" in table and "conv ceiling" in table
+
+
+def test_sections_and_bad_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "conv.json"
+    assert bench.main(["--quick", "--sections", "conv", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"meta", "conv_fp32_gflops", "conv_bf16_gflops"}
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "train,nonsense"])
+
+
+def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
+    """Same seed, same batch: the first step's loss (before any update) is the same objective, up to
+    bf16 where the fast path uses it."""
+    device = torch.device("cpu")
+    images, style = bench.random_images(2, 32, device), bench.random_images(1, 32, device, seed=1)[0]
+    reference = float(bench.TrainingStep("reference", device, style)(images))
+    fast_fp32 = float(bench.TrainingStep("fast", device, style, precision="32-true")(images))
+    fast = float(bench.TrainingStep("fast", device, style)(images))
+    assert fast_fp32 == pytest.approx(reference, rel=1e-5)
+    assert fast == pytest.approx(reference, rel=2e-2)

@@ -1,0 +1,70 @@
+"""``trainer=ddp_cpu``: Lightning DDP over 2 CPU processes (gloo), as CI can run it.
+
+Each rank must see its own samples, and only rank 0 writes the model file and TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RecordSamples(pl.Callback):
+    """Test probe, loaded into every rank by ``+callbacks.probe``: appends the files of each
+    training batch to ``<folder>/rank<r>.jsonl``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                           batch: dict[str, Any], batch_idx: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as record:
+            record.write(json.dumps({"step": trainer.global_step, "paths": batch["paths"]}) + "\n")
+
+
+def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Path) -> None:
+    from stylenet.export import load_model
+    from tests.conftest import make_photo
+
+    photos = [make_photo(tmp_path / "photos" / f"img{i}.png", size=(40 + 4 * i, 40), seed=i)
+              for i in range(9)]
+    style = make_photo(tmp_path / "style.png", size=(48, 48), seed=42)
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    script = Path(sys.executable).with_name("stylenet-train")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "stylenet.cli.train"]
+    start = time.monotonic()
+    result = subprocess.run(
+        [*command, "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=2", "data.val_images=1",
+         f"style.image={style}", "style.size=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
+         "callbacks.checkpoint.every_n_train_steps=2", "+trainer.enable_progress_bar=false",
+         "+callbacks.probe._target_=tests.test_ddp.RecordSamples", f"+callbacks.probe.folder={probe}",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    seen = {rank: [json.loads(line) for line in (probe / f"rank{rank}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)}
+    assert [[batch["step"] for batch in seen[rank]] for rank in (0, 1)] == [[1, 2], [1, 2]]
+    files = {rank: [path for batch in seen[rank] for path in batch["paths"]] for rank in (0, 1)}
+    assert not set(files[0]) & set(files[1])  # distinct samples on each rank
+    # together: 2 steps x 2 ranks x batch 2 = the 8 training photos, each exactly once
+    assert sorted(files[0] + files[1]) == sorted(str(p) for p in photos[1:])
+
+    assert load_model(run_dir / "smoke.safetensors").metadata["steps"] == 2
+    assert "exported the model" in (run_dir / "train.log").read_text()
+    assert "exported the model" not in (run_dir / "train_ddp_process_1.log").read_text()
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt", "step_000002.ckpt"]
+    print(f"2-process DDP run: {elapsed:.1f} s")

@@ -1,0 +1,168 @@
+"""The fast paths are correct: bf16/channels_last losses match fp32 NCHW within bf16 tolerance, the
+truncated content pass returns the full pass's features, compiled models keep their state-dict
+keys, the default precision follows the hardware, and bf16 inference stays >= 40 dB from fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.flop_counter import FlopCounterMode
+
+from stylenet import fastpath
+from stylenet.export import load_model, save_model
+from stylenet.losses import PerceptualLoss
+from stylenet.nets import SuperResolutionNet, TransformerNet
+from stylenet.tasks import StyleTransferTask
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def loss_terms(channels_last: bool, bf16: bool, images: torch.Tensor) -> dict[str, float]:
+    torch.manual_seed(0)
+    net, loss = TransformerNet(channels=8, residual_blocks=2), PerceptualLoss(weights="random")
+    loss.set_style([torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(1))])
+    fastpath.prepare_for_training(net, loss, channels_last=channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        terms = loss(net(images), images)
+    terms["total"].backward()
+    grad = torch.cat([p.grad.flatten() for p in net.parameters()])
+    return {**{name: float(value.detach()) for name, value in terms.items()}, "grad": grad}
+
+
+@pytest.mark.parametrize(("channels_last", "bf16"), [(True, False), (False, True), (True, True)])
+def test_fast_configurations_give_the_fp32_loss_and_gradient(channels_last: bool, bf16: bool) -> None:
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    reference = loss_terms(False, False, images)
+    fast = loss_terms(channels_last, bf16, images)
+    tolerance = 3e-2 if bf16 else 1e-4
+    for name in ("content", "style", "tv", "total", "style/relu4_3"):
+        assert fast[name] == pytest.approx(reference[name], rel=tolerance), name
+    cosine = torch.nn.functional.cosine_similarity(fast["grad"], reference["grad"], dim=0)
+    assert cosine > (0.99 if bf16 else 0.9999)
+
+
+def test_truncated_content_pass_returns_the_full_features_for_less_work() -> None:
+    loss = PerceptualLoss(weights="random")
+    images = torch.rand(2, 3, 64, 64)
+    with FlopCounterMode(display=False) as truncated:
+        content = loss.content_targets(images)
+    with FlopCounterMode(display=False) as full, torch.no_grad():
+        everything = loss.vgg(images, [*loss.content_layers, *loss.style_layers])
+    assert set(content) == {"relu2_2"}
+    assert torch.equal(content["relu2_2"], everything["relu2_2"])
+    assert truncated.get_total_flops() < 0.4 * full.get_total_flops()
+
+
+def test_compiled_model_keeps_its_keys_for_checkpoints_and_export(tmp_path: Path, style_image: Path) -> None:
+    def task(compile: bool) -> StyleTransferTask:
+        return StyleTransferTask(model={"channels": 8, "residual_blocks": 1}, loss={"weights": "random"},
+                                 style={"name": "t", "image": str(style_image), "size": 32}, compile=compile)
+
+    plain, compiled = task(False), task(True)
+    fastpath.prepare_for_training(compiled.net, compiled.loss, channels_last=True, compile=True)
+    assert compiled.hparams["compile"] is True
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert not any("_orig_mod" in key for key in compiled.state_dict())
+    plain.load_state_dict(compiled.state_dict())  # a compiled run's checkpoint loads into a plain one
+    path = save_model(tmp_path / "compiled.safetensors", compiled.net, {"task": "style"})
+    reloaded = load_model(path).net
+    assert list(reloaded.state_dict()) == list(plain.net.state_dict())
+    for key, value in compiled.net.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], value)
+
+
+def test_default_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert fastpath.training_precision("cpu") == "bf16-mixed" and fastpath.inference_precision("cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert fastpath.training_precision("cpu") == "32-true" and fastpath.inference_precision("cpu") == "fp32"
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        assert instantiate(compose("train").trainer.precision) == "32-true"
+        assert compose("train", overrides=["trainer.precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
+
+
+def test_training_loop_syncs_once_per_step_plus_logging(tmp_path: Path, style_image: Path,
+                                                        photo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a tensor's value on the host (item, bool, float, tolist) is a device sync on a GPU.
+    Per step the loop does one (the non-finite-loss guard); the logged terms are read only every
+    ``log_every_n_steps`` (a per-step read of each term would be 8 per step). Adam's step counter
+    and the data sampler read CPU tensors: not counted."""
+    import traceback
+
+    import pytorch_lightning as pl
+
+    from stylenet.data import ImageFolderDataModule
+
+    reads: list[str] = []
+    counting = [False]
+
+    def counted(name: str) -> None:
+        original = getattr(torch.Tensor, name)
+
+        def read(self: torch.Tensor, *args: object, **kwargs: object) -> object:
+            caller = traceback.extract_stack(limit=2)[0].filename
+            if counting[0] and "torch/optim" not in caller and not caller.endswith("stylenet/data.py"):
+                reads.append(name)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    for name in ("item", "__bool__", "__float__", "tolist"):
+        counted(name)
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, *args: object) -> None:
+            counting[0] = True
+
+        def on_train_end(self, *args: object) -> None:
+            counting[0] = False
+
+    steps, every = 12, 4
+    task = StyleTransferTask(model={"channels": 8, "residual_blocks": 1}, loss={"weights": "random"},
+                             style={"name": "t", "image": str(style_image), "size": 32}, image_size=32)
+    data = ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2, val_images=1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, log_every_n_steps=every,
+                         limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+                         logger=pl.loggers.CSVLogger(tmp_path), callbacks=[Count()])
+    trainer.fit(task, datamodule=data)
+    terms = 4 + len(task.loss.style_layers)  # total, content, style, tv and one per style layer
+    # Lightning converts each logged term (and its own bookkeeping) about twice per logging interval.
+    assert steps <= len(reads) <= steps + (steps // every) * 2 * terms, reads
+
+
+@pytest.mark.parametrize("make_net", [lambda: TransformerNet(channels=8, residual_blocks=1),
+                                      lambda: SuperResolutionNet(factor=4, channels=8, residual_blocks=1)])
+def test_fused_upsampling_computes_the_same_image(make_net: object) -> None:
+    torch.manual_seed(0)
+    net = make_net().eval()
+    fused = fastpath.optimize_for_inference(net)
+    assert any(isinstance(m, fastpath.SubpixelConv) for m in fused.modules())
+    norms = [name for name, m in net.named_modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms == [name for name, m in fused.named_modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert not any(isinstance(m, fastpath.SubpixelConv) for m in net.modules())  # the original is untouched
+    images = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.allclose(fused(images), net(images), atol=1e-5)
+
+
+def test_bf16_inference_stays_within_40_db_of_fp32() -> None:
+    """On a photo (scikit-image's cat, 451x300), through the inference fast path."""
+    import math
+
+    from stylenet.data import resolve_image_path
+    from stylenet.image import load_rgb
+    from stylenet.inference import InferenceModel
+
+    torch.manual_seed(0)
+    net = TransformerNet()
+    photo = load_rgb(resolve_image_path("demo:chelsea"))
+    fp32 = InferenceModel(net, device="cpu", precision="fp32").transform(photo)
+    bf16 = InferenceModel(net, device="cpu", precision="bf16").transform(photo)
+    assert fp32.std() > 0.1  # a varied image, not a flat one that any precision gets right
+    psnr = 10 * math.log10(1.0 / float((bf16 - fp32).pow(2).mean()))
+    assert psnr >= 40.0, psnr

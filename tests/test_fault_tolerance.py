@@ -1,0 +1,551 @@
+"""Fault injection: kill -9, SIGTERM, Ctrl-C, crashes while writing, NaN losses, bad data, dead
+DataLoader workers and untrusted checkpoints. Every run is the smoke experiment shrunk further
+(8 channels, one residual block, random VGG, 32 px, batch 2)."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import stylenet.data
+from stylenet import StylenetError
+from stylenet.callbacks import ResumableRun, TrainingInterrupted
+from stylenet.checkpoints import (
+    EXPERIMENT_KEY,
+    AtomicCheckpointIO,
+    candidate_checkpoints,
+    checkpoint_problem,
+    resolve_resume,
+)
+from stylenet.cli.train import config_dir, train
+from stylenet.data import ImageFolderDataModule
+from stylenet.export import load_model, save_model
+from stylenet.nets import TransformerNet
+from stylenet.tasks import NonFiniteLossError, StyleTransferTask
+from tests.conftest import make_photo
+from tests.test_image import BAD_FILES, _png_with_header_size
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS = 16
+TINY_MODEL = {"channels": 8, "residual_blocks": 1, "norm": "instance"}
+RANDOM_LOSS = {"weights": "random", "style_weight": 1000.0, "tv_weight": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """One intra-op thread, as the subprocess runs get (OMP_NUM_THREADS=1): the same kernels give the
+    same bits, and a busy 2-core machine does not thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Overrides for a seconds-long run on six generated photos."""
+    root = tmp_path_factory.mktemp("inputs")
+    for i in range(6):
+        make_photo(root / "photos" / f"img{i}.png", size=(48 + 4 * i, 40), seed=i)
+    style = make_photo(root / "style.png", size=(48, 48), seed=42)
+    return ["experiment=smoke", "data=folder", f"data.root={root / 'photos'}", "data.image_size=32",
+            "data.batch_size=2", "data.val_images=1", f"style.image={style}", "style.size=32",
+            f"trainer.max_steps={MAX_STEPS}", "trainer.val_check_interval=8", "trainer.log_every_n_steps=1",
+            "callbacks.checkpoint.every_n_train_steps=4", "+trainer.enable_progress_bar=false",
+            "+trainer.enable_model_summary=false"]
+
+
+def compose_run(run_dir: Path, *overrides: str) -> DictConfig:
+    """The config ``stylenet-train <overrides> hydra.run.dir=<run_dir>`` would run, for in-process runs."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_in_process(run_dir: Path, *overrides: str) -> None:
+    train(compose_run(run_dir, *overrides), run_dir)
+
+
+def output(run_dir: Path) -> Path:
+    """Where :func:`launch` sends the run's stdout and stderr."""
+    return run_dir.with_name(f"{run_dir.name}.out")
+
+
+def launch(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    """``stylenet-train <overrides> hydra.run.dir=<run_dir>`` in its own process."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(sys.executable).with_name("stylenet-train")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "stylenet.cli.train"]
+    with open(output(run_dir), "w") as log:
+        return subprocess.Popen([*command, *overrides, f"hydra.run.dir={run_dir}"], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                cwd=run_dir.parent)
+
+
+def wait_for(path: Path, process: subprocess.Popen, run_dir: Path, timeout: float = 240) -> None:
+    """Until ``path`` exists; fails with the run's output if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log = output(run_dir).read_text()[-3000:]
+            pytest.fail(f"{path.name} never appeared (exit {process.wait()}):\n{log}")
+        time.sleep(0.02)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_model(run_dir / "smoke.safetensors").net.state_dict()
+
+
+def assert_bitwise_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == expected.keys()
+    different = [key for key in got if not torch.equal(got[key], expected[key])]
+    assert not different, f"not bitwise equal: {different}"
+
+
+def tensorboard_steps(run_dir: Path, tag: str = "train/total") -> list[int]:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, inputs: list[str]) -> dict[str, torch.Tensor]:
+    """The final weights of an uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("reference") / "smoke" / "run"
+    run_in_process(run_dir, *inputs, "resume=never")
+    assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))
+    return weights(run_dir)
+
+
+# ----------------------------------------------------------------------------- kill -9, SIGTERM
+
+
+def test_kill_9_then_resume_from_a_new_run_dir_matches_an_uninterrupted_run_bitwise(
+        tmp_path: Path, inputs: list[str], reference: dict[str, torch.Tensor],
+        caplog: pytest.LogCaptureFixture) -> None:
+    killed, resumed = tmp_path / "smoke" / "killed", tmp_path / "smoke" / "resumed"
+    process = launch(killed, *inputs)
+    wait_for(killed / "checkpoints" / "step_000004.ckpt", process, killed)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert not (killed / "smoke.safetensors").exists()  # it died mid-run
+    with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
+        run_in_process(resumed, *inputs, "resume=must")
+    assert f"continuing from {killed / 'checkpoints'}" in caplog.text
+    steps = tensorboard_steps(resumed)  # the new run folder's TensorBoard starts at the resumed step
+    assert steps[0] >= 4 and steps == list(range(steps[0], MAX_STEPS))
+    assert_bitwise_equal(weights(resumed), reference)
+
+
+def test_sigterm_saves_the_current_step_flushes_tensorboard_exits_143_and_resumes(
+        tmp_path: Path, inputs: list[str], reference: dict[str, torch.Tensor]) -> None:
+    run_dir = tmp_path / "smoke" / "run"
+    process = launch(run_dir, *inputs)
+    wait_for(run_dir / "checkpoints" / "step_000004.ckpt", process, run_dir)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, output(run_dir).read_text()[-3000:]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 4 <= step < MAX_STEPS
+    assert tensorboard_steps(run_dir) == list(range(step))  # every step up to the signal was flushed
+    saved = f"interrupted: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {step}"
+    assert saved in output(run_dir).read_text()
+
+    run_in_process(run_dir, *inputs)  # resume=auto, the default, in the same run folder
+    assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))  # steps continue, none repeated
+    assert_bitwise_equal(weights(run_dir), reference)
+
+
+class PressCtrlC(pl.Callback):
+    """Sends this process SIGINT ``presses`` times at the end of step ``at_step``."""
+
+    def __init__(self, at_step: int, presses: int) -> None:
+        self.at_step, self.presses = at_step, presses
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at_step:
+            for _ in range(self.presses):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def tiny_task(style: Path, **kwargs: Any) -> StyleTransferTask:
+    return StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, image_size=32,
+                             style={"name": "t", "image": str(style), "size": 32}, **kwargs)
+
+
+def tiny_data(photos: Path) -> ImageFolderDataModule:
+    return ImageFolderDataModule(source="folder", root=str(photos), image_size=32, batch_size=2, val_images=1)
+
+
+def tiny_trainer(run_dir: Path, max_steps: int, *callbacks: pl.Callback, **kwargs: Any) -> pl.Trainer:
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step_{step:06d}",
+                                  every_n_train_steps=5, save_last=True, save_top_k=-1,
+                                  auto_insert_metric_name=False)
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, limit_val_batches=0,
+                      log_every_n_steps=1, use_distributed_sampler=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=run_dir, logger=False,
+                      callbacks=[*callbacks, ResumableRun("t"), checkpoints], plugins=[AtomicCheckpointIO()],
+                      **kwargs)
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_saves_the_current_step_exits_130_and_resumes_exactly_a_second_one_aborts(
+        tmp_path: Path, photo_folder: Path, style_image: Path, presses: int) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    pl.seed_everything(0)
+    with pytest.raises(SystemExit) as stop:
+        tiny_trainer(tmp_path, 8, PressCtrlC(at_step=3, presses=presses)).fit(
+            tiny_task(style_image), datamodule=tiny_data(photo_folder))
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if presses == 2:  # Lightning's own KeyboardInterrupt path: exit 1, nothing saved at step 3
+        assert stop.value.code == 1 and not last.exists()
+        return
+    assert isinstance(stop.value, TrainingInterrupted) and stop.value.code == 130
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed = tiny_trainer(tmp_path, 8)
+    resumed.fit(tiny_task(style_image), datamodule=tiny_data(photo_folder), ckpt_path=last, weights_only=True)
+    pl.seed_everything(0)
+    uninterrupted = tiny_task(style_image)
+    tiny_trainer(tmp_path / "reference", 8).fit(uninterrupted, datamodule=tiny_data(photo_folder))
+    assert_bitwise_equal(resumed.lightning_module.net.state_dict(), uninterrupted.net.state_dict())
+
+
+# ----------------------------------------------------------------------------- resume=auto|must|never
+
+
+def fake_checkpoint(path: Path, step: int, name: str = "exp", model: dict | None = None,
+                    weight: float = 1.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"net.w": torch.full((2,), weight)}, "optimizer_states": [],
+                "global_step": step, "loops": {}, EXPERIMENT_KEY: name,
+                "hyper_parameters": {"model": model or TINY_MODEL, "style_sha256": "abc"}}, path)
+    time.sleep(0.01)  # distinct modification times
+    return path
+
+
+HPARAMS = {"model": TINY_MODEL, "style_sha256": "abc", "lr": 1e-3}
+
+
+def test_resume_auto_takes_the_newest_valid_checkpoint_of_the_experiment_and_names_what_it_skips(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outputs = tmp_path / "outputs" / "exp"
+    fake_checkpoint(outputs / "t0" / "checkpoints" / "step_000005.ckpt", 5)
+    good = fake_checkpoint(outputs / "t1" / "checkpoints" / "step_000010.ckpt", 10)
+    nan = fake_checkpoint(outputs / "t1" / "checkpoints" / "step_000020.ckpt", 20, weight=float("nan"))
+    other_model = fake_checkpoint(outputs / "t2" / "checkpoints" / "last.ckpt", 30,
+                                  model={**TINY_MODEL, "channels": 4})
+    other_name = fake_checkpoint(outputs / "t2" / "checkpoints" / "step_000030.ckpt", 30, name="another")
+    truncated = outputs / "t2" / "checkpoints" / "step_000040.ckpt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    (outputs / "t2" / "checkpoints" / ".last.ckpt.123.tmp").write_bytes(good.read_bytes())  # a crashed write
+    new_run = outputs / "t3"
+    with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
+        assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(good)
+        assert resolve_resume("must", None, new_run, "exp", HPARAMS) == str(good)
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [line.split(":")[0] for line in skipped[:4]] == [f"skipping checkpoint {p}" for p in
+                                                           (truncated, other_name, other_model, nan)]
+    assert "unreadable" in skipped[0] and "experiment 'another'" in skipped[1]
+    assert "another model" in skipped[2] and "non-finite weights in net.w" in skipped[3]
+    assert resolve_resume("never", None, new_run, "exp", HPARAMS) is None
+    # the run folder's own checkpoints come first, even when a sibling's are newer
+    own = fake_checkpoint(new_run / "checkpoints" / "step_000001.ckpt", 1)
+    fake_checkpoint(outputs / "t4" / "checkpoints" / "step_000050.ckpt", 50)
+    assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(own)
+
+
+def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path) -> None:
+    run_dir = tmp_path / "outputs" / "exp" / "t0"
+    assert resolve_resume("auto", None, run_dir, "exp", HPARAMS) is None
+    with pytest.raises(StylenetError, match=r"resume=must: no valid checkpoint of experiment 'exp' in .*t0/"):
+        resolve_resume("must", None, run_dir, "exp", HPARAMS)
+    with pytest.raises(StylenetError, match="resume must be one of auto, must, never"):
+        resolve_resume("sometimes", None, run_dir, "exp", HPARAMS)
+    with pytest.raises(StylenetError, match="does not exist"):
+        resolve_resume("never", str(tmp_path / "nope.ckpt"), run_dir, "exp", HPARAMS)
+    (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(StylenetError, match="junk.ckpt' cannot resume this run: unreadable"):
+        resolve_resume("auto", str(tmp_path / "junk.ckpt"), run_dir, "exp", HPARAMS)
+    explicit = fake_checkpoint(tmp_path / "elsewhere.ckpt", 3, name="another")
+    assert resolve_resume("never", str(explicit), run_dir, "exp", HPARAMS) == str(explicit)
+    assert resolve_resume("auto", "last", run_dir, "exp", HPARAMS) == "last"  # Lightning's own
+
+
+def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:
+    run_dir = tmp_path / "smoke" / "run"
+    with pytest.raises(StylenetError, match=f"no valid checkpoint of experiment 'smoke' in {run_dir}/"):
+        run_in_process(run_dir, *inputs, "resume=must")
+    assert not run_dir.exists()
+
+
+# ----------------------------------------------------------------------------- crashes while writing
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "outputs" / "run"
+    io, target = AtomicCheckpointIO(), run_dir / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def dies_half_way(obj: object, file: str | Path) -> None:
+        Path(file).write_bytes(target.read_bytes()[:100])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert io.load_checkpoint(target)["global_step"] == 1
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no partial file left
+    (target.parent / ".last.ckpt.4242.tmp").write_bytes(b"PK")  # what kill -9 during a write leaves
+    assert candidate_checkpoints(run_dir) == [target]
+
+
+def test_crash_while_writing_an_export_keeps_the_previous_model(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save_model(tmp_path / "style.safetensors", TransformerNet(**TINY_MODEL), {"steps": 1})
+
+    def dies_half_way(tensors: dict, file: str, metadata: dict) -> None:
+        Path(file).write_bytes(path.read_bytes()[:64])
+        raise OSError("killed")
+
+    monkeypatch.setattr("stylenet.export.save_file", dies_half_way)
+    with pytest.raises(OSError, match="killed"):
+        save_model(path, TransformerNet(**TINY_MODEL), {"steps": 2})
+    assert load_model(path).metadata["steps"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["style.safetensors"]
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+
+
+def poison(task: StyleTransferTask, when: Any) -> None:
+    """Make the style term (and so the total) NaN whenever ``when(task, batch_number)`` holds."""
+    clean = task.loss.forward
+
+    def forward(output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = clean(output, target)
+        if when(task):
+            nan = torch.tensor(float("nan"))
+            terms = {**terms, "style": terms["style"] * nan, "total": terms["total"] * nan}
+        return terms
+
+    task.loss.forward = forward
+
+
+def test_nan_policy_stop_names_step_term_and_files_and_checkpoints_stay_finite(
+        tmp_path: Path, photo_folder: Path, style_image: Path) -> None:
+    task = tiny_task(style_image)
+    poison(task, lambda t: t.global_step == 7)
+    with pytest.raises(NonFiniteLossError, match=r"loss at step 7: train/style = nan on .*img\d\.png"):
+        tiny_trainer(tmp_path, 20).fit(task, datamodule=tiny_data(photo_folder))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 5
+    assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
+    assert checkpoint_problem(tmp_path / "checkpoints" / "last.ckpt", "t", dict(task.hparams)) is None
+
+
+def test_nan_policy_skip_drops_batches_and_stops_after_max_nan_skips_in_a_row(
+        tmp_path: Path, photo_folder: Path, style_image: Path, caplog: pytest.LogCaptureFixture) -> None:
+    task, data = tiny_task(style_image, nan_policy="skip", max_nan_skips=2), tiny_data(photo_folder)
+    poison(task, lambda t: t.trainer.fit_loop.epoch_loop.batch_idx in (2, 3))
+    trainer = tiny_trainer(tmp_path / "a", 6)
+    with caplog.at_level(logging.WARNING, logger="stylenet.tasks"):
+        trainer.fit(task, datamodule=data)
+    # Lightning counts a skipped batch as a step (global_step, TensorBoard), but Adam made 4 updates
+    assert trainer.global_step == data.next_batch == 6
+    assert trainer.optimizers[0].state_dict()["state"][0]["step"] == 4
+    assert caplog.text.count("skipping a batch: non-finite loss") == 2
+
+    task = tiny_task(style_image, nan_policy="skip", max_nan_skips=2)
+    poison(task, lambda t: t.global_step >= 3)
+    with pytest.raises(NonFiniteLossError, match=r"in 3 batches in a row .*=2\), last at step 5"):
+        tiny_trainer(tmp_path / "b", 20).fit(task, datamodule=tiny_data(photo_folder))
+    with pytest.raises(StylenetError, match="task.nan_policy must be stop or skip"):
+        tiny_task(style_image, nan_policy="ignore")
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path: Path, photo_folder: Path,
+                                                               style_image: Path) -> None:
+    class Corrupt(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+            if trainer.global_step == 10:  # after the step, before ModelCheckpoint (always last) saves
+                with torch.no_grad():
+                    module.net.parameters().__next__().fill_(float("inf"))
+
+    with pytest.raises(StylenetError, match=r"not saving a checkpoint at step 10: net\..* NaN or infinite"):
+        tiny_trainer(tmp_path, 20, Corrupt()).fit(tiny_task(style_image), datamodule=tiny_data(photo_folder))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+class RecordLosses(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any,
+                           *args: Any) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_same_seed_same_losses_on_cpu(tmp_path: Path, photo_folder: Path, style_image: Path) -> None:
+    def losses(seed: int) -> list[float]:
+        pl.seed_everything(seed)
+        record = RecordLosses()
+        task = tiny_task(style_image)
+        tiny_trainer(tmp_path / str(seed), 4, record).fit(task, datamodule=tiny_data(photo_folder))
+        return record.losses
+
+    first = losses(0)
+    assert len(first) == 4 and first == losses(0)  # exactly, not approximately
+    assert losses(1) != first
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def fault_folder(root: Path) -> set[str]:
+    """Photos in every common PIL mode, 16-bit and EXIF-rotated ones, and five bad files; returns
+    the bad files' names."""
+    for i, mode in enumerate(["RGB", "L", "P", "RGBA", "1", "LA"]):
+        make_photo(root / f"a_{mode}.png", size=(48, 40), seed=i, mode=mode)
+    make_photo(root / "cmyk.jpg", size=(48, 40), seed=7, mode="CMYK")
+    Image.fromarray(np.full((40, 48), 40000, np.uint16)).save(root / "grey16.png")
+    rotated = Image.new("RGB", (48, 36), (200, 10, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(root / "rotated.jpg", exif=exif)
+    bad = {"truncated.jpg", "truncated.png", "random_bytes.jpg", "zero_bytes.png"}
+    for name in bad:
+        (root / name).write_bytes(BAD_FILES[name]())
+    (root / "bomb.png").write_bytes(_png_with_header_size(3000, 3000))  # above data.max_pixels=1e6
+    return bad | {"bomb.png"}
+
+
+def skipped_files(run_dir: Path) -> list[str]:
+    lines = (run_dir / "skipped_images.txt").read_text().splitlines()
+    return [Path(line.split("'")[1]).name for line in lines]
+
+
+def test_bad_files_are_skipped_counted_and_listed_and_training_finishes(
+        tmp_path: Path, inputs: list[str]) -> None:
+    bad = fault_folder(tmp_path / "photos")
+    run_dir = tmp_path / "run"
+    run_in_process(run_dir, *inputs, f"data.root={tmp_path / 'photos'}", "data.max_pixels=1000000",
+                   "data.max_bad_fraction=0.5", "trainer.max_steps=10")
+    assert set(skipped_files(run_dir)) == bad  # the 13 training files were all seen at least once
+    assert "9000000 pixels exceeds the limit of 1000000" in (run_dir / "skipped_images.txt").read_text()
+    assert load_model(run_dir / "smoke.safetensors").metadata["steps"] == 10
+
+
+def test_too_many_bad_files_stop_the_run_with_the_list_named(tmp_path: Path, inputs: list[str]) -> None:
+    fault_folder(tmp_path / "photos")
+    with pytest.raises(StylenetError, match=r"\d+ of \d+ training images were unreadable .*skipped_images"):
+        run_in_process(tmp_path / "run", *inputs, f"data.root={tmp_path / 'photos'}", "data.batch_size=1",
+                       "data.max_bad_fraction=0.1", "trainer.max_steps=100")
+
+
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_a_dead_or_stuck_dataloader_worker_is_an_error_naming_the_file(
+        tmp_path: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    photos = tmp_path / "photos"
+    for i in range(5):
+        make_photo(photos / f"img{i}.png", size=(40, 40), seed=i)
+    make_photo(photos / f"zz_{fault}.png", size=(40, 40))  # sorted last: not the held-out file
+    load_rgb = stylenet.data.load_rgb
+
+    def fragile(path: Path, **kwargs: Any) -> torch.Tensor:  # runs in the forked worker
+        if path.name == "zz_crash.png":
+            os._exit(3)  # what a segfaulting decoder or the OOM killer look like from outside
+        if path.name == "zz_hang.png":
+            time.sleep(20)
+        return load_rgb(path, **kwargs)
+
+    monkeypatch.setattr(stylenet.data, "load_rgb", fragile)
+    message = "exited unexpectedly" if fault == "crash" else "timed out after 2 seconds"
+    start = time.monotonic()
+    with pytest.raises(StylenetError, match=rf"DataLoader .*{message}.* while loading .*zz_{fault}\.png"):
+        run_in_process(tmp_path / "run", *inputs, f"data.root={photos}", "data.num_workers=1",
+                       "data.timeout_s=2")
+    assert time.monotonic() - start < 60
+
+
+# ----------------------------------------------------------------------------- untrusted checkpoints
+
+
+class RunsCode:
+    """Unpickling this creates the folder ``marker``: proof that loading executed code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.fixture
+def malicious_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # what a user might have set
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    torch.save({"state_dict": {}, "optimizer_states": [], "global_step": 1, "loops": {},
+                "payload": RunsCode(tmp_path / "pwned")}, path)
+    return path
+
+
+def test_checkpoints_never_run_code_even_with_torch_force_no_weights_only_load(
+        malicious_checkpoint: Path, photo_folder: Path, style_image: Path) -> None:
+    marker = malicious_checkpoint.parents[1] / "pwned"
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(malicious_checkpoint, weights_only=False)
+    reason = checkpoint_problem(malicious_checkpoint, None, HPARAMS)
+    assert reason == "unreadable (Weights only load failed)"
+    with pytest.raises(StylenetError, match="cannot resume this run: unreadable"):
+        resolve_resume("auto", str(malicious_checkpoint), malicious_checkpoint.parents[1], "t", HPARAMS)
+    # Lightning's own restore, as stylenet-train calls it (weights_only=True) and through our plugin
+    for kwargs, fit_kwargs in (({}, {"weights_only": True}), ({"plugins": [AtomicCheckpointIO()]}, {})):
+        trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+                             default_root_dir=malicious_checkpoint.parents[1], **kwargs)
+        with pytest.raises(pickle.UnpicklingError):
+            trainer.fit(tiny_task(style_image), datamodule=tiny_data(photo_folder),
+                        ckpt_path=malicious_checkpoint, **fit_kwargs)
+    assert not marker.exists()
+
+
+def test_the_package_never_loads_pickles_without_weights_only() -> None:
+    """Every ``torch.load`` in stylenet passes ``weights_only=True`` explicitly (an explicit value is
+    the only one ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot override), and nothing says False."""
+    for path in sorted((REPO / "stylenet").rglob("*.py")):
+        source = path.read_text()
+        assert "weights_only=False" not in source, path
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "pl_load", "_load"):
+                flags = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert flags.get("weights_only") == "True", f"{path}:{node.lineno}"
+    for path in (REPO / "configs").rglob("*.yaml"):
+        assert "weights_only: false" not in path.read_text().lower(), path

@@ -1,0 +1,241 @@
+"""The Gatys optimiser (stylenet.gatys): it optimises, on the training objective, and fails cleanly."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from stylenet import StylenetError
+from stylenet.cli.gatys import run
+from stylenet.cli.train import config_dir
+from stylenet.gatys import (
+    Progress,
+    check_memory,
+    estimate_memory,
+    luminance,
+    optimize,
+    optimize_image,
+    scale_shapes,
+    smallest_side,
+    with_content_chroma,
+)
+from stylenet.image import load_rgb
+from stylenet.losses import PerceptualLoss
+from stylenet.tasks import StyleTransferTask, load_style_image
+from tests.conftest import make_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions run many times faster on one thread when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smooth_image(size: int, seed: int) -> torch.Tensor:
+    """A (3, size, size) image with photo-like smooth structure, values in [0, 1]."""
+    noise = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.avg_pool2d(noise, 5, 1, 2)[0]
+
+
+@pytest.mark.parametrize(("optimizer", "iterations", "factor"), [("lbfgs", 10, 100), ("adam", 30, 10)])
+def test_optimiser_lowers_the_objective_by_a_large_factor(optimizer: str, iterations: int,
+                                                          factor: float) -> None:
+    loss = PerceptualLoss(weights="random")
+    seen: list[Progress] = []
+    result = optimize_image(smooth_image(32, 0), [torch.rand(3, 48, 40)], loss, iterations=iterations,
+                            optimizer=optimizer, init="noise", callback=seen.append)
+    assert result.history[-1] * factor < result.history[0]
+    assert result.terms["total"] == result.history[-1] == seen[-1].terms["total"]
+    assert result.iterations == iterations and [p.iteration for p in seen] == list(range(1, iterations + 1))
+    assert result.image.shape == (3, 32, 32) and result.image.min() >= 0 and result.image.max() <= 1
+    # one evaluation per Adam step; L-BFGS's line search rarely needs a second (plus the initial one)
+    most = iterations + 1 if optimizer == "adam" else 2 * iterations
+    assert iterations < result.evaluations <= most
+
+
+def test_gatys_objective_equals_the_training_objective(style_image: Path) -> None:
+    loss_config = {"weights": "random", "style_weight": 30.0, "tv_weight": 5.0}
+    task = StyleTransferTask(model={"channels": 8, "residual_blocks": 1}, loss=loss_config,
+                             style={"image": str(style_image), "size": 64})
+    content = smooth_image(32, 1)
+    style, _ = load_style_image(str(style_image), 64)  # exactly as training loads it
+    result = optimize_image(content, [style], PerceptualLoss(**loss_config), iterations=3)
+    training = task.loss(result.image.unsqueeze(0), content.unsqueeze(0))  # as in training_step
+    assert float(training["total"]) == result.terms["total"]
+    assert {name: float(value) for name, value in training.items()} == result.terms
+
+
+def test_vgg19_classic_layers_resolve(tmp_path: Path) -> None:
+    config = OmegaConf.to_container(compose_gatys(tmp_path, "loss=gatys_vgg19").loss)  # as the CLI sees it
+    assert config["content_layers"] == ["relu4_2"] and config["weights"] == "random"
+    loss = PerceptualLoss(**config)
+    assert loss.vgg.arch == "vgg19" and loss.vgg.names[-1] == "relu5_1"
+    assert smallest_side(loss) == 16  # four poolings before relu5_1
+    result = optimize_image(smooth_image(32, 2), [smooth_image(32, 3)], loss, iterations=1)
+    assert {"content", "style/relu1_1", "style/relu2_1", "style/relu3_1", "style/relu4_1",
+            "style/relu5_1"} <= set(result.terms)
+
+
+def test_non_finite_objective_stops_and_keeps_the_last_finite_image() -> None:
+    loss = PerceptualLoss(weights="random")
+    loss.set_style([torch.rand(3, 32, 32)])
+    images: dict[int, torch.Tensor] = {}
+
+    def poison(progress: Progress) -> None:
+        images[progress.iteration] = progress.image.clone()
+        if progress.iteration == 2:
+            loss.term_weights["style"] = math.nan
+
+    result = optimize(smooth_image(32, 4), loss, iterations=5, init="noise", callback=poison)
+    assert result.iterations == 2 and len(result.history) == 3
+    assert "non-finite" in result.stopped and "during iteration 3" in result.stopped
+    assert "kept the image of iteration 2" in result.stopped
+    assert torch.equal(result.image, images[2]) and math.isfinite(result.terms["total"])
+
+
+def test_non_finite_initial_objective_keeps_the_initial_image() -> None:
+    loss = PerceptualLoss(weights="random", content_weight=math.inf)
+    loss.set_style([torch.rand(3, 32, 32)])
+    content = smooth_image(32, 5)
+    result = optimize(content, loss, iterations=3)
+    assert result.iterations == 0 and "initial image" in result.stopped
+    assert torch.equal(result.image, content)
+
+
+def test_coarse_to_fine_and_init_style() -> None:
+    assert scale_shapes(64, 48, 3) == [(16, 12), (32, 24), (64, 48)]
+    loss = PerceptualLoss(weights="random")
+    seen: list[Progress] = []
+    result = optimize_image(smooth_image(32, 6), [smooth_image(40, 7)], loss, iterations=2, scales=2,
+                            init="style", callback=seen.append)
+    assert [(p.iteration, p.scale, p.total, p.image.shape[-1]) for p in seen] == [
+        (1, 0, 4, 16), (2, 0, 4, 16), (3, 1, 4, 32), (4, 1, 4, 32)]
+    assert result.iterations == 4 and len(result.history) == 6 and result.image.shape == (3, 32, 32)
+
+
+def test_preserve_color_keeps_the_content_chroma() -> None:
+    content = 0.25 + 0.5 * smooth_image(32, 8)
+    image = 0.25 + 0.5 * smooth_image(32, 9)
+    recoloured = with_content_chroma(image, content)
+    torch.testing.assert_close(luminance(recoloured), luminance(image))  # the stylised luminance,
+    torch.testing.assert_close(recoloured - luminance(recoloured), content - luminance(content))  # the chroma
+    result = optimize_image(content, [torch.rand(3, 32, 32)], PerceptualLoss(weights="random"), iterations=2,
+                            preserve_color=True)
+    chroma = result.image - luminance(result.image)
+    inside = ((result.image > 0) & (result.image < 1)).all(dim=0)  # where clamping did not act
+    torch.testing.assert_close(chroma[:, inside], (content - luminance(content))[:, inside])
+
+
+def test_bad_settings_fail_with_one_line_errors() -> None:
+    loss = PerceptualLoss(weights="random")
+    content, styles = smooth_image(32, 10), [torch.rand(3, 32, 32)]
+    with pytest.raises(StylenetError, match="at least 8 px"):
+        optimize_image(content[:, :4, :4], styles, loss, iterations=1)
+    with pytest.raises(StylenetError, match="coarsest image is 4x4 px.*at least 8 px"):
+        optimize_image(content, styles, loss, iterations=1, scales=4)
+    with pytest.raises(StylenetError, match="optimizer must be one of lbfgs, adam"):
+        optimize_image(content, styles, loss, iterations=1, optimizer="sgd")
+    with pytest.raises(StylenetError, match="init must be one of"):
+        optimize_image(content, styles, loss, iterations=1, init="zeros")
+    with pytest.raises(StylenetError, match="style weights"):
+        optimize_image(content, styles, loss, iterations=1, style_weights=[0.5, 0.5])
+
+
+def test_memory_estimate_grows_with_size_and_history_and_is_checked_up_front() -> None:
+    loss = PerceptualLoss(weights="random")
+    small, large = estimate_memory(loss, 256, 256), estimate_memory(loss, 512, 512)
+    assert 3.5 < large / small < 4.5
+    assert estimate_memory(loss, 256, 256, "adam") < small
+    with pytest.raises(StylenetError, match=r"100000x100000 image needs about [\d.]+ GiB on cpu.*free") as e:
+        check_memory(loss, 100_000, 100_000, "lbfgs", 100, torch.device("cpu"))
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------- the CLI
+
+
+def run_gatys_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``stylenet-gatys`` as users run it, on one thread (the test images are tiny)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stylenet.cli.gatys", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def compose_gatys(tmp_path: Path, *overrides: str) -> DictConfig:
+    """The app's config, as Hydra composes it for a run in ``tmp_path`` (for in-process runs)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        defaults = [f"hydra.run.dir={tmp_path}", "loss.weights=random", "size=32", "iterations=2",
+                    "progress=false"]
+        cfg = compose("gatys", overrides=[*defaults, *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_cli_end_to_end_with_blended_styles(tmp_path: Path, style_image: Path) -> None:
+    content, second_style = make_photo(tmp_path / "content.png"), make_photo(tmp_path / "s2.png", seed=5)
+    run_dir = tmp_path / "run"
+    result = run_gatys_cli(f"content={content}", f"style=[{style_image},{second_style}]",
+                           "style_weights=[0.7,0.3]", "size=32", "iterations=4", "loss.weights=random",
+                           "save_every=2", "image_every=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_rgb(run_dir / "gatys.png").shape == (3, 26, 32)  # 80x64 content, long side 32
+    assert sorted(p.name for p in (run_dir / "steps").iterdir()) == ["iter_00002.png", "iter_00004.png"]
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/content", "loss/style", "loss/style/relu4_3", "loss/tv"} <= scalars
+    assert [event.step for event in events.Scalars("loss/total")] == [1, 2, 3, 4]
+    assert {"image", "final", "content", "style/0", "style/1"} <= set(events.Tags()["images"])
+    assert "loss=" in result.stderr  # the progress bar shows the objective
+    assert "4 lbfgs iterations" in result.stdout + result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:
+    result = run_gatys_cli("content=/no/such/photo.jpg", f"style={style_image}", "loss.weights=random",
+                           f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("stylenet-gatys: error: content: cannot read image "
+                                     "'/no/such/photo.jpg': no such file")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("style_images=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
+    ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),
+    ("optimizer=sgd", "optimizer must be one of lbfgs, adam"),
+    ("init=zeros", "init must be one of content, noise, style, got zeros"),
+    ("scales=0", "scales must be >= 1"),
+    ("output=/tmp/result.gif", "not a writable format"),
+    ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
+])
+def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
+                                                 message: str) -> None:
+    content = make_photo(tmp_path / "content.png")
+    cfg = compose_gatys(tmp_path, f"content={content}", f"style_images={style_image}", override)
+    with pytest.raises(StylenetError, match=message):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = compose_gatys(tmp_path, "content=demo:astronaut", f"style_images={style_image}",
+                        "loss.content_weight=nan")
+    assert run(cfg, tmp_path) == 1
+    assert "stylenet-gatys: error: the objective is not finite" in capsys.readouterr().err
+    assert load_rgb(tmp_path / "gatys.png").shape == (3, 32, 32)  # the initial image: the content

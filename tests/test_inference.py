@@ -1,0 +1,367 @@
+"""Tests for stylenet.inference and the notebook API: sizes, tiles, controls, image modes, memory."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms
+from torch import nn
+
+import stylenet
+from stylenet import StylenetError
+from stylenet.export import save_model
+from stylenet.image import load_image
+from stylenet.inference import (
+    Controls,
+    InferenceModel,
+    core_spans,
+    freeze_norm_statistics,
+    luma,
+    pad_to_multiple,
+    record_norm_statistics,
+    run_network,
+    target_size,
+    tile_spans,
+    tile_weights,
+)
+from stylenet.nets import TransformerNet
+
+
+def tiny_net(seed: int = 0, residual_blocks: int = 1) -> TransformerNet:
+    torch.manual_seed(seed)
+    return TransformerNet(channels=8, residual_blocks=residual_blocks).eval()
+
+
+def photo(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth colourful (3, H, W) image in [0, 1], with some texture."""
+    generator = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    phases = torch.rand(3, 2, generator=generator) * 6
+    smooth = torch.stack([torch.sin(5 * x + p[0]) * torch.cos(4 * y + p[1]) for p in phases]) * 0.4 + 0.5
+    return (smooth + 0.05 * torch.rand(3, height, width, generator=generator)).clamp(0, 1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1.0 / float(((a - b) ** 2).mean()))
+
+
+def chroma(rgb: torch.Tensor) -> torch.Tensor:
+    """BT.601 Cb, Cr (unscaled: B - Y, R - Y)."""
+    y = luma(rgb)
+    return torch.cat([rgb[2:3] - y, rgb[0:1] - y])
+
+
+@pytest.fixture(scope="module")
+def model() -> InferenceModel:
+    return InferenceModel(tiny_net(), {"task": "style", "style_name": "test"}, device="cpu")
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return save_model(tmp_path / "test.safetensors", tiny_net(), {"task": "style", "style_name": "test"})
+
+
+# ------------------------------------------------------------------------------------ sizes
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(height=st.integers(1, 70), width=st.integers(1, 70))
+def test_output_size_equals_input_size(model: InferenceModel, height: int, width: int) -> None:
+    out = model.transform(photo(height, width))
+    assert out.shape == (3, height, width)
+    assert out.dtype == torch.float32 and out.min() >= 0.0 and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 9), (3, 2), (7, 8), (8, 8), (9, 13)])
+def test_tiny_inputs_work(model: InferenceModel, height: int, width: int) -> None:
+    assert model.transform(photo(height, width)).shape == (3, height, width)
+
+
+def test_pad_to_multiple_reflects_and_replicates() -> None:
+    image = torch.arange(30.0).view(1, 1, 5, 6)
+    padded = pad_to_multiple(image, 4, min_size=8)
+    assert padded.shape[-2:] == (8, 8)
+    assert torch.equal(padded[..., :5, :6], image)
+    assert torch.equal(padded[0, 0, 5, :6], image[0, 0, 3])  # reflection, not a copy of the edge
+    tiny = pad_to_multiple(torch.ones(1, 3, 1, 1), 4, min_size=8)
+    assert tiny.shape[-2:] == (8, 8) and torch.equal(tiny, torch.ones(1, 3, 8, 8))
+    aligned = image[..., :4, :4]
+    assert pad_to_multiple(aligned, 4) is aligned
+
+
+def test_run_network_matches_the_model_for_previews(model: InferenceModel) -> None:
+    image = photo(30, 45)
+    assert torch.allclose(run_network(model.net, image), model.transform(image), atol=1e-6)
+
+
+def test_target_size() -> None:
+    assert target_size(300, 400) == (300, 400)
+    assert target_size(300, 400, max_size=200) == (150, 200)
+    assert target_size(300, 400, scale=0.5) == (150, 200)
+    assert target_size(300, 400, scale=2, max_size=600) == (450, 600)
+    assert target_size(1, 1000, max_size=10) == (1, 10)
+    with pytest.raises(StylenetError):
+        target_size(10, 10, scale=0)
+
+
+# ------------------------------------------------------------------------------------ tiles
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [
+    (100, 100, 16, 4), (300, 256, 64, 4), (1000, 128, 32, 4), (257, 64, 16, 1), (130, 64, 0, 4)])
+def test_tile_spans_cover_the_axis_on_the_sampling_grid(length: int, tile: int, overlap: int,
+                                                         multiple: int) -> None:
+    spans = tile_spans(length, tile, overlap, multiple)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    for (start, stop), (next_start, _) in itertools.pairwise(spans):
+        assert start % multiple == 0 and stop - start <= tile
+        assert stop - next_start >= overlap  # neighbours overlap at least as asked
+    weights = tile_weights(spans, overlap)
+    total = torch.zeros(length)
+    for (start, stop), weight in zip(spans, weights, strict=True):
+        total[start:stop] += weight
+        if start > 0 and overlap >= 4:
+            assert weight[0] == 0  # the tile's cut edge never contributes
+    assert torch.allclose(total, torch.ones(length))
+
+
+def test_frozen_statistics_of_the_same_image_reproduce_the_network() -> None:
+    net = tiny_net()
+    image = photo(40, 52).unsqueeze(0)
+    frozen = freeze_norm_statistics(net, record_norm_statistics(net, image))
+    with torch.inference_mode():
+        assert torch.allclose(frozen(image), net(image), atol=1e-5)
+    assert not any(type(m).__name__ == "FrozenInstanceNorm" for m in net.modules())  # original untouched
+
+
+def test_tiled_output_matches_the_whole_image() -> None:
+    """Frozen InstanceNorm statistics + overlapping ramps: tiles reproduce the whole-image output
+    (the README's 1024 px / 256 px tile figure comes from scripts/tile_check.py)."""
+    model = InferenceModel(tiny_net(residual_blocks=2), device="cpu")
+    image = photo(160, 200, seed=3)
+    whole = model.transform(image)
+    assert whole.std() > 0.05  # a net that does something, so PSNR means something
+    calls = []
+    tiled = model.transform(image, tile=96, tile_overlap=48, progress=lambda done, total: calls.append(total))
+    assert psnr(tiled, whole) > 40.0
+    assert len(calls) == calls[0] >= 4
+
+
+def test_exact_streaming_statistics_for_images_beyond_the_budget() -> None:
+    """Above the memory budget the statistics come from a thumbnail (consistent across tiles, but
+    not the whole image's); ``exact_statistics`` measures them over the tiles, layer by layer."""
+    model = InferenceModel(tiny_net(residual_blocks=2), device="cpu")
+    image = photo(160, 200, seed=3)
+    whole = model.transform(image)
+    model.max_memory = int(96 * 96 * model.bytes_per_pixel())  # too small for a whole-image pass
+    thumbnail = model.transform(image, tile=96, tile_overlap=48)
+    calls = []
+    exact = model.transform(image, tile=96, tile_overlap=48, exact_statistics=True,
+                            progress=lambda done, total: calls.append((done, total)))
+    assert psnr(exact, whole) > 40.0 > psnr(thumbnail, whole)
+    norms = sum(isinstance(m, nn.InstanceNorm2d) for m in model.net.modules())
+    tiles = len(tile_spans(160, 96, 48, 4)) * len(tile_spans(200, 96, 48, 4))
+    assert calls[-1][0] == calls[-1][1] == len(calls) == (norms + 1) * tiles  # one tile pass per layer
+
+
+def test_core_spans_partition_the_padded_axis() -> None:
+    spans = tile_spans(998, 128, 32, 4)
+    cores = core_spans(spans, 4, 1000)  # the whole image is padded from 998 to 1000
+    assert cores[0][0] == 0 and cores[-1][1] == 1000
+    assert [start for start, _ in cores[1:]] == [stop for _, stop in cores[:-1]]  # contiguous, disjoint
+    for index, ((start, stop), (core_start, core_stop)) in enumerate(zip(spans, cores, strict=True)):
+        assert core_start % 4 == 0
+        if index > 0:
+            assert core_start - start >= 12  # about half the overlap away from the cut edges
+        if index < len(spans) - 1:
+            assert stop - core_stop >= 16
+
+
+def test_quantized_output_is_the_rounded_float_output(model: InferenceModel) -> None:
+    image = photo(50, 70)
+    quantized = model.transform(image, tile=64, tile_overlap=16, quantize=True)
+    assert quantized.dtype == torch.uint8
+    exact = model.transform(image, tile=64, tile_overlap=16)
+    assert (quantized.float() - exact * 255).abs().max() <= 0.5 + 1e-3
+
+
+class Doubler(nn.Module):
+    """A stand-in super-resolution network: output = scale x input (nearest + 3x3 conv)."""
+
+    scale = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.body = nn.Sequential(nn.Upsample(scale_factor=2), nn.ReflectionPad2d(1), nn.Conv2d(3, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body(x))
+
+
+def test_networks_with_a_scale_use_the_same_path() -> None:
+    model = InferenceModel(Doubler(), device="cpu")
+    image = photo(70, 90)
+    whole = model.transform(image)
+    assert whole.shape == (3, 140, 180)
+    tiled = model.transform(image, tile=64, tile_overlap=16)
+    assert torch.allclose(tiled, whole, atol=1e-5)  # no InstanceNorm: tiles are exact
+    assert model.transform(image, Controls(strength=0.0)).shape == (3, 140, 180)
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Identity that raises the CUDA out-of-memory error for inputs above ``limit`` pixels."""
+
+    size_multiple = 4
+
+    def __init__(self, limit: int, error: type[Exception] = torch.OutOfMemoryError) -> None:
+        super().__init__()
+        self.limit, self.error, self.weight = limit, error, nn.Parameter(torch.zeros(1))
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        if x.shape[-1] * x.shape[-2] > self.limit:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x
+
+
+def test_out_of_memory_retries_with_smaller_tiles() -> None:
+    net = OutOfMemoryAbove(limit=100 * 100)
+    model = InferenceModel(net, device="cpu", max_memory=1 << 40)
+    image = photo(300, 300)
+    assert torch.allclose(model.transform(image), image, atol=1e-6)
+    assert max(h * w for h, w in net.sizes[-4:]) <= 100 * 100
+
+
+def test_out_of_memory_everywhere_fails_clearly() -> None:
+    model = InferenceModel(OutOfMemoryAbove(limit=10), device="cpu", max_memory=1 << 40)
+    with pytest.raises(StylenetError, match="out of memory on cpu even with 64 px tiles"):
+        model.transform(photo(200, 200))
+
+
+def test_other_errors_are_never_swallowed() -> None:
+    model = InferenceModel(OutOfMemoryAbove(limit=10, error=ValueError), device="cpu", max_memory=1 << 40)
+    with pytest.raises(ValueError, match="CUDA out of memory"):  # a ValueError is not an allocation failure
+        model.transform(photo(100, 100))
+
+
+def test_automatic_tiling_follows_the_memory_budget() -> None:
+    model = InferenceModel(tiny_net(), device="cpu")
+    model.max_memory = int(80 * 80 * model.bytes_per_pixel())
+    calls = []
+    model.transform(photo(200, 120), progress=lambda done, total: calls.append(total))
+    assert calls and calls[0] > 1
+
+
+# ------------------------------------------------------------------------------------ controls
+
+
+def test_strength_zero_returns_the_content(model: InferenceModel) -> None:
+    image = photo(33, 47)
+    assert torch.equal(model.transform(image, Controls(strength=0.0)), image)
+    half = model.transform(image, Controls(strength=0.5))
+    assert torch.allclose(half, (image + model.transform(image)) / 2, atol=1e-6)
+
+
+def test_preserve_color_keeps_the_contents_chroma(model: InferenceModel) -> None:
+    image = photo(40, 60) * 0.6 + 0.2  # away from the gamut edges, so clamping cannot move chroma
+    stylized = model.transform(image)
+    kept = model.transform(image, Controls(preserve_color=True))
+    inside = (kept > 0.001).all(0) & (kept < 0.999).all(0)  # where clamping to [0, 1] did not act
+    assert inside.float().mean() > 0.5
+    assert torch.allclose(chroma(kept)[:, inside], chroma(image)[:, inside], atol=1e-5)
+    assert torch.allclose(luma(kept)[0][inside], luma(stylized)[0][inside], atol=1e-5)
+    assert (chroma(stylized) - chroma(image)).abs().mean() > 0.02  # the style did change the colours
+
+
+def test_controls_validate_strength() -> None:
+    with pytest.raises(StylenetError, match="strength"):
+        Controls(strength=1.5)
+
+
+def test_bf16_is_close_to_fp32() -> None:
+    image = photo(48, 64)
+    fp32 = InferenceModel(tiny_net(), device="cpu").transform(image)
+    bf16 = InferenceModel(tiny_net(), device="cpu", precision="bf16").transform(image)
+    assert psnr(bf16, fp32) > 25
+
+
+def test_unknown_device_and_precision_are_clear_errors() -> None:
+    with pytest.raises(StylenetError, match="precision"):
+        InferenceModel(tiny_net(), precision="fp8")
+    with pytest.raises(StylenetError, match="device"):
+        InferenceModel(tiny_net(), device="tpu")
+
+
+# ------------------------------------------------------------------------------------ the notebook API
+
+
+def test_load_model_stylizes_pil_images_keeping_alpha_bit_exactly(model_file: Path) -> None:
+    model = stylenet.load_model(model_file, device="cpu")
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (45, 61, 4), dtype=np.uint8)
+    out = model.stylize(Image.fromarray(rgba, "RGBA"), strength=0.7, preserve_color=True)
+    assert out.mode == "RGBA" and out.size == (61, 45)
+    assert np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+
+
+def test_load_model_on_tensors_and_batches(model_file: Path) -> None:
+    model = stylenet.load_model(model_file, device="cpu")
+    assert model.name == "test"
+    image = photo(20, 30)
+    assert model.stylize(image).shape == (3, 20, 30)
+    batch = torch.stack([image, photo(20, 30, seed=1)])
+    out = model.stylize(batch, tile=64)
+    assert out.shape == (2, 3, 20, 30)
+    assert torch.allclose(out[0], model.stylize(image), atol=1e-6)
+
+
+def test_grey_in_rgb_out_unless_keep_gray(model_file: Path) -> None:
+    model = stylenet.load_model(model_file, device="cpu")
+    grey = Image.fromarray((photo(30, 40)[0] * 255).byte().numpy(), "L")
+    assert model.stylize(grey).mode == "RGB"
+    assert model.stylize(grey, keep_gray=True).mode == "L"
+
+
+def test_sixteen_bit_mid_grey_stays_mid_grey(model_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((24, 32), 32768, dtype=np.uint16)).save(path)
+    model = stylenet.load_model(model_file, device="cpu")
+    out = model.process(load_image(path), Controls(strength=0.0))
+    assert out.rgb.shape == (3, 24, 32)
+    assert torch.allclose(out.rgb, torch.full_like(out.rgb, 0.5), atol=1e-3)  # 32768/65535, not clipped to 1
+
+
+def test_exif_rotation_and_icc_profile_are_applied(model_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed rotated by 90 degrees
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(path, exif=exif, icc_profile=icc)
+    model = stylenet.load_model(model_file, device="cpu")
+    out = model.process(load_image(path))
+    assert out.rgb.shape == (3, 40, 24)
+    assert out.icc_profile == icc
+    assert model.stylize(Image.open(path)).size == (24, 40)
+
+
+def test_resizing_resizes_the_alpha_too(model: InferenceModel) -> None:
+    from stylenet.image import LoadedImage
+
+    alpha = torch.full((1, 40, 60), 255, dtype=torch.uint8)
+    image = LoadedImage(rgb=photo(40, 60), alpha=alpha, icc_profile=None, was_gray=False)
+    out = model.process(image, size=(20, 30), quantize=True)
+    assert out.rgb.shape == (3, 20, 30) and out.rgb.dtype == torch.uint8
+    assert out.alpha.shape == (1, 20, 30) and out.alpha.dtype == torch.uint8
+    assert bool((out.alpha == 255).all())

@@ -1,0 +1,102 @@
+"""scripts/reproduce_table1.py and scripts/reproduce_fig5.py end to end, at tiny sizes."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from stylenet.export import save_model
+from stylenet.nets import TransformerNet
+from tests.conftest import make_photo
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny convolutions run many times faster on one thread when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_table1_measures_and_writes_the_paper_layout(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    table1 = load_script("reproduce_table1")
+    assert table1.main(["--sizes", "32", "--iterations", "2", "3", "--weights", "random", "--repeats", "1",
+                        "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| Image size | Gatys 2 | Gatys 3 | Ours | Speed-up 2 | Speed-up 3 |" in printed
+    assert "| 32 x 32 |" in printed and "measured in one 3-iteration run" in printed
+    assert (tmp_path / "table1.md").read_text(encoding="utf-8").strip() == printed.strip()
+    [row] = read_csv(tmp_path / "table1.csv")
+    assert row["size"] == "32" and row["device"] == "cpu" and row["gatys_measured_iterations"] == "3"
+    assert 0 < float(row["gatys_2_s"]) < float(row["gatys_3_s"])
+    speedup = float(row["gatys_3_s"]) / float(row["network_s"])
+    assert float(row["speedup_3"]) == pytest.approx(speedup, rel=1e-4)
+
+
+def test_table1_extrapolation_is_opt_in_and_stated(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    table1 = load_script("reproduce_table1")
+    assert table1.main(["--sizes", "32", "--iterations", "4", "--weights", "random", "--repeats", "1",
+                        "--extrapolate-from", "2", "--out", str(tmp_path)]) == 0
+    assert "EXTRAPOLATED linearly from 2 timed iterations" in capsys.readouterr().out
+    assert read_csv(tmp_path / "table1.csv")[0]["gatys_measured_iterations"] == "2"
+
+
+@pytest.fixture
+def style_model(tmp_path: Path, style_image: Path) -> Path:
+    """A tiny (untrained) per-style model file whose metadata holds its training loss config."""
+    metadata = {"task": "style", "style_name": "t", "style_image": str(style_image), "style_size": 64,
+                "loss": {"weights": "random", "style_weight": 10.0, "tv_weight": 40.0}}
+    return save_model(tmp_path / "t.safetensors", TransformerNet(channels=8, residual_blocks=1), metadata)
+
+
+def test_fig5_writes_csv_plot_and_where_gatys_matches(tmp_path: Path, style_model: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    for seed in range(2):
+        make_photo(tmp_path / "val" / f"photo{seed}.png", seed=seed)
+    (tmp_path / "val" / "broken.png").write_bytes(b"not a png")
+    fig5 = load_script("reproduce_fig5")
+    out = tmp_path / "fig5"
+    assert fig5.main(["--model", str(style_model), "--images", str(tmp_path / "val"), "--sizes", "32",
+                      "--iterations", "2", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped cannot read image" in captured.err and "broken.png" in captured.err
+    assert "32 px: network objective" in captured.out and "Gatys first matches it from noise" in captured.out
+    rows = read_csv(out / "fig5.csv")
+    assert len(rows) == 2 * (1 + 2 * 2)  # per image: the network, and 2 starts x 2 iteration counts
+    assert {(r["method"], r["init"], r["iterations"]) for r in rows} == {
+        ("network", "", ""), ("gatys", "noise", "2"), ("gatys", "noise", "3"), ("gatys", "content", "2"),
+        ("gatys", "content", "3")}
+    assert (out / "fig5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fig5_needs_the_style_image(tmp_path: Path, style_model: Path, style_image: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    style_image.unlink()
+    fig5 = load_script("reproduce_fig5")
+    assert fig5.main(["--model", str(style_model), "--images", str(tmp_path), "--sizes", "32",
+                      "--no-plot", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == ("reproduce_fig5.py: error: style image (--style): cannot read "
+                                               f"image '{style_image}': no such file")

@@ -1,0 +1,109 @@
+"""Prepared datasets: stylenet-prepare's shards round-trip pixel-exact, resume after an interruption,
+list what they skipped, and feed ImageFolderDataModule the same stream a photo folder does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet import StylenetError
+from stylenet.cli import prepare as prepare_cli
+from stylenet.data import ImageFolderDataModule, ShardDataset, StreamSampler
+from stylenet.shards import MANIFEST, ShardStore
+from tests.conftest import make_photo
+
+
+@pytest.fixture
+def square_photos(tmp_path: Path) -> Path:
+    """Seven 32x32 photos (already the prepared size, so no resampling), one broken file, one copy."""
+    root = tmp_path / "photos"
+    for i in range(7):
+        make_photo(root / f"d{i % 2}" / f"p{i}.png", size=(32, 32), seed=i)
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "d1" / "copy.png").write_bytes((root / "d0" / "p0.png").read_bytes())
+    return root
+
+
+def test_shards_round_trip_pixel_exact(square_photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    assert prepare_cli.main([str(square_photos), "-o", str(out), "--size", "32", "--shard-images", "3",
+                             "--workers", "0", "--no-progress"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["count"] == 7 and manifest["complete"] and manifest["size"] == 32
+    assert [len(entry["sources"]) for entry in manifest["shards"]] == [3, 3, 1]
+    reasons = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(reasons) == {"broken.jpg", "d1/copy.png"}
+    assert reasons["d1/copy.png"] == "duplicate of d0/p0.png"
+    store = ShardStore(out)
+    for row, source in enumerate(store.sources):
+        original = np.asarray(Image.open(source).convert("RGB"))
+        assert np.array_equal(store.image(row), original), source
+    dataset = ShardDataset(store.sources, 32, store=store)
+    item = dataset[(0, 5, 2)]
+    assert item["path"] == str(store.sources[2])
+    expected = torch.from_numpy(np.array(Image.open(store.sources[2]).convert("RGB"))).permute(2, 0, 1) / 255
+    assert torch.equal(item["image"], expected)
+
+
+def test_prepare_resumes_after_interruption(square_photos: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = prepare_cli.prepare(square_photos, tmp_path / "whole", size=32, shard_images=2, progress=False)
+    real_add_shard = prepare_cli.add_shard
+
+    def add_then_die(out: Path, manifest: dict, group: list) -> None:
+        real_add_shard(out, manifest, group)
+        if len(manifest["shards"]) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_cli, "add_shard", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cli.prepare(square_photos, tmp_path / "resumed", size=32, shard_images=2, progress=False)
+    interrupted = json.loads((tmp_path / "resumed" / MANIFEST).read_text())
+    assert not interrupted["complete"] and interrupted["count"] == 4
+    monkeypatch.setattr(prepare_cli, "add_shard", real_add_shard)
+    resumed = prepare_cli.prepare(square_photos, tmp_path / "resumed", size=32, shard_images=2, progress=False)
+    assert resumed["shards"] == whole["shards"] and resumed["complete"]
+    for entry in whole["shards"]:
+        assert np.array_equal(np.load(tmp_path / "whole" / entry["file"]),
+                              np.load(tmp_path / "resumed" / entry["file"]))
+    with pytest.raises(StylenetError, match="use another -o"):
+        prepare_cli.prepare(square_photos, tmp_path / "resumed", size=64, progress=False)
+
+
+def first_batches(module: ImageFolderDataModule, count: int) -> list[dict]:
+    module.setup("fit")
+    loader = iter(module.train_dataloader())
+    return [next(loader) for _ in range(count)]
+
+
+def test_shard_data_module_keeps_the_stream_and_resumes(square_photos: Path, tmp_path: Path) -> None:
+    """Same files, same held-out set, same order as the folder; larger shards give seeded crops."""
+    out = tmp_path / "prepared48"
+    prepare_cli.prepare(square_photos, out, size=48, progress=False)  # 32 px photos, enlarged to 48
+    shards = ImageFolderDataModule(source="shards", root=str(out), image_size=32, batch_size=2, val_images=2)
+    batches = first_batches(shards, 4)
+    assert all(batch["images"].shape == (2, 3, 32, 32) for batch in batches)
+    sampler = StreamSampler(len(shards.train_files), 2, seed=0)
+    order = [shards.train_files[index] for batch in [next(iter(sampler))] for _, _, index in batch]
+    assert batches[0]["paths"] == [str(path) for path in order]
+    again = first_batches(ImageFolderDataModule(source="shards", root=str(out), image_size=32, batch_size=2,
+                                                val_images=2), 4)
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(batches, again, strict=True))
+    resumed = ImageFolderDataModule(source="shards", root=str(out), image_size=32, batch_size=2, val_images=2)
+    resumed.load_state_dict({"next_batch": 2, "samples_seen": 4})
+    assert torch.equal(first_batches(resumed, 1)[0]["images"], batches[2]["images"])
+    val = next(iter(shards.val_dataloader()))["images"]
+    assert val.shape == (2, 3, 32, 32)
+    with pytest.raises(StylenetError, match="smaller than data.image_size"):
+        first_batches(ImageFolderDataModule(source="shards", root=str(out), image_size=64, batch_size=2), 1)
+
+
+def test_missing_manifest_is_a_one_line_error(tmp_path: Path) -> None:
+    module = ImageFolderDataModule(source="shards", root=str(tmp_path), image_size=32)
+    with pytest.raises(StylenetError, match="stylenet-prepare"):
+        module.setup("fit")

@@ -1,0 +1,223 @@
+"""Super-resolution (Johnson et al. 2016, Sec. 4.2): network, data, training task, configs, export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from stylenet import StylenetError
+from stylenet.callbacks import ExportStyleModel
+from stylenet.cli.train import config_dir
+from stylenet.data import SuperResolutionDataModule
+from stylenet.export import export_checkpoint, load_model
+from stylenet.image import load_rgb
+from stylenet.metrics import degrade
+from stylenet.nets import SuperResolutionNet
+from stylenet.tasks import SuperResolutionTask
+from tests.conftest import make_photo
+
+TINY_SR = {"factor": 4, "channels": 16, "residual_blocks": 1, "norm": "none"}
+PIXEL_LOSS = {"weights": "random", "content_weight": 0.0, "style_weight": 0.0, "tv_weight": 0.0,
+              "pixel_weight": 1.0}
+FEATURE_LOSS = {"weights": "random", "content_layers": ["relu2_2"], "style_layers": [], "content_weight": 1.0,
+                "style_weight": 0.0, "tv_weight": 1.0}
+
+
+def conv_params(c_in: int, c_out: int, k: int) -> int:
+    return c_in * c_out * k * k + c_out
+
+
+def test_network_has_the_papers_layout() -> None:
+    """c9s1-64, R64 x4, u64 x log2(f), c9s1-3 (supplementary material); BatchNorm as in the paper
+    on request, no normalisation by default."""
+    for factor, stages in ((4, 2), (8, 3)):
+        net = SuperResolutionNet(factor, norm="batch")
+        convs = conv_params(3, 64, 9) + (8 + stages) * conv_params(64, 64, 3) + conv_params(64, 3, 9)
+        norms = (1 + 8 + stages) * 2 * 64
+        assert sum(p.numel() for p in net.parameters()) == convs + norms
+        modules = list(net.modules())
+        assert sum(isinstance(m, nn.Upsample) for m in modules) == stages
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in modules) == 1 + 8 + stages
+        assert not any(isinstance(m, nn.ConvTranspose2d) for m in modules)
+        assert net.scale == factor and net.size_multiple == 1
+        default = SuperResolutionNet(factor)
+        assert default.config == {"factor": factor, "channels": 64, "residual_blocks": 4, "norm": "none"}
+        assert sum(p.numel() for p in default.parameters()) == convs
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+@pytest.mark.parametrize("height,width", [(5, 5), (7, 12), (16, 16), (23, 18)])
+def test_output_is_factor_times_the_input_and_a_valid_image(factor: int, height: int, width: int) -> None:
+    net = SuperResolutionNet(factor, channels=4, residual_blocks=1, norm="instance").eval()
+    x = torch.rand(2, 3, height, width) * 4 - 2
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (2, 3, factor * height, factor * width)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_bad_network_settings_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="factor must be one of"):
+        SuperResolutionNet(3)
+    with pytest.raises(ValueError, match="model.norm"):
+        SuperResolutionNet(4, norm="layer")
+
+
+def photos(root: Path, count: int = 6) -> Path:
+    for i in range(count):
+        make_photo(root / f"img{i}.png", size=(48 + 8 * i, 40 + 4 * i), seed=i)
+    return root
+
+
+def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -> None:
+    root = photos(tmp_path / "photos")
+    data = SuperResolutionDataModule(factor=4, source="folder", root=str(root), image_size=32, batch_size=2,
+                                     val_images=2)
+    data.setup("fit")
+    batch = data.on_after_batch_transfer(next(iter(data.val_dataloader())), 0)
+    assert batch["images"].shape == (2, 3, 32, 32) and batch["lr"].shape == (2, 3, 8, 8)
+    first = load_rgb(data.val_files[0])  # a centre crop of the photo itself, not of a resized copy
+    top, left = (first.shape[1] - 32) // 2, (first.shape[2] - 32) // 2
+    torch.testing.assert_close(batch["images"][0], first[:, top: top + 32, left: left + 32])
+    torch.testing.assert_close(batch["lr"], degrade(batch["images"], 4))
+    train = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    assert train["lr"].shape == (2, 3, 8, 8) and train["batch_number"] == 0
+    with pytest.raises(StylenetError, match="multiple of the factor 8"):
+        SuperResolutionDataModule(factor=8, image_size=36)
+    with pytest.raises(StylenetError, match="smaller than the network's minimum of 5 px"):
+        SuperResolutionDataModule(factor=8, image_size=32)
+
+
+def make_trainer(run_dir: Path, max_steps: int, export: bool = False) -> pl.Trainer:
+    callbacks: list[pl.Callback] = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True)]
+    if export:
+        callbacks.append(ExportStyleModel(str(run_dir / "sr.safetensors")))
+    return pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=10,
+                      check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
+                      log_every_n_steps=1, use_distributed_sampler=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=run_dir, callbacks=callbacks,
+                      logger=TensorBoardLogger(run_dir, name="tensorboard", version="",
+                                               default_hp_metric=False))
+
+
+@pytest.fixture(scope="module")
+def trained_sr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 30-step pixel-loss x4 run on 32 px patches, shared by the tests that inspect it."""
+    root = tmp_path_factory.mktemp("sr")
+    pl.seed_everything(0)
+    task = SuperResolutionTask(model=TINY_SR, loss=PIXEL_LOSS, image_size=32)
+    data = SuperResolutionDataModule(factor=4, source="folder", root=str(photos(root / "photos")),
+                                     image_size=32, batch_size=4, val_images=2)
+    make_trainer(root / "out", 30, export=True).fit(task, datamodule=data, weights_only=True)
+    return root / "out"
+
+
+def scalars(run: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [event.value for event in events.Scalars(tag)]
+
+
+def test_pixel_loss_falls_and_validation_logs_psnr_ssim_and_grids(trained_sr: Path) -> None:
+    pixel = scalars(trained_sr, "train/pixel")
+    assert len(pixel) == 30 and sum(pixel[-5:]) / 5 < 0.7 * sum(pixel[:3]) / 3
+    events = EventAccumulator(str(trained_sr / "tensorboard"), size_guidance={"images": 0}).Reload()
+    for tag in ("val/total", "val/pixel", "val/psnr", "val/ssim", "val/psnr_bicubic", "val/ssim_bicubic"):
+        assert tag in events.Tags()["scalars"], tag
+    assert scalars(trained_sr, "val/psnr")[-1] > scalars(trained_sr, "val/psnr")[0]
+    grids = events.Images("val/lr_bicubic_output_hr")
+    assert [g.step for g in grids] == [10, 20, 30]
+    # one row per held-out patch: LR (nearest) | bicubic | output | HR, make_grid's padding of 2 px
+    assert (grids[0].width, grids[0].height) == (4 * 32 + 2 * 2, 2 * 32 + 3 * 2)
+
+
+def test_feature_loss_with_tv_trains_x8_too(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    task = SuperResolutionTask(model={**TINY_SR, "factor": 8}, loss=FEATURE_LOSS, image_size=48)
+    data = SuperResolutionDataModule(factor=8, source="folder", root=str(photos(tmp_path / "photos")),
+                                     image_size=48, batch_size=2, val_images=1)
+    make_trainer(tmp_path, 12).fit(task, datamodule=data, weights_only=True)
+    assert {"train/content", "train/tv", "val/psnr"} <= set(EventAccumulator(str(tmp_path / "tensorboard"))
+                                                            .Reload().Tags()["scalars"])
+    total = scalars(tmp_path, "train/total")
+    assert sum(total[-3:]) / 3 < 0.85 * sum(total[:3]) / 3
+
+
+def test_bad_task_settings_fail_early() -> None:
+    with pytest.raises(StylenetError, match="set loss.style_weight=0"):
+        SuperResolutionTask(model=TINY_SR, loss={**FEATURE_LOSS, "style_weight": 10.0})
+    with pytest.raises(StylenetError, match="model: model.factor must be one of"):
+        SuperResolutionTask(model={**TINY_SR, "factor": 3}, loss=PIXEL_LOSS)
+    with pytest.raises(StylenetError, match="task.lr must be > 0"):
+        SuperResolutionTask(model=TINY_SR, loss=PIXEL_LOSS, lr=0)
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_task_group_picks_network_data_and_loss_and_leaves_style_alone() -> None:
+    style = compose_train()
+    assert style.task._target_ == "stylenet.tasks.StyleTransferTask" and "factor" not in style.model
+    assert style.data._target_ == "stylenet.data.ImageFolderDataModule" and style.loss.style_weight == 10.0
+    x4 = compose_train("task=sr_x4")
+    assert x4.task._target_ == "stylenet.tasks.SuperResolutionTask" and x4.name == "sr_x4"
+    model, data, loss = x4.model, x4.data, x4.loss
+    assert (model.factor, model.channels, model.residual_blocks, model.norm) == (4, 64, 4, "none")
+    assert data._target_ == "stylenet.data.SuperResolutionDataModule"
+    assert (data.factor, data.image_size) == (4, 288)
+    assert (list(loss.content_layers), loss.style_weight, loss.pixel_weight) == (["relu2_2"], 0.0, 0.0)
+    x8 = compose_train("task=sr_x8", "loss=pixel", "data=coco", "model.channels=32")
+    assert (x8.name, x8.model.factor, x8.data.factor, x8.model.channels) == ("sr_x8", 8, 8, 32)
+    assert (x8.loss.content_weight, x8.loss.pixel_weight, x8.data.source) == (0.0, 1.0, "coco")
+    mixed = compose_train("task=sr_x4", "loss=mixed")
+    assert mixed.loss.content_weight > 0 and mixed.loss.pixel_weight > 0 and mixed.loss.tv_weight > 0
+
+
+def test_export_round_trip_records_task_and_factor(trained_sr: Path, tmp_path: Path) -> None:
+    checkpoint = trained_sr / "checkpoints" / "last.ckpt"
+    exported = export_checkpoint(checkpoint, tmp_path / "x4.safetensors")
+    model, at_end = load_model(exported, task="sr"), load_model(trained_sr / "sr.safetensors", task="sr")
+    for metadata in (model.metadata, at_end.metadata):
+        assert (metadata["task"], metadata["factor"], metadata["steps"]) == ("sr", 4, 30)
+        assert metadata["image_size"] == 32
+        assert metadata["network"] == {"class": "SuperResolutionNet", **TINY_SR}
+        assert metadata["loss"]["pixel_weight"] == 1.0
+    task = SuperResolutionTask.load_from_checkpoint(checkpoint, weights_only=True)
+    image = torch.rand(1, 3, 9, 13)
+    with torch.no_grad():
+        expected = task.net.eval()(image)
+        assert expected.shape == (1, 3, 36, 52)
+        assert torch.equal(model.net(image), expected) and torch.equal(at_end.net(image), expected)
+    with pytest.raises(StylenetError, match="is a 'sr' model, not a 'style' model"):
+        load_model(exported, task="style")
+
+
+def test_export_cli_and_training_cli_end_to_end(tmp_path: Path) -> None:
+    """stylenet-train task=sr_x4 (via experiment=sr_smoke) as a user runs it, then stylenet-export."""
+    run_dir = tmp_path / "run"
+    train = Path(sys.executable).with_name("stylenet-train")
+    result = subprocess.run([str(train), "experiment=sr_smoke", "task=sr_x8", "data.image_size=48",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = load_model(run_dir / "sr_smoke.safetensors", task="sr")
+    assert (model.metadata["factor"], model.metadata["steps"], model.net.scale) == (8, 20, 8)
+    previews = list(run_dir.glob("*_x8.png"))  # the run ends with an upscaled held-out photo
+    assert len(previews) == 1
+    export = Path(sys.executable).with_name("stylenet-export")
+    out = tmp_path / "exported.safetensors"
+    result = subprocess.run([str(export), str(run_dir / "checkpoints" / "last.ckpt"), "-o", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert load_model(out, task="sr").metadata["factor"] == 8

@@ -1,0 +1,210 @@
+"""End-to-end tests of ``stylenet-stylize``: batches, bad inputs, output paths, image modes."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet.cli.stylize import main, parse_bytes
+from stylenet.export import save_model
+from stylenet.nets import TransformerNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_model(path: Path, style: str = "test", task: str = "style", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    net = TransformerNet(channels=8, residual_blocks=1)
+    return save_model(path, net, {"task": task, "style_name": style})
+
+
+def make_image(path: Path, size: tuple[int, int] = (40, 30), mode: str = "RGB", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    array = rng.integers(0, 256, (size[1], size[0], bands), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array[..., 0] if bands == 1 else array, mode).save(path)
+    return path
+
+
+def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A valid 1x1 PNG whose header (with a correct CRC) claims width x height pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return make_model(tmp_path / "models" / "test.safetensors")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_stylizes_a_file_to_a_file(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "in.png", size=(37, 23))
+    code, out, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.jpg", "--quality", 80)
+    assert code == 0, err
+    assert out.strip().startswith("1 done, 0 failed, ") and out.strip().endswith("s/megapixel")
+    assert err == ""  # no progress output when stderr is not a terminal
+    with Image.open(tmp_path / "out.jpg") as image:
+        assert image.format == "JPEG" and image.size == (37, 23)
+
+
+def test_folders_globs_and_several_models(tmp_path: Path, model: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    second = make_model(tmp_path / "models" / "other.safetensors", style="other", seed=1)
+    make_image(tmp_path / "photos" / "a.png")
+    make_image(tmp_path / "photos" / "sub" / "a.png", seed=1)  # same stem, other folder
+    make_image(tmp_path / "loose" / "b.jpg", seed=2)
+    code, out, err = run(capsys, tmp_path / "photos", str(tmp_path / "loose" / "*.jpg"),
+                         "--model", model, second, "-o", tmp_path / "out", "--name", "{stem}_{style}.webp")
+    assert code == 0, err
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
+    assert written == ["a_other.webp", "a_test.webp", "b_other.webp", "b_test.webp",
+                       "sub/a_other.webp", "sub/a_test.webp"]
+    assert out.startswith("6 done, 0 failed")
+
+
+def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "cutout.png", size=(50, 41), mode="RGBA")
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.png", "--strength", "0.5")
+    assert code == 0, err
+    with Image.open(source) as before, Image.open(tmp_path / "out.png") as after:
+        assert after.mode == "RGBA" and after.size == before.size
+        assert np.array_equal(np.asarray(after)[..., 3], np.asarray(before)[..., 3])
+
+
+def test_resizing_and_tiling_options(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "big.png", size=(160, 120))
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "small.png", "--max-size", 100,
+                       "--tile", 64, "--tile-overlap", 16, "--precision", "bf16", "--device", "cpu")
+    assert code == 0, err
+    with Image.open(tmp_path / "small.png") as image:
+        assert image.size == (100, 75)
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "half.png", "--scale", 0.5)
+    assert code == 0, err
+    with Image.open(tmp_path / "half.png") as image:
+        assert image.size == (80, 60)
+
+
+def test_every_bad_input_is_reported_and_the_batch_goes_on(tmp_path: Path, model: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    make_image(photos / "good1.png")
+    make_image(photos / "good2.jpg", seed=1)
+    (photos / "notes.png").write_text("this is not an image")
+    (photos / "zero.png").write_bytes(b"")
+    full = make_image(tmp_path / "full.png", size=(64, 64)).read_bytes()
+    (photos / "truncated.png").write_bytes(full[: len(full) // 2])
+    bomb_png(photos / "bomb.png")
+    (tmp_path / "empty").mkdir()
+    sr_model = make_model(tmp_path / "sr.safetensors", task="sr")
+    random_model = tmp_path / "random.safetensors"
+    random_model.write_bytes(bytes(range(256)) * 8)
+    code, out, err = run(capsys, photos, tmp_path / "empty", tmp_path / "missing.png",
+                         "--model", model, sr_model, random_model, "-o", tmp_path / "out")
+    assert code == 1
+    lines = err.strip().splitlines()
+    expected = {"notes.png": "not a recognised image", "zero.png": "empty file", "truncated.png": "truncated",
+                "bomb.png": "decompression bomb", "empty": "no images found", "missing.png": "no such file",
+                "sr.safetensors": "'sr' model, not a 'style' model", "random.safetensors": "not a model file"}
+    assert len(lines) == len(expected)
+    for name, reason in expected.items():
+        assert [line for line in lines if name in line and reason in line], (name, err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1_test.png", "good2_test.png"]
+    assert out.startswith(f"2 done, {len(expected)} failed")
+
+
+def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "in.png")
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.xyz")
+    assert code == 1 and "out.xyz" in err and "not a writable format" in err
+    assert not (tmp_path / "out.xyz").exists()
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out", "--name", "{stem}.png")
+    assert code == 0
+    second = make_image(tmp_path / "in2.png")
+    code, _, err = run(capsys, source, second, "--model", model, "-o", tmp_path / "x.png")
+    assert code == 2 and "names one file" in err
+    with pytest.raises(SystemExit):
+        main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", "{nope}.png"])
+
+
+def test_an_input_is_never_overwritten(tmp_path: Path, model: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "photo_test.png")
+    before = source.read_bytes()
+    code, _, err = run(capsys, source, "--model", model, "-o", source)
+    assert code == 1 and "refusing to overwrite input" in err
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path,
+                       "--name", "{stem}.png")
+    assert code == 1 and "refusing to overwrite input" in err
+    assert source.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no half-written files
+
+
+def test_a_malicious_model_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as handle:
+        pickle.dump({"conv1.conv2d.weight": Exploit()}, handle, protocol=2)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    code, _, err = run(capsys, make_image(tmp_path / "in.png"), "--model", evil, "-o", tmp_path / "out.png")
+    assert code == 1 and "refusing to load model file" in err and "evil.pth" in err
+    assert not marker.exists()
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("2GB") == 2 * 10**9
+    assert parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes("1e6") == 10**6
+    for bad in ("", "lots", "-1GB", "3 parsecs"):
+        with pytest.raises(Exception, match="invalid size"):
+            parse_bytes(bad)
+
+
+def test_runs_without_hydra_or_lightning(tmp_path: Path, model: Path) -> None:
+    """The CLI (here through scripts/stylize.py's entry point) must start without Hydra or Lightning."""
+    source = make_image(tmp_path / "in.png")
+    argv = ["stylize", str(source), "--model", str(model), "-o", str(tmp_path / "o.png")]
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'scripts' / 'stylize.py')!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "heavy = {'hydra', 'omegaconf', 'pytorch_lightning', 'lightning', 'lightning_fabric'}\n"
+        "assert not heavy & {m.split('.')[0] for m in sys.modules}, sorted(sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o.png").is_file()

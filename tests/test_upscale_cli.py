@@ -1,0 +1,158 @@
+"""stylenet-upscale and stylenet-stylize --upscale end to end: sizes, image modes, alpha, tiles,
+histogram matching, refusing the wrong kind of model, bad inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet.cli import stylize, upscale
+from stylenet.export import load_model, save_model
+from stylenet.image import load_image
+from stylenet.nets import SuperResolutionNet, TransformerNet
+from tests.conftest import make_photo
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny x4 SR model (random weights: the tests compare pipelines, not looks) and a style model."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    sr = SuperResolutionNet(4, channels=8, residual_blocks=1)
+    style = TransformerNet(channels=4, residual_blocks=1)
+    return {"sr": save_model(root / "sr_x4.safetensors", sr, {"task": "sr", "factor": 4}),
+            "style": save_model(root / "candy.safetensors", style, {"task": "style", "style_name": "candy"})}
+
+
+def washed_out_upscaler(path: Path) -> Path:
+    """An x4 network that upsamples (nearest) and squashes the colours into [0.5, 0.88]: every
+    convolution passes channels 0-2 through its centre tap, the residual bodies are zero, and the
+    output's scaled tanh does the squashing. Histogram matching should undo the squashing."""
+    net = SuperResolutionNet(4, channels=3, residual_blocks=1)
+    with torch.no_grad():
+        for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            centre = conv.kernel_size[0] // 2
+            if conv is not net.residuals[0].body[1][1]:
+                conv.weight[range(3), range(3), centre, centre] = 1.0
+    return save_model(path, net, {"task": "sr", "factor": 4})
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image).astype(np.int16)
+
+
+def expected_upscale(source: Path, model: Path) -> np.ndarray:
+    """The SR network run directly on the whole image, quantised as a file would be."""
+    net = load_model(model).net
+    with torch.no_grad():
+        output = net(load_image(source).rgb.unsqueeze(0))[0]
+    return output.mul(255).round().to(torch.int16).permute(1, 2, 0).numpy()
+
+
+def test_any_size_and_mode_is_upscaled_by_the_factor(tmp_path: Path, models: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    sources = [make_photo(tmp_path / "in" / "rgb.png", size=(37, 23)),
+               make_photo(tmp_path / "in" / "grey.png", size=(20, 31), mode="L"),
+               make_photo(tmp_path / "in" / "palette.png", size=(16, 16), mode="P"),
+               make_photo(tmp_path / "in" / "cmyk.jpg", size=(24, 18), mode="CMYK")]
+    Image.fromarray(np.full((9, 7), 40000, np.uint16)).save(tmp_path / "in" / "grey16.png")
+    assert upscale.main([str(tmp_path / "in"), "-m", str(models["sr"]), "-o", str(tmp_path / "out")]) == 0
+    assert "5 done, 0 failed" in capsys.readouterr().out
+    for source in [*sources, tmp_path / "in" / "grey16.png"]:
+        with Image.open(source) as before, Image.open(tmp_path / "out" / f"{source.stem}_x4.png") as after:
+            assert after.size == (4 * before.size[0], 4 * before.size[1])
+    rgb = pixels(tmp_path / "out" / "rgb_x4.png")
+    assert np.abs(rgb - expected_upscale(sources[0], models["sr"])).max() <= 1
+
+
+def test_alpha_is_upscaled_beside_the_network(tmp_path: Path, models: dict[str, Path]) -> None:
+    source = make_photo(tmp_path / "cut.png", size=(24, 20))
+    rgba = np.dstack([pixels(source).astype(np.uint8), np.zeros((20, 24), np.uint8)])
+    rgba[:, 12:, 3] = 255  # transparent left half, opaque right half
+    Image.fromarray(rgba, "RGBA").save(source)
+    assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(tmp_path / "cut_x4.png")]) == 0
+    out = pixels(tmp_path / "cut_x4.png")
+    assert out.shape == (80, 96, 4)
+    assert (out[:, :40, 3] == 0).all() and (out[:, 56:, 3] == 255).all()  # away from the edge
+    assert np.abs(out[..., :3] - expected_upscale(source, models["sr"])).max() <= 1  # the net saw RGB only
+
+
+def test_tiled_upscale_matches_the_whole_image(tmp_path: Path, models: dict[str, Path]) -> None:
+    source = make_photo(tmp_path / "big.png", size=(150, 130), seed=3)
+    whole, tiled = tmp_path / "whole.png", tmp_path / "tiled.png"
+    assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(whole)]) == 0
+    assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(tiled), "--tile", "64"]) == 0
+    difference = np.abs(pixels(whole) - pixels(tiled))
+    assert difference.max() <= 1, difference.max()
+
+
+def test_match_histogram_gives_the_output_the_inputs_distribution(tmp_path: Path) -> None:
+    source = make_photo(tmp_path / "photo.png", size=(40, 32), seed=5)
+    model = washed_out_upscaler(tmp_path / "washed_out.safetensors")
+    plain, matched = tmp_path / "plain.png", tmp_path / "matched.png"
+    assert upscale.main([str(source), "-m", str(model), "-o", str(plain)]) == 0
+    assert upscale.main([str(source), "-m", str(model), "-o", str(matched), "--match-histogram"]) == 0
+    quantiles = np.linspace(0.02, 0.98, 25)
+    reference = np.quantile(pixels(source).reshape(-1, 3), quantiles, axis=0)
+    error = {name: np.abs(np.quantile(pixels(path).reshape(-1, 3), quantiles, axis=0) - reference).mean()
+             for name, path in (("plain", plain), ("matched", matched))}
+    assert error["matched"] < 2.0 < error["plain"], error
+
+
+def test_each_cli_refuses_the_other_tasks_model_in_one_line(tmp_path: Path, models: dict[str, Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_photo(tmp_path / "photo.png", size=(24, 24))
+    assert upscale.main([str(source), "-m", str(models["style"]), "-o", str(tmp_path / "a.png")]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"stylenet-upscale: error: model file {str(models['style'])!r} is a 'style' model, "
+                      "not a 'sr' model"]
+    assert stylize.main([str(source), "-m", str(models["sr"]), "-o", str(tmp_path / "b.png")]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"stylenet-stylize: error: model file {str(models['sr'])!r} is a 'sr' model, "
+                      "not a 'style' model"]
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_upscaled(tmp_path: Path, models: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    make_photo(tmp_path / "in" / "good.png", size=(16, 12))
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    assert upscale.main([str(tmp_path / "in"), "-m", str(models["sr"]), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and len([line for line in err.splitlines() if "error" in line]) == 1
+    assert (tmp_path / "out" / "good_x4.png").is_file() and not (tmp_path / "out" / "broken_x4.png").exists()
+    assert upscale.main([str(tmp_path / "in"), "-m", str(tmp_path / "missing.safetensors"), "-o",
+                         str(tmp_path / "out2")]) != 0
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_stylize_then_upscale_runs_the_style_net_at_the_working_size(tmp_path: Path,
+                                                                     models: dict[str, Path]) -> None:
+    source = make_photo(tmp_path / "photo.png", size=(120, 90))
+    out = tmp_path / "styled_x4.png"
+    assert stylize.main([str(source), "-m", str(models["style"]), "--max-size", "40", "--upscale",
+                         str(models["sr"]), "-o", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.size == (160, 120)  # 40x30 working size, x4
+    assert stylize.main([str(source), "-m", str(models["style"]), "--upscale", str(models["style"]),
+                         "-o", str(tmp_path / "never.png")]) != 0
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_console_script_runs(tmp_path: Path, models: dict[str, Path]) -> None:
+    source = make_photo(tmp_path / "photo.png", size=(20, 16))
+    script = Path(sys.executable).with_name("stylenet-upscale")
+    result = subprocess.run([str(script), str(source), "--model", str(models["sr"]), "-o",
+                             str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "o.png") as image:
+        assert image.size == (80, 64)
