@@ -310,7 +310,8 @@ class AnySizeNetwork(nn.Module):
     ``stylenet.inference.pad_to_multiple`` pads by 0..multiple-1 pixels, but "0 or not" is a branch
     on H mod multiple that a traced graph cannot keep. Here the pad is always 1..multiple pixels
     (reflection, bottom/right), one formula for every size; the output is cropped back to the
-    input's size times ``scale``.
+    input's size times ``scale``. Networks that take any size (``size_multiple`` 1, e.g. the
+    super-resolution network) are exported without padding, so they match the network exactly.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -322,6 +323,8 @@ class AnySizeNetwork(nn.Module):
         height, width = image.shape[-2:]
         torch._check(height >= self.min_size)
         torch._check(width >= self.min_size)
+        if self.multiple == 1:  # a constant of the network, not of the input: no branch in the graph
+            return self.net(image)
         pad_h, pad_w = self.multiple - height % self.multiple, self.multiple - width % self.multiple
         padded = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect")
         return self.net(padded)[..., : height * self.scale, : width * self.scale]

@@ -17,10 +17,13 @@ The pieces, and why:
 * **Tiles with consistent InstanceNorm statistics**: Instance Normalization (Ulyanov et al. 2016)
   normalises every feature map by its own mean and variance, so running tiles independently gives
   each tile its own contrast and colour cast: visible seams. When an image needs several tiles,
-  a first pass over the whole image (downscaled only if it does not fit the memory budget) records
-  every InstanceNorm layer's per-channel mean/var; the tiles then run with those statistics frozen
-  (the layers are swapped for :class:`FrozenInstanceNorm`), so they compute exactly what the whole
-  image would, up to the receptive field cut at tile borders. Tiles overlap and are blended with
+  a first pass over the whole image records every InstanceNorm layer's per-channel mean/var; the
+  tiles then run with those statistics frozen (the layers are swapped for
+  :class:`FrozenInstanceNorm`), so they compute what the whole image would, up to the receptive
+  field cut at tile borders. An image beyond the memory budget gets its statistics from a
+  thumbnail (consistent across tiles, but not the full-size values: Chen et al. 2022's
+  "thumbnail instance normalization") or, on request, exactly from
+  :func:`streaming_norm_statistics`, layer by layer over the tiles. Tiles overlap and are blended with
   linear ramps that are 0 at a tile's inner edges (where the cut receptive field hurts most) and
   sum to 1 everywhere, so the blend adds no seams of its own. Tile origins are multiples of
   ``size_multiple`` so every tile sees the same stride-2 sampling grid as the whole image.
@@ -63,12 +66,18 @@ from stylenet.image import LoadedImage, to_pil
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CPU_MAX_MEMORY",
     "DEFAULT_TILE_OVERLAP",
+    "MIN_TILE",
     "PRECISIONS",
     "Controls",
     "FrozenInstanceNorm",
     "InferenceModel",
+    "NormStats",
+    "activation_bytes_per_pixel",
+    "core_spans",
     "default_max_memory",
+    "first_line",
     "freeze_norm_statistics",
     "luma",
     "match_histogram",
@@ -77,6 +86,7 @@ __all__ = [
     "resize",
     "resolve_device",
     "run_network",
+    "streaming_norm_statistics",
     "target_size",
     "tile_spans",
     "tile_weights",

@@ -19,7 +19,7 @@ from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.cli.train import config_dir
 from stylenet.data import SuperResolutionDataModule
-from stylenet.export import export_checkpoint, load_model
+from stylenet.export import export_checkpoint, load_model, save_model, write_models
 from stylenet.image import load_rgb
 from stylenet.metrics import degrade
 from stylenet.nets import SuperResolutionNet
@@ -221,3 +221,21 @@ def test_export_cli_and_training_cli_end_to_end(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert load_model(out, task="sr").metadata["factor"] == 8
+
+
+def test_sr_model_exports_to_pt2_and_onnx_at_any_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    save_model(tmp_path / "x4.safetensors", SuperResolutionNet(**TINY_SR), {"task": "sr", "factor": 4})
+    model = load_model(tmp_path / "x4.safetensors", task="sr")
+    write_models(model, [tmp_path / "x4.pt2", tmp_path / "x4.onnx"])
+    program = torch.export.load(tmp_path / "x4.pt2").module()
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(tmp_path / "x4.onnx"))
+    for shape in ((1, 3, 13, 21), (2, 3, 40, 7)):
+        image = torch.rand(shape)
+        with torch.no_grad():
+            expected = model.net(image)
+            torch.testing.assert_close(program(image), expected)
+        assert expected.shape[-2:] == (4 * shape[2], 4 * shape[3])
+        onnx_output = session.run(None, {"image": image.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(onnx_output), expected, atol=1e-5, rtol=0)

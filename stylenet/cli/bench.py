@@ -477,7 +477,8 @@ def print_table(results: dict[str, Any], profile: dict[str, Any]) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--sizes", type=int, nargs="+", help="inference sides, px (default 256 512 1024 2048)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="inference networks (default both)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per figure (median reported)")
