@@ -3,7 +3,7 @@
 1. ``stylenet-prepare`` the bundled demo photos (scikit-image's, offline) into 288 px shards, so that
    training does not spend its few minutes decoding large PNGs for 32 px patches;
 2. ``stylenet-train experiment=sr_demo data=shards``: the paper's per-pixel baseline (Johnson et al.
-   2016, Sec. 4.2), a small x4 network, at most 4 minutes on a CPU;
+   2016, Sec. 4.2), a small x4 network, 2500 steps (about 5 minutes on an idle 2-core CPU, at most 6);
 3. ``stylenet-evaluate-sr`` on the photos the run held out (whole images at their own resolution):
    the model against bicubic upsampling, PSNR/SSIM on Y with a 4 px border shaved.
 
