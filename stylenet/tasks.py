@@ -103,11 +103,13 @@ class ImageTask(pl.LightningModule):
         """The training fast paths of :func:`stylenet.fastpath.prepare_for_training`, decided for the
         device the trainer runs on (``task.channels_last: null`` = the faster layout there) and
         ``task.compile``. Precision is the trainer's (``trainer.precision``); keys are unchanged."""
-        # load_from_checkpoint calls this hook too, with no trainer attached
-        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        trainer = self._trainer  # None when load_from_checkpoint calls this hook: keep the layout then
         channels_last = self.hparams.get("channels_last")
-        prepare_for_training(self.net, self.loss, compile=bool(self.hparams.get("compile", False)),
-                             channels_last=use_channels_last(device) if channels_last is None else channels_last)
+        if channels_last is None:
+            channels_last = trainer is not None and use_channels_last(trainer.strategy.root_device,
+                                                                      str(trainer.precision))
+        prepare_for_training(self.net, self.loss, channels_last=channels_last,
+                             compile=bool(self.hparams.get("compile", False)))
 
     def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         on_step = stage == "train"

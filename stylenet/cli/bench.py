@@ -17,8 +17,8 @@ the device synchronised around every measurement, reported as the median of ``--
 * ``infer``: the transformation network at each ``--sizes`` side, fp32 eager (``net(x)`` under
   ``no_grad``) versus the path ``stylenet-stylize`` takes (:class:`stylenet.inference.InferenceModel`
   with ``precision="auto"``: bf16 where native, exact layer rewrites, tiles within its memory
-  budget), each in a fresh subprocess so its peak memory (``ru_maxrss``, or CUDA's max allocated)
-  is its own.
+  budget), each in a fresh subprocess so its peak memory (peak RSS, or CUDA's max allocated) is
+  its own.
 * ``gatys``: one L-BFGS iteration of :func:`stylenet.gatys.optimize` (Gatys et al., the slow baseline
   of the paper's Table 1) and the extrapolated 500-iteration time over one feed-forward pass.
 * ``conv``: the device's convolution ceiling: a large 3x3 convolution, channels_last, fp32 and bf16.
@@ -141,9 +141,10 @@ class TrainingStep:
         self.loss.set_style([style])
         self.dtype = None
         if kind == "fast":
-            channels_last = use_channels_last(device) if channels_last is None else channels_last
+            precision = precision or training_precision(device.type)
+            channels_last = use_channels_last(device, precision) if channels_last is None else channels_last
             prepare_for_training(self.net, self.loss, channels_last=channels_last, compile=compile)
-            self.dtype = AUTOCAST[precision or training_precision(device.type)]
+            self.dtype = AUTOCAST[precision]
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -172,15 +173,16 @@ def bench_train(device: torch.device, profile: dict[str, Any], reps: int, weight
                 ) -> dict[str, Any]:
     size, batch = profile["train_size"], profile["batch"]
     images, style = random_images(batch, size, device), random_images(1, size, device, seed=1)[0]
-    results: dict[str, Any] = {"train_batch": batch, "train_size": size,
-                               "train_fast_precision": training_precision(device.type),
-                               "train_fast_channels_last": use_channels_last(device)}
-    other_layout = "nchw" if use_channels_last(device) else "channels_last"
+    precision = training_precision(device.type)
+    channels_last = use_channels_last(device, precision)
+    results: dict[str, Any] = {"train_batch": batch, "train_size": size, "train_fast_precision": precision,
+                               "train_fast_channels_last": channels_last}
+    other_layout = "nchw" if channels_last else "channels_last"
     variants: dict[str, dict[str, Any]] = {
         "reference": {"kind": "reference"},
         "fast": {"kind": "fast"},
         "fast_fp32": {"kind": "fast", "precision": "32-true"},
-        f"fast_{other_layout}": {"kind": "fast", "channels_last": not use_channels_last(device)},
+        f"fast_{other_layout}": {"kind": "fast", "channels_last": not channels_last},
     }
     if compile:
         variants["fast_compiled"] = {"kind": "fast", "compile": True}
@@ -196,7 +198,7 @@ def bench_train(device: torch.device, profile: dict[str, Any], reps: int, weight
         results[f"train_{name}_s"] = median_seconds(lambda step=step: step(images), device, reps, warmup=0)
         if options.get("compile"):
             results["train_compile_s"] = first - results[f"train_{name}_s"]
-    default_layout = "channels_last" if use_channels_last(device) else "nchw"
+    default_layout = "channels_last" if channels_last else "nchw"
     results[f"train_fast_{default_layout}_s"] = results["train_fast_s"]
     results["train_speedup"] = results["train_reference_s"] / results["train_fast_s"]
     return results
@@ -205,16 +207,24 @@ def bench_train(device: torch.device, profile: dict[str, Any], reps: int, weight
 # ---------------------------------------------------------------------------------------------- inference
 
 
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; elsewhere the peak so far, a conservative baseline)."""
+def proc_status_bytes(field: str) -> int | None:
+    """A memory figure of this process from Linux's /proc/self/status (kB there), or None elsewhere."""
     with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    return peak_rss_bytes()
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    """This process's peak resident set size. Linux's VmHWM belongs to the address space, which
+    ``exec`` replaces; ``ru_maxrss`` survives ``exec``, so in a subprocess it can report the parent's
+    peak (it does here: the benchmark's own RSS), and is only the fallback."""
+    peak = proc_status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 
 
 def inference_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +248,7 @@ def inference_worker(spec: dict[str, Any]) -> dict[str, Any]:
             return model.transform(image)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    baseline = rss_bytes()
+    baseline = proc_status_bytes("VmRSS") or peak_rss_bytes()
     seconds = median_seconds(run, device, spec["reps"])
     if device.type == "cuda":
         return {"seconds": seconds, "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
@@ -248,7 +258,9 @@ def inference_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def bench_infer(device: torch.device, profile: dict[str, Any], reps: int) -> dict[str, Any]:
     """Every (model, size, mode) in its own interpreter: a process's peak RSS only ever grows, so
-    measuring several sizes in one process would report the largest one's peak for all."""
+    measuring several sizes in one process would report the largest one's peak for all. The peak
+    includes the interpreter, torch and the image (``peak_mb``); ``peak_delta_mb`` is the rise
+    during the runs."""
     results: dict[str, Any] = {"infer_fast_precision": inference_precision(device)}
     for model in profile["models"]:
         for size in profile["sizes"]:
