@@ -10,6 +10,9 @@ tests/test_fast_paths.py.
 from __future__ import annotations
 
 import copy
+import ctypes
+import itertools
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,8 @@ from torch import nn
 from stylenet.nets.transformer import ReflectConv, UpsampleConvNormReLU
 
 __all__ = ["SpaceToDepthConv", "SubpixelConv", "bf16_is_native", "inference_precision",
-           "optimize_for_inference", "prepare_for_training", "training_precision", "use_channels_last"]
+           "optimize_for_inference", "prepare_for_training", "reuse_freed_memory", "rewrite_layers",
+           "training_precision", "use_channels_last"]
 
 #: output phases (row, column) of a x2 upsampling, in the order SubpixelConv stacks their kernels.
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
@@ -53,35 +57,87 @@ def inference_precision(device: torch.device | str) -> str:
     return "bf16" if bf16_is_native(device) else "fp32"
 
 
-def use_channels_last(device: torch.device | str, precision: str) -> bool:
-    """Whether training with Lightning's ``precision`` runs the transformation net and VGG in
-    channels_last (NHWC) on ``device``: on GPUs (what tensor-core convolutions want), and on CPUs
-    in bf16, where oneDNN's NHWC bf16 convolutions gain more than the NCHW-only eager kernels
-    (reflection padding, InstanceNorm) lose (``stylenet-bench``: 2.96 s against 3.17 s per step on
-    the 2-core AVX512-BF16 CPU). fp32 on a CPU, and inference, stay NCHW."""
-    return torch.device(device).type == "cuda" or precision == "bf16-mixed"
+def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:
+    """Whether training runs (the transformation network, the VGG) channels_last (NHWC) on ``device``.
+
+    The VGG is only convolutions, ReLUs and max-pooling, which all run faster NHWC with oneDNN and
+    cuDNN, in fp32 and bf16 alike, so it always is. The transformation network is NHWC on GPUs
+    (what tensor-core convolutions want) but stays NCHW on CPUs, where PyTorch's eager reflection
+    padding and InstanceNorm are NCHW kernels whose layout copies cost more than the
+    convolutions gain (``stylenet-bench``: 2.36 s against 2.21 s per step, 2-core AVX512-BF16)."""
+    return torch.device(device).type == "cuda", True
 
 
-def prepare_for_training(net: nn.Module, loss: nn.Module, *, channels_last: bool = False,
-                         compile: bool = False) -> None:
-    """Apply the training fast paths to ``net`` and the loss network in place.
+#: glibc ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
 
-    ``channels_last`` converts parameters and buffers (convolutions then produce NHWC, so the
-    batches follow without being converted); state-dict keys and values are unchanged and exported
-    files are written contiguous. ``compile`` uses ``nn.Module.compile`` rather than wrapping in
-    ``torch.compile(module)``, so that ``state_dict()`` keys get no ``_orig_mod.`` prefix and
-    checkpoints stay interchangeable with uncompiled runs; compilation itself happens on the first
-    step (its time shows up there, see ``stylenet-bench --compile``)."""
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc keep memory that is freed for the next allocation of the same process.
+
+    PyTorch's CPU tensors come from plain malloc, and glibc serves every block above its mmap
+    threshold (32 MiB at most: most activations of a training step) with a fresh ``mmap`` that it
+    unmaps on ``free``. Every step then page-faults and zeroes its gigabytes of activations anew:
+    10-15% of a CPU training step (``stylenet-bench``, ``train_fast_system_malloc_s``). With mmap
+    and trimming switched off the blocks come back from the heap. The price: the process keeps its
+    peak heap until it exits (peak RSS about 10% higher). Process-wide; Linux with glibc only,
+    returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl, ...)
+        return False
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
+def prepare_for_training(net: nn.Module, loss: nn.Module, device: torch.device | str = "cpu", *,
+                         channels_last: bool | None = None, compile: bool = False,
+                         system_malloc: bool = False) -> None:
+    """Apply the training fast paths to ``net`` and the loss network in place, for ``device``.
+
+    * :func:`rewrite_layers`: the upsampling and the last convolution as exact equivalents with
+      fewer multiply-adds or wider vectors (parameters and keys unchanged);
+    * memory layout, ``channels_last``: None picks per network (:func:`use_channels_last`),
+      True or False forces both. Parameters and buffers are converted; the activations follow;
+      exported files are written contiguous;
+    * on CPUs, :func:`reuse_freed_memory` (``system_malloc=True`` leaves malloc alone);
+    * ``compile``: ``nn.Module.compile`` rather than ``torch.compile(module)``, so ``state_dict()``
+      keys get no ``_orig_mod.`` prefix and checkpoints stay interchangeable with uncompiled runs;
+      compilation itself happens on the first step (``stylenet-bench --compile`` times it)."""
+    device = torch.device(device)
     vgg = getattr(loss, "vgg", None)
-    modules = [m for m in (net, vgg) if m is not None]
-    for module in modules:
-        if channels_last:
+    rewrite_layers(net, device)
+    if device.type == "cpu" and not system_malloc:
+        reuse_freed_memory()
+    layouts = use_channels_last(device) if channels_last is None else (channels_last, channels_last)
+    for module, to_channels_last in zip((net, vgg), layouts, strict=True):
+        if module is None:
+            continue
+        if to_channels_last:
             module.to(memory_format=torch.channels_last)
         if compile:
             module.compile()
 
 
-class SubpixelConv(nn.Module):
+class RewrittenConv(nn.Module):
+    """Base of the exact layer rewrites below: it holds the original ``nn.Conv2d`` as its child
+    ``"1"``, the name that convolution has inside the :class:`ReflectConv` being replaced, so
+    state-dict keys, the parameters themselves and the optimiser's view of them stay unchanged.
+    The rewritten kernel is derived from ``conv.weight`` on every call, differentiably (a few
+    thousand numbers, microseconds), so the rewrite serves training as well as inference."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.add_module("1", conv)
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self._modules["1"]
+
+
+class SubpixelConv(RewrittenConv):
     """Nearest x2 upsampling then a reflection-padded 3x3 convolution (the ``uN`` block's first two
     steps), computed at the input's resolution with 2.25x fewer multiply-adds and no upsampled copy.
 
@@ -93,32 +149,31 @@ class SubpixelConv(nn.Module):
     of 4 x 9) over the replicate-padded input, interleaved, gives the same image up to rounding.
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        weight = conv.weight.detach()  # (O, I, 3, 3)
+    @staticmethod
+    def kernels(weight: torch.Tensor) -> torch.Tensor:
+        """(O, I, 3, 3) -> the four phases' 2x2 kernels stacked, (4 O, I, 2, 2)."""
 
         def collapse(w: torch.Tensor, phase: int, dim: int) -> torch.Tensor:
             first, middle, last = w.unbind(dim)
             return torch.stack((first, middle + last) if phase == 0 else (first + middle, last), dim)
 
-        kernels = [collapse(collapse(weight, a, 2), b, 3) for a, b in PHASES]
-        self.out_channels = weight.shape[0]
-        self.register_buffer("weight", torch.cat(kernels))  # (4 O, I, 2, 2)
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().repeat(len(PHASES)))
+        return torch.cat([collapse(collapse(weight, a, 2), b, 3) for a, b in PHASES])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
+        conv = self.conv
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
             x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        phases = F.conv2d(x, self.weight, self.bias)  # (B, 4 O, H + 1, W + 1)
-        out = phases.new_empty(batch, self.out_channels, height, 2, width, 2)
+        bias = None if conv.bias is None else conv.bias.repeat(len(PHASES))
+        phases = F.conv2d(x, self.kernels(conv.weight), bias)  # (B, 4 O, H + 1, W + 1)
+        out = phases.new_empty(batch, conv.out_channels, height, 2, width, 2)
         for index, (a, b) in enumerate(PHASES):
-            channels = slice(index * self.out_channels, (index + 1) * self.out_channels)
+            channels = slice(index * conv.out_channels, (index + 1) * conv.out_channels)
             out[:, :, :, a, :, b] = phases[:, channels, a: a + height, b: b + width]
-        return out.view(batch, self.out_channels, 2 * height, 2 * width)
+        return out.view(batch, conv.out_channels, 2 * height, 2 * width)
 
 
-class SpaceToDepthConv(nn.Module):
+class SpaceToDepthConv(RewrittenConv):
     """A reflection-padded KxK, stride-1 convolution with few output channels (the last 9x9 layer,
     3 outputs), computed on a space-to-depth view of its input: the same result up to rounding.
 
@@ -130,53 +185,65 @@ class SpaceToDepthConv(nn.Module):
     """
 
     def __init__(self, conv: nn.Conv2d, factor: int = 2) -> None:
-        super().__init__()
-        weight = conv.weight.detach()  # (O, I, K, K)
-        out_channels, in_channels, size, _ = weight.shape
+        super().__init__(conv)
+        size = conv.kernel_size[0]
         taps = (size - 2) // factor + 2
-        phased = weight.new_zeros(out_channels, factor, factor, in_channels, factor, factor, taps, taps)
-        for a in range(factor):  # output phase (row), then column; input phase; low-resolution tap
-            for c in range(factor):
-                for b in range(factor):
-                    for d in range(factor):
-                        rows = [(q, factor * q + b - a) for q in range(taps) if 0 <= factor * q + b - a < size]
-                        cols = [(r, factor * r + d - c) for r in range(taps) if 0 <= factor * r + d - c < size]
-                        for q, ky in rows:
-                            for r, kx in cols:
-                                phased[:, a, c, :, b, d, q, r] = weight[:, :, ky, kx]
-        self.factor, self.pad = factor, size // 2
-        self.register_buffer("weight", phased.reshape(out_channels * factor**2, in_channels * factor**2, taps, taps))
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().repeat_interleave(factor**2))
+        # Where each phased tap reads the original kernel: index ky * K + kx, or K * K for "zero".
+        # Layout (a, c, b, d, q, r): output phase (row, column), input phase, low-resolution tap.
+        source = torch.full((factor,) * 4 + (taps, taps), size * size, dtype=torch.long)
+        for a, c, b, d, q, r in itertools.product(range(factor), range(factor), range(factor), range(factor),
+                                                  range(taps), range(taps)):
+            ky, kx = factor * q + b - a, factor * r + d - c
+            if 0 <= ky < size and 0 <= kx < size:
+                source[a, c, b, d, q, r] = ky * size + kx
+        self.factor, self.pad, self.taps = factor, size // 2, taps
+        self.register_buffer("source", source, persistent=False)
+
+    def kernel(self) -> torch.Tensor:
+        """(O, I, K, K) -> (O f^2, I f^2, T, T), the convolution over pixel_unshuffle'd input."""
+        weight = self.conv.weight
+        out_channels, in_channels = weight.shape[:2]
+        flat = F.pad(weight.flatten(2), (0, 1))  # (O, I, K*K + 1): the last tap is the zero
+        phased = flat[:, :, self.source]  # (O, I, a, c, b, d, q, r)
+        phased = phased.permute(0, 2, 3, 1, 4, 5, 6, 7)  # (O, a, c, I, b, d, q, r): pixel_(un)shuffle order
+        return phased.reshape(out_channels * self.factor**2, in_channels * self.factor**2, self.taps, self.taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         extra_h, extra_w = (-(height + 2 * self.pad)) % self.factor, (-(width + 2 * self.pad)) % self.factor
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
             x = F.pad(x, (self.pad, self.pad + extra_w, self.pad, self.pad + extra_h), mode="reflect")
-        y = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, self.factor), self.weight, self.bias), self.factor)
+        bias = None if self.conv.bias is None else self.conv.bias.repeat_interleave(self.factor**2)
+        y = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, self.factor), self.kernel(), bias), self.factor)
         return y[..., :height, :width]
 
 
-def optimize_for_inference(net: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
-    """``net`` with its slow layers rewritten into exact equivalents that run faster on ``device``:
+def rewrite_layers(net: nn.Module, device: torch.device | str = "cpu") -> bool:
+    """Rewrite ``net``'s slow layers in place into exact equivalents that run faster on ``device``:
     upsampling blocks as :class:`SubpixelConv` (fewer multiply-adds everywhere) and, on the CPU,
-    large convolutions with few outputs (the last layer) as :class:`SpaceToDepthConv`.
+    large convolutions with few outputs (the last layer) as :class:`SpaceToDepthConv`. Returns
+    whether anything applied (other architectures are left as they are).
 
-    Returns a rewritten copy, or ``net`` itself when nothing applies (other architectures). The
-    original is never modified (checkpoints and exports keep its keys); InstanceNorm layers keep
-    their names, so tiled inference still finds and freezes their statistics."""
-    upsampling = [name for name, m in net.named_modules() if isinstance(m, UpsampleConvNormReLU)]
+    Parameters, state-dict keys and InstanceNorm names are unchanged (:class:`RewrittenConv`), so
+    checkpoints, exports and tiled inference's statistics see the original network; gradients
+    flow to the original weights, so training uses the rewrite too."""
+    upsampling = [name for name, m in net.named_modules()  # not yet rewritten: the rewrite is idempotent
+                  if isinstance(m, UpsampleConvNormReLU) and isinstance(m[1][0], ReflectConv)]
     narrow = [name for name, m in net.named_modules()
               if torch.device(device).type == "cpu" and isinstance(m, ReflectConv) and m[1].stride == (1, 1)
               and m[1].kernel_size[0] >= 5 and m[1].out_channels < FEW_CHANNELS]
-    if not upsampling and not narrow:
-        return net
-    fused = copy.deepcopy(net)
     for name in upsampling:
-        block = fused.get_submodule(name)
+        block = net.get_submodule(name)
         block[0] = nn.Identity()
         block[1][0] = SubpixelConv(block[1][0][1])
     for name in narrow:
         parent, _, child = name.rpartition(".")
-        setattr(fused.get_submodule(parent), child, SpaceToDepthConv(fused.get_submodule(name)[1]))
-    return fused
+        setattr(net.get_submodule(parent), child, SpaceToDepthConv(net.get_submodule(name)[1]))
+    return bool(upsampling or narrow)
+
+
+def optimize_for_inference(net: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """A copy of ``net`` with :func:`rewrite_layers` applied, or ``net`` itself when nothing
+    applies. The original is never modified."""
+    fused = copy.deepcopy(net)
+    return fused if rewrite_layers(fused, device) else net

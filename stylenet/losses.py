@@ -32,18 +32,58 @@ DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
 DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
 
 
+class _Gram(torch.autograd.Function):
+    """psi psi^T / n in fp32, with a backward of one matrix product in the features' own precision.
+
+    G is symmetric, so dL/dpsi = (dG + dG^T) psi / n: one batched product where autograd would
+    differentiate through both factors (two products, then a transpose-add over the whole feature
+    map). Under bf16 autocast the features are bf16 and so is the gradient the VGG's backward
+    consumes; computing it in bf16 (fp32 accumulation) skips an fp32 copy of every feature map in
+    both directions, the largest non-convolution cost of a training step (``stylenet-bench``).
+    ``psi`` is (B, C, N), or (B, N, C) when ``channels_last`` (how NHWC maps reshape in place)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, psi: torch.Tensor, channels_last: bool,
+                norm: int) -> torch.Tensor:
+        ctx.save_for_backward(psi)
+        ctx.channels_last, ctx.norm = channels_last, norm
+        psi = psi.float()
+        product = torch.bmm(psi.transpose(1, 2), psi) if channels_last else torch.bmm(psi, psi.transpose(1, 2))
+        return product / norm  # (B, C, C)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (psi,) = ctx.saved_tensors
+        symmetric = ((grad + grad.transpose(1, 2)) / ctx.norm).to(psi.dtype)  # (B, C, C)
+        grad_psi = torch.bmm(psi, symmetric) if ctx.channels_last else torch.bmm(symmetric, psi)
+        return grad_psi, None, None
+
+
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     """Gram matrix of eq. 3: G = psi psi^T / (C H W) with psi the (C, H*W) reshape of the features.
 
-    Always computed in fp32, also under autocast: a half-precision Gram of relu4_3 overflows."""
+    Always fp32, also under autocast: a half-precision Gram of relu4_3 overflows. Channels_last
+    feature maps (the VGG's layout, :mod:`stylenet.fastpath`) are read as (H*W, C) in place
+    rather than copied to channel-major order."""
     batch, channels, height, width = features.shape
+    channels_last = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        psi = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # (B, HW, C), a view
+    else:
+        psi = features.reshape(batch, channels, height * width)  # (B, C, HW)
     with torch.autocast(device_type=features.device.type, enabled=False):
-        psi = features.float().reshape(batch, channels, height * width)  # (B, C, HW)
-        return torch.bmm(psi, psi.transpose(1, 2)) / (channels * height * width)  # (B, C, C)
+        return _Gram.apply(psi, channels_last, channels * height * width)
 
 
 def feature_reconstruction_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: squared Euclidean distance of feature maps divided by C*H*W, averaged over the batch."""
+    """Eq. 2: squared Euclidean distance of feature maps divided by C*H*W, averaged over the batch.
+
+    In fp32. Channels_last maps are compared as their contiguous NHWC views (the mean does not
+    depend on the order): ``mse_loss``'s gradient then comes back channels_last too, where an
+    NCHW gradient would make every later elementwise kernel of the backward pass mix layouts."""
+    if features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(
+            memory_format=torch.channels_last):
+        features, target = features.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
     return F.mse_loss(features.float(), target.float())
 
 

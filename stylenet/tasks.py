@@ -22,7 +22,7 @@ from torchvision.utils import make_grid
 
 from stylenet import StylenetError, __version__
 from stylenet.data import resize_long_side, resolve_image_path
-from stylenet.fastpath import prepare_for_training, use_channels_last
+from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb
 from stylenet.losses import PerceptualLoss
 from stylenet.metrics import sr_scores, upscale_bicubic
@@ -100,15 +100,13 @@ class ImageTask(pl.LightningModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
 
     def configure_model(self) -> None:
-        """The training fast paths of :func:`stylenet.fastpath.prepare_for_training`, decided for the
-        device the trainer runs on (``task.channels_last: null`` = the faster layout there) and
+        """The training fast paths of :func:`stylenet.fastpath.prepare_for_training`, for the device
+        the trainer runs on (``task.channels_last: null`` = the faster layout there) and
         ``task.compile``. Precision is the trainer's (``trainer.precision``); keys are unchanged."""
-        trainer = self._trainer  # None when load_from_checkpoint calls this hook: keep the layout then
-        channels_last = self.hparams.get("channels_last")
-        if channels_last is None:
-            channels_last = trainer is not None and use_channels_last(trainer.strategy.root_device,
-                                                                      str(trainer.precision))
-        prepare_for_training(self.net, self.loss, channels_last=channels_last,
+        if self._trainer is None:  # load_from_checkpoint calls this hook too: a plain model then
+            return
+        prepare_for_training(self.net, self.loss, self.trainer.strategy.root_device,
+                             channels_last=self.hparams.get("channels_last"),
                              compile=bool(self.hparams.get("compile", False)))
 
     def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:

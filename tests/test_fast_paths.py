@@ -166,3 +166,82 @@ def test_bf16_inference_stays_within_40_db_of_fp32() -> None:
     assert fp32.std() > 0.1  # a varied image, not a flat one that any precision gets right
     psnr = 10 * math.log10(1.0 / float((bf16 - fp32).pow(2).mean()))
     assert psnr >= 40.0, psnr
+
+
+def test_rewritten_layers_train_the_original_weights(tmp_path: Path) -> None:
+    """rewrite_layers in place: same output, same gradients on the same parameters, same keys;
+    a second call changes nothing (configure_model may run more than once)."""
+    torch.manual_seed(0)
+    plain = TransformerNet(channels=16, residual_blocks=1)  # 16 wide: only the 3-output last layer is narrow
+    rewritten = TransformerNet(channels=16, residual_blocks=1)
+    rewritten.load_state_dict(plain.state_dict())
+    parameters = list(rewritten.parameters())
+    assert fastpath.rewrite_layers(rewritten, "cpu")
+    kinds = [type(m) for m in rewritten.modules()]
+    assert kinds.count(fastpath.SubpixelConv) == 2 and kinds.count(fastpath.SpaceToDepthConv) == 1
+    assert not fastpath.rewrite_layers(rewritten, "cpu") and [type(m) for m in rewritten.modules()] == kinds
+    assert list(rewritten.parameters()) == parameters and list(rewritten.state_dict()) == list(plain.state_dict())
+    images = torch.rand(2, 3, 20, 28)
+    plain_out, rewritten_out = plain(images), rewritten(images)
+    torch.testing.assert_close(rewritten_out, plain_out, atol=1e-5, rtol=1e-4)
+    weights = torch.rand_like(plain_out)
+    (plain_out * weights).sum().backward()
+    (rewritten_out * weights).sum().backward()
+    # Whole-vector tolerance: the conv biases before InstanceNorm have a zero gradient in exact
+    # arithmetic (the norm removes the mean), so theirs are rounding noise on either side.
+    expected = torch.cat([p.grad.flatten() for p in plain.parameters()])
+    actual = torch.cat([p.grad.flatten() for p in rewritten.parameters()])
+    torch.testing.assert_close(actual, expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-4)
+
+
+def test_training_layouts_per_network() -> None:
+    """On the CPU the VGG runs channels_last and the transformation network NCHW; forcing works."""
+    assert fastpath.use_channels_last("cpu") == (False, True)
+    assert fastpath.use_channels_last("cuda") == (True, True)
+    net, loss = TransformerNet(channels=8, residual_blocks=1), PerceptualLoss(weights="random")
+    fastpath.prepare_for_training(net, loss, "cpu", system_malloc=True)
+    features = loss.vgg(torch.rand(1, 3, 32, 32), ["relu2_2"])["relu2_2"]
+    assert features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
+    assert net(torch.rand(1, 3, 32, 32)).is_contiguous()
+    forced, forced_loss = TransformerNet(channels=8, residual_blocks=1), PerceptualLoss(weights="random")
+    fastpath.prepare_for_training(forced, forced_loss, "cpu", channels_last=False, system_malloc=True)
+    assert forced_loss.vgg(torch.rand(1, 3, 32, 32), ["relu2_2"])["relu2_2"].is_contiguous()
+
+
+def test_bf16_gram_gradient_follows_the_fp32_one() -> None:
+    """The Gram's backward runs in the features' precision: in bf16 it points where fp32's does."""
+    from stylenet.losses import gram_matrix
+
+    features = torch.randn(2, 16, 12, 12).to(memory_format=torch.channels_last)
+    target = gram_matrix(torch.randn(1, 16, 12, 12))
+    grads = []
+    for dtype in (torch.float32, torch.bfloat16):
+        leaf = features.to(dtype, copy=True).requires_grad_()
+        (gram_matrix(leaf) - target).pow(2).sum().backward()
+        assert leaf.grad.dtype == dtype and leaf.grad.is_contiguous(memory_format=torch.channels_last)
+        grads.append(leaf.grad.float().flatten())
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.999
+
+
+def test_content_loss_keeps_the_channels_last_layout() -> None:
+    """Same value as on NCHW maps; the gradient stays channels_last (a mixed-layout gradient made
+    every later elementwise kernel of the backward pass slow)."""
+    from stylenet.losses import feature_reconstruction_loss
+
+    a, b = torch.randn(2, 8, 5, 6), torch.randn(2, 8, 5, 6)
+    nhwc = a.to(memory_format=torch.channels_last).requires_grad_()
+    loss = feature_reconstruction_loss(nhwc, b.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(loss, ((a - b) ** 2).mean())
+    loss.backward()
+    assert nhwc.grad.is_contiguous(memory_format=torch.channels_last) and not nhwc.grad.is_contiguous()
+    torch.testing.assert_close(nhwc.grad, 2 * (a - b) / a.numel())
+
+
+def test_reuse_freed_memory_applies_with_glibc() -> None:
+    import platform
+    import sys
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert fastpath.reuse_freed_memory() is expected
+    kept = torch.empty(64 << 20, dtype=torch.uint8)  # above glibc's largest mmap threshold
+    assert kept.sum() == kept.sum()  # still an ordinary, usable allocation

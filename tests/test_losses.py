@@ -19,6 +19,20 @@ def test_gram_matrix_hand_computed() -> None:
     torch.testing.assert_close(gram_matrix(features), expected)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gram_matrix_value_and_gradient_match_einsum(memory_format: torch.memory_format) -> None:
+    """The hand-written backward, (dG + dG^T) psi / n, against autograd through an einsum."""
+    base = torch.randn(2, 5, 3, 4)
+    weights = torch.randn(2, 5, 5)  # a non-symmetric upstream gradient
+    features = base.clone().to(memory_format=memory_format).requires_grad_()
+    (gram_matrix(features) * weights).sum().backward()
+    independent = base.clone().requires_grad_()
+    expected = torch.einsum("bchw,bdhw->bcd", independent, independent) / (5 * 3 * 4)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(gram_matrix(base.to(memory_format=memory_format)), expected.detach())
+    torch.testing.assert_close(features.grad, independent.grad)
+
+
 def test_gram_matrix_is_fp32_under_bf16_autocast() -> None:
     features = torch.randn(2, 8, 16, 16) * 100
     with torch.autocast("cpu", dtype=torch.bfloat16):

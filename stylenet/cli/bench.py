@@ -1,6 +1,6 @@
 """``stylenet-bench``: stylenet's speed on this machine, side by side with the reference configuration.
 
-    stylenet-bench --json bench.json                 # everything, default sizes (~5 min on 2 CPU cores)
+    stylenet-bench --json bench.json                 # everything, default sizes (~8 min on 2 CPU cores)
     stylenet-bench --quick --json /tmp/bench.json    # tiny sizes: checks that the benchmark runs (CI)
     stylenet-bench --sections train --compile        # one section; also time torch.compile
 
@@ -9,10 +9,12 @@ the device synchronised around every measurement, reported as the median of ``--
 
 * ``train``: one training step (forward, backward, Adam) of the reference configuration
   (pytorch/examples' fast_neural_style recipe: fp32, NCHW, eager, VGG-16 to relu4_3 on both the
-  output and the content batch) and of stylenet's default fast configuration (what
-  :class:`stylenet.tasks.StyleTransferTask` runs: content VGG truncated at relu2_2, style Grams
-  precomputed, the device's default precision and memory layout from :mod:`stylenet.fastpath`),
-  same network, objective, batch and size; plus ablations. FLOPs are counted by
+  output and the content batch, Gram differentiated by autograd) and of stylenet's default fast
+  configuration (what :class:`stylenet.tasks.StyleTransferTask` runs: content VGG truncated at
+  relu2_2, style Grams precomputed, the device's default precision, memory layouts and layer
+  rewrites from :mod:`stylenet.fastpath`), same network, objective, batch and size; plus
+  ablations that each take one fast path away. Every variant runs in its own process (the fast
+  path's allocator setting is process-wide; peak memory is per process). FLOPs are counted by
   ``torch.utils.flop_counter`` on the warm-up step.
 * ``infer``: the transformation network at each ``--sizes`` side, fp32 eager (``net(x)`` under
   ``no_grad``) versus the path ``stylenet-stylize`` takes (:class:`stylenet.inference.InferenceModel`
@@ -56,7 +58,6 @@ from stylenet.fastpath import inference_precision, prepare_for_training, trainin
 from stylenet.losses import (
     PerceptualLoss,
     feature_reconstruction_loss,
-    gram_matrix,
     style_reconstruction_loss,
     total_variation_loss,
 )
@@ -110,6 +111,13 @@ def counted_flops(fn: Callable[[], Any]) -> float:
 # ---------------------------------------------------------------------------------------------- training
 
 
+def reference_gram(features: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix as pytorch/examples computes it: one product, differentiated by autograd."""
+    batch, channels, height, width = features.shape
+    psi = features.reshape(batch, channels, height * width)  # (B, C, HW)
+    return torch.bmm(psi, psi.transpose(1, 2)) / (channels * height * width)
+
+
 def reference_objective(loss: PerceptualLoss, output: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """stylenet's objective computed with the reference's data flow: the content batch goes through
     VGG as deep as the output (relu4_3, as pytorch/examples' ``vgg(x)`` does), nothing is truncated."""
@@ -118,7 +126,7 @@ def reference_objective(loss: PerceptualLoss, output: torch.Tensor, images: torc
     weights = loss.term_weights
     content = sum(w * feature_reconstruction_loss(out_features[name], content_features[name])
                   for name, w in loss.content_layers.items())
-    style = sum(w * style_reconstruction_loss(gram_matrix(out_features[name]), loss.target_gram(name))
+    style = sum(w * style_reconstruction_loss(reference_gram(out_features[name]), loss.target_gram(name))
                 for name, w in loss.style_layers.items())
     return weights["content"] * content + weights["style"] * style + weights["tv"] * total_variation_loss(output)
 
@@ -128,12 +136,12 @@ class TrainingStep:
 
     ``kind="reference"``: fp32, NCHW, eager, :func:`reference_objective`. ``kind="fast"``: what
     :class:`~stylenet.tasks.StyleTransferTask` does, ``loss(net(images), images)`` with the modules
-    prepared by :func:`stylenet.fastpath.prepare_for_training`, under the autocast Lightning applies
-    for ``precision`` (default: :func:`stylenet.fastpath.training_precision` of the device)."""
+    prepared by :func:`stylenet.fastpath.prepare_for_training` (``prepare=False``: not), under the
+    autocast Lightning applies for ``precision`` (default: :func:`stylenet.fastpath.training_precision`)."""
 
     def __init__(self, kind: str, device: torch.device, style: torch.Tensor, *, weights: str = "random",
-                 seed: int = 0, precision: str | None = None, channels_last: bool | None = None,
-                 compile: bool = False, model: dict[str, Any] | None = None) -> None:
+                 seed: int = 0, precision: str | None = None, prepare: bool = True,
+                 model: dict[str, Any] | None = None, **fast_paths: Any) -> None:
         torch.manual_seed(seed)
         self.kind, self.device = kind, device
         self.net = TransformerNet(**(model or {})).to(device)
@@ -141,10 +149,9 @@ class TrainingStep:
         self.loss.set_style([style])
         self.dtype = None
         if kind == "fast":
-            precision = precision or training_precision(device.type)
-            channels_last = use_channels_last(device, precision) if channels_last is None else channels_last
-            prepare_for_training(self.net, self.loss, channels_last=channels_last, compile=compile)
-            self.dtype = AUTOCAST[precision]
+            if prepare:
+                prepare_for_training(self.net, self.loss, device, **fast_paths)
+            self.dtype = AUTOCAST[precision or training_precision(device.type)]
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,37 +176,66 @@ def random_images(count: int, size: int, device: torch.device, seed: int = 0) ->
     return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
+#: the training variants timed, each in its own process: TrainingStep arguments.
+TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
+    "reference": {"kind": "reference"},
+    "fast": {"kind": "fast"},
+    # ablations: each changes one fast path
+    "fast_fp32": {"kind": "fast", "precision": "32-true"},
+    "fast_nchw": {"kind": "fast", "channels_last": False},
+    "fast_channels_last": {"kind": "fast", "channels_last": True},
+    "fast_system_malloc": {"kind": "fast", "system_malloc": True},
+    "fast_unprepared": {"kind": "fast", "prepare": False},  # what the objective does alone: bf16, truncation
+}
+#: what each ablation changes, for the table.
+ABLATIONS = {"fast_fp32": "fp32 instead of bf16", "fast_nchw": "both networks NCHW",
+             "fast_channels_last": "both networks channels_last",
+             "fast_system_malloc": "malloc returning memory",
+             "fast_unprepared": "no layer rewrites, NCHW, system malloc"}
+
+
+def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time one training variant (:data:`TRAIN_VARIANTS`) in a fresh process: the allocator setting
+    of the fast path is process-wide, and a process's peak memory is its own."""
+    device, size, batch = torch.device(spec["device"]), spec["size"], spec["batch"]
+    images, style = random_images(batch, size, device), random_images(1, size, device, seed=1)[0]
+    step = TrainingStep(device=device, style=style, weights=spec["weights"], **spec["options"])
+    start = time.perf_counter()
+    if spec["options"].get("compile"):  # the first call compiles; no FLOPs counted through it
+        step(images)
+        flops = None
+    else:  # the warm-up step, its FLOPs counted
+        flops = counted_flops(lambda: step(images)) / 1e9
+    sync(device)
+    first = time.perf_counter() - start
+    seconds = median_seconds(lambda: step(images), device, spec["reps"], warmup=0)
+    return {"s": seconds, "gflop": flops, "first_s": first, **peak_memory(device)}
+
+
 def bench_train(device: torch.device, profile: dict[str, Any], reps: int, weights: str, compile: bool
                 ) -> dict[str, Any]:
-    size, batch = profile["train_size"], profile["batch"]
-    images, style = random_images(batch, size, device), random_images(1, size, device, seed=1)[0]
-    precision = training_precision(device.type)
-    channels_last = use_channels_last(device, precision)
-    results: dict[str, Any] = {"train_batch": batch, "train_size": size, "train_fast_precision": precision,
-                               "train_fast_channels_last": channels_last}
-    other_layout = "nchw" if channels_last else "channels_last"
-    variants: dict[str, dict[str, Any]] = {
-        "reference": {"kind": "reference"},
-        "fast": {"kind": "fast"},
-        "fast_fp32": {"kind": "fast", "precision": "32-true"},
-        f"fast_{other_layout}": {"kind": "fast", "channels_last": not channels_last},
-    }
+    """Every variant of :data:`TRAIN_VARIANTS` (and ``fast_compiled`` with ``compile``) in its own
+    process. ``train_fast_gflop`` is the work of stylenet's algorithm (the paper's network, the
+    truncated content pass), counted on the unprepared step; ``train_fast_executed_gflop`` what the
+    rewritten layers actually execute, which can be less (:func:`stylenet.fastpath.rewrite_layers`)."""
+    variants = dict(TRAIN_VARIANTS)
     if compile:
         variants["fast_compiled"] = {"kind": "fast", "compile": True}
+    layouts = use_channels_last(device)
+    results: dict[str, Any] = {"train_batch": profile["batch"], "train_size": profile["train_size"],
+                               "train_fast_precision": training_precision(device.type),
+                               "train_fast_channels_last": {"network": layouts[0], "vgg": layouts[1]}}
     for name, options in variants.items():
-        step = TrainingStep(device=device, style=style, weights=weights, **options)
-        start = time.perf_counter()
-        if options.get("compile"):  # the first call compiles; FLOPs are the eager fast step's
-            step(images)
-        else:  # the warm-up step, its FLOPs counted
-            results[f"train_{name}_gflop"] = counted_flops(lambda step=step: step(images)) / 1e9
-        sync(device)
-        first = time.perf_counter() - start
-        results[f"train_{name}_s"] = median_seconds(lambda step=step: step(images), device, reps, warmup=0)
+        spec = {"section": "train", "device": str(device), "size": profile["train_size"],
+                "batch": profile["batch"], "weights": weights, "reps": reps, "options": options}
+        measured = run_worker(spec)
+        for key, value in measured.items():
+            if value is not None and key != "first_s":
+                results[f"train_{name}_{key}"] = value
         if options.get("compile"):
-            results["train_compile_s"] = first - results[f"train_{name}_s"]
-    default_layout = "channels_last" if channels_last else "nchw"
-    results[f"train_fast_{default_layout}_s"] = results["train_fast_s"]
+            results["train_compile_s"] = measured["first_s"] - measured["s"]
+    results["train_fast_executed_gflop"] = results["train_fast_gflop"]
+    results["train_fast_gflop"] = results["train_fast_unprepared_gflop"]
     results["train_speedup"] = results["train_reference_s"] / results["train_fast_s"]
     return results
 
@@ -250,10 +286,28 @@ def inference_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     baseline = proc_status_bytes("VmRSS") or peak_rss_bytes()
     seconds = median_seconds(run, device, spec["reps"])
+    return {"seconds": seconds, **peak_memory(device, baseline)}
+
+
+def peak_memory(device: torch.device, baseline: int | None = None) -> dict[str, float]:
+    """Peak memory of this process so far, MiB: CUDA's max allocated, or the peak RSS (which
+    includes the interpreter and torch; ``peak_delta_mb`` is the rise above ``baseline`` bytes)."""
     if device.type == "cuda":
-        return {"seconds": seconds, "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
-    return {"seconds": seconds, "peak_mb": peak_rss_bytes() / 2**20,
-            "peak_delta_mb": (peak_rss_bytes() - baseline) / 2**20}
+        return {"peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    figures = {"peak_mb": peak_rss_bytes() / 2**20}
+    if baseline is not None:
+        figures["peak_delta_mb"] = (peak_rss_bytes() - baseline) / 2**20
+    return figures
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one measurement (:func:`train_worker`, :func:`inference_worker`) in a fresh interpreter."""
+    command = [sys.executable, "-m", "stylenet.cli.bench", "--threads", str(torch.get_num_threads()),
+               "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker {spec} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_infer(device: torch.device, profile: dict[str, Any], reps: int) -> dict[str, Any]:
@@ -265,14 +319,9 @@ def bench_infer(device: torch.device, profile: dict[str, Any], reps: int) -> dic
     for model in profile["models"]:
         for size in profile["sizes"]:
             for mode in ("fp32", "fast"):
-                spec = {"model": model, "size": size, "mode": mode, "reps": reps, "device": str(device)}
-                command = [sys.executable, "-m", "stylenet.cli.bench", "--threads", str(torch.get_num_threads()),
-                           "--worker", json.dumps(spec)]
-                done = subprocess.run(command,
-                                      capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise RuntimeError(f"inference worker {spec} failed:\n{done.stderr[-2000:]}")
-                for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                spec = {"section": "infer", "model": model, "size": size, "mode": mode, "reps": reps,
+                        "device": str(device)}
+                for key, value in run_worker(spec).items():
                     results[f"infer_{mode}_{model}_{size}_{key}"] = value
             results[f"infer_speedup_{size}" if model == "paper" else f"infer_speedup_{model}_{size}"] = (
                 results[f"infer_fp32_{model}_{size}_seconds"] / results[f"infer_fast_{model}_{size}_seconds"])
@@ -439,13 +488,16 @@ def table_rows(results: dict[str, Any], profile: dict[str, Any]) -> Iterator[tup
     if "train_fast_s" in r:
         what = f"train step, batch {r['train_batch']} x {r['train_size']} px"
         yield (what, f"{r['train_reference_s']:.3f} s", f"{r['train_fast_s']:.3f} s", f"{r['train_speedup']:.2f}x")
-        yield ("  GFLOP per step", f"{r['train_reference_gflop']:.0f}", f"{r['train_fast_gflop']:.0f}", "")
+        yield ("  GFLOP per step (executed)", f"{r['train_reference_gflop']:.0f}",
+               f"{r['train_fast_gflop']:.0f} ({r['train_fast_executed_gflop']:.0f})", "")
         if "train_fraction_of_peak" in r:
             yield ("  fraction of conv ceiling", f"{r['train_reference_fraction_of_peak']:.0%} (fp32)",
                    f"{r['train_fraction_of_peak']:.0%} ({r['train_fast_precision']})", "")
-        yield ("  ablation: fast in fp32", "", f"{r['train_fast_fp32_s']:.3f} s", "")
-        layout = "nchw" if r["train_fast_channels_last"] else "channels_last"
-        yield (f"  ablation: fast in {layout}", "", f"{r[f'train_fast_{layout}_s']:.3f} s", "")
+        yield ("  peak memory", f"{r['train_reference_peak_mb']:.0f} MB", f"{r['train_fast_peak_mb']:.0f} MB", "")
+        for name, change in ABLATIONS.items():
+            if f"train_{name}_s" in r:
+                yield (f"  ablation: {change}", "", f"{r[f'train_{name}_s']:.3f} s",
+                       f"{r[f'train_{name}_s'] / r['train_fast_s']:.2f}x the time")
         if "train_fast_compiled_s" in r:
             yield ("  with compile=true", "", f"{r['train_fast_compiled_s']:.3f} s",
                    f"compile {r['train_compile_s']:.0f} s")
@@ -519,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights == "random":  # said once here, not once per network built
         logging.getLogger("stylenet.nets.vgg").setLevel(logging.ERROR)
     if args.worker:
-        print(json.dumps(inference_worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps((train_worker if spec["section"] == "train" else inference_worker)(spec)))
         return 0
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
