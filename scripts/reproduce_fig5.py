@@ -32,7 +32,7 @@ import torch
 
 from stylenet import StylenetError
 from stylenet.export import load_model
-from stylenet.gatys import Progress, check_memory, optimize, read_image, resolve_device
+from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
 from stylenet.image import ImageError, crop, list_images, load_rgb, resize_long_side, resize_short_side
 from stylenet.inference import run_network
 from stylenet.losses import PerceptualLoss
@@ -59,10 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
     parser.add_argument("--out", default="outputs/fig5", help="folder for fig5.csv and fig5.png")
-    args = parser.parse_args(argv)
-    if min(args.iterations) < 1 or min(args.sizes) < 8 or args.max_images < 1:
-        parser.error("iterations must be >= 1, sizes >= 8 px and --max-images >= 1")
-    return args
+    return parse_comparison_args(parser, argv, ["max_images"],
+                                 "iterations must be >= 1, sizes >= 8 px and --max-images >= 1")
 
 
 def build_objective(model_path: str, args: argparse.Namespace, device: torch.device) -> tuple:
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, hint="--device cpu")
         net, loss = build_objective(args.model, args, device)
         rows = measure(net, loss, content_images(args.images, args.max_images), args)
     except StylenetError as err:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from stylenet import StylenetError
-from stylenet.gatys import Progress, check_memory, optimize, read_image, resolve_device
+from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
 from stylenet.image import crop, resize_long_side, resize_short_side
 from stylenet.losses import PerceptualLoss
 from stylenet.nets import TransformerNet
@@ -55,9 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--content", default="demo:chelsea", help="content photo (path or demo:<name>)")
     parser.add_argument("--style", default="demo:ihc", help="style image (path or demo:<name>)")
     parser.add_argument("--out", default="outputs/table1", help="folder for table1.md and table1.csv")
-    args = parser.parse_args(argv)
-    if min(args.sizes) < 8 or min(args.iterations) < 1 or args.repeats < 1:
-        parser.error("sizes must be >= 8 px, iterations >= 1 and repeats >= 1")
+    args = parse_comparison_args(parser, argv, ["repeats"],
+                                 "sizes must be >= 8 px, iterations >= 1 and repeats >= 1")
     if args.extrapolate_from is not None and args.extrapolate_from < 1:
         parser.error("--extrapolate-from must be >= 1")
     return args
@@ -122,7 +121,7 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, hint="--device cpu")
         content_photo, style_photo = read_image(args.content, "--content"), read_image(args.style, "--style")
         loss = PerceptualLoss(weights=args.weights).to(device)
         net = TransformerNet().to(device).eval()

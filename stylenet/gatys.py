@@ -22,20 +22,23 @@ Conventions (and why):
 * **Colour preservation** is the luminance-only transfer of Gatys et al. 2016, "Preserving Color
   in Neural Artistic Style Transfer": the content and style are reduced to luminance (the style's
   mean and spread matched to the content's), the grey image is optimised, and the content's
-  chroma is put back (see :func:`with_content_chroma`).
+  chroma is put back (see :func:`with_content_chroma`). Luma, resizing, device choice and the
+  colour controls are :mod:`stylenet.inference`'s, shared with ``stylenet-stylize``, so the
+  optimiser and the networks preserve colour with the same arithmetic.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from stylenet import StylenetError
+from stylenet import StylenetError, inference
 from stylenet.image import load_rgb, resolve_image_path
+from stylenet.inference import Controls, luma, resize
 from stylenet.losses import PerceptualLoss
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -45,8 +48,6 @@ INITS = ("content", "noise", "style")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 #: trial points per strong-Wolfe line search (torch's own default for ``max_ls``).
 LINE_SEARCH_EVALUATIONS = 25
-#: ITU-R BT.601 luma weights (the Y of JPEG's YCbCr).
-LUMA = (0.299, 0.587, 0.114)
 #: memory per activation value, in float32 feature maps: the forward keeps each conv output for the
 #: backward pass, which holds gradients of about the same size (peak measured on the CPU at 512 px:
 #: 2.3x; 3 leaves a margin).
@@ -93,17 +94,14 @@ class NonFiniteObjective(Exception):
         self.terms = terms
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+def resolve_device(spec: str, hint: str = "device=cpu") -> torch.device:
+    """:func:`stylenet.inference.resolve_device`, except that ``auto`` means CUDA when available,
+    else the CPU: the documented meaning of ``stylenet-gatys device=auto`` (configs/gatys.yaml),
+    kept so that Gatys runs on a Mac do not move to MPS unannounced. ``hint`` is how the caller's
+    users ask for the CPU (Hydra's ``device=cpu`` by default, ``--device cpu`` for argparse)."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise StylenetError(f"device={spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StylenetError(f"device={spec} but CUDA is not available here; use device=cpu")
-    return device
+    return inference.resolve_device(spec, hint=hint)
 
 
 def read_image(spec: str | Path, what: str) -> torch.Tensor:
@@ -125,41 +123,33 @@ def long_side_shape(height: int, width: int, size: int | None) -> tuple[int, int
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a (3, H, W) image to exactly (height, width)."""
-    if tuple(image.shape[-2:]) == (height, width):
-        return image
-    resized = F.interpolate(image.unsqueeze(0), size=(height, width), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.squeeze(0).clamp(0, 1)
+    """:func:`stylenet.inference.resize` of a (3, H, W) image to exactly (height, width), clamped
+    to [0, 1] when it resizes: every image the optimiser starts from or is scored against must be
+    a valid image (see the module docstring); an image already that size is returned as it is."""
+    resized = resize(image, (height, width))
+    return resized if resized is image else resized.clamp(0, 1)
 
 
-def luminance(images: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma of (..., 3, H, W) RGB images in [0, 1], shaped (..., 1, H, W)."""
-    weights = images.new_tensor(LUMA).view(3, 1, 1)
-    return (images * weights).sum(dim=-3, keepdim=True)
-
-
-def grey(images: torch.Tensor) -> torch.Tensor:
-    """The luminance repeated on three channels: what the loss network sees in luminance-only transfer."""
-    return luminance(images).expand_as(images).contiguous()
+#: luminance on all three channels: what the loss network sees in luminance-only transfer.
+GREY = Controls(gray=True)
+#: the content's chroma with the optimised luminance (the same control as ``stylenet-stylize``'s).
+PRESERVE_COLOR = Controls(preserve_color=True)
 
 
 def match_luminance(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """The style's grey image with its luminance mean and standard deviation set to the content's
     (Gatys et al. 2016, "Preserving Color", eq. 1), so the content keeps its overall brightness."""
-    style_y, content_y = luminance(style), luminance(content)
+    style_y, content_y = luma(style), luma(content)
     scale = content_y.std() / style_y.std().clamp_min(1e-6)
     matched = (style_y - style_y.mean()) * scale + content_y.mean()
     return matched.clamp(0, 1).expand_as(style).contiguous()
 
 
 def with_content_chroma(image: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """``image``'s luminance with ``content``'s chroma (Cb, Cr of BT.601 YCbCr).
-
-    With Cb and Cr fixed, YCbCr -> RGB adds a change of Y equally to R, G and B, so swapping the
-    luminance is adding ``Y(image) - Y(content)`` to every channel of the content."""
-    content = resize_to(content, *image.shape[-2:])
-    return (content + luminance(image) - luminance(content)).clamp(0, 1)
+    """``image``'s luminance with ``content``'s chroma (Cb, Cr of BT.601 YCbCr): the
+    ``preserve_color`` of :class:`stylenet.inference.Controls`, after resizing the content to the
+    image, which is smaller at the coarse scales of :func:`optimize_image`'s pyramid."""
+    return PRESERVE_COLOR.apply(image, resize_to(content, *image.shape[-2:]))
 
 
 def activation_values(loss: PerceptualLoss, height: int, width: int) -> int:
@@ -372,7 +362,7 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
                             f"at least {smallest_side(loss)} px a side; "
                             "use a larger size or fewer scales")
     content = content.to(loss.device)
-    target = grey(content) if preserve_color else content
+    target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:
         styles = [match_luminance(style, content) for style in styles]
     loss.set_style(styles, style_weights)
@@ -402,3 +392,18 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
             break
     return replace(result, image=readout(result.image), history=history, evaluations=evaluations,
                    iterations=offset + result.iterations)
+
+
+def parse_comparison_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                          counts: Sequence[str], requirements: str) -> argparse.Namespace:
+    """Parse the command line of a network-versus-Gatys comparison (scripts/reproduce_table1.py,
+    scripts/reproduce_fig5.py): one place for the limits the two reproductions share.
+
+    Refused, with ``requirements`` as the usage error (exit status 2): ``--sizes`` under 8 px (the
+    smallest side the default objective's VGG layers accept: three 2x2 poolings), ``--iterations``
+    under 1, and any of the script's own integer options ``counts`` (argparse destinations) under 1.
+    """
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 8 or min(args.iterations) < 1 or any(getattr(args, count) < 1 for count in counts):
+        parser.error(requirements)
+    return args

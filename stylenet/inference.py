@@ -172,8 +172,12 @@ def run_network(net: nn.Module, image: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ devices and memory
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist."""
+def resolve_device(name: str = "auto", *, hint: str = "--device cpu") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; an explicit device must exist.
+
+    ``hint`` is how the caller's users ask for the CPU (``--device cpu`` on argparse command
+    lines, ``device=cpu`` for Hydra overrides), so the error for a missing device says what to type.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -186,7 +190,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise StylenetError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(device.type, False):
-        raise StylenetError(f"device {name!r} is not available on this machine (try --device cpu)")
+        raise StylenetError(f"device {name!r} is not available on this machine (try {hint})")
     return device
 
 
@@ -356,7 +360,7 @@ class Controls:
         return self.strength < 1.0 or self.preserve_color
 
     def apply(self, output: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor:
-        """Combine (B, 3, H, W) ``output`` with the ``content`` of the same size; clamp to [0, 1].
+        """Combine (..., 3, H, W) ``output`` with the ``content`` of the same size; clamp to [0, 1].
 
         Colour preservation adds the luminance difference to every channel of the content: since
         the BT.601 weights sum to 1 this changes Y by exactly that difference and leaves

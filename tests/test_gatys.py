@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from stylenet.gatys import (
     Progress,
     check_memory,
     estimate_memory,
-    luminance,
     optimize,
     optimize_image,
     scale_shapes,
@@ -31,20 +29,14 @@ from stylenet.gatys import (
     with_content_chroma,
 )
 from stylenet.image import load_rgb
+from stylenet.inference import luma
 from stylenet.losses import PerceptualLoss
 from stylenet.tasks import StyleTransferTask, load_style_image
 from tests.conftest import make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions run many times faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Every test here runs tiny convolutions: one thread each (tests/conftest.py: one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_image(size: int, seed: int) -> torch.Tensor:
@@ -133,13 +125,13 @@ def test_preserve_color_keeps_the_content_chroma() -> None:
     content = 0.25 + 0.5 * smooth_image(32, 8)
     image = 0.25 + 0.5 * smooth_image(32, 9)
     recoloured = with_content_chroma(image, content)
-    torch.testing.assert_close(luminance(recoloured), luminance(image))  # the stylised luminance,
-    torch.testing.assert_close(recoloured - luminance(recoloured), content - luminance(content))  # the chroma
+    torch.testing.assert_close(luma(recoloured), luma(image))  # the stylised luminance,
+    torch.testing.assert_close(recoloured - luma(recoloured), content - luma(content))  # the chroma
     result = optimize_image(content, [torch.rand(3, 32, 32)], PerceptualLoss(weights="random"), iterations=2,
                             preserve_color=True)
-    chroma = result.image - luminance(result.image)
+    chroma = result.image - luma(result.image)
     inside = ((result.image > 0) & (result.image < 1)).all(dim=0)  # where clamping did not act
-    torch.testing.assert_close(chroma[:, inside], (content - luminance(content))[:, inside])
+    torch.testing.assert_close(chroma[:, inside], (content - luma(content))[:, inside])
 
 
 def test_bad_settings_fail_with_one_line_errors() -> None:

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
 
 from stylenet.export import save_model
 from stylenet.nets import TransformerNet
 from tests.conftest import make_photo
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions run many times faster on one thread when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Every test here runs tiny convolutions: one thread each (tests/conftest.py: one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_script(name: str) -> ModuleType:
