@@ -35,7 +35,11 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
 def test_sections_and_bad_arguments(tmp_path: Path) -> None:
     out = tmp_path / "conv.json"
     assert bench.main(["--quick", "--sections", "conv", "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())) == {"meta", "conv_fp32_gflops", "conv_bf16_gflops"}
+    conv = json.loads(out.read_text())
+    assert set(conv) == {"meta", "conv_fp32_gflops", "conv_bf16_gflops", "conv_fp32_gflops_by_shape",
+                         "conv_bf16_gflops_by_shape", "targets"}
+    assert conv["conv_fp32_gflops"] == max(conv["conv_fp32_gflops_by_shape"].values())
+    assert len(conv["conv_fp32_gflops_by_shape"]) == len(bench.VGG_CONV_SHAPES) and conv["targets"] == {}
     with pytest.raises(SystemExit):
         bench.main(["--sections", "train,nonsense"])
 
@@ -50,3 +54,21 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
     fast = float(bench.TrainingStep("fast", device, style)(images))
     assert fast_fp32 == pytest.approx(reference, rel=1e-5)
     assert fast == pytest.approx(reference, rel=2e-2)
+
+
+def test_derived_figures_and_targets_hand_computed() -> None:
+    """The floor, the bound and the targets from a hand-made set of figures."""
+    results = {"train_fast_precision": "32-true", "train_fast_s": 4.0, "train_reference_s": 8.0,
+               "train_fast_gflop": 600.0, "train_fast_executed_gflop": 500.0, "train_reference_gflop": 700.0,
+               "conv_fp32_gflops": 250.0, "conv_bf16_gflops": 20.0,
+               "gatys_size": 256, "gatys_iteration_s": 0.5, "infer_fast_paper_256_seconds": 0.2,
+               "infer_fast_paper_1024_seconds": 0.4}
+    bench.derived(results)
+    assert results["train_fraction_of_peak"] == pytest.approx(600 / 4 / 250)  # the fp32 ceiling for 32-true
+    assert results["train_floor_s"] == pytest.approx(500 / 250)
+    assert results["train_speedup_bound"] == pytest.approx(8.0 / 2.0)
+    assert results["gatys500_over_feedforward"] == pytest.approx(500 * 0.5 / 0.2)
+    targets = results["targets"]
+    assert not targets["train_fraction_of_peak"]["met"]  # 0.6 < 0.7
+    assert targets["infer_fast_paper_1024_seconds"]["met"] and targets["gatys500_over_feedforward"]["met"]
+    assert "train_speedup" not in targets  # not measured here: no verdict

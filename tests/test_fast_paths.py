@@ -245,3 +245,39 @@ def test_reuse_freed_memory_applies_with_glibc() -> None:
     assert fastpath.reuse_freed_memory() is expected
     kept = torch.empty(64 << 20, dtype=torch.uint8)  # above glibc's largest mmap threshold
     assert kept.sum() == kept.sum()  # still an ordinary, usable allocation
+
+
+def test_single_image_instance_norm_is_instance_norm_in_either_layout() -> None:
+    """Batch norm over a batch of one image is instance norm (checked against the formula), keeps
+    the input's layout (no NCHW copy), and shares the original layer's parameters."""
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    single = fastpath.SingleImageInstanceNorm.like(norm)
+    assert single.weight is norm.weight and single.bias is norm.bias
+    x = torch.randn(1, 6, 9, 7) * 3 + 2
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
+    expected = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = single(x.to(memory_format=layout))
+        torch.testing.assert_close(out, expected)
+        assert out.is_contiguous(memory_format=layout)
+    batch = torch.randn(2, 6, 9, 7)  # several images: each its own statistics, as InstanceNorm2d
+    torch.testing.assert_close(single(batch), norm(batch))
+
+
+def test_inference_copy_is_channels_last_and_leaves_the_original_alone() -> None:
+    torch.manual_seed(0)
+    net = TransformerNet(channels=8, residual_blocks=1).eval()
+    keys = list(net.state_dict())
+    fast = fastpath.optimize_for_inference(net, "cpu")
+    norms = [m for m in fast.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms and all(isinstance(m, fastpath.SingleImageInstanceNorm) for m in norms)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.dim() == 4)
+    assert all(p.is_contiguous() for p in net.parameters()) and list(net.state_dict()) == keys
+    assert not any(isinstance(m, fastpath.SingleImageInstanceNorm) for m in net.modules())
+    image = torch.rand(1, 3, 24, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(image), net(image), atol=1e-5, rtol=1e-4)

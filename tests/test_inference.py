@@ -241,7 +241,7 @@ def test_out_of_memory_retries_with_smaller_tiles() -> None:
     model = InferenceModel(net, device="cpu", max_memory=1 << 40)
     image = photo(300, 300)
     assert torch.allclose(model.transform(image), image, atol=1e-6)
-    assert max(h * w for h, w in net.sizes[-4:]) <= 100 * 100
+    assert max(h * w for h, w in model.net.sizes[-4:]) <= 100 * 100  # the copy InferenceModel runs
 
 
 def test_out_of_memory_everywhere_fails_clearly() -> None:

@@ -23,7 +23,7 @@ the device synchronised around every measurement, reported as the median of ``--
   its own.
 * ``gatys``: one L-BFGS iteration of :func:`stylenet.gatys.optimize` (Gatys et al., the slow baseline
   of the paper's Table 1) and the extrapolated 500-iteration time over one feed-forward pass.
-* ``conv``: the device's convolution ceiling: a large 3x3 convolution, channels_last, fp32 and bf16.
+* ``conv``: the device's convolution ceiling, fp32 and bf16: the best of VGG-16's 3x3 layer shapes.
 * ``data``: images/s delivered by the training data path from a folder of JPEGs and from shards
   prepared by ``stylenet-prepare``, against the images/s the fast training step consumes.
 
@@ -54,7 +54,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stylenet.fastpath import inference_precision, prepare_for_training, training_precision, use_channels_last
+from stylenet.fastpath import (
+    bf16_is_native,
+    inference_precision,
+    prepare_for_training,
+    training_precision,
+    use_channels_last,
+)
 from stylenet.losses import (
     PerceptualLoss,
     feature_reconstruction_loss,
@@ -70,9 +76,9 @@ MODELS = {"paper": {"channels": 32}, "half": {"channels": 16}}
 #: sizes of everything, full and ``--quick``.
 PROFILES = {
     "full": {"train_size": 256, "batch": 4, "sizes": [256, 512, 1024, 2048], "models": ["paper", "half"],
-             "gatys_size": 256, "conv": (256, 128), "data_images": 48},
+             "gatys_size": 256, "data_images": 48},
     "quick": {"train_size": 32, "batch": 2, "sizes": [32], "models": ["paper"], "gatys_size": 32,
-              "conv": (32, 16), "data_images": 6},
+              "data_images": 6},
 }
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": None}
 
@@ -223,11 +229,12 @@ def bench_train(device: torch.device, profile: dict[str, Any], reps: int, weight
         variants["fast_compiled"] = {"kind": "fast", "compile": True}
     layouts = use_channels_last(device)
     results: dict[str, Any] = {"train_batch": profile["batch"], "train_size": profile["train_size"],
-                               "train_fast_precision": training_precision(device.type),
+                               "train_fast_precision": profile["precision"],
                                "train_fast_channels_last": {"network": layouts[0], "vgg": layouts[1]}}
     for name, options in variants.items():
         spec = {"section": "train", "device": str(device), "size": profile["train_size"],
-                "batch": profile["batch"], "weights": weights, "reps": reps, "options": options}
+                "batch": profile["batch"], "weights": weights, "reps": reps,
+                "options": {"precision": profile["precision"]} | options if options["kind"] == "fast" else options}
         measured = run_worker(spec)
         for key, value in measured.items():
             if value is not None and key != "first_s":
@@ -350,18 +357,30 @@ def bench_gatys(device: torch.device, profile: dict[str, Any], reps: int, weight
             "gatys_evaluations_per_iteration": result.evaluations / max(result.iterations, 1)}
 
 
+#: (channels, side / train_size) of VGG-16's 3x3 convolutions in blocks 1-4: the shapes of the
+#: training step's dominant work, at which the device's ceiling is measured.
+VGG_CONV_SHAPES = ((64, 1), (128, 2), (256, 4), (512, 8))
+
+
 def bench_conv(device: torch.device, profile: dict[str, Any], reps: int) -> dict[str, Any]:
-    """GFLOP/s of one large 3x3 convolution, channels_last, in fp32 and bf16 (inputs already in that
-    dtype): what the device's convolution library delivers at best, the yardstick of the others."""
-    channels, side = profile["conv"]
-    flops = 2 * 9 * channels * channels * side * side
-    results = {}
+    """The device's convolution ceiling, GFLOP/s in fp32 and bf16: the best of the VGG-16 3x3
+    convolutions the training step runs (channels_last, batch and size of the training step, inputs
+    already in that dtype). The best, not one shape, because no shape is the fastest on every
+    device; it is the yardstick of ``train_fraction_of_peak`` and of ``train_floor_s``."""
+    size, batch = profile["train_size"], profile["batch"]
+    results: dict[str, Any] = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        x = torch.randn(1, channels, side, side, device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype).to(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            seconds = median_seconds(lambda x=x, w=w: F.conv2d(x, w, padding=1), device, reps)
-        results[f"conv_{name}_gflops"] = flops / seconds / 1e9
+        measured = {}
+        for channels, divisor in VGG_CONV_SHAPES:
+            side = max(4, size // divisor)
+            x = torch.randn(batch, channels, side, side, device=device, dtype=dtype)
+            w = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype)
+            x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                seconds = median_seconds(lambda x=x, w=w: F.conv2d(x, w, padding=1), device, reps)
+            measured[f"{channels}x{side}"] = 2 * 9 * channels * channels * side * side * batch / seconds / 1e9
+        results[f"conv_{name}_gflops"] = max(measured.values())
+        results[f"conv_{name}_gflops_by_shape"] = measured
     return results
 
 
@@ -440,7 +459,7 @@ def loss_curve(device: torch.device, steps: int, profile: dict[str, Any], weight
     fixed = torch.stack([crops[index]["image"] for index in range(len(crops))]).to(device)
     style = resize_long_side(load_rgb(resolve_image_path("demo:ihc")), size).to(device)
     curves, final = {}, {}
-    for name, precision in (("fp32", "32-true"), ("fast", None)):
+    for name, precision in (("fp32", "32-true"), ("fast", profile["precision"])):
         step = TrainingStep("fast", device, style, weights=weights, precision=precision)
         curves[name] = [float(step(images)) for images in batches]
         final[name] = step.evaluate(fixed)
@@ -461,25 +480,48 @@ def metadata(device: torch.device, argv: list[str]) -> dict[str, Any]:
     return {"command": " ".join([PROG, *argv]), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
             or capabilities.get("cpu_name", platform.machine()),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_is_native(device),
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+#: issue 6's targets: (figure, "min" or "max", bound, what it means).
+TARGETS = (
+    ("train_speedup", "min", 3.0, "training step vs the reference configuration"),
+    ("train_fraction_of_peak", "min", 0.7, "training step's FLOP rate / conv ceiling"),
+    ("infer_fast_paper_1024_seconds", "max", 0.5, "stylize 1024 px, paper net, seconds"),
+    ("infer_fast_half_1024_seconds", "max", 0.25, "stylize 1024 px, half-width net, seconds"),
+    ("infer_fast_paper_2048_peak_mb", "max", 2048.0, "stylize 2048 px, peak MiB"),
+    ("gatys500_over_feedforward", "min", 1000.0, "500 L-BFGS iterations / one feed-forward pass"),
+    ("data_shard_feed_ratio", "min", 20.0, "shard images/s / images/s the step consumes"),
+    ("loss_curve_rel_diff_final_eval", "max", 0.01, "fast vs fp32 objective after the loss curve"),
+)
+
+
 def derived(results: dict[str, Any]) -> None:
-    """Ratios that need several sections: fraction of the conv ceiling, Gatys over feed-forward."""
+    """Figures that need several sections: the fraction of the conv ceiling, the floor a step
+    executing the fast path's FLOPs at the ceiling would take (so ``train_speedup_bound``, the
+    most any implementation of those FLOPs could gain here), Gatys over feed-forward, and each
+    of :data:`TARGETS` that was measured, met or not."""
     ceiling = {"bf16-mixed": "conv_bf16_gflops", "32-true": "conv_fp32_gflops"}
     fast_ceiling = ceiling.get(results.get("train_fast_precision", ""), "conv_bf16_gflops")
     if "train_fast_s" in results and fast_ceiling in results:
         achieved = results["train_fast_gflop"] / results["train_fast_s"]
         results["train_fast_gflops"] = achieved
         results["train_fraction_of_peak"] = achieved / results[fast_ceiling]
+        results["train_floor_s"] = results["train_fast_executed_gflop"] / results[fast_ceiling]
+        results["train_speedup_bound"] = results["train_reference_s"] / results["train_floor_s"]
     if "train_reference_s" in results and "conv_fp32_gflops" in results:
         results["train_reference_fraction_of_peak"] = (
             results["train_reference_gflop"] / results["train_reference_s"] / results["conv_fp32_gflops"])
     feed_forward = f"infer_fast_paper_{results.get('gatys_size')}_seconds"
     if "gatys_iteration_s" in results and feed_forward in results:
         results["gatys500_over_feedforward"] = 500 * results["gatys_iteration_s"] / results[feed_forward]
+    results["targets"] = {
+        figure: {"bound": bound, "kind": kind, "measured": results[figure], "what": what,
+                 "met": results[figure] >= bound if kind == "min" else results[figure] <= bound}
+        for figure, kind, bound, what in TARGETS if figure in results}
 
 
 def table_rows(results: dict[str, Any], profile: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
@@ -493,6 +535,9 @@ def table_rows(results: dict[str, Any], profile: dict[str, Any]) -> Iterator[tup
         if "train_fraction_of_peak" in r:
             yield ("  fraction of conv ceiling", f"{r['train_reference_fraction_of_peak']:.0%} (fp32)",
                    f"{r['train_fraction_of_peak']:.0%} ({r['train_fast_precision']})", "")
+        if "train_floor_s" in r:
+            yield ("  floor: executed FLOPs at the conv ceiling", "", f"{r['train_floor_s']:.3f} s",
+                   f"{r['train_speedup_bound']:.2f}x at most")
         yield ("  peak memory", f"{r['train_reference_peak_mb']:.0f} MB", f"{r['train_fast_peak_mb']:.0f} MB", "")
         for name, change in ABLATIONS.items():
             if f"train_{name}_s" in r:
@@ -536,6 +581,10 @@ def print_table(results: dict[str, Any], profile: dict[str, Any]) -> None:
              for row in rows]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
     print("\n".join(lines))
+    for figure, target in results.get("targets", {}).items():
+        sign = ">=" if target["kind"] == "min" else "<="
+        print(f"target {'met    ' if target['met'] else 'NOT met'}: {target['what']}: {target['measured']:.3g} "
+              f"{sign} {target['bound']:g} ({figure})")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -551,14 +600,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loss-curve", type=int, default=0, metavar="STEPS",
                         help="also train STEPS steps in fp32 and fast from one seed and compare the losses")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", choices=sorted(AUTOCAST),
+                        help="the fast training configuration's precision (default: the device's, "
+                             "bf16-mixed where bf16 is native); e.g. to check bf16's loss curve elsewhere")
+    parser.add_argument("--train-size", type=int, help="training step image side, px (default 256)")
     parser.add_argument("--weights", default="random", help="VGG weights: random (default), imagenet, or a .pth")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    if not set(sections) <= set(SECTIONS) or args.reps < 1 or args.loss_curve < 0:
-        parser.error(f"--sections must be a subset of {','.join(SECTIONS)}, --reps >= 1, --loss-curve >= 0")
+    if (not set(sections) <= set(SECTIONS) or args.reps < 1 or args.loss_curve < 0
+            or (args.train_size is not None and args.train_size < 16)):
+        parser.error(f"--sections must be a subset of {','.join(SECTIONS)}, --reps >= 1, --loss-curve >= 0, "
+                     "--train-size >= 16")
     args.sections = sections
     return args
 
@@ -579,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = dict(PROFILES["quick" if args.quick else "full"])
     profile["sizes"] = args.sizes or profile["sizes"]
     profile["models"] = args.models or profile["models"]
+    profile["train_size"] = args.train_size or profile["train_size"]
+    profile["precision"] = args.precision or training_precision(device.type)
     reps = 1 if args.quick else args.reps
     results: dict[str, Any] = {"meta": metadata(device, argv)}
     stages = {
