@@ -138,6 +138,18 @@ class RewrittenConv(nn.Module):
         return self._modules["1"]
 
 
+def replicate_pad(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H + 2, W + 2), edge pixels repeated once on every side.
+
+    Under ``torch.compile`` as two concatenations: torch 2.14's meta kernel of
+    ``replication_pad2d_backward`` predicts NCHW strides where the CPU kernel returns the
+    channels_last gradient oneDNN's convolution hands it, and the compiled step fails on that."""
+    if not torch.compiler.is_compiling():
+        return F.pad(x, (1, 1, 1, 1), mode="replicate")
+    x = torch.cat((x[..., :1, :], x, x[..., -1:, :]), dim=-2)
+    return torch.cat((x[..., :1], x, x[..., -1:]), dim=-1)
+
+
 class SubpixelConv(RewrittenConv):
     """Nearest x2 upsampling then a reflection-padded 3x3 convolution (the ``uN`` block's first two
     steps), computed at the input's resolution with 2.25x fewer multiply-adds and no upsampled copy.
@@ -164,7 +176,7 @@ class SubpixelConv(RewrittenConv):
         batch, _, height, width = x.shape
         conv = self.conv
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
-            x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+            x = replicate_pad(x)
         bias = None if conv.bias is None else conv.bias.repeat(len(PHASES))
         phases = F.conv2d(x, self.kernels(conv.weight), bias)  # (B, 4 O, H + 1, W + 1)
         out = phases.new_empty(batch, conv.out_channels, height, 2, width, 2)

@@ -281,3 +281,21 @@ def test_inference_copy_is_channels_last_and_leaves_the_original_alone() -> None
     image = torch.rand(1, 3, 24, 36)
     with torch.no_grad():
         torch.testing.assert_close(fast(image), net(image), atol=1e-5, rtol=1e-4)
+
+
+def test_subpixel_upsampling_compiles_forward_and_backward() -> None:
+    """torch.compile of the rewritten upsampling, gradients included, gives eager's numbers (the
+    replicate padding takes a compile-only path: see fastpath.replicate_pad)."""
+    torch.manual_seed(0)
+    block = fastpath.SubpixelConv(torch.nn.Conv2d(4, 3, 3))
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    padded = fastpath.replicate_pad(x)
+    torch.testing.assert_close(padded, torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"))
+    eager_out = block(x)
+    eager_out.square().sum().backward()
+    eager_grads = [x.grad.clone(), block.conv.weight.grad.clone()]
+    x.grad, block.conv.weight.grad = None, None
+    compiled_out = torch.compile(block)(x)
+    compiled_out.square().sum().backward()
+    torch.testing.assert_close(compiled_out, eager_out)
+    torch.testing.assert_close([x.grad, block.conv.weight.grad], eager_grads)

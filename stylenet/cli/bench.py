@@ -194,7 +194,7 @@ TRAIN_VARIANTS: dict[str, dict[str, Any]] = {
     "fast_unprepared": {"kind": "fast", "prepare": False},  # what the objective does alone: bf16, truncation
 }
 #: what each ablation changes, for the table.
-ABLATIONS = {"fast_fp32": "fp32 instead of bf16", "fast_nchw": "both networks NCHW",
+ABLATIONS = {"fast_fp32": "precision 32-true", "fast_nchw": "both networks NCHW",
              "fast_channels_last": "both networks channels_last",
              "fast_system_malloc": "malloc returning memory",
              "fast_unprepared": "no layer rewrites, NCHW, system malloc"}
