@@ -4,8 +4,12 @@ Lightning writes checkpoints through an fsspec transaction: on a local disk that
 in the system temp folder, no fsync, then ``shutil.move``, which is a copy (not an atomic rename)
 whenever /tmp is another filesystem. :class:`AtomicCheckpointIO` writes next to the target, fsyncs
 and renames, so a crash leaves the previous checkpoint or the new one, never half of one. The
-temporary name (``.last.ckpt.<pid>.tmp``) never matches ``*.ckpt``, so nothing mistakes it for a
-checkpoint.
+temporary name (``.last.<pid>.tmp.ckpt``) is hidden, and :func:`candidate_checkpoints` skips hidden
+files, so nothing mistakes what a kill during a write leaves behind for a checkpoint.
+
+A kill -9, the OOM killer or a power cut lose what came after the newest checkpoint: the default
+callbacks (configs/callbacks/default.yaml) write one every 1000 steps and rewrite ``last.ckpt`` every
+10 minutes of training as well, whichever comes first.
 
 Lightning's ``ckpt_path="last"`` silently starts from scratch when there is no checkpoint, and Hydra
 gives every run a new folder; :func:`resolve_resume` adds what a user expects instead: find the
@@ -103,9 +107,11 @@ def candidate_checkpoints(run_dir: Path) -> list[Path]:
     """``*.ckpt`` files of this run folder, newest first, then those of its sibling run folders.
 
     With the default ``hydra.run.dir=outputs/<name>/<time>`` the siblings are the earlier runs of
-    the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it."""
-    own = newest_first((run_dir / "checkpoints").glob("*.ckpt"))
-    siblings = [p for p in run_dir.parent.glob("*/checkpoints/*.ckpt") if p.parent.parent != run_dir]
+    the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it. Hidden
+    files are left out: they are the temporary files of writes that a kill interrupted."""
+    own = newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
+    siblings = [p for p in run_dir.parent.glob("*/checkpoints/*.ckpt")
+                if p.parent.parent != run_dir and not p.name.startswith(".")]
     return own + newest_first(siblings)
 
 

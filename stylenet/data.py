@@ -182,7 +182,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     Bad files are skipped, counted, written to ``skipped_images.txt`` in the run folder, and the run
     stops with an error if their share exceeds ``max_bad_fraction``. The number of the next batch
-    is part of the checkpoint, so a resumed run continues the same stream.
+    and the counts of samples and bad files consumed are part of the checkpoint, so a resumed run
+    continues the same stream and judges its bad-file share over the whole run, not since the resume.
     """
 
     #: what cuts a sample from a photo (subclasses change the cut, not the listing or the stream)
@@ -206,7 +207,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_files: list[Path] = []
         self.next_batch = 0
         self.samples_seen = 0
-        self.bad_files: list[str] = []
+        self.bad_seen = 0  # bad samples consumed since step 0 (restored on resume), as samples_seen
+        self.bad_restored = 0  # of which counted before this process resumed from a checkpoint
         self.report_path: Path | None = None
         self.shards: ShardStore | None = None  # source=shards: the prepared dataset, once listed
         self.worker_datasets: list[ImageFileDataset] = []
@@ -270,19 +272,22 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return batch
 
     def record_bad(self, errors: list[str]) -> None:
+        """Log, list and count the one-line ``errors`` of a batch's bad samples; stop the run once more
+        than ``max_bad_fraction`` of the samples consumed (after at least 20 batches) were bad."""
         if not errors:
             return
         for error in errors:
             log.warning("skipped %s", error)
-        self.bad_files.extend(errors)
+        self.bad_seen += len(errors)
         if self.report_path is not None:
             with open(self.report_path, "a", encoding="utf-8") as report:
                 report.writelines(f"{error}\n" for error in errors)
-        fraction = len(self.bad_files) / max(self.samples_seen, 1)
+        fraction = self.bad_seen / max(self.samples_seen, 1)
         if self.samples_seen >= 20 * self.batch_size and fraction > self.max_bad_fraction:
-            raise StylenetError(f"{len(self.bad_files)} of {self.samples_seen} training images were unreadable "
-                                f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}); see "
-                                f"{self.report_path or 'the log'}")
+            earlier = f", {self.bad_restored} of them before the resume" if self.bad_restored else ""
+            raise StylenetError(f"{self.bad_seen} of {self.samples_seen} training images were unreadable "
+                                f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
+                                f"see {self.report_path or 'the log'}")
 
     def explain_failure(self, err: BaseException) -> StylenetError | None:
         """A one-line error naming the file(s) a DataLoader worker was decoding when it died, hung past
@@ -300,12 +305,17 @@ class ImageFolderDataModule(pl.LightningDataModule):
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_batch": self.next_batch, "samples_seen": self.samples_seen,
-                "bad_files": len(self.bad_files)}
+        """Where the stream stands and what it consumed: ``bad_files`` is the count of bad samples (the
+        list is ``skipped_images.txt``; keeping it out of the checkpoint keeps checkpoints small)."""
+        return {"next_batch": self.next_batch, "samples_seen": self.samples_seen, "bad_files": self.bad_seen}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the stream, and the bad-file budget, where the checkpoint left them. Checkpoints
+        written while this count was saved but not restored hold it under the same key, so resuming
+        them restores it too; a state without it (hand-made) counts from zero."""
         self.next_batch = int(state_dict["next_batch"])
         self.samples_seen = int(state_dict["samples_seen"])
+        self.bad_seen = self.bad_restored = int(state_dict.get("bad_files", 0))
 
 
 class SuperResolutionPatches(ImageFileDataset):

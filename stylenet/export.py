@@ -15,7 +15,8 @@ applies when ``weights_only`` is not passed):
   (:class:`ExamplesTransformerNet`).
 
 :func:`write_model` writes a stylenet model file, an ONNX model or a ``torch.export`` program
-(``.pt2``), chosen by the extension; both exports accept any height and width.
+(``.pt2``), chosen by the extension; both exports accept any height and width from the
+network's ``min_size`` up (8 px for the style network) and pad exactly as ``stylenet-stylize`` does.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from stylenet import StylenetError, __version__
-from stylenet.inference import first_line, min_size, output_scale, size_multiple
+from stylenet.inference import first_line, min_size, padded_forward, size_multiple
 from stylenet.nets import SuperResolutionNet, TransformerNet
 
 FORMAT = "stylenet"
@@ -304,30 +304,28 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
 
 
 class AnySizeNetwork(nn.Module):
-    """What the exports contain: ``net`` behind padding and cropping, so ONNX and ``.pt2`` programs
-    accept any (B, 3, H, W) with H, W >= the network's ``min_size`` (8 for TransformerNet).
+    """What the exports contain: ``net`` behind :func:`stylenet.inference.padded_forward`, so ONNX
+    and ``.pt2`` programs accept any (B, 3, H, W) with H, W >= ``max(min_size, size_multiple)`` (8 for
+    TransformerNet) and compute what ``stylenet-stylize`` and the notebook API compute.
 
-    ``stylenet.inference.pad_to_multiple`` pads by 0..multiple-1 pixels, but "0 or not" is a branch
-    on H mod multiple that a traced graph cannot keep. Here the pad is always 1..multiple pixels
-    (reflection, bottom/right), one formula for every size; the output is cropped back to the
-    input's size times ``scale``. Networks that take any size (``size_multiple`` 1, e.g. the
-    super-resolution network) are exported without padding, so they match the network exactly.
+    The padding is the Python path's, by construction (the same function): ``(-side) % multiple``
+    pixels of reflection at the bottom/right, none when the side is already a multiple. It enters
+    the InstanceNorm statistics, so any other amount (such as always 1..multiple pixels) would give
+    other pixels on the same image. The output is cropped back to the input's size times ``scale``.
     """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.multiple, self.scale, self.min_size = size_multiple(net), output_scale(net), min_size(net)
+        self.min_side = max(min_size(net), size_multiple(net))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        torch._check(height >= self.min_size)
-        torch._check(width >= self.min_size)
-        if self.multiple == 1:  # a constant of the network, not of the input: no branch in the graph
-            return self.net(image)
-        pad_h, pad_w = self.multiple - height % self.multiple, self.multiple - width % self.multiple
-        padded = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect")
-        return self.net(padded)[..., : height * self.scale, : width * self.scale]
+        # Recorded as runtime checks; they also let torch.export prove that the padding takes its
+        # reflection branch for every size, so no branch on the size enters the graph.
+        torch._check(height >= self.min_side)
+        torch._check(width >= self.min_side)
+        return padded_forward(self.net, image)
 
 
 def export_program(net: nn.Module) -> torch.export.ExportedProgram:

@@ -19,6 +19,11 @@ Design rules (and why):
   is really something else outside :data:`IMAGE_EXTENSIONS`' formats is refused.
 * **Alpha is carried, not composited.** The nets see RGB only; the original alpha band travels
   beside it, unchanged, so that ``load -> stylise -> save`` keeps a cut-out a cut-out.
+* **16 bits in, 16 bits out.** Pillow reduces 16-bit colour PNG and TIFF to 8 bits when it decodes
+  them and cannot write 48/64-bit RGB(A), so those samples are decoded with imagecodecs (PNG) and
+  tifffile (TIFF) instead, Pillow still reading the header (size, bomb check, EXIF, ICC), and
+  written with them when the output format holds 16 bits (PNG, TIFF). :attr:`LoadedImage.bits`
+  carries the source's depth to the writer.
 * **Writes are atomic.** An interrupted run must never leave a half-written output that looks like
   a finished one (or clobber a good file with a broken one).
 """
@@ -26,12 +31,18 @@ Design rules (and why):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import os
 import random
 import secrets
+import struct
 import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,10 +54,12 @@ from stylenet import StylenetError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "SIXTEEN_BIT_EXTENSIONS",
     "WRITABLE_EXTENSIONS",
     "ImageError",
     "LoadedImage",
     "check_output_path",
+    "compact",
     "list_images",
     "load_image",
     "load_rgb",
@@ -102,6 +115,11 @@ _WRITE_FORMATS: dict[str, str] = {
 #: Lower-case suffixes :func:`save_image` can write.
 WRITABLE_EXTENSIONS: tuple[str, ...] = tuple(_WRITE_FORMATS)
 
+#: Suffixes :func:`save_image` writes with 16 bits per sample when asked to (16-bit sources); the
+#: others (JPEG, WebP, BMP) hold 8 bits, so 16-bit pixels are rounded to 8 bits for them.
+SIXTEEN_BIT_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
+_SIXTEEN_BIT_FORMATS = frozenset(_WRITE_FORMATS[suffix] for suffix in SIXTEEN_BIT_EXTENSIONS)
+
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 # Modes whose conversion to RGB Pillow implements properly (CMYK naively, i.e. without a profile).
@@ -129,6 +147,19 @@ class LoadedImage:
     icc_profile: bytes | None
     #: The source had no colour (modes 1, L, LA, I, I;16*, F), so callers may write grey back.
     was_gray: bool
+    #: Bits per sample worth keeping on output: 16 for 16-bit PNG, TIFF and PGM sources (and float
+    #: TIFFs, 16 being the most an output file holds), 8 otherwise. The stylize and upscale commands
+    #: quantise to this depth and :func:`save_image` writes it where the format holds it.
+    bits: int = 8
+
+
+def compact(image: LoadedImage) -> LoadedImage:
+    """``image`` with its RGB held in the narrowest float type that still keeps every level of its
+    source: float16 for 8-bit sources (``k / 255`` stays within 0.07 of level ``k``, so outputs
+    round back exactly, at half the memory of float32), float32 for 16-bit ones (float16 has 11
+    significant bits, 32 16-bit levels apart near 1: ``--strength 0`` could not return the input)."""
+    dtype = torch.float16 if image.bits <= 8 else torch.float32
+    return dataclasses.replace(image, rgb=image.rgb.to(dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,11 +317,116 @@ def _decode(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
     return rgb, alpha, was_gray
 
 
+def _source_bits(im: Image.Image) -> int:
+    """16 for Pillow's 16-bit and wider modes (I;16*, I, F), else 8: the depth worth writing back."""
+    return 16 if im.mode in _SIXTEEN_BIT_MODES or im.mode in ("I", "F") else 8
+
+
 def _rgb_icc(profile: object) -> bytes | None:
     """Keep an ICC profile only if its colour space (header bytes 16..20) is RGB."""
     if isinstance(profile, (bytes, bytearray)) and len(profile) >= 20 and profile[16:20] == b"RGB ":
         return bytes(profile)
     return None
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to an (H, W, C) array exactly as ``ImageOps.exif_transpose``
+    applies it to an image, for the pixels decoded without Pillow."""
+    flips = {
+        2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda a: a[::-1, ::-1],  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+        6: lambda a: np.rot90(a, -1),  # ROTATE_270 (90 degrees clockwise)
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+        8: lambda a: np.rot90(a, 1),  # ROTATE_90 (counter-clockwise)
+    }
+    flip = flips.get(orientation)
+    return pixels if flip is None else flip(pixels)
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(type, payload)`` of every chunk of a PNG held in memory, up to IEND (CRCs are the decoder's job)."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        yield kind, data[offset + 8: offset + 8 + length]
+        if kind == b"IEND":
+            return
+        offset += 12 + length
+
+
+def _png_orientation(im: Image.Image, data: bytes) -> int:
+    """EXIF orientation of a PNG whose pixels are not decoded by Pillow, read as
+    ``ImageOps.exif_transpose`` reads it: an eXIf chunk before or after the pixel data, else XMP's
+    ``tiff:Orientation``. ``PngImageFile.getexif()`` decodes the whole image to look for an eXIf
+    chunk its header pass did not reach, so the chunk found here (or none, as empty EXIF) is handed
+    to it first."""
+    if "exif" not in im.info:
+        im.info["exif"] = next((payload for kind, payload in _png_chunks(data) if kind == b"eXIf"), b"")
+    return _exif_orientation_from_header(im)
+
+
+def _tags(im: Image.Image, tag: int, default: int) -> tuple[int, ...]:
+    """A TIFF tag's values as a tuple (Pillow gives one value for one sample, a tuple for several)."""
+    value = im.tag_v2.get(tag, default)  # type: ignore[attr-defined]
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _is_sixteen_bit_colour(p: Path, im: Image.Image) -> bool:
+    """Whether ``im`` (header read) stores 16-bit colour, or 16-bit grey + alpha, samples, which
+    Pillow would reduce to 8 bits (its 16-bit modes are single-channel: 16-bit grey is read fine)."""
+    if im.format == "PNG":
+        with open(p, "rb") as handle:
+            head = handle.read(26)
+        # IHDR: bit depth at byte 24, colour type at 25 (2 RGB, 4 grey + alpha, 6 RGBA)
+        return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+    if im.format == "TIFF":
+        bits, formats = _tags(im, 258, 1), _tags(im, 339, 1)  # BitsPerSample, SampleFormat (1: unsigned)
+        return len(bits) > 1 and set(bits) == {16} and set(formats) == {1} and _tags(im, 262, -1)[0] in (1, 2)
+    return False
+
+
+def _decode_sixteen_bit(p: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A 16-bit colour PNG or TIFF (see :func:`_is_sixteen_bit_colour`) -> (HxWx3 float32 in [0, 1],
+    HxW uint16 alpha or None, was_gray), EXIF orientation applied.
+
+    imagecodecs decodes PNG (libpng: interlacing, and tRNS colour keys as an alpha channel);
+    tifffile decodes TIFF (any compression imagecodecs has, strips or tiles, planar or not).
+    Associated (premultiplied) TIFF alpha is divided out, as Pillow's ``RGBa`` -> ``RGBA`` does.
+    """
+    associated = False
+    if im.format == "PNG":
+        import imagecodecs
+
+        data = p.read_bytes()
+        samples = imagecodecs.png_decode(data)
+        orientation = _png_orientation(im, data)
+        colour = 1 if samples.shape[-1] in (1, 2) else 3
+        alpha_index = colour if samples.shape[-1] in (2, 4) else None
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            samples, axes = page.asarray(), page.axes
+            extras, colour = tuple(page.extrasamples), 3 if page.photometric == 2 else 1
+        if axes.startswith("S"):  # planar configuration: one plane per sample
+            samples = np.moveaxis(samples, 0, -1)
+        alpha_index = colour if extras and int(extras[0]) in (1, 2) else None  # 1 associated, 2 unassociated
+        associated = alpha_index is not None and int(extras[0]) == 1
+        orientation = _exif_orientation_from_header(im)
+    if samples.ndim != 3 or samples.dtype != np.uint16 or samples.shape[-1] < colour:
+        raise ValueError(f"unsupported 16-bit layout {samples.dtype} {samples.shape}")
+    samples = _orient(samples, orientation)
+    rgb = samples[..., :colour].astype(np.float32) / np.float32(65535.0)
+    alpha = np.ascontiguousarray(samples[..., alpha_index]) if alpha_index is not None else None
+    if associated and alpha is not None:
+        weight = alpha[..., None].astype(np.float32) / np.float32(65535.0)
+        rgb = np.where(weight > 0, np.minimum(rgb / np.maximum(weight, 1e-12), 1.0), 0.0).astype(np.float32)
+    if colour == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return rgb, alpha, colour == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +476,8 @@ def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with _open(p) as im:
                 width, height = im.size
+                if im.format == "TIFF":  # Pillow reports a TIFF's size already turned by its orientation
+                    width, height = _tags(im, 256, width)[0], _tags(im, 257, height)[0]  # stored size
                 orientation = _exif_orientation_from_header(im) if apply_exif else 1
     except Image.DecompressionBombError as err:
         raise _error(p, f"refusing a possible decompression bomb ({err})") from None
@@ -372,6 +510,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     4. Convert every mode to RGB without losing information (see ``_decode``): 16-bit grey is
        divided by 65535 rather than clipped at 255; palette transparency becomes alpha; CMYK,
        YCbCr, LAB and HSV go through Pillow's conversion. Multi-frame files give their first frame.
+       16-bit colour PNG and TIFF (which Pillow would reduce to 8 bits) skip Pillow's decoder:
+       see ``_decode_sixteen_bit``; their alpha is uint16 and ``bits`` is 16.
     """
     p = Path(path)
     _check_is_file(p)
@@ -386,10 +526,16 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
                         f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                         "(possible decompression bomb; pass a larger max_pixels to allow it)",
                     )
-                im.load()
-                icc = _rgb_icc(im.info.get("icc_profile"))
-                upright = _exif_transpose(im)
-                rgb, alpha, was_gray = _decode(upright)
+                if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
+                    icc = _rgb_icc(im.info.get("icc_profile"))
+                    rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
+                    bits = 16
+                else:
+                    im.load()
+                    icc = _rgb_icc(im.info.get("icc_profile"))
+                    upright = _exif_transpose(im)
+                    rgb, alpha, was_gray = _decode(upright)
+                    bits = _source_bits(upright)
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -404,7 +550,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if alpha is not None:
         alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
         alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
-    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray)
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits)
 
 
 def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
@@ -438,14 +584,78 @@ def _alpha_to_uint8(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
     return out.contiguous().numpy()
 
 
+def _alpha_to_uint16(alpha: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Any supported alpha tensor -> HxW uint16, for 16-bit RGBA output (8-bit alpha times 257)."""
+    a = alpha.detach().cpu()
+    if a.dtype != torch.uint16 and not a.is_floating_point():  # uint8, bool: checked and scaled there
+        return _alpha_to_uint8(alpha, height, width).astype(np.uint16) * np.uint16(257)
+    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else a
+    if tuple(a.shape) != (height, width):
+        raise ValueError(f"alpha must be (1, {height}, {width}) or ({height}, {width}), got {tuple(alpha.shape)}")
+    if a.dtype == torch.uint16:
+        return a.contiguous().numpy()
+    return a.float().nan_to_num(0.0).clamp(0.0, 1.0).mul(65535.0).round().to(torch.int32).numpy().astype(np.uint16)
+
+
+def _rgb_to_uint16(rgb: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1], uint8 or uint16 -> HxWx3 uint16 (rounded; uint8 times 257)."""
+    t = rgb.detach()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"rgb must be a (3, H, W) tensor, got shape {tuple(rgb.shape)}")
+    if t.dtype == torch.uint16:
+        levels = t.cpu().to(torch.int32)
+    elif t.dtype == torch.uint8:
+        levels = t.cpu().to(torch.int32) * 257
+    elif t.is_floating_point():
+        levels = t.cpu().float().nan_to_num(0.0).clamp(0.0, 1.0).mul(65535.0).round().to(torch.int32)
+    else:
+        raise ValueError(f"rgb must be a float tensor in [0, 1], uint8 or uint16, got {t.dtype}")
+    return levels.permute(1, 2, 0).contiguous().numpy().astype(np.uint16)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _encode_sixteen_bit(fmt: str, pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
+    """HxWx3 or HxWx4 uint16 ``pixels`` encoded as a 16-bit PNG or TIFF file.
+
+    PNG: imagecodecs (libpng), with the ICC profile added as an iCCP chunk right after IHDR (where
+    the PNG specification wants it, before the pixel data; imagecodecs writes no metadata).
+    TIFF: tifffile, RGB(A) with unassociated alpha, lossless Deflate with horizontal differencing
+    (libtiff, Photoshop, GIMP and Pillow all read it), the ICC profile in its standard tag. Encoded
+    in memory: tifffile wants a named file, and the atomic writer hands it a descriptor.
+    """
+    if fmt == "PNG":
+        import imagecodecs
+
+        data = bytes(imagecodecs.png_encode(pixels))
+        if icc_profile:
+            iccp = _png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(bytes(icc_profile)))
+            data = data[:33] + iccp + data[33:]  # 8-byte signature + 25-byte IHDR chunk
+        return data
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, photometric="rgb",
+                     extrasamples=("unassalpha",) if pixels.shape[-1] == 4 else None,
+                     iccprofile=bytes(icc_profile) if icc_profile else None,
+                     compression="zlib", predictor=True, metadata=None)
+    return buffer.getvalue()
+
+
 def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """Float ``(3, H, W)`` in [0, 1] -> 8-bit Pillow ``RGB`` (or ``RGBA`` when ``alpha`` is given).
 
     Values are clamped to [0, 1] (nets overshoot slightly), NaN becomes 0, and the result is
     *rounded*, not truncated, so ``k / 255`` maps back to exactly ``k``: that is what makes an
-    8-bit load -> save round trip pixel-exact. A leading batch dimension of 1 is accepted, and a
-    uint8 tensor is taken as already quantised. ``alpha`` may be uint8, uint16 (rounded to 8
-    bits), bool or float in [0, 1], shaped ``(1, H, W)`` or ``(H, W)``.
+    8-bit load -> save round trip pixel-exact. A leading batch dimension of 1 is accepted, a
+    uint8 tensor is taken as already quantised, and a uint16 one (16-bit levels) is rounded to 8
+    bits. ``alpha`` may be uint8, uint16 (rounded to 8 bits), bool or float in [0, 1], shaped
+    ``(1, H, W)`` or ``(H, W)``.
     """
     t = rgb.detach()
     if t.ndim == 4 and t.shape[0] == 1:
@@ -454,10 +664,12 @@ def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
         raise ValueError(f"rgb must be a (3, H, W) tensor, got shape {tuple(rgb.shape)}")
     if t.dtype == torch.uint8:
         q = t
+    elif t.dtype == torch.uint16:
+        q = ((t.to(torch.int32) + 128) // 257).to(torch.uint8)  # round(t * 255 / 65535)
     elif t.is_floating_point():
         q = t.float().nan_to_num(0.0).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     else:
-        raise ValueError(f"rgb must be a float tensor in [0, 1] (or uint8), got {t.dtype}")
+        raise ValueError(f"rgb must be a float tensor in [0, 1] (or uint8, uint16), got {t.dtype}")
     arr = q.cpu().permute(1, 2, 0).contiguous().numpy()
     if alpha is not None:
         a = _alpha_to_uint8(alpha, arr.shape[0], arr.shape[1])
@@ -526,13 +738,21 @@ def save_image(
     icc_profile: bytes | None = None,
     quality: int = 95,
     overwrite: bool = True,
+    bits: int | None = None,
 ) -> Path:
-    """Write ``rgb`` (float ``(3, H, W)`` in [0, 1]) to ``path`` atomically; return the path.
+    """Write ``rgb`` (float ``(3, H, W)`` in [0, 1], or uint8 / uint16 levels) to ``path``
+    atomically; return the path.
 
     The format comes from the extension: PNG (lossless, alpha), JPEG (``quality``; JPEG has no
     alpha, so ``alpha`` is dropped, not composited), WebP (``quality``, alpha kept losslessly),
     BMP, TIFF. ``icc_profile`` is embedded where the format supports it (all but BMP), so colours
     stay what the source meant. Parent folders are created.
+
+    Bit depth: ``bits`` 16 (the default for uint16 ``rgb``, i.e. the output of a 16-bit source)
+    writes 16 bits per sample, alpha included, where the format holds them
+    (:data:`SIXTEEN_BIT_EXTENSIONS`: PNG and TIFF, through imagecodecs and tifffile, since Pillow
+    cannot write 48/64-bit RGB(A)); JPEG, WebP and BMP get the pixels rounded to 8 bits. ``bits``
+    8 (the default otherwise) always writes 8 bits.
 
     Atomicity: the image is encoded into ``.<name>.<random>.tmp`` in the target folder, flushed
     and ``fsync``-ed, then ``os.replace``-d over the target, so readers see either the old file or
@@ -544,18 +764,31 @@ def save_image(
     check_output_path(p, overwrite=overwrite)
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
+    if bits not in (None, 8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
     fmt = _WRITE_FORMATS[p.suffix.lower()]
-    img = to_pil(rgb, alpha)
+    depth = bits if bits is not None else (16 if rgb.dtype == torch.uint16 else 8)
+    if depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
+        pixels = _rgb_to_uint16(rgb)
+        if alpha is not None:
+            pixels = np.dstack([pixels, _alpha_to_uint16(alpha, *pixels.shape[:2])])
 
-    params: dict[str, object] = {}
-    if fmt == "JPEG":
-        if img.mode == "RGBA":
-            img = img.convert("RGB")
-        params["quality"] = int(quality)
-    elif fmt == "WEBP":
-        params["quality"] = int(quality)
-    if icc_profile and fmt != "BMP":
-        params["icc_profile"] = bytes(icc_profile)
+        def write(handle: Any) -> None:
+            handle.write(_encode_sixteen_bit(fmt, pixels, icc_profile))
+    else:
+        img = to_pil(rgb, alpha)
+        params: dict[str, object] = {}
+        if fmt == "JPEG":
+            if img.mode == "RGBA":
+                img = img.convert("RGB")
+            params["quality"] = int(quality)
+        elif fmt == "WEBP":
+            params["quality"] = int(quality)
+        if icc_profile and fmt != "BMP":
+            params["icc_profile"] = bytes(icc_profile)
+
+        def write(handle: Any) -> None:
+            img.save(handle, format=fmt, **params)
 
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -566,7 +799,7 @@ def save_image(
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format=fmt, **params)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         _publish(tmp, p, overwrite)

@@ -29,9 +29,12 @@ The pieces, and why:
   ``size_multiple`` so every tile sees the same stride-2 sampling grid as the whole image.
 * **Bounded memory**: a tile's activation memory is estimated from a tiny probe pass, tiles are
   sized to ``max_memory``, the image stays on the CPU (only tiles and a downscaled statistics copy
-  go to the device), and finished output rows are quantised to uint8 band by band. Running out of
+  go to the device), and finished output rows are quantised band by band, to uint8, or to uint16
+  for 16-bit sources (tiles, blend and controls stay float32, so 16 bits survive). Running out of
   memory is retried with smaller tiles, then reported as a :class:`~stylenet.StylenetError`; it is
   never swallowed.
+* **One geometry**: every pass pads and crops through :func:`padded_forward`, which the ONNX and
+  ``.pt2`` exports call too, so all of them see the same padding (it enters InstanceNorm's statistics).
 * **Controls** (:class:`Controls`) are per-pixel, so they are applied tile by tile: ``strength``
   blends with the content; ``preserve_color`` is the luminance-only transfer of Gatys et al. 2016,
   "Preserving Color in Neural Artistic Style Transfer" (Sec. 2): keep the content's chroma,
@@ -76,12 +79,14 @@ __all__ = [
     "NormStats",
     "activation_bytes_per_pixel",
     "core_spans",
+    "crop_to",
     "default_max_memory",
     "first_line",
     "freeze_norm_statistics",
     "luma",
     "match_histogram",
     "pad_to_multiple",
+    "padded_forward",
     "record_norm_statistics",
     "resize",
     "resolve_device",
@@ -132,17 +137,56 @@ def _round_up(value: int, multiple: int) -> int:
 def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom/right to multiples of ``multiple`` and at least ``min_size``.
 
-    Reflection where the image is large enough (no dark border for the network to react to), edge
-    replication for tiny images whose side is smaller than the padding (reflection cannot pad more
-    than side - 1 pixels), so even a 1x1 input gets a valid network input.
+    Sides of at least ``max(min_size, multiple)`` (every size the ONNX and ``.pt2`` exports accept)
+    are reflected by ``(-side) % multiple`` pixels, 0 when the side is already a multiple: padding
+    enters the InstanceNorm statistics, so this one formula, with no branch on the remainder, is
+    what every way of running a model uses (:func:`padded_forward`), and torch.export keeps H and W
+    dynamic through it. Smaller images (eager runs only) are padded up to ``min_size`` too:
+    reflection where it fits (no dark border for the network to react to), edge replication for
+    sides smaller than the padding (reflection cannot pad more than side - 1 pixels), so even a 1x1
+    input gets a valid network input.
     """
     height, width = images.shape[-2:]
+    floor = max(min_size, multiple)
+    if height >= floor and width >= floor:  # provably true while exporting (AnySizeNetwork checks it)
+        if multiple <= 1:
+            return images
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0:
+            return images  # eager and aligned: the zero pad would only copy (symbolic sizes never get here)
+        return F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
     pad_h = _round_up(max(height, min_size), multiple) - height
     pad_w = _round_up(max(width, min_size), multiple) - width
     if pad_h == 0 and pad_w == 0:
         return images
     mode = "reflect" if pad_h < height and pad_w < width else "replicate"
     return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def crop_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The top-left ``height`` x ``width`` of (..., H', W'), H' >= height, W' >= width: what undoes
+    :func:`pad_to_multiple` on a network's output.
+
+    Eager sizes give a view. Symbolic sizes (torch.export) give negative constant padding, i.e. a
+    cropped copy: a slice is contiguous only when nothing is cut, and torch.export would specialise
+    the program to whichever case its example input had (a 64 px example then refuses 30 px)."""
+    if isinstance(height, int) and isinstance(width, int):
+        return images[..., :height, :width]
+    return F.pad(images, (0, width - images.shape[-1], 0, height - images.shape[-2]))
+
+
+def padded_forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``net`` on (B, C, H, W) of any size: :func:`pad_to_multiple`, run, :func:`crop_to` the
+    input's size times the network's ``scale``.
+
+    The single geometry of every way a model runs: :class:`InferenceModel` (``stylenet-stylize``,
+    the notebook API, tiles, statistics passes) and the ONNX and ``.pt2`` exports, whose wrapper
+    (:class:`stylenet.export.AnySizeNetwork`) calls this function. InstanceNorm statistics include
+    the padding, so different padding would mean different pixels on the same image."""
+    height, width = images.shape[-2:]
+    scale = output_scale(net)
+    output = net(pad_to_multiple(images, size_multiple(net), min_size(net)))
+    return crop_to(output, height * scale, width * scale)
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -154,11 +198,9 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 def _forward(net: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """(B, 3, H, W) on the network's device -> float32 (B, 3, H * scale, W * scale): pad, run, crop."""
-    height, width = batch.shape[-2:]
-    scale = output_scale(net)
     with _autocast(batch.device, precision):
-        output = net(pad_to_multiple(batch, size_multiple(net), min_size(net)))
-    return output[..., : height * scale, : width * scale].float()
+        output = padded_forward(net, batch)
+    return output.float()
 
 
 @torch.inference_mode()
@@ -316,24 +358,35 @@ def match_histogram(image: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
     post-processing Johnson et al. 2016 apply to super-resolved outputs (Sec. 4.2), matching the
     output's colour distribution to the low-resolution input's.
 
-    (3, H, W) uint8, or float in [0, 1], and a (3, h, w) reference of any size -> the same dtype and
-    shape. Works on 8-bit levels with a monotone lookup table: each level maps to the lowest
-    reference level whose cumulative frequency reaches the level's mid-rank (the middle of the
-    quantiles its pixels occupy, which keeps the mean unbiased)."""
+    (3, H, W) uint8, uint16 (16-bit sources), or float in [0, 1], and a (3, h, w) reference of any
+    size and of any of those types -> the same dtype and shape. Works on the image's levels (8-bit
+    for uint8 and float, 16-bit for uint16, so a 16-bit output keeps its depth) with a monotone
+    lookup table: each level maps to the lowest reference level whose cumulative frequency reaches
+    the level's mid-rank (the middle of the quantiles its pixels occupy, which keeps the mean
+    unbiased)."""
+    top = 65535 if image.dtype == torch.uint16 else 255
+
     def levels(rgb: torch.Tensor) -> torch.Tensor:
-        return rgb if rgb.dtype == torch.uint8 else rgb.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        if rgb.dtype in (torch.uint8, torch.uint16):
+            whole = rgb.to(torch.int64)
+            if (rgb.dtype == torch.uint16) == (top == 65535):
+                return whole
+            return whole * 257 if top == 65535 else (whole + 128) // 257
+        return rgb.float().clamp(0, 1).mul(top).round().to(torch.int64)
 
     def frequencies(channel: torch.Tensor) -> torch.Tensor:
-        return torch.bincount(channel.flatten(), minlength=256).double() / channel.numel()
+        return torch.bincount(channel.flatten(), minlength=top + 1).double() / channel.numel()
 
     source, target = levels(image.cpu()), levels(reference.cpu())
     out = torch.empty_like(source)
     for c in range(3):
         counts = frequencies(source[c])
         mid_rank = counts.cumsum(0) - counts / 2
-        lut = torch.searchsorted(frequencies(target[c]).cumsum(0), mid_rank).clamp_(max=255).to(torch.uint8)
-        out[c] = lut[source[c].int()]
-    return out if image.dtype == torch.uint8 else out.float() / 255
+        lut = torch.searchsorted(frequencies(target[c]).cumsum(0), mid_rank).clamp_(max=top)
+        out[c] = lut[source[c]]
+    if image.dtype in (torch.uint8, torch.uint16):
+        return out.to(torch.int32).to(image.dtype)
+    return out.float() / top
 
 
 @dataclass(frozen=True)
@@ -654,10 +707,13 @@ class InferenceModel:
     @torch.inference_mode()
     def transform(self, rgb: torch.Tensor, controls: Controls | None = None, *, tile: int | None = None,
                   tile_overlap: int = DEFAULT_TILE_OVERLAP, exact_statistics: bool = False,
-                  quantize: bool = False, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  quantize: bool = False, bits: int = 8,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """(3, H, W) float in [0, 1] (on any device; kept where it is) -> the output on the CPU,
-        (3, H * scale, W * scale), float32 in [0, 1] or, with ``quantize``, uint8 (a quarter of
-        the memory: what files need).
+        (3, H * scale, W * scale), float32 in [0, 1] or, with ``quantize``, rounded to ``bits``
+        levels: uint8 (a quarter of the memory: what 8-bit files need) or, with ``bits=16``, uint16
+        (what 16-bit files need; every step before is float32, so ``Controls(strength=0)`` returns
+        the input's 16-bit levels exactly).
 
         ``tile`` None picks tiles automatically (none if the image fits :meth:`max_pixels`); an
         explicit ``tile`` (input pixels per side) forces tiling. The tiles' InstanceNorm
@@ -675,6 +731,8 @@ class InferenceModel:
             raise StylenetError(f"--tile must be at least {MIN_TILE} px, got {tile}")
         if tile_overlap < 0:
             raise StylenetError(f"--tile-overlap must be >= 0, got {tile_overlap}")
+        if bits not in (8, 16):
+            raise StylenetError(f"bits must be 8 or 16, got {bits}")
         controls = controls or Controls()
         height, width = rgb.shape[-2:]
         multiple = size_multiple(self.net)
@@ -687,8 +745,8 @@ class InferenceModel:
                     side = max(height, width)  # one tile: the whole image
                 else:
                     side = max(MIN_TILE, min(tile or pixels, math.isqrt(pixels)) // multiple * multiple)
-                return self._run_tiles(rgb, controls, side, tile_overlap, pixels, exact_statistics, quantize,
-                                       progress)
+                return self._run_tiles(rgb, controls, side, tile_overlap, pixels, exact_statistics,
+                                       bits if quantize else None, progress)
             except Exception as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -702,9 +760,10 @@ class InferenceModel:
                 pixels = max(MIN_TILE * MIN_TILE, min(pixels, side * side) // 4)
 
     def _run_tiles(self, rgb: torch.Tensor, controls: Controls, side: int, overlap: int, pixels: int,
-                   exact_statistics: bool, quantize: bool, progress: Callable[[int, int], None] | None
+                   exact_statistics: bool, bits: int | None, progress: Callable[[int, int], None] | None
                    ) -> torch.Tensor:
-        """One attempt at :meth:`transform` with ``side`` px tiles (one tile if the image fits)."""
+        """One attempt at :meth:`transform` with ``side`` px tiles (one tile if the image fits);
+        ``bits`` None keeps float32, 8 or 16 quantises finished rows to that many bits."""
         net, scale, multiple = self.net, self.scale, size_multiple(self.net)
         height, width = rgb.shape[-2:]
         overlap = min(_round_up(overlap, multiple), side // 2 // multiple * multiple)
@@ -726,7 +785,9 @@ class InferenceModel:
                                                   self.precision, tick)
             net = freeze_norm_statistics(net, stats)
 
-        out = torch.empty(3, height * scale, width * scale, dtype=torch.uint8 if quantize else torch.float32)
+        dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
+        top_level = float(2**bits - 1) if bits else 1.0
+        out = torch.empty(3, height * scale, width * scale, dtype=dtype)
         carry: torch.Tensor | None = None  # output rows the next row of tiles still adds to
         for index, ((top, bottom), row_weight) in enumerate(zip(grid.rows, grid.row_weights, strict=True)):
             band = torch.zeros(3, (bottom - top) * scale, width * scale)
@@ -740,7 +801,7 @@ class InferenceModel:
             next_top = grid.rows[index + 1][0] if index + 1 < len(grid.rows) else bottom
             finished = (next_top - top) * scale
             rows = band[:, :finished].clamp_(0.0, 1.0)
-            out[:, top * scale: top * scale + finished] = rows.mul_(255.0).round_() if quantize else rows
+            out[:, top * scale: top * scale + finished] = rows.mul_(top_level).round_() if bits else rows
             carry = band[:, finished:]
         return out
 
@@ -774,14 +835,16 @@ class InferenceModel:
                 **tiling: Any) -> LoadedImage:
         """A decoded image -> the output image: resized to ``size`` (H, W) first if given, alpha
         re-attached (bit-exact unless resized), ICC profile passed through, greyscale inputs
-        written as grey with ``keep_gray``. ``tiling``: :meth:`transform`'s keyword arguments."""
+        written as grey with ``keep_gray``; ``quantize`` rounds to the source's depth
+        (``image.bits``: uint16 for 16-bit sources, which :func:`stylenet.image.save_image` writes as
+        16-bit PNG or TIFF). ``tiling``: :meth:`transform`'s keyword arguments."""
         controls = controls or Controls()
         if keep_gray and image.was_gray:
             controls = Controls(controls.strength, controls.preserve_color, gray=True)
         rgb = resize(image.rgb, size) if size is not None else image.rgb
-        out = self.transform(rgb, controls, quantize=quantize, **tiling)
+        out = self.transform(rgb, controls, quantize=quantize, bits=16 if image.bits > 8 else 8, **tiling)
         return LoadedImage(rgb=out, alpha=_resize_alpha(image.alpha, tuple(out.shape[-2:])),
-                           icc_profile=image.icc_profile, was_gray=image.was_gray and keep_gray)
+                           icc_profile=image.icc_profile, was_gray=image.was_gray and keep_gray, bits=image.bits)
 
     def stylize(self, image: ImageLike, *, strength: float = 1.0, preserve_color: bool = False,
                 tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,

@@ -82,6 +82,27 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
         dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6)
 
 
+def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_path: Path) -> None:
+    def module() -> ImageFolderDataModule:
+        return ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
+
+    before = module()
+    before.samples_seen = 20
+    before.record_bad(["cannot read image 'a.jpg': truncated"] * 2)  # 2 of 20: within the budget
+    state = before.state_dict()
+    assert state == {"next_batch": 0, "samples_seen": 20, "bad_files": 2}
+    resumed, fresh = module(), module()
+    resumed.load_state_dict(state)
+    assert resumed.bad_seen == 2
+    resumed.samples_seen = fresh.samples_seen = 21
+    fresh.record_bad(["cannot read image 'b.jpg': truncated"])  # 1 of 21 alone would pass
+    with pytest.raises(StylenetError, match=r"^3 of 21 training images were unreadable \(14\.3% > "
+                                            r"data\.max_bad_fraction=0\.1, 2 of them before the resume\)"):
+        resumed.record_bad(["cannot read image 'b.jpg': truncated"])
+    resumed.load_state_dict({"next_batch": 2, "samples_seen": 4})  # a state without the count starts at 0
+    assert resumed.bad_seen == 0 and resumed.next_batch == 2
+
+
 def test_stream_is_deterministic_sharded_and_resumable() -> None:
     def take(sampler: StreamSampler, batches: int) -> list[list[tuple[int, int, int]]]:
         stream = iter(sampler)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from stylenet.checkpoints import (
     checkpoint_problem,
     resolve_resume,
 )
-from stylenet.cli.train import config_dir, train
+from stylenet.cli.train import build, config_dir, train
 from stylenet.data import ImageFolderDataModule
 from stylenet.export import load_model, save_model
 from stylenet.nets import TransformerNet
@@ -175,6 +176,45 @@ def test_sigterm_saves_the_current_step_flushes_tensorboard_exits_143_and_resume
     run_in_process(run_dir, *inputs)  # resume=auto, the default, in the same run folder
     assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))  # steps continue, none repeated
     assert_bitwise_equal(weights(run_dir), reference)
+
+
+def test_default_checkpoints_every_1000_steps_and_every_10_minutes_share_one_last_ckpt(tmp_path: Path) -> None:
+    cfg = compose_run(tmp_path / "run")
+    steps, timed = build(cfg.callbacks.checkpoint), build(cfg.callbacks.checkpoint_time)
+    assert (steps._every_n_train_steps, steps._train_time_interval) == (1000, None)
+    assert (timed._every_n_train_steps, timed._train_time_interval) == (0, timedelta(minutes=10))
+    assert steps.dirpath == timed.dirpath == str((tmp_path / "run" / "checkpoints").resolve())
+    assert steps.save_last is timed.save_last is True and timed.save_top_k == 0  # it writes last.ckpt only
+    assert steps.state_key != timed.state_key  # Lightning refuses two stateful callbacks with one key
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    """The checkpoints resume=auto sees (not the hidden temporary file of a write cut by a kill)."""
+    return sorted(path.name for path in candidate_checkpoints(run_dir) if path.parent.parent == run_dir)
+
+
+def test_kill_9_resumes_from_the_time_based_checkpoint_when_no_step_checkpoint_exists(
+        tmp_path: Path, inputs: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    killed, resumed = tmp_path / "smoke" / "killed", tmp_path / "smoke" / "resumed"
+    timed = ["callbacks.checkpoint.every_n_train_steps=100000",  # the step interval never comes
+             "callbacks.checkpoint_time.train_time_interval.minutes=0.02",  # 1.2 s
+             "trainer.limit_val_batches=0"]  # nor a validation
+    process = launch(killed, *inputs, *timed, "trainer.max_steps=100000")
+    last = killed / "checkpoints" / "last.ckpt"
+    wait_for(last, process, killed)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    assert checkpoint_names(killed) == ["last.ckpt"]  # no step_*.ckpt: only time wrote it
+    checkpoint = torch.load(last, weights_only=True)
+    step = checkpoint["global_step"]
+    assert step > 0 and sum(key.startswith("ModelCheckpoint") for key in checkpoint["callbacks"]) == 2
+
+    with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
+        run_in_process(resumed, *inputs, *timed, f"trainer.max_steps={step + 2}")  # resume=auto
+    assert f"continuing from {last} " in caplog.text
+    assert tensorboard_steps(resumed) == [step, step + 1]
+    assert checkpoint_names(resumed) == ["last.ckpt"]  # both callbacks rewrote it: no last-v1.ckpt
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 2
 
 
 class PressCtrlC(pl.Callback):
@@ -319,7 +359,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
     monkeypatch.undo()
     assert io.load_checkpoint(target)["global_step"] == 1
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no partial file left
-    (target.parent / ".last.ckpt.4242.tmp").write_bytes(b"PK")  # what kill -9 during a write leaves
+    (target.parent / ".last.4242.tmp.ckpt").write_bytes(b"PK")  # what kill -9 during a write leaves
+    (run_dir.parent / "older" / "checkpoints").mkdir(parents=True)
+    (run_dir.parent / "older" / "checkpoints" / ".last.4243.tmp.ckpt").write_bytes(b"PK")
     assert candidate_checkpoints(run_dir) == [target]
 
 
@@ -460,6 +502,40 @@ def test_bad_files_are_skipped_counted_and_listed_and_training_finishes(
     assert set(skipped_files(run_dir)) == bad  # the 13 training files were all seen at least once
     assert "9000000 pixels exceeds the limit of 1000000" in (run_dir / "skipped_images.txt").read_text()
     assert load_model(run_dir / "smoke.safetensors").metadata["steps"] == 10
+
+
+def bad_file_folder(root: Path) -> Path:
+    """Four photos (the first is held out for validation) and four unreadable files."""
+    for i in range(4):
+        make_photo(root / f"img{i}.png", size=(40, 40), seed=i)
+    for name in ("truncated.jpg", "truncated.png", "random_bytes.jpg", "zero_bytes.png"):
+        (root / name).write_bytes(BAD_FILES[name]())
+    return root
+
+
+def data_state(checkpoint: Path) -> dict[str, int]:
+    return torch.load(checkpoint, weights_only=True)["ImageFolderDataModule"]
+
+
+def test_the_bad_file_count_survives_kill_9_and_resume(tmp_path: Path, inputs: list[str]) -> None:
+    photos = bad_file_folder(tmp_path / "photos")
+    overrides = [*inputs, f"data.root={photos}", "data.max_bad_fraction=1.0", "trainer.limit_val_batches=0"]
+    killed, resumed = tmp_path / "smoke" / "killed", tmp_path / "smoke" / "resumed"
+    process = launch(killed, *overrides, "trainer.max_steps=1000")
+    wait_for(killed / "checkpoints" / "step_000008.ckpt", process, killed)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    newest = max((killed / "checkpoints").glob("step_*.ckpt"))
+    step, before = int(newest.stem.split("_")[1]), data_state(newest)
+    assert before["bad_files"] > 0
+
+    end = step + 4  # another step checkpoint, in both runs below
+    run_in_process(resumed, *overrides, f"trainer.max_steps={end}", "resume=must")
+    uninterrupted = tmp_path / "reference" / "run"  # not a sibling: resume=must must not see it
+    run_in_process(uninterrupted, *overrides, f"trainer.max_steps={end}", "resume=never")
+    after = data_state(resumed / "checkpoints" / f"step_{end:06d}.ckpt")
+    assert after["samples_seen"] > before["samples_seen"]
+    assert after == data_state(uninterrupted / "checkpoints" / f"step_{end:06d}.ckpt")
 
 
 def test_too_many_bad_files_stop_the_run_with_the_list_named(tmp_path: Path, inputs: list[str]) -> None:

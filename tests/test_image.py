@@ -253,7 +253,7 @@ def _oriented(tmp_path: Path, suffix: str) -> Path:
     return _save(tmp_path / f"rot{suffix}", Image.fromarray(arr), exif=exif.tobytes())
 
 
-@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_exif_orientation_6_rotates(tmp_path, suffix):
     p = _oriented(tmp_path, suffix)
     out = load_image(p)
@@ -608,3 +608,190 @@ def test_extension_tables():
         IMAGE_EXTENSIONS
     )
     assert set(im_mod.WRITABLE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+# ------------------------------------------------------------------------------ 16-bit colour
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png16(pixels: np.ndarray, *, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A 16-bit PNG written straight from the specification (filter 0, one IDAT), independent of the
+    libraries under test; ``before``/``after``: raw chunks placed before/after the pixel data."""
+    height, width, channels = pixels.shape
+    colour_type = {2: 4, 3: 2, 4: 6}[channels]  # grey + alpha, RGB, RGBA
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + header + before + _chunk(b"IDAT", zlib.compress(rows)) + after
+            + _chunk(b"IEND", b""))
+
+
+def _levels16(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Random 16-bit levels, none a multiple of 257 (those are exactly 8-bit levels scaled up)."""
+    levels = np.random.default_rng(seed).integers(0, 65535, size=shape, dtype=np.uint16)
+    return np.where(levels % 257 == 0, levels + 1, levels).astype(np.uint16)
+
+
+def _as_levels16(rgb: torch.Tensor) -> np.ndarray:
+    return (rgb.permute(1, 2, 0).double() * 65535).round().numpy().astype(np.uint16)
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("layout", ["png rgb", "png rgba", "png grey+alpha", "tif rgb", "tif rgba",
+                                    "tif planar rgb"])
+def test_sixteen_bit_colour_is_read_with_all_16_bits(tmp_path: Path, layout: str) -> None:
+    import tifffile
+
+    channels = {"rgb": 3, "rgba": 4, "grey+alpha": 2}[layout.split()[-1]]
+    pixels = _levels16((7, 11, channels))
+    path = tmp_path / ("in.png" if layout.startswith("png") else "in.tif")
+    if layout.startswith("png"):
+        path.write_bytes(_png16(pixels))
+    elif layout == "tif planar rgb":
+        tifffile.imwrite(path, np.moveaxis(pixels, -1, 0), photometric="rgb", planarconfig="separate")
+    else:
+        tifffile.imwrite(path, pixels, photometric="rgb", extrasamples=["unassalpha"] if channels == 4 else None)
+    with Image.open(path) as pillow:  # what Pillow alone would give: 8 bits (or nothing at all)
+        assert pillow.mode not in ("I;16", "I;16B", "I;16L")
+    loaded = load_image(path)
+    assert loaded.bits == 16 and loaded.rgb.dtype == torch.float32
+    colour = 1 if channels == 2 else 3
+    expected = np.repeat(pixels[..., :1], 3, axis=2) if colour == 1 else pixels[..., :3]
+    assert np.array_equal(_as_levels16(loaded.rgb), expected)
+    assert loaded.was_gray == (colour == 1)
+    if channels in (2, 4):
+        assert loaded.alpha.dtype == torch.uint16
+        assert np.array_equal(loaded.alpha[0].numpy(), pixels[..., -1])
+    else:
+        assert loaded.alpha is None
+
+
+def test_sixteen_bit_png_colour_key_becomes_16bit_alpha(tmp_path: Path) -> None:
+    pixels = _levels16((4, 5, 3), seed=1)
+    key = pixels[1, 2]
+    path = tmp_path / "key.png"
+    path.write_bytes(_png16(pixels, before=_chunk(b"tRNS", struct.pack(">3H", *key.tolist()))))
+    loaded = load_image(path)
+    expected = np.where((pixels == key).all(axis=2), 0, 65535)
+    assert loaded.alpha.dtype == torch.uint16 and np.array_equal(loaded.alpha[0].numpy(), expected)
+    assert np.array_equal(_as_levels16(loaded.rgb), pixels)
+
+
+def test_associated_alpha_tiff_is_unpremultiplied(tmp_path: Path) -> None:
+    import tifffile
+
+    colour = np.array([[[40000, 20000, 10000]]], dtype=np.float64)
+    alpha = np.array([[32768]], dtype=np.float64)
+    premultiplied = np.round(colour * alpha[..., None] / 65535).astype(np.uint16)
+    pixels = np.dstack([premultiplied, alpha.astype(np.uint16)])
+    tifffile.imwrite(tmp_path / "pre.tif", pixels, photometric="rgb", extrasamples=["assocalpha"])
+    loaded = load_image(tmp_path / "pre.tif")
+    assert np.abs(loaded.rgb[:, 0, 0].double().numpy() * 65535 - colour[0, 0]).max() <= 2
+    assert loaded.alpha.tolist() == [[[32768]]]
+
+
+@pytest.mark.parametrize("where", ["png before pixels", "png after pixels", "tif"])
+def test_sixteen_bit_files_are_turned_upright(tmp_path: Path, where: str) -> None:
+    import tifffile
+
+    pixels = _levels16((6, 10, 3), seed=2)  # stored 10 wide, 6 high; orientation 6: displayed 6 x 10
+    if where == "tif":
+        path = tmp_path / "rot.tif"
+        tifffile.imwrite(path, pixels, photometric="rgb", extratags=[(0x0112, "H", 1, 6, True)])
+    else:
+        path = tmp_path / "rot.png"
+        exif = _chunk(b"eXIf", _exif(6)[6:])  # the chunk holds the TIFF structure, no "Exif\0\0"
+        path.write_bytes(_png16(pixels, **({"before": exif} if "before" in where else {"after": exif})))
+    loaded = load_image(path)
+    assert np.array_equal(_as_levels16(loaded.rgb), np.rot90(pixels, -1))  # 90 degrees clockwise
+    # header only: an eXIf chunk after the pixel data is not seen without decoding (documented)
+    assert read_image_size(path) == ((10, 6) if where == "png after pixels" else (6, 10))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_of_undecoded_pixels_matches_pillow(orientation: int) -> None:
+    pixels = np.random.default_rng(orientation).integers(0, 256, size=(4, 6, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", exif=_exif(orientation))
+    buffer.seek(0)
+    from PIL import ImageOps
+
+    with Image.open(buffer) as image:
+        expected = np.asarray(ImageOps.exif_transpose(image))
+    assert np.array_equal(im_mod._orient(pixels, orientation), expected)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".TIFF"])
+def test_sixteen_bit_round_trip_is_exact_with_alpha_and_icc(tmp_path: Path, suffix: str) -> None:
+    import imagecodecs
+    import tifffile
+
+    pixels = _levels16((9, 13, 4), seed=3)
+    rgb = torch.from_numpy(pixels[..., :3].astype(np.int32)).permute(2, 0, 1).to(torch.uint16)
+    alpha = torch.from_numpy(pixels[..., 3:].astype(np.int32)).permute(2, 0, 1).to(torch.uint16)
+    out = save_image(tmp_path / f"out{suffix}", rgb, alpha=alpha, icc_profile=_srgb_icc())
+    # read back by the libraries themselves, then by load_image
+    on_disk = (imagecodecs.png_decode(out.read_bytes()) if suffix == ".png" else tifffile.imread(out))
+    assert on_disk.dtype == np.uint16 and np.array_equal(on_disk, pixels)
+    with Image.open(out) as pillow:
+        assert pillow.info["icc_profile"] == _srgb_icc()
+    loaded = load_image(out)
+    assert loaded.bits == 16 and loaded.icc_profile == _srgb_icc()
+    assert np.array_equal(_as_levels16(loaded.rgb), pixels[..., :3])
+    assert torch.equal(loaded.alpha, alpha)
+
+
+def test_float_rgb_can_be_written_with_16_bits(tmp_path: Path) -> None:
+    import imagecodecs
+
+    rgb = torch.tensor([[[0.0, 1 / 65535, 0.5, 1.0]]]).expand(3, 1, 4)
+    out = save_image(tmp_path / "f.png", rgb, bits=16)
+    assert imagecodecs.png_decode(out.read_bytes())[0, :, 0].tolist() == [0, 1, 32768, 65535]
+    assert load_image(save_image(tmp_path / "f8.png", rgb)).bits == 8  # floats default to 8 bits
+    with pytest.raises(ValueError, match="bits"):
+        save_image(tmp_path / "x.png", rgb, bits=12)
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".jpg", ".webp"])
+def test_sixteen_bit_pixels_are_rounded_for_8_bit_formats(tmp_path: Path, suffix: str) -> None:
+    levels = np.array([0, 128, 129, 385, 32896, 65406, 65535], dtype=np.int32)
+    rgb = torch.from_numpy(np.broadcast_to(levels, (3, 8, 7)).copy()).to(torch.uint16)
+    out = save_image(tmp_path / f"o{suffix}", rgb)
+    with Image.open(out) as written:
+        assert written.mode == "RGB"  # 8 bits per sample: all these formats hold
+        if suffix == ".bmp":  # lossless: exactly round(level * 255 / 65535)
+            assert np.asarray(written)[0, :, 0].tolist() == [0, 0, 1, 1, 128, 254, 255]
+
+
+def test_compact_holds_every_level_of_the_source(tmp_path: Path) -> None:
+    eight = torch.arange(256, dtype=torch.float32).expand(3, 1, 256) / 255
+    held = im_mod.compact(LoadedImage(rgb=eight, alpha=None, icc_profile=None, was_gray=False))
+    assert held.rgb.dtype == torch.float16
+    assert torch.equal((held.rgb.float() * 255).round(), (eight * 255).round())
+    sixteen = torch.arange(65536, dtype=torch.float32).expand(3, 1, 65536) / 65535
+    held = im_mod.compact(LoadedImage(rgb=sixteen, alpha=None, icc_profile=None, was_gray=False, bits=16))
+    assert held.rgb.dtype == torch.float32
+    assert torch.equal((held.rgb * 65535).round(), torch.arange(65536.0).expand(3, 1, 65536))
+    assert not torch.equal((sixteen.half().float() * 65535).round(), (sixteen * 65535).round())  # why
+
+
+def test_eight_bit_and_16_bit_grey_sources_report_their_depth(tmp_path: Path) -> None:
+    assert load_image(_save(tmp_path / "a.png", Image.new("RGB", (3, 2)))).bits == 8
+    grey16 = _save(tmp_path / "g.png", Image.fromarray(np.array([[1, 40000]], dtype=np.uint16)))
+    assert load_image(grey16).bits == 16
+
+
+def test_truncated_sixteen_bit_png_is_an_image_error(tmp_path: Path) -> None:
+    data = _png16(_levels16((40, 40, 3), seed=4))
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as err:
+        load_image(path)
+    _assert_one_line_naming(err, path)

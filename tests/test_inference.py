@@ -94,6 +94,24 @@ def test_pad_to_multiple_reflects_and_replicates() -> None:
     assert tiny.shape[-2:] == (8, 8) and torch.equal(tiny, torch.ones(1, 3, 8, 8))
     aligned = image[..., :4, :4]
     assert pad_to_multiple(aligned, 4) is aligned
+    # at and above the exports' minimum side (max(min_size, multiple)): the next multiple, never more
+    photo_batch = photo(32, 48)[None]
+    assert pad_to_multiple(photo_batch, 4, min_size=8) is photo_batch
+    padded = pad_to_multiple(photo(30, 45)[None], 4, min_size=8)
+    assert padded.shape[-2:] == (32, 48)
+    assert torch.equal(padded[0, :, 30], padded[0, :, 28]) and torch.equal(padded[0, :, :, 47], padded[0, :, :, 41])
+
+
+def test_padded_forward_crops_back_and_is_what_inference_runs(model: InferenceModel) -> None:
+    from stylenet.inference import crop_to, padded_forward
+
+    net = tiny_net()
+    image = photo(30, 45)
+    with torch.inference_mode():
+        out = padded_forward(net, image[None])
+        assert out.shape == (1, 3, 30, 45)
+        assert torch.allclose(out[0], model.transform(image), atol=1e-5)
+    assert torch.equal(crop_to(torch.arange(12.0).view(1, 3, 4), 2, 3), torch.tensor([[[0.0, 1, 2], [4, 5, 6]]]))
 
 
 def test_run_network_matches_the_model_for_previews(model: InferenceModel) -> None:
@@ -190,6 +208,11 @@ def test_quantized_output_is_the_rounded_float_output(model: InferenceModel) -> 
     assert quantized.dtype == torch.uint8
     exact = model.transform(image, tile=64, tile_overlap=16)
     assert (quantized.float() - exact * 255).abs().max() <= 0.5 + 1e-3
+    sixteen = model.transform(image, tile=64, tile_overlap=16, quantize=True, bits=16)
+    assert sixteen.dtype == torch.uint16
+    assert (sixteen.to(torch.int32).float() - exact * 65535).abs().max() <= 0.5 + 0.1
+    with pytest.raises(StylenetError, match="bits"):
+        model.transform(image, quantize=True, bits=12)
 
 
 class Doubler(nn.Module):
@@ -365,3 +388,113 @@ def test_resizing_resizes_the_alpha_too(model: InferenceModel) -> None:
     assert out.rgb.shape == (3, 20, 30) and out.rgb.dtype == torch.uint8
     assert out.alpha.shape == (1, 20, 30) and out.alpha.dtype == torch.uint8
     assert bool((out.alpha == 255).all())
+
+
+# ------------------------------------------------------------------------------------ 16 bits
+
+
+def _levels16(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Random 16-bit levels, none a multiple of 257 (an 8-bit path would round every one of them)."""
+    levels = np.random.default_rng(seed).integers(0, 65535, size=shape, dtype=np.uint16)
+    return np.where(levels % 257 == 0, levels + 1, levels).astype(np.uint16)
+
+
+def _read16(path: Path) -> np.ndarray:
+    """A 16-bit file read by the libraries themselves (Pillow would give 8 bits)."""
+    import imagecodecs
+    import tifffile
+
+    return imagecodecs.png_decode(path.read_bytes()) if path.suffix == ".png" else tifffile.imread(path)
+
+
+@pytest.mark.parametrize(("source_suffix", "output_suffix", "size", "options"), [
+    (".png", ".png", (30, 45), ["--precision", "fp32"]),
+    (".tif", ".tif", (30, 45), ["--precision", "fp32"]),
+    (".png", ".tiff", (32, 48), ["--precision", "fp32"]),
+    (".tif", ".png", (100, 90), ["--tile", "64", "--tile-overlap", "16", "--precision", "bf16"]),
+])
+def test_sixteen_bit_rgb_in_sixteen_bit_out_at_strength_zero(model_file: Path, tmp_path: Path, source_suffix: str,
+                                                             output_suffix: str, size: tuple[int, int],
+                                                             options: list[str]) -> None:
+    import imagecodecs
+    import tifffile
+
+    from stylenet.cli.stylize import main as stylize_main
+
+    pixels = _levels16((*size, 4), seed=size[1])  # RGBA: the alpha band must come through too
+    source, output = tmp_path / f"photo{source_suffix}", tmp_path / f"out{output_suffix}"
+    if source_suffix == ".png":
+        source.write_bytes(imagecodecs.png_encode(pixels))
+    else:
+        tifffile.imwrite(source, pixels, photometric="rgb", extrasamples=["unassalpha"])
+    arguments = [str(source), "-m", str(model_file), "-o", str(output), "--strength", "0", "--device", "cpu"]
+    assert stylize_main([*arguments, *options]) == 0
+    written = _read16(output)
+    assert written.dtype == np.uint16 and written.shape == pixels.shape
+    assert np.abs(written.astype(np.int32) - pixels.astype(np.int32)).max() <= 1  # within 1 LSB of 16 bits
+    assert np.array_equal(written[..., 3], pixels[..., 3])
+
+
+def test_sixteen_bit_source_to_an_8_bit_format_is_rounded_once(model_file: Path, tmp_path: Path) -> None:
+    import imagecodecs
+
+    from stylenet.cli.stylize import main as stylize_main
+
+    pixels = _levels16((24, 40, 3), seed=5)
+    source = tmp_path / "photo.png"
+    source.write_bytes(imagecodecs.png_encode(pixels))
+    output = tmp_path / "out.bmp"
+    assert stylize_main([str(source), "-m", str(model_file), "-o", str(output), "--strength", "0",
+                         "--device", "cpu", "--precision", "fp32"]) == 0
+    with Image.open(output) as written:
+        assert written.mode == "RGB"
+        expected = np.round(pixels.astype(np.float64) * 255 / 65535)
+        assert np.abs(np.asarray(written).astype(np.float64) - expected).max() == 0
+
+
+def test_sixteen_bit_api_keeps_the_depth_through_process(model_file: Path, tmp_path: Path) -> None:
+    import imagecodecs
+
+    pixels = _levels16((20, 28, 3), seed=6)
+    source = tmp_path / "photo.png"
+    source.write_bytes(imagecodecs.png_encode(pixels))
+    model = stylenet.load_model(model_file, device="cpu")
+    loaded = load_image(source)
+    out = model.process(loaded, Controls(strength=0.0), quantize=True)
+    assert out.bits == 16 and out.rgb.dtype == torch.uint16
+    assert np.array_equal(out.rgb.permute(1, 2, 0).numpy(), pixels)
+    styled = model.process(loaded, quantize=True)
+    assert styled.rgb.dtype == torch.uint16 and (styled.rgb.to(torch.int32) % 257 != 0).any()
+
+
+def test_match_histogram_keeps_16_bit_levels() -> None:
+    from stylenet.inference import match_histogram
+
+    generator = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, 40, 50, generator=generator) * 0.5 * 65535).round().to(torch.int32).to(torch.uint16)
+    reference = torch.rand(3, 20, 25, generator=generator) * 0.5 + 0.5  # brighter: the output must follow
+    matched = match_histogram(image, reference)
+    assert matched.dtype == torch.uint16 and matched.shape == image.shape
+    as_unit = matched.to(torch.int32).float() / 65535
+    assert abs(float(as_unit.mean()) - float(reference.mean())) < 0.01
+    assert (matched.to(torch.int32) % 257 != 0).any()  # 16-bit levels, not 8-bit ones scaled up
+    order = image[0].flatten().to(torch.int32).argsort()
+    assert bool((matched[0].flatten().to(torch.int32)[order].diff() >= 0).all())  # monotone
+
+
+def test_sixteen_bits_survive_upscaling_and_histogram_matching(model_file: Path, tmp_path: Path) -> None:
+    import imagecodecs
+
+    from stylenet.cli.stylize import main as stylize_main
+    from stylenet.nets import SuperResolutionNet
+
+    torch.manual_seed(0)
+    sr = save_model(tmp_path / "sr_x4.safetensors", SuperResolutionNet(4, channels=8, residual_blocks=1).eval(),
+                    {"task": "sr", "factor": 4})
+    source, output = tmp_path / "photo.png", tmp_path / "big.png"
+    source.write_bytes(imagecodecs.png_encode(_levels16((12, 16, 3), seed=7)))
+    assert stylize_main([str(source), "-m", str(model_file), "-o", str(output), "--upscale", str(sr),
+                         "--match-histogram", "--device", "cpu", "--precision", "fp32"]) == 0
+    written = _read16(output)
+    assert written.dtype == np.uint16 and written.shape == (48, 64, 3)
+    assert (written.astype(np.int32) % 257 != 0).any()  # 16-bit levels, not 8-bit ones scaled up

@@ -78,7 +78,8 @@ def test_folders_globs_and_several_models(tmp_path: Path, model: Path,
     make_image(tmp_path / "photos" / "sub" / "a.png", seed=1)  # same stem, other folder
     make_image(tmp_path / "loose" / "b.jpg", seed=2)
     code, out, err = run(capsys, tmp_path / "photos", str(tmp_path / "loose" / "*.jpg"),
-                         "--model", model, second, "-o", tmp_path / "out", "--name", "{stem}_{style}.webp")
+                         "--model", model, "-m", second, "-o", tmp_path / "out", "--name",
+                         "{stem}_{style}.webp")
     assert code == 0, err
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
     assert written == ["a_other.webp", "a_test.webp", "b_other.webp", "b_test.webp",
@@ -123,7 +124,7 @@ def test_every_bad_input_is_reported_and_the_batch_goes_on(tmp_path: Path, model
     random_model = tmp_path / "random.safetensors"
     random_model.write_bytes(bytes(range(256)) * 8)
     code, out, err = run(capsys, photos, tmp_path / "empty", tmp_path / "missing.png",
-                         "--model", model, sr_model, random_model, "-o", tmp_path / "out")
+                         "--model", model, "-m", sr_model, "-m", random_model, "-o", tmp_path / "out")
     assert code == 1
     lines = err.strip().splitlines()
     expected = {"notes.png": "not a recognised image", "zero.png": "empty file", "truncated.png": "truncated",
@@ -208,3 +209,158 @@ def test_runs_without_hydra_or_lightning(tmp_path: Path, model: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.png").is_file()
+
+
+# ------------------------------------------------------------------ -m as the README writes it (issue 13.1)
+
+
+def test_the_model_option_before_the_photo_works_as_the_readme_writes_it(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "photo.jpg")
+    code, _, err = run(capsys, "-m", model, source, "-o", tmp_path / "photo_my_style.png")
+    assert code == 0, err
+    assert (tmp_path / "photo_my_style.png").is_file()
+    # several models: -m repeated; images may stand before, between and after the options
+    second = make_model(tmp_path / "models" / "other.safetensors", style="other", seed=1)
+    late = make_image(tmp_path / "late.png", seed=1)
+    code, out, err = run(capsys, source, "-m", model, "--model", second, late, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "late_other.png", "late_test.png", "photo_other.png", "photo_test.png"]
+    assert out.startswith("4 done, 0 failed")
+
+
+def test_a_second_model_after_one_m_is_a_usage_error_that_says_what_to_write(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    second = make_model(tmp_path / "models" / "other.safetensors", style="other", seed=1)
+    source = make_image(tmp_path / "photo.jpg")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-m", str(model), str(second), str(source), "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{str(second)!r} is a model file, not an image" in err
+    assert f"-m {model} -m {second}" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------- every input isolated (issue 13.4)
+
+
+def three_photos(folder: Path) -> list[Path]:
+    """Three inputs of distinct sizes, so that a fault can pick one out by its shape too."""
+    return [make_image(folder / f"{name}.png", size=size, seed=i)
+            for i, (name, size) in enumerate((("first", (40, 30)), ("odd", (33, 21)), ("last", (36, 28))))]
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, where: str, error: BaseException, bad: Path) -> None:
+    """Make one step raise ``error`` for the input ``bad`` only: decoding it ("load"), running the
+    network on it ("process", picked by its size) or writing its output ("save")."""
+    import stylenet.image as image_module
+    from stylenet.cli import stylize as stylize_module
+
+    if where == "load":
+        real_load = image_module.load_image
+
+        def load_image(path: Path, *args: object, **kwargs: object) -> object:
+            if Path(path).name == bad.name:
+                raise error
+            return real_load(path, *args, **kwargs)
+
+        monkeypatch.setattr(image_module, "load_image", load_image)
+    elif where == "process":
+        real_process = stylize_module.Pipeline.process
+        with Image.open(bad) as opened:
+            bad_shape = (opened.height, opened.width)
+
+        def process(self: object, image: object, *args: object, **kwargs: object) -> object:
+            if tuple(image.rgb.shape[-2:]) == bad_shape:
+                raise error
+            return real_process(self, image, *args, **kwargs)
+
+        monkeypatch.setattr(stylize_module.Pipeline, "process", process)
+    else:
+        real_save = image_module.save_image
+
+        def save_image(path: Path, *args: object, **kwargs: object) -> Path:
+            if Path(path).name.startswith(bad.stem):
+                raise error
+            return real_save(path, *args, **kwargs)
+
+        monkeypatch.setattr(image_module, "save_image", save_image)
+
+
+@pytest.mark.parametrize("where,error,message", [
+    ("load", RuntimeError("decoder bug\n  (a second line of detail)"), "RuntimeError: decoder bug"),
+    ("process", RuntimeError("Sizes of tensors must match except in dimension 1.\nExpected 9 but got 8"),
+     "RuntimeError: Sizes of tensors must match except in dimension 1."),
+    ("save", OSError(28, "No space left on device"), "OSError: [Errno 28] No space left on device"),
+    ("process", ValueError(""), "ValueError"),
+])
+def test_any_exception_on_one_input_fails_that_input_alone(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        where: str, error: Exception, message: str) -> None:
+    first, odd, last = three_photos(tmp_path / "in")
+    inject(monkeypatch, where, error, odd)
+    code, out, err = run(capsys, first, odd, last, "-m", model, "-o", tmp_path / "out")
+    assert code == 1
+    assert err.splitlines() == [f"stylenet-stylize: error: {odd}: {message}"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first_test.png", "last_test.png"]
+    assert out.startswith("2 done, 1 failed")
+
+
+def test_an_exception_on_one_model_spares_the_other_models(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylenet.inference import InferenceModel
+
+    broken = make_model(tmp_path / "models" / "broken.safetensors", style="broken", seed=1)
+    real_from_file = InferenceModel.from_file.__func__
+
+    def from_file(cls: type, path: str, **kwargs: object) -> InferenceModel:
+        if Path(path) == broken:
+            raise KeyError("network")
+        return real_from_file(cls, path, **kwargs)
+
+    monkeypatch.setattr(InferenceModel, "from_file", classmethod(from_file))
+    source = make_image(tmp_path / "photo.png")
+    code, out, err = run(capsys, "-m", broken, "-m", model, source, "-o", tmp_path / "out")
+    assert code == 1
+    assert err.splitlines() == [f"stylenet-stylize: error: model file {str(broken)!r}: KeyError: 'network'"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["photo_test.png"]
+    assert out.startswith("1 done, 1 failed")
+
+
+def test_ctrl_c_stops_at_once_with_exit_130(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    first, odd, last = three_photos(tmp_path / "in")
+    inject(monkeypatch, "process", KeyboardInterrupt(), odd)
+    code, _, err = run(capsys, first, odd, last, "-m", model, "-o", tmp_path / "out")
+    assert code == 130
+    assert "interrupted; 1 done, 0 failed" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["first_test.png"]  # `last` never started
+
+
+def test_out_of_memory_still_retries_with_smaller_tiles(tmp_path: Path, model: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-input isolation must not catch out-of-memory before the tiling retry does: the big
+    input runs out of memory in one piece, is retried in 64 px tiles, and succeeds."""
+    from stylenet.inference import MIN_TILE, InferenceModel
+
+    small = make_image(tmp_path / "in" / "small.png", size=(40, 30))
+    big = make_image(tmp_path / "in" / "big.png", size=(100, 90), seed=1)
+    real_run_tiles = InferenceModel._run_tiles
+    sides: list[tuple[int, int]] = []
+
+    def run_tiles(self: InferenceModel, rgb: torch.Tensor, controls: object, side: int, *args: object) -> object:
+        sides.append((rgb.shape[-1], side))
+        if side > MIN_TILE:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_run_tiles(self, rgb, controls, side, *args)
+
+    monkeypatch.setattr(InferenceModel, "_run_tiles", run_tiles)
+    code, out, err = run(capsys, small, big, "-m", model, "-o", tmp_path / "out")
+    assert code == 0, err
+    assert sides == [(40, 40), (100, 100), (100, MIN_TILE)]  # small fits in one pass; big is retried
+    with Image.open(tmp_path / "out" / "big_test.png") as image:
+        assert image.size == (100, 90)
+    assert out.startswith("2 done, 0 failed")

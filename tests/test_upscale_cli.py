@@ -156,3 +156,44 @@ def test_console_script_runs(tmp_path: Path, models: dict[str, Path]) -> None:
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "o.png") as image:
         assert image.size == (80, 64)
+
+
+def test_the_readme_forms_with_the_model_before_the_photo(tmp_path: Path, models: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`stylenet-upscale -m sr_x4.safetensors photo.png -o photo_x4.png --match-histogram` and
+    `stylenet-stylize -m candy.safetensors --max-size 512 --upscale sr_x4.safetensors photo.jpg -o big.png`."""
+    source = make_photo(tmp_path / "photo.png", size=(20, 16))
+    assert upscale.main(["-m", str(models["sr"]), str(source), "-o", str(tmp_path / "photo_x4.png"),
+                         "--match-histogram"]) == 0
+    with Image.open(tmp_path / "photo_x4.png") as image:
+        assert image.size == (80, 64)
+    assert stylize.main(["-m", str(models["style"]), "--max-size", "10", "--upscale", str(models["sr"]),
+                         str(source), "-o", str(tmp_path / "big.png")]) == 0
+    with Image.open(tmp_path / "big.png") as image:
+        assert image.size == (40, 32)
+    assert "1 done, 0 failed" in capsys.readouterr().out
+
+
+def test_an_unexpected_error_on_one_input_spares_the_others(tmp_path: Path, models: dict[str, Path],
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """stylenet-upscale shares stylenet-stylize's isolation: a RuntimeError from the network on one
+    input is that input's one-line error, the others are written, the exit status is 1."""
+    import stylenet.inference
+
+    good = make_photo(tmp_path / "in" / "good.png", size=(16, 12))
+    odd = make_photo(tmp_path / "in" / "odd.png", size=(13, 11), seed=1)
+    real_transform = stylenet.inference.InferenceModel.transform
+
+    def transform(self: object, rgb: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if rgb.shape[-1] == 13:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR\nmore detail")
+        return real_transform(self, rgb, *args, **kwargs)
+
+    monkeypatch.setattr(stylenet.inference.InferenceModel, "transform", transform)
+    assert upscale.main([str(good), str(odd), "-m", str(models["sr"]), "-o", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"stylenet-upscale: error: {odd}: RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good_x4.png"]
+    assert captured.out.startswith("1 done, 1 failed")

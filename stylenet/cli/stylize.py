@@ -2,8 +2,15 @@
 
 Any file, folder or glob; any size (tiled with consistent InstanceNorm statistics when large); any
 image mode (EXIF rotation, alpha, 16-bit, greyscale, ICC profiles); one output per model per image.
-A bad input or model is reported on one line and the others are still processed; the exit status
-is 1 if anything failed. Imports neither Hydra nor Lightning, so it starts fast.
+Each ``-m`` takes one model file; repeat it for several styles:
+
+    stylenet-stylize -m candy.safetensors photo.jpg -o photo_candy.png
+    stylenet-stylize -m candy.safetensors -m mosaic.safetensors photos/ -o out/
+
+Every input and model is isolated: whatever goes wrong with one (a bad file, a decoder bug, an odd
+size, a full disk) is reported on one line naming it, and the others are still processed; the exit
+status is 1 if anything failed, 130 on Ctrl-C (which stops at once). Imports neither Hydra nor
+Lightning, so it starts fast.
 """
 
 from __future__ import annotations
@@ -26,9 +33,13 @@ if TYPE_CHECKING:
 
 DEFAULT_NAME = "{stem}_{style}.png"
 #: ``--model`` help per task (``stylenet-stylize``: style, ``stylenet-upscale``: sr).
-MODEL_HELP = {"style": "one or more style model files (.safetensors, a stylenet-train .ckpt, or a "
-                       "pytorch/examples .pth/.model)",
-              "sr": "one or more super-resolution model files (.safetensors or a stylenet-train .ckpt)"}
+MODEL_HELP = {"style": "a style model file (.safetensors, a stylenet-train .ckpt, or a pytorch/examples "
+                       ".pth/.model); repeat -m for several styles: -m a.safetensors -m b.safetensors",
+              "sr": "a super-resolution model file (.safetensors or a stylenet-train .ckpt); repeat -m "
+                    "for several: -m sr_x4.safetensors -m sr_x8.safetensors"}
+#: Extensions of model files (never of images). An input named like this is almost certainly a second
+#: model after one ``-m`` (``-m a.safetensors b.safetensors photo.jpg``): a usage error, not a bad image.
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model", ".pt2", ".onnx")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -68,8 +79,10 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or globs")
-    parser.add_argument("-m", "--model", required=True, action="extend", nargs="+", dest="models",
-                        metavar="MODEL", help=MODEL_HELP[task])
+    # One path per -m, repeatable: a -m that took several values would swallow the images after it
+    # (`-m a.safetensors photo.jpg` must work as written).
+    parser.add_argument("-m", "--model", required=True, action="append", dest="models", metavar="MODEL",
+                        help=MODEL_HELP[task])
     parser.add_argument("-o", "--output", required=True,
                         help="output file (one image, one model; format from the extension) or folder")
     parser.add_argument("--name", default=DEFAULT_NAME,
@@ -166,9 +179,10 @@ class Report:
         self._line = ""
 
     def error(self, message: str) -> None:
+        """Count a failure and print it as ONE line (newlines inside ``message`` become spaces)."""
         self.failed += 1
         self.progress("")
-        print(f"{self.prog}: error: {message}", file=self.stream)
+        print(f"{self.prog}: error: {' '.join(message.splitlines())}", file=self.stream)
 
     def progress(self, text: str) -> None:
         if self.tty and (text or self._line):
@@ -182,6 +196,22 @@ class Report:
         return f"{self.done} done, {self.failed} failed, {rate}"
 
 
+def describe(err: Exception, subject: object) -> str:
+    """One line for ``err`` that names ``subject`` (the input, output or model it happened to).
+
+    A :class:`StylenetError` already says what went wrong (and usually where: ``'file'`` quoted),
+    so its message is kept, prefixed with ``subject`` unless it names it; anything else (a decoder
+    bug, a RuntimeError from an odd size, an OSError) is unexpected, so its type is kept too, for
+    the bug report; multi-line messages (torch's) are cut to their first line.
+    """
+    lines = str(err).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if isinstance(err, StylenetError):
+        message = text or type(err).__name__
+        return message if repr(str(subject)) in message else f"{subject}: {message}"
+    return f"{subject}: {type(err).__name__}: {text}" if text else f"{subject}: {type(err).__name__}"
+
+
 def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
     """``(file, folder of its output relative to -o)`` per input image, in order, without repeats.
 
@@ -189,30 +219,12 @@ def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
     ``img.png`` in different sub-folders must not collide); files and glob matches go flat. Files
     named explicitly are tried whatever their extension: the decoder, not the name, decides.
     """
-    from stylenet.image import ImageError, list_images
-
     found: list[tuple[Path, Path]] = []
     for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            try:
-                images = list_images(path)
-            except ImageError as err:
-                report.error(str(err))
-                continue
-            if not images:
-                report.error(f"no images found in folder {spec!r}")
-            found += [(image, image.parent.relative_to(path)) for image in images]
-        elif path.exists():
-            found.append((path, Path()))
-        elif glob.has_magic(spec):
-            matches = sorted(Path(match) for match in glob.glob(spec, recursive=True)
-                             if Path(match).is_file())
-            if not matches:
-                report.error(f"no files match {spec!r}")
-            found += [(match, Path()) for match in matches]
-        else:
-            report.error(f"no such file or folder {spec!r}")
+        try:
+            found += _expand(spec, report)
+        except Exception as err:  # an unreadable folder, a permission error: this spec only
+            report.error(describe(err, spec))
     seen: set[Path] = set()
     unique = []
     for image, folder in found:
@@ -222,11 +234,32 @@ def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
     return unique
 
 
+def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
+    """The images one input argument stands for (see :func:`collect_inputs`)."""
+    from stylenet.image import list_images
+
+    path = Path(spec)
+    if path.is_dir():
+        images = list_images(path)
+        if not images:
+            report.error(f"no images found in folder {spec!r}")
+        return [(image, image.parent.relative_to(path)) for image in images]
+    if path.exists():
+        return [(path, Path())]
+    if glob.has_magic(spec):
+        matches = sorted(Path(match) for match in glob.glob(spec, recursive=True) if Path(match).is_file())
+        if not matches:
+            report.error(f"no files match {spec!r}")
+        return [(match, Path()) for match in matches]
+    report.error(f"no such file or folder {spec!r}")
+    return []
+
+
 def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: argparse.Namespace,
               report: Report) -> list[Job]:
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
     never an input file, never the same output twice."""
-    from stylenet.image import ImageError, check_output_path
+    from stylenet.image import check_output_path
 
     output = Path(args.output)
     as_file = not output.is_dir() and bool(output.suffix)
@@ -242,10 +275,10 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             target = output if as_file else output / folder / name
             try:
                 check_output_path(target)
-            except ImageError as err:
-                report.error(str(err))
+                resolved = target.resolve()
+            except Exception as err:  # this output only
+                report.error(describe(err, target))
                 continue
-            resolved = target.resolve()
             if resolved in sources:
                 report.error(f"refusing to overwrite input {str(sources[resolved])!r} with an output")
             elif resolved in targets:
@@ -269,19 +302,25 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace, report: Report) -> None:
 
 
 def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Namespace, report: Report) -> None:
-    """All outputs of one input image."""
-    from stylenet.image import load_image, save_image
+    """All outputs of one input image, each isolated from the others and from the other inputs.
+
+    Any ``Exception`` (not only :class:`StylenetError`: a decoder bug, a RuntimeError from an odd
+    size, an OSError from a full disk) fails this input or this output alone, as one line. Out of
+    memory never reaches here before :meth:`InferenceModel.transform` has retried with smaller
+    tiles. ``KeyboardInterrupt`` is no ``Exception``: Ctrl-C still stops the whole run at once.
+    """
+    from stylenet.image import compact, load_image, save_image
     from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls, target_size
 
     try:
         image = load_image(source)
-    except StylenetError as err:
-        report.error(str(err))
+        # Held compactly while the models run: float16 for 8-bit sources (half the memory, exact once
+        # rounded on output), float32 for 16-bit ones, whose levels float16 cannot hold.
+        image = compact(image)
+        size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)
+    except Exception as err:
+        report.error(describe(err, source))
         return
-    # Kept in half precision while the models run: half the memory of a huge photo (an 8000x8000
-    # image is 384 MB instead of 768 MB), and still exact for 8-bit sources once rounded on output.
-    image = dataclasses.replace(image, rgb=image.rgb.half())
-    size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)
     controls = Controls(args.strength, args.preserve_color)
     overlap = DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap
     for job in jobs:
@@ -298,12 +337,25 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
                                        exact_statistics=args.exact_stats, progress=progress)
             save_image(job.target, result.rgb, alpha=result.alpha, icc_profile=result.icc_profile,
                        quality=args.quality)
-        except StylenetError as err:
-            report.error(f"{source}: {err}")
+        except Exception as err:  # this output only; the next model and the next input go on
+            report.error(describe(err, source))
             continue
         report.seconds += time.perf_counter() - start
         report.megapixels += result.rgb.shape[-1] * result.rgb.shape[-2] / 1e6
         report.done += 1
+
+
+def load_inference_model(path: str, task: str, options: dict[str, Any]) -> InferenceModel:
+    """:meth:`InferenceModel.from_file`, with any unexpected exception turned into a one-line
+    :class:`StylenetError` naming the file, so that one broken model file fails alone."""
+    from stylenet.inference import InferenceModel
+
+    try:
+        return InferenceModel.from_file(path, task=task, **options)
+    except StylenetError:
+        raise
+    except Exception as err:
+        raise StylenetError(describe(err, f"model file {path!r}")) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +367,12 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     """``stylenet-stylize`` (``task="style"``) or ``stylenet-upscale`` (``task="sr"``): the same
     inputs, outputs, tiling and error handling; each refuses the other task's model files."""
     parser = build_parser(prog, description, task)
-    args = parser.parse_args(argv)
+    # intermixed: images may stand before, between and after the options (`a.jpg -m x.safetensors b.jpg`)
+    args = parser.parse_intermixed_args(argv)
+    models_as_inputs = [spec for spec in args.inputs if Path(spec).suffix.lower() in MODEL_SUFFIXES]
+    if models_as_inputs:
+        parser.error(f"{models_as_inputs[0]!r} is a model file, not an image: each -m takes one model file, "
+                     f"repeat it for several (-m {args.models[-1]} -m {models_as_inputs[0]})")
     report = Report(sys.stderr, prog)
     if args.match_histogram and task == "style" and not args.upscale:
         parser.error("--match-histogram needs --upscale")
@@ -323,7 +380,7 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         args.name.format(stem="x", style="y")
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"--name {args.name!r}: only {{stem}} and {{style}} can be used ({err})")
-    from stylenet.inference import MIN_TILE, InferenceModel, resolve_device
+    from stylenet.inference import MIN_TILE, resolve_device
 
     if args.tile is not None and args.tile < MIN_TILE:
         parser.error(f"--tile must be at least {MIN_TILE}")
@@ -334,13 +391,12 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         options = {"device": resolve_device(args.device), "precision": args.precision,
                    "max_memory": args.max_memory}
         upscale = getattr(args, "upscale", None)
-        upscaler = InferenceModel.from_file(upscale, task="sr", **options) if upscale else None
+        upscaler = load_inference_model(upscale, "sr", options) if upscale else None
         inputs = collect_inputs(args.inputs, report)
         models = []
         for path in args.models:
             try:
-                models.append(Pipeline(InferenceModel.from_file(path, task=task, **options), upscaler,
-                                       args.match_histogram))
+                models.append(Pipeline(load_inference_model(path, task, options), upscaler, args.match_histogram))
             except StylenetError as err:
                 report.error(str(err))
         run_jobs(plan_jobs(inputs, models, args, report), args, report)
