@@ -3,18 +3,29 @@
 Training, the Gatys optimiser and evaluation all call :class:`PerceptualLoss`, so their numbers are
 comparable by construction.
 
-Units (ours, images RGB in [0, 1], torchvision VGG with ImageNet normalisation):
+Units. Images are RGB in [0, 1]; the VGG normalises them with ImageNet's mean and std inside.
 
-* content: ``||phi_j(y_hat) - phi_j(y)||^2 / (C_j H_j W_j)`` (eq. 2), averaged over the batch;
-* style: ``sum_j w_j ||G_j(y_hat) - G_j(y_s)||_F^2`` (eq. 4) with Grams normalised by C_j H_j W_j
-  (eq. 3), averaged over the batch;
+* content: ``||phi_j(y_hat) - phi_j(y)||^2 / (C_j H_j W_j)``, the paper's eq. 2, averaged over the batch;
+* style: ``sum_j w_j ||G_j(y_hat) - G_j(y_s)||^2 / C_j^2`` with ``G = psi psi^T / (C H W)`` (eq. 3),
+  averaged over the batch. This is the *mean* over the C x C Gram entries, where the paper's eq. 4
+  writes the squared Frobenius norm (their sum): it is what the code that trained the released models
+  computes (the Lua code's ``nn.MSECriterion``, pytorch/examples' ``mse_loss``). With the sum,
+  relu4_3 would weigh (512 / 64)^2 = 64x more against relu1_2 than in those models;
 * tv: squared neighbour differences (the beta = 2 total variation) per pixel, i.e. summed and
   divided by B*C*H*W, so its weight does not depend on image size;
 * pixel: mean squared error against the target image (the super-resolution baseline).
 
-With these units, content 1 / style 10 / tv 40 gives a clearly visible style at 256 px. The
-released Lua presets keep their content:style ratio in ours; their TV strength maps to ours
-multiplied by about 4e6 (0-255 sums versus [0, 1] per-pixel means).
+The anchor. pytorch/examples' ``fast_neural_style`` (the objective behind its released candy, mosaic,
+rain princess and udnie models) minimises ``1e5 * MSE(relu2_2) + 1e10 * sum_j MSE(G_j)`` on the same
+torchvision VGG-16 with the same input scaling (0-255 / 255, ImageNet-normalised). Our terms equal its
+terms exactly, layer by layer, so our defaults ``content_weight=1, style_weight=1e5`` are that objective
+divided by 1e5 (``tests/test_losses.py`` checks it against an independent implementation). It has no
+TV term; ours keeps Johnson's (see :func:`lua_to_ours`).
+
+``normalize=True`` (the offline ``calibrated`` loss network only, ``configs/loss/offline.yaml``)
+divides each style layer's term by the mean square of its target Gram and the content term by the
+mean square of the content features: relative errors, because random features have no trained
+network's balance between layers. The ImageNet path never normalises.
 """
 
 from __future__ import annotations
@@ -26,9 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet import StylenetError
-from stylenet.nets.vgg import VGGFeatures
+from stylenet.nets.vgg import IMAGENET_STD, VGGFeatures
 
 DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
+#: Caffe's VGG-16 (Johnson's Lua code) sees 0-255 pixels minus the mean pixel, torchvision's sees
+#: (x - mean) / std with x in [0, 1]: the same network would give features larger by 255 * std.
+CAFFE_FEATURE_SCALE = 255 * sum(IMAGENET_STD) / len(IMAGENET_STD)
 DEFAULT_STYLE_LAYERS = {"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0}
 
 
@@ -88,11 +102,12 @@ def feature_reconstruction_loss(features: torch.Tensor, target: torch.Tensor) ->
 
 
 def style_reconstruction_loss(gram: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: squared Frobenius norm of the Gram difference, averaged over the batch.
+    """Eq. 4 divided by C^2: the mean squared Gram difference over the C x C entries (the reference
+    codes' MSE; see the module docstring), averaged over the batch.
 
     ``target_gram`` may be (1, C, C) and broadcast over the batch; it can come from an image of a
     different size than the output, since Grams are C x C."""
-    return (gram - target_gram).pow(2).sum(dim=(1, 2)).mean()
+    return (gram - target_gram).pow(2).mean()
 
 
 def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
@@ -127,6 +142,27 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
     return {name: float(weight) for name, weight in weights.items()}
 
 
+def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,
+                image_size: int = 256) -> dict[str, float]:
+    """Johnson's Lua weights (``-content_weights``, ``-style_weights``, ``-tv_strength``) in our units.
+
+    The Lua objective is ``content * MSE(phi) + style * sum_j MSE(G_j) + TV``, on Caffe VGG-16
+    features of 0-255 BGR mean-subtracted images, with ``nn.MSECriterion`` means (the same per-term
+    reductions as ours, so no C_j^2 factor enters), and a TV module whose gradient is that of
+    ``tv * 0.5 * sum(dx^2 + dy^2)`` over the whole batch in 0-255 units. Exact conversions: pixels
+    x255, the TV sum over B*C*H*W values where ours is a per-value mean (so it holds at the Lua run's
+    batch size and image size; ours does not change with them), and the common factor
+    ``CAFFE_FEATURE_SCALE^2`` by which the whole objective is divided. Approximate: content terms grow
+    as the feature scale squared and Gram terms as its fourth power only if Caffe's weights equalled
+    torchvision's up to the input scaling; they are different trainings of VGG-16, so each layer's
+    real ratio differs from ``CAFFE_FEATURE_SCALE`` (which is why pytorch/examples' 1e10 / 1e5 is
+    not exactly 5 * 57.6^2)."""
+    scale = CAFFE_FEATURE_SCALE
+    values = batch_size * 3 * image_size * image_size
+    return {"content_weight": content, "style_weight": style * scale**2,
+            "tv_weight": tv * 0.5 * 255**2 * values / scale**2}
+
+
 class PerceptualLoss(nn.Module):
     """The full objective ``content_weight * l_feat + style_weight * l_style + tv_weight * l_tv
     (+ pixel_weight * l_pixel)`` over a frozen VGG, with the style targets computed once.
@@ -144,11 +180,13 @@ class PerceptualLoss(nn.Module):
         style_layers: Mapping[str, float] | Sequence[str] | None = None,
         style_layer_weights: Sequence[float] | None = None,
         content_weight: float = 1.0,
-        style_weight: float = 10.0,
-        tv_weight: float = 40.0,
+        style_weight: float = 1e5,
+        tv_weight: float = 7.7,
         pixel_weight: float = 0.0,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
+        self.normalize = bool(normalize)
         self.term_weights = {"content": float(content_weight), "style": float(style_weight),
                              "tv": float(tv_weight), "pixel": float(pixel_weight)}
         for term, weight in self.term_weights.items():
@@ -183,12 +221,20 @@ class PerceptualLoss(nn.Module):
         for name in self.style_layers:
             grams = [w / total * gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name])
                      for s, w in zip(styles, blend, strict=True)]
-            self.register_buffer(f"target_gram_{name}", torch.stack(grams).sum(0), persistent=False)  # (1, C, C)
+            target = torch.stack(grams).sum(0)  # (1, C, C)
+            self.register_buffer(f"target_gram_{name}", target, persistent=False)
+            scale = target.pow(2).mean().clamp_min(1e-12) if self.normalize else torch.ones(())
+            self.register_buffer(f"style_scale_{name}", scale, persistent=False)
         self.has_style_targets = True
 
     def target_gram(self, layer: str) -> torch.Tensor:
         """The (1, C, C) style target of ``layer`` (a non-persistent buffer: recomputed, never saved)."""
         return getattr(self, f"target_gram_{layer}")
+
+    def content_scale(self, target: torch.Tensor) -> torch.Tensor | float:
+        """What the content term of one layer is divided by: 1, or with ``normalize`` the mean square
+        of the target features (so the term is a relative error)."""
+        return target.float().pow(2).mean().clamp_min(1e-12) if self.normalize else 1.0
 
     @property
     def device(self) -> torch.device:
@@ -217,11 +263,13 @@ class PerceptualLoss(nn.Module):
         features = self.vgg(output, {*self.content_layers, *self.style_layers}) if self.vgg else {}
         if self.content_layers:
             terms["content"] = sum(w * feature_reconstruction_loss(features[name], content_features[name])
+                                   / self.content_scale(content_features[name])
                                    for name, w in self.content_layers.items())
         if self.style_layers:
             for name in self.style_layers:
                 terms[f"style/{name}"] = style_reconstruction_loss(gram_matrix(features[name]),
-                                                                   self.target_gram(name))
+                                                                   self.target_gram(name)) / getattr(
+                                                                       self, f"style_scale_{name}")
             terms["style"] = sum(w * terms[f"style/{name}"] for name, w in self.style_layers.items())
         if self.term_weights["tv"] > 0:
             terms["tv"] = total_variation_loss(output)

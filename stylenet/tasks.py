@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from stylenet import StylenetError, __version__
+from stylenet import StylenetError, __version__, quality
 from stylenet.data import resize_long_side, resolve_image_path
 from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb
@@ -202,6 +202,11 @@ class StyleTransferTask(ImageTask):
             return
         output = self.net(images)
         self.log_terms("val", self.loss(output, images), len(images))
+        # the loss-network-free measures of stylenet.quality, averaged over the held-out photos
+        scores = [quality.score(photo, self.style_image.float().cpu(), styled).as_dict()
+                  for photo, styled in zip(images.float().cpu(), output.float().clamp(0, 1).cpu(), strict=True)]
+        self.log_terms("val", {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores))
+                               for key in scores[0]}, len(images))
         if batch_idx == 0:
             self.add_image("val/content_stylized", torch.cat([images, output.float()], dim=3))
 

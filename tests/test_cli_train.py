@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from stylenet import StylenetError
 from stylenet.cli.train import config_dir, train
 from stylenet.export import load_model
+from stylenet.losses import lua_to_ours
 
 SCRIPT = Path(sys.executable).with_name("stylenet-train")
 
@@ -67,10 +69,7 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(StylenetError, match="contains no images"):
         train(compose_train(tmp_path, "data=folder", f"data.root={tmp_path / 'empty'}"), tmp_path)
-    cfg = compose_train(tmp_path, "style=candy", "style.image=demo:coffee", experiment=None)
-    assert (cfg.style.name, cfg.style.size, cfg.loss.style_weight, cfg.loss.tv_weight) == ("candy", 384, 10.0, 400)
-    assert cfg.trainer.max_steps == 40000 and cfg.name == "candy"
-    preset = compose_train(tmp_path, "style=the_scream")
+    preset = compose_train(tmp_path, experiment="johnson2016_the_scream")
     with pytest.raises(StylenetError, match="style.image is required"):
         train(preset, tmp_path)
 
@@ -80,3 +79,19 @@ def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert errors == ["stylenet-train: error: style image 'missing.png' does not exist (style.image)"]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in Path(config_dir(), "experiment").glob("johnson2016_*.yaml")))
+def test_johnson_presets_are_their_cited_lua_settings_converted(tmp_path: Path, preset: str) -> None:
+    """Each preset's loss weights are lua_to_ours of the Lua values its provenance comment cites."""
+    text = Path(config_dir(), "experiment", f"{preset}.yaml").read_text()
+    assert "pystiche_papers.johnson_alahi_li_2016" in text  # the cited source
+    cited = {key: float(value) for key, value in re.findall(r"-(\w+) ([0-9.e-]+)", text)}
+    size, steps = re.search(r"style image size (\d+), (\d+)k iterations", text).groups()
+    expected = lua_to_ours(cited["content_weights"], cited["style_weights"], cited["tv_strength"])
+    cfg = compose_train(tmp_path, "style.image=demo:coffee", experiment=preset)
+    assert cfg.name == cfg.style.name == preset.removeprefix("johnson2016_")
+    for key, value in expected.items():
+        assert cfg.loss[key] == pytest.approx(value, rel=1e-3), key
+    assert (cfg.style.size, cfg.trainer.max_steps) == (int(size), int(steps) * 1000)
+    assert cfg.model.channels == (16 if cfg.model.norm == "instance" else 32)  # released widths

@@ -6,6 +6,7 @@ from stylenet.losses import (
     PerceptualLoss,
     feature_reconstruction_loss,
     gram_matrix,
+    lua_to_ours,
     pixel_loss,
     style_reconstruction_loss,
     total_variation_loss,
@@ -48,11 +49,11 @@ def test_feature_reconstruction_loss_is_squared_distance_over_chw() -> None:
     torch.testing.assert_close(feature_reconstruction_loss(a, b), torch.stack(per_image).mean())
 
 
-def test_style_loss_is_squared_frobenius_norm_averaged_over_batch() -> None:
+def test_style_loss_is_mean_squared_gram_difference_averaged_over_batch() -> None:
     gram = torch.tensor([[[1.0, 2.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]]])
     target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    # image 0: 0 + 4 + 4 + 4 = 12; image 1: 1 + 0 + 0 + 1 = 2
-    torch.testing.assert_close(style_reconstruction_loss(gram, target), torch.tensor(7.0))
+    # image 0: (0 + 4 + 4 + 4) / 4 entries = 3; image 1: (1 + 0 + 0 + 1) / 4 = 0.5
+    torch.testing.assert_close(style_reconstruction_loss(gram, target), torch.tensor(1.75))
 
 
 def test_total_variation_hand_computed() -> None:
@@ -77,7 +78,7 @@ def test_perceptual_loss_total_is_the_weighted_sum_of_independent_terms() -> Non
     out_f, con_f = vgg(output, ["relu1_2", "relu2_2"]), vgg(content, ["relu2_2"])
     sty_f = vgg(style.unsqueeze(0), ["relu1_2", "relu2_2"])
     content_term = ((out_f["relu2_2"] - con_f["relu2_2"]) ** 2).mean()
-    style_terms = {name: ((gram_matrix(out_f[name]) - gram_matrix(sty_f[name])) ** 2).sum((1, 2)).mean()
+    style_terms = {name: ((gram_matrix(out_f[name]) - gram_matrix(sty_f[name])) ** 2).mean()
                    for name in ("relu1_2", "relu2_2")}
     tv = total_variation_loss(output)
     torch.testing.assert_close(terms["content"], content_term)
@@ -114,3 +115,85 @@ def test_pixel_only_objective_needs_no_vgg() -> None:
     assert loss.vgg is None
     terms = loss(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5))
     torch.testing.assert_close(terms["total"], torch.tensor(0.25))
+
+
+def pytorch_examples_terms(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                           style: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pytorch/examples fast_neural_style's objective, written out independently: torchvision's VGG-16
+    sliced at relu1_2 / relu2_2 / relu3_3 / relu4_3, 0-255 images / 255 then ImageNet-normalised,
+    content 1e5 * MSE(relu2_2), style 1e10 * MSE of Grams / (C H W) per layer."""
+    from torchvision.models import vgg16
+
+    features = vgg16(weights=None).features[:23]
+    features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()
+                              if int(k.split(".")[1]) < 23})
+    cuts = {"relu1_2": 4, "relu2_2": 9, "relu3_3": 16, "relu4_3": 23}
+
+    def forward(images_255: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(-1, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(-1, 1, 1)
+        h, out, start = (images_255 / 255.0 - mean) / std, {}, 0
+        for name, end in cuts.items():
+            h = features[start:end](h)
+            out[name], start = h, end
+        return out
+
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        b, ch, height, width = f.size()
+        f = f.view(b, ch, width * height)
+        return f.bmm(f.transpose(1, 2)) / (ch * height * width)
+
+    with torch.no_grad():
+        fy, fx, fs = forward(y * 255), forward(x * 255), forward(style * 255)
+        terms = {"content": 1e5 * torch.nn.functional.mse_loss(fy["relu2_2"], fx["relu2_2"])}
+        for name in cuts:
+            target = gram(fs[name]).expand(len(y), -1, -1)
+            terms[f"style/{name}"] = 1e10 * torch.nn.functional.mse_loss(gram(fy[name]), target)
+    return terms
+
+
+def test_default_objective_is_pytorch_examples_up_to_one_constant(tmp_path) -> None:
+    """With real VGG weights (a .pth state dict here), every default term and style layer equals
+    pytorch/examples' term divided by the same constant (1e5)."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in vgg16(weights=None).features.state_dict().items()}
+    torch.save(state, tmp_path / "vgg16.pth")
+    loss = PerceptualLoss(weights=str(tmp_path / "vgg16.pth"), tv_weight=0)  # the defaults otherwise
+    for _ in range(2):  # random images, twice
+        style, x, y = torch.rand(1, 3, 40, 48), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+        loss.set_style([style[0]])
+        ours = loss(y, x)
+        theirs = pytorch_examples_terms(state, x, y, style)
+        weights = {"content": loss.term_weights["content"]}
+        weights |= {f"style/{n}": loss.term_weights["style"] * w for n, w in loss.style_layers.items()}
+        ratios = [float(theirs[term] / (weights[term] * ours[term])) for term in theirs]
+        assert ratios == pytest.approx([1e5] * 5, rel=1e-4), ratios
+
+
+def test_lua_conversion_factors() -> None:
+    """Lua -> ours: content unchanged, style x (255 * mean std)^2, TV x 0.5 * 255^2 * B*C*H*W / that."""
+    scale = 255 * (0.229 + 0.224 + 0.225) / 3
+    converted = lua_to_ours(1.0, 5.0, 1e-6)
+    assert converted["content_weight"] == 1.0
+    assert converted["style_weight"] == pytest.approx(5 * scale**2)
+    assert converted["tv_weight"] == pytest.approx(1e-6 * 0.5 * 255**2 * 4 * 3 * 256 * 256 / scale**2)
+    # the TV sum grows with the batch and image size; ours is a per-value mean
+    assert lua_to_ours(1, 5, 1e-6, batch_size=1, image_size=128)["tv_weight"] == pytest.approx(
+        converted["tv_weight"] / 16)
+
+
+def test_normalized_terms_are_relative_errors() -> None:
+    """normalize=True: each style layer over the mean square of its target Gram, content over the mean
+    square of the content features; the unnormalised loss is unchanged by it otherwise."""
+    kwargs = {"weights": "random", "style_layers": ["relu1_2", "relu2_2"], "tv_weight": 0}
+    plain, relative = PerceptualLoss(**kwargs), PerceptualLoss(**kwargs, normalize=True)
+    style, output, content = torch.rand(3, 24, 24), torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    plain.set_style([style])
+    relative.set_style([style])
+    a, b = plain(output, content), relative(output, content)
+    for name in ("relu1_2", "relu2_2"):
+        torch.testing.assert_close(b[f"style/{name}"], a[f"style/{name}"] / plain.target_gram(name).pow(2).mean())
+    scale = plain.vgg(content, ["relu2_2"])["relu2_2"].pow(2).mean()
+    torch.testing.assert_close(b["content"], a["content"] / scale)

@@ -169,7 +169,7 @@ def compose_train(*overrides: str):
 def test_task_group_picks_network_data_and_loss_and_leaves_style_alone() -> None:
     style = compose_train()
     assert style.task._target_ == "stylenet.tasks.StyleTransferTask" and "factor" not in style.model
-    assert style.data._target_ == "stylenet.data.ImageFolderDataModule" and style.loss.style_weight == 10.0
+    assert style.data._target_ == "stylenet.data.ImageFolderDataModule" and style.loss.style_weight == 1e5
     x4 = compose_train("task=sr_x4")
     assert x4.task._target_ == "stylenet.tasks.SuperResolutionTask" and x4.name == "sr_x4"
     model, data, loss = x4.model, x4.data, x4.loss

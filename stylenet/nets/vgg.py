@@ -27,7 +27,12 @@ BLOCK_DEPTHS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 BLOCK_WIDTHS = (64, 128, 256, 512, 512)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_SOURCES = "'imagenet', 'random' or a path to a .pth state dict"
+WEIGHT_SOURCES = "'imagenet', 'calibrated', 'random' or a path to a .pth state dict"
+#: scikit-image photos whose VGG activations calibrate the ``calibrated`` weights (any natural photos
+#: would do; fixed so that the loss network is the same on every machine).
+CALIBRATION_PHOTOS = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png",
+                      "hubble_deep_field.jpg")
+CALIBRATION_SIZE = 192
 
 
 def layer_names(arch: str = "vgg16") -> list[str]:
@@ -63,6 +68,40 @@ def random_state(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tenso
         std = math.sqrt(2.0 / (c_out * 9))
         state[f"{index}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=generator) * std
         state[f"{index}.bias"] = torch.zeros(c_out)
+    return state
+
+
+@torch.no_grad()
+def calibrated_state(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tensor]:
+    """:func:`random_state`, then each convolution rescaled in order so that every channel's
+    pre-ReLU response to natural photos has zero mean and unit variance (a data-dependent
+    initialisation in the spirit of LSUV, Mishkin & Matas 2016).
+
+    Why: with torchvision's random initialisation, activations shrink or grow layer by layer and
+    channel by channel, so Grams of deep layers are negligible next to shallow ones and a few
+    channels dominate each layer; optimising against them gives a blur (the TV term wins). After
+    calibration every channel carries a comparable, half-active signal, like a trained network's,
+    and random features then do transfer a style's palette and fine texture (He, Wang & Hopcroft
+    2016; Ustyuzhaninov et al. 2017). It is no substitute for ImageNet weights: strokes and
+    object-scale patterns need learnt features. Deterministic for a given seed; downloads nothing."""
+    from stylenet.image import demo_root, load_rgb
+
+    state = random_state(arch, num_layers, seed)
+    photos = [load_rgb(demo_root() / name) for name in CALIBRATION_PHOTOS]
+    x = torch.stack([F.interpolate(photo[None], size=(CALIBRATION_SIZE, CALIBRATION_SIZE), mode="bilinear",
+                                   antialias=True, align_corners=False)[0] for photo in photos])
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for index, name in enumerate(layer_names(arch)[:num_layers]):
+        if name.startswith("conv"):
+            weight, bias = state[f"{index}.weight"], state[f"{index}.bias"]
+            response = F.conv2d(x, weight, bias, padding=1)  # (N, C, H, W)
+            mean, std = response.mean(dim=(0, 2, 3)), response.std(dim=(0, 2, 3)).clamp_min(1e-8)
+            state[f"{index}.weight"], state[f"{index}.bias"] = weight / std.view(-1, 1, 1, 1), (bias - mean) / std
+            x = (response - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        elif name.startswith("relu"):
+            x = F.relu(x)
+        else:
+            x = F.max_pool2d(x, 2)
     return state
 
 
@@ -116,7 +155,8 @@ class VGGFeatures(nn.Module):
         layers: every layer any loss will ask for (e.g. ``relu2_2``); the network is truncated after
             the deepest one.
         arch: ``vgg16`` (Johnson et al.) or ``vgg19`` (Gatys et al.).
-        weights: ``imagenet``, ``random`` or a path to a local ``.pth`` state dict.
+        weights: ``imagenet``, ``calibrated`` (offline: :func:`calibrated_state`), ``random`` (tests) or
+            a path to a local ``.pth`` state dict.
         seed: seed of the ``random`` weights.
     """
 
@@ -134,6 +174,11 @@ class VGGFeatures(nn.Module):
             log.warning("VGG loss network uses RANDOM weights (seed %d): fine for tests and smoke runs, "
                         "but results will not look artistic; use loss.weights=imagenet or a .pth file", seed)
             state = random_state(arch, len(self.names), seed)
+        elif weights == "calibrated":
+            log.warning("VGG loss network uses CALIBRATED RANDOM weights (seed %d), the offline stand-in: it "
+                        "transfers palette and fine texture, not strokes; use loss.weights=imagenet or a .pth "
+                        "file for real styles", seed)
+            state = calibrated_state(arch, len(self.names), seed)
         elif weights == "imagenet":
             state = imagenet_state(arch)
         elif str(weights).endswith((".pth", ".pt")) or Path(str(weights)).exists():

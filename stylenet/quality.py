@@ -1,0 +1,160 @@
+"""Does an output look like style transfer? Measures that do not use any loss network.
+
+A falling training loss says only that the loss network's statistics moved; these measures judge the
+pictures themselves, so they can compare a network, a Gatys result and a plain photo on equal terms
+(and cannot be gamed by the objective they are meant to check). Each compares images of any sizes:
+
+* **colour**: the sliced 1-Wasserstein distance between two images' RGB pixel distributions (the
+  mean, over fixed random directions, of the distance between the sorted projections);
+* **texture**: the same distance between the distributions of a fixed filter bank's responses
+  (Gaussian-derivative filters, 3 scales x 4 orientations, on rank-normalised luminance: a monotone
+  change of brightness or a colour histogram match leaves it nearly unchanged);
+* **structure**: the Pearson correlation of the photo's and the output's edge maps (gradient
+  magnitude of lightly smoothed luminance), 1 for the photo itself, ~0 once its edges are gone;
+* **clipping**: the share of channel values saturated at 0 or 1.
+
+"Moved" is ``1 - d(output, style) / d(photo, style)``: 0 for the photo itself, 1 for the style image
+itself (:func:`score`). Plain torch: usable in validation, the report script and tests alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from stylenet.metrics import gaussian_kernel, separable_filter
+
+#: Rec. 601 luma weights: luminance for the texture and structure measures.
+LUMA = (0.299, 0.587, 0.114)
+#: Filter-bank scales (Gaussian sigma, px) and orientations of the texture measure.
+TEXTURE_SIGMAS = (1.0, 2.0, 4.0)
+TEXTURE_ORIENTATIONS = 4
+#: Random projection directions of the sliced Wasserstein distances, and quantiles compared.
+PROJECTIONS, QUANTILES = 64, 256
+#: Smoothing of luminance before the edge map: ignores pixel-scale grain a style adds.
+EDGE_SIGMA = 1.5
+#: A channel value at most this far from 0 or 1 counts as saturated (half an 8-bit level).
+SATURATION_EPS = 0.5 / 255
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 1] -> (1, 1, H, W) luma."""
+    weights = torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * weights).sum(0).view(1, 1, *image.shape[-2:])
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> float:
+    """Sliced 1-Wasserstein distance between two point clouds ``a`` (N, D) and ``b`` (M, D).
+
+    Each cloud is projected on ``PROJECTIONS`` fixed unit directions (seeded: the measure is
+    deterministic) and summarised by ``QUANTILES`` quantiles, so clouds of different sizes compare."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = F.normalize(torch.randn(a.shape[1], PROJECTIONS, generator=generator, dtype=torch.float64), dim=0)
+    levels = (torch.arange(QUANTILES, dtype=torch.float64) + 0.5) / QUANTILES
+    qa = torch.quantile(subsample(a.double() @ directions), levels, dim=0)  # (Q, P)
+    qb = torch.quantile(subsample(b.double() @ directions), levels, dim=0)  # (Q, P)
+    return float((qa - qb).abs().mean())
+
+
+def subsample(values: torch.Tensor, limit: int = 1 << 16) -> torch.Tensor:
+    """At most ``limit`` evenly spaced rows (torch.quantile refuses very large inputs)."""
+    step = max(1, math.ceil(values.shape[0] / limit))
+    return values[::step]
+
+
+def colour_points(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (H*W, 3) RGB pixels."""
+    return image.float().reshape(3, -1).T
+
+
+def filter_bank(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) -> (H*W, S*O) responses of oriented first-derivative-of-Gaussian filters.
+
+    Luminance is rank-normalised first (each pixel replaced by its quantile in the image), so the
+    responses describe spatial patterns rather than the palette or the overall contrast."""
+    luma = luminance(image.float()).double()
+    ranks = luma.flatten().argsort().argsort().double() / max(1, luma.numel() - 1)
+    luma = ranks.view_as(luma)
+    responses = []
+    for sigma in TEXTURE_SIGMAS:
+        smooth = separable_filter(luma, gaussian_kernel(sigma), "reflect")
+        dy, dx = image_gradients(smooth)
+        for k in range(TEXTURE_ORIENTATIONS):
+            angle = math.pi * k / TEXTURE_ORIENTATIONS
+            # sigma-normalised derivative: comparable magnitudes across scales
+            responses.append((math.cos(angle) * dx + math.sin(angle) * dy) * sigma)
+    return torch.cat(responses, dim=1).reshape(len(responses), -1).T.float()
+
+
+def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences of (B, C, H, W) along H and W, replicate-padded to keep the size."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+    dy = (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1]) / 2
+    dx = (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2]) / 2
+    return dy, dx
+
+
+def edge_map(image: torch.Tensor) -> torch.Tensor:
+    """Gradient magnitude of smoothed luminance, (H*W,)."""
+    smooth = separable_filter(luminance(image.float()).double(), gaussian_kernel(EDGE_SIGMA), "reflect")
+    dy, dx = image_gradients(smooth)
+    return (dy.square() + dx.square()).sqrt().flatten()
+
+
+def colour_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Sliced Wasserstein distance between the RGB pixel distributions of two (3, H, W) images."""
+    return sliced_wasserstein(colour_points(a), colour_points(b))
+
+
+def texture_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Sliced Wasserstein distance between the filter-bank response distributions of two images."""
+    return sliced_wasserstein(filter_bank(a), filter_bank(b), seed=1)
+
+
+def structure(photo: torch.Tensor, output: torch.Tensor) -> float:
+    """Correlation of the photo's and the output's edge maps (the output resized to the photo's size)."""
+    if output.shape[-2:] != photo.shape[-2:]:
+        output = F.interpolate(output[None].float(), size=photo.shape[-2:], mode="bilinear",
+                               antialias=True, align_corners=False)[0]
+    return float(torch.corrcoef(torch.stack([edge_map(photo), edge_map(output)]))[0, 1])
+
+
+def saturated(image: torch.Tensor) -> float:
+    """Share of channel values within half an 8-bit level of 0 or 1."""
+    image = image.float()
+    return float(((image <= SATURATION_EPS) | (image >= 1 - SATURATION_EPS)).float().mean())
+
+
+def moved(photo_to_style: float, output_to_style: float) -> float:
+    """How far the output moved from the photo towards the style: 0 = not at all, 1 = all the way."""
+    return 1.0 - output_to_style / photo_to_style if photo_to_style > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The measures of one (photo, style, output) triplet; see the module docstring."""
+
+    colour_moved: float
+    texture_moved: float
+    structure: float
+    clipped_beyond_style: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+#: the results issue's targets for the measures (network; Gatys needs texture >= 0.5).
+TARGETS = {"colour_moved": 0.6, "texture_moved": 0.35, "structure": 0.3, "clipped_beyond_style": 0.01}
+
+
+def score(photo: torch.Tensor, style: torch.Tensor, output: torch.Tensor) -> Quality:
+    """All measures for one triplet of (3, H, W) images in [0, 1] (sizes may differ)."""
+    return Quality(
+        colour_moved=moved(colour_distance(photo, style), colour_distance(output, style)),
+        texture_moved=moved(texture_distance(photo, style), texture_distance(output, style)),
+        structure=structure(photo, output),
+        clipped_beyond_style=max(0.0, saturated(output) - saturated(style)),
+    )
