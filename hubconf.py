@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from stylenet.inference import InferenceModel
+    from stylenet.inference.model import InferenceModel
 
 dependencies = ["torch", "safetensors", "PIL", "numpy"]
 
 
-def style_model(path: str, device: str = "auto", precision: str = "fp32") -> InferenceModel:
+def style_model(path: str, device: str = "auto", precision: str = "auto") -> InferenceModel:
     """A style model file (stylenet ``.safetensors``, ``stylenet-train`` ``.ckpt`` or pytorch/examples
     ``.pth``/``.model``) as a :class:`stylenet.inference.InferenceModel` with ``.stylize(...)``."""
     import stylenet

@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 6): the same as ``stylenet-bench``; see stylenet/cli/bench.py.
+"""Speed benchmark from a checkout, not installed: the same as ``stylenet-bench``; see stylenet/cli/bench.py.
 
     python scripts/benchmark.py --json outputs/bench.json
 """

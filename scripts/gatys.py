@@ -1,4 +1,4 @@
-"""``stylenet-gatys`` from a checkout, not installed: ``python scripts/gatys.py content=... style=...``."""
+"""``stylenet-gatys`` from a checkout, not installed: ``python scripts/gatys.py content=... styles=...``."""
 
 import sys
 from pathlib import Path

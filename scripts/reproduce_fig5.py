@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from stylenet import StylenetError
-from stylenet.export import load_model
 from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
 from stylenet.image import ImageError, crop, list_images, load_rgb, resize_long_side, resize_short_side
 from stylenet.inference import run_network
 from stylenet.losses import PerceptualLoss
+from stylenet.modelfile import read_model
 
 PROG = "reproduce_fig5.py"
 NETWORK = "network"
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_objective(model_path: str, args: argparse.Namespace, device: torch.device) -> tuple:
     """The style network and its training objective, style targets set as training set them."""
-    model = load_model(model_path)
+    model = read_model(model_path)
     metadata = model.metadata
     if model.task != "style" or not isinstance(metadata.get("loss"), dict) or not metadata["loss"]:
         raise StylenetError(f"model file {model_path!r} is not a style model with its training loss config "

@@ -1,16 +1,15 @@
-"""Super-resolution quality bar (issue 5): does a briefly trained per-pixel-loss x4 model beat bicubic?
+"""Super-resolution quality bar: does a briefly trained per-pixel-loss x4 model beat bicubic?
 
 1. ``stylenet-prepare`` the bundled demo photos (scikit-image's, offline) into 288 px shards, so that
    training does not spend its few minutes decoding large PNGs for 32 px patches;
 2. ``stylenet-train experiment=sr_demo data=shards``: the paper's per-pixel baseline (Johnson et al.
-   2016, Sec. 4.2), a small x4 network, 2500 steps (about 5 minutes on an idle 2-core CPU, at most 6);
+   2016, Sec. 4.2), a small x4 network, 2500 steps (minutes on a CPU);
 3. ``stylenet-evaluate-sr`` on the photos the run held out (whole images at their own resolution):
    the model against bicubic upsampling, PSNR/SSIM on Y with a 4 px border shaved.
 
 Writes ``sr_quality.md`` / ``.csv`` into the run folder and exits 1 if the model's mean PSNR does not
-beat bicubic's. The commands run with ``--threads`` (default 1) intra-op threads: measured on this
-shared 2-core machine, a training step of this small network took 0.105 s on one thread and 0.41 s
-on two, which spin against the other processes.
+beat bicubic's. The commands run with ``--threads`` (default 1) intra-op threads: a network this small
+gains nothing from more, and on a shared machine extra threads spin against the other processes.
 
     python scripts/sr_quality.py [--run-dir outputs/sr_quality] [extra stylenet-train overrides...]
 """
@@ -55,7 +54,7 @@ def main() -> int:
     parser.add_argument("--run-dir", default="outputs/sr_quality", help="folder for everything this writes")
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads of each command (default 1)")
     args, overrides = parser.parse_known_args()
-    from stylenet.data import DEMO_PHOTOS, demo_root
+    from stylenet.image import DEMO_PHOTOS, demo_root
 
     root = Path(args.run_dir).resolve()
     photos, shards, train_dir = root / "photos", root / "shards", root / "train"

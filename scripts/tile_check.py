@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Measure the inference targets of issue 3 (the README's numbers come from here).
+"""Measure tiled inference: seam PSNR, memory, speed and export time (the README's numbers come from here).
 
     python scripts/tile_check.py psnr     # tiled vs whole PSNR, 1024x1024 photo, 256 px tiles
     python scripts/tile_check.py large    # 8000x8000 on the CPU: peak RSS and time of stylenet-stylize
@@ -28,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402 - after the path setup
 
-from stylenet.export import load_model, save_model, write_models  # noqa: E402
-from stylenet.image import demo_root, load_image  # noqa: E402
-from stylenet.inference import InferenceModel, resize  # noqa: E402
+from stylenet.export import write_models  # noqa: E402
+from stylenet.fastpath import reuse_freed_memory  # noqa: E402
+from stylenet.image import demo_root, load_image, resize  # noqa: E402
+from stylenet.inference import InferenceModel  # noqa: E402
+from stylenet.modelfile import read_model, save_model  # noqa: E402
 from stylenet.nets import TransformerNet  # noqa: E402
 
 
@@ -41,7 +43,7 @@ def paper_model(folder: Path) -> Path:
 
 
 def photo(size: int) -> torch.Tensor:
-    return resize(load_image(demo_root() / "astronaut.png").rgb, (size, size)).clamp(0, 1)
+    return resize(load_image(demo_root() / "astronaut.png").rgb, (size, size), clamp=True)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,7 +102,7 @@ def check_speed(folder: Path, size: int) -> None:
 
 
 def check_export(folder: Path) -> None:
-    model = load_model(paper_model(folder))
+    model = read_model(paper_model(folder))
     for suffix in (".pt2", ".onnx"):
         start = time.perf_counter()
         write_models(model, [folder / f"random{suffix}"])
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--large", type=int, default=8000, help="image side for the memory check")
     args = parser.parse_args()
+    reuse_freed_memory()  # as stylenet-stylize runs on the CPU
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for check in args.checks:

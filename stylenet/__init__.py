@@ -1,7 +1,9 @@
 """stylenet: fast neural style transfer (Johnson, Alahi & Fei-Fei, ECCV 2016).
 
 Kept light on purpose: importing ``stylenet`` pulls in neither Lightning nor Hydra (nor even torch),
-so the inference CLI and notebooks start fast.
+so the inference CLI and notebooks start fast. Neither importing it nor calling it changes anything
+process-wide (see :func:`stylenet.fastpath.reuse_freed_memory`, which only the command-line tools
+and the trainer switch on).
 
     >>> import stylenet
     >>> model = stylenet.load_model("candy.safetensors")
@@ -13,25 +15,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stylenet.errors import StylenetError
+from stylenet.version import __version__
+
 if TYPE_CHECKING:
-    from stylenet.inference import InferenceModel
+    from stylenet.inference.model import InferenceModel
 
-__version__ = "0.1.0"
-
-
-class StylenetError(Exception):
-    """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
+__all__ = ["StylenetError", "__version__", "load_model"]
 
 
-def load_model(path: str | Path, *, device: str = "auto", precision: str = "fp32",
+def load_model(path: str | Path, *, device: str = "auto", precision: str = "auto",
                max_memory: int | None = None, task: str | None = "style") -> InferenceModel:
-    """Load a style model file (safe: never runs code from the file) ready to ``.stylize(...)``.
+    """Load a style model file (safe: never runs code from the file) ready to ``.stylize(...)`` a
+    photo or ``.stylize_frames(...)`` a video.
 
     ``device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``mps``; ``precision``:
-    ``fp32``, ``bf16`` or ``fp16``; ``max_memory``: bytes one forward pass may use before the image
-    is tiled. See :class:`stylenet.inference.InferenceModel`.
+    ``auto`` (the default, as in ``stylenet-stylize``: bf16 where the device runs it natively, i.e.
+    CPUs with AVX512-BF16 or AMX and CUDA GPUs with bf16, else fp32), ``fp32``, ``bf16`` or
+    ``fp16``; ``max_memory``: bytes one forward pass may use before a larger image runs layer by
+    layer (or in tiles). See :class:`stylenet.inference.InferenceModel`.
     """
-    from stylenet.inference import InferenceModel
+    from stylenet.inference.model import InferenceModel
 
     return InferenceModel.from_file(path, task=task, device=device, precision=precision,
                                     max_memory=max_memory)

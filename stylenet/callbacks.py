@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from stylenet import StylenetError
 from stylenet.checkpoints import EXPERIMENT_KEY, first_non_finite
-from stylenet.export import checkpoint_metadata, save_model
+from stylenet.errors import StylenetError
+from stylenet.modelfile import checkpoint_metadata, save_model
 
 log = logging.getLogger(__name__)
 

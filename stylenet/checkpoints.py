@@ -2,10 +2,11 @@
 
 Lightning writes checkpoints through an fsspec transaction: on a local disk that is a temporary file
 in the system temp folder, no fsync, then ``shutil.move``, which is a copy (not an atomic rename)
-whenever /tmp is another filesystem. :class:`AtomicCheckpointIO` writes next to the target, fsyncs
-and renames, so a crash leaves the previous checkpoint or the new one, never half of one. The
-temporary name (``.last.<pid>.tmp.ckpt``) is hidden, and :func:`candidate_checkpoints` skips hidden
-files, so nothing mistakes what a kill during a write leaves behind for a checkpoint.
+whenever /tmp is another filesystem. :class:`AtomicCheckpointIO` writes through
+:func:`stylenet.atomic.atomic_write` instead (next to the target, fsync, rename), so a crash leaves
+the previous checkpoint or the new one, never half of one. The temporary name is hidden, and
+:func:`candidate_checkpoints` skips hidden files, so nothing mistakes what a kill during a write
+leaves behind for a checkpoint.
 
 A kill -9, the OOM killer or a power cut lose what came after the newest checkpoint: the default
 callbacks (configs/callbacks/default.yaml) write one every 1000 steps and rewrite ``last.ckpt`` every
@@ -27,8 +28,8 @@ import torch
 from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from stylenet import StylenetError
-from stylenet.export import atomic_write
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +64,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any]) -> str | None:
+def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
+                       max_steps: int | None = None) -> str | None:
     """Why ``path`` cannot resume this run (None when it can).
 
     It must load with ``weights_only=True``, hold a full training state with finite weights, belong
-    to experiment ``name`` (when given and recorded) and have the same :data:`IDENTITY_HPARAMS`."""
+    to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` and,
+    when ``max_steps`` is given, be short of it: a finished run has nothing left to continue, and
+    "resuming" it would train no step and export nothing."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean "not a checkpoint"
-        first_sentence = str(err).strip().split("\n")[0].split(". ")[0]
-        return f"unreadable ({first_sentence or type(err).__name__})"
+        return f"unreadable ({first_line(err).split('. ')[0]})"
     if (not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS)
             or not isinstance(checkpoint["state_dict"], dict)):
         return f"not a Lightning training checkpoint (needs {', '.join(REQUIRED_KEYS)})"
+    if max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
+        return f"a finished run (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"
     bad = first_non_finite(checkpoint["state_dict"])
     if bad:
         return f"non-finite weights in {bad}"
@@ -126,12 +131,13 @@ def first_valid(paths: Iterable[Path], problem: Callable[[Path], str | None]) ->
 
 
 def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
-                   hparams: dict[str, Any]) -> str | None:
+                   hparams: dict[str, Any], max_steps: int | None = None) -> str | None:
     """The checkpoint to resume from (for ``trainer.fit(ckpt_path=...)``), or None to start afresh.
 
     An explicit ``ckpt_path`` wins over ``resume`` and must be valid (Lightning's own names such as
     ``last`` pass through). Otherwise ``never`` starts afresh, ``auto`` takes the newest valid
-    checkpoint of :func:`candidate_checkpoints` and ``must`` does the same but fails without one."""
+    checkpoint of :func:`candidate_checkpoints` that is short of ``max_steps`` (an interrupted run,
+    not a finished one) and ``must`` does the same but fails without one."""
     if mode not in RESUME_MODES:
         raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
     if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:
@@ -144,7 +150,7 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         return str(path)
     if ckpt_path is not None or mode == "never":
         return ckpt_path
-    found = first_valid(candidate_checkpoints(run_dir), lambda p: checkpoint_problem(p, name, hparams))
+    found = first_valid(candidate_checkpoints(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
     if found is None:
         if mode == "must":
             raise StylenetError(f"resume=must: no valid checkpoint of experiment {name!r} in "

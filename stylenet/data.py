@@ -21,23 +21,14 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from stylenet import StylenetError
-from stylenet.image import (  # noqa: F401 - the resize and demo helpers are re-exported for data users
-    DEMO_PHOTOS,
-    ImageError,
-    crop,
-    demo_root,
-    list_images,
-    load_rgb,
-    resize_long_side,
-    resize_short_side,
-    resolve_image_path,
-)
+from stylenet.errors import StylenetError, first_line
+from stylenet.image import DEMO_PHOTOS, ImageError, crop, demo_root, list_images, load_rgb, resize_short_side
 from stylenet.metrics import degrade
 from stylenet.nets.sr import SuperResolutionNet
 from stylenet.shards import ShardStore
 
 log = logging.getLogger(__name__)
+
 
 class InFlight:
     """Which file each DataLoader worker is decoding, in memory shared with the main process.
@@ -301,7 +292,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                  for index in dataset.in_flight.suspects(message)]
         if not files:
             return None
-        return StylenetError(f"{message.strip().splitlines()[0]} while loading {', '.join(files)}: remove or "
+        return StylenetError(f"{first_line(err)} while loading {', '.join(files)}: remove or "
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,310 +1,32 @@
-"""Model files: reading them safely, writing them, and exporting them for other runtimes.
+"""Exports for other runtimes: ONNX models and ``torch.export`` programs (``.pt2``) that accept any
+image size, written beside stylenet's own model files by the extension each output names.
 
-A trained style is one small ``.safetensors`` file (Hugging Face's safetensors: a JSON header and raw
-tensors, so loading a stranger's file can never execute code, unlike a pickle). The header's
-metadata carries the network's constructor arguments (as nanoGPT's checkpoints do), the style's
-name and image hash, the loss weights, image size, steps and stylenet version.
-
-:func:`load_model` also reads, always with ``torch.load(weights_only=True)`` and never falling back
-to unrestricted unpickling (not even under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which only
-applies when ``weights_only`` is not passed):
-
-* Lightning checkpoints written by ``stylenet-train`` (``.ckpt``);
-* pytorch/examples ``fast_neural_style`` state dicts (``.pth`` / ``.model``), which users already
-  have: the same network with 0-255 inputs and outputs and no final activation
-  (:class:`ExamplesTransformerNet`).
-
-:func:`write_model` writes a stylenet model file, an ONNX model or a ``torch.export`` program
-(``.pt2``), chosen by the extension; both exports accept any height and width from the
-network's ``min_size`` up (8 px for the style network) and pad exactly as ``stylenet-stylize`` does.
+Both exports accept any height and width from the network's ``min_size`` up (8 px for the style
+network) and pad exactly as ``stylenet-stylize`` does (:class:`AnySizeNetwork`); both carry the
+model file's metadata. Reading and writing stylenet's ``.safetensors`` files is
+:mod:`stylenet.modelfile`'s.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import pickle
-import re
-import struct
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from stylenet import StylenetError, __version__
-from stylenet.inference import first_line, min_size, padded_forward, size_multiple
-from stylenet.nets import SuperResolutionNet, TransformerNet
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError
+from stylenet.inference.geometry import min_size, padded_forward, size_multiple
+from stylenet.modelfile import FORMAT, StoredModel, header, read_model, save_model
 
-FORMAT = "stylenet"
-FORMAT_VERSION = 1
-#: Output extensions :func:`write_model` understands.
+#: Output extensions :func:`write_models` understands.
 EXPORT_FORMATS = (".safetensors", ".onnx", ".pt2")
 
 
-class ExamplesTransformerNet(TransformerNet):
-    """The network of pytorch/examples ``fast_neural_style``, in our layout.
-
-    It is the same InstanceNorm variant of the paper's network (Johnson et al. 2016, supplementary
-    Table 1), trained on images in [0, 255] with no activation after the last convolution. This
-    wrapper keeps our [0, 1] interface: inputs are multiplied by 255, outputs divided by 255 and
-    clamped, where the original tools clamp when saving.
-    """
-
-    def __init__(self, channels: int = 32, residual_blocks: int = 5, norm: str = "instance") -> None:
-        super().__init__(channels, residual_blocks, norm)
-        self.decoder[-1] = nn.Identity()  # no ScaledTanh: the original output is unbounded
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (super().forward(x * 255.0) / 255.0).clamp(0.0, 1.0)
-
-
-#: network classes a model file may name, by the class name stored in its metadata.
-NETWORKS: dict[str, type[nn.Module]] = {
-    "TransformerNet": TransformerNet,
-    "ExamplesTransformerNet": ExamplesTransformerNet,
-    "SuperResolutionNet": SuperResolutionNet,
-}
-#: the network each training task trains, for checkpoints (their hyperparameters name the task;
-#: checkpoints from before super-resolution existed name none and are style checkpoints).
-TASK_NETWORKS: dict[str, type[nn.Module]] = {"style": TransformerNet, "sr": SuperResolutionNet}
-
-
-@dataclass
-class ExportedModel:
-    """A network rebuilt from a model file, in eval mode on the CPU, and the file's metadata."""
-
-    net: nn.Module
-    metadata: dict[str, Any]
-
-    @property
-    def task(self) -> str:
-        return str(self.metadata.get("task", "style"))
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
-    """Run ``write(tmp_path)``, fsync, then rename over ``path``: a crash leaves the old file or
-    none, never half a file that looks like a model. The temporary name keeps the extension,
-    since some writers choose the format from it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _header(net: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
-    """What every model file (and export) records: format, versions, how to rebuild ``net``, metadata."""
-    config = getattr(net, "config", None)
-    if config is None:
-        raise StylenetError(f"{type(net).__name__} has no .config; cannot record how to rebuild it")
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "stylenet_version": __version__,
-            "network": {"class": type(net).__name__, **config}, **metadata}
-
-
-def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write ``net``'s weights (CPU, contiguous) and ``metadata`` (JSON) to a safetensors file."""
-    header = _header(net, metadata)
-    tensors = {key: value.detach().to("cpu", torch.float32).contiguous()
-               for key, value in net.state_dict().items()}
-    return atomic_write(Path(path),
-                        lambda tmp: save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(header)}))
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def _is_safetensors(path: Path) -> bool:
-    """safetensors files start with a little-endian u64 header length and then a JSON object."""
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    if len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 8 + length <= path.stat().st_size
-
-
-def load_model(path: str | Path, *, task: str | None = None) -> ExportedModel:
-    """Rebuild the network stored in a model file; never runs code from the file.
-
-    Reads stylenet safetensors files, ``stylenet-train`` Lightning checkpoints and pytorch/examples
-    ``fast_neural_style`` checkpoints (see the module docstring). With ``task`` (e.g. ``"style"``)
-    a model made for something else (e.g. a super-resolution ``"sr"`` model) is refused. Every
-    failure is a :class:`StylenetError` with one line naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StylenetError(f"model file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise StylenetError(f"model file {str(path)!r} is empty (0 bytes)")
-    model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
-    if task is not None and model.task != task:
-        raise StylenetError(f"model file {str(path)!r} is a {model.task!r} model, not a {task!r} model")
-    return model
-
-
-def _load_safetensors(path: Path) -> ExportedModel:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = json.loads((handle.metadata() or {}).get(FORMAT, "null"))
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
-    except (SafetensorError, OSError, ValueError) as err:
-        raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
-                            f"{first_line(err)}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise StylenetError(f"model file {str(path)!r} has no stylenet metadata "
-                            "(not exported by stylenet-export)")
-    network = dict(header["network"]) if isinstance(header.get("network"), dict) else {}
-    cls = NETWORKS.get(network.pop("class", None))
-    if cls is None:
-        raise StylenetError(f"model file {str(path)!r} names an unknown network {header.get('network')}")
-    return _build(path, cls, network, tensors, header)
-
-
-def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict[str, torch.Tensor],
-           metadata: dict[str, Any]) -> ExportedModel:
-    try:
-        net = cls(**config)
-        net.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise StylenetError(f"model file {str(path)!r} does not match its network: "
-                            f"{first_line(err)}") from None
-    return ExportedModel(net.eval(), _header(net, metadata))
-
-
-def _load_pickled(path: Path) -> ExportedModel:
-    """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler."""
-    try:
-        with warnings.catch_warnings():  # the refusal below says it better than torch's protocol warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = _unpickler_reason(err)
-        if "weights only load failed" in str(err).lower() and "unsupported operand" not in reason.lower():
-            raise StylenetError(
-                f"refusing to load model file {str(path)!r}: it is a pickle with more than tensors and plain "
-                f"containers, and unpickling it could run code ({reason})") from None
-        raise StylenetError(f"model file {str(path)!r} is not a model file: {reason}") from None
-    except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
-        raise StylenetError(f"model file {str(path)!r} is not a model file: {first_line(err)}") from None
-    if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
-        return _from_lightning(path, content)
-    if isinstance(content, dict) and "conv1.conv2d.weight" in content:
-        return _from_examples(path, content)
-    raise StylenetError(f"model file {str(path)!r} is neither a stylenet model, a stylenet-train "
-                        "checkpoint nor a pytorch/examples fast_neural_style checkpoint")
-
-
-def _unpickler_reason(err: BaseException) -> str:
-    """torch's reason for a refused load ("unsupported GLOBAL posix.system ...", "Unsupported operand
-    110" for bytes that are no pickle at all) without the paragraphs of advice around it."""
-    paragraphs = [" ".join(text.split()) for text in str(err).split("\n\n") if text.strip()]
-    reasons = [text for text in paragraphs[1:-1] if not text.startswith("Please file an issue")]
-    return reasons[0] if reasons else first_line(err)
-
-
-def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> ExportedModel:
-    """The transformation network of a ``stylenet-train`` checkpoint (no VGG, no optimiser)."""
-    try:
-        hparams = checkpoint["hyper_parameters"]
-        state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
-                 if key.startswith("net.")}
-        config = dict(hparams["model"])
-    except (KeyError, TypeError, AttributeError) as err:
-        raise StylenetError(f"checkpoint {str(path)!r} lacks {first_line(err)}") from None
-    metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)))
-    return _build(path, TASK_NETWORKS[metadata["task"]], config, state, metadata)
-
-
-#: pytorch/examples layer names -> ours (ConvLayer keeps its conv in ``.conv2d``).
-_EXAMPLES_LAYERS = {
-    "conv1": "encoder.0.0.1", "in1": "encoder.0.1",
-    "conv2": "encoder.1.0.1", "in2": "encoder.1.1",
-    "conv3": "encoder.2.0.1", "in3": "encoder.2.1",
-    "deconv1": "decoder.0.1.0.1", "in4": "decoder.0.1.1",
-    "deconv2": "decoder.1.1.0.1", "in5": "decoder.1.1.1",
-    "deconv3": "decoder.2.1",
-}
-_EXAMPLES_RESIDUAL_LAYERS = {"conv1": "body.0.0.1", "in1": "body.0.1", "conv2": "body.1.1", "in2": "body.2"}
-_EXAMPLES_KEY = re.compile(r"(?:res(?P<block>\d+)\.)?(?P<layer>\w+?)(?:\.conv2d)?\.(?P<param>\w+)")
-#: InstanceNorm running statistics that old PyTorch versions saved and nothing uses.
-_STALE_PARAMS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _from_examples(path: Path, state: dict[str, Any]) -> ExportedModel:
-    """Map a pytorch/examples ``fast_neural_style`` state dict onto :class:`ExamplesTransformerNet`."""
-    mapped: dict[str, torch.Tensor] = {}
-    blocks: set[int] = set()
-    for key, value in state.items():
-        match = _EXAMPLES_KEY.fullmatch(key)
-        if match is None or not isinstance(value, torch.Tensor):
-            raise StylenetError(f"model file {str(path)!r} has an unexpected entry {key!r} for a "
-                                "pytorch/examples fast_neural_style checkpoint")
-        if match["param"] in _STALE_PARAMS:
-            continue
-        if match["block"] is None:
-            target = _EXAMPLES_LAYERS.get(match["layer"])
-        else:
-            blocks.add(int(match["block"]))
-            inner = _EXAMPLES_RESIDUAL_LAYERS.get(match["layer"])
-            target = inner and f"residuals.{int(match['block']) - 1}.{inner}"
-        if target is None:
-            raise StylenetError(f"model file {str(path)!r} has an unexpected layer {key!r} for a "
-                                "pytorch/examples fast_neural_style checkpoint")
-        mapped[f"{target}.{match['param']}"] = value
-    config = {"channels": int(state["conv1.conv2d.weight"].shape[0]), "residual_blocks": len(blocks)}
-    metadata = {"task": "style", "style_name": path.stem, "source": "pytorch/examples fast_neural_style"}
-    return _build(path, ExamplesTransformerNet, config, mapped, metadata)
-
-
-def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
-    """Lightning checkpoint -> per-style model file: network weights only (no VGG, no optimiser).
-
-    The checkpoint is read with ``weights_only=True``: our checkpoints hold tensors and primitives."""
-    model = load_model(ckpt_path)
-    return write_model(model, out_path)
-
-
-def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
-    """What a model file records about how it was trained (all JSON primitives): the task
-    (``style``, or ``sr`` with its ``factor``), the style, loss weights, image size and steps."""
-    task = hparams.get("task", "style")
-    if task not in TASK_NETWORKS:
-        raise StylenetError(f"checkpoint of an unknown task {task!r} (expected one of "
-                            f"{sorted(TASK_NETWORKS)})")
-    if task == "sr":
-        return {"task": "sr", "factor": hparams.get("factor"), "loss": hparams.get("loss", {}),
-                "image_size": hparams.get("image_size"), "steps": steps}
-    style = hparams.get("style", {})
-    return {
-        "task": "style",
-        "style_name": style.get("name") or Path(str(style.get("image", "style"))).stem,
-        "style_image": str(style.get("image")),
-        "style_sha256": hparams.get("style_sha256"),
-        "style_size": style.get("size"),
-        "loss": hparams.get("loss", {}),
-        "image_size": hparams.get("image_size"),
-        "steps": steps,
-    }
-
-
-# ------------------------------------------------------------------------------------------ exports
-
-
 class AnySizeNetwork(nn.Module):
-    """What the exports contain: ``net`` behind :func:`stylenet.inference.padded_forward`, so ONNX
+    """What the exports contain: ``net`` behind :func:`stylenet.inference.geometry.padded_forward`, so ONNX
     and ``.pt2`` programs accept any (B, 3, H, W) with H, W >= ``max(min_size, size_multiple)`` (8 for
     TransformerNet) and compute what ``stylenet-stylize`` and the notebook API compute.
 
@@ -348,12 +70,12 @@ def check_export_path(path: str | Path) -> Path:
     return path
 
 
-def write_model(model: ExportedModel, path: str | Path) -> Path:
+def write_model(model: StoredModel, path: str | Path) -> Path:
     """Write ``model`` to one file; see :func:`write_models`."""
     return write_models(model, [path])[0]
 
 
-def write_models(model: ExportedModel, paths: list[str | Path]) -> list[Path]:
+def write_models(model: StoredModel, paths: list[str | Path]) -> list[Path]:
     """Write ``model`` to each path, atomically, in the format its extension names: a stylenet model
     file (``.safetensors``), an ONNX model (``.onnx``, the ``torch.onnx`` dynamo exporter, opset
     chosen by torch) or a ``torch.export`` program (``.pt2``). All extensions are checked before
@@ -363,21 +85,36 @@ def write_models(model: ExportedModel, paths: list[str | Path]) -> list[Path]:
     net = model.net.eval().cpu().float()
     metadata = {key: value for key, value in model.metadata.items()
                 if key not in ("format", "format_version", "stylenet_version", "network")}
-    header = json.dumps(_header(net, metadata))
+    record = json.dumps(header(net, metadata))
     program: torch.export.ExportedProgram | None = None
     for path in paths:
-        suffix = path.suffix.lower()
-        if suffix == ".safetensors":
+        if path.suffix.lower() == ".safetensors":
             save_model(path, net, metadata)
             continue
         if program is None:
             program = export_program(net)
-        if suffix == ".pt2":
-            extra = {"stylenet.json": header}
-            atomic_write(path, functools.partial(torch.export.save, program, extra_files=extra))
-        else:
-            onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"],
-                                             output_names=["output"], verbose=False)
-            onnx_program.model.metadata_props[FORMAT] = header
-            atomic_write(path, functools.partial(onnx_program.save, external_data=False))
+        (save_pt2 if path.suffix.lower() == ".pt2" else save_onnx)(program, path, record)
     return paths
+
+
+def save_pt2(program: torch.export.ExportedProgram, path: Path, record: str) -> Path:
+    """Write ``program`` as a ``.pt2`` file, with the model file's JSON ``record`` as the extra file
+    ``stylenet.json``."""
+    return atomic_write(path, functools.partial(torch.export.save, program, extra_files={"stylenet.json": record}))
+
+
+def save_onnx(program: torch.export.ExportedProgram, path: Path, record: str) -> Path:
+    """Convert ``program`` with the ``torch.onnx`` dynamo exporter (opset chosen by torch) and write
+    it as one ``.onnx`` file, the model file's JSON ``record`` in ``metadata_props["stylenet"]``."""
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"], output_names=["output"],
+                                     verbose=False)
+    onnx_program.model.metadata_props[FORMAT] = record
+    return atomic_write(path, functools.partial(onnx_program.save, external_data=False))
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> Path:
+    """Lightning checkpoint -> per-style model file: network weights only (no VGG, no optimiser).
+
+    The checkpoint is read with ``weights_only=True``: our checkpoints hold tensors and primitives."""
+    model = read_model(ckpt_path)
+    return write_model(model, out_path)

@@ -64,8 +64,7 @@ def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:
     cuDNN, in fp32 and bf16 alike, so it always is. The transformation network is NHWC on GPUs
     (what tensor-core convolutions want) but stays NCHW on CPUs, where PyTorch's eager reflection
     padding and InstanceNorm are NCHW kernels whose layout copies cost more than the
-    convolutions gain (``stylenet-bench``: both networks channels_last took 1.31x the time of
-    this split per fp32 step on the 2-core AVX2 CPU; 2.36 s against 2.21 s in bf16 on AVX512-BF16)."""
+    convolutions gain (``stylenet-bench`` compares both networks channels_last with this split)."""
     return torch.device(device).type == "cuda", True
 
 
@@ -78,12 +77,16 @@ def reuse_freed_memory() -> bool:
 
     PyTorch's CPU tensors come from plain malloc, and glibc serves every block above its mmap
     threshold (32 MiB at most: most activations of a training step) with a fresh ``mmap`` that it
-    unmaps on ``free``. Every step then page-faults and zeroes its gigabytes of activations anew:
-    20% of a CPU training step and 40% of a 1024 px inference pass on the 2-core CPU
-    (``stylenet-bench``: ``train_fast_system_malloc_s``; most of the kernel time of inference).
-    With mmap and trimming switched off the blocks come back from the heap. The price: the process
-    keeps its peak heap until it exits (peak RSS 10-25% higher). Process-wide; Linux with glibc
-    only, returns whether it applied."""
+    unmaps on ``free``. Every step then page-faults and zeroes its gigabytes of activations anew, a
+    large share of a CPU training step or inference pass (``stylenet-bench`` measures it:
+    ``train_fast_system_malloc_s``). With mmap and trimming switched off the blocks come back from
+    the heap. The price: the process keeps its peak heap until it exits (peak RSS 10-25% higher).
+
+    Process-wide, so the library never calls it on its own (not on import, not from
+    :func:`stylenet.load_model` or :class:`~stylenet.inference.InferenceModel`): that is the
+    application's decision. ``stylenet-stylize``, ``stylenet-upscale``, ``stylenet-evaluate-sr``,
+    ``stylenet-bench`` and the trainer (:func:`prepare_for_training`) switch it on for CPU runs; a
+    notebook or server may call it too. Linux with glibc only; returns whether it applied."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -174,10 +177,17 @@ class SubpixelConv(RewrittenConv):
         return torch.cat([collapse(collapse(weight, a, 2), b, 3) for a, b in PHASES])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        conv = self.conv
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
             x = replicate_pad(x)
+        return self.convolve(x)
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, I, h + 2, w + 2), already padded by one pixel on every side -> (B, O, 2 h, 2 w). The
+        padding is edge replication at the image's borders; a band of a larger image
+        (:mod:`stylenet.inference.layerwise`) brings its neighbours' rows instead."""
+        batch, _, height, width = x.shape
+        height, width = height - 2, width - 2
+        conv = self.conv
         bias = None if conv.bias is None else conv.bias.repeat(len(PHASES))
         phases = F.conv2d(x, self.kernels(conv.weight), bias)  # (B, 4 O, H + 1, W + 1)
         out = phases.new_empty(batch, conv.out_channels, height, 2, width, 2)
@@ -195,7 +205,7 @@ class SpaceToDepthConv(RewrittenConv):
     idle. Splitting the padded input into its ``factor`` x ``factor`` pixel phases (pixel_unshuffle)
     turns it into a convolution with ``factor**2`` times the input and output channels at
     ``1/factor`` the resolution, with kernel ceil((K - 1) / factor) + 1; output pixel phases are
-    interleaved back (pixel_shuffle). It does ~1.2x the multiply-adds at factor 2 in half the time.
+    interleaved back (pixel_shuffle). It does ~1.2x the multiply-adds at factor 2, on full vectors.
     """
 
     def __init__(self, conv: nn.Conv2d, factor: int = 2) -> None:
@@ -227,9 +237,14 @@ class SpaceToDepthConv(RewrittenConv):
         extra_h, extra_w = (-(height + 2 * self.pad)) % self.factor, (-(width + 2 * self.pad)) % self.factor
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
             x = F.pad(x, (self.pad, self.pad + extra_w, self.pad, self.pad + extra_h), mode="reflect")
+        return self.convolve(x)[..., :height, :width]
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of an input already padded by K // 2 on every side, whose padded sides
+        divide by ``factor`` (output rows and columns beyond the unpadded size are to be cropped:
+        they read only the extra padding)."""
         bias = None if self.conv.bias is None else self.conv.bias.repeat_interleave(self.factor**2)
-        y = F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, self.factor), self.kernel(), bias), self.factor)
-        return y[..., :height, :width]
+        return F.pixel_shuffle(F.conv2d(F.pixel_unshuffle(x, self.factor), self.kernel(), bias), self.factor)
 
 
 def rewrite_layers(net: nn.Module, device: torch.device | str = "cpu") -> bool:
@@ -267,7 +282,7 @@ class SingleImageInstanceNorm(nn.InstanceNorm2d):
     With one image the batch statistics are the instance statistics, so the result is the same up
     to rounding; but the batch-norm kernels read channels_last maps in place, where
     ``F.instance_norm`` reshapes to (1, B*C, H, W) and so copies every NHWC map to NCHW and back
-    (3.8x the time on a 32 x 1024 x 1024 channels_last map on the 2-core CPU). Inference always
+    (several times the time on a large channels_last map on the CPU). Inference always
     runs one image (or tile) at a time; other batch sizes take ``nn.InstanceNorm2d``'s path. A
     subclass, so tiled inference still finds and freezes it (:mod:`stylenet.inference`)."""
 
@@ -291,8 +306,8 @@ def optimize_for_inference(net: nn.Module, device: torch.device | str = "cpu") -
 
     :func:`rewrite_layers`; InstanceNorm layers as :class:`SingleImageInstanceNorm`; and, on CPUs
     and GPUs, the channels_last layout, which lets oneDNN and cuDNN run every convolution NHWC:
-    with the two rewrites, 1.2x faster at 1024 px on the 2-core AVX2 CPU than NCHW, for the
-    paper's network and the half-width one alike (``stylenet-bench``, ``infer``)."""
+    with the two rewrites, faster than NCHW for the paper's network and the half-width one alike
+    (``stylenet-bench``, ``infer``, measures it on the machine at hand)."""
     fast = copy.deepcopy(net)
     rewrite_layers(fast, device)
     for name, module in list(fast.named_modules()):

@@ -22,9 +22,9 @@ Conventions (and why):
 * **Colour preservation** is the luminance-only transfer of Gatys et al. 2016, "Preserving Color
   in Neural Artistic Style Transfer": the content and style are reduced to luminance (the style's
   mean and spread matched to the content's), the grey image is optimised, and the content's
-  chroma is put back (see :func:`with_content_chroma`). Luma, resizing, device choice and the
-  colour controls are :mod:`stylenet.inference`'s, shared with ``stylenet-stylize``, so the
-  optimiser and the networks preserve colour with the same arithmetic.
+  chroma is put back (see :func:`with_content_chroma`). Luma and resizing are
+  :mod:`stylenet.image`'s and the colour controls :mod:`stylenet.inference`'s, shared with
+  ``stylenet-stylize``, so the optimiser and the networks preserve colour with the same arithmetic.
 """
 
 from __future__ import annotations
@@ -36,9 +36,15 @@ from pathlib import Path
 
 import torch
 
-from stylenet import StylenetError, inference
-from stylenet.image import load_rgb, resolve_image_path
-from stylenet.inference import Controls, luma, resize
+from stylenet.devices import resolve_device as resolve_any_device
+from stylenet.errors import StylenetError
+from stylenet.image import (
+    load_rgb,
+    luma,
+    resize,
+    resolve_image_path,
+)
+from stylenet.inference.controls import Controls
 from stylenet.losses import PerceptualLoss
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -94,14 +100,15 @@ class NonFiniteObjective(Exception):
         self.terms = terms
 
 
+#: what ``device=auto`` tries before the CPU: CUDA only, the documented meaning of ``stylenet-gatys
+#: device=auto`` (configs/gatys.yaml), kept so that Gatys runs on a Mac do not move to MPS unannounced.
+ACCELERATORS = ("cuda",)
+
+
 def resolve_device(spec: str, hint: str = "device=cpu") -> torch.device:
-    """:func:`stylenet.inference.resolve_device`, except that ``auto`` means CUDA when available,
-    else the CPU: the documented meaning of ``stylenet-gatys device=auto`` (configs/gatys.yaml),
-    kept so that Gatys runs on a Mac do not move to MPS unannounced. ``hint`` is how the caller's
-    users ask for the CPU (Hydra's ``device=cpu`` by default, ``--device cpu`` for argparse)."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return inference.resolve_device(spec, hint=hint)
+    """:func:`stylenet.devices.resolve_device` with :data:`ACCELERATORS`. ``hint`` is how the
+    caller's users ask for the CPU (Hydra's ``device=cpu`` by default, ``--device cpu`` for argparse)."""
+    return resolve_any_device(spec, hint=hint, accelerators=ACCELERATORS)
 
 
 def read_image(spec: str | Path, what: str) -> torch.Tensor:
@@ -112,22 +119,10 @@ def read_image(spec: str | Path, what: str) -> torch.Tensor:
         raise StylenetError(f"{what}: {err}") from None
 
 
-def long_side_shape(height: int, width: int, size: int | None) -> tuple[int, int]:
-    """(H, W) with the longer side ``size`` and the aspect ratio kept; ``None`` keeps the shape."""
-    if size is None:
-        return height, width
-    if size < 1:
-        raise StylenetError(f"size must be a positive number of pixels, got {size}")
-    scale = size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """:func:`stylenet.inference.resize` of a (3, H, W) image to exactly (height, width), clamped
-    to [0, 1] when it resizes: every image the optimiser starts from or is scored against must be
-    a valid image (see the module docstring); an image already that size is returned as it is."""
-    resized = resize(image, (height, width))
-    return resized if resized is image else resized.clamp(0, 1)
+    """:func:`stylenet.image.resize` to exactly (height, width), clamped to [0, 1]: every image the
+    optimiser starts from or is scored against must be a valid image (see the module docstring)."""
+    return resize(image, (height, width), clamp=True)
 
 
 #: luminance on all three channels: what the loss network sees in luminance-only transfer.

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from stylenet import StylenetError, __version__, quality
-from stylenet.data import resize_long_side, resolve_image_path
 from stylenet.fastpath import prepare_for_training
-from stylenet.image import ImageError, load_rgb
-from stylenet.losses import PerceptualLoss
+from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
+from stylenet.losses import PerceptualLoss, pixel_loss
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.nets import SuperResolutionNet, TransformerNet
 
@@ -118,11 +117,15 @@ class ImageTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images = batch["images"]
         # an empty batch: every file of it was unreadable
-        terms = self.loss(self.net(self.network_input(batch)), images) if images.numel() else None
+        terms = self.objective(self.net(self.network_input(batch)), images) if images.numel() else None
         if not self.step_is_usable(terms, batch):
             return None
         self.log_terms("train", terms, len(images))
         return terms["total"]
+
+    def objective(self, output: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss terms a training step minimises (``total`` among them)."""
+        return self.loss(output, images)
 
     def step_is_usable(self, terms: dict[str, torch.Tensor] | None, batch: dict[str, Any]) -> bool:
         """Whether to take this optimiser step, applying ``nan_policy``; False skips the batch.
@@ -178,14 +181,19 @@ class StyleTransferTask(ImageTask):
         image_size: training crop size, recorded in the exported model's metadata.
         nan_policy, max_nan_skips: what a non-finite loss does (see :class:`ImageTask`).
         compile, channels_last: training fast paths (see :meth:`ImageTask.configure_model`).
+        identity_steps: steps that first train the network to reproduce its input (see
+            :meth:`objective`); 0, as in the paper, for runs of thousands of steps.
 
     All arguments are primitives, so Lightning checkpoints load with ``weights_only=True``.
     """
 
     def __init__(self, model: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
                  lr: float = 1e-3, image_size: int = 256, nan_policy: str = "stop",
-                 max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None) -> None:
+                 max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None,
+                 identity_steps: int = 0) -> None:
         super().__init__(lr, nan_policy, max_nan_skips)
+        if identity_steps < 0:
+            raise StylenetError(f"task.identity_steps must be >= 0, got {identity_steps}")
         # The loss network first: a missing VGG weights file fails before any data is read.
         self.loss = PerceptualLoss(**loss)
         style_image, style_path = load_style_image(style.get("image"), int(style.get("size", 256)))
@@ -195,6 +203,20 @@ class StyleTransferTask(ImageTask):
         self.net = build_net(TransformerNet, model)
         self.loss.set_style([style_image])
         self.register_buffer("style_image", style_image, persistent=False)
+
+    def objective(self, output: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The perceptual objective, after ``identity_steps`` steps of per-pixel MSE to the input.
+
+        Why the warm-up: from its random initialisation the network's output shares nothing with the
+        photo, and on a short run (the offline demo's minutes) the style term, which any texture
+        satisfies, wins before the content term has taught the network to keep the photo: the result
+        is the style's palette in blobs. A network that starts as a rough identity map keeps the
+        photo's layout while the style moves in, as the Gatys optimiser starting from the photo does.
+        Not in the paper (40k steps make it irrelevant there)."""
+        if self.global_step < self.hparams.get("identity_steps", 0):
+            identity = pixel_loss(output, images)
+            return {"identity": identity, "total": identity}
+        return self.loss(output, images)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["images"]

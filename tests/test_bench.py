@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylenet.bench import measure, report, sections, training
 from stylenet.cli import bench
 
 
@@ -23,13 +24,17 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
     for key in ("train_speedup", "train_fraction_of_peak", "infer_speedup_32", "train_reference_s",
                 "train_fast_s", "train_fast_gflop", "infer_fast_paper_32_seconds", "infer_fp32_paper_32_peak_mb",
                 "gatys_iteration_s", "gatys500_over_feedforward", "conv_fp32_gflops", "conv_bf16_gflops",
-                "data_jpeg_img_s", "data_shard_img_s", "data_shard_feed_ratio"):
+                "data_jpeg_img_s", "data_shard_img_s", "data_shard_feed_ratio", "frames_half_64x48_fps",
+                "frames_paper_64x48_fps", "photo_default_128x96_seconds", "photo_onepass_128x96_peak_mb",
+                "photo_default_128x96_psnr_db", "photo_default_128x96_time_ratio"):
         assert numbers.get(key, 0) > 0, key
     # The reference pushes the content batch through VGG to relu4_3; the fast path stops at relu2_2.
     assert results["train_reference_gflop"] > results["train_fast_gflop"]
     assert results["meta"]["command"].startswith("stylenet-bench --quick")
     table = capsys.readouterr().out
     assert "train step" in table and "stylize 32 px" in table and "conv ceiling" in table
+    assert "frames 64x48 streamed (half net)" in table and "photo 128x96 (paper net)" in table
+    assert "ran on: " in table and "bf16 native: " in table
 
 
 def test_sections_and_bad_arguments(tmp_path: Path) -> None:
@@ -39,7 +44,7 @@ def test_sections_and_bad_arguments(tmp_path: Path) -> None:
     assert set(conv) == {"meta", "conv_fp32_gflops", "conv_bf16_gflops", "conv_fp32_gflops_by_shape",
                          "conv_bf16_gflops_by_shape", "targets"}
     assert conv["conv_fp32_gflops"] == max(conv["conv_fp32_gflops_by_shape"].values())
-    assert len(conv["conv_fp32_gflops_by_shape"]) == len(bench.VGG_CONV_SHAPES) and conv["targets"] == {}
+    assert len(conv["conv_fp32_gflops_by_shape"]) == len(sections.VGG_CONV_SHAPES) and conv["targets"] == {}
     with pytest.raises(SystemExit):
         bench.main(["--sections", "train,nonsense"])
 
@@ -48,10 +53,10 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
     """Same seed, same batch: the first step's loss (before any update) is the same objective, up to
     bf16 where the fast path uses it."""
     device = torch.device("cpu")
-    images, style = bench.random_images(2, 32, device), bench.random_images(1, 32, device, seed=1)[0]
-    reference = float(bench.TrainingStep("reference", device, style)(images))
-    fast_fp32 = float(bench.TrainingStep("fast", device, style, precision="32-true")(images))
-    fast = float(bench.TrainingStep("fast", device, style)(images))
+    images, style = measure.random_images(2, 32, device), measure.random_images(1, 32, device, seed=1)[0]
+    reference = float(training.TrainingStep("reference", device, style)(images))
+    fast_fp32 = float(training.TrainingStep("fast", device, style, precision="32-true")(images))
+    fast = float(training.TrainingStep("fast", device, style)(images))
     assert fast_fp32 == pytest.approx(reference, rel=1e-5)
     assert fast == pytest.approx(reference, rel=2e-2)
 
@@ -62,8 +67,10 @@ def test_derived_figures_and_targets_hand_computed() -> None:
                "train_fast_gflop": 600.0, "train_fast_executed_gflop": 500.0, "train_reference_gflop": 700.0,
                "conv_fp32_gflops": 250.0, "conv_bf16_gflops": 20.0,
                "gatys_size": 256, "gatys_iteration_s": 0.5, "infer_fast_paper_256_seconds": 0.2,
-               "infer_fast_paper_1024_seconds": 0.4}
-    bench.derived(results)
+               "infer_fast_paper_1024_seconds": 0.4, "frames_half_640x480_fps": 31.0,
+               "frames_paper_640x480_fps": 9.0, "photo_default_4000x3000_time_ratio": 1.1,
+               "photo_default_4000x3000_peak_mb": 1900.0, "photo_default_4000x3000_psnr_db": 49.0}
+    report.derived(results)
     assert results["train_fraction_of_peak"] == pytest.approx(600 / 4 / 250)  # the fp32 ceiling for 32-true
     assert results["train_floor_s"] == pytest.approx(500 / 250)
     assert results["train_speedup_bound"] == pytest.approx(8.0 / 2.0)
@@ -72,3 +79,6 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     assert not targets["train_fraction_of_peak"]["met"]  # 0.6 < 0.7
     assert targets["infer_fast_paper_1024_seconds"]["met"] and targets["gatys500_over_feedforward"]["met"]
     assert "train_speedup" not in targets  # not measured here: no verdict
+    assert targets["frames_half_640x480_fps"]["met"] and not targets["frames_paper_640x480_fps"]["met"]
+    assert targets["photo_default_4000x3000_time_ratio"]["met"] and targets["photo_default_4000x3000_peak_mb"]["met"]
+    assert not targets["photo_default_4000x3000_psnr_db"]["met"]

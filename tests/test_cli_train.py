@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from stylenet import StylenetError
 from stylenet.cli.train import config_dir, train
-from stylenet.export import load_model
 from stylenet.losses import lua_to_ours
-
-SCRIPT = Path(sys.executable).with_name("stylenet-train")
+from stylenet.modelfile import read_model
+from tests.helpers import console_script
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "stylenet.cli.train"]
-    return subprocess.run([*command, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*console_script("stylenet-train"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) -> None:
@@ -31,7 +29,7 @@ def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "step_000020.ckpt").is_file()
-    model = load_model(run_dir / "smoke.safetensors")
+    model = read_model(run_dir / "smoke.safetensors")
     assert model.metadata["steps"] == 20 and model.metadata["style_name"] == "demo"
     assert len(list(run_dir.glob("*_demo.png"))) == 1  # the run ends with a stylized photo
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()

@@ -7,14 +7,12 @@ from PIL import Image
 
 from stylenet import StylenetError
 from stylenet.data import (
-    DEMO_PHOTOS,
     ImageFileDataset,
     ImageFolderDataModule,
     StreamSampler,
     collate_skipping_bad,
-    resize_long_side,
-    resolve_image_path,
 )
+from stylenet.image import DEMO_PHOTOS, resize_long_side, resolve_image_path
 from tests.conftest import make_photo
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,17 @@ class RecordSamples(pl.Callback):
 
 
 def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Path) -> None:
-    from stylenet.export import load_model
+    from stylenet.modelfile import read_model
     from tests.conftest import make_photo
+    from tests.helpers import console_script
 
     photos = [make_photo(tmp_path / "photos" / f"img{i}.png", size=(40 + 4 * i, 40), seed=i)
               for i in range(9)]
     style = make_photo(tmp_path / "style.png", size=(48, 48), seed=42)
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
-    script = Path(sys.executable).with_name("stylenet-train")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "stylenet.cli.train"]
     start = time.monotonic()
     result = subprocess.run(
-        [*command, "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
          f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=2", "data.val_images=1",
          f"style.image={style}", "style.size=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
          "callbacks.checkpoint.every_n_train_steps=2", "+trainer.enable_progress_bar=false",
@@ -62,7 +60,7 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
     # together: 2 steps x 2 ranks x batch 2 = the 8 training photos, each exactly once
     assert sorted(files[0] + files[1]) == sorted(str(p) for p in photos[1:])
 
-    assert load_model(run_dir / "smoke.safetensors").metadata["steps"] == 2
+    assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 2
     assert "exported the model" in (run_dir / "train.log").read_text()
     assert "exported the model" not in (run_dir / "train_ddp_process_1.log").read_text()
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1

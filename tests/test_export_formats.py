@@ -18,7 +18,8 @@ from torch import nn
 import stylenet
 from stylenet import StylenetError
 from stylenet.cli.export import main as export_main
-from stylenet.export import AnySizeNetwork, ExamplesTransformerNet, export_checkpoint, load_model, save_model
+from stylenet.export import AnySizeNetwork, export_checkpoint
+from stylenet.modelfile import ExamplesTransformerNet, read_model, save_model
 from stylenet.nets import TransformerNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +215,7 @@ def test_pytorch_examples_checkpoints_load(examples_net: ExamplesNet, tmp_path: 
     state["in1.running_mean"] = torch.zeros(32)  # what PyTorch < 0.4 saved for InstanceNorm
     state["in1.running_var"] = torch.ones(32)
     torch.save(state, tmp_path / name, _use_new_zipfile_serialization=zip_format)
-    model = load_model(tmp_path / name, task="style")
+    model = read_model(tmp_path / name, task="style")
     assert isinstance(model.net, ExamplesTransformerNet)
     assert model.metadata["style_name"] == Path(name).stem
     image = torch.rand(1, 3, 32, 44)
@@ -224,7 +225,7 @@ def test_pytorch_examples_checkpoints_load(examples_net: ExamplesNet, tmp_path: 
     # converted once to a stylenet model file, it behaves the same
     assert export_main([str(tmp_path / name), "-o", str(tmp_path / "converted.safetensors")]) == 0
     with torch.inference_mode():
-        assert torch.allclose(load_model(tmp_path / "converted.safetensors").net(image), expected, atol=1e-5)
+        assert torch.allclose(read_model(tmp_path / "converted.safetensors").net(image), expected, atol=1e-5)
 
 
 def test_stylenet_train_checkpoints_load(tmp_path: Path) -> None:
@@ -234,10 +235,10 @@ def test_stylenet_train_checkpoints_load(tmp_path: Path) -> None:
                   "hyper_parameters": {"model": net.config, "style": {"name": "wave", "image": "w.jpg"}},
                   "global_step": 7}
     torch.save(checkpoint, tmp_path / "last.ckpt")
-    model = load_model(tmp_path / "last.ckpt")
+    model = read_model(tmp_path / "last.ckpt")
     assert model.metadata["style_name"] == "wave" and model.metadata["steps"] == 7
     export_checkpoint(tmp_path / "last.ckpt", tmp_path / "wave.safetensors")
-    assert load_model(tmp_path / "wave.safetensors").metadata["style_name"] == "wave"
+    assert read_model(tmp_path / "wave.safetensors").metadata["style_name"] == "wave"
 
 
 # ------------------------------------------------------------------------------------------ safety
@@ -262,7 +263,7 @@ def test_malicious_pickles_are_refused_without_running(tmp_path: Path, monkeypat
         path.write_bytes(pickle.dumps(payload, protocol=protocol))
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # must not re-enable unsafe loading
     with pytest.raises(StylenetError, match=r"model file '.*evil\.pth'") as info:
-        load_model(path)
+        read_model(path)
     assert not Exploit.marker.exists()
     if protocol != pickle.HIGHEST_PROTOCOL:  # torch's loader rejects newer protocols before reading them
         assert "refusing to load" in str(info.value) and "system" in str(info.value)
@@ -277,10 +278,10 @@ def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path
              "foreign.safetensors": "no stylenet metadata", "other.pth": "neither a stylenet model"}
     for name, reason in cases.items():
         with pytest.raises(StylenetError, match=reason) as info:
-            load_model(tmp_path / name)
+            read_model(tmp_path / name)
         assert name in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(StylenetError, match="is a 'style' model, not a 'sr' model"):
-        load_model(model_file, task="sr")
+        read_model(model_file, task="sr")
 
 
 # ------------------------------------------------------------------------------------------ torch.hub

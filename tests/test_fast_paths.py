@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from torch.utils.flop_counter import FlopCounterMode
 
 from stylenet import fastpath
-from stylenet.export import load_model, save_model
 from stylenet.losses import PerceptualLoss
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.tasks import StyleTransferTask
 
@@ -69,7 +69,7 @@ def test_compiled_model_keeps_its_keys_for_checkpoints_and_export(tmp_path: Path
     assert not any("_orig_mod" in key for key in compiled.state_dict())
     plain.load_state_dict(compiled.state_dict())  # a compiled run's checkpoint loads into a plain one
     path = save_model(tmp_path / "compiled.safetensors", compiled.net, {"task": "style"})
-    reloaded = load_model(path).net
+    reloaded = read_model(path).net
     assert list(reloaded.state_dict()) == list(plain.net.state_dict())
     for key, value in compiled.net.state_dict().items():
         assert torch.equal(reloaded.state_dict()[key], value)
@@ -151,11 +151,12 @@ def test_fused_upsampling_computes_the_same_image(make_net: object) -> None:
 
 
 def test_bf16_inference_stays_within_40_db_of_fp32() -> None:
-    """On a photo (scikit-image's cat, 451x300), through the inference fast path."""
+    """On a photo (scikit-image's cat, 451x300), through the inference fast path, with the paper's network.
+    40 dB is an RMS error of 0.01, about 2.5 grey levels of the 8-bit output: below what eyes see, and far
+    above what bf16's 8-bit mantissa loses (~0.4 % per layer) unless a layer is computed wrongly."""
     import math
 
-    from stylenet.data import resolve_image_path
-    from stylenet.image import load_rgb
+    from stylenet.image import load_rgb, resolve_image_path
     from stylenet.inference import InferenceModel
 
     torch.manual_seed(0)
@@ -243,8 +244,6 @@ def test_reuse_freed_memory_applies_with_glibc() -> None:
 
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert fastpath.reuse_freed_memory() is expected
-    kept = torch.empty(64 << 20, dtype=torch.uint8)  # above glibc's largest mmap threshold
-    assert kept.sum() == kept.sum()  # still an ordinary, usable allocation
 
 
 def test_single_image_instance_norm_is_instance_norm_in_either_layout() -> None:

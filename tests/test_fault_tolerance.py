@@ -10,7 +10,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -39,11 +38,11 @@ from stylenet.checkpoints import (
 )
 from stylenet.cli.train import build, config_dir, train
 from stylenet.data import ImageFolderDataModule
-from stylenet.export import load_model, save_model
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import TransformerNet
 from stylenet.tasks import NonFiniteLossError, StyleTransferTask
 from tests.conftest import make_photo
-from tests.test_image import BAD_FILES, _png_with_header_size
+from tests.helpers import BAD_FILES, RunsCode, console_script, png_with_header_size
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 16
@@ -97,10 +96,8 @@ def output(run_dir: Path) -> Path:
 def launch(run_dir: Path, *overrides: str) -> subprocess.Popen:
     """``stylenet-train <overrides> hydra.run.dir=<run_dir>`` in its own process."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(sys.executable).with_name("stylenet-train")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "stylenet.cli.train"]
     with open(output(run_dir), "w") as log:
-        return subprocess.Popen([*command, *overrides, f"hydra.run.dir={run_dir}"], stdout=log,
+        return subprocess.Popen([*console_script("stylenet-train"), *overrides, f"hydra.run.dir={run_dir}"], stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                 cwd=run_dir.parent)
 
@@ -117,7 +114,7 @@ def wait_for(path: Path, process: subprocess.Popen, run_dir: Path, timeout: floa
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_model(run_dir / "smoke.safetensors").net.state_dict()
+    return read_model(run_dir / "smoke.safetensors").net.state_dict()
 
 
 def assert_bitwise_equal(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
@@ -316,6 +313,21 @@ def test_resume_auto_takes_the_newest_valid_checkpoint_of_the_experiment_and_nam
     assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(own)
 
 
+def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A second ``stylenet-train experiment=demo`` must train afresh: continuing the first, finished
+    run would take no step and export no model."""
+    outputs = tmp_path / "outputs" / "exp"
+    interrupted = fake_checkpoint(outputs / "t0" / "checkpoints" / "step_000100.ckpt", 100)
+    fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
+    with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
+        assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) == str(interrupted)
+        assert "a finished run (step 200, trainer.max_steps=200)" in caplog.text
+        assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=100) is None
+    # no step limit (max_steps -1 or unset): any step can continue
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=-1).endswith("last.ckpt")
+
+
 def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path) -> None:
     run_dir = tmp_path / "outputs" / "exp" / "t0"
     assert resolve_resume("auto", None, run_dir, "exp", HPARAMS) is None
@@ -373,10 +385,10 @@ def test_crash_while_writing_an_export_keeps_the_previous_model(tmp_path: Path,
         Path(file).write_bytes(path.read_bytes()[:64])
         raise OSError("killed")
 
-    monkeypatch.setattr("stylenet.export.save_file", dies_half_way)
+    monkeypatch.setattr("stylenet.modelfile.save_file", dies_half_way)
     with pytest.raises(OSError, match="killed"):
         save_model(path, TransformerNet(**TINY_MODEL), {"steps": 2})
-    assert load_model(path).metadata["steps"] == 1
+    assert read_model(path).metadata["steps"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["style.safetensors"]
 
 
@@ -484,7 +496,7 @@ def fault_folder(root: Path) -> set[str]:
     bad = {"truncated.jpg", "truncated.png", "random_bytes.jpg", "zero_bytes.png"}
     for name in bad:
         (root / name).write_bytes(BAD_FILES[name]())
-    (root / "bomb.png").write_bytes(_png_with_header_size(3000, 3000))  # above data.max_pixels=1e6
+    (root / "bomb.png").write_bytes(png_with_header_size(3000, 3000))  # above data.max_pixels=1e6
     return bad | {"bomb.png"}
 
 
@@ -501,7 +513,7 @@ def test_bad_files_are_skipped_counted_and_listed_and_training_finishes(
                    "data.max_bad_fraction=0.5", "trainer.max_steps=10")
     assert set(skipped_files(run_dir)) == bad  # the 13 training files were all seen at least once
     assert "9000000 pixels exceeds the limit of 1000000" in (run_dir / "skipped_images.txt").read_text()
-    assert load_model(run_dir / "smoke.safetensors").metadata["steps"] == 10
+    assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 10
 
 
 def bad_file_folder(root: Path) -> Path:
@@ -571,16 +583,6 @@ def test_a_dead_or_stuck_dataloader_worker_is_an_error_naming_the_file(
 
 
 # ----------------------------------------------------------------------------- untrusted checkpoints
-
-
-class RunsCode:
-    """Unpickling this creates the folder ``marker``: proof that loading executed code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return os.mkdir, (str(self.marker),)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Arbitrary and tampered bytes against the loaders of files users download: model files
-(:func:`stylenet.export.load_model`) and training checkpoints (:func:`checkpoint_problem`).
+(:func:`stylenet.modelfile.read_model`) and training checkpoints (:func:`checkpoint_problem`).
 
 Only the project's one-line errors may come out, never a traceback from a library, a crash or a
 hang (each example has a deadline). The image loader has the same test in tests/test_image.py."""
@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from stylenet import StylenetError
 from stylenet.checkpoints import checkpoint_problem
-from stylenet.export import load_model, save_model
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import TransformerNet
-from tests.test_fault_tolerance import RunsCode
+from tests.helpers import RunsCode
 
 TINY = {"channels": 4, "residual_blocks": 1, "norm": "instance"}
 
@@ -110,7 +110,7 @@ CHECKPOINT = torch_save_bytes({"state_dict": {}, "global_step": 1})
 
 def assert_clear_error_or_model(path: Path) -> None:
     try:
-        model = load_model(path)
+        model = read_model(path)
     except StylenetError as err:
         message = str(err)
         assert path.name in message and "\n" not in message, message
@@ -123,7 +123,7 @@ def test_replay_bad_model_files(tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.safetensors"
     path.write_bytes(CORPUS[name]())
     with pytest.raises(StylenetError) as err:
-        load_model(path)
+        read_model(path)
     assert path.name in str(err.value) and "\n" not in str(err.value)
 
 
@@ -135,7 +135,7 @@ def test_a_model_file_that_would_run_code_is_refused(tmp_path: Path, monkeypatch
     payload = {"state_dict": {"net.w": torch.zeros(1)}, "x": RunsCode(tmp_path / "pwned")}
     path.write_bytes(torch_save_bytes(payload))
     with pytest.raises(StylenetError, match=path.name):
-        load_model(path)
+        read_model(path)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -28,8 +28,7 @@ from stylenet.gatys import (
     smallest_side,
     with_content_chroma,
 )
-from stylenet.image import load_rgb
-from stylenet.inference import luma
+from stylenet.image import load_rgb, luma
 from stylenet.losses import PerceptualLoss
 from stylenet.tasks import StyleTransferTask, load_style_image
 from tests.conftest import make_photo
@@ -183,7 +182,7 @@ def compose_gatys(tmp_path: Path, *overrides: str) -> DictConfig:
 def test_cli_end_to_end_with_blended_styles(tmp_path: Path, style_image: Path) -> None:
     content, second_style = make_photo(tmp_path / "content.png"), make_photo(tmp_path / "s2.png", seed=5)
     run_dir = tmp_path / "run"
-    result = run_gatys_cli(f"content={content}", f"style=[{style_image},{second_style}]",
+    result = run_gatys_cli(f"content={content}", f"styles=[{style_image},{second_style}]",
                            "style_weights=[0.7,0.3]", "size=32", "iterations=4", "loss.weights=random",
                            "save_every=2", "image_every=2", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -200,7 +199,7 @@ def test_cli_end_to_end_with_blended_styles(tmp_path: Path, style_image: Path) -
 
 
 def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:
-    result = run_gatys_cli("content=/no/such/photo.jpg", f"style={style_image}", "loss.weights=random",
+    result = run_gatys_cli("content=/no/such/photo.jpg", f"styles={style_image}", "loss.weights=random",
                            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == ("stylenet-gatys: error: content: cannot read image "
@@ -208,7 +207,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("style_images=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
+    ("styles=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
     ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),
     ("optimizer=sgd", "optimizer must be one of lbfgs, adam"),
     ("init=zeros", "init must be one of content, noise, style, got zeros"),
@@ -219,7 +218,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
                                                  message: str) -> None:
     content = make_photo(tmp_path / "content.png")
-    cfg = compose_gatys(tmp_path, f"content={content}", f"style_images={style_image}", override)
+    cfg = compose_gatys(tmp_path, f"content={content}", f"styles={style_image}", override)
     with pytest.raises(StylenetError, match=message):
         run(cfg, tmp_path)
     assert not (tmp_path / "tensorboard").exists()
@@ -227,7 +226,7 @@ def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Pa
 
 def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = compose_gatys(tmp_path, "content=demo:astronaut", f"style_images={style_image}",
+    cfg = compose_gatys(tmp_path, "content=demo:astronaut", f"styles={style_image}",
                         "loss.content_weight=nan")
     assert run(cfg, tmp_path) == 1
     assert "stylenet-gatys: error: the objective is not finite" in capsys.readouterr().err

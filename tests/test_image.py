@@ -31,6 +31,8 @@ from stylenet.image import (
     save_image,
     to_pil,
 )
+from stylenet.image.read import orient
+from tests.helpers import BAD_FILES, encoded, png_with_header_size
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -54,17 +56,6 @@ def _row(mode: str, values: list, size: tuple[int, int] | None = None) -> Image.
 
 def _srgb_icc() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-def _png_with_header_size(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose IHDR is patched (with a correct CRC) to claim width x height."""
-    buf = io.BytesIO()
-    Image.new("RGB", (1, 1), (1, 2, 3)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    assert data[12:16] == b"IHDR"
-    struct.pack_into(">II", data, 16, width, height)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def _assert_one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
@@ -365,7 +356,7 @@ def test_to_pil_alpha_dtypes():
 )
 def test_bomb_header_refused_fast_without_global_changes(tmp_path, size, max_pixels):
     p = tmp_path / "bomb.png"
-    p.write_bytes(_png_with_header_size(size, size))
+    p.write_bytes(png_with_header_size(size, size))
     assert p.stat().st_size < 100
     before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
     start = time.perf_counter()
@@ -388,42 +379,13 @@ def test_max_pixels_applies_to_real_images(tmp_path):
 
 def test_read_image_size_of_bomb_header_is_quiet(tmp_path):
     p = tmp_path / "big.png"
-    p.write_bytes(_png_with_header_size(10000, 10000))  # above Pillow's warning threshold
+    p.write_bytes(png_with_header_size(10000, 10000))  # above Pillow's warning threshold
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_image_size(p) == (10000, 10000)
 
 
 # ------------------------------------------------------------------------------------- bad files
-
-
-def _jpeg_bytes() -> bytes:
-    buf = io.BytesIO()
-    arr = np.random.default_rng(3).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-def _png_bytes() -> bytes:
-    buf = io.BytesIO()
-    arr = np.random.default_rng(4).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _ico_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, "ICO")
-    return buf.getvalue()
-
-
-BAD_FILES = {
-    "zero_bytes.png": lambda: b"",
-    "random_bytes.jpg": lambda: np.random.default_rng(5).integers(0, 256, 500, dtype=np.uint8).tobytes(),
-    "truncated.jpg": lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2],
-    "truncated.png": lambda: _png_bytes()[: len(_png_bytes()) // 2],
-    "really_an_icon.png": _ico_bytes,  # a format Pillow reads but we do not accept
-}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
@@ -458,7 +420,7 @@ def test_file_name_with_newline_stays_one_line(tmp_path):
 
 
 def _seed_files() -> list[bytes]:
-    seeds = [_png_bytes()[:400], _jpeg_bytes()[:600]]
+    seeds = [encoded("PNG", 4)[:400], encoded("JPEG", 3)[:600]]
     for fmt, mode in [
         ("PNG", "RGBA"),
         ("GIF", "P"),
@@ -517,7 +479,7 @@ def test_save_creates_parents_and_leaves_no_temp(tmp_path, monkeypatch):
     assert synced and len(replaced) == 1
     tmp, final = replaced[0]
     assert final == target and tmp.parent == target.parent
-    assert tmp.name.startswith(".") and tmp.name.endswith(".tmp")
+    assert tmp.name.startswith(".out.") and tmp.name.endswith(".tmp.png")  # hidden, format kept
     assert sorted(os.listdir(target.parent)) == ["out.png"]
 
 
@@ -602,12 +564,12 @@ def test_list_images_recursive_case_insensitive_sorted(tmp_path):
     assert "missing" in str(err.value)
 
 
-def test_extension_tables():
-    assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"} == set(
-        IMAGE_EXTENSIONS
-    )
-    assert set(im_mod.WRITABLE_EXTENSIONS) == {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+def test_extension_tables_are_formats_pillow_reads_and_writes():
+    """Against Pillow's own registry (the decoder and encoder behind load_image and save_image)."""
+    registered = Image.registered_extensions()
+    assert set(IMAGE_EXTENSIONS) <= set(registered)
+    assert set(im_mod.WRITABLE_EXTENSIONS) <= set(IMAGE_EXTENSIONS)
+    assert {registered[extension] for extension in im_mod.WRITABLE_EXTENSIONS} <= set(Image.SAVE)
 
 
 # ------------------------------------------------------------------------------ 16-bit colour
@@ -725,7 +687,7 @@ def test_orientation_of_undecoded_pixels_matches_pillow(orientation: int) -> Non
 
     with Image.open(buffer) as image:
         expected = np.asarray(ImageOps.exif_transpose(image))
-    assert np.array_equal(im_mod._orient(pixels, orientation), expected)
+    assert np.array_equal(orient(pixels, orientation), expected)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".TIFF"])

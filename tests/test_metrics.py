@@ -15,7 +15,6 @@ import torch
 from skimage.metrics import structural_similarity
 
 from stylenet.cli import evaluate_sr
-from stylenet.export import load_model, save_model
 from stylenet.image import load_rgb
 from stylenet.metrics import (
     degrade,
@@ -28,6 +27,7 @@ from stylenet.metrics import (
     ssim,
     upscale_bicubic,
 )
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet
 from tests.conftest import make_photo
 
@@ -195,7 +195,7 @@ def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
     assert {f"{x4}_psnr", f"{other}_ssim", "bicubic_psnr"} <= set(row)  # same stems: full paths
     hr = modcrop(load_rgb(root / "a.png"), 4).unsqueeze(0)
     with torch.no_grad():
-        output = load_model(x4).net(degrade(hr, 4))
+        output = read_model(x4).net(degrade(hr, 4))
     assert float(row[f"{x4}_psnr"]) == pytest.approx(sr_scores(output, hr, 4)["psnr"].item(), abs=1e-4)
 
 

@@ -54,8 +54,12 @@ def test_batch_norm_and_widths_come_from_config() -> None:
         TransformerNet(norm="group")
 
 
-def test_residual_block_is_identity_plus_body() -> None:
-    net = TransformerNet(channels=4, residual_blocks=1)
-    block = net.residuals[0]
+def test_residual_block_passes_its_input_through_when_its_body_is_silenced() -> None:
+    """The identity shortcut (He et al. 2016): with the body's last norm scaled to zero the block is the
+    identity; a block without the shortcut would output zeros."""
+    block = TransformerNet(channels=4, residual_blocks=1).residuals[0]
+    with torch.no_grad():
+        block.body[-1].weight.zero_()
+        block.body[-1].bias.zero_()
     x = torch.randn(1, 16, 8, 8)
-    assert torch.allclose(block(x), x + block.body(x))
+    torch.testing.assert_close(block(x), x)

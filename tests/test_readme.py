@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylenet.export import save_model
+from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.nets.vgg import layer_names, random_state
 from tests.conftest import make_photo
@@ -65,6 +65,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"/data/coco/train2014\b", "{assets}/coco/train2014"),
     (r"/data/coco_shards\b", "coco_shards"),
     (r"\boutputs/(\w+)/<time>/checkpoints/last\.ckpt\b", r"{assets}/checkpoints/\1.ckpt"),
+    (r"\boutputs/\w+/<time>/(\w+\.safetensors)\b", r"\1"),  # a trained model: the stand-in in the run folder
     (r"\btrainer=gpu\b", "trainer=cpu"),
     (r"^python scripts/", "python {root}/scripts/"),
 ]
@@ -94,6 +95,10 @@ class Program:
 
 
 PROGRAMS: list[Program] = [
+    # a sweep: every job tiny; it must end with the sweep's contact sheet and table
+    Program(r"^\S*stylenet-train (?:-m|--multirun)\b", TRAIN_TINY, {"loss.weights=": "loss.weights=random"},
+            expect=("outputs/multirun/*/contact_sheet.png", "outputs/multirun/*/sweep.md",
+                    "outputs/multirun/*/0/*.safetensors")),
     Program(r"^\S*stylenet-train\b", TRAIN_TINY, {"loss.weights=": "loss.weights=random"},
             expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),
     # 96 px: scales=3 with VGG-19 up to relu5_1 needs 16 px at the coarsest scale
@@ -103,6 +108,8 @@ PROGRAMS: list[Program] = [
     Program(r"^stylenet-stylize\b"),
     Program(r"^stylenet-upscale\b"),
     Program(r"^stylenet-evaluate-sr\b"),
+    Program(r"^stylenet-report\b", "--size 32 --gatys-iterations 2 --device cpu",
+            expect=("report/figure.png", "report/report.md", "report/report.json")),
     Program(r"^stylenet-prepare\b", "--workers 1 --no-progress", expect=("coco_shards/manifest.json",)),
     # one section: tests/test_bench.py runs every section with --quick (~45 s here)
     Program(r"^stylenet-bench\b", "--quick --sections conv --threads 1"),
@@ -218,7 +225,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        ("Set5/baby.png", (48, 48)), ("Set5/bird.png", (40, 40)),
                        ("coco/val2014/COCO_val2014_000000000001.jpg", (48, 40))):
         make_photo(cwd / name, size=size, seed=len(name))
-    for name in ("my_style", "candy", "mosaic"):
+    for name in ("my_style", "candy", "mosaic", "demo"):
         style_model(cwd / f"{name}.safetensors", name, painting)
     torch.manual_seed(1)
     save_model(cwd / "sr_x4.safetensors", SuperResolutionNet(4, channels=8, residual_blocks=1),

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from stylenet.export import save_model
+from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
 from tests.conftest import make_photo
 

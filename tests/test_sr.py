@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,14 @@ from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.cli.train import config_dir
 from stylenet.data import SuperResolutionDataModule
-from stylenet.export import export_checkpoint, load_model, save_model, write_models
+from stylenet.export import export_checkpoint, write_models
 from stylenet.image import load_rgb
 from stylenet.metrics import degrade
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet
 from stylenet.tasks import SuperResolutionTask
 from tests.conftest import make_photo
+from tests.helpers import console_script
 
 TINY_SR = {"factor": 4, "channels": 16, "residual_blocks": 1, "norm": "none"}
 PIXEL_LOSS = {"weights": "random", "content_weight": 0.0, "style_weight": 0.0, "tv_weight": 0.0,
@@ -170,24 +171,24 @@ def test_task_group_picks_network_data_and_loss_and_leaves_style_alone() -> None
     style = compose_train()
     assert style.task._target_ == "stylenet.tasks.StyleTransferTask" and "factor" not in style.model
     assert style.data._target_ == "stylenet.data.ImageFolderDataModule" and style.loss.style_weight == 1e5
-    x4 = compose_train("task=sr_x4")
+    x4 = compose_train("experiment=sr_x4")
     assert x4.task._target_ == "stylenet.tasks.SuperResolutionTask" and x4.name == "sr_x4"
     model, data, loss = x4.model, x4.data, x4.loss
     assert (model.factor, model.channels, model.residual_blocks, model.norm) == (4, 64, 4, "none")
     assert data._target_ == "stylenet.data.SuperResolutionDataModule"
     assert (data.factor, data.image_size) == (4, 288)
     assert (list(loss.content_layers), loss.style_weight, loss.pixel_weight) == (["relu2_2"], 0.0, 0.0)
-    x8 = compose_train("task=sr_x8", "loss=pixel", "data=coco", "model.channels=32")
+    x8 = compose_train("experiment=sr_x8", "loss=pixel", "data=coco", "model.channels=32")
     assert (x8.name, x8.model.factor, x8.data.factor, x8.model.channels) == ("sr_x8", 8, 8, 32)
     assert (x8.loss.content_weight, x8.loss.pixel_weight, x8.data.source) == (0.0, 1.0, "coco")
-    mixed = compose_train("task=sr_x4", "loss=mixed")
+    mixed = compose_train("experiment=sr_x4", "loss=mixed")
     assert mixed.loss.content_weight > 0 and mixed.loss.pixel_weight > 0 and mixed.loss.tv_weight > 0
 
 
 def test_export_round_trip_records_task_and_factor(trained_sr: Path, tmp_path: Path) -> None:
     checkpoint = trained_sr / "checkpoints" / "last.ckpt"
     exported = export_checkpoint(checkpoint, tmp_path / "x4.safetensors")
-    model, at_end = load_model(exported, task="sr"), load_model(trained_sr / "sr.safetensors", task="sr")
+    model, at_end = read_model(exported, task="sr"), read_model(trained_sr / "sr.safetensors", task="sr")
     for metadata in (model.metadata, at_end.metadata):
         assert (metadata["task"], metadata["factor"], metadata["steps"]) == ("sr", 4, 30)
         assert metadata["image_size"] == 32
@@ -200,33 +201,31 @@ def test_export_round_trip_records_task_and_factor(trained_sr: Path, tmp_path: P
         assert expected.shape == (1, 3, 36, 52)
         assert torch.equal(model.net(image), expected) and torch.equal(at_end.net(image), expected)
     with pytest.raises(StylenetError, match="is a 'sr' model, not a 'style' model"):
-        load_model(exported, task="style")
+        read_model(exported, task="style")
 
 
 def test_export_cli_and_training_cli_end_to_end(tmp_path: Path) -> None:
-    """stylenet-train task=sr_x4 (via experiment=sr_smoke) as a user runs it, then stylenet-export."""
+    """stylenet-train experiment=sr_x4 (via experiment=sr_smoke) as a user runs it, then stylenet-export."""
     run_dir = tmp_path / "run"
-    train = Path(sys.executable).with_name("stylenet-train")
-    result = subprocess.run([str(train), "experiment=sr_smoke", "task=sr_x8", "data.image_size=48",
-                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=sr_smoke", "model.factor=8",
+                             "data.image_size=48", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    model = load_model(run_dir / "sr_smoke.safetensors", task="sr")
+    model = read_model(run_dir / "sr_smoke.safetensors", task="sr")
     assert (model.metadata["factor"], model.metadata["steps"], model.net.scale) == (8, 20, 8)
     previews = list(run_dir.glob("*_x8.png"))  # the run ends with an upscaled held-out photo
     assert len(previews) == 1
-    export = Path(sys.executable).with_name("stylenet-export")
     out = tmp_path / "exported.safetensors"
-    result = subprocess.run([str(export), str(run_dir / "checkpoints" / "last.ckpt"), "-o", str(out)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([*console_script("stylenet-export"), str(run_dir / "checkpoints" / "last.ckpt"),
+                             "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert load_model(out, task="sr").metadata["factor"] == 8
+    assert read_model(out, task="sr").metadata["factor"] == 8
 
 
 def test_sr_model_exports_to_pt2_and_onnx_at_any_size(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_model(tmp_path / "x4.safetensors", SuperResolutionNet(**TINY_SR), {"task": "sr", "factor": 4})
-    model = load_model(tmp_path / "x4.safetensors", task="sr")
+    model = read_model(tmp_path / "x4.safetensors", task="sr")
     write_models(model, [tmp_path / "x4.pt2", tmp_path / "x4.onnx"])
     program = torch.export.load(tmp_path / "x4.pt2").module()
     ort = pytest.importorskip("onnxruntime")

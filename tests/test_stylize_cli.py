@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from stylenet.cli.stylize import main, parse_bytes
-from stylenet.export import save_model
+from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
 
 ROOT = Path(__file__).resolve().parents[1]

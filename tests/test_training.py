@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.data import ImageFolderDataModule
-from stylenet.export import export_checkpoint, load_model
+from stylenet.export import export_checkpoint
+from stylenet.modelfile import read_model
 from stylenet.tasks import StyleTransferTask
 
 TINY_MODEL = {"channels": 8, "residual_blocks": 1, "norm": "instance"}
@@ -90,7 +91,7 @@ def test_checkpoints_load_safely_and_export_round_trips(trained_run: Path, tmp_p
     assert checkpoint["global_step"] == 30
     assert not any(key.startswith("loss.") for key in checkpoint["state_dict"])  # no VGG in checkpoints
     exported = export_checkpoint(ckpt_dir / "last.ckpt", tmp_path / "style.safetensors")
-    model, at_end = load_model(exported), load_model(trained_run / "out" / "test.safetensors")
+    model, at_end = read_model(exported), read_model(trained_run / "out" / "test.safetensors")
     assert model.metadata["steps"] == 30 and model.metadata["style_name"] == "test"
     assert model.metadata["network"] == {"class": "TransformerNet", **TINY_MODEL}
     assert len(model.metadata["style_sha256"]) == 64 and model.metadata["image_size"] == 32
@@ -131,3 +132,28 @@ def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Pat
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "text.png")})
     with pytest.raises(StylenetError, match="model: model.norm"):
         StyleTransferTask(model={**TINY_MODEL, "norm": "layer"}, loss=RANDOM_LOSS, style={"image": str(style_image)})
+    with pytest.raises(StylenetError, match="task.identity_steps must be >= 0"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, identity_steps=-1)
+
+
+def test_identity_steps_train_a_copy_of_the_input_before_the_perceptual_loss(
+        tmp_path: Path, photo_folder: Path, style_image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first ``identity_steps`` minimise per-pixel MSE to the input and never call the perceptual
+    loss; every later step is the perceptual objective; both are logged under their own names."""
+    pl.seed_everything(0)
+    task = StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, image_size=32, identity_steps=3,
+                             style={"name": "test", "image": str(style_image), "size": 64})
+    steps_seen: list[int] = []
+    perceptual = type(task.loss).forward
+
+    def counting(loss: torch.nn.Module, output: torch.Tensor, *args: object, **kwargs: object) -> dict:
+        if task.trainer.training:  # not the validation steps, which always score the perceptual loss
+            steps_seen.append(task.global_step)
+        return perceptual(loss, output, *args, **kwargs)
+
+    monkeypatch.setattr(type(task.loss), "forward", counting)
+    trainer = make_trainer(tmp_path, max_steps=5)
+    trainer.fit(task, datamodule=make_data(photo_folder), weights_only=True)
+    assert steps_seen == [3, 4]
+    tags = set(EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"])
+    assert {"train/identity", "train/content", "train/style"} <= tags

@@ -4,7 +4,6 @@ histogram matching, refusing the wrong kind of model, bad inputs."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,11 @@ import torch
 from PIL import Image
 
 from stylenet.cli import stylize, upscale
-from stylenet.export import load_model, save_model
 from stylenet.image import load_image
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from tests.conftest import make_photo
+from tests.helpers import console_script
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def pixels(path: Path) -> np.ndarray:
 
 def expected_upscale(source: Path, model: Path) -> np.ndarray:
     """The SR network run directly on the whole image, quantised as a file would be."""
-    net = load_model(model).net
+    net = read_model(model).net
     with torch.no_grad():
         output = net(load_image(source).rgb.unsqueeze(0))[0]
     return output.mul(255).round().to(torch.int16).permute(1, 2, 0).numpy()
@@ -150,8 +150,7 @@ def test_stylize_then_upscale_runs_the_style_net_at_the_working_size(tmp_path: P
 
 def test_console_script_runs(tmp_path: Path, models: dict[str, Path]) -> None:
     source = make_photo(tmp_path / "photo.png", size=(20, 16))
-    script = Path(sys.executable).with_name("stylenet-upscale")
-    result = subprocess.run([str(script), str(source), "--model", str(models["sr"]), "-o",
+    result = subprocess.run([*console_script("stylenet-upscale"), str(source), "--model", str(models["sr"]), "-o",
                              str(tmp_path / "o.png")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "o.png") as image:

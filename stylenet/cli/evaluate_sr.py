@@ -10,7 +10,8 @@ it as ``--out table.md`` and/or ``--out table.csv``.
     stylenet-evaluate-sr Set5/ --model sr_x4.safetensors --model sr_x4_pixel.safetensors --out set5.md
     stylenet-evaluate-sr Set14/ --factor 4            # bicubic only
 
-Imports neither Lightning nor Hydra: it starts fast and runs where only inference is installed.
+Imports neither Lightning nor Hydra: it starts fast and runs where only inference is installed. On the
+CPU it switches on :func:`stylenet.fastpath.reuse_freed_memory` for its own process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stylenet import StylenetError
+from stylenet.errors import StylenetError
 
 PROG = "stylenet-evaluate-sr"
 OUT_SUFFIXES = (".md", ".csv")
@@ -95,7 +96,8 @@ def evaluate(inputs: list[str], models: list[str], factor: int | None, device: s
     from stylenet.inference import InferenceModel
     from stylenet.metrics import SSIM_RADIUS, degrade, modcrop, sr_scores, upscale_bicubic
 
-    nets = [InferenceModel.from_file(path, task="sr", device=device) for path in models]
+    # scores are the model's own: fp32, not the bf16 rounding inference defaults to where native
+    nets = [InferenceModel.from_file(path, task="sr", device=device, precision="fp32") for path in models]
     factors = {int(net.scale) for net in nets} | ({factor} if factor else set())
     if len(factors) != 1:
         raise StylenetError("--factor is required without --model" if not factors else
@@ -139,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     bad_out = [out for out in args.out if Path(out).suffix.lower() not in OUT_SUFFIXES]
     if bad_out:
         parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {bad_out[0]}")
+    from stylenet.devices import resolve_device
+    from stylenet.fastpath import reuse_freed_memory
+
     try:
+        if args.model and resolve_device(args.device).type == "cpu":  # this process is ours (see fastpath)
+            reuse_freed_memory()
         rows, methods, factor, errors = evaluate(args.inputs, args.model, args.factor, args.device,
                                                  args.max_pixels)
     except StylenetError as err:

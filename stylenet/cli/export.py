@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stylenet import StylenetError
+from stylenet.errors import StylenetError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="file to write (.safetensors, .onnx or .pt2); repeat for several formats")
     parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names)")
     args = parser.parse_args(argv)
-    from stylenet.export import check_export_path, load_model, write_models
+    from stylenet.export import check_export_path, write_models
+    from stylenet.modelfile import read_model
 
     try:
         for output in args.outputs:
             check_export_path(output)
-        model = load_model(args.source)
+        model = read_model(args.source)
         if args.style_name:
             model.metadata["style_name"] = args.style_name
         paths = write_models(model, args.outputs)

@@ -26,16 +26,11 @@ from stylenet.cli.train import config_dir
 log = logging.getLogger(__name__)
 
 
-#: the config key behind ``style=``: Hydra would read ``style=...`` as a choice from the training
-#: presets' ``style`` config group (configs/style/), so :func:`main` renames it on the command line.
-STYLE_KEY = "style_images"
-
-
-def style_specs(style: object) -> list[str]:
-    """``style=a.jpg`` or ``style=[a.jpg,b.jpg]`` -> a list of image specs."""
-    specs = [style] if isinstance(style, str) else list(style)
+def style_specs(styles: object) -> list[str]:
+    """``styles=a.jpg`` or ``styles=[a.jpg,b.jpg]`` -> a list of image specs."""
+    specs = [styles] if isinstance(styles, str) else list(styles)
     if not specs:
-        raise StylenetError("style is required: style=painting.jpg, or style=[a.jpg,b.jpg] "
+        raise StylenetError("styles is required: styles=painting.jpg, or styles=[a.jpg,b.jpg] "
                             "style_weights=[0.7,0.3]")
     return [str(spec) for spec in specs]
 
@@ -50,25 +45,24 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         Progress,
         check_memory,
         check_settings,
-        long_side_shape,
         optimize_image,
         read_image,
         resize_to,
         resolve_device,
     )
-    from stylenet.image import check_output_path, resize_long_side, save_image
+    from stylenet.image import check_output_path, long_side_shape, resize_long_side, save_image
     from stylenet.losses import PerceptualLoss
 
-    for key, setting in (("content", "content"), (STYLE_KEY, "style")):
+    for key in ("content", "styles"):
         if OmegaConf.is_missing(cfg, key):
-            raise StylenetError(f"{setting} is required: stylenet-gatys content=photo.jpg style=painting.jpg")
+            raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     check_output_path(output)
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
     check_settings(**settings)
     device = resolve_device(cfg.device)
     content = read_image(cfg.content, "content")
-    styles = [read_image(spec, "style") for spec in style_specs(cfg[STYLE_KEY])]
+    styles = [read_image(spec, "style") for spec in style_specs(cfg.styles)]
     height, width = long_side_shape(*content.shape[-2:], cfg.size)
     try:
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
@@ -128,8 +122,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    sys.argv[1:] = [f"{STYLE_KEY}={arg.removeprefix('style=')}" if arg.startswith("style=") else arg
-                    for arg in sys.argv[1:]]
     hydra_main()
 
 

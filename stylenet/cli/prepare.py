@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from stylenet import StylenetError
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 PROG = "stylenet-prepare"
@@ -30,11 +31,10 @@ PROG = "stylenet-prepare"
 def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | None, str | None]:
     """(photo, source root, size) -> (relative path, SHA-256, (S, S, 3) uint8 or None, error or None).
 
-    Runs in worker processes: imports stay inside, errors come back as values."""
+    Runs in worker processes: imports stay inside (and light: no Lightning), errors come back as values."""
     import torch
 
-    from stylenet.data import crop, resize_short_side
-    from stylenet.image import ImageError, load_rgb
+    from stylenet.image import ImageError, crop, load_rgb, resize_short_side
 
     path, root, size = job
     relative = path.relative_to(root).as_posix()
@@ -42,7 +42,7 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         image = crop(resize_short_side(load_rgb(path), size), size, None)
     except (ImageError, OSError) as err:
-        return relative, "", None, str(err).splitlines()[0]
+        return relative, "", None, first_line(err)
     pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None
 
@@ -50,8 +50,6 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically (a reader or a resumed run sees the old one or the new one)."""
     import json
-
-    from stylenet.export import atomic_write
 
     atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
 
@@ -69,14 +67,13 @@ def start_manifest(out: Path, source_root: Path, size: int) -> dict[str, Any]:
 
 
 def write_shard(out: Path, index: int, images: list[np.ndarray]) -> str:
-    """Write one shard under a temporary name, fsync, then rename: a shard file is whole or absent."""
+    """Write one shard atomically (:func:`stylenet.atomic.atomic_write`): a shard file is whole or absent."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.stack(images))
+
     name = shard_name(index)
-    tmp = out / f".{name}.tmp"
-    with open(tmp, "wb") as handle:
-        np.save(handle, np.stack(images))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / name)
+    atomic_write(out / name, write)
     return name
 
 

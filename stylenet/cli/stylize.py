@@ -1,6 +1,7 @@
 """``stylenet-stylize``: stylize photos with one or more per-style model files.
 
-Any file, folder or glob; any size (tiled with consistent InstanceNorm statistics when large); any
+Any file, folder or glob; any size (beyond --max-memory, layer by layer: the one-pass result in
+bounded memory; or tiled with consistent InstanceNorm statistics, with --tile); any
 image mode (EXIF rotation, alpha, 16-bit, greyscale, ICC profiles); one output per model per image.
 Each ``-m`` takes one model file; repeat it for several styles:
 
@@ -10,7 +11,8 @@ Each ``-m`` takes one model file; repeat it for several styles:
 Every input and model is isolated: whatever goes wrong with one (a bad file, a decoder bug, an odd
 size, a full disk) is reported on one line naming it, and the others are still processed; the exit
 status is 1 if anything failed, 130 on Ctrl-C (which stops at once). Imports neither Hydra nor
-Lightning, so it starts fast.
+Lightning, so it starts fast. On the CPU it switches on :func:`stylenet.fastpath.reuse_freed_memory`
+for its own process (the library never does).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from stylenet import StylenetError
+from stylenet.errors import StylenetError, first_line, one_line
 
 if TYPE_CHECKING:
     from stylenet.image import LoadedImage
@@ -102,16 +104,17 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
     parser.add_argument("--scale", type=_positive(float), default=1.0,
                         help="resize inputs by this factor first")
     parser.add_argument("--tile", type=_positive(int),
-                        help="process in tiles of this many pixels per side (default: only when needed)")
+                        help="process in tiles of this many pixels per side (default: none; images beyond "
+                             "--max-memory run layer by layer, exactly, when the network allows, else in tiles)")
     parser.add_argument("--tile-overlap", type=int, default=None,
                         help="overlap between neighbouring tiles in pixels (default: 64)")
     parser.add_argument("--exact-stats", action="store_true",
-                        help="for images tiled because they exceed --max-memory: compute the InstanceNorm "
-                             "statistics exactly, layer by layer over all tiles (about 6x the time), instead "
-                             "of from a thumbnail")
+                        help="for tiled images that exceed --max-memory: compute the InstanceNorm statistics "
+                             "exactly, layer by layer over all tiles (about 6x the time), instead of from a "
+                             "thumbnail")
     parser.add_argument("--max-memory", type=parse_bytes,
-                        help="memory one forward pass may use, e.g. 2GB; larger images are tiled "
-                             "(default: 80%% of free GPU memory, 0.8 GB on the CPU)")
+                        help="memory one forward pass may use, e.g. 2GB; larger images run layer by layer "
+                             "(style networks) or in tiles (default: 80%% of free GPU memory, 0.8 GB on the CPU)")
     parser.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
                         help="JPEG/WebP quality (default: %(default)s)")
     if task == "style":
@@ -144,7 +147,7 @@ class Pipeline:
     def process(self, image: LoadedImage, controls: Controls, *, size: tuple[int, int] | None,
                 quantize: bool, **options: Any) -> LoadedImage:
         """``image`` through the networks in turn (``options``: :meth:`InferenceModel.process`'s)."""
-        from stylenet.inference import match_histogram
+        from stylenet.image import match_histogram
 
         low_resolution = image
         result = self.model.process(image, controls, size=size, quantize=quantize and self.upscaler is None,
@@ -182,7 +185,7 @@ class Report:
         """Count a failure and print it as ONE line (newlines inside ``message`` become spaces)."""
         self.failed += 1
         self.progress("")
-        print(f"{self.prog}: error: {' '.join(message.splitlines())}", file=self.stream)
+        print(f"{self.prog}: error: {one_line(message)}", file=self.stream)
 
     def progress(self, text: str) -> None:
         if self.tty and (text or self._line):
@@ -204,12 +207,10 @@ def describe(err: Exception, subject: object) -> str:
     bug, a RuntimeError from an odd size, an OSError) is unexpected, so its type is kept too, for
     the bug report; multi-line messages (torch's) are cut to their first line.
     """
-    lines = str(err).strip().splitlines()
-    text = lines[0].strip() if lines else ""
+    message = first_line(err)
     if isinstance(err, StylenetError):
-        message = text or type(err).__name__
         return message if repr(str(subject)) in message else f"{subject}: {message}"
-    return f"{subject}: {type(err).__name__}: {text}" if text else f"{subject}: {type(err).__name__}"
+    return f"{subject}: {type(err).__name__}: {message}" if str(err).strip() else f"{subject}: {message}"
 
 
 def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
@@ -309,8 +310,8 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
     memory never reaches here before :meth:`InferenceModel.transform` has retried with smaller
     tiles. ``KeyboardInterrupt`` is no ``Exception``: Ctrl-C still stops the whole run at once.
     """
-    from stylenet.image import compact, load_image, save_image
-    from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls, target_size
+    from stylenet.image import compact, load_image, save_image, target_size
+    from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls
 
     try:
         image = load_image(source)
@@ -380,7 +381,9 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         args.name.format(stem="x", style="y")
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"--name {args.name!r}: only {{stem}} and {{style}} can be used ({err})")
-    from stylenet.inference import MIN_TILE, resolve_device
+    from stylenet.devices import resolve_device
+    from stylenet.fastpath import reuse_freed_memory
+    from stylenet.inference import MIN_TILE
 
     if args.tile is not None and args.tile < MIN_TILE:
         parser.error(f"--tile must be at least {MIN_TILE}")
@@ -390,6 +393,8 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     try:
         options = {"device": resolve_device(args.device), "precision": args.precision,
                    "max_memory": args.max_memory}
+        if options["device"].type == "cpu":  # this process is ours: keep freed activations for reuse
+            reuse_freed_memory()
         upscale = getattr(args, "upscale", None)
         upscaler = load_inference_model(upscale, "sr", options) if upscale else None
         inputs = collect_inputs(args.inputs, report)

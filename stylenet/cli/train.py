@@ -2,7 +2,11 @@
 
 Builds, in this order so that bad settings fail before any data is read or any step runs: the
 task (loss network weights, style image, network), the data module (lists the files), then the
-Lightning trainer with its logger and callbacks.
+Lightning trainer with its logger and callbacks. A style run ends with the exported model, a stylized
+held-out photo and its quality report (``figure.png``, ``quality.md``, ``quality.json``:
+:func:`stylenet.report.training_report`); a multirun (``-m``) ends with one contact sheet and table
+(:mod:`stylenet.sweep`), and there ``resume=auto`` looks only in the job's own folder: the folders
+beside it are the sweep's other jobs.
 
 Exit status: 0 done; 2 a bad setting, file or training error (one line on stderr, e.g. a non-finite
 loss or a dead DataLoader worker, with the step or file named); 143 SIGTERM and 130 Ctrl-C, after
@@ -22,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
+from stylenet.errors import first_line
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
@@ -73,7 +78,8 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     datamodule = build(cfg.data)
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
-    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams))
+    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams),
+                               cfg.trainer.get("max_steps"))
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
     try:
@@ -86,27 +92,45 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
             raise
         raise explained from err
     if trainer.is_global_zero and datamodule.val_files:
-        from stylenet.export import load_model
         from stylenet.image import load_rgb
         from stylenet.inference import run_network
         from stylenet.metrics import degrade, modcrop
+        from stylenet.modelfile import read_model
 
         photo = datamodule.val_files[0]
-        model, image, label = load_model(cfg.callbacks.export.path), load_rgb(photo), cfg.style.name
+        model, image, label = read_model(cfg.callbacks.export.path), load_rgb(photo), cfg.style.name
         if model.task == "sr":  # upscale the held-out photo's own low-resolution version
             factor = model.net.scale
             image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
         out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
-        logging.getLogger(__name__).info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized",
-                                         photo.name, out)
+        log = logging.getLogger(__name__)
+        log.info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized", photo.name, out)
+        if model.task == "style":  # photo | style | network for every held-out photo, measured
+            from stylenet.report import training_report
+
+            try:
+                paths = training_report(run_dir, cfg.callbacks.export.path, cfg.style.image, datamodule.val_files,
+                                        int(cfg.style.size))
+            except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
+                log.warning("no quality report: %s", first_line(err))
+            else:
+                log.info("quality of the held-out photos: %s, %s", paths["table"], paths.get("figure"))
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from stylenet.config_check import check_group_choices
 
     try:
-        train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        check_group_choices(cfg)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.resume == "auto" and not any(
+                (run_dir / "checkpoints").glob("*.ckpt")):
+            cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
+        train(cfg, run_dir)
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,72 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+
+Model files, checkpoints, prepared shards, their manifest and output images are all written here:
+into a hidden temporary file beside the target (the same filesystem, so the rename is atomic),
+flushed to disk, then renamed over the target. Listings skip hidden files, so nothing mistakes what
+a kill during a write leaves behind for a finished file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` that keeps its extension (some writers, such as ONNX's,
+    choose the format from it): ``out.png`` -> ``.out.<random>.tmp.png``."""
+    return path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any], *, overwrite: bool = True) -> Path:
+    """Run ``write(tmp)``, fsync ``tmp``, then move it to ``path``; returns ``path``.
+
+    Parent folders are created. The temporary file is removed on any error, KeyboardInterrupt
+    included. ``overwrite=False`` raises :class:`FileExistsError` if ``path`` exists, without a
+    check-then-replace race (the file is linked into place, which fails on an existing name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        _publish(tmp, path, overwrite)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+    return path
+
+
+def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished temporary file into place, atomically."""
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails if the target exists, so nothing that appeared meanwhile is clobbered
+    except FileExistsError:
+        raise FileExistsError(f"{str(target)!r} exists and overwrite=False") from None
+    except OSError:  # a filesystem without hard links: check, then replace
+        if target.exists():
+            raise FileExistsError(f"{str(target)!r} exists and overwrite=False") from None
+        os.replace(tmp, target)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the rename itself (POSIX); best effort where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

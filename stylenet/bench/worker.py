@@ -1,0 +1,179 @@
+"""One measurement in a fresh interpreter: a process's peak memory is its own and only ever grows, and
+the fast path's allocator setting is process-wide, so every training variant and every inference size
+runs alone (``python -m stylenet.bench.worker --threads N JOB``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from stylenet.bench.measure import (
+    counted_flops,
+    median_seconds,
+    peak_mib,
+    peak_rss_bytes,
+    proc_status_bytes,
+    random_images,
+    sync,
+)
+from stylenet.bench.training import variant
+from stylenet.nets import TransformerNet
+
+#: network widths benchmarked for inference: the paper's and the half-width released models' (configs/model).
+MODELS = {"paper": {"channels": 32}, "half": {"channels": 16}}
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker measures: a training variant (``section="train"``) or an inference mode."""
+
+    section: str                # train | infer | frames | photo
+    device: str
+    size: int                   # image side, px
+    reps: int
+    batch: int = 1
+    weights: str = "random"     # train: VGG weights
+    variant: str = "fast"       # train: a name in stylenet.bench.training.VARIANTS
+    precision: str = "32-true"  # train: the fast variants' precision
+    model: str = "paper"        # infer, frames, photo: a name in MODELS
+    mode: str = "fp32"          # infer: fp32 (eager net(x)) or fast (InferenceModel, as stylenet-stylize);
+                                # photo: default (what stylenet-stylize does) or onepass (no memory budget)
+    height: int = 0             # frames, photo: image height, px (0: square)
+    frames: int = 0             # frames: frames streamed per timed repetition
+    max_memory: int = 0         # photo: the default path's budget, bytes (0: the device's default)
+    model_file: str = ""        # frames, photo: a trained model file instead of MODELS' random weights
+    output: str = ""            # photo: save the first output here (torch.save), to compare paths
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One worker's figures: median seconds, the first (warm-up) call's, its GFLOP (None: not counted)
+    and peak memory in MiB (the rise during the runs: CPUs only)."""
+
+    seconds: float
+    first_seconds: float
+    gflop: float | None
+    peak_mb: float
+    peak_delta_mb: float | None
+
+
+def training_work(job: Job, device: torch.device) -> Callable[[], Any]:
+    images, style = random_images(job.batch, job.size, device), random_images(1, job.size, device, seed=1)[0]
+    step = variant(job.variant).step(device, style, job.weights, job.precision)
+    return lambda: step(images)
+
+
+def inference_work(job: Job, device: torch.device) -> Callable[[], Any]:
+    from stylenet.inference import InferenceModel
+
+    torch.manual_seed(0)
+    net = TransformerNet(**MODELS[job.model]).eval()
+    image = torch.rand(3, job.size, job.size)
+    if job.mode == "fast":
+        if device.type == "cpu":
+            from stylenet.fastpath import reuse_freed_memory
+
+            reuse_freed_memory()  # as stylenet-stylize does
+        model = InferenceModel(net, device=device, precision="auto")  # as stylenet-stylize runs it
+        return lambda: model.transform(image)
+    net, batch = net.to(device), image.to(device).unsqueeze(0)
+    return torch.no_grad()(lambda: net(batch))
+
+
+def inference_model(job: Job, device: torch.device, **options: Any) -> Any:
+    """An InferenceModel at the default precision, as ``stylenet-stylize`` runs it (malloc reuse on)."""
+    from stylenet.inference import InferenceModel
+    from stylenet.modelfile import read_model
+
+    if device.type == "cpu":
+        from stylenet.fastpath import reuse_freed_memory
+
+        reuse_freed_memory()
+    torch.manual_seed(0)
+    net = read_model(job.model_file).net if job.model_file else TransformerNet(**MODELS[job.model])
+    return InferenceModel(net.eval(), device=device, **options)
+
+
+def frames_work(job: Job, device: torch.device) -> Callable[[], Any]:
+    """``job.frames`` uint8 frames streamed through ``stylize_frames``, as a video player would."""
+    import numpy as np
+
+    model = inference_model(job, device)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (job.height, job.size, 3), dtype=np.uint8) for _ in range(job.frames)]
+    return lambda: sum(1 for _ in model.stylize_frames(frames))
+
+
+class PhotoWork:
+    """A photo through ``InferenceModel.transform`` on its default path or in one pass; keeps the
+    last output for :attr:`Job.output`."""
+
+    def __init__(self, job: Job, device: torch.device) -> None:
+        budget = 1 << 50 if job.mode == "onepass" else (job.max_memory or None)
+        self.model = inference_model(job, device, max_memory=budget)
+        generator = torch.Generator().manual_seed(0)
+        # held and written as stylenet-stylize does: float16 pixels in, uint8 out
+        self.image = torch.rand(3, job.height or job.size, job.size, generator=generator).half()
+        self.output: torch.Tensor | None = None
+
+    def __call__(self) -> None:
+        self.output = None  # freed before the next run, as the command's next image would be
+        self.output = self.model.transform(self.image, quantize=True)
+
+
+def measure(job: Job) -> Measured:
+    """Build the job's work, time its first call (counting the FLOPs of a training step that is not
+    compiled) and the median of ``job.reps`` more, and read the process's peak memory."""
+    device = torch.device(job.device)
+    builders = {"train": training_work, "infer": inference_work, "frames": frames_work, "photo": PhotoWork}
+    work = builders[job.section](job, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline = proc_status_bytes("VmRSS") or peak_rss_bytes()
+    count = job.section == "train" and not variant(job.variant).compile  # no FLOPs through a compilation
+    start = time.perf_counter()
+    gflop = counted_flops(work) / 1e9 if count else None
+    if not count:
+        work()
+    sync(device)
+    first = time.perf_counter() - start
+    seconds = median_seconds(work, device, job.reps, warmup=0)
+    if isinstance(work, PhotoWork) and job.output:
+        torch.save(work.output, job.output)
+    return Measured(seconds, first, gflop, *peak_mib(device, baseline))
+
+
+def run_worker(job: Job) -> Measured:
+    """:func:`measure` ``job`` in a fresh interpreter with this process's thread count."""
+    command = [sys.executable, "-m", "stylenet.bench.worker", "--threads", str(torch.get_num_threads()),
+               json.dumps(asdict(job))]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker {job} failed:\n{done.stderr[-2000:]}")
+    return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stylenet.bench.worker")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("job", help="a Job as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    job = Job(**json.loads(args.job))
+    if job.weights == "random":  # said once by stylenet-bench, not once per worker
+        logging.getLogger("stylenet.nets.vgg").setLevel(logging.ERROR)
+    print(json.dumps(asdict(measure(job))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

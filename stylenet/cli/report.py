@@ -1,0 +1,123 @@
+"""``stylenet-report``: does a trained style look like style transfer? Evidence anyone can rerun.
+
+Stylizes held-out photos with each model (and, with ``--gatys``, the optimisation baseline on the
+same objective), then writes into ``--out``: ``figure.png`` (one row per photo: photo | style |
+Gatys | one column per model), ``report.md`` (the measures of :mod:`stylenet.quality` per photo and
+method, each method's mean, and whether it meets the targets), ``report.json``, and every cell as a
+PNG under ``images/``:
+
+    stylenet-report --style demo:ihc -m outputs/demo/<time>/demo.safetensors --gatys --out report/
+
+Photos default to the demo data module's held-out photos (never the style image). A bad photo or
+model is reported on one line naming the file and the others are still processed; the exit status
+is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stylenet.errors import StylenetError, first_line
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PROG = "stylenet-report"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos", nargs="*",
+                        help="held-out photos (paths or demo:<name>); default: the demo data's held-out photos")
+    parser.add_argument("--style", required=True, help="the style image: a path or demo:<name>")
+    parser.add_argument("-m", "--model", action="append", dest="models", default=[], metavar="MODEL",
+                        help="a trained style model file (.safetensors, .ckpt, .pth); repeat for several")
+    parser.add_argument("--gatys", action="store_true", help="add a Gatys column on the --loss-config objective")
+    parser.add_argument("--gatys-iterations", type=int, default=300, help="Adam steps (default: %(default)s)")
+    parser.add_argument("--loss-config", default="offline",
+                        help="the Gatys objective: a configs/loss name or a YAML file (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=256, help="long side of every image, px (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.models and not args.gatys:
+        build_parser().error("nothing to compare: pass -m MODEL (repeatable) and/or --gatys")
+    if args.size < 16 or args.gatys_iterations < 1:
+        build_parser().error("--size must be >= 16 and --gatys-iterations >= 1")
+    failed = False
+
+    def error(message: str) -> None:
+        nonlocal failed
+        failed = True
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+
+    try:
+        return report(args, error) or int(failed)
+    except StylenetError as err:
+        error(str(err))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def report(args: argparse.Namespace, error: Callable[[str], None]) -> int:
+    """Build the methods (a bad model file is reported and left out), run and write the report."""
+    from stylenet.cli.train import config_dir
+    from stylenet.image import resolve_image_path
+    from stylenet.modelfile import read_model
+    from stylenet.report import (
+        demo_held_out,
+        gatys_method,
+        load_loss_config,
+        network_method,
+        run_report,
+        unique_names,
+        write_report,
+    )
+
+    methods = []
+    if args.gatys:
+        methods.append(gatys_method(load_loss_config(args.loss_config, config_dir()), iterations=args.gatys_iterations,
+                                    device=args.device))
+    names = unique_names(["photo", "style", "gatys", *(Path(p).stem for p in args.models)])[3:]  # column folders
+    for path, name in zip(args.models, names, strict=True):
+        try:
+            stored = read_model(path, task="style")
+        except StylenetError as err:
+            error(str(err))
+            continue
+        methods.append(network_method(name, model_on(stored.net, args.device)))
+    if not methods:
+        return 1
+    photos = args.photos or demo_held_out(config_dir(), exclude=resolve_image_path(args.style))
+    report, rows = run_report(args.out, args.style, photos, methods, size=args.size, on_error=error,
+                              on_done=lambda photo, method: print(f"{photo}: {method} done", file=sys.stderr))
+    paths = write_report(args.out, report, rows)
+    for method in report.methods:
+        missed = report.missed(method)
+        print(f"{method}: targets {'met' if not missed else 'NOT met: ' + ', '.join(missed)}")
+    print(f"wrote {', '.join(str(path) for path in paths.values())}")
+    return 0 if report.entries else 1
+
+
+def model_on(net: nn.Module, device: str) -> nn.Module:
+    """``net`` on ``--device`` (``auto``: CUDA if available)."""
+    from stylenet.gatys import resolve_device
+
+    try:
+        return net.to(resolve_device(device, hint="--device cpu"))
+    except RuntimeError as err:
+        raise StylenetError(f"--device {device}: {first_line(err)}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

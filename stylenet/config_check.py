@@ -1,0 +1,126 @@
+"""A config group named on the command line is never silently overridden by the experiment.
+
+Each group (``model``, ``data``, ``loss``, ...) sets only its own keys, and ``experiment=...`` sets keys
+across groups. Hydra lets ``model=half`` on the command line win over the experiment's
+``override /model: tiny``, but not over the values the experiment writes into a group: with
+``experiment=demo loss=perceptual`` the demo's ``loss.style_weight`` would replace the one
+``loss=perceptual`` chose, and nothing would say so. :func:`check_group_choices` stops such a run with
+one line naming both sides. Keys the user sets themselves (``loss.style_weight=...``) are their choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from stylenet import StylenetError
+
+
+def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> None:
+    """Raise a one-line :class:`StylenetError` when the chosen experiment writes a key that a group
+    option named on the command line changes (from the experiment's own choice) to another value.
+    ``hydra``: the run's Hydra config (default: ``HydraConfig.get()``, or ``cfg.hydra`` as
+    ``compose(..., return_hydra_config=True)`` leaves it)."""
+    if hydra is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
+    experiment = hydra.runtime.choices.get("experiment")
+    if not experiment:
+        return
+    roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
+    named, explicit = command_line_choices(list(hydra.overrides.task), set(hydra.runtime.choices))
+    baseline = {**primary_choices(roots, hydra.job.config_name), **experiment_choices(roots, experiment)}
+    for group, option in named.items():  # what naming the option changes from the experiment's own choice
+        chosen, default = option_values(roots, group, option), option_values(roots, group, baseline.get(group))
+        final = OmegaConf.to_container(cfg[group], resolve=False) if group in cfg else {}
+        clashes = [f"{group}.{key}" for key, value in chosen.items()
+                   if default.get(key, KeyError) != value and lookup(final, key) != value
+                   and not set_by_user(f"{group}.{key}", explicit)]
+        if clashes:
+            raise StylenetError(f"experiment={experiment} overrides {', '.join(clashes)} of {group}={option}: "
+                                f"drop {group}={option}, or set {clashes[0]}=... yourself")
+
+
+def command_line_choices(overrides: list[str], groups: set[str]) -> tuple[dict[str, str], set[str]]:
+    """Hydra's task overrides -> (``{group: option}`` the user named, the dotted keys the user set)."""
+    named, explicit = {}, set()
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if "." in key:
+            explicit.add(key)
+        elif key in groups and key != "experiment" and value:
+            named[key] = value
+    return named, explicit
+
+
+def set_by_user(key: str, explicit: set[str]) -> bool:
+    """Whether ``key`` (``model.channels``) or a node above it (``model``) was set on the command line."""
+    return any(key == set_key or key.startswith(f"{set_key}.") for set_key in explicit)
+
+
+def experiment_choices(roots: list[Path], experiment: str) -> dict[str, str]:
+    """``{group: option}`` an experiment picks with ``override /group: option``, those of the experiments
+    it includes first (its own win, as in Hydra)."""
+    defaults = read_config(roots, "experiment", experiment).get("defaults", [])
+    choices: dict[str, str] = {}
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":
+            choices.update(experiment_choices(roots, entry))
+    for entry in defaults:
+        if isinstance(entry, dict):
+            choices.update({key.removeprefix("override").strip().lstrip("/"): str(option)
+                            for key, option in entry.items()})
+    return choices
+
+
+def primary_choices(roots: list[Path], config_name: str) -> dict[str, str]:
+    """``{group: option}`` of the primary config's defaults list (``train.yaml``: ``model: transformer``)."""
+    entries = read_config(roots, "", config_name).get("defaults", [])
+    return {key: str(option) for entry in entries if isinstance(entry, dict) for key, option in entry.items()}
+
+
+def option_values(roots: list[Path], group: str, option: str | None) -> dict[str, Any]:
+    """The values a group option gives its group, with the options it extends (``half``: ``transformer``
+    then its own), as dotted paths."""
+    config = read_config(roots, group, option) if option else {}
+    entries = config.pop("defaults", [])
+    values: dict[str, Any] = {}
+    for entry in [*entries, *([] if "_self_" in entries else ["_self_"])]:
+        if entry == "_self_":  # as OmegaConf merges: ??? (missing) keeps a value set before it
+            values.update({key: value for key, value in flatten(config).items()
+                           if value != "???" or key not in values})
+        elif isinstance(entry, str):
+            values.update(option_values(roots, group, entry))
+    return values
+
+
+def read_config(roots: list[Path], group: str, option: str) -> dict[str, Any]:
+    """``<group>/<option>.yaml`` from the first config folder that has it, unresolved; {} if none does."""
+    for root in roots:
+        path = root / group / f"{option}.yaml"  # group "": the primary config
+        if path.is_file():
+            return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    return {}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def lookup(tree: Any, dotted: str) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"``; a missing key is ``KeyError`` (never equal to a value)."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return KeyError
+        tree = tree[part]
+    return tree

@@ -1,0 +1,37 @@
+"""Device choice: what ``auto`` means, and whether a named device exists on this machine."""
+
+from __future__ import annotations
+
+import torch
+
+from stylenet.errors import StylenetError
+
+#: what ``auto`` tries, in this order, before the CPU.
+ACCELERATORS = ("cuda", "mps")
+
+
+def is_available(kind: str) -> bool:
+    """Whether this machine has a device of ``kind`` (``cpu``, ``cuda``, ``mps``)."""
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    return kind == "cpu"
+
+
+def resolve_device(name: str = "auto", *, hint: str = "--device cpu",
+                   accelerators: tuple[str, ...] = ACCELERATORS) -> torch.device:
+    """``auto`` picks the first available of ``accelerators``, else the CPU; an explicit device
+    must exist.
+
+    ``hint`` is how the caller's users ask for the CPU (``--device cpu`` on argparse command lines,
+    ``device=cpu`` for Hydra overrides), so the error for a missing device says what to type."""
+    if name == "auto":
+        return torch.device(next((kind for kind in accelerators if is_available(kind)), "cpu"))
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StylenetError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if not is_available(device.type):
+        raise StylenetError(f"device {name!r} is not available on this machine (try {hint})")
+    return device

@@ -1,0 +1,24 @@
+"""One-line user-facing errors: :class:`StylenetError`, and how any exception becomes one line.
+
+A batch job reports a broken file on one line and carries on; a CLI prints ``str(err)`` instead of
+a traceback. So every message stylenet shows is one line, made here.
+"""
+
+from __future__ import annotations
+
+
+class StylenetError(Exception):
+    """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: logs, progress bars
+    and CSVs get one line whatever a library put into its message."""
+    return " ".join(str(text).split())
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line (torch's messages run to paragraphs of advice), or its type's name
+    when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__

@@ -1,0 +1,33 @@
+"""scikit-image's bundled photos: the demo training set, and ``demo:<name>`` wherever a path is asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stylenet.errors import StylenetError
+
+#: The demo's training photos (``data=demo``). Not ``ihc.png`` (the demo style: training on the style
+#: image itself would flatter the results) nor ``motorcycle_right.png`` (the stereo twin of
+#: ``motorcycle_left.png``, so a near-duplicate of a photo that could be held out).
+DEMO_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+               "hubble_deep_field.jpg", "retina.jpg", "camera.png")
+
+
+def demo_root() -> Path:
+    """The folder of scikit-image's sample images (shipped in its wheel, no download)."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def resolve_image_path(spec: str | Path) -> Path:
+    """A path, or ``demo:<name>`` for one of scikit-image's bundled photos (e.g. ``demo:chelsea``)."""
+    text = str(spec)
+    if text.startswith("demo:"):
+        name = text.removeprefix("demo:")
+        matches = sorted(demo_root().glob(f"{name}.*")) or sorted(demo_root().glob(name))
+        if not matches:
+            raise StylenetError(f"no bundled demo image {name!r}; choose one of "
+                                f"{', '.join(Path(p).stem for p in DEMO_PHOTOS)}")
+        return matches[0]
+    return Path(text).expanduser()

@@ -1,0 +1,114 @@
+"""What stylenet reads and writes: file extensions, Pillow formats and modes, the decoded image.
+
+The tables and types shared by :mod:`stylenet.image.read` and :mod:`stylenet.image.write`, and the
+one error every image failure is: :class:`ImageError`, one line naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stylenet.errors import StylenetError, one_line
+
+
+class ImageError(StylenetError, ValueError):
+    """A file that is not a usable image (or cannot be written as one).
+
+    ``str(err)`` is ONE line that names the file and the reason, e.g.
+    ``"cannot read image 'x.jpg': truncated file"``, so that callers can log it and move on.
+    It subclasses :class:`ValueError` because a bad file is bad *input*, not a bug.
+    """
+
+
+#: Lower-case suffixes that :func:`list_images` collects and :func:`load_image` is meant for.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".ppm",
+    ".pgm",
+)
+
+#: Decompression-bomb cap in pixels (width * height), checked from the header before decoding.
+#: 120 MP fits any real camera photo (a 100 MP medium-format frame included) while a float32
+#: RGB tensor of that size is still only ~1.4 GB.
+DEFAULT_MAX_PIXELS: int = 120_000_000
+
+#: Pillow format names we let Pillow decode: exactly the formats behind IMAGE_EXTENSIONS.
+#: (MPO, the multi-picture JPEG many phones write, is opened by the JPEG plugin.)
+READ_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM")
+
+#: Output suffix -> Pillow format name.
+WRITE_FORMATS: dict[str, str] = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+#: Lower-case suffixes :func:`save_image` can write.
+WRITABLE_EXTENSIONS: tuple[str, ...] = tuple(WRITE_FORMATS)
+
+#: Suffixes :func:`save_image` writes with 16 bits per sample when asked to (16-bit sources); the
+#: others (JPEG, WebP, BMP) hold 8 bits, so 16-bit pixels are rounded to 8 bits for them.
+SIXTEEN_BIT_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
+SIXTEEN_BIT_FORMATS = frozenset(WRITE_FORMATS[suffix] for suffix in SIXTEEN_BIT_EXTENSIONS)
+
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Modes whose conversion to RGB Pillow implements properly (CMYK naively, i.e. without a profile).
+CONVERTIBLE_MODES = frozenset({"RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A decoded image, split into what the nets consume and what must survive beside them.
+
+    ``eq=False``: instances compare by identity, because element-wise tensor equality has no
+    single truth value.
+    """
+
+    #: float32 ``(3, H, W)`` in ``[0, 1]``, EXIF orientation already applied.
+    rgb: torch.Tensor
+    #: The ORIGINAL alpha band, unchanged, shaped ``(1, H, W)``: uint8 (uint16 for a 16-bit
+    #: source whose transparency comes from a tRNS key). ``None`` when the source carries no
+    #: transparency information at all (an RGBA file that is fully opaque still has its band).
+    alpha: torch.Tensor | None
+    #: The embedded ICC profile if it describes an RGB colour space (so it is still valid for
+    #: :attr:`rgb`); ``None`` otherwise, e.g. for CMYK or GRAY profiles, which would be wrong on
+    #: an RGB output file.
+    icc_profile: bytes | None
+    #: The source had no colour (modes 1, L, LA, I, I;16*, F), so callers may write grey back.
+    was_gray: bool
+    #: Bits per sample worth keeping on output: 16 for 16-bit PNG, TIFF and PGM sources (and float
+    #: TIFFs, 16 being the most an output file holds), 8 otherwise. The stylize and upscale commands
+    #: quantise to this depth and :func:`save_image` writes it where the format holds it.
+    bits: int = 8
+
+
+def compact(image: LoadedImage) -> LoadedImage:
+    """``image`` with its RGB held in the narrowest float type that still keeps every level of its
+    source: float16 for 8-bit sources (``k / 255`` stays within 0.07 of level ``k``, so outputs
+    round back exactly, at half the memory of float32), float32 for 16-bit ones (float16 has 11
+    significant bits, 32 16-bit levels apart near 1: ``--strength 0`` could not return the input)."""
+    dtype = torch.float16 if image.bits <= 8 else torch.float32
+    return dataclasses.replace(image, rgb=image.rgb.to(dtype))
+
+
+def file_error(path: str | Path, reason: str, *, verb: str = "read") -> ImageError:
+    """``cannot <verb> image '<path>': <reason>`` as an :class:`ImageError`, on one line (repr()
+    quotes the name and escapes any newline inside it)."""
+    return ImageError(f"cannot {verb} image {str(path)!r}: {one_line(reason)}")

@@ -1,0 +1,415 @@
+"""Reading image files into :class:`~stylenet.image.formats.LoadedImage`: every mode, bit depth,
+EXIF orientation, alpha band and colour profile, and every failure as one :class:`ImageError` line.
+
+Only the formats we advertise are decoded (Pillow identifies files by content, and some of its
+plugins are risky or slow), the pixel cap is checked from the header before decoding, and 16-bit
+colour PNG and TIFF, which Pillow reduces to 8 bits, are decoded with imagecodecs and tifffile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from stylenet.errors import one_line
+from stylenet.image.formats import (
+    CONVERTIBLE_MODES,
+    DEFAULT_MAX_PIXELS,
+    EXIF_ORIENTATION,
+    GRAY_MODES,
+    IMAGE_EXTENSIONS,
+    READ_FORMATS,
+    SIXTEEN_BIT_MODES,
+    ImageError,
+    LoadedImage,
+    file_error,
+)
+
+
+def _describe(err: BaseException) -> str:
+    """Turn a decoder exception into a short human reason."""
+    text = one_line(str(err)) or type(err).__name__
+    if isinstance(err, EOFError) or "truncat" in text.lower():
+        return f"truncated file ({text})"
+    if isinstance(err, MemoryError):
+        return "not enough memory to decode it"
+    return f"corrupt or unsupported image data ({type(err).__name__}: {text})"
+
+
+def _check_is_file(p: Path) -> None:
+    """Fail early, with a clear reason, on the cases Pillow reports obscurely."""
+    try:
+        if p.is_dir():
+            raise file_error(p, "is a directory, not a file")
+        if not p.exists():
+            raise file_error(p, "no such file")
+        if p.stat().st_size == 0:
+            raise file_error(p, "empty file (0 bytes)")
+    except OSError as err:  # e.g. permission denied on a parent directory
+        raise file_error(p, err.strerror or str(err)) from None
+
+
+def _open(p: Path) -> Image.Image:
+    """Open (header only) a file, restricted to the formats we support."""
+    return Image.open(p, formats=READ_FORMATS)
+
+
+def _exif_orientation_from_header(im: Image.Image) -> int:
+    """EXIF orientation without decoding pixel data.
+
+    PngImageFile.getexif() decodes the whole image when the eXIf chunk was not seen before IDAT,
+    so for PNG we only look at what the header pass found.
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF must not make an otherwise good image unreadable
+        return 1
+
+
+def _exif_transpose(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation so tensors are upright, as every viewer displays them."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # malformed EXIF: keep the pixels as stored rather than refuse the file
+        return im
+
+
+def _scale_int(values: np.ndarray) -> np.ndarray:
+    """Mode "I" (32-bit int) to [0, 1].
+
+    Pillow uses "I" for 16-bit greyscale from several formats (PGM with maxval 65535, older PNG
+    readers), so values in [0, 65535] are divided by 65535, exactly like I;16. Anything larger
+    cannot be 16-bit and is divided by its maximum instead. Negative values are clipped to 0.
+    """
+    top = float(values.max()) if values.size else 0.0
+    scale = 65535.0 if top <= 65535.0 else top
+    return np.clip(values.astype(np.float32) / np.float32(scale), 0.0, 1.0)
+
+
+def _scale_float(values: np.ndarray) -> np.ndarray:
+    """Mode "F" (32-bit float) to [0, 1].
+
+    Float images carry no declared range. If every value is <= 1 the data is taken to be in
+    [0, 1] already (the common convention for float TIFFs); otherwise it is divided by its
+    maximum. NaN and infinities become 0, and negatives are clipped to 0.
+    """
+    values = np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(values.max()) if values.size else 0.0
+    if top > 1.0:
+        values = values / np.float32(top)
+    return np.clip(values, 0.0, 1.0)
+
+
+def _key_alpha(values: np.ndarray, key: object, opaque: int, dtype: type) -> np.ndarray | None:
+    """Alpha from a tRNS-style colour key: transparent exactly where the pixel equals the key."""
+    if isinstance(key, (int, np.integer)) and values.ndim == 2:
+        hit = values == int(key)
+    elif isinstance(key, tuple) and values.ndim == 3 and len(key) == values.shape[2]:
+        hit = np.all(values == np.asarray(key, dtype=values.dtype), axis=2)
+    else:
+        return None
+    return np.where(hit, 0, opaque).astype(dtype)
+
+
+def decode_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """Convert a loaded Pillow image of any supported mode to (HxWx3 float32, HxW alpha, was_gray).
+
+    Pillow's ``convert("RGB")`` is not used blindly because it silently drops alpha and squashes
+    16-bit data to 8 bits by clipping at 255 (a 16-bit mid-grey would turn white).
+    """
+    mode = im.mode
+    key = im.info.get("transparency")
+    alpha: np.ndarray | None = None
+    was_gray = mode in GRAY_MODES
+
+    if mode in ("1", "L"):
+        if key is not None:
+            arr = np.asarray(im.convert("LA"))  # Pillow maps the key (any bit depth) to alpha
+            grey, alpha = arr[..., 0], arr[..., 1]
+        else:
+            grey = np.asarray(im.convert("L"))
+        grey = grey.astype(np.float32) / np.float32(255.0)
+    elif mode in ("LA", "La"):
+        arr = np.asarray(im if mode == "LA" else im.convert("RGBA").convert("LA"))
+        grey = arr[..., 0].astype(np.float32) / np.float32(255.0)
+        alpha = arr[..., 1]
+    elif mode in SIXTEEN_BIT_MODES or mode == "I":
+        arr = np.asarray(im)
+        if key is not None:
+            alpha = _key_alpha(arr, key, 65535, np.uint16)
+        grey = _scale_int(arr) if mode == "I" else arr.astype(np.float32) / np.float32(65535.0)
+    elif mode == "F":
+        grey = _scale_float(np.asarray(im))
+    else:
+        grey = None
+
+    if grey is not None:
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        return rgb, alpha, was_gray
+
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or key is not None or (im.palette is not None and "A" in im.palette.mode)
+        arr = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+    elif mode == "RGB":
+        arr = np.asarray(im.convert("RGBA") if key is not None else im)
+    elif mode in ("RGBA", "RGBa"):
+        arr = np.asarray(im if mode == "RGBA" else im.convert("RGBA"))
+    elif mode in CONVERTIBLE_MODES:
+        arr = np.asarray(im.convert("RGB"))
+    else:
+        raise ValueError(f"unsupported image mode {mode!r}")
+
+    if arr.shape[2] == 4:
+        alpha = arr[..., 3]
+    rgb = arr[..., :3].astype(np.float32) / np.float32(255.0)
+    return rgb, alpha, was_gray
+
+
+def _source_bits(im: Image.Image) -> int:
+    """16 for Pillow's 16-bit and wider modes (I;16*, I, F), else 8: the depth worth writing back."""
+    return 16 if im.mode in SIXTEEN_BIT_MODES or im.mode in ("I", "F") else 8
+
+
+def rgb_icc_profile(profile: object) -> bytes | None:
+    """Keep an ICC profile only if its colour space (header bytes 16..20) is RGB."""
+    if isinstance(profile, (bytes, bytearray)) and len(profile) >= 20 and profile[16:20] == b"RGB ":
+        return bytes(profile)
+    return None
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to an (H, W, C) array exactly as ``ImageOps.exif_transpose``
+    applies it to an image, for the pixels decoded without Pillow."""
+    flips = {
+        2: lambda a: a[:, ::-1],  # FLIP_LEFT_RIGHT
+        3: lambda a: a[::-1, ::-1],  # ROTATE_180
+        4: lambda a: a[::-1],  # FLIP_TOP_BOTTOM
+        5: lambda a: a.swapaxes(0, 1),  # TRANSPOSE
+        6: lambda a: np.rot90(a, -1),  # ROTATE_270 (90 degrees clockwise)
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # TRANSVERSE
+        8: lambda a: np.rot90(a, 1),  # ROTATE_90 (counter-clockwise)
+    }
+    flip = flips.get(orientation)
+    return pixels if flip is None else flip(pixels)
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(type, payload)`` of every chunk of a PNG held in memory, up to IEND (CRCs are the decoder's job)."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        yield kind, data[offset + 8: offset + 8 + length]
+        if kind == b"IEND":
+            return
+        offset += 12 + length
+
+
+def _png_orientation(im: Image.Image, data: bytes) -> int:
+    """EXIF orientation of a PNG whose pixels are not decoded by Pillow, read as
+    ``ImageOps.exif_transpose`` reads it: an eXIf chunk before or after the pixel data, else XMP's
+    ``tiff:Orientation``. ``PngImageFile.getexif()`` decodes the whole image to look for an eXIf
+    chunk its header pass did not reach, so the chunk found here (or none, as empty EXIF) is handed
+    to it first."""
+    if "exif" not in im.info:
+        im.info["exif"] = next((payload for kind, payload in _png_chunks(data) if kind == b"eXIf"), b"")
+    return _exif_orientation_from_header(im)
+
+
+def _tags(im: Image.Image, tag: int, default: int) -> tuple[int, ...]:
+    """A TIFF tag's values as a tuple (Pillow gives one value for one sample, a tuple for several)."""
+    value = im.tag_v2.get(tag, default)  # type: ignore[attr-defined]
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _is_sixteen_bit_colour(p: Path, im: Image.Image) -> bool:
+    """Whether ``im`` (header read) stores 16-bit colour, or 16-bit grey + alpha, samples, which
+    Pillow would reduce to 8 bits (its 16-bit modes are single-channel: 16-bit grey is read fine)."""
+    if im.format == "PNG":
+        with open(p, "rb") as handle:
+            head = handle.read(26)
+        # IHDR: bit depth at byte 24, colour type at 25 (2 RGB, 4 grey + alpha, 6 RGBA)
+        return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+    if im.format == "TIFF":
+        bits, formats = _tags(im, 258, 1), _tags(im, 339, 1)  # BitsPerSample, SampleFormat (1: unsigned)
+        return len(bits) > 1 and set(bits) == {16} and set(formats) == {1} and _tags(im, 262, -1)[0] in (1, 2)
+    return False
+
+
+def _decode_sixteen_bit(p: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A 16-bit colour PNG or TIFF (see :func:`_is_sixteen_bit_colour`) -> (HxWx3 float32 in [0, 1],
+    HxW uint16 alpha or None, was_gray), EXIF orientation applied.
+
+    imagecodecs decodes PNG (libpng: interlacing, and tRNS colour keys as an alpha channel);
+    tifffile decodes TIFF (any compression imagecodecs has, strips or tiles, planar or not).
+    Associated (premultiplied) TIFF alpha is divided out, as Pillow's ``RGBa`` -> ``RGBA`` does.
+    """
+    associated = False
+    if im.format == "PNG":
+        import imagecodecs
+
+        data = p.read_bytes()
+        samples = imagecodecs.png_decode(data)
+        orientation = _png_orientation(im, data)
+        colour = 1 if samples.shape[-1] in (1, 2) else 3
+        alpha_index = colour if samples.shape[-1] in (2, 4) else None
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            samples, axes = page.asarray(), page.axes
+            extras, colour = tuple(page.extrasamples), 3 if page.photometric == 2 else 1
+        if axes.startswith("S"):  # planar configuration: one plane per sample
+            samples = np.moveaxis(samples, 0, -1)
+        alpha_index = colour if extras and int(extras[0]) in (1, 2) else None  # 1 associated, 2 unassociated
+        associated = alpha_index is not None and int(extras[0]) == 1
+        orientation = _exif_orientation_from_header(im)
+    if samples.ndim != 3 or samples.dtype != np.uint16 or samples.shape[-1] < colour:
+        raise ValueError(f"unsupported 16-bit layout {samples.dtype} {samples.shape}")
+    samples = orient(samples, orientation)
+    rgb = samples[..., :colour].astype(np.float32) / np.float32(65535.0)
+    alpha = np.ascontiguousarray(samples[..., alpha_index]) if alpha_index is not None else None
+    if associated and alpha is not None:
+        weight = alpha[..., None].astype(np.float32) / np.float32(65535.0)
+        rgb = np.where(weight > 0, np.minimum(rgb / np.maximum(weight, 1e-12), 1.0), 0.0).astype(np.float32)
+    if colour == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    return rgb, alpha, colour == 1
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under ``root``, recursively, in a stable sorted order.
+
+    Files are selected by suffix (case-insensitive, see :data:`IMAGE_EXTENSIONS`) without opening
+    them: listing a 100k-image folder must stay cheap; broken files surface later as
+    :class:`ImageError` from :func:`load_image`. Hidden files and folders (name starting with
+    ``.``) are skipped: they are editor/OS debris such as macOS ``._x.jpg`` resource forks, and
+    our own in-progress ``.x.png.tmp`` files. Sorting is by path components, so the order does
+    not depend on the filesystem. A ``root`` that is itself an image file gives ``[root]``.
+    """
+    base = Path(root)
+    if base.is_file():
+        if base.suffix.lower() in IMAGE_EXTENSIONS:
+            return [base]
+        raise ImageError(f"not an image file or folder: {str(base)!r}")
+    if not base.is_dir():
+        raise ImageError(f"image folder does not exist: {str(base)!r}")
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(base).parts)
+
+
+def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, int]:
+    """``(width, height)`` as displayed, from the header only (no pixel decoding).
+
+    Used to plan work (batching, tiling, bomb checks, dataset filtering) without paying for a
+    decode. With ``apply_exif`` the EXIF orientations that rotate by 90 degrees swap the two, so
+    the answer matches ``load_image(path).rgb.shape``. Limitation: a PNG whose eXIf chunk comes
+    after the pixel data (rare) is reported unrotated, because reading it would need a decode.
+    Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``) still applies at open time and is
+    reported as :class:`ImageError`.
+    """
+    p = Path(path)
+    _check_is_file(p)
+    with _opened(p) as im:
+        width, height = im.size
+        if im.format == "TIFF":  # Pillow reports a TIFF's size already turned by its orientation
+            width, height = _tags(im, 256, width)[0], _tags(im, 257, height)[0]  # stored size
+        orientation = _exif_orientation_from_header(im) if apply_exif else 1
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return width, height
+
+
+@contextlib.contextmanager
+def _opened(p: Path) -> Iterator[Image.Image]:
+    """``p`` opened, header only, restricted to our formats, Pillow's bomb warning silenced here
+    only; any failure inside the block, decoding included, becomes one :class:`ImageError` line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open(p) as im:
+                yield im
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise file_error(p, f"refusing a possible decompression bomb ({err})") from None
+    except UnidentifiedImageError:
+        raise file_error(p, "not a recognised image file (readable formats: " + ", ".join(READ_FORMATS) + ")") from None
+    except Exception as err:  # any decoder failure is a property of the file, not a bug here
+        raise file_error(p, _describe(err)) from None
+
+
+def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode an image file into a :class:`LoadedImage` (RGB in [0, 1] + alpha + ICC + grey flag).
+
+    Steps and why:
+
+    1. Open the header (formats restricted to :data:`IMAGE_EXTENSIONS`' formats) and refuse
+       ``width * height > max_pixels`` *before* decoding: a few-hundred-byte PNG can declare
+       20000 x 20000 pixels and would otherwise allocate gigabytes. ``max_pixels=None`` disables
+       our cap; Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``) still applies and is
+       reported as :class:`ImageError`. Pillow's bomb *warning* is silenced locally only.
+    2. ``img.load()`` inside the ``try``: Pillow decodes lazily, so a truncated file only fails
+       here, and must fail as :class:`ImageError`, not later inside a training loop.
+    3. ``ImageOps.exif_transpose``: phone photos are stored sideways with an orientation tag.
+    4. Convert every mode to RGB without losing information (see :func:`decode_pil`): 16-bit grey is
+       divided by 65535 rather than clipped at 255; palette transparency becomes alpha; CMYK,
+       YCbCr, LAB and HSV go through Pillow's conversion. Multi-frame files give their first frame.
+       16-bit colour PNG and TIFF (which Pillow would reduce to 8 bits) skip Pillow's decoder:
+       see ``_decode_sixteen_bit``; their alpha is uint16 and ``bits`` is 16.
+    """
+    p = Path(path)
+    _check_is_file(p)
+    with _opened(p) as im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                                "(possible decompression bomb; pass a larger max_pixels to allow it)")
+        if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
+            icc = rgb_icc_profile(im.info.get("icc_profile"))
+            rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
+            bits = 16
+        else:
+            im.load()
+            icc = rgb_icc_profile(im.info.get("icc_profile"))
+            upright = _exif_transpose(im)
+            rgb, alpha, was_gray = decode_pil(upright)
+            bits = _source_bits(upright)
+
+    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
+    alpha_t = None
+    if alpha is not None:
+        alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
+        alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits)
+
+
+def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Shortcut for ``load_image(path).rgb``: what training data and style images need."""
+    return load_image(path, max_pixels=max_pixels).rgb
+
+
+def from_pil(image: Image.Image) -> LoadedImage:
+    """A PIL image already in memory -> :class:`LoadedImage`, with the mode handling files get
+    (:func:`decode_pil`: 16-bit, palette transparency, LA, ...), EXIF orientation applied."""
+    upright = ImageOps.exif_transpose(image)
+    rgb, alpha, was_gray = decode_pil(upright)
+    rgb_t = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
+    alpha_t = None if alpha is None else torch.from_numpy(alpha.copy())[None]
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=rgb_icc_profile(image.info.get("icc_profile")),
+                       was_gray=was_gray)

@@ -1,0 +1,85 @@
+"""Resizing and cropping image tensors: one antialiased resize, and the shapes built on it.
+
+Every resize in stylenet (training crops, style images, inference's ``--scale``/``--max-size``,
+statistics thumbnails, Gatys' pyramid, alpha bands) is :func:`resize`, so they all filter alike.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from stylenet.errors import StylenetError
+
+
+def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
+    """``(H, W)`` times ``factor``, rounded, at least 1 px a side."""
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def long_side_shape(height: int, width: int, size: int | None) -> tuple[int, int]:
+    """``(H, W)`` with the longer side ``size`` and the aspect ratio kept; ``None`` keeps the shape."""
+    if size is None:
+        return height, width
+    if size < 1:
+        raise StylenetError(f"size must be a positive number of pixels, got {size}")
+    return scaled_shape(height, width, size / max(height, width))
+
+
+def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(H, W)`` with the shorter side ``size`` and the aspect ratio kept."""
+    return scaled_shape(height, width, size / min(height, width))
+
+
+def target_size(height: int, width: int, *, scale: float = 1.0,
+                max_size: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` after multiplying by ``scale`` and capping the long side at ``max_size``."""
+    if scale <= 0:
+        raise StylenetError(f"--scale must be positive, got {scale}")
+    if max_size is not None and max_size < 1:
+        raise StylenetError(f"--max-size must be at least 1, got {max_size}")
+    if max_size is not None and max(height, width) * scale > max_size:
+        return long_side_shape(height, width, max_size)
+    return scaled_shape(height, width, scale)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], *, clamp: bool = False) -> torch.Tensor:
+    """Antialiased bilinear resize of (C, H, W) to ``size`` (H, W); the image itself when it is
+    already that size. Float32 out, whatever float dtype comes in (PyTorch's CPU kernel has no
+    half-precision version). ``clamp`` clips a resized image to [0, 1]: bilinear filtering with
+    antialiasing overshoots slightly at edges, and a valid image must stay in range."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    resized = F.interpolate(image.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True,
+                            align_corners=False).squeeze(0)
+    return resized.clamp_(0, 1) if clamp else resized
+
+
+def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (3, H, W) image in [0, 1] resized so that its shorter side is ``size`` (training photos)."""
+    return resize(image, short_side_shape(*image.shape[-2:], size), clamp=True)
+
+
+def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (3, H, W) image in [0, 1] resized so that its longer side is ``size`` (style images)."""
+    return resize(image, long_side_shape(*image.shape[-2:], size), clamp=True)
+
+
+def resize_alpha(alpha: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """An integer alpha band (1, H, W) resized with the pixels it belongs to; at the same size it is
+    returned untouched (bit-exact)."""
+    if alpha is None or tuple(alpha.shape[-2:]) == tuple(size):
+        return alpha
+    top = 65535.0 if alpha.dtype == torch.uint16 else 255.0
+    resized = resize(alpha.float(), size).round().clamp(0, top)
+    return resized.to(torch.int32).to(alpha.dtype)
+
+
+def crop(image: torch.Tensor, size: int, rng: random.Random | None) -> torch.Tensor:
+    """A size x size crop: random when ``rng`` is given, centred otherwise."""
+    height, width = image.shape[-2:]
+    top = rng.randint(0, height - size) if rng else (height - size) // 2
+    left = rng.randint(0, width - size) if rng else (width - size) // 2
+    return image[:, top: top + size, left: left + size]

@@ -1,0 +1,54 @@
+"""Controls: what the user asked to do with a network's output, pixel by pixel.
+
+Per-pixel, so they are applied tile by tile: ``strength`` blends with the content;
+``preserve_color`` is the luminance-only transfer of Gatys et al. 2016, "Preserving Color in
+Neural Artistic Style Transfer" (Sec. 2): keep the content's chroma, take the stylised luminance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stylenet.errors import StylenetError
+from stylenet.image.colour import luma
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the user asked to do with the network's output, per pixel (so per tile).
+
+    ``strength`` blends the output with the content (0 returns the content, 1 the full style);
+    ``preserve_color`` keeps the content's chroma and takes the stylised luminance (Gatys et al.
+    2016, "Preserving Color", luminance-only transfer); ``gray`` writes luminance only (for
+    greyscale inputs with ``--keep-gray``). For networks with ``scale`` > 1 the content is
+    upsampled (bicubic) to the output's size first.
+    """
+
+    strength: float = 1.0
+    preserve_color: bool = False
+    gray: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise StylenetError(f"strength must be in [0, 1], got {self.strength}")
+
+    @property
+    def needs_content(self) -> bool:
+        return self.strength < 1.0 or self.preserve_color
+
+    def apply(self, output: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor:
+        """Combine (..., 3, H, W) ``output`` with the ``content`` of the same size; clamp to [0, 1].
+
+        Colour preservation adds the luminance difference to every channel of the content: since
+        the BT.601 weights sum to 1 this changes Y by exactly that difference and leaves
+        Cb ~ B - Y and Cr ~ R - Y, the content's chroma, unchanged.
+        """
+        if content is not None and self.preserve_color:
+            output = content + (luma(output) - luma(content))
+        if content is not None and self.strength < 1.0:
+            output = torch.lerp(content, output, self.strength)
+        if self.gray:
+            output = luma(output).expand_as(output)
+        return output.clamp(0.0, 1.0)

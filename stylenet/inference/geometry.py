@@ -1,0 +1,126 @@
+"""Network geometry: any image size in, a valid network input through, the same size (times
+``scale``) out, in one function every way of running a model shares.
+
+A network declares
+
+* ``size_multiple`` (default 1): H and W of its input must be multiples of it (4 for
+  :class:`~stylenet.nets.TransformerNet`: two stride-2 convolutions, two x2 upsamplings);
+* ``min_size`` (default ``max(8, 2 * size_multiple)``): the smallest input side its reflection
+  pads accept (a 9x9 reflection pad needs 5 px; TransformerNet's 3x3 pads at 1/4 scale need 8 px);
+* ``scale`` (default 1): output side / input side, e.g. 4 for a x4 super-resolution network.
+
+Inputs are padded at the bottom/right to the network's multiple (reflection, so the network sees
+image-like content, not a dark border; edge replication for inputs smaller than the padding, down
+to 1x1) and the output is cropped back. :func:`padded_forward` is the one geometry of
+:class:`~stylenet.inference.InferenceModel`, its tiles and statistics passes, and the ONNX and
+``.pt2`` exports: the padding enters InstanceNorm's statistics, so they must all pad alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ``--precision`` names -> autocast dtypes (fp32 runs without autocast).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def size_multiple(net: nn.Module) -> int:
+    """H and W of the network's input must be multiples of this."""
+    return int(getattr(net, "size_multiple", 1))
+
+
+def min_size(net: nn.Module) -> int:
+    """The smallest input side the network's reflection pads accept (see the module docstring)."""
+    return int(getattr(net, "min_size", max(8, 2 * size_multiple(net))))
+
+
+def output_scale(net: nn.Module) -> int:
+    """Output side / input side: 1 for style networks, 2/4/8 for super-resolution networks."""
+    return int(getattr(net, "scale", 1))
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom/right to multiples of ``multiple`` and at least ``min_size``.
+
+    Sides of at least ``max(min_size, multiple)`` (every size the ONNX and ``.pt2`` exports accept)
+    are reflected by ``(-side) % multiple`` pixels, 0 when the side is already a multiple: padding
+    enters the InstanceNorm statistics, so this one formula, with no branch on the remainder, is
+    what every way of running a model uses (:func:`padded_forward`), and torch.export keeps H and W
+    dynamic through it. Smaller images (eager runs only) are padded up to ``min_size`` too:
+    reflection where it fits (no dark border for the network to react to), edge replication for
+    sides smaller than the padding (reflection cannot pad more than side - 1 pixels), so even a 1x1
+    input gets a valid network input.
+    """
+    height, width = images.shape[-2:]
+    floor = max(min_size, multiple)
+    if height >= floor and width >= floor:  # provably true while exporting (AnySizeNetwork checks it)
+        if multiple <= 1:
+            return images
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0:
+            return images  # eager and aligned: the zero pad would only copy (symbolic sizes never get here)
+        return F.pad(images, (0, pad_w, 0, pad_h), mode="reflect")
+    pad_h = round_up(max(height, min_size), multiple) - height
+    pad_w = round_up(max(width, min_size), multiple) - width
+    if pad_h == 0 and pad_w == 0:
+        return images
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def crop_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The top-left ``height`` x ``width`` of (..., H', W'), H' >= height, W' >= width: what undoes
+    :func:`pad_to_multiple` on a network's output.
+
+    Eager sizes give a view. Symbolic sizes (torch.export) give negative constant padding, i.e. a
+    cropped copy: a slice is contiguous only when nothing is cut, and torch.export would specialise
+    the program to whichever case its example input had (a 64 px example then refuses 30 px)."""
+    if isinstance(height, int) and isinstance(width, int):
+        return images[..., :height, :width]
+    return F.pad(images, (0, width - images.shape[-1], 0, height - images.shape[-2]))
+
+
+def padded_forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``net`` on (B, C, H, W) of any size: :func:`pad_to_multiple`, run, :func:`crop_to` the
+    input's size times the network's ``scale``.
+
+    The single geometry of every way a model runs: :class:`InferenceModel` (``stylenet-stylize``,
+    the notebook API, tiles, statistics passes) and the ONNX and ``.pt2`` exports, whose wrapper
+    (:class:`stylenet.export.AnySizeNetwork`) calls this function. InstanceNorm statistics include
+    the padding, so different padding would mean different pixels on the same image."""
+    height, width = images.shape[-2:]
+    scale = output_scale(net)
+    output = net(pad_to_multiple(images, size_multiple(net), min_size(net)))
+    return crop_to(output, height * scale, width * scale)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to ``precision`` on ``device``; nothing for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def forward(net: nn.Module, batch: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """(B, 3, H, W) on the network's device -> float32 (B, 3, H * scale, W * scale): pad, run, crop."""
+    with autocast(batch.device, precision):
+        output = padded_forward(net, batch)
+    return output.float()
+
+
+@torch.inference_mode()
+def run_network(net: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> the network's float32 (3, H * scale, W * scale) output in one pass, on
+    the network's device. For previews of small images; :class:`InferenceModel` is the full tool."""
+    device = next(net.parameters()).device
+    return forward(net, image.to(device).unsqueeze(0))[0]

@@ -1,0 +1,357 @@
+"""Layer by layer: a :class:`~stylenet.nets.TransformerNet` over an image too big for one pass,
+computing exactly what one pass would, in bounded memory.
+
+Instance Normalization needs each layer's statistics over the whole image, so the network cannot
+run on independent tiles without changing the result. Here it runs one layer at a time over the
+whole image, in horizontal bands: each band of a layer's output is computed from the rows of the
+layer's input it needs (its convolution's halo; reflection or edge padding only at the image's
+borders, as in one pass), and the layer's per-channel statistics are pooled over the bands (Chan
+et al. 1979). Once a layer is done it is normalised in place and the next layer starts. Every
+InstanceNorm therefore sees the one-pass statistics, and memory holds about two layers'
+activations, in the precision the network computes in (bf16 on the bf16 path).
+
+The full-resolution layers (the first, and the one before the output) are the largest; when
+storing one beside the next layer's output would exceed the memory budget, a first pass over its
+bands only pools its statistics and the next layer recomputes the bands it needs (with their
+halo) as it goes: about an eighth more arithmetic for the paper's network, instead of the largest
+activation.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylenet.errors import StylenetError
+from stylenet.fastpath import SpaceToDepthConv, SubpixelConv
+from stylenet.inference.geometry import PRECISIONS, autocast, min_size, pad_to_multiple, size_multiple
+from stylenet.inference.norms import FrozenInstanceNorm
+from stylenet.nets.transformer import ReflectConv, ScaledTanh, TransformerNet, UpsampleConvNormReLU
+
+#: Rows [start, stop) of one layer's input or output: (1, C, stop - start, W) on the device.
+Rows = Callable[[int, int], torch.Tensor]
+
+#: Full-resolution pixels per band: bands of the widest (full-resolution) layers stay a few tens of MB.
+BAND_PIXELS = 1 << 19
+
+
+@dataclass
+class Layer:
+    """One convolution of the network as the one pass runs it, and what follows it."""
+
+    conv: nn.Module  # ReflectConv, SpaceToDepthConv, or SubpixelConv (nearest x2 upsampling + conv)
+    norm: nn.InstanceNorm2d | None = None
+    relu: bool = False
+    residual: bool = False     # adds the residual block's input after the norm
+    block_start: bool = False  # first layer of a residual block: its input is the block's input
+    final: nn.Module | None = None  # ScaledTanh after the last layer
+
+    @property
+    def conv2d(self) -> nn.Conv2d:
+        return self.conv.conv if isinstance(self.conv, (SubpixelConv, SpaceToDepthConv)) else self.conv[1]
+
+    @property
+    def upsamples(self) -> bool:
+        return isinstance(self.conv, SubpixelConv)
+
+    def output_side(self, side: int) -> int:
+        """Output height (or width) for an input ``side``."""
+        if self.upsamples:
+            return 2 * side
+        kernel, stride = self.conv2d.kernel_size[0], self.conv2d.stride[0]
+        return (side + 2 * (kernel // 2) - kernel) // stride + 1
+
+    def rows(self, read: Rows, height: int, start: int, stop: int) -> torch.Tensor:
+        """Output rows ``[start, stop)`` (even, for upsampling) from the input rows ``read`` gives;
+        ``height`` is the input's. Padding as in one pass at the image's borders, neighbours inside."""
+        if self.upsamples:
+            pad, mode = 1, "replicate"  # what reflecting the upsampled image is (SubpixelConv)
+            first, last = start // 2 - pad, stop // 2 + pad
+        else:
+            kernel, stride = self.conv2d.kernel_size[0], self.conv2d.stride[0]
+            pad, mode = kernel // 2, "reflect"
+            first, last = start * stride - pad, (stop - 1) * stride - pad + kernel
+        band = read(max(first, 0), min(last, height))
+        with torch.autocast(band.device.type, enabled=False):  # padding is exact: keep the dtype
+            band = F.pad(band, (pad, pad, max(0, -first), max(0, last - height)), mode=mode)
+        if self.upsamples:
+            return self.conv.convolve(band)
+        if isinstance(self.conv, SpaceToDepthConv):
+            factor, width = self.conv.factor, band.shape[-1] - 2 * pad
+            band = F.pad(band, (0, -band.shape[-1] % factor, 0, -band.shape[-2] % factor))
+            return self.conv.convolve(band)[..., : stop - start, :width]
+        return self.conv2d(band)
+
+
+def network_layers(net: nn.Module) -> list[Layer] | None:
+    """The layers of a :class:`TransformerNet` with InstanceNorm, as built or as
+    :func:`stylenet.fastpath.optimize_for_inference` rewrote it; None for any other network."""
+    if not isinstance(net, TransformerNet):
+        return None
+    layers = [Layer(block[0], block[1], relu=True) for block in net.encoder]
+    for block in net.residuals:
+        first, second, norm = block.body
+        layers += [Layer(first[0], first[1], relu=True, block_start=True), Layer(second, norm, residual=True)]
+    for block in net.decoder:
+        if isinstance(block, UpsampleConvNormReLU):
+            conv = block[1][0]
+            if isinstance(conv, ReflectConv):  # not rewritten: the same image through the sub-pixel form
+                if not isinstance(block[0], nn.Upsample) or block[0].mode != "nearest":
+                    return None
+                conv = SubpixelConv(conv[1])
+            layers.append(Layer(conv, block[1][1], relu=True))
+        elif isinstance(block, (ReflectConv, SpaceToDepthConv)):
+            layers.append(Layer(block))
+        elif isinstance(block, ScaledTanh) and layers[-1].norm is None:
+            layers[-1].final = block
+        else:
+            return None
+    norms = [layer.norm for layer in layers if layer.norm is not None]
+    if not all(isinstance(norm, nn.InstanceNorm2d) and norm.affine and not norm.track_running_stats
+               for norm in norms):
+        return None
+    return layers
+
+
+class Moments:
+    """Per-channel count, mean and sum of squared deviations, pooled exactly over bands (Chan et
+    al. 1979) in float64."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        if x.device.type in ("cpu", "cuda"):
+            # The batch-norm kernel's statistics: ~2x faster than var_mean on channels_last maps. In
+            # float32: on bf16 input it returns them rounded to bf16 (0.2% off the mean), which is
+            # what one pass normalises with (SingleImageInstanceNorm); these are the exact ones.
+            _, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(x.float(), None, None, True,
+                                                                               0.0, 0.0)
+            var = invstd.double().pow(-2)
+        else:
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), unbiased=False)
+        mean, squares = mean.double(), var.double() * count
+        if self.mean is None or self.squares is None:
+            self.count, self.mean, self.squares = count, mean, squares
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.squares = self.squares + squares + delta**2 * self.count * count / total
+        self.mean = self.mean + delta * count / total
+        self.count = total
+
+    def frozen(self, norm: nn.InstanceNorm2d) -> FrozenInstanceNorm:
+        """``norm`` with these statistics (the biased variance InstanceNorm uses)."""
+        assert self.mean is not None and self.squares is not None
+        return FrozenInstanceNorm(norm, self.mean.float(), (self.squares / self.count).float())
+
+
+def _normalize(x: torch.Tensor, norm: FrozenInstanceNorm, relu: bool) -> torch.Tensor:
+    y = norm(x)
+    return y.relu_() if relu else y
+
+
+def _spans(length: int, rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + rows, length)) for start in range(0, length, rows)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the layers run on one image: which are recomputed instead of stored, band sizes."""
+
+    layers: list[Layer]
+    recompute: list[bool]
+    rows: list[int]      # output rows per band, per layer
+    heights: list[int]   # output height per layer
+    widths: list[int]
+    height: int          # the padded input's
+    width: int
+
+    @property
+    def passes(self) -> int:
+        """Bands computed in all: what progress counts."""
+        return sum(math.ceil(h / r) * (2 if again else 1)
+                   for h, r, again in zip(self.heights, self.rows, self.recompute, strict=True))
+
+
+def plan(layers: list[Layer], height: int, width: int, precision: str, budget: int | None,
+         band_pixels: int = BAND_PIXELS) -> Plan:
+    """Bands of about ``band_pixels`` full-resolution pixels (rows a multiple of 8, so every
+    layer's bands are even); a full-resolution layer is recomputed when storing it beside the next
+    layer's output would take more than ``budget`` bytes (None: never)."""
+    band = max(8, band_pixels // width // 8 * 8)
+    heights, widths, channels = [], [], []
+    side_h, side_w = height, width
+    for layer in layers:
+        side_h, side_w = layer.output_side(side_h), layer.output_side(side_w)
+        heights.append(side_h)
+        widths.append(side_w)
+        channels.append(layer.conv2d.out_channels)
+    size = PRECISIONS[precision].itemsize  # what activations are stored in
+    sizes = [c * h * w * size for c, h, w in zip(channels, heights, widths, strict=True)]
+    recompute = [budget is not None and index + 1 < len(layers) and heights[index] == height
+                 and sizes[index] + sizes[index + 1] > budget for index in range(len(layers))]
+    rows = [max(2, band * h // height // 2 * 2) for h in heights]
+    return Plan(layers, recompute, rows, heights, widths, height, width)
+
+
+@torch.inference_mode()
+def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp32",
+                    device: torch.device | None = None, budget: int | None = None,
+                    band_pixels: int = BAND_PIXELS, progress: Callable[[int, int], None] | None = None
+                    ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Run TransformerNet ``net`` layer by layer over the (3, H, W) ``image`` (kept where it is;
+    bands go to ``device``, the network's by default) and yield ``(top, rows)``: the output's rows
+    from ``top`` down, float32 (3, rows, W) on the device, top to bottom.
+
+    The same image as :func:`~stylenet.inference.geometry.padded_forward` in one pass, up to
+    rounding (``budget``: see :func:`plan`). ``progress(done, total)`` is called after every band."""
+    layers = network_layers(net)
+    if layers is None:
+        raise StylenetError(f"layer-by-layer inference needs a TransformerNet with InstanceNorm, got "
+                            f"{type(net).__name__}")
+    device = device or next(net.parameters()).device
+    height, width = image.shape[-2:]
+    padded = pad_to_multiple(image.unsqueeze(0), size_multiple(net), min_size(net))
+    steps = plan(layers, *padded.shape[-2:], precision, budget, band_pixels)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, steps.passes)
+
+    def image_rows(start: int, stop: int) -> torch.Tensor:
+        return padded[..., start:stop, :].to(device, torch.float32)
+
+    read: Rows = image_rows
+    source_height = steps.height
+    pool = BufferPool(device)
+    stream: torch.Tensor | None = None  # the residual blocks' running sum
+
+    def run(layer: Layer, start: int, stop: int) -> torch.Tensor:
+        # autocast per band, never across a yield: the caller's code must not run under it
+        with autocast(device, precision):
+            out = layer.rows(read, source_height, start, stop)
+            return layer.final(out) if layer.final is not None else out
+
+    for index, layer in enumerate(steps.layers):
+        out_height, rows = steps.heights[index], steps.rows[index]
+        spans = _spans(out_height, rows)
+        if index == len(steps.layers) - 1:
+            for start, stop in spans:
+                out = run(layer, start, stop)
+                tick()
+                if start < height:
+                    yield start, out[0, :, : min(stop, height) - start, :width].float()
+            return
+        moments = Moments()
+        if steps.recompute[index]:
+            for start, stop in spans:
+                moments.add(run(layer, start, stop))
+                tick()
+            read = _recomputed(layer, read, source_height, out_height, moments.frozen(layer.norm))
+            source_height = out_height
+            continue
+        stored: torch.Tensor | None = None
+        for start, stop in spans:
+            out = run(layer, start, stop)
+            if stored is None:
+                channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+                stored = pool.empty((1, out.shape[1], out_height, out.shape[-1]), out.dtype, channels_last)
+            stored[..., start:stop, :] = out
+            moments.add(out)
+            tick()
+        assert stored is not None and layer.norm is not None
+        norm = moments.frozen(layer.norm)
+        if layer.block_start:
+            stream = _stored_input(read)
+        following = steps.layers[index + 1]
+        if layer.residual and stream is not None:  # the block's output: its input plus this layer's
+            with autocast(device, precision):
+                for start, stop in spans:
+                    stream[..., start:stop, :] += norm(stored[..., start:stop, :])
+            read = _reader(stream)
+            if not following.block_start:  # the last block: only the next layer reads the sum
+                stream = None
+        elif following.block_start:  # a residual block's input is read twice: normalise it in place
+            with autocast(device, precision):
+                for start, stop in spans:
+                    band = stored[..., start:stop, :]
+                    band.copy_(_normalize(band, norm, layer.relu))
+            read = _reader(stored)
+        else:  # normalised as the next layer reads it: no pass over the stored layer for it
+            read = _normalized_reader(stored, norm, layer.relu)
+        source_height = out_height
+
+
+class BufferPool:
+    """Memory for the stored layers, handed back to the pool when a layer's tensor dies and reused
+    for a later one (the smallest free buffer that fits). The allocator could leave the freed
+    layers as holes too small for the next one; a pool keeps the peak at the layers alive at once."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.free: list[torch.Tensor] = []
+
+    def empty(self, shape: tuple[int, int, int, int], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+        """An uninitialised (N, C, H, W) tensor, contiguous in the given layout."""
+        size = math.prod(shape) * dtype.itemsize
+        fitting = [buffer for buffer in self.free if buffer.numel() >= size]
+        if fitting:
+            buffer = min(fitting, key=torch.Tensor.numel)
+            del self.free[next(i for i, other in enumerate(self.free) if other is buffer)]  # in place: see below
+        else:
+            buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        strides = torch.empty(shape, device="meta", memory_format=layout).stride()
+        tensor = buffer[:size].view(dtype).as_strided(shape, strides)
+        weakref.finalize(tensor, self.free.append, buffer)  # the list every finaliser appends to
+        return tensor
+
+
+def _reader(stored: torch.Tensor) -> Rows:
+    def read(start: int, stop: int) -> torch.Tensor:
+        return stored[..., start:stop, :]
+    read.stored = stored  # type: ignore[attr-defined]
+    return read
+
+
+def _normalized_reader(stored: torch.Tensor, norm: FrozenInstanceNorm, relu: bool) -> Rows:
+    def read(start: int, stop: int) -> torch.Tensor:
+        return _normalize(stored[..., start:stop, :], norm, relu)
+    return read
+
+
+def _stored_input(read: Rows) -> torch.Tensor:
+    """The whole tensor behind a stored layer's reader (a residual block's input is one)."""
+    stored = getattr(read, "stored", None)
+    if stored is None:
+        raise StylenetError("a residual block's input must be stored, not recomputed")
+    return stored
+
+
+def _recomputed(layer: Layer, read: Rows, height: int, out_height: int, norm: FrozenInstanceNorm) -> Rows:
+    """Rows of ``layer``'s normalised output computed on demand from ``read`` (its input)."""
+    align = 2 if layer.upsamples else 1
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        first, last = start - start % align, min(out_height, stop + stop % align)
+        out = _normalize(layer.rows(read, height, first, last), norm, layer.relu)
+        return out[..., start - first: stop - first, :]
+    return rows
+
+
+def layerwise_forward(net: nn.Module, image: torch.Tensor, **options: object) -> torch.Tensor:
+    """(3, H, W) -> the network's float32 (3, H, W) output, computed by :func:`layerwise_bands`."""
+    return torch.cat([rows for _, rows in layerwise_bands(net, image, **options)], dim=1)  # type: ignore[arg-type]

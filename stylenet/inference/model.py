@@ -1,0 +1,337 @@
+"""The inference model: a network ready to turn images of any size into outputs, on any device,
+within a memory budget, through one code path.
+
+``stylenet-stylize``, ``stylenet-upscale``, the notebook API (``stylenet.load_model(path)``) and
+``stylenet-evaluate-sr`` all run networks through :class:`InferenceModel`. An image that fits the
+memory budget runs in one pass; a larger one runs layer by layer in bands
+(:mod:`stylenet.inference.layerwise`: the one-pass result, exactly, in bounded memory) when the
+network is a TransformerNet, else in tiles (:mod:`stylenet.inference.tiling`) with consistent
+InstanceNorm statistics (:mod:`stylenet.inference.norms`); ``tile=`` asks for tiles. The image
+stays on the CPU and finished output rows are quantised band by band. Running out of memory is
+retried with smaller tiles, then reported as a :class:`~stylenet.StylenetError`; it is never
+swallowed. Video frames stream through :meth:`InferenceModel.stylize_frames`.
+
+Nothing here changes the process: :func:`stylenet.fastpath.reuse_freed_memory`, which makes CPU
+inference faster by changing glibc's allocator for the whole process, is the application's choice
+(the command-line tools and the trainer make it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from stylenet.devices import resolve_device
+from stylenet.errors import StylenetError, first_line
+from stylenet.fastpath import inference_precision, optimize_for_inference
+from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil
+from stylenet.inference.controls import Controls
+from stylenet.inference.frames import Frame, stream_frames
+from stylenet.inference.geometry import PRECISIONS, forward, output_scale, round_up, size_multiple
+from stylenet.inference.layerwise import layerwise_bands, network_layers
+from stylenet.inference.memory import (
+    activation_bytes_per_pixel,
+    default_max_memory,
+    is_out_of_memory,
+    release_cached_memory,
+)
+from stylenet.inference.norms import (
+    NormStats,
+    freeze_norm_statistics,
+    instance_norms,
+    record_norm_statistics,
+    streaming_norm_statistics,
+)
+from stylenet.inference.tiling import DEFAULT_TILE_OVERLAP, MIN_TILE, TileGrid
+from stylenet.modelfile import read_model
+
+log = logging.getLogger(__name__)
+
+ImageLike = TypeVar("ImageLike", Image.Image, torch.Tensor)
+
+
+@dataclass
+class InferenceModel:
+    """A network ready to process images: device, precision, memory budget, tiling, controls.
+
+    Build one with :func:`stylenet.load_model` (or :meth:`from_file`); it is what
+    ``stylenet-stylize`` uses per ``--model``. A copy of the network, rewritten for speed
+    (:func:`stylenet.fastpath.optimize_for_inference`), is moved to ``device`` in eval mode.
+    Process-wide settings are left alone: on the CPU, applications call
+    :func:`stylenet.fastpath.reuse_freed_memory` themselves if they want its speed.
+    """
+
+    net: nn.Module
+    metadata: dict[str, Any] = field(default_factory=dict)
+    device: torch.device | str = "auto"
+    #: fp32, bf16, fp16, or auto (the default, as in stylenet-stylize): bf16 where the device runs it
+    #: natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs with bf16), else fp32.
+    precision: str = "auto"
+    #: Activation bytes one forward pass may use; None = :func:`default_max_memory`.
+    max_memory: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, "
+                                f"got {self.precision!r}")
+        self.device = resolve_device(str(self.device))
+        if self.precision == "auto":  # bf16 where the hardware runs it natively, else fp32
+            self.precision = inference_precision(self.device)
+        # Exact rewrites of the slow layers (sub-pixel upsampling convolutions, ...), channels_last: see
+        # stylenet.fastpath. Process-wide settings (reuse_freed_memory) are the application's to make.
+        self.net = optimize_for_inference(self.net.eval().requires_grad_(False), self.device).to(self.device)
+        self._bytes_per_pixel: float | None = None
+        self._layerwise = network_layers(self.net) is not None
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, task: str | None = "style", **options: Any) -> InferenceModel:
+        """Load a model file (see :func:`stylenet.modelfile.read_model`, never unpickles code) and
+        check that it is a ``task`` model (``None`` accepts any)."""
+        stored = read_model(path, task=task)
+        return cls(stored.net, stored.metadata, **options)
+
+    @property
+    def name(self) -> str:
+        """The style's name from the metadata (``{style}`` in output file names); ``x4`` etc. for
+        super-resolution models."""
+        return str(self.metadata.get("style_name") or (f"x{self.scale}" if self.scale > 1 else "stylized"))
+
+    @property
+    def scale(self) -> int:
+        """Output side / input side (see :func:`stylenet.inference.geometry.output_scale`)."""
+        return output_scale(self.net)
+
+    def bytes_per_pixel(self) -> float:
+        """Activation bytes per input pixel (:func:`activation_bytes_per_pixel`, probed once)."""
+        if self._bytes_per_pixel is None:
+            self._bytes_per_pixel = activation_bytes_per_pixel(self.net, self.device, self.precision)
+        return self._bytes_per_pixel
+
+    def budget(self) -> int:
+        """Activation bytes one forward pass may use (``max_memory`` or the device's default)."""
+        return self.max_memory if self.max_memory is not None else default_max_memory(self.device)
+
+    def max_pixels(self) -> int:
+        """How many input pixels one forward pass may hold under the memory budget."""
+        return max(MIN_TILE * MIN_TILE, int(self.budget() / self.bytes_per_pixel()))
+
+    # -------------------------------------------------------------------------- tensors
+
+    @torch.inference_mode()
+    def transform(self, rgb: torch.Tensor, controls: Controls | None = None, *, tile: int | None = None,
+                  tile_overlap: int = DEFAULT_TILE_OVERLAP, exact_statistics: bool = False,
+                  quantize: bool = False, bits: int = 8,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """(3, H, W) float in [0, 1] (on any device; kept where it is) -> the output on the CPU,
+        (3, H * scale, W * scale), float32 in [0, 1] or, with ``quantize``, rounded to ``bits``
+        levels: uint8 (a quarter of the memory: what 8-bit files need) or, with ``bits=16``, uint16
+        (what 16-bit files need; every step before is float32, so ``Controls(strength=0)`` returns
+        the input's 16-bit levels exactly).
+
+        ``tile`` None runs an image that fits :meth:`max_pixels` in one pass and a larger one
+        layer by layer (:func:`~stylenet.inference.layerwise.layerwise_bands`: the one-pass result
+        in bounded memory) if the network allows, else in tiles. An explicit ``tile`` (input pixels
+        per side) forces tiling. The tiles' InstanceNorm statistics come from the whole image if it
+        fits the budget, else from a thumbnail that does (the "thumbnail instance normalization" of
+        Chen et al. 2022, "Towards Ultra-Resolution Neural Style Transfer"), or, with
+        ``exact_statistics``, from :func:`streaming_norm_statistics` (exact, several times the
+        cost). On running out of memory the tile side is halved, down to :data:`MIN_TILE`, then a
+        :class:`StylenetError` is raised. ``progress(done, total)`` is called after every tile
+        pass (every band, layer by layer).
+        """
+        _check_transform(rgb, tile, tile_overlap, bits)
+        controls = controls or Controls()
+        height, width = rgb.shape[-2:]
+        multiple = size_multiple(self.net)
+        pixels: int | None = None  # the budget, in input pixels per forward pass
+        side = MIN_TILE  # the size of the memory probe
+        if tile is None and self._layerwise and height * width > self.max_pixels():
+            try:
+                return self._run_layerwise(rgb, controls, bits if quantize else None, progress)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                release_cached_memory(self.device)
+                log.warning("out of memory on %s layer by layer; retrying in tiles", self.device)
+        while True:
+            try:
+                pixels = self.max_pixels() if pixels is None else pixels
+                if tile is None and height * width <= pixels:
+                    side = max(height, width)  # one tile: the whole image
+                else:
+                    side = max(MIN_TILE, min(tile or pixels, math.isqrt(pixels)) // multiple * multiple)
+                return self._run_tiles(rgb, controls, side, tile_overlap, pixels, exact_statistics,
+                                       bits if quantize else None, progress)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                release_cached_memory(self.device)
+                if pixels is None or side <= MIN_TILE:
+                    raise StylenetError(
+                        f"out of memory on {self.device} even with {side} px tiles ({first_line(err)}); "
+                        "try a smaller --max-size, --precision bf16, or --device cpu") from err
+                log.warning("out of memory on %s with %d px tiles; retrying with smaller tiles",
+                            self.device, side)
+                pixels = max(MIN_TILE * MIN_TILE, min(pixels, side * side) // 4)
+
+    def _run_tiles(self, rgb: torch.Tensor, controls: Controls, side: int, overlap: int, pixels: int,
+                   exact_statistics: bool, bits: int | None, progress: Callable[[int, int], None] | None
+                   ) -> torch.Tensor:
+        """One attempt at :meth:`transform` with ``side`` px tiles (one tile if the image fits);
+        ``bits`` None keeps float32, 8 or 16 quantises finished rows to that many bits."""
+        net, scale, multiple = self.net, self.scale, size_multiple(self.net)
+        height, width = rgb.shape[-2:]
+        overlap = min(round_up(overlap, multiple), side // 2 // multiple * multiple)
+        grid = TileGrid.plan(height, width, side, overlap, multiple, scale)
+        norms = len(instance_norms(net)) if grid.count > 1 else 0
+        streaming = norms > 0 and exact_statistics and height * width > pixels
+        done, total = 0, grid.count * (1 + (norms if streaming else 0))
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        if norms:
+            stats = self._global_statistics(rgb, pixels)
+            if streaming:
+                stats = streaming_norm_statistics(self.net, rgb, grid.rows, grid.cols, stats,
+                                                  self.precision, tick)
+            net = freeze_norm_statistics(net, stats)
+
+        dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
+        top_level = float(2**bits - 1) if bits else 1.0
+        out = torch.empty(3, height * scale, width * scale, dtype=dtype)
+        carry: torch.Tensor | None = None  # output rows the next row of tiles still adds to
+        for index, ((top, bottom), row_weight) in enumerate(zip(grid.rows, grid.row_weights, strict=True)):
+            band = torch.zeros(3, (bottom - top) * scale, width * scale)
+            if carry is not None:
+                band[:, : carry.shape[1]] += carry
+            for (left, right), col_weight in zip(grid.cols, grid.col_weights, strict=True):
+                piece = self._run_tile(net, rgb[:, top:bottom, left:right], controls)
+                weight = row_weight.to(piece.device)[:, None] * col_weight.to(piece.device)[None, :]
+                band[:, :, left * scale: right * scale] += (piece * weight).cpu()
+                tick()
+            next_top = grid.rows[index + 1][0] if index + 1 < len(grid.rows) else bottom
+            finished = (next_top - top) * scale
+            rows = band[:, :finished].clamp_(0.0, 1.0)
+            out[:, top * scale: top * scale + finished] = rows.mul_(top_level).round_() if bits else rows
+            carry = band[:, finished:]
+        return out
+
+    def _run_layerwise(self, rgb: torch.Tensor, controls: Controls, bits: int | None,
+                       progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """:meth:`transform` layer by layer; the output's rows are finished (controls, quantised)
+        band by band, as they come."""
+        height, width = rgb.shape[-2:]
+        dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
+        top_level = float(2**bits - 1) if bits else 1.0
+        out = torch.empty(3, height, width, dtype=dtype)
+        bands = layerwise_bands(self.net, rgb, precision=self.precision, device=self.device,
+                                budget=self.budget(), progress=progress)
+        for top, rows in bands:
+            bottom = top + rows.shape[1]
+            content = rgb[:, top:bottom].to(self.device, torch.float32) if controls.needs_content else None
+            rows = controls.apply(rows, content).cpu()
+            out[:, top:bottom] = rows.mul_(top_level).round_() if bits else rows
+        return out
+
+    def _run_tile(self, net: nn.Module, tile: torch.Tensor, controls: Controls) -> torch.Tensor:
+        """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied."""
+        batch = tile.to(self.device, torch.float32).unsqueeze(0)
+        output = forward(net, batch, self.precision)
+        content = None
+        if controls.needs_content and self.scale == 1:
+            content = batch
+        elif controls.needs_content:
+            content = F.interpolate(batch, scale_factor=self.scale, mode="bicubic")
+        return controls.apply(output, content)[0]
+
+    def _global_statistics(self, rgb: torch.Tensor, pixels: int
+                           ) -> NormStats:
+        """InstanceNorm statistics of the whole image, from a copy downscaled to fit ``pixels``."""
+        height, width = rgb.shape[-2:]
+        factor = min(1.0, math.sqrt(pixels / (height * width)))
+        size = (max(1, int(height * factor)), max(1, int(width * factor)))
+        if factor < 1.0:
+            log.info("InstanceNorm statistics from a %dx%d copy of the %dx%d image",
+                     size[1], size[0], width, height)
+        copy_ = resize(rgb, size).to(self.device, torch.float32).unsqueeze(0)
+        return record_norm_statistics(self.net, copy_, self.precision)
+
+    # -------------------------------------------------------------------------- images
+
+    def process(self, image: LoadedImage, controls: Controls | None = None, *,
+                size: tuple[int, int] | None = None, keep_gray: bool = False, quantize: bool = False,
+                **tiling: Any) -> LoadedImage:
+        """A decoded image -> the output image: resized to ``size`` (H, W) first if given, alpha
+        re-attached (bit-exact unless resized), ICC profile passed through, greyscale inputs
+        written as grey with ``keep_gray``; ``quantize`` rounds to the source's depth
+        (``image.bits``: uint16 for 16-bit sources, which :func:`stylenet.image.save_image` writes as
+        16-bit PNG or TIFF). ``tiling``: :meth:`transform`'s keyword arguments."""
+        controls = controls or Controls()
+        if keep_gray and image.was_gray:
+            controls = Controls(controls.strength, controls.preserve_color, gray=True)
+        rgb = resize(image.rgb, size) if size is not None else image.rgb
+        out = self.transform(rgb, controls, quantize=quantize, bits=16 if image.bits > 8 else 8, **tiling)
+        return LoadedImage(rgb=out, alpha=resize_alpha(image.alpha, tuple(out.shape[-2:])),
+                           icc_profile=image.icc_profile, was_gray=image.was_gray and keep_gray, bits=image.bits)
+
+    def stylize(self, image: ImageLike, *, strength: float = 1.0, preserve_color: bool = False,
+                tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+                exact_statistics: bool = False, keep_gray: bool = False) -> ImageLike:
+        """The notebook API: a PIL image -> a PIL image (EXIF orientation applied, alpha kept,
+        mode L back for greyscale inputs with ``keep_gray``), or a float tensor (3, H, W) /
+        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``)."""
+        controls = Controls(strength, preserve_color)
+        tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics}
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 4:
+                return torch.stack([self.transform(one, controls, **tiling) for one in image])
+            return self.transform(image, controls, **tiling)
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"stylize() takes a PIL image or a tensor, got {type(image).__name__}")
+        result = self.process(from_pil(image), controls, keep_gray=keep_gray, quantize=True, **tiling)
+        pil = to_pil(result.rgb, result.alpha)
+        if result.was_gray:
+            pil = pil.convert("LA" if result.alpha is not None else "L")
+        if result.icc_profile:
+            pil.info["icc_profile"] = result.icc_profile
+        return pil
+
+    def stylize_frames(self, frames: Iterable[Frame], *, strength: float = 1.0,
+                       preserve_color: bool = False) -> Iterator[Frame]:
+        """Video or webcam frames -> stylised frames, lazily, one per frame, of the same kind: uint8
+        (H, W, 3) numpy arrays (RGB) or float (3, H, W) tensors in [0, 1] (see
+        :mod:`stylenet.inference.frames`). Each equals ``stylize`` of that frame alone (a PIL
+        image of the array, or the tensor); buffers are kept across frames of one size.
+
+            for out in model.stylize_frames(reader):  # e.g. imageio.v3.imiter("clip.mp4")
+                writer.write(out)
+        """
+        controls = Controls(strength, preserve_color)
+        return stream_frames(frames, lambda batch: forward(self.net, batch, self.precision), self.device,
+                             controls, lambda height, width: height * width <= self.max_pixels(),
+                             lambda rgb: self.transform(rgb, controls))
+
+
+def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
+    """:meth:`InferenceModel.transform`'s arguments, refused with one line before any work."""
+    if rgb.ndim != 3 or rgb.shape[0] != 3 or not rgb.is_floating_point():
+        raise StylenetError(f"expected a float (3, H, W) image tensor, got {rgb.dtype} {tuple(rgb.shape)}")
+    if tile is not None and tile < MIN_TILE:
+        raise StylenetError(f"--tile must be at least {MIN_TILE} px, got {tile}")
+    if tile_overlap < 0:
+        raise StylenetError(f"--tile-overlap must be >= 0, got {tile_overlap}")
+    if bits not in (8, 16):
+        raise StylenetError(f"bits must be 8 or 16, got {bits}")

@@ -1,0 +1,270 @@
+"""Model files: reading them safely, writing them, and converting the checkpoints users already have.
+
+A trained style is one small ``.safetensors`` file (Hugging Face's safetensors: a JSON header and raw
+tensors, so loading a stranger's file can never execute code, unlike a pickle). The header's
+metadata carries the network's constructor arguments (as nanoGPT's checkpoints do), the style's
+name and image hash, the loss weights, image size, steps and stylenet version.
+
+:func:`read_model` also reads, always with ``torch.load(weights_only=True)`` and never falling back
+to unrestricted unpickling (not even under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which only
+applies when ``weights_only`` is not passed):
+
+* Lightning checkpoints written by ``stylenet-train`` (``.ckpt``);
+* pytorch/examples ``fast_neural_style`` state dicts (``.pth`` / ``.model``), which users already
+  have: the same network with 0-255 inputs and outputs and no final activation
+  (:class:`ExamplesTransformerNet`).
+
+Other runtimes' formats (ONNX, ``torch.export``) are :mod:`stylenet.export`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError, first_line
+from stylenet.nets import SuperResolutionNet, TransformerNet
+from stylenet.version import __version__
+
+FORMAT = "stylenet"
+FORMAT_VERSION = 1
+
+
+class ExamplesTransformerNet(TransformerNet):
+    """The network of pytorch/examples ``fast_neural_style``, in our layout.
+
+    It is the same InstanceNorm variant of the paper's network (Johnson et al. 2016, supplementary
+    Table 1), trained on images in [0, 255] with no activation after the last convolution. This
+    wrapper keeps our [0, 1] interface: inputs are multiplied by 255, outputs divided by 255 and
+    clamped, where the original tools clamp when saving.
+    """
+
+    def __init__(self, channels: int = 32, residual_blocks: int = 5, norm: str = "instance") -> None:
+        super().__init__(channels, residual_blocks, norm)
+        self.decoder[-1] = nn.Identity()  # no ScaledTanh: the original output is unbounded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (super().forward(x * 255.0) / 255.0).clamp(0.0, 1.0)
+
+
+#: network classes a model file may name, by the class name stored in its metadata.
+NETWORKS: dict[str, type[nn.Module]] = {
+    "TransformerNet": TransformerNet,
+    "ExamplesTransformerNet": ExamplesTransformerNet,
+    "SuperResolutionNet": SuperResolutionNet,
+}
+#: the network each training task trains, for checkpoints (their hyperparameters name the task;
+#: checkpoints from before super-resolution existed name none and are style checkpoints).
+TASK_NETWORKS: dict[str, type[nn.Module]] = {"style": TransformerNet, "sr": SuperResolutionNet}
+
+
+@dataclass
+class StoredModel:
+    """A network rebuilt from a model file, in eval mode on the CPU, and the file's metadata.
+
+    For converting and exporting; :func:`stylenet.load_model` gives an
+    :class:`~stylenet.inference.InferenceModel` ready to process images."""
+
+    net: nn.Module
+    metadata: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        """``style`` or ``sr`` (files from before super-resolution existed are style models)."""
+        return str(self.metadata.get("task", "style"))
+
+
+def header(net: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What every model file (and export) records: format, versions, how to rebuild ``net``, metadata."""
+    config = getattr(net, "config", None)
+    if config is None:
+        raise StylenetError(f"{type(net).__name__} has no .config; cannot record how to rebuild it")
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "stylenet_version": __version__,
+            "network": {"class": type(net).__name__, **config}, **metadata}
+
+
+def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any]) -> Path:
+    """Write ``net``'s weights (CPU, contiguous) and ``metadata`` (JSON) to a safetensors file."""
+    record = header(net, metadata)
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous()
+               for key, value in net.state_dict().items()}
+    return atomic_write(Path(path),
+                        lambda tmp: save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(record)}))
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with a little-endian u64 header length and then a JSON object."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 8 + length <= path.stat().st_size
+
+
+def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
+    """Rebuild the network stored in a model file; never runs code from the file.
+
+    Reads stylenet safetensors files, ``stylenet-train`` Lightning checkpoints and pytorch/examples
+    ``fast_neural_style`` checkpoints (see the module docstring). With ``task`` (e.g. ``"style"``)
+    a model made for something else (e.g. a super-resolution ``"sr"`` model) is refused. Every
+    failure is a :class:`StylenetError` with one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StylenetError(f"model file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise StylenetError(f"model file {str(path)!r} is empty (0 bytes)")
+    model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
+    if task is not None and model.task != task:
+        raise StylenetError(f"model file {str(path)!r} is a {model.task!r} model, not a {task!r} model")
+    return model
+
+
+def _load_safetensors(path: Path) -> StoredModel:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            header = json.loads((handle.metadata() or {}).get(FORMAT, "null"))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except (SafetensorError, OSError, ValueError) as err:
+        raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
+                            f"{first_line(err)}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise StylenetError(f"model file {str(path)!r} has no stylenet metadata "
+                            "(not exported by stylenet-export)")
+    network = dict(header["network"]) if isinstance(header.get("network"), dict) else {}
+    cls = NETWORKS.get(network.pop("class", None))
+    if cls is None:
+        raise StylenetError(f"model file {str(path)!r} names an unknown network {header.get('network')}")
+    return _build(path, cls, network, tensors, header)
+
+
+def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict[str, torch.Tensor],
+           metadata: dict[str, Any]) -> StoredModel:
+    try:
+        net = cls(**config)
+        net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise StylenetError(f"model file {str(path)!r} does not match its network: "
+                            f"{first_line(err)}") from None
+    return StoredModel(net.eval(), header(net, metadata))
+
+
+def _load_pickled(path: Path) -> StoredModel:
+    """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler."""
+    try:
+        with warnings.catch_warnings():  # the refusal below says it better than torch's protocol warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _unpickler_reason(err)
+        if "weights only load failed" in str(err).lower() and "unsupported operand" not in reason.lower():
+            raise StylenetError(
+                f"refusing to load model file {str(path)!r}: it is a pickle with more than tensors and plain "
+                f"containers, and unpickling it could run code ({reason})") from None
+        raise StylenetError(f"model file {str(path)!r} is not a model file: {reason}") from None
+    except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
+        raise StylenetError(f"model file {str(path)!r} is not a model file: {first_line(err)}") from None
+    if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
+        return _from_lightning(path, content)
+    if isinstance(content, dict) and "conv1.conv2d.weight" in content:
+        return _from_examples(path, content)
+    raise StylenetError(f"model file {str(path)!r} is neither a stylenet model, a stylenet-train "
+                        "checkpoint nor a pytorch/examples fast_neural_style checkpoint")
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """torch's reason for a refused load ("unsupported GLOBAL posix.system ...", "Unsupported operand
+    110" for bytes that are no pickle at all) without the paragraphs of advice around it."""
+    paragraphs = [" ".join(text.split()) for text in str(err).split("\n\n") if text.strip()]
+    reasons = [text for text in paragraphs[1:-1] if not text.startswith("Please file an issue")]
+    return reasons[0] if reasons else first_line(err)
+
+
+def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> StoredModel:
+    """The transformation network of a ``stylenet-train`` checkpoint (no VGG, no optimiser)."""
+    try:
+        hparams = checkpoint["hyper_parameters"]
+        state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
+                 if key.startswith("net.")}
+        config = dict(hparams["model"])
+    except (KeyError, TypeError, AttributeError) as err:
+        raise StylenetError(f"checkpoint {str(path)!r} lacks {first_line(err)}") from None
+    metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)))
+    return _build(path, TASK_NETWORKS[metadata["task"]], config, state, metadata)
+
+
+#: pytorch/examples layer names -> ours (ConvLayer keeps its conv in ``.conv2d``).
+_EXAMPLES_LAYERS = {
+    "conv1": "encoder.0.0.1", "in1": "encoder.0.1",
+    "conv2": "encoder.1.0.1", "in2": "encoder.1.1",
+    "conv3": "encoder.2.0.1", "in3": "encoder.2.1",
+    "deconv1": "decoder.0.1.0.1", "in4": "decoder.0.1.1",
+    "deconv2": "decoder.1.1.0.1", "in5": "decoder.1.1.1",
+    "deconv3": "decoder.2.1",
+}
+_EXAMPLES_RESIDUAL_LAYERS = {"conv1": "body.0.0.1", "in1": "body.0.1", "conv2": "body.1.1", "in2": "body.2"}
+_EXAMPLES_KEY = re.compile(r"(?:res(?P<block>\d+)\.)?(?P<layer>\w+?)(?:\.conv2d)?\.(?P<param>\w+)")
+#: InstanceNorm running statistics that old PyTorch versions saved and nothing uses.
+_STALE_PARAMS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _from_examples(path: Path, state: dict[str, Any]) -> StoredModel:
+    """Map a pytorch/examples ``fast_neural_style`` state dict onto :class:`ExamplesTransformerNet`."""
+    mapped: dict[str, torch.Tensor] = {}
+    blocks: set[int] = set()
+    for key, value in state.items():
+        match = _EXAMPLES_KEY.fullmatch(key)
+        if match is None or not isinstance(value, torch.Tensor):
+            raise StylenetError(f"model file {str(path)!r} has an unexpected entry {key!r} for a "
+                                "pytorch/examples fast_neural_style checkpoint")
+        if match["param"] in _STALE_PARAMS:
+            continue
+        if match["block"] is None:
+            target = _EXAMPLES_LAYERS.get(match["layer"])
+        else:
+            blocks.add(int(match["block"]))
+            inner = _EXAMPLES_RESIDUAL_LAYERS.get(match["layer"])
+            target = inner and f"residuals.{int(match['block']) - 1}.{inner}"
+        if target is None:
+            raise StylenetError(f"model file {str(path)!r} has an unexpected layer {key!r} for a "
+                                "pytorch/examples fast_neural_style checkpoint")
+        mapped[f"{target}.{match['param']}"] = value
+    config = {"channels": int(state["conv1.conv2d.weight"].shape[0]), "residual_blocks": len(blocks)}
+    metadata = {"task": "style", "style_name": path.stem, "source": "pytorch/examples fast_neural_style"}
+    return _build(path, ExamplesTransformerNet, config, mapped, metadata)
+
+
+def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
+    """What a model file records about how it was trained (all JSON primitives): the task
+    (``style``, or ``sr`` with its ``factor``), the style, loss weights, image size and steps."""
+    task = hparams.get("task", "style")
+    if task not in TASK_NETWORKS:
+        raise StylenetError(f"checkpoint of an unknown task {task!r} (expected one of "
+                            f"{sorted(TASK_NETWORKS)})")
+    if task == "sr":
+        return {"task": "sr", "factor": hparams.get("factor"), "loss": hparams.get("loss", {}),
+                "image_size": hparams.get("image_size"), "steps": steps}
+    style = hparams.get("style", {})
+    return {
+        "task": "style",
+        "style_name": style.get("name") or Path(str(style.get("image", "style"))).stem,
+        "style_image": str(style.get("image")),
+        "style_sha256": hparams.get("style_sha256"),
+        "style_size": style.get("size"),
+        "loss": hparams.get("loss", {}),
+        "image_size": hparams.get("image_size"),
+        "steps": steps,
+    }

@@ -1,0 +1,361 @@
+"""The quality report: photo | style | Gatys | networks, side by side and measured.
+
+A falling loss shows only that the loss network's statistics moved; whether an output looks like
+style transfer is judged on the pictures, with :mod:`stylenet.quality`'s measures (which use no loss
+network), over held-out photos. This module draws the figure (one row per photo, one labelled column
+per method), writes the markdown table and ``report.json``, and saves every cell as a PNG. The
+measures are computed on the saved 8-bit PNGs, so anyone can recompute them from the files.
+
+Users: ``stylenet-report`` (:mod:`stylenet.cli.report`), the end of ``stylenet-train`` (``figure.png``,
+``quality.md``, ``quality.json`` in the run folder) and the multirun contact sheet
+(:mod:`stylenet.sweep`). Imports neither Hydra nor Lightning (the default photos' data module aside).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+
+from stylenet import quality
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError
+from stylenet.image import load_rgb, resize, resize_long_side, resolve_image_path, save_image, to_pil
+
+#: figure layout, px: the label strip above the columns and the gap around each square cell.
+LABEL_HEIGHT, GAP = 14, 4
+BACKGROUND = (255, 255, 255)
+MEASURES = tuple(quality.TARGETS)
+#: the issue's targets for the Gatys baseline: texture must move further than a network's.
+GATYS_TARGETS = {**quality.TARGETS, "texture_moved": 0.5}
+#: measures that must stay at or below their target (the others must reach it).
+AT_MOST = ("clipped_beyond_style",)
+
+#: (photo, style) -> output, all (3, H, W) in [0, 1]; the output has the photo's size.
+Stylize = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of the report: a name (its label and folder) and how it stylizes a photo."""
+
+    name: str
+    stylize: Stylize
+    targets: dict[str, float] = field(default_factory=lambda: dict(quality.TARGETS))
+
+
+@dataclass
+class Entry:
+    """One (photo, method) cell: where its output was saved and how it scored."""
+
+    photo: str
+    method: str
+    output: str
+    quality: quality.Quality
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"photo": self.photo, "method": self.method, "output": self.output, **self.quality.as_dict()}
+
+
+@dataclass
+class Report:
+    """What :func:`run_report` measured; paths are relative to the report's folder."""
+
+    style: str
+    size: int
+    style_file: str = ""  # the style image as measured (resized PNG)
+    photos: dict[str, str] = field(default_factory=dict)  # photo name -> its saved, resized PNG
+    methods: dict[str, dict[str, float]] = field(default_factory=dict)  # method name -> its targets
+    entries: list[Entry] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def means(self) -> dict[str, dict[str, float]]:
+        """Each method's measures averaged over the photos it was scored on."""
+        means = {}
+        for method in self.methods:
+            scores = [entry.quality.as_dict() for entry in self.entries if entry.method == method]
+            if scores:
+                means[method] = {key: sum(score[key] for score in scores) / len(scores) for key in MEASURES}
+        return means
+
+    def missed(self, method: str) -> list[str]:
+        """The measures whose mean misses ``method``'s target (all of them when nothing was scored)."""
+        return missed_targets(self.means().get(method), self.methods[method])
+
+    def as_dict(self) -> dict[str, Any]:
+        means = self.means()
+        return {"style": self.style, "size": self.size, "style_file": self.style_file, "photos": self.photos,
+                "methods": {name: {"targets": targets, "mean": means.get(name), "met": not self.missed(name)}
+                            for name, targets in self.methods.items()},
+                "entries": [entry.as_dict() for entry in self.entries], "errors": self.errors}
+
+
+def meets(measure: str, value: float, target: float) -> bool:
+    return value <= target if measure in AT_MOST else value >= target
+
+
+def missed_targets(mean: dict[str, float] | None, targets: dict[str, float]) -> list[str]:
+    """The measures whose ``mean`` misses its target (all of them when nothing was measured)."""
+    if mean is None:
+        return list(targets)
+    return [key for key, target in targets.items() if not meets(key, mean[key], target)]
+
+
+def verdict(missed: Sequence[str]) -> str:
+    return "met" if not missed else f"NOT met ({', '.join(missed)})"
+
+
+def targets_text(targets: dict[str, float]) -> str:
+    """``colour_moved >= 0.6, ..., clipped_beyond_style <= 0.01``."""
+    return ", ".join(f"{key} {'<=' if key in AT_MOST else '>='} {value:g}" for key, value in targets.items())
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """``names`` with repeats numbered (``a``, ``a_2``): they become file and column names."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return unique
+
+
+def same_file(a: Path, b: Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def demo_held_out(configs: str | Path, exclude: Path | None = None) -> list[Path]:
+    """The demo data module's held-out validation photos (``data=demo`` as ``configs/data/demo.yaml``
+    sets it), without ``exclude`` (the style image: a photo must not be measured against itself)."""
+    from omegaconf import OmegaConf
+
+    from stylenet.data import ImageFolderDataModule
+
+    count = OmegaConf.load(Path(configs, "data", "demo.yaml")).val_images
+    datamodule = ImageFolderDataModule(source="demo", val_images=int(count))
+    datamodule.setup("fit")
+    return [photo for photo in datamodule.val_files if exclude is None or not same_file(photo, exclude)]
+
+
+def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
+    """The settings of a ``loss`` config: a name in ``<configs>/loss/`` (``offline``) or a YAML file.
+    Its defaults list (names of files beside it or in ``<configs>/loss/``) is merged as Hydra would:
+    in order, ``_self_`` last unless placed."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(spec).expanduser() if str(spec).endswith((".yaml", ".yml")) else Path(configs, "loss", f"{spec}")
+    if path.suffix not in (".yaml", ".yml"):  # a name, or a defaults entry: a file beside it or in configs/loss
+        beside = path.with_name(f"{path.name}.yaml")
+        path = beside if beside.is_file() else Path(configs, "loss", f"{path.name}.yaml")
+    if not path.is_file():
+        raise StylenetError(f"loss config {str(path)!r} does not exist")
+    try:
+        node = OmegaConf.load(path)
+        if not isinstance(node, DictConfig):
+            raise StylenetError(f"loss config {str(path)!r} is not a mapping of settings")
+        defaults = list(node.pop("defaults", []))
+        merged = OmegaConf.create()
+        for entry in defaults if "_self_" in defaults else [*defaults, "_self_"]:
+            if entry == "_self_":
+                merged = OmegaConf.merge(merged, node)
+            elif isinstance(entry, str):
+                merged = OmegaConf.merge(merged, load_loss_config(path.with_name(entry), configs))
+            else:
+                raise StylenetError(f"loss config {str(path)!r}: unsupported defaults entry {entry}")
+        settings = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as err:
+        raise StylenetError(f"loss config {str(path)!r}: {err}") from None
+    settings.pop("_target_", None)
+    return settings
+
+
+def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device: str = "auto") -> Method:
+    """Gatys et al. 2016 with Adam on the given objective, from the photo (the baseline column)."""
+    from stylenet.gatys import optimize_image, resolve_device
+    from stylenet.losses import PerceptualLoss
+
+    try:
+        loss = PerceptualLoss(**loss_settings).to(resolve_device(device, hint="--device cpu"))
+    except TypeError as err:
+        raise StylenetError(f"loss: {err}") from None
+
+    def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return optimize_image(photo, [style], loss, optimizer="adam", iterations=iterations).image.cpu()
+
+    return Method("gatys", stylize, dict(GATYS_TARGETS))
+
+
+def network_method(name: str, net: torch.nn.Module) -> Method:
+    """A trained style network's column (one forward pass, the photo's size kept)."""
+    from stylenet.inference import run_network
+
+    def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return run_network(net, photo).float().cpu()
+
+    return Method(name, stylize)
+
+
+def saved(path: Path, image: torch.Tensor) -> torch.Tensor:
+    """Write ``image`` as an 8-bit PNG and return what the file holds: every measure and figure
+    cell is of the saved pixels."""
+    return load_rgb(save_image(path, image.detach().float().cpu()))
+
+
+def read_photo(spec: str | Path, size: int) -> tuple[Path, torch.Tensor]:
+    """A photo (path or ``demo:<name>``) with its long side resized to ``size``."""
+    path = resolve_image_path(spec)
+    return path, resize_long_side(load_rgb(path), size)
+
+
+def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Path], methods: Sequence[Method],
+               *, size: int = 256, images: str = "images", on_error: Callable[[str], None] | None = None,
+               on_done: Callable[[str, str], None] | None = None) -> tuple[Report, list[list[torch.Tensor | None]]]:
+    """Stylize each photo with each method at ``size`` px (long side), save every cell under
+    ``out_dir/images/<column>/``, and score it; returns the report and the figure's rows.
+
+    A photo that cannot be read, or is the style image itself, is recorded in ``report.errors`` (one
+    line naming the file, also passed to ``on_error``) and left out; the others go on. The style
+    image is required: without it nothing can be measured."""
+    out_dir = Path(out_dir)
+    style_path, style_image = read_photo(style, size)
+    style_image = saved(out_dir / images / "style.png", style_image)
+    report = Report(str(style), size, f"{images}/style.png",
+                    methods={method.name: dict(method.targets) for method in methods})
+    rows: list[list[torch.Tensor | None]] = []
+
+    def fail(message: str) -> None:
+        report.errors.append(message)
+        if on_error:
+            on_error(message)
+
+    names = unique_names(Path(str(spec).removeprefix("demo:")).stem for spec in photos)
+    for spec, name in zip(photos, names, strict=True):
+        try:
+            path = resolve_image_path(spec)
+            if same_file(path, style_path):
+                raise StylenetError(f"photo {str(path)!r} is the style image; hold out another photo")
+            _, photo = read_photo(path, size)
+        except StylenetError as err:
+            fail(str(err))
+            continue
+        photo = saved(out_dir / images / "photo" / f"{name}.png", photo)
+        report.photos[name] = f"{images}/photo/{name}.png"
+        row: list[torch.Tensor | None] = [photo, style_image]
+        for method in methods:
+            relative = f"{images}/{method.name}/{name}.png"
+            try:
+                output = saved(out_dir / relative, method.stylize(photo, style_image))
+            except StylenetError as err:
+                fail(f"{method.name} on {str(path)!r}: {err}")
+                row.append(None)
+                continue
+            report.entries.append(Entry(name, method.name, relative, quality.score(photo, style_image, output)))
+            row.append(output)
+            if on_done:
+                on_done(name, method.name)
+        rows.append(row)
+    return report, rows
+
+
+def figure(rows: Sequence[Sequence[torch.Tensor | None]], labels: Sequence[str], size: int) -> Image.Image:
+    """A grid of square ``size`` px cells, ``GAP`` px apart, under a ``LABEL_HEIGHT`` px strip with
+    one label per column; each image is centred in its cell (shrunk to fit, never enlarged), an
+    empty cell (``None``) stays blank."""
+    columns = len(labels)
+    canvas = Image.new("RGB", (GAP + columns * (size + GAP), LABEL_HEIGHT + len(rows) * (size + GAP)), BACKGROUND)
+    for column, label in enumerate(labels):
+        strip = Image.new("RGB", (size, LABEL_HEIGHT), BACKGROUND)
+        ImageDraw.Draw(strip).text((2, 1), label, fill=(0, 0, 0))  # clipped to its own column
+        canvas.paste(strip, (GAP + column * (size + GAP), 0))
+    for r, row in enumerate(rows):
+        for column, image in enumerate(row):
+            if image is None:
+                continue
+            height, width = image.shape[-2:]
+            if max(height, width) > size:
+                image = resize(image, fitted_shape(height, width, size), clamp=True)
+                height, width = image.shape[-2:]
+            left, top = cell_origin(r, column, size)
+            canvas.paste(to_pil(image), (left + (size - width) // 2, top + (size - height) // 2))
+    return canvas
+
+
+def fitted_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    scale = size / max(height, width)
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+
+def cell_origin(row: int, column: int, size: int) -> tuple[int, int]:
+    """(left, top) of a cell of :func:`figure`."""
+    return GAP + column * (size + GAP), LABEL_HEIGHT + row * (size + GAP)
+
+
+def targets_line(report: Report) -> str:
+    """The final line of the table: the targets and, per method, whether its mean meets them."""
+    verdicts = []
+    for method, targets in report.methods.items():
+        own = {key: value for key, value in targets.items() if value != quality.TARGETS[key]}
+        note = f" ({targets_text(own)})" if own else ""
+        verdicts.append(f"{method}{note}: {verdict(report.missed(method))}")
+    return (f"Targets (stylenet.quality.TARGETS, mean over the photos): {targets_text(quality.TARGETS)}. "
+            + "; ".join(verdicts) + ".")
+
+
+def markdown(report: Report, title: str = "Quality report") -> str:
+    """The table: one row per photo x method, then each method's mean, then the targets line."""
+    header = "| photo | method | " + " | ".join(MEASURES) + " |"
+    lines = [f"# {title}", "", f"Style `{report.style}`, {report.size} px (long side); measures of "
+             "stylenet.quality on the saved PNGs (moved: 0 = the photo's, 1 = the style's).", "",
+             header, "|" + "---|" * (len(MEASURES) + 2)]
+    for entry in report.entries:
+        values = entry.quality.as_dict()
+        lines.append(f"| {entry.photo} | {entry.method} | " + " | ".join(f"{values[k]:.3f}" for k in MEASURES) + " |")
+    for method, mean in report.means().items():
+        lines.append(f"| **mean** | {method} | " + " | ".join(f"{mean[k]:.3f}" for k in MEASURES) + " |")
+    lines += ["", targets_line(report)]
+    if report.errors:
+        lines += ["", "Not measured:", *(f"- {error}" for error in report.errors)]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[torch.Tensor | None]], *,
+                 table: str = "report.md", data: str = "report.json", title: str = "Quality report",
+                 extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """``figure.png``, the markdown ``table`` and the JSON ``data`` (``extra`` merged in) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    labels = ["photo", "style", *report.methods]
+    paths = {"figure": out_dir / "figure.png", "table": out_dir / table, "data": out_dir / data}
+    if rows:
+        atomic_write(paths["figure"], lambda tmp: figure(rows, labels, report.size).save(tmp, format="PNG"))
+    else:
+        paths.pop("figure")
+    write_text(paths["table"], markdown(report, title))
+    write_text(paths["data"], json.dumps({**report.as_dict(), **(extra or {})}, indent=1) + "\n")
+    return paths
+
+
+def training_report(run_dir: str | Path, model_path: str | Path, style: str | Path, photos: Sequence[Path],
+                    size: int) -> dict[str, Path]:
+    """The end of a style run: photo | style | network for the held-out photos, measured, as
+    ``figure.png``, ``quality.md`` and ``quality.json`` in ``run_dir`` (cells under ``quality/``).
+    ``quality.json`` is what a multirun's contact sheet reads (:mod:`stylenet.sweep`)."""
+    from stylenet.modelfile import read_model
+
+    style_path = resolve_image_path(style)
+    photos = [photo for photo in photos if not same_file(photo, style_path)]
+    method = network_method("network", read_model(model_path, task="style").net)
+    report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality")
+    return write_report(run_dir, report, rows, table="quality.md", data="quality.json",
+                        title=f"Quality of {Path(model_path).name}", extra={"model": str(model_path)})

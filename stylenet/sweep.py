@@ -1,0 +1,133 @@
+"""The end of a Hydra multirun: one contact sheet and one table, so that choosing a weight is one look.
+
+How to pick ``loss.style_weight`` is the question every user of a style-transfer trainer asks, and a
+grid search is the answer; reading N run folders is not. Each style run leaves ``quality.json``
+(:func:`stylenet.report.training_report`); :class:`SweepReport`, a Hydra callback registered in
+``configs/hydra/default.yaml``, gathers them when the sweep ends into ``<sweep dir>/contact_sheet.png``
+(rows: the held-out photos; columns: photo | style | one per run, labelled with the overrides that
+differ between runs) and ``<sweep dir>/sweep.md`` (one row per run: its overrides and mean measures).
+Sweeps without style runs (super-resolution, ``stylenet-gatys -m``) write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from stylenet.errors import StylenetError, first_line
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One job of the sweep: its folder, its command-line overrides and its ``quality.json`` (None
+    when the job wrote none: it failed, or it was not a style run)."""
+
+    folder: Path
+    overrides: list[str]
+    quality: dict[str, Any] | None
+
+
+def job_order(folder: Path) -> list[Any]:
+    """Natural order of job folders: ``2`` before ``10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", folder.as_posix())]
+
+
+def sweep_runs(sweep_dir: Path) -> list[Run]:
+    """The jobs under ``sweep_dir`` (each folder with Hydra's ``.hydra/overrides.yaml``), in job order."""
+    runs = []
+    for record in sweep_dir.glob("**/.hydra/overrides.yaml"):
+        folder = record.parent.parent
+        summary = folder / "quality.json"
+        try:
+            quality = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
+        except (OSError, json.JSONDecodeError) as err:
+            raise StylenetError(f"cannot read {str(summary)!r}: {first_line(err)}") from None
+        runs.append(Run(folder, [str(item) for item in OmegaConf.load(record)], quality))
+    return sorted(runs, key=lambda run: job_order(run.folder.relative_to(sweep_dir)))
+
+
+def labels(runs: list[Run], sweep_dir: Path) -> list[str]:
+    """Each run's overrides that not every run shares (its folder name when all are shared)."""
+    shared = set.intersection(*(set(run.overrides) for run in runs)) if runs else set()
+    return [" ".join(item for item in run.overrides if item not in shared)
+            or run.folder.relative_to(sweep_dir).as_posix() for run in runs]
+
+
+def short_label(label: str) -> str:
+    """``loss.style_weight=5`` -> ``style_weight=5``: what fits above a column of the sheet."""
+    return " ".join(re.sub(r"^[\w.]*\.(?=\w+=)", "", item) for item in label.split())
+
+
+def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
+                       table: str = "sweep.md") -> dict[str, Path] | None:
+    """Write the contact sheet and the table of a finished sweep; None when no run left a
+    ``quality.json``."""
+    from stylenet.atomic import atomic_write
+    from stylenet.image import load_rgb
+    from stylenet.report import GAP, MEASURES, figure, missed_targets, targets_text, verdict, write_text
+
+    sweep_dir = Path(sweep_dir)
+    runs = sweep_runs(sweep_dir)
+    measured = [run for run in runs if run.quality is not None]
+    if not measured:
+        return None
+    names = labels(runs, sweep_dir)
+    first = measured[0]
+    photos = list(first.quality["photos"])
+    rows = []
+    style = load_rgb(first.folder / first.quality["style_file"])
+    for photo in photos:
+        row = [load_rgb(first.folder / first.quality["photos"][photo]), style]
+        for run in runs:
+            outputs = {entry["photo"]: entry["output"] for entry in (run.quality or {}).get("entries", [])}
+            row.append(load_rgb(run.folder / outputs[photo]) if photo in outputs else None)
+        rows.append(row)
+    size = max(int(run.quality["size"]) for run in measured)
+    paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
+    image = figure(rows, ["photo", "style", *map(short_label, names)], size)
+    atomic_write(paths["sheet"], lambda tmp: image.save(tmp, format="PNG"))
+
+    shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]
+    lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
+             f"stylenet.quality over the held-out photos ({', '.join(photos)}); contact sheet: `{sheet}` "
+             f"(photo | style | one column per run, {GAP} px gaps).", "",
+             "| run | overrides | " + " | ".join(MEASURES) + " | targets |", "|" + "---|" * (len(MEASURES) + 3)]
+    for run, name in zip(runs, names, strict=True):
+        folder = run.folder.relative_to(sweep_dir).as_posix()
+        method = next(iter(run.quality["methods"].items()), None) if run.quality else None
+        mean = method[1]["mean"] if method else None
+        if not mean:
+            lines.append(f"| {folder} | {name} | " + " | ".join("-" for _ in MEASURES) + " | no quality.json |")
+            continue
+        result = verdict(missed_targets(mean, method[1]["targets"]))
+        lines.append(f"| {folder} | {name} | " + " | ".join(f"{mean[k]:.3f}" for k in MEASURES) + f" | {result} |")
+    targets = next(iter(first.quality["methods"].values()))["targets"]
+    lines += ["", f"Targets: {targets_text(targets)}."]
+    write_text(paths["table"], "\n".join(lines) + "\n")
+    return paths
+
+
+class SweepReport(Callback):
+    """Hydra callback: after a multirun, :func:`write_sweep_report` into the sweep folder."""
+
+    def __init__(self, sheet: str = "contact_sheet.png", table: str = "sweep.md") -> None:
+        self.sheet, self.table = sheet, table
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            paths = write_sweep_report(sweep_dir, self.sheet, self.table)
+        except (StylenetError, OSError, KeyError) as err:  # the runs are done: report, do not fail them
+            log.warning("no sweep report in %s: %s", sweep_dir, first_line(err))
+            return
+        if paths:
+            log.info("sweep report: %s, %s", paths["table"], paths["sheet"])

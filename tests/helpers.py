@@ -1,0 +1,70 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py): unreadable image files, a
+pickle payload that proves code ran, and the command of a console script."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tomllib
+from PIL import Image
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR is patched (with a correct CRC) to claim width x height."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def encoded(fmt: str, seed: int) -> bytes:
+    """A 64x64 random RGB image encoded as ``fmt`` (JPEG, PNG)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def icon_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "ICO")
+    return buf.getvalue()
+
+
+#: files with an image's name that no loader must accept, by name
+BAD_FILES: dict[str, Callable[[], bytes]] = {
+    "zero_bytes.png": lambda: b"",
+    "random_bytes.jpg": lambda: np.random.default_rng(5).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    "truncated.jpg": lambda: encoded("JPEG", 3)[: len(encoded("JPEG", 3)) // 2],
+    "truncated.png": lambda: encoded("PNG", 4)[: len(encoded("PNG", 4)) // 2],
+    "really_an_icon.png": icon_bytes,  # a format Pillow reads but we do not accept
+}
+
+
+class RunsCode:
+    """Unpickling this creates the folder ``marker``: proof that loading executed code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.marker),)
+
+
+def console_script(name: str) -> list[str]:
+    """The command that runs console script ``name`` (``stylenet-train``) as users run it: the installed
+    script next to this Python, or ``python -m`` its module (pyproject.toml) where it is not installed."""
+    script = Path(sys.executable).with_name(name)
+    if script.exists():
+        return [str(script)]
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    return [sys.executable, "-m", scripts[name].partition(":")[0]]

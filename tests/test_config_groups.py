@@ -1,0 +1,98 @@
+"""A group named on the command line is never silently overridden by an experiment (configs/experiment/).
+
+The truth here is Hydra's own composition: what naming ``group=option`` changes without the experiment
+(against the experiment's own choice of that group) must survive with the experiment, or
+:func:`stylenet.config_check.check_group_choices` must stop the run with one line naming the option.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from stylenet import StylenetError
+from stylenet.cli.train import config_dir
+from stylenet.config_check import check_group_choices, flatten
+from tests.helpers import console_script
+
+CONFIGS = Path(config_dir())
+EXPERIMENTS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))
+GROUPS = sorted(path.name for path in CONFIGS.iterdir() if path.is_dir() and path.name not in ("experiment", "hydra"))
+
+
+@pytest.fixture(scope="module")
+def hydra_configs() -> Iterator[None]:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        yield
+
+
+@cache  # (the configs never change during a test session; composing is most of this module's time)
+def train_config(*overrides: str) -> DictConfig:
+    return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def leaves(cfg: DictConfig, group: str) -> dict:
+    return flatten(OmegaConf.to_container(cfg[group], resolve=False))
+
+
+def touched_groups(experiment: str) -> list[str]:
+    """The groups an experiment picks an option of, or writes keys into, as Hydra composes them."""
+    plain, chosen = train_config(), train_config(f"experiment={experiment}")
+    return [group for group in GROUPS if plain.hydra.runtime.choices[group] != chosen.hydra.runtime.choices[group]
+            or leaves(plain, group) != leaves(chosen, group)]
+
+
+@pytest.mark.usefixtures("hydra_configs")
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_naming_another_option_of_a_touched_group_wins_or_stops(experiment: str) -> None:
+    own = train_config(f"experiment={experiment}").hydra.runtime.choices
+    for group in touched_groups(experiment):
+        reference = leaves(train_config(f"{group}={own[group]}"), group)
+        for option in sorted(path.stem for path in (CONFIGS / group).glob("*.yaml")):
+            if option == own[group]:
+                continue
+            alone = leaves(train_config(f"{group}={option}"), group)
+            both_cfg = train_config(f"experiment={experiment}", f"{group}={option}")
+            both = leaves(both_cfg, group)
+            changed = [key for key, value in alone.items() if reference.get(key, KeyError) != value]
+            wins = all(both.get(key, KeyError) == alone[key] for key in changed)
+            try:
+                check_group_choices(both_cfg)
+            except StylenetError as err:
+                assert not wins, f"{group}={option}: a false alarm: {err}"
+                assert "\n" not in str(err) and f"{group}={option}" in str(err)
+            else:
+                assert wins, f"experiment={experiment} {group}={option} silently overrides {changed}"
+
+
+@pytest.mark.usefixtures("hydra_configs")
+def test_smoke_with_the_half_width_network_trains_the_half_width_network() -> None:
+    cfg = train_config("experiment=smoke", "model=half")
+    check_group_choices(cfg)
+    assert (cfg.model.channels, cfg.model.residual_blocks) == (16, 5)  # configs/model/half.yaml over transformer
+    assert (cfg.data.image_size, cfg.trainer.max_steps) == (64, 20)  # the rest of the smoke run stays
+
+
+@pytest.mark.usefixtures("hydra_configs")
+def test_a_clash_stops_with_one_line_and_a_set_key_is_the_users_choice() -> None:
+    clash = train_config("experiment=demo", "loss=perceptual")  # demo's weights are for loss=offline
+    with pytest.raises(StylenetError, match=r"^experiment=demo overrides loss.style_weight, loss.tv_weight of "
+                                            r"loss=perceptual: drop loss=perceptual"):
+        check_group_choices(clash)
+    check_group_choices(train_config("experiment=demo", "loss=perceptual", "loss.style_weight=5",
+                                     "loss.tv_weight=2"))
+
+
+def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=demo", "loss=perceptual",
+                             f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if "error" in line] == [
+        "stylenet-train: error: experiment=demo overrides loss.style_weight, loss.tv_weight of loss=perceptual: "
+        "drop loss=perceptual, or set loss.style_weight=... yourself"]

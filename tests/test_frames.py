@@ -1,0 +1,83 @@
+"""stylize_frames: each frame comes out as stylize makes it alone (fp32 and bf16), as the same kind
+of frame, across size changes, lazily; bad frames are refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import stylenet
+from stylenet import StylenetError
+from stylenet.inference import InferenceModel
+from stylenet.modelfile import save_model
+from stylenet.nets import TransformerNet
+
+
+def tiny_model(precision: str) -> InferenceModel:
+    torch.manual_seed(0)
+    return InferenceModel(TransformerNet(channels=8, residual_blocks=1).eval(), device="cpu", precision=precision)
+
+
+def uint8_frames(sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for height, width in sizes]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_uint8_frames_equal_stylize_per_frame(precision: str) -> None:
+    model = tiny_model(precision)
+    frames = uint8_frames([(30, 42), (30, 42), (26, 30), (30, 42)])  # a size change and back
+    outputs = list(model.stylize_frames(frames, strength=0.8))
+    for frame, out in zip(frames, outputs, strict=True):
+        expected = np.asarray(model.stylize(Image.fromarray(frame), strength=0.8))
+        assert out.dtype == np.uint8 and out.shape == frame.shape and out.flags.c_contiguous
+        # the same computation: equal, at most a rounding apart
+        assert np.abs(out.astype(np.int16) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tensor_frames_equal_stylize_per_frame(precision: str) -> None:
+    model = tiny_model(precision)
+    generator = torch.Generator().manual_seed(1)
+    frames = [torch.rand(3, 24, 36, generator=generator) for _ in range(3)]
+    outputs = list(model.stylize_frames(frames, preserve_color=True))
+    atol = 1e-5 if precision == "fp32" else 2e-2
+    for frame, out in zip(frames, outputs, strict=True):
+        assert out.shape == frame.shape and out.dtype == torch.float32
+        torch.testing.assert_close(out, model.stylize(frame, preserve_color=True), atol=atol, rtol=0)
+    assert outputs[0].data_ptr() != outputs[1].data_ptr()  # a new tensor per frame
+
+
+def test_frames_beyond_the_budget_take_the_photo_path() -> None:
+    model = tiny_model("fp32")
+    frame = uint8_frames([(90, 80)])[0]
+    expected = np.asarray(model.stylize(Image.fromarray(frame)))
+    model.max_memory = int(40 * 40 * model.bytes_per_pixel())
+    assert np.abs(next(model.stylize_frames([frame])).astype(np.int16) - expected).max() <= 1
+
+
+def test_frames_are_lazy_and_bad_frames_fail_clearly() -> None:
+    model = tiny_model("fp32")
+
+    def endless():  # a webcam: never ends
+        while True:
+            yield uint8_frames([(16, 16)])[0]
+
+    stream = model.stylize_frames(endless())
+    assert next(stream).shape == (16, 16, 3)
+    for bad in (np.zeros((16, 16, 4), np.uint8), np.zeros((16, 16, 3), np.float32), torch.zeros(16, 16, 3), [1]):
+        with pytest.raises(StylenetError, match="frame"):
+            next(model.stylize_frames([bad]))
+
+
+def test_load_model_streams_frames(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "m.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                      {"task": "style", "style_name": "m"})
+    model = stylenet.load_model(path, device="cpu")
+    (out,) = model.stylize_frames(uint8_frames([(20, 28)]))
+    assert out.shape == (20, 28, 3)

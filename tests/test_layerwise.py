@@ -1,0 +1,107 @@
+"""The layer-by-layer executor computes what one pass computes (fp32 to rounding, bf16 within the
+bf16 tolerance of the other tests), with any band size, recomputing or storing the
+full-resolution layers, in less memory than one pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stylenet import StylenetError
+from stylenet.fastpath import optimize_for_inference
+from stylenet.inference.geometry import forward, padded_forward
+from stylenet.inference.layerwise import layerwise_bands, layerwise_forward, network_layers, plan
+from stylenet.inference.memory import _PeakTensorMemory
+from stylenet.nets import TransformerNet
+
+
+def net(channels: int = 8, blocks: int = 2, seed: int = 0) -> TransformerNet:
+    torch.manual_seed(seed)
+    return TransformerNet(channels=channels, residual_blocks=blocks).eval()
+
+
+def image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(1.0 / max(float((a - b).pow(2).mean()), 1e-30))
+
+
+@pytest.mark.parametrize("budget", [None, 1])  # store every layer / recompute the full-resolution ones
+@pytest.mark.parametrize("band_pixels", [8 * 60, 24 * 60])
+def test_plain_network_equals_one_pass_in_fp32(budget: int | None, band_pixels: int) -> None:
+    plain, x = net(), image(48, 60)
+    with torch.inference_mode():
+        expected = plain(x[None])[0]
+    out = layerwise_forward(plain, x, budget=budget, band_pixels=band_pixels)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_any_size_pads_like_one_pass() -> None:
+    plain, x = net(blocks=1), image(45, 58, seed=1)
+    with torch.inference_mode():
+        expected = padded_forward(plain, x[None])[0]
+    out = layerwise_forward(plain, x, budget=1, band_pixels=8 * 58)
+    assert out.shape == (3, 45, 58)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [8, 16])  # 8: the first layer is rewritten too (few outputs)
+def test_rewritten_network_equals_its_one_pass(channels: int) -> None:
+    fast, x = optimize_for_inference(net(channels)), image(40, 52, seed=2)
+    with torch.inference_mode():
+        expected = forward(fast, x[None])[0]
+    out = layerwise_forward(fast, x, budget=1, band_pixels=8 * 52)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_bf16_stays_within_the_bf16_tolerance_of_one_pass() -> None:
+    fast, x = optimize_for_inference(net(16)), image(64, 48, seed=3)
+    with torch.inference_mode():
+        expected = forward(fast, x[None], "bf16")[0]
+    out = layerwise_forward(fast, x, precision="bf16", budget=1, band_pixels=8 * 48)
+    assert psnr(out, expected) >= 40.0
+
+
+def test_bands_arrive_in_order_with_progress() -> None:
+    x = image(40, 36)
+    calls: list[tuple[int, int]] = []
+    bands = list(layerwise_bands(net(), x, band_pixels=8 * 36,
+                                 progress=lambda done, total: calls.append((done, total))))
+    assert [top for top, _ in bands] == list(range(0, 40, 8))
+    assert sum(rows.shape[1] for _, rows in bands) == 40
+    assert calls[-1][0] == calls[-1][1] == len(calls)
+
+
+def test_plan_recomputes_only_full_resolution_layers_over_budget() -> None:
+    layers = network_layers(net(blocks=1))
+    assert layers is not None
+    stored = plan(layers, 64, 64, "fp32", budget=None)
+    assert not any(stored.recompute)
+    tight = plan(layers, 64, 64, "fp32", budget=1)
+    full = [height == 64 for height in tight.heights]
+    assert tight.recompute == [f and index + 1 < len(layers) for index, f in enumerate(full)]
+    assert all(rows % 2 == 0 for rows in tight.rows)
+    assert tight.passes > stored.passes
+
+
+def test_peak_memory_is_a_fraction_of_one_pass() -> None:
+    """Counted tensor bytes (not RSS): the layer-by-layer peak is bounded by about two
+    low-resolution layers and a band, far below one pass's."""
+    fast, x = optimize_for_inference(net(16, blocks=2)), image(256, 256)
+    with torch.inference_mode(), _PeakTensorMemory() as one:
+        forward(fast, x[None])
+    with _PeakTensorMemory() as layered:
+        layerwise_forward(fast, x, budget=1, band_pixels=16 * 256)
+    assert layered.peak < 0.5 * one.peak
+
+
+def test_other_networks_are_refused_in_one_line() -> None:
+    assert network_layers(nn.Conv2d(3, 3, 3)) is None
+    assert network_layers(TransformerNet(channels=4, residual_blocks=1, norm="batch")) is None
+    with pytest.raises(StylenetError, match="TransformerNet with InstanceNorm"):
+        layerwise_forward(nn.Sequential(nn.Conv2d(3, 3, 1)), image(16, 16))

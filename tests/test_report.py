@@ -1,0 +1,190 @@
+"""The quality report (stylenet-report), the training run's own figure and the multirun contact sheet:
+what they draw is what was measured, and every number can be recomputed from the saved files."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet import quality
+from stylenet.cli.report import main
+from stylenet.cli.train import config_dir
+from stylenet.image import load_rgb, resize_long_side, resolve_image_path, to_pil
+from stylenet.modelfile import save_model
+from stylenet.nets import TransformerNet
+from stylenet.report import GAP, LABEL_HEIGHT, MEASURES, demo_held_out, load_loss_config
+from stylenet.sweep import write_sweep_report
+from tests.conftest import make_photo
+from tests.helpers import console_script
+
+SIZE = 32
+
+
+def tiny_model(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    return save_model(path, TransformerNet(channels=8, residual_blocks=1), {"task": "style", "style_name": "t"})
+
+
+def cell(figure: Image.Image, row: int, column: int, shape: tuple[int, int], size: int = SIZE) -> np.ndarray:
+    """The pixels of an image of ``shape`` (H, W) centred in cell (row, column), by the layout's own
+    arithmetic: square cells of ``size`` px, ``GAP`` px apart, under a ``LABEL_HEIGHT`` px strip."""
+    height, width = shape
+    left = GAP + column * (size + GAP) + (size - width) // 2
+    top = LABEL_HEIGHT + row * (size + GAP) + (size - height) // 2
+    return np.asarray(figure)[top:top + height, left:left + width]
+
+
+def pixels(image: torch.Tensor) -> np.ndarray:
+    return np.asarray(to_pil(image))
+
+
+def table_rows(markdown: str) -> dict[tuple[str, str], list[float]]:
+    """``(photo, method) -> [measures]`` from report.md's table (mean rows included)."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 + len(MEASURES) and re.fullmatch(r"-?\d+\.\d{3}", cells[2]):
+            rows[cells[0], cells[1]] = [float(c) for c in cells[2:]]
+    return rows
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    return {"wide": make_photo(tmp_path / "in" / "wide.png", size=(40, 30), seed=1),
+            "tall": make_photo(tmp_path / "in" / "tall.png", size=(30, 40), seed=2),
+            "style": make_photo(tmp_path / "in" / "style.png", size=(48, 40), seed=99),
+            "a": tiny_model(tmp_path / "models" / "a.safetensors", seed=0),
+            "b": tiny_model(tmp_path / "models" / "b.safetensors", seed=1)}
+
+
+def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    code = main([str(inputs["wide"]), str(inputs["tall"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]),
+                 "-m", str(inputs["b"]), "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    figure = Image.open(out / "figure.png").convert("RGB")
+    columns, rows = 4, 2  # photo | style | a | b, one row per photo
+    assert figure.size == (GAP + columns * (SIZE + GAP), LABEL_HEIGHT + rows * (SIZE + GAP))
+
+    style = resize_long_side(load_rgb(inputs["style"]), SIZE)
+    for row, name in enumerate(("wide", "tall")):
+        photo = resize_long_side(load_rgb(inputs[name]), SIZE)  # the photo as the report should show it
+        shape = tuple(photo.shape[-2:])
+        assert np.array_equal(cell(figure, row, 0, shape), pixels(photo))
+        assert np.array_equal(cell(figure, row, 1, tuple(style.shape[-2:])), pixels(style))
+        for column, method in ((2, "a"), (3, "b")):  # each output: saved as a PNG, drawn as it was saved
+            saved = np.asarray(Image.open(out / "images" / method / f"{name}.png").convert("RGB"))
+            assert saved.shape[:2] == shape
+            assert np.array_equal(cell(figure, row, column, shape), saved)
+
+    table = table_rows((out / "report.md").read_text())
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["entries"]) == 4 and not data["errors"]
+    for name in ("wide", "tall"):
+        photo, style_png = load_rgb(out / "images" / "photo" / f"{name}.png"), load_rgb(out / "images" / "style.png")
+        for method in ("a", "b"):
+            expected = quality.score(photo, style_png, load_rgb(out / "images" / method / f"{name}.png")).as_dict()
+            assert table[name, method] == pytest.approx([expected[k] for k in MEASURES], abs=5e-4)
+            entry = next(e for e in data["entries"] if (e["photo"], e["method"]) == (name, method))
+            assert {k: entry[k] for k in MEASURES} == pytest.approx(expected, abs=1e-12)
+    for method in ("a", "b"):
+        mean = [np.mean([table[name, method][i] for name in ("wide", "tall")]) for i in range(len(MEASURES))]
+        assert table["**mean**", method] == pytest.approx(mean, abs=1e-3)
+    last = (out / "report.md").read_text().strip().splitlines()[-1]
+    assert last.startswith("Targets (stylenet.quality.TARGETS") and "colour_moved >= 0.6" in last
+    assert re.search(r"\ba: (met|NOT met)", last) and re.search(r"\bb: (met|NOT met)", last)
+
+
+def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad_model = tmp_path / "models" / "bad.safetensors"
+    bad_model.write_bytes(b"\x00" * 64)
+    out = tmp_path / "report"
+    code = main([str(broken), str(inputs["wide"]), str(tmp_path / "missing.jpg"), str(inputs["style"]),
+                 "--style", str(inputs["style"]), "-m", str(bad_model), "-m", str(inputs["a"]),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("stylenet-report: error:")]
+    assert len(errors) == 4, err
+    for bad in (broken, tmp_path / "missing.jpg", bad_model, inputs["style"]):  # the style is no held-out photo
+        assert sum(str(bad) in line for line in errors) == 1, (bad, errors)
+    data = json.loads((out / "report.json").read_text())
+    assert [(e["photo"], e["method"]) for e in data["entries"]] == [("wide", "a")]
+    figure = Image.open(out / "figure.png")
+    assert figure.size == (GAP + 3 * (SIZE + GAP), LABEL_HEIGHT + SIZE + GAP)
+
+    code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.strip().count("\n") == 0 and "nope.png" in err
+
+
+def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[str, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    offline = load_loss_config("offline", config_dir())  # the configs/loss defaults list, merged as Hydra would
+    assert (offline["weights"], offline["normalize"], offline["style_weight"]) == ("calibrated", True, 100.0)
+    assert offline["arch"] == "vgg16" and offline["style_layers"][-1] == "relu4_3"  # from perceptual.yaml
+    config = tmp_path / "loss.yaml"
+    config.write_text("defaults:\n  - offline\n  - _self_\nweights: random\nstyle_layers: [relu1_2, relu2_2]\n")
+    mine = load_loss_config(config, config_dir())  # a user's file building on configs/loss/offline.yaml
+    assert mine == {**offline, "weights": "random", "style_layers": ["relu1_2", "relu2_2"]}
+    out = tmp_path / "report"
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "--gatys", "--gatys-iterations", "2",
+                 "--loss-config", str(config), "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads((out / "report.json").read_text())
+    assert data["methods"]["gatys"]["targets"]["texture_moved"] == 0.5  # the issue's Gatys target
+    assert (out / "images" / "gatys" / "wide.png").is_file()
+    assert "gatys (texture_moved >= 0.5): " in (out / "report.md").read_text()
+
+
+def test_default_photos_are_the_demo_held_out_ones_and_never_the_style() -> None:
+    photos = demo_held_out(config_dir())
+    assert [p.stem for p in photos] == ["astronaut", "motorcycle_left"]  # data=demo's validation split
+    without = demo_held_out(config_dir(), exclude=resolve_image_path("demo:astronaut"))
+    assert [p.stem for p in without] == ["motorcycle_left"]
+    assert "ihc" not in [p.stem for p in photos]
+
+
+def test_a_sweep_without_style_runs_writes_nothing(tmp_path: Path) -> None:
+    for job in ("0", "1"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- loss.pixel_weight={job}\n")
+    assert write_sweep_report(tmp_path) is None
+    assert not (tmp_path / "sweep.md").exists()
+
+
+def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> None:
+    """Two tiny style runs: each leaves its own figure and quality.json, none resumes from the other,
+    and the sweep folder gets one contact sheet (photo | style | run 0 | run 1) and one table."""
+    sweep, size = tmp_path / "sweep", 32
+    result = subprocess.run(
+        [*console_script("stylenet-train"), "-m", "experiment=smoke", "loss.style_weight=1,20",
+         "trainer.max_steps=2", "trainer.val_check_interval=2", "model.channels=8", "data.image_size=32",
+         "data.batch_size=1", f"style.size={size}", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job in ("0", "1"):
+        assert {"figure.png", "quality.md", "quality.json"} <= {p.name for p in (sweep / job).iterdir()}
+        assert "continuing from" not in (sweep / job / "train.log").read_text()  # a sibling job is no earlier run
+    sheet = Image.open(sweep / "contact_sheet.png")
+    assert sheet.size == (GAP + 4 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))  # 2 held-out photos
+    table = (sweep / "sweep.md").read_text()
+    runs = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(runs) == 2, table
+    assert runs[0].startswith("| 0 | loss.style_weight=1 | ") and runs[1].startswith("| 1 | loss.style_weight=20 | ")
+    assert "experiment=smoke" in table.split("|")[0]  # shared overrides: stated once, not per run
+    mean = json.loads((sweep / "1" / "quality.json").read_text())["methods"]["network"]["mean"]
+    assert f"| {mean['colour_moved']:.3f} | {mean['texture_moved']:.3f} |" in runs[1]
