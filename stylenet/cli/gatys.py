@@ -15,13 +15,21 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 from stylenet.cli.train import config_dir
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from stylenet.gatys import Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,25 @@ def style_specs(styles: object) -> list[str]:
     return [str(spec) for spec in specs]
 
 
+def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar: tqdm
+                      ) -> Callable[[Progress], None]:
+    """The per-iteration callback: loss curves and snapshots to TensorBoard, ``steps/`` PNGs every
+    ``save_every`` iterations, and the progress bar."""
+    from stylenet.image import save_image
+
+    def on_iteration(progress: Progress) -> None:
+        for name, value in progress.terms.items():
+            writer.add_scalar(f"loss/{name}", value, progress.iteration)
+        if cfg.image_every and progress.iteration % cfg.image_every == 0:
+            writer.add_image("image", progress.image.cpu(), progress.iteration)
+        if cfg.save_every and progress.iteration % cfg.save_every == 0:
+            save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
+        bar.set_postfix(loss=f"{progress.terms['total']:.4g}", scale=progress.scale + 1, refresh=False)
+        bar.update(1)
+
+    return on_iteration
+
+
 def run(cfg: DictConfig, run_dir: Path) -> int:
     """Optimise one image, writing into ``run_dir`` (Hydra's run folder); returns the exit status:
     0, or 1 when the objective became non-finite."""
@@ -42,7 +69,6 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     from tqdm import tqdm
 
     from stylenet.gatys import (
-        Progress,
         check_memory,
         check_settings,
         optimize_image,
@@ -78,16 +104,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         writer.add_image(f"style/{index}", style)
     bar = tqdm(total=cfg.iterations * cfg.scales, desc="gatys", unit="it", file=sys.stderr,
                disable=not cfg.progress, dynamic_ncols=True)
-
-    def on_iteration(progress: Progress) -> None:
-        for name, value in progress.terms.items():
-            writer.add_scalar(f"loss/{name}", value, progress.iteration)
-        if cfg.image_every and progress.iteration % cfg.image_every == 0:
-            writer.add_image("image", progress.image.cpu(), progress.iteration)
-        if cfg.save_every and progress.iteration % cfg.save_every == 0:
-            save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
-        bar.set_postfix(loss=f"{progress.terms['total']:.4g}", scale=progress.scale + 1, refresh=False)
-        bar.update(1)
+    on_iteration = progress_reporter(cfg, run_dir, writer, bar)
 
     started = time.perf_counter()
     try:

@@ -263,36 +263,52 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
             read = _recomputed(layer, read, source_height, out_height, moments.frozen(layer.norm))
             source_height = out_height
             continue
-        stored: torch.Tensor | None = None
-        for start, stop in spans:
-            out = run(layer, start, stop)
-            if stored is None:
-                channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-                stored = pool.empty((1, out.shape[1], out_height, out.shape[-1]), out.dtype, channels_last)
-            stored[..., start:stop, :] = out
-            moments.add(out)
-            tick()
-        assert stored is not None and layer.norm is not None
-        norm = moments.frozen(layer.norm)
-        if layer.block_start:
-            stream = _stored_input(read)
-        following = steps.layers[index + 1]
-        if layer.residual and stream is not None:  # the block's output: its input plus this layer's
-            with autocast(device, precision):
-                for start, stop in spans:
-                    stream[..., start:stop, :] += norm(stored[..., start:stop, :])
-            read = _reader(stream)
-            if not following.block_start:  # the last block: only the next layer reads the sum
-                stream = None
-        elif following.block_start:  # a residual block's input is read twice: normalise it in place
-            with autocast(device, precision):
-                for start, stop in spans:
-                    band = stored[..., start:stop, :]
-                    band.copy_(_normalize(band, norm, layer.relu))
-            read = _reader(stored)
-        else:  # normalised as the next layer reads it: no pass over the stored layer for it
-            read = _normalized_reader(stored, norm, layer.relu)
+        stored = _store(layer, spans, out_height, run, tick, pool, moments)
+        read, stream = _next_reader(layer, steps.layers[index + 1], stored, moments.frozen(layer.norm), spans,
+                                    read, stream, device, precision)
         source_height = out_height
+
+
+def _store(layer: Layer, spans: list[tuple[int, int]], out_height: int,
+           run: Callable[[Layer, int, int], torch.Tensor], tick: Callable[[], None], pool: BufferPool,
+           moments: Moments) -> torch.Tensor:
+    """Run ``layer`` band by band into one stored activation, accumulating its statistics."""
+    stored: torch.Tensor | None = None
+    for start, stop in spans:
+        out = run(layer, start, stop)
+        if stored is None:
+            channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+            stored = pool.empty((1, out.shape[1], out_height, out.shape[-1]), out.dtype, channels_last)
+        stored[..., start:stop, :] = out
+        moments.add(out)
+        tick()
+    assert stored is not None and layer.norm is not None
+    return stored
+
+
+def _next_reader(layer: Layer, following: Layer, stored: torch.Tensor, norm: nn.Module,
+                 spans: list[tuple[int, int]], read: Rows, stream: torch.Tensor | None, device: torch.device,
+                 precision: str) -> tuple[Rows, torch.Tensor | None]:
+    """How the next layer reads ``layer``'s stored, not yet normalised output (and the residual
+    blocks' running sum after it)."""
+    if layer.block_start:
+        stream = _stored_input(read)
+    if layer.residual and stream is not None:  # the block's output: its input plus this layer's
+        with autocast(device, precision):
+            for start, stop in spans:
+                stream[..., start:stop, :] += norm(stored[..., start:stop, :])
+        read = _reader(stream)
+        if not following.block_start:  # the last block: only the next layer reads the sum
+            stream = None
+    elif following.block_start:  # a residual block's input is read twice: normalise it in place
+        with autocast(device, precision):
+            for start, stop in spans:
+                band = stored[..., start:stop, :]
+                band.copy_(_normalize(band, norm, layer.relu))
+        read = _reader(stored)
+    else:  # normalised as the next layer reads it: no pass over the stored layer for it
+        read = _normalized_reader(stored, norm, layer.relu)
+    return read, stream
 
 
 class BufferPool:
