@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ from stylenet.nets import SuperResolutionNet, TransformerNet
 
 log = logging.getLogger(__name__)
 
-# The frozen VGG inside the loss is in eval mode on purpose (VGGFeatures.train is a no-op).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
 
 def file_sha256(path: Path) -> str:

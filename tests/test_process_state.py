@@ -71,3 +71,32 @@ def test_the_prepare_worker_does_not_import_lightning(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_importing_the_library_leaves_warning_filters_and_torch_settings_alone() -> None:
+    """Warning filters and torch's global settings are the application's: only the CLIs set them.
+    (Third-party packages add filters of their own on import; only calls made by stylenet's own
+    files count.)"""
+    code = """
+import importlib, pkgutil, sys, warnings, torch
+import stylenet
+package = stylenet.__path__[0]
+callers = []
+def recording(original):
+    def wrapper(*args, **kwargs):
+        callers.append(sys._getframe(1).f_code.co_filename)
+        return original(*args, **kwargs)
+    return wrapper
+warnings.filterwarnings = recording(warnings.filterwarnings)
+warnings.simplefilter = recording(warnings.simplefilter)
+before = (torch.get_num_threads(), torch.get_default_dtype(), torch.backends.cudnn.benchmark)
+for info in pkgutil.walk_packages(stylenet.__path__, "stylenet."):
+    if not info.name.startswith(("stylenet.cli", "stylenet.bench")):
+        importlib.import_module(info.name)
+ours = [c for c in callers if c.startswith(package)]
+assert not ours, ours
+assert before == (torch.get_num_threads(), torch.get_default_dtype(), torch.backends.cudnn.benchmark)
+print("unchanged")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "unchanged", result.stderr[-2000:]

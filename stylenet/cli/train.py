@@ -30,6 +30,8 @@ from stylenet.errors import first_line
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+# The frozen VGG inside the loss is in eval mode on purpose (VGGFeatures.train is a no-op).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
 
 def config_dir() -> str:
