@@ -14,7 +14,6 @@ Users: ``stylenet-report`` (:mod:`stylenet.cli.report`), the end of ``stylenet-t
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from PIL import Image, ImageDraw
 from stylenet import quality
 from stylenet.atomic import atomic_write
 from stylenet.errors import StylenetError
-from stylenet.image import load_rgb, resize, resize_long_side, resolve_image_path, save_image, to_pil
+from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
 
 #: figure layout, px: the label strip above the columns and the gap around each square cell.
 LABEL_HEIGHT, GAP = 14, 4
@@ -279,18 +278,12 @@ def figure(rows: Sequence[Sequence[torch.Tensor | None]], labels: Sequence[str],
         for column, image in enumerate(row):
             if image is None:
                 continue
+            if max(image.shape[-2:]) > size:
+                image = resize_long_side(image, size)
             height, width = image.shape[-2:]
-            if max(height, width) > size:
-                image = resize(image, fitted_shape(height, width, size), clamp=True)
-                height, width = image.shape[-2:]
             left, top = cell_origin(r, column, size)
             canvas.paste(to_pil(image), (left + (size - width) // 2, top + (size - height) // 2))
     return canvas
-
-
-def fitted_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    scale = size / max(height, width)
-    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def cell_origin(row: int, column: int, size: int) -> tuple[int, int]:
