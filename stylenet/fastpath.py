@@ -276,19 +276,70 @@ def replace_module(net: nn.Module, name: str, module: nn.Module) -> None:
     setattr(net.get_submodule(parent), child, module)
 
 
+#: Per-channel pixels beyond which the CPU batch-norm kernel's statistics are not used: on
+#: channels_last maps it sums in float32, and past ~2^20 pixels a channel whose mean is large
+#: against its spread gets a mean and variance off by a sizeable fraction of that spread
+#: (tests/test_fast_paths.py).
+EXACT_STATISTICS_PIXELS = 1 << 20
+#: Pixels per chunk of :func:`channel_moments`: its float32 statistics stay within 0.1% of a
+#: standard deviation even for such channels.
+STATISTICS_CHUNK_PIXELS = 1 << 18
+
+#: Per channel: pixel count, mean and sum of squared deviations from the mean (float64).
+Moments = tuple[int, torch.Tensor, torch.Tensor]
+
+
+def pool_moments(a: Moments | None, b: Moments) -> Moments:
+    """The moments of the union of two disjoint sets of pixels, exactly (Chan, Golub & LeVeque 1979)."""
+    if a is None:
+        return b
+    count = a[0] + b[0]
+    delta = b[1] - a[1]
+    return count, a[1] + delta * b[0] / count, a[2] + b[2] + delta**2 * a[0] * b[0] / count
+
+
+def channel_moments(x: torch.Tensor) -> Moments:
+    """Per-channel moments of (B, C, H, W) ``x`` over B, H and W, exact for any size.
+
+    The batch-norm kernel computes each chunk's statistics (about twice as fast as ``var_mean`` on
+    channels_last maps; from float32, since on bf16 input it returns them rounded to bf16), and
+    chunks of at most :data:`STATISTICS_CHUNK_PIXELS` pixels are pooled in float64."""
+    rows = max(1, STATISTICS_CHUNK_PIXELS // (x.shape[0] * x.shape[3]))
+    total: Moments | None = None
+    for start in range(0, x.shape[2], rows):
+        chunk = x[:, :, start: start + rows].float()
+        count = chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+        if chunk.device.type in ("cpu", "cuda"):
+            _, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(chunk, None, None, True, 0.0, 0.0)
+            var = invstd.double().pow(-2)
+        else:
+            var, mean = torch.var_mean(chunk, dim=(0, 2, 3), unbiased=False)
+        total = pool_moments(total, (count, mean.double(), var.double() * count))
+    assert total is not None, "channel_moments of an empty map"
+    return total
+
+
 class SingleImageInstanceNorm(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` that computes a batch of one image as training-mode batch norm.
 
     With one image the batch statistics are the instance statistics, so the result is the same up
     to rounding; but the batch-norm kernels read channels_last maps in place, where
     ``F.instance_norm`` reshapes to (1, B*C, H, W) and so copies every NHWC map to NCHW and back
-    (several times the time on a large channels_last map on the CPU). Inference always
+    (several times the time on a large channels_last map on the CPU). Beyond
+    :data:`EXACT_STATISTICS_PIXELS` the CPU kernel's own statistics drift, so they are computed in
+    chunks (:func:`channel_moments`) and the kernel only normalises. Inference always
     runs one image (or tile) at a time; other batch sizes take ``nn.InstanceNorm2d``'s path. A
     subclass, so tiled inference still finds and freezes it (:mod:`stylenet.inference`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[0] != 1 or self.track_running_stats:
             return super().forward(x)
+        if x.device.type == "cpu" and x.shape[2] * x.shape[3] > EXACT_STATISTICS_PIXELS:
+            # a big map (a photo of a few megapixels in one pass): exact statistics, then the
+            # kernel that normalises low-precision x with float32 statistics
+            count, mean, squares = channel_moments(x)
+            return F.batch_norm(x, mean.float(), (squares / count).float(), self.weight, self.bias,
+                                training=False, momentum=0.0, eps=self.eps)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)
 
     @classmethod
