@@ -34,6 +34,10 @@ class AnySizeNetwork(nn.Module):
     pixels of reflection at the bottom/right, none when the side is already a multiple. It enters
     the InstanceNorm statistics, so any other amount (such as always 1..multiple pixels) would give
     other pixels on the same image. The output is cropped back to the input's size times ``scale``.
+
+    A network of several styles (Dumoulin et al. 2017) takes a second input, ``style``: float blend
+    weights of shape (N,), in the order of the model file's ``styles``, for the whole batch; one-hot
+    picks one style (index k: 1 at k), several non-zero weights blend their norm parameters.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -41,22 +45,32 @@ class AnySizeNetwork(nn.Module):
         self.net = net
         self.min_side = max(min_size(net), size_multiple(net))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         height, width = image.shape[-2:]
         # Recorded as runtime checks; they also let torch.export prove that the padding takes its
         # reflection branch for every size, so no branch on the size enters the graph.
         torch._check(height >= self.min_side)
         torch._check(width >= self.min_side)
-        return padded_forward(self.net, image)
+        return padded_forward(self.net, image, style)
+
+
+def export_inputs(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Example inputs of the exports, by name: ``image``, and ``style`` for a network of several styles."""
+    inputs = {"image": torch.rand(2, 3, 64, 64)}  # batch 2: a size-1 example would be specialised to 1
+    styles = getattr(net, "styles", 1)
+    if styles > 1:
+        inputs["style"] = torch.full((styles,), 1.0 / styles)
+    return inputs
 
 
 def export_program(net: nn.Module) -> torch.export.ExportedProgram:
-    """``torch.export`` of :class:`AnySizeNetwork` with dynamic batch, height and width (fp32, CPU)."""
+    """``torch.export`` of :class:`AnySizeNetwork` with dynamic batch, height and width (fp32, CPU);
+    a network of several styles takes its (N,) style weights as the second input."""
     wrapper = AnySizeNetwork(net).eval()
-    example = torch.rand(2, 3, 64, 64)  # batch 2: a size-1 example would be specialised to 1
     dynamic = torch.export.Dim.DYNAMIC
-    shapes = {"image": {0: dynamic, 2: dynamic, 3: dynamic}}
-    return torch.export.export(wrapper, (example,), dynamic_shapes=shapes)
+    inputs = export_inputs(net)
+    shapes = {"image": {0: dynamic, 2: dynamic, 3: dynamic}, **({"style": None} if "style" in inputs else {})}
+    return torch.export.export(wrapper, tuple(inputs.values()), dynamic_shapes=shapes)
 
 
 def check_export_path(path: str | Path) -> Path:
@@ -93,7 +107,10 @@ def write_models(model: StoredModel, paths: list[str | Path]) -> list[Path]:
             continue
         if program is None:
             program = export_program(net)
-        (save_pt2 if path.suffix.lower() == ".pt2" else save_onnx)(program, path, record)
+        if path.suffix.lower() == ".pt2":
+            save_pt2(program, path, record)
+        else:
+            save_onnx(program, path, record, list(export_inputs(net)))
     return paths
 
 
@@ -103,11 +120,13 @@ def save_pt2(program: torch.export.ExportedProgram, path: Path, record: str) -> 
     return atomic_write(path, functools.partial(torch.export.save, program, extra_files={"stylenet.json": record}))
 
 
-def save_onnx(program: torch.export.ExportedProgram, path: Path, record: str) -> Path:
+def save_onnx(program: torch.export.ExportedProgram, path: Path, record: str,
+              inputs: list[str] | None = None) -> Path:
     """Convert ``program`` with the ``torch.onnx`` dynamo exporter (opset chosen by torch) and write
-    it as one ``.onnx`` file, the model file's JSON ``record`` in ``metadata_props["stylenet"]``."""
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"], output_names=["output"],
-                                     verbose=False)
+    it as one ``.onnx`` file, the model file's JSON ``record`` in ``metadata_props["stylenet"]``;
+    ``inputs``: the graph's input names (``image``, and ``style`` for several styles)."""
+    onnx_program = torch.onnx.export(program, dynamo=True, input_names=inputs or ["image"],
+                                     output_names=["output"], verbose=False)
     onnx_program.model.metadata_props[FORMAT] = record
     return atomic_write(path, functools.partial(onnx_program.save, external_data=False))
 

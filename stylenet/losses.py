@@ -209,9 +209,12 @@ class PerceptualLoss(nn.Module):
         return bool(self.style_layers)
 
     @torch.no_grad()
-    def set_style(self, styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None) -> None:
+    def set_style(self, styles: Sequence[torch.Tensor], blend: Sequence[float] | None = None, *,
+                  separate: bool = False) -> None:
         """Compute the style targets once: Gram matrices of each (3, H, W) style image, mixed with
-        ``blend`` weights (normalised to sum to 1) when several styles are given."""
+        ``blend`` weights (normalised to sum to 1) when several styles are given; with ``separate``
+        each image stays its own target, k, chosen per sample by ``forward(style=...)`` (a network
+        of several styles, Dumoulin et al. 2017)."""
         if not self.needs_style:
             return
         blend = [1.0] * len(styles) if blend is None else [float(b) for b in blend]
@@ -219,17 +222,30 @@ class PerceptualLoss(nn.Module):
             raise StylenetError(f"style weights {blend} must be >= 0, not all zero, one per style image")
         total = sum(blend)
         for name in self.style_layers:
-            grams = [w / total * gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name])
-                     for s, w in zip(styles, blend, strict=True)]
-            target = torch.stack(grams).sum(0)  # (1, C, C)
+            grams = [gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name]) for s in styles]
+            if separate:
+                target = torch.cat(grams)  # (N, C, C)
+            else:
+                target = torch.stack([w / total * gram for gram, w in zip(grams, blend, strict=True)]).sum(0)
             self.register_buffer(f"target_gram_{name}", target, persistent=False)
-            scale = target.pow(2).mean().clamp_min(1e-12) if self.normalize else torch.ones(())
-            self.register_buffer(f"style_scale_{name}", scale, persistent=False)
+            scale = target.pow(2).mean((1, 2)).clamp_min(1e-12) if self.normalize else torch.ones(len(target))
+            self.register_buffer(f"style_scale_{name}", scale.to(target.device), persistent=False)
         self.has_style_targets = True
 
     def target_gram(self, layer: str) -> torch.Tensor:
-        """The (1, C, C) style target of ``layer`` (a non-persistent buffer: recomputed, never saved)."""
+        """The (1, C, C) style target of ``layer``, (N, C, C) for separate targets (a non-persistent
+        buffer: recomputed, never saved)."""
         return getattr(self, f"target_gram_{layer}")
+
+    def style_layer_loss(self, layer: str, gram: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
+        """:func:`style_reconstruction_loss` of one layer's (B, C, C) Grams against each sample's
+        target (``style`` (B,) indexes separate targets), over the target's scale."""
+        target, scale = self.target_gram(layer), getattr(self, f"style_scale_{layer}")
+        if style is not None:
+            target, scale = target[style], scale[style]
+        elif len(target) != 1:
+            raise StylenetError(f"{len(target)} separate style targets: pass style= (one index per sample)")
+        return ((gram - target).pow(2).mean((1, 2)) / scale).mean()
 
     def content_scale(self, target: torch.Tensor) -> torch.Tensor | float:
         """What the content term of one layer is divided by: 1, or with ``normalize`` the mean square
@@ -250,9 +266,11 @@ class PerceptualLoss(nn.Module):
         output: torch.Tensor,
         content: torch.Tensor | None = None,
         content_features: Mapping[str, torch.Tensor] | None = None,
+        style: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms for ``output`` against the content images (or their precomputed features)
-        and the stored style targets."""
+        and the stored style targets; ``style`` (B,) picks each sample's target when they are
+        separate (``set_style(..., separate=True)``)."""
         if self.needs_style and not self.has_style_targets:
             raise StylenetError("the style targets are not set: call set_style() first")
         if self.content_layers and content_features is None:
@@ -267,9 +285,7 @@ class PerceptualLoss(nn.Module):
                                    for name, w in self.content_layers.items())
         if self.style_layers:
             for name in self.style_layers:
-                terms[f"style/{name}"] = style_reconstruction_loss(gram_matrix(features[name]),
-                                                                   self.target_gram(name)) / getattr(
-                                                                       self, f"style_scale_{name}")
+                terms[f"style/{name}"] = self.style_layer_loss(name, gram_matrix(features[name]), style)
             terms["style"] = sum(w * terms[f"style/{name}"] for name, w in self.style_layers.items())
         if self.term_weights["tv"] > 0:
             terms["tv"] = total_variation_loss(output)

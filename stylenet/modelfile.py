@@ -36,6 +36,7 @@ from torch import nn
 from stylenet.atomic import atomic_write
 from stylenet.errors import StylenetError, first_line
 from stylenet.nets import SuperResolutionNet, TransformerNet
+from stylenet.styles import StyleChoice, choice_weights, style_names
 from stylenet.version import __version__
 
 FORMAT = "stylenet"
@@ -79,11 +80,33 @@ class StoredModel:
 
     net: nn.Module
     metadata: dict[str, Any]
+    #: the file it was read from (for error messages)
+    path: str | None = None
 
     @property
     def task(self) -> str:
         """``style`` or ``sr`` (files from before super-resolution existed are style models)."""
         return str(self.metadata.get("task", "style"))
+
+    @property
+    def styles(self) -> list[str]:
+        """The names of the styles the network holds (one for a single-style file; see
+        :mod:`stylenet.styles`)."""
+        return style_names(self.metadata)
+
+    def for_style(self, choice: StyleChoice) -> tuple[str, nn.Module]:
+        """(label, a plain single-style network) for a style name, index or {name: weight} blend
+        (:meth:`TransformerNet.single_style`: the shared weights with the mixed norm parameters of
+        Dumoulin et al. 2017); a single-style file's network is returned as it is. An unknown name
+        is a one-line :class:`StylenetError` listing the styles."""
+        label, weights = choice_weights(self.styles, choice, f"model file {self.path!r}")
+        if getattr(self.net, "styles", 1) == 1:
+            return label, self.net
+        return label, self.net.single_style(weights).eval()
+
+    def style_networks(self) -> list[tuple[str, nn.Module]]:
+        """(style name, its single-style network) for every style the file holds."""
+        return [self.for_style(name) for name in self.styles]
 
 
 def header(net: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -133,17 +156,29 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
     return model
 
 
-def _load_safetensors(path: Path) -> StoredModel:
+def read_header(path: str | Path) -> dict[str, Any]:
+    """A stylenet safetensors file's header (:func:`header`: network, style names, ...) without
+    reading its weights: what a listing of model files needs."""
+    header, _ = _read_safetensors(Path(path), weights=False)
+    return header
+
+
+def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = json.loads((handle.metadata() or {}).get(FORMAT, "null"))
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if weights else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as err:
         raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
                             f"{first_line(err)}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StylenetError(f"model file {str(path)!r} has no stylenet metadata "
                             "(not exported by stylenet-export)")
+    return header, tensors
+
+
+def _load_safetensors(path: Path) -> StoredModel:
+    header, tensors = _read_safetensors(path)
     network = dict(header["network"]) if isinstance(header.get("network"), dict) else {}
     cls = NETWORKS.get(network.pop("class", None))
     if cls is None:
@@ -159,7 +194,7 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
     except (TypeError, ValueError, RuntimeError) as err:
         raise StylenetError(f"model file {str(path)!r} does not match its network: "
                             f"{first_line(err)}") from None
-    return StoredModel(net.eval(), header(net, metadata))
+    return StoredModel(net.eval(), header(net, metadata), str(path))
 
 
 def _load_pickled(path: Path) -> StoredModel:
@@ -258,7 +293,7 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
         return {"task": "sr", "factor": hparams.get("factor"), "loss": hparams.get("loss", {}),
                 "image_size": hparams.get("image_size"), "steps": steps}
     style = hparams.get("style", {})
-    return {
+    metadata = {
         "task": "style",
         "style_name": style.get("name") or Path(str(style.get("image", "style"))).stem,
         "style_image": str(style.get("image")),
@@ -268,3 +303,8 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
         "image_size": hparams.get("image_size"),
         "steps": steps,
     }
+    if hparams.get("styles"):  # several styles in one network: see stylenet.styles
+        metadata["styles"] = [dict(record) for record in hparams["styles"]]
+        if hparams.get("base"):
+            metadata["base"] = str(hparams["base"])
+    return metadata

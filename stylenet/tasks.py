@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
 from stylenet.losses import PerceptualLoss, pixel_loss
 from stylenet.metrics import sr_scores, upscale_bicubic
+from stylenet.modelfile import read_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
+from stylenet.styles import check_style_names, style_records
+from stylenet.temporal import TemporalConsistency, split_temporal_weight
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,42 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StyleImage:
+    """One style a run trains: its name, its (3, H, W) image at ``style.size``, and what the model
+    file records of it (:meth:`record`)."""
+
+    name: str
+    image: torch.Tensor
+    spec: str
+    sha256: str
+
+    def record(self) -> dict[str, str]:
+        """The style's entry in a model file's ``styles`` (see :mod:`stylenet.styles`)."""
+        return {"name": self.name, "sha256": self.sha256, "image": self.spec}
+
+
+def load_styles(style: dict[str, Any]) -> list[StyleImage]:
+    """``style.image`` (one style) or ``style.images`` (several in one network, Dumoulin et al. 2017),
+    named by ``style.names`` or their files' stems, each resized to ``style.size``."""
+    size, specs = int(style.get("size", 256)), style.get("images")
+    if specs is None:
+        image, path = load_style_image(style.get("image"), size)
+        return [StyleImage(str(style.get("name") or path.stem), image, str(style.get("image")), file_sha256(path))]
+    if isinstance(specs, str) or not specs:
+        raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
+                            f"got {specs!r}")
+    names = style.get("names") or [Path(str(spec).removeprefix("demo:")).stem for spec in specs]
+    if len(names) != len(specs):
+        raise StylenetError(f"style.names has {len(names)} names for {len(specs)} style.images")
+    names = check_style_names(names, "style.names")
+    styles = []
+    for name, spec in zip(names, specs, strict=True):
+        image, path = load_style_image(spec, size)
+        styles.append(StyleImage(name, image, str(spec), file_sha256(path)))
+    return styles
 
 
 def load_style_image(spec: str | None, size: int) -> tuple[torch.Tensor, Path]:
@@ -114,11 +154,15 @@ class ImageTask(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         images = batch["images"]
         # an empty batch: every file of it was unreadable
-        terms = self.objective(self.net(self.network_input(batch)), images) if images.numel() else None
+        terms = self.step_terms(batch) if images.numel() else None
         if not self.step_is_usable(terms, batch):
             return None
         self.log_terms("train", terms, len(images))
         return terms["total"]
+
+    def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The loss terms of one training batch: the network's output scored by :meth:`objective`."""
+        return self.objective(self.net(self.network_input(batch)), batch["images"])
 
     def objective(self, output: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss terms a training step minimises (``total`` among them)."""
@@ -168,12 +212,20 @@ def build_net(cls: type[torch.nn.Module], model: dict[str, Any]) -> torch.nn.Mod
 
 
 class StyleTransferTask(ImageTask):
-    """Train one :class:`TransformerNet` for one style (Johnson et al. 2016, Sec. 3).
+    """Train one :class:`TransformerNet` for one style (Johnson et al. 2016, Sec. 3), or for several
+    (Dumoulin et al. 2017: shared convolutions, a scale and shift per style in every InstanceNorm).
+
+    With several styles every sample of a batch takes one, in turn by its position in the data
+    stream (each style gets the same number of samples, on every rank, again after a resume), and
+    is scored against that style's Grams, computed once per run. Validation logs every style's loss
+    terms and quality measures under ``val/<style>/`` and one grid row per style (``val/styles``).
 
     Args:
-        model: TransformerNet arguments (``channels``, ``residual_blocks``, ``norm``).
+        model: TransformerNet arguments (``channels``, ``residual_blocks``, ``norm``; ``styles`` is
+            set from the number of style images).
         loss: PerceptualLoss arguments (VGG weight source, layers, term weights).
-        style: ``image`` (path or ``demo:<name>``), ``size`` (long side in px), ``name``.
+        style: ``image`` (path or ``demo:<name>``), ``size`` (long side in px), ``name``; or, for
+            several styles, ``images`` (a list) and optionally ``names`` (default: the file stems).
         lr: Adam learning rate (1e-3 in the paper).
         image_size: training crop size, recorded in the exported model's metadata.
         nan_policy, max_nan_skips: what a non-finite loss does (see :class:`ImageTask`).
@@ -191,18 +243,63 @@ class StyleTransferTask(ImageTask):
         super().__init__(lr, nan_policy, max_nan_skips)
         if identity_steps < 0:
             raise StylenetError(f"task.identity_steps must be >= 0, got {identity_steps}")
+        # loss.temporal_weight is this task's term (stylenet.temporal), not the loss network's: hparams["loss"]
+        # (and so model files) keep PerceptualLoss's settings only
+        loss, temporal_weight = split_temporal_weight(loss)
         # The loss network first: a missing VGG weights file fails before any data is read.
         self.loss = PerceptualLoss(**loss)
-        style_image, style_path = load_style_image(style.get("image"), int(style.get("size", 256)))
+        styles = load_styles(style)
         self.save_hyperparameters()
-        self.hparams["style_sha256"] = file_sha256(style_path)
         self.hparams["stylenet_version"] = __version__
-        self.net = build_net(TransformerNet, model)
-        self.loss.set_style([style_image])
-        self.register_buffer("style_image", style_image, persistent=False)
+        self.hparams["temporal_weight"] = temporal_weight
+        self.temporal = TemporalConsistency(temporal_weight)
+        #: the styles this run trains, and their rows in the network's norm tables
+        self.styles, self.trained_styles = styles, list(range(len(styles)))
+        self.net: TransformerNet = self.build_network(model, styles)
+        if "images" not in style and self.net.styles == 1:  # one style: as before multi-style networks
+            self.hparams["style_sha256"] = styles[0].sha256
+        self.loss.set_style([s.image for s in styles], separate=self.multi)
+        self.register_buffer("style_image", styles[0].image, persistent=False)
 
-    def objective(self, output: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The perceptual objective, after ``identity_steps`` steps of per-pixel MSE to the input.
+    @property
+    def multi(self) -> bool:
+        """Whether the network has several styles (the style is then an input of every pass)."""
+        return self.net.styles > 1
+
+    def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:
+        """The network, of ``len(styles)`` styles; records them in the hyper-parameters."""
+        count = len(styles)
+        if int(model.get("styles", count)) != count:
+            raise StylenetError(f"model.styles={model['styles']} but there are {count} style images")
+        if count > 1:
+            model = {**model, "styles": count}
+            self.hparams["model"] = model
+        if count > 1 or "images" in self.hparams["style"]:
+            self.hparams["styles"] = [s.record() for s in styles]
+            self.hparams["style_sha256"] = [s.sha256 for s in styles]
+        return build_net(TransformerNet, model)
+
+    def batch_styles(self, batch: dict[str, Any], count: int) -> torch.Tensor:
+        """Which of the trained styles (0..len-1) each of the ``count`` samples takes: its position in
+        the data stream modulo the number of styles (as :class:`stylenet.data.StreamSampler` places
+        batches on ranks), so every style gets an equal share, reproducibly after a resume."""
+        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+        size = count + len(batch.get("skipped", []))
+        first = (int(batch.get("batch_number", self.global_step)) * world + rank) * size
+        return (first + torch.arange(count, device=self.device)) % len(self.trained_styles)
+
+    def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if not self.multi:
+            return super().step_terms(batch)
+        images = batch["images"]
+        slots = self.batch_styles(batch, len(images))
+        rows = torch.tensor(self.trained_styles, device=slots.device)[slots]
+        return self.objective(self.net(images, rows), images, slots)
+
+    def objective(self, output: torch.Tensor, images: torch.Tensor,
+                  style: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The perceptual objective, after ``identity_steps`` steps of per-pixel MSE to the input;
+        ``style`` (B,): each sample's trained style (its Gram targets), for several styles.
 
         Why the warm-up: from its random initialisation the network's output shares nothing with the
         photo, and on a short run (the offline demo's minutes) the style term, which any texture
@@ -213,25 +310,97 @@ class StyleTransferTask(ImageTask):
         if self.global_step < self.hparams.get("identity_steps", 0):
             identity = pixel_loss(output, images)
             return {"identity": identity, "total": identity}
-        return self.loss(output, images)
+        terms = self.loss(output, images, style=style)
+        # Wang et al. 2020: N(W(x) + noise) against W(N(x)) (stylenet.temporal); nothing at temporal_weight 0
+        return self.temporal.add_term(terms, lambda x: self.net(x, None if style is None else torch.tensor(
+            self.trained_styles, device=style.device)[style]), images, output, self.global_step)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["images"]
         if images.numel() == 0:
             return
+        if self.multi:
+            self.validate_styles(images, batch_idx)
+            return
         output = self.net(images)
         self.log_terms("val", self.loss(output, images), len(images))
-        # the loss-network-free measures of stylenet.quality, averaged over the held-out photos
-        scores = [quality.score(photo, self.style_image.float().cpu(), styled).as_dict()
-                  for photo, styled in zip(images.float().cpu(), output.float().clamp(0, 1).cpu(), strict=True)]
-        self.log_terms("val", {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores))
-                               for key in scores[0]}, len(images))
+        self.log_quality("val", images, output, self.style_image)
+        self.log_terms("val", self.temporal.instability(self.net, images, output), len(images))
         if batch_idx == 0:
             self.add_image("val/content_stylized", torch.cat([images, output.float()], dim=3))
 
+    def log_quality(self, stage: str, images: torch.Tensor, output: torch.Tensor, style: torch.Tensor) -> None:
+        """The loss-network-free measures of :mod:`stylenet.quality`, averaged over the held-out photos."""
+        scores = [quality.score(photo, style.float().cpu(), styled).as_dict()
+                  for photo, styled in zip(images.float().cpu(), output.float().clamp(0, 1).cpu(), strict=True)]
+        self.log_terms(stage, {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores))
+                               for key in scores[0]}, len(images))
+
+    def validate_styles(self, images: torch.Tensor, batch_idx: int) -> None:
+        """Every trained style on the held-out photos: its loss terms and measures under
+        ``val/<style>/``, their mean ``val/total``, and a grid (``val/styles``) whose first row is
+        the photos and each further row one style's outputs."""
+        rows, totals = [images.float()], []
+        for slot, (row, style) in enumerate(zip(self.trained_styles, self.styles, strict=True)):
+            output = self.net(images, row)
+            terms = self.loss(output, images, style=torch.full((len(images),), slot, device=images.device))
+            self.log_terms(f"val/{style.name}", terms, len(images))
+            self.log_quality(f"val/{style.name}", images, output, style.image)
+            rows.append(output.float())
+            totals.append(terms["total"])
+        self.log_terms("val", {"total": torch.stack(totals).mean()}, len(images))
+        if batch_idx == 0:  # (1 + styles, 3, H, B * W): one row per style, the photos side by side
+            self.add_image("val/styles", torch.stack([torch.cat(list(row), dim=2) for row in rows]))
+
     def on_fit_start(self) -> None:
-        if self.global_step == 0:
+        if self.global_step == 0 and not self.multi:
             self.add_image("style", self.style_image.unsqueeze(0))
+        elif self.global_step == 0:
+            for style in self.styles:
+                self.add_image(f"style/{style.name}", style.image.unsqueeze(0))
+
+
+class AddStyleTask(StyleTransferTask):
+    """Add one style to a trained network (Dumoulin et al. 2017, Sec. 2: a style is the scale and
+    shift of every InstanceNorm): the network of ``base`` grows a row of norm parameters, started
+    at the mean of its styles, and only that row trains; the shared convolutions and the other
+    styles' parameters are frozen (their gradients are masked to zero, so Adam never moves them).
+    The model file it writes holds the base's styles and the new one (N + 1).
+
+    Args:
+        base: the model file to extend (a multi-style file, or a single-style one, which becomes two).
+        style: the new style: ``image`` and ``size``.
+        style_name: the new style's name (default: the image's file stem).
+        Others: as :class:`StyleTransferTask` (the network's shape comes from ``base``).
+    """
+
+    def __init__(self, base: str, loss: dict[str, Any], style: dict[str, Any], style_name: str | None = None,
+                 **kwargs: Any) -> None:
+        if "images" in style:
+            raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
+        name = style_name or Path(str(style.get("image")).removeprefix("demo:")).stem
+        super().__init__({}, loss, {**style, "name": name}, **kwargs)
+
+    def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:
+        stored = read_model(self.hparams["base"], task="style")
+        if type(stored.net) is not TransformerNet:
+            raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files can grow a style")
+        base: TransformerNet = stored.net
+        records = style_records(stored.metadata)
+        check_style_names([r["name"] for r in records] + [styles[0].name], "style.name (a new name)")
+        new = base.styles
+        net = base.with_styles([*range(new), torch.full((new,), 1.0 / new)])
+        net.requires_grad_(False)
+        keep = F.one_hot(torch.tensor(new), new + 1).float()[:, None]  # (N + 1, 1): the new row only
+        for norm in net.conditional_norms().values():
+            for table in (norm.weight, norm.bias):
+                table.requires_grad_(True)
+                table.register_hook(lambda grad, keep=keep: grad * keep.to(grad))
+        self.trained_styles = [new]
+        self.hparams["model"] = net.config
+        self.hparams["styles"] = [*records, styles[0].record()]
+        self.hparams["style_sha256"] = [r["sha256"] for r in self.hparams["styles"]]
+        return net
 
 
 class SuperResolutionTask(ImageTask):
@@ -259,6 +428,9 @@ class SuperResolutionTask(ImageTask):
         if float(loss.get("style_weight", 0.0)) != 0:
             raise StylenetError("super-resolution has no style target: set loss.style_weight=0 (or use "
                                 "loss=feature, loss=pixel or loss=mixed)")
+        loss, temporal_weight = split_temporal_weight(loss)
+        if temporal_weight:
+            raise StylenetError("loss.temporal_weight applies to style networks only: set it to 0 for super-resolution")
         self.loss = PerceptualLoss(**loss)
         self.save_hyperparameters()
         self.hparams["task"] = "sr"

@@ -399,8 +399,8 @@ def poison(task: StyleTransferTask, when: Any) -> None:
     """Make the style term (and so the total) NaN whenever ``when(task, batch_number)`` holds."""
     clean = task.loss.forward
 
-    def forward(output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = clean(output, target)
+    def forward(output: torch.Tensor, target: torch.Tensor, **options: Any) -> dict[str, torch.Tensor]:
+        terms = clean(output, target, **options)
         if when(task):
             nan = torch.tensor(float("nan"))
             terms = {**terms, "style": terms["style"] * nan, "total": terms["total"] * nan}

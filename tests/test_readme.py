@@ -37,6 +37,7 @@ from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.nets.vgg import layer_names, random_state
 from tests.conftest import make_photo
+from tests.test_video import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -52,6 +53,9 @@ SKIP: list[tuple[str, str]] = [
     (r"^torchrun\b", "two nodes of 4 GPUs each ($RANK, $HOST)"),
     (r"^srun\b", "a SLURM cluster with GPUs"),
     (r"^tensorboard\b", "starts a web server that runs until stopped"),
+    (r"^pip install -e \"\.\[web\]\"", "installs into the environment: CI installs the web extra with the test "
+                                         "extra (.ci/run)"),
+    (r"^stylenet-serve\b", "starts a web server that runs until stopped; tests/test_serve*.py starts it"),
 ]
 
 #: (pattern, replacement): placeholders -> generated files. ``{assets}``, ``{bin}`` and ``{root}`` are
@@ -110,10 +114,14 @@ PROGRAMS: list[Program] = [
     Program(r"^stylenet-evaluate-sr\b"),
     Program(r"^stylenet-report\b", "--size 32 --gatys-iterations 2 --device cpu",
             expect=("report/figure.png", "report/report.md", "report/report.json")),
+    Program(r"^stylenet-stability\b", "photo.jpg --size 24 --frames 3 --max-frames 4"),
     Program(r"^stylenet-prepare\b", "--workers 1 --no-progress", expect=("coco_shards/manifest.json",)),
     # one section: tests/test_bench.py runs every section with --quick (~45 s here)
     Program(r"^stylenet-bench\b", "--quick --sections conv --threads 1"),
     Program(r"^python \S*/scripts/reproduce_table1\.py\b", "--sizes 32 --iterations 2 --repeats 1 --weights random"),
+    Program(r"^python \S*/scripts/multistyle_check\.py\b", "--steps 1 --channels 8 --residual-blocks 1 --image-size "
+            "32 --style-size 32 --styles demo:ihc demo:brick --loss-weights random",
+            expect=("outputs/multistyle/results.md",)),
     Program(r"^python \S*/scripts/reproduce_fig5\.py\b", "--sizes 32 --iterations 2 --inits content --max-images 1"),
     Program(r"^\S*/ruff check\b", in_repo=True),
 ]
@@ -220,13 +228,19 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          {"task": "sr", "factor": 4})
 
     for name, size in (("photo.jpg", (48, 40)), ("photo.png", (24, 20)), ("huge.tif", (72, 56)),
-                       ("painting.jpg", (40, 32)), ("a.jpg", (40, 32)), ("b.jpg", (32, 40)), ("p.jpg", (40, 40)),
+                       ("painting.jpg", (40, 32)), ("new.jpg", (40, 32)),
+                       ("a.jpg", (40, 32)), ("b.jpg", (32, 40)), ("p.jpg", (40, 40)),
                        ("photos/one.png", (40, 32)), ("photos/sub/two.jpg", (36, 28)), ("more/three.jpg", (32, 32)),
                        ("Set5/baby.png", (48, 48)), ("Set5/bird.png", (40, 40)),
                        ("coco/val2014/COCO_val2014_000000000001.jpg", (48, 40))):
         make_photo(cwd / name, size=size, seed=len(name))
-    for name in ("my_style", "candy", "mosaic", "demo"):
+    for name in ("my_style", "candy", "mosaic", "demo", "video"):
         style_model(cwd / f"{name}.safetensors", name, painting)
+    make_clip(cwd / "clip.mp4", frames=6)  # the Video section's clip (PyAV: the test extra installs it)
+    torch.manual_seed(2)  # several styles in one network (README: "Several styles in one network")
+    styles = [{"name": name, "sha256": None, "image": str(painting)} for name in ("ihc", "brick")]
+    save_model(cwd / "multi.safetensors", TransformerNet(channels=8, residual_blocks=1, styles=2),
+               {"task": "style", "style_name": "multi", "styles": styles})
     torch.manual_seed(1)
     save_model(cwd / "sr_x4.safetensors", SuperResolutionNet(4, channels=8, residual_blocks=1),
                {"task": "sr", "factor": 4})

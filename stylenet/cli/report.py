@@ -95,7 +95,9 @@ def report(args: argparse.Namespace, error: Callable[[str], None]) -> int:
         except StylenetError as err:
             error(str(err))
             continue
-        methods.append(network_method(name, model_on(stored.net, args.device)))
+        networks = stored.style_networks()  # a model of several styles: one column per style
+        methods += [network_method(name if len(networks) == 1 else f"{name}_{style}", model_on(net, args.device))
+                    for style, net in networks]
     if not methods:
         return 1
     photos = args.photos or demo_held_out(config_dir(), exclude=resolve_image_path(args.style))

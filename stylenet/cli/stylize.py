@@ -75,6 +75,15 @@ def _positive(kind: type) -> type:
     return parse
 
 
+def _blend(text: str) -> dict[str, float]:
+    from stylenet.styles import parse_blend
+
+    try:
+        return parse_blend(text)
+    except StylenetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                  task: str = "style") -> argparse.ArgumentParser:
     """The options of ``stylenet-stylize`` (``task="style"``) and ``stylenet-upscale`` (``"sr"``)."""
@@ -118,6 +127,12 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
     parser.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
                         help="JPEG/WebP quality (default: %(default)s)")
     if task == "style":
+        parser.add_argument("--style", action="append", dest="styles", metavar="NAME",
+                            help="for a model of several styles: this style only (repeat for several; default: "
+                                 "one output per style, named {stem}_{style})")
+        parser.add_argument("--blend", action="append", dest="blends", type=_blend, metavar="A=W,B=W",
+                            help="for a model of several styles: one output of these styles' norm parameters "
+                                 "mixed by the weights, e.g. a=0.7,b=0.3 (repeatable)")
         parser.add_argument("--upscale", metavar="SR_MODEL",
                             help="then upscale with this super-resolution model (see stylenet-upscale): the "
                                  "style network runs at the --max-size/--scale working size, so the stroke "
@@ -261,6 +276,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
     never an input file, never the same output twice."""
     from stylenet.image import check_output_path
+    from stylenet.video import is_video, video_target
 
     output = Path(args.output)
     as_file = not output.is_dir() and bool(output.suffix)
@@ -275,7 +291,10 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             name = args.name.format(stem=image.stem, style=model.name)
             target = output if as_file else output / folder / name
             try:
-                check_output_path(target)
+                if is_video(image):  # a video's output: a video, by default with the input's suffix
+                    target = video_target(image, target, default_name=not as_file and args.name == DEFAULT_NAME)
+                else:
+                    check_output_path(target)
                 resolved = target.resolve()
             except Exception as err:  # this output only
                 report.error(describe(err, target))
@@ -312,7 +331,13 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
     """
     from stylenet.image import compact, load_image, save_image, target_size
     from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls
+    from stylenet.video import is_video
 
+    if is_video(source):  # frames streamed through each model, by suffix (stylenet.video)
+        from stylenet.video.jobs import run_video_jobs
+
+        run_video_jobs(source, jobs, counter, args, report, describe)
+        return
     try:
         image = load_image(source)
         # Held compactly while the models run: float16 for 8-bit sources (half the memory, exact once
@@ -401,7 +426,9 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         models = []
         for path in args.models:
             try:
-                models.append(Pipeline(load_inference_model(path, task, options), upscaler, args.match_histogram))
+                model = load_inference_model(path, task, options)
+                models += [Pipeline(style, upscaler, args.match_histogram)  # one per style of several
+                           for style in model.selected(getattr(args, "styles", None), getattr(args, "blends", None))]
             except StylenetError as err:
                 report.error(str(err))
         run_jobs(plan_jobs(inputs, models, args, report), args, report)

@@ -93,6 +93,11 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
         if explained is None:
             raise
         raise explained from err
+    if trainer.is_global_zero and datamodule.val_files and task.hparams.get("styles"):  # several styles
+        from stylenet.style_reports import style_reports
+
+        style_reports(run_dir, cfg.callbacks.export.path, datamodule.val_files, int(cfg.style.size))
+        return
     if trainer.is_global_zero and datamodule.val_files:
         from stylenet.image import load_rgb
         from stylenet.inference import run_network

@@ -89,9 +89,10 @@ def crop_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.pad(images, (0, width - images.shape[-1], 0, height - images.shape[-2]))
 
 
-def padded_forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def padded_forward(net: nn.Module, images: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
     """``net`` on (B, C, H, W) of any size: :func:`pad_to_multiple`, run, :func:`crop_to` the
-    input's size times the network's ``scale``.
+    input's size times the network's ``scale``. ``style``: the blend weights a network of several
+    styles takes (:class:`~stylenet.nets.TransformerNet`), passed on when given.
 
     The single geometry of every way a model runs: :class:`InferenceModel` (``stylenet-stylize``,
     the notebook API, tiles, statistics passes) and the ONNX and ``.pt2`` exports, whose wrapper
@@ -99,7 +100,8 @@ def padded_forward(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
     the padding, so different padding would mean different pixels on the same image."""
     height, width = images.shape[-2:]
     scale = output_scale(net)
-    output = net(pad_to_multiple(images, size_multiple(net), min_size(net)))
+    padded = pad_to_multiple(images, size_multiple(net), min_size(net))
+    output = net(padded) if style is None else net(padded, style)
     return crop_to(output, height * scale, width * scale)
 
 

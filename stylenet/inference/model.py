@@ -53,6 +53,7 @@ from stylenet.inference.norms import (
 )
 from stylenet.inference.tiling import DEFAULT_TILE_OVERLAP, MIN_TILE, TileGrid
 from stylenet.modelfile import read_model
+from stylenet.styles import StyleChoice, choice_weights, style_names
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class InferenceModel:
     precision: str = "auto"
     #: Activation bytes one forward pass may use; None = :func:`default_max_memory`.
     max_memory: int | None = None
+    #: The model file it came from (named in errors).
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in (*PRECISIONS, "auto"):
@@ -86,6 +89,12 @@ class InferenceModel:
         self.device = resolve_device(str(self.device))
         if self.precision == "auto":  # bf16 where the hardware runs it natively, else fp32
             self.precision = inference_precision(self.device)
+        #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
+        #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
+        self._by_style: dict[tuple[float, ...], InferenceModel] = {}
+        if getattr(self.net, "styles", 1) > 1:
+            self._layerwise = False
+            return
         # Exact rewrites of the slow layers (sub-pixel upsampling convolutions, ...), channels_last: see
         # stylenet.fastpath. Process-wide settings (reuse_freed_memory) are the application's to make.
         self.net = optimize_for_inference(self.net.eval().requires_grad_(False), self.device).to(self.device)
@@ -97,7 +106,53 @@ class InferenceModel:
         """Load a model file (see :func:`stylenet.modelfile.read_model`, never unpickles code) and
         check that it is a ``task`` model (``None`` accepts any)."""
         stored = read_model(path, task=task)
-        return cls(stored.net, stored.metadata, **options)
+        return cls(stored.net, stored.metadata, source=str(path), **options)
+
+    @property
+    def styles(self) -> list[str]:
+        """The styles of the model (several for a network of several styles, else its one)."""
+        return style_names(self.metadata)
+
+    @property
+    def multi(self) -> bool:
+        """Whether the network holds several styles: each call then names a style or a blend."""
+        return getattr(self.net, "styles", 1) > 1
+
+    #: Single-style networks of a multi-style model kept for reuse (chosen styles and blends).
+    CACHED_STYLES = 16
+
+    def for_style(self, style: StyleChoice | None) -> InferenceModel:
+        """The model of one style: a name, an index or a ``{name: weight}`` blend of a network of
+        several styles (:meth:`stylenet.modelfile.StoredModel.for_style`), as a single-style
+        :class:`InferenceModel` (same device, precision and budget; ``name`` is the style's or the
+        blend's label). A single-style model returns itself for its own name. ``None`` on a model of
+        several styles and unknown names are one-line errors listing the styles."""
+        if style is None and not self.multi:
+            return self
+        if style is None:
+            raise StylenetError(f"model file {self.source!r} holds {len(self.styles)} styles: pass style= one "
+                                f"of {', '.join(self.styles)}, or a {{name: weight}} blend")
+        label, weights = choice_weights(self.styles, style, f"model file {self.source!r}")
+        if not self.multi:
+            return self
+        model = self._by_style.get(tuple(weights))
+        if model is None:
+            net = self.net.single_style(weights).eval()
+            metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
+            model = InferenceModel(net, {**metadata, "style_name": label}, self.device, self.precision,
+                                   self.max_memory, self.source)
+            if len(self._by_style) >= self.CACHED_STYLES:
+                self._by_style.pop(next(iter(self._by_style)))
+            self._by_style[tuple(weights)] = model
+        return model
+
+    def selected(self, styles: list[str] | None = None,
+                 blends: list[dict[str, float]] | None = None) -> list[InferenceModel]:
+        """The models ``stylenet-stylize`` runs: one per style named in ``styles`` and one per blend
+        in ``blends``; with neither, every style of the model (one, for a single-style model)."""
+        if not styles and not blends:
+            return [self.for_style(name) for name in self.styles] if self.multi else [self]
+        return [self.for_style(choice) for choice in [*(styles or []), *(blends or [])]]
 
     @property
     def name(self) -> str:
@@ -130,7 +185,8 @@ class InferenceModel:
     def transform(self, rgb: torch.Tensor, controls: Controls | None = None, *, tile: int | None = None,
                   tile_overlap: int = DEFAULT_TILE_OVERLAP, exact_statistics: bool = False,
                   quantize: bool = False, bits: int = 8,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None,
+                  style: StyleChoice | None = None) -> torch.Tensor:
         """(3, H, W) float in [0, 1] (on any device; kept where it is) -> the output on the CPU,
         (3, H * scale, W * scale), float32 in [0, 1] or, with ``quantize``, rounded to ``bits``
         levels: uint8 (a quarter of the memory: what 8-bit files need) or, with ``bits=16``, uint16
@@ -146,8 +202,13 @@ class InferenceModel:
         ``exact_statistics``, from :func:`streaming_norm_statistics` (exact, several times the
         cost). On running out of memory the tile side is halved, down to :data:`MIN_TILE`, then a
         :class:`StylenetError` is raised. ``progress(done, total)`` is called after every tile
-        pass (every band, layer by layer).
+        pass (every band, layer by layer). ``style``: a style name, index or ``{name: weight}`` blend
+        (:meth:`for_style`), required by a model of several styles.
         """
+        if style is not None or self.multi:
+            return self.for_style(style).transform(rgb, controls, tile=tile, tile_overlap=tile_overlap,
+                                                   exact_statistics=exact_statistics, quantize=quantize, bits=bits,
+                                                   progress=progress)
         _check_transform(rgb, tile, tile_overlap, bits)
         controls = controls or Controls()
         height, width = rgb.shape[-2:]
@@ -287,14 +348,15 @@ class InferenceModel:
         return LoadedImage(rgb=out, alpha=resize_alpha(image.alpha, tuple(out.shape[-2:])),
                            icc_profile=image.icc_profile, was_gray=image.was_gray and keep_gray, bits=image.bits)
 
-    def stylize(self, image: ImageLike, *, strength: float = 1.0, preserve_color: bool = False,
-                tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
+    def stylize(self, image: ImageLike, *, style: StyleChoice | None = None, strength: float = 1.0,
+                preserve_color: bool = False, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
                 exact_statistics: bool = False, keep_gray: bool = False) -> ImageLike:
         """The notebook API: a PIL image -> a PIL image (EXIF orientation applied, alpha kept,
         mode L back for greyscale inputs with ``keep_gray``), or a float tensor (3, H, W) /
-        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``)."""
+        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``). ``style``: for
+        a model of several styles, a name (``"candy"``) or a blend (``{"candy": 0.7, "mosaic": 0.3}``)."""
         controls = Controls(strength, preserve_color)
-        tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics}
+        tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics, "style": style}
         if isinstance(image, torch.Tensor):
             if image.ndim == 4:
                 return torch.stack([self.transform(one, controls, **tiling) for one in image])
@@ -309,8 +371,8 @@ class InferenceModel:
             pil.info["icc_profile"] = result.icc_profile
         return pil
 
-    def stylize_frames(self, frames: Iterable[Frame], *, strength: float = 1.0,
-                       preserve_color: bool = False) -> Iterator[Frame]:
+    def stylize_frames(self, frames: Iterable[Frame], *, strength: float = 1.0, preserve_color: bool = False,
+                       style: StyleChoice | None = None) -> Iterator[Frame]:
         """Video or webcam frames -> stylised frames, lazily, one per frame, of the same kind: uint8
         (H, W, 3) numpy arrays (RGB) or float (3, H, W) tensors in [0, 1] (see
         :mod:`stylenet.inference.frames`). Each equals ``stylize`` of that frame alone (a PIL
@@ -318,7 +380,11 @@ class InferenceModel:
 
             for out in model.stylize_frames(reader):  # e.g. imageio.v3.imiter("clip.mp4")
                 writer.write(out)
+
+        ``style``: as for :meth:`stylize`.
         """
+        if style is not None or self.multi:
+            return self.for_style(style).stylize_frames(frames, strength=strength, preserve_color=preserve_color)
         controls = Controls(strength, preserve_color)
         return stream_frames(frames, lambda batch: forward(self.net, batch, self.precision), self.device,
                              controls, lambda height, width: height * width <= self.max_pixels(),

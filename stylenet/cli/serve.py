@@ -1,0 +1,127 @@
+"""``stylenet-serve``: a web page to try the styles of a folder of model files on photos and on a webcam.
+
+    stylenet-serve models/ --port 7860
+
+then open http://127.0.0.1:7860/. The page uploads or takes dropped photos, lets you pick styles,
+strength and colour preservation, shows photo | result side by side with a full-size download, and
+stylizes webcam frames as fast as the server allows. It listens on 127.0.0.1 only unless --host says
+otherwise (there is no login: anyone who can reach the address can use it). Uploads get every check
+that stylenet-stylize's inputs get; at most --workers photos are processed at once and --queue more
+wait, further requests are refused (HTTP 503, which the page retries); the server's memory stays
+under --memory-limit. Everything it receives and makes lives in a temporary folder, deleted when it
+stops (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from stylenet.cli.stylize import parse_bytes
+from stylenet.errors import StylenetError
+from stylenet.image import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from stylenet.serve import StyleServer
+
+PROG = "stylenet-serve"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``stylenet-serve``."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="folder of model files (.safetensors, stylenet-train .ckpt, "
+                                       "pytorch/examples .pth/.model), searched recursively")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 exposes "
+                             "the page to the network, with a warning)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s; 0: any free port)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="as stylenet-stylize's (default: auto)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="photos or frames processed at once (default: %(default)s)")
+    parser.add_argument("--queue", type=int, default=8,
+                        help="requests that may wait for a worker; more are refused with HTTP 503 "
+                             "(default: %(default)s)")
+    parser.add_argument("--memory-limit", type=parse_bytes, default=parse_bytes("4GB"),
+                        help="resident memory the whole server may use, e.g. 4GB (default); it bounds the "
+                             "largest photo accepted")
+    parser.add_argument("--max-memory", type=parse_bytes,
+                        help="memory one forward pass may use (as stylenet-stylize's); larger photos run layer "
+                             "by layer or in tiles (default: half of each worker's share of --memory-limit)")
+    parser.add_argument("--max-upload", type=parse_bytes, default=parse_bytes("50MB"),
+                        help="largest upload in bytes (default: 50MB)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="largest photo in pixels (default: %(default)s; --memory-limit may lower it)")
+    return parser
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The warning for a --host other than this machine's loopback, else None."""
+    from stylenet.serve import is_loopback
+
+    if is_loopback(host):
+        return None
+    return (f"{PROG}: warning: listening on {host}:{port}: anyone who can reach this machine can use the page, "
+            "its models and its compute; there is no login. Use the default --host 127.0.0.1 to keep it local.")
+
+
+def announce(server: StyleServer, folder: str, host: str) -> None:
+    """The warnings (an exposed address, no models yet) and the line with the page's address."""
+    warning = exposure_warning(host, server.server_address[1])
+    if warning:
+        print(warning, file=sys.stderr)
+    count = len(server.catalog.entries())
+    if not count:
+        print(f"{PROG}: warning: no model files in {folder!r} yet; the page lists them once they are there",
+              file=sys.stderr)
+    print(f"{PROG}: {count} model(s) from {folder!r} on {server.url} (Ctrl-C stops)", flush=True)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM; returns 0 after a clean stop, 2 when it cannot start."""
+    args = build_parser().parse_args(argv)
+    from stylenet.serve import ServeConfig, StyleServer
+
+    config = ServeConfig(Path(args.folder), host=args.host, port=args.port, device=args.device,
+                         precision=args.precision, workers=args.workers, queue=args.queue,
+                         memory_limit=args.memory_limit, max_memory=args.max_memory, max_upload=args.max_upload,
+                         max_pixels=args.max_pixels)
+    try:
+        server = StyleServer(config)
+    except StylenetError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {err.strerror or err} "
+              "(another server on that port? try --port 0)", file=sys.stderr)
+        return 2
+    try:
+        signal.signal(signal.SIGTERM, _stop)  # from here on SIGTERM stops cleanly, as Ctrl-C does
+        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and server.temp is not None:
+            # torch makes its compiler cache folder (empty here: nothing is compiled) in the system's
+            # temporary folder the first time a network runs; in ours it goes when the server does
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(server.temp / "torch")
+        announce(server, args.folder, args.host)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    print(f"{PROG}: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

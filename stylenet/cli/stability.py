@@ -1,0 +1,159 @@
+"""``stylenet-stability``: how much does a style network flicker? E_warp on sequences of known motion.
+
+Each model stylises synthetic clips made from held-out photos (default: the demo data's): a pan, a
+zoom, a rotation, a smooth local deformation, and a still camera with sensor noise (see
+:mod:`stylenet.stability`). The table gives E_warp per sequence (grey levels, 0-255: output t against
+output t-1 warped by the true motion, over the pixels that stay visible), their mean, and the still
+camera's flicker; the first row is the input frames' own (the measure's floor):
+
+    stylenet-stability -m frame_by_frame.safetensors -m temporal.safetensors --out stability.md
+
+``--video clip.mp4`` adds, for a real clip whose motion is unknown, the output's mean change per
+frame against the input's and their ratio (no flow: not an E_warp); ``--strip picture.png`` draws the
+input and each model's frames of a rotation and their warping error. A bad model or clip is one line
+on stderr and exit status 1; the others are still measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stylenet.errors import StylenetError, first_line
+
+if TYPE_CHECKING:
+    from stylenet.inference import InferenceModel
+    from stylenet.stability import Clip
+
+PROG = "stylenet-stability"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos", nargs="*",
+                        help="held-out photos (paths or demo:<name>); default: the demo data's held-out photos")
+    parser.add_argument("-m", "--model", action="append", dest="models", required=True, metavar="MODEL",
+                        help="a style model file; repeat for several")
+    parser.add_argument("--size", type=int, default=256, help="side of the square frames, px (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per sequence (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the deformation and noise (default: 0)")
+    parser.add_argument("--video", action="append", default=[], metavar="CLIP",
+                        help="also measure the output's change on this real clip (repeatable)")
+    parser.add_argument("--max-frames", type=int, default=120,
+                        help="frames of each --video clip to use (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="inference precision (default: fp32, the reference)")
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--strip", metavar="IMAGE",
+                        help="also write a before/after picture: for the input and each model, three frames of "
+                             "the first photo's rotation sequence and 4x its warping error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0, 1 if anything failed, 2 bad usage, 130 Ctrl-C)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.size < 16 or args.frames < 2 or args.max_frames < 2:
+        parser.error("--size must be >= 16, --frames and --max-frames >= 2")
+    failed = False
+
+    def error(message: str) -> None:
+        nonlocal failed
+        failed = True
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+
+    try:
+        table = measure_models(args, error)
+        print(table, end="")
+        if args.out:
+            from stylenet.atomic import atomic_write
+
+            atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
+    except StylenetError as err:
+        error(str(err))
+    except KeyboardInterrupt:
+        return 130
+    return int(failed)
+
+
+def _sequences(args: argparse.Namespace) -> list[Clip]:
+    """The synthetic clips of every photo (a photo that cannot be read is an error naming it)."""
+    from stylenet.image import load_rgb, resolve_image_path
+    from stylenet.stability import KINDS, make_sequence, photo_for_sequences
+
+    if args.photos:
+        photos = [resolve_image_path(spec) for spec in args.photos]
+    else:
+        from stylenet.cli.train import config_dir
+        from stylenet.report import demo_held_out
+
+        photos = demo_held_out(config_dir())
+    sequences = []
+    for index, path in enumerate(photos):
+        photo = photo_for_sequences(load_rgb(path), args.size)
+        sequences += [make_sequence(photo, kind, args.size, args.frames, seed=args.seed + index) for kind in KINDS]
+    return sequences
+
+
+def measure_models(args: argparse.Namespace, error: Callable[[str], None]) -> str:
+    """The markdown of every measure (a model or clip that fails is reported and left out), and the
+    ``--strip`` picture."""
+    import torch
+
+    from stylenet.cli.stylize import load_inference_model
+    from stylenet.stability import markdown_table, measure
+
+    sequences = _sequences(args)
+    rows = {"input frames": measure(None, sequences)}
+    pictured = next(clip for clip in sequences if clip.kind == "rotation")
+    outputs = {"input": pictured.frames[:3]}
+    clips: list[str] = []
+    for path in args.models:
+        try:
+            model = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
+            rows[Path(path).name] = measure(model.stylize_frames, sequences)
+            outputs[path] = torch.stack(list(model.stylize_frames(list(outputs["input"]))))
+        except Exception as err:  # this model only
+            error(_describe(err, path))
+            continue
+        for clip in args.video:
+            try:
+                clips.append(_clip_line(clip, Path(path).name, model, args.max_frames))
+            except Exception as err:  # this clip only
+                error(_describe(err, clip))
+    if args.strip:
+        from stylenet.image import save_image
+        from stylenet.stability import strip
+
+        save_image(args.strip, strip(pictured, outputs))
+    lines = [f"E_warp and flicker (grey levels, 0-255) on {len(sequences) // 5} photo(s) x 5 sequences of "
+             f"{args.frames} frames, {args.size} px:", "", markdown_table(rows)]
+    if clips:
+        lines += ["Real clips (no flow: mean change per frame, output vs input, and their ratio):", "", *clips, ""]
+    return "\n".join(lines)
+
+
+def _describe(err: Exception, subject: str) -> str:
+    if isinstance(err, StylenetError):
+        return str(err) if repr(subject) in str(err) else f"{subject}: {err}"
+    return f"{subject}: {type(err).__name__}: {first_line(err)}"
+
+
+def _clip_line(clip: str, name: str, model: InferenceModel, max_frames: int) -> str:
+    """One real clip's change per frame through ``model`` (:func:`stylenet.stability.clip_change`)."""
+    from stylenet.stability import clip_change
+    from stylenet.video.io import iter_video_frames
+
+    change = clip_change(iter_video_frames(clip, limit=max_frames), model.stylize_frames)
+    return (f"- {clip}, {name}: {int(change['frames'])} frames, output {change['output']:.2f} vs input "
+            f"{change['input']:.2f} grey levels per frame (ratio {change['ratio']:.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

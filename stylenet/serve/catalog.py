@@ -1,0 +1,120 @@
+"""The models the page offers: the model files of one folder, each named by an id of the server's own.
+
+The browser only ever sends an id from :meth:`Catalog.entries`; an id that is not in that list is
+refused, so no path from the browser reaches the file system. Models load weights-only
+(:func:`stylenet.modelfile.read_model`, through :func:`stylenet.cli.stylize.load_inference_model`)
+on first use and stay loaded, reloaded when their file changes.
+
+Multi-style files: :func:`file_styles` is the one place that says which styles a file holds. Every
+style is one entry, ``(label, file, style)``; ``style`` is None for a file's only style.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stylenet.errors import StylenetError
+from stylenet.modelfile import read_header
+from stylenet.styles import style_names
+
+if TYPE_CHECKING:
+    from stylenet.inference import InferenceModel
+
+#: What :func:`stylenet.modelfile.read_model` reads (ONNX and ``.pt2`` exports are other runtimes').
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model")
+
+
+class UnknownModel(StylenetError):
+    """The browser named a model id the server did not list (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One choice on the page: a style of a model file under the folder."""
+
+    id: str
+    label: str
+    file: Path
+    #: The style's name inside a multi-style file; None for a file's only style.
+    style: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the page is told: id and label only, never the server's paths."""
+        return {"id": self.id, "label": self.label, "style": self.style}
+
+
+def file_styles(path: Path) -> list[str | None]:
+    """The styles a model file holds, one entry each on the page: the names of a network of several
+    styles (Dumoulin et al. 2017; read from the header alone), else ``[None]``, the file's only
+    style. A file whose header cannot be read is one entry too: its error shows when it is picked."""
+    try:
+        header = read_header(path) if path.suffix.lower() == ".safetensors" else {}
+    except StylenetError:
+        return [None]
+    names = style_names(header)
+    return list(names) if isinstance(header.get("styles"), list) and len(names) > 1 else [None]
+
+
+def model_files(folder: Path) -> list[Path]:
+    """Model files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / name for name in filenames
+                  if not name.startswith(".") and Path(name).suffix.lower() in MODEL_FILE_SUFFIXES]
+    return sorted(found, key=lambda path: path.relative_to(folder).parts)
+
+
+def model_entries(folder: Path) -> list[ModelEntry]:
+    """``(label, file, style)`` entries for every style of every model file under ``folder``; ids are
+    a hash of the file's place in the folder and the style, so they survive a rescan."""
+    entries = []
+    for path in model_files(folder):
+        relative = path.relative_to(folder).with_suffix("").as_posix()
+        for style in file_styles(path):
+            key = f"{relative}\0{style or ''}".encode()
+            label = relative if style is None else f"{relative} / {style}"
+            entries.append(ModelEntry(hashlib.sha256(key).hexdigest()[:16], label, path, style))
+    return entries
+
+
+class Catalog:
+    """The model folder: lists its entries (rescanned on every call) and loads them on demand."""
+
+    def __init__(self, folder: str | Path, options: dict[str, Any]) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
+        self.options = options  # InferenceModel's: device, precision, max_memory
+        self._loaded: dict[str, tuple[int, InferenceModel]] = {}
+        self._lock = threading.Lock()
+
+    def entries(self) -> list[ModelEntry]:
+        """The folder's models now."""
+        return model_entries(self.folder)
+
+    def find(self, model_id: str) -> ModelEntry:
+        """The entry with this id, or :class:`UnknownModel` (the id is only ever compared, never used
+        as a path)."""
+        entry = next((entry for entry in self.entries() if entry.id == model_id), None)
+        if entry is None:
+            raise UnknownModel(f"unknown model id {model_id[:40]!r}: reload the page to see the models "
+                               f"in {str(self.folder)!r}")
+        return entry
+
+    def load(self, entry: ModelEntry) -> InferenceModel:
+        """The entry's model, loaded weights-only once (again when its file has changed)."""
+        from stylenet.cli.stylize import load_inference_model
+
+        with self._lock:  # one load at a time: two tabs asking for one model load it once
+            stamp = entry.file.stat().st_mtime_ns if entry.file.exists() else -1
+            cached = self._loaded.get(entry.id)
+            if cached is None or cached[0] != stamp:
+                model = load_inference_model(str(entry.file), "style", self.options)
+                self._loaded[entry.id] = (stamp, model if entry.style is None else model.for_style(entry.style))
+            return self._loaded[entry.id][1]

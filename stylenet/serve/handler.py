@@ -1,0 +1,271 @@
+"""The HTTP side: the page's three static files and a small JSON API.
+
+    GET    /                      the page (also /app.js, /style.css)
+    GET    /api/models            the models (ids and labels) and the server's limits
+    POST   /api/jobs?models=ID,ID&name=photo.jpg&strength=0.8&preserve_color=1
+                                  body: the photo's bytes -> 202 {"id": ...}
+    GET    /api/jobs/ID           state, progress, results (polled)
+    GET    /api/jobs/ID/N.png     result N at full size
+    DELETE /api/jobs/ID           forget a job and delete its files
+    POST   /api/frame?model=ID&strength=..&preserve_color=..
+                                  body: a webcam frame (JPEG) -> the stylized frame (JPEG)
+
+Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 404 unknown model or job, 413 upload
+too large, 503 busy (refused, not queued). Request bodies stream to files in the server's temporary
+folder; nothing from the browser is used as a path (files are named by the server's ids).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from http.server import BaseHTTPRequestHandler
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from stylenet.errors import StylenetError, one_line
+from stylenet.serve.catalog import UnknownModel
+from stylenet.serve.limits import Busy
+from stylenet.serve.work import stylize_frame
+
+if TYPE_CHECKING:
+    from stylenet.inference import Controls
+    from stylenet.serve.server import StyleServer
+    from stylenet.serve.work import PhotoJob
+
+log = logging.getLogger(__name__)
+
+HTML, JS, CSS = "text/html; charset=utf-8", "text/javascript; charset=utf-8", "text/css; charset=utf-8"
+STATIC = {"/": ("index.html", HTML), "/index.html": ("index.html", HTML), "/app.js": ("app.js", JS),
+          "/style.css": ("style.css", CSS)}
+#: The page runs only its own script; images may be blobs (the browser's own photos, webcam frames).
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+               "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{32})(?:/(\d{1,3})\.png)?")
+CHUNK = 1 << 20
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``localhost``, 127.x, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpError(StylenetError):
+    """A refused request: its status and one-line message go back as JSON."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def status_of(err: Exception) -> int:
+    """The HTTP status for an error raised while answering."""
+    if isinstance(err, HttpError):
+        return err.status
+    if not isinstance(err, StylenetError):
+        return 500  # a bug here, not the request's fault
+    return 503 if isinstance(err, Busy) else 404 if isinstance(err, UnknownModel) else 400
+
+
+def upload_name(text: str) -> str:
+    """The browser's file name for messages and downloads: its last part, printable, at most 100 characters."""
+    name = re.split(r"[\\/]", text)[-1]
+    return "".join(char for char in name if char.isprintable())[:100] or "photo"
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Answers one request; the state lives on :class:`~stylenet.serve.server.StyleServer`."""
+
+    server: StyleServer
+    server_version = "stylenet-serve"
+    _unread = 0  # request body bytes not read yet (drained before an error answer)
+
+    def log_message(self, template: str, *args: Any) -> None:
+        """Requests go to the debug log, not to stderr line by line."""
+        log.debug("%s %s", self.address_string(), template % args)
+
+    def do_GET(self) -> None:
+        self._answer(self._get)
+
+    def do_POST(self) -> None:
+        self._answer(self._post)
+
+    def do_DELETE(self) -> None:
+        self._answer(self._delete)
+
+    def _answer(self, route: Any) -> None:
+        """Run ``route(path, query)``; any error becomes a JSON answer with its status."""
+        url = urlsplit(self.path)
+        length = self.headers.get("Content-Length", "")
+        self._unread = int(length) if length.isdigit() else 0
+        try:
+            self._check_host()
+            route(url.path, {key: values[-1] for key, values in parse_qs(url.query).items()})
+        except (BrokenPipeError, ConnectionResetError):  # the browser went away (a closed tab): no one to tell
+            return
+        except Exception as err:  # every error is one JSON line; the server goes on
+            if not isinstance(err, StylenetError):
+                log.exception("error answering %s %s", self.command, url.path)
+            try:
+                self._drain()
+                self._send_json(status_of(err), {"error": one_line(str(err)) or type(err).__name__})
+            except OSError:
+                return
+
+    def _check_host(self) -> None:
+        """On a loopback address, only requests addressed to it: a web page elsewhere cannot reach the
+        server by pointing a host name of its own at 127.0.0.1 (DNS rebinding)."""
+        if not is_loopback(self.server.config.host):
+            return
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        if not is_loopback(host):
+            raise HttpError(403, f"this server answers requests for 127.0.0.1 or localhost, not {host[:60]!r}")
+
+    # ---------------------------------------------------------------------------- routes
+
+    def _get(self, path: str, query: dict[str, str]) -> None:
+        if path in STATIC:
+            name, kind = STATIC[path]
+            data = resources.files("stylenet.serve").joinpath("static", name).read_bytes()
+            self._send(200, data, kind, {"Content-Security-Policy": PAGE_POLICY})
+        elif path == "/api/models":
+            server = self.server
+            self._send_json(200, {"models": [entry.public() for entry in server.catalog.entries()],
+                                  "folder": server.catalog.folder.name,
+                                  "limits": {"max_upload": server.config.max_upload,
+                                             "max_pixels": server.plan.max_pixels,
+                                             "workers": server.gate.workers, "queue": server.gate.queue}})
+        else:
+            job, index = self._job(path)
+            if index is None:
+                self._send_json(200, job.status())
+            elif index < len(job.entries) and job.result_path(index).is_file():
+                self._send_file(job.result_path(index), "image/png")
+            else:
+                raise HttpError(404, f"no result {index} for {job.name!r} (yet)")
+
+    def _post(self, path: str, query: dict[str, str]) -> None:
+        if path == "/api/jobs":
+            ids = [model_id for model_id in query.get("models", "").split(",") if model_id]
+            entries = [self.server.catalog.find(model_id) for model_id in ids]
+            if not entries:
+                raise HttpError(400, "choose at least one model")
+            controls, name = self._controls(query), upload_name(query.get("name", "photo"))
+            self.server.gate.admit()
+            job = self.server.jobs.new(name, entries, controls)
+            try:
+                self._receive(job.upload, name)
+            except BaseException:
+                self.server.gate.leave()
+                self.server.jobs.remove(job.id)
+                raise
+            self.server.start(job)
+            self._send_json(202, {"id": job.id})
+        elif path == "/api/frame":
+            self._frame(query)
+        else:
+            raise HttpError(404, f"no such page {path[:80]!r}")
+
+    def _delete(self, path: str, query: dict[str, str]) -> None:
+        job, _ = self._job(path)
+        self.server.jobs.remove(job.id)
+        self._send_json(200, {"removed": job.id})
+
+    def _frame(self, query: dict[str, str]) -> None:
+        """A webcam frame, answered at once (after waiting for a worker, like a photo)."""
+        server = self.server
+        entry, controls = server.catalog.find(query.get("model", "")), self._controls(query)
+        path = server.jobs.root / f"frame-{uuid.uuid4().hex}"
+        server.gate.admit()
+        try:
+            self._receive(path, "webcam frame")
+            with server.gate.running():
+                data = stylize_frame(path, entry, controls, server.catalog, server.plan)
+        finally:
+            server.gate.leave()
+            path.unlink(missing_ok=True)
+        self._send(200, data, "image/jpeg")
+
+    # ---------------------------------------------------------------------------- helpers
+
+    def _job(self, path: str) -> tuple[PhotoJob, int | None]:
+        """The job (and result index) a ``/api/jobs/...`` path names; 404 for anything else."""
+        match = JOB_PATH.fullmatch(path)
+        job = self.server.jobs.get(match[1]) if match else None
+        if job is None:
+            raise HttpError(404, f"no such job or page {path[:80]!r} (finished jobs are kept for a while only)")
+        return job, None if match is None or match[2] is None else int(match[2])
+
+    def _controls(self, query: dict[str, str]) -> Controls:
+        from stylenet.inference import Controls
+
+        try:
+            strength = float(query.get("strength", "1"))
+        except ValueError:
+            strength = -1.0
+        if not 0.0 <= strength <= 1.0:
+            raise HttpError(400, f"strength must be a number from 0 to 1, got {query.get('strength')!r}")
+        return Controls(strength, query.get("preserve_color", "0") in ("1", "true", "on"))
+
+    def _receive(self, target: Path, name: str) -> None:
+        """Stream the request body to ``target`` (a file in the temporary folder), size-checked."""
+        length = self.headers.get("Content-Length")
+        limit = self.server.config.max_upload
+        if length is None or not length.isdigit():
+            raise HttpError(411, f"upload of {name!r} has no Content-Length")
+        if int(length) == 0:
+            raise HttpError(400, f"{name!r} is empty (0 bytes)")
+        if int(length) > limit:
+            raise HttpError(413, f"{name!r} is {int(length) / 1e6:.1f} MB; this server takes uploads up to "
+                                 f"{limit / 1e6:.1f} MB (stylenet-serve --max-upload)")
+        with open(target, "wb") as handle:
+            while self._unread > 0:
+                chunk = self.rfile.read(min(CHUNK, self._unread))
+                if not chunk:
+                    raise HttpError(400, f"upload of {name!r} was cut short")
+                handle.write(chunk)
+                self._unread -= len(chunk)
+
+    def _drain(self) -> None:
+        """Read and drop what is left of the body, so that the browser gets the answer, not a reset;
+        a body over the upload limit is not read: the connection is closed instead."""
+        if self._unread > self.server.config.max_upload:
+            self.close_connection = True
+            return
+        while self._unread > 0:
+            chunk = self.rfile.read(min(CHUNK, self._unread))
+            if not chunk:
+                break
+            self._unread -= len(chunk)
+
+    def _send_json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(self, status: int, data: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
+        self._send_headers(status, kind, len(data), headers)
+        self.wfile.write(data)
+
+    def _send_file(self, path: Path, kind: str) -> None:
+        """A result file, streamed: a large photo's PNG is never held in memory whole."""
+        with open(path, "rb") as handle:
+            self._send_headers(200, kind, os.fstat(handle.fileno()).st_size)
+            shutil.copyfileobj(handle, self.wfile, CHUNK)
+
+    def _send_headers(self, status: int, kind: str, length: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in {"Content-Type": kind, "Content-Length": str(length), "Cache-Control": "no-store",
+                           "X-Content-Type-Options": "nosniff", **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()

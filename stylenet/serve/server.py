@@ -1,0 +1,106 @@
+"""The web server: Python's own threaded HTTP server, the model catalog, the admission gate and the
+jobs, under one temporary folder that :meth:`StyleServer.server_close` deletes."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from stylenet.image import DEFAULT_MAX_PIXELS
+from stylenet.serve.catalog import Catalog
+from stylenet.serve.handler import Handler
+from stylenet.serve.limits import Gate, MemoryPlan, resident_bytes
+from stylenet.serve.work import JobStore, PhotoJob, run_photo_job
+
+DEFAULT_PORT = 7860
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``stylenet-serve`` takes (see :mod:`stylenet.cli.serve` for each option's meaning)."""
+
+    folder: Path
+    host: str = LOOPBACK
+    port: int = DEFAULT_PORT
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 1
+    queue: int = 8
+    #: Bytes the whole server process may hold (resident memory).
+    memory_limit: int = 4 * 10**9
+    #: Activation bytes one forward pass may use; None: half of each worker's share of the limit.
+    max_memory: int | None = None
+    max_upload: int = 50 * 10**6
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Where the temporary folder is made; None: the system's temporary folder.
+    temp_parent: Path | None = None
+    #: Finished jobs whose results the page may still fetch.
+    keep_jobs: int = 32
+
+
+class StyleServer(ThreadingHTTPServer):
+    """One page, its JSON API and its workers; ``with StyleServer(config) as server:`` cleans up."""
+
+    daemon_threads = True
+
+    def __init__(self, config: ServeConfig) -> None:
+        from stylenet.devices import resolve_device
+        from stylenet.inference import default_max_memory
+
+        self.temp: Path | None = None  # before binding: a failed bind calls server_close()
+        super().__init__((config.host, config.port), Handler)
+        try:
+            self.config = config
+            device = resolve_device(config.device)
+            self.plan = MemoryPlan.make(config.memory_limit, config.workers, at_rest=resident_bytes(),
+                                        max_pixels=config.max_pixels, activation_bytes=config.max_memory)
+            activations = self.plan.activation_bytes if device.type == "cpu" else (
+                config.max_memory or default_max_memory(device) // config.workers)
+            self.catalog = Catalog(config.folder, {"device": device, "precision": config.precision,
+                                                   "max_memory": activations})
+            self.gate = Gate(config.workers, config.queue)
+            self.temp = Path(tempfile.mkdtemp(prefix="stylenet-serve-", dir=config.temp_parent))
+            self.jobs = JobStore(self.temp, config.keep_jobs)
+        except BaseException:
+            self.server_close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The page's address (the port the system picked when ``port`` was 0)."""
+        host, port = self.server_address[:2]
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+
+    def start(self, job: PhotoJob) -> None:
+        """Run an admitted job on a thread of its own, which waits there for a worker."""
+        def work() -> None:
+            try:
+                with self.gate.running():
+                    job.state = "running"
+                    run_photo_job(job, self.catalog, self.plan)
+            finally:
+                job.state = "done"
+                self.gate.leave()
+                if self.jobs.get(job.id) is None:  # removed, or the server closed, while it ran
+                    shutil.rmtree(job.folder, ignore_errors=True)
+
+        threading.Thread(target=work, name=f"stylenet-job-{job.id[:8]}", daemon=True).start()
+
+    def serve_in_thread(self) -> threading.Thread:
+        """Serve on a daemon thread (tests, notebooks); stop with ``shutdown()`` then ``server_close()``."""
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="stylenet-serve",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    def server_close(self) -> None:
+        """Close the socket and delete the temporary folder with every upload and result in it."""
+        super().server_close()
+        if self.temp is not None:
+            self.jobs.clear()
+            shutil.rmtree(self.temp, ignore_errors=True)

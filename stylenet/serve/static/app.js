@@ -1,0 +1,222 @@
+// stylenet-serve's page: photos go to /api/jobs (one job per photo, polled for progress), webcam
+// frames to /api/frame (one at a time, the next one when the previous is back). See handler.py.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const BUSY_RETRIES = 120; // 503 = the server's queue is full: wait and try again, this many times
+let limits = { max_upload: Infinity, max_pixels: Infinity };
+
+function element(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// fetch that throws an Error carrying the server's one-line message (and the HTTP status)
+async function request(path, options = {}) {
+  const response = await fetch(path, options);
+  if (response.ok) return response;
+  let message = `HTTP ${response.status}`;
+  try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+  throw Object.assign(new Error(message), { status: response.status });
+}
+
+function chosenModels() {
+  return [...document.querySelectorAll("#models input:checked")].map((box) => ({ id: box.value, label: box.dataset.label }));
+}
+
+function controlsQuery() {
+  return `strength=${$("strength").value}&preserve_color=${$("preserve-color").checked ? 1 : 0}`;
+}
+
+async function loadModels() {
+  const info = await (await request("/api/models")).json();
+  limits = info.limits;
+  $("folder").textContent = `the folder ${info.folder}/`;
+  $("limits").textContent = `Up to ${(limits.max_upload / 1e6).toFixed(0)} MB and ` +
+    `${(limits.max_pixels / 1e6).toFixed(1)} megapixels per photo; large photos are processed in parts, with progress.`;
+  const box = $("models");
+  $("models-empty").textContent = info.models.length ? "" : "No model files in this folder.";
+  info.models.forEach((model, index) => {
+    const input = element("input", { type: "checkbox", value: model.id, checked: index === 0 });
+    input.dataset.label = model.label;
+    box.append(element("label", {}, input, " " + model.label));
+  });
+}
+
+// ------------------------------------------------------------------------------------ photos
+
+function photoCard(file) {
+  const card = element("div", { className: "card" });
+  card.dataset.name = file.name;
+  const status = element("p", { className: "status", textContent: "uploading…" });
+  const bar = element("progress", { max: 1, value: 0 });
+  card.append(element("h3", { textContent: file.name }), status, bar);
+  $("results").prepend(card);
+  return { card, status, bar };
+}
+
+function showError(view, message) {
+  view.bar.remove();
+  view.status.remove();
+  view.card.append(element("p", { className: "error", textContent: message }));
+}
+
+async function submit(file, models, view) {
+  const query = `models=${models.map((m) => m.id).join(",")}&name=${encodeURIComponent(file.name)}&${controlsQuery()}`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const response = await request(`/api/jobs?${query}`, { method: "POST", body: file });
+      return (await response.json()).id;
+    } catch (err) {
+      if (err.status !== 503 || attempt >= BUSY_RETRIES) throw err;
+      view.status.textContent = `waiting: ${err.message}`;
+      await sleep(1000);
+    }
+  }
+}
+
+function showProgress(view, job) {
+  const p = job.progress;
+  const pass = p.total > 1 ? `, part ${p.done}/${p.total}` : "";
+  view.status.textContent = job.state === "queued" ? "waiting for the server…"
+    : `style ${p.model + 1}/${p.models}${pass}`;
+  view.bar.value = (p.model + (p.total ? p.done / p.total : 0)) / Math.max(1, p.models);
+}
+
+function showResults(view, job, photoUrl) {
+  view.bar.remove();
+  view.status.textContent = job.size ? `${job.size[0]} × ${job.size[1]}` : "";
+  for (const result of job.results) {
+    if (result.error) {
+      view.card.append(element("p", { className: "error", textContent: `${result.label}: ${result.error}` }));
+      continue;
+    }
+    const link = element("a", { href: result.url, download: result.download, textContent: "download full size" });
+    const image = element("img", { className: "result", src: result.url, alt: `${job.name} in ${result.label}` });
+    image.dataset.width = result.width;
+    image.dataset.height = result.height;
+    view.card.append(element("div", { className: "pair" },
+      element("figure", {}, element("img", { className: "photo", src: photoUrl, alt: job.name }),
+        element("figcaption", { textContent: "photo" })),
+      element("figure", {}, image, element("figcaption", {}, `${result.label} · `, link))));
+  }
+}
+
+async function stylizePhoto(file) {
+  const view = photoCard(file);
+  const models = chosenModels();
+  if (!models.length) return showError(view, "Choose at least one style.");
+  if (file.size > limits.max_upload) {
+    return showError(view, `${file.name} is ${(file.size / 1e6).toFixed(1)} MB; this server takes uploads ` +
+      `up to ${(limits.max_upload / 1e6).toFixed(1)} MB.`);
+  }
+  try {
+    const id = await submit(file, models, view);
+    let job;
+    for (;;) {
+      job = await (await request(`/api/jobs/${id}`)).json();
+      if (job.state === "done") break;
+      showProgress(view, job);
+      await sleep(250);
+    }
+    if (job.error) return showError(view, job.error);
+    showResults(view, job, URL.createObjectURL(file));
+  } catch (err) {
+    showError(view, err.message);
+  }
+}
+
+function handleFiles(files) {
+  // one after the other: the server's queue is for several tabs, one tab need not fill it
+  [...files].reduce((previous, file) => previous.then(() => stylizePhoto(file)), Promise.resolve());
+}
+
+// ------------------------------------------------------------------------------------ webcam
+
+const webcam = { stream: null, running: false, times: [], frames: 0 };
+
+async function sendFrame(video, canvas, model) {
+  const width = Number($("webcam-size").value);
+  canvas.width = width;
+  canvas.height = Math.max(8, Math.round(width * video.videoHeight / video.videoWidth));
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+  const query = `model=${model.id}&${controlsQuery()}`;
+  const response = await request(`/api/frame?${query}`, { method: "POST", body: blob });
+  const image = $("webcam-result");
+  const old = image.src;
+  image.src = URL.createObjectURL(await response.blob());
+  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+}
+
+function countFrame() {
+  const now = performance.now();
+  webcam.frames += 1;
+  webcam.times = [...webcam.times.filter((t) => now - t < 3000), now];
+  const span = (now - webcam.times[0]) / 1000;
+  const fps = webcam.times.length > 1 && span > 0 ? (webcam.times.length - 1) / span : 0;
+  $("fps").textContent = `${fps.toFixed(1)} frames/s`;
+  $("fps").dataset.frames = webcam.frames;
+}
+
+async function webcamLoop() {
+  const video = $("camera");
+  const canvas = document.createElement("canvas");
+  while (webcam.running) {
+    const model = chosenModels()[0];
+    if (!model || !video.videoWidth) { await sleep(200); continue; }
+    try {
+      await sendFrame(video, canvas, model);
+      countFrame();
+    } catch (err) {
+      if (err.status === 503) { await sleep(200); continue; }
+      stopWebcam(err.message);
+    }
+  }
+}
+
+async function startWebcam() {
+  $("webcam-error").hidden = true;
+  try {
+    webcam.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (err) {
+    return stopWebcam(`No camera: ${err.message}`);
+  }
+  $("camera").srcObject = webcam.stream;
+  webcam.running = true;
+  $("webcam-start").disabled = true;
+  $("webcam-stop").disabled = false;
+  webcamLoop();
+}
+
+function stopWebcam(message) {
+  webcam.running = false;
+  if (webcam.stream) webcam.stream.getTracks().forEach((track) => track.stop());
+  webcam.stream = null;
+  $("webcam-start").disabled = false;
+  $("webcam-stop").disabled = true;
+  if (message) Object.assign($("webcam-error"), { hidden: false, textContent: message });
+}
+
+// ------------------------------------------------------------------------------------ wiring
+
+function init() {
+  $("strength").addEventListener("input", () => { $("strength-value").value = Number($("strength").value).toFixed(2); });
+  $("files").addEventListener("change", (event) => { handleFiles(event.target.files); event.target.value = ""; });
+  const drop = $("drop"); // photos may be dropped anywhere on the page (the browser would open them otherwise)
+  document.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) drop.classList.remove("over"); });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    handleFiles(event.dataTransfer.files);
+  });
+  $("webcam-start").addEventListener("click", startWebcam);
+  $("webcam-stop").addEventListener("click", () => stopWebcam());
+  loadModels().catch((err) => { $("models-empty").textContent = `Cannot list the models: ${err.message}`; });
+}
+
+init();

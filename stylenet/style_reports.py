@@ -1,0 +1,45 @@
+"""The end of a training run of several styles (Dumoulin et al. 2017): what a single-style run ends
+with (:func:`stylenet.report.training_report`), once per style.
+
+Each style's network is the model file's single-style network of that style
+(:meth:`stylenet.modelfile.StoredModel.for_style`), measured against its own style image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from stylenet.errors import StylenetError, first_line
+from stylenet.image import load_rgb, save_image
+from stylenet.inference import run_network
+from stylenet.modelfile import read_model
+from stylenet.report import network_method, run_report, same_file, write_report
+from stylenet.styles import style_records
+
+log = logging.getLogger(__name__)
+
+
+def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[Path], size: int
+                  ) -> dict[str, dict[str, Path]]:
+    """For every style of ``model_path``: the first held-out photo stylized, ``<photo>_<style>.png``
+    in ``run_dir``, and photo | style | network for the held-out photos, measured, as ``figure.png``,
+    ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image cannot
+    be read gets no report (a warning); the model file is written already."""
+    run_dir, stored = Path(run_dir), read_model(model_path, task="style")
+    reports: dict[str, dict[str, Path]] = {}
+    for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
+        save_image(run_dir / f"{photos[0].stem}_{name}.png", run_network(net, load_rgb(photos[0])))
+        held_out = [photo for photo in photos if not same_file(photo, Path(str(record.get("image"))))]
+        try:
+            report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
+                                      [network_method("network", net)], size=size, images="quality")
+        except (StylenetError, OSError) as err:
+            log.warning("no quality report for style %s: %s", name, first_line(err))
+            continue
+        reports[name] = write_report(run_dir / "styles" / name, report, rows, table="quality.md",
+                                     data="quality.json", title=f"Quality of {Path(model_path).name}, style {name}",
+                                     extra={"model": str(model_path), "style": name})
+        log.info("style %s: quality of the held-out photos in %s", name, reports[name]["table"])
+    return reports

@@ -1,0 +1,93 @@
+"""Styles of a network of several (Dumoulin, Shlens & Kudlur, ICLR 2017): their names, and how a name,
+an index or a blend of names becomes the blend weights the network takes.
+
+A model file of several styles records them in its metadata as ``styles``: one entry per style, in
+the order of the rows of its conditional norm tables (``name``, ``sha256`` of the style image,
+``image``). A single-style file has no such entry; its one style is its ``style_name``. Kept free of
+torch: the command-line tools parse ``--style`` and ``--blend`` before loading anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stylenet.errors import StylenetError
+
+#: What picks the style(s) of an output: a name, an index, or {name: weight} for a blend.
+StyleChoice = str | int | Mapping[str, float]
+#: Names a style may have: they end up in output file names (``photo_<style>.png``).
+STYLE_NAME = re.compile(r"[\w.+-]+")
+
+
+def style_records(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The styles of a model file, in the order of its norm tables' rows: ``name``, ``sha256``,
+    ``image`` each (one for a single-style file, from its ``style_name``, ``style_sha256`` and
+    ``style_image``)."""
+    styles = metadata.get("styles")
+    if isinstance(styles, list) and styles:
+        return [dict(style) for style in styles]
+    return [{"name": str(metadata.get("style_name") or "stylized"), "sha256": metadata.get("style_sha256"),
+             "image": metadata.get("style_image")}]
+
+
+def style_names(metadata: Mapping[str, Any]) -> list[str]:
+    """The names of a model file's styles (see :func:`style_records`)."""
+    return [str(style["name"]) for style in style_records(metadata)]
+
+
+def check_style_names(names: Sequence[str], setting: str) -> list[str]:
+    """``names`` if every one is a usable, distinct file-name part; else one line naming ``setting``."""
+    bad = [name for name in names if not STYLE_NAME.fullmatch(str(name))]
+    if bad:
+        raise StylenetError(f"{setting}: style name {bad[0]!r} must be letters, digits, '.', '+', '-' or '_'")
+    if len(set(names)) != len(names):
+        raise StylenetError(f"{setting}: style names {list(names)} are not distinct")
+    return [str(name) for name in names]
+
+
+def parse_blend(text: str) -> dict[str, float]:
+    """``"a=0.7,b=0.3"`` -> ``{"a": 0.7, "b": 0.3}`` (``--blend``); weights >= 0, not all zero."""
+    blend: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or weight < 0 or name.strip() in blend:
+            raise StylenetError(f"--blend {text!r}: expected NAME=WEIGHT,NAME=WEIGHT with weights >= 0, "
+                                "each name once (e.g. a=0.7,b=0.3)")
+        blend[name.strip()] = weight
+    if sum(blend.values()) <= 0:
+        raise StylenetError(f"--blend {text!r}: the weights are all zero")
+    return blend
+
+
+def blend_label(blend: Mapping[str, float]) -> str:
+    """The name of a blend in output file names: ``a0.7+b0.3``."""
+    return "+".join(f"{name}{weight:g}" for name, weight in blend.items())
+
+
+def choice_weights(names: Sequence[str], choice: StyleChoice, where: str) -> tuple[str, list[float]]:
+    """(label, blend weights over ``names``) for a style name, an index, or {name: weight} (a blend,
+    normalised to sum to 1, as Dumoulin et al. 2017 mix the parameters convexly). An unknown name
+    is one line naming ``where`` (the model file) and the styles it has."""
+    if isinstance(choice, Mapping):
+        blend = {name: float(weight) for name, weight in choice.items()}
+        if not blend or min(blend.values()) < 0 or sum(blend.values()) <= 0:
+            raise StylenetError(f"blend {blend} for {where}: weights must be >= 0 and not all zero")
+    elif isinstance(choice, int) and not isinstance(choice, bool):
+        if not 0 <= choice < len(names):
+            raise StylenetError(f"{where} has no style {choice} (it has {len(names)}: {', '.join(names)})")
+        return names[choice], [float(k == choice) for k in range(len(names))]
+    else:
+        blend = {str(choice): 1.0}
+    unknown = [name for name in blend if name not in names]
+    if unknown:
+        raise StylenetError(f"{where} has no style {unknown[0]!r} (available: {', '.join(names)})")
+    total = sum(blend.values())
+    weights = [blend.get(name, 0.0) / total for name in names]
+    label = next(iter(blend)) if len(blend) == 1 else blend_label(blend)
+    return label, weights

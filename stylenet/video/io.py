@@ -1,0 +1,368 @@
+"""PyAV decode -> :meth:`InferenceModel.stylize_frames` -> PyAV encode, streamed.
+
+A reader thread demuxes the input, decodes its video to uint8 RGB frames and passes the audio
+packets on untouched; the caller's thread runs the network; a writer thread encodes (H.264, or VP9
+for ``.webm``) and muxes, frame timestamps and audio packets as they came. Everything is written to
+a hidden temporary file beside the target and renamed into place (:func:`stylenet.atomic.atomic_write`):
+an error before the end leaves nothing, except an input that breaks off (a truncated or corrupt
+file) after some frames, whose frames up to the break are finished into a valid, shorter video and
+reported as :class:`TruncatedVideoError`, naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stylenet.atomic import atomic_write
+from stylenet.errors import StylenetError, first_line
+from stylenet.video.formats import video_target
+from stylenet.video.pipeline import Prefetch, Sink
+
+if TYPE_CHECKING:
+    from stylenet.inference import InferenceModel
+
+#: The install hint of every "PyAV is missing" error.
+EXTRA_HINT = "pip install 'stylenet[video]'"
+#: Frames each hand-off queue holds (decode -> network -> encode).
+QUEUE_DEPTH = 4
+_BT709 = 1  # AVCOL_SPC_BT709, the same number as swscale's SWS_CS_ITU709
+
+
+def require_av() -> ModuleType:
+    """PyAV, or a one-line error naming the extra that installs it."""
+    try:
+        import av
+    except ImportError:
+        raise StylenetError(f"videos need PyAV, which is not installed: {EXTRA_HINT}") from None
+    return av
+
+
+class TruncatedVideoError(StylenetError):
+    """The input broke off (truncated or corrupt) after some frames; ``result`` describes the valid,
+    shorter video written from the frames before the break."""
+
+    def __init__(self, message: str, result: VideoResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What is kept from the input's first video stream (see :func:`probe_video`)."""
+
+    width: int
+    height: int
+    rate: Fraction  # average frame rate
+    time_base: Fraction
+    expected_frames: int | None  # from the header (exact) or the duration (+-1); None: unknown
+    exact_count: bool
+    display_matrix: tuple[int, ...] | None  # FFmpeg's 3x3 DISPLAYMATRIX (rotation, flips)
+    rotation: int  # degrees counter-clockwise, from the display matrix
+    color_range: int  # AVColorRange of the first frame (0 unspecified, 1 limited, 2 full)
+    colorspace: int  # AVColorSpace of the first frame
+    audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
+
+
+@dataclass
+class VideoResult:
+    """What :func:`stylize_video` did."""
+
+    frames: int = 0  # frames written
+    decoded: int = 0  # frames decoded
+    audio_packets: int = 0
+    seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+    max_in_flight: int = 0  # most frames decoded but not yet handed to the encoder at any time
+    problem: str | None = None  # why the input ended early, if it did
+    info: VideoInfo | None = field(default=None, repr=False)
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Frame:
+    pts: int | None
+    rgb: np.ndarray
+
+
+class _InputError(Exception):
+    """The input's demuxer or decoder failed: carried apart from the network's and encoder's errors."""
+
+
+def _open_input(av: ModuleType, path: Path) -> Any:
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise StylenetError(f"{str(path)!r} is not a readable video ({first_line(err)})") from None
+    if not container.streams.video:
+        container.close()
+        raise StylenetError(f"{str(path)!r} has no video stream")
+    return container
+
+
+def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
+    """Frame count from the header (MP4/MOV), else from the stream's duration (Matroska's DURATION
+    tag included), else unknown."""
+    if stream.frames:
+        return int(stream.frames), True
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif "DURATION" in stream.metadata:
+        hours, minutes, rest = stream.metadata["DURATION"].split(":")
+        seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    return (round(seconds * rate) if seconds and rate else None), False
+
+
+def _first_frame(container: Any, path: Path) -> Any:
+    try:
+        for frame in container.decode(video=0):
+            return frame
+    except Exception as err:
+        raise StylenetError(f"{str(path)!r}: no video frame could be decoded ({first_line(err)})") from None
+    raise StylenetError(f"{str(path)!r}: no video frame could be decoded")
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """The first video stream's size, rate, time base, expected frame count, display matrix and
+    colour tags, and the audio codecs, from the header and the first decoded frame."""
+    av, path = require_av(), Path(path)
+    container = _open_input(av, path)
+    with container:
+        stream = container.streams.video[0]
+        rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+        expected, exact = _expected_frames(stream, rate)
+        audio = tuple(audio.codec_context.name for audio in container.streams.audio)
+        frame = _first_frame(container, path)
+        matrix = next((bytes(data) for data in frame.side_data if "DISPLAYMATRIX" in str(data.type)), None)
+        return VideoInfo(width=frame.width, height=frame.height, rate=rate,
+                         time_base=Fraction(stream.time_base or Fraction(1, 90000)),
+                         expected_frames=expected, exact_count=exact,
+                         display_matrix=struct.unpack("=9i", matrix) if matrix and len(matrix) == 36 else None,
+                         rotation=int(frame.rotation or 0), color_range=int(frame.color_range),
+                         colorspace=int(frame.colorspace), audio=audio)
+
+
+def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result: VideoResult) -> Iterator[Any]:
+    """The input's video frames as :class:`_Frame` (uint8 RGB, resized to ``size`` (H, W) if given)
+    and its audio packets, in file order. Demuxer and decoder errors become :class:`_InputError`."""
+    av = require_av()
+    height, width = size or (info.height, info.width)
+    convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height}
+    if info.color_range:
+        convert["src_color_range"] = info.color_range
+    with _open_input(av, path) as container:
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"
+        try:
+            for packet in container.demux(video, *container.streams.audio):
+                if packet.stream.type == "audio":
+                    if packet.dts is not None:  # not the demuxer's end-of-stream marker
+                        yield packet
+                    continue
+                for frame in packet.decode():
+                    result.decoded += 1
+                    yield _Frame(frame.pts, frame.to_ndarray(**convert))
+        except av.FFmpegError as err:
+            raise _InputError(first_line(err)) from err
+
+
+def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
+                      limit: int | None = None) -> Iterator[np.ndarray]:
+    """The first ``limit`` (all if None) video frames of ``path`` as uint8 (H, W, 3) RGB arrays,
+    resized to ``size`` (H, W) if given, streamed; a one-line error naming the file if it breaks."""
+    path = Path(path)
+    info = probe_video(path)
+    count = 0
+    try:
+        with contextlib.closing(read_video(path, size, info, VideoResult())) as items:  # closes the file early
+            for item in items:
+                if limit is not None and count >= limit:
+                    return
+                if isinstance(item, _Frame):
+                    count += 1
+                    yield item.rgb
+    except _InputError as err:
+        raise StylenetError(f"{str(path)!r} is truncated or corrupt after {count} frames: {err}") from None
+
+
+def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
+    """(codec, options) for the output's container: VP9 for WebM, H.264 (libx264, CRF 18: visually
+    lossless for most content) elsewhere, MPEG-4 part 2 if the FFmpeg build lacks libx264."""
+    av = require_av()
+    if suffix == ".webm":
+        return "libvpx-vp9", {"crf": "24", "b": "0", "row-mt": "1", "cpu-used": "5", "deadline": "good"}
+    if "libx264" in av.codecs_available:
+        return "libx264", {"crf": "18", "preset": "medium"}
+    return "mpeg4", {"qscale": "2"}
+
+
+class VideoEncoder:
+    """The output file: a video stream encoded from RGB frames with the input's timestamps, time
+    base, frame rate, display matrix and colour tags, and a copy of each of the input's audio
+    streams, fed with the input's own packets. All calls from one thread."""
+
+    def __init__(self, path: Path, source: Path, info: VideoInfo, height: int, width: int) -> None:
+        av = require_av()
+        self.av, self.info = av, info
+        self.container = av.open(str(path), "w")
+        try:
+            self._add_video(path.suffix.lower(), height, width)
+            self.audio = self._add_audio(source, path)
+        except BaseException:
+            self.container.close()
+            raise
+        self.frames = self.audio_packets = 0
+        self._last_pts: int | None = None
+
+    def _add_video(self, suffix: str, height: int, width: int) -> None:
+        codec, options = _encoder_settings(suffix)
+        stream = self.container.add_stream(codec, rate=self.info.rate, options=options)
+        stream.width, stream.height = width, height
+        # 4:2:0 needs even sides; odd ones keep every pixel in 4:4:4 rather than lose a row or column
+        stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
+        stream.codec_context.time_base = self.info.time_base
+        if self.info.color_range:
+            stream.codec_context.color_range = self.info.color_range
+        if self.info.colorspace == _BT709:
+            stream.codec_context.colorspace = _BT709
+        if self.info.display_matrix is not None:
+            stream.set_display_matrix(list(self.info.display_matrix))
+        self.video = stream
+
+    def _add_audio(self, source: Path, path: Path) -> dict[int, Any]:
+        """One output stream per input audio stream, with its codec parameters; refused up front if
+        the output's container cannot hold the codec (AAC in WebM)."""
+        supported = self.container.supported_codecs
+        streams: dict[int, Any] = {}
+        with _open_input(self.av, source) as template:
+            for audio in template.streams.audio:
+                name = audio.codec_context.name
+                if name not in supported:
+                    raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
+                                        "untouched: choose .mkv, .mp4 or .mov")
+                streams[audio.index] = self.container.add_stream_from_template(audio)
+        return streams
+
+    def write(self, item: Any) -> None:
+        """A ``(pts, rgb)`` frame or an input audio packet."""
+        if isinstance(item, tuple):
+            self._write_frame(*item)
+            return
+        # stream_index lives in the packet itself; its .stream belongs to the reader's container, which
+        # may be closed by now
+        item.stream = self.audio[item.stream_index]
+        self.container.mux(item)
+        self.audio_packets += 1
+
+    def _write_frame(self, pts: int | None, rgb: np.ndarray) -> None:
+        if pts is None:  # no timestamp: the frame's place at the nominal rate
+            pts = round(self.frames / (self.info.rate * self.info.time_base))
+        if self._last_pts is not None and pts <= self._last_pts:  # muxers refuse non-increasing times
+            pts = self._last_pts + 1
+        frame = self.av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        target = {"format": self.video.pix_fmt}
+        if self.info.color_range:
+            target["dst_color_range"] = self.info.color_range
+        if self.info.colorspace == _BT709:
+            target["dst_colorspace"] = _BT709
+        frame = frame.reformat(**target)
+        frame.pts, frame.time_base = pts, self.info.time_base
+        self.container.mux(self.video.encode(frame))
+        self._last_pts = pts
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        self.container.mux(self.video.encode(None))
+        self.container.close()
+
+    def abort(self) -> None:
+        """Close the file without finishing it (it is deleted by the caller)."""
+        self.container.close()
+
+
+def stylize_video(source: str | Path, target: str | Path, model: InferenceModel, *, strength: float = 1.0,
+                  preserve_color: bool = False, size: tuple[int, int] | None = None,
+                  progress: Callable[[VideoResult], None] | None = None, depth: int = QUEUE_DEPTH) -> VideoResult:
+    """Stylise every frame of ``source`` with ``model`` into ``target`` (format from its suffix).
+
+    ``size`` (H, W) resizes the frames first; ``progress(result)`` is called after every frame.
+    Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
+    could be done; :class:`TruncatedVideoError` when the input broke off after some frames, whose
+    valid, shorter video has been written."""
+    source, target = Path(source), Path(target)
+    start = time.perf_counter()
+    video_target(source, target, default_name=False)  # a video suffix, not a folder: before any work
+    info = probe_video(source)
+    height, width = size or (info.height, info.width)
+    result = VideoResult(width=width * model.scale, height=height * model.scale, info=info)
+
+    def write(tmp: Path) -> None:
+        encoder = VideoEncoder(tmp, source, info, result.height, result.width)
+        try:
+            _stream(source, encoder, model, {"strength": strength, "preserve_color": preserve_color}, size,
+                    result, progress, depth)
+            if result.frames == 0:
+                raise StylenetError(f"{str(source)!r}: no video frame could be decoded ({result.problem})")
+            encoder.close()
+        except BaseException:
+            encoder.abort()
+            raise
+        result.audio_packets = encoder.audio_packets
+
+    atomic_write(target, write)
+    result.seconds = time.perf_counter() - start
+    if result.problem:
+        raise TruncatedVideoError(f"{str(source)!r} is truncated or corrupt: {result.problem}; wrote the "
+                                  f"{result.frames} frames before the break to {str(target)!r}", result)
+    return result
+
+
+def _stream(source: Path, encoder: VideoEncoder, model: InferenceModel, controls: dict[str, Any],
+            size: tuple[int, int] | None, result: VideoResult, progress: Callable[[VideoResult], None] | None,
+            depth: int) -> None:
+    """The three stages (see :mod:`stylenet.video.pipeline`), until the input ends or breaks off."""
+    reader = Prefetch(read_video(source, size, encoder.info, result), depth, "stylenet-video-reader")
+    sink: Sink[Any] = Sink(encoder.write, depth, "stylenet-video-writer")
+    stamps: deque[int | None] = deque()
+
+    def frames() -> Iterator[np.ndarray]:
+        for item in reader:
+            if isinstance(item, _Frame):
+                stamps.append(item.pts)
+                yield item.rgb
+            else:
+                sink.put(item)  # audio: straight to the muxer, in file order
+
+    start = time.perf_counter()
+    try:
+        for rgb in model.stylize_frames(frames(), **controls):
+            sink.put((stamps.popleft(), rgb))
+            result.frames += 1
+            result.max_in_flight = max(result.max_in_flight, result.decoded - result.frames)
+            result.seconds = time.perf_counter() - start
+            if progress is not None:
+                progress(result)
+    except _InputError as err:
+        result.problem = str(err)
+    finally:
+        reader.close()
+        sink.close()
+    expected, exact = encoder.info.expected_frames, encoder.info.exact_count
+    if result.problem is None and expected and result.decoded < expected - (0 if exact else 1):
+        result.problem = f"it ended after {result.decoded} of {expected} frames"

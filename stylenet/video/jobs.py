@@ -1,0 +1,77 @@
+"""``stylenet-stylize`` on a video input: each ``-m`` model over the clip's frames, with a progress
+line in frames/s, and every failure reported on one line (the CLI's rules for images, applied to
+videos: see :mod:`stylenet.cli.stylize`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stylenet.errors import StylenetError
+from stylenet.video.io import VideoResult, probe_video, stylize_video
+
+#: Options of stylenet-stylize that have no meaning for video frames (value when unset).
+_IMAGE_ONLY = {"tile": None, "exact_stats": False, "upscale": None, "match_histogram": False}
+_BAR = 20
+_REFRESH_S = 0.25
+
+
+def progress_line(label: str, result: VideoResult) -> str:
+    """``label [#####-----] 57/100 frames, 12.3 frames/s`` (no bar when the frame count is unknown)."""
+    expected = result.info.expected_frames if result.info else None
+    rate = f"{result.frames_per_second:.1f} frames/s"
+    if not expected:
+        return f"{label} {result.frames} frames, {rate}"
+    filled = min(_BAR, _BAR * result.frames // expected)
+    return f"{label} [{'#' * filled}{'-' * (_BAR - filled)}] {result.frames}/{expected} frames, {rate}"
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    used = [name for name, unset in _IMAGE_ONLY.items() if getattr(args, name, unset) != unset]
+    if used:
+        raise StylenetError(f"--{used[0].replace('_', '-')} does not apply to videos")
+
+
+def _frame_size(source: Path, args: argparse.Namespace) -> tuple[int, int] | None:
+    """The ``--scale`` / ``--max-size`` frame size, or None to keep the video's own."""
+    from stylenet.image import target_size
+
+    info = probe_video(source)
+    size = target_size(info.height, info.width, scale=args.scale, max_size=args.max_size)
+    return None if size == (info.height, info.width) else size
+
+
+def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.Namespace, report: Any,
+                   describe: Callable[[Exception, object], str]) -> None:
+    """Each job (``.target``, ``.model``: a :class:`stylenet.cli.stylize.Pipeline`) over ``source``'s
+    frames; ``report`` counts and prints as for images, ``describe`` makes the one-line errors."""
+    try:
+        _check_options(args)
+        size = _frame_size(source, args)
+    except Exception as err:
+        report.error(describe(err, source))
+        return
+    for job in jobs:
+        label = f"{counter} {source.name} -> {job.target.name}"
+        shown = 0.0
+
+        def progress(result: VideoResult, label: str = label) -> None:
+            nonlocal shown
+            if time.monotonic() - shown >= _REFRESH_S:
+                shown = time.monotonic()
+                report.progress(progress_line(label, result))
+
+        report.progress(label)
+        try:
+            result = stylize_video(source, job.target, job.model.model, strength=args.strength,
+                                   preserve_color=args.preserve_color, size=size, progress=progress)
+        except Exception as err:  # this output only (a TruncatedVideoError has written a valid, shorter
+            # video: an error all the same); the next model and the next input go on
+            report.error(describe(err, source))
+            continue
+        report.seconds += result.seconds
+        report.megapixels += result.frames * result.width * result.height / 1e6
+        report.done += 1

@@ -1,0 +1,250 @@
+"""Several styles in one network (issue 16; Dumoulin, Shlens & Kudlur, ICLR 2017): conditional instance
+normalisation, blends, per-style gradients, model files, inference paths, exports, the CLI, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch import nn
+
+import stylenet
+from stylenet import StylenetError
+from stylenet.cli.stylize import main as stylize_main
+from stylenet.inference import InferenceModel
+from stylenet.modelfile import read_model, save_model
+from stylenet.nets import TransformerNet
+from stylenet.nets.transformer import ConditionalInstanceNorm2d
+from stylenet.styles import choice_weights, parse_blend
+from stylenet.tasks import AddStyleTask, StyleTransferTask
+from tests.conftest import make_photo
+
+NAMES = ["a", "b", "c"]
+TINY = {"channels": 8, "residual_blocks": 1}
+RANDOM_LOSS = {"weights": "random", "style_weight": 1000.0, "tv_weight": 1.0}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def multi_net(styles: int = 3, seed: int = 0) -> TransformerNet:
+    """A tiny network whose styles differ: random scale and shift rows."""
+    torch.manual_seed(seed)
+    net = TransformerNet(**TINY, styles=styles)
+    for norm in net.conditional_norms().values():
+        nn.init.normal_(norm.weight, 1.0, 0.5)
+        nn.init.normal_(norm.bias, 0.0, 0.5)
+    return net.eval()
+
+
+def multi_file(path: Path, net: TransformerNet | None = None) -> Path:
+    net = net or multi_net()
+    styles = [{"name": name, "sha256": f"{k:064d}", "image": f"{name}.jpg"} for k, name in enumerate(NAMES)]
+    return save_model(path, net, {"task": "style", "style_name": "multi", "styles": styles})
+
+
+# ------------------------------------------------------------------------------------ the network
+
+
+def test_conditional_norm_with_one_style_is_instance_norm_exactly() -> None:
+    x = torch.randn(2, 8, 12, 10)
+    plain = nn.InstanceNorm2d(8, affine=True)
+    nn.init.normal_(plain.weight)
+    nn.init.normal_(plain.bias)
+    conditional = ConditionalInstanceNorm2d(8, styles=1)
+    conditional.load_state_dict({"weight": plain.weight[None].detach(), "bias": plain.bias[None].detach()})
+    assert torch.equal(conditional(x), plain(x))
+    # styles=1 networks keep plain InstanceNorm modules, keys and config: old files load unchanged
+    single = TransformerNet(**TINY)
+    assert not single.conditional_norms() and "styles" not in single.config
+    multi = multi_net().state_dict()
+    assert list(single.state_dict()) == list(multi)  # the same names; norm tensors gain a style axis
+    norms = [k for k, v in multi.items() if v.dim() == 2]
+    assert len(norms) == 2 * 7 and all(multi[k].shape == (3, *single.state_dict()[k].shape) for k in norms)
+
+
+def test_a_blend_with_weight_one_on_a_style_is_that_style() -> None:
+    net, x = multi_net(), torch.rand(2, 3, 32, 28)
+    with torch.no_grad():
+        by_index = net(x, 1)
+        assert torch.equal(net(x, torch.tensor([0.0, 1.0, 0.0])), by_index)
+        assert torch.equal(net.single_style([0.0, 1.0, 0.0])(x), by_index)
+        per_image = net(x, torch.tensor([1, 2]))  # per-sample styles: each image as if alone
+        torch.testing.assert_close(per_image[1:], net(x[1:], 2), atol=1e-5, rtol=0)
+        assert (by_index - net(x, 0)).abs().max() > 1e-2  # the styles do differ
+        half = net(x, torch.tensor([0.5, 0.5, 0.0]))
+        torch.testing.assert_close(half, net.single_style([0.5, 0.5, 0.0])(x))
+    assert choice_weights(NAMES, {"b": 1.0}, "m") == ("b", [0.0, 1.0, 0.0])
+    assert choice_weights(NAMES, {"a": 3.0, "c": 1.0}, "m")[1] == [0.75, 0.0, 0.25]
+    assert parse_blend("a=0.7, b=0.3") == {"a": 0.7, "b": 0.3}
+    with pytest.raises(StylenetError, match=r"has no style 'zz' \(available: a, b, c\)"):
+        choice_weights(NAMES, "zz", "model file 'm'")
+    with pytest.raises(ValueError, match="needs style="):
+        net(x)
+
+
+def test_gradients_reach_only_the_sampled_style_and_the_shared_weights() -> None:
+    net = multi_net().train()
+    net(torch.rand(2, 3, 32, 32), torch.tensor([2, 2])).square().mean().backward()
+    for name, param in net.named_parameters():
+        if param.dim() == 2 and param.shape[0] == 3:  # a norm table: only row 2 has a gradient
+            assert param.grad[:2].abs().max() == 0 and param.grad[2].abs().max() > 0, name
+        else:
+            assert param.grad.abs().max() > 0, name
+
+
+def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, style_image: Path) -> None:
+    base = multi_file(tmp_path / "base.safetensors")
+    task = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32},
+                        image_size=32)
+    assert task.net.styles == 4 and task.trained_styles == [3] and task.hparams["model"]["styles"] == 4
+    assert [s["name"] for s in task.hparams["styles"]] == [*NAMES, "style"]
+    task.step_terms({"images": torch.rand(2, 3, 32, 32), "batch_number": 0})["total"].backward()
+    for name, param in task.net.named_parameters():
+        if param.dim() == 2:
+            assert param.grad[:3].abs().max() == 0 and param.grad[3].abs().max() > 0, name
+        else:
+            assert param.grad is None and not param.requires_grad, name
+    with pytest.raises(StylenetError, match="not distinct"):
+        AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
+
+
+def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_path: Path) -> None:
+    other = make_photo(tmp_path / "other.png", seed=3)
+    task = StyleTransferTask(model=TINY, loss=RANDOM_LOSS, image_size=32,
+                             style={"images": [str(style_image), str(other)], "names": ["x", "y"], "size": 32})
+    draws = torch.cat([task.batch_styles({"batch_number": n}, 3) for n in range(4)])
+    assert draws.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    assert task.hparams["model"]["styles"] == 2 and task.loss.target_gram("relu1_2").shape[0] == 2
+    with pytest.raises(StylenetError, match="style.names has 1 names for 2"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
+                                                                "names": ["x"]})
+
+
+# ------------------------------------------------------------------------------------ files and inference
+
+
+def test_files_round_trip_and_single_style_files_load_unchanged(tmp_path: Path) -> None:
+    net, x = multi_net(), torch.rand(1, 3, 36, 44)
+    stored = read_model(multi_file(tmp_path / "m.safetensors", net))
+    assert stored.styles == NAMES and stored.metadata["network"]["styles"] == 3
+    assert stored.metadata["styles"][1]["sha256"] == f"{1:064d}"
+    with torch.no_grad():
+        for k in range(3):
+            assert torch.equal(stored.net(x, k), net(x, k))
+    torch.manual_seed(0)
+    single = TransformerNet(**TINY)
+    loaded = read_model(save_model(tmp_path / "s.safetensors", single, {"task": "style", "style_name": "s"}))
+    assert loaded.metadata["network"] == {"class": "TransformerNet", **TINY, "norm": "instance"}
+    assert loaded.styles == ["s"] and stylenet.load_model(tmp_path / "s.safetensors").for_style("s").multi is False
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), single(x))
+
+
+def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
+    net, image = multi_net(), torch.rand(3, 70, 90)
+    model = InferenceModel(net, read_model(multi_file(tmp_path / "m.safetensors", net)).metadata,
+                           device="cpu", precision="fp32", source="m.safetensors")
+    with torch.no_grad():
+        expected = net(torch.nn.functional.pad(image[None], (0, 2, 0, 2), mode="reflect"), 2)[0, :, :70, :90]
+    torch.testing.assert_close(model.stylize(image, style="c"), expected, atol=1e-4, rtol=0)
+    layerwise = InferenceModel(net, model.metadata, device="cpu", precision="fp32", max_memory=1 << 16)
+    torch.testing.assert_close(layerwise.stylize(image, style=2), expected, atol=1e-4, rtol=0)
+    tiled = model.stylize(image, style={"a": 0.5, "b": 0.5}, tile=64, tile_overlap=16)
+    whole = model.stylize(image, style={"a": 0.5, "b": 0.5})
+    assert (tiled - whole).abs().mean() < 0.02 and (whole - expected).abs().max() > 1e-2
+    frames = [np.asarray(Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)))] * 2
+    streamed = list(model.stylize_frames(frames, style="c"))
+    assert np.array_equal(streamed[0], np.asarray(model.stylize(Image.fromarray(frames[0]), style="c")))
+    assert model.for_style("c") is model.for_style(2)  # one network per style, kept
+    with pytest.raises(StylenetError, match=r"holds 3 styles: pass style= one of a, b, c"):
+        model.stylize(image)
+    with pytest.raises(StylenetError, match=r"'m.safetensors' has no style 'd' \(available: a, b, c\)"):
+        model.stylize(image, style="d")
+
+
+def test_exports_take_the_style_and_agree_with_eager(tmp_path: Path) -> None:
+    import onnxruntime
+
+    from stylenet.cli.export import main as export_main
+
+    net = multi_net()
+    model = multi_file(tmp_path / "m.safetensors", net)
+    assert export_main([str(model), "-o", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.pt2")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "style"]
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    api = stylenet.load_model(model, device="cpu", precision="fp32")
+    image = torch.rand(2, 3, 30, 45, generator=torch.Generator().manual_seed(0))
+    for weights, choice in (([0.0, 0.0, 1.0], "c"), ([0.7, 0.3, 0.0], {"a": 0.7, "b": 0.3})):
+        style = torch.tensor(weights)
+        expected = api.stylize(image, style=choice)
+        from_onnx = torch.from_numpy(session.run(None, {"image": image.numpy(), "style": style.numpy()})[0])
+        with torch.inference_mode():
+            from_pt2 = program(image, style)
+        assert (from_onnx - expected).abs().max() <= 1e-4 and (from_pt2 - expected).abs().max() <= 1e-4
+
+
+def test_cli_writes_one_output_per_style_or_the_chosen_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    model, photo = multi_file(tmp_path / "m.safetensors"), make_photo(tmp_path / "photo.png", size=(40, 32))
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "all"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["photo_a.png", "photo_b.png", "photo_c.png"]
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "some"), "--style", "c", "--blend",
+                         "a=0.7,b=0.3", "--strength", "0", "--device", "cpu"]) == 0
+    outputs = sorted((tmp_path / "some").iterdir())
+    assert [p.name for p in outputs] == ["photo_a0.7+b0.3.png", "photo_c.png"]
+    original = np.asarray(Image.open(photo), dtype=int)
+    assert all(np.abs(np.asarray(Image.open(p), dtype=int) - original).max() <= 1 for p in outputs)  # strength 0
+    capsys.readouterr()
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "x"), "--style", "nope"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "has no style 'nope' (available: a, b, c)" in error
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_a_short_two_style_run_lowers_each_styles_loss(tmp_path: Path) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from stylenet.callbacks import ExportStyleModel
+    from stylenet.data import ImageFolderDataModule
+
+    for i in range(4):
+        make_photo(tmp_path / "photos" / f"img{i}.png", size=(40, 36), seed=i)
+    styles = [make_photo(tmp_path / f"{name}.png", size=(40, 40), seed=50 + k) for k, name in enumerate("xy")]
+    pl.seed_everything(0)
+    task = StyleTransferTask(model=TINY, loss=RANDOM_LOSS, image_size=32, lr=1e-2,
+                             style={"images": [str(s) for s in styles], "size": 32})
+    trainer = pl.Trainer(accelerator="cpu", max_steps=16, val_check_interval=8, check_val_every_n_epoch=None,
+                         limit_val_batches=1, num_sanity_val_steps=1, log_every_n_steps=4,
+                         use_distributed_sampler=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[ExportStyleModel(str(tmp_path / "multi.safetensors"))],
+                         logger=TensorBoardLogger(tmp_path, name="tb", version="", default_hp_metric=False))
+    data = ImageFolderDataModule(source="folder", root=str(tmp_path / "photos"), image_size=32, batch_size=2,
+                                 val_images=1)
+    data.setup("fit")
+    held_out = torch.stack([data.make_dataset(data.val_files)[0]["image"]])
+
+    @torch.no_grad()
+    def losses() -> list[float]:  # each style's objective on the held-out photo
+        return [float(task.loss(task.net.eval()(held_out, k), held_out, style=torch.tensor([k]))["total"])
+                for k in range(2)]
+
+    before = losses()
+    trainer.fit(task, datamodule=data, weights_only=True)
+    after = losses()
+    assert all(a < 0.7 * b for a, b in zip(after, before, strict=True)), (before, after)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    for name in "xy":
+        assert len(events.Scalars(f"val/{name}/total")) == 2
+        assert f"val/{name}/quality/structure" in events.Tags()["scalars"]
+    grid = events.Images("val/styles")[-1]
+    assert grid.height == 3 * 32 + 4 * 2  # photos, then one row per style
+    assert read_model(tmp_path / "multi.safetensors").styles == ["x", "y"]

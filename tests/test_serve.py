@@ -1,0 +1,442 @@
+"""``stylenet-serve`` over loopback HTTP: photos in and out, bad uploads, paths from the browser, a
+busy server, a burst of concurrent requests under a memory limit, and its temporary folder.
+
+Servers run in-process on 127.0.0.1 with a port the system picks (one test runs the console script,
+to measure that process's peak memory); models are tiny random networks, photos generated.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet import load_model
+from stylenet.cli.serve import exposure_warning
+from stylenet.cli.serve import main as serve_main
+from stylenet.cli.stylize import main as stylize_main
+from stylenet.errors import StylenetError
+from stylenet.serve import Gate, MemoryPlan, ServeConfig, StyleServer, file_styles, model_entries
+from stylenet.serve.limits import Busy, tile_side
+from tests.conftest import make_photo
+from tests.helpers import RunsCode, console_script, png_with_header_size
+from tests.test_stylize_cli import make_model
+
+Address = tuple[str, int]
+TIMEOUT_S = 60
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def call(address: Address, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+    """One raw HTTP request (the path is sent exactly as given): status, body, content type."""
+    connection = http.client.HTTPConnection(*address, timeout=TIMEOUT_S)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("Content-Type") or ""
+    finally:
+        connection.close()
+
+
+def call_json(address: Address, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    status, data, kind = call(address, method, path, body)
+    assert kind == "application/json", (status, data[:200])
+    return status, json.loads(data)
+
+
+def model_ids(address: Address) -> dict[str, str]:
+    """label -> id, from the server's own list."""
+    status, listing = call_json(address, "GET", "/api/models")
+    assert status == 200
+    return {model["label"]: model["id"] for model in listing["models"]}
+
+
+def submit(address: Address, photo: Path, ids: list[str], query: str = "") -> tuple[int, dict[str, Any]]:
+    return call_json(address, "POST", f"/api/jobs?models={','.join(ids)}&name={photo.name}{query}",
+                     photo.read_bytes())
+
+
+def finished(address: Address, job_id: str) -> dict[str, Any]:
+    """Poll a job until it is done (as the page does)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        status, job = call_json(address, "GET", f"/api/jobs/{job_id}")
+        assert status == 200, job
+        if job["state"] == "done":
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not done after {TIMEOUT_S} s: {job}")
+
+
+def pixels(data: bytes | Path) -> np.ndarray:
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """Every file under ``root`` and its modification time: what a test compares before and after."""
+    return {path.relative_to(root).as_posix(): path.stat().st_mtime_ns for path in root.rglob("*")}
+
+
+def model_folder(root: Path) -> Path:
+    make_model(root / "tiny.safetensors", style="tiny")
+    make_model(root / "sub" / "other.safetensors", style="other", seed=1)
+    (root / ".hidden.safetensors").write_bytes(b"not listed")
+    (root / "notes.txt").write_text("not a model")
+    return root
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return model_folder(tmp_path / "models")
+
+
+def start(config: ServeConfig) -> StyleServer:
+    server = StyleServer(config)
+    server.serve_in_thread()
+    return server
+
+
+@pytest.fixture
+def server_config(tmp_path: Path, models: Path) -> ServeConfig:
+    (tmp_path / "tmp").mkdir()
+    return ServeConfig(models, port=0, device="cpu", precision="fp32", temp_parent=tmp_path / "tmp",
+                       memory_limit=64 * 2**30)
+
+
+@pytest.fixture
+def server(server_config: ServeConfig, one_thread: None) -> Iterator[StyleServer]:
+    running = start(server_config)
+    yield running
+    running.shutdown()
+    running.server_close()
+
+
+def address(server: StyleServer) -> Address:
+    return server.server_address[0], server.server_address[1]
+
+
+# ------------------------------------------------------------------------------------ photos
+
+
+def test_a_photo_comes_back_stylized_at_full_size_for_each_chosen_model(
+        server: StyleServer, tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    photo = make_photo(tmp_path / "in" / "photo.png", size=(70, 45))
+    before = {"models": snapshot(tmp_path / "models"), "root": snapshot(tmp_path / "in"),
+              "top": sorted(os.listdir(tmp_path))}
+    ids = model_ids(address(server))
+    assert sorted(ids) == ["sub/other", "tiny"]  # hidden files and non-models are not listed
+
+    status, reply = submit(address(server), photo, [ids["tiny"], ids["sub/other"]], "&strength=0.7")
+    assert status == 202
+    job = finished(address(server), reply["id"])
+    assert job["error"] is None and job["size"] == [70, 45]
+    assert [(r["label"], r["download"], r["width"], r["height"]) for r in job["results"]] == [
+        ("tiny", "photo_tiny.png", 70, 45), ("sub/other", "photo_other.png", 70, 45)]
+    results = []
+    for result in job["results"]:
+        status, data, kind = call(address(server), "GET", result["url"])
+        assert status == 200 and kind == "image/png"
+        results.append(pixels(data))
+        assert results[-1].shape == (45, 70, 3)
+        assert np.abs(results[-1] - pixels(photo)).mean() > 5  # stylized, not the photo back
+    assert np.abs(results[0] - results[1]).mean() > 1  # each model its own result
+
+    job_folder = server.jobs.root / reply["id"]
+    assert sorted(p.name for p in job_folder.iterdir()) == ["0.png", "1.png"]  # the upload is gone
+    assert call_json(address(server), "DELETE", f"/api/jobs/{reply['id']}")[0] == 200
+    assert not job_folder.exists()
+    assert call(address(server), "GET", result["url"])[0] == 404
+    # nothing was written outside the server's temporary folder
+    assert snapshot(tmp_path / "models") == before["models"] and snapshot(tmp_path / "in") == before["root"]
+    assert sorted(os.listdir(tmp_path)) == before["top"]
+
+
+@pytest.mark.parametrize("share", ["fits", "too_small"])
+def test_a_large_photo_shows_progress_and_matches_stylenet_stylize(
+        share: str, tmp_path: Path, server_config: ServeConfig, one_thread: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Beyond the activation budget a photo runs in several passes that the page shows, and comes out as
+    stylenet-stylize makes it with the same budget: layer by layer (exact) when the worker's memory share
+    holds it, else in tiles of the budget's size (``--tile``), which bound the memory."""
+    server_config.max_memory = 1_000_000
+    server = start(server_config)
+    if share == "too_small":
+        server.plan = dataclasses.replace(server.plan, share=1)
+    try:
+        photo = make_photo(tmp_path / "big.png", size=(160, 120), seed=3)
+        entry = server.catalog.find(model_ids(address(server))["tiny"])
+        tile = tile_side(server.catalog.load(entry), 160 * 120, server.plan)
+        assert (tile is None) == (share == "fits")
+        status, reply = submit(address(server), photo, [entry.id], "&strength=0.8&preserve_color=1")
+        assert status == 202
+        job = finished(address(server), reply["id"])
+        assert job["progress"]["total"] > 1 and job["progress"]["done"] == job["progress"]["total"]
+        served = pixels(call(address(server), "GET", job["results"][0]["url"])[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    code = stylize_main([str(photo), "-m", str(server_config.folder / "tiny.safetensors"), "-o",
+                         str(tmp_path / "cli.png"), "--max-memory", "1000000", "--strength", "0.8",
+                         "--preserve-color", "--device", "cpu", "--precision", "fp32",
+                         *(["--tile", str(tile)] if tile else [])])
+    assert code == 0, capsys.readouterr().err
+    assert served.shape == (120, 160, 3) and np.array_equal(served, pixels(tmp_path / "cli.png"))
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_uploads_get_a_clear_one_line_message(server: StyleServer, tmp_path: Path) -> None:
+    tiny = model_ids(address(server))["tiny"]
+    bad = {"notes.jpg": (b"this is not an image", "cannot read image 'notes.jpg': not a recognised image file"),
+           "large.png": (png_with_header_size(12000, 12000), "'large.png' is 12000x12000 (144.0 megapixels); "
+                                                              "this server takes photos up to 120.0 megapixels"),
+           "bomb.png": (png_with_header_size(30000, 30000), "cannot read image 'bomb.png': refusing a possible "
+                                                            "decompression bomb"),
+           "cut.png": (make_photo(tmp_path / "c.png").read_bytes()[:300],
+                       "cannot read image 'cut.png': truncated file")}
+    for name, (data, message) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        status, reply = submit(address(server), tmp_path / name, [tiny])
+        assert status == 202, reply
+        job = finished(address(server), reply["id"])
+        assert job["error"].startswith(message) and "\n" not in job["error"], job["error"]
+        assert str(server.jobs.root) not in job["error"]  # the upload's name, never the temporary path
+        assert job["results"] == []
+
+    photo = make_photo(tmp_path / "ok.png")
+    refusals = {f"/api/jobs?models={tiny}&strength=2": (400, "strength must be a number from 0 to 1"),
+                "/api/jobs?models=": (400, "choose at least one model"),
+                f"/api/frame?model={tiny}&strength=x": (400, "strength must be a number")}
+    for path, (code, message) in refusals.items():
+        status, reply = call_json(address(server), "POST", path, photo.read_bytes())
+        assert (status, reply["error"][: len(message)]) == (code, message)
+    status, reply = call_json(address(server), "POST", f"/api/jobs?models={tiny}&name=empty.png", b"")
+    assert (status, reply["error"]) == (400, "'empty.png' is empty (0 bytes)")
+
+
+def test_an_upload_over_the_size_limit_is_refused(server_config: ServeConfig, tmp_path: Path,
+                                                  one_thread: None) -> None:
+    server_config.max_upload = 2000
+    server = start(server_config)
+    try:
+        photo = make_photo(tmp_path / "photo.png", size=(200, 150))
+        status, reply = submit(address(server), photo, [model_ids(address(server))["tiny"]])
+        assert status == 413
+        assert reply["error"].startswith("'photo.png' is 0.") and "uploads up to 0.0 MB" in reply["error"]
+        assert list(server.jobs.root.iterdir()) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_paths_from_the_browser_never_reach_the_file_system(server: StyleServer, models: Path,
+                                                            tmp_path: Path) -> None:
+    photo = make_photo(tmp_path / "photo.png")
+    secret = tmp_path / "secret.safetensors"
+    make_model(secret)
+    for model in ("../secret.safetensors", str(secret), "tiny.safetensors", "tiny", str(models / "tiny.safetensors")):
+        status, reply = call_json(address(server), "POST", f"/api/jobs?models={model}", photo.read_bytes())
+        assert status == 404 and reply["error"].startswith("unknown model id"), (model, reply)
+    for path in ("/../../etc/passwd", "/api/jobs/../../../etc/passwd", "/static/../server.py", "/app.js/..",
+                 "/api/jobs/" + "0" * 32 + "/../../../models/tiny.safetensors"):
+        status, data, _ = call(address(server), "GET", path)
+        assert status == 404 and b"root:" not in data, path
+    # a name with folders in it is only a label: the upload is stored under the server's own name
+    status, reply = call_json(address(server), "POST", f"/api/jobs?models={model_ids(address(server))['tiny']}"
+                              "&name=../../escape.png", photo.read_bytes())
+    assert status == 202 and finished(address(server), reply["id"])["results"][0]["download"] == "escape_tiny.png"
+    assert not (tmp_path / "escape.png").exists() and not (models / "escape.png").exists()
+    # a page elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) is refused
+    status, data, _ = call(address(server), "GET", "/api/models", headers={"Host": "attacker.example"})
+    assert status == 403 and b"attacker.example" in data
+
+
+def test_a_model_file_that_would_run_code_is_refused_on_the_page(server: StyleServer, models: Path,
+                                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    torch.save({"conv1.conv2d.weight": RunsCode(marker)}, models / "evil.pth")
+    status, reply = submit(address(server), make_photo(tmp_path / "p.png"), [model_ids(address(server))["evil"]])
+    assert status == 202
+    job = finished(address(server), reply["id"])
+    assert "refusing to load model file" in job["results"][0]["error"]
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def test_a_full_queue_refuses_requests_cleanly(server_config: ServeConfig, tmp_path: Path,
+                                               one_thread: None) -> None:
+    server_config.workers, server_config.queue = 1, 1
+    server = start(server_config)
+    try:
+        tiny = model_ids(address(server))["tiny"]
+        photo = make_photo(tmp_path / "photo.png")
+        with server.gate.running():  # the one worker is busy
+            accepted = [submit(address(server), photo, [tiny]) for _ in range(2)]
+            refused = submit(address(server), photo, [tiny])
+            frame = call_json(address(server), "POST", f"/api/frame?model={tiny}", photo.read_bytes())
+            assert [status for status, _ in accepted] == [202, 202]
+            for status, reply in (refused, frame):
+                assert status == 503 and reply["error"].startswith("the server is busy: 1 request(s) running and 1")
+            assert call_json(address(server), "GET", f"/api/jobs/{accepted[0][1]['id']}")[1]["state"] == "queued"
+        for _, reply in accepted:  # the worker is free again: both finish
+            assert finished(address(server), reply["id"])["results"][0]["width"] == 80
+        assert server.gate.admitted == 0
+        status, data, kind = call(address(server), "POST", f"/api/frame?model={tiny}", photo.read_bytes())
+        assert status == 200 and kind == "image/jpeg" and pixels(data).shape == (64, 80, 3)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the server's peak memory from /proc (Linux)")
+def test_a_burst_of_requests_completes_or_is_refused_within_the_memory_limit(tmp_path: Path, models: Path) -> None:
+    """The console script under a burst of photos and webcam frames from several threads: every request
+    ends with a result or a clean 503, the process's peak memory stays under --memory-limit, nothing is
+    written outside its temporary folder, and SIGTERM stops it, deleting that folder."""
+    limit = 2 * 10**9
+    photos = [make_photo(tmp_path / "in" / f"p{i}.jpg", size=(480, 360), seed=i) for i in range(3)]
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    before = snapshot(models)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--workers", "2",
+                                "--queue", "2", "--memory-limit", str(limit), "--device", "cpu", "--precision", "fp32"],
+                               cwd=tmp_path / "cwd", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + process.stderr.read()
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        target = ("127.0.0.1", port)
+        tiny = model_ids(target)["tiny"]
+
+        def one(index: int) -> str:
+            if index % 3 == 2:  # a webcam frame: answered at once
+                status, data, _ = call(target, "POST", f"/api/frame?model={tiny}", photos[0].read_bytes())
+                return "frame" if status == 200 else json.loads(data)["error"]
+            status, reply = submit(target, photos[index % 3], [tiny])
+            if status != 202:
+                return reply["error"]
+            return "photo" if finished(target, reply["id"])["results"][0]["width"] == 480 else "wrong size"
+
+        start_time = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            outcomes = list(pool.map(one, range(9)))
+        assert time.monotonic() - start_time < TIMEOUT_S
+        done = [o for o in outcomes if o in ("photo", "frame")]
+        assert done and all(o in ("photo", "frame") or o.startswith("the server is busy") for o in outcomes), outcomes
+        peak = int(next(line for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+                        if line.startswith("VmHWM")).split()[1]) * 1024
+        assert peak < limit, f"peak resident memory {peak / 1e9:.2f} GB over the {limit / 1e9:.1f} GB limit"
+        assert len(list((tmp_path / "tmp").iterdir())) == 1  # the server's own folder, nothing else
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0 and "stopped" in out, err
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "cwd").iterdir()) == []
+    assert snapshot(models) == before
+
+
+# ------------------------------------------------------------------------------------ parts
+
+
+def test_the_server_deletes_its_temporary_folder_on_close(server_config: ServeConfig, tmp_path: Path,
+                                                          one_thread: None) -> None:
+    server = start(server_config)
+    status, reply = submit(address(server), make_photo(tmp_path / "p.png"), [model_ids(address(server))["tiny"]])
+    assert status == 202 and finished(address(server), reply["id"])["error"] is None
+    folder = server.jobs.root
+    assert (folder / reply["id"] / "0.png").is_file()
+    server.shutdown()
+    server.server_close()
+    assert not folder.exists() and list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> None:
+    entries = model_entries(models)
+    assert [(entry.label, entry.file, entry.style) for entry in entries] == [
+        ("sub/other", models / "sub" / "other.safetensors", None), ("tiny", models / "tiny.safetensors", None)]
+    assert [entry.id for entry in model_entries(models)] == [entry.id for entry in entries]
+    assert len({entry.id for entry in entries}) == 2 and all(str(models) not in str(e.public()) for e in entries)
+    assert file_styles(models / "tiny.safetensors") == [None]
+
+
+def test_memory_plan_and_gate() -> None:
+    plan = MemoryPlan.make(4 * 2**30, 2, at_rest=2**30, max_pixels=10**9)
+    share = (3 * 2**30 - 256 * 2**20) // 2
+    assert (plan.share, plan.activation_bytes, plan.max_pixels) == (share, share // 2, (share - share // 2) // 48)
+    assert MemoryPlan.make(4 * 2**30, 1, at_rest=2**30, max_pixels=1000).max_pixels == 1000
+    with pytest.raises(StylenetError, match=r"--memory-limit 1.00 GiB is too small for --workers 4"):
+        MemoryPlan.make(2**30, 4, at_rest=2**29, max_pixels=10**9)
+    gate = Gate(workers=1, queue=1)
+    gate.admit()
+    gate.admit()
+    with pytest.raises(Busy, match="busy"):
+        gate.admit()
+    gate.leave()
+    gate.admit()  # room again
+    assert gate.admitted == 2
+
+
+def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exposure_warning("127.0.0.1", 7860) is None and exposure_warning("localhost", 7860) is None
+    assert exposure_warning("::1", 7860) is None
+    warning = exposure_warning("0.0.0.0", 7860)
+    assert warning is not None and "0.0.0.0:7860" in warning and "no login" in warning
+    assert serve_main([str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "model folder" in capsys.readouterr().err
+    (tmp_path / "models").mkdir()
+    assert serve_main([str(tmp_path / "models"), "--port", "0", "--memory-limit", "100MB"]) == 2
+    assert "--memory-limit" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert serve_main([str(tmp_path / "models"), "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve_main(["--help"])
+    assert "stylenet-serve" in capsys.readouterr().out
+
+
+
+def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
+    """A network of several styles (issue 16) lists one entry per style, read from the header alone,
+    and each entry stylizes as that style does through the Python API."""
+    from stylenet.serve.catalog import Catalog
+    from tests.test_multistyle import NAMES, multi_file, multi_net
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    multi_file(folder / "multi.safetensors", multi_net(styles=len(NAMES)))
+    catalog = Catalog(folder, {"device": "cpu", "precision": "fp32"})
+    entries = catalog.entries()
+    assert [(entry.label, entry.style) for entry in entries] == [(f"multi / {name}", name) for name in NAMES]
+    photo = torch.rand(3, 32, 48)
+    model = load_model(folder / "multi.safetensors", device="cpu", precision="fp32")
+    outputs = [catalog.load(entry).stylize(photo) for entry in entries]
+    for name, output in zip(NAMES, outputs, strict=True):
+        torch.testing.assert_close(output, model.stylize(photo, style=name))
+    assert (outputs[0] - outputs[1]).abs().max() > 1e-3

@@ -1,0 +1,200 @@
+"""Temporal consistency: the warp and its mask against hand-computed cases, the term's zero and
+non-zero cases, the style task's hook, a few training steps that lower E_warp, and the stability
+measure and its command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylenet import StylenetError
+from stylenet.cli.stability import main as stability_main
+from stylenet.nets import TransformerNet
+from stylenet.stability import KINDS, clip_change, make_sequence, markdown_table, measure, sequence_error
+from stylenet.tasks import StyleTransferTask
+from stylenet.temporal import (
+    TemporalConsistency,
+    affine_flow,
+    random_flow,
+    split_temporal_weight,
+    temporal_loss,
+    warp,
+    warping_error,
+)
+from tests.conftest import make_photo
+from tests.test_video import tiny_model_file
+
+TINY_MODEL = {"channels": 8, "residual_blocks": 1, "norm": "instance"}
+
+
+def shift(height: int, width: int, dx: float, dy: float) -> torch.Tensor:
+    flow = torch.zeros(1, 2, height, width)
+    flow[:, 0], flow[:, 1] = dx, dy
+    return flow
+
+
+def test_integer_shift_warp_and_mask_by_hand() -> None:
+    """Pixel (i, j) reads (i + 1, j + 2); the last row and the last two columns come from beyond the
+    edge and are masked out."""
+    image = torch.arange(5 * 6, dtype=torch.float32).view(1, 1, 5, 6)
+    warped, mask = warp(image, shift(5, 6, dx=2, dy=1))
+    assert torch.equal(warped[0, 0, :4, :4], image[0, 0, 1:, 2:])
+    expected_mask = torch.zeros(5, 6)
+    expected_mask[:4, :4] = 1
+    assert torch.equal(mask[0, 0], expected_mask)
+    # half a pixel: the bilinear mean of the two neighbours
+    half, _ = warp(image, shift(5, 6, dx=0.5, dy=0))
+    assert torch.allclose(half[0, 0, :, :5], (image[0, 0, :, :5] + image[0, 0, :, 1:]) / 2)
+
+
+def test_affine_flow_rotates_about_the_centre() -> None:
+    """A quarter turn of a 3x3 grid: the picture turns counter-clockwise as displayed (np.rot90), the
+    centre stays; a 2x zoom makes the corner read halfway to the centre."""
+    flow = affine_flow(3, 3, shift=torch.zeros(1, 2), zoom=torch.ones(1), rotation=torch.tensor([90.0]))
+    image = torch.arange(9, dtype=torch.float32).view(1, 1, 3, 3)
+    warped, mask = warp(image, flow)
+    assert torch.allclose(warped[0, 0], torch.from_numpy(np.rot90(image[0, 0].numpy()).copy()), atol=1e-5)
+    assert mask.all()
+    zoom = affine_flow(5, 5, shift=torch.zeros(1, 2), zoom=torch.tensor([2.0]), rotation=torch.zeros(1))
+    assert torch.allclose(zoom[0, :, 0, 0], torch.tensor([1.0, 1.0]))
+
+
+def test_random_flows_are_small_smooth_and_reproducible() -> None:
+    first = random_flow(3, 40, 48, torch.Generator().manual_seed(5))
+    again = random_flow(3, 40, 48, torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and first.shape == (3, 2, 40, 48)
+    assert 0.5 < first.abs().max() < 3 + 48 * 0.06 + 1.5 * 1.2  # shift + zoom/rotation reach + deformation
+    assert (first[..., 1:] - first[..., :-1]).abs().max() < 0.35  # smooth: neighbours move alike
+
+
+def test_temporal_term_zero_for_identity_and_commuting_maps_positive_otherwise(one_thread: None) -> None:
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 24, 32)
+    net = TransformerNet(channels=8, residual_blocks=1).eval()
+    with torch.no_grad():
+        output = net(images)
+        identity = temporal_loss(net, images, output, torch.zeros(2, 2, 24, 32))
+        assert float(identity) == pytest.approx(0.0, abs=1e-10)
+        moved = shift(24, 32, dx=3, dy=-2).expand(2, -1, -1, -1)
+        # a per-pixel map commutes with an integer shift; a position-dependent one does not
+        assert float(temporal_loss(lambda x: x.square(), images, images.square(), moved)) < 1e-12
+        ramp = torch.linspace(0, 1, 32)
+        assert float(temporal_loss(lambda x: x * ramp, images, images * ramp, moved)) > 1e-3
+        assert float(temporal_loss(net, images, output, moved)) > 1e-5
+
+
+def test_split_temporal_weight_keeps_the_loss_network_settings_clean() -> None:
+    settings, weight = split_temporal_weight({"weights": "random", "temporal_weight": 2.5})
+    assert settings == {"weights": "random"} and weight == 2.5
+    assert split_temporal_weight({"weights": "random"}) == ({"weights": "random"}, 0.0)
+    with pytest.raises(StylenetError, match="loss.temporal_weight must be >= 0"):
+        split_temporal_weight({"temporal_weight": -1})
+
+
+def test_style_task_adds_the_term_only_when_asked(style_image: Path, one_thread: None) -> None:
+    """temporal_weight > 0: ``temporal`` and the weighted total; 0: no term and one network pass per
+    step; the model file's loss settings never hold the key; validation's measures are grey levels."""
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 32, 32)
+    task = StyleTransferTask(model=TINY_MODEL, loss={"weights": "random", "temporal_weight": 3.0},
+                             style={"name": "test", "image": str(style_image), "size": 32}, image_size=32)
+    assert "temporal_weight" not in task.hparams["loss"] and task.hparams["temporal_weight"] == 3.0
+    calls = []
+    task.net.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        output = task.net(images)
+        base = task.loss(output, images)["total"]
+        terms = task.objective(output, images)
+        assert float(terms["temporal"]) > 0 and len(calls) == 2  # output, then the warped pass
+        assert torch.allclose(terms["total"], base + 3.0 * terms["temporal"], rtol=1e-5)
+        task.temporal = TemporalConsistency(0.0)
+        assert task.objective(output, images).keys() == base_terms(task, output, images) and len(calls) == 2
+        measures = task.temporal.instability(task.net, images, output)
+    assert set(measures) == {"temporal/e_warp", "temporal/flicker"}
+    assert all(0 < float(value) < 255 for value in measures.values())
+
+
+def base_terms(task: StyleTransferTask, output: torch.Tensor, images: torch.Tensor) -> set[str]:
+    return set(task.loss(output, images))
+
+
+def test_a_few_steps_of_the_term_lower_e_warp(one_thread: None) -> None:
+    """The same tiny network, seed, data and steps, with and without the term: E_warp on a pan
+    sequence drops with it (training on a copy-the-photo objective that leaves it unconstrained)."""
+    photo = torch.from_numpy(np.asarray(make_photo_array(96), dtype=np.float32) / 255).permute(2, 0, 1)
+    sequence = make_sequence(photo, "pan", size=32, frames=4)
+    errors = {}
+    for weight in (0.0, 1000.0):
+        torch.manual_seed(0)
+        net = TransformerNet(channels=8, residual_blocks=1)
+        optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+        term = TemporalConsistency(weight)
+        batches = torch.Generator().manual_seed(1)
+        for step in range(12):
+            top, left = torch.randint(0, 64, (2,), generator=batches).tolist()
+            images = photo[None, :, top:top + 32, left:left + 32].repeat(2, 1, 1, 1)
+            output = net(images)
+            terms = term.add_term({"total": (output - images).abs().mean()}, net, images, output, step)
+            optimizer.zero_grad()
+            terms["total"].backward()
+            optimizer.step()
+        with torch.no_grad():
+            errors[weight] = sequence_error(net(sequence.frames), sequence.flows)
+    assert errors[1000.0] < 0.7 * errors[0.0], errors
+
+
+def make_photo_array(size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    return (np.stack([np.sin(9 * xx) * np.cos(7 * yy), np.cos(11 * xx * yy), np.sin(5 * (xx + yy))], -1)
+            * 127.5 + 127.5).astype(np.uint8)
+
+
+def test_sequences_follow_their_flows_and_the_measure_reads_zero_for_an_identity_network() -> None:
+    photo = torch.from_numpy(make_photo_array(80).astype(np.float32) / 255).permute(2, 0, 1)
+    for kind in KINDS:
+        clip = make_sequence(photo, kind, size=40, frames=3)
+        assert clip.frames.shape == (3, 3, 40, 40) and len(clip.flows) == 2
+        # each frame is what the one before showed at p + flow(p), up to interpolation (and noise)
+        floor = sequence_error(clip.frames, clip.flows)
+        assert floor < (4.0 if kind == "still" else 2.5), (kind, floor)
+    clips = [make_sequence(photo, kind, size=40, frames=3) for kind in KINDS]
+    inputs = measure(None, clips)
+    same = measure(lambda frames: frames, clips)  # the identity network is exactly as stable as its input
+    assert same == pytest.approx(inputs) and set(inputs) == {*KINDS, "e_warp"}
+    rough = measure(lambda frames: [f + 0.05 * torch.randn_like(f) for f in frames], clips)
+    assert rough["e_warp"] > inputs["e_warp"] + 5
+    table = markdown_table({"input frames": inputs, "noisy": rough})
+    assert table.splitlines()[0].startswith("| | pan | zoom | rotation | deformation |") and "| noisy |" in table
+
+
+def test_warping_error_is_in_grey_levels() -> None:
+    previous = torch.zeros(1, 3, 8, 8)
+    current = torch.full((1, 3, 8, 8), 10 / 255)
+    assert float(warping_error(current, previous, torch.zeros(1, 2, 8, 8))) == pytest.approx(10.0)
+
+
+def test_clip_change_compares_output_and_input_change() -> None:
+    frames = [np.full((4, 4, 3), 10 * t, dtype=np.uint8) for t in range(4)]  # +10 per frame
+    change = clip_change(iter(frames), lambda inputs: (frame * 2 for frame in inputs))
+    assert change == {"frames": 4.0, "input": 10.0, "output": 20.0, "ratio": 2.0}
+
+
+def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_thread: None,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    model = tiny_model_file(tmp_path)
+    photo = make_photo(tmp_path / "photo.png", size=(64, 56))
+    status = stability_main([str(photo), "-m", str(model), "-m", str(tmp_path / "missing.safetensors"),
+                             "--size", "24", "--frames", "3", "--out", str(tmp_path / "table.md"),
+                             "--strip", str(tmp_path / "strip.png")])
+    assert status == 1  # the missing model: one line, the other measured
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "missing.safetensors" in errors[0]
+    table = (tmp_path / "table.md").read_text()
+    assert "| input frames |" in table and "| tiny.safetensors |" in table and table in captured.out
+    with Image.open(tmp_path / "strip.png") as picture:  # rows: input, tiny; columns: 3 frames and the error
+        assert picture.size == (4 * (24 + 4), 2 * (24 + 4))

@@ -1,0 +1,242 @@
+"""Video in, video out: a clip generated here (a moving crop of a generated image, with an audio
+stream and a rotation) round-trips through stylenet-stylize with its frame count, rate, size,
+rotation and audio packets; memory stays bounded; broken files give one line naming them and a
+valid, shorter file or nothing; without PyAV the error names the extra."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stylenet.cli.stylize import main as stylize_main
+from stylenet.modelfile import save_model
+from stylenet.nets import TransformerNet
+from stylenet.video import VIDEO_SUFFIXES, is_video, video_target
+from stylenet.video.jobs import progress_line
+from stylenet.video.pipeline import Prefetch, Sink
+
+
+def make_clip(path: Path, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 24,
+              audio: bool = True, rotation: int = 90) -> Path:
+    """A crop moving across a smooth generated image (H.264), with a 440 Hz tone (AAC) and a display
+    rotation, as a phone writes them."""
+    av = pytest.importorskip("av")
+    height, width = size
+    yy, xx = np.mgrid[0:height * 2, 0:width * 2]
+    scene = np.stack([np.sin(xx / 7.0) * np.cos(yy / 5.0), np.cos((xx + yy) / 9.0), np.sin(xx * yy / 400.0)], -1)
+    scene = ((scene * 0.5 + 0.5) * 255).astype(np.uint8)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.set_display_rotation(rotation)
+        sound = container.add_stream("aac", rate=44100) if audio else None
+        if sound is not None:
+            sound.layout = "mono"
+        for index in range(frames):
+            top, left = index % height, index % width
+            crop = np.ascontiguousarray(scene[top: top + height, left: left + width])
+            frame = av.VideoFrame.from_ndarray(crop, format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            write_tone(av, container, sound, seconds=frames / fps)
+    return path
+
+
+def write_tone(av: object, container: object, stream: object, seconds: float) -> None:
+    rate, step = stream.codec_context.sample_rate, 1024
+    for start in range(0, int(rate * seconds), step):
+        samples = np.sin(np.arange(start, start + step) / rate * 2 * np.pi * 440).astype(np.float32)[None] * 0.3
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def read_clip(path: Path) -> dict:
+    """What a player sees: the decoded frames, rate, rotation and the audio packets' bytes."""
+    av = pytest.importorskip("av")
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        rate = video.average_rate
+        frames, rotation = [], None
+        for frame in container.decode(video=0):
+            rotation = frame.rotation if rotation is None else rotation
+            frames.append(frame.to_ndarray(format="rgb24"))
+    with av.open(str(path)) as container:
+        streams = container.streams.audio[:1]
+        audio = [bytes(packet) for packet in container.demux(*streams) if packet.dts is not None] if streams else []
+    return {"frames": frames, "rate": rate, "rotation": rotation, "audio": audio}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread: None) -> None:
+    """Tiny frames: one torch thread (two contend with the reader and writer threads and other jobs)."""
+
+
+def tiny_model_file(folder: Path) -> Path:
+    """A tiny random style network's model file, ``folder/tiny.safetensors``."""
+    torch.manual_seed(0)
+    return save_model(folder / "tiny.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                      {"task": "style", "style_name": "tiny"})
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return tiny_model_file(tmp_path)
+
+
+def test_clip_round_trips_count_rate_size_rotation_and_audio(tmp_path: Path, model_file: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    clip = make_clip(tmp_path / "clip.mp4")
+    out = tmp_path / "clip_styled.mp4"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    source, result = read_clip(clip), read_clip(out)
+    assert len(result["frames"]) == len(source["frames"]) == 24
+    assert result["rate"] == source["rate"] == Fraction(24)
+    assert result["frames"][0].shape == (48, 64, 3) and result["rotation"] == source["rotation"] == 90
+    assert result["audio"] == source["audio"] and len(result["audio"]) > 10  # packets copied bit for bit
+    assert np.abs(result["frames"][5].astype(int) - source["frames"][5]).mean() > 5  # stylised
+    # strength 0 writes the input back: colours survive the YUV -> RGB -> YUV trip
+    plain = tmp_path / "plain.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(plain), "--strength", "0"]) == 0
+    frames = read_clip(plain)["frames"]
+    assert np.abs(np.stack(frames).astype(int) - np.stack(source["frames"])).mean() < 3
+    assert "2 done, 0 failed" not in capsys.readouterr().out  # one output per call
+
+
+def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
+    """The frames alive between decoder and encoder stay within the queues' bounds however long the
+    clip (a reader that ran ahead unbounded would hold most of its 300 frames)."""
+    from stylenet.inference import InferenceModel
+    from stylenet.video import stylize_video
+
+    clip = make_clip(tmp_path / "long.mkv", frames=300, size=(16, 24), audio=False, rotation=0)
+    torch.manual_seed(0)
+    model = InferenceModel(TransformerNet(channels=8, residual_blocks=1), device="cpu", precision="fp32")
+    result = stylize_video(clip, tmp_path / "long_styled.mkv", model, depth=3)
+    assert result.frames == result.decoded == 300 and len(read_clip(tmp_path / "long_styled.mkv")["frames"]) == 300
+    assert result.max_in_flight <= 2 * 3 + 2
+
+
+def test_prefetch_runs_at_most_depth_ahead_and_hands_on_errors() -> None:
+    produced = []
+
+    def source():
+        for index in range(50):
+            produced.append(index)
+            yield index
+        raise ValueError("broken at 50")
+
+    prefetch = Prefetch(source(), depth=4)
+    seen = []
+    with pytest.raises(ValueError, match="broken at 50"):
+        for item in prefetch:
+            time.sleep(0.001)
+            seen.append(item)
+            assert len(produced) - len(seen) <= 4 + 1  # the queue plus the item in the producer's hand
+    assert seen == list(range(50)) and prefetch.high_water <= 4
+    stopped = Prefetch(iter(range(10**9)), depth=2)
+    next(stopped)
+    stopped.close()
+    assert not any(thread.name == "stylenet-prefetch" for thread in threading.enumerate())
+
+
+def test_sink_consumes_in_order_and_raises_the_consumers_error() -> None:
+    got = []
+    sink = Sink(got.append, depth=2)
+    for item in range(20):
+        sink.put(item)
+    sink.close()
+    assert got == list(range(20))
+
+    def fail(item: int) -> None:
+        raise OSError("disk full")
+
+    broken = Sink(fail, depth=2)
+    with pytest.raises(OSError, match="disk full"):
+        for item in range(100):
+            broken.put(item)
+        broken.close()
+
+
+def test_truncated_clips_give_one_line_and_a_valid_shorter_file_or_nothing(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    whole = make_clip(tmp_path / "whole.mkv", frames=30).read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])  # Matroska streams: frames up to the cut
+    mp4 = make_clip(tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(mp4[: len(mp4) * 6 // 10])  # its index is at the end: nothing to read
+    out = tmp_path / "out"
+    assert stylize_main([str(tmp_path / "cut.mkv"), str(tmp_path / "cut.mp4"), "-m", str(model_file),
+                         "-o", str(out) + "/"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "'" + str(tmp_path / "cut.mkv") + "' is truncated or corrupt" in errors[0]
+    assert str(tmp_path / "cut.mp4") in errors[1] and "not a readable video" in errors[1]
+    assert sorted(path.name for path in out.iterdir()) == ["cut_tiny.mkv"]  # no temporary files either
+    shorter = read_clip(out / "cut_tiny.mkv")
+    assert 5 <= len(shorter["frames"]) < 30 and shorter["rotation"] == 90
+
+
+def test_a_decoder_error_midway_keeps_the_frames_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFmpeg failing mid-stream (a corrupt packet): the frames decoded before it are written as a
+    valid video, and the error names the file and the cause."""
+    from stylenet.inference import InferenceModel
+    from stylenet.video import TruncatedVideoError, stylize_video
+    from stylenet.video import io as video_io
+
+    clip = make_clip(tmp_path / "clip.mkv", frames=12)
+    real = video_io.read_video
+
+    def breaks_after_five(*args: object) -> object:
+        frames = 0
+        for item in real(*args):
+            frames += isinstance(item, video_io._Frame)
+            if frames > 5:
+                raise video_io._InputError("Invalid data found when processing input")
+            yield item
+
+    monkeypatch.setattr(video_io, "read_video", breaks_after_five)
+    model = InferenceModel(TransformerNet(channels=8, residual_blocks=1), device="cpu", precision="fp32")
+    with pytest.raises(TruncatedVideoError, match=r"clip.mkv' is truncated or corrupt: Invalid data") as caught:
+        stylize_video(clip, tmp_path / "out.mkv", model)
+    assert caught.value.result.frames == 5 and len(read_clip(tmp_path / "out.mkv")["frames"]) == 5
+
+
+def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    clip = tmp_path / "clip.MOV"
+    clip.write_bytes(b"never decoded")
+    assert is_video(clip) and not is_video(tmp_path / "photo.png") and ".webm" in VIDEO_SUFFIXES
+    assert video_target(clip, tmp_path / "out" / "clip_tiny.png", default_name=True).name == "clip_tiny.mov"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "x.png")]) == 1
+    assert "needs a video extension" in capsys.readouterr().err
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "y.mp4"), "--tile", "64"]) == 1
+    assert "--tile does not apply to videos" in capsys.readouterr().err
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "z.mp4")]) == 1
+    assert "not a readable video" in capsys.readouterr().err and not list(tmp_path.glob("*.mp4"))
+
+
+def test_without_pyav_the_error_names_the_extra(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\0" * 100)
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "out.mp4")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "pip install 'stylenet[video]'" in line and str(clip) in line
+
+
+def test_progress_line_shows_frames_per_second() -> None:
+    from stylenet.video import VideoInfo, VideoResult
+
+    info = VideoInfo(64, 48, Fraction(24), Fraction(1, 24), 100, True, None, 0, 0, 2)
+    line = progress_line("[1/1] a.mp4 -> b.mp4", VideoResult(frames=50, seconds=2.0, info=info))
+    assert line == "[1/1] a.mp4 -> b.mp4 [##########----------] 50/100 frames, 25.0 frames/s"
