@@ -179,7 +179,7 @@ def test_rewritten_layers_train_the_original_weights(tmp_path: Path) -> None:
     parameters = list(rewritten.parameters())
     assert fastpath.rewrite_layers(rewritten, "cpu")
     kinds = [type(m) for m in rewritten.modules()]
-    assert kinds.count(fastpath.SubpixelConv) == 2 and kinds.count(fastpath.SpaceToDepthConv) == 1
+    assert kinds.count(fastpath.SubpixelConv) == 2 and kinds.count(fastpath.DepthToSpaceConv) == 1
     assert not fastpath.rewrite_layers(rewritten, "cpu") and [type(m) for m in rewritten.modules()] == kinds
     assert list(rewritten.parameters()) == parameters and list(rewritten.state_dict()) == list(plain.state_dict())
     images = torch.rand(2, 3, 20, 28)

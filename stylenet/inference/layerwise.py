@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet.errors import StylenetError
+from stylenet.fastpath import DepthToSpaceConv, SubpixelConv, channel_moments, pool_moments
 from stylenet.fastpath import Moments as PixelMoments
-from stylenet.fastpath import SpaceToDepthConv, SubpixelConv, channel_moments, pool_moments
 from stylenet.inference.geometry import PRECISIONS, autocast, min_size, pad_to_multiple, size_multiple
 from stylenet.inference.norms import FrozenInstanceNorm
 from stylenet.nets.transformer import ReflectConv, ScaledTanh, TransformerNet, UpsampleConvNormReLU
@@ -46,7 +46,7 @@ BAND_PIXELS = 1 << 19
 class Layer:
     """One convolution of the network as the one pass runs it, and what follows it."""
 
-    conv: nn.Module  # ReflectConv, SpaceToDepthConv, or SubpixelConv (nearest x2 upsampling + conv)
+    conv: nn.Module  # ReflectConv, DepthToSpaceConv, or SubpixelConv (nearest x2 upsampling + conv)
     norm: nn.InstanceNorm2d | None = None
     relu: bool = False
     residual: bool = False     # adds the residual block's input after the norm
@@ -55,7 +55,7 @@ class Layer:
 
     @property
     def conv2d(self) -> nn.Conv2d:
-        return self.conv.conv if isinstance(self.conv, (SubpixelConv, SpaceToDepthConv)) else self.conv[1]
+        return self.conv.conv if isinstance(self.conv, (SubpixelConv, DepthToSpaceConv)) else self.conv[1]
 
     @property
     def upsamples(self) -> bool:
@@ -83,7 +83,7 @@ class Layer:
             band = F.pad(band, (pad, pad, max(0, -first), max(0, last - height)), mode=mode)
         if self.upsamples:
             return self.conv.convolve(band)
-        if isinstance(self.conv, SpaceToDepthConv):
+        if isinstance(self.conv, DepthToSpaceConv):
             factor, width = self.conv.factor, band.shape[-1] - 2 * pad
             band = F.pad(band, (0, -band.shape[-1] % factor, 0, -band.shape[-2] % factor))
             return self.conv.convolve(band)[..., : stop - start, :width]
@@ -107,7 +107,7 @@ def network_layers(net: nn.Module) -> list[Layer] | None:
                     return None
                 conv = SubpixelConv(conv[1])
             layers.append(Layer(conv, block[1][1], relu=True))
-        elif isinstance(block, (ReflectConv, SpaceToDepthConv)):
+        elif isinstance(block, (ReflectConv, DepthToSpaceConv)):
             layers.append(Layer(block))
         elif isinstance(block, ScaledTanh) and layers[-1].norm is None:
             layers[-1].final = block
@@ -160,9 +160,9 @@ class Plan:
 
     @property
     def passes(self) -> int:
-        """Bands computed in all: what progress counts."""
-        return sum(math.ceil(h / r) * (2 if again else 1)
-                   for h, r, again in zip(self.heights, self.rows, self.recompute, strict=True))
+        """Bands of all layers: what progress counts (a recomputed layer's second pass happens
+        inside the next layer's bands, so it counts once)."""
+        return sum(math.ceil(h / r) for h, r in zip(self.heights, self.rows, strict=True))
 
 
 def plan(layers: list[Layer], height: int, width: int, precision: str, budget: int | None,
