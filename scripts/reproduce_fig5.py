@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="per-style .safetensors model file (stylenet-export)")
+    parser.add_argument("--model-style", help="the style measured, for a file of several styles (one of its names)")
     parser.add_argument("--images", required=True, help="folder of held-out content images (e.g. COCO val)")
     parser.add_argument("--style", help="the style image; default: the model's metadata style_image")
     parser.add_argument("--style-size", type=int, help="long side of the style image; default: the model's")
@@ -73,14 +74,21 @@ def build_objective(model_path: str, args: argparse.Namespace, device: torch.dev
     loss_config = dict(metadata["loss"])
     if args.weights:
         loss_config["weights"] = args.weights
-    style_spec = args.style or metadata.get("style_image")
+    net, style_image = model.net, metadata.get("style_image")
+    if len(model.styles) > 1:  # several styles in one network: measure the one asked for, as a plain network
+        if not args.model_style:
+            raise StylenetError(f"model file {model_path!r} holds {len(model.styles)} styles "
+                                f"({', '.join(model.styles)}): pick one with --model-style NAME")
+        name, net = model.for_style(args.model_style)
+        style_image = next(s.get("image") for s in metadata["styles"] if s["name"] == name)
+    style_spec = args.style or style_image
     style_size = args.style_size or metadata.get("style_size")
     if style_spec in (None, "", "None") or not style_size:
         raise StylenetError(f"model file {model_path!r} does not record its style image and size: "
                             "pass --style and --style-size")
     loss = PerceptualLoss(**loss_config).to(device)
     loss.set_style([resize_long_side(read_image(style_spec, "style image (--style)"), int(style_size))])
-    return model.net.to(device), loss
+    return net.to(device), loss
 
 
 def content_images(folder: str, limit: int) -> list[tuple[str, torch.Tensor]]:

@@ -1,6 +1,7 @@
 """``trainer=ddp_cpu``: Lightning DDP over 2 CPU processes (gloo), as CI can run it.
 
-Each rank must see its own samples, and only rank 0 writes the model file and TensorBoard logs."""
+Each rank must see its own samples, and only rank 0 writes the model file and TensorBoard logs. The run
+trains two styles in one network (``style=multi``), so each rank must also give both styles equal shares."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class RecordSamples(pl.Callback):
     """Test probe, loaded into every rank by ``+callbacks.probe``: appends the files of each
-    training batch to ``<folder>/rank<r>.jsonl``."""
+    training batch, and the style each of its samples took, to ``<folder>/rank<r>.jsonl``."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
@@ -27,7 +28,8 @@ class RecordSamples(pl.Callback):
                            batch: dict[str, Any], batch_idx: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as record:
-            record.write(json.dumps({"step": trainer.global_step, "paths": batch["paths"]}) + "\n")
+            styles = pl_module.batch_styles(batch, len(batch["images"])).tolist()
+            record.write(json.dumps({"step": trainer.global_step, "paths": batch["paths"], "styles": styles}) + "\n")
 
 
 def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Path) -> None:
@@ -37,13 +39,14 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
 
     photos = [make_photo(tmp_path / "photos" / f"img{i}.png", size=(40 + 4 * i, 40), seed=i)
               for i in range(9)]
-    style = make_photo(tmp_path / "style.png", size=(48, 48), seed=42)
+    styles = [make_photo(tmp_path / f"{name}.png", size=(48, 48), seed=42 + k) for k, name in enumerate("xy")]
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     start = time.monotonic()
     result = subprocess.run(
         [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
          f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=2", "data.val_images=1",
-         f"style.image={style}", "style.size=32", "trainer.max_steps=2", "trainer.val_check_interval=2",
+         "style=multi", f"style.images=[{styles[0]},{styles[1]}]", "style.size=32", "trainer.max_steps=2",
+         "trainer.val_check_interval=2",
          "callbacks.checkpoint.every_n_train_steps=2", "+trainer.enable_progress_bar=false",
          "+callbacks.probe._target_=tests.test_ddp.RecordSamples", f"+callbacks.probe.folder={probe}",
          f"hydra.run.dir={run_dir}"],
@@ -59,8 +62,11 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
     assert not set(files[0]) & set(files[1])  # distinct samples on each rank
     # together: 2 steps x 2 ranks x batch 2 = the 8 training photos, each exactly once
     assert sorted(files[0] + files[1]) == sorted(str(p) for p in photos[1:])
+    # the samples' stream positions alternate the two styles: every batch of 2 on every rank has both
+    assert all(sorted(batch["styles"]) == [0, 1] for rank in (0, 1) for batch in seen[rank])
 
-    assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 2
+    model = read_model(run_dir / "smoke.safetensors")
+    assert model.metadata["steps"] == 2 and model.styles == ["x", "y"]
     assert "exported the model" in (run_dir / "train.log").read_text()
     assert "exported the model" not in (run_dir / "train_ddp_process_1.log").read_text()
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1

@@ -157,6 +157,21 @@ def test_kill_9_then_resume_from_a_new_run_dir_matches_an_uninterrupted_run_bitw
     assert_bitwise_equal(weights(resumed), reference)
 
 
+def test_a_several_styles_run_resumed_from_its_checkpoint_matches_an_uninterrupted_run_bitwise(
+        tmp_path: Path, inputs: list[str]) -> None:
+    """Each sample's style follows its stream position (StyleTransferTask.batch_styles), so a run of two
+    styles stopped after step 4 and resumed in a new run folder trains what an unstopped run trains."""
+    styles = [make_photo(tmp_path / f"{name}.png", size=(40, 40), seed=60 + k) for k, name in enumerate("xy")]
+    multi = [o for o in inputs if not o.startswith(("style.image=", "trainer.max_steps="))]
+    multi += ["style=multi", f"style.images=[{styles[0]},{styles[1]}]", "style.size=32"]
+    run_in_process(tmp_path / "smoke" / "whole", *multi, "resume=never", "trainer.max_steps=8")
+    run_in_process(tmp_path / "smoke" / "stopped", *multi, "resume=never", "trainer.max_steps=4")
+    run_in_process(tmp_path / "smoke" / "resumed", *multi, "resume=must", "trainer.max_steps=8")
+    assert tensorboard_steps(tmp_path / "smoke" / "resumed")[0] >= 4
+    assert read_model(tmp_path / "smoke" / "resumed" / "smoke.safetensors").styles == ["x", "y"]
+    assert_bitwise_equal(weights(tmp_path / "smoke" / "resumed"), weights(tmp_path / "smoke" / "whole"))
+
+
 def test_sigterm_saves_the_current_step_flushes_tensorboard_exits_143_and_resumes(
         tmp_path: Path, inputs: list[str], reference: dict[str, torch.Tensor]) -> None:
     run_dir = tmp_path / "smoke" / "run"

@@ -91,3 +91,24 @@ def test_fig5_needs_the_style_image(tmp_path: Path, style_model: Path, style_ima
                       "--no-plot", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == ("reproduce_fig5.py: error: style image (--style): cannot read "
                                                f"image '{style_image}': no such file")
+
+
+def test_fig5_measures_one_style_of_a_several_styles_file(tmp_path: Path, style_image: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of two styles needs --model-style (a one-line error naming the styles); with it, that
+    style's network is measured against its own style image from the file's records."""
+    other = make_photo(tmp_path / "other.png", size=(40, 40), seed=7)
+    styles = [{"name": "a", "sha256": None, "image": str(style_image)}, {"name": "b", "sha256": None,
+                                                                          "image": str(other)}]
+    metadata = {"task": "style", "style_name": "ab", "styles": styles, "style_size": 32,
+                "loss": {"weights": "random", "style_weight": 10.0, "tv_weight": 40.0}}
+    model = save_model(tmp_path / "ab.safetensors", TransformerNet(channels=8, residual_blocks=1, styles=2), metadata)
+    make_photo(tmp_path / "val" / "photo.png", seed=0)
+    fig5 = load_script("reproduce_fig5")
+    common = ["--model", str(model), "--images", str(tmp_path / "val"), "--sizes", "32", "--iterations", "2",
+              "--inits", "content", "--no-plot"]
+    assert fig5.main([*common, "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == (f"reproduce_fig5.py: error: model file '{model}' holds 2 styles "
+                                               "(a, b): pick one with --model-style NAME")
+    assert fig5.main([*common, "--model-style", "b", "--out", str(tmp_path / "b")]) == 0
+    assert len(read_csv(tmp_path / "b" / "fig5.csv")) == 2  # the network, and Gatys from the photo

@@ -26,39 +26,11 @@ from stylenet.video.pipeline import Prefetch, Sink
 def make_clip(path: Path, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 24,
               audio: bool = True, rotation: int = 90) -> Path:
     """A crop moving across a smooth generated image (H.264), with a 440 Hz tone (AAC) and a display
-    rotation, as a phone writes them."""
-    av = pytest.importorskip("av")
-    height, width = size
-    yy, xx = np.mgrid[0:height * 2, 0:width * 2]
-    scene = np.stack([np.sin(xx / 7.0) * np.cos(yy / 5.0), np.cos((xx + yy) / 9.0), np.sin(xx * yy / 400.0)], -1)
-    scene = ((scene * 0.5 + 0.5) * 255).astype(np.uint8)
-    with av.open(str(path), "w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.set_display_rotation(rotation)
-        sound = container.add_stream("aac", rate=44100) if audio else None
-        if sound is not None:
-            sound.layout = "mono"
-        for index in range(frames):
-            top, left = index % height, index % width
-            crop = np.ascontiguousarray(scene[top: top + height, left: left + width])
-            frame = av.VideoFrame.from_ndarray(crop, format="rgb24")
-            frame.pts = index
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
-        if sound is not None:
-            write_tone(av, container, sound, seconds=frames / fps)
-    return path
+    rotation, as a phone writes them (:func:`stylenet.video.sample.write_sample_clip`)."""
+    pytest.importorskip("av")
+    from stylenet.video.sample import write_sample_clip
 
-
-def write_tone(av: object, container: object, stream: object, seconds: float) -> None:
-    rate, step = stream.codec_context.sample_rate, 1024
-    for start in range(0, int(rate * seconds), step):
-        samples = np.sin(np.arange(start, start + step) / rate * 2 * np.pi * 440).astype(np.float32)[None] * 0.3
-        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = rate, start
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode())
+    return write_sample_clip(path, frames, size, fps, audio=audio, rotation=rotation)
 
 
 def read_clip(path: Path) -> dict:

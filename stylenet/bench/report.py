@@ -46,6 +46,8 @@ TARGETS = (
     # video frames and the big photo (stylenet-bench --sections frames,photo), at the full profile's sizes
     *(Target(f"frames_{net}_640x480_fps", "min", bound, f"frames 640x480 streamed, {name} net, frames/s")
       for net, name, bound in (("half", "half-width", 30.0), ("paper", "paper", 10.0))),
+    Target("video_half_640x480_fps", "min", 25.0, "video 640x480 end to end (decode + encode), half-width net, "
+           "frames/s"),
     *(Target(f"photo_default_4000x3000_{figure}", kind, bound, f"12 MP photo, default path: {what}")
       for figure, kind, bound, what in (("time_ratio", "max", 1.2, "time / one pass's"),
                                         ("peak_mb", "max", 2048.0, "peak MiB"),
@@ -131,6 +133,9 @@ def stream_rows(r: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
         fps = r.get(key("frames", model, r.get("frames_size"), "fps"))
         if fps is not None:
             yield (f"frames {r['frames_size']} streamed ({model} net)", "", f"{fps:.1f} frames/s", "")
+    fps = r.get(key("video", "half", r.get("frames_size"), "fps"))
+    if fps is not None:
+        yield (f"video {r['frames_size']} end to end, decode + encode (half net)", "", f"{fps:.1f} frames/s", "")
     name = r.get("photo_size")
     if name is not None:
         cells = {mode: f"{r[key('photo', mode, name, 'seconds')]:.2f} s / "

@@ -3,6 +3,7 @@ Each returns its figures under the JSON keys the README and the targets read."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import statistics
@@ -100,13 +101,19 @@ def bench_infer(device: torch.device, profile: Profile, reps: int) -> dict[str, 
 
 def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: str = "") -> dict[str, Any]:
     """Frames/s streamed through ``InferenceModel.stylize_frames`` (uint8 frames in and out, the default
-    precision), each network in its own process, over ``profile.frames`` frames per repetition."""
+    precision), each network in its own process, over ``profile.frames`` frames per repetition; with
+    PyAV (the ``video`` extra), also a generated clip of as many frames end to end through
+    ``stylize_video``, decoding and encoding included (half-width network)."""
     width, height = profile.frame
     results: dict[str, Any] = {"frames_size": f"{width}x{height}", "frames_model_file": model_file or None}
     for model in ("half", "paper"):
         measured = run_worker(Job("frames", str(device), width, reps, model=model, height=height,
                                   frames=profile.frames, model_file=model_file if model == "paper" else ""))
         results[key("frames", model, f"{width}x{height}", "fps")] = profile.frames / measured.seconds
+    if importlib.util.find_spec("av") is not None:  # the video extra: a clip end to end, half-width net
+        measured = run_worker(Job("video", str(device), width, reps, model="half", height=height,
+                                  frames=profile.frames))
+        results[key("video", "half", f"{width}x{height}", "fps")] = profile.frames / measured.seconds
     return results
 
 

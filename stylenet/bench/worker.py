@@ -36,7 +36,7 @@ MODELS = {"paper": {"channels": 32}, "half": {"channels": 16}}
 class Job:
     """What one worker measures: a training variant (``section="train"``) or an inference mode."""
 
-    section: str                # train | infer | frames | photo
+    section: str                # train | infer | frames | video | photo
     device: str
     size: int                   # image side, px
     reps: int
@@ -47,8 +47,8 @@ class Job:
     model: str = "paper"        # infer, frames, photo: a name in MODELS
     mode: str = "fp32"          # infer: fp32 (eager net(x)) or fast (InferenceModel, as stylenet-stylize);
                                 # photo: default (what stylenet-stylize does) or onepass (no memory budget)
-    height: int = 0             # frames, photo: image height, px (0: square)
-    frames: int = 0             # frames: frames streamed per timed repetition
+    height: int = 0             # frames, video, photo: image height, px (0: square)
+    frames: int = 0             # frames, video: frames streamed per timed repetition
     max_memory: int = 0         # photo: the default path's budget, bytes (0: the device's default)
     model_file: str = ""        # frames, photo: a trained model file instead of MODELS' random weights
     output: str = ""            # photo: save the first output here (torch.save), to compare paths
@@ -99,7 +99,8 @@ def inference_model(job: Job, device: torch.device, **options: Any) -> Any:
 
         reuse_freed_memory()
     torch.manual_seed(0)
-    net = read_model(job.model_file).net if job.model_file else TransformerNet(**MODELS[job.model])
+    # a file of several styles: its first style's network (every style runs the same convolutions)
+    net = read_model(job.model_file).style_networks()[0][1] if job.model_file else TransformerNet(**MODELS[job.model])
     return InferenceModel(net.eval(), device=device, **options)
 
 
@@ -111,6 +112,29 @@ def frames_work(job: Job, device: torch.device) -> Callable[[], Any]:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (job.height, job.size, 3), dtype=np.uint8) for _ in range(job.frames)]
     return lambda: sum(1 for _ in model.stylize_frames(frames))
+
+
+class VideoWork:
+    """A generated clip of ``job.frames`` frames (:func:`stylenet.video.sample.write_sample_clip`)
+    through :func:`stylenet.video.stylize_video`: decoding, the network and encoding overlapping, as
+    ``stylenet-stylize clip.mp4`` runs them. Each call writes a new output file."""
+
+    def __init__(self, job: Job, device: torch.device) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from stylenet.video.sample import write_sample_clip
+
+        self.folder = tempfile.TemporaryDirectory(prefix="stylenet-bench-video-")  # removed at exit
+        self.clip = write_sample_clip(Path(self.folder.name) / "clip.mp4", job.frames, (job.height, job.size),
+                                      audio=False)
+        self.model, self.calls = inference_model(job, device), 0
+
+    def __call__(self) -> None:
+        from stylenet.video import stylize_video
+
+        self.calls += 1
+        stylize_video(self.clip, self.clip.with_name(f"out{self.calls}.mp4"), self.model)
 
 
 class PhotoWork:
@@ -134,7 +158,8 @@ def measure(job: Job) -> Measured:
     """Build the job's work, time its first call (counting the FLOPs of a training step that is not
     compiled) and the median of ``job.reps`` more, and read the process's peak memory."""
     device = torch.device(job.device)
-    builders = {"train": training_work, "infer": inference_work, "frames": frames_work, "photo": PhotoWork}
+    builders = {"train": training_work, "infer": inference_work, "frames": frames_work, "video": VideoWork,
+                "photo": PhotoWork}
     work = builders[job.section](job, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

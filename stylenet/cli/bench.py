@@ -23,7 +23,9 @@ the device synchronised around every measurement, reported as the median of ``--
   its own.
 * ``frames``: frames/s of 640x480 uint8 frames streamed through
   :meth:`stylenet.inference.InferenceModel.stylize_frames` (half-width and paper networks, the
-  default precision), what a video or webcam loop runs.
+  default precision), what a video or webcam loop runs; with PyAV (the ``video`` extra) also a
+  generated 640x480 clip end to end through :func:`stylenet.video.stylize_video` (decoding and
+  encoding included, half-width network).
 * ``photo``: a 12 MP photo (4000x3000) through the paper network on the default path (layer by
   layer beyond the memory budget, :mod:`stylenet.inference.layerwise`) against one pass: seconds,
   peak memory and the PSNR between the two 8-bit outputs. ``--model-file`` measures a trained

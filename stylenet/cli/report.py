@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
 from stylenet.errors import StylenetError, first_line
 
 if TYPE_CHECKING:
@@ -30,10 +31,7 @@ PROG = "stylenet-report"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("photos", nargs="*",
-                        help="held-out photos (paths or demo:<name>); default: the demo data's held-out photos")
+    parser = measuring_parser(PROG, __doc__)
     parser.add_argument("--style", required=True, help="the style image: a path or demo:<name>")
     parser.add_argument("-m", "--model", action="append", dest="models", default=[], metavar="MODEL",
                         help="a trained style model file (.safetensors, .ckpt, .pth); repeat for several")
@@ -53,23 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("nothing to compare: pass -m MODEL (repeatable) and/or --gatys")
     if args.size < 16 or args.gatys_iterations < 1:
         build_parser().error("--size must be >= 16 and --gatys-iterations >= 1")
-    failed = False
-
-    def error(message: str) -> None:
-        nonlocal failed
-        failed = True
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-
-    try:
-        return report(args, error) or int(failed)
-    except StylenetError as err:
-        error(str(err))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_reporting_errors(PROG, lambda error: report(args, error))
 
 
-def report(args: argparse.Namespace, error: Callable[[str], None]) -> int:
+def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     """Build the methods (a bad model file is reported and left out), run and write the report."""
     from stylenet.cli.train import config_dir
     from stylenet.image import resolve_image_path

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
 from stylenet.errors import StylenetError, first_line
 
 if TYPE_CHECKING:
@@ -32,10 +33,7 @@ PROG = "stylenet-stability"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("photos", nargs="*",
-                        help="held-out photos (paths or demo:<name>); default: the demo data's held-out photos")
+    parser = measuring_parser(PROG, __doc__)
     parser.add_argument("-m", "--model", action="append", dest="models", required=True, metavar="MODEL",
                         help="a style model file; repeat for several")
     parser.add_argument("--size", type=int, default=256, help="side of the square frames, px (default: %(default)s)")
@@ -61,25 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 16 or args.frames < 2 or args.max_frames < 2:
         parser.error("--size must be >= 16, --frames and --max-frames >= 2")
-    failed = False
+    return run_reporting_errors(PROG, lambda error: write_table(args, error))
 
-    def error(message: str) -> None:
-        nonlocal failed
-        failed = True
-        print(f"{PROG}: error: {message}", file=sys.stderr)
 
-    try:
-        table = measure_models(args, error)
-        print(table, end="")
-        if args.out:
-            from stylenet.atomic import atomic_write
+def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
+    """Measure, print the table and write it to ``--out``."""
+    table = measure_models(args, error)
+    print(table, end="")
+    if args.out:
+        from stylenet.atomic import atomic_write
 
-            atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
-    except StylenetError as err:
-        error(str(err))
-    except KeyboardInterrupt:
-        return 130
-    return int(failed)
+        atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
 
 
 def _sequences(args: argparse.Namespace) -> list[Clip]:
@@ -101,7 +91,7 @@ def _sequences(args: argparse.Namespace) -> list[Clip]:
     return sequences
 
 
-def measure_models(args: argparse.Namespace, error: Callable[[str], None]) -> str:
+def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     """The markdown of every measure (a model or clip that fails is reported and left out), and the
     ``--strip`` picture."""
     import torch

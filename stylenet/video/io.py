@@ -202,12 +202,16 @@ def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
 
 def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
     """(codec, options) for the output's container: VP9 for WebM, H.264 (libx264, CRF 18: visually
-    lossless for most content) elsewhere, MPEG-4 part 2 if the FFmpeg build lacks libx264."""
+    lossless for most content) elsewhere, MPEG-4 part 2 if the FFmpeg build lacks libx264.
+
+    x264's ``veryfast`` preset, not its ``medium`` default: at 640x480 on a 2-core CPU ``medium``
+    encodes about as slowly as the network stylises, and the two share the cores; ``veryfast`` keeps
+    the quality of CRF 18 for a somewhat larger file (``stylenet-bench``'s frames section, README "Video")."""
     av = require_av()
     if suffix == ".webm":
         return "libvpx-vp9", {"crf": "24", "b": "0", "row-mt": "1", "cpu-used": "5", "deadline": "good"}
     if "libx264" in av.codecs_available:
-        return "libx264", {"crf": "18", "preset": "medium"}
+        return "libx264", {"crf": "18", "preset": "veryfast"}
     return "mpeg4", {"qscale": "2"}
 
 
