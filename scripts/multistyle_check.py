@@ -73,13 +73,15 @@ def fit(task: pl.LightningModule, steps: int, args: argparse.Namespace, path: Pa
     """Train ``task`` for ``steps`` steps on the demo photos (seeded), write its model file to ``path``."""
     from stylenet.callbacks import ExportStyleModel
     from stylenet.data import ImageFolderDataModule
+    from stylenet.fastpath import training_precision
 
     if args.reuse and path.is_file():
         print(f"reusing {path}", file=sys.stderr, flush=True)
         return path
     data = ImageFolderDataModule(source="demo", image_size=task.hparams["image_size"], batch_size=args.batch_size,
                                  val_images=2, seed=args.seed)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, limit_val_batches=0, logger=False,
+    trainer = pl.Trainer(accelerator="cpu", precision=training_precision("cpu"),  # as stylenet-train: bf16 if native
+                         max_steps=steps, max_epochs=-1, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, callbacks=[ExportStyleModel(str(path))],
                          default_root_dir=path.parent)

@@ -60,10 +60,13 @@ def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:
 
     The VGG is only convolutions, ReLUs and max-pooling, which all run faster NHWC with oneDNN and
     cuDNN, in fp32 and bf16 alike, so it always is. The transformation network is NHWC on GPUs
-    (what tensor-core convolutions want) but stays NCHW on CPUs, where PyTorch's eager reflection
-    padding and InstanceNorm are NCHW kernels whose layout copies cost more than the
-    convolutions gain (``stylenet-bench`` compares both networks channels_last with this split)."""
-    return torch.device(device).type == "cuda", True
+    (what tensor-core convolutions want) and on CPUs with native bf16, where oneDNN's bf16
+    convolutions (AMX, AVX512-BF16) want NHWC; on other CPUs it stays NCHW, where PyTorch's eager
+    reflection padding and InstanceNorm are NCHW kernels whose layout copies cost more than the fp32
+    convolutions gain. ``stylenet-bench`` times both networks channels_last and both NCHW against
+    this choice (README, "Speed")."""
+    device = torch.device(device)
+    return device.type == "cuda" or bf16_is_native(device), True
 
 
 #: glibc ``mallopt`` parameters (malloc.h).

@@ -195,10 +195,13 @@ def test_rewritten_layers_train_the_original_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(actual, expected, atol=1e-6 * float(expected.abs().max()), rtol=1e-4)
 
 
-def test_training_layouts_per_network() -> None:
-    """On the CPU the VGG runs channels_last and the transformation network NCHW; forcing works."""
-    assert fastpath.use_channels_last("cpu") == (False, True)
+def test_training_layouts_per_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VGG always runs channels_last; the transformation network too on GPUs and on CPUs with
+    native bf16, NCHW on other CPUs; forcing works."""
     assert fastpath.use_channels_last("cuda") == (True, True)
+    for native in (True, False):
+        monkeypatch.setattr(fastpath, "bf16_is_native", lambda device, native=native: native)
+        assert fastpath.use_channels_last("cpu") == (native, True)
     net, loss = TransformerNet(channels=8, residual_blocks=1), PerceptualLoss(weights="random")
     fastpath.prepare_for_training(net, loss, "cpu", system_malloc=True)
     features = loss.vgg(torch.rand(1, 3, 32, 32), ["relu2_2"])["relu2_2"]

@@ -53,8 +53,12 @@ class ConditionalInstanceNorm2d(nn.Module):
         gamma, beta = self.mixed(weights)
         if gamma.dim() == 1:
             return F.instance_norm(x, weight=gamma, bias=beta, use_input_stats=True, eps=self.eps)
-        out = F.instance_norm(x, use_input_stats=True, eps=self.eps)
-        return out * gamma[:, :, None, None].to(out.dtype) + beta[:, :, None, None].to(out.dtype)
+        # A style per image: instance norm is batch norm over (1, B*C, H, W), whose affine step then
+        # takes the (B*C,) scales and shifts in the same pass (what F.instance_norm does inside).
+        batch, channels = x.shape[:2]
+        flat = x.reshape(1, batch * channels, *x.shape[2:])  # (1, B*C, H, W)
+        out = F.batch_norm(flat, None, None, gamma.reshape(-1), beta.reshape(-1), training=True, eps=self.eps)
+        return out.view_as(x)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, styles={self.styles}, eps={self.eps}"
