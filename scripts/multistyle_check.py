@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def demo_settings(image_size: int | None, weights: str | None) -> dict[str, Any]:
-    """experiment=demo's loss settings, learning rate, crop size and share of identity steps (of its
-    ``trainer.max_steps``), and task=add_style's learning rate, from configs/."""
+    """experiment=demo's loss settings, learning rate, crop size, share of identity steps (of its
+    ``trainer.max_steps``) and saturation weight, and task=add_style's learning rate, from configs/."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -65,6 +65,7 @@ def demo_settings(image_size: int | None, weights: str | None) -> dict[str, Any]
         cfg = compose("train", overrides=["experiment=demo", *([f"loss.weights={weights}"] if weights else [])])
     return {"loss": OmegaConf.to_container(cfg.loss, resolve=True), "lr": float(cfg.task.lr),
             "identity_share": int(cfg.task.identity_steps) / int(cfg.trainer.max_steps),
+            "saturation_weight": float(cfg.task.saturation_weight),
             "image_size": image_size or int(cfg.data.image_size),
             "add_lr": float(OmegaConf.load(ROOT / "configs" / "task" / "add_style.yaml").lr)}
 
@@ -137,7 +138,8 @@ def style_task(styles: list[str], args: argparse.Namespace, settings: dict[str, 
     return StyleTransferTask(model={"channels": args.channels, "residual_blocks": args.residual_blocks},
                              loss=settings["loss"], style={**style, "size": args.style_size}, lr=settings["lr"],
                              image_size=settings["image_size"],
-                             identity_steps=round(settings["identity_share"] * args.steps) * scale)
+                             identity_steps=round(settings["identity_share"] * args.steps) * scale,
+                             saturation_weight=settings["saturation_weight"])
 
 
 def stem(spec: str) -> str:

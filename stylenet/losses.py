@@ -124,6 +124,20 @@ def pixel_loss(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(images.float(), target.float())
 
 
+#: |logit| beyond which :func:`saturation_loss` pushes back: 0.5 * (tanh(2.5) + 1) is 1.7 grey levels from
+#: 0 or 255, so a network held inside it writes no clipped values.
+SATURATION_BOUND = 2.5
+
+
+def saturation_loss(logits: torch.Tensor, bound: float = SATURATION_BOUND) -> torch.Tensor:
+    """Mean of ``max(0, |logits| - bound)^2`` over the inputs of the output tanh (the paper's scaled
+    tanh, Sec. 3.1). Not in the paper. Why: tanh reaches black or white only as its input goes to
+    infinity, and its slope there, ~4 exp(-2|x|), vanishes; a region pushed far out once (the network's
+    input goes well beyond -40 on a short offline run) gets no gradient from any other term again and
+    stays a flat clipped blob. This keeps every pixel where the objective can still move it."""
+    return (logits.float().abs() - bound).relu().square().mean()
+
+
 def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | None,
                   setting: str) -> dict[str, float]:
     """Layer names (weights from ``per_layer``, default 1 each) or a {layer: weight} mapping ->

@@ -23,7 +23,7 @@ from torchvision.utils import make_grid
 from stylenet import StylenetError, __version__, quality
 from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
-from stylenet.losses import PerceptualLoss, pixel_loss
+from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.modelfile import read_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
@@ -96,6 +96,8 @@ def load_style_image(spec: str | None, size: int) -> tuple[torch.Tensor, Path]:
 
 #: what a training step does when a loss term is NaN or infinite (``task.nan_policy``).
 NAN_POLICIES = ("stop", "skip")
+#: The identity warm-up copies the photo squeezed into [m, 1 - m] (5 grey levels): see StyleTransferTask.objective.
+IDENTITY_MARGIN = 0.02
 
 
 class NonFiniteLossError(StylenetError):
@@ -232,6 +234,8 @@ class StyleTransferTask(ImageTask):
         compile, channels_last: training fast paths (see :meth:`ImageTask.configure_model`).
         identity_steps: steps that first train the network to reproduce its input (see
             :meth:`objective`); 0, as in the paper, for runs of thousands of steps.
+        saturation_weight: weight of :func:`stylenet.losses.saturation_loss` on the output tanh's
+            inputs (0: off, as in the paper).
 
     All arguments are primitives, so Lightning checkpoints load with ``weights_only=True``.
     """
@@ -239,10 +243,12 @@ class StyleTransferTask(ImageTask):
     def __init__(self, model: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
                  lr: float = 1e-3, image_size: int = 256, nan_policy: str = "stop",
                  max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None,
-                 identity_steps: int = 0) -> None:
+                 identity_steps: int = 0, saturation_weight: float = 0.0) -> None:
         super().__init__(lr, nan_policy, max_nan_skips)
         if identity_steps < 0:
             raise StylenetError(f"task.identity_steps must be >= 0, got {identity_steps}")
+        if not saturation_weight >= 0:
+            raise StylenetError(f"task.saturation_weight must be >= 0, got {saturation_weight}")
         # loss.temporal_weight is this task's term (stylenet.temporal), not the loss network's: hparams["loss"]
         # (and so model files) keep PerceptualLoss's settings only
         loss, temporal_weight = split_temporal_weight(loss)
@@ -260,6 +266,15 @@ class StyleTransferTask(ImageTask):
             self.hparams["style_sha256"] = styles[0].sha256
         self.loss.set_style([s.image for s in styles], separate=self.multi)
         self.register_buffer("style_image", styles[0].image, persistent=False)
+        #: the last training pass's inputs of the output tanh, for the saturation term
+        self.logits: torch.Tensor | None = None
+        if saturation_weight:
+            self.net.decoder[-1].register_forward_hook(self.keep_logits)
+
+    def keep_logits(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        """Forward hook on the output tanh: its inputs (only while training; freed by :meth:`objective`)."""
+        if self.training:
+            self.logits = inputs[0]
 
     @property
     def multi(self) -> bool:
@@ -306,11 +321,21 @@ class StyleTransferTask(ImageTask):
         satisfies, wins before the content term has taught the network to keep the photo: the result
         is the style's palette in blobs. A network that starts as a rough identity map keeps the
         photo's layout while the style moves in, as the Gatys optimiser starting from the photo does.
-        Not in the paper (40k steps make it irrelevant there)."""
+        Not in the paper (40k steps make it irrelevant there). Its targets are the photo squeezed into
+        [``IDENTITY_MARGIN``, 1 - ``IDENTITY_MARGIN``]: the output tanh reaches 0 or 1 only at an
+        infinite input, so copying a black or white pixel exactly would drive its input without bound
+        and leave it stuck there (see :func:`stylenet.losses.saturation_loss`).
+
+        ``task.saturation_weight`` adds that term on the output tanh's inputs of this pass."""
+        logits, self.logits = self.logits, None
         if self.global_step < self.hparams.get("identity_steps", 0):
-            identity = pixel_loss(output, images)
+            identity = pixel_loss(output, images.clamp(IDENTITY_MARGIN, 1 - IDENTITY_MARGIN))
             return {"identity": identity, "total": identity}
         terms = self.loss(output, images, style=style)
+        if logits is not None:
+            saturation = saturation_loss(logits)
+            terms = {**terms, "saturation": saturation,
+                     "total": terms["total"] + self.hparams["saturation_weight"] * saturation}
         # Wang et al. 2020: N(W(x) + noise) against W(N(x)) (stylenet.temporal); nothing at temporal_weight 0
         return self.temporal.add_term(terms, lambda x: self.net(x, None if style is None else torch.tensor(
             self.trained_styles, device=style.device)[style]), images, output, self.global_step)

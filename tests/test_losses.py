@@ -3,11 +3,13 @@ import torch
 
 from stylenet import StylenetError
 from stylenet.losses import (
+    SATURATION_BOUND,
     PerceptualLoss,
     feature_reconstruction_loss,
     gram_matrix,
     lua_to_ours,
     pixel_loss,
+    saturation_loss,
     style_reconstruction_loss,
     total_variation_loss,
 )
@@ -65,6 +67,15 @@ def test_total_variation_hand_computed() -> None:
 
 def test_pixel_loss() -> None:
     torch.testing.assert_close(pixel_loss(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)), torch.tensor(1.0))
+
+
+def test_saturation_loss_is_the_squared_excess_over_the_bound() -> None:
+    logits = torch.tensor([0.0, -2.5, 2.5, 3.5, -4.5, 1.0])
+    # excess over 2.5: 0, 0, 0, 1, 2, 0 -> squares 0, 0, 0, 1, 4, 0 over 6 values
+    torch.testing.assert_close(saturation_loss(logits), torch.tensor(5.0 / 6))
+    torch.testing.assert_close(saturation_loss(logits, bound=4.0), torch.tensor(0.25 / 6))
+    # the bound keeps outputs off the 8-bit extremes: 0.5 * (tanh(2.5) + 1) is more than a grey level from 0
+    assert 0.5 * (torch.tanh(torch.tensor(-SATURATION_BOUND)) + 1) * 255 > 1
 
 
 def test_perceptual_loss_total_is_the_weighted_sum_of_independent_terms() -> None:

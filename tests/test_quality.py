@@ -147,7 +147,7 @@ def test_short_offline_training_moves_the_measures_towards_the_style(tmp_path: P
     settings = {**offline_settings(), **demo["loss"]}
     task = StyleTransferTask(model={"channels": 8, "residual_blocks": 1}, loss=settings,
                              style={"image": str(tmp_path / "style.png"), "size": 64},
-                             identity_steps=WARM_UP)
+                             identity_steps=WARM_UP, saturation_weight=demo["task"]["saturation_weight"])
     held_out = photo.rot90(1, (1, 2))
     scores: dict[int, quality.Quality] = {}
 

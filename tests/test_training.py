@@ -134,6 +134,46 @@ def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Pat
         StyleTransferTask(model={**TINY_MODEL, "norm": "layer"}, loss=RANDOM_LOSS, style={"image": str(style_image)})
     with pytest.raises(StylenetError, match="task.identity_steps must be >= 0"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, identity_steps=-1)
+    with pytest.raises(StylenetError, match="task.saturation_weight must be >= 0"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, saturation_weight=-1)
+
+
+def test_identity_targets_stay_inside_the_output_tanh_range(style_image: Path) -> None:
+    """A black or white photo is copied as 5 grey levels from the extremes, which tanh reaches at a
+    finite input: the warm-up term of a network that outputs the photo itself is (0.02)^2."""
+    task = StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, identity_steps=1)
+    images = torch.cat([torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)])
+    terms = task.objective(images, images)
+    torch.testing.assert_close(terms["identity"], torch.tensor(0.02 ** 2))
+    grey = torch.full((2, 3, 8, 8), 0.5)
+    assert task.objective(grey, grey)["identity"] == 0
+
+
+def test_saturation_term_gives_a_saturated_output_its_gradient_back(style_image: Path) -> None:
+    """With the output tanh's input far out (a clipped blob), the perceptual terms' gradient through
+    tanh vanishes; the saturation term is saturation_loss of that input, weighted into the total,
+    and its gradient pulls the input back."""
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    gradients, logits = {}, {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        task = StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32},
+                                 saturation_weight=weight)
+        last_conv = task.net.decoder[-2][1]
+        with torch.no_grad():
+            last_conv.bias.fill_(-20.0)  # every output pixel clipped black
+        task.net.decoder[-1].register_forward_hook(lambda m, i, o, key=weight: logits.__setitem__(key, i[0]))
+        task.train()
+        terms = task.objective(task.net(images), images)
+        terms["total"].backward()
+        gradients[weight] = last_conv.bias.grad.abs().max().item()
+        if weight:
+            torch.testing.assert_close(terms["saturation"], (logits[weight].abs() - 2.5).relu().square().mean())
+            perceptual = task.loss(task.net(images), images)["total"]
+            torch.testing.assert_close(terms["total"], perceptual + 0.5 * terms["saturation"])
+        else:
+            assert "saturation" not in terms
+    assert gradients[0.0] < 1e-6 < gradients[0.5]
 
 
 def test_identity_steps_train_a_copy_of_the_input_before_the_perceptual_loss(
