@@ -266,13 +266,14 @@ class StyleTransferTask(ImageTask):
             self.hparams["style_sha256"] = styles[0].sha256
         self.loss.set_style([s.image for s in styles], separate=self.multi)
         self.register_buffer("style_image", styles[0].image, persistent=False)
-        #: the last training pass's inputs of the output tanh, for the saturation term
+        #: the newest training pass's inputs of the output tanh, for the saturation term (the temporal
+        #: term's second pass leaves its own here; the next step's first pass replaces them)
         self.logits: torch.Tensor | None = None
         if saturation_weight:
             self.net.decoder[-1].register_forward_hook(self.keep_logits)
 
     def keep_logits(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        """Forward hook on the output tanh: its inputs (only while training; freed by :meth:`objective`)."""
+        """Forward hook on the output tanh: keeps its inputs while training, for :meth:`objective`."""
         if self.training:
             self.logits = inputs[0]
 
