@@ -81,7 +81,9 @@ def test_clip_round_trips_count_rate_size_rotation_and_audio(tmp_path: Path, mod
     plain = tmp_path / "plain.mkv"
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(plain), "--strength", "0"]) == 0
     frames = read_clip(plain)["frames"]
-    assert np.abs(np.stack(frames).astype(int) - np.stack(source["frames"])).mean() < 3
+    # H.264 4:2:0 on this sharp generated clip alone costs 2.98-3.01 grey levels (x264's threads vary it);
+    # decoding BT.601 as BT.709 alone would cost 7.0, limited range read as full 8.9
+    assert np.abs(np.stack(frames).astype(int) - np.stack(source["frames"])).mean() < 4
     assert "2 done, 0 failed" not in capsys.readouterr().out  # one output per call
 
 
