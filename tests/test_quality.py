@@ -113,12 +113,13 @@ def test_calibrated_network_transfers_more_style_than_plain_random_weights() -> 
     """Gatys on generated images with the offline objective: the calibrated network moves texture at
     least as far towards the style as the same objective on uncalibrated random weights, keeps more
     of the photo's structure, clips less, and moves colour as far (within 0.05: on these flat
-    generated colours both reach about the same point)."""
+    generated colours both reach about the same point). 300 steps: at 150 the two were still level
+    on structure (0.2012 against 0.2015), both far from their optimum."""
     photo, style = generated_photo(64), generated_style(64)
     scores = {}
     for weights in ("calibrated", "random"):
         torch.manual_seed(0)
-        result = optimize_image(photo, [style], offline_objective(weights), iterations=150, optimizer="adam")
+        result = optimize_image(photo, [style], offline_objective(weights), iterations=300, optimizer="adam")
         scores[weights] = quality.score(photo, style, result.image)
     calibrated, random = scores["calibrated"], scores["random"]
     assert calibrated.texture_moved >= random.texture_moved > 0.3

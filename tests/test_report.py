@@ -134,7 +134,8 @@ def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[st
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     offline = load_loss_config("offline", config_dir())  # the configs/loss defaults list, merged as Hydra would
     assert (offline["weights"], offline["normalize"], offline["style_weight"]) == ("calibrated", True, 100.0)
-    assert offline["arch"] == "vgg16" and offline["style_layers"][-1] == "relu4_3"  # from perceptual.yaml
+    assert offline["arch"] == "vgg16" and offline["content_layers"] == ["relu2_2"]  # from perceptual.yaml
+    assert offline["style_layers"] == ["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1"]  # its own
     config = tmp_path / "loss.yaml"
     config.write_text("defaults:\n  - offline\n  - _self_\nweights: random\nstyle_layers: [relu1_2, relu2_2]\n")
     mine = load_loss_config(config, config_dir())  # a user's file building on configs/loss/offline.yaml

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model", action="append", dest="models", default=[], metavar="MODEL",
                         help="a trained style model file (.safetensors, .ckpt, .pth); repeat for several")
     parser.add_argument("--gatys", action="store_true", help="add a Gatys column on the --loss-config objective")
-    parser.add_argument("--gatys-iterations", type=int, default=300, help="Adam steps (default: %(default)s)")
+    parser.add_argument("--gatys-iterations", type=int, default=300, help="L-BFGS iterations (default: %(default)s)")
     parser.add_argument("--loss-config", default="offline",
                         help="the Gatys objective: a configs/loss name or a YAML file (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="long side of every image, px (default: %(default)s)")
