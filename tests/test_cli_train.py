@@ -50,7 +50,7 @@ def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smo
 @pytest.mark.parametrize("override,message", [
     ("style.image=/no/such/painting.jpg", "style image '/no/such/painting.jpg' does not exist"),
     ("loss.style_layers=[relu1_2,relu9_1]", "unknown VGG layer"),
-    ("loss.style_layer_weights=[1,-1,1,1]", "loss.style_layer.relu2_2 must be >= 0"),
+    ("loss.style_layer_weights=[1,1,1,-1,1]", "loss.style_layer.relu2_2 must be >= 0"),
     ("loss.content_weight=-1", "loss.content_weight must be >= 0"),
     ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
