@@ -177,9 +177,9 @@ def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
 
 def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device: str = "auto") -> Method:
     """Gatys et al. 2016 on the given objective, from the photo (the baseline column): L-BFGS, the
-    optimiser of Gatys et al. and of Johnson et al.'s comparison (Sec. 4.1). As many Adam steps stop
-    well short of the optimum (README, Quality report), so the column would show an unfinished image
-    rather than what the objective asks for."""
+    optimiser of Gatys et al. and of Johnson et al.'s comparison (Sec. 4.1). The same number of Adam
+    steps stops well short of the optimum (README, "The offline loss network"), and the column would
+    then show an unfinished image rather than what the objective asks for."""
     from stylenet.gatys import optimize_image, resolve_device
     from stylenet.losses import PerceptualLoss
 
