@@ -12,6 +12,7 @@ from torch import nn
 
 from stylenet import StylenetError
 from stylenet.fastpath import optimize_for_inference
+from stylenet.inference import layerwise
 from stylenet.inference.geometry import forward, padded_forward
 from stylenet.inference.layerwise import layerwise_bands, layerwise_forward, network_layers, plan
 from stylenet.inference.memory import _PeakTensorMemory
@@ -101,6 +102,29 @@ def test_peak_memory_is_a_fraction_of_one_pass() -> None:
     largest_layer = (32 * 128 * 128 + 16 * 256 * 256) * 4  # the last upsampling: its fp32 input and output
     assert layered.peak <= largest_layer + 8 * (16 * band_pixels * 4)  # + 8 bands of 16 channels
     assert layered.peak < 0.6 * one.peak
+
+
+@pytest.mark.parametrize("band_pixels", [8 * 60, 24 * 60])  # the residual layers' bands: 2 and 6 rows
+def test_stored_layers_take_two_mapped_buffers(monkeypatch: pytest.MonkeyPatch, band_pixels: int) -> None:
+    """Every stored layer mapped from the operating system (here; on the CPU the large ones), and a
+    residual block's second layer written over its first: the same image as one pass, from two
+    buffers in all (the first downsampling layer's, later the blocks' and the upsampling's, and the
+    second's, the blocks' input), where a buffer per layer of a block would take three."""
+    mapped: list[int] = []
+
+    def counted(size: int) -> torch.Tensor:
+        mapped.append(size)
+        return real(size)
+
+    real = layerwise._mapped
+    monkeypatch.setattr(layerwise, "MAPPED_BYTES", 0)
+    monkeypatch.setattr(layerwise, "_mapped", counted)
+    plain, x = net(blocks=3), image(48, 60)
+    with torch.inference_mode():
+        expected = plain(x[None])[0]
+    out = layerwise_forward(plain, x, budget=1, band_pixels=band_pixels)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    assert mapped == [16 * 24 * 30 * 4, 32 * 12 * 15 * 4]
 
 
 def test_other_networks_are_refused_in_one_line() -> None:

@@ -20,6 +20,7 @@ activation.
 from __future__ import annotations
 
 import math
+import mmap
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ Rows = Callable[[int, int], torch.Tensor]
 
 #: Full-resolution pixels per band: bands of the widest (full-resolution) layers stay a few tens of MB.
 BAND_PIXELS = 1 << 19
+
+#: Stored layers from this size up are mapped from the operating system (see :class:`BufferPool`):
+#: glibc's largest mmap threshold, above which it would map them itself without reuse_freed_memory.
+MAPPED_BYTES = 32 << 20
 
 
 @dataclass
@@ -218,7 +223,7 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
 
     read: Rows = image_rows
     source_height = steps.height
-    pool = BufferPool(device)
+    pool = BufferPool(device, MAPPED_BYTES)
     stream: torch.Tensor | None = None  # the residual blocks' running sum
 
     def run(layer: Layer, start: int, stop: int) -> torch.Tensor:
@@ -245,26 +250,60 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
             read = _recomputed(layer, read, source_height, out_height, moments.frozen(layer.norm))
             source_height = out_height
             continue
-        stored = _store(layer, spans, out_height, run, tick, pool, moments)
+        stored = _store(layer, spans, out_height, run, tick, pool, moments, _overwritable(layer, read, rows))
         read, stream = _next_reader(layer, steps.layers[index + 1], stored, moments.frozen(layer.norm), spans,
                                     read, stream, device, precision)
+        del stored  # only the readers hold stored layers: a layer no reader needs goes back to the pool now
+        if all(steps.recompute[index + 1: -1]):  # no later layer is stored: nothing will reuse the free buffers
+            pool.free.clear()
         source_height = out_height
 
 
 def _store(layer: Layer, spans: list[tuple[int, int]], out_height: int,
            run: Callable[[Layer, int, int], torch.Tensor], tick: Callable[[], None], pool: BufferPool,
-           moments: Moments) -> torch.Tensor:
-    """Run ``layer`` band by band into one stored activation, accumulating its statistics."""
+           moments: Moments, over: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``layer`` band by band into one stored activation, accumulating its statistics.
+
+    ``over`` (see :func:`_overwritable`): the layer's input, which it alone reads; an output of its
+    shape and dtype is written over it one band behind, since the next band still reads the rows
+    just above its own (its halo). A residual block's second layer so needs no buffer of its own:
+    the blocks hold one stored layer besides their input instead of two."""
     stored: torch.Tensor | None = None
+    behind: tuple[int, int, torch.Tensor] | None = None  # a band computed, not yet written over its input
     for start, stop in spans:
         out = run(layer, start, stop)
         if stored is None:
             channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-            stored = pool.empty((1, out.shape[1], out_height, out.shape[-1]), out.dtype, channels_last)
-        stored[..., start:stop, :] = out
+            shape = (1, out.shape[1], out_height, out.shape[-1])
+            if over is not None and over.shape == shape and over.dtype == out.dtype:
+                stored = over  # in any layout, writing rows [start, stop) leaves the other rows alone
+            else:
+                stored, over = pool.empty(shape, out.dtype, channels_last), None
         moments.add(out)
+        if behind is not None:
+            stored[..., behind[0]:behind[1], :] = behind[2]
+            behind = None
+        if over is None:
+            stored[..., start:stop, :] = out
+        else:
+            behind = (start, stop, out)
         tick()
+    if behind is not None:
+        stored[..., behind[0]:behind[1], :] = behind[2]
     assert stored is not None and layer.norm is not None
+    return stored
+
+
+def _overwritable(layer: Layer, read: Rows, rows: int) -> torch.Tensor | None:
+    """The stored input of ``layer`` if the layer may write its output over it (:func:`_store`):
+    no other layer reads it, the layer keeps its size, and its bands are at least its halo tall
+    (so the band written one behind is above every row the next band reads)."""
+    stored: torch.Tensor | None = getattr(read, "only_reader", None)
+    conv = layer.conv2d
+    if stored is None or layer.upsamples or isinstance(layer.conv, DepthToSpaceConv):
+        return None
+    if conv.stride != (1, 1) or conv.in_channels != conv.out_channels or rows < conv.kernel_size[0] // 2:
+        return None
     return stored
 
 
@@ -296,10 +335,17 @@ def _next_reader(layer: Layer, following: Layer, stored: torch.Tensor, norm: nn.
 class BufferPool:
     """Memory for the stored layers, handed back to the pool when a layer's tensor dies and reused
     for a later one (the smallest free buffer that fits). The allocator could leave the freed
-    layers as holes too small for the next one; a pool keeps the peak at the layers alive at once."""
+    layers as holes too small for the next one; a pool keeps the peak at the layers alive at once.
 
-    def __init__(self, device: torch.device) -> None:
+    On the CPU, buffers of at least ``mapped_bytes`` are mapped from the operating system for this
+    call alone (:func:`_mapped`), not taken from malloc: with
+    :func:`~stylenet.fastpath.reuse_freed_memory` (which the command-line tools switch on) malloc
+    keeps every block it ever held, and the next image's layers, placed among the small blocks
+    allocated in between, would grow its heap by another layer or two."""
+
+    def __init__(self, device: torch.device, mapped_bytes: int = MAPPED_BYTES) -> None:
         self.device = device
+        self.mapped_bytes = mapped_bytes
         self.free: list[torch.Tensor] = []
 
     def empty(self, shape: tuple[int, int, int, int], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
@@ -309,6 +355,8 @@ class BufferPool:
         if fitting:
             buffer = min(fitting, key=torch.Tensor.numel)
             del self.free[next(i for i, other in enumerate(self.free) if other is buffer)]  # in place: see below
+        elif self.device.type == "cpu" and size >= self.mapped_bytes and _MAP_FLAGS:
+            buffer = _mapped(size)
         else:
             buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -316,6 +364,16 @@ class BufferPool:
         tensor = buffer[:size].view(dtype).as_strided(shape, strides)
         weakref.finalize(tensor, self.free.append, buffer)  # the list every finaliser appends to
         return tensor
+
+
+#: Anonymous private mappings (POSIX); elsewhere (0) the pool's buffers come from the allocator.
+_MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS if hasattr(mmap, "MAP_ANONYMOUS") else 0
+
+
+def _mapped(size: int) -> torch.Tensor:
+    """``size`` zeroed bytes mapped for one tensor: the tensor holds the mapping, which is unmapped
+    (the memory given back to the operating system) when the last view of it dies."""
+    return torch.frombuffer(mmap.mmap(-1, size, flags=_MAP_FLAGS), dtype=torch.uint8)
 
 
 def _reader(stored: torch.Tensor) -> Rows:
@@ -328,6 +386,7 @@ def _reader(stored: torch.Tensor) -> Rows:
 def _normalized_reader(stored: torch.Tensor, norm: FrozenInstanceNorm, relu: bool) -> Rows:
     def read(start: int, stop: int) -> torch.Tensor:
         return _normalize(stored[..., start:stop, :], norm, relu)
+    read.only_reader = stored  # type: ignore[attr-defined]  # the next layer alone reads it: see _overwritable
     return read
 
 
