@@ -35,10 +35,11 @@ class Target:
 
 
 TARGETS = (
-    Target("train_speedup", "min", 3.0, "training step vs the reference configuration"),
+    # the bounds of the second speed issue (set for a 2-core bf16-native CPU; see the README's "Speed")
+    Target("train_speedup", "min", 4.0, "training step vs the reference configuration"),
     Target("train_fraction_of_peak", "min", 0.7, "training step's FLOP rate / conv ceiling"),
-    Target("infer_fast_paper_1024_seconds", "max", 0.5, "stylize 1024 px, paper net, seconds"),
-    Target("infer_fast_half_1024_seconds", "max", 0.25, "stylize 1024 px, half-width net, seconds"),
+    Target("infer_fast_paper_1024_seconds", "max", 0.35, "stylize 1024 px, paper net, seconds"),
+    Target("infer_fast_half_1024_seconds", "max", 0.12, "stylize 1024 px, half-width net, seconds"),
     Target("infer_fast_paper_2048_peak_mb", "max", 2048.0, "stylize 2048 px, peak MiB"),
     Target("gatys500_over_feedforward", "min", 1000.0, "500 L-BFGS iterations / one feed-forward pass"),
     Target("data_shard_feed_ratio", "min", 20.0, "shard images/s / images/s the step consumes"),
