@@ -378,6 +378,22 @@ class StyleTransferTask(ImageTask):
         if batch_idx == 0:  # (1 + styles, 3, H, B * W): one row per style, the photos side by side
             self.add_image("val/styles", torch.stack([torch.cat(list(row), dim=2) for row in rows]))
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Restart Adam's moment estimates where the identity warm-up hands over to the perceptual
+        objective (:meth:`objective`).
+
+        Why: the warm-up's gradients are orders of magnitude smaller than the perceptual ones, and
+        Adam's second moment (beta2 = 0.999) forgets them over ~1000 steps while the first
+        (beta1 = 0.9) follows the new gradients within ~10, so for the next hundred-odd steps every
+        update is about twice the learning rate (three times after a warm-up of a few hundred steps),
+        all in the new objective's direction: the network leaves the identity map in saturated blobs
+        and a short run never recovers the photo. A fresh Adam takes steps of the learning rate from
+        the first perceptual step. A run resumed from a checkpoint of this very step restarts them
+        too, as the uninterrupted run did."""
+        if self.global_step == self.hparams.get("identity_steps", 0) > 0:
+            for optimizer in self.trainer.optimizers:
+                optimizer.state.clear()
+
     def on_fit_start(self) -> None:
         if self.global_step == 0 and not self.multi:
             self.add_image("style", self.style_image.unsqueeze(0))
