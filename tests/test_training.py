@@ -203,8 +203,7 @@ def test_identity_steps_train_a_copy_of_the_input_before_the_perceptual_loss(
 def test_adam_restarts_where_the_identity_warm_up_ends(tmp_path: Path, photo_folder: Path, style_image: Path,
                                                        identity_steps: int, adam_steps: int) -> None:
     """At the first perceptual step Adam's moment estimates start afresh: after 5 steps of which 3 were
-    the warm-up, every parameter's Adam state has counted 2 steps (5 without a warm-up), and its first
-    moment is that of the perceptual gradients alone."""
+    the warm-up, every parameter's Adam state has counted 2 steps (5 without a warm-up)."""
     pl.seed_everything(0)
     task = StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, image_size=32, identity_steps=identity_steps,
                              style={"name": "test", "image": str(style_image), "size": 64})
