@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels", type=int, default=32, help="network width (paper: 32)")
     parser.add_argument("--residual-blocks", type=int, default=5, help="residual blocks (paper: 5)")
     parser.add_argument("--image-size", type=int, default=None, help="training crop (default: experiment=demo's)")
+    parser.add_argument("--scale-size", type=int, default=None,
+                        help="photos' short side before the crop (default: experiment=demo's data.scale_size)")
     parser.add_argument("--style-size", type=int, default=256, help="long side of the style images")
     parser.add_argument("--batch-size", type=int, default=4, help="batch size (paper: 4)")
     parser.add_argument("--loss-weights", help="override loss.weights (default: experiment=demo's, the offline "
@@ -55,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def demo_settings(image_size: int | None, weights: str | None) -> dict[str, Any]:
-    """experiment=demo's loss settings, learning rate, crop size, share of identity steps (of its
-    ``trainer.max_steps``) and saturation weight, and task=add_style's learning rate, from configs/."""
+def demo_settings(image_size: int | None, scale_size: int | None, weights: str | None) -> dict[str, Any]:
+    """experiment=demo's loss settings, learning rate, crop size and scale, share of identity steps (of
+    its ``trainer.max_steps``) and saturation weight, and task=add_style's learning rate, from configs/."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -67,6 +69,7 @@ def demo_settings(image_size: int | None, weights: str | None) -> dict[str, Any]
             "identity_share": int(cfg.task.identity_steps) / int(cfg.trainer.max_steps),
             "saturation_weight": float(cfg.task.saturation_weight),
             "image_size": image_size or int(cfg.data.image_size),
+            "scale_size": scale_size or cfg.data.scale_size,
             "add_lr": float(OmegaConf.load(ROOT / "configs" / "task" / "add_style.yaml").lr)}
 
 
@@ -80,7 +83,7 @@ def fit(task: pl.LightningModule, steps: int, args: argparse.Namespace, path: Pa
         print(f"reusing {path}", file=sys.stderr, flush=True)
         return path
     data = ImageFolderDataModule(source="demo", image_size=task.hparams["image_size"], batch_size=args.batch_size,
-                                 val_images=2, seed=args.seed)
+                                 val_images=2, seed=args.seed, scale_size=args.scale_size)
     trainer = pl.Trainer(accelerator="cpu", precision=training_precision("cpu"),  # as stylenet-train: bf16 if native
                          max_steps=steps, max_epochs=-1, limit_val_batches=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = demo_settings(args.image_size, args.loss_weights)
+    settings = demo_settings(args.image_size, args.scale_size, args.loss_weights)
+    args.scale_size = settings["scale_size"]  # what fit() crops from
     photos = held_out(settings["image_size"])
     results: dict[str, Any] = {"settings": {**vars(args), **settings}}
     settings["evaluator"] = evaluator(settings)

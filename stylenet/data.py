@@ -58,8 +58,9 @@ class InFlight:
 
 
 class ImageFileDataset(Dataset):
-    """Photos resized (short side) and cropped to ``image_size``; unreadable files come back as
-    ``None`` images, to be counted and listed by the collate function instead of crashing a run.
+    """Photos resized (short side to ``scale_size``, by default ``image_size``) and cropped to
+    ``image_size``; unreadable files come back as ``None`` images, to be counted and listed by the
+    collate function instead of crashing a run.
 
     Training items are ``(batch_number, position, index)`` triples from :class:`StreamSampler`: the
     crop is drawn from a generator seeded with (seed, position). Validation items are plain indices
@@ -69,8 +70,9 @@ class ImageFileDataset(Dataset):
     in_flight: InFlight | None = None
 
     def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, scale_size: int | None = None) -> None:
         self.files, self.image_size, self.seed, self.max_pixels = list(files), image_size, seed, max_pixels
+        self.scale_size = scale_size or image_size
 
     def __len__(self) -> int:
         return len(self.files)
@@ -92,9 +94,9 @@ class ImageFileDataset(Dataset):
         return load_rgb(path, **kwargs)
 
     def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
-        """The sample cut from one photo: short side resized to ``image_size`` (the paper's 256x256
-        COCO images), then a square crop."""
-        return crop(resize_short_side(image, self.image_size), self.image_size, rng)
+        """The sample cut from one photo: short side resized to ``scale_size`` (the paper: 256, whole
+        256x256 COCO images), then a square ``image_size`` crop."""
+        return crop(resize_short_side(image, self.scale_size), self.image_size, rng)
 
 
 class ShardDataset(ImageFileDataset):
@@ -175,6 +177,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
     stops with an error if their share exceeds ``max_bad_fraction``. The number of the next batch
     and the counts of samples and bad files consumed are part of the checkpoint, so a resumed run
     continues the same stream and judges its bad-file share over the whole run, not since the resume.
+
+    ``scale_size`` (default ``image_size``) is the photos' short side before the crop. The paper trains
+    on whole 256 px images; a run that trains on smaller crops to save time keeps the scale the network
+    will stylize at by cropping photos resized to that scale, instead of shrinking whole photos.
     """
 
     #: what cuts a sample from a photo (subclasses change the cut, not the listing or the stream)
@@ -183,10 +189,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def __init__(self, source: str = "demo", root: str | None = None, image_size: int = 256,
                  batch_size: int = 4, num_workers: int = 0, val_images: int = 4, seed: int = 0,
                  max_bad_fraction: float = 0.05, max_pixels: int | None = None,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, scale_size: int | None = None) -> None:
         super().__init__()
         if image_size <= 0 or image_size % 4:
             raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
+        if scale_size is not None and (scale_size < image_size or source == "shards"):
+            raise StylenetError(f"data.scale_size must be null or >= data.image_size ({image_size}) and is not "
+                                f"used with source=shards (prepared at their own size), got {scale_size}")
         if batch_size < 1:
             raise StylenetError(f"data.batch_size must be >= 1, got {batch_size}")
         if source not in ("demo", "folder", "coco", "shards"):
@@ -194,6 +203,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.source, self.root, self.image_size, self.batch_size = source, root, image_size, batch_size
         self.num_workers, self.val_images, self.seed = num_workers, val_images, seed
         self.max_bad_fraction, self.max_pixels, self.timeout_s = max_bad_fraction, max_pixels, timeout_s
+        self.scale_size = scale_size
         self.train_files: list[Path] = []
         self.val_files: list[Path] = []
         self.next_batch = 0
@@ -252,7 +262,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """Samples of ``files``: read from the prepared shards for ``source=shards``, else decoded."""
         if self.source == "shards":
             return ShardDataset(files, self.image_size, self.seed, store=self.shards)
-        return self.dataset_class(files, self.image_size, self.seed, self.max_pixels)
+        return self.dataset_class(files, self.image_size, self.seed, self.max_pixels, self.scale_size)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Count what training consumes (not what the loader prefetched) and police bad files."""

@@ -128,6 +128,18 @@ def test_random_crops_depend_only_on_seed_and_position(tmp_path: Path) -> None:
     assert len(crops) > 1
 
 
+def test_scale_size_crops_photos_resized_to_that_scale(tmp_path: Path) -> None:
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64 x 64, +4 grey levels per column
+    path = tmp_path / "ramp.png"
+    Image.fromarray(np.stack([ramp] * 3, -1)).save(path)
+    kept = ImageFileDataset([path], image_size=16, scale_size=64)[0]["image"]  # a centre crop at full scale
+    shrunk = ImageFileDataset([path], image_size=16)[0]["image"]  # the whole photo at 16 px
+    assert torch.allclose(kept[0, 8].diff(), torch.full((15,), 4 / 255), atol=1e-6)
+    assert torch.allclose(shrunk[0, 8, 4:12].diff(), torch.full((7,), 16 / 255), atol=2 / 255)  # 4 columns a pixel
+    with pytest.raises(StylenetError, match=r"^data.scale_size must be null or >= data.image_size \(64\)"):
+        ImageFolderDataModule(source="demo", image_size=64, scale_size=32)
+
+
 def test_demo_source_and_demo_paths_use_bundled_photos() -> None:
     dm = ImageFolderDataModule(source="demo", image_size=64, val_images=2)
     dm.setup("fit")
