@@ -193,9 +193,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         super().__init__()
         if image_size <= 0 or image_size % 4:
             raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
-        if scale_size is not None and (scale_size < image_size or source == "shards"):
-            raise StylenetError(f"data.scale_size must be null or >= data.image_size ({image_size}) and is not "
-                                f"used with source=shards (prepared at their own size), got {scale_size}")
+        if scale_size is not None and scale_size < image_size:
+            raise StylenetError(f"data.scale_size must be null or >= data.image_size ({image_size}), got {scale_size}")
+        if scale_size is not None and source == "shards":
+            raise StylenetError("data.scale_size is not used with source=shards (prepared at their own size): "
+                                "set it to null")
         if batch_size < 1:
             raise StylenetError(f"data.batch_size must be >= 1, got {batch_size}")
         if source not in ("demo", "folder", "coco", "shards"):
@@ -344,6 +346,9 @@ class SuperResolutionDataModule(ImageFolderDataModule):
     dataset_class = SuperResolutionPatches
 
     def __init__(self, factor: int = 4, image_size: int = 288, **kwargs: Any) -> None:
+        if kwargs.get("scale_size") is not None:
+            raise StylenetError("data.scale_size is not used by super-resolution (HR patches are cut at the "
+                                "photo's own resolution): set it to null")
         super().__init__(image_size=image_size, **kwargs)
         if factor < 1 or image_size % factor:
             raise StylenetError(f"data.image_size ({image_size}) must be a multiple of the factor {factor}")

@@ -138,6 +138,8 @@ def test_scale_size_crops_photos_resized_to_that_scale(tmp_path: Path) -> None:
     assert torch.allclose(shrunk[0, 8, 4:12].diff(), torch.full((7,), 16 / 255), atol=2 / 255)  # 4 columns a pixel
     with pytest.raises(StylenetError, match=r"^data.scale_size must be null or >= data.image_size \(64\)"):
         ImageFolderDataModule(source="demo", image_size=64, scale_size=32)
+    with pytest.raises(StylenetError, match=r"^data.scale_size is not used with source=shards"):
+        ImageFolderDataModule(source="shards", root="unused", image_size=64, scale_size=128)
 
 
 def test_demo_source_and_demo_paths_use_bundled_photos() -> None:

@@ -97,6 +97,8 @@ def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -
         SuperResolutionDataModule(factor=8, image_size=36)
     with pytest.raises(StylenetError, match="smaller than the network's minimum of 5 px"):
         SuperResolutionDataModule(factor=8, image_size=32)
+    with pytest.raises(StylenetError, match=r"^data.scale_size is not used by super-resolution"):
+        SuperResolutionDataModule(factor=4, image_size=32, scale_size=64)
 
 
 def make_trainer(run_dir: Path, max_steps: int, export: bool = False) -> pl.Trainer:
