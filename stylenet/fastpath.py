@@ -20,8 +20,8 @@ from torch import nn
 
 from stylenet.nets.transformer import ReflectConv, UpsampleConvNormReLU
 
-__all__ = ["DepthToSpaceConv", "SingleImageInstanceNorm", "SubpixelConv", "bf16_is_native", "inference_precision",
-           "optimize_for_inference", "prepare_for_training", "reuse_freed_memory", "rewrite_layers",
+__all__ = ["DepthToSpaceConv", "PerImageInstanceNorm", "SubpixelConv", "bf16_is_native", "inference_precision",
+           "is_channels_last", "optimize_for_inference", "prepare_for_training", "reuse_freed_memory", "rewrite_layers",
            "training_precision", "use_channels_last"]
 
 #: convolutions with fewer output channels than this leave a CPU's vector units idle.
@@ -53,6 +53,12 @@ def training_precision(device: str = "cpu") -> str:
 def inference_precision(device: torch.device | str) -> str:
     """Default ``--precision`` of inference on ``device``: ``bf16`` where it is native, else ``fp32``."""
     return "bf16" if bf16_is_native(device) else "fp32"
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored NHWC (``channels_last``) rather than NCHW; a map that is both
+    (one channel, or one pixel) counts as NCHW."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:
@@ -99,8 +105,8 @@ def reuse_freed_memory() -> bool:
 
 
 def prepare_for_training(net: nn.Module, loss: nn.Module, device: torch.device | str = "cpu", *,
-                         channels_last: bool | None = None, compile: bool = False,
-                         system_malloc: bool = False) -> None:
+                         channels_last: bool | None = None, per_image_norms: bool = True,
+                         compile: bool = False, system_malloc: bool = False) -> None:
     """Apply the training fast paths to ``net`` and the loss network in place, for ``device``.
 
     * :func:`rewrite_layers`: the upsampling and the last convolution as exact equivalents with
@@ -108,6 +114,8 @@ def prepare_for_training(net: nn.Module, loss: nn.Module, device: torch.device |
     * memory layout, ``channels_last``: None picks per network (:func:`use_channels_last`),
       True or False forces both. Parameters and buffers are converted; the activations follow;
       exported files are written contiguous;
+    * a channels_last transformation network's InstanceNorm layers as
+      :class:`PerImageInstanceNorm` (``per_image_norms=False``: not), the same parameters and keys;
     * on CPUs, :func:`reuse_freed_memory` (``system_malloc=True`` leaves malloc alone);
     * ``compile``: ``nn.Module.compile`` rather than ``torch.compile(module)``, so ``state_dict()``
       keys get no ``_orig_mod.`` prefix and checkpoints stay interchangeable with uncompiled runs;
@@ -123,6 +131,8 @@ def prepare_for_training(net: nn.Module, loss: nn.Module, device: torch.device |
             continue
         if to_channels_last:
             module.to(memory_format=torch.channels_last)
+        if to_channels_last and per_image_norms and module is net:
+            per_image_instance_norms(net)
         if compile:
             module.compile()
 
@@ -299,31 +309,39 @@ def channel_moments(x: torch.Tensor) -> Moments:
     return total
 
 
-class SingleImageInstanceNorm(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` that computes a batch of one image as training-mode batch norm.
+class PerImageInstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` that computes each image of a channels_last batch as training-mode
+    batch norm over that image alone.
 
-    With one image the batch statistics are the instance statistics, so the result is the same up
+    The batch statistics of one image are its instance statistics, so the result is the same up
     to rounding; but the batch-norm kernels read channels_last maps in place, where
-    ``F.instance_norm`` reshapes to (1, B*C, H, W) and so copies every NHWC map to NCHW and back
-    (several times the time on a large channels_last map on the CPU). Beyond
-    :data:`EXACT_STATISTICS_PIXELS` the CPU kernel's own statistics drift, so they are computed in
-    chunks (:func:`channel_moments`) and the kernel only normalises. Inference always
-    runs one image (or tile) at a time; other batch sizes take ``nn.InstanceNorm2d``'s path. A
+    ``F.instance_norm`` reshapes to (1, B*C, H, W) and so copies every NHWC map to NCHW, and the
+    layers after it copy back (on a CPU training step with bf16 convolutions, a tenth of the step:
+    ``stylenet-bench`` times ``train_fast_instance_norm``). A batch is split into its images
+    (views) and the outputs concatenated (one copy, channels_last kept), which autograd
+    differentiates the same way. NCHW batches of several images take ``nn.InstanceNorm2d``'s path,
+    which copies nothing there. Beyond :data:`EXACT_STATISTICS_PIXELS` per image the CPU kernel's
+    own statistics drift, so they are computed in chunks (:func:`channel_moments`) and the kernel
+    only normalises (inference without gradients: a photo of a few megapixels in one pass). A
     subclass, so tiled inference still finds and freezes it (:mod:`stylenet.inference`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[0] != 1 or self.track_running_stats:
+        if x.dim() != 4 or self.track_running_stats or (x.shape[0] > 1 and not is_channels_last(x)):
             return super().forward(x)
+        if x.shape[0] > 1:
+            return torch.cat([self.normalize_image(image) for image in x.split(1)])  # (B, C, H, W)
+        return self.normalize_image(x)
+
+    def normalize_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, C, H, W) -> (1, C, H, W) in the same layout."""
         if x.device.type == "cpu" and x.shape[2] * x.shape[3] > EXACT_STATISTICS_PIXELS:
-            # a big map (a photo of a few megapixels in one pass): exact statistics, then the
-            # kernel that normalises low-precision x with float32 statistics
             count, mean, squares = channel_moments(x)
             return F.batch_norm(x, mean.float(), (squares / count).float(), self.weight, self.bias,
                                 training=False, momentum=0.0, eps=self.eps)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)
 
     @classmethod
-    def like(cls, norm: nn.InstanceNorm2d) -> SingleImageInstanceNorm:
+    def like(cls, norm: nn.InstanceNorm2d) -> PerImageInstanceNorm:
         """The same layer, sharing ``norm``'s parameters (and buffers, if any)."""
         single = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
         for name, tensor in [*norm.named_parameters(recurse=False), *norm.named_buffers(recurse=False)]:
@@ -331,19 +349,25 @@ class SingleImageInstanceNorm(nn.InstanceNorm2d):
         return single
 
 
+def per_image_instance_norms(net: nn.Module) -> None:
+    """Replace ``net``'s ``nn.InstanceNorm2d`` layers in place by :class:`PerImageInstanceNorm`
+    layers sharing their parameters (state-dict keys unchanged); idempotent."""
+    for name, module in list(net.named_modules()):
+        if type(module) is nn.InstanceNorm2d:
+            replace_module(net, name, PerImageInstanceNorm.like(module))
+
+
 def optimize_for_inference(net: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """A copy of ``net`` that computes the same images faster on ``device``; the original is never
     modified (checkpoints and exports keep its keys and layout).
 
-    :func:`rewrite_layers`; InstanceNorm layers as :class:`SingleImageInstanceNorm`; and, on CPUs
+    :func:`rewrite_layers`; InstanceNorm layers as :class:`PerImageInstanceNorm`; and, on CPUs
     and GPUs, the channels_last layout, which lets oneDNN and cuDNN run every convolution NHWC:
     with the two rewrites, faster than NCHW for the paper's network and the half-width one alike
     (``stylenet-bench``, ``infer``, measures it on the machine at hand)."""
     fast = copy.deepcopy(net)
     rewrite_layers(fast, device)
-    for name, module in list(fast.named_modules()):
-        if type(module) is nn.InstanceNorm2d:
-            replace_module(fast, name, SingleImageInstanceNorm.like(module))
+    per_image_instance_norms(fast)
     if torch.device(device).type in ("cpu", "cuda"):
         fast = fast.to(memory_format=torch.channels_last)
     return fast

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet import StylenetError
+from stylenet.fastpath import is_channels_last
 from stylenet.nets.vgg import IMAGENET_STD, VGGFeatures
 
 DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
@@ -80,7 +81,7 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     feature maps (the VGG's layout, :mod:`stylenet.fastpath`) are read as (H*W, C) in place
     rather than copied to channel-major order."""
     batch, channels, height, width = features.shape
-    channels_last = not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last)
+    channels_last = is_channels_last(features)
     if channels_last:
         psi = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # (B, HW, C), a view
     else:
@@ -95,8 +96,7 @@ def feature_reconstruction_loss(features: torch.Tensor, target: torch.Tensor) ->
     In fp32. Channels_last maps are compared as their contiguous NHWC views (the mean does not
     depend on the order): ``mse_loss``'s gradient then comes back channels_last too, where an
     NCHW gradient would make every later elementwise kernel of the backward pass mix layouts."""
-    if features.dim() == 4 and not features.is_contiguous() and features.is_contiguous(
-            memory_format=torch.channels_last):
+    if is_channels_last(features):
         features, target = features.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
     return F.mse_loss(features.float(), target.float())
 

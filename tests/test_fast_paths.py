@@ -249,7 +249,7 @@ def test_reuse_freed_memory_applies_with_glibc() -> None:
     assert fastpath.reuse_freed_memory() is expected
 
 
-def test_single_image_instance_norm_is_instance_norm_in_either_layout() -> None:
+def test_per_image_instance_norm_is_instance_norm_in_either_layout() -> None:
     """Batch norm over a batch of one image is instance norm (checked against the formula), keeps
     the input's layout (no NCHW copy), and shares the original layer's parameters."""
     torch.manual_seed(0)
@@ -257,7 +257,7 @@ def test_single_image_instance_norm_is_instance_norm_in_either_layout() -> None:
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0)
         norm.bias.uniform_(-1.0, 1.0)
-    single = fastpath.SingleImageInstanceNorm.like(norm)
+    single = fastpath.PerImageInstanceNorm.like(norm)
     assert single.weight is norm.weight and single.bias is norm.bias
     x = torch.randn(1, 6, 9, 7) * 3 + 2
     var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, unbiased=False)
@@ -270,14 +270,56 @@ def test_single_image_instance_norm_is_instance_norm_in_either_layout() -> None:
     torch.testing.assert_close(single(batch), norm(batch))
 
 
-def test_single_image_instance_norm_is_exact_on_a_multi_megapixel_map() -> None:
+def test_per_image_instance_norm_trains_a_channels_last_batch_like_instance_norm() -> None:
+    """A channels_last batch of three images: the output, the input's gradient and the parameters'
+    gradients equal nn.InstanceNorm2d's (the formula's, through autograd), and the output and the
+    input's gradient stay channels_last (no NCHW copy in either direction)."""
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    per_image = fastpath.PerImageInstanceNorm.like(norm)
+    x = torch.randn(3, 6, 9, 7) * torch.linspace(0.5, 3.0, 3).view(3, 1, 1, 1) + 2
+    upstream = torch.randn(3, 6, 9, 7)
+    results = []
+    for layer, layout in ((norm, torch.contiguous_format), (per_image, torch.channels_last)):
+        leaf = x.clone(memory_format=layout).requires_grad_()
+        out = layer(leaf)
+        (out * upstream).sum().backward()
+        results.append((out, leaf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+        assert out.is_contiguous(memory_format=layout) and leaf.grad.is_contiguous(memory_format=layout)
+        norm.weight.grad = norm.bias.grad = None
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_training_preparation_keeps_keys_and_parameters_of_per_image_norms() -> None:
+    """A channels_last network gets PerImageInstanceNorm layers holding the very parameters the
+    optimiser was given, under the same keys; an NCHW one keeps nn.InstanceNorm2d; a second
+    preparation changes nothing."""
+    net, loss = TransformerNet(channels=8, residual_blocks=1), PerceptualLoss(weights="random")
+    keys, parameters = list(net.state_dict()), list(net.parameters())
+    fastpath.prepare_for_training(net, loss, "cpu", channels_last=True, system_malloc=True)
+    norms = [type(m) for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert len(norms) == 7 and set(norms) == {fastpath.PerImageInstanceNorm}
+    fastpath.prepare_for_training(net, loss, "cpu", channels_last=True, system_malloc=True)
+    assert list(net.state_dict()) == keys and list(net.parameters()) == parameters
+    assert [type(m) for m in net.modules() if isinstance(m, torch.nn.InstanceNorm2d)] == norms
+    nchw = TransformerNet(channels=8, residual_blocks=1)
+    fastpath.prepare_for_training(nchw, PerceptualLoss(weights="random"), "cpu", channels_last=False,
+                                  system_malloc=True)
+    assert {type(m) for m in nchw.modules() if isinstance(m, torch.nn.InstanceNorm2d)} == {torch.nn.InstanceNorm2d}
+
+
+def test_per_image_instance_norm_is_exact_on_a_multi_megapixel_map() -> None:
     """A 2 MP channels_last map whose channels' means are 100x their spread (a smooth photo's first
     layers): the normalised values match the float64 formula, where the CPU kernel's own float32
     statistics put them off by 0.09 on average (0.4 at most). In bf16 too (exact statistics of the
     bf16 values; only the output is rounded)."""
     torch.manual_seed(0)
     norm = torch.nn.InstanceNorm2d(8, affine=False)
-    single = fastpath.SingleImageInstanceNorm.like(norm)
+    single = fastpath.PerImageInstanceNorm.like(norm)
     means = torch.linspace(0.5, 5.0, 8).view(1, 8, 1, 1)
     x = (torch.randn(1, 8, 2048, 1024) * 0.05 + means).to(memory_format=torch.channels_last)
     for dtype, tolerance in ((torch.float32, 1e-3), (torch.bfloat16, 0.02)):
@@ -299,10 +341,10 @@ def test_inference_copy_is_channels_last_and_leaves_the_original_alone() -> None
     keys = list(net.state_dict())
     fast = fastpath.optimize_for_inference(net, "cpu")
     norms = [m for m in fast.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
-    assert norms and all(isinstance(m, fastpath.SingleImageInstanceNorm) for m in norms)
+    assert norms and all(isinstance(m, fastpath.PerImageInstanceNorm) for m in norms)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters() if p.dim() == 4)
     assert all(p.is_contiguous() for p in net.parameters()) and list(net.state_dict()) == keys
-    assert not any(isinstance(m, fastpath.SingleImageInstanceNorm) for m in net.modules())
+    assert not any(isinstance(m, fastpath.PerImageInstanceNorm) for m in net.modules())
     image = torch.rand(1, 3, 24, 36)
     with torch.no_grad():
         torch.testing.assert_close(fast(image), net(image), atol=1e-5, rtol=1e-4)

@@ -93,12 +93,13 @@ class Variant:
     precision: str | None = None        # None: the benchmark's fast precision
     prepare: bool = True                # apply stylenet.fastpath.prepare_for_training
     channels_last: bool | None = None   # None: per network, as prepare_for_training picks
+    per_image_norms: bool = True
     system_malloc: bool = False
     compile: bool = False
 
     def step(self, device: torch.device, style: torch.Tensor, weights: str, precision: str) -> TrainingStep:
-        fast_paths = {"channels_last": self.channels_last, "system_malloc": self.system_malloc,
-                      "compile": self.compile}
+        fast_paths = {"channels_last": self.channels_last, "per_image_norms": self.per_image_norms,
+                      "system_malloc": self.system_malloc, "compile": self.compile}
         return TrainingStep(self.kind, device, style, weights=weights, precision=self.precision or precision,
                             prepare=self.prepare, **fast_paths)
 
@@ -110,6 +111,7 @@ VARIANTS = (
     Variant("fast_nchw", change="both networks NCHW", channels_last=False),
     Variant("fast_channels_last", change="both networks channels_last", channels_last=True),
     Variant("fast_system_malloc", change="malloc returning memory", system_malloc=True),
+    Variant("fast_instance_norm", change="InstanceNorm through F.instance_norm", per_image_norms=False),
     # what the objective does alone: bf16 and the truncated content pass
     Variant("fast_unprepared", change="no layer rewrites, NCHW, system malloc", prepare=False),
 )

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet.errors import StylenetError
-from stylenet.fastpath import DepthToSpaceConv, SubpixelConv, channel_moments, pool_moments
+from stylenet.fastpath import DepthToSpaceConv, SubpixelConv, channel_moments, is_channels_last, pool_moments
 from stylenet.fastpath import Moments as PixelMoments
 from stylenet.inference.geometry import PRECISIONS, autocast, min_size, pad_to_multiple, size_multiple
 from stylenet.inference.norms import FrozenInstanceNorm
@@ -273,7 +273,7 @@ def _store(layer: Layer, spans: list[tuple[int, int]], out_height: int,
     for start, stop in spans:
         out = run(layer, start, stop)
         if stored is None:
-            channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+            channels_last = is_channels_last(out)
             shape = (1, out.shape[1], out_height, out.shape[-1])
             if over is not None and over.shape == shape and over.dtype == out.dtype:
                 stored = over  # in any layout, writing rows [start, stop) leaves the other rows alone
