@@ -72,12 +72,13 @@ def test_derived_figures_and_targets_hand_computed() -> None:
                "frames_paper_640x480_fps": 9.0, "photo_default_4000x3000_time_ratio": 1.1,
                "photo_default_4000x3000_peak_mb": 1900.0, "photo_default_4000x3000_psnr_db": 49.0}
     report.derived(results)
-    assert results["train_fraction_of_peak"] == pytest.approx(600 / 4 / 250)  # the fp32 ceiling for 32-true
+    # the executed FLOPs (the rewrites execute fewer than the network counts) at the fp32 ceiling for 32-true
+    assert results["train_fraction_of_peak"] == pytest.approx(500 / 4 / 250)
     assert results["train_floor_s"] == pytest.approx(500 / 250)
     assert results["train_speedup_bound"] == pytest.approx(8.0 / 2.0)
     assert results["gatys500_over_feedforward"] == pytest.approx(500 * 0.5 / 0.2)
     targets = results["targets"]
-    assert not targets["train_fraction_of_peak"]["met"]  # 0.6 < 0.7
+    assert not targets["train_fraction_of_peak"]["met"]  # 0.5 < 0.83
     assert targets["infer_fast_paper_1024_seconds"]["met"] and targets["gatys500_over_feedforward"]["met"]
     assert not targets["infer_fast_half_1024_seconds"]["met"]  # 0.13 > 0.12
     assert "train_speedup" not in targets  # not measured here: no verdict
