@@ -215,6 +215,10 @@ class DepthToSpaceConv(RewrittenConv):
     def __init__(self, conv: nn.Conv2d, factor: int = 2) -> None:
         super().__init__(conv)
         self.factor, self.pad = factor, conv.kernel_size[0] // 2
+        if factor < 2 or (2 * self.pad) % factor:
+            # padding the sides up to a multiple of f then yields a whole output row per f input rows
+            # only where f divides the 2 * pad rows the padding adds (f = 3 on a 9x9 kernel loses a row)
+            raise ValueError(f"DepthToSpaceConv factor {factor} must be >= 2 and divide {2 * self.pad}")
 
     def kernel(self) -> torch.Tensor:
         """(O, I, K, K) -> (O f^2, I, K + f - 1, K + f - 1), output phases in pixel_shuffle's order."""

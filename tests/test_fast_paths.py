@@ -366,3 +366,20 @@ def test_subpixel_upsampling_compiles_forward_and_backward() -> None:
     compiled_out.square().sum().backward()
     torch.testing.assert_close(compiled_out, eager_out)
     torch.testing.assert_close([x.grad, block.conv.weight.grad], eager_grads)
+
+
+def test_depth_to_space_conv_equals_the_convolution_at_every_valid_factor() -> None:
+    """Factors 2 and 4 compute the reflection-padded 9x9 convolution on sizes that are not multiples
+    of either; a factor that does not divide the padding's 8 rows is refused (it would lose a row)."""
+    from stylenet.nets.transformer import ReflectConv
+
+    torch.manual_seed(0)
+    layer = ReflectConv(6, 3, 9)
+    x = torch.randn(2, 6, 13, 22)
+    with torch.no_grad():
+        expected = layer(x)
+        for factor in (2, 4):
+            torch.testing.assert_close(fastpath.DepthToSpaceConv(layer[1], factor)(x), expected,
+                                       atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="factor 3"):
+        fastpath.DepthToSpaceConv(layer[1], 3)
