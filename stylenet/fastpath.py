@@ -326,7 +326,7 @@ class PerImageInstanceNorm(nn.InstanceNorm2d):
     differentiates the same way. NCHW batches of several images take ``nn.InstanceNorm2d``'s path,
     which copies nothing there. Beyond :data:`EXACT_STATISTICS_PIXELS` per image the CPU kernel's
     own statistics drift, so they are computed in chunks (:func:`channel_moments`) and the kernel
-    only normalises (inference without gradients: a photo of a few megapixels in one pass). A
+    only normalises (without gradients: inference of a photo of a few megapixels in one pass). A
     subclass, so tiled inference still finds and freezes it (:mod:`stylenet.inference`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -338,8 +338,8 @@ class PerImageInstanceNorm(nn.InstanceNorm2d):
 
     def normalize_image(self, x: torch.Tensor) -> torch.Tensor:
         """(1, C, H, W) -> (1, C, H, W) in the same layout."""
-        if x.device.type == "cpu" and x.shape[2] * x.shape[3] > EXACT_STATISTICS_PIXELS:
-            count, mean, squares = channel_moments(x)
+        if x.device.type == "cpu" and x.shape[2] * x.shape[3] > EXACT_STATISTICS_PIXELS and not x.requires_grad:
+            count, mean, squares = channel_moments(x)  # no gradient flows through these statistics
             return F.batch_norm(x, mean.float(), (squares / count).float(), self.weight, self.bias,
                                 training=False, momentum=0.0, eps=self.eps)
         return F.batch_norm(x, None, None, self.weight, self.bias, training=True, momentum=0.0, eps=self.eps)

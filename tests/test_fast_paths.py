@@ -294,6 +294,24 @@ def test_per_image_instance_norm_trains_a_channels_last_batch_like_instance_norm
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_per_image_instance_norm_differentiates_maps_beyond_the_exact_statistics_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chunked statistics of big maps carry no gradient, so a map that needs one takes the
+    kernel's own: with the size limit lowered to 10 pixels, a 5x5 map's gradients are InstanceNorm2d's."""
+    monkeypatch.setattr(fastpath, "EXACT_STATISTICS_PIXELS", 10)
+    torch.manual_seed(0)
+    norm = torch.nn.InstanceNorm2d(3, affine=True)
+    per_image = fastpath.PerImageInstanceNorm.like(norm)
+    x, upstream = torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5)
+    grads = []
+    for layer in (norm, per_image):
+        leaf = x.clone().requires_grad_()
+        (layer(leaf) * upstream).sum().backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[0].abs().max() > 0.1
+
+
 def test_training_preparation_keeps_keys_and_parameters_of_per_image_norms() -> None:
     """A channels_last network gets PerImageInstanceNorm layers holding the very parameters the
     optimiser was given, under the same keys; an NCHW one keeps nn.InstanceNorm2d; a second
