@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylenet import StylenetError
 from stylenet.bench import measure, report, sections, training
 from stylenet.cli import bench
 
@@ -47,6 +48,27 @@ def test_sections_and_bad_arguments(tmp_path: Path) -> None:
     assert len(conv["conv_fp32_gflops_by_shape"]) == len(sections.VGG_CONV_SHAPES) and conv["targets"] == {}
     with pytest.raises(SystemExit):
         bench.main(["--sections", "train,nonsense"])
+
+
+def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A trained file is timed in the row of its width: a half-width one in the frames section's
+    half-width row, and refused by the 12 MP photo row (the paper's width) before any section runs,
+    with a one-line error naming it; a width the benchmark has no row for is refused too."""
+    from stylenet.modelfile import save_model
+    from stylenet.nets import TransformerNet
+
+    files = {}
+    for channels in (8, 16, 32):
+        files[channels] = tmp_path / f"width{channels}.safetensors"
+        save_model(files[channels], TransformerNet(channels=channels, residual_blocks=1), {"task": "style"})
+    assert sections.model_file_row(str(files[16])) == "half"
+    assert sections.model_file_row(str(files[32]), paper_only=True) == "paper"
+    with pytest.raises(StylenetError, match="width 8"):
+        sections.model_file_row(str(files[8]))
+    capsys.readouterr()
+    assert bench.main(["--quick", "--sections", "conv,photo", "--model-file", str(files[16])]) == 2
+    error = capsys.readouterr().err
+    assert "width16.safetensors" in error and "paper" in error and len(error.strip().splitlines()) == 1
 
 
 def test_reference_and_fast_steps_give_the_same_first_loss() -> None:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from stylenet.bench.measure import key, median_seconds, random_images, sync
 from stylenet.bench.training import COMPILED, VARIANTS
-from stylenet.bench.worker import Job, run_worker
+from stylenet.bench.worker import MODELS, Job, run_worker
+from stylenet.errors import StylenetError
 from stylenet.fastpath import inference_precision, use_channels_last
 from stylenet.losses import PerceptualLoss
 
@@ -99,16 +100,36 @@ def bench_infer(device: torch.device, profile: Profile, reps: int) -> dict[str, 
     return results
 
 
+def model_file_row(model_file: str, *, paper_only: bool = False) -> str:
+    """The network (a name in :data:`stylenet.bench.worker.MODELS`) whose rows a trained model file is
+    timed in: the one of its width (``paper_only``: the 12 MP photo row's, the paper's). A file of
+    another width would be timed under a wrong label, so it is refused, naming the file."""
+    from stylenet.modelfile import read_model
+
+    channels = read_model(model_file).style_networks()[0][1].config.get("channels")
+    rows = [name for name, config in MODELS.items() if config["channels"] == channels]
+    if paper_only and rows != ["paper"]:
+        raise StylenetError(f"--model-file {model_file}: a network of width {channels}, where the 12 MP photo row "
+                            f"times the paper's ({MODELS['paper']['channels']}): train one with model=transformer")
+    if not rows:
+        widths = ", ".join(f"{config['channels']} ({name})" for name, config in MODELS.items())
+        raise StylenetError(f"--model-file {model_file}: a network of width {channels}; the benchmark's rows "
+                            f"are for widths {widths}")
+    return rows[0]
+
+
 def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: str = "") -> dict[str, Any]:
     """Frames/s streamed through ``InferenceModel.stylize_frames`` (uint8 frames in and out, the default
-    precision), each network in its own process, over ``profile.frames`` frames per repetition; with
-    PyAV (the ``video`` extra), also a generated clip of as many frames end to end through
-    ``stylize_video``, decoding and encoding included (half-width network)."""
+    precision), each network in its own process, over ``profile.frames`` frames per repetition
+    (``model_file``: in the row of its width, :func:`model_file_row`); with PyAV (the ``video``
+    extra), also a generated clip of as many frames end to end through ``stylize_video``, decoding
+    and encoding included (half-width network)."""
     width, height = profile.frame
     results: dict[str, Any] = {"frames_size": f"{width}x{height}", "frames_model_file": model_file or None}
+    file_row = model_file_row(model_file) if model_file else None
     for model in ("half", "paper"):
         measured = run_worker(Job("frames", str(device), width, reps, model=model, height=height,
-                                  frames=profile.frames, model_file=model_file if model == "paper" else ""))
+                                  frames=profile.frames, model_file=model_file if model == file_row else ""))
         results[key("frames", model, f"{width}x{height}", "fps")] = profile.frames / measured.seconds
     if importlib.util.find_spec("av") is not None:  # the video extra: a clip end to end, half-width net
         measured = run_worker(Job("video", str(device), width, reps, model="half", height=height,
@@ -120,7 +141,10 @@ def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: 
 def bench_photo(device: torch.device, profile: Profile, reps: int, model_file: str = "") -> dict[str, Any]:
     """The big photo through the paper network on the default path (what ``stylenet-stylize`` does:
     layer by layer beyond the memory budget) and in one pass, each in its own process: seconds,
-    peak memory (peak RSS, or CUDA's max allocated) and the PSNR between the two 8-bit outputs."""
+    peak memory (peak RSS, or CUDA's max allocated) and the PSNR between the two 8-bit outputs;
+    ``model_file`` must be of the paper's width."""
+    if model_file:
+        model_file_row(model_file, paper_only=True)
     width, height = profile.photo
     name = f"{width}x{height}"
     results: dict[str, Any] = {"photo_size": name, "photo_model_file": model_file or None}

@@ -29,8 +29,9 @@ the device synchronised around every measurement, reported as the median of ``--
 * ``photo``: a 12 MP photo (4000x3000) through the paper network on the default path (layer by
   layer beyond the memory budget, :mod:`stylenet.inference.layerwise`) against one pass: seconds,
   peak memory and the PSNR between the two 8-bit outputs. ``--model-file`` measures a trained
-  model here and in ``frames`` (random weights otherwise; bf16 rounding differences grow through
-  an untrained network, so the PSNR is only meaningful with trained weights).
+  model here (paper width only) and in ``frames`` (in the row of its width); random weights
+  otherwise (bf16 rounding differences grow through an untrained network, so the PSNR is only
+  meaningful with trained weights).
 * ``gatys``: one L-BFGS iteration of :func:`stylenet.gatys.optimize` (Gatys et al., the slow baseline
   of the paper's Table 1) and the extrapolated 500-iteration time over one feed-forward pass.
 * ``conv``: the device's convolution ceiling, fp32 and bf16: the best of VGG-16's 3x3 layer shapes.
@@ -66,6 +67,7 @@ from stylenet.bench.sections import (
     bench_infer,
     bench_photo,
     bench_train,
+    model_file_row,
 )
 from stylenet.bench.training import AUTOCAST, loss_curve
 from stylenet.bench.worker import MODELS
@@ -94,8 +96,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, help="training step image side, px (default 256)")
     parser.add_argument("--weights", default="random", help="VGG weights: random (default), imagenet, or a .pth")
     parser.add_argument("--model-file", default="",
-                        help="a trained paper-width style model for the frames and photo sections "
-                             "(default: random weights)")
+                        help="a trained style model for the frames section (in the row of its width) and "
+                             "the photo section (paper width only); default: random weights")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's, one per core)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("stylenet.nets.vgg").setLevel(logging.ERROR)
     try:
         device = resolve_device(args.device, accelerators=("cuda",))
+        if args.model_file and {"frames", "photo"} & set(args.sections):  # before minutes of other sections
+            model_file_row(args.model_file, paper_only="photo" in args.sections)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
