@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylenet.nets.transformer import ReflectConv, UpsampleConvNormReLU
+from stylenet.nets.transformer import ReflectConv, UpsampleConvNormReLU, is_channels_last
 
 __all__ = ["DepthToSpaceConv", "PerImageInstanceNorm", "SubpixelConv", "bf16_is_native", "inference_precision",
            "is_channels_last", "optimize_for_inference", "prepare_for_training", "reuse_freed_memory", "rewrite_layers",
@@ -53,12 +53,6 @@ def training_precision(device: str = "cpu") -> str:
 def inference_precision(device: torch.device | str) -> str:
     """Default ``--precision`` of inference on ``device``: ``bf16`` where it is native, else ``fp32``."""
     return "bf16" if bf16_is_native(device) else "fp32"
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True for a 4-d tensor stored NHWC (``channels_last``) rather than NCHW; a map that is both
-    (one channel, or one pixel) counts as NCHW."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:

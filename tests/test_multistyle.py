@@ -49,6 +49,28 @@ def multi_file(path: Path, net: TransformerNet | None = None) -> Path:
 # ------------------------------------------------------------------------------------ the network
 
 
+def test_conditional_norm_of_a_channels_last_batch_trains_like_the_nchw_one() -> None:
+    """Image by image on NHWC maps (no copy to NCHW): for a blend shared by the batch and for a style
+    per image, the output and every gradient equal the NCHW path's, and the layout is kept."""
+    torch.manual_seed(0)
+    norm = ConditionalInstanceNorm2d(6, styles=3)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(4, 6, 9, 7) * torch.linspace(0.5, 3.0, 4).view(4, 1, 1, 1) + 1
+    upstream = torch.randn(4, 6, 9, 7)
+    for weights in (torch.tensor([0.2, 0.5, 0.3]), torch.eye(3)[[0, 2, 1, 2]]):
+        results = []
+        for layout in (torch.contiguous_format, torch.channels_last):
+            leaf = x.clone(memory_format=layout).requires_grad_()
+            out = norm(leaf, weights)
+            (out * upstream).sum().backward()
+            assert out.is_contiguous(memory_format=layout) and leaf.grad.is_contiguous(memory_format=layout)
+            results.append((out, leaf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
+            norm.weight.grad = norm.bias.grad = None
+        for expected, actual in zip(*results, strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_conditional_norm_with_one_style_is_instance_norm_exactly() -> None:
     x = torch.randn(2, 8, 12, 10)
     plain = nn.InstanceNorm2d(8, affine=True)

@@ -20,6 +20,12 @@ NORMS = ("instance", "batch", "none")
 Style = int | Sequence[float] | torch.Tensor
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored NHWC (``channels_last``) rather than NCHW; a map that is both
+    (one channel, or one pixel) counts as NCHW."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class ConditionalInstanceNorm2d(nn.Module):
     """Conditional instance normalisation (Dumoulin, Shlens & Kudlur, ICLR 2017, Sec. 2): instance
     normalisation whose scale and shift belong to the style, ``gamma_s`` and ``beta_s``, rows of the
@@ -51,6 +57,12 @@ class ConditionalInstanceNorm2d(nn.Module):
                 raise ValueError(f"a conditional instance norm of {self.styles} styles needs style weights")
             weights = self.weight.new_ones(1)
         gamma, beta = self.mixed(weights)
+        if x.shape[0] > 1 and is_channels_last(x):
+            # image by image as batch norm, which reads NHWC maps in place where the reshapes below copy
+            # them to NCHW and back (stylenet.fastpath.PerImageInstanceNorm, the single-style layer)
+            gamma, beta = gamma.expand(x.shape[0], -1), beta.expand(x.shape[0], -1)  # (B, C) each
+            return torch.cat([F.batch_norm(image, None, None, scale, shift, training=True, eps=self.eps)
+                              for image, scale, shift in zip(x.split(1), gamma, beta, strict=True)])
         if gamma.dim() == 1:
             return F.instance_norm(x, weight=gamma, bias=beta, use_input_stats=True, eps=self.eps)
         # A style per image: instance norm is batch norm over (1, B*C, H, W), whose affine step then
