@@ -1,5 +1,6 @@
 """Helpers shared by several test modules (fixtures live in conftest.py): unreadable image files, a
-pickle payload that proves code ran, and the command of a console script."""
+pickle payload that proves code ran, the command of a console script, and a layer's gradients in
+a given memory layout."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import os
 import struct
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import tomllib
+import torch
 from PIL import Image
 
 
@@ -68,3 +70,18 @@ def console_script(name: str) -> list[str]:
         return [str(script)]
     scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     return [sys.executable, "-m", scripts[name].partition(":")[0]]
+
+
+def output_and_gradients(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, upstream: torch.Tensor,
+                         layout: torch.memory_format, parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``layer`` on a copy of ``x`` stored in ``layout``: its output, then the gradients of
+    ``sum(output * upstream)`` for the input and each of ``parameters`` (whose ``.grad`` is cleared
+    again). Asserts that the output and the input's gradient keep the layout (no copy to another)."""
+    leaf = x.clone(memory_format=layout).requires_grad_()
+    out = layer(leaf)
+    (out * upstream).sum().backward()
+    assert out.is_contiguous(memory_format=layout) and leaf.grad.is_contiguous(memory_format=layout)
+    grads = [p.grad.clone() for p in parameters]
+    for p in parameters:
+        p.grad = None
+    return [out.detach(), leaf.grad, *grads]

@@ -17,6 +17,7 @@ from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.tasks import StyleTransferTask
+from tests.helpers import output_and_gradients
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -249,14 +250,20 @@ def test_reuse_freed_memory_applies_with_glibc() -> None:
     assert fastpath.reuse_freed_memory() is expected
 
 
-def test_per_image_instance_norm_is_instance_norm_in_either_layout() -> None:
-    """Batch norm over a batch of one image is instance norm (checked against the formula), keeps
-    the input's layout (no NCHW copy), and shares the original layer's parameters."""
+def affine_instance_norm(channels: int) -> torch.nn.InstanceNorm2d:
+    """An affine InstanceNorm2d with scales in [0.5, 2] and shifts in [-1, 1] (not the identity's)."""
     torch.manual_seed(0)
-    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    norm = torch.nn.InstanceNorm2d(channels, affine=True)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 2.0)
         norm.bias.uniform_(-1.0, 1.0)
+    return norm
+
+
+def test_per_image_instance_norm_is_instance_norm_in_either_layout() -> None:
+    """Batch norm over a batch of one image is instance norm (checked against the formula), keeps
+    the input's layout (no NCHW copy), and shares the original layer's parameters."""
+    norm = affine_instance_norm(6)
     single = fastpath.PerImageInstanceNorm.like(norm)
     assert single.weight is norm.weight and single.bias is norm.bias
     x = torch.randn(1, 6, 9, 7) * 3 + 2
@@ -274,24 +281,14 @@ def test_per_image_instance_norm_trains_a_channels_last_batch_like_instance_norm
     """A channels_last batch of three images: the output, the input's gradient and the parameters'
     gradients equal nn.InstanceNorm2d's (the formula's, through autograd), and the output and the
     input's gradient stay channels_last (no NCHW copy in either direction)."""
-    torch.manual_seed(0)
-    norm = torch.nn.InstanceNorm2d(6, affine=True)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 2.0)
-        norm.bias.uniform_(-1.0, 1.0)
+    norm = affine_instance_norm(6)
     per_image = fastpath.PerImageInstanceNorm.like(norm)
     x = torch.randn(3, 6, 9, 7) * torch.linspace(0.5, 3.0, 3).view(3, 1, 1, 1) + 2
-    upstream = torch.randn(3, 6, 9, 7)
-    results = []
-    for layer, layout in ((norm, torch.contiguous_format), (per_image, torch.channels_last)):
-        leaf = x.clone(memory_format=layout).requires_grad_()
-        out = layer(leaf)
-        (out * upstream).sum().backward()
-        results.append((out, leaf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
-        assert out.is_contiguous(memory_format=layout) and leaf.grad.is_contiguous(memory_format=layout)
-        norm.weight.grad = norm.bias.grad = None
-    for expected, actual in zip(*results, strict=True):
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    upstream, parameters = torch.randn(3, 6, 9, 7), [norm.weight, norm.bias]
+    expected = output_and_gradients(norm, x, upstream, torch.contiguous_format, parameters)
+    actual = output_and_gradients(per_image, x, upstream, torch.channels_last, parameters)
+    for mine, reference in zip(actual, expected, strict=True):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_per_image_instance_norm_differentiates_maps_beyond_the_exact_statistics_size(

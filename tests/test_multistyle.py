@@ -22,6 +22,7 @@ from stylenet.nets.transformer import ConditionalInstanceNorm2d
 from stylenet.styles import choice_weights, parse_blend
 from stylenet.tasks import AddStyleTask, StyleTransferTask
 from tests.conftest import make_photo
+from tests.helpers import output_and_gradients
 
 NAMES = ["a", "b", "c"]
 TINY = {"channels": 8, "residual_blocks": 1}
@@ -59,16 +60,11 @@ def test_conditional_norm_of_a_channels_last_batch_trains_like_the_nchw_one() ->
     x = torch.randn(4, 6, 9, 7) * torch.linspace(0.5, 3.0, 4).view(4, 1, 1, 1) + 1
     upstream = torch.randn(4, 6, 9, 7)
     for weights in (torch.tensor([0.2, 0.5, 0.3]), torch.eye(3)[[0, 2, 1, 2]]):
-        results = []
-        for layout in (torch.contiguous_format, torch.channels_last):
-            leaf = x.clone(memory_format=layout).requires_grad_()
-            out = norm(leaf, weights)
-            (out * upstream).sum().backward()
-            assert out.is_contiguous(memory_format=layout) and leaf.grad.is_contiguous(memory_format=layout)
-            results.append((out, leaf.grad, norm.weight.grad.clone(), norm.bias.grad.clone()))
-            norm.weight.grad = norm.bias.grad = None
-        for expected, actual in zip(*results, strict=True):
-            torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+        nchw, nhwc = (output_and_gradients(lambda image, w=weights: norm(image, w), x, upstream, layout,
+                                           [norm.weight, norm.bias])
+                      for layout in (torch.contiguous_format, torch.channels_last))
+        for mine, reference in zip(nhwc, nchw, strict=True):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_conditional_norm_with_one_style_is_instance_norm_exactly() -> None:
