@@ -107,3 +107,14 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     assert targets["frames_half_640x480_fps"]["met"] and not targets["frames_paper_640x480_fps"]["met"]
     assert targets["photo_default_4000x3000_time_ratio"]["met"] and targets["photo_default_4000x3000_peak_mb"]["met"]
     assert not targets["photo_default_4000x3000_psnr_db"]["met"]
+
+
+def test_rows_timed_with_a_model_file_name_it() -> None:
+    """Only the row the trained file was timed in carries its name; the other row is the fresh network's."""
+    results = {"frames_size": "640x480", "frames_model_file": "runs/demo/demo.safetensors",
+               "frames_model_file_row": "half", measure.key("frames", "half", "640x480", "fps"): 12.0,
+               measure.key("frames", "paper", "640x480", "fps"): 4.0}
+    labels = [row[0] for row in report.stream_rows(results)]
+    assert labels == ["frames 640x480 streamed (half net: demo.safetensors)", "frames 640x480 streamed (paper net)"]
+    results["frames_model_file"] = results["frames_model_file_row"] = None
+    assert next(report.stream_rows(results))[0] == "frames 640x480 streamed (half net)"

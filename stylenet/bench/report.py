@@ -8,6 +8,7 @@ import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,12 +130,20 @@ def infer_rows(r: dict[str, Any], models: list[str], sizes: list[int]) -> Iterat
                    f"{seconds['fp32'] / seconds['fast']:.2f}x")
 
 
+def network_label(model: str, model_file: str | None) -> str:
+    """``half net``, or ``half net: demo.safetensors`` for a row timed with a trained model file."""
+    return f"{model} net" + (f": {Path(model_file).name}" if model_file else "")
+
+
 def stream_rows(r: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
-    """The frames and big-photo rows (``stylenet-bench --sections frames,photo``)."""
+    """The frames and big-photo rows (``stylenet-bench --sections frames,photo``); a row timed with
+    ``--model-file`` names the file."""
     for model in ("half", "paper"):
         fps = r.get(key("frames", model, r.get("frames_size"), "fps"))
         if fps is not None:
-            yield (f"frames {r['frames_size']} streamed ({model} net)", "", f"{fps:.1f} frames/s", "")
+            trained = r.get("frames_model_file") if r.get("frames_model_file_row") == model else None
+            yield (f"frames {r['frames_size']} streamed ({network_label(model, trained)})", "",
+                   f"{fps:.1f} frames/s", "")
     fps = r.get(key("video", "half", r.get("frames_size"), "fps"))
     if fps is not None:
         yield (f"video {r['frames_size']} end to end, decode + encode (half net)", "", f"{fps:.1f} frames/s", "")
@@ -142,7 +151,8 @@ def stream_rows(r: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
     if name is not None:
         cells = {mode: f"{r[key('photo', mode, name, 'seconds')]:.2f} s / "
                        f"{r[key('photo', mode, name, 'peak_mb')]:.0f} MB" for mode in ("onepass", "default")}
-        yield (f"photo {name} (paper net): one pass / default", cells["onepass"], cells["default"],
+        label = network_label("paper", r.get("photo_model_file"))
+        yield (f"photo {name} ({label}): one pass / default", cells["onepass"], cells["default"],
                f"{r[key('photo_default', name, 'time_ratio')]:.2f}x, {r[key('photo_default', name, 'psnr_db')]:.1f} dB")
 
 

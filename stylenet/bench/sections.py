@@ -125,8 +125,9 @@ def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: 
     extra), also a generated clip of as many frames end to end through ``stylize_video``, decoding
     and encoding included (half-width network)."""
     width, height = profile.frame
-    results: dict[str, Any] = {"frames_size": f"{width}x{height}", "frames_model_file": model_file or None}
     file_row = model_file_row(model_file) if model_file else None
+    results: dict[str, Any] = {"frames_size": f"{width}x{height}", "frames_model_file": model_file or None,
+                               "frames_model_file_row": file_row}
     for model in ("half", "paper"):
         measured = run_worker(Job("frames", str(device), width, reps, model=model, height=height,
                                   frames=profile.frames, model_file=model_file if model == file_row else ""))
