@@ -296,17 +296,13 @@ def test_per_image_instance_norm_differentiates_maps_beyond_the_exact_statistics
     """The chunked statistics of big maps carry no gradient, so a map that needs one takes the
     kernel's own: with the size limit lowered to 10 pixels, a 5x5 map's gradients are InstanceNorm2d's."""
     monkeypatch.setattr(fastpath, "EXACT_STATISTICS_PIXELS", 10)
-    torch.manual_seed(0)
-    norm = torch.nn.InstanceNorm2d(3, affine=True)
-    per_image = fastpath.PerImageInstanceNorm.like(norm)
+    norm = affine_instance_norm(3)
     x, upstream = torch.randn(1, 3, 5, 5), torch.randn(1, 3, 5, 5)
-    grads = []
-    for layer in (norm, per_image):
-        leaf = x.clone().requires_grad_()
-        (layer(leaf) * upstream).sum().backward()
-        grads.append(leaf.grad)
-    torch.testing.assert_close(grads[1], grads[0])
-    assert grads[0].abs().max() > 0.1
+    expected = output_and_gradients(norm, x, upstream, torch.contiguous_format, [])
+    actual = output_and_gradients(fastpath.PerImageInstanceNorm.like(norm), x, upstream, torch.contiguous_format, [])
+    for mine, reference in zip(actual, expected, strict=True):
+        torch.testing.assert_close(mine, reference)
+    assert expected[1].abs().max() > 0.1  # the input's gradient
 
 
 def test_training_preparation_keeps_keys_and_parameters_of_per_image_norms() -> None:
