@@ -29,6 +29,12 @@ from stylenet.shards import ShardStore
 
 log = logging.getLogger(__name__)
 
+#: How DataLoader workers start: from a clean server process, not by forking this one. By the time a loader
+#: starts, this process has threads (DDP's gloo, TensorBoard's writer), and a fork copies the locks they
+#: hold; a worker forked at the wrong moment hangs before it runs its first line (seen in CI: rank 0's
+#: worker stuck in PyOS_AfterFork_Child, and the run's exit then waiting on it for ever).
+WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
 
 class InFlight:
     """Which file each DataLoader worker is decoding, in memory shared with the main process.
@@ -248,6 +254,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             dataset.in_flight = InFlight(workers)
             self.worker_datasets.append(dataset)
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
+                          multiprocessing_context=WORKER_START if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 

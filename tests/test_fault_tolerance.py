@@ -589,12 +589,31 @@ def test_a_dead_or_stuck_dataloader_worker_is_an_error_naming_the_file(
         return load_rgb(path, **kwargs)
 
     monkeypatch.setattr(stylenet.data, "load_rgb", fragile)
+    # the fault is a patch of this process, which only a forked worker inherits (the default start does not)
+    monkeypatch.setattr(stylenet.data, "WORKER_START", "fork")
     message = "exited unexpectedly" if fault == "crash" else "timed out after 2 seconds"
     start = time.monotonic()
     with pytest.raises(StylenetError, match=rf"DataLoader .*{message}.* while loading .*zz_{fault}\.png"):
         run_in_process(tmp_path / "run", *inputs, f"data.root={photos}", "data.num_workers=1",
                        "data.timeout_s=2")
     assert time.monotonic() - start < 60
+
+
+def test_workers_start_from_a_clean_process_and_still_report_the_file_they_load(tmp_path: Path) -> None:
+    """Forking the trainer copies the locks its threads hold (gloo, TensorBoard) into a worker; the
+    workers start from a server process instead, and the in-flight table still reaches them."""
+    for i in range(2):
+        make_photo(tmp_path / f"img{i}.png", size=(40, 40), seed=i)
+    data = ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, batch_size=1,
+                                 num_workers=1, val_images=1)
+    data.setup()
+    loader = data.val_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == stylenet.data.WORKER_START != "fork"
+    batch = next(iter(loader))
+    assert batch["images"].shape == (1, 3, 32, 32)
+    in_flight = data.worker_datasets[0].in_flight
+    assert in_flight.pid[0] not in (0, os.getpid())  # written by the worker, read here: shared memory
+    assert in_flight.index[0] == -1  # the load finished
 
 
 # ----------------------------------------------------------------------------- untrusted checkpoints
