@@ -107,9 +107,11 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     todo = [path for path in files if path.relative_to(source).as_posix() not in done]
     manifest["complete"] = False
     jobs = ((path, source, size) for path in todo)
+    # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
+    # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
+    pool = Pool(workers) if workers > 0 else None
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
-    pool = Pool(workers) if workers > 0 else None
     try:
         results = pool.imap(prepare_one, jobs, chunksize=8) if pool else map(prepare_one, jobs)
         pending: list[tuple[str, str, np.ndarray]] = []
