@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 WORKER_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The context of :data:`WORKER_START`. A forkserver imports this module (torch, Lightning) once, before
+    it forks any worker, so that each worker starts in a fork of it, not in a fresh interpreter."""
+    context = multiprocessing.get_context(WORKER_START)
+    if WORKER_START == "forkserver":
+        context.set_forkserver_preload([__name__])  # takes effect when the server starts (the first loader)
+    return context
+
+
 class InFlight:
     """Which file each DataLoader worker is decoding, in memory shared with the main process.
 
@@ -254,7 +263,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             dataset.in_flight = InFlight(workers)
             self.worker_datasets.append(dataset)
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
-                          multiprocessing_context=WORKER_START if workers > 0 else None,
+                          multiprocessing_context=worker_context() if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=torch.cuda.is_available(), **kwargs)
 
