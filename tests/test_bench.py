@@ -114,7 +114,16 @@ def test_rows_timed_with_a_model_file_name_it() -> None:
     results = {"frames_size": "640x480", "frames_model_file": "runs/demo/demo.safetensors",
                "frames_model_file_row": "half", measure.key("frames", "half", "640x480", "fps"): 12.0,
                measure.key("frames", "paper", "640x480", "fps"): 4.0}
+    photo = "4000x3000"
+    results |= {"photo_size": photo, "photo_model_file": "runs/paper/paper.safetensors",
+                measure.key("photo_default", photo, "time_ratio"): 0.96,
+                measure.key("photo_default", photo, "psnr_db"): 58.4}
+    results |= {measure.key("photo", mode, photo, figure): 1.0 for mode in ("onepass", "default")
+                for figure in ("seconds", "peak_mb")}
     labels = [row[0] for row in report.stream_rows(results)]
-    assert labels == ["frames 640x480 streamed (half net: demo.safetensors)", "frames 640x480 streamed (paper net)"]
-    results["frames_model_file"] = results["frames_model_file_row"] = None
-    assert next(report.stream_rows(results))[0] == "frames 640x480 streamed (half net)"
+    assert labels == ["frames 640x480 streamed (half net: demo.safetensors)", "frames 640x480 streamed (paper net)",
+                      "photo 4000x3000 (paper net: paper.safetensors): one pass / default"]
+    results["frames_model_file"] = results["frames_model_file_row"] = results["photo_model_file"] = None
+    labels = [row[0] for row in report.stream_rows(results)]
+    assert labels[0] == "frames 640x480 streamed (half net)"
+    assert labels[2] == "photo 4000x3000 (paper net): one pass / default"
