@@ -22,6 +22,16 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
 
 
+def blocking_file(path: str | Path) -> Path | None:
+    """The file that stops ``path``'s parent folders from being created (its nearest existing
+    ancestor, when that is not a folder), else None: checked before any work, so that ``-o
+    photo.png/out.png`` fails at once rather than after the compute."""
+    for parent in Path(path).parents:  # nearest first
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], Any], *, overwrite: bool = True) -> Path:
     """Run ``write(tmp)``, fsync ``tmp``, then move it to ``path``; returns ``path``.
 

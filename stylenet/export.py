@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stylenet.atomic import atomic_write
+from stylenet.atomic import atomic_write, blocking_file
 from stylenet.errors import StylenetError
 from stylenet.inference.geometry import min_size, padded_forward, size_multiple
 from stylenet.modelfile import FORMAT, StoredModel, header, read_model, save_model
@@ -81,6 +81,9 @@ def check_export_path(path: str | Path) -> Path:
                             f"(use {', '.join(EXPORT_FORMATS)})")
     if path.is_dir():
         raise StylenetError(f"cannot write {str(path)!r}: it is a folder")
+    blocked = blocking_file(path)
+    if blocked is not None:
+        raise StylenetError(f"cannot write {str(path)!r}: {str(blocked)!r} is a file, not a folder")
     return path
 
 

@@ -335,8 +335,8 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     paths = {"figure": out_dir / "figure.png", "table": out_dir / table, "data": out_dir / data}
     if rows:
         atomic_write(paths["figure"], lambda tmp: figure(rows, labels, report.size).save(tmp, format="PNG"))
-    else:
-        paths.pop("figure")
+    else:  # nothing to draw: a figure left by an earlier report here would no longer match its table
+        paths.pop("figure").unlink(missing_ok=True)
     write_text(paths["table"], markdown(report, title))
     write_text(paths["data"], json.dumps({**report.as_dict(), **(extra or {})}, indent=1) + "\n")
     return paths

@@ -47,6 +47,16 @@ def check_style_names(names: Sequence[str], setting: str) -> list[str]:
     return [str(name) for name in names]
 
 
+def file_name_part(name: str) -> str:
+    """``name`` if it can stand inside an output file's name (``photo_<style>.png``); a one-line
+    error otherwise. Names made by stylenet are :data:`STYLE_NAME`s, but a model file may come from
+    anywhere, and a name such as ``../x`` would put the output outside the folder asked for."""
+    if name in {"", ".", ".."} or any(char in name for char in "/\\\0"):
+        raise StylenetError(f"style name {name!r} cannot be part of a file name "
+                            "(rename the style: stylenet-export MODEL -o NEW.safetensors --style-name NAME)")
+    return name
+
+
 def parse_blend(text: str) -> dict[str, float]:
     """``"a=0.7,b=0.3"`` -> ``{"a": 0.7, "b": 0.3}`` (``--blend``); weights >= 0, not all zero."""
     blend: dict[str, float] = {}

@@ -138,6 +138,31 @@ def test_unknown_export_extension_fails_before_any_work(model_file: Path, tmp_pa
     assert not (tmp_path / "a.safetensors").exists()
 
 
+def test_export_refuses_a_style_name_that_is_not_a_file_name_part_and_a_file_in_the_path(
+        model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export_main([str(model_file), "-o", str(tmp_path / "a.safetensors"), "--style-name", "../up"]) == 2
+    assert "--style-name" in capsys.readouterr().err and not (tmp_path / "a.safetensors").exists()
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert export_main([str(model_file), "-o", str(tmp_path / "afile" / "b.safetensors")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "'afile' is a file, not a folder" in errors[0].replace(str(tmp_path) + os.sep, "")
+
+
+def test_stylize_refuses_a_model_whose_style_name_would_leave_the_output_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from stylenet.cli.stylize import main as stylize_main
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "evil.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                       {"task": "style", "style_name": "../../escaped"})  # written by something other than us
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(photo)
+    out = tmp_path / "deep" / "out"
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(out), "--device", "cpu"]) == 1
+    assert "'../../escaped' cannot be part of a file name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.safetensors", "photo.png"]  # nothing written
+
+
 # ------------------------------------------------------------------------------------------ old checkpoints
 
 

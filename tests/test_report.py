@@ -124,6 +124,12 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     assert [(e["photo"], e["method"]) for e in data["entries"]] == [("wide", "a")]
     figure = Image.open(out / "figure.png")
     assert figure.size == (GAP + 3 * (SIZE + GAP), LABEL_HEIGHT + SIZE + GAP)
+    # a rerun into the same folder that measures nothing leaves no figure of the last run beside its table
+    code = main([str(broken), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(out)])
+    capsys.readouterr()
+    assert code == 1 and json.loads((out / "report.json").read_text())["entries"] == []
+    assert not (out / "figure.png").exists()
 
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()

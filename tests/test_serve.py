@@ -411,6 +411,10 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     (tmp_path / "models").mkdir()
     assert serve_main([str(tmp_path / "models"), "--port", "0", "--memory-limit", "100MB"]) == 2
     assert "--memory-limit" in capsys.readouterr().err
+    for bad, named in ((["--workers", "0"], "--workers"), (["--workers", "-1"], "--workers"),
+                       (["--port", "70000"], "--port")):
+        assert serve_main([str(tmp_path / "models"), "--port", "0", *bad]) == 2
+        assert capsys.readouterr().err.startswith(f"stylenet-serve: error: {named} must be")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -150,6 +150,11 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
     assert code == 2 and "names one file" in err
     with pytest.raises(SystemExit):
         main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", "{nope}.png"])
+    (tmp_path / "afile").write_text("a file without an extension, not a folder")
+    code, _, err = run(capsys, source, second, "--model", model, "-o", tmp_path / "afile")
+    assert code == 2 and err.strip().endswith(f"-o {str(tmp_path / 'afile')!r} is a file, not a folder")
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "afile" / "x.png")
+    assert code == 1 and "'afile' is a file, not a folder" in err.replace(str(tmp_path) + os.sep, "")
 
 
 def test_an_input_is_never_overwritten(tmp_path: Path, model: Path,

@@ -198,3 +198,28 @@ def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_threa
     assert "| input frames |" in table and "| tiny.safetensors |" in table and table in captured.out
     with Image.open(tmp_path / "strip.png") as picture:  # rows: input, tiny; columns: 3 frames and the error
         assert picture.size == (4 * (24 + 4), 2 * (24 + 4))
+
+
+def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unreadable_photo(
+        tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stylenet.stability
+
+    model = tiny_model_file(tmp_path)
+    photo = make_photo(tmp_path / "photo.png", size=(64, 56))
+    (tmp_path / "afile").write_text("not a folder")
+    measured = []
+    real_measure = stylenet.stability.measure
+    monkeypatch.setattr(stylenet.stability, "measure", lambda *a, **k: measured.append(1) or real_measure(*a, **k))
+    common = [str(photo), "-m", str(model), "--size", "24", "--frames", "2"]
+    for bad, named in ((["--strip", str(tmp_path / "s.jpgg")], "s.jpgg"),
+                       (["--out", str(tmp_path)], str(tmp_path)),
+                       (["--out", str(tmp_path / "afile" / "t.md")], "afile")):
+        assert stability_main([*common, *bad]) == 1
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and named in errors[0]
+    assert measured == []  # refused before any model ran
+    status = stability_main([str(tmp_path / "missing.png"), *common, "--out", str(tmp_path / "t.md")])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("error:") == 1 and "missing.png" in captured.err
+    assert "1 photo(s)" in (tmp_path / "t.md").read_text()  # the readable photo was still measured

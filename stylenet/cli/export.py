@@ -26,17 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stylenet.export import check_export_path, write_models
     from stylenet.modelfile import read_model
+    from stylenet.styles import check_style_names
 
     try:
         for output in args.outputs:
             check_export_path(output)
         model = read_model(args.source)
         if args.style_name:
-            model.metadata["style_name"] = args.style_name
+            model.metadata["style_name"] = check_style_names([args.style_name], "--style-name")[0]
         paths = write_models(model, args.outputs)
     except StylenetError as err:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk, after every check: full, read-only, ...
+        print(f"stylenet-export: error: cannot write {err.filename or args.outputs[0]!r}: {err.strerror or err}",
+              file=sys.stderr)
+        return 1
     for path in paths:
         print(path)
     return 0

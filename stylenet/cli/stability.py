@@ -63,31 +63,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
-    """Measure, print the table and write it to ``--out``."""
+    """Check where the results go, measure, print the table and write it to ``--out``."""
+    from stylenet.atomic import atomic_write
+
+    check_outputs(args)
     table = measure_models(args, error)
     print(table, end="")
     if args.out:
-        from stylenet.atomic import atomic_write
+        try:
+            atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
+        except OSError as err:  # the disk, after the checks: full, read-only, ...
+            error(f"cannot write {args.out!r}: {err.strerror or err}")
 
-        atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--out`` and ``--strip`` refused before minutes of measuring, not after."""
+    from stylenet.atomic import blocking_file
+    from stylenet.image import check_output_path
+
+    if args.strip:
+        check_output_path(args.strip)
+    if args.out:
+        blocked = blocking_file(args.out)
+        if blocked is not None:
+            raise StylenetError(f"cannot write --out {args.out!r}: {str(blocked)!r} is a file, not a folder")
+        if Path(args.out).is_dir():
+            raise StylenetError(f"cannot write --out {args.out!r}: it is a folder")
 
 
-def _sequences(args: argparse.Namespace) -> list[Clip]:
-    """The synthetic clips of every photo (a photo that cannot be read is an error naming it)."""
+def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:
+    """The synthetic clips of every photo that can be read (one that cannot is reported, and the
+    others are still measured)."""
     from stylenet.image import load_rgb, resolve_image_path
     from stylenet.stability import KINDS, make_sequence, photo_for_sequences
 
     if args.photos:
-        photos = [resolve_image_path(spec) for spec in args.photos]
+        photos = list(args.photos)
     else:
         from stylenet.cli.train import config_dir
         from stylenet.report import demo_held_out
 
         photos = demo_held_out(config_dir())
     sequences = []
-    for index, path in enumerate(photos):
-        photo = photo_for_sequences(load_rgb(path), args.size)
+    for index, spec in enumerate(photos):
+        try:
+            photo = photo_for_sequences(load_rgb(resolve_image_path(spec)), args.size)
+        except Exception as err:  # this photo only
+            error(_describe(err, str(spec)))
+            continue
         sequences += [make_sequence(photo, kind, args.size, args.frames, seed=args.seed + index) for kind in KINDS]
+    if not sequences:
+        raise StylenetError("no photo could be read: nothing to measure")
     return sequences
 
 
@@ -99,7 +125,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     from stylenet.cli.stylize import load_inference_model
     from stylenet.stability import markdown_table, measure
 
-    sequences = _sequences(args)
+    sequences = _sequences(args, error)
     rows = {"input frames": measure(None, sequences)}
     pictured = next(clip for clip in sequences if clip.kind == "rotation")
     outputs = {"input": pictured.frames[:3]}
@@ -121,7 +147,10 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
         from stylenet.image import save_image
         from stylenet.stability import strip
 
-        save_image(args.strip, strip(pictured, outputs))
+        try:
+            save_image(args.strip, strip(pictured, outputs))
+        except Exception as err:  # the picture only: the table is still printed and written
+            error(_describe(err, args.strip))
     lines = [f"E_warp and flicker (grey levels, 0-255) on {len(sequences) // 5} photo(s) x 5 sequences of "
              f"{args.frames} frames, {args.size} px:", "", markdown_table(rows)]
     if clips:

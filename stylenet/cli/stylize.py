@@ -276,10 +276,13 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
     never an input file, never the same output twice."""
     from stylenet.image import check_output_path
+    from stylenet.styles import file_name_part
     from stylenet.video import is_video, video_target
 
     output = Path(args.output)
     as_file = not output.is_dir() and bool(output.suffix)
+    if not as_file and output.is_file():
+        raise StylenetError(f"-o {args.output!r} is a file, not a folder")
     if as_file and len(inputs) * len(models) > 1:
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and "
                             f"{len(models)} model(s); give a folder")
@@ -288,9 +291,10 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     jobs = []
     for image, folder in inputs:
         for model in models:
-            name = args.name.format(stem=image.stem, style=model.name)
-            target = output if as_file else output / folder / name
+            target = output
             try:
+                if not as_file:
+                    target = output / folder / args.name.format(stem=image.stem, style=file_name_part(model.name))
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
                     target = video_target(image, target, default_name=not as_file and args.name == DEFAULT_NAME)
                 else:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylenet.atomic import atomic_write
+from stylenet.atomic import atomic_write, blocking_file
 from stylenet.errors import first_line
 from stylenet.image.formats import (
     SIXTEEN_BIT_FORMATS,
@@ -163,6 +163,9 @@ def check_output_path(path: str | Path, *, overwrite: bool = True) -> None:
         )
     if p.is_dir():
         raise file_error(p, "is a directory", verb="write")
+    blocked = blocking_file(p)
+    if blocked is not None:
+        raise file_error(p, f"{str(blocked)!r} is a file, not a folder", verb="write")
     if not overwrite and p.exists():
         raise file_error(p, "file exists and overwrite=False", verb="write")
 

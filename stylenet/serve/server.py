@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from stylenet.errors import StylenetError
 from stylenet.image import DEFAULT_MAX_PIXELS
 from stylenet.serve.catalog import Catalog
 from stylenet.serve.handler import Handler
@@ -17,6 +18,7 @@ from stylenet.serve.limits import Gate, MemoryPlan, resident_bytes
 from stylenet.serve.work import JobStore, PhotoJob, run_photo_job
 
 DEFAULT_PORT = 7860
+MAX_PORT = 65535
 LOOPBACK = "127.0.0.1"
 
 
@@ -53,9 +55,12 @@ class StyleServer(ThreadingHTTPServer):
         from stylenet.inference import default_max_memory
 
         self.temp: Path | None = None  # before binding: a failed bind calls server_close()
+        if not 0 <= config.port <= MAX_PORT:
+            raise StylenetError(f"--port must be 0-{MAX_PORT} (0: any free port), got {config.port}")
+        gate = Gate(config.workers, config.queue)  # checks --workers before the memory plan divides by it
         super().__init__((config.host, config.port), Handler)
         try:
-            self.config = config
+            self.config, self.gate = config, gate
             device = resolve_device(config.device)
             self.plan = MemoryPlan.make(config.memory_limit, config.workers, at_rest=resident_bytes(),
                                         max_pixels=config.max_pixels, activation_bytes=config.max_memory)
@@ -63,7 +68,6 @@ class StyleServer(ThreadingHTTPServer):
                 config.max_memory or default_max_memory(device) // config.workers)
             self.catalog = Catalog(config.folder, {"device": device, "precision": config.precision,
                                                    "max_memory": activations})
-            self.gate = Gate(config.workers, config.queue)
             self.temp = Path(tempfile.mkdtemp(prefix="stylenet-serve-", dir=config.temp_parent))
             self.jobs = JobStore(self.temp, config.keep_jobs)
         except BaseException:
