@@ -10,8 +10,9 @@ camera's flicker; the first row is the input frames' own (the measure's floor):
 
 ``--video clip.mp4`` adds, for a real clip whose motion is unknown, the output's mean change per
 frame against the input's and their ratio (no flow: not an E_warp); ``--strip picture.png`` draws the
-input and each model's frames of a rotation and their warping error. A bad model or clip is one line
-on stderr and exit status 1; the others are still measured.
+input and each model's frames of a rotation and their warping error. A bad photo, model or clip is one
+line on stderr and exit status 1; the others are still measured. ``--out`` and ``--strip`` are checked
+before anything is measured.
 """
 
 from __future__ import annotations
