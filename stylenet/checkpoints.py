@@ -41,8 +41,10 @@ REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
 IDENTITY_HPARAMS = ("model", "style_sha256")
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
-#: ``ckpt_path`` values that Lightning resolves itself.
-LIGHTNING_CKPT_NAMES = ("last", "hpc", "best", "registry")
+#: ``ckpt_path`` values that Lightning resolves itself (``last`` is ours: see :func:`resolve_resume`).
+LIGHTNING_CKPT_NAMES = ("hpc", "best", "registry")
+#: How :func:`checkpoint_problem` starts the reason of a checkpoint at or past ``max_steps``.
+FINISHED = "a finished run"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -80,7 +82,7 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
             or not isinstance(checkpoint["state_dict"], dict)):
         return f"not a Lightning training checkpoint (needs {', '.join(REQUIRED_KEYS)})"
     if max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
-        return f"a finished run (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"
+        return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"
     bad = first_non_finite(checkpoint["state_dict"])
     if bad:
         return f"non-finite weights in {bad}"
@@ -108,25 +110,38 @@ def newest_first(paths: Iterable[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
 
 
-def candidate_checkpoints(run_dir: Path) -> list[Path]:
-    """``*.ckpt`` files of this run folder, newest first, then those of its sibling run folders.
+def candidate_runs(run_dir: Path) -> list[list[Path]]:
+    """The ``*.ckpt`` files of this run folder, newest first, then those of each sibling run folder
+    (the run with the newest checkpoint first), one list per run.
 
     With the default ``hydra.run.dir=outputs/<name>/<time>`` the siblings are the earlier runs of
     the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it. Hidden
     files are left out: they are the temporary files of writes that a kill interrupted."""
-    own = newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
-    siblings = [p for p in run_dir.parent.glob("*/checkpoints/*.ckpt")
-                if p.parent.parent != run_dir and not p.name.startswith(".")]
-    return own + newest_first(siblings)
+    def checkpoints(run: Path) -> list[Path]:
+        return newest_first(p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
+
+    folders = [run for run in run_dir.parent.iterdir() if run.is_dir() and run != run_dir] \
+        if run_dir.parent.is_dir() else []
+    siblings = [run for run in map(checkpoints, folders) if run]  # each newest first, so run[0] is its newest
+    siblings.sort(key=lambda run: (run[0].stat().st_mtime_ns, run[0].name), reverse=True)
+    own = checkpoints(run_dir)
+    return [own, *siblings] if own else siblings
 
 
-def first_valid(paths: Iterable[Path], problem: Callable[[Path], str | None]) -> Path | None:
-    """The first checkpoint without a problem; each skipped one is named in a warning."""
-    for path in paths:
-        reason = problem(path)
-        if reason is None:
-            return path
-        log.warning("skipping checkpoint %s: %s", path, reason)
+def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:
+    """The first checkpoint without a problem; each skipped one is named in a warning.
+
+    Within a run, an older checkpoint stands in for a newer one that is unreadable or diverged,
+    but not for one that finished: a finished run has nothing left to continue, and its mid-run
+    checkpoints would silently retrain its last steps."""
+    for run in runs:
+        for path in run:
+            reason = problem(path)
+            if reason is None:
+                return path
+            log.warning("skipping checkpoint %s: %s", path, reason)
+            if reason.startswith(FINISHED):
+                break
     return None
 
 
@@ -134,23 +149,26 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
                    hparams: dict[str, Any], max_steps: int | None = None) -> str | None:
     """The checkpoint to resume from (for ``trainer.fit(ckpt_path=...)``), or None to start afresh.
 
-    An explicit ``ckpt_path`` wins over ``resume`` and must be valid (Lightning's own names such as
-    ``last`` pass through). Otherwise ``never`` starts afresh, ``auto`` takes the newest valid
-    checkpoint of :func:`candidate_checkpoints` that is short of ``max_steps`` (an interrupted run,
-    not a finished one) and ``must`` does the same but fails without one."""
+    An explicit ``ckpt_path`` wins over ``resume`` and must be valid and short of ``max_steps``
+    (Lightning's own names such as ``best`` pass through; ``last``, which Lightning looks for only in
+    this run's new folder, means ``resume=must``). Otherwise ``never`` starts afresh, ``auto`` takes
+    the newest valid checkpoint of :func:`candidate_runs` that is short of ``max_steps`` (an
+    interrupted run, not a finished one) and ``must`` does the same but fails without one."""
     if mode not in RESUME_MODES:
         raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
+    if str(ckpt_path) == "last":
+        mode, ckpt_path = "must", None
     if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
             raise StylenetError(f"ckpt_path {str(path)!r} does not exist")
-        reason = checkpoint_problem(path, None, hparams)
+        reason = checkpoint_problem(path, None, hparams, max_steps)
         if reason:
             raise StylenetError(f"ckpt_path {str(path)!r} cannot resume this run: {reason}")
         return str(path)
     if ckpt_path is not None or mode == "never":
         return ckpt_path
-    found = first_valid(candidate_checkpoints(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
+    found = first_valid(candidate_runs(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
     if found is None:
         if mode == "must":
             raise StylenetError(f"resume=must: no valid checkpoint of experiment {name!r} in "

@@ -206,6 +206,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
                  max_bad_fraction: float = 0.05, max_pixels: int | None = None,
                  timeout_s: float = 120.0, scale_size: int | None = None) -> None:
         super().__init__()
+        for setting, value in (("image_size", image_size), ("batch_size", batch_size),
+                               ("num_workers", num_workers), ("val_images", val_images)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise StylenetError(f"data.{setting} must be a whole number, got {value!r}")
+        if not isinstance(max_bad_fraction, (int, float)) or not 0 <= max_bad_fraction <= 1:
+            raise StylenetError(f"data.max_bad_fraction must be a number from 0 to 1, got {max_bad_fraction!r}")
+        if num_workers < 0:
+            raise StylenetError(f"data.num_workers must be >= 0, got {num_workers}")
         if image_size <= 0 or image_size % 4:
             raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
         if scale_size is not None and scale_size < image_size:
@@ -292,7 +300,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def record_bad(self, errors: list[str]) -> None:
         """Log, list and count the one-line ``errors`` of a batch's bad samples; stop the run once more
-        than ``max_bad_fraction`` of the samples consumed (after at least 20 batches) were bad."""
+        than ``max_bad_fraction`` of the samples consumed (after at least 20 batches, or none
+        of the first 2 batches could be read) were bad."""
         if not errors:
             return
         for error in errors:
@@ -302,7 +311,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
             with open(self.report_path, "a", encoding="utf-8") as report:
                 report.writelines(f"{error}\n" for error in errors)
         fraction = self.bad_seen / max(self.samples_seen, 1)
-        if self.samples_seen >= 20 * self.batch_size and fraction > self.max_bad_fraction:
+        # judged after 20 batches, or at once when not one image of the first 2 batches could be read (a run
+        # shorter than 20 batches must not finish as if it had trained)
+        nothing_read = self.bad_seen == self.samples_seen >= 2 * self.batch_size
+        if (self.samples_seen >= 20 * self.batch_size or nothing_read) and fraction > self.max_bad_fraction:
             earlier = f", {self.bad_restored} of them before the resume" if self.bad_restored else ""
             raise StylenetError(f"{self.bad_seen} of {self.samples_seen} training images were unreadable "
                                 f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "

@@ -141,7 +141,10 @@ def saturation_loss(logits: torch.Tensor, bound: float = SATURATION_BOUND) -> to
 def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | None,
                   setting: str) -> dict[str, float]:
     """Layer names (weights from ``per_layer``, default 1 each) or a {layer: weight} mapping ->
-    {layer: weight}, rejecting negative weights."""
+    {layer: weight}, rejecting negative weights. One name alone (``loss.style_layers=relu1_2`` on the
+    command line) is one layer, not a sequence of characters."""
+    if isinstance(layers, str):
+        layers = [layers]
     if isinstance(layers, Mapping):
         weights = dict(layers)
     else:
@@ -210,6 +213,10 @@ class PerceptualLoss(nn.Module):
             DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, None, "loss.content_layer")
         self.style_layers = layer_weights(
             DEFAULT_STYLE_LAYERS if style_layers is None else style_layers, style_layer_weights, "loss.style_layer")
+        for term in ("content", "style"):
+            if self.term_weights[term] > 0 and not getattr(self, f"{term}_layers"):
+                raise StylenetError(f"loss.{term}_layers is empty but loss.{term}_weight is "
+                                    f"{self.term_weights[term]:g}: name a layer or set the weight to 0")
         if self.term_weights["content"] == 0:
             self.content_layers = {}
         if self.term_weights["style"] == 0:

@@ -62,6 +62,10 @@ class ShardStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         manifest = read_manifest(self.root)
+        if manifest.get("complete") is False:  # stylenet-prepare was stopped: only part of the photos are here
+            raise StylenetError(f"prepared dataset {str(self.root)!r} is incomplete (stylenet-prepare was "
+                                f"interrupted): run stylenet-prepare {manifest.get('source_root', 'SOURCE')} "
+                                f"-o {self.root} again to finish it")
         self.size = int(manifest["size"])
         source_root = Path(manifest["source_root"])
         self.files = [entry["file"] for entry in manifest["shards"]]

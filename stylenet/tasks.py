@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,8 @@ class ImageTask(pl.LightningModule):
 
     def __init__(self, lr: float, nan_policy: str = "stop", max_nan_skips: int = 5) -> None:
         super().__init__()
-        if lr <= 0:
-            raise StylenetError(f"task.lr must be > 0, got {lr}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise StylenetError(f"task.lr must be a finite number > 0, got {lr!r}")
         if nan_policy not in NAN_POLICIES:
             raise StylenetError(f"task.nan_policy must be stop or skip, got {nan_policy!r}")
         if max_nan_skips < 1:

@@ -55,11 +55,21 @@ def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smo
     ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
+    ("loss.style_layers=[]", "loss.style_layers is empty but loss.style_weight is"),
+    ("trainer.max_steps=0", "trainer.max_steps must be > 0"),
+    ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
+    ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
 ])
 def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
                                                                   message: str) -> None:
     with pytest.raises(StylenetError, match=message.replace("(", r"\(")):
         train(compose_train(tmp_path, override), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_super_resolution_data_and_model_factors_must_agree(tmp_path: Path) -> None:
+    with pytest.raises(StylenetError, match="data.factor=2 but model.factor=4"):
+        train(compose_train(tmp_path, "data.factor=2", experiment="sr_smoke"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 

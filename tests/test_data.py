@@ -68,6 +68,11 @@ def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
         ImageFolderDataModule(source="folder", root=str(tmp_path / "missing")).setup("fit")
     with pytest.raises(StylenetError, match="data.image_size must be a positive multiple of 4"):
         ImageFolderDataModule(image_size=30)
+    for setting, message in (({"batch_size": "abc"}, "data.batch_size must be a whole number, got 'abc'"),
+                             ({"num_workers": -1}, "data.num_workers must be >= 0, got -1"),
+                             ({"max_bad_fraction": "abc"}, "data.max_bad_fraction must be a number from 0 to 1")):
+        with pytest.raises(StylenetError, match=message):
+            ImageFolderDataModule(**setting)
 
 
 def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
@@ -78,6 +83,15 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     assert dm.report_path.read_text().count("a.jpg") == 5
     with pytest.raises(StylenetError, match=r"11 of 100 training images were unreadable"):
         dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6)
+
+
+def test_a_short_run_whose_first_batches_hold_no_readable_image_stops_at_once(tmp_path: Path) -> None:
+    dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=4, max_bad_fraction=0.05)
+    dm.samples_seen = 4
+    dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4)  # one bad batch may be bad luck
+    dm.samples_seen = 8
+    with pytest.raises(StylenetError, match=r"8 of 8 training images were unreadable"):
+        dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4)  # two, and nothing read: no training at all
 
 
 def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from stylenet.callbacks import ResumableRun, TrainingInterrupted
 from stylenet.checkpoints import (
     EXPERIMENT_KEY,
     AtomicCheckpointIO,
-    candidate_checkpoints,
+    candidate_runs,
     checkpoint_problem,
     resolve_resume,
 )
@@ -202,7 +202,7 @@ def test_default_checkpoints_every_1000_steps_and_every_10_minutes_share_one_las
 
 def checkpoint_names(run_dir: Path) -> list[str]:
     """The checkpoints resume=auto sees (not the hidden temporary file of a write cut by a kill)."""
-    return sorted(path.name for path in candidate_checkpoints(run_dir) if path.parent.parent == run_dir)
+    return sorted(path.name for run in candidate_runs(run_dir) for path in run if path.parent.parent == run_dir)
 
 
 def test_kill_9_resumes_from_the_time_based_checkpoint_when_no_step_checkpoint_exists(
@@ -334,11 +334,19 @@ def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
     run would take no step and export no model."""
     outputs = tmp_path / "outputs" / "exp"
     interrupted = fake_checkpoint(outputs / "t0" / "checkpoints" / "step_000100.ckpt", 100)
-    fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
+    fake_checkpoint(outputs / "t1" / "checkpoints" / "step_000150.ckpt", 150)  # the finished run's mid-run one
+    finished = fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
     with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
         assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) == str(interrupted)
         assert "a finished run (step 200, trainer.max_steps=200)" in caplog.text
+        assert "step_000150" not in caplog.text  # not even looked at: the run it belongs to is over
         assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=100) is None
+        # Lightning's ckpt_path=last looks only in this run's new folder; ours means resume=must
+        assert resolve_resume("never", "last", outputs / "t2", "exp", HPARAMS, max_steps=200) == str(interrupted)
+        with pytest.raises(StylenetError, match="resume=must: no valid checkpoint"):
+            resolve_resume("auto", "last", outputs / "t2", "exp", HPARAMS, max_steps=100)
+    with pytest.raises(StylenetError, match=r"cannot resume this run: a finished run \(step 200"):
+        resolve_resume("auto", str(finished), outputs / "t2", "exp", HPARAMS, max_steps=200)
     # no step limit (max_steps -1 or unset): any step can continue
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=-1).endswith("last.ckpt")
 
@@ -389,7 +397,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
     (target.parent / ".last.4242.tmp.ckpt").write_bytes(b"PK")  # what kill -9 during a write leaves
     (run_dir.parent / "older" / "checkpoints").mkdir(parents=True)
     (run_dir.parent / "older" / "checkpoints" / ".last.4243.tmp.ckpt").write_bytes(b"PK")
-    assert candidate_checkpoints(run_dir) == [target]
+    assert candidate_runs(run_dir) == [[target]]
 
 
 def test_crash_while_writing_an_export_keeps_the_previous_model(tmp_path: Path,

@@ -116,6 +116,9 @@ def test_settings_are_validated() -> None:
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0])
     with pytest.raises(StylenetError, match="unknown VGG layer"):
         PerceptualLoss(weights="random", content_layers=["relu2_9"])
+    with pytest.raises(StylenetError, match="loss.style_layers is empty but loss.style_weight is 100"):
+        PerceptualLoss(weights="random", style_layers=[], style_weight=100)
+    assert PerceptualLoss(weights="random", style_layers="relu1_2").style_layers == {"relu1_2": 1.0}  # not 7 letters
     loss = PerceptualLoss(weights="random")
     with pytest.raises(StylenetError, match="set_style"):
         loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))

@@ -208,6 +208,9 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "broken.png" in err and "tiny.png: 12x12 is too small to score at x4" in err
     assert evaluate_sr.main([str(root)]) == 2
     assert "--factor is required without --model" in capsys.readouterr().err
+    for factor in ("-4", "1"):
+        assert evaluate_sr.main([str(root), "--factor", factor]) == 2
+        assert f"--factor must be 2 or more, got {factor}" in capsys.readouterr().err
     x8 = sr_model_file(tmp_path / "x8.safetensors", factor=8)
     assert evaluate_sr.main([str(root), "--model", str(x8), "--factor", "4"]) == 2
     assert "disagree on the factor: [4, 8]" in capsys.readouterr().err

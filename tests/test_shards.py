@@ -65,6 +65,8 @@ def test_prepare_resumes_after_interruption(square_photos: Path, tmp_path: Path,
         prepare_cli.prepare(square_photos, tmp_path / "resumed", size=32, shard_images=2, progress=False)
     interrupted = json.loads((tmp_path / "resumed" / MANIFEST).read_text())
     assert not interrupted["complete"] and interrupted["count"] == 4
+    with pytest.raises(StylenetError, match="is incomplete .* again to finish it"):  # never trained on as if whole
+        ShardStore(tmp_path / "resumed")
     monkeypatch.setattr(prepare_cli, "add_shard", real_add_shard)
     resumed = prepare_cli.prepare(square_photos, tmp_path / "resumed", size=32, shard_images=2, progress=False)
     assert resumed["shards"] == whole["shards"] and resumed["complete"]
@@ -107,3 +109,12 @@ def test_missing_manifest_is_a_one_line_error(tmp_path: Path) -> None:
     module = ImageFolderDataModule(source="shards", root=str(tmp_path), image_size=32)
     with pytest.raises(StylenetError, match="stylenet-prepare"):
         module.setup("fit")
+
+
+def test_prepare_fails_on_a_folder_without_a_readable_photo(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "photos"
+    source.mkdir()
+    (source / "broken.jpg").write_bytes(b"not a jpeg")
+    assert prepare_cli.main([str(source), "-o", str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stylenet-prepare: error: no readable photos in") and "1 skipped" in err

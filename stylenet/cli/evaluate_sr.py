@@ -98,6 +98,8 @@ def evaluate(inputs: list[str], models: list[str], factor: int | None, device: s
 
     # scores are the model's own: fp32, not the bf16 rounding inference defaults to where native
     nets = [InferenceModel.from_file(path, task="sr", device=device, precision="fp32") for path in models]
+    if factor is not None and factor < 2:
+        raise StylenetError(f"--factor must be 2 or more, got {factor}")
     factors = {int(net.scale) for net in nets} | ({factor} if factor else set())
     if len(factors) != 1:
         raise StylenetError("--factor is required without --model" if not factors else

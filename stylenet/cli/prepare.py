@@ -155,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    if not manifest["count"]:
+        print(f"{PROG}: error: no readable photos in {str(args.source)!r} ({len(manifest['skipped'])} skipped: "
+              f"see {args.output / MANIFEST})", file=sys.stderr)
+        return 2
     print(f"{manifest['count']} images in {len(manifest['shards'])} shards of {manifest['size']} px under "
           f"{args.output}; {len(manifest['skipped'])} skipped (see {args.output / MANIFEST})")
     return 0

@@ -75,13 +75,18 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{cfg.style.name}.jpg "
                             "(the presets' paintings are not shipped)")
+    max_steps = cfg.trainer.get("max_steps")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
+        raise StylenetError(f"trainer.max_steps must be > 0 (or -1: trainer.max_epochs decides), got {max_steps!r}")
     pl.seed_everything(cfg.seed, workers=True)
     task = build(cfg.task, _convert_="all")
     datamodule = build(cfg.data)
+    if getattr(datamodule, "factor", None) not in (None, getattr(task, "factor", None)):  # super-resolution
+        raise StylenetError(f"data.factor={datamodule.factor} but model.factor={task.factor}: they must be equal "
+                            "(data.factor follows model.factor unless set)")
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
-    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams),
-                               cfg.trainer.get("max_steps"))
+    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
     try:
