@@ -365,7 +365,9 @@ def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path
         resolve_resume("auto", str(tmp_path / "junk.ckpt"), run_dir, "exp", HPARAMS)
     explicit = fake_checkpoint(tmp_path / "elsewhere.ckpt", 3, name="another")
     assert resolve_resume("never", str(explicit), run_dir, "exp", HPARAMS) == str(explicit)
-    assert resolve_resume("auto", "last", run_dir, "exp", HPARAMS) == "last"  # Lightning's own
+    assert resolve_resume("auto", "best", run_dir, "exp", HPARAMS) == "best"  # Lightning's own
+    with pytest.raises(StylenetError, match="resume=must: no valid checkpoint"):  # ours: the newest of the experiment
+        resolve_resume("never", "last", run_dir, "exp", HPARAMS)
 
 
 def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:

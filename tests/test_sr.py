@@ -160,7 +160,7 @@ def test_bad_task_settings_fail_early() -> None:
         SuperResolutionTask(model=TINY_SR, loss={**FEATURE_LOSS, "style_weight": 10.0})
     with pytest.raises(StylenetError, match="model: model.factor must be one of"):
         SuperResolutionTask(model={**TINY_SR, "factor": 3}, loss=PIXEL_LOSS)
-    with pytest.raises(StylenetError, match="task.lr must be > 0"):
+    with pytest.raises(StylenetError, match="task.lr must be a finite number > 0, got 0"):
         SuperResolutionTask(model=TINY_SR, loss=PIXEL_LOSS, lr=0)
 
 
