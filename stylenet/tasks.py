@@ -62,10 +62,13 @@ class StyleImage:
 def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     """``style.image`` (one style) or ``style.images`` (several in one network, Dumoulin et al. 2017),
     named by ``style.names`` or their files' stems, each resized to ``style.size``."""
-    size, specs = int(style.get("size", 256)), style.get("images")
+    size, specs = style.get("size", 256), style.get("images")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise StylenetError(f"style.size must be a whole number of pixels >= 1, got {size!r}")
     if specs is None:
         image, path = load_style_image(style.get("image"), size)
-        return [StyleImage(str(style.get("name") or path.stem), image, str(style.get("image")), file_sha256(path))]
+        name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") else path.stem
+        return [StyleImage(name, image, str(style.get("image")), file_sha256(path))]
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
                             f"got {specs!r}")

@@ -57,6 +57,8 @@ def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smo
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
     ("loss.style_layers=[]", "loss.style_layers is empty but loss.style_weight is"),
     ("trainer.max_steps=0", "trainer.max_steps must be > 0"),
+    ("style.size=0", "style.size must be a whole number of pixels >= 1, got 0"),
+    ("style.name=../x", "style.name: style name '../x' must be letters"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
 ])

@@ -212,6 +212,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("optimizer=sgd", "optimizer must be one of lbfgs, adam"),
     ("init=zeros", "init must be one of content, noise, style, got zeros"),
     ("scales=0", "scales must be >= 1"),
+    ("size=abc", "size must be a whole number of pixels >= 1 or null, got 'abc'"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
 ])

@@ -84,6 +84,9 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     check_output_path(output)
+    for key in ("size", "style_size"):
+        if cfg[key] is not None and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1):
+            raise StylenetError(f"{key} must be a whole number of pixels >= 1 or null, got {cfg[key]!r}")
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
     check_settings(**settings)
     device = resolve_device(cfg.device)
