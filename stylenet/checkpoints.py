@@ -153,9 +153,18 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     (Lightning's own names such as ``best`` pass through; ``last``, which Lightning looks for only in
     this run's new folder, means ``resume=must``). Otherwise ``never`` starts afresh, ``auto`` takes
     the newest valid checkpoint of :func:`candidate_runs` that is short of ``max_steps`` (an
-    interrupted run, not a finished one) and ``must`` does the same but fails without one."""
+    interrupted run, not a finished one) and ``must`` does the same but fails without one.
+
+    Whatever the mode, a run folder that already holds a finished run is refused: training there
+    again would overwrite that run's checkpoints and model file."""
     if mode not in RESUME_MODES:
         raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
+    own = candidate_runs(run_dir)[:1]
+    if own and own[0][0].parent.parent == run_dir:
+        reason = checkpoint_problem(own[0][0], None, hparams, max_steps)
+        if reason is not None and reason.startswith(FINISHED):
+            raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({own[0][0].name}): give another "
+                                "hydra.run.dir, or remove its checkpoints to train there again")
     if str(ckpt_path) == "last":
         mode, ckpt_path = "must", None
     if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:

@@ -349,6 +349,10 @@ def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
         resolve_resume("auto", str(finished), outputs / "t2", "exp", HPARAMS, max_steps=200)
     # no step limit (max_steps -1 or unset): any step can continue
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=-1).endswith("last.ckpt")
+    # training again in the finished run's own folder would overwrite its checkpoints and model file
+    for mode in ("auto", "must", "never"):
+        with pytest.raises(StylenetError, match=r"'.*t1' already holds a finished run \(step 200.*another hydra.run"):
+            resolve_resume(mode, None, outputs / "t1", "exp", HPARAMS, max_steps=200)
 
 
 def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path) -> None:
