@@ -223,8 +223,12 @@ class DepthToSpaceConv(RewrittenConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         extra_h, extra_w = (-(height + 2 * self.pad)) % self.factor, (-(width + 2 * self.pad)) % self.factor
+        pad = self.pad
         with torch.autocast(x.device.type, enabled=False):  # padding is exact: keep the input's dtype
-            x = F.pad(x, (self.pad, self.pad + extra_w, self.pad, self.pad + extra_h), mode="reflect")
+            if pad + max(extra_h, extra_w) < min(height, width):  # one copy
+                x = F.pad(x, (pad, pad + extra_w, pad, pad + extra_h), mode="reflect")
+            else:  # too small to reflect that far: the extra rows are read only by outputs cropped below
+                x = F.pad(F.pad(x, (pad, pad, pad, pad), mode="reflect"), (0, extra_w, 0, extra_h))
         return self.convolve(x)[..., :height, :width]
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:

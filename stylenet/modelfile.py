@@ -194,6 +194,10 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
     except (TypeError, ValueError, RuntimeError) as err:
         raise StylenetError(f"model file {str(path)!r} does not match its network: "
                             f"{first_line(err)}") from None
+    names, held = style_names(metadata), getattr(net, "styles", 1)
+    if len(names) != held or len(set(names)) != len(names):  # one distinct name per row of the norm tables
+        raise StylenetError(f"model file {str(path)!r} does not match its network: it holds {held} style(s), "
+                            f"its metadata names {names}")
     return StoredModel(net.eval(), header(net, metadata), str(path))
 
 

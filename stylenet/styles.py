@@ -9,6 +9,8 @@ torch: the command-line tools parse ``--style`` and ``--blend`` before loading a
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -66,8 +68,8 @@ def parse_blend(text: str) -> dict[str, float]:
             weight = float(value)
         except ValueError:
             weight = -1.0
-        if not sep or not name.strip() or weight < 0 or name.strip() in blend:
-            raise StylenetError(f"--blend {text!r}: expected NAME=WEIGHT,NAME=WEIGHT with weights >= 0, "
+        if not sep or not name.strip() or not 0 <= weight < math.inf or name.strip() in blend:
+            raise StylenetError(f"--blend {text!r}: expected NAME=WEIGHT,NAME=WEIGHT with finite weights >= 0, "
                                 "each name once (e.g. a=0.7,b=0.3)")
         blend[name.strip()] = weight
     if sum(blend.values()) <= 0:
@@ -86,9 +88,10 @@ def choice_weights(names: Sequence[str], choice: StyleChoice, where: str) -> tup
     is one line naming ``where`` (the model file) and the styles it has."""
     if isinstance(choice, Mapping):
         blend = {name: float(weight) for name, weight in choice.items()}
-        if not blend or min(blend.values()) < 0 or sum(blend.values()) <= 0:
-            raise StylenetError(f"blend {blend} for {where}: weights must be >= 0 and not all zero")
-    elif isinstance(choice, int) and not isinstance(choice, bool):
+        if not blend or not all(0 <= weight < math.inf for weight in blend.values()) or sum(blend.values()) <= 0:
+            raise StylenetError(f"blend {blend} for {where}: weights must be finite, >= 0 and not all zero")
+    elif isinstance(choice, numbers.Integral) and not isinstance(choice, bool):
+        choice = int(choice)
         if not 0 <= choice < len(names):
             raise StylenetError(f"{where} has no style {choice} (it has {len(names)}: {', '.join(names)})")
         return names[choice], [float(k == choice) for k in range(len(names))]

@@ -69,9 +69,12 @@ def test_frames_are_lazy_and_bad_frames_fail_clearly() -> None:
 
     stream = model.stylize_frames(endless())
     assert next(stream).shape == (16, 16, 3)
-    for bad in (np.zeros((16, 16, 4), np.uint8), np.zeros((16, 16, 3), np.float32), torch.zeros(16, 16, 3), [1]):
+    for bad in (np.zeros((16, 16, 4), np.uint8), np.zeros((16, 16, 3), np.float32), torch.zeros(16, 16, 3), [1],
+                np.zeros((0, 4, 3), np.uint8), torch.zeros(3, 0, 5)):  # the last two: no pixels at all
         with pytest.raises(StylenetError, match="frame"):
             next(model.stylize_frames([bad]))
+    with pytest.raises(StylenetError, match="H and W >= 1"):
+        model.stylize(torch.zeros(3, 0, 5))
 
 
 def test_load_model_streams_frames(tmp_path: Path) -> None:

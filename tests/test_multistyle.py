@@ -100,6 +100,12 @@ def test_a_blend_with_weight_one_on_a_style_is_that_style() -> None:
     assert parse_blend("a=0.7, b=0.3") == {"a": 0.7, "b": 0.3}
     with pytest.raises(StylenetError, match=r"has no style 'zz' \(available: a, b, c\)"):
         choice_weights(NAMES, "zz", "model file 'm'")
+    assert choice_weights(NAMES, np.int64(1), "m") == ("b", [0.0, 1.0, 0.0])  # a numpy index is an index
+    for weight in ("nan", "inf", "1e309"):  # NaN passed every comparison and painted the image black
+        with pytest.raises(StylenetError, match="finite weights"):
+            parse_blend(f"a={weight},b=1")
+        with pytest.raises(StylenetError, match="weights must be finite"):
+            choice_weights(NAMES, {"a": float(weight), "b": 1.0}, "m")
     with pytest.raises(ValueError, match="needs style="):
         net(x)
 
@@ -266,3 +272,21 @@ def test_a_short_two_style_run_lowers_each_styles_loss(tmp_path: Path) -> None:
     grid = events.Images("val/styles")[-1]
     assert grid.height == 3 * 32 + 4 * 2  # photos, then one row per style
     assert read_model(tmp_path / "multi.safetensors").styles == ["x", "y"]
+
+
+def test_a_file_whose_style_names_do_not_fit_its_network_is_refused_and_the_other_models_still_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    records = [{"name": name, "sha256": None, "image": None} for name in NAMES]
+    bad = {"two_names": records[:2], "duplicates": [records[0], records[0], records[2]]}
+    for label, styles in bad.items():
+        save_model(tmp_path / f"{label}.safetensors", multi_net(), {"task": "style", "styles": styles})
+        with pytest.raises(StylenetError, match=f"{label}.safetensors' does not match its network: it holds 3"):
+            read_model(tmp_path / f"{label}.safetensors")
+    good = save_model(tmp_path / "good.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                      {"task": "style", "style_name": "good"})
+    photo = make_photo(tmp_path / "photo.png", size=(24, 20))
+    code = stylize_main([str(photo), "-m", str(tmp_path / "two_names.safetensors"), "-m", str(good),
+                         "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert code == 1 and "two_names.safetensors" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["photo_good.png"]

@@ -196,3 +196,25 @@ def test_an_unexpected_error_on_one_input_spares_the_others(tmp_path: Path, mode
         f"stylenet-upscale: error: {odd}: RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["good_x4.png"]
     assert captured.out.startswith("1 done, 1 failed")
+
+
+def test_frames_through_a_super_resolution_model_blend_with_the_upscaled_frame(models: dict[str, Path]) -> None:
+    from stylenet import load_model
+
+    model = load_model(models["sr"], device="cpu", precision="fp32", task="sr")
+    frame = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    for options in ({"strength": 0.5}, {"preserve_color": True}):  # both need the content at the output's size
+        streamed = next(model.stylize_frames([frame], **options))
+        alone = np.asarray(model.stylize(Image.fromarray(frame), **options))
+        assert streamed.shape == (48, 64, 3) and np.abs(streamed.astype(int) - alone).max() <= 1
+
+
+def test_narrow_networks_take_photos_down_to_their_minimum_size(tmp_path: Path, models: dict[str, Path]) -> None:
+    """An 8-channel network's first 9x9 layer runs as a depth-to-space convolution, whose padding
+    once reflected further than a 5 px side allows."""
+    sources = [make_photo(tmp_path / f"in{h}x{w}.png", size=(w, h)) for h, w in ((5, 5), (5, 6), (6, 7))]
+    assert upscale.main([*map(str, sources), "-m", str(models["sr"]), "-o", str(tmp_path / "out"),
+                         "--device", "cpu"]) == 0
+    for source in sources:
+        assert np.abs(pixels(tmp_path / "out" / f"{source.stem}_x4.png") - expected_upscale(source, models["sr"])
+                      ).max() <= 1

@@ -87,6 +87,16 @@ def test_clip_round_trips_count_rate_size_rotation_and_audio(tmp_path: Path, mod
     assert "2 done, 0 failed" not in capsys.readouterr().out  # one output per call
 
 
+def test_audio_that_the_container_cannot_hold_is_refused_naming_the_file_asked_for(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    clip = make_clip(tmp_path / "clip.mp4", frames=4)  # AAC audio: WebM holds only Opus and Vorbis
+    out = tmp_path / "clip_styled.webm"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(out)!r} cannot hold the aac audio" in err and ".tmp" not in err and "choose .mkv" in err
+    assert not list(tmp_path.glob("*.webm")) and not list(tmp_path.glob(".*"))  # nothing left behind
+
+
 def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
     """The frames alive between decoder and encoder stay within the queues' bounds however long the
     clip (a reader that ran ahead unbounded would hold most of its 300 frames)."""

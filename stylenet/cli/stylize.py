@@ -433,8 +433,8 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
                 model = load_inference_model(path, task, options)
                 models += [Pipeline(style, upscaler, args.match_histogram)  # one per style of several
                            for style in model.selected(getattr(args, "styles", None), getattr(args, "blends", None))]
-            except StylenetError as err:
-                report.error(str(err))
+            except Exception as err:  # this model only: the others still run
+                report.error(describe(err, path))
         run_jobs(plan_jobs(inputs, models, args, report), args, report)
     except StylenetError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

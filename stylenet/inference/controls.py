@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from stylenet.errors import StylenetError
 from stylenet.image.colour import luma
@@ -39,12 +40,15 @@ class Controls:
         return self.strength < 1.0 or self.preserve_color
 
     def apply(self, output: torch.Tensor, content: torch.Tensor | None) -> torch.Tensor:
-        """Combine (..., 3, H, W) ``output`` with the ``content`` of the same size; clamp to [0, 1].
+        """Combine (..., 3, H, W) ``output`` with the ``content``; clamp to [0, 1].
 
         Colour preservation adds the luminance difference to every channel of the content: since
         the BT.601 weights sum to 1 this changes Y by exactly that difference and leaves
-        Cb ~ B - Y and Cr ~ R - Y, the content's chroma, unchanged.
+        Cb ~ B - Y and Cr ~ R - Y, the content's chroma, unchanged. A (B, 3, h, w) content smaller
+        than the output (a super-resolution network's input) is upsampled to it, bicubic, first.
         """
+        if content is not None and content.shape[-2:] != output.shape[-2:]:
+            content = F.interpolate(content, size=output.shape[-2:], mode="bicubic")
         if content is not None and self.preserve_color:
             output = content + (luma(output) - luma(content))
         if content is not None and self.strength < 1.0:

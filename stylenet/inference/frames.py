@@ -26,14 +26,16 @@ Frame = TypeVar("Frame", np.ndarray, torch.Tensor)
 
 
 def frame_size(frame: np.ndarray | torch.Tensor) -> tuple[int, int]:
-    """(H, W) of a uint8 (H, W, 3) array or a float (3, H, W) tensor; anything else is refused."""
+    """(H, W) of a uint8 (H, W, 3) array or a float (3, H, W) tensor, H and W >= 1; anything else is
+    refused."""
     if isinstance(frame, np.ndarray):
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise StylenetError(f"expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or not frame.size:
+            raise StylenetError(f"expected a uint8 (H, W, 3) frame, H and W >= 1, got {frame.dtype} {frame.shape}")
         return int(frame.shape[0]), int(frame.shape[1])
     if isinstance(frame, torch.Tensor):
-        if frame.ndim != 3 or frame.shape[0] != 3 or not frame.is_floating_point():
-            raise StylenetError(f"expected a float (3, H, W) frame tensor, got {frame.dtype} {tuple(frame.shape)}")
+        if frame.ndim != 3 or frame.shape[0] != 3 or not frame.is_floating_point() or not frame.numel():
+            raise StylenetError(f"expected a float (3, H, W) frame tensor, H and W >= 1, got {frame.dtype} "
+                                f"{tuple(frame.shape)}")
         return int(frame.shape[1]), int(frame.shape[2])
     raise StylenetError(f"frames must be uint8 numpy arrays or float tensors, got {type(frame).__name__}")
 

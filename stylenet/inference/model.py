@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -311,12 +310,7 @@ class InferenceModel:
         """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied."""
         batch = tile.to(self.device, torch.float32).unsqueeze(0)
         output = forward(net, batch, self.precision)
-        content = None
-        if controls.needs_content and self.scale == 1:
-            content = batch
-        elif controls.needs_content:
-            content = F.interpolate(batch, scale_factor=self.scale, mode="bicubic")
-        return controls.apply(output, content)[0]
+        return controls.apply(output, batch if controls.needs_content else None)[0]
 
     def _global_statistics(self, rgb: torch.Tensor, pixels: int
                            ) -> NormStats:
@@ -393,8 +387,9 @@ class InferenceModel:
 
 def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
     """:meth:`InferenceModel.transform`'s arguments, refused with one line before any work."""
-    if rgb.ndim != 3 or rgb.shape[0] != 3 or not rgb.is_floating_point():
-        raise StylenetError(f"expected a float (3, H, W) image tensor, got {rgb.dtype} {tuple(rgb.shape)}")
+    if rgb.ndim != 3 or rgb.shape[0] != 3 or not rgb.is_floating_point() or not rgb[0].numel():
+        raise StylenetError(f"expected a float (3, H, W) image tensor, H and W >= 1, got {rgb.dtype} "
+                            f"{tuple(rgb.shape)}")
     if tile is not None and tile < MIN_TILE:
         raise StylenetError(f"--tile must be at least {MIN_TILE} px, got {tile}")
     if tile_overlap < 0:

@@ -215,18 +215,25 @@ def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
     return "mpeg4", {"qscale": "2"}
 
 
+#: Audio codecs that FFmpeg lists as supported by a container's muxer, which then refuses to write them.
+REFUSED_AUDIO = {".mov": {"opus"}}
+
+
 class VideoEncoder:
     """The output file: a video stream encoded from RGB frames with the input's timestamps, time
     base, frame rate, display matrix and colour tags, and a copy of each of the input's audio
     streams, fed with the input's own packets. All calls from one thread."""
 
-    def __init__(self, path: Path, source: Path, info: VideoInfo, height: int, width: int) -> None:
+    def __init__(self, path: Path, source: Path, info: VideoInfo, height: int, width: int, *,
+                 name: Path | None = None) -> None:
+        """``path``: where to encode (a hidden temporary file); ``name``: what errors call it (the
+        file the user asked for; default ``path``)."""
         av = require_av()
         self.av, self.info = av, info
         self.container = av.open(str(path), "w")
         try:
             self._add_video(path.suffix.lower(), height, width)
-            self.audio = self._add_audio(source, path)
+            self.audio = self._add_audio(source, name or path)
         except BaseException:
             self.container.close()
             raise
@@ -251,14 +258,14 @@ class VideoEncoder:
     def _add_audio(self, source: Path, path: Path) -> dict[int, Any]:
         """One output stream per input audio stream, with its codec parameters; refused up front if
         the output's container cannot hold the codec (AAC in WebM)."""
-        supported = self.container.supported_codecs
+        supported = self.container.supported_codecs - REFUSED_AUDIO.get(path.suffix.lower(), set())
         streams: dict[int, Any] = {}
         with _open_input(self.av, source) as template:
             for audio in template.streams.audio:
                 name = audio.codec_context.name
                 if name not in supported:
                     raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
-                                        "untouched: choose .mkv, .mp4 or .mov")
+                                        "untouched: choose .mkv, which holds any audio")
                 streams[audio.index] = self.container.add_stream_from_template(audio)
         return streams
 
@@ -317,7 +324,7 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     result = VideoResult(width=width * model.scale, height=height * model.scale, info=info)
 
     def write(tmp: Path) -> None:
-        encoder = VideoEncoder(tmp, source, info, result.height, result.width)
+        encoder = VideoEncoder(tmp, source, info, result.height, result.width, name=target)
         try:
             _stream(source, encoder, model, {"strength": strength, "preserve_color": preserve_color}, size,
                     result, progress, depth)
