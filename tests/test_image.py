@@ -97,6 +97,15 @@ def test_mode_la_keeps_alpha(tmp_path):
     assert out.was_gray
 
 
+def test_mode_la_premultiplied_from_a_caller_is_unpremultiplied():
+    from stylenet.image.read import decode_pil
+
+    premultiplied = _row("LA", [(100, 128), (200, 255)]).convert("La")  # what Pillow's resizing hands back
+    rgb, alpha, was_gray = decode_pil(premultiplied)
+    assert was_gray and np.asarray(alpha).ravel().tolist() == [128, 255]
+    assert np.abs(np.asarray(rgb)[0, :, 0] * 255 - [100, 200]).max() <= 1.5  # premultiplied would read 50
+
+
 def test_mode_p_without_transparency(tmp_path):
     img = _row("P", [0, 1])
     img.putpalette([255, 0, 0, 0, 0, 255])

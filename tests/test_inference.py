@@ -352,6 +352,12 @@ def test_unknown_device_and_precision_are_clear_errors() -> None:
 # ------------------------------------------------------------------------------------ the notebook API
 
 
+def test_a_bad_max_memory_is_refused_when_the_model_is_made() -> None:
+    for bad in ("2GB", -5, 0):
+        with pytest.raises(StylenetError, match="max_memory must be a number of bytes > 0 or None"):
+            InferenceModel(TransformerNet(channels=8, residual_blocks=1), device="cpu", max_memory=bad)
+
+
 def test_load_model_stylizes_pil_images_keeping_alpha_bit_exactly(model_file: Path) -> None:
     model = stylenet.load_model(model_file, device="cpu")
     rng = np.random.default_rng(0)

@@ -140,7 +140,7 @@ def decode_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
             grey = np.asarray(im.convert("L"))
         grey = grey.astype(np.float32) / np.float32(255.0)
     elif mode in ("LA", "La"):
-        arr = np.asarray(im if mode == "LA" else im.convert("RGBA").convert("LA"))
+        arr = np.asarray(im if mode == "LA" else im.convert("LA"))  # La: alpha premultiplied, undone
         grey = arr[..., 0].astype(np.float32) / np.float32(255.0)
         alpha = arr[..., 1]
     elif mode in SIXTEEN_BIT_MODES or mode == "I":

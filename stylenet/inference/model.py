@@ -85,6 +85,9 @@ class InferenceModel:
         if self.precision not in (*PRECISIONS, "auto"):
             raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, "
                                 f"got {self.precision!r}")
+        if self.max_memory is not None and (not isinstance(self.max_memory, int) or isinstance(self.max_memory, bool)
+                                            or self.max_memory <= 0):
+            raise StylenetError(f"max_memory must be a number of bytes > 0 or None, got {self.max_memory!r}")
         self.device = resolve_device(str(self.device))
         if self.precision == "auto":  # bf16 where the hardware runs it natively, else fp32
             self.precision = inference_precision(self.device)
