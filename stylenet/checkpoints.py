@@ -164,7 +164,7 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         reason = checkpoint_problem(own[0][0], None, hparams, max_steps)
         if reason is not None and reason.startswith(FINISHED):
             raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({own[0][0].name}): give another "
-                                "hydra.run.dir, or remove its checkpoints to train there again")
+                                "hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")
     if str(ckpt_path) == "last":
         mode, ckpt_path = "must", None
     if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:

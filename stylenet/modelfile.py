@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from stylenet.atomic import atomic_write
@@ -123,8 +123,10 @@ def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any]) -> Pa
     record = header(net, metadata)
     tensors = {key: value.detach().to("cpu", torch.float32).contiguous()
                for key, value in net.state_dict().items()}
-    return atomic_write(Path(path),
-                        lambda tmp: save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(record)}))
+    # serialised here and written into atomic_write's file, not by save_file, which renames its own
+    # owner-only (0600) temporary file into place whatever the umask
+    data = save(tensors, metadata={FORMAT: json.dumps(record)})
+    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -148,6 +148,25 @@ def test_export_refuses_a_style_name_that_is_not_a_file_name_part_and_a_file_in_
     assert len(errors) == 1 and "'afile' is a file, not a folder" in errors[0].replace(str(tmp_path) + os.sep, "")
 
 
+def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "m.safetensors", TransformerNet(channels=8, residual_blocks=1), {"task": "style"})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # safetensors' own writer leaves 0600: unreadable to a server
+
+
+def test_export_style_name_refuses_a_model_of_several_styles(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_multistyle import multi_file, multi_net
+
+    multi = multi_file(tmp_path / "multi.safetensors", multi_net())
+    assert export_main([str(multi), "-o", str(tmp_path / "m.safetensors"), "--style-name", "x"]) == 2
+    assert "--style-name renames a single-style model" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_stylize_refuses_a_model_whose_style_name_would_leave_the_output_folder(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from stylenet.cli.stylize import main as stylize_main

@@ -174,24 +174,28 @@ def test_a_sweep_without_style_runs_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> None:
-    """Two tiny style runs: each leaves its own figure and quality.json, none resumes from the other,
-    and the sweep folder gets one contact sheet (photo | style | run 0 | run 1) and one table."""
+    """A bad job and two tiny style runs: the bad one is reported and the sweep goes on (exit 2 at the
+    end); each run leaves its own figure and quality.json, none resumes from the other, and the sweep
+    folder gets one contact sheet (photo | style | run 1 | run 2) and one table."""
     sweep, size = tmp_path / "sweep", 32
     result = subprocess.run(
-        [*console_script("stylenet-train"), "-m", "experiment=smoke", "loss.style_weight=1,20",
+        [*console_script("stylenet-train"), "-m", "experiment=smoke", "loss.style_weight=-1,1,20",
          "trainer.max_steps=2", "trainer.val_check_interval=2", "model.channels=8", "data.image_size=32",
          "data.batch_size=1", f"style.size={size}", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    for job in ("0", "1"):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "loss.style_weight must be >= 0" in result.stderr and "1 sweep job(s) failed: #0" in result.stderr
+    for job in ("1", "2"):
         assert {"figure.png", "quality.md", "quality.json"} <= {p.name for p in (sweep / job).iterdir()}
         assert "continuing from" not in (sweep / job / "train.log").read_text()  # a sibling job is no earlier run
     sheet = Image.open(sweep / "contact_sheet.png")
-    assert sheet.size == (GAP + 4 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))  # 2 held-out photos
+    assert sheet.size == (GAP + 5 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))  # 2 held-out photos; job 0 blank
     table = (sweep / "sweep.md").read_text()
     runs = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
-    assert len(runs) == 2, table
-    assert runs[0].startswith("| 0 | loss.style_weight=1 | ") and runs[1].startswith("| 1 | loss.style_weight=20 | ")
+    assert len(runs) == 3, table
+    assert runs[0].startswith("| 0 | loss.style_weight=-1 | ") and runs[0].endswith("| no quality.json |")
+    runs = runs[1:]
+    assert runs[0].startswith("| 1 | loss.style_weight=1 | ") and runs[1].startswith("| 2 | loss.style_weight=20 | ")
     assert "experiment=smoke" in table.split("|")[0]  # shared overrides: stated once, not per run
-    mean = json.loads((sweep / "1" / "quality.json").read_text())["methods"]["network"]["mean"]
+    mean = json.loads((sweep / "2" / "quality.json").read_text())["methods"]["network"]["mean"]
     assert f"| {mean['colour_moved']:.3f} | {mean['texture_moved']:.3f} |" in runs[1]

@@ -444,3 +444,13 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
     for name, output in zip(NAMES, outputs, strict=True):
         torch.testing.assert_close(output, model.stylize(photo, style=name))
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3
+    # downloads are named after the file and the style, as stylenet-stylize names them
+    from stylenet.inference import Controls
+    from stylenet.serve.limits import MemoryPlan
+    from stylenet.serve.work import PhotoJob, run_photo_job
+
+    job = PhotoJob("photo.png", tmp_path / "job", entries[:2], Controls())
+    job.folder.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(job.upload, format="PNG")
+    run_photo_job(job, catalog, MemoryPlan.make(8 << 30, 1, at_rest=0, max_pixels=10**7))
+    assert [result.get("download") for result in job.results] == [f"photo_multi_{name}.png" for name in NAMES[:2]]

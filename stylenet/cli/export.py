@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
             check_export_path(output)
         model = read_model(args.source)
         if args.style_name:
+            if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
+                raise StylenetError(f"--style-name renames a single-style model; {args.source!r} holds "
+                                    f"{len(model.styles)} styles ({', '.join(model.styles)})")
             model.metadata["style_name"] = check_style_names([args.style_name], "--style-name")[0]
         paths = write_models(model, args.outputs)
     except StylenetError as err:

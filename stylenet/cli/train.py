@@ -136,20 +136,32 @@ def hydra_main(cfg: DictConfig) -> None:
 
     from stylenet.config_check import check_group_choices
 
+    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         check_group_choices(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if HydraConfig.get().mode == RunMode.MULTIRUN and cfg.resume == "auto" and not any(
-                (run_dir / "checkpoints").glob("*.ckpt")):
+        if sweep_job and cfg.resume == "auto" and not any((run_dir / "checkpoints").glob("*.ckpt")):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         train(cfg, run_dir)
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        if not sweep_job:
+            sys.exit(2)
+        # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
+        # main() exits non-zero at the end
+        FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
+
+
+#: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
+FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:
     hydra_main()
+    if FAILED_SWEEP_JOBS:
+        print(f"stylenet-train: error: {len(FAILED_SWEEP_JOBS)} sweep job(s) failed: {', '.join(FAILED_SWEEP_JOBS)}",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

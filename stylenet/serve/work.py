@@ -110,7 +110,7 @@ def run_photo_job(job: PhotoJob, catalog: Catalog, plan: MemoryPlan) -> None:
             job.results.append({"label": entry.label, "error": describe(err, repr(job.name))})
             continue
         job.results.append({"label": entry.label, "url": f"/api/jobs/{job.id}/{index}.png",
-                            "download": f"{stem}_{Path(entry.label).name}.png",
+                            "download": f"{stem}_{entry.file.stem}{f'_{entry.style}' if entry.style else ''}.png",
                             "width": result.rgb.shape[-1], "height": result.rgb.shape[-2]})
 
 
