@@ -22,13 +22,16 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
 
 
-def blocking_file(path: str | Path) -> Path | None:
-    """The file that stops ``path``'s parent folders from being created (its nearest existing
-    ancestor, when that is not a folder), else None: checked before any work, so that ``-o
-    photo.png/out.png`` fails at once rather than after the compute."""
-    for parent in Path(path).parents:  # nearest first
+def unwritable(path: str | Path) -> str | None:
+    """Why no file can be written at ``path`` (it is a folder, or one of its parents is a file), else
+    None: checked before any work, so that ``-o photo.png/out.png`` fails at once rather than after
+    the compute."""
+    path = Path(path)
+    if path.is_dir():
+        return "it is a folder"
+    for parent in path.parents:  # nearest first: the first that exists decides
         if parent.exists():
-            return None if parent.is_dir() else parent
+            return None if parent.is_dir() else f"{str(parent)!r} is a file, not a folder"
     return None
 
 

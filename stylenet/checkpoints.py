@@ -117,15 +117,17 @@ def candidate_runs(run_dir: Path) -> list[list[Path]]:
     With the default ``hydra.run.dir=outputs/<name>/<time>`` the siblings are the earlier runs of
     the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it. Hidden
     files are left out: they are the temporary files of writes that a kill interrupted."""
-    def checkpoints(run: Path) -> list[Path]:
-        return newest_first(p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
-
     folders = [run for run in run_dir.parent.iterdir() if run.is_dir() and run != run_dir] \
         if run_dir.parent.is_dir() else []
-    siblings = [run for run in map(checkpoints, folders) if run]  # each newest first, so run[0] is its newest
+    siblings = [run for run in map(run_checkpoints, folders) if run]  # each newest first: run[0] is its newest
     siblings.sort(key=lambda run: (run[0].stat().st_mtime_ns, run[0].name), reverse=True)
-    own = checkpoints(run_dir)
+    own = run_checkpoints(run_dir)
     return [own, *siblings] if own else siblings
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes)."""
+    return newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
 
 
 def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:
@@ -159,11 +161,11 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     again would overwrite that run's checkpoints and model file."""
     if mode not in RESUME_MODES:
         raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
-    own = candidate_runs(run_dir)[:1]
-    if own and own[0][0].parent.parent == run_dir:
-        reason = checkpoint_problem(own[0][0], None, hparams, max_steps)
+    newest = run_checkpoints(run_dir)[:1]
+    if newest:
+        reason = checkpoint_problem(newest[0], None, hparams, max_steps)
         if reason is not None and reason.startswith(FINISHED):
-            raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({own[0][0].name}): give another "
+            raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({newest[0].name}): give another "
                                 "hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")
     if str(ckpt_path) == "last":
         mode, ckpt_path = "must", None

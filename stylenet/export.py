@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stylenet.atomic import atomic_write, blocking_file
+from stylenet.atomic import atomic_write, unwritable
 from stylenet.errors import StylenetError
 from stylenet.inference.geometry import min_size, padded_forward, size_multiple
 from stylenet.modelfile import FORMAT, StoredModel, header, read_model, save_model
@@ -79,11 +79,9 @@ def check_export_path(path: str | Path) -> Path:
     if path.suffix.lower() not in EXPORT_FORMATS:
         raise StylenetError(f"cannot write {str(path)!r}: unknown extension {path.suffix or '(none)'!r} "
                             f"(use {', '.join(EXPORT_FORMATS)})")
-    if path.is_dir():
-        raise StylenetError(f"cannot write {str(path)!r}: it is a folder")
-    blocked = blocking_file(path)
-    if blocked is not None:
-        raise StylenetError(f"cannot write {str(path)!r}: {str(blocked)!r} is a file, not a folder")
+    reason = unwritable(path)
+    if reason is not None:
+        raise StylenetError(f"cannot write {str(path)!r}: {reason}")
     return path
 
 

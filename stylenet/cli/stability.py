@@ -79,17 +79,14 @@ def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """``--out`` and ``--strip`` refused before minutes of measuring, not after."""
-    from stylenet.atomic import blocking_file
+    from stylenet.atomic import unwritable
     from stylenet.image import check_output_path
 
     if args.strip:
         check_output_path(args.strip)
-    if args.out:
-        blocked = blocking_file(args.out)
-        if blocked is not None:
-            raise StylenetError(f"cannot write --out {args.out!r}: {str(blocked)!r} is a file, not a folder")
-        if Path(args.out).is_dir():
-            raise StylenetError(f"cannot write --out {args.out!r}: it is a folder")
+    reason = unwritable(args.out) if args.out else None
+    if reason is not None:
+        raise StylenetError(f"cannot write --out {args.out!r}: {reason}")
 
 
 def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:

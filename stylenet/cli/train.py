@@ -129,6 +129,10 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
                 log.info("quality of the held-out photos: %s, %s", paths["table"], paths.get("figure"))
 
 
+#: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
+FAILED_SWEEP_JOBS: list[str] = []
+
+
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -150,10 +154,6 @@ def hydra_main(cfg: DictConfig) -> None:
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
-
-
-#: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
-FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:

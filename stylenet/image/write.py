@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylenet.atomic import atomic_write, blocking_file
+from stylenet.atomic import atomic_write, unwritable
 from stylenet.errors import first_line
 from stylenet.image.formats import (
     SIXTEEN_BIT_FORMATS,
@@ -161,11 +161,9 @@ def check_output_path(path: str | Path, *, overwrite: bool = True) -> None:
         raise file_error(
             p, f"{got} is not a writable format (use one of {', '.join(WRITABLE_EXTENSIONS)})", verb="write"
         )
-    if p.is_dir():
-        raise file_error(p, "is a directory", verb="write")
-    blocked = blocking_file(p)
-    if blocked is not None:
-        raise file_error(p, f"{str(blocked)!r} is a file, not a folder", verb="write")
+    reason = unwritable(p)
+    if reason is not None:
+        raise file_error(p, reason, verb="write")
     if not overwrite and p.exists():
         raise file_error(p, "file exists and overwrite=False", verb="write")
 
