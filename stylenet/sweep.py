@@ -5,7 +5,8 @@ grid search is the answer; reading N run folders is not. Each style run leaves `
 (:func:`stylenet.report.training_report`); :class:`SweepReport`, a Hydra callback registered in
 ``configs/hydra/default.yaml``, gathers them when the sweep ends into ``<sweep dir>/contact_sheet.png``
 (rows: the held-out photos; columns: photo | style | one per run, labelled with the overrides that
-differ between runs) and ``<sweep dir>/sweep.md`` (one row per run: its overrides and mean measures).
+differ between runs; a sweep over the style puts each run's style in a first row instead) and
+``<sweep dir>/sweep.md`` (one row per run: its overrides and mean measures).
 Sweeps without style runs (super-resolution, ``stylenet-gatys -m``) write nothing.
 """
 
@@ -16,12 +17,15 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet.errors import StylenetError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +87,23 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
     names = labels(runs, sweep_dir)
     first = measured[0]
     photos = list(first.quality["photos"])
-    rows = []
-    style = load_rgb(first.folder / first.quality["style_file"])
+    # A sweep over the style itself (style.image=a.jpg,b.jpg) shows each run's style above its column;
+    # otherwise the one style is a column beside the photos.
+    one_style = len({run.quality["style"] for run in measured}) == 1
+    rows: list[list[torch.Tensor | None]] = [] if one_style else [
+        [None, *(load_rgb(run.folder / run.quality["style_file"]) if run.quality else None for run in runs)]]
     for photo in photos:
-        row = [load_rgb(first.folder / first.quality["photos"][photo]), style]
+        row = [load_rgb(first.folder / first.quality["photos"][photo])]
+        if one_style:
+            row.append(load_rgb(first.folder / first.quality["style_file"]))
         for run in runs:
             outputs = {entry["photo"]: entry["output"] for entry in (run.quality or {}).get("entries", [])}
             row.append(load_rgb(run.folder / outputs[photo]) if photo in outputs else None)
         rows.append(row)
     size = max(int(run.quality["size"]) for run in measured)
     paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
-    image = figure(rows, ["photo", "style", *map(short_label, names)], size)
+    columns = ["photo", "style"] if one_style else ["photo / style"]
+    image = figure(rows, [*columns, *map(short_label, names)], size)
     atomic_write(paths["sheet"], lambda tmp: image.save(tmp, format="PNG"))
 
     shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]

@@ -173,6 +173,43 @@ def test_a_sweep_without_style_runs_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "sweep.md").exists()
 
 
+def fake_style_run(folder: Path, style: str, colours: dict[str, tuple[int, int, int]], size: int) -> None:
+    """A finished style run as the sweep report reads it: overrides, quality.json and its images, each a
+    flat colour (``colours``: 'style', each photo, and 'out_<photo>')."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- style.image={style}\n")
+    (folder / "quality").mkdir()
+    for name, colour in colours.items():
+        Image.new("RGB", (size, size), colour).save(folder / "quality" / f"{name}.png")
+    photos = [name for name in colours if name != "style" and not name.startswith("out_")]
+    mean = dict.fromkeys(MEASURES, 0.5)
+    (folder / "quality.json").write_text(json.dumps({
+        "style": style, "size": size, "style_file": "quality/style.png",
+        "photos": {p: f"quality/{p}.png" for p in photos},
+        "entries": [{"photo": p, "method": "network", "output": f"quality/out_{p}.png"} for p in photos],
+        "methods": {"network": {"targets": quality.TARGETS, "mean": mean}}}))
+
+
+def test_a_sweep_over_the_style_shows_each_runs_style_above_its_column(tmp_path: Path) -> None:
+    """photo / style | run 1 | run 2, with a first row of the runs' own styles (not run 1's style twice)."""
+    size = 8
+    fake_style_run(tmp_path / "0", "a.png", {"style": (255, 0, 0), "p": (0, 0, 255), "out_p": (0, 255, 0)}, size)
+    fake_style_run(tmp_path / "1", "b.png", {"style": (255, 255, 0), "p": (0, 0, 255), "out_p": (0, 255, 255)},
+                   size)
+    sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
+    assert sheet.size == (GAP + 3 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))
+    expected = {(0, 1): (255, 0, 0), (0, 2): (255, 255, 0), (1, 0): (0, 0, 255), (1, 1): (0, 255, 0),
+                (1, 2): (0, 255, 255)}
+    for (row, column), colour in expected.items():
+        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
+    # one style for all runs: the style is a column, as before
+    (tmp_path / "1" / "quality.json").write_text((tmp_path / "1" / "quality.json").read_text()
+                                                 .replace('"style": "b.png"', '"style": "a.png"'))
+    sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
+    assert sheet.size == (GAP + 4 * (size + GAP), LABEL_HEIGHT + 1 * (size + GAP))
+    assert (cell(sheet, 0, 1, (size, size), size) == (255, 0, 0)).all()
+
+
 def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> None:
     """A bad job and two tiny style runs: the bad one is reported and the sweep goes on (exit 2 at the
     end); each run leaves its own figure and quality.json, none resumes from the other, and the sweep
