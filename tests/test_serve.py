@@ -273,6 +273,17 @@ def test_paths_from_the_browser_never_reach_the_file_system(server: StyleServer,
     assert status == 403 and b"attacker.example" in data
 
 
+def test_methods_the_page_does_not_use_get_a_json_refusal(server: StyleServer) -> None:
+    """The standard library's own refusals answer like every other error: one JSON line (no HTML page),
+    and no body to a HEAD request."""
+    status, reply = call_json(address(server), "PUT", "/api/jobs", b"x")
+    assert status == 501 and "PUT" in reply["error"], reply
+    status, data, kind = call(address(server), "HEAD", "/")
+    assert (status, data, kind) == (501, b"", "application/json")
+    status, reply = call_json(address(server), "GET", "/api/models")  # the server goes on
+    assert status == 200 and reply
+
+
 def test_a_model_file_that_would_run_code_is_refused_on_the_page(server: StyleServer, models: Path,
                                                                  tmp_path: Path) -> None:
     marker = tmp_path / "code_ran"
@@ -423,6 +434,17 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         serve_main(["--help"])
     assert "stylenet-serve" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_server_listens_stops_without_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("stylenet.serve.server.Catalog", interrupted)  # Ctrl-C while the models are listed
+    (tmp_path / "models").mkdir()
+    assert serve_main([str(tmp_path / "models"), "--port", "0"]) == 130
+    assert capsys.readouterr().out == "stylenet-serve: stopped\n"
 
 
 

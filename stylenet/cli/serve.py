@@ -90,16 +90,16 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until Ctrl-C or SIGTERM; returns 0 after a clean stop, 2 when it cannot start."""
+    """Serve until Ctrl-C or SIGTERM; returns 0 after a clean stop, 2 when it cannot start, 130 when
+    Ctrl-C comes before it listens."""
     args = build_parser().parse_args(argv)
-    from stylenet.serve import ServeConfig, StyleServer
-
-    config = ServeConfig(Path(args.folder), host=args.host, port=args.port, device=args.device,
-                         precision=args.precision, workers=args.workers, queue=args.queue,
-                         memory_limit=args.memory_limit, max_memory=args.max_memory, max_upload=args.max_upload,
-                         max_pixels=args.max_pixels)
     try:
-        server = StyleServer(config)
+        from stylenet.serve import ServeConfig, StyleServer
+
+        server = StyleServer(ServeConfig(
+            Path(args.folder), host=args.host, port=args.port, device=args.device, precision=args.precision,
+            workers=args.workers, queue=args.queue, memory_limit=args.memory_limit, max_memory=args.max_memory,
+            max_upload=args.max_upload, max_pixels=args.max_pixels))
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {err.strerror or err} "
               "(another server on that port? try --port 0)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while torch loads or the models are listed: nothing to close yet
+        print(f"{PROG}: stopped", flush=True)
+        return 130
     try:
         signal.signal(signal.SIGTERM, _stop)  # from here on SIGTERM stops cleanly, as Ctrl-C does
         if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and server.temp is not None:

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import uuid
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
@@ -104,6 +105,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._answer(self._delete)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a method the page does not use, such as PUT; a malformed
+        request line) as the page's one-line JSON too, not an HTML page; no body to a HEAD request."""
+        self.close_connection = True
+        data = json.dumps({"error": message or HTTPStatus(code).phrase}).encode()
+        self._send_headers(code, "application/json", len(data))
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _answer(self, route: Any) -> None:
         """Run ``route(path, query)``; any error becomes a JSON answer with its status."""
