@@ -57,6 +57,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], *, overwrite: b
     return path
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text file (a table, a JSON summary)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
     """Move the finished temporary file into place, atomically."""
     if overwrite:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from stylenet.errors import StylenetError, first_line
 from stylenet.image import DEMO_PHOTOS, ImageError, crop, demo_root, list_images, load_rgb, resize_short_side
-from stylenet.metrics import degrade
+from stylenet.metrics import SSIM_RADIUS, degrade
 from stylenet.nets.sr import SuperResolutionNet
 from stylenet.shards import ShardStore
 
@@ -383,6 +383,11 @@ class SuperResolutionDataModule(ImageFolderDataModule):
         if image_size // factor < SuperResolutionNet.min_size:
             raise StylenetError(f"data.image_size ({image_size}) / factor {factor} leaves LR patches smaller "
                                 f"than the network's minimum of {SuperResolutionNet.min_size} px")
+        window, scored = 2 * SSIM_RADIUS + 1, image_size - 2 * factor  # validation shaves factor px a side
+        if scored < window:
+            smallest = -(-(window + 2 * factor) // factor) * factor
+            raise StylenetError(f"data.image_size ({image_size}) leaves {scored} px to score at x{factor} once "
+                                f"the border is shaved; SSIM's window needs {window}: use {smallest} or more")
         self.factor = factor
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:

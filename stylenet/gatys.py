@@ -213,6 +213,14 @@ def smallest_side(loss: PerceptualLoss) -> int:
     return 2 ** sum(name.startswith("pool") for name in loss.vgg.names) if loss.vgg is not None else 1
 
 
+def check_style_sizes(styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:
+    """Refuse a style image too small for the loss network (see :func:`smallest_side`), naming its size."""
+    for style in styles:
+        if min(style.shape[-2:]) < smallest_side(loss):
+            raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
+                                f"needs at least {smallest_side(loss)} px a side; use a larger style_size")
+
+
 class CachedObjective:
     """The L-BFGS/Adam closure: the objective and its gradient, remembered for the last point.
 
@@ -356,6 +364,7 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
         raise StylenetError(f"the {which} is {shapes[0][1]}x{shapes[0][0]} px, but the loss network needs "
                             f"at least {smallest_side(loss)} px a side; "
                             "use a larger size or fewer scales")
+    check_style_sizes(styles, loss)
     content = content.to(loss.device)
     target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:

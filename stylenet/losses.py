@@ -30,6 +30,7 @@ network's balance between layers. The ImageNet path never normalises.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -239,8 +240,8 @@ class PerceptualLoss(nn.Module):
         if not self.needs_style:
             return
         blend = [1.0] * len(styles) if blend is None else [float(b) for b in blend]
-        if len(blend) != len(styles) or min(blend) < 0 or sum(blend) <= 0:
-            raise StylenetError(f"style weights {blend} must be >= 0, not all zero, one per style image")
+        if len(blend) != len(styles) or not all(math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0:
+            raise StylenetError(f"style weights {blend} must be finite, >= 0, not all zero, one per style image")
         total = sum(blend)
         for name in self.style_layers:
             grams = [gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name]) for s in styles]

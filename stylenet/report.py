@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from stylenet import quality
-from stylenet.atomic import atomic_write
+from stylenet.atomic import atomic_write, write_text
 from stylenet.errors import StylenetError
 from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
 
@@ -320,10 +320,6 @@ def markdown(report: Report, title: str = "Quality report") -> str:
     if report.errors:
         lines += ["", "Not measured:", *(f"- {error}" for error in report.errors)]
     return "\n".join(lines) + "\n"
-
-
-def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[torch.Tensor | None]], *,

@@ -75,9 +75,9 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
                        table: str = "sweep.md") -> dict[str, Path] | None:
     """Write the contact sheet and the table of a finished sweep; None when no run left a
     ``quality.json``."""
-    from stylenet.atomic import atomic_write
+    from stylenet.atomic import atomic_write, write_text
     from stylenet.image import load_rgb
-    from stylenet.report import GAP, MEASURES, figure, missed_targets, targets_text, verdict, write_text
+    from stylenet.report import GAP, MEASURES, figure, missed_targets, targets_text, verdict
 
     sweep_dir = Path(sweep_dir)
     runs = sweep_runs(sweep_dir)

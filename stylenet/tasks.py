@@ -104,6 +104,10 @@ NAN_POLICIES = ("stop", "skip")
 IDENTITY_MARGIN = 0.02
 
 
+#: task.lr_schedule values (see :meth:`ImageTask.configure_optimizers`).
+LR_SCHEDULES = ("constant", "cosine")
+
+
 class NonFiniteLossError(StylenetError):
     """A loss term became NaN or infinite: stopping beats training on (black images, wasted hours)."""
 
@@ -121,10 +125,14 @@ class ImageTask(pl.LightningModule):
     net: torch.nn.Module
     loss: PerceptualLoss
 
-    def __init__(self, lr: float, nan_policy: str = "stop", max_nan_skips: int = 5) -> None:
+    def __init__(self, lr: float, nan_policy: str = "stop", max_nan_skips: int = 5,
+                 lr_schedule: str = "constant") -> None:
         super().__init__()
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise StylenetError(f"task.lr must be a finite number > 0, got {lr!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise StylenetError(f"task.lr_schedule must be {' or '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule
         if nan_policy not in NAN_POLICIES:
             raise StylenetError(f"task.nan_policy must be stop or skip, got {nan_policy!r}")
         if max_nan_skips < 1:
@@ -138,8 +146,16 @@ class ImageTask(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam at ``task.lr``: constant, as in the paper, or with ``task.lr_schedule=cosine`` decayed to 0
+        over the run (Loshchilov & Hutter, ICLR 2017, without restarts). A run of a few hundred steps
+        stops wherever its last full-size steps left the weights, one seed's texture far from another's;
+        the decay lets those steps settle (experiment=demo; README, "The offline loss network")."""
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
     def configure_model(self) -> None:
         """The training fast paths of :func:`stylenet.fastpath.prepare_for_training`, for the device
@@ -233,6 +249,7 @@ class StyleTransferTask(ImageTask):
         style: ``image`` (path or ``demo:<name>``), ``size`` (long side in px), ``name``; or, for
             several styles, ``images`` (a list) and optionally ``names`` (default: the file stems).
         lr: Adam learning rate (1e-3 in the paper).
+        lr_schedule: ``constant`` (the paper) or ``cosine`` (see :meth:`ImageTask.configure_optimizers`).
         image_size: training crop size, recorded in the exported model's metadata.
         nan_policy, max_nan_skips: what a non-finite loss does (see :class:`ImageTask`).
         compile, channels_last: training fast paths (see :meth:`ImageTask.configure_model`).
@@ -247,8 +264,8 @@ class StyleTransferTask(ImageTask):
     def __init__(self, model: dict[str, Any], loss: dict[str, Any], style: dict[str, Any],
                  lr: float = 1e-3, image_size: int = 256, nan_policy: str = "stop",
                  max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None,
-                 identity_steps: int = 0, saturation_weight: float = 0.0) -> None:
-        super().__init__(lr, nan_policy, max_nan_skips)
+                 identity_steps: int = 0, saturation_weight: float = 0.0, lr_schedule: str = "constant") -> None:
+        super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
         if identity_steps < 0:
             raise StylenetError(f"task.identity_steps must be >= 0, got {identity_steps}")
         if not saturation_weight >= 0:
@@ -464,13 +481,13 @@ class SuperResolutionTask(ImageTask):
         loss: PerceptualLoss arguments; ``style_weight`` must be 0.
         lr: Adam learning rate (1e-3 in the paper).
         image_size: HR patch size (288 in the paper), recorded in the exported model's metadata.
-        nan_policy, max_nan_skips, compile, channels_last: as for :class:`StyleTransferTask`.
+        nan_policy, max_nan_skips, compile, channels_last, lr_schedule: as for :class:`StyleTransferTask`.
     """
 
     def __init__(self, model: dict[str, Any], loss: dict[str, Any], lr: float = 1e-3,
                  image_size: int = 288, nan_policy: str = "stop", max_nan_skips: int = 5,
-                 compile: bool = False, channels_last: bool | None = None) -> None:
-        super().__init__(lr, nan_policy, max_nan_skips)
+                 compile: bool = False, channels_last: bool | None = None, lr_schedule: str = "constant") -> None:
+        super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
         if float(loss.get("style_weight", 0.0)) != 0:
             raise StylenetError("super-resolution has no style target: set loss.style_weight=0 (or use "
                                 "loss=feature, loss=pixel or loss=mixed)")

@@ -213,6 +213,13 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("init=zeros", "init must be one of content, noise, style, got zeros"),
     ("scales=0", "scales must be >= 1"),
     ("size=abc", "size must be a whole number of pixels >= 1 or null, got 'abc'"),
+    ("iterations=ten", "iterations must be a whole number, got 'ten'"),
+    ("scales=1.5", "scales must be a whole number, got 1.5"),
+    ("lr=fast", "lr must be a number or null, got 'fast'"),
+    ("style_weights=0.5", r"style_weights must be a list of numbers, one per style image .*got 0.5"),
+    ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
+    ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
+    ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
 ])
@@ -223,6 +230,16 @@ def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Pa
     with pytest.raises(StylenetError, match=message):
         run(cfg, tmp_path)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_cli_refuses_to_overwrite_its_input(tmp_path: Path, style_image: Path) -> None:
+    content = make_photo(tmp_path / "content.png")
+    before = content.read_bytes()
+    for key, path in (("content", content), ("styles", style_image)):
+        cfg = compose_gatys(tmp_path, f"content={content}", f"styles={style_image}", f"output={path}")
+        with pytest.raises(StylenetError, match=f"output '{path}' is the {key} image: refusing to overwrite"):
+            run(cfg, tmp_path)
+    assert content.read_bytes() == before
 
 
 def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,

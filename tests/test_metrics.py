@@ -148,6 +148,26 @@ def test_degrade_keeps_constants_and_needs_multiples_of_the_factor() -> None:
 # ---------------------------------------------------------------------------- stylenet-evaluate-sr
 
 
+def keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel (1981) at offsets ``t``."""
+    t = np.abs(t)
+    return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                    np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+
+
+def test_bicubic_baseline_is_the_cubic_of_matlab_and_pil() -> None:
+    """Along one axis, away from the borders, upscale_bicubic equals Keys' cubic with a = -0.5 (MATLAB's
+    imresize, PIL's BICUBIC), computed here by hand: output pixel j samples the input at (j + 0.5) / f - 0.5."""
+    factor, row = 4, np.random.default_rng(0).random(12)
+    lr = torch.tensor(np.tile(row, (3, 5, 1)), dtype=torch.float32).unsqueeze(0).clamp(0.3, 0.7)  # no clamping
+    lr_row = lr[0, 0, 0].double().numpy()
+    out = upscale_bicubic(lr, factor)[0, 0, 2].double().numpy()
+    for j in range(3 * factor, (len(row) - 3) * factor):
+        x = (j + 0.5) / factor - 0.5
+        taps = np.arange(math.floor(x) - 1, math.floor(x) + 3)
+        assert out[j] == pytest.approx(float((keys_cubic(x - taps) * lr_row[taps]).sum()), abs=1e-5), j
+
+
 def hr_folder(root: Path) -> Path:
     make_photo(root / "a.png", size=(64, 52), seed=1)
     make_photo(root / "sub" / "b.png", size=(50, 67), seed=2)  # not multiples of 4: modcropped
@@ -185,6 +205,21 @@ def test_evaluate_bicubic_table_matches_the_metric_functions(tmp_path: Path,
     assert "| sub/b.png | 48x64 |" in table and "| **mean** |" in table
 
 
+def test_evaluate_leaves_out_the_lr_copies_of_benchmark_folders(tmp_path: Path) -> None:
+    """BasicSR's Set5 (GTmod12/ beside LRbicx4/) and SelfExSR's (*_HR.png beside *_LR.png): only HR scored."""
+    root = tmp_path / "Set5"
+    for name in ("GTmod12/baby.png", "LRbicx4/baby.png", "image_SRF_4/img_001_SRF_4_HR.png",
+                 "image_SRF_4/img_001_SRF_4_LR.png"):
+        make_photo(root / name, size=(48, 48))
+    assert evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.csv")]) == 0
+    assert [r["image"] for r in read_csv(tmp_path / "t.csv")] == [
+        "GTmod12/baby.png", "image_SRF_4/img_001_SRF_4_HR.png", "mean"]
+    # a file named on the command line is scored whatever its name
+    lr_file = root / "LRbicx4" / "baby.png"
+    assert evaluate_sr.main([str(lr_file), "--factor", "4", "--out", str(tmp_path / "one.csv")]) == 0
+    assert read_csv(tmp_path / "one.csv")[0]["image"] == "baby.png"
+
+
 def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
     root = hr_folder(tmp_path / "hr")
     x4 = sr_model_file(tmp_path / "x4.safetensors")
@@ -217,6 +252,15 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert evaluate_sr.main([str(tmp_path / "nowhere"), "--factor", "4"]) == 2
     with pytest.raises(SystemExit):
         evaluate_sr.main([str(root), "--factor", "4", "--out", "table.txt"])
+    capsys.readouterr()
+    # an --out that cannot be written is refused before any scoring, naming it
+    for out, reason in ((root / "a.png" / "t.md", "is a file, not a folder"), (root / "sub.md", "it is a folder")):
+        (root / "sub.md").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit) as stop:
+            evaluate_sr.main([str(root), "--factor", "4", "--out", str(out)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"cannot write --out {str(out)!r}" in err and reason in err and "bicubic" not in err
 
 
 def test_evaluate_cli_imports_neither_lightning_nor_hydra(tmp_path: Path) -> None:

@@ -97,6 +97,10 @@ def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -
         SuperResolutionDataModule(factor=8, image_size=36)
     with pytest.raises(StylenetError, match="smaller than the network's minimum of 5 px"):
         SuperResolutionDataModule(factor=8, image_size=32)
+    # x2 patches of 12 px: 8 px left once validation shaves the border, under SSIM's 11 px window
+    with pytest.raises(StylenetError, match=r"leaves 8 px to score at x2 .* use 16 or more"):
+        SuperResolutionDataModule(factor=2, image_size=12)
+    SuperResolutionDataModule(factor=2, image_size=16)  # 12 px scored: enough
     with pytest.raises(StylenetError, match=r"^data.scale_size is not used by super-resolution"):
         SuperResolutionDataModule(factor=4, image_size=32, scale_size=64)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -30,7 +32,7 @@ def make_task(style_image: Path, **loss: object) -> StyleTransferTask:
 def make_trainer(run_dir: Path, max_steps: int, **kwargs: object) -> pl.Trainer:
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step_{step:06d}", every_n_train_steps=5,
                                  save_last=True, save_top_k=-1, auto_insert_metric_name=False),
-                 ExportStyleModel(str(run_dir / "test.safetensors"))]
+                 ExportStyleModel(str(run_dir / "test.safetensors")), *kwargs.pop("callbacks", [])]
     return pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=5,
                       check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
                       log_every_n_steps=1, use_distributed_sampler=False, enable_progress_bar=False,
@@ -122,6 +124,38 @@ def test_resume_restores_step_optimizer_and_data_stream(tmp_path: Path, photo_fo
     assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
 
 
+class LearningRates(pl.Callback):
+    """The learning rate each training step runs at."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_schedule_and_its_resume(tmp_path: Path, photo_folder: Path, style_image: Path,
+                                               schedule: str) -> None:
+    """cosine: step k of a run of T runs at lr (1 + cos(pi k / T)) / 2, also across a resume (the
+    schedule's position is in the checkpoint); constant: lr throughout, as in the paper."""
+    def task() -> StyleTransferTask:
+        return StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, lr=1e-3, lr_schedule=schedule, image_size=32,
+                                 style={"name": "test", "image": str(style_image), "size": 64})
+
+    total, rates = 8, LearningRates()
+    pl.seed_everything(0)
+    make_trainer(tmp_path / "a", max_steps=total, callbacks=[rates]).fit(
+        task(), datamodule=make_data(photo_folder), weights_only=True)
+    expected = [1e-3 * ((1 + math.cos(math.pi * k / total)) / 2 if schedule == "cosine" else 1) for k in range(total)]
+    assert rates.seen == pytest.approx(expected, rel=1e-6)
+    resumed = LearningRates()
+    make_trainer(tmp_path / "b", max_steps=total, callbacks=[resumed]).fit(
+        task(), datamodule=make_data(photo_folder), ckpt_path=tmp_path / "a" / "checkpoints" / "step_000005.ckpt",
+        weights_only=True)
+    assert resumed.seen == pytest.approx(expected[5:], rel=1e-6)
+
+
 def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Path) -> None:
     with pytest.raises(StylenetError, match="does not exist"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "nope.jpg")})
@@ -136,6 +170,8 @@ def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Pat
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, identity_steps=-1)
     with pytest.raises(StylenetError, match="task.saturation_weight must be >= 0"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, saturation_weight=-1)
+    with pytest.raises(StylenetError, match="task.lr_schedule must be constant or cosine, got 'linear'"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, lr_schedule="linear")
 
 
 def test_identity_targets_stay_inside_the_output_tanh_range(style_image: Path) -> None:

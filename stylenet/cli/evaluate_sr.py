@@ -1,7 +1,8 @@
 """``stylenet-evaluate-sr``: score super-resolution models against bicubic upsampling on HR images.
 
 Follows the SR literature's protocol (Johnson et al. 2016, Sec. 4.2; :mod:`stylenet.metrics`): each
-HR image (a folder in the layout of Set5, Set14 or BSD100, or single files) is cropped to a multiple
+HR image (single files, or folders searched recursively: Set5, Set14 or BSD100 as distributed, their
+LR copies such as ``LRbicx4/`` or ``*_LR.png`` left out) is cropped to a multiple
 of the factor, degraded to LR (Gaussian blur sigma 1.0, bicubic downsampling), upscaled by bicubic
 interpolation and by every ``--model``, and scored with PSNR and SSIM on the BT.601 Y channel with
 ``factor`` pixels shaved off each border. Prints a markdown table (per image and mean) and writes
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,16 +76,32 @@ def csv_table(rows: list[Scored], methods: list[str]) -> str:
     return buffer.getvalue()
 
 
+#: Low-resolution copies that benchmark folders ship beside their HR images (BasicSR's ``LRbicx4/``,
+#: SelfExSR's ``*_LR.png``): this protocol makes its own LR images, so these are never scored as HR.
+LR_FOLDER = re.compile(r"LR", re.IGNORECASE)
+LR_STEM = re.compile(r".*[_-]LR", re.IGNORECASE)
+
+
+def is_low_resolution(relative: Path) -> bool:
+    """Whether a file found in a folder is one of the folder's LR copies (see ``LR_FOLDER``)."""
+    return bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.match(part) for part in relative.parts[:-1])
+
+
 def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
-    """(name for the table, path) of every image: relative to its folder, or the file's name."""
+    """(name for the table, path) of every HR image: relative to its folder, or the file's name. A
+    folder's LR copies are left out (:func:`is_low_resolution`); a file named on the command line is
+    always scored."""
     from stylenet.image import list_images
 
     found = []
     for spec in map(Path, inputs):
         for path in list_images(spec):
-            found.append((str(path.relative_to(spec)) if spec.is_dir() else path.name, path))
+            if not spec.is_dir():
+                found.append((path.name, path))
+            elif not is_low_resolution(path.relative_to(spec)):
+                found.append((str(path.relative_to(spec)), path))
     if not found:
-        raise StylenetError(f"no images in {', '.join(inputs)}")
+        raise StylenetError(f"no HR images in {', '.join(inputs)}")
     return found
 
 
@@ -143,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     bad_out = [out for out in args.out if Path(out).suffix.lower() not in OUT_SUFFIXES]
     if bad_out:
         parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {bad_out[0]}")
+    from stylenet.atomic import unwritable, write_text
+
+    for out in args.out:  # refused before the scoring, not after
+        reason = unwritable(out)
+        if reason:
+            parser.error(f"cannot write --out {out!r}: {reason}")
     from stylenet.devices import resolve_device
     from stylenet.fastpath import reuse_freed_memory
 
@@ -162,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows, methods, factor)
     print(table, end="")
     for out in map(Path, args.out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table if out.suffix.lower() == ".md" else csv_table(rows, methods), encoding="utf-8")
+        write_text(out, table if out.suffix.lower() == ".md" else csv_table(rows, methods))
     return 1 if errors else 0
 
 

@@ -43,6 +43,35 @@ def style_specs(styles: object) -> list[str]:
     return [str(spec) for spec in specs]
 
 
+def _whole(value: object, minimum: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: setting -> (whether a value is acceptable, what it must be): types first, so that a bad value is one
+#: line naming the setting rather than a traceback from deep inside the optimiser (ranges: check_settings).
+SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    **{key: (lambda v: v is None or _whole(v, 1), "a whole number of pixels >= 1 or null")
+       for key in ("size", "style_size")},
+    **{key: (_whole, "a whole number") for key in ("iterations", "history_size", "scales", "seed")},
+    **{key: (lambda v: _whole(v, 0), "a whole number >= 0 (0: never)") for key in ("save_every", "image_every")},
+    "lr": (lambda v: v is None or _number(v), "a number or null"),
+    "style_weights": (lambda v: v is None or (OmegaConf.is_list(v) and all(map(_number, v))),
+                      "a list of numbers, one per style image (e.g. [0.7,0.3]), or null"),
+    **{key: (lambda v: isinstance(v, bool), "true or false") for key in ("preserve_color", "progress")},
+}
+
+
+def check_setting_types(cfg: DictConfig) -> None:
+    """A one-line :class:`StylenetError` for the first setting of the wrong type (see SETTING_TYPES)."""
+    for key, (acceptable, what) in SETTING_TYPES.items():
+        if not acceptable(cfg[key]):
+            raise StylenetError(f"{key} must be {what}, got {cfg[key]!r}")
+
+
 def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar: tqdm
                       ) -> Callable[[Progress], None]:
     """The per-iteration callback: loss curves and snapshots to TensorBoard, ``steps/`` PNGs every
@@ -71,6 +100,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     from stylenet.gatys import (
         check_memory,
         check_settings,
+        check_style_sizes,
         optimize_image,
         read_image,
         resize_to,
@@ -84,9 +114,10 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     check_output_path(output)
-    for key in ("size", "style_size"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1):
-            raise StylenetError(f"{key} must be a whole number of pixels >= 1 or null, got {cfg[key]!r}")
+    check_setting_types(cfg)
+    for key, spec in (("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))):
+        if not str(spec).startswith("demo:") and Path(spec).resolve() == output.resolve():
+            raise StylenetError(f"output {str(output)!r} is the {key} image: refusing to overwrite an input")
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
     check_settings(**settings)
     device = resolve_device(cfg.device)
@@ -100,6 +131,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
     content = resize_to(content, height, width)
     styles = [resize_long_side(style, cfg.style_size or max(height, width)) for style in styles]
+    check_style_sizes(styles, loss)
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     writer.add_image("content", content)
