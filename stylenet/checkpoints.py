@@ -71,9 +71,10 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     """Why ``path`` cannot resume this run (None when it can).
 
     It must load with ``weights_only=True``, hold a full training state with finite weights, belong
-    to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` and,
-    when ``max_steps`` is given, be short of it: a finished run has nothing left to continue, and
-    "resuming" it would train no step and export nothing."""
+    to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` and
+    learning-rate schedule (:func:`schedule_problem`) and, when ``max_steps`` is given, be short of
+    it: a finished run has nothing left to continue, and "resuming" it would train no step and export
+    nothing."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean "not a checkpoint"
@@ -94,6 +95,22 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     for key in IDENTITY_HPARAMS:
         if saved.get(key) != hparams.get(key):
             return f"trained with another {key} ({saved.get(key)!r}, this run has {hparams.get(key)!r})"
+    return schedule_problem(checkpoint, saved, hparams, max_steps)
+
+
+def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams: dict[str, Any],
+                     max_steps: int | None) -> str | None:
+    """A learning-rate schedule the checkpoint cannot continue: Lightning restores the saved scheduler
+    and rate as they are, so another ``task.lr_schedule``, or a cosine decay planned over another number
+    of steps, would train on at a wrong rate (0, or climbing back) without a word."""
+    schedule, before = hparams.get("lr_schedule", "constant"), saved.get("lr_schedule", "constant")
+    if schedule != before:
+        return f"trained with another task.lr_schedule ({before!r}, this run has {schedule!r})"
+    if schedule == "cosine":
+        planned = [state.get("T_max") for state in checkpoint.get("lr_schedulers") or [] if isinstance(state, dict)]
+        if planned != [max_steps]:
+            return (f"its cosine decay was planned over {planned[0] if planned else '?'} steps, this run has "
+                    f"trainer.max_steps={max_steps}")
     return None
 
 

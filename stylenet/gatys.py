@@ -213,8 +213,15 @@ def smallest_side(loss: PerceptualLoss) -> int:
     return 2 ** sum(name.startswith("pool") for name in loss.vgg.names) if loss.vgg is not None else 1
 
 
-def check_style_sizes(styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:
-    """Refuse a style image too small for the loss network (see :func:`smallest_side`), naming its size."""
+def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:
+    """Refuse a result of (H, W) ``shape`` whose coarsest scale, or a style image, is too small for the loss
+    network (see :func:`smallest_side`): the result first, since a style's size follows the result's
+    unless ``style_size`` is set."""
+    coarsest = scale_shapes(*shape, scales)[0]
+    if min(coarsest) < smallest_side(loss):
+        which = "coarsest image" if scales > 1 else "image"
+        raise StylenetError(f"the {which} is {coarsest[1]}x{coarsest[0]} px, but the loss network needs "
+                            f"at least {smallest_side(loss)} px a side; use a larger size or fewer scales")
     for style in styles:
         if min(style.shape[-2:]) < smallest_side(loss):
             raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
@@ -358,13 +365,8 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     """
     check_settings(iterations=iterations, optimizer=optimizer, lr=lr, history_size=history_size, init=init,
                    scales=scales)
+    check_sizes(content.shape[-2:], scales, styles, loss)
     shapes = scale_shapes(*content.shape[-2:], scales)
-    if min(shapes[0]) < smallest_side(loss):
-        which = "coarsest image" if scales > 1 else "image"
-        raise StylenetError(f"the {which} is {shapes[0][1]}x{shapes[0][0]} px, but the loss network needs "
-                            f"at least {smallest_side(loss)} px a side; "
-                            "use a larger size or fewer scales")
-    check_style_sizes(styles, loss)
     content = content.to(loss.device)
     target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:

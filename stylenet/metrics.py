@@ -78,9 +78,10 @@ def degrade(hr: torch.Tensor, factor: int, sigma: float = BLUR_SIGMA) -> torch.T
 def upscale_bicubic(lr: torch.Tensor, factor: int) -> torch.Tensor:
     """The baseline every SR table compares with: bicubic upsampling of the LR image, clamped.
 
-    The cubic of MATLAB's ``imresize`` and PIL's ``BICUBIC`` (Keys, a = -0.5), the one SR tables use;
-    ``antialias=True`` selects it in torch (it changes nothing else when upsampling), whose plain
-    ``bicubic`` has a = -0.75 and reads 0.1-0.2 dB higher."""
+    The cubic of PIL's ``BICUBIC`` and MATLAB's ``imresize`` (Keys, a = -0.5), the one SR tables use;
+    ``antialias=True`` selects it in torch, whose plain ``bicubic`` has a = -0.75 (0.1-0.2 dB higher).
+    Equal to PIL's everywhere; to MATLAB's away from the edges, where the two pixels nearest each edge
+    differ (PIL and torch reweight the taps inside the image, MATLAB pads symmetrically)."""
     return F.interpolate(lr.float(), scale_factor=factor, mode="bicubic", align_corners=False,
                          antialias=True).clamp(0, 1)
 

@@ -154,7 +154,10 @@ class ImageTask(pl.LightningModule):
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
         if self.lr_schedule == "constant":
             return optimizer
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps <= 0:  # the photo stream is endless: only max_steps says where the run ends
+            raise StylenetError(f"task.lr_schedule=cosine needs trainer.max_steps > 0 (the steps to decay over), "
+                                f"got {self.trainer.max_steps}")
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
     def configure_model(self) -> None:

@@ -220,6 +220,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
     ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
     ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),
+    ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
 ])

@@ -205,15 +205,19 @@ def test_evaluate_bicubic_table_matches_the_metric_functions(tmp_path: Path,
     assert "| sub/b.png | 48x64 |" in table and "| **mean** |" in table
 
 
-def test_evaluate_leaves_out_the_lr_copies_of_benchmark_folders(tmp_path: Path) -> None:
-    """BasicSR's Set5 (GTmod12/ beside LRbicx4/) and SelfExSR's (*_HR.png beside *_LR.png): only HR scored."""
+def test_evaluate_leaves_out_the_lr_copies_of_benchmark_folders(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """BasicSR's Set5 (GTmod12/ beside LRbicx4/), SelfExSR's (*_HR.png beside *_LR.png) and DIV2K's
+    (DIV2K_valid_LR_bicubic/X4/): only HR scored; folders that merely start with the letters stay."""
     root = tmp_path / "Set5"
     for name in ("GTmod12/baby.png", "LRbicx4/baby.png", "image_SRF_4/img_001_SRF_4_HR.png",
-                 "image_SRF_4/img_001_SRF_4_LR.png"):
+                 "image_SRF_4/img_001_SRF_4_LR.png", "DIV2K_valid_LR_bicubic/X4/0801x4.png", "LRGB/m31.png",
+                 "lroom/kitchen.png"):
         make_photo(root / name, size=(48, 48))
     assert evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.csv")]) == 0
     assert [r["image"] for r in read_csv(tmp_path / "t.csv")] == [
-        "GTmod12/baby.png", "image_SRF_4/img_001_SRF_4_HR.png", "mean"]
+        "GTmod12/baby.png", "LRGB/m31.png", "image_SRF_4/img_001_SRF_4_HR.png", "lroom/kitchen.png", "mean"]
+    assert "left out 3 LR copies" in capsys.readouterr().err
     # a file named on the command line is scored whatever its name
     lr_file = root / "LRbicx4" / "baby.png"
     assert evaluate_sr.main([str(lr_file), "--factor", "4", "--out", str(tmp_path / "one.csv")]) == 0

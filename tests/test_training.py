@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
+from stylenet.checkpoints import checkpoint_problem
 from stylenet.data import ImageFolderDataModule
 from stylenet.export import export_checkpoint
 from stylenet.modelfile import read_model
@@ -154,6 +155,21 @@ def test_learning_rate_schedule_and_its_resume(tmp_path: Path, photo_folder: Pat
         task(), datamodule=make_data(photo_folder), ckpt_path=tmp_path / "a" / "checkpoints" / "step_000005.ckpt",
         weights_only=True)
     assert resumed.seen == pytest.approx(expected[5:], rel=1e-6)
+    # Lightning would restore the saved schedule as it is: another schedule, or a cosine planned over
+    # another number of steps, cannot continue this checkpoint
+    checkpoint, hparams = tmp_path / "a" / "checkpoints" / "step_000005.ckpt", dict(task().hparams)
+    other = "cosine" if schedule == "constant" else "constant"
+    assert checkpoint_problem(checkpoint, None, hparams, total) is None
+    assert checkpoint_problem(checkpoint, None, {**hparams, "lr_schedule": other}, total) == (
+        f"trained with another task.lr_schedule ({schedule!r}, this run has {other!r})")
+    longer = checkpoint_problem(checkpoint, None, hparams, 2 * total)
+    assert longer == (f"its cosine decay was planned over {total} steps, this run has trainer.max_steps={2 * total}"
+                      if schedule == "cosine" else None)
+    if schedule == "cosine":  # an endless photo stream: only max_steps says where the decay ends
+        trainer = pl.Trainer(accelerator="cpu", max_steps=-1, max_epochs=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+        with pytest.raises(StylenetError, match=r"lr_schedule=cosine needs trainer.max_steps > 0 \(.*\), got -1"):
+            trainer.fit(task(), datamodule=make_data(photo_folder), weights_only=True)
 
 
 def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Path) -> None:

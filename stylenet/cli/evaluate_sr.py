@@ -78,13 +78,15 @@ def csv_table(rows: list[Scored], methods: list[str]) -> str:
 
 #: Low-resolution copies that benchmark folders ship beside their HR images (BasicSR's ``LRbicx4/``,
 #: SelfExSR's ``*_LR.png``): this protocol makes its own LR images, so these are never scored as HR.
-LR_FOLDER = re.compile(r"LR", re.IGNORECASE)
-LR_STEM = re.compile(r".*[_-]LR", re.IGNORECASE)
+#: ``LR`` as a word of a folder's name (``LRbicx4``, ``LR_bicubic``, ``DIV2K_valid_LR_bicubic``), upper case
+#: so that ``LRGB/`` or ``lroom/`` stay HR, and of a file's stem at its end (``img_001_SRF_4_LR``).
+LR_FOLDER = re.compile(r"(?:^|.*[_-])LR(?:bic.*|[_-].*)?")
+LR_STEM = re.compile(r".*[_-]LR")
 
 
 def is_low_resolution(relative: Path) -> bool:
     """Whether a file found in a folder is one of the folder's LR copies (see ``LR_FOLDER``)."""
-    return bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.match(part) for part in relative.parts[:-1])
+    return bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.fullmatch(part) for part in relative.parts[:-1])
 
 
 def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
@@ -93,13 +95,17 @@ def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
     always scored."""
     from stylenet.image import list_images
 
-    found = []
+    found, left_out = [], []
     for spec in map(Path, inputs):
         for path in list_images(spec):
             if not spec.is_dir():
                 found.append((path.name, path))
-            elif not is_low_resolution(path.relative_to(spec)):
+            elif is_low_resolution(path.relative_to(spec)):
+                left_out.append(path)
+            else:
                 found.append((str(path.relative_to(spec)), path))
+    if left_out:
+        print(f"{PROG}: left out {len(left_out)} LR copies, such as {str(left_out[0])!r}", file=sys.stderr)
     if not found:
         raise StylenetError(f"no HR images in {', '.join(inputs)}")
     return found

@@ -100,7 +100,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     from stylenet.gatys import (
         check_memory,
         check_settings,
-        check_style_sizes,
+        check_sizes,
         optimize_image,
         read_image,
         resize_to,
@@ -131,7 +131,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
     content = resize_to(content, height, width)
     styles = [resize_long_side(style, cfg.style_size or max(height, width)) for style in styles]
-    check_style_sizes(styles, loss)
+    check_sizes((height, width), cfg.scales, styles, loss)
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     writer.add_image("content", content)
