@@ -29,6 +29,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from stylenet.errors import StylenetError
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Bundled images (not among the demo's training photos) as the N styles and the added one.
 STYLES = ("demo:ihc", "demo:brick", "demo:gravel", "demo:color")
@@ -230,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if len(args.styles) < 2 or args.steps < 1 or not 0 < args.add_fraction <= 1:
         build_parser().error("need >= 2 --styles, --steps >= 1 and 0 < --add-fraction <= 1")
+    try:
+        return measure(args)
+    except StylenetError as err:
+        print(f"multistyle_check.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Train, add a style, blend and report (the module docstring); writes into ``--out``."""
     from stylenet.style_reports import style_reports
 
     out = Path(args.out)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stylenet import StylenetError
+from stylenet.errors import StylenetError, first_line
 
 FORMAT = "stylenet-shards"
 FORMAT_VERSION = 1
@@ -69,6 +69,7 @@ class ShardStore:
         self.size = int(manifest["size"])
         source_root = Path(manifest["source_root"])
         self.files = [entry["file"] for entry in manifest["shards"]]
+        self.rows = [len(entry["sources"]) for entry in manifest["shards"]]
         self.sources: list[Path] = []
         self.location: list[tuple[int, int]] = []  # row -> (shard, row within the shard)
         for shard, entry in enumerate(manifest["shards"]):
@@ -77,6 +78,7 @@ class ShardStore:
         if not self.sources:
             raise StylenetError(f"prepared dataset {str(self.root)!r} holds no images")
         self._maps: list[np.ndarray] | None = None
+        self._shards()  # a missing, truncated or short shard is an error now, not a traceback mid-run
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -87,11 +89,16 @@ class ShardStore:
     def _shards(self) -> list[np.ndarray]:
         if self._maps is None:
             maps = []
-            for name in self.files:
-                array = np.load(self.root / name, mmap_mode="c")
-                if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (self.size, self.size, 3):
-                    raise StylenetError(f"shard {str(self.root / name)!r} holds {array.dtype} {array.shape}, "
-                                        f"expected uint8 (N, {self.size}, {self.size}, 3)")
+            for name, rows in zip(self.files, self.rows, strict=True):
+                path = self.root / name
+                try:
+                    array = np.load(path, mmap_mode="c")
+                except (OSError, ValueError) as err:  # missing, truncated, not a .npy file
+                    raise StylenetError(f"cannot read shard {str(path)!r}: {first_line(err)}; run stylenet-prepare "
+                                        f"again into a new folder") from None
+                if array.dtype != np.uint8 or array.shape != (rows, self.size, self.size, 3):
+                    raise StylenetError(f"shard {str(path)!r} holds {array.dtype} {array.shape}, expected uint8 "
+                                        f"{(rows, self.size, self.size, 3)} (the manifest lists {rows} images)")
                 maps.append(array)
             self._maps = maps
         return self._maps

@@ -50,6 +50,24 @@ def test_sections_and_bad_arguments(tmp_path: Path) -> None:
         bench.main(["--sections", "train,nonsense"])
 
 
+@pytest.mark.parametrize(("bad", "named"), [
+    (["--train-size", "18"], "--train-size a multiple of 4"), (["--sizes", "0"], "--sizes >= 16"),
+    (["--threads", "-1"], "--threads >= 1"), (["--weights", "nosuch.pth"], "--weights must be"),
+    (["--json", "."], "cannot write --json '.': it is a folder")])
+def test_bad_arguments_are_refused_before_any_measuring(bad: list[str], named: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", "--sections", "infer", *bad])
+    assert stop.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_a_section_that_refuses_a_setting_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (weights := tmp_path / "vgg.pth").write_bytes(b"not a state dict")
+    assert bench.main(["--quick", "--sections", "gatys", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("stylenet-bench: error: ") and str(weights) in err[-1], err
+
+
 def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A trained file is timed in the row of its width: a half-width one in the frames section's
     half-width row, and refused by the 12 MP photo row (the paper's width) before any section runs,

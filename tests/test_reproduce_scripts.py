@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -112,3 +113,27 @@ def test_fig5_measures_one_style_of_a_several_styles_file(tmp_path: Path, style_
                                                "(a, b): pick one with --model-style NAME")
     assert fig5.main([*common, "--model-style", "b", "--out", str(tmp_path / "b")]) == 0
     assert len(read_csv(tmp_path / "b" / "fig5.csv")) == 2  # the network, and Gatys from the photo
+
+
+@pytest.mark.parametrize("script", ["reproduce_table1", "reproduce_fig5"])
+def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path: Path, script: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (afile := tmp_path / "afile").write_text("x")
+    module = load_script(script)
+    inputs = ["--model", "nowhere.safetensors", "--images", str(tmp_path)] if script == "reproduce_fig5" else []
+    assert module.main([*inputs, "--sizes", "32", "--out", str(afile)]) == 2
+    # the only line: nothing was measured (table1 names each size it times; fig5 would first miss the model)
+    assert capsys.readouterr().err.strip() == (f"{script}.py: error: cannot write into --out '{afile}': "
+                                               f"'{afile}' is a file, not a folder")
+
+
+def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    check = load_script("multistyle_check")
+    assert check.main(["--styles", "demo:ihc", str(tmp_path / "none.jpg"), "--steps", "1",
+                       "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("multistyle_check.py: error: ") and "none.jpg" in err and "\n" not in err
+    quality = load_script("sr_quality")
+    with pytest.raises(quality.StepFailed, match=r"failed \(exit 1\)"):
+        quality.run([sys.executable, "-c", "raise SystemExit(1)"], threads=1)

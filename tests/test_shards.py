@@ -118,3 +118,25 @@ def test_prepare_fails_on_a_folder_without_a_readable_photo(tmp_path: Path, caps
     assert prepare_cli.main([str(source), "-o", str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stylenet-prepare: error: no readable photos in") and "1 skipped" in err
+
+
+def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_path: Path) -> None:
+    """Missing, truncated or short shards are refused when the store opens, not mid-run with a traceback."""
+    whole = tmp_path / "whole"
+    prepare_cli.prepare(square_photos, whole, size=32, shard_images=3, progress=False)
+    second = json.loads((whole / MANIFEST).read_text())["shards"][1]["file"]
+    damages = {"missing": lambda path: path.unlink(),
+               "truncated": lambda path: path.write_bytes(path.read_bytes()[:-100]),
+               "short": lambda path: np.save(path, np.load(path)[:2])}
+    for damage, apply in damages.items():
+        copy = tmp_path / damage
+        copy.mkdir()
+        for item in whole.iterdir():
+            (copy / item.name).write_bytes(item.read_bytes())
+        apply(copy / second)
+        with pytest.raises(StylenetError, match=f"shard '{copy / second}'") as caught:
+            ShardStore(copy)
+        assert "\n" not in str(caught.value), damage
+        assert damage != "short" or "the manifest lists 3 images" in str(caught.value)
+    (prepare_out := tmp_path / "afile").write_text("x")  # prepare into an existing file: one line too
+    assert prepare_cli.main([str(square_photos), "-o", str(prepare_out), "--workers", "0", "--no-progress"]) == 2

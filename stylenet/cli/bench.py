@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from stylenet import StylenetError
+from stylenet.atomic import unwritable, write_text
 from stylenet.bench.report import derived, load_average, metadata, print_table
 from stylenet.bench.sections import (
     PROFILES,
@@ -103,9 +104,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     if (not set(sections) <= set(SECTIONS) or args.reps < 1 or args.loss_curve < 0
-            or (args.train_size is not None and args.train_size < 16)):
+            or (args.train_size is not None and (args.train_size < 16 or args.train_size % 4))
+            or any(size < 16 for size in args.sizes or []) or (args.threads is not None and args.threads < 1)):
         parser.error(f"--sections must be a subset of {','.join(SECTIONS)}, --reps >= 1, --loss-curve >= 0, "
-                     "--train-size >= 16")
+                     "--train-size a multiple of 4 >= 16, --sizes >= 16, --threads >= 1")
+    if args.weights not in ("random", "calibrated", "imagenet") and not Path(args.weights).is_file():
+        parser.error(f"--weights must be random, calibrated, imagenet or a .pth file, got {args.weights!r}")
+    reason = unwritable(args.json) if args.json else None
+    if reason:  # before minutes of measuring, not after
+        parser.error(f"cannot write --json {str(args.json)!r}: {reason}")
     args.sections = sections
     return args
 
@@ -139,19 +146,22 @@ def main(argv: list[str] | None = None) -> int:
         "conv": lambda: bench_conv(device, profile, reps),
         "data": lambda: bench_data(profile, results.get("train_fast_s")),
     }
-    for section in args.sections:
-        print(f"{PROG}: {section} ...", file=sys.stderr, flush=True)
-        results.update(sections[section]())
-    if args.loss_curve:
-        print(f"{PROG}: loss curve, {args.loss_curve} steps x 2 ...", file=sys.stderr, flush=True)
-        results.update(loss_curve(device, args.loss_curve, profile.train_size, profile.batch, profile.precision,
-                                  args.weights))
+    try:
+        for section in args.sections:
+            print(f"{PROG}: {section} ...", file=sys.stderr, flush=True)
+            results.update(sections[section]())
+        if args.loss_curve:
+            print(f"{PROG}: loss curve, {args.loss_curve} steps x 2 ...", file=sys.stderr, flush=True)
+            results.update(loss_curve(device, args.loss_curve, profile.train_size, profile.batch, profile.precision,
+                                      args.weights))
+    except StylenetError as err:  # a setting a section refuses (a --weights file that is not there, ...)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     derived(results)
     results["meta"]["load_average_end"] = load_average()
     print_table(results, profile.models, profile.sizes)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        write_text(args.json, json.dumps(results, indent=1))
     return 0
 
 

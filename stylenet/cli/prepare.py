@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from stylenet.atomic import atomic_write
+from stylenet.atomic import atomic_write, unwritable
 from stylenet.errors import StylenetError, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
@@ -99,6 +99,9 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     source = source.expanduser().resolve()
     if not source.is_dir():
         raise StylenetError(f"{str(source)!r} is not a folder")
+    reason = unwritable(out / MANIFEST)
+    if reason:
+        raise StylenetError(f"cannot prepare into -o {str(out)!r}: {reason}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(out, source, size)
     seen = {sha: relative for entry in manifest["shards"] for relative, sha in entry["sources"]}

@@ -120,7 +120,8 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
         raise StylenetError(
             f"cannot get ImageNet {arch} weights ({type(err).__name__}: {err}); offline? download {weights.url} "
-            f"on a connected machine and pass loss.weights=/path/to/{filename} (or copy it to {cache})"
+            f"on a connected machine and pass its path (loss.weights=/path/to/{filename}; --weights in "
+            f"stylenet-bench and scripts/), or copy it to {cache}"
         ) from None
     return {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
 
