@@ -191,7 +191,7 @@ def test_parse_bytes() -> None:
     assert parse_bytes("2GB") == 2 * 10**9
     assert parse_bytes("512MiB") == 512 * 2**20
     assert parse_bytes("1e6") == 10**6
-    for bad in ("", "lots", "-1GB", "3 parsecs"):
+    for bad in ("", "lots", "-1GB", "3 parsecs", "0.5"):
         with pytest.raises(Exception, match="invalid size"):
             parse_bytes(bad)
 

@@ -53,7 +53,7 @@ def parse_bytes(text: str) -> int:
         value = float(match[1]) * unit if match and unit else -1.0
     except ValueError:
         value = -1.0
-    if value <= 0:
+    if int(value) < 1:  # under one byte (0.5) is no budget either
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 2GB, 512MiB)")
     return int(value)
 

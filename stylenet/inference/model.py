@@ -197,10 +197,11 @@ class InferenceModel:
 
         ``tile`` None runs an image that fits :meth:`max_pixels` in one pass and a larger one
         layer by layer (:func:`~stylenet.inference.layerwise.layerwise_bands`: the one-pass result
-        in bounded memory) if the network allows, else in tiles. An explicit ``tile`` (input pixels
-        per side) forces tiling. The tiles' InstanceNorm statistics come from the whole image if it
-        fits the budget, else from a thumbnail that does (the "thumbnail instance normalization" of
-        Chen et al. 2022, "Towards Ultra-Resolution Neural Style Transfer"), or, with
+        in bounded memory) if the network allows, else in tiles with exact statistics (below). An
+        explicit ``tile`` (input pixels per side) forces tiling. The tiles' InstanceNorm statistics
+        come from the whole image if it fits the budget, else from a thumbnail that does (the
+        "thumbnail instance normalization" of Chen et al. 2022, "Towards Ultra-Resolution Neural
+        Style Transfer"), or, with
         ``exact_statistics``, from :func:`streaming_norm_statistics` (exact, several times the
         cost). On running out of memory the tile side is halved, down to :data:`MIN_TILE`, then a
         :class:`StylenetError` is raised. ``progress(done, total)`` is called after every tile
@@ -232,7 +233,10 @@ class InferenceModel:
                     side = max(height, width)  # one tile: the whole image
                 else:
                     side = max(MIN_TILE, min(tile or pixels, math.isqrt(pixels)) // multiple * multiple)
-                return self._run_tiles(rgb, controls, side, tile_overlap, pixels, exact_statistics,
+                # with no tile asked for, the result must be the one-pass result: a network that cannot
+                # run layer by layer (a converted pytorch/examples model) gets exact statistics
+                exact = exact_statistics or (tile is None and not self._layerwise)
+                return self._run_tiles(rgb, controls, side, tile_overlap, pixels, exact,
                                        bits if quantize else None, progress)
             except Exception as err:
                 if not is_out_of_memory(err):
