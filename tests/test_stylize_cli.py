@@ -187,6 +187,26 @@ def test_a_malicious_model_is_refused_and_never_run(tmp_path: Path, capsys: pyte
     assert not marker.exists()
 
 
+def test_keep_gray_writes_grey_files(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--keep-gray: a greyscale input comes back as a greyscale file (L, LA, 16-bit grey), with the
+    values the Python API gives (to a level)."""
+    from stylenet import load_model
+
+    grey = make_image(tmp_path / "in" / "grey.png", mode="L")
+    make_image(tmp_path / "in" / "grey_alpha.png", mode="LA", seed=1)
+    levels = np.random.default_rng(2).integers(0, 65536, (30, 40), dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "in" / "grey16.png")  # Pillow's I;16
+    code, _, err = run(capsys, tmp_path / "in", "-m", model, "-o", tmp_path / "out", "--keep-gray",
+                       "--precision", "fp32", "--device", "cpu")
+    assert code == 0, err
+    outputs = {path.name.split("_test")[0]: Image.open(path) for path in (tmp_path / "out").iterdir()}
+    assert {name: image.mode for name, image in outputs.items()} == {
+        "grey": "L", "grey_alpha": "LA", "grey16": "I;16"}, outputs
+    expected = load_model(model, device="cpu", precision="fp32").stylize(Image.open(grey), keep_gray=True)
+    difference = np.abs(np.asarray(outputs["grey"], dtype=int) - np.asarray(expected, dtype=int))
+    assert difference.max() <= 1  # the CLI and the API round the same network's output alike, to a level
+
+
 def test_parse_bytes() -> None:
     assert parse_bytes("2GB") == 2 * 10**9
     assert parse_bytes("512MiB") == 512 * 2**20

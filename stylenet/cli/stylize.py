@@ -366,7 +366,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
                                        tile=args.tile, tile_overlap=overlap,
                                        exact_statistics=args.exact_stats, progress=progress)
             save_image(job.target, result.rgb, alpha=result.alpha, icc_profile=result.icc_profile,
-                       quality=args.quality)
+                       quality=args.quality, gray=result.was_gray)
         except Exception as err:  # this output only; the next model and the next input go on
             report.error(describe(err, source))
             continue

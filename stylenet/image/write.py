@@ -93,7 +93,7 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 
 
 def _encode_sixteen_bit(fmt: str, pixels: np.ndarray, icc_profile: bytes | None) -> bytes:
-    """HxWx3 or HxWx4 uint16 ``pixels`` encoded as a 16-bit PNG or TIFF file.
+    """HxWx3 or HxWx4 uint16 ``pixels`` (HxW or HxWx2: grey) encoded as a 16-bit PNG or TIFF file.
 
     PNG: imagecodecs (libpng), with the ICC profile added as an iCCP chunk right after IHDR (where
     the PNG specification wants it, before the pixel data; imagecodecs writes no metadata).
@@ -113,8 +113,9 @@ def _encode_sixteen_bit(fmt: str, pixels: np.ndarray, icc_profile: bytes | None)
     import tifffile
 
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, pixels, photometric="rgb",
-                     extrasamples=("unassalpha",) if pixels.shape[-1] == 4 else None,
+    gray = pixels.ndim == 2 or pixels.shape[-1] == 2
+    tifffile.imwrite(buffer, pixels, photometric="minisblack" if gray else "rgb",
+                     extrasamples=("unassalpha",) if pixels.ndim == 3 and pixels.shape[-1] in (2, 4) else None,
                      iccprofile=bytes(icc_profile) if icc_profile else None,
                      compression="zlib", predictor=True, metadata=None)
     return buffer.getvalue()
@@ -169,16 +170,19 @@ def check_output_path(path: str | Path, *, overwrite: bool = True) -> None:
 
 
 def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profile: bytes | None,
-             quality: int, depth: int) -> Callable[[BinaryIO], None]:
+             quality: int, depth: int, gray: bool = False) -> Callable[[BinaryIO], None]:
     """What writes the encoded image to an open file: 16-bit PNG/TIFF through
-    :func:`_encode_sixteen_bit` at ``depth`` 16, Pillow otherwise. Pixels are converted now, so a
-    bad tensor fails before any file is created."""
+    :func:`_encode_sixteen_bit` at ``depth`` 16, Pillow otherwise; ``gray`` keeps one channel. Pixels
+    are converted now, so a bad tensor fails before any file is created."""
     if depth == 16 and fmt in SIXTEEN_BIT_FORMATS:
-        pixels = _rgb_to_uint16(rgb)
+        pixels = _rgb_to_uint16(rgb)[..., :1] if gray else _rgb_to_uint16(rgb)
         if alpha is not None:
             pixels = np.dstack([pixels, _alpha_to_uint16(alpha, *pixels.shape[:2])])
+        pixels = np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
         return lambda handle: handle.write(_encode_sixteen_bit(fmt, pixels, icc_profile))
     img = to_pil(rgb, alpha)
+    if gray:  # equal channels: Pillow's luma weights sum to one, so L is that channel exactly
+        img = img.convert("LA" if alpha is not None else "L")
     params: dict[str, object] = {}
     if fmt == "JPEG":
         if img.mode == "RGBA":
@@ -193,7 +197,7 @@ def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profil
 
 def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | None = None,
                icc_profile: bytes | None = None, quality: int = 95, overwrite: bool = True,
-               bits: int | None = None) -> Path:
+               bits: int | None = None, gray: bool = False) -> Path:
     """Write ``rgb`` (float ``(3, H, W)`` in [0, 1], or uint8 / uint16 levels) to ``path``
     atomically; return the path.
 
@@ -206,7 +210,9 @@ def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | Non
     writes 16 bits per sample, alpha included, where the format holds them
     (:data:`SIXTEEN_BIT_EXTENSIONS`: PNG and TIFF, through imagecodecs and tifffile, since Pillow
     cannot write 48/64-bit RGB(A)); JPEG, WebP and BMP get the pixels rounded to 8 bits. ``bits``
-    8 (the default otherwise) always writes 8 bits.
+    8 (the default otherwise) always writes 8 bits. ``gray`` writes one grey channel (of a
+    greyscale input stylized with ``keep_gray``, whose three channels are equal): L / LA, or 16-bit
+    grey.
 
     Atomicity (:func:`stylenet.atomic.atomic_write`): readers see either the old file or the
     complete new one; on any error, KeyboardInterrupt included, the temporary file is removed.
@@ -221,7 +227,7 @@ def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | Non
         raise ValueError(f"bits must be 8 or 16, got {bits}")
     fmt = WRITE_FORMATS[p.suffix.lower()]
     depth = bits if bits is not None else (16 if rgb.dtype == torch.uint16 else 8)
-    encode = _encoder(fmt, rgb, alpha, icc_profile, quality, depth)
+    encode = _encoder(fmt, rgb, alpha, icc_profile, quality, depth, gray)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
