@@ -123,7 +123,8 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                              "thumbnail")
     parser.add_argument("--max-memory", type=parse_bytes,
                         help="memory one forward pass may use, e.g. 2GB; larger images run layer by layer "
-                             "(style networks) or in tiles (default: 80%% of free GPU memory, 0.8 GB on the CPU)")
+                             "(style networks; about two layers' activations, whatever this says) or in tiles "
+                             "(default: 80%% of free GPU memory, 0.8 GB on the CPU)")
     parser.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
                         help="JPEG/WebP quality (default: %(default)s)")
     if task == "style":
