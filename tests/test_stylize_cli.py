@@ -205,6 +205,10 @@ def test_keep_gray_writes_grey_files(tmp_path: Path, model: Path, capsys: pytest
     expected = load_model(model, device="cpu", precision="fp32").stylize(Image.open(grey), keep_gray=True)
     difference = np.abs(np.asarray(outputs["grey"], dtype=int) - np.asarray(expected, dtype=int))
     assert difference.max() <= 1  # the CLI and the API round the same network's output alike, to a level
+    for suffix, mode in ((".jpg", "L"), (".bmp", "RGB"), (".webp", "RGBA")):  # formats without grey + alpha
+        target = tmp_path / f"grey_alpha{suffix}"
+        code, _, err = run(capsys, tmp_path / "in" / "grey_alpha.png", "-m", model, "-o", target, "--keep-gray")
+        assert code == 0 and Image.open(target).mode == mode, (suffix, err)
 
 
 def test_parse_bytes() -> None:

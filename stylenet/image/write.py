@@ -183,10 +183,12 @@ def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profil
     img = to_pil(rgb, alpha)
     if gray:  # equal channels: Pillow's luma weights sum to one, so L is that channel exactly
         img = img.convert("LA" if alpha is not None else "L")
+        if fmt == "BMP" and alpha is not None:  # BMP holds no grey with alpha
+            img = img.convert("RGBA")
     params: dict[str, object] = {}
     if fmt == "JPEG":
-        if img.mode == "RGBA":
-            img = img.convert("RGB")
+        if img.mode in ("RGBA", "LA"):
+            img = img.convert(img.mode[:-1])
         params["quality"] = int(quality)
     elif fmt == "WEBP":
         params["quality"] = int(quality)
