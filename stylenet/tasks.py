@@ -453,7 +453,7 @@ class AddStyleTask(StyleTransferTask):
             raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files can grow a style")
         base: TransformerNet = stored.net
         records = style_records(stored.metadata)
-        check_style_names([r["name"] for r in records] + [styles[0].name], "style.name (a new name)")
+        check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)")
         new = base.styles
         net = base.with_styles([*range(new), torch.full((new,), 1.0 / new)])
         net.requires_grad_(False)

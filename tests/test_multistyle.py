@@ -132,7 +132,7 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
             assert param.grad[:3].abs().max() == 0 and param.grad[3].abs().max() > 0, name
         else:
             assert param.grad is None and not param.requires_grad, name
-    with pytest.raises(StylenetError, match="not distinct"):
+    with pytest.raises(StylenetError, match=r"^task.style_name \(a new name\): .* not distinct"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
 
 

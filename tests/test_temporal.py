@@ -213,7 +213,9 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
     common = [str(photo), "-m", str(model), "--size", "24", "--frames", "2"]
     for bad, named in ((["--strip", str(tmp_path / "s.jpgg")], "s.jpgg"),
                        (["--out", str(tmp_path)], str(tmp_path)),
-                       (["--out", str(tmp_path / "afile" / "t.md")], "afile")):
+                       (["--out", str(tmp_path / "afile" / "t.md")], "afile"),
+                       (["--out", str(model)], "is an input"),  # never overwrite a model or a photo
+                       (["--strip", str(photo)], "is an input")):
         assert stability_main([*common, *bad]) == 1
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and named in errors[0]

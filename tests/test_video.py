@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from stylenet import StylenetError, load_model
 from stylenet.cli.stylize import main as stylize_main
 from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
-from stylenet.video import VIDEO_SUFFIXES, is_video, video_target
+from stylenet.video import VIDEO_SUFFIXES, is_video, stylize_video, video_target
 from stylenet.video.jobs import progress_line
 from stylenet.video.pipeline import Prefetch, Sink
 
@@ -206,6 +207,9 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     assert "--tile does not apply to videos" in capsys.readouterr().err
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "z.mp4")]) == 1
     assert "not a readable video" in capsys.readouterr().err and not list(tmp_path.glob("*.mp4"))
+    with pytest.raises(StylenetError, match="refusing to overwrite input"):  # the Python API
+        stylize_video(clip, clip, load_model(model_file))
+    assert clip.read_bytes() == b"never decoded"
 
 
 def test_without_pyav_the_error_names_the_extra(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture,

@@ -87,6 +87,12 @@ def check_outputs(args: argparse.Namespace) -> None:
     reason = unwritable(args.out) if args.out else None
     if reason is not None:
         raise StylenetError(f"cannot write --out {args.out!r}: {reason}")
+    inputs = {Path(path).resolve(): path for path in [*args.models, *args.photos, *args.video]
+              if not str(path).startswith("demo:")}
+    for option, output in (("--out", args.out), ("--strip", args.strip)):
+        if output and Path(output).resolve() in inputs:
+            raise StylenetError(f"{option} {output!r} is an input ({inputs[Path(output).resolve()]!r}): "
+                                "refusing to overwrite it")
 
 
 def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:

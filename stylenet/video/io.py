@@ -319,6 +319,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     source, target = Path(source), Path(target)
     start = time.perf_counter()
     video_target(source, target, default_name=False)  # a video suffix, not a folder: before any work
+    if source.resolve() == target.resolve():
+        raise StylenetError(f"refusing to overwrite input {str(source)!r} with its output")
     info = probe_video(source)
     height, width = size or (info.height, info.width)
     result = VideoResult(width=width * model.scale, height=height * model.scale, info=info)
