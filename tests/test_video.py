@@ -98,6 +98,32 @@ def test_audio_that_the_container_cannot_hold_is_refused_naming_the_file_asked_f
     assert not list(tmp_path.glob("*.webm")) and not list(tmp_path.glob(".*"))  # nothing left behind
 
 
+def test_a_stream_the_muxer_refuses_at_its_header_is_refused_before_any_frame(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """FLAC audio into .mov passes the codec list but not the muxer's header: one line naming the
+    file asked for (not the hidden temporary one), nothing left behind."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "flac.mkv"
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream("flac", rate=8000)
+        audio.layout = "mono"
+        for index in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * index, np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 333), np.int16), format="s16", layout="mono")
+            sound.sample_rate, sound.pts = 8000, index * 333
+            container.mux(audio.encode(sound))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+    out = tmp_path / "flac_styled.mov"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(out)!r} cannot hold" in err and ".tmp" not in err, err
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
 def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
     """The frames alive between decoder and encoder stay within the queues' bounds however long the
     clip (a reader that ran ahead unbounded would hold most of its 300 frames)."""

@@ -234,6 +234,12 @@ class VideoEncoder:
         try:
             self._add_video(path.suffix.lower(), height, width)
             self.audio = self._add_audio(source, name or path)
+            try:  # the header now: a stream the muxer refuses is refused before any frame is stylized
+                self.container.start_encoding()
+            except av.FFmpegError as err:
+                raise StylenetError(f"{str(name or path)!r} cannot hold the streams of {str(source)!r} "
+                                    f"(the muxer says: {err.strerror or type(err).__name__}); try another "
+                                    "container, such as .mkv") from None
         except BaseException:
             self.container.close()
             raise
