@@ -124,6 +124,27 @@ def test_a_stream_the_muxer_refuses_at_its_header_is_refused_before_any_frame(
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
+def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """Matroska has no frame count: the one from its duration assumes a constant rate. Frames with gaps
+    between them (a variable rate) that reach the end are the whole clip."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "vfr.mkv"
+    stamps = [*range(8), 30, 31, 60, 61]
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24, options={"bf": "0"})
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 24)
+        for stamp in stamps:
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 4 * stamp, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = stamp, Fraction(1, 24)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    out = tmp_path / "vfr_styled.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert len(read_clip(out)["frames"]) == len(stamps)
+
+
 def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
     """The frames alive between decoder and encoder stay within the queues' bounds however long the
     clip (a reader that ran ahead unbounded would hold most of its 300 frames)."""

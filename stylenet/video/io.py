@@ -85,6 +85,7 @@ class VideoResult:
     width: int = 0
     height: int = 0
     max_in_flight: int = 0  # most frames decoded but not yet handed to the encoder at any time
+    last_time: float | None = None  # the last decoded frame's time, s
     problem: str | None = None  # why the input ended early, if it did
     info: VideoInfo | None = field(default=None, repr=False)
 
@@ -176,6 +177,7 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
                     continue
                 for frame in packet.decode():
                     result.decoded += 1
+                    result.last_time = float(frame.time) if frame.time is not None else result.last_time
                     yield _Frame(frame.pts, frame.to_ndarray(**convert))
         except av.FFmpegError as err:
             raise _InputError(first_line(err)) from err
@@ -383,5 +385,8 @@ def _stream(source: Path, encoder: VideoEncoder, model: InferenceModel, controls
         reader.close()
         sink.close()
     expected, exact = encoder.info.expected_frames, encoder.info.exact_count
-    if result.problem is None and expected and result.decoded < expected - (0 if exact else 1):
+    reached = result.decoded
+    if not exact and result.last_time is not None:  # a count from the duration: a variable frame rate
+        reached = max(reached, round(result.last_time * encoder.info.rate) + 1)  # has fewer frames, as late
+    if result.problem is None and expected and reached < expected - (0 if exact else 1):
         result.problem = f"it ended after {result.decoded} of {expected} frames"
