@@ -408,8 +408,14 @@ def parse_comparison_args(parser: argparse.ArgumentParser, argv: Sequence[str] |
     Refused, with ``requirements`` as the usage error (exit status 2): ``--sizes`` under 8 px (the
     smallest side the default objective's VGG layers accept: three 2x2 poolings), ``--iterations``
     under 1, and any of the script's own integer options ``counts`` (argparse destinations) under 1.
+    An ``--out`` folder that cannot be written is refused too, before the measuring rather than after.
     """
+    from stylenet.atomic import unwritable
+
     args = parser.parse_args(argv)
     if min(args.sizes) < 8 or min(args.iterations) < 1 or any(getattr(args, count) < 1 for count in counts):
         parser.error(requirements)
+    reason = unwritable(Path(args.out) / "results")  # a file in the folder: the folder must be one
+    if reason:
+        parser.error(f"cannot write into --out {args.out!r}: {reason}")
     return args

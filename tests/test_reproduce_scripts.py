@@ -121,10 +121,13 @@ def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path: Pat
     (afile := tmp_path / "afile").write_text("x")
     module = load_script(script)
     inputs = ["--model", "nowhere.safetensors", "--images", str(tmp_path)] if script == "reproduce_fig5" else []
-    assert module.main([*inputs, "--sizes", "32", "--out", str(afile)]) == 2
-    # the only line: nothing was measured (table1 names each size it times; fig5 would first miss the model)
-    assert capsys.readouterr().err.strip() == (f"{script}.py: error: cannot write into --out '{afile}': "
-                                               f"'{afile}' is a file, not a folder")
+    with pytest.raises(SystemExit) as stop:
+        module.main([*inputs, "--sizes", "32", "--out", str(afile)])
+    assert stop.value.code == 2
+    # the usage and this line only: nothing was measured (table1 names each size it times; fig5 would
+    # first miss the model)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{script}.py: error: cannot write into --out '{afile}': '{afile}' is a file, not a folder")
 
 
 def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,

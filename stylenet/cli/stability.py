@@ -90,9 +90,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     inputs = {Path(path).resolve(): path for path in [*args.models, *args.photos, *args.video]
               if not str(path).startswith("demo:")}
     for option, output in (("--out", args.out), ("--strip", args.strip)):
-        if output and Path(output).resolve() in inputs:
-            raise StylenetError(f"{option} {output!r} is an input ({inputs[Path(output).resolve()]!r}): "
-                                "refusing to overwrite it")
+        source = inputs.get(Path(output).resolve()) if output else None
+        if source is not None:
+            raise StylenetError(f"{option} {output!r} is an input ({source!r}): refusing to overwrite it")
 
 
 def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:

@@ -201,12 +201,11 @@ class InferenceModel:
         explicit ``tile`` (input pixels per side) forces tiling. The tiles' InstanceNorm statistics
         come from the whole image if it fits the budget, else from a thumbnail that does (the
         "thumbnail instance normalization" of Chen et al. 2022, "Towards Ultra-Resolution Neural
-        Style Transfer"), or, with
-        ``exact_statistics``, from :func:`streaming_norm_statistics` (exact, several times the
-        cost). On running out of memory the tile side is halved, down to :data:`MIN_TILE`, then a
-        :class:`StylenetError` is raised. ``progress(done, total)`` is called after every tile
-        pass (every band, layer by layer). ``style``: a style name, index or ``{name: weight}`` blend
-        (:meth:`for_style`), required by a model of several styles.
+        Style Transfer"), or, with ``exact_statistics``, from :func:`streaming_norm_statistics`
+        (exact, several times the cost). On running out of memory the tile side is halved, down to
+        :data:`MIN_TILE`, then a :class:`StylenetError` is raised. ``progress(done, total)`` is
+        called after every tile pass (every band, layer by layer). ``style``: a style name, index or
+        ``{name: weight}`` blend (:meth:`for_style`), required by a model of several styles.
         """
         if style is not None or self.multi:
             return self.for_style(style).transform(rgb, controls, tile=tile, tile_overlap=tile_overlap,
