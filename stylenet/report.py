@@ -30,6 +30,8 @@ from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_
 #: figure layout, px: the label strip above the columns and the gap around each square cell.
 LABEL_HEIGHT, GAP = 14, 4
 BACKGROUND = (255, 255, 255)
+#: The grid every report writes next to its table (photo | style | one column per method).
+FIGURE = "figure.png"
 MEASURES = tuple(quality.TARGETS)
 #: the issue's targets for the Gatys baseline: texture must move further than a network's.
 GATYS_TARGETS = {**quality.TARGETS, "texture_moved": 0.5}
@@ -116,12 +118,19 @@ def targets_text(targets: dict[str, float]) -> str:
 
 
 def unique_names(names: Iterable[str]) -> list[str]:
-    """``names`` with repeats numbered (``a``, ``a_2``): they become file and column names."""
-    seen: dict[str, int] = {}
+    """``names`` with repeats numbered (``a``, ``a_2``): they become file and column names. A number
+    never takes a name given as such (``a, a, a_2`` -> ``a, a_3, a_2``)."""
+    names = list(names)
+    taken = set(names)
     unique = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    for index, name in enumerate(names):
+        candidate, number = name, 1
+        if name in names[:index]:
+            while candidate in taken:
+                number += 1
+                candidate = f"{name}_{number}"
+            taken.add(candidate)
+        unique.append(candidate)
     return unique
 
 
@@ -227,6 +236,7 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
     line naming the file, also passed to ``on_error``) and left out; the others go on. The style
     image is required: without it nothing can be measured."""
     out_dir = Path(out_dir)
+    check_outside_outputs(out_dir, images, [style, *photos])
     style_path, style_image = read_photo(style, size)
     style_image = saved(out_dir / images / "style.png", style_image)
     report = Report(str(style), size, f"{images}/style.png",
@@ -265,6 +275,19 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
                 on_done(name, method.name)
         rows.append(row)
     return report, rows
+
+
+def check_outside_outputs(out_dir: Path, images: str, inputs: Iterable[str | Path]) -> None:
+    """Refuse, before anything is written, a style or photo that the report would overwrite: one
+    under ``out_dir/images`` (a cell of an earlier report) or the figure itself."""
+    rewritten = (out_dir / images).resolve()
+    for spec in inputs:
+        if str(spec).startswith("demo:"):
+            continue
+        path = Path(spec).resolve()
+        if path.is_relative_to(rewritten) or path == (out_dir / FIGURE).resolve():
+            raise StylenetError(f"{str(spec)!r} is among the files this report writes in {str(out_dir)!r}: "
+                                "copy it elsewhere or choose another output folder")
 
 
 def figure(rows: Sequence[Sequence[torch.Tensor | None]], labels: Sequence[str], size: int) -> Image.Image:
@@ -328,7 +351,7 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     """``figure.png``, the markdown ``table`` and the JSON ``data`` (``extra`` merged in) in ``out_dir``."""
     out_dir = Path(out_dir)
     labels = ["photo", "style", *report.methods]
-    paths = {"figure": out_dir / "figure.png", "table": out_dir / table, "data": out_dir / data}
+    paths = {"figure": out_dir / FIGURE, "table": out_dir / table, "data": out_dir / data}
     if rows:
         atomic_write(paths["figure"], lambda tmp: figure(rows, labels, report.size).save(tmp, format="PNG"))
     else:  # nothing to draw: a figure left by an earlier report here would no longer match its table

@@ -157,6 +157,27 @@ def test_frozen_statistics_of_the_same_image_reproduce_the_network() -> None:
     assert not any(type(m).__name__ == "FrozenInstanceNorm" for m in net.modules())  # original untouched
 
 
+def test_statistics_are_not_recorded_from_another_pass_through_the_same_network() -> None:
+    """The web page's workers share one network: a pass another thread runs through it while an
+    image's statistics are recorded (here: from a hook at its last layer) must not be recorded."""
+    net = tiny_net()
+    image, other = photo(40, 52).unsqueeze(0), photo(40, 52, seed=5).unsqueeze(0)
+    alone = record_norm_statistics(net, image)
+    interrupted = []
+
+    def other_thread(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            net(other)
+
+    last = list(net.modules())[-1]
+    last.register_forward_hook(other_thread)
+    shared = record_norm_statistics(net, image)
+    assert interrupted
+    for name, (mean, var) in alone.items():
+        assert torch.equal(shared[name][0], mean) and torch.equal(shared[name][1], var)
+
+
 def test_tiled_output_matches_the_whole_image() -> None:
     """Frozen InstanceNorm statistics + overlapping ramps: tiles reproduce the whole-image output
     (the README's 1024 px / 256 px tile figure comes from scripts/tile_check.py)."""

@@ -23,6 +23,7 @@ from stylenet.report import GAP, LABEL_HEIGHT, MEASURES, demo_held_out, load_los
 from stylenet.sweep import write_sweep_report
 from tests.conftest import make_photo
 from tests.helpers import console_script
+from tests.test_multistyle import multi_file
 
 SIZE = 32
 
@@ -134,6 +135,43 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
     assert code == 1 and err.strip().count("\n") == 0 and "nope.png" in err
+
+
+def test_inputs_among_the_reports_own_files_are_refused_before_anything_is_written(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun on an earlier report's cells (its style.png, its photos) would overwrite its own inputs."""
+    out = tmp_path / "report"
+    assert main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)]) == 0
+    capsys.readouterr()
+    cells = {path: path.read_bytes() for path in [out / "images" / "style.png", out / "figure.png",
+                                                  out / "images" / "photo" / "wide.png"]}
+    for photo, style in [(inputs["tall"], out / "images" / "style.png"), (out / "images" / "photo" / "wide.png",
+                                                                         inputs["style"]),
+                         (out / "figure.png", inputs["style"])]:
+        code = main([str(photo), "--style", str(style), "-m", str(inputs["a"]), "--size", str(SIZE // 2),
+                     "--device", "cpu", "--out", str(out)])
+        _, err = capsys.readouterr()
+        assert code == 1 and err.strip().count("\n") == 0, err
+        assert str(style if style.is_relative_to(out) else photo) in err
+    assert all(path.read_bytes() == data for path, data in cells.items())
+
+
+def test_every_column_has_its_own_name_when_a_several_style_model_expands(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """``mm.safetensors`` with styles a, b, c gives columns mm_a, mm_b, mm_c: a model named mm_a is a
+    fourth column, not a second writer of mm_a's cells."""
+    mm = multi_file(tmp_path / "models" / "mm.safetensors")
+    single = tiny_model(tmp_path / "models" / "mm_a.safetensors", seed=3)
+    out = tmp_path / "report"
+    assert main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(mm), "-m", str(single),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "report.json").read_text())
+    assert list(data["methods"]) == ["mm_a", "mm_b", "mm_c", "mm_a_2"]
+    cells = [load_rgb(out / "images" / column / "wide.png") for column in data["methods"]]
+    assert not any(torch.equal(cells[i], cells[j]) for i in range(4) for j in range(i))
+    assert Image.open(out / "figure.png").size[0] == GAP + 6 * (SIZE + GAP)
 
 
 def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[str, Path],

@@ -73,16 +73,18 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     if args.gatys:
         methods.append(gatys_method(load_loss_config(args.loss_config, config_dir()), iterations=args.gatys_iterations,
                                     device=args.device))
-    names = unique_names(["photo", "style", "gatys", *(Path(p).stem for p in args.models)])[3:]  # column folders
-    for path, name in zip(args.models, names, strict=True):
+    columns = []
+    for path in args.models:
         try:
             stored = read_model(path, task="style")
         except StylenetError as err:
             error(str(err))
             continue
         networks = stored.style_networks()  # a model of several styles: one column per style
-        methods += [network_method(name if len(networks) == 1 else f"{name}_{style}", model_on(net, args.device))
-                    for style, net in networks]
+        stem = Path(path).stem
+        columns += [(stem if len(networks) == 1 else f"{stem}_{style}", net) for style, net in networks]
+    names = unique_names(["photo", "style", "gatys", *(name for name, _ in columns)])[3:]  # column folders
+    methods += [network_method(name, model_on(net, args.device)) for name, (_, net) in zip(names, columns, strict=True)]
     if not methods:
         return 1
     photos = args.photos or demo_held_out(config_dir(), exclude=resolve_image_path(args.style))

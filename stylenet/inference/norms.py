@@ -58,7 +58,11 @@ def instance_norms(net: nn.Module) -> dict[str, nn.InstanceNorm2d]:
 def record_norm_statistics(net: nn.Module, image: torch.Tensor, precision: str = "fp32"
                            ) -> NormStats:
     """Run ``net`` on (1, 3, H, W) ``image`` and return every InstanceNorm layer's input
-    ``(mean, var)`` per channel (biased variance, as InstanceNorm uses), keyed by module name."""
+    ``(mean, var)`` per channel (biased variance, as InstanceNorm uses), keyed by module name.
+
+    The recording hooks go on a copy: hooks on the caller's network would also record whatever
+    another thread (the web page's other workers) runs through it meanwhile."""
+    net = copy.deepcopy(net)
     stats: NormStats = {}
 
     def recorder(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
@@ -67,12 +71,9 @@ def record_norm_statistics(net: nn.Module, image: torch.Tensor, precision: str =
             stats[name] = (mean, var)
         return hook
 
-    handles = [m.register_forward_pre_hook(recorder(name)) for name, m in instance_norms(net).items()]
-    try:
-        forward(net, image, precision)
-    finally:
-        for handle in handles:
-            handle.remove()
+    for name, m in instance_norms(net).items():
+        m.register_forward_pre_hook(recorder(name))
+    forward(net, image, precision)
     return stats
 
 
