@@ -139,6 +139,10 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + length <= path.stat().st_size
 
 
+#: What stylenet-export writes for other runtimes, which stylenet itself does not read back.
+FOREIGN_EXPORTS = {".onnx": "an ONNX export", ".pt2": "a torch.export program"}
+
+
 def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
     """Rebuild the network stored in a model file; never runs code from the file.
 
@@ -152,6 +156,9 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
         raise StylenetError(f"model file {str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise StylenetError(f"model file {str(path)!r} is empty (0 bytes)")
+    if path.suffix.lower() in FOREIGN_EXPORTS:
+        raise StylenetError(f"model file {str(path)!r} is {FOREIGN_EXPORTS[path.suffix.lower()]} for other "
+                            "runtimes; stylenet reads the .safetensors (or .ckpt) it was exported from")
     model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
     if task is not None and model.task != task:
         raise StylenetError(f"model file {str(path)!r} is a {model.task!r} model, not a {task!r} model")

@@ -90,6 +90,13 @@ def test_exports_refuse_sizes_below_the_networks_minimum(exported: dict[str, Pat
         program(torch.rand(1, 3, 7, 16))
 
 
+def test_an_export_for_other_runtimes_given_as_a_model_says_what_it_is(exported: dict[str, Path]) -> None:
+    for kind, what in (("onnx", "an ONNX export"), ("pt2", "a torch.export program")):
+        with pytest.raises(StylenetError, match=f"{what} for other runtimes") as info:
+            read_model(exported[kind])
+        assert str(exported[kind]) in str(info.value)
+
+
 def test_anysize_wrapper_pads_only_to_the_next_multiple() -> None:
     """The wrapper's geometry, seen from inside: the network gets (-side) % 4 extra rows/columns."""
     seen: list[tuple[int, int]] = []
@@ -138,6 +145,17 @@ def test_unknown_export_extension_fails_before_any_work(model_file: Path, tmp_pa
     assert export_main([str(model_file), *outputs]) == 2
     assert "b.tflite" in capsys.readouterr().err
     assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_export_never_writes_over_its_source_nor_one_output_twice(model_file: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "source.safetensors"
+    source.write_bytes(model_file.read_bytes())
+    for outputs in (["-o", str(source)], ["-o", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "." / "a.onnx")]):
+        assert export_main([str(source), *outputs, "--style-name", "renamed"]) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and outputs[-1] in errors[0], errors
+    assert source.read_bytes() == model_file.read_bytes() and not (tmp_path / "a.onnx").exists()
 
 
 def test_export_refuses_a_style_name_that_is_not_a_file_name_part_and_a_file_in_the_path(

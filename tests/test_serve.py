@@ -273,6 +273,23 @@ def test_paths_from_the_browser_never_reach_the_file_system(server: StyleServer,
     assert status == 403 and b"attacker.example" in data
 
 
+def test_the_ipv6_loopback_address_serves_the_page(server_config: ServeConfig, one_thread: None) -> None:
+    """``--host ::1`` is a loopback address like 127.0.0.1: it listens, prints a URL that opens, and
+    accepts requests naming it (a bracketed Host header)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    running = start(dataclasses.replace(server_config, host="::1"))
+    try:
+        assert running.url == f"http://[::1]:{running.server_address[1]}/"
+        status, _, kind = call(("::1", running.server_address[1]), "GET", "/api/models")
+        assert (status, kind) == (200, "application/json")
+        status, _, _ = call(("::1", running.server_address[1]), "GET", "/api/models", headers={"Host": "[::1]"})
+        assert status == 200
+    finally:
+        running.shutdown()
+        running.server_close()
+
+
 def test_methods_the_page_does_not_use_get_a_json_refusal(server: StyleServer) -> None:
     """The standard library's own refusals answer like every other error: one JSON line (no HTML page),
     and no body to a HEAD request."""

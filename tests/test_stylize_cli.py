@@ -87,6 +87,14 @@ def test_folders_globs_and_several_models(tmp_path: Path, model: Path,
     assert out.startswith("6 done, 0 failed")
 
 
+def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_image(tmp_path / "a.png")
+    code, out, err = run(capsys, source, "--model", model, "-o", f"{tmp_path / 'res.v2'}/")
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "res.v2").iterdir()] == ["a_test.png"]
+
+
 def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_image(tmp_path / "cutout.png", size=(50, 41), mode="RGBA")
     code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.png", "--strength", "0.5")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from stylenet.errors import StylenetError
 
@@ -24,13 +25,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="file to write (.safetensors, .onnx or .pt2); repeat for several formats")
     parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names)")
     args = parser.parse_args(argv)
-    from stylenet.export import check_export_path, write_models
+    from stylenet.export import write_models
     from stylenet.modelfile import read_model
     from stylenet.styles import check_style_names
 
     try:
-        for output in args.outputs:
-            check_export_path(output)
+        check_outputs(args.source, args.outputs)
         model = read_model(args.source)
         if args.style_name:
             if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
@@ -48,6 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def check_outputs(source: str, outputs: list[str]) -> None:
+    """Every ``-o`` writable, none of them the source (which would be lost) or given twice."""
+    from stylenet.export import check_export_path
+
+    written = {Path(source).resolve(): "the source"}
+    for output in outputs:
+        check_export_path(output)
+        resolved = Path(output).resolve()
+        if resolved in written:
+            raise StylenetError(f"-o {output!r} is {written[resolved]}: refusing to write it twice or over "
+                                "the source; name another file")
+        written[resolved] = "already an output"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import os
 import re
 import sys
 import time
@@ -95,7 +96,8 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
     parser.add_argument("-m", "--model", required=True, action="append", dest="models", metavar="MODEL",
                         help=MODEL_HELP[task])
     parser.add_argument("-o", "--output", required=True,
-                        help="output file (one image, one model; format from the extension) or folder")
+                        help="output file (one image, one model; format from the extension) or folder (a trailing / "
+                             "makes it one: res.v2/)")
     parser.add_argument("--name", default=DEFAULT_NAME,
                         help="output file name pattern inside the output folder; {stem} and {style} are "
                              "replaced, the extension picks the format (default: %(default)s)")
@@ -281,7 +283,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     from stylenet.video import is_video, video_target
 
     output = Path(args.output)
-    as_file = not output.is_dir() and bool(output.suffix)
+    as_file = not output.is_dir() and bool(output.suffix) and not args.output.endswith(("/", os.sep))  # res.v2/
     if not as_file and output.is_file():
         raise StylenetError(f"-o {args.output!r} is a file, not a folder")
     if as_file and len(inputs) * len(models) > 1:

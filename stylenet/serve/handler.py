@@ -139,7 +139,8 @@ class Handler(BaseHTTPRequestHandler):
         server by pointing a host name of its own at 127.0.0.1 (DNS rebinding)."""
         if not is_loopback(self.server.config.host):
             return
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        header = self.headers.get("Host") or ""
+        host = header[1:].partition("]")[0] if header.startswith("[") else header.rsplit(":", 1)[0]  # [::1]:8000
         if not is_loopback(host):
             raise HttpError(403, f"this server answers requests for 127.0.0.1 or localhost, not {host[:60]!r}")
 

@@ -4,6 +4,7 @@ jobs, under one temporary folder that :meth:`StyleServer.server_close` deletes."
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class StyleServer(ThreadingHTTPServer):
         if not 0 <= config.port <= MAX_PORT:
             raise StylenetError(f"--port must be 0-{MAX_PORT} (0: any free port), got {config.port}")
         gate = Gate(config.workers, config.queue)  # checks --workers before the memory plan divides by it
+        if ":" in config.host:  # an IPv6 address (::1, ::): the socket must be of that family
+            self.address_family = socket.AF_INET6
         super().__init__((config.host, config.port), Handler)
         try:
             self.config, self.gate = config, gate
@@ -78,7 +81,8 @@ class StyleServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The page's address (the port the system picked when ``port`` was 0)."""
         host, port = self.server_address[:2]
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
     def start(self, job: PhotoJob) -> None:
         """Run an admitted job on a thread of its own, which waits there for a worker."""
