@@ -90,7 +90,7 @@ def test_folders_globs_and_several_models(tmp_path: Path, model: Path,
 def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_image(tmp_path / "a.png")
-    code, out, err = run(capsys, source, "--model", model, "-o", f"{tmp_path / 'res.v2'}/")
+    code, _, err = run(capsys, source, "--model", model, "-o", f"{tmp_path / 'res.v2'}/")
     assert code == 0, err
     assert [p.name for p in (tmp_path / "res.v2").iterdir()] == ["a_test.png"]
 
