@@ -37,11 +37,13 @@ RESUME_MODES = ("auto", "must", "never")
 #: what every Lightning training checkpoint holds; a file without these cannot restore a run.
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
 #: hyper-parameters that decide whether a checkpoint can continue this run: the network's shape
-#: (else the weights do not fit) and the style image (else it would train another style).
-IDENTITY_HPARAMS = ("model", "style_sha256")
+#: (else the weights do not fit), the style image (else it would train another style) and, adding a
+#: style, the model file it extends (else its frozen weights would be another file's).
+IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256")
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
-#: ``ckpt_path`` values that Lightning resolves itself (``last`` is ours: see :func:`resolve_resume`).
+#: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
+#: (``last`` is ours: see :func:`resolve_resume`).
 LIGHTNING_CKPT_NAMES = ("hpc", "best", "registry")
 #: How :func:`checkpoint_problem` starts the reason of a checkpoint at or past ``max_steps``.
 FINISHED = "a finished run"
@@ -150,9 +152,9 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
 def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:
     """The first checkpoint without a problem; each skipped one is named in a warning.
 
-    Within a run, an older checkpoint stands in for a newer one that is unreadable or diverged,
-    but not for one that finished: a finished run has nothing left to continue, and its mid-run
-    checkpoints would silently retrain its last steps."""
+    Within a run, an older checkpoint stands in for a newer one that is unreadable or diverged.
+    A finished run ends the search: it has nothing left to continue, its mid-run checkpoints would
+    silently retrain its last steps, and the older runs it may itself have continued are done too."""
     for run in runs:
         for path in run:
             reason = problem(path)
@@ -160,7 +162,7 @@ def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None
                 return path
             log.warning("skipping checkpoint %s: %s", path, reason)
             if reason.startswith(FINISHED):
-                break
+                return None
     return None
 
 
@@ -169,39 +171,54 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     """The checkpoint to resume from (for ``trainer.fit(ckpt_path=...)``), or None to start afresh.
 
     An explicit ``ckpt_path`` wins over ``resume`` and must be valid and short of ``max_steps``
-    (Lightning's own names such as ``best`` pass through; ``last``, which Lightning looks for only in
-    this run's new folder, means ``resume=must``). Otherwise ``never`` starts afresh, ``auto`` takes
-    the newest valid checkpoint of :func:`candidate_runs` that is short of ``max_steps`` (an
-    interrupted run, not a finished one) and ``must`` does the same but fails without one.
+    (``last``, which Lightning looks for only in this run's new folder, means ``resume=must``;
+    Lightning's other names, such as ``best``, are refused: nothing here keeps what they name).
+    Otherwise ``never`` starts afresh, ``auto`` takes the newest valid checkpoint of
+    :func:`candidate_runs` that is short of ``max_steps`` (an interrupted run; a finished one ends the
+    search) and ``must`` does the same but fails without one.
 
-    Whatever the mode, a run folder that already holds a finished run is refused: training there
-    again would overwrite that run's checkpoints and model file."""
+    Whatever the mode, a run folder holding checkpoints this run does not continue is refused
+    (:func:`check_own_checkpoints`)."""
     if mode not in RESUME_MODES:
         raise StylenetError(f"resume must be one of {', '.join(RESUME_MODES)}, got {mode!r}")
-    newest = run_checkpoints(run_dir)[:1]
-    if newest:
-        reason = checkpoint_problem(newest[0], None, hparams, max_steps)
-        if reason is not None and reason.startswith(FINISHED):
-            raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({newest[0].name}): give another "
-                                "hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")
+    if str(ckpt_path) in LIGHTNING_CKPT_NAMES:
+        raise StylenetError(f"ckpt_path={ckpt_path} is Lightning's name for a checkpoint stylenet's callbacks do not "
+                            "keep (they monitor no metric): give a .ckpt file, or ckpt_path=last")
     if str(ckpt_path) == "last":
         mode, ckpt_path = "must", None
-    if ckpt_path is not None and str(ckpt_path) not in LIGHTNING_CKPT_NAMES:
+    if ckpt_path is not None:
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
             raise StylenetError(f"ckpt_path {str(path)!r} does not exist")
         reason = checkpoint_problem(path, None, hparams, max_steps)
         if reason:
             raise StylenetError(f"ckpt_path {str(path)!r} cannot resume this run: {reason}")
-        return str(path)
-    if ckpt_path is not None or mode == "never":
-        return ckpt_path
-    found = first_valid(candidate_runs(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
+        found: Path | None = path
+    elif mode == "never":
+        found = None
+    else:
+        found = first_valid(candidate_runs(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
+    check_own_checkpoints(run_dir, found, hparams, max_steps)
     if found is None:
         if mode == "must":
             raise StylenetError(f"resume=must: no valid checkpoint of experiment {name!r} in "
                                 f"{run_dir / 'checkpoints'} or {run_dir.parent}/*/checkpoints")
-        log.info("resume=auto: no checkpoint of experiment %r yet, starting afresh", name)
+        if mode == "auto":
+            log.info("resume=auto: no checkpoint of experiment %r to continue, starting afresh", name)
         return None
-    log.info("resume=%s: continuing from %s (pass resume=never to start afresh)", mode, found)
+    if ckpt_path is None:
+        log.info("resume=%s: continuing from %s (pass resume=never to start afresh)", mode, found)
     return str(found)
+
+
+def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str, Any],
+                          max_steps: int | None) -> None:
+    """Refuse to train in a run folder whose checkpoints this run does not continue: its own would
+    overwrite them (``last.ckpt``, ``step_*.ckpt``) and its model file, and that run could no longer
+    be resumed, whatever it was (finished, or interrupted with another style or network)."""
+    own = run_checkpoints(run_dir)
+    if not own or (resumed is not None and resumed.resolve() in {path.resolve() for path in own}):
+        return
+    reason = checkpoint_problem(own[0], None, hparams, max_steps) or "another run's checkpoint"
+    raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({own[0].name}), which this run would overwrite: "
+                        "give another hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")

@@ -160,6 +160,19 @@ class ImageTask(pl.LightningModule):
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """A resumed run trains on at this run's ``task.lr``. Lightning restores the checkpoint's rate,
+        so a rate lowered after a non-finite loss (what that error advises) would not apply. A cosine
+        decay keeps its position, rescaled to the new peak."""
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                peak = group.get("initial_lr", group["lr"])  # a scheduler's peak, else the constant rate
+                group["lr"] *= self.hparams.lr / peak
+                if "initial_lr" in group:
+                    group["initial_lr"] = self.hparams.lr
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [self.hparams.lr] * len(config.scheduler.base_lrs)
+
     def configure_model(self) -> None:
         """The training fast paths of :func:`stylenet.fastpath.prepare_for_training`, for the device
         the trainer runs on (``task.channels_last: null`` = the faster layout there) and
@@ -463,6 +476,7 @@ class AddStyleTask(StyleTransferTask):
                 table.requires_grad_(True)
                 table.register_hook(lambda grad, keep=keep: grad * keep.to(grad))
         self.trained_styles = [new]
+        self.hparams["base_sha256"] = file_sha256(Path(self.hparams["base"]))  # a resume must extend the same file
         self.hparams["model"] = net.config
         self.hparams["styles"] = [*records, styles[0].record()]
         self.hparams["style_sha256"] = [r["sha256"] for r in self.hparams["styles"]]

@@ -30,8 +30,8 @@ def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) 
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "step_000020.ckpt").is_file()
     model = read_model(run_dir / "smoke.safetensors")
-    assert model.metadata["steps"] == 20 and model.metadata["style_name"] == "demo"
-    assert len(list(run_dir.glob("*_demo.png"))) == 1  # the run ends with a stylized photo
+    assert model.metadata["steps"] == 20 and model.metadata["style_name"] == "ihc"
+    assert len(list(run_dir.glob("*_ihc.png"))) == 1  # the run ends with a stylized photo
     events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
     assert "train/total" in events.Tags()["scalars"]
     assert "VGG loss network uses CALIBRATED RANDOM weights" in result.stderr + result.stdout  # never silent
@@ -45,6 +45,18 @@ def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smo
                       return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
+    """Not after the default style's preset: two models of two paintings must not both be "demo"
+    (stylenet-stylize -m a -m b would write photo_demo.png twice)."""
+    cfg = compose_train(tmp_path, "style.image=/paintings/my_painting.png", experiment=None)
+    assert (cfg.style.name, cfg.name) == ("my_painting", "my_painting")
+    cfg = compose_train(tmp_path, "name=run1", "style.image=/paintings/my_painting.png", experiment=None)
+    assert (cfg.style.name, cfg.name) == ("my_painting", "run1")
+    cfg = compose_train(tmp_path, "style.image=demo:brick", "style.name=bricks", experiment=None)
+    assert (cfg.style.name, cfg.name) == ("bricks", "bricks")
+    assert compose_train(tmp_path, "style.image=/paintings/c.jpg", experiment="johnson2016_candy").style.name == "candy"
 
 
 @pytest.mark.parametrize("override,message", [

@@ -331,28 +331,51 @@ def test_resume_auto_takes_the_newest_valid_checkpoint_of_the_experiment_and_nam
 def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A second ``stylenet-train experiment=demo`` must train afresh: continuing the first, finished
-    run would take no step and export no model."""
+    run would take no step and export no model; nor does it fall back to an older interrupted run,
+    which the finished one may itself have continued."""
     outputs = tmp_path / "outputs" / "exp"
     interrupted = fake_checkpoint(outputs / "t0" / "checkpoints" / "step_000100.ckpt", 100)
     fake_checkpoint(outputs / "t1" / "checkpoints" / "step_000150.ckpt", 150)  # the finished run's mid-run one
     finished = fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
     with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
-        assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) == str(interrupted)
+        assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
         assert "a finished run (step 200, trainer.max_steps=200)" in caplog.text
-        assert "step_000150" not in caplog.text  # not even looked at: the run it belongs to is over
-        assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=100) is None
+        assert "step_000150" not in caplog.text and str(interrupted) not in caplog.text  # the search ended
+        assert "starting afresh" in caplog.text
         # Lightning's ckpt_path=last looks only in this run's new folder; ours means resume=must
-        assert resolve_resume("never", "last", outputs / "t2", "exp", HPARAMS, max_steps=200) == str(interrupted)
         with pytest.raises(StylenetError, match="resume=must: no valid checkpoint"):
-            resolve_resume("auto", "last", outputs / "t2", "exp", HPARAMS, max_steps=100)
+            resolve_resume("never", "last", outputs / "t2", "exp", HPARAMS, max_steps=200)
+    # an interrupted run newer than the finished one is continued
+    newer = fake_checkpoint(outputs / "t3" / "checkpoints" / "last.ckpt", 120)
+    assert resolve_resume("auto", None, outputs / "t4", "exp", HPARAMS, max_steps=200) == str(newer)
     with pytest.raises(StylenetError, match=r"cannot resume this run: a finished run \(step 200"):
         resolve_resume("auto", str(finished), outputs / "t2", "exp", HPARAMS, max_steps=200)
     # no step limit (max_steps -1 or unset): any step can continue
-    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=-1).endswith("last.ckpt")
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=-1) == str(newer)
     # training again in the finished run's own folder would overwrite its checkpoints and model file
     for mode in ("auto", "must", "never"):
         with pytest.raises(StylenetError, match=r"'.*t1' already holds a finished run \(step 200.*another hydra.run"):
             resolve_resume(mode, None, outputs / "t1", "exp", HPARAMS, max_steps=200)
+
+
+def test_a_run_folder_holding_checkpoints_this_run_does_not_continue_is_refused(tmp_path: Path) -> None:
+    """An interrupted run of another style in the folder: training there would overwrite its
+    last.ckpt, and it could never be resumed again."""
+    run_dir = tmp_path / "outputs" / "exp" / "run"
+    other_style = fake_checkpoint(run_dir / "checkpoints" / "last.ckpt", 3)
+    before = other_style.read_bytes()
+    this_run = {**HPARAMS, "style_sha256": "another painting"}
+    for mode in ("auto", "must", "never"):
+        with pytest.raises(StylenetError, match=r"'.*run' already holds trained with another style_sha256 .*"
+                                                r"\(last.ckpt\), which this run would overwrite"):
+            resolve_resume(mode, None, run_dir, "exp", this_run, max_steps=20)
+    elsewhere = fake_checkpoint(tmp_path / "elsewhere" / "checkpoints" / "step_000002.ckpt", 2,
+                                model=TINY_MODEL)
+    with pytest.raises(StylenetError, match="already holds"):  # an explicit checkpoint of the same style too
+        resolve_resume("auto", str(elsewhere), run_dir, "exp", HPARAMS, max_steps=20)
+    assert other_style.read_bytes() == before
+    # the folder's own checkpoint, continued: that is what the folder is for
+    assert resolve_resume("auto", None, run_dir, "exp", HPARAMS, max_steps=20) == str(other_style)
 
 
 def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path) -> None:
@@ -369,7 +392,9 @@ def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path
         resolve_resume("auto", str(tmp_path / "junk.ckpt"), run_dir, "exp", HPARAMS)
     explicit = fake_checkpoint(tmp_path / "elsewhere.ckpt", 3, name="another")
     assert resolve_resume("never", str(explicit), run_dir, "exp", HPARAMS) == str(explicit)
-    assert resolve_resume("auto", "best", run_dir, "exp", HPARAMS) == "best"  # Lightning's own
+    for name in ("best", "hpc", "registry"):  # Lightning's own names: nothing here keeps what they name
+        with pytest.raises(StylenetError, match=f"ckpt_path={name} is Lightning's name for a checkpoint"):
+            resolve_resume("auto", name, run_dir, "exp", HPARAMS)
     with pytest.raises(StylenetError, match="resume=must: no valid checkpoint"):  # ours: the newest of the experiment
         resolve_resume("never", "last", run_dir, "exp", HPARAMS)
 

@@ -14,6 +14,7 @@ from torch import nn
 
 import stylenet
 from stylenet import StylenetError
+from stylenet.checkpoints import checkpoint_problem
 from stylenet.cli.stylize import main as stylize_main
 from stylenet.inference import InferenceModel
 from stylenet.modelfile import read_model, save_model
@@ -134,6 +135,14 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
             assert param.grad is None and not param.requires_grad, name
     with pytest.raises(StylenetError, match=r"^task.style_name \(a new name\): .* not distinct"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
+    # a checkpoint of this run cannot be resumed onto another base file of the same shape
+    other = AddStyleTask(base=str(multi_file(tmp_path / "other.safetensors", multi_net(seed=1))), loss=RANDOM_LOSS,
+                         style={"image": str(style_image), "size": 32}, image_size=32)
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "optimizer_states": [], "global_step": 2, "loops": {},
+                "hyper_parameters": dict(task.hparams)}, checkpoint)
+    assert checkpoint_problem(checkpoint, None, dict(task.hparams), 10) is None
+    assert checkpoint_problem(checkpoint, None, dict(other.hparams), 10).startswith("trained with another base_sha256")
 
 
 def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_path: Path) -> None:

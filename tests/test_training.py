@@ -140,8 +140,8 @@ def test_learning_rate_schedule_and_its_resume(tmp_path: Path, photo_folder: Pat
                                                schedule: str) -> None:
     """cosine: step k of a run of T runs at lr (1 + cos(pi k / T)) / 2, also across a resume (the
     schedule's position is in the checkpoint); constant: lr throughout, as in the paper."""
-    def task() -> StyleTransferTask:
-        return StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, lr=1e-3, lr_schedule=schedule, image_size=32,
+    def task(lr: float = 1e-3) -> StyleTransferTask:
+        return StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, lr=lr, lr_schedule=schedule, image_size=32,
                                  style={"name": "test", "image": str(style_image), "size": 64})
 
     total, rates = 8, LearningRates()
@@ -155,6 +155,12 @@ def test_learning_rate_schedule_and_its_resume(tmp_path: Path, photo_folder: Pat
         task(), datamodule=make_data(photo_folder), ckpt_path=tmp_path / "a" / "checkpoints" / "step_000005.ckpt",
         weights_only=True)
     assert resumed.seen == pytest.approx(expected[5:], rel=1e-6)
+    # resumed at half the rate (as the non-finite loss error advises): the schedule goes on from there
+    lowered = LearningRates()
+    make_trainer(tmp_path / "c", max_steps=total, callbacks=[lowered]).fit(
+        task(lr=5e-4), datamodule=make_data(photo_folder),
+        ckpt_path=tmp_path / "a" / "checkpoints" / "step_000005.ckpt", weights_only=True)
+    assert lowered.seen == pytest.approx([rate / 2 for rate in expected[5:]], rel=1e-6)
     # Lightning would restore the saved schedule as it is: another schedule, or a cosine planned over
     # another number of steps, cannot continue this checkpoint
     checkpoint, hparams = tmp_path / "a" / "checkpoints" / "step_000005.ckpt", dict(task().hparams)

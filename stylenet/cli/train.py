@@ -34,6 +34,15 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationW
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
 
+def file_stem(spec: str) -> str:
+    """``${stem:...}`` in the configs: a style image's name without folder or suffix (``demo:ihc`` ->
+    ``ihc``), the style's default name, so a model of ``painting.jpg`` is not named after a preset."""
+    return Path(str(spec).removeprefix("demo:")).stem
+
+
+OmegaConf.register_new_resolver("stem", file_stem, replace=True)
+
+
 def config_dir() -> str:
     """The configs folder: inside the installed package, or the checkout's top-level ``configs/``."""
     package = Path(__file__).resolve().parents[1]
@@ -73,7 +82,8 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     from stylenet.image import save_image
 
     if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
-        raise StylenetError(f"style.image is required: pass style.image=/path/to/{cfg.style.name}.jpg "
+        name = OmegaConf.select(cfg, "style.name", default="painting", throw_on_resolution_failure=False)
+        raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
                             "(the presets' paintings are not shipped)")
     max_steps = cfg.trainer.get("max_steps")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
