@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -15,7 +16,9 @@ from stylenet import StylenetError
 from stylenet.cli.train import config_dir, train
 from stylenet.losses import lua_to_ours
 from stylenet.modelfile import read_model
+from tests.conftest import make_photo
 from tests.helpers import console_script
+from tests.test_fault_tolerance import compose_run
 
 
 def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -94,6 +97,25 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     preset = compose_train(tmp_path, "style.image=???")
     with pytest.raises(StylenetError, match="style.image is required"):
         train(preset, tmp_path)
+
+
+def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(tmp_path: Path) -> None:
+    """After training nothing fails the run: a held-out photo that cannot be read is skipped (and
+    listed), the next one is stylized and measured; without a model file there is nothing to show."""
+    photos = tmp_path / "photos"
+    for k in range(6):
+        make_photo(photos / f"p{k}.png", size=(40, 36), seed=k)
+    (photos / "aaa.jpg").write_bytes(b"not a jpeg" * 50)  # sorts first: the first held-out photo
+    run_dir = tmp_path / "run"
+    common = ["data=folder", f"data.root={photos}", "data.num_workers=0", "data.image_size=32", "data.val_images=2",
+              "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    train(compose_run(run_dir, "experiment=smoke", *common), run_dir)
+    assert [p.name for p in run_dir.glob("*_ihc.png")] == ["p2_ihc.png"]
+    assert "aaa.jpg" in (run_dir / "skipped_images.txt").read_text()
+    assert json.loads((run_dir / "quality.json").read_text())["entries"]
+    bare = tmp_path / "bare"
+    train(compose_run(bare, "experiment=smoke", *common, "callbacks.export=null"), bare)
+    assert (bare / "checkpoints" / "last.ckpt").is_file() and not list(bare.glob("*.png"))
 
 
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:

@@ -79,7 +79,6 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
 
     from stylenet.callbacks import TrainingInterrupted
     from stylenet.checkpoints import resolve_resume
-    from stylenet.image import save_image
 
     if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
         name = OmegaConf.select(cfg, "style.name", default="painting", throw_on_resolution_failure=False)
@@ -108,35 +107,58 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
         if explained is None:
             raise
         raise explained from err
-    if trainer.is_global_zero and datamodule.val_files and task.hparams.get("styles"):  # several styles
+    if trainer.is_global_zero:
+        finish(cfg, run_dir, task, datamodule)
+
+
+def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
+    """What a run leaves beside its model file: a stylized (or upscaled) held-out photo and, for a style,
+    the quality report. Never fails the run, whose model is saved: a held-out photo that cannot be read
+    is named in a warning and in ``skipped_images.txt``, and the next one is used."""
+    from stylenet.image import ImageError, load_rgb, save_image
+    from stylenet.inference import run_network
+    from stylenet.metrics import degrade, modcrop
+    from stylenet.modelfile import read_model
+
+    log = logging.getLogger(__name__)
+    export = OmegaConf.select(cfg, "callbacks.export.path")
+    if export is None:
+        log.info("callbacks.export is off: no model file, so no stylized photo and no quality report")
+        return
+    photos, first = list(datamodule.val_files), None
+    for photo in datamodule.val_files:
+        try:
+            first = photo, load_rgb(photo)
+            break
+        except ImageError as err:
+            photos.remove(photo)
+            log.warning("held-out photo skipped: %s", err)
+            if datamodule.report_path is not None:
+                with open(datamodule.report_path, "a", encoding="utf-8") as report:
+                    report.write(f"held-out photo: {err}\n")
+    if first is None:
+        return
+    if task.hparams.get("styles"):  # several styles
         from stylenet.style_reports import style_reports
 
-        style_reports(run_dir, cfg.callbacks.export.path, datamodule.val_files, int(cfg.style.size))
+        style_reports(run_dir, export, photos, int(cfg.style.size))
         return
-    if trainer.is_global_zero and datamodule.val_files:
-        from stylenet.image import load_rgb
-        from stylenet.inference import run_network
-        from stylenet.metrics import degrade, modcrop
-        from stylenet.modelfile import read_model
+    photo, image = first
+    model, label = read_model(export), cfg.style.name
+    if model.task == "sr":  # upscale the held-out photo's own low-resolution version
+        factor = model.net.scale
+        image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
+    out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
+    log.info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized", photo.name, out)
+    if model.task == "style":  # photo | style | network for every held-out photo, measured
+        from stylenet.report import training_report
 
-        photo = datamodule.val_files[0]
-        model, image, label = read_model(cfg.callbacks.export.path), load_rgb(photo), cfg.style.name
-        if model.task == "sr":  # upscale the held-out photo's own low-resolution version
-            factor = model.net.scale
-            image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
-        out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
-        log = logging.getLogger(__name__)
-        log.info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized", photo.name, out)
-        if model.task == "style":  # photo | style | network for every held-out photo, measured
-            from stylenet.report import training_report
-
-            try:
-                paths = training_report(run_dir, cfg.callbacks.export.path, cfg.style.image, datamodule.val_files,
-                                        int(cfg.style.size))
-            except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
-                log.warning("no quality report: %s", first_line(err))
-            else:
-                log.info("quality of the held-out photos: %s, %s", paths["table"], paths.get("figure"))
+        try:
+            paths = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size))
+        except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
+            log.warning("no quality report: %s", first_line(err))
+        else:
+            log.info("quality of the held-out photos: %s, %s", paths["table"], paths.get("figure"))
 
 
 #: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
