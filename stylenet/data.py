@@ -207,9 +207,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
                  timeout_s: float = 120.0, scale_size: int | None = None) -> None:
         super().__init__()
         for setting, value in (("image_size", image_size), ("batch_size", batch_size),
-                               ("num_workers", num_workers), ("val_images", val_images)):
-            if not isinstance(value, int) or isinstance(value, bool):
+                               ("num_workers", num_workers), ("val_images", val_images),
+                               ("max_pixels", max_pixels), ("scale_size", scale_size)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise StylenetError(f"data.{setting} must be a whole number, got {value!r}")
+        if max_pixels is not None and max_pixels < 1:
+            raise StylenetError(f"data.max_pixels must be null or >= 1, got {max_pixels}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
+            raise StylenetError(f"data.timeout_s must be a number of seconds >= 0 (0: wait forever), got {timeout_s!r}")
         if not isinstance(max_bad_fraction, (int, float)) or not 0 <= max_bad_fraction <= 1:
             raise StylenetError(f"data.max_bad_fraction must be a number from 0 to 1, got {max_bad_fraction!r}")
         if num_workers < 0:

@@ -207,25 +207,19 @@ def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str, 
             f"size{', optimizer=adam or a smaller history_size' if optimizer == 'lbfgs' else ''}")
 
 
-def smallest_side(loss: PerceptualLoss) -> int:
-    """The smallest image side the loss network accepts: every 2x2 pooling before its deepest layer
-    must still have a pixel to pool."""
-    return 2 ** sum(name.startswith("pool") for name in loss.vgg.names) if loss.vgg is not None else 1
-
-
 def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:
     """Refuse a result of (H, W) ``shape`` whose coarsest scale, or a style image, is too small for the loss
-    network (see :func:`smallest_side`): the result first, since a style's size follows the result's
+    network (``PerceptualLoss.smallest_side``): the result first, since a style's size follows the result's
     unless ``style_size`` is set."""
     coarsest = scale_shapes(*shape, scales)[0]
-    if min(coarsest) < smallest_side(loss):
+    if min(coarsest) < loss.smallest_side:
         which = "coarsest image" if scales > 1 else "image"
         raise StylenetError(f"the {which} is {coarsest[1]}x{coarsest[0]} px, but the loss network needs "
-                            f"at least {smallest_side(loss)} px a side; use a larger size or fewer scales")
+                            f"at least {loss.smallest_side} px a side; use a larger size or fewer scales")
     for style in styles:
-        if min(style.shape[-2:]) < smallest_side(loss):
+        if min(style.shape[-2:]) < loss.smallest_side:
             raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
-                                f"needs at least {smallest_side(loss)} px a side; use a larger style_size")
+                                f"needs at least {loss.smallest_side} px a side; use a larger style_size")
 
 
 class CachedObjective:

@@ -227,6 +227,12 @@ class PerceptualLoss(nn.Module):
         self.has_style_targets = False
 
     @property
+    def smallest_side(self) -> int:
+        """The smallest image side the loss network accepts: every 2x2 pooling before its deepest layer
+        must still have a pixel to pool (1 without a network)."""
+        return 2 ** sum(name.startswith("pool") for name in self.vgg.names) if self.vgg is not None else 1
+
+    @property
     def needs_style(self) -> bool:
         return bool(self.style_layers)
 
@@ -239,6 +245,10 @@ class PerceptualLoss(nn.Module):
         of several styles, Dumoulin et al. 2017)."""
         if not self.needs_style:
             return
+        for style in styles:
+            if min(style.shape[-2:]) < self.smallest_side:
+                raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
+                                    f"needs at least {self.smallest_side} px a side")
         blend = [1.0] * len(styles) if blend is None else [float(b) for b in blend]
         if len(blend) != len(styles) or not all(math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0:
             raise StylenetError(f"style weights {blend} must be finite, >= 0, not all zero, one per style image")

@@ -282,10 +282,11 @@ class StyleTransferTask(ImageTask):
                  max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None,
                  identity_steps: int = 0, saturation_weight: float = 0.0, lr_schedule: str = "constant") -> None:
         super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
-        if identity_steps < 0:
-            raise StylenetError(f"task.identity_steps must be >= 0, got {identity_steps}")
-        if not saturation_weight >= 0:
-            raise StylenetError(f"task.saturation_weight must be >= 0, got {saturation_weight}")
+        if isinstance(identity_steps, bool) or not isinstance(identity_steps, int) or identity_steps < 0:
+            raise StylenetError(f"task.identity_steps must be a whole number >= 0, got {identity_steps!r}")
+        if isinstance(saturation_weight, bool) or not isinstance(saturation_weight, (int, float)) or \
+                not saturation_weight >= 0:
+            raise StylenetError(f"task.saturation_weight must be a number >= 0, got {saturation_weight!r}")
         # loss.temporal_weight is this task's term (stylenet.temporal), not the loss network's: hparams["loss"]
         # (and so model files) keep PerceptualLoss's settings only
         loss, temporal_weight = split_temporal_weight(loss)
@@ -301,7 +302,10 @@ class StyleTransferTask(ImageTask):
         self.net: TransformerNet = self.build_network(model, styles)
         if "images" not in style and self.net.styles == 1:  # one style: as before multi-style networks
             self.hparams["style_sha256"] = styles[0].sha256
-        self.loss.set_style([s.image for s in styles], separate=self.multi)
+        try:
+            self.loss.set_style([s.image for s in styles], separate=self.multi)
+        except StylenetError as err:  # too small once its long side is style.size
+            raise StylenetError(f"style.size={style.get('size', 256)}: {err}; use a larger style.size") from None
         self.register_buffer("style_image", styles[0].image, persistent=False)
         #: the newest training pass's inputs of the output tanh, for the saturation term (the temporal
         #: term's second pass leaves its own here; the next step's first pass replaces them)

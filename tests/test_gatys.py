@@ -25,7 +25,6 @@ from stylenet.gatys import (
     optimize,
     optimize_image,
     scale_shapes,
-    smallest_side,
     with_content_chroma,
 )
 from stylenet.image import load_rgb, luma
@@ -78,7 +77,7 @@ def test_vgg19_classic_layers_resolve(tmp_path: Path) -> None:
     assert config["content_layers"] == ["relu4_2"] and config["weights"] == "random"
     loss = PerceptualLoss(**config)
     assert loss.vgg.arch == "vgg19" and loss.vgg.names[-1] == "relu5_1"
-    assert smallest_side(loss) == 16  # four poolings before relu5_1
+    assert loss.smallest_side == 16  # four poolings before relu5_1
     result = optimize_image(smooth_image(32, 2), [smooth_image(32, 3)], loss, iterations=1)
     assert {"content", "style/relu1_1", "style/relu2_1", "style/relu3_1", "style/relu4_1",
             "style/relu5_1"} <= set(result.terms)
