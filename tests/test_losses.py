@@ -3,6 +3,7 @@ import torch
 
 from stylenet import StylenetError
 from stylenet.losses import (
+    CAFFE_FEATURE_SCALE,
     SATURATION_BOUND,
     PerceptualLoss,
     feature_reconstruction_loss,
@@ -187,15 +188,35 @@ def test_default_objective_is_pytorch_examples_up_to_one_constant(tmp_path) -> N
 
 
 def test_lua_conversion_factors() -> None:
-    """Lua -> ours: content unchanged, style x (255 * mean std)^2, TV x 0.5 * 255^2 * B*C*H*W / that."""
+    """Lua -> ours: content unchanged, style x (255 * mean std)^2 (the TV weight: the next test)."""
     scale = 255 * (0.229 + 0.224 + 0.225) / 3
     converted = lua_to_ours(1.0, 5.0, 1e-6)
     assert converted["content_weight"] == 1.0
     assert converted["style_weight"] == pytest.approx(5 * scale**2)
-    assert converted["tv_weight"] == pytest.approx(1e-6 * 0.5 * 255**2 * 4 * 3 * 256 * 256 / scale**2)
-    # the TV sum grows with the batch and image size; ours is a per-value mean
-    assert lua_to_ours(1, 5, 1e-6, batch_size=1, image_size=128)["tv_weight"] == pytest.approx(
-        converted["tv_weight"] / 16)
+
+
+@pytest.mark.parametrize("batch,size", [(1, 12), (2, 16)])
+def test_lua_tv_weight_gives_the_gradient_of_johnsons_tv_module(batch: int, size: int) -> None:
+    """fast-neural-style's TotalVariation.lua has no loss, only a backward: ported as written on 0-255
+    pixels (the mean subtraction leaves differences alone), times -tv_strength, then put in our units
+    (the Lua objective / CAFFE_FEATURE_SCALE^2, per [0, 1] pixel: x 255), it equals autograd of our
+    tv_weight * total_variation_loss wherever both see the same differences (the Lua module leaves out
+    the last row and column)."""
+    strength = 1e-5
+    x = torch.rand(batch, 3, size, size, dtype=torch.float64)
+    z = 255 * x
+    grad = torch.zeros_like(z)
+    x_diff = z[..., :-1, :-1] - z[..., :-1, 1:]
+    y_diff = z[..., :-1, :-1] - z[..., 1:, :-1]
+    grad[..., :-1, :-1] += x_diff + y_diff
+    grad[..., :-1, 1:] -= x_diff
+    grad[..., 1:, :-1] -= y_diff
+    expected = strength * grad * 255 / CAFFE_FEATURE_SCALE**2
+    weight = lua_to_ours(1, 0, strength, batch_size=batch, image_size=size)["tv_weight"]
+    x.requires_grad_(True)
+    (weight * total_variation_loss(x)).backward()
+    tolerance = 1e-5 * float(expected.abs().max())  # our loss sums in float32
+    torch.testing.assert_close(x.grad[..., :-1, :-1], expected[..., :-1, :-1], rtol=0, atol=tolerance)
 
 
 def test_normalized_terms_are_relative_errors() -> None:
