@@ -98,7 +98,11 @@ class ImageFileDataset(Dataset):
         rng = random.Random(f"{self.seed}:{position}") if position >= 0 else None
         with self.in_flight.loading(index) if self.in_flight else contextlib.nullcontext():
             try:
-                image = self.patch(self.read(path), rng)
+                photo = self.read(path)
+                try:
+                    image = self.patch(photo, rng)
+                except ImageError as err:  # decoded, but unusable (too elongated to resize)
+                    raise ImageError(f"cannot use image {str(path)!r}: {err}") from None
             except ImageError as err:
                 return {"image": None, "path": str(path), "error": str(err), "batch_number": batch_number}
         return {"image": image, "path": str(path), "error": None, "batch_number": batch_number}
@@ -219,6 +223,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.max_bad_fraction must be a number from 0 to 1, got {max_bad_fraction!r}")
         if num_workers < 0:
             raise StylenetError(f"data.num_workers must be >= 0, got {num_workers}")
+        if val_images < 0:
+            raise StylenetError(f"data.val_images must be >= 0 (0: no validation), got {val_images}")
         if image_size <= 0 or image_size % 4:
             raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
         if scale_size is not None and scale_size < image_size:

@@ -138,6 +138,8 @@ class ImageTask(pl.LightningModule):
         if max_nan_skips < 1:
             raise StylenetError(f"task.max_nan_skips must be >= 1, got {max_nan_skips}")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
+        #: the validation grids being built: tag -> (the dimension parts join along, the batches' parts)
+        self.val_grids: dict[str, tuple[int, list[torch.Tensor]]] = {}
 
     def network_input(self, batch: dict[str, Any]) -> torch.Tensor:
         """What the network sees: the photos themselves (style transfer)."""
@@ -231,6 +233,16 @@ class ImageTask(pl.LightningModule):
             return False
         self.nan_skips = 0
         return strategy.reduce_boolean_decision(terms is not None, all=True)
+
+    def keep_for_grid(self, tag: str, images: torch.Tensor, dim: int = 0) -> None:
+        """A validation batch's part of grid ``tag``: the parts are joined along ``dim`` and logged once
+        validation ends, so the grid shows every held-out photo, whatever the batch size."""
+        self.val_grids.setdefault(tag, (dim, []))[1].append(images.detach().float().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        for tag, (dim, parts) in self.val_grids.items():
+            self.add_image(tag, torch.cat(parts, dim=dim))
+        self.val_grids = {}
 
     def add_image(self, tag: str, images: torch.Tensor) -> None:
         """Log a grid (one row per image) to TensorBoard, from rank 0 only."""
@@ -370,10 +382,15 @@ class StyleTransferTask(ImageTask):
 
         ``task.saturation_weight`` adds that term on the output tanh's inputs of this pass."""
         logits, self.logits = self.logits, None
-        if self.global_step < self.hparams.get("identity_steps", 0):
-            identity = pixel_loss(output, images.clamp(IDENTITY_MARGIN, 1 - IDENTITY_MARGIN))
-            return {"identity": identity, "total": identity}
+        warm_up = self.hparams.get("identity_steps", 0)
+        if warm_up:  # after the warm-up, logged on as a measure: how far the output has moved from the photo
+            identity = pixel_loss(output if self.global_step < warm_up else output.detach(),
+                                  images.clamp(IDENTITY_MARGIN, 1 - IDENTITY_MARGIN))
+            if self.global_step < warm_up:
+                return {"identity": identity, "total": identity}
         terms = self.loss(output, images, style=style)
+        if warm_up:
+            terms = {**terms, "identity": identity}  # (Lightning would repeat its last warm-up value otherwise)
         if logits is not None:
             saturation = saturation_loss(logits)
             terms = {**terms, "saturation": saturation,
@@ -393,8 +410,7 @@ class StyleTransferTask(ImageTask):
         self.log_terms("val", self.loss(output, images), len(images))
         self.log_quality("val", images, output, self.style_image)
         self.log_terms("val", self.temporal.instability(self.net, images, output), len(images))
-        if batch_idx == 0:
-            self.add_image("val/content_stylized", torch.cat([images, output.float()], dim=3))
+        self.keep_for_grid("val/content_stylized", torch.cat([images, output.float()], dim=3))
 
     def log_quality(self, stage: str, images: torch.Tensor, output: torch.Tensor, style: torch.Tensor) -> None:
         """The loss-network-free measures of :mod:`stylenet.quality`, averaged over the held-out photos."""
@@ -416,8 +432,8 @@ class StyleTransferTask(ImageTask):
             rows.append(output.float())
             totals.append(terms["total"])
         self.log_terms("val", {"total": torch.stack(totals).mean()}, len(images))
-        if batch_idx == 0:  # (1 + styles, 3, H, B * W): one row per style, the photos side by side
-            self.add_image("val/styles", torch.stack([torch.cat(list(row), dim=2) for row in rows]))
+        # (1 + styles, 3, H, B * W): one row per style, the photos side by side (each batch's to the right)
+        self.keep_for_grid("val/styles", torch.stack([torch.cat(list(row), dim=2) for row in rows]), dim=3)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Restart Adam's moment estimates where the identity warm-up hands over to the perceptual
@@ -537,7 +553,6 @@ class SuperResolutionTask(ImageTask):
                   for suffix, images in (("", output), ("_bicubic", bicubic))
                   for name, value in sr_scores(images, hr, border=self.factor).items()}
         self.log_terms("val", {**self.loss(output, hr), **scores}, len(hr))
-        if batch_idx == 0:
-            nearest = F.interpolate(lr, scale_factor=self.factor, mode="nearest")
-            row = torch.cat([nearest, bicubic, output, hr.float()], dim=3)  # LR | bicubic | output | HR
-            self.add_image("val/lr_bicubic_output_hr", row)
+        nearest = F.interpolate(lr, scale_factor=self.factor, mode="nearest")
+        row = torch.cat([nearest, bicubic, output, hr.float()], dim=3)  # LR | bicubic | output | HR
+        self.keep_for_grid("val/lr_bicubic_output_hr", row)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,28 @@ def test_every_mode_becomes_an_rgb_crop_and_bad_files_are_reported(tmp_path: Pat
     batch = collate_skipping_bad(samples)
     assert batch["images"].shape == (len(good), 3, 32, 32)
     assert len(batch["skipped"]) == 1 and "broken.jpg" in batch["skipped"][0]
+
+
+def test_a_photo_too_elongated_to_resize_is_a_bad_file_not_gigabytes(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A 1 x 30000 strip (a few hundred bytes, well under data.max_pixels) would be 256 x 7.68M px at
+    256 px on its short side: refused as a bad file (training) and a skipped one (stylenet-prepare)."""
+    from stylenet.cli.prepare import main as prepare_main
+    from stylenet.shards import MANIFEST
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (30000, 1), (90, 120, 200)).save(tmp_path / "photos" / "strip.png")
+    make_photo(tmp_path / "photos" / "fine.png", size=(48, 40), seed=1)
+    files = sorted((tmp_path / "photos").iterdir())
+    samples = [ImageFileDataset(files, image_size=32, scale_size=256)[i] for i in range(2)]
+    assert samples[0]["image"] is not None and samples[1]["image"] is None
+    assert samples[1]["error"] == (f"cannot use image {str(files[1])!r}: a 30000x1 px photo would be 7680000x256 px "
+                                   "at 256 px on its short side, over 120000000 pixels")
+    assert prepare_main([str(tmp_path / "photos"), "-o", str(tmp_path / "shards"), "--size", "256",
+                         "--workers", "0"]) == 0
+    assert "1 images in 1 shards" in capsys.readouterr().out
+    skipped = json.loads((tmp_path / "shards" / MANIFEST).read_text())["skipped"]
+    assert [(entry["path"], "7680000x256 px" in entry["reason"]) for entry in skipped] == [("strip.png", True)]
 
 
 def test_datamodule_holds_out_fixed_validation_files(photo_folder: Path) -> None:

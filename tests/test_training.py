@@ -35,15 +35,16 @@ def make_trainer(run_dir: Path, max_steps: int, **kwargs: object) -> pl.Trainer:
                                  save_last=True, save_top_k=-1, auto_insert_metric_name=False),
                  ExportStyleModel(str(run_dir / "test.safetensors")), *kwargs.pop("callbacks", [])]
     return pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, val_check_interval=5,
-                      check_val_every_n_epoch=None, limit_val_batches=1, num_sanity_val_steps=0,
+                      check_val_every_n_epoch=None, num_sanity_val_steps=0,
                       log_every_n_steps=1, use_distributed_sampler=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=run_dir, callbacks=callbacks,
                       logger=TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
                       **kwargs)
 
 
-def make_data(photo_folder: Path) -> ImageFolderDataModule:
-    return ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2, val_images=2)
+def make_data(photo_folder: Path, val_images: int = 2) -> ImageFolderDataModule:
+    return ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2,
+                                 val_images=val_images)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pl.seed_everything(0)
     task = make_task(style)
     trainer = make_trainer(root / "out", max_steps=30)
-    trainer.fit(task, datamodule=make_data(photos), weights_only=True)
+    trainer.fit(task, datamodule=make_data(photos, val_images=3), weights_only=True)  # 2 validation batches
     return root
 
 
@@ -83,8 +84,9 @@ def test_tensorboard_holds_every_loss_term_and_image_grids(trained_run: Path) ->
     assert "style" in tags["images"] and "val/content_stylized" in tags["images"]
     grids = events.Images("val/content_stylized")
     assert [g.step for g in grids] == [5, 10, 15, 20, 25, 30]
-    # one row per held-out image, content | stylized side by side, make_grid's padding of 2 px
-    assert (grids[0].width, grids[0].height) == (2 * 32 + 2 * 2, 2 * 32 + 3 * 2)
+    # one row per held-out image (of both validation batches), content | stylized side by side, make_grid's
+    # padding of 2 px
+    assert (grids[0].width, grids[0].height) == (2 * 32 + 2 * 2, 3 * 32 + 4 * 2)
 
 
 def test_checkpoints_load_safely_and_export_round_trips(trained_run: Path, tmp_path: Path) -> None:
@@ -188,9 +190,9 @@ def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Pat
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "text.png")})
     with pytest.raises(StylenetError, match="model: model.norm"):
         StyleTransferTask(model={**TINY_MODEL, "norm": "layer"}, loss=RANDOM_LOSS, style={"image": str(style_image)})
-    with pytest.raises(StylenetError, match="task.identity_steps must be >= 0"):
+    with pytest.raises(StylenetError, match="task.identity_steps must be a whole number >= 0, got -1"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, identity_steps=-1)
-    with pytest.raises(StylenetError, match="task.saturation_weight must be >= 0"):
+    with pytest.raises(StylenetError, match="task.saturation_weight must be a number >= 0, got -1"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, saturation_weight=-1)
     with pytest.raises(StylenetError, match="task.lr_schedule must be constant or cosine, got 'linear'"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image)}, lr_schedule="linear")
@@ -253,8 +255,11 @@ def test_identity_steps_train_a_copy_of_the_input_before_the_perceptual_loss(
     trainer = make_trainer(tmp_path, max_steps=5)
     trainer.fit(task, datamodule=make_data(photo_folder), weights_only=True)
     assert steps_seen == [3, 4]
-    tags = set(EventAccumulator(str(tmp_path / "tensorboard")).Reload().Tags()["scalars"])
-    assert {"train/identity", "train/content", "train/style"} <= tags
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert {"train/identity", "train/content", "train/style"} <= set(events.Tags()["scalars"])
+    # after the warm-up the term is still measured at every step, not its last value repeated
+    identity = {event.step: event.value for event in events.Scalars("train/identity")}
+    assert sorted(identity) == [0, 1, 2, 3, 4] and identity[2] != identity[3] != identity[4]
 
 
 @pytest.mark.parametrize(("identity_steps", "adam_steps"), [(3, 2), (0, 5)])

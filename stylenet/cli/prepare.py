@@ -40,9 +40,13 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
     relative = path.relative_to(root).as_posix()
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        image = crop(resize_short_side(load_rgb(path), size), size, None)
+        photo = load_rgb(path)
     except (ImageError, OSError) as err:
         return relative, "", None, first_line(err)
+    try:
+        image = crop(resize_short_side(photo, size), size, None)
+    except ImageError as err:  # decoded, but too elongated to resize
+        return relative, "", None, f"cannot use image {str(path)!r}: {err}"
     pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None
 

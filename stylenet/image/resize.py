@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from stylenet.errors import StylenetError
+from stylenet.image.formats import DEFAULT_MAX_PIXELS, ImageError
 
 
 def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
@@ -57,9 +58,17 @@ def resize(image: torch.Tensor, size: tuple[int, int], *, clamp: bool = False) -
     return resized.clamp_(0, 1) if clamp else resized
 
 
-def resize_short_side(image: torch.Tensor, size: int) -> torch.Tensor:
-    """A (3, H, W) image in [0, 1] resized so that its shorter side is ``size`` (training photos)."""
-    return resize(image, short_side_shape(*image.shape[-2:], size), clamp=True)
+def resize_short_side(image: torch.Tensor, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """A (3, H, W) image in [0, 1] resized so that its shorter side is ``size`` (training photos).
+
+    A photo so elongated that the copy would exceed ``max_pixels`` (a 1 x 30000 strip is 256 x 7.7M
+    at 256 px) is an :class:`ImageError`, as a decompression bomb is, not gigabytes allocated."""
+    height, width = image.shape[-2:]
+    shape = short_side_shape(height, width, size)
+    if shape[0] * shape[1] > max_pixels:
+        raise ImageError(f"a {width}x{height} px photo would be {shape[1]}x{shape[0]} px at {size} px on its short "
+                         f"side, over {max_pixels} pixels")
+    return resize(image, shape, clamp=True)
 
 
 def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
