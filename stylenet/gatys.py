@@ -196,16 +196,16 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str, history_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, setting: str = "size") -> None:
     """Refuse, before any work, an image size whose estimated footprint exceeds the free memory,
-    instead of being killed by the OOM killer an hour later."""
+    instead of being killed by the OOM killer an hour later; ``setting`` is the one to lower."""
     needed, free = estimate_memory(loss, height, width, optimizer, history_size), available_memory(device)
     if free is not None and needed > free:
         gib = 1024**3
         raise StylenetError(
             f"a {width}x{height} image needs about {needed / gib:.1f} GiB on {device} "
             f"(VGG activations + {optimizer} state), but only {free / gib:.1f} GiB is free; use a smaller "
-            f"size{', optimizer=adam or a smaller history_size' if optimizer == 'lbfgs' else ''}")
+            f"{setting}{', optimizer=adam or a smaller history_size' if optimizer == 'lbfgs' else ''}")
 
 
 def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:

@@ -219,6 +219,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
     ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
     ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),
+    ("style_size=100000", r"image needs about [\d.]+ GiB on cpu .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
@@ -240,6 +241,28 @@ def test_cli_refuses_to_overwrite_its_input(tmp_path: Path, style_image: Path) -
         with pytest.raises(StylenetError, match=f"output '{path}' is the {key} image: refusing to overwrite"):
             run(cfg, tmp_path)
     assert content.read_bytes() == before
+
+
+def test_cli_refuses_to_overwrite_a_bundled_demo_input_or_an_earlier_run(
+        tmp_path: Path, style_image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``demo:astronaut`` is a file too (scikit-image's, here a copy of it): a later demo run would
+    hold it out. A run folder that already holds a run would mix both runs' curves and snapshots."""
+    bundled = tmp_path / "skimage_data"
+    bundled.mkdir()
+    make_photo(bundled / "astronaut.png")
+    monkeypatch.setattr("stylenet.image.demo.demo_root", lambda: bundled)
+    before = (bundled / "astronaut.png").read_bytes()
+    cfg = compose_gatys(tmp_path / "a", "content=demo:astronaut", f"styles={style_image}",
+                        f"output={bundled / 'astronaut.png'}")
+    with pytest.raises(StylenetError, match="is the content image: refusing to overwrite an input"):
+        run(cfg, tmp_path / "a")
+    assert (bundled / "astronaut.png").read_bytes() == before
+    content = make_photo(tmp_path / "content.png")
+    assert run(compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}"), tmp_path / "b") == 0
+    result = (tmp_path / "b" / "gatys.png").read_bytes()
+    with pytest.raises(StylenetError, match=r"'.*b' already holds a run \(tensorboard/\): give another hydra.run.dir"):
+        run(compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}", "size=24"), tmp_path / "b")
+    assert (tmp_path / "b" / "gatys.png").read_bytes() == result
 
 
 def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,

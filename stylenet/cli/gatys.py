@@ -106,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         resize_to,
         resolve_device,
     )
-    from stylenet.image import check_output_path, long_side_shape, resize_long_side, save_image
+    from stylenet.image import check_output_path, long_side_shape, resolve_image_path, save_image
     from stylenet.losses import PerceptualLoss
 
     for key in ("content", "styles"):
@@ -116,8 +116,13 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     check_output_path(output)
     check_setting_types(cfg)
     for key, spec in (("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))):
-        if not str(spec).startswith("demo:") and Path(spec).resolve() == output.resolve():
+        if resolve_image_path(spec).resolve() == output.resolve():
             raise StylenetError(f"output {str(output)!r} is the {key} image: refusing to overwrite an input")
+    earlier = [name for name in ("tensorboard", "steps")
+               if (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    if earlier:  # its curves and snapshots would mix with this run's, its result be replaced
+        raise StylenetError(f"{str(run_dir)!r} already holds a run ({', '.join(f'{name}/' for name in earlier)}): "
+                            "give another hydra.run.dir")
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
     check_settings(**settings)
     device = resolve_device(cfg.device)
@@ -129,8 +134,11 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     except TypeError as err:
         raise StylenetError(f"loss: {err}") from None
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
+    style_shapes = [long_side_shape(*style.shape[-2:], cfg.style_size or max(height, width)) for style in styles]
+    for style_height, style_width in style_shapes:  # their Grams are one forward pass each: no optimiser state
+        check_memory(loss, style_height, style_width, "adam", 0, device, setting="style_size")
     content = resize_to(content, height, width)
-    styles = [resize_long_side(style, cfg.style_size or max(height, width)) for style in styles]
+    styles = [resize_to(style, *shape) for style, shape in zip(styles, style_shapes, strict=True)]
     check_sizes((height, width), cfg.scales, styles, loss)
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
