@@ -76,7 +76,8 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` and
     learning-rate schedule (:func:`schedule_problem`) and, when ``max_steps`` is given, be short of
     it: a finished run has nothing left to continue, and "resuming" it would train no step and export
-    nothing."""
+    nothing. "Finished" is said only of a checkpoint that otherwise fits, a finished run of this very
+    configuration (:func:`first_valid` ends its search there)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean "not a checkpoint"
@@ -84,8 +85,6 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     if (not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS)
             or not isinstance(checkpoint["state_dict"], dict)):
         return f"not a Lightning training checkpoint (needs {', '.join(REQUIRED_KEYS)})"
-    if max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
-        return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"
     bad = first_non_finite(checkpoint["state_dict"])
     if bad:
         return f"non-finite weights in {bad}"
@@ -97,7 +96,10 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     for key in IDENTITY_HPARAMS:
         if saved.get(key) != hparams.get(key):
             return f"trained with another {key} ({saved.get(key)!r}, this run has {hparams.get(key)!r})"
-    return schedule_problem(checkpoint, saved, hparams, max_steps)
+    schedule = schedule_problem(checkpoint, saved, hparams, max_steps)
+    if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
+        return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one
+    return schedule
 
 
 def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams: dict[str, Any],

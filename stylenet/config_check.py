@@ -36,8 +36,11 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
     for group, option in named.items():  # what naming the option changes from the experiment's own choice
         chosen, default = option_values(roots, group, option), option_values(roots, group, baseline.get(group))
         final = OmegaConf.to_container(cfg[group], resolve=False) if group in cfg else {}
+        # naming the experiment's own choice itself (model=transformer with a preset that writes a half-width
+        # model.channels) asks for that option's values: every one the experiment replaces is a clash
+        same = option == baseline.get(group)
         clashes = [f"{group}.{key}" for key, value in chosen.items()
-                   if default.get(key, KeyError) != value and lookup(final, key) != value
+                   if (same or default.get(key, KeyError) != value) and lookup(final, key) != value
                    and not set_by_user(f"{group}.{key}", explicit)]
         if clashes:
             raise StylenetError(f"experiment={experiment} overrides {', '.join(clashes)} of {group}={option}: "

@@ -13,6 +13,7 @@ import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from stylenet.errors import StylenetError
@@ -37,6 +38,13 @@ def style_records(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
 def style_names(metadata: Mapping[str, Any]) -> list[str]:
     """The names of a model file's styles (see :func:`style_records`)."""
     return [str(style["name"]) for style in style_records(metadata)]
+
+
+def style_name_of(image: str | Path) -> str:
+    """The default name of the style in ``image`` (a path or ``demo:<name>``): the file's stem, any
+    character a style name cannot hold replaced by ``_`` (``My Painting.jpg`` -> ``My_Painting``)."""
+    stem = Path(str(image).removeprefix("demo:")).stem
+    return re.sub(r"[^\w.+-]", "_", stem) or "style"
 
 
 def check_style_names(names: Sequence[str], setting: str) -> list[str]:

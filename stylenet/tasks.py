@@ -28,7 +28,7 @@ from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.modelfile import read_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
-from stylenet.styles import check_style_names, style_records
+from stylenet.styles import check_style_names, style_name_of, style_records
 from stylenet.temporal import TemporalConsistency, split_temporal_weight
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,12 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
         raise StylenetError(f"style.size must be a whole number of pixels >= 1, got {size!r}")
     if specs is None:
         image, path = load_style_image(style.get("image"), size)
-        name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") else path.stem
+        name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") else style_name_of(path)
         return [StyleImage(name, image, str(style.get("image")), file_sha256(path))]
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
                             f"got {specs!r}")
-    names = style.get("names") or [Path(str(spec).removeprefix("demo:")).stem for spec in specs]
+    names = style.get("names") or [style_name_of(spec) for spec in specs]
     if len(names) != len(specs):
         raise StylenetError(f"style.names has {len(names)} names for {len(specs)} style.images")
     names = check_style_names(names, "style.names")
@@ -477,7 +477,7 @@ class AddStyleTask(StyleTransferTask):
                  **kwargs: Any) -> None:
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
-        name = style_name or Path(str(style.get("image")).removeprefix("demo:")).stem
+        name = style_name or style_name_of(str(style.get("image")))
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 
     def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:

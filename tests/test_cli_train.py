@@ -57,6 +57,8 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     assert (cfg.style.name, cfg.name) == ("my_painting", "my_painting")
     cfg = compose_train(tmp_path, "name=run1", "style.image=/paintings/my_painting.png", experiment=None)
     assert (cfg.style.name, cfg.name) == ("my_painting", "run1")
+    cfg = compose_train(tmp_path, "style.image='/paintings/My Painting (2).png'", experiment=None)
+    assert cfg.style.name == "My_Painting__2_"  # what a style name can hold: a file-name part
     cfg = compose_train(tmp_path, "style.image=demo:brick", "style.name=bricks", experiment=None)
     assert (cfg.style.name, cfg.name) == ("bricks", "bricks")
     assert compose_train(tmp_path, "style.image=/paintings/c.jpg", experiment="johnson2016_candy").style.name == "candy"

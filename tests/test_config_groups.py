@@ -87,6 +87,12 @@ def test_a_clash_stops_with_one_line_and_a_set_key_is_the_users_choice() -> None
         check_group_choices(clash)
     check_group_choices(train_config("experiment=demo", "loss=perceptual", "loss.style_weight=5",
                                      "loss.tv_weight=2"))
+    # naming the option the experiment itself uses asks for its values too: the preset's half width is a clash
+    with pytest.raises(StylenetError, match=r"^experiment=johnson2016_candy overrides model.channels of "
+                                            r"model=transformer: drop model=transformer"):
+        check_group_choices(train_config("experiment=johnson2016_candy", "model=transformer"))
+    check_group_choices(train_config("experiment=demo", "model=transformer"))  # the README's paper-width demo
+    check_group_choices(train_config("experiment=demo", "model=half"))  # demo's own choice; it writes no model key
 
 
 def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:

@@ -345,6 +345,12 @@ def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
         # Lightning's ckpt_path=last looks only in this run's new folder; ours means resume=must
         with pytest.raises(StylenetError, match="resume=must: no valid checkpoint"):
             resolve_resume("never", "last", outputs / "t2", "exp", HPARAMS, max_steps=200)
+    # a newer finished run of another experiment or network is no run of this one: the search goes on
+    others = tmp_path / "others" / "exp"
+    mine = fake_checkpoint(others / "t0" / "checkpoints" / "last.ckpt", 100)
+    fake_checkpoint(others / "t1" / "checkpoints" / "last.ckpt", 200, name="another")
+    fake_checkpoint(others / "t2" / "checkpoints" / "last.ckpt", 200, model={**TINY_MODEL, "channels": 4})
+    assert resolve_resume("auto", None, others / "t3", "exp", HPARAMS, max_steps=200) == str(mine)
     # an interrupted run newer than the finished one is continued
     newer = fake_checkpoint(outputs / "t3" / "checkpoints" / "last.ckpt", 120)
     assert resolve_resume("auto", None, outputs / "t4", "exp", HPARAMS, max_steps=200) == str(newer)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 from stylenet.errors import first_line
+from stylenet.styles import style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
@@ -34,13 +35,9 @@ warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationW
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
 
-def file_stem(spec: str) -> str:
-    """``${stem:...}`` in the configs: a style image's name without folder or suffix (``demo:ihc`` ->
-    ``ihc``), the style's default name, so a model of ``painting.jpg`` is not named after a preset."""
-    return Path(str(spec).removeprefix("demo:")).stem
-
-
-OmegaConf.register_new_resolver("stem", file_stem, replace=True)
+# ``${style_name:<image>}`` in the configs: a style's default name, its image file's (stylenet.styles.style_name_of), so
+# a model of painting.jpg is not named after a preset
+OmegaConf.register_new_resolver("style_name", style_name_of, replace=True)
 
 
 def config_dir() -> str:
@@ -170,13 +167,14 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from stylenet.checkpoints import run_checkpoints
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         check_group_choices(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if sweep_job and cfg.resume == "auto" and not any((run_dir / "checkpoints").glob("*.ckpt")):
+        if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         train(cfg, run_dir)
     except StylenetError as err:
