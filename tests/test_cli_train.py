@@ -79,7 +79,7 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("data.max_pixels=abc", "data.max_pixels must be a whole number, got 'abc'"),
     ("data.max_pixels=-5", "data.max_pixels must be null or >= 1, got -5"),
     ("data.scale_size=abc", "data.scale_size must be a whole number, got 'abc'"),
-    ("data.val_images=-1", "data.val_images must be >= 0 (0: no validation), got -1"),
+    ("data.val_images=-1", "data.val_images must be >= 0"),
     ("data.timeout_s=-1", "data.timeout_s must be a number of seconds >= 0"),
     ("task.identity_steps=abc", "task.identity_steps must be a whole number >= 0, got 'abc'"),
     ("task.saturation_weight=lots", "task.saturation_weight must be a number >= 0, got 'lots'"),
