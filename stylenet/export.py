@@ -37,7 +37,8 @@ class AnySizeNetwork(nn.Module):
 
     A network of several styles (Dumoulin et al. 2017) takes a second input, ``style``: float blend
     weights of shape (N,), in the order of the model file's ``styles``, for the whole batch; one-hot
-    picks one style (index k: 1 at k), several non-zero weights blend their norm parameters.
+    picks one style (index k: 1 at k), several non-zero weights blend their norm parameters. The
+    weights are normalised to sum to 1, as the Python API's and the CLI's blends are (7:3 is 0.7:0.3).
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -51,7 +52,7 @@ class AnySizeNetwork(nn.Module):
         # reflection branch for every size, so no branch on the size enters the graph.
         torch._check(height >= self.min_side)
         torch._check(width >= self.min_side)
-        return padded_forward(self.net, image, style)
+        return padded_forward(self.net, image, None if style is None else style / style.sum())
 
 
 def export_inputs(net: nn.Module) -> dict[str, torch.Tensor]:

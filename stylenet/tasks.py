@@ -477,7 +477,8 @@ class AddStyleTask(StyleTransferTask):
                  **kwargs: Any) -> None:
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
-        name = style_name or style_name_of(str(style.get("image")))
+        name = check_style_names([style_name], "task.style_name")[0] if style_name else style_name_of(
+            str(style.get("image")))
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 
     def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:

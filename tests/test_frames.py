@@ -75,6 +75,15 @@ def test_frames_are_lazy_and_bad_frames_fail_clearly() -> None:
             next(model.stylize_frames([bad]))
     with pytest.raises(StylenetError, match="H and W >= 1"):
         model.stylize(torch.zeros(3, 0, 5))
+    # float images are [0, 1]: 0-255 values or NaN would come out flat grey or NaN without a word
+    for bad, found in ((torch.full((3, 8, 8), 200.0), "200 to 200; 0-255 values"), (torch.full((3, 8, 8), float("nan")),
+                                                                                  "nan to nan")):
+        with pytest.raises(StylenetError, match=f"image tensor values must be in \\[0, 1\\], got {found}"):
+            model.stylize(bad)
+        with pytest.raises(StylenetError, match="frame tensor values must be in"):
+            next(model.stylize_frames([bad]))
+    with pytest.raises(StylenetError, match=r"a \(B, 3, H, W\) batch with B >= 1"):
+        model.stylize(torch.rand(0, 3, 8, 8))
 
 
 def test_load_model_streams_frames(tmp_path: Path) -> None:

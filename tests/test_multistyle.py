@@ -135,6 +135,8 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
             assert param.grad is None and not param.requires_grad, name
     with pytest.raises(StylenetError, match=r"^task.style_name \(a new name\): .* not distinct"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
+    with pytest.raises(StylenetError, match=r"^task.style_name: style name 'a/b' must be letters"):
+        AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
     # a checkpoint of this run cannot be resumed onto another base file of the same shape
     other = AddStyleTask(base=str(multi_file(tmp_path / "other.safetensors", multi_net(seed=1))), loss=RANDOM_LOSS,
                          style={"image": str(style_image), "size": 32}, image_size=32)
@@ -193,6 +195,9 @@ def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
     streamed = list(model.stylize_frames(frames, style="c"))
     assert np.array_equal(streamed[0], np.asarray(model.stylize(Image.fromarray(frames[0]), style="c")))
     assert model.for_style("c") is model.for_style(2)  # one network per style, kept
+    # the same mix under two labels: each keeps its own (they name output files)
+    assert (model.for_style({"a": 0.7, "b": 0.3}).name, model.for_style({"a": 7, "b": 3}).name) == (
+        "a0.7+b0.3", "a7+b3")
     with pytest.raises(StylenetError, match=r"holds 3 styles: pass style= one of a, b, c"):
         model.stylize(image)
     with pytest.raises(StylenetError, match=r"'m.safetensors' has no style 'd' \(available: a, b, c\)"):
@@ -212,7 +217,8 @@ def test_exports_take_the_style_and_agree_with_eager(tmp_path: Path) -> None:
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     api = stylenet.load_model(model, device="cpu", precision="fp32")
     image = torch.rand(2, 3, 30, 45, generator=torch.Generator().manual_seed(0))
-    for weights, choice in (([0.0, 0.0, 1.0], "c"), ([0.7, 0.3, 0.0], {"a": 0.7, "b": 0.3})):
+    for weights, choice in (([0.0, 0.0, 1.0], "c"), ([0.7, 0.3, 0.0], {"a": 0.7, "b": 0.3}),
+                            ([7.0, 3.0, 0.0], {"a": 7, "b": 3})):  # normalised, as the API's blends
         style = torch.tensor(weights)
         expected = api.stylize(image, style=choice)
         from_onnx = torch.from_numpy(session.run(None, {"image": image.numpy(), "style": style.numpy()})[0])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from stylenet import StylenetError, load_model
 from stylenet.cli.stylize import main as stylize_main
@@ -157,6 +158,26 @@ def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
     result = stylize_video(clip, tmp_path / "long_styled.mkv", model, depth=3)
     assert result.frames == result.decoded == 300 and len(read_clip(tmp_path / "long_styled.mkv")["frames"]) == 300
     assert result.max_in_flight <= 2 * 3 + 2
+
+
+def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_size(tmp_path: Path) -> None:
+    """stylize_video(..., style=) as load_model(...).stylize(..., style=): a model of several styles
+    needs one (the error says so), and a size of no pixels is refused before any work."""
+    from tests.test_multistyle import multi_file
+
+    clip = make_clip(tmp_path / "clip.mkv", frames=3, size=(16, 24), audio=False, rotation=0)
+    model = load_model(multi_file(tmp_path / "multi.safetensors"), device="cpu", precision="fp32")
+    with pytest.raises(StylenetError, match="holds 3 styles: pass style="):
+        stylize_video(clip, tmp_path / "none.mkv", model)
+    with pytest.raises(StylenetError, match=r"size must be \(height, width\) in pixels >= 1, got \(0, 10\)"):
+        stylize_video(clip, tmp_path / "none.mkv", model, style="b", size=(0, 10))
+    assert not list(tmp_path.glob("none*"))
+    result = stylize_video(clip, tmp_path / "b.mkv", model, style="b")
+    first = read_clip(tmp_path / "b.mkv")["frames"][0].astype(int)
+    source = Image.fromarray(read_clip(clip)["frames"][0])
+    distance = {style: np.abs(first - np.asarray(model.stylize(source, style=style)).astype(int)).mean()
+                for style in "abc"}  # H.264 at 24 x 16 px loses much: the nearest style, not equality
+    assert result.frames == 3 and min(distance, key=distance.get) == "b", distance
 
 
 def test_prefetch_runs_at_most_depth_ahead_and_hands_on_errors() -> None:

@@ -36,8 +36,22 @@ def frame_size(frame: np.ndarray | torch.Tensor) -> tuple[int, int]:
         if frame.ndim != 3 or frame.shape[0] != 3 or not frame.is_floating_point() or not frame.numel():
             raise StylenetError(f"expected a float (3, H, W) frame tensor, H and W >= 1, got {frame.dtype} "
                                 f"{tuple(frame.shape)}")
+        check_unit_range(frame, "frame tensor")
         return int(frame.shape[1]), int(frame.shape[2])
     raise StylenetError(f"frames must be uint8 numpy arrays or float tensors, got {type(frame).__name__}")
+
+
+#: How far outside [0, 1] a float image may stray (resampling overshoot) before it is refused.
+RANGE_SLACK = 0.01
+
+
+def check_unit_range(image: torch.Tensor, what: str) -> None:
+    """A float image holds values in [0, 1]: values of 0-255, or NaN, would come out as a flat grey
+    or NaN picture without a word. One line, with the range found (NaN fails every comparison)."""
+    low, high = (float(value) for value in torch.aminmax(image.detach()))
+    if not (low >= -RANGE_SLACK and high <= 1 + RANGE_SLACK):
+        hint = "; 0-255 values? divide by 255" if high > 1 + RANGE_SLACK else ""
+        raise StylenetError(f"{what} values must be in [0, 1], got {low:g} to {high:g}{hint}")
 
 
 class FrameBuffers:

@@ -34,7 +34,7 @@ from stylenet.errors import StylenetError, first_line
 from stylenet.fastpath import inference_precision, optimize_for_inference
 from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil
 from stylenet.inference.controls import Controls
-from stylenet.inference.frames import Frame, stream_frames
+from stylenet.inference.frames import Frame, check_unit_range, stream_frames
 from stylenet.inference.geometry import PRECISIONS, forward, output_scale, round_up, size_multiple
 from stylenet.inference.layerwise import layerwise_bands, network_layers
 from stylenet.inference.memory import (
@@ -93,7 +93,7 @@ class InferenceModel:
             self.precision = inference_precision(self.device)
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
-        self._by_style: dict[tuple[float, ...], InferenceModel] = {}
+        self._by_style: dict[tuple[str | float, ...], InferenceModel] = {}
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
             return
@@ -137,7 +137,7 @@ class InferenceModel:
         label, weights = choice_weights(self.styles, style, f"model file {self.source!r}")
         if not self.multi:
             return self
-        model = self._by_style.get(tuple(weights))
+        model = self._by_style.get((label, *weights))  # by label too: 7:3 and 0.7:0.3 name their files apart
         if model is None:
             net = self.net.single_style(weights).eval()
             metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
@@ -145,7 +145,7 @@ class InferenceModel:
                                    self.max_memory, self.source)
             if len(self._by_style) >= self.CACHED_STYLES:
                 self._by_style.pop(next(iter(self._by_style)))
-            self._by_style[tuple(weights)] = model
+            self._by_style[(label, *weights)] = model
         return model
 
     def selected(self, styles: list[str] | None = None,
@@ -359,6 +359,8 @@ class InferenceModel:
         tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics, "style": style}
         if isinstance(image, torch.Tensor):
             if image.ndim == 4:
+                if not len(image):
+                    raise StylenetError(f"expected a (B, 3, H, W) batch with B >= 1, got {tuple(image.shape)}")
                 return torch.stack([self.transform(one, controls, **tiling) for one in image])
             return self.transform(image, controls, **tiling)
         if not isinstance(image, Image.Image):
@@ -396,6 +398,7 @@ def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bit
     if rgb.ndim != 3 or rgb.shape[0] != 3 or not rgb.is_floating_point() or not rgb[0].numel():
         raise StylenetError(f"expected a float (3, H, W) image tensor, H and W >= 1, got {rgb.dtype} "
                             f"{tuple(rgb.shape)}")
+    check_unit_range(rgb, "image tensor")
     if tile is not None and tile < MIN_TILE:
         raise StylenetError(f"--tile must be at least {MIN_TILE} px, got {tile}")
     if tile_overlap < 0:

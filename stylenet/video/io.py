@@ -31,6 +31,7 @@ from stylenet.video.pipeline import Prefetch, Sink
 
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
+    from stylenet.styles import StyleChoice
 
 #: The install hint of every "PyAV is missing" error.
 EXTRA_HINT = "pip install 'stylenet[video]'"
@@ -317,14 +318,19 @@ class VideoEncoder:
 
 def stylize_video(source: str | Path, target: str | Path, model: InferenceModel, *, strength: float = 1.0,
                   preserve_color: bool = False, size: tuple[int, int] | None = None,
-                  progress: Callable[[VideoResult], None] | None = None, depth: int = QUEUE_DEPTH) -> VideoResult:
+                  progress: Callable[[VideoResult], None] | None = None, depth: int = QUEUE_DEPTH,
+                  style: StyleChoice | None = None) -> VideoResult:
     """Stylise every frame of ``source`` with ``model`` into ``target`` (format from its suffix).
 
-    ``size`` (H, W) resizes the frames first; ``progress(result)`` is called after every frame.
+    ``size`` (H, W) resizes the frames first; ``progress(result)`` is called after every frame;
+    ``style``: one style or a ``{name: weight}`` blend of a model of several (as for ``stylize``).
     Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
     could be done; :class:`TruncatedVideoError` when the input broke off after some frames, whose
     valid, shorter video has been written."""
     source, target = Path(source), Path(target)
+    model = model.for_style(style)
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise StylenetError(f"size must be (height, width) in pixels >= 1, got {size!r}")
     start = time.perf_counter()
     video_target(source, target, default_name=False)  # a video suffix, not a folder: before any work
     if source.resolve() == target.resolve():
