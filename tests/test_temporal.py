@@ -200,6 +200,21 @@ def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_threa
         assert picture.size == (4 * (24 + 4), 2 * (24 + 4))
 
 
+def test_stability_rows_for_each_style_and_for_two_files_of_one_name(tmp_path: Path, one_thread: None,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A model of several styles gets a row per style; two runs' ``<name>.safetensors`` a row each."""
+    from tests.test_multistyle import multi_file
+
+    photo = make_photo(tmp_path / "photo.png", size=(48, 40))
+    first, second = tiny_model_file(tmp_path / "run1"), tiny_model_file(tmp_path / "run2")
+    multi = multi_file(tmp_path / "multi.safetensors")
+    assert stability_main([str(photo), "-m", str(first), "-m", str(second), "-m", str(multi),
+                           "--size", "24", "--frames", "2"]) == 0
+    names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert names[2:] == ["tiny.safetensors", str(second), "multi.safetensors (a)", "multi.safetensors (b)",
+                         "multi.safetensors (c)"], names
+
+
 def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unreadable_photo(
         tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import stylenet.stability

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,17 +136,24 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     clips: list[str] = []
     for path in args.models:
         try:
-            model = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
-            rows[Path(path).name] = measure(model.stylize_frames, sequences)
-            outputs[path] = torch.stack(list(model.stylize_frames(list(outputs["input"]))))
+            loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
+            models = loaded.selected()  # a model of several styles: a row per style
         except Exception as err:  # this model only
             error(_describe(err, path))
             continue
-        for clip in args.video:
+        for model in models:
+            name = row_name(path, model.name if loaded.multi else None, rows)
             try:
-                clips.append(_clip_line(clip, Path(path).name, model, args.max_frames))
-            except Exception as err:  # this clip only
-                error(_describe(err, clip))
+                rows[name] = measure(model.stylize_frames, sequences)
+                outputs[name] = torch.stack(list(model.stylize_frames(list(outputs["input"]))))
+            except Exception as err:  # this model only
+                error(_describe(err, path))
+                continue
+            for clip in args.video:
+                try:
+                    clips.append(_clip_line(clip, name, model, args.max_frames))
+                except Exception as err:  # this clip only
+                    error(_describe(err, clip))
     if args.strip:
         from stylenet.image import save_image
         from stylenet.stability import strip
@@ -160,6 +167,16 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     if clips:
         lines += ["Real clips (no flow: mean change per frame, output vs input, and their ratio):", "", *clips, ""]
     return "\n".join(lines)
+
+
+def row_name(path: str, style: str | None, taken: Mapping[str, object]) -> str:
+    """A model's row: its file name (``(style)`` added for each style of a model of several), the
+    whole path where two files share a name (``outputs/<name>/<time>/<name>.safetensors``)."""
+    suffix = f" ({style})" if style else ""
+    for name in (f"{Path(path).name}{suffix}", f"{path}{suffix}"):
+        if name not in taken:
+            return name
+    return f"{path}{suffix} #{len(taken)}"  # the very same file twice
 
 
 def _describe(err: Exception, subject: str) -> str:
