@@ -112,8 +112,9 @@ def measure(net: torch.nn.Module, loss: PerceptualLoss, images: list[tuple[str, 
     Gatys at every requested iteration count of one run per image, size and start."""
     counts = sorted(set(args.iterations))
     rows = []
+    for size in args.sizes:  # every size before any is measured: the last must not fail after hours
+        check_memory(loss, size, size, "lbfgs", 100, loss.device, setting="--sizes")
     for size in args.sizes:
-        check_memory(loss, size, size, "lbfgs", 100, loss.device)
         for index, (name, photo) in enumerate(images):
             content = crop(resize_short_side(photo, size), size, None).to(loss.device)
             with torch.no_grad():

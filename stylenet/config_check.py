@@ -32,13 +32,15 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
         return
     roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
     named, explicit = command_line_choices(list(hydra.overrides.task), set(hydra.runtime.choices))
-    baseline = {**primary_choices(roots, hydra.job.config_name), **experiment_choices(roots, experiment)}
+    picked = experiment_choices(roots, experiment)
+    baseline = {**primary_choices(roots, hydra.job.config_name), **picked}
     for group, option in named.items():  # what naming the option changes from the experiment's own choice
         chosen, default = option_values(roots, group, option), option_values(roots, group, baseline.get(group))
         final = OmegaConf.to_container(cfg[group], resolve=False) if group in cfg else {}
-        # naming the experiment's own choice itself (model=transformer with a preset that writes a half-width
-        # model.channels) asks for that option's values: every one the experiment replaces is a clash
-        same = option == baseline.get(group)
+        # naming the default option of a group the experiment does not pick but writes into (model=transformer
+        # with a preset's half-width model.channels) asks for that option's values: each one replaced clashes;
+        # naming the option the experiment picks itself (sr_demo's data=shards) asks for nothing new
+        same = option == baseline.get(group) and group not in picked
         clashes = [f"{group}.{key}" for key, value in chosen.items()
                    if (same or default.get(key, KeyError) != value) and lookup(final, key) != value
                    and not set_by_user(f"{group}.{key}", explicit)]

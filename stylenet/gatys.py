@@ -202,10 +202,11 @@ def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str, 
     needed, free = estimate_memory(loss, height, width, optimizer, history_size), available_memory(device)
     if free is not None and needed > free:
         gib = 1024**3
+        more = ", optimizer=adam or a smaller history_size" if optimizer == "lbfgs" and setting == "size" else ""
         raise StylenetError(
             f"a {width}x{height} image needs about {needed / gib:.1f} GiB on {device} "
             f"(VGG activations + {optimizer} state), but only {free / gib:.1f} GiB is free; use a smaller "
-            f"{setting}{', optimizer=adam or a smaller history_size' if optimizer == 'lbfgs' else ''}")
+            f"{setting}{more}")
 
 
 def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:

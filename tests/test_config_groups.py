@@ -93,6 +93,7 @@ def test_a_clash_stops_with_one_line_and_a_set_key_is_the_users_choice() -> None
         check_group_choices(train_config("experiment=johnson2016_candy", "model=transformer"))
     check_group_choices(train_config("experiment=demo", "model=transformer"))  # the README's paper-width demo
     check_group_choices(train_config("experiment=demo", "model=half"))  # demo's own choice; it writes no model key
+    check_group_choices(train_config("experiment=sr_demo", "data=shards"))  # its own choice, with its own values
 
 
 def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:

@@ -6,9 +6,10 @@ import csv
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
+import torch
 
 from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
@@ -54,6 +55,42 @@ def test_table1_extrapolation_is_opt_in_and_stated(tmp_path: Path,
                         "--extrapolate-from", "2", "--out", str(tmp_path)]) == 0
     assert "EXTRAPOLATED linearly from 2 timed iterations" in capsys.readouterr().out
     assert read_csv(tmp_path / "table1.csv")[0]["gatys_measured_iterations"] == "2"
+
+
+@pytest.mark.parametrize("script", ["reproduce_table1", "reproduce_fig5"])
+def test_every_size_is_checked_for_memory_before_any_is_measured(tmp_path: Path, script: str, style_model: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    make_photo(tmp_path / "val" / "photo.png")
+    extra = (["--model", str(style_model), "--images", str(tmp_path / "val")] if script == "reproduce_fig5"
+             else ["--weights", "random"])
+    assert load_script(script).main(["--sizes", "32", "100000", "--iterations", "2", *extra,
+                                     "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "100000x100000 image needs about" in err and "use a smaller --sizes" in err
+    assert "32 px" not in captured.out + err  # nothing measured first
+    assert "optimizer=adam" not in err  # no such option in these scripts
+
+
+def test_table1_extrapolates_from_the_rate_after_the_first_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first iteration holds the one-off start: a clock reading 1.0 s after it and 0.2 s per
+    iteration after that gives 1.0 + 0.2 x 9 = 2.8 s for 10 iterations, not 10 x (1.4 s / 3)."""
+    table1 = load_script("reproduce_table1")
+    now = {"t": 0.0}
+
+    def fake_optimize(content: torch.Tensor, loss: object, *, iterations: int, callback: object = None) -> object:
+        for iteration in range(1, iterations + 1):
+            now["t"] += 1.0 if iteration == 1 else 0.2
+            if callback is not None:
+                callback(SimpleNamespace(iteration=iteration))
+        return SimpleNamespace(stopped=None, evaluations=2 * iterations + 1)
+
+    monkeypatch.setattr(table1, "optimize", fake_optimize)
+    monkeypatch.setattr(table1.time, "perf_counter", lambda: now["t"])
+    loss = SimpleNamespace(device=torch.device("cpu"))
+    seconds, evaluations, run = table1.time_gatys(torch.zeros(3, 8, 8), loss, [5, 10], extrapolate_from=3)
+    assert run == 3 and evaluations == 2.0
+    assert seconds == pytest.approx({5: 1.8, 10: 2.8})
 
 
 @pytest.fixture

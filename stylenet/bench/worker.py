@@ -26,6 +26,7 @@ from stylenet.bench.measure import (
     sync,
 )
 from stylenet.bench.training import variant
+from stylenet.errors import StylenetError
 from stylenet.nets import TransformerNet
 
 #: network widths benchmarked for inference: the paper's and the half-width released models' (configs/model).
@@ -183,6 +184,10 @@ def run_worker(job: Job) -> Measured:
                json.dumps(asdict(job))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        kind, _, message = last.partition(": ")
+        if kind.endswith("StylenetError"):  # a setting the work refuses (a --weights file that is no VGG): one line
+            raise StylenetError(message)
         raise RuntimeError(f"benchmark worker {job} failed:\n{done.stderr[-2000:]}")
     return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
 
