@@ -233,10 +233,28 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.styles) < 2 or args.steps < 1 or not 0 < args.add_fraction <= 1:
         build_parser().error("need >= 2 --styles, --steps >= 1 and 0 < --add-fraction <= 1")
     try:
+        check_styles(args)
         return measure(args)
     except StylenetError as err:
         print(f"multistyle_check.py: error: {err}", file=sys.stderr)
         return 2
+
+
+def check_styles(args: argparse.Namespace) -> None:
+    """Before any training: every style image exists, and the names the model files take from them
+    (``<stem>.safetensors`` beside ``multi.safetensors`` and ``multi_plus_new.safetensors``) are distinct."""
+    from stylenet.image import resolve_image_path
+
+    for option, spec in [*(("--styles", spec) for spec in args.styles), ("--new-style", args.new_style)]:
+        if not resolve_image_path(spec).is_file():
+            raise StylenetError(f"{option} {spec!r}: no such image")
+    names = [stem(spec) for spec in [*args.styles, args.new_style]]
+    for option, spec, name in zip(["--styles"] * len(args.styles) + ["--new-style"], [*args.styles, args.new_style],
+                                  names, strict=True):
+        if name in ("multi", "multi_plus_new") or names.count(name) > 1:
+            raise StylenetError(f"{option} {spec!r}: its name {name!r} is another model file's here (each style is "
+                                "<name>.safetensors beside multi.safetensors and multi_plus_new.safetensors); "
+                                "rename the image")
 
 
 def measure(args: argparse.Namespace) -> int:

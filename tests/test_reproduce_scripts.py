@@ -174,6 +174,14 @@ def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,
                        "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("multistyle_check.py: error: ") and "none.jpg" in err and "\n" not in err
+    # names that would overwrite another model file here, refused before any training
+    make_photo(tmp_path / "multi.png")
+    for styles, new, clash in ((["demo:ihc", str(tmp_path / "multi.png")], "demo:gravel", "multi"),
+                               (["demo:ihc", "demo:brick"], "demo:ihc", "ihc")):
+        assert check.main(["--styles", *styles, "--new-style", new, "--steps", "1", "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"its name {clash!r} is another model file's here" in err and "\n" not in err, err
+    assert not list((tmp_path / "m").glob("*.safetensors"))
     quality = load_script("sr_quality")
     with pytest.raises(quality.StepFailed, match=r"failed \(exit 1\)"):
         quality.run([sys.executable, "-c", "raise SystemExit(1)"], threads=1)
