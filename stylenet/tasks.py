@@ -383,14 +383,13 @@ class StyleTransferTask(ImageTask):
         ``task.saturation_weight`` adds that term on the output tanh's inputs of this pass."""
         logits, self.logits = self.logits, None
         warm_up = self.hparams.get("identity_steps", 0)
-        if warm_up:  # after the warm-up, logged on as a measure: how far the output has moved from the photo
-            identity = pixel_loss(output if self.global_step < warm_up else output.detach(),
-                                  images.clamp(IDENTITY_MARGIN, 1 - IDENTITY_MARGIN))
-            if self.global_step < warm_up:
-                return {"identity": identity, "total": identity}
+        copied = images.clamp(IDENTITY_MARGIN, 1 - IDENTITY_MARGIN) if warm_up else images
+        if self.global_step < warm_up:
+            identity = pixel_loss(output, copied)
+            return {"identity": identity, "total": identity}
         terms = self.loss(output, images, style=style)
-        if warm_up:
-            terms = {**terms, "identity": identity}  # (Lightning would repeat its last warm-up value otherwise)
+        if warm_up:  # logged on as a measure, how far the output has moved from the photo (else Lightning
+            terms = {**terms, "identity": pixel_loss(output.detach(), copied)}  # repeats its last warm-up value)
         if logits is not None:
             saturation = saturation_loss(logits)
             terms = {**terms, "saturation": saturation,
@@ -404,7 +403,7 @@ class StyleTransferTask(ImageTask):
         if images.numel() == 0:
             return
         if self.multi:
-            self.validate_styles(images, batch_idx)
+            self.validate_styles(images)
             return
         output = self.net(images)
         self.log_terms("val", self.loss(output, images), len(images))
@@ -419,7 +418,7 @@ class StyleTransferTask(ImageTask):
         self.log_terms(stage, {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores))
                                for key in scores[0]}, len(images))
 
-    def validate_styles(self, images: torch.Tensor, batch_idx: int) -> None:
+    def validate_styles(self, images: torch.Tensor) -> None:
         """Every trained style on the held-out photos: its loss terms and measures under
         ``val/<style>/``, their mean ``val/total``, and a grid (``val/styles``) whose first row is
         the photos and each further row one style's outputs."""
