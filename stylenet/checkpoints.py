@@ -20,7 +20,7 @@ newest checkpoint of this experiment that actually loads, wherever the previous 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,11 @@ RESUME_MODES = ("auto", "must", "never")
 #: what every Lightning training checkpoint holds; a file without these cannot restore a run.
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
 #: hyper-parameters that decide whether a checkpoint can continue this run: the network's shape
-#: (else the weights do not fit), the style image (else it would train another style) and, adding a
-#: style, the model file it extends (else its frozen weights would be another file's).
-IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256")
+#: (else the weights do not fit), the style image (else it would train another style), adding a
+#: style, the model file it extends (else its frozen weights would be another file's), and the
+#: objective (else the model file would record a loss that trained only some of its steps: the SR
+#: paper's per-pixel baseline, ``loss=pixel``, would continue the feature-loss run of its name).
+IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256", "loss", "temporal_weight")
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
@@ -95,11 +97,20 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     saved = saved if isinstance(saved, dict) else {}
     for key in IDENTITY_HPARAMS:
         if saved.get(key) != hparams.get(key):
-            return f"trained with another {key} ({saved.get(key)!r}, this run has {hparams.get(key)!r})"
+            return f"trained with another {key} ({setting_difference(key, saved.get(key), hparams.get(key))})"
     schedule = schedule_problem(checkpoint, saved, hparams, max_steps)
     if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
         return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one
     return schedule
+
+
+def setting_difference(key: str, before: Any, now: Any) -> str:
+    """``before`` against ``now``, for a message; of two mappings only the entries that differ
+    (``loss.style_weight: 5.0, this run has 10.0``), not two whole loss configs."""
+    if isinstance(before, Mapping) and isinstance(now, Mapping):
+        changed = [k for k in sorted({*before, *now}, key=str) if before.get(k) != now.get(k)]
+        return "; ".join(f"{key}.{k}: {before.get(k)!r}, this run has {now.get(k)!r}" for k in changed)
+    return f"{before!r}, this run has {now!r}"
 
 
 def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams: dict[str, Any],

@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from stylenet.image.colour import luma
 from stylenet.metrics import gaussian_kernel, separable_filter
 
-#: Rec. 601 luma weights: luminance for the texture and structure measures.
-LUMA = (0.299, 0.587, 0.114)
 #: Filter-bank scales (Gaussian sigma, px) and orientations of the texture measure.
 TEXTURE_SIGMAS = (1.0, 2.0, 4.0)
 TEXTURE_ORIENTATIONS = 4
@@ -38,12 +37,6 @@ PROJECTIONS, QUANTILES = 64, 256
 EDGE_SIGMA = 1.5
 #: A channel value at most this far from 0 or 1 counts as saturated (half an 8-bit level).
 SATURATION_EPS = 0.5 / 255
-
-
-def luminance(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 1] -> (1, 1, H, W) luma."""
-    weights = torch.tensor(LUMA, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return (image * weights).sum(0).view(1, 1, *image.shape[-2:])
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> float:
@@ -75,12 +68,12 @@ def filter_bank(image: torch.Tensor) -> torch.Tensor:
 
     Luminance is rank-normalised first (each pixel replaced by its quantile in the image), so the
     responses describe spatial patterns rather than the palette or the overall contrast."""
-    luma = luminance(image.float()).double()
-    ranks = luma.flatten().argsort().argsort().double() / max(1, luma.numel() - 1)
-    luma = ranks.view_as(luma)
+    brightness = luma(image.float())[None].double()  # (1, 1, H, W)
+    ranks = brightness.flatten().argsort().argsort().double() / max(1, brightness.numel() - 1)
+    ranked = ranks.view_as(brightness)
     responses = []
     for sigma in TEXTURE_SIGMAS:
-        smooth = separable_filter(luma, gaussian_kernel(sigma), "reflect")
+        smooth = separable_filter(ranked, gaussian_kernel(sigma), "reflect")
         dy, dx = image_gradients(smooth)
         for k in range(TEXTURE_ORIENTATIONS):
             angle = math.pi * k / TEXTURE_ORIENTATIONS
@@ -99,7 +92,7 @@ def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def edge_map(image: torch.Tensor) -> torch.Tensor:
     """Gradient magnitude of smoothed luminance, (H*W,)."""
-    smooth = separable_filter(luminance(image.float()).double(), gaussian_kernel(EDGE_SIGMA), "reflect")
+    smooth = separable_filter(luma(image.float())[None].double(), gaussian_kernel(EDGE_SIGMA), "reflect")
     dy, dx = image_gradients(smooth)
     return (dy.square() + dx.square()).sqrt().flatten()
 

@@ -328,6 +328,24 @@ def test_resume_auto_takes_the_newest_valid_checkpoint_of_the_experiment_and_nam
     assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(own)
 
 
+def test_a_checkpoint_of_another_objective_is_not_continued(tmp_path: Path) -> None:
+    """``experiment=sr_x4 loss=pixel`` (the paper's per-pixel baseline) after ``experiment=sr_x4``: one
+    experiment name, so only the recorded objective tells the feature-loss run from the baseline."""
+    loss = {"content_weight": 1.0, "pixel_weight": 0.0, "content_layers": ["relu2_2"]}
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"net.w": torch.ones(2)}, "optimizer_states": [], "global_step": 4, "loops": {},
+                "hyper_parameters": {**HPARAMS, "loss": loss, "temporal_weight": 0.0}}, checkpoint)
+    same = {**HPARAMS, "loss": dict(loss), "temporal_weight": 0.0}
+    assert checkpoint_problem(checkpoint, None, same) is None
+    pixel = {**same, "loss": {**loss, "content_weight": 0.0, "pixel_weight": 1.0}}
+    assert checkpoint_problem(checkpoint, None, pixel) == (
+        "trained with another loss (loss.content_weight: 1.0, this run has 0.0; "
+        "loss.pixel_weight: 0.0, this run has 1.0)")
+    steadier = {**same, "temporal_weight": 600.0}
+    assert checkpoint_problem(checkpoint, None, steadier) == (
+        "trained with another temporal_weight (0.0, this run has 600.0)")
+
+
 def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A second ``stylenet-train experiment=demo`` must train afresh: continuing the first, finished

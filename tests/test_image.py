@@ -31,6 +31,7 @@ from stylenet.image import (
     save_image,
     to_pil,
 )
+from stylenet.image.colour import luma
 from stylenet.image.read import orient
 from tests.helpers import BAD_FILES, encoded, png_with_header_size
 
@@ -67,6 +68,12 @@ def _assert_one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------- mode conversions
+
+
+def test_luma_has_bt601_weights() -> None:
+    """Y of pure red, green and blue is 0.299, 0.587 and 0.114 (BT.601, JPEG's YCbCr)."""
+    primaries = torch.eye(3).view(3, 3, 1, 1)  # (3 images, RGB, 1, 1)
+    torch.testing.assert_close(luma(primaries).flatten(), torch.tensor([0.299, 0.587, 0.114]))
 
 
 def test_rgb_png_values_and_types(tmp_path):

@@ -217,11 +217,26 @@ def test_evaluate_leaves_out_the_lr_copies_of_benchmark_folders(tmp_path: Path,
     assert evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.csv")]) == 0
     assert [r["image"] for r in read_csv(tmp_path / "t.csv")] == [
         "GTmod12/baby.png", "LRGB/m31.png", "image_SRF_4/img_001_SRF_4_HR.png", "lroom/kitchen.png", "mean"]
-    assert "left out 3 LR copies" in capsys.readouterr().err
+    assert "left out 3 files that are no HR image at x4" in capsys.readouterr().err
     # a file named on the command line is scored whatever its name
     lr_file = root / "LRbicx4" / "baby.png"
     assert evaluate_sr.main([str(lr_file), "--factor", "4", "--out", str(tmp_path / "one.csv")]) == 0
     assert read_csv(tmp_path / "one.csv")[0]["image"] == "baby.png"
+
+
+def test_evaluate_scores_only_the_hr_images_of_selfexsr_folders_at_the_factor(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SelfExSR's Set5 holds, per factor, the HR image beside other methods' outputs: only the x4
+    folder's ``*_HR`` is scored at x4, once; a folder without ``*_HR`` files keeps all of its images."""
+    root = tmp_path / "Set5"
+    for n in (2, 3, 4):
+        for method in ("HR", "LR", "bicubic", "SRCNN", "nearest"):
+            make_photo(root / f"image_SRF_{n}" / f"img_001_SRF_{n}_{method}.png", size=(48, 48), seed=n)
+    make_photo(root / "plain" / "bird.png", size=(48, 48))
+    assert evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.csv")]) == 0
+    assert [r["image"] for r in read_csv(tmp_path / "t.csv")] == [
+        "image_SRF_4/img_001_SRF_4_HR.png", "plain/bird.png", "mean"]
+    assert "left out 14 files" in capsys.readouterr().err
 
 
 def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
@@ -232,6 +247,13 @@ def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
                              "--out", str(tmp_path / "t.csv")]) == 0
     row = read_csv(tmp_path / "t.csv")[0]
     assert {f"{x4}_psnr", f"{other}_ssim", "bicubic_psnr"} <= set(row)  # same stems: full paths
+    # a model file named like the baseline keeps its own column, and the baseline its scores
+    named_bicubic = sr_model_file(tmp_path / "bicubic.safetensors")
+    assert evaluate_sr.main([str(root / "a.png"), "--model", str(named_bicubic), "--out", str(tmp_path / "b.csv")]) == 0
+    scored = read_csv(tmp_path / "b.csv")[0]
+    assert float(scored["bicubic_psnr"]) == pytest.approx(float(row["bicubic_psnr"]), abs=1e-6)
+    assert float(scored[f"{named_bicubic}_psnr"]) == pytest.approx(float(row[f"{x4}_psnr"]), abs=1e-4)
+    assert evaluate_sr.main([str(root / "a.png"), "--model", str(x4), "--model", str(x4)]) == 2
     hr = modcrop(load_rgb(root / "a.png"), 4).unsqueeze(0)
     with torch.no_grad():
         output = read_model(x4).net(degrade(hr, 4))
@@ -244,7 +266,16 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     make_photo(root / "tiny.png", size=(12, 12))
     assert evaluate_sr.main([str(root), "--factor", "4"]) == 1
     err = capsys.readouterr().err
-    assert "broken.png" in err and "tiny.png: 12x12 is too small to score at x4" in err
+    assert "broken.png" in err and "tiny.png: 12x12 is too small to score at x4 (needs 20 px a side)" in err
+    # the image's own size, not what is left once cropped to a multiple of the factor
+    make_photo(tmp_path / "thin" / "strip.png", size=(10, 30))
+    assert evaluate_sr.main([str(tmp_path / "thin"), "--factor", "8"]) == 2
+    assert "strip.png: 10x30 is too small" in capsys.readouterr().err
+    # a mistyped input is named and the others are still scored
+    assert evaluate_sr.main([str(root / "a.png"), str(tmp_path / "nope.png"), "--factor", "4",
+                             "--out", str(tmp_path / "partial.csv")]) == 1
+    assert f"no such image file or folder: '{tmp_path / 'nope.png'}'" in capsys.readouterr().err
+    assert [r["image"] for r in read_csv(tmp_path / "partial.csv")] == ["a.png", "mean"]
     assert evaluate_sr.main([str(root)]) == 2
     assert "--factor is required without --model" in capsys.readouterr().err
     for factor in ("-4", "1"):

@@ -17,6 +17,7 @@ from stylenet import StylenetError
 from stylenet.checkpoints import checkpoint_problem
 from stylenet.cli.stylize import main as stylize_main
 from stylenet.inference import InferenceModel
+from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model, save_model
 from stylenet.nets import TransformerNet
 from stylenet.nets.transformer import ConditionalInstanceNorm2d
@@ -109,6 +110,43 @@ def test_a_blend_with_weight_one_on_a_style_is_that_style() -> None:
             choice_weights(NAMES, {"a": float(weight), "b": 1.0}, "m")
     with pytest.raises(ValueError, match="needs style="):
         net(x)
+
+
+def test_a_blend_mixes_every_norm_layers_scale_and_shift_linearly() -> None:
+    """Blend weights w give gamma = sum_k w_k gamma_k (and beta alike), Dumoulin et al. 2017's
+    interpolation, checked row by row against the tables."""
+    net = multi_net()
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    state = net.mixed_state(weights)
+    for name, norm in net.conditional_norms().items():
+        for key, table in (("weight", norm.weight), ("bias", norm.bias)):
+            by_hand = 0.2 * table[0] + 0.5 * table[1] + 0.3 * table[2]
+            torch.testing.assert_close(state[f"{name}.{key}"], by_hand.detach(), atol=1e-6, rtol=0)
+
+
+def test_each_sample_is_scored_against_its_own_style_target() -> None:
+    """A batch of two with styles [1, 0]: each style layer's term is the mean over samples of
+    mean((G(output_i) - G(style_{k_i}))^2), Grams by hand (eq. 3), and with ``normalize`` each
+    over its own target's mean square."""
+    torch.manual_seed(0)
+    styles, output = [torch.rand(3, 40, 36), torch.rand(3, 32, 44)], torch.rand(2, 3, 32, 32)
+
+    def gram(features: torch.Tensor) -> torch.Tensor:
+        channels = features.shape[1]
+        flat = features.reshape(features.shape[0], channels, -1).double()  # (B, C, H*W)
+        return torch.einsum("bcn,bdn->bcd", flat, flat) / flat[0].numel()
+
+    for normalize in (False, True):
+        loss = PerceptualLoss(weights="random", style_layers=["relu1_2"], content_weight=0.0, tv_weight=0.0,
+                              normalize=normalize)
+        loss.set_style(styles, separate=True)
+        targets = [gram(loss.vgg(s[None], ["relu1_2"])["relu1_2"])[0] for s in styles]
+        grams = gram(loss.vgg(output, ["relu1_2"])["relu1_2"])
+        picked = [targets[1], targets[0]]
+        by_hand = sum(((grams[i] - t).square().mean() / (t.square().mean() if normalize else 1.0))
+                      for i, t in enumerate(picked)) / 2
+        terms = loss(output, output, style=torch.tensor([1, 0]))
+        assert float(terms["style/relu1_2"]) == pytest.approx(float(by_hand), rel=1e-4)
 
 
 def test_gradients_reach_only_the_sampled_style_and_the_shared_weights() -> None:

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from stylenet.nets import TransformerNet
+from stylenet.nets.transformer import ScaledTanh
 
 
 def conv_params(c_in: int, c_out: int, k: int) -> int:
@@ -32,6 +33,13 @@ def test_output_size_equals_input_size_and_stays_in_range(height: int, width: in
     y = net(x)
     assert y.shape == x.shape
     assert y.min() >= 0 and y.max() <= 1
+
+
+def test_the_output_is_the_papers_scaled_tanh() -> None:
+    """0.5 (tanh(x) + 1): the paper's 255/2 (tanh(x) + 1) in [0, 1] units (Sec. 3.1)."""
+    values = ScaledTanh()(torch.tensor([0.0, 1.0, -2.5]))
+    expected = torch.tensor([0.5, 0.5 * (0.7615941559557649 + 1), 0.5 * (-0.9866142981514303 + 1)])
+    torch.testing.assert_close(values, expected)
 
 
 def test_architecture_uses_instance_norm_upsampling_and_no_transposed_conv() -> None:

@@ -58,6 +58,26 @@ def test_the_photo_itself_moved_nothing_and_the_style_itself_all_the_way() -> No
     assert styled.colour_moved == pytest.approx(1.0) and styled.texture_moved == pytest.approx(1.0)
 
 
+def test_sliced_wasserstein_by_hand() -> None:
+    """In one dimension every direction is +-1, so a cloud moved by c is c away (1-Wasserstein: |c|, not c^2),
+    and two point masses a unit apart are 1 apart."""
+    cloud = torch.randn(500, 1, generator=torch.Generator().manual_seed(0))
+    assert quality.sliced_wasserstein(cloud, cloud + 3.0) == pytest.approx(3.0, rel=1e-9)
+    assert quality.sliced_wasserstein(torch.zeros(40, 1), torch.ones(70, 1)) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_image_gradients_of_a_ramp_and_the_edge_map_of_a_turned_image() -> None:
+    """Central differences of a x + b y are (b, a) inside the image; the edge map treats rows and
+    columns alike, so that of a transposed image is the transposed edge map."""
+    ys, xs = torch.meshgrid(torch.arange(12.0), torch.arange(10.0), indexing="ij")
+    dy, dx = quality.image_gradients((0.3 * xs - 0.7 * ys).view(1, 1, 12, 10))
+    torch.testing.assert_close(dx[..., 1:-1, 1:-1], torch.full((1, 1, 10, 8), 0.3))
+    torch.testing.assert_close(dy[..., 1:-1, 1:-1], torch.full((1, 1, 10, 8), -0.7))
+    photo = generated_photo(48)
+    turned = quality.edge_map(photo.transpose(1, 2)).view(48, 48)
+    torch.testing.assert_close(turned, quality.edge_map(photo).view(48, 48).T)
+
+
 def test_a_colour_histogram_match_moves_colour_but_not_texture() -> None:
     photo, style = generated_photo(), generated_style()
     matched = histogram_match(photo, style)

@@ -17,6 +17,7 @@ from stylenet.nets import TransformerNet
 from stylenet.stability import KINDS, clip_change, make_sequence, markdown_table, measure, sequence_error
 from stylenet.tasks import StyleTransferTask
 from stylenet.temporal import (
+    SENSOR_NOISE,
     TemporalConsistency,
     affine_flow,
     random_flow,
@@ -85,6 +86,31 @@ def test_temporal_term_zero_for_identity_and_commuting_maps_positive_otherwise(o
         ramp = torch.linspace(0, 1, 32)
         assert float(temporal_loss(lambda x: x * ramp, images, images * ramp, moved)) > 1e-3
         assert float(temporal_loss(net, images, output, moved)) > 1e-5
+
+
+def test_the_training_noise_enters_the_moved_frame() -> None:
+    """Identity network, no motion: the term is then exactly the noise's mean square (mid-grey
+    images, so that no value is clamped)."""
+    images = torch.full((2, 3, 16, 20), 0.5)
+    noise = torch.randn(2, 3, 16, 20, generator=torch.Generator().manual_seed(0)) * 0.05
+    term = temporal_loss(lambda x: x, images, images, torch.zeros(2, 2, 16, 20), noise)
+    assert float(term) == pytest.approx(float(noise.square().mean()), rel=1e-5)
+
+
+def test_validation_measures_by_formula() -> None:
+    """With the identity network E_warp is 0 (N(W(x)) is W(x) itself, compared with W(N(x)) = W(x)), and
+    the still camera's flicker is the sensor noise's mean absolute value, sigma sqrt(2 / pi) x 255; a
+    network that ignores its input has neither."""
+    consistency = TemporalConsistency(1.0)
+    images = torch.full((2, 3, 64, 64), 0.5)
+    images[:, :, :, 32:] = 0.3  # an edge, so that the motion changes the frames
+    identity = consistency.instability(lambda x: x, images, images)
+    assert float(identity["temporal/e_warp"]) == pytest.approx(0.0, abs=1e-4)
+    assert float(identity["temporal/flicker"]) == pytest.approx(SENSOR_NOISE * (2 / np.pi) ** 0.5 * 255, rel=0.03)
+    constant = torch.full_like(images, 0.7)
+    fixed = consistency.instability(lambda x: constant, images, constant)
+    assert float(fixed["temporal/e_warp"]) == pytest.approx(0.0, abs=1e-4)
+    assert float(fixed["temporal/flicker"]) == 0.0
 
 
 def test_split_temporal_weight_keeps_the_loss_network_settings_clean() -> None:

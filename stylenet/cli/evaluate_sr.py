@@ -2,7 +2,8 @@
 
 Follows the SR literature's protocol (Johnson et al. 2016, Sec. 4.2; :mod:`stylenet.metrics`): each
 HR image (single files, or folders searched recursively: Set5, Set14 or BSD100 as distributed, their
-LR copies such as ``LRbicx4/`` or ``*_LR.png`` left out) is cropped to a multiple
+LR copies such as ``LRbicx4/`` or ``*_LR.png``, other methods' outputs beside ``*_HR.png`` and other
+factors' ``image_SRF_<n>/`` left out) is cropped to a multiple
 of the factor, degraded to LR (Gaussian blur sigma 1.0, bicubic downsampling), upscaled by bicubic
 interpolation and by every ``--model``, and scored with PSNR and SSIM on the BT.601 Y channel with
 ``factor`` pixels shaved off each border. Prints a markdown table (per image and mean) and writes
@@ -41,9 +42,14 @@ class Scored:
 
 
 def method_names(models: list[str]) -> list[str]:
-    """Column names: ``bicubic`` then each model file's stem (its path where stems repeat)."""
+    """Column names: ``bicubic`` then each model file's stem (its path where stems repeat or where
+    the stem is ``bicubic``: every column keeps its own scores)."""
     stems = [Path(m).stem for m in models]
-    return ["bicubic", *(s if stems.count(s) == 1 else m for s, m in zip(stems, models, strict=True))]
+    names = [s if stems.count(s) == 1 and s != "bicubic" else m for s, m in zip(stems, models, strict=True)]
+    repeated = next((m for m in names if names.count(m) > 1), None)
+    if repeated:
+        raise StylenetError(f"--model {repeated!r} is given twice")
+    return ["bicubic", *names]
 
 
 def with_mean(rows: list[Scored], methods: list[str]) -> list[Scored]:
@@ -82,33 +88,49 @@ def csv_table(rows: list[Scored], methods: list[str]) -> str:
 #: so that ``LRGB/`` or ``lroom/`` stay HR, and of a file's stem at its end (``img_001_SRF_4_LR``).
 LR_FOLDER = re.compile(r"(?:^|.*[_-])LR(?:bic.*|[_-].*)?")
 LR_STEM = re.compile(r".*[_-]LR")
+#: SelfExSR's layout (``image_SRF_4/img_001_SRF_4_HR.png`` beside ``..._LR``, ``..._bicubic``, ``..._SRCNN``,
+#: ...: other methods' outputs) holds one folder per factor, each with its own copy of the HR image.
+HR_STEM = re.compile(r".*[_-]HR")
+FACTOR_FOLDER = re.compile(r"(?:.*[_-])?SRF[_-]?(\d+)")
 
 
-def is_low_resolution(relative: Path) -> bool:
-    """Whether a file found in a folder is one of the folder's LR copies (see ``LR_FOLDER``)."""
-    return bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.fullmatch(part) for part in relative.parts[:-1])
+def is_other_file(relative: Path, factor: int, folder_has_hr: bool) -> bool:
+    """Whether a file found in a folder is not one of its HR images at ``factor``: one of the folder's
+    LR copies (see ``LR_FOLDER``), a file beside ``*_HR`` ones that is not one of them (another
+    method's output), or in another factor's folder (``image_SRF_2/`` at x4)."""
+    folders = relative.parts[:-1]
+    other_factor = any((m := FACTOR_FOLDER.fullmatch(part)) and int(m.group(1)) != factor for part in folders)
+    return (bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.fullmatch(part) for part in folders)
+            or other_factor or (folder_has_hr and not HR_STEM.fullmatch(relative.stem)))
 
 
-def list_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
-    """(name for the table, path) of every HR image: relative to its folder, or the file's name. A
-    folder's LR copies are left out (:func:`is_low_resolution`); a file named on the command line is
-    always scored."""
-    from stylenet.image import list_images
+def list_inputs(inputs: list[str], factor: int) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(name for the table, path) of every HR image at ``factor``: relative to its folder, or the file's
+    name; and one error per input that is neither an image nor a folder. What else benchmark folders
+    hold is left out (:func:`is_other_file`); a file named on the command line is always scored."""
+    from stylenet.image import ImageError, list_images
 
-    found, left_out = [], []
+    found, left_out, errors = [], [], []
     for spec in map(Path, inputs):
-        for path in list_images(spec):
+        try:
+            paths = list_images(spec)
+        except ImageError as err:
+            errors.append(str(err))
+            continue
+        with_hr = {p.parent for p in paths if HR_STEM.fullmatch(p.stem)}
+        for path in paths:
             if not spec.is_dir():
                 found.append((path.name, path))
-            elif is_low_resolution(path.relative_to(spec)):
+            elif is_other_file(path.relative_to(spec), factor, path.parent in with_hr):
                 left_out.append(path)
             else:
                 found.append((str(path.relative_to(spec)), path))
     if left_out:
-        print(f"{PROG}: left out {len(left_out)} LR copies, such as {str(left_out[0])!r}", file=sys.stderr)
+        print(f"{PROG}: left out {len(left_out)} files that are no HR image at x{factor} (LR copies, other "
+              f"methods' outputs, other factors' folders), such as {str(left_out[0])!r}", file=sys.stderr)
     if not found:
-        raise StylenetError(f"no HR images in {', '.join(inputs)}")
-    return found
+        raise StylenetError("; ".join(errors) if errors else f"no HR images in {', '.join(inputs)}")
+    return found, errors
 
 
 def evaluate(inputs: list[str], models: list[str], factor: int | None, device: str,
@@ -130,15 +152,19 @@ def evaluate(inputs: list[str], models: list[str], factor: int | None, device: s
                             f"the models and --factor disagree on the factor: {sorted(factors)}")
     factor = factors.pop()
     methods = method_names(models)
-    rows, errors = [], []
-    for name, path in list_inputs(inputs):
+    found, errors = list_inputs(inputs, factor)
+    rows = []
+    for name, path in found:
         try:
-            hr = modcrop(load_rgb(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS), factor)
+            image = load_rgb(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
         except ImageError as err:
             errors.append(str(err))
             continue
+        hr = modcrop(image, factor)
         if min(hr.shape[-2:]) - 2 * factor < 2 * SSIM_RADIUS + 1:
-            errors.append(f"{path}: {hr.shape[2]}x{hr.shape[1]} is too small to score at x{factor}")
+            smallest = -(-(2 * factor + 2 * SSIM_RADIUS + 1) // factor) * factor  # whole LR pixels
+            errors.append(f"{path}: {image.shape[2]}x{image.shape[1]} is too small to score at x{factor} "
+                          f"(needs {smallest} px a side)")
             continue
         lr = degrade(hr.unsqueeze(0), factor)
         outputs = [upscale_bicubic(lr, factor)[0], *(net.transform(lr[0]) for net in nets)]

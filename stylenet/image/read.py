@@ -303,7 +303,7 @@ def list_images(root: str | Path) -> list[Path]:
             return [base]
         raise ImageError(f"not an image file or folder: {str(base)!r}")
     if not base.is_dir():
-        raise ImageError(f"image folder does not exist: {str(base)!r}")
+        raise ImageError(f"no such image file or folder: {str(base)!r}")
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
