@@ -13,9 +13,9 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from stylenet.checkpoints import EXPERIMENT_KEY, first_non_finite
+from stylenet.checkpoints import EXPERIMENT_KEY
 from stylenet.errors import StylenetError
-from stylenet.modelfile import checkpoint_metadata, save_model
+from stylenet.modelfile import checkpoint_metadata, first_non_finite, save_model
 
 log = logging.getLogger(__name__)
 

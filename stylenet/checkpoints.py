@@ -30,6 +30,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from stylenet.atomic import atomic_write
 from stylenet.errors import StylenetError, first_line
+from stylenet.modelfile import first_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +127,6 @@ def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams:
         if planned != [max_steps]:
             return (f"its cosine decay was planned over {planned[0] if planned else '?'} steps, this run has "
                     f"trainer.max_steps={max_steps}")
-    return None
-
-
-def first_non_finite(state_dict: dict[str, Any]) -> str | None:
-    """The first floating-point tensor holding NaN or infinity: a diverged run, not worth resuming."""
-    for key, value in state_dict.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
-            return key
     return None
 
 

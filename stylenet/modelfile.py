@@ -24,6 +24,7 @@ import pickle
 import re
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,15 @@ def _load_safetensors(path: Path) -> StoredModel:
     return _build(path, cls, network, tensors, header)
 
 
+def first_non_finite(state_dict: Mapping[str, Any]) -> str | None:
+    """The first floating-point tensor holding NaN or infinity: a diverged run, not worth resuming,
+    and a model whose every output would be NaN, written as a black image."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
+
+
 def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict[str, torch.Tensor],
            metadata: dict[str, Any]) -> StoredModel:
     try:
@@ -203,6 +213,9 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
     except (TypeError, ValueError, RuntimeError) as err:
         raise StylenetError(f"model file {str(path)!r} does not match its network: "
                             f"{first_line(err)}") from None
+    bad = first_non_finite(state)
+    if bad:
+        raise StylenetError(f"model file {str(path)!r} holds NaN or infinite weights ({bad}): a diverged run")
     names, held = style_names(metadata), getattr(net, "styles", 1)
     if len(names) != held or len(set(names)) != len(names):  # one distinct name per row of the norm tables
         raise StylenetError(f"model file {str(path)!r} does not match its network: it holds {held} style(s), "

@@ -12,8 +12,8 @@ from torch import nn
 
 from stylenet import StylenetError
 from stylenet.fastpath import optimize_for_inference
-from stylenet.inference import layerwise
-from stylenet.inference.geometry import forward, padded_forward
+from stylenet.inference import InferenceModel, layerwise
+from stylenet.inference.geometry import forward, padded_forward, padded_pixels
 from stylenet.inference.layerwise import layerwise_bands, layerwise_forward, network_layers, plan
 from stylenet.inference.memory import _PeakTensorMemory
 from stylenet.nets import TransformerNet
@@ -40,6 +40,28 @@ def test_plain_network_equals_one_pass_in_fp32(budget: int | None, band_pixels: 
         expected = plain(x[None])[0]
     out = layerwise_forward(plain, x, budget=budget, band_pixels=band_pixels)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+
+
+def test_the_memory_budget_counts_the_pixels_of_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1 x 4000 strip runs as 8 x 4000 (the network's smallest side): under a budget of 5000 pixels it
+    goes layer by layer, and a 40 x 100 photo in one pass. A network of several styles has the budget
+    of the single-style network each style runs as."""
+    assert padded_pixels(net(), 1, 4000) == 8 * 4000 and padded_pixels(net(), 30, 41) == 32 * 44
+    model = InferenceModel(net(blocks=1), {"task": "style"}, "cpu", "fp32", max_memory=5_000_000)
+    monkeypatch.setattr(InferenceModel, "bytes_per_pixel", lambda self: 1000.0)
+    assert model.max_pixels() == 5000
+    paths = []
+    real = InferenceModel._run_layerwise
+    monkeypatch.setattr(InferenceModel, "_run_layerwise",
+                        lambda self, *args: paths.append("layerwise") or real(self, *args))
+    for height, width in ((1, 4000), (40, 100)):
+        assert model.transform(image(height, width)).shape == (3, height, width)
+    assert paths == ["layerwise"]
+    monkeypatch.undo()
+    several = InferenceModel(TransformerNet(channels=8, residual_blocks=1, styles=2).eval(),
+                             {"task": "style", "styles": [{"name": "a"}, {"name": "b"}]}, "cpu", "fp32",
+                             max_memory=5_000_000)
+    assert several.max_pixels() == several.for_style("a").max_pixels() > 0
 
 
 def test_any_size_pads_like_one_pass() -> None:

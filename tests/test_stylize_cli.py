@@ -223,7 +223,7 @@ def test_parse_bytes() -> None:
     assert parse_bytes("2GB") == 2 * 10**9
     assert parse_bytes("512MiB") == 512 * 2**20
     assert parse_bytes("1e6") == 10**6
-    for bad in ("", "lots", "-1GB", "3 parsecs", "0.5"):
+    for bad in ("", "lots", "-1GB", "3 parsecs", "0.5", "1e400"):
         with pytest.raises(Exception, match="invalid size"):
             parse_bytes(bad)
 
@@ -343,6 +343,22 @@ def test_any_exception_on_one_input_fails_that_input_alone(
     assert err.splitlines() == [f"stylenet-stylize: error: {odd}: {message}"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first_test.png", "last_test.png"]
     assert out.startswith("2 done, 1 failed")
+
+
+def test_a_model_of_nan_weights_is_refused_and_the_other_models_still_run(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A diverged model's outputs are NaN, which 8-bit files store as black: refused at loading."""
+    torch.manual_seed(0)
+    net = TransformerNet(channels=8, residual_blocks=1)
+    name, weight = next(iter(net.named_parameters()))
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    diverged = save_model(tmp_path / "models" / "diverged.safetensors", net, {"task": "style", "style_name": "d"})
+    source = make_image(tmp_path / "photo.png")
+    code, out, err = run(capsys, "-m", diverged, "-m", model, source, "-o", tmp_path / "out")
+    assert code == 1 and out.startswith("1 done, 1 failed")
+    assert f"model file {str(diverged)!r} holds NaN or infinite weights ({name})" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["photo_test.png"]
 
 
 def test_an_exception_on_one_model_spares_the_other_models(

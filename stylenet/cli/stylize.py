@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import math
 import os
 import re
 import sys
@@ -54,7 +55,7 @@ def parse_bytes(text: str) -> int:
         value = float(match[1]) * unit if match and unit else -1.0
     except ValueError:
         value = -1.0
-    if int(value) < 1:  # under one byte (0.5) is no budget either
+    if not math.isfinite(value) or int(value) < 1:  # under one byte (0.5) is no budget either
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 2GB, 512MiB)")
     return int(value)
 

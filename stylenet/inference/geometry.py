@@ -48,6 +48,14 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def padded_pixels(net: nn.Module, height: int, width: int) -> int:
+    """How many pixels the network runs on for a ``height`` x ``width`` input, once
+    :func:`pad_to_multiple` has padded it: what a memory budget must count (a 1 x 20000 strip runs
+    as 8 x 20000)."""
+    multiple, smallest = size_multiple(net), min_size(net)
+    return round_up(max(height, smallest), multiple) * round_up(max(width, smallest), multiple)
+
+
 def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom/right to multiples of ``multiple`` and at least ``min_size``.
 

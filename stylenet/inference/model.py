@@ -35,7 +35,7 @@ from stylenet.fastpath import inference_precision, optimize_for_inference
 from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil
 from stylenet.inference.controls import Controls
 from stylenet.inference.frames import Frame, check_unit_range, stream_frames
-from stylenet.inference.geometry import PRECISIONS, forward, output_scale, round_up, size_multiple
+from stylenet.inference.geometry import PRECISIONS, forward, output_scale, padded_pixels, round_up, size_multiple
 from stylenet.inference.layerwise import layerwise_bands, network_layers
 from stylenet.inference.memory import (
     activation_bytes_per_pixel,
@@ -94,13 +94,13 @@ class InferenceModel:
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float, ...], InferenceModel] = {}
+        self._bytes_per_pixel: float | None = None
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
             return
         # Exact rewrites of the slow layers (sub-pixel upsampling convolutions, ...), channels_last: see
         # stylenet.fastpath. Process-wide settings (reuse_freed_memory) are the application's to make.
         self.net = optimize_for_inference(self.net.eval().requires_grad_(False), self.device).to(self.device)
-        self._bytes_per_pixel: float | None = None
         self._layerwise = network_layers(self.net) is not None
 
     @classmethod
@@ -168,7 +168,10 @@ class InferenceModel:
         return output_scale(self.net)
 
     def bytes_per_pixel(self) -> float:
-        """Activation bytes per input pixel (:func:`activation_bytes_per_pixel`, probed once)."""
+        """Activation bytes per input pixel (:func:`activation_bytes_per_pixel`, probed once); of a
+        network of several styles, those of the single-style network each style runs as."""
+        if self.multi:
+            return self.for_style(self.styles[0]).bytes_per_pixel()
         if self._bytes_per_pixel is None:
             self._bytes_per_pixel = activation_bytes_per_pixel(self.net, self.device, self.precision)
         return self._bytes_per_pixel
@@ -217,7 +220,7 @@ class InferenceModel:
         multiple = size_multiple(self.net)
         pixels: int | None = None  # the budget, in input pixels per forward pass
         side = MIN_TILE  # the size of the memory probe
-        if tile is None and self._layerwise and height * width > self.max_pixels():
+        if tile is None and self._layerwise and padded_pixels(self.net, height, width) > self.max_pixels():
             try:
                 return self._run_layerwise(rgb, controls, bits if quantize else None, progress)
             except Exception as err:
@@ -228,7 +231,7 @@ class InferenceModel:
         while True:
             try:
                 pixels = self.max_pixels() if pixels is None else pixels
-                if tile is None and height * width <= pixels:
+                if tile is None and padded_pixels(self.net, height, width) <= pixels:
                     side = max(height, width)  # one tile: the whole image
                 else:
                     side = max(MIN_TILE, min(tile or pixels, math.isqrt(pixels)) // multiple * multiple)
@@ -388,9 +391,12 @@ class InferenceModel:
         if style is not None or self.multi:
             return self.for_style(style).stylize_frames(frames, strength=strength, preserve_color=preserve_color)
         controls = Controls(strength, preserve_color)
+
+        def fits(height: int, width: int) -> bool:  # one pass, as transform would run it
+            return padded_pixels(self.net, height, width) <= self.max_pixels()
+
         return stream_frames(frames, lambda batch: forward(self.net, batch, self.precision), self.device,
-                             controls, lambda height, width: height * width <= self.max_pixels(),
-                             lambda rgb: self.transform(rgb, controls))
+                             controls, fits, lambda rgb: self.transform(rgb, controls))
 
 
 def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
