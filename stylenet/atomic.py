@@ -23,15 +23,17 @@ def temporary_path(path: Path) -> Path:
 
 
 def unwritable(path: str | Path) -> str | None:
-    """Why no file can be written at ``path`` (it is a folder, or one of its parents is a file), else
-    None: checked before any work, so that ``-o photo.png/out.png`` fails at once rather than after
-    the compute."""
+    """Why no file can be written at ``path`` (it is a folder, one of its parents is a file, or the
+    nearest existing folder is not writable), else None: checked before any work, so that
+    ``-o photo.png/out.png`` fails at once rather than after the compute."""
     path = Path(path)
     if path.is_dir():
         return "it is a folder"
     for parent in path.parents:  # nearest first: the first that exists decides
         if parent.exists():
-            return None if parent.is_dir() else f"{str(parent)!r} is a file, not a folder"
+            if not parent.is_dir():
+                return f"{str(parent)!r} is a file, not a folder"
+            return None if os.access(parent, os.W_OK | os.X_OK) else f"no permission to write in {str(parent)!r}"
     return None
 
 
@@ -47,14 +49,37 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], *, overwrite: b
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
         write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        _fsync_file(tmp)
         _publish(tmp, path, overwrite)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     _fsync_folder(path.parent)
     return path
+
+
+def publish_together(writes: list[tuple[Path, Callable[[Path], Any]]]) -> None:
+    """Run every ``write(path)`` into a temporary file beside its path (``write`` may itself write
+    atomically, as :func:`stylenet.modelfile.save_model` does), then move them all into place:
+    a failure in any of them (a full disk, a missing optional package) leaves none of the outputs
+    changed. An :class:`OSError` names the output, not its temporary file."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, write in writes:
+            staged.append((temporary_path(path), path))
+            try:
+                write(staged[-1][0])
+                _fsync_file(staged[-1][0])
+            except OSError as err:
+                err.filename = str(path)
+                raise
+        for tmp, path in staged:
+            _publish(tmp, path, overwrite=True)
+            _fsync_folder(path.parent)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -75,6 +100,11 @@ def _publish(tmp: Path, target: Path, overwrite: bool) -> None:
         if target.exists():
             raise FileExistsError(f"{str(target)!r} exists and overwrite=False") from None
         os.replace(tmp, target)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def _fsync_folder(folder: Path) -> None:

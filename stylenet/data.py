@@ -306,15 +306,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.training:
             self.next_batch = batch["batch_number"] + 1
             self.samples_seen += len(batch["images"]) + len(batch["skipped"])
-            self.record_bad(batch["skipped"])
+            problem = self.record_bad(batch["skipped"])
+            # decided by all ranks together: a rank that stopped alone would leave the others waiting
+            if self.trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+                raise StylenetError(problem or "another process found too many unreadable training images "
+                                    f"(data.max_bad_fraction={self.max_bad_fraction}); see "
+                                    f"{self.report_path or 'its log'}")
         return batch
 
-    def record_bad(self, errors: list[str]) -> None:
-        """Log, list and count the one-line ``errors`` of a batch's bad samples; stop the run once more
-        than ``max_bad_fraction`` of the samples consumed (after at least 20 batches, or none
-        of the first 2 batches could be read) were bad."""
+    def record_bad(self, errors: list[str]) -> str | None:
+        """Log, list and count the one-line ``errors`` of a batch's bad samples; returns why the run must
+        stop once more than ``max_bad_fraction`` of the samples consumed (after at least 20 batches, or
+        none of the first 2 batches could be read) were bad, else None."""
         if not errors:
-            return
+            return None
         for error in errors:
             log.warning("skipped %s", error)
         self.bad_seen += len(errors)
@@ -327,9 +332,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         nothing_read = self.bad_seen == self.samples_seen >= 2 * self.batch_size
         if (self.samples_seen >= 20 * self.batch_size or nothing_read) and fraction > self.max_bad_fraction:
             earlier = f", {self.bad_restored} of them before the resume" if self.bad_restored else ""
-            raise StylenetError(f"{self.bad_seen} of {self.samples_seen} training images were unreadable "
-                                f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
-                                f"see {self.report_path or 'the log'}")
+            return (f"{self.bad_seen} of {self.samples_seen} training images were unreadable "
+                    f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
+                    f"see {self.report_path or 'the log'}")
+        return None
 
     def explain_failure(self, err: BaseException) -> StylenetError | None:
         """A one-line error naming the file(s) a DataLoader worker was decoding when it died, hung past

@@ -10,19 +10,24 @@ model file's metadata. Reading and writing stylenet's ``.safetensors`` files is
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from stylenet.atomic import atomic_write, unwritable
+from stylenet.atomic import atomic_write, publish_together, unwritable
 from stylenet.errors import StylenetError
 from stylenet.inference.geometry import min_size, padded_forward, size_multiple
 from stylenet.modelfile import FORMAT, StoredModel, header, read_model, save_model
 
 #: Output extensions :func:`write_models` understands.
 EXPORT_FORMATS = (".safetensors", ".onnx", ".pt2")
+#: what torch.onnx's dynamo exporter imports (the ``export`` extra)
+ONNX_PACKAGES = ("onnx", "onnxscript")
 
 
 class AnySizeNetwork(nn.Module):
@@ -83,6 +88,10 @@ def check_export_path(path: str | Path) -> Path:
     reason = unwritable(path)
     if reason is not None:
         raise StylenetError(f"cannot write {str(path)!r}: {reason}")
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if path.suffix.lower() == ".onnx" and missing:
+        raise StylenetError(f"cannot write {str(path)!r}: ONNX export needs {' and '.join(missing)}: "
+                            "pip install 'stylenet[export]'")
     return path
 
 
@@ -95,24 +104,30 @@ def write_models(model: StoredModel, paths: list[str | Path]) -> list[Path]:
     """Write ``model`` to each path, atomically, in the format its extension names: a stylenet model
     file (``.safetensors``), an ONNX model (``.onnx``, the ``torch.onnx`` dynamo exporter, opset
     chosen by torch) or a ``torch.export`` program (``.pt2``). All extensions are checked before
-    anything is written; the network is traced once for all exports. The exports carry the
+    anything is written, and nothing is moved into place before every file is written (a failure
+    leaves all outputs as they were); the network is traced once for all exports. The exports carry the
     metadata too (ONNX ``metadata_props`` key ``stylenet``; ``.pt2`` extra file ``stylenet.json``)."""
     paths = [check_export_path(path) for path in paths]
     net = model.net.eval().cpu().float()
     metadata = {key: value for key, value in model.metadata.items()
                 if key not in ("format", "format_version", "stylenet_version", "network")}
     record = json.dumps(header(net, metadata))
-    program: torch.export.ExportedProgram | None = None
-    for path in paths:
-        if path.suffix.lower() == ".safetensors":
-            save_model(path, net, metadata)
-            continue
-        if program is None:
-            program = export_program(net)
-        if path.suffix.lower() == ".pt2":
-            save_pt2(program, path, record)
-        else:
-            save_onnx(program, path, record, list(export_inputs(net)))
+    traced: list[torch.export.ExportedProgram] = []
+
+    def program() -> torch.export.ExportedProgram:
+        if not traced:
+            traced.append(export_program(net))
+        return traced[0]
+
+    def writer(path: Path) -> Callable[[Path], Any]:
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            return lambda tmp: save_model(tmp, net, metadata)
+        if suffix == ".pt2":
+            return lambda tmp: save_pt2(program(), tmp, record)
+        return lambda tmp: save_onnx(program(), tmp, record, list(export_inputs(net)))
+
+    publish_together([(path, writer(path)) for path in paths])
     return paths
 
 

@@ -310,7 +310,9 @@ def _from_examples(path: Path, state: dict[str, Any]) -> StoredModel:
 
 def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
     """What a model file records about how it was trained (all JSON primitives): the task
-    (``style``, or ``sr`` with its ``factor``), the style, loss weights, image size and steps."""
+    (``style``, or ``sr`` with its ``factor``), the style, the objective (the loss network's
+    settings and, for styles, the task's own terms: temporal, saturation, identity warm-up), image
+    size and steps."""
     task = hparams.get("task", "style")
     if task not in TASK_NETWORKS:
         raise StylenetError(f"checkpoint of an unknown task {task!r} (expected one of "
@@ -322,10 +324,12 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
     metadata = {
         "task": "style",
         "style_name": style.get("name") or Path(str(style.get("image", "style"))).stem,
-        "style_image": str(style.get("image")),
+        "style_image": str(style["image"]) if style.get("image") else None,
         "style_sha256": hparams.get("style_sha256"),
         "style_size": style.get("size"),
         "loss": hparams.get("loss", {}),
+        **{term: hparams[term] for term in ("temporal_weight", "saturation_weight", "identity_steps")
+           if term in hparams},
         "image_size": hparams.get("image_size"),
         "steps": steps,
     }
@@ -333,4 +337,5 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
         metadata["styles"] = [dict(record) for record in hparams["styles"]]
         if hparams.get("base"):
             metadata["base"] = str(hparams["base"])
+            metadata["base_sha256"] = hparams.get("base_sha256")
     return metadata

@@ -138,6 +138,8 @@ class ImageTask(pl.LightningModule):
         if max_nan_skips < 1:
             raise StylenetError(f"task.max_nan_skips must be >= 1, got {max_nan_skips}")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
+        #: the batch of this step was skipped (see training_step): no optimiser update
+        self.skip_update = False
         #: the validation grids being built: tag -> (the dimension parts join along, the batches' parts)
         self.val_grids: dict[str, tuple[int, list[torch.Tensor]]] = {}
 
@@ -191,14 +193,24 @@ class ImageTask(pl.LightningModule):
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step,
                      prog_bar=name == "total", batch_size=batch_size, sync_dist=not on_step)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         images = batch["images"]
         # an empty batch: every file of it was unreadable
         terms = self.step_terms(batch) if images.numel() else None
         if not self.step_is_usable(terms, batch):
-            return None
+            # Not None (Lightning's skip), which DDP refuses: a zero loss on every trained weight keeps
+            # each rank in the gradient all-reduce, and on_before_optimizer_step drops the update.
+            self.skip_update = True
+            return sum(weight.sum() for weight in self.net.parameters() if weight.requires_grad) * 0.0
         self.log_terms("train", terms, len(images))
         return terms["total"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A skipped batch's zero gradients are no gradients: Adam leaves a weight without one as it
+        is (its moments would otherwise still move it)."""
+        if self.skip_update:
+            optimizer.zero_grad(set_to_none=True)
+            self.skip_update = False
 
     def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The loss terms of one training batch: the network's output scored by :meth:`objective`."""
@@ -415,7 +427,9 @@ class StyleTransferTask(ImageTask):
         """The loss-network-free measures of :mod:`stylenet.quality`, averaged over the held-out photos."""
         scores = [quality.score(photo, style.float().cpu(), styled).as_dict()
                   for photo, styled in zip(images.float().cpu(), output.float().clamp(0, 1).cpu(), strict=True)]
-        self.log_terms(stage, {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores))
+        # on the module's device: NCCL (GPU DDP) all-reduces no CPU tensor
+        self.log_terms(stage, {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores),
+                                                              device=self.device)
                                for key in scores[0]}, len(images))
 
     def validate_styles(self, images: torch.Tensor) -> None:

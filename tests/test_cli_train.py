@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -74,6 +75,7 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
     ("loss.style_layers=[]", "loss.style_layers is empty but loss.style_weight is"),
     ("trainer.max_steps=0", "trainer.max_steps must be > 0"),
+    ("trainer.max_steps=-1", "trainer.max_steps must be > 0 (the photo stream is endless"),  # ran forever
     ("style.size=0", "style.size must be a whole number of pixels >= 1, got 0"),
     ("style.size=2", "style.size=2: a style image is 2x2 px, but the loss network needs at least"),
     ("data.max_pixels=abc", "data.max_pixels must be a whole number, got 'abc'"),
@@ -92,6 +94,16 @@ def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path
     with pytest.raises(StylenetError, match=message.replace("(", r"\(")):
         train(compose_train(tmp_path, override), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=smoke", "trainer=gpu",
+                             f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+        "stylenet-train: error: trainer: No supported gpu backend found! (trainer.accelerator=gpu, trainer.devices=1; "
+        "trainer=cpu or trainer=ddp_cpu run on the CPU)"]
 
 
 def test_super_resolution_data_and_model_factors_must_agree(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,19 +104,35 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
     dm.report_path = tmp_path / "skipped_images.txt"
     dm.samples_seen = 100
-    dm.record_bad(["cannot read image 'a.jpg': truncated"] * 5)
+    assert dm.record_bad(["cannot read image 'a.jpg': truncated"] * 5) is None
     assert dm.report_path.read_text().count("a.jpg") == 5
-    with pytest.raises(StylenetError, match=r"11 of 100 training images were unreadable"):
-        dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6)
+    assert dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6).startswith(
+        "11 of 100 training images were unreadable")
+
+
+def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path) -> None:
+    """Under DDP each process counts its own files; whether to stop is decided by all of them (any one
+    over the limit), so that none stops alone and leaves the others waiting in a collective."""
+    class OtherProcessOverTheLimit:
+        def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+            assert all is False
+            return True
+
+    dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1)
+    dm.trainer = SimpleNamespace(training=True, strategy=OtherProcessOverTheLimit())
+    with pytest.raises(StylenetError, match=r"^another process found too many unreadable training images"):
+        dm.on_before_batch_transfer({"batch_number": 0, "images": torch.zeros(1, 3, 8, 8), "skipped": []}, 0)
+    assert dm.next_batch == 1 and dm.samples_seen == 1 and dm.bad_seen == 0
 
 
 def test_a_short_run_whose_first_batches_hold_no_readable_image_stops_at_once(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=4, max_bad_fraction=0.05)
     dm.samples_seen = 4
-    dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4)  # one bad batch may be bad luck
+    assert dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4) is None  # one bad batch may be bad luck
     dm.samples_seen = 8
-    with pytest.raises(StylenetError, match=r"8 of 8 training images were unreadable"):
-        dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4)  # two, and nothing read: no training at all
+    # two, and nothing read: no training at all
+    assert dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4).startswith(
+        "8 of 8 training images were unreadable")
 
 
 def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_path: Path) -> None:
@@ -130,10 +148,9 @@ def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_pa
     resumed.load_state_dict(state)
     assert resumed.bad_seen == 2
     resumed.samples_seen = fresh.samples_seen = 21
-    fresh.record_bad(["cannot read image 'b.jpg': truncated"])  # 1 of 21 alone would pass
-    with pytest.raises(StylenetError, match=r"^3 of 21 training images were unreadable \(14\.3% > "
-                                            r"data\.max_bad_fraction=0\.1, 2 of them before the resume\)"):
-        resumed.record_bad(["cannot read image 'b.jpg': truncated"])
+    assert fresh.record_bad(["cannot read image 'b.jpg': truncated"]) is None  # 1 of 21 alone would pass
+    assert re.match(r"^3 of 21 training images were unreadable \(14\.3% > data\.max_bad_fraction=0\.1, 2 of "
+                    r"them before the resume\)", resumed.record_bad(["cannot read image 'b.jpg': truncated"]))
     resumed.load_state_dict({"next_batch": 2, "samples_seen": 4})  # a state without the count starts at 0
     assert resumed.bad_seen == 0 and resumed.next_batch == 2
 

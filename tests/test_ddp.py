@@ -72,3 +72,29 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt", "step_000002.ckpt"]
     print(f"2-process DDP run: {elapsed:.1f} s")
+
+
+def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Path) -> None:
+    """Batch size 1, and rank 1's first photo is no image: its batch is empty. Lightning's own skip
+    (training_step returning None) is refused under DDP; every rank must skip that step and go on."""
+    from stylenet.data import StreamSampler
+    from stylenet.modelfile import read_model
+    from tests.conftest import make_photo
+    from tests.helpers import console_script
+
+    photos = [tmp_path / "photos" / f"img{i}.png" for i in range(9)]
+    training = photos[1:]  # data.val_images=1 holds out the first
+    junk = training[StreamSampler(len(training), 1, seed=0, rank=1, world_size=2).index_at(1)]  # rank 1, batch 0
+    for i, photo in enumerate(photos):
+        make_photo(photo, size=(40, 40), seed=i)
+    junk.write_bytes(b"not an image")
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
+         "style.size=32", "trainer.max_steps=3", "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert junk.name in (run_dir / "skipped_images.txt").read_text()
+    assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3

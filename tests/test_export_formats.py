@@ -21,7 +21,7 @@ from stylenet import StylenetError
 from stylenet.cli.export import main as export_main
 from stylenet.export import AnySizeNetwork, export_checkpoint
 from stylenet.inference import InferenceModel
-from stylenet.modelfile import ExamplesTransformerNet, read_model, save_model
+from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_model, save_model
 from stylenet.nets import TransformerNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +166,56 @@ def test_export_refuses_a_style_name_that_is_not_a_file_name_part_and_a_file_in_
     assert export_main([str(model_file), "-o", str(tmp_path / "afile" / "b.safetensors")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and "'afile' is a file, not a folder" in errors[0].replace(str(tmp_path) + os.sep, "")
+
+
+def test_a_failed_export_leaves_every_output_as_it_was(model_file: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX without the export extra is refused before anything is written; a write that fails late
+    (here the .pt2, after the .safetensors was written) publishes none of them, and the error names
+    the output, not its hidden temporary file."""
+    import importlib.util
+
+    from stylenet import export
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else
+                        real_find_spec(name, *a))
+    assert export_main([str(model_file), "-o", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "a.onnx")]) == 2
+    assert capsys.readouterr().err.strip() == (f"stylenet-export: error: cannot write '{tmp_path / 'a.onnx'}': ONNX "
+                                               "export needs onnxscript: pip install 'stylenet[export]'")
+    monkeypatch.undo()
+    (tmp_path / "b.safetensors").write_bytes(b"the previous export")
+
+    def disk_full(program: object, path: Path, record: str) -> Path:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(export, "save_pt2", disk_full)
+    assert export_main([str(model_file), "-o", str(tmp_path / "b.safetensors"), "-o", str(tmp_path / "b.pt2")]) == 1
+    assert capsys.readouterr().err.strip() == (f"stylenet-export: error: cannot write '{tmp_path / 'b.pt2'}': "
+                                               "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors", "test.safetensors"]
+    assert (tmp_path / "b.safetensors").read_bytes() == b"the previous export"
+
+
+def test_style_model_files_record_the_tasks_own_terms_of_the_objective() -> None:
+    """The temporal term (experiment=video), the saturation term and the identity warm-up are part of
+    what trained the network: a video-stable model file says so."""
+    hparams = {"style": {"image": "demo:ihc"}, "style_sha256": "ab", "loss": {"style_weight": 100.0},
+               "temporal_weight": 600.0, "saturation_weight": 0.03, "identity_steps": 40, "image_size": 128}
+    metadata = checkpoint_metadata(hparams, 700)
+    assert (metadata["temporal_weight"], metadata["saturation_weight"], metadata["identity_steps"]) == (600.0, 0.03, 40)
+    assert metadata["style_image"] == "demo:ihc" and metadata["loss"] == {"style_weight": 100.0}
+    assert checkpoint_metadata({"styles": [{"name": "a"}], "style": {"images": ["a.png"]}}, 1)["style_image"] is None
+
+
+def test_style_name_is_refused_for_a_super_resolution_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_metrics import sr_model_file
+
+    sr = sr_model_file(tmp_path / "x4.safetensors")
+    assert export_main([str(sr), "-o", str(tmp_path / "named.safetensors"), "--style-name", "candy"]) == 2
+    assert f"--style-name names a style model; {str(sr)!r} is a 'sr' model" in capsys.readouterr().err
+    assert not (tmp_path / "named.safetensors").exists()
 
 
 def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:

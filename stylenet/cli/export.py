@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         check_outputs(args.source, args.outputs)
         model = read_model(args.source)
         if args.style_name:
+            if model.task != "style":
+                raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} model")
             if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
                 raise StylenetError(f"--style-name renames a single-style model; {args.source!r} holds "
                                     f"{len(model.styles)} styles ({', '.join(model.styles)})")

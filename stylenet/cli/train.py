@@ -66,6 +66,12 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError):  # an unknown or missing setting name
             raise StylenetError(f"{node.get('_target_')}: {cause}") from None
+        if type(cause).__name__ == "MisconfigurationException":  # Lightning's: trainer=gpu with no GPU, ...
+            if "accelerator" in node:
+                raise StylenetError(f"trainer: {first_line(cause)} (trainer.accelerator={node.accelerator}, "
+                                    f"trainer.devices={node.get('devices')}; trainer=cpu or trainer=ddp_cpu run "
+                                    "on the CPU)") from None
+            raise StylenetError(f"{node.get('_target_')}: {first_line(cause)}") from None
         raise
 
 
@@ -82,8 +88,9 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
                             "(the presets' paintings are not shipped)")
     max_steps = cfg.trainer.get("max_steps")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps == 0 or max_steps < -1):
-        raise StylenetError(f"trainer.max_steps must be > 0 (or -1: trainer.max_epochs decides), got {max_steps!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
+        raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
+                            f"got {max_steps!r}")
     pl.seed_everything(cfg.seed, workers=True)
     task = build(cfg.task, _convert_="all")
     datamodule = build(cfg.data)
