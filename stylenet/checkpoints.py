@@ -43,6 +43,8 @@ REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
 #: objective (else the model file would record a loss that trained only some of its steps: the SR
 #: paper's per-pixel baseline, ``loss=pixel``, would continue the feature-loss run of its name).
 IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256", "loss", "temporal_weight")
+#: what a checkpoint that predates an identity key had (style checkpoints before the temporal term: none)
+IDENTITY_DEFAULTS = {"temporal_weight": 0.0}
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
@@ -97,8 +99,9 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     saved = checkpoint.get("hyper_parameters")
     saved = saved if isinstance(saved, dict) else {}
     for key in IDENTITY_HPARAMS:
-        if saved.get(key) != hparams.get(key):
-            return f"trained with another {key} ({setting_difference(key, saved.get(key), hparams.get(key))})"
+        before, now = (settings.get(key, IDENTITY_DEFAULTS.get(key)) for settings in (saved, hparams))
+        if before != now:
+            return f"trained with another {key} ({setting_difference(key, before, now)})"
     schedule = schedule_problem(checkpoint, saved, hparams, max_steps)
     if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
         return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one

@@ -138,8 +138,8 @@ class ImageTask(pl.LightningModule):
         if max_nan_skips < 1:
             raise StylenetError(f"task.max_nan_skips must be >= 1, got {max_nan_skips}")
         self.nan_policy, self.max_nan_skips, self.nan_skips = nan_policy, max_nan_skips, 0
-        #: the batch of this step was skipped (see training_step): no optimiser update
-        self.skip_update = False
+        #: a batch since the last optimiser step was not skipped (see training_step): the step updates
+        self.used_batch = False
         #: the validation grids being built: tag -> (the dimension parts join along, the batches' parts)
         self.val_grids: dict[str, tuple[int, list[torch.Tensor]]] = {}
 
@@ -199,18 +199,19 @@ class ImageTask(pl.LightningModule):
         terms = self.step_terms(batch) if images.numel() else None
         if not self.step_is_usable(terms, batch):
             # Not None (Lightning's skip), which DDP refuses: a zero loss on every trained weight keeps
-            # each rank in the gradient all-reduce, and on_before_optimizer_step drops the update.
-            self.skip_update = True
+            # each rank in the gradient all-reduce, and adds nothing to the gradients
             return sum(weight.sum() for weight in self.net.parameters() if weight.requires_grad) * 0.0
+        self.used_batch = True
         self.log_terms("train", terms, len(images))
         return terms["total"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """A skipped batch's zero gradients are no gradients: Adam leaves a weight without one as it
-        is (its moments would otherwise still move it)."""
-        if self.skip_update:
+        """An update whose batches were all skipped has zero gradients, which must be no gradients:
+        Adam leaves a weight without one as it is (its moments would otherwise still move it). With
+        ``trainer.accumulate_grad_batches`` the used batches of a window keep their update."""
+        if not self.used_batch:
             optimizer.zero_grad(set_to_none=True)
-            self.skip_update = False
+        self.used_batch = False
 
     def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The loss terms of one training batch: the network's output scored by :meth:`objective`."""

@@ -341,6 +341,10 @@ def test_a_checkpoint_of_another_objective_is_not_continued(tmp_path: Path) -> N
     assert checkpoint_problem(checkpoint, None, pixel) == (
         "trained with another loss (loss.content_weight: 1.0, this run has 0.0; "
         "loss.pixel_weight: 0.0, this run has 1.0)")
+    older = tmp_path / "older.ckpt"  # a style checkpoint from before the temporal term: none, so 0
+    torch.save({"state_dict": {"net.w": torch.ones(2)}, "optimizer_states": [], "global_step": 4, "loops": {},
+                "hyper_parameters": {**HPARAMS, "loss": loss}}, older)
+    assert checkpoint_problem(older, None, same) is None
     steadier = {**same, "temporal_weight": 600.0}
     assert checkpoint_problem(checkpoint, None, steadier) == (
         "trained with another temporal_weight (0.0, this run has 600.0)")
@@ -511,6 +515,12 @@ def test_nan_policy_skip_drops_batches_and_stops_after_max_nan_skips_in_a_row(
     assert trainer.global_step == data.next_batch == 6
     assert trainer.optimizers[0].state_dict()["state"][0]["step"] == 4
     assert caplog.text.count("skipping a batch: non-finite loss") == 2
+    # accumulating gradients over 2 batches, a skipped batch leaves its window's other batch its update
+    task = tiny_task(style_image, nan_policy="skip", max_nan_skips=2)
+    poison(task, lambda t: t.trainer.fit_loop.epoch_loop.batch_idx == 3)
+    trainer = tiny_trainer(tmp_path / "accumulated", 3, accumulate_grad_batches=2)
+    trainer.fit(task, datamodule=tiny_data(photo_folder))
+    assert trainer.optimizers[0].state_dict()["state"][0]["step"] == 3
 
     task = tiny_task(style_image, nan_policy="skip", max_nan_skips=2)
     poison(task, lambda t: t.global_step >= 3)

@@ -237,6 +237,10 @@ def test_evaluate_scores_only_the_hr_images_of_selfexsr_folders_at_the_factor(
     assert [r["image"] for r in read_csv(tmp_path / "t.csv")] == [
         "image_SRF_4/img_001_SRF_4_HR.png", "plain/bird.png", "mean"]
     assert "left out 14 files" in capsys.readouterr().err
+    # SelfExSR ships no x8 folder: the HR images of the smallest factor's folder are scored, once
+    assert evaluate_sr.main([str(root), "--factor", "8", "--out", str(tmp_path / "x8.csv")]) == 0
+    assert [r["image"] for r in read_csv(tmp_path / "x8.csv")] == [
+        "image_SRF_2/img_001_SRF_2_HR.png", "plain/bird.png", "mean"]
 
 
 def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:

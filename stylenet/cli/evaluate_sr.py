@@ -94,12 +94,27 @@ HR_STEM = re.compile(r".*[_-]HR")
 FACTOR_FOLDER = re.compile(r"(?:.*[_-])?SRF[_-]?(\d+)")
 
 
-def is_other_file(relative: Path, factor: int, folder_has_hr: bool) -> bool:
-    """Whether a file found in a folder is not one of its HR images at ``factor``: one of the folder's
-    LR copies (see ``LR_FOLDER``), a file beside ``*_HR`` ones that is not one of them (another
-    method's output), or in another factor's folder (``image_SRF_2/`` at x4)."""
+def factor_folders(relatives: list[Path], factor: int) -> dict[tuple[str, ...], int]:
+    """For each folder holding per-factor folders (SelfExSR's ``image_SRF_<n>/``), keyed by its path, the
+    factor whose folder is scored: ``factor`` where it has one, else the smallest (each holds its own
+    copy of the same HR images, and they are cropped to a multiple of ``factor`` anyway: SelfExSR ships
+    no x8)."""
+    found: dict[tuple[str, ...], set[int]] = {}
+    for relative in relatives:
+        for depth, part in enumerate(relative.parts[:-1]):
+            if match := FACTOR_FOLDER.fullmatch(part):
+                found.setdefault(relative.parts[:depth], set()).add(int(match.group(1)))
+    return {place: factor if factor in factors else min(factors) for place, factors in found.items()}
+
+
+def is_other_file(relative: Path, scored_factors: dict[tuple[str, ...], int], folder_has_hr: bool) -> bool:
+    """Whether a file found in a folder is not one of its HR images: one of the folder's LR copies
+    (see ``LR_FOLDER``), a file beside ``*_HR`` ones that is not one of them (another method's
+    output), or in a factor folder other than the scored one (``image_SRF_2/`` at x4: see
+    :func:`factor_folders`)."""
     folders = relative.parts[:-1]
-    other_factor = any((m := FACTOR_FOLDER.fullmatch(part)) and int(m.group(1)) != factor for part in folders)
+    other_factor = any((match := FACTOR_FOLDER.fullmatch(part))
+                       and int(match.group(1)) != scored_factors[folders[:depth]] for depth, part in enumerate(folders))
     return (bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.fullmatch(part) for part in folders)
             or other_factor or (folder_has_hr and not HR_STEM.fullmatch(relative.stem)))
 
@@ -118,10 +133,11 @@ def list_inputs(inputs: list[str], factor: int) -> tuple[list[tuple[str, Path]],
             errors.append(str(err))
             continue
         with_hr = {p.parent for p in paths if HR_STEM.fullmatch(p.stem)}
+        scored_factors = factor_folders([p.relative_to(spec) for p in paths], factor) if spec.is_dir() else {}
         for path in paths:
             if not spec.is_dir():
                 found.append((path.name, path))
-            elif is_other_file(path.relative_to(spec), factor, path.parent in with_hr):
+            elif is_other_file(path.relative_to(spec), scored_factors, path.parent in with_hr):
                 left_out.append(path)
             else:
                 found.append((str(path.relative_to(spec)), path))
