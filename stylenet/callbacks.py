@@ -52,21 +52,26 @@ class ResumableRun(pl.Callback):
       sibling run folders) and are refused, with an error, if a weight is not finite.
     * SIGTERM (preemption, ``scancel``, ``kill``) and a first Ctrl-C let the current step finish,
       save ``last.ckpt`` at that step and stop; Lightning then flushes and closes the loggers. A
-      second Ctrl-C aborts at once without a new checkpoint. SIGTERM is Lightning's own: it stops
-      after the step with :class:`SIGTERMException` (and stops every DDP rank), but saves nothing
-      and exits with status 0; Ctrl-C stops the same way with :class:`TrainingInterrupted`.
+      second Ctrl-C aborts at once without a new checkpoint. Ctrl-C stops with
+      :class:`TrainingInterrupted`; SIGTERM with Lightning's own :class:`SIGTERMException`, raised
+      once the step's metrics are logged (Lightning saves nothing and exits with status 0: the
+      checkpoint is ours, the exit status the CLI's).
+    * Both handlers only note the signal, and the ranks agree to stop at a batch's end. Lightning's
+      own SIGTERM handler, replaced while training, broadcasts from inside the handler, which hangs
+      when a launcher (torchrun, SLURM) signals every rank at once (Lightning-AI/pytorch-lightning#20806).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sigint = False
+        self.sigint = self.sigterm = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Installed after Lightning saved every signal handler at the start of fit, so Lightning's
-        # teardown puts the previous SIGINT handler back, on success and on any exception alike.
-        self.sigint = False
+        # teardown puts the previous handlers back, on success and on any exception alike.
+        self.sigint = self.sigterm = False
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.on_sigint)
+            signal.signal(signal.SIGTERM, self.on_sigterm)
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.sigint:
@@ -74,11 +79,19 @@ class ResumableRun(pl.Callback):
         self.sigint = True
         log.warning("Ctrl-C: stopping after this step with a checkpoint (press again to abort at once)")
 
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.sigterm = True
+        log.warning("SIGTERM: stopping after this step with a checkpoint")
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        # any rank's Ctrl-C stops all ranks at the same step (a lone rank would hang the others)
-        if trainer.strategy.reduce_boolean_decision(self.sigint, all=False):
+        # any rank's signal stops all ranks at the same step (a lone rank would hang the others)
+        if not trainer.strategy.reduce_boolean_decision(self.sigint or self.sigterm, all=False):
+            return
+        if self.sigint:
             raise TrainingInterrupted(signal.SIGINT)
+        # SIGTERM here or on another rank: Lightning's stop, at the end of this step, after its logging
+        trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:

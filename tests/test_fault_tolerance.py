@@ -13,6 +13,7 @@ import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,28 @@ def test_sigterm_saves_the_current_step_flushes_tensorboard_exits_143_and_resume
     run_in_process(run_dir, *inputs)  # resume=auto, the default, in the same run folder
     assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))  # steps continue, none repeated
     assert_bitwise_equal(weights(run_dir), reference)
+
+
+def test_sigterm_only_marks_the_stop_which_every_rank_takes_at_a_batch_end() -> None:
+    """torchrun and SLURM signal every rank at once; Lightning's own handler broadcasts from inside the
+    handler and hangs them (Lightning-AI/pytorch-lightning#20806). Ours only notes the signal; at a
+    batch's end the ranks agree (any rank's signal stops all), and Lightning's own stop follows once
+    the step is logged. A rank that got no signal stops all the same."""
+    decisions: list[bool] = []
+
+    def any_rank(decision: bool, all: bool = True) -> bool:
+        decisions.append(decision)
+        return True  # another rank got SIGTERM
+
+    for signalled in (True, False):
+        run = ResumableRun("t")
+        trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=any_rank),
+                                  _signal_connector=SimpleNamespace(received_sigterm=False))
+        if signalled:
+            run.on_sigterm(signal.SIGTERM, None)
+        run.on_train_batch_end(trainer, None, None, None, 0)  # no exception here: Lightning's, after logging
+        assert trainer._signal_connector.received_sigterm is True
+    assert decisions == [True, False]
 
 
 def test_default_checkpoints_every_1000_steps_and_every_10_minutes_share_one_last_ckpt(tmp_path: Path) -> None:
