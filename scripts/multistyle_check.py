@@ -245,12 +245,12 @@ def check_styles(args: argparse.Namespace) -> None:
     (``<stem>.safetensors`` beside ``multi.safetensors`` and ``multi_plus_new.safetensors``) are distinct."""
     from stylenet.image import resolve_image_path
 
-    for option, spec in [*(("--styles", spec) for spec in args.styles), ("--new-style", args.new_style)]:
+    given = [*(("--styles", spec) for spec in args.styles), ("--new-style", args.new_style)]
+    for option, spec in given:
         if not resolve_image_path(spec).is_file():
             raise StylenetError(f"{option} {spec!r}: no such image")
-    names = [stem(spec) for spec in [*args.styles, args.new_style]]
-    for option, spec, name in zip(["--styles"] * len(args.styles) + ["--new-style"], [*args.styles, args.new_style],
-                                  names, strict=True):
+    names = [stem(spec) for _, spec in given]
+    for (option, spec), name in zip(given, names, strict=True):
         if name in ("multi", "multi_plus_new") or names.count(name) > 1:
             raise StylenetError(f"{option} {spec!r}: its name {name!r} is another model file's here (each style is "
                                 "<name>.safetensors beside multi.safetensors and multi_plus_new.safetensors); "

@@ -88,8 +88,9 @@ def check_export_path(path: str | Path) -> Path:
     reason = unwritable(path)
     if reason is not None:
         raise StylenetError(f"cannot write {str(path)!r}: {reason}")
-    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
-    if path.suffix.lower() == ".onnx" and missing:
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None] if (
+        path.suffix.lower() == ".onnx") else []
+    if missing:
         raise StylenetError(f"cannot write {str(path)!r}: ONNX export needs {' and '.join(missing)}: "
                             "pip install 'stylenet[export]'")
     return path
@@ -112,12 +113,7 @@ def write_models(model: StoredModel, paths: list[str | Path]) -> list[Path]:
     metadata = {key: value for key, value in model.metadata.items()
                 if key not in ("format", "format_version", "stylenet_version", "network")}
     record = json.dumps(header(net, metadata))
-    traced: list[torch.export.ExportedProgram] = []
-
-    def program() -> torch.export.ExportedProgram:
-        if not traced:
-            traced.append(export_program(net))
-        return traced[0]
+    program = functools.cache(lambda: export_program(net))  # traced once, and only for .pt2 or .onnx
 
     def writer(path: Path) -> Callable[[Path], Any]:
         suffix = path.suffix.lower()
