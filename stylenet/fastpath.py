@@ -13,6 +13,7 @@ import copy
 import ctypes
 import itertools
 import sys
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,17 @@ def use_channels_last(device: torch.device | str) -> tuple[bool, bool]:
 
 
 #: glibc ``mallopt`` parameters (malloc.h).
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+
+
+def glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``; None off Linux or with another C library (musl, ...)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
 
 
 def reuse_freed_memory() -> bool:
@@ -88,14 +99,22 @@ def reuse_freed_memory() -> bool:
     application's decision. ``stylenet-stylize``, ``stylenet-upscale``, ``stylenet-evaluate-sr``,
     ``stylenet-bench`` and the trainer (:func:`prepare_for_training`) switch it on for CPU runs; a
     notebook or server may call it too. Linux with glibc only; returns whether it applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # another C library (musl, ...)
-        return False
+    mallopt = glibc_mallopt()
     settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    return mallopt is not None and all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
+def share_one_heap() -> bool:
+    """Make every thread that starts from now on allocate from glibc's main heap (one arena).
+
+    glibc gives new threads heaps of their own (up to 8 per core), and each heap keeps what is freed
+    in it for its next allocation. A server that runs each request and job on a thread of its own
+    then holds the peak of every one of those heaps at once, far beyond a memory limit planned for
+    the whole process (``stylenet-serve --memory-limit``). One heap costs threads some waiting on
+    its lock, which is small beside a network's forward pass. Linux with glibc only; returns whether
+    it applied."""
+    mallopt = glibc_mallopt()
+    return mallopt is not None and mallopt(M_ARENA_MAX, 1) == 1
 
 
 def prepare_for_training(net: nn.Module, loss: nn.Module, device: torch.device | str = "cpu", *,

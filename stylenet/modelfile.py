@@ -216,7 +216,10 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
     bad = first_non_finite(state)
     if bad:
         raise StylenetError(f"model file {str(path)!r} holds NaN or infinite weights ({bad}): a diverged run")
-    names, held = style_names(metadata), getattr(net, "styles", 1)
+    try:
+        names, held = style_names(metadata), getattr(net, "styles", 1)
+    except StylenetError as err:
+        raise StylenetError(f"model file {str(path)!r}: {err}") from None
     if len(names) != held or len(set(names)) != len(names):  # one distinct name per row of the norm tables
         raise StylenetError(f"model file {str(path)!r} does not match its network: it holds {held} style(s), "
                             f"its metadata names {names}")

@@ -30,6 +30,8 @@ def style_records(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``style_image``)."""
     styles = metadata.get("styles")
     if isinstance(styles, list) and styles:
+        if not all(isinstance(style, Mapping) and "name" in style for style in styles):
+            raise StylenetError(f"its 'styles' metadata must list records with a 'name', got {str(styles)[:80]}")
         return [dict(style) for style in styles]
     return [{"name": str(metadata.get("style_name") or "stylized"), "sha256": metadata.get("style_sha256"),
              "image": metadata.get("style_image")}]

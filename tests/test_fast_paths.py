@@ -4,6 +4,9 @@ keys, the default precision follows the hardware, and bf16 inference stays >= 40
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,11 +246,46 @@ def test_content_loss_keeps_the_channels_last_layout() -> None:
 
 
 def test_reuse_freed_memory_applies_with_glibc() -> None:
-    import platform
-    import sys
-
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert fastpath.reuse_freed_memory() is expected
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, tempfile, threading
+import torch
+from stylenet import fastpath
+if sys.argv[1] == "one":
+    assert fastpath.share_one_heap()
+held, ready = [], threading.Barrier(4)
+def work():
+    held.append(torch.ones(1000))  # a malloc of this thread's own
+    ready.wait()  # all four threads alive at once
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    stream = libc.fopen(report.name.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    print(open(report.name).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc arenas")
+def test_share_one_heap_keeps_new_threads_on_the_main_heap() -> None:
+    """glibc's malloc_info lists one heap per arena: threads get their own, unless share_one_heap ran."""
+    def heaps(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, mode], capture_output=True, text=True,
+                              timeout=120, check=True)
+        return int(done.stdout.split()[-1])
+
+    assert heaps("one") == 1
+    assert heaps("default") > 1
 
 
 def affine_instance_norm(channels: int) -> torch.nn.InstanceNorm2d:

@@ -440,7 +440,7 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert serve_main([str(tmp_path / "models"), "--port", "0", "--memory-limit", "100MB"]) == 2
     assert "--memory-limit" in capsys.readouterr().err
     for bad, named in ((["--workers", "0"], "--workers"), (["--workers", "-1"], "--workers"),
-                       (["--port", "70000"], "--port")):
+                       (["--port", "70000"], "--port"), (["--max-pixels", "0"], "--max-pixels")):
         assert serve_main([str(tmp_path / "models"), "--port", "0", *bad]) == 2
         assert capsys.readouterr().err.startswith(f"stylenet-serve: error: {named} must be")
     with socket.socket() as taken:
@@ -493,3 +493,102 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(job.upload, format="PNG")
     run_photo_job(job, catalog, MemoryPlan.make(8 << 30, 1, at_rest=0, max_pixels=10**7))
     assert [result.get("download") for result in job.results] == [f"photo_multi_{name}.png" for name in NAMES[:2]]
+
+
+def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer, models: Path,
+                                                            tmp_path: Path) -> None:
+    """A file name that is not UTF-8 (as old archives unpack on Linux) and a file whose ``styles``
+    metadata is not a list of records are each one entry: the others load and run, and picking either
+    gives one line naming it."""
+    from tests.test_multistyle import multi_net
+
+    with open(os.path.join(os.fsencode(models), b"caf\xe9.safetensors"), "wb") as handle:
+        handle.write((models / "tiny.safetensors").read_bytes())
+    from stylenet.modelfile import save_model
+
+    save_model(models / "odd.safetensors", multi_net(styles=3), {"task": "style", "styles": ["a", "b", "c"]})
+    labels = model_ids(address(server))
+    assert sorted(labels) == ["caf\ufffd", "odd", "sub/other", "tiny"]
+    photo = make_photo(tmp_path / "p.png")
+    status, reply = submit(address(server), photo, [labels["caf\ufffd"], labels["tiny"], labels["odd"]])
+    assert status == 202
+    results = finished(address(server), reply["id"])["results"]
+    assert "not valid UTF-8" in results[0]["error"]  # safetensors opens UTF-8 paths only: one line, on picking
+    assert results[1]["width"] == 80
+    assert results[2]["error"].startswith("'p.png': model file ") and "odd.safetensors" in results[2]["error"]
+    assert "'styles' metadata must list records with a 'name'" in results[2]["error"]
+
+
+def test_a_replaced_model_file_is_reloaded_even_with_the_old_modification_time(models: Path) -> None:
+    from stylenet.serve.catalog import Catalog
+
+    catalog = Catalog(models, {"device": "cpu", "precision": "fp32"})
+    entry = next(entry for entry in catalog.entries() if entry.label == "tiny")
+    photo = torch.rand(3, 16, 16)
+    before = catalog.load(entry).stylize(photo)
+    assert catalog.load(entry).stylize(photo).equal(before)  # unchanged: the cached model
+    replacement = make_model(models / "new.tmp", style="tiny", seed=7)
+    old = entry.file.stat()
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))  # same size, same time: as `cp -p` leaves it
+    os.replace(replacement, entry.file)
+    assert not catalog.load(entry).stylize(photo).equal(before)
+
+
+def test_a_stalled_upload_gives_its_place_in_the_queue_back(server_config: ServeConfig, tmp_path: Path,
+                                                            one_thread: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that announces a body and stops sending (a dead link) is dropped once the connection
+    has been silent for Handler.timeout, and the next photo is accepted."""
+    from stylenet.serve.handler import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    server_config.workers, server_config.queue = 1, 0
+    server = start(server_config)
+    try:
+        tiny = model_ids(address(server))["tiny"]
+        with socket.create_connection(address(server)) as stalled:
+            stalled.sendall(f"POST /api/jobs?models={tiny}&name=a.png HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Length: 1000\r\n\r\nabcd".encode())
+            deadline = time.monotonic() + TIMEOUT_S
+            while server.gate.admitted == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.gate.admitted == 1  # the stalled upload holds the only place
+            while server.gate.admitted and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.gate.admitted == 0 and stalled.recv(100) == b""  # dropped, its place given back
+        status, reply = submit(address(server), make_photo(tmp_path / "p.png"), [tiny])
+        assert status == 202 and finished(address(server), reply["id"])["results"][0]["width"] == 80
+        assert list(server.jobs.root.iterdir()) == [server.jobs.root / reply["id"]]  # the stalled job's folder went
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_content_length_of_unicode_digits_gets_a_json_refusal(server: StyleServer) -> None:
+    tiny = model_ids(address(server))["tiny"]
+    with socket.create_connection(address(server)) as connection:
+        # '\xb2' is '²' in the ISO-8859-1 that HTTP headers are read as: str.isdigit() says yes, int() no
+        connection.sendall(f"POST /api/jobs?models={tiny}&name=a.png HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+                           + b"Content-Length: \xb2\r\n\r\nab")
+        reply = connection.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 411 ") and b'{"error": "upload of \'a.png\' has no Content-Length"}' in reply
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this system")
+def test_closing_the_terminal_stops_the_server_and_deletes_its_folder(tmp_path: Path, models: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--device", "cpu"],
+                               env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + process.stderr.read()
+        target = ("127.0.0.1", int(line.split("http://127.0.0.1:")[1].split("/")[0]))
+        status, reply = submit(target, make_photo(tmp_path / "private.png"), [model_ids(target)["tiny"]])
+        assert status == 202 and finished(target, reply["id"])["results"][0]["width"] == 80
+        assert len(list((tmp_path / "tmp").rglob("*.png"))) == 1  # the result, in the server's folder
+    finally:
+        process.send_signal(signal.SIGHUP)
+        out, err = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0 and out.endswith("stylenet-serve: stopped\n"), err
+    assert list((tmp_path / "tmp").iterdir()) == []

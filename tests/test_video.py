@@ -21,6 +21,8 @@ from stylenet.cli.stylize import main as stylize_main
 from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
 from stylenet.video import VIDEO_SUFFIXES, is_video, stylize_video, video_target
+from stylenet.video import io as video_io
+from stylenet.video.io import iter_video_frames
 from stylenet.video.jobs import progress_line
 from stylenet.video.pipeline import Prefetch, Sink
 
@@ -128,7 +130,8 @@ def test_a_stream_the_muxer_refuses_at_its_header_is_refused_before_any_frame(
 def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
     """Matroska has no frame count: the one from its duration assumes a constant rate. Frames with gaps
-    between them (a variable rate) that reach the end are the whole clip."""
+    between them (a variable rate) that reach the end are the whole clip, also when the last frame is
+    held for 3 s (its packet's duration)."""
     av = pytest.importorskip("av")
     clip = tmp_path / "vfr.mkv"
     stamps = [*range(8), 30, 31, 60, 61]
@@ -136,14 +139,19 @@ def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
         video = container.add_stream("libx264", rate=24, options={"bf": "0"})
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
         video.codec_context.time_base = Fraction(1, 24)
+        packets = []
         for stamp in stamps:
             frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 4 * stamp, np.uint8), format="rgb24")
             frame.pts, frame.time_base = stamp, Fraction(1, 24)
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
+            packets += video.encode(frame)
+        packets += video.encode()
+        packets[-1].duration = 72  # 3 s at 1/24
+        container.mux(packets)
+    assert video_io.probe_video(clip).expected_frames == 61 + 72  # the duration's count, at 24 frames/s
     out = tmp_path / "vfr_styled.mkv"
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0, capsys.readouterr().err
     assert len(read_clip(out)["frames"]) == len(stamps)
+    assert len(list(iter_video_frames(clip))) == len(stamps)
 
 
 def test_memory_stays_bounded_on_a_long_clip(tmp_path: Path) -> None:
@@ -236,6 +244,31 @@ def test_truncated_clips_give_one_line_and_a_valid_shorter_file_or_nothing(
     assert sorted(path.name for path in out.iterdir()) == ["cut_tiny.mkv"]  # no temporary files either
     shorter = read_clip(out / "cut_tiny.mkv")
     assert 5 <= len(shorter["frames"]) < 30 and shorter["rotation"] == 90
+    with pytest.raises(StylenetError, match=r"cut.mkv' is truncated or corrupt: it ended after \d+ of 30 frames"):
+        list(iter_video_frames(tmp_path / "cut.mkv"))  # stylenet-stability --video reads clips with it
+
+
+def test_a_damaged_packet_midway_is_skipped_and_the_rest_written(tmp_path: Path, model_file: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """As FFmpeg's own tools do: the decoder refuses one packet, the frames after it and every audio
+    packet are still written, and the line names the input and what was skipped (exit 1)."""
+    av = pytest.importorskip("av")
+    clip = make_clip(tmp_path / "clip.mp4", frames=48)
+    with av.open(str(clip)) as container:
+        packets = [(packet.pos, packet.size) for packet in container.demux(video=0) if packet.size]
+    data = bytearray(clip.read_bytes())
+    position, size = packets[24]
+    data[position:position + size] = b"\xff" * size  # one frame's bytes overwritten, in the middle
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "out.mp4"
+    assert stylize_main([str(damaged), "-m", str(model_file), "-o", str(out)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"'{damaged}' is corrupt: 1 damaged video packet(s) skipped (" in line and "wrote 47 frames" in line
+    written, source = read_clip(out), read_clip(clip)
+    assert len(written["frames"]) == 47 and written["audio"] == source["audio"] and written["rotation"] == 90
+    with pytest.raises(StylenetError, match=r"damaged.mp4' is truncated or corrupt: 1 damaged video packet"):
+        list(iter_video_frames(damaged))
 
 
 def test_a_decoder_error_midway_keeps_the_frames_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,7 +276,6 @@ def test_a_decoder_error_midway_keeps_the_frames_before_it(tmp_path: Path, monke
     valid video, and the error names the file and the cause."""
     from stylenet.inference import InferenceModel
     from stylenet.video import TruncatedVideoError, stylize_video
-    from stylenet.video import io as video_io
 
     clip = make_clip(tmp_path / "clip.mkv", frames=12)
     real = video_io.read_video
@@ -268,7 +300,16 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     clip = tmp_path / "clip.MOV"
     clip.write_bytes(b"never decoded")
     assert is_video(clip) and not is_video(tmp_path / "photo.png") and ".webm" in VIDEO_SUFFIXES
-    assert video_target(clip, tmp_path / "out" / "clip_tiny.png", default_name=True).name == "clip_tiny.mov"
+    assert video_target(clip, tmp_path / "out" / "clip_tiny.png", in_folder=True).name == "clip_tiny.mov"
+    assert video_target(clip, tmp_path / "out" / "clip-styled.png", in_folder=True).name == "clip-styled.mov"  # --name
+    assert video_target(clip, tmp_path / "out" / "clip.webm", in_folder=True).name == "clip.webm"
+    # AVI holds neither reordered frames nor exact timestamps nor a rotation: read, never written
+    assert video_target(tmp_path / "old.AVI", tmp_path / "out" / "old_tiny.png", in_folder=True).name == "old_tiny.mkv"
+    with pytest.raises(StylenetError, match=r"x.avi': AVI cannot hold .* name a .mkv"):
+        video_target(clip, tmp_path / "x.avi", in_folder=False)
+    (tmp_path / "taken.dat").write_bytes(b"a file")  # an output folder that is a file: before any work
+    with pytest.raises(StylenetError, match=r"cannot write video .*x.mp4': '.*taken.dat' is a file, not a folder"):
+        video_target(clip, tmp_path / "taken.dat" / "x.mp4", in_folder=False)
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "x.png")]) == 1
     assert "needs a video extension" in capsys.readouterr().err
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "y.mp4"), "--tile", "64"]) == 1

@@ -90,11 +90,14 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until Ctrl-C or SIGTERM; returns 0 after a clean stop, 2 when it cannot start, 130 when
-    Ctrl-C comes before it listens."""
+    """Serve until Ctrl-C, SIGTERM or SIGHUP (its terminal closed); returns 0 after a clean stop, 2
+    when it cannot start, 130 when Ctrl-C comes before it listens."""
     args = build_parser().parse_args(argv)
     try:
+        from stylenet.fastpath import share_one_heap
         from stylenet.serve import ServeConfig, StyleServer
+
+        share_one_heap()  # before any thread starts: --memory-limit plans for one process, not a heap per thread
 
         server = StyleServer(ServeConfig(
             Path(args.folder), host=args.host, port=args.port, device=args.device, precision=args.precision,
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: stopped", flush=True)
         return 130
     try:
-        signal.signal(signal.SIGTERM, _stop)  # from here on SIGTERM stops cleanly, as Ctrl-C does
+        for name in ("SIGTERM", "SIGHUP"):  # from here on these stop cleanly, as Ctrl-C does
+            if hasattr(signal, name):  # no SIGHUP on Windows
+                signal.signal(getattr(signal, name), _stop)
         if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and server.temp is not None:
             # torch makes its compiler cache folder (empty here: nothing is compiled) in the system's
             # temporary folder the first time a network runs; in ours it goes when the server does

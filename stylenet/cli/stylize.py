@@ -300,7 +300,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                 if not as_file:
                     target = output / folder / args.name.format(stem=image.stem, style=file_name_part(model.name))
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
-                    target = video_target(image, target, default_name=not as_file and args.name == DEFAULT_NAME)
+                    target = video_target(image, target, in_folder=not as_file)
                 else:
                     check_output_path(target)
                 resolved = target.resolve()

@@ -54,9 +54,9 @@ def file_styles(path: Path) -> list[str | None]:
     style. A file whose header cannot be read is one entry too: its error shows when it is picked."""
     try:
         header = read_header(path) if path.suffix.lower() == ".safetensors" else {}
+        names = style_names(header)
     except StylenetError:
         return [None]
-    names = style_names(header)
     return list(names) if isinstance(header.get("styles"), list) and len(names) > 1 else [None]
 
 
@@ -75,12 +75,26 @@ def model_entries(folder: Path) -> list[ModelEntry]:
     a hash of the file's place in the folder and the style, so they survive a rescan."""
     entries = []
     for path in model_files(folder):
+        # a name that is not UTF-8 (os.fsdecode's surrogate escapes) keeps its bytes in the id and
+        # shows with U+FFFD on the page
         relative = path.relative_to(folder).with_suffix("").as_posix()
+        shown = relative.encode(errors="surrogateescape").decode(errors="replace")
         for style in file_styles(path):
-            key = f"{relative}\0{style or ''}".encode()
-            label = relative if style is None else f"{relative} / {style}"
+            key = f"{relative}\0{style or ''}".encode(errors="surrogateescape")
+            label = shown if style is None else f"{shown} / {style}"
             entries.append(ModelEntry(hashlib.sha256(key).hexdigest()[:16], label, path, style))
     return entries
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is rewritten or replaced: a copy of another model of the same size
+    can keep the modification time (``cp -p``, ``os.utime``), not the inode and change time that
+    ``os.replace`` gives it. ``()`` for a missing file."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ()
+    return info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns
 
 
 class Catalog:
@@ -91,7 +105,7 @@ class Catalog:
         if not self.folder.is_dir():
             raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
         self.options = options  # InferenceModel's: device, precision, max_memory
-        self._loaded: dict[str, tuple[int, InferenceModel]] = {}
+        self._loaded: dict[str, tuple[tuple[int, ...], InferenceModel]] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[ModelEntry]:
@@ -112,7 +126,7 @@ class Catalog:
         from stylenet.cli.stylize import load_inference_model
 
         with self._lock:  # one load at a time: two tabs asking for one model load it once
-            stamp = entry.file.stat().st_mtime_ns if entry.file.exists() else -1
+            stamp = file_stamp(entry.file)
             cached = self._loaded.get(entry.id)
             if cached is None or cached[0] != stamp:
                 model = load_inference_model(str(entry.file), "style", self.options)

@@ -51,6 +51,9 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self'
                "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{32})(?:/(\d{1,3})\.png)?")
 CHUNK = 1 << 20
+#: Seconds a connection may send or take nothing before it is dropped: an upload holds its place in
+#: the queue, so a stalled client (a dead Wi-Fi link) must not keep it from everyone else.
+STALLED_S = 30.0
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +83,12 @@ def status_of(err: Exception) -> int:
     return 503 if isinstance(err, Busy) else 404 if isinstance(err, UnknownModel) else 400
 
 
+def content_length(text: str | None) -> int | None:
+    """The Content-Length header's byte count; None when it is missing or not plain ASCII digits
+    (``str.isdigit`` also accepts superscript and other Unicode digits, which ``int`` refuses)."""
+    return int(text) if text and text.isascii() and text.isdigit() else None
+
+
 def upload_name(text: str) -> str:
     """The browser's file name for messages and downloads: its last part, printable, at most 100 characters."""
     name = re.split(r"[\\/]", text)[-1]
@@ -91,6 +100,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server: StyleServer
     server_version = "stylenet-serve"
+    timeout = STALLED_S  # socketserver puts it on the connection: a stalled read or write raises TimeoutError
     _unread = 0  # request body bytes not read yet (drained before an error answer)
 
     def log_message(self, template: str, *args: Any) -> None:
@@ -118,12 +128,12 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, route: Any) -> None:
         """Run ``route(path, query)``; any error becomes a JSON answer with its status."""
         url = urlsplit(self.path)
-        length = self.headers.get("Content-Length", "")
-        self._unread = int(length) if length.isdigit() else 0
+        self._unread = content_length(self.headers.get("Content-Length")) or 0
         try:
             self._check_host()
             route(url.path, {key: values[-1] for key, values in parse_qs(url.query).items()})
-        except (BrokenPipeError, ConnectionResetError):  # the browser went away (a closed tab): no one to tell
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the browser went away or stalled:
+            self.close_connection = True                                # no one to tell
             return
         except Exception as err:  # every error is one JSON line; the server goes on
             if not isinstance(err, StylenetError):
@@ -232,14 +242,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def _receive(self, target: Path, name: str) -> None:
         """Stream the request body to ``target`` (a file in the temporary folder), size-checked."""
-        length = self.headers.get("Content-Length")
+        length = content_length(self.headers.get("Content-Length"))
         limit = self.server.config.max_upload
-        if length is None or not length.isdigit():
+        if length is None:
             raise HttpError(411, f"upload of {name!r} has no Content-Length")
-        if int(length) == 0:
+        if length == 0:
             raise HttpError(400, f"{name!r} is empty (0 bytes)")
-        if int(length) > limit:
-            raise HttpError(413, f"{name!r} is {int(length) / 1e6:.1f} MB; this server takes uploads up to "
+        if length > limit:
+            raise HttpError(413, f"{name!r} is {length / 1e6:.1f} MB; this server takes uploads up to "
                                  f"{limit / 1e6:.1f} MB (stylenet-serve --max-upload)")
         with open(target, "wb") as handle:
             while self._unread > 0:

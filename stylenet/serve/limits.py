@@ -66,6 +66,8 @@ class MemoryPlan:
         """Split ``limit`` (bytes for the whole process) into ``workers`` shares, after what the
         process holds ``at_rest`` and :data:`RESERVE_BYTES`; half of a share goes to activations
         unless ``activation_bytes`` says otherwise, the rest to the photo's pixels."""
+        if max_pixels < 1:
+            raise StylenetError(f"--max-pixels must be >= 1, got {max_pixels}")
         share = (limit - at_rest - RESERVE_BYTES) // workers
         if share < MIN_SHARE_BYTES:
             need = at_rest + RESERVE_BYTES + workers * MIN_SHARE_BYTES

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stylenet.atomic import unwritable
 from stylenet.errors import StylenetError
 
 #: Suffixes that ``stylenet-stylize`` treats as videos (case-insensitive); everything else is an image.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+#: Read, never written: AVI holds neither H.264's reordered frames nor exact timestamps nor a rotation;
+#: an AVI's output in a folder is Matroska.
+READ_ONLY_SUFFIXES = {".avi": ".mkv"}
 
 
 def is_video(path: str | Path) -> bool:
@@ -16,15 +20,20 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def video_target(source: Path, target: Path, default_name: bool) -> Path:
-    """The output path for a video input: an output folder's default ``{stem}_{style}.png`` name
-    takes the video's own suffix; anything else must name a video format (checked before any work,
-    as images' outputs are)."""
-    if default_name and not is_video(target):
-        target = target.with_suffix(source.suffix.lower())
+def video_target(source: Path, target: Path, in_folder: bool) -> Path:
+    """The output path for a video input: a name in an output folder (``--name``'s, by default
+    ``{stem}_{style}.png``) takes the video's own suffix unless it names a video format itself; a
+    file named by ``-o`` must. Checked before any work, as images' outputs are."""
+    if in_folder and not is_video(target):
+        suffix = source.suffix.lower()
+        target = target.with_suffix(READ_ONLY_SUFFIXES.get(suffix, suffix))
     if not is_video(target):
         raise StylenetError(f"output {str(target)!r} for video {str(source)!r} needs a video extension "
                             f"({', '.join(VIDEO_SUFFIXES)})")
-    if target.is_dir():
-        raise StylenetError(f"output {str(target)!r} is a directory")
+    if target.suffix.lower() in READ_ONLY_SUFFIXES:
+        raise StylenetError(f"output {str(target)!r}: AVI cannot hold the timestamps, reordered frames and "
+                            "rotation of the video; name a .mkv, .mp4, .mov or .webm file")
+    problem = unwritable(target)
+    if problem:
+        raise StylenetError(f"cannot write video {str(target)!r}: {problem}")
     return target

@@ -50,8 +50,8 @@ def require_av() -> ModuleType:
 
 
 class TruncatedVideoError(StylenetError):
-    """The input broke off (truncated or corrupt) after some frames; ``result`` describes the valid,
-    shorter video written from the frames before the break."""
+    """The input broke off (truncated or corrupt) after some frames, or had damaged packets that were
+    skipped; ``result`` describes the valid video written from the frames that could be decoded."""
 
     def __init__(self, message: str, result: VideoResult) -> None:
         super().__init__(message)
@@ -86,7 +86,9 @@ class VideoResult:
     width: int = 0
     height: int = 0
     max_in_flight: int = 0  # most frames decoded but not yet handed to the encoder at any time
-    last_time: float | None = None  # the last decoded frame's time, s
+    last_time: float | None = None  # when the last decoded frame ends (its time plus its duration), s
+    damaged: int = 0  # video packets the decoder refused, skipped
+    damage: str | None = None  # the decoder's message for the first of them
     problem: str | None = None  # why the input ended early, if it did
     info: VideoInfo | None = field(default=None, repr=False)
 
@@ -124,9 +126,10 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
     seconds = None
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
-    elif "DURATION" in stream.metadata:
-        hours, minutes, rest = stream.metadata["DURATION"].split(":")
-        seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    elif "DURATION" in stream.metadata:  # HH:MM:SS.nnnnnnnnn; informational: a malformed one counts nothing
+        with contextlib.suppress(ValueError):
+            hours, minutes, rest = stream.metadata["DURATION"].split(":")
+            seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
     return (round(seconds * rate) if seconds and rate else None), False
 
 
@@ -176,12 +179,36 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
                     if packet.dts is not None:  # not the demuxer's end-of-stream marker
                         yield packet
                     continue
-                for frame in packet.decode():
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError as err:  # one damaged packet: skipped, as FFmpeg's own tools do
+                    result.damaged += 1
+                    result.damage = result.damage or first_line(err)
+                    continue
+                for frame in frames:
                     result.decoded += 1
-                    result.last_time = float(frame.time) if frame.time is not None else result.last_time
+                    if frame.time is not None:
+                        result.last_time = float(frame.time + (frame.duration or 0) * (frame.time_base or 0))
                     yield _Frame(frame.pts, frame.to_ndarray(**convert))
         except av.FFmpegError as err:
             raise _InputError(first_line(err)) from err
+
+
+def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
+    """Why an input read to its end is short: fewer frames (a damaged packet counts as one) than its
+    header (exactly) or its duration (within one frame) promised; None if it is not."""
+    expected, exact = info.expected_frames, info.exact_count
+    reached = result.decoded + result.damaged
+    if not exact and result.last_time is not None:  # a count from the duration: a variable frame rate
+        reached = max(reached, round(result.last_time * info.rate))  # has fewer frames, ending as late
+    if expected and reached < expected - (0 if exact else 1):
+        return f"it ended after {result.decoded} of {expected} frames"
+    return None
+
+
+def damaged_packets(result: VideoResult) -> str:
+    """The note on skipped packets ("" if none)."""
+    return f"{result.damaged} damaged video packet(s) skipped ({result.damage})" if result.damaged else ""
 
 
 def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
@@ -190,9 +217,9 @@ def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
     resized to ``size`` (H, W) if given, streamed; a one-line error naming the file if it breaks."""
     path = Path(path)
     info = probe_video(path)
-    count = 0
+    count, result = 0, VideoResult()
     try:
-        with contextlib.closing(read_video(path, size, info, VideoResult())) as items:  # closes the file early
+        with contextlib.closing(read_video(path, size, info, result)) as items:  # closes the file early
             for item in items:
                 if limit is not None and count >= limit:
                     return
@@ -201,6 +228,9 @@ def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
                     yield item.rgb
     except _InputError as err:
         raise StylenetError(f"{str(path)!r} is truncated or corrupt after {count} frames: {err}") from None
+    problem = "; ".join(filter(None, (shortfall(info, result), damaged_packets(result))))
+    if problem:
+        raise StylenetError(f"{str(path)!r} is truncated or corrupt: {problem}")
 
 
 def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
@@ -325,14 +355,14 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     ``size`` (H, W) resizes the frames first; ``progress(result)`` is called after every frame;
     ``style``: one style or a ``{name: weight}`` blend of a model of several (as for ``stylize``).
     Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
-    could be done; :class:`TruncatedVideoError` when the input broke off after some frames, whose
-    valid, shorter video has been written."""
+    could be done; :class:`TruncatedVideoError` when the input broke off after some frames, or had
+    damaged packets (skipped, as FFmpeg's tools skip them), after its valid video has been written."""
     source, target = Path(source), Path(target)
     model = model.for_style(style)
     if size is not None and (len(size) != 2 or min(size) < 1):
         raise StylenetError(f"size must be (height, width) in pixels >= 1, got {size!r}")
     start = time.perf_counter()
-    video_target(source, target, default_name=False)  # a video suffix, not a folder: before any work
+    video_target(source, target, in_folder=False)  # a video suffix, not a folder: before any work
     if source.resolve() == target.resolve():
         raise StylenetError(f"refusing to overwrite input {str(source)!r} with its output")
     info = probe_video(source)
@@ -345,7 +375,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
             _stream(source, encoder, model, {"strength": strength, "preserve_color": preserve_color}, size,
                     result, progress, depth)
             if result.frames == 0:
-                raise StylenetError(f"{str(source)!r}: no video frame could be decoded ({result.problem})")
+                why = result.problem or damaged_packets(result)
+                raise StylenetError(f"{str(source)!r}: no video frame could be decoded ({why})")
             encoder.close()
         except BaseException:
             encoder.abort()
@@ -357,6 +388,9 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     if result.problem:
         raise TruncatedVideoError(f"{str(source)!r} is truncated or corrupt: {result.problem}; wrote the "
                                   f"{result.frames} frames before the break to {str(target)!r}", result)
+    if result.damaged:  # read to its end: every frame but the damaged packets' is written
+        raise TruncatedVideoError(f"{str(source)!r} is corrupt: {damaged_packets(result)}; wrote {result.frames} "
+                                  f"frames to {str(target)!r}", result)
     return result
 
 
@@ -390,9 +424,5 @@ def _stream(source: Path, encoder: VideoEncoder, model: InferenceModel, controls
     finally:
         reader.close()
         sink.close()
-    expected, exact = encoder.info.expected_frames, encoder.info.exact_count
-    reached = result.decoded
-    if not exact and result.last_time is not None:  # a count from the duration: a variable frame rate
-        reached = max(reached, round(result.last_time * encoder.info.rate) + 1)  # has fewer frames, as late
-    if result.problem is None and expected and reached < expected - (0 if exact else 1):
-        result.problem = f"it ended after {result.decoded} of {expected} frames"
+    if result.problem is None:
+        result.problem = shortfall(encoder.info, result)
