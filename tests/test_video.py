@@ -263,7 +263,9 @@ def test_a_damaged_packet_midway_is_skipped_and_the_rest_written(tmp_path: Path,
     damaged.write_bytes(bytes(data))
     out = tmp_path / "out.mp4"
     assert stylize_main([str(damaged), "-m", str(model_file), "-o", str(out)]) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    (line,) = printed.err.strip().splitlines()
+    assert "0 done, 1 failed, " in printed.out and "no pixels processed" not in printed.out  # 47 frames' pixels
     assert f"'{damaged}' is corrupt: 1 damaged video packet(s) skipped (" in line and "wrote 47 frames" in line
     written, source = read_clip(out), read_clip(clip)
     assert len(written["frames"]) == 47 and written["audio"] == source["audio"] and written["rotation"] == 90

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stylenet.errors import StylenetError
-from stylenet.video.io import VideoResult, probe_video, stylize_video
+from stylenet.video.io import TruncatedVideoError, VideoResult, probe_video, stylize_video
 
 #: Options of stylenet-stylize that have no meaning for video frames (value when unset).
 _IMAGE_ONLY = {"tile": None, "exact_stats": False, "upscale": None, "match_histogram": False}
@@ -68,10 +68,17 @@ def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.N
         try:
             result = stylize_video(source, job.target, job.model.model, strength=args.strength,
                                    preserve_color=args.preserve_color, size=size, progress=progress)
-        except Exception as err:  # this output only (a TruncatedVideoError has written a valid, shorter
-            # video: an error all the same); the next model and the next input go on
+        except TruncatedVideoError as err:  # a valid, shorter video was written: an error all the same,
+            report.error(describe(err, source))  # its pixels counted in the summary's rate
+            _count(report, err.result)
+            continue
+        except Exception as err:  # this output only: the next model and the next input go on
             report.error(describe(err, source))
             continue
-        report.seconds += result.seconds
-        report.megapixels += result.frames * result.width * result.height / 1e6
+        _count(report, result)
         report.done += 1
+
+
+def _count(report: Any, result: VideoResult) -> None:
+    report.seconds += result.seconds
+    report.megapixels += result.frames * result.width * result.height / 1e6
