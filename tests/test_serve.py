@@ -575,11 +575,15 @@ def test_a_content_length_of_unicode_digits_gets_a_json_refusal(server: StyleSer
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this system")
-def test_closing_the_terminal_stops_the_server_and_deletes_its_folder(tmp_path: Path, models: Path) -> None:
+@pytest.mark.parametrize("nohup", [False, True])
+def test_closing_the_terminal_stops_the_server_and_deletes_its_folder(tmp_path: Path, models: Path,
+                                                                      nohup: bool) -> None:
+    """SIGHUP stops it as SIGTERM does, unless it was started to ignore it (``nohup``)."""
     (tmp_path / "tmp").mkdir()
     process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--device", "cpu"],
                                env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None)
     try:
         line = process.stdout.readline()
         assert "http://127.0.0.1:" in line, line + process.stderr.read()
@@ -587,8 +591,36 @@ def test_closing_the_terminal_stops_the_server_and_deletes_its_folder(tmp_path: 
         status, reply = submit(target, make_photo(tmp_path / "private.png"), [model_ids(target)["tiny"]])
         assert status == 202 and finished(target, reply["id"])["results"][0]["width"] == 80
         assert len(list((tmp_path / "tmp").rglob("*.png"))) == 1  # the result, in the server's folder
+        if nohup:
+            process.send_signal(signal.SIGHUP)
+            time.sleep(1.0)  # serve_forever polls every 0.5 s: a handled SIGHUP has stopped it by now
+            assert model_ids(target) and process.poll() is None
     finally:
-        process.send_signal(signal.SIGHUP)
+        process.send_signal(signal.SIGTERM if nohup else signal.SIGHUP)
         out, err = process.communicate(timeout=TIMEOUT_S)
     assert process.returncode == 0 and out.endswith("stylenet-serve: stopped\n"), err
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_results_are_sent_in_pieces_that_a_slow_client_takes_within_the_stall_limit(tmp_path: Path) -> None:
+    """Python's socket timeout bounds each whole ``sendall``: a result written in one piece would cut a
+    slow but steady download (under 33 KB/s for 1 MB) at Handler.timeout."""
+    from stylenet.serve import handler as handler_module
+
+    class Recorder(io.BytesIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def write(self, data: Any) -> int:
+            self.sizes.append(len(data))
+            return super().write(data)
+
+    result = tmp_path / "0.png"
+    result.write_bytes(os.urandom(5 * handler_module.SEND_CHUNK + 123))
+    handler = handler_module.Handler.__new__(handler_module.Handler)
+    handler.wfile, handler._send_headers = Recorder(), lambda *args, **kwargs: None
+    handler._send_file(result, "image/png")
+    handler._send(200, result.read_bytes(), "image/png")
+    assert handler.wfile.getvalue() == 2 * result.read_bytes()
+    assert max(handler.wfile.sizes) <= handler_module.SEND_CHUNK == 64 << 10

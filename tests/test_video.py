@@ -248,16 +248,18 @@ def test_truncated_clips_give_one_line_and_a_valid_shorter_file_or_nothing(
         list(iter_video_frames(tmp_path / "cut.mkv"))  # stylenet-stability --video reads clips with it
 
 
-def test_a_damaged_packet_midway_is_skipped_and_the_rest_written(tmp_path: Path, model_file: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
-    """As FFmpeg's own tools do: the decoder refuses one packet, the frames after it and every audio
-    packet are still written, and the line names the input and what was skipped (exit 1)."""
+@pytest.mark.parametrize("index", [24, 46])
+def test_a_damaged_packet_is_skipped_and_the_rest_written(tmp_path: Path, model_file: Path,
+                                                         capsys: pytest.CaptureFixture, index: int) -> None:
+    """As FFmpeg's own tools do: the decoder refuses one packet (midway, or the third-last, whose error
+    a frame-threaded decoder reports only at the final flush), the other frames and every audio packet
+    are still written, and the line names the input and what was skipped (exit 1)."""
     av = pytest.importorskip("av")
     clip = make_clip(tmp_path / "clip.mp4", frames=48)
     with av.open(str(clip)) as container:
         packets = [(packet.pos, packet.size) for packet in container.demux(video=0) if packet.size]
     data = bytearray(clip.read_bytes())
-    position, size = packets[24]
+    position, size = packets[index]
     data[position:position + size] = b"\xff" * size  # one frame's bytes overwritten, in the middle
     damaged = tmp_path / "damaged.mp4"
     damaged.write_bytes(bytes(data))
@@ -271,6 +273,29 @@ def test_a_damaged_packet_midway_is_skipped_and_the_rest_written(tmp_path: Path,
     assert len(written["frames"]) == 47 and written["audio"] == source["audio"] and written["rotation"] == 90
     with pytest.raises(StylenetError, match=r"damaged.mp4' is truncated or corrupt: 1 damaged video packet"):
         list(iter_video_frames(damaged))
+
+
+def test_an_mp4_trimmed_without_reencoding_is_whole(tmp_path: Path, model_file: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """``ffmpeg -ss .. -c copy`` keeps the frames before the cut and an edit list that discards them:
+    the header counts them, the player does not show them, and neither is this a truncated clip."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "trimmed.mp4"
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24, options={"bf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 24)
+        packets = []
+        for index in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index - 6, Fraction(1, 24)  # 6 frames before the cut point
+            packets += video.encode(frame)
+        container.mux([*packets, *video.encode()])
+    assert video_io.probe_video(clip).expected_frames == 30
+    assert len(list(iter_video_frames(clip))) == 24
+    out = tmp_path / "out.mp4"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert len(read_clip(out)["frames"]) == 24
 
 
 def test_a_decoder_error_midway_keeps_the_frames_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,6 +330,9 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     assert video_target(clip, tmp_path / "out" / "clip_tiny.png", in_folder=True).name == "clip_tiny.mov"
     assert video_target(clip, tmp_path / "out" / "clip-styled.png", in_folder=True).name == "clip-styled.mov"  # --name
     assert video_target(clip, tmp_path / "out" / "clip.webm", in_folder=True).name == "clip.webm"
+    for name in ("trip.day1-tiny", "clip_v1.5"):  # no image suffix to swap: a dotted name is not cut
+        with pytest.raises(StylenetError, match=f"{name}' for video .* needs a video extension"):
+            video_target(clip, tmp_path / "out" / name, in_folder=True)
     # AVI holds neither reordered frames nor exact timestamps nor a rotation: read, never written
     assert video_target(tmp_path / "old.AVI", tmp_path / "out" / "old_tiny.png", in_folder=True).name == "old_tiny.mkv"
     with pytest.raises(StylenetError, match=r"x.avi': AVI cannot hold .* name a .mkv"):

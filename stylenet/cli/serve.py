@@ -114,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: stopped", flush=True)
         return 130
     try:
-        for name in ("SIGTERM", "SIGHUP"):  # from here on these stop cleanly, as Ctrl-C does
-            if hasattr(signal, name):  # no SIGHUP on Windows
-                signal.signal(getattr(signal, name), _stop)
+        for name in ("SIGTERM", "SIGHUP"):  # from here on these stop cleanly, as Ctrl-C does; not a SIGHUP
+            number = getattr(signal, name, None)  # that nohup ignores (and Windows has none)
+            if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+                signal.signal(number, _stop)
         if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and server.temp is not None:
             # torch makes its compiler cache folder (empty here: nothing is compiled) in the system's
             # temporary folder the first time a network runs; in ours it goes when the server does

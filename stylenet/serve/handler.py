@@ -51,9 +51,12 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self'
                "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{32})(?:/(\d{1,3})\.png)?")
 CHUNK = 1 << 20
-#: Seconds a connection may send or take nothing before it is dropped: an upload holds its place in
-#: the queue, so a stalled client (a dead Wi-Fi link) must not keep it from everyone else.
+#: Seconds a connection may stall, reading or writing one :data:`SEND_CHUNK`, before it is dropped: an
+#: upload holds its place in the queue, so a stalled client (a dead Wi-Fi link) must not keep it from
+#: everyone else.
 STALLED_S = 30.0
+#: Bytes of a result written at a time: a client that takes 2 KB/s or more is never dropped.
+SEND_CHUNK = 64 << 10
 
 
 def is_loopback(host: str) -> bool:
@@ -276,13 +279,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, data: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
         self._send_headers(status, kind, len(data), headers)
-        self.wfile.write(data)
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_CHUNK):  # each within STALLED_S
+            self.wfile.write(view[start:start + SEND_CHUNK])
 
     def _send_file(self, path: Path, kind: str) -> None:
         """A result file, streamed: a large photo's PNG is never held in memory whole."""
         with open(path, "rb") as handle:
             self._send_headers(200, kind, os.fstat(handle.fileno()).st_size)
-            shutil.copyfileobj(handle, self.wfile, CHUNK)
+            shutil.copyfileobj(handle, self.wfile, SEND_CHUNK)
 
     def _send_headers(self, status: int, kind: str, length: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -88,6 +88,7 @@ class VideoResult:
     max_in_flight: int = 0  # most frames decoded but not yet handed to the encoder at any time
     last_time: float | None = None  # when the last decoded frame ends (its time plus its duration), s
     damaged: int = 0  # video packets the decoder refused, skipped
+    discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``)
     damage: str | None = None  # the decoder's message for the first of them
     problem: str | None = None  # why the input ended early, if it did
     info: VideoInfo | None = field(default=None, repr=False)
@@ -172,13 +173,16 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         convert["src_color_range"] = info.color_range
     with _open_input(av, path) as container:
         video = container.streams.video[0]
-        video.thread_type = "AUTO"
+        # slice threads, not frame threads: with frames in flight on several threads the decoder reports a
+        # damaged packet at a later call, and at the final flush that loses the frames still inside it
+        video.thread_type = "SLICE"
         try:
             for packet in container.demux(video, *container.streams.audio):
                 if packet.stream.type == "audio":
                     if packet.dts is not None:  # not the demuxer's end-of-stream marker
                         yield packet
                     continue
+                result.discarded += bool(packet.is_discard)
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError as err:  # one damaged packet: skipped, as FFmpeg's own tools do
@@ -195,10 +199,11 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
 
 
 def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
-    """Why an input read to its end is short: fewer frames (a damaged packet counts as one) than its
-    header (exactly) or its duration (within one frame) promised; None if it is not."""
+    """Why an input read to its end is short: fewer frames (a damaged packet counts as one, and so does
+    one the container says to discard) than its header (exactly) or its duration (within one frame)
+    promised; None if it is not."""
     expected, exact = info.expected_frames, info.exact_count
-    reached = result.decoded + result.damaged
+    reached = result.decoded + result.damaged + result.discarded
     if not exact and result.last_time is not None:  # a count from the duration: a variable frame rate
         reached = max(reached, round(result.last_time * info.rate))  # has fewer frames, ending as late
     if expected and reached < expected - (0 if exact else 1):
@@ -426,3 +431,5 @@ def _stream(source: Path, encoder: VideoEncoder, model: InferenceModel, controls
         sink.close()
     if result.problem is None:
         result.problem = shortfall(encoder.info, result)
+    if result.problem and result.damaged:
+        result.problem += f"; {damaged_packets(result)}"
