@@ -139,6 +139,18 @@ def saturation_loss(logits: torch.Tensor, bound: float = SATURATION_BOUND) -> to
     return (logits.float().abs() - bound).relu().square().mean()
 
 
+def setting_weight(value: object, setting: str) -> float:
+    """``value`` as a weight: a finite number >= 0, or one line naming ``setting`` (the command line
+    and YAML hand over strings such as ``abc`` and ``nan`` as readily as numbers)."""
+    try:
+        weight = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        weight = math.nan
+    if not math.isfinite(weight) or weight < 0:
+        raise StylenetError(f"{setting} must be a number >= 0, got {value!r}")
+    return weight
+
+
 def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | None,
                   setting: str) -> dict[str, float]:
     """Layer names (weights from ``per_layer``, default 1 each) or a {layer: weight} mapping ->
@@ -154,10 +166,7 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
             raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "
                                 f"{len(layers)} layers {list(layers)}")
         weights = dict(zip(layers, per_layer, strict=True))
-    for name, weight in weights.items():
-        if float(weight) < 0:
-            raise StylenetError(f"{setting}.{name} must be >= 0, got {weight}")
-    return {name: float(weight) for name, weight in weights.items()}
+    return {name: setting_weight(weight, f"{setting}.{name}") for name, weight in weights.items()}
 
 
 def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,
@@ -205,11 +214,10 @@ class PerceptualLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.normalize = bool(normalize)
-        self.term_weights = {"content": float(content_weight), "style": float(style_weight),
-                             "tv": float(tv_weight), "pixel": float(pixel_weight)}
-        for term, weight in self.term_weights.items():
-            if weight < 0:
-                raise StylenetError(f"loss.{term}_weight must be >= 0, got {weight}")
+        self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
+            ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise StylenetError(f"loss.seed must be an integer, got {seed!r}")
         self.content_layers = layer_weights(
             DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, None, "loss.content_layer")
         self.style_layers = layer_weights(

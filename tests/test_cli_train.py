@@ -68,8 +68,9 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize("override,message", [
     ("style.image=/no/such/painting.jpg", "style image '/no/such/painting.jpg' does not exist"),
     ("loss.style_layers=[relu1_2,relu9_1]", "unknown VGG layer"),
-    ("loss.style_layer_weights=[1,1,1,-1,1]", "loss.style_layer.relu2_2 must be >= 0"),
-    ("loss.content_weight=-1", "loss.content_weight must be >= 0"),
+    ("loss.style_layer_weights=[1,1,1,-1,1]", "loss.style_layer.relu2_2 must be a number >= 0"),
+    ("loss.content_weight=-1", "loss.content_weight must be a number >= 0"),
+    ("loss.tv_weight=nan", "loss.tv_weight must be a number >= 0, got nan"),
     ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),

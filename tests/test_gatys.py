@@ -197,6 +197,21 @@ def test_cli_end_to_end_with_blended_styles(tmp_path: Path, style_image: Path) -
     assert not (tmp_path / "outputs").exists()
 
 
+def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, style_image: Path, capsys: pytest.CaptureFixture,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylenet.cli import gatys as gatys_cli
+
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gatys_cli, "run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["stylenet-gatys", f"content={make_photo(tmp_path / 'c.png')}",
+                                      f"styles={style_image}", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as stopped:
+        gatys_cli.main()
+    assert stopped.value.code == 130 and capsys.readouterr().err.endswith("stylenet-gatys: interrupted\n")
+
+
 def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:
     result = run_gatys_cli("content=/no/such/photo.jpg", f"styles={style_image}", "loss.weights=random",
                            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
@@ -223,6 +238,9 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
+    ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
+    ("loss.style_layer_weights=[a,b,c,d]", "loss.style_layer.relu1_2 must be a number >= 0, got 'a'"),
+    ("loss.seed=abc", "loss.seed must be an integer, got 'abc'"),
 ])
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
                                                  message: str) -> None:

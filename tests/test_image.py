@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile
 
+from stylenet import StylenetError
 from stylenet import image as im_mod
 from stylenet.image import (
     DEFAULT_MAX_PIXELS,
@@ -773,3 +774,13 @@ def test_truncated_sixteen_bit_png_is_an_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as err:
         load_image(path)
     _assert_one_line_naming(err, path)
+
+
+def test_scaled_shapes_round_both_sides_half_up() -> None:
+    from stylenet.image.resize import scaled_shape, target_size
+
+    assert scaled_shape(31, 41, 0.5) == (16, 21)  # 15.5 and 20.5: round() would give 16 and 20
+    assert scaled_shape(3, 5, 0.1) == (1, 1) and scaled_shape(10, 30, 1.25) == (13, 38)  # 12.5 -> 13, 37.5 -> 38
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(StylenetError, match="--scale must be a finite number > 0"):
+            target_size(31, 41, scale=bad)

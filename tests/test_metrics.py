@@ -203,6 +203,12 @@ def test_evaluate_bicubic_table_matches_the_metric_functions(tmp_path: Path,
     table = (tmp_path / "t.md").read_text()
     assert table == capsys.readouterr().out
     assert "| sub/b.png | 48x64 |" in table and "| **mean** |" in table
+    # a file named twice, or again through its folder, is one row; rows of one name show their paths
+    make_photo(root / "sub" / "a.png", size=(48, 48))
+    assert evaluate_sr.main([str(root / "a.png"), str(root / "a.png"), str(root / "sub"), str(root / "sub" / "b.png"),
+                             "--factor", "4", "--out", str(tmp_path / "twice.csv")]) == 0
+    assert [r["image"] for r in read_csv(tmp_path / "twice.csv")] == [
+        str(root / "a.png"), str(root / "sub" / "a.png"), "b.png", "mean"]
 
 
 def test_evaluate_leaves_out_the_lr_copies_of_benchmark_folders(tmp_path: Path,

@@ -259,7 +259,7 @@ def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> N
          "data.batch_size=1", f"style.size={size}", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "loss.style_weight must be >= 0" in result.stderr and "1 sweep job(s) failed: #0" in result.stderr
+    assert "loss.style_weight must be a number >= 0" in result.stderr and "1 sweep job(s) failed: #0" in result.stderr
     for job in ("1", "2"):
         assert {"figure.png", "quality.md", "quality.json"} <= {p.name for p in (sweep / job).iterdir()}
         assert "continuing from" not in (sweep / job / "train.log").read_text()  # a sibling job is no earlier run

@@ -140,3 +140,14 @@ def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_
         assert damage != "short" or "the manifest lists 3 images" in str(caught.value)
     (prepare_out := tmp_path / "afile").write_text("x")  # prepare into an existing file: one line too
     assert prepare_cli.main([str(square_photos), "-o", str(prepare_out), "--workers", "0", "--no-progress"]) == 2
+
+
+def test_ctrl_c_is_one_line_and_exit_130(square_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_cli, "prepare", interrupted)
+    assert prepare_cli.main([str(square_photos), "-o", str(tmp_path / "out"), "--no-progress"]) == 130
+    assert capsys.readouterr().err == ("stylenet-prepare: interrupted; run the same command again to go on "
+                                       "from the last complete shard\n")

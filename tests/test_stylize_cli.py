@@ -87,6 +87,25 @@ def test_folders_globs_and_several_models(tmp_path: Path, model: Path,
     assert out.startswith("6 done, 0 failed")
 
 
+def test_two_model_files_of_one_style_name_are_told_apart_by_model(tmp_path: Path, model: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep's model files share their style's name: by default their outputs would collide, which
+    is refused naming both files; ``{model}`` in --name tells them apart."""
+    twin = make_model(tmp_path / "run2" / "weight5.safetensors", seed=1)  # style "test", as `model`'s
+    photo = make_image(tmp_path / "a.png")
+    code, out, err = run(capsys, photo, "-m", model, "-m", twin, "-o", tmp_path / "out")
+    assert code == 1 and out.startswith("1 done, 1 failed")
+    assert f"(by models {str(model)!r} and {str(twin)!r}, both of style 'test'); add {{model}} to --name" in err
+    code, out, err = run(capsys, photo, "-m", model, "-m", twin, "-o", tmp_path / "both",
+                         "--name", "{stem}_{style}_{model}.png")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["a_test_test.png", "a_test_weight5.png"]
+    same_stem = make_model(tmp_path / "run3" / "test.safetensors", seed=2)
+    code, _, err = run(capsys, photo, "-m", model, "-m", same_stem, "-o", tmp_path / "three",
+                       "--name", "{stem}_{model}.png")
+    assert code == 1 and err.strip().endswith("both of style 'test'); give each model its own -o folder")
+
+
 def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = make_image(tmp_path / "a.png")
@@ -156,8 +175,14 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
     second = make_image(tmp_path / "in2.png")
     code, _, err = run(capsys, source, second, "--model", model, "-o", tmp_path / "x.png")
     assert code == 2 and "names one file" in err
-    with pytest.raises(SystemExit):
-        main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", "{nope}.png"])
+    for bad in ("{nope}.png", "{stem.upper}.png", "{style[0]}.png", "{}.png"):  # only the plain names
+        with pytest.raises(SystemExit):
+            main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", bad])
+        assert "only {stem}, {style} and {model} can be used" in capsys.readouterr().err
+    for bad in ("nan", "inf", "0"):
+        with pytest.raises(SystemExit):
+            main([str(source), "--model", str(model), "-o", str(tmp_path), "--scale", bad])
+        assert "--scale: must be a finite number > 0" in capsys.readouterr().err
     (tmp_path / "afile").write_text("a file without an extension, not a folder")
     code, _, err = run(capsys, source, second, "--model", model, "-o", tmp_path / "afile")
     assert code == 2 and err.strip().endswith(f"-o {str(tmp_path / 'afile')!r} is a file, not a folder")

@@ -23,6 +23,7 @@ import csv
 import io
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,7 +147,10 @@ def list_inputs(inputs: list[str], factor: int) -> tuple[list[tuple[str, Path]],
               f"methods' outputs, other factors' folders), such as {str(left_out[0])!r}", file=sys.stderr)
     if not found:
         raise StylenetError("; ".join(errors) if errors else f"no HR images in {', '.join(inputs)}")
-    return found, errors
+    seen: set[Path] = set()
+    unique = [(name, path) for name, path in found if not (path.resolve() in seen or seen.add(path.resolve()))]
+    names = Counter(name for name, _ in unique)  # one row per file, and no two rows of one name
+    return [(str(path) if names[name] > 1 else name, path) for name, path in unique], errors
 
 
 def evaluate(inputs: list[str], models: list[str], factor: int | None, device: str,

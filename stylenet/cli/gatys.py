@@ -177,6 +177,9 @@ def hydra_main(cfg: DictConfig) -> None:
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("stylenet-gatys: interrupted", file=sys.stderr)
+        sys.exit(130)
     if status:
         sys.exit(status)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -116,7 +117,8 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     jobs = ((path, source, size) for path in todo)
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
-    pool = Pool(workers) if workers > 0 else None
+    # the workers leave Ctrl-C to this process, which stops them: no traceback from each of them
+    pool = Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 0 else None
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
     try:
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to go on from the last complete shard",
+              file=sys.stderr)
+        return 130
     if not manifest["count"]:
         print(f"{PROG}: error: no readable photos in {str(args.source)!r} ({len(manifest['skipped'])} skipped: "
               f"see {args.output / MANIFEST})", file=sys.stderr)

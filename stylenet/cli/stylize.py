@@ -23,6 +23,7 @@ import glob
 import math
 import os
 import re
+import string
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from stylenet.inference import Controls, InferenceModel
 
 DEFAULT_NAME = "{stem}_{style}.png"
+#: What ``--name`` may hold between braces.
+NAME_FIELDS = {"stem", "style", "model"}
 #: ``--model`` help per task (``stylenet-stylize``: style, ``stylenet-upscale``: sr).
 MODEL_HELP = {"style": "a style model file (.safetensors, a stylenet-train .ckpt, or a pytorch/examples "
                        ".pth/.model); repeat -m for several styles: -m a.safetensors -m b.safetensors",
@@ -70,8 +73,8 @@ def _fraction(text: str) -> float:
 def _positive(kind: type) -> type:
     def parse(text: str) -> float | int:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (math.isfinite(value) and value > 0):  # nan > 0 is False, but so is nan <= 0
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
@@ -100,8 +103,9 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="output file (one image, one model; format from the extension) or folder (a trailing / "
                              "makes it one: res.v2/)")
     parser.add_argument("--name", default=DEFAULT_NAME,
-                        help="output file name pattern inside the output folder; {stem} and {style} are "
-                             "replaced, the extension picks the format (default: %(default)s)")
+                        help="output file name pattern inside the output folder; {stem} (the input's), "
+                             "{style} and {model} (the model file's name) are replaced, the extension picks "
+                             "the format (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto (default): bf16 where the CPU or GPU runs it natively (within 40 dB "
@@ -162,6 +166,13 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def file_stem(self) -> str:
+        """The model file's name without its suffix, as a file-name part (``--name``'s ``{model}``)."""
+        from stylenet.styles import file_name_part
+
+        return file_name_part(Path(self.model.source or "model").stem)
 
     def process(self, image: LoadedImage, controls: Controls, *, size: tuple[int, int] | None,
                 quantize: bool, **options: Any) -> LoadedImage:
@@ -291,14 +302,15 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and "
                             f"{len(models)} model(s); give a folder")
     sources = {image.resolve(): image for image, _ in inputs}
-    targets: dict[Path, Path] = {}
+    targets: dict[Path, Job] = {}
     jobs = []
     for image, folder in inputs:
         for model in models:
             target = output
             try:
                 if not as_file:
-                    target = output / folder / args.name.format(stem=image.stem, style=file_name_part(model.name))
+                    target = output / folder / args.name.format(
+                        stem=image.stem, style=file_name_part(model.name), model=model.file_stem)
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
                     target = video_target(image, target, in_folder=not as_file)
                 else:
@@ -310,11 +322,19 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             if resolved in sources:
                 report.error(f"refusing to overwrite input {str(sources[resolved])!r} with an output")
             elif resolved in targets:
-                report.error(f"output {str(target)!r} would be written twice (from "
-                             f"{str(targets[resolved])!r} and {str(image)!r}); use separate folders")
+                first = targets[resolved]
+                if first.source == image:  # two model files of one style name
+                    hint = ("add {model} to --name" if first.model.file_stem != model.file_stem
+                            else "give each model its own -o folder")
+                    report.error(f"output {str(target)!r} would be written twice (by models "
+                                 f"{first.model.model.source!r} and {model.model.source!r}, both of style "
+                                 f"{model.name!r}); {hint}")
+                else:
+                    report.error(f"output {str(target)!r} would be written twice (from "
+                                 f"{str(first.source)!r} and {str(image)!r}); use separate folders")
             else:
-                targets[resolved] = image
-                jobs.append(Job(image, target, model))
+                targets[resolved] = Job(image, target, model)
+                jobs.append(targets[resolved])
     return jobs
 
 
@@ -411,9 +431,12 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     if args.match_histogram and task == "style" and not args.upscale:
         parser.error("--match-histogram needs --upscale")
     try:
-        args.name.format(stem="x", style="y")
+        fields = {field for _, field, _, _ in string.Formatter().parse(args.name) if field is not None}
+        if not fields <= NAME_FIELDS:  # plain names: no attribute or item access ({stem.upper}, {style[0]})
+            raise ValueError(f"got {{{sorted(fields - NAME_FIELDS)[0]}}}")
+        args.name.format(stem="x", style="y", model="z")
     except (KeyError, IndexError, ValueError) as err:
-        parser.error(f"--name {args.name!r}: only {{stem}} and {{style}} can be used ({err})")
+        parser.error(f"--name {args.name!r}: only {{stem}}, {{style}} and {{model}} can be used ({err})")
     from stylenet.devices import resolve_device
     from stylenet.fastpath import reuse_freed_memory
     from stylenet.inference import MIN_TILE

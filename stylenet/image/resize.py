@@ -6,6 +6,7 @@ statistics thumbnails, Gatys' pyramid, alpha bands) is :func:`resize`, so they a
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -16,8 +17,9 @@ from stylenet.image.formats import DEFAULT_MAX_PIXELS, ImageError
 
 
 def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
-    """``(H, W)`` times ``factor``, rounded, at least 1 px a side."""
-    return max(1, round(height * factor)), max(1, round(width * factor))
+    """``(H, W)`` times ``factor``, rounded half up on both sides alike (Python's ``round`` goes to
+    the even neighbour: 41 x 31 at 0.5 would be 20 x 16), at least 1 px a side."""
+    return max(1, math.floor(height * factor + 0.5)), max(1, math.floor(width * factor + 0.5))
 
 
 def long_side_shape(height: int, width: int, size: int | None) -> tuple[int, int]:
@@ -37,8 +39,8 @@ def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
 def target_size(height: int, width: int, *, scale: float = 1.0,
                 max_size: int | None = None) -> tuple[int, int]:
     """``(H, W)`` after multiplying by ``scale`` and capping the long side at ``max_size``."""
-    if scale <= 0:
-        raise StylenetError(f"--scale must be positive, got {scale}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise StylenetError(f"--scale must be a finite number > 0, got {scale}")
     if max_size is not None and max_size < 1:
         raise StylenetError(f"--max-size must be at least 1, got {max_size}")
     if max_size is not None and max(height, width) * scale > max_size:
