@@ -40,11 +40,13 @@ REQUIRED_KEYS = ("state_dict", "optimizer_states", "global_step", "loops")
 #: hyper-parameters that decide whether a checkpoint can continue this run: the network's shape
 #: (else the weights do not fit), the style image (else it would train another style), adding a
 #: style, the model file it extends (else its frozen weights would be another file's), and the
-#: objective (else the model file would record a loss that trained only some of its steps: the SR
-#: paper's per-pixel baseline, ``loss=pixel``, would continue the feature-loss run of its name).
-IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256", "loss", "temporal_weight")
+#: objective and the style's targets (else the model file would record a loss that trained only some of
+#: its steps: the SR paper's per-pixel baseline, ``loss=pixel``, would continue the feature-loss run of
+#: its name). Dotted keys look inside a setting (``style.size``: the Gram targets' scale).
+IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256", "loss", "temporal_weight", "saturation_weight",
+                    "identity_steps", "style.size")
 #: what a checkpoint that predates an identity key had (style checkpoints before the temporal term: none)
-IDENTITY_DEFAULTS = {"temporal_weight": 0.0}
+IDENTITY_DEFAULTS = {"temporal_weight": 0.0, "saturation_weight": 0.0, "identity_steps": 0}
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
@@ -99,13 +101,24 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     saved = checkpoint.get("hyper_parameters")
     saved = saved if isinstance(saved, dict) else {}
     for key in IDENTITY_HPARAMS:
-        before, now = (settings.get(key, IDENTITY_DEFAULTS.get(key)) for settings in (saved, hparams))
+        before, now = (identity_setting(settings, key) for settings in (saved, hparams))
         if before != now:
             return f"trained with another {key} ({setting_difference(key, before, now)})"
     schedule = schedule_problem(checkpoint, saved, hparams, max_steps)
     if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
         return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one
     return schedule
+
+
+def identity_setting(settings: Mapping[str, Any], key: str) -> Any:
+    """``settings[key]``, a dotted key looked up level by level; :data:`IDENTITY_DEFAULTS` (else None)
+    where a level is missing."""
+    value: Any = settings
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return IDENTITY_DEFAULTS.get(key)
+        value = value[part]
+    return value
 
 
 def setting_difference(key: str, before: Any, now: Any) -> str:

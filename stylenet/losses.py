@@ -213,7 +213,9 @@ class PerceptualLoss(nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        self.normalize = bool(normalize)
+        if not isinstance(normalize, bool):  # bool("no") is True
+            raise StylenetError(f"loss.normalize must be true or false, got {normalize!r}")
+        self.normalize = normalize
         self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
             ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}
         if not isinstance(seed, int) or isinstance(seed, bool):

@@ -74,7 +74,8 @@ def short_label(label: str) -> str:
 def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
                        table: str = "sweep.md") -> dict[str, Path] | None:
     """Write the contact sheet and the table of a finished sweep; None when no run left a
-    ``quality.json``."""
+    ``quality.json`` (super-resolution, ``stylenet-gatys -m``). Runs of several styles each leave one
+    per style instead, which one sheet of one style per run cannot show: a one-line error says so."""
     from stylenet.atomic import atomic_write, write_text
     from stylenet.image import load_rgb
     from stylenet.report import GAP, MEASURES, figure, missed_targets, targets_text, verdict
@@ -83,6 +84,10 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
     runs = sweep_runs(sweep_dir)
     measured = [run for run in runs if run.quality is not None]
     if not measured:
+        several = next((run.folder for run in runs if any(run.folder.glob("styles/*/quality.json"))), None)
+        if several is not None:
+            raise StylenetError(f"its runs train several styles each, with a report per style (such as "
+                                f"{str(several / 'styles')!r}/<style>/quality.md), which one sheet cannot compare")
         return None
     names = labels(runs, sweep_dir)
     first = measured[0]

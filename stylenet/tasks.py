@@ -274,6 +274,15 @@ def build_net(cls: type[torch.nn.Module], model: dict[str, Any]) -> torch.nn.Mod
         raise StylenetError(f"model: {err}") from None
 
 
+def check_fast_path_flags(compile: object, channels_last: object) -> None:
+    """``task.compile`` (true or false) and ``task.channels_last`` (also null: where faster), refused
+    in one line otherwise: ``bool("no")`` is True, so ``task.compile=no`` would compile."""
+    if not isinstance(compile, bool):
+        raise StylenetError(f"task.compile must be true or false, got {compile!r}")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise StylenetError(f"task.channels_last must be true, false or null, got {channels_last!r}")
+
+
 class StyleTransferTask(ImageTask):
     """Train one :class:`TransformerNet` for one style (Johnson et al. 2016, Sec. 3), or for several
     (Dumoulin et al. 2017: shared convolutions, a scale and shift per style in every InstanceNorm).
@@ -307,6 +316,7 @@ class StyleTransferTask(ImageTask):
                  max_nan_skips: int = 5, compile: bool = False, channels_last: bool | None = None,
                  identity_steps: int = 0, saturation_weight: float = 0.0, lr_schedule: str = "constant") -> None:
         super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
+        check_fast_path_flags(compile, channels_last)
         if isinstance(identity_steps, bool) or not isinstance(identity_steps, int) or identity_steps < 0:
             raise StylenetError(f"task.identity_steps must be a whole number >= 0, got {identity_steps!r}")
         if isinstance(saturation_weight, bool) or not isinstance(saturation_weight, (int, float)) or \
@@ -491,14 +501,15 @@ class AddStyleTask(StyleTransferTask):
                  **kwargs: Any) -> None:
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
-        name = check_style_names([style_name], "task.style_name")[0] if style_name else style_name_of(
-            str(style.get("image")))
+        name = style_name or style.get("name") or style_name_of(str(style.get("image")))  # style.name: the stem
+        name = check_style_names([name], "task.style_name" if style_name else "style.name")[0]  # unless set
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 
     def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:
         stored = read_model(self.hparams["base"], task="style")
-        if type(stored.net) is not TransformerNet:
-            raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files can grow a style")
+        if type(stored.net) is not TransformerNet or stored.net.config["norm"] != "instance":
+            raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files with "
+                                "InstanceNorm (model.norm=instance) can grow a style")
         base: TransformerNet = stored.net
         records = style_records(stored.metadata)
         check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)")
@@ -540,6 +551,7 @@ class SuperResolutionTask(ImageTask):
                  image_size: int = 288, nan_policy: str = "stop", max_nan_skips: int = 5,
                  compile: bool = False, channels_last: bool | None = None, lr_schedule: str = "constant") -> None:
         super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
+        check_fast_path_flags(compile, channels_last)
         if float(loss.get("style_weight", 0.0)) != 0:
             raise StylenetError("super-resolution has no style target: set loss.style_weight=0 (or use "
                                 "loss=feature, loss=pixel or loss=mixed)")

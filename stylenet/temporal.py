@@ -16,7 +16,6 @@ of random displacements upsampled bicubically, which is how Wang et al. build th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stylenet.errors import StylenetError
+from stylenet.losses import setting_weight
 
 Stylize = Callable[[torch.Tensor], torch.Tensor]
 #: The seed of the fixed motion and noise that validation measures instability with.
@@ -131,10 +130,7 @@ def split_temporal_weight(loss: Mapping[str, Any]) -> tuple[dict[str, Any], floa
     The term is the style task's, not the loss network's: PerceptualLoss (and the Gatys optimiser,
     the quality report, model files' recorded objective) never see the key."""
     settings = dict(loss)
-    weight = float(settings.pop("temporal_weight", 0.0) or 0.0)
-    if not math.isfinite(weight) or weight < 0:
-        raise StylenetError(f"loss.temporal_weight must be >= 0, got {weight}")
-    return settings, weight
+    return settings, setting_weight(settings.pop("temporal_weight", 0.0) or 0.0, "loss.temporal_weight")
 
 
 def warping_error(current: torch.Tensor, previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

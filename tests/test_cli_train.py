@@ -71,6 +71,14 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("loss.style_layer_weights=[1,1,1,-1,1]", "loss.style_layer.relu2_2 must be a number >= 0"),
     ("loss.content_weight=-1", "loss.content_weight must be a number >= 0"),
     ("loss.tv_weight=nan", "loss.tv_weight must be a number >= 0, got nan"),
+    ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
+    ("loss.temporal_weight=abc", "loss.temporal_weight must be a number >= 0, got 'abc'"),
+    ("loss.normalize=no", "loss.normalize must be true or false, got 'no'"),
+    ("task.compile=no", "task.compile must be true or false, got 'no'"),  # bool('no') compiled
+    ("task.channels_last=abc", "task.channels_last must be true, false or null, got 'abc'"),
+    ("seed=abc", "seed must be a whole number from 0 to 2\\*\\*32 - 1, got 'abc'"),
+    ("seed=-5", "seed must be a whole number from 0 to 2\\*\\*32 - 1, got -5"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval must be > 0"),
     ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
@@ -95,6 +103,17 @@ def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path
     with pytest.raises(StylenetError, match=message.replace("(", r"\(")):
         train(compose_train(tmp_path, override), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_adding_a_style_never_writes_over_its_base(tmp_path: Path) -> None:
+    from tests.test_multistyle import multi_file
+
+    base = multi_file(tmp_path / "plus.safetensors")
+    before = base.read_bytes()
+    with pytest.raises(StylenetError, match=r"would write its model file over task.base .*plus.safetensors"):
+        train(compose_train(tmp_path, "task=add_style", f"task.base={base}", "style.image=demo:ihc", "style.size=32",
+                            f"callbacks.export.path={tmp_path}/./plus.safetensors"), tmp_path)  # the same file
+    assert base.read_bytes() == before and not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

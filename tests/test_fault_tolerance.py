@@ -371,6 +371,16 @@ def test_a_checkpoint_of_another_objective_is_not_continued(tmp_path: Path) -> N
     steadier = {**same, "temporal_weight": 600.0}
     assert checkpoint_problem(checkpoint, None, steadier) == (
         "trained with another temporal_weight (0.0, this run has 600.0)")
+    # the other terms and the style targets' scale that the model file records (absent before: their defaults)
+    for key, value, before in (("saturation_weight", 0.5, "0.0"), ("identity_steps", 80, "0")):
+        assert checkpoint_problem(checkpoint, None, {**same, key: value}) == (
+            f"trained with another {key} ({before}, this run has {value!r})")
+    sized = tmp_path / "sized.ckpt"
+    torch.save({"state_dict": {"net.w": torch.ones(2)}, "optimizer_states": [], "global_step": 4, "loops": {},
+                "hyper_parameters": {**same, "style": {"image": "a.jpg", "size": 96}}}, sized)
+    assert checkpoint_problem(sized, None, {**same, "style": {"image": "b/a.jpg", "size": 96}}) is None
+    assert checkpoint_problem(sized, None, {**same, "style": {"image": "a.jpg", "size": 64}}) == (
+        "trained with another style.size (96, this run has 64)")
 
 
 def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(

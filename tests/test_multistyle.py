@@ -175,6 +175,12 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
     with pytest.raises(StylenetError, match=r"^task.style_name: style name 'a/b' must be letters"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
+    named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
+    assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
+    batch_norm = save_model(tmp_path / "bn.safetensors", TransformerNet(channels=8, residual_blocks=1, norm="batch"),
+                            {"task": "style", "style_name": "bn"})
+    with pytest.raises(StylenetError, match=r"bn.safetensors': only stylenet TransformerNet files with InstanceNorm"):
+        AddStyleTask(base=str(batch_norm), loss=RANDOM_LOSS, style={"image": str(style_image)})
     # a checkpoint of this run cannot be resumed onto another base file of the same shape
     other = AddStyleTask(base=str(multi_file(tmp_path / "other.safetensors", multi_net(seed=1))), loss=RANDOM_LOSS,
                          style={"image": str(style_image), "size": 32}, image_size=32)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stylenet import quality
+from stylenet import StylenetError, quality
 from stylenet.cli.report import main
 from stylenet.cli.train import config_dir
 from stylenet.image import load_rgb, resize_long_side, resolve_image_path, to_pil
@@ -209,6 +209,10 @@ def test_a_sweep_without_style_runs_writes_nothing(tmp_path: Path) -> None:
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- loss.pixel_weight={job}\n")
     assert write_sweep_report(tmp_path) is None
     assert not (tmp_path / "sweep.md").exists()
+    (tmp_path / "1" / "styles" / "wave").mkdir(parents=True)  # runs of several styles: a report per style
+    (tmp_path / "1" / "styles" / "wave" / "quality.json").write_text("{}")
+    with pytest.raises(StylenetError, match=r"its runs train several styles each, with a report per style"):
+        write_sweep_report(tmp_path)
 
 
 def fake_style_run(folder: Path, style: str, colours: dict[str, tuple[int, int, int]], size: int) -> None:

@@ -117,7 +117,7 @@ def test_split_temporal_weight_keeps_the_loss_network_settings_clean() -> None:
     settings, weight = split_temporal_weight({"weights": "random", "temporal_weight": 2.5})
     assert settings == {"weights": "random"} and weight == 2.5
     assert split_temporal_weight({"weights": "random"}) == ({"weights": "random"}, 0.0)
-    with pytest.raises(StylenetError, match="loss.temporal_weight must be >= 0"):
+    with pytest.raises(StylenetError, match="loss.temporal_weight must be a number >= 0"):
         split_temporal_weight({"temporal_weight": -1})
 
 

@@ -66,7 +66,8 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError):  # an unknown or missing setting name
             raise StylenetError(f"{node.get('_target_')}: {cause}") from None
-        if type(cause).__name__ == "MisconfigurationException":  # Lightning's: trainer=gpu with no GPU, ...
+        if type(cause).__name__ == "MisconfigurationException" or (  # Lightning's: trainer=gpu with no GPU, ...
+                isinstance(cause, ValueError) and "accelerator" in node):  # ... trainer.precision=foo
             if "accelerator" in node:
                 raise StylenetError(f"trainer: {first_line(cause)} (trainer.accelerator={node.accelerator}, "
                                     f"trainer.devices={node.get('devices')}; trainer=cpu or trainer=ddp_cpu run "
@@ -80,7 +81,7 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from stylenet.callbacks import TrainingInterrupted
+    from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
     from stylenet.checkpoints import resolve_resume
 
     if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
@@ -91,6 +92,12 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
                             f"got {max_steps!r}")
+    interval = cfg.trainer.get("val_check_interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                 or not interval > 0):
+        raise StylenetError(f"trainer.val_check_interval must be > 0 (steps, or a share of an epoch), got {interval!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise StylenetError(f"seed must be a whole number from 0 to 2**32 - 1, got {cfg.seed!r}")
     pl.seed_everything(cfg.seed, workers=True)
     task = build(cfg.task, _convert_="all")
     datamodule = build(cfg.data)
@@ -101,6 +108,11 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     datamodule.report_path = run_dir / "skipped_images.txt"
     ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
+    base = task.hparams.get("base")  # task=add_style: the model file that grows a style
+    for callback in callbacks:
+        if base and isinstance(callback, ExportStyleModel) and callback.path.resolve() == Path(base).resolve():
+            raise StylenetError(f"the run would write its model file over task.base {base!r}: give another "
+                                "name= or hydra.run.dir")
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
