@@ -19,8 +19,9 @@ newest checkpoint of this experiment that actually loads, wherever the previous 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,38 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     if ckpt_path is None:
         log.info("resume=%s: continuing from %s (pass resume=never to start afresh)", mode, found)
     return str(found)
+
+
+#: The file a training run holds locked in its run folder (:func:`run_folder_lock`).
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s :data:`LOCK_FILE` while a run trains there. A second run in the same folder
+    (a job submitted twice, two launches in the same second) would otherwise continue the first one's
+    checkpoint while it still trains, and both would write the same checkpoints and model file.
+
+    The operating system drops the lock when the process ends, however it ends: nothing stale is
+    left to clean up. Only global rank 0 takes it (all ranks of a DDP run share the folder); where
+    ``fcntl`` is missing (Windows) nothing is locked."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or getattr(rank_zero_only, "rank", 0) != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
+                                "or give another hydra.run.dir") from None
+        yield
 
 
 def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str, Any],

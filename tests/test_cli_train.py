@@ -124,6 +124,11 @@ def test_a_gpu_trainer_without_a_gpu_is_one_line_naming_the_setting(tmp_path: Pa
     assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
         "stylenet-train: error: trainer: No supported gpu backend found! (trainer.accelerator=gpu, trainer.devices=1; "
         "trainer=cpu or trainer=ddp_cpu run on the CPU)"]
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=smoke", "trainer.precision=foo",
+                             f"hydra.run.dir={tmp_path / 'precision'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith("stylenet-train: error: trainer: Precision 'foo' is invalid. Allowed precision values:")
 
 
 def test_super_resolution_data_and_model_factors_must_agree(tmp_path: Path) -> None:

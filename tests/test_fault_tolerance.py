@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -768,3 +769,22 @@ def test_the_package_never_loads_pickles_without_weights_only() -> None:
                 assert flags.get("weights_only") == "True", f"{path}:{node.lineno}"
     for path in (REPO / "configs").rglob("*.yaml"):
         assert "weights_only: false" not in path.read_text().lower(), path
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks")
+def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list[str]) -> None:
+    """A job submitted twice to one run folder: the second would continue the first one's checkpoint
+    while it trains, and both would write the same files. Held by a live run, the folder is refused."""
+    import fcntl
+
+    from stylenet.checkpoints import LOCK_FILE
+
+    run_dir = tmp_path / "smoke" / "run"
+    run_dir.mkdir(parents=True)
+    with open(run_dir / LOCK_FILE, "a") as held:  # what a run training there holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        process = launch(run_dir, *inputs)
+        assert process.wait(timeout=240) == 2
+    log = output(run_dir).read_text()
+    assert f"stylenet-train: error: run folder '{run_dir}' is in use by another stylenet-train" in log
+    assert not (run_dir / "checkpoints").exists()

@@ -66,8 +66,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError):  # an unknown or missing setting name
             raise StylenetError(f"{node.get('_target_')}: {cause}") from None
-        if type(cause).__name__ == "MisconfigurationException" or (  # Lightning's: trainer=gpu with no GPU, ...
-                isinstance(cause, ValueError) and "accelerator" in node):  # ... trainer.precision=foo
+        if isinstance(cause, ValueError) and "accelerator" in node:  # the Trainer's: trainer.precision=foo
+            raise StylenetError(f"trainer: {first_line(cause)}") from None
+        if type(cause).__name__ == "MisconfigurationException":  # Lightning's: trainer=gpu with no GPU, ...
             if "accelerator" in node:
                 raise StylenetError(f"trainer: {first_line(cause)} (trainer.accelerator={node.accelerator}, "
                                     f"trainer.devices={node.get('devices')}; trainer=cpu or trainer=ddp_cpu run "
@@ -186,7 +187,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.checkpoints import run_checkpoints
+    from stylenet.checkpoints import run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -195,7 +196,8 @@ def hydra_main(cfg: DictConfig) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
-        train(cfg, run_dir)
+        with run_folder_lock(run_dir):
+            train(cfg, run_dir)
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         if not sweep_job:
