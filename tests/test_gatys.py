@@ -101,7 +101,8 @@ def test_non_finite_objective_stops_and_keeps_the_last_finite_image() -> None:
 
 
 def test_non_finite_initial_objective_keeps_the_initial_image() -> None:
-    loss = PerceptualLoss(weights="random", content_weight=math.inf)
+    loss = PerceptualLoss(weights="random")
+    loss.term_weights["content"] = math.inf  # refused as a setting: set here to make the objective infinite
     loss.set_style([torch.rand(3, 32, 32)])
     content = smooth_image(32, 5)
     result = optimize(content, loss, iterations=3)
@@ -284,7 +285,9 @@ def test_cli_refuses_to_overwrite_a_bundled_demo_input_or_an_earlier_run(
 
 
 def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stylenet.losses.setting_weight", lambda value, setting: float(value))  # let nan in
     cfg = compose_gatys(tmp_path, "content=demo:astronaut", f"styles={style_image}",
                         "loss.content_weight=nan")
     assert run(cfg, tmp_path) == 1

@@ -776,11 +776,11 @@ def test_truncated_sixteen_bit_png_is_an_image_error(tmp_path: Path) -> None:
     _assert_one_line_naming(err, path)
 
 
-def test_scaled_shapes_round_both_sides_half_up() -> None:
+def test_scaled_shapes_round_halves_to_even_sides_and_refuse_bad_scales() -> None:
     from stylenet.image.resize import scaled_shape, target_size
 
-    assert scaled_shape(31, 41, 0.5) == (16, 21)  # 15.5 and 20.5: round() would give 16 and 20
-    assert scaled_shape(3, 5, 0.1) == (1, 1) and scaled_shape(10, 30, 1.25) == (13, 38)  # 12.5 -> 13, 37.5 -> 38
+    assert scaled_shape(1080, 1920, 1000 / 1920) == (562, 1000)  # 562.5: even, so a video stays 4:2:0
+    assert scaled_shape(31, 41, 0.5) == (16, 20) and scaled_shape(3, 5, 0.1) == (1, 1)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(StylenetError, match="--scale must be a finite number > 0"):
             target_size(31, 41, scale=bad)

@@ -104,6 +104,11 @@ def test_two_model_files_of_one_style_name_are_told_apart_by_model(tmp_path: Pat
     code, _, err = run(capsys, photo, "-m", model, "-m", same_stem, "-o", tmp_path / "three",
                        "--name", "{stem}_{model}.png")
     assert code == 1 and err.strip().endswith("both of style 'test'); give each model its own -o folder")
+    dots = make_model(tmp_path / "..safetensors", style="dots")  # a name {model} cannot use, and need not
+    code, _, err = run(capsys, photo, "-m", dots, "-o", tmp_path / "dots")
+    assert code == 0 and [p.name for p in (tmp_path / "dots").iterdir()] == ["a_dots.png"], err
+    code, _, err = run(capsys, photo, "-m", dots, "-o", tmp_path / "dots", "--name", "{stem}_{model}.png")
+    assert code == 1 and "model file name '.' cannot be part of a file name ({model} in --name)" in err
 
 
 def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
@@ -179,6 +184,8 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", bad])
         assert "only {stem}, {style} and {model} can be used" in capsys.readouterr().err
+    assert main([str(source), "--model", str(model), "-o", str(tmp_path / "big"), "--max-size", "1" + "0" * 400]) == 0
+    capsys.readouterr()
     for bad in ("nan", "inf", "0"):
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--scale", bad])

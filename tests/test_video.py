@@ -330,6 +330,7 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     assert video_target(clip, tmp_path / "out" / "clip_tiny.png", in_folder=True).name == "clip_tiny.mov"
     assert video_target(clip, tmp_path / "out" / "clip-styled.png", in_folder=True).name == "clip-styled.mov"  # --name
     assert video_target(clip, tmp_path / "out" / "clip.webm", in_folder=True).name == "clip.webm"
+    assert video_target(clip, tmp_path / "out" / "clip_tiny", in_folder=True).name == "clip_tiny.mov"
     for name in ("trip.day1-tiny", "clip_v1.5"):  # no image suffix to swap: a dotted name is not cut
         with pytest.raises(StylenetError, match=f"{name}' for video .* needs a video extension"):
             video_target(clip, tmp_path / "out" / name, in_folder=True)

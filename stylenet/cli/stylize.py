@@ -73,7 +73,7 @@ def _fraction(text: str) -> float:
 def _positive(kind: type) -> type:
     def parse(text: str) -> float | int:
         value = kind(text)
-        if not (math.isfinite(value) and value > 0):  # nan > 0 is False, but so is nan <= 0
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):  # nan > 0 is False
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -169,10 +169,8 @@ class Pipeline:
 
     @property
     def file_stem(self) -> str:
-        """The model file's name without its suffix, as a file-name part (``--name``'s ``{model}``)."""
-        from stylenet.styles import file_name_part
-
-        return file_name_part(Path(self.model.source or "model").stem)
+        """The model file's name without its suffix (``--name``'s ``{model}``)."""
+        return Path(self.model.source or "model").stem
 
     def process(self, image: LoadedImage, controls: Controls, *, size: tuple[int, int] | None,
                 quantize: bool, **options: Any) -> LoadedImage:
@@ -286,6 +284,14 @@ def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
     return []
 
 
+def model_name_part(stem: str) -> str:
+    """A model file's name as part of an output's name; one line if it cannot be one (``..safetensors``)."""
+    if stem in {"", ".", ".."}:
+        raise StylenetError(f"model file name {stem!r} cannot be part of a file name ({{model}} in --name): "
+                            "rename the file")
+    return stem
+
+
 def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: argparse.Namespace,
               report: Report) -> list[Job]:
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
@@ -310,7 +316,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             try:
                 if not as_file:
                     target = output / folder / args.name.format(
-                        stem=image.stem, style=file_name_part(model.name), model=model.file_stem)
+                        stem=image.stem, style=file_name_part(model.name),
+                        model=model_name_part(model.file_stem) if "{model" in args.name else "")
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
                     target = video_target(image, target, in_folder=not as_file)
                 else:

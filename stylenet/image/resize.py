@@ -17,9 +17,9 @@ from stylenet.image.formats import DEFAULT_MAX_PIXELS, ImageError
 
 
 def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
-    """``(H, W)`` times ``factor``, rounded half up on both sides alike (Python's ``round`` goes to
-    the even neighbour: 41 x 31 at 0.5 would be 20 x 16), at least 1 px a side."""
-    return max(1, math.floor(height * factor + 0.5)), max(1, math.floor(width * factor + 0.5))
+    """``(H, W)`` times ``factor``, rounded, at least 1 px a side. An exact half goes to the even
+    neighbour (Python's ``round``): a video's frames then keep even sides, which 4:2:0 needs."""
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def long_side_shape(height: int, width: int, size: int | None) -> tuple[int, int]:

@@ -22,12 +22,12 @@ def is_video(path: str | Path) -> bool:
 
 def video_target(source: Path, target: Path, in_folder: bool) -> Path:
     """The output path for a video input: a name in an output folder (``--name``'s, by default
-    ``{stem}_{style}.png``) that ends in an image's suffix takes the video's own instead; any other
-    name, and a file named by ``-o``, must name a video format. Checked before any work, as images'
-    outputs are."""
+    ``{stem}_{style}.png``) that ends in an image's suffix, or in none, takes the video's own; any
+    other name (``trip.day1-tiny``), and a file named by ``-o``, must name a video format. Checked
+    before any work, as images' outputs are."""
     from stylenet.image.formats import WRITABLE_EXTENSIONS
 
-    if in_folder and target.suffix.lower() in WRITABLE_EXTENSIONS:
+    if in_folder and target.suffix.lower() in ("", *WRITABLE_EXTENSIONS):
         suffix = source.suffix.lower()
         target = target.with_suffix(READ_ONLY_SUFFIXES.get(suffix, suffix))
     if not is_video(target):
