@@ -57,6 +57,8 @@ class AnySizeNetwork(nn.Module):
         # reflection branch for every size, so no branch on the size enters the graph.
         torch._check(height >= self.min_side)
         torch._check(width >= self.min_side)
+        # ``style``: blend weights >= 0 with a positive sum, unchecked here (a check on the values would be
+        # a branch on data, which neither export keeps): the caller's, as stylenet.styles.choice_weights does
         return padded_forward(self.net, image, None if style is None else style / style.sum())
 
 

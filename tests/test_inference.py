@@ -514,6 +514,14 @@ def test_sixteen_bit_api_keeps_the_depth_through_process(model_file: Path, tmp_p
     assert np.array_equal(out.rgb.permute(1, 2, 0).numpy(), pixels)
     styled = model.process(loaded, quantize=True)
     assert styled.rgb.dtype == torch.uint16 and (styled.rgb.to(torch.int32) % 257 != 0).any()
+    # bad arguments are one line each, not an error from deep inside torch
+    for size in ((0, 10), (5,), (10.5, 3)):
+        with pytest.raises(StylenetError, match=r"size must be \(height, width\) in whole pixels >= 1"):
+            model.process(loaded, size=size)
+    with pytest.raises(StylenetError, match="process takes a LoadedImage .* got PngImageFile; stylize takes PIL"):
+        model.process(Image.open(source))
+    with pytest.raises(StylenetError, match="strength must be a number in \\[0, 1\\], got '0.5'"):
+        model.stylize(Image.open(source), strength="0.5")
 
 
 def test_match_histogram_keeps_16_bit_levels() -> None:

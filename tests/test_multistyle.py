@@ -108,6 +108,11 @@ def test_a_blend_with_weight_one_on_a_style_is_that_style() -> None:
             parse_blend(f"a={weight},b=1")
         with pytest.raises(StylenetError, match="weights must be finite"):
             choice_weights(NAMES, {"a": float(weight), "b": 1.0}, "m")
+    with pytest.raises(StylenetError, match="sum to a finite number"):  # the sum overflowed: every share 0
+        choice_weights(NAMES, {"a": 1e308, "b": 1e308}, "m")
+    for weight in ("x", None):
+        with pytest.raises(StylenetError, match=r"^blend .* for m: weights must be numbers$"):
+            choice_weights(NAMES, {"a": weight}, "m")
     with pytest.raises(ValueError, match="needs style="):
         net(x)
 
@@ -239,6 +244,10 @@ def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
     streamed = list(model.stylize_frames(frames, style="c"))
     assert np.array_equal(streamed[0], np.asarray(model.stylize(Image.fromarray(frames[0]), style="c")))
     assert model.for_style("c") is model.for_style(2)  # one network per style, kept
+    model.precision = "bf16"  # a later setting applies, as it does to a single-style model
+    assert model.for_style("c").precision == "bf16" and model.for_style(2) is model.for_style("c")
+    model.precision = "fp32"
+    assert model.for_style("c").precision == "fp32"
     # the same mix under two labels: each keeps its own (they name output files)
     assert (model.for_style({"a": 0.7, "b": 0.3}).name, model.for_style({"a": 7, "b": 3}).name) == (
         "a0.7+b0.3", "a7+b3")

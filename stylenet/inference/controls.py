@@ -7,6 +7,7 @@ Neural Artistic Style Transfer" (Sec. 2): keep the content's chroma, take the st
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,9 @@ class Controls:
     gray: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.strength <= 1.0:
-            raise StylenetError(f"strength must be in [0, 1], got {self.strength}")
+        if isinstance(self.strength, bool) or not isinstance(self.strength, numbers.Real) or \
+                not 0.0 <= self.strength <= 1.0:
+            raise StylenetError(f"strength must be a number in [0, 1], got {self.strength!r}")
 
     @property
     def needs_content(self) -> bool:

@@ -93,7 +93,7 @@ class InferenceModel:
             self.precision = inference_precision(self.device)
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
-        self._by_style: dict[tuple[str | float, ...], InferenceModel] = {}
+        self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
         self._bytes_per_pixel: float | None = None
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
@@ -137,7 +137,10 @@ class InferenceModel:
         label, weights = choice_weights(self.styles, style, f"model file {self.source!r}")
         if not self.multi:
             return self
-        model = self._by_style.get((label, *weights))  # by label too: 7:3 and 0.7:0.3 name their files apart
+        # by label too (7:3 and 0.7:0.3 name their files apart), and by the settings it was built with: a later
+        # model.precision = "bf16" applies, as it does to a single-style model
+        key = (str(self.device), self.precision, self.max_memory, label, *weights)
+        model = self._by_style.get(key)
         if model is None:
             net = self.net.single_style(weights).eval()
             metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
@@ -145,7 +148,7 @@ class InferenceModel:
                                    self.max_memory, self.source)
             if len(self._by_style) >= self.CACHED_STYLES:
                 self._by_style.pop(next(iter(self._by_style)))
-            self._by_style[(label, *weights)] = model
+            self._by_style[key] = model
         return model
 
     def selected(self, styles: list[str] | None = None,
@@ -343,6 +346,11 @@ class InferenceModel:
         written as grey with ``keep_gray``; ``quantize`` rounds to the source's depth
         (``image.bits``: uint16 for 16-bit sources, which :func:`stylenet.image.save_image` writes as
         16-bit PNG or TIFF). ``tiling``: :meth:`transform`'s keyword arguments."""
+        if not isinstance(image, LoadedImage):
+            raise StylenetError(f"process takes a LoadedImage (stylenet.image.load_image or from_pil), got "
+                                f"{type(image).__name__}; stylize takes PIL images and tensors")
+        if size is not None and (len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size)):
+            raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
         controls = controls or Controls()
         if keep_gray and image.was_gray:
             controls = Controls(controls.strength, controls.preserve_color, gray=True)
