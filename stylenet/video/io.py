@@ -88,8 +88,8 @@ class VideoResult:
     max_in_flight: int = 0  # most frames decoded but not yet handed to the encoder at any time
     last_time: float | None = None  # when the last decoded frame ends (its time plus its duration), s
     damaged: int = 0  # video packets the decoder refused, skipped
-    discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``)
     damage: str | None = None  # the decoder's message for the first of them
+    discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``)
     problem: str | None = None  # why the input ended early, if it did
     info: VideoInfo | None = field(default=None, repr=False)
 
@@ -211,9 +211,10 @@ def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
     return None
 
 
-def damaged_packets(result: VideoResult) -> str:
-    """The note on skipped packets ("" if none)."""
-    return f"{result.damaged} damaged video packet(s) skipped ({result.damage})" if result.damaged else ""
+def what_went_wrong(result: VideoResult) -> str:
+    """Why the input broke off (``result.problem``) and the packets skipped, joined ("" if neither)."""
+    skipped = f"{result.damaged} damaged video packet(s) skipped ({result.damage})" if result.damaged else ""
+    return "; ".join(filter(None, (result.problem, skipped)))
 
 
 def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
@@ -233,9 +234,9 @@ def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
                     yield item.rgb
     except _InputError as err:
         raise StylenetError(f"{str(path)!r} is truncated or corrupt after {count} frames: {err}") from None
-    problem = "; ".join(filter(None, (shortfall(info, result), damaged_packets(result))))
-    if problem:
-        raise StylenetError(f"{str(path)!r} is truncated or corrupt: {problem}")
+    result.problem = shortfall(info, result)
+    if what_went_wrong(result):
+        raise StylenetError(f"{str(path)!r} is truncated or corrupt: {what_went_wrong(result)}")
 
 
 def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
@@ -380,8 +381,7 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
             _stream(source, encoder, model, {"strength": strength, "preserve_color": preserve_color}, size,
                     result, progress, depth)
             if result.frames == 0:
-                why = result.problem or damaged_packets(result)
-                raise StylenetError(f"{str(source)!r}: no video frame could be decoded ({why})")
+                raise StylenetError(f"{str(source)!r}: no video frame could be decoded ({what_went_wrong(result)})")
             encoder.close()
         except BaseException:
             encoder.abort()
@@ -391,10 +391,10 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     atomic_write(target, write)
     result.seconds = time.perf_counter() - start
     if result.problem:
-        raise TruncatedVideoError(f"{str(source)!r} is truncated or corrupt: {result.problem}; wrote the "
+        raise TruncatedVideoError(f"{str(source)!r} is truncated or corrupt: {what_went_wrong(result)}; wrote the "
                                   f"{result.frames} frames before the break to {str(target)!r}", result)
     if result.damaged:  # read to its end: every frame but the damaged packets' is written
-        raise TruncatedVideoError(f"{str(source)!r} is corrupt: {damaged_packets(result)}; wrote {result.frames} "
+        raise TruncatedVideoError(f"{str(source)!r} is corrupt: {what_went_wrong(result)}; wrote {result.frames} "
                                   f"frames to {str(target)!r}", result)
     return result
 
@@ -431,5 +431,3 @@ def _stream(source: Path, encoder: VideoEncoder, model: InferenceModel, controls
         sink.close()
     if result.problem is None:
         result.problem = shortfall(encoder.info, result)
-    if result.problem and result.damaged:
-        result.problem += f"; {damaged_packets(result)}"
