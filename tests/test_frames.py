@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import stylenet
 from stylenet import StylenetError
 from stylenet.inference import InferenceModel
+from stylenet.inference.geometry import forward
+from stylenet.inference.prepadded import PrepaddedNetwork, prepadded_forward
 from stylenet.modelfile import save_model
-from stylenet.nets import TransformerNet
+from stylenet.nets import SuperResolutionNet, TransformerNet
 
 
 def tiny_model(precision: str) -> InferenceModel:
@@ -93,3 +96,55 @@ def test_load_model_streams_frames(tmp_path: Path) -> None:
     model = stylenet.load_model(path, device="cpu")
     (out,) = model.stylize_frames(uint8_frames([(20, 28)]))
     assert out.shape == (20, 28, 3)
+
+
+def trained_like(channels: int = 8, residual_blocks: int = 3) -> TransformerNet:
+    """A network whose norm layers have scales of both signs and shifts, as trained ones do."""
+    torch.manual_seed(2)
+    net = TransformerNet(channels=channels, residual_blocks=residual_blocks).eval()
+    for norm in net.modules():
+        if isinstance(norm, torch.nn.InstanceNorm2d):
+            torch.nn.init.uniform_(norm.weight, -1.0, 2.0)
+            torch.nn.init.normal_(norm.bias, 0.0, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prepadded_frames_are_bit_for_bit_the_one_pass(precision: str) -> None:
+    model = InferenceModel(trained_like(), device="cpu", precision=precision)
+    run = prepadded_forward(model.net, precision, torch.device("cpu"))
+    assert run is not None
+    generator = torch.Generator().manual_seed(3)
+    # a multiple of 4, sides padded up to one (bottom and right, by reflection), the smallest side, and back
+    for height, width in ((32, 44), (30, 41), (8, 8), (32, 44)):
+        batch = torch.rand(1, 3, height, width, generator=generator)
+        expected = forward(model.net, batch, precision)
+        assert torch.equal(run(batch), expected)
+        assert torch.equal(run(batch.flip(-1)), forward(model.net, batch.flip(-1), precision))  # nothing stale kept
+
+
+def test_prepadded_buffers_are_kept_and_shared() -> None:
+    model = InferenceModel(trained_like(residual_blocks=3), device="cpu", precision="fp32")
+    prepared = PrepaddedNetwork(model.net, 16, 24, "fp32", torch.device("cpu"))
+    pointers = [step.buffer.data_ptr() for step in prepared.steps]
+    prepared(torch.rand(1, 3, 16, 24))
+    assert [step.buffer.data_ptr() for step in prepared.steps] == pointers  # kept across calls
+    # 3 encoder layers, then 3 blocks of 2 layers whose inputs and middles take turns in two buffers, which
+    # the first upsampling (same shape and padding) reads from too; the second upsampling reads the buffer
+    # the third layer read; the first and last layers' buffers are their own: 6 buffers for 12 layers
+    assert len(set(pointers[3:10])) == 2 and pointers[10] == pointers[2] and len(set(pointers)) == 6
+    # the reflection border holds what F.pad gives, corners included
+    first = prepared.steps[1]
+    torch.testing.assert_close(first.buffer, F.pad(first.interior, (1, 1, 1, 1), mode="reflect"), rtol=0, atol=0)
+    upsampling = prepared.steps[9]
+    assert upsampling.replicate
+    torch.testing.assert_close(upsampling.buffer, F.pad(upsampling.interior, (1, 1, 1, 1), mode="replicate"),
+                               rtol=0, atol=0)
+
+
+def test_prepadded_applies_only_where_it_was_measured() -> None:
+    model = InferenceModel(trained_like(), device="cpu", precision="fp32")
+    assert prepadded_forward(model.net, "fp16", torch.device("cpu")) is None
+    assert prepadded_forward(SuperResolutionNet(factor=4), "fp32", torch.device("cpu")) is None
+    batch_norm = InferenceModel(TransformerNet(channels=8, residual_blocks=1, norm="batch").eval(), device="cpu")
+    assert prepadded_forward(batch_norm.net, "fp32", torch.device("cpu")) is None

@@ -18,6 +18,7 @@ inference faster by changing glibc's allocator for the whole process, is the app
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,7 @@ from stylenet.inference.norms import (
     record_norm_statistics,
     streaming_norm_statistics,
 )
+from stylenet.inference.prepadded import prepadded_forward
 from stylenet.inference.tiling import DEFAULT_TILE_OVERLAP, MIN_TILE, TileGrid
 from stylenet.modelfile import read_model
 from stylenet.styles import StyleChoice, choice_weights, style_names
@@ -403,8 +405,10 @@ class InferenceModel:
         def fits(height: int, width: int) -> bool:  # one pass, as transform would run it
             return padded_pixels(self.net, height, width) <= self.max_pixels()
 
-        return stream_frames(frames, lambda batch: forward(self.net, batch, self.precision), self.device,
-                             controls, fits, lambda rgb: self.transform(rgb, controls))
+        # each layer written straight into the next one's padded input, in buffers kept across frames
+        run = prepadded_forward(self.net, self.precision, self.device) or functools.partial(
+            forward, self.net, precision=self.precision)
+        return stream_frames(frames, run, self.device, controls, fits, lambda rgb: self.transform(rgb, controls))
 
 
 def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
