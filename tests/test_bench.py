@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
                 "train_fast_s", "train_fast_gflop", "infer_fast_paper_32_seconds", "infer_fp32_paper_32_peak_mb",
                 "gatys_iteration_s", "gatys500_over_feedforward", "conv_fp32_gflops", "conv_bf16_gflops",
                 "data_jpeg_img_s", "data_shard_img_s", "data_shard_feed_ratio", "frames_half_64x48_fps",
+                "frames_half_64x48_onepass_fps",
                 "frames_paper_64x48_fps", "photo_default_128x96_seconds", "photo_onepass_128x96_peak_mb",
                 "photo_default_128x96_psnr_db", "photo_default_128x96_time_ratio"):
         assert numbers.get(key, 0) > 0, key
@@ -147,4 +148,6 @@ def test_rows_timed_with_a_model_file_name_it() -> None:
     results["frames_model_file"] = results["frames_model_file_row"] = results["photo_model_file"] = None
     labels = [row[0] for row in report.stream_rows(results)]
     assert labels[0] == "frames 640x480 streamed (half net)"
+    results[measure.key("frames", "half", "640x480", "onepass_fps")] = 10.0  # the ablation: 12 / 10 frames/s
+    assert next(report.stream_rows(results))[1:] == ("10.0 frames/s (one pass)", "12.0 frames/s", "1.20x")
     assert labels[2] == "photo 4000x3000 (paper net): one pass / default"

@@ -142,8 +142,10 @@ def stream_rows(r: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]:
         fps = r.get(key("frames", model, r.get("frames_size"), "fps"))
         if fps is not None:
             trained = r.get("frames_model_file") if r.get("frames_model_file_row") == model else None
-            yield (f"frames {r['frames_size']} streamed ({network_label(model, trained)})", "",
-                   f"{fps:.1f} frames/s", "")
+            onepass = r.get(key("frames", model, r.get("frames_size"), "onepass_fps"))
+            yield (f"frames {r['frames_size']} streamed ({network_label(model, trained)})",
+                   "" if onepass is None else f"{onepass:.1f} frames/s (one pass)", f"{fps:.1f} frames/s",
+                   "" if onepass is None else f"{fps / onepass:.2f}x")
     fps = r.get(key("video", "half", r.get("frames_size"), "fps"))
     if fps is not None:
         yield (f"video {r['frames_size']} end to end, decode + encode (half net)", "", f"{fps:.1f} frames/s", "")

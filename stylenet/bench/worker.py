@@ -5,6 +5,7 @@ runs alone (``python -m stylenet.bench.worker --threads N JOB``)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import subprocess
@@ -47,7 +48,8 @@ class Job:
     precision: str = "32-true"  # train: the fast variants' precision
     model: str = "paper"        # infer, frames, photo: a name in MODELS
     mode: str = "fp32"          # infer: fp32 (eager net(x)) or fast (InferenceModel, as stylenet-stylize);
-                                # photo: default (what stylenet-stylize does) or onepass (no memory budget)
+                                # photo: default (what stylenet-stylize does) or onepass (no memory budget);
+                                # frames: onepass times each frame through stylize's one pass
     height: int = 0             # frames, video, photo: image height, px (0: square)
     frames: int = 0             # frames, video: frames streamed per timed repetition
     max_memory: int = 0         # photo: the default path's budget, bytes (0: the device's default)
@@ -106,13 +108,23 @@ def inference_model(job: Job, device: torch.device, **options: Any) -> Any:
 
 
 def frames_work(job: Job, device: torch.device) -> Callable[[], Any]:
-    """``job.frames`` uint8 frames streamed through ``stylize_frames``, as a video player would."""
+    """``job.frames`` uint8 frames streamed through ``stylize_frames``, as a video player would;
+    ``job.mode == "onepass"``, the ablation: each frame through the one pass of ``stylize`` instead of
+    the pre-padded buffers (:mod:`stylenet.inference.prepadded`)."""
     import numpy as np
+
+    from stylenet.inference.controls import Controls
+    from stylenet.inference.frames import stream_frames
+    from stylenet.inference.geometry import forward
 
     model = inference_model(job, device)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (job.height, job.size, 3), dtype=np.uint8) for _ in range(job.frames)]
-    return lambda: sum(1 for _ in model.stylize_frames(frames))
+    if job.mode != "onepass":
+        return lambda: sum(1 for _ in model.stylize_frames(frames))
+    run = functools.partial(forward, model.net, precision=model.precision)
+    return lambda: sum(1 for _ in stream_frames(frames, run, model.device, Controls(), lambda _h, _w: True,
+                                                model.transform))
 
 
 class VideoWork:
