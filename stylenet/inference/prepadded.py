@@ -13,8 +13,10 @@ size, where autocast recasts every weight on every call.
 
 The same kernels run on the same values in the same order as in the one pass
 (:func:`~stylenet.inference.geometry.forward`), so every frame is bit for bit what the one pass
-gives (tests/test_frames.py). A buffer is handed to a later layer of the same shape once nothing
-reads it any more, so the residual blocks share two buffers.
+gives (tests/test_frames.py). Each buffer has the memory layout in which the one pass hands that
+layer its input, found once per frame size by running the one pass on a blank frame: the layout
+decides which InstanceNorm kernel runs, and so the order in which it sums. A buffer is handed to a
+later layer of the same shape once nothing reads it any more, so the residual blocks share two buffers.
 """
 
 from __future__ import annotations
@@ -171,7 +173,8 @@ def _input_layouts(net: nn.Module, layers: list[Layer], height: int, width: int,
 
     hooks = [layer.conv.register_forward_pre_hook(record(index)) for index, layer in enumerate(layers)]
     try:
-        forward(net, torch.zeros(1, 3, height, width, device=device), precision)
+        with torch.inference_mode():
+            forward(net, torch.zeros(1, 3, height, width, device=device), precision)
     finally:
         for hook in hooks:
             hook.remove()
