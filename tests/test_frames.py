@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import stylenet
-from stylenet import StylenetError
+from stylenet import StylenetError, fastpath
 from stylenet.inference import InferenceModel
 from stylenet.inference.geometry import forward
-from stylenet.inference.prepadded import PrepaddedNetwork, prepadded_forward
+from stylenet.inference.layerwise import network_layers
+from stylenet.inference.prepadded import PrepaddedNetwork, input_layouts, prepadded_forward
 from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 
@@ -123,23 +124,49 @@ def test_prepadded_frames_are_bit_for_bit_the_one_pass(precision: str) -> None:
         assert torch.equal(run(batch.flip(-1)), forward(model.net, batch.flip(-1), precision))  # nothing stale kept
 
 
+def prepared(model: InferenceModel, height: int, width: int) -> PrepaddedNetwork:
+    layers = network_layers(model.net)
+    assert layers is not None
+    layouts = input_layouts(model.net, layers, model.precision, torch.device("cpu"))
+    assert layouts is not None
+    return PrepaddedNetwork(layers, layouts, height, width, model.precision, torch.device("cpu"))
+
+
 def test_prepadded_buffers_are_kept_and_shared() -> None:
     model = InferenceModel(trained_like(residual_blocks=3), device="cpu", precision="fp32")
-    prepared = PrepaddedNetwork(model.net, 16, 24, "fp32", torch.device("cpu"))
-    pointers = [step.buffer.data_ptr() for step in prepared.steps]
-    prepared(torch.rand(1, 3, 16, 24))
-    assert [step.buffer.data_ptr() for step in prepared.steps] == pointers  # kept across calls
+    network = prepared(model, 16, 24)
+    pointers = [step.buffer.data_ptr() for step in network.steps]
+    network(torch.rand(1, 3, 16, 24))
+    assert [step.buffer.data_ptr() for step in network.steps] == pointers  # kept across calls
     # 3 encoder layers, then 3 blocks of 2 layers whose inputs and middles take turns in two buffers, which
     # the first upsampling (same shape and padding) reads from too; the second upsampling reads the buffer
     # the third layer read; the first and last layers' buffers are their own: 6 buffers for 12 layers
     assert len(set(pointers[3:10])) == 2 and pointers[10] == pointers[2] and len(set(pointers)) == 6
     # the reflection border holds what F.pad gives, corners included
-    first = prepared.steps[1]
+    first = network.steps[1]
     torch.testing.assert_close(first.buffer, F.pad(first.interior, (1, 1, 1, 1), mode="reflect"), rtol=0, atol=0)
-    upsampling = prepared.steps[9]
+    upsampling = network.steps[9]
     assert upsampling.replicate
     torch.testing.assert_close(upsampling.buffer, F.pad(upsampling.interior, (1, 1, 1, 1), mode="replicate"),
                                rtol=0, atol=0)
+    with pytest.raises(StylenetError, match=r"prepared for \(1, 3, 16, 24\) batches, got \(1, 3, 16, 28\)"):
+        network(torch.rand(1, 3, 16, 28))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big maps take InstanceNorm's exact statistics (fastpath.EXACT_STATISTICS_PIXELS, lowered here to
+    reach it at a small size), and weights changed between frames are the next frame's."""
+    monkeypatch.setattr(fastpath, "EXACT_STATISTICS_PIXELS", 100)
+    model = InferenceModel(trained_like(), device="cpu", precision=precision)
+    run = prepadded_forward(model.net, precision, torch.device("cpu"))
+    assert run is not None
+    batch = torch.rand(1, 3, 32, 44, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(run(batch), forward(model.net, batch, precision))
+    with torch.no_grad():
+        for parameter in model.net.parameters():
+            parameter.mul_(0.9)
+    assert torch.equal(run(batch), forward(model.net, batch, precision))
 
 
 def test_prepadded_applies_only_where_it_was_measured() -> None:
@@ -148,3 +175,5 @@ def test_prepadded_applies_only_where_it_was_measured() -> None:
     assert prepadded_forward(SuperResolutionNet(factor=4), "fp32", torch.device("cpu")) is None
     batch_norm = InferenceModel(TransformerNet(channels=8, residual_blocks=1, norm="batch").eval(), device="cpu")
     assert prepadded_forward(batch_norm.net, "fp32", torch.device("cpu")) is None
+    # not rewritten by optimize_for_inference: its upsampling runs as nn.Upsample + ReflectConv in the one pass
+    assert prepadded_forward(trained_like(), "fp32", torch.device("cpu")) is None
