@@ -27,13 +27,16 @@ def unwritable(path: str | Path) -> str | None:
     nearest existing folder is not writable), else None: checked before any work, so that
     ``-o photo.png/out.png`` fails at once rather than after the compute."""
     path = Path(path)
-    if path.is_dir():
-        return "it is a folder"
-    for parent in path.parents:  # nearest first: the first that exists decides
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{str(parent)!r} is a file, not a folder"
-            return None if os.access(parent, os.W_OK | os.X_OK) else f"no permission to write in {str(parent)!r}"
+    try:
+        if path.is_dir():
+            return "it is a folder"
+        for parent in path.parents:  # nearest first: the first that exists decides
+            if parent.exists():
+                if not parent.is_dir():
+                    return f"{str(parent)!r} is a file, not a folder"
+                return None if os.access(parent, os.W_OK | os.X_OK) else f"no permission to write in {str(parent)!r}"
+    except OSError as err:  # a name too long for the filesystem, ...: pathlib re-raises what it does not expect
+        return err.strerror or type(err).__name__
     return None
 
 

@@ -286,6 +286,18 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
                              "--out", str(tmp_path / "partial.csv")]) == 1
     assert f"no such image file or folder: '{tmp_path / 'nope.png'}'" in capsys.readouterr().err
     assert [r["image"] for r in read_csv(tmp_path / "partial.csv")] == ["a.png", "mean"]
+    too_long = tmp_path / ("n" * 300 + ".png")  # pathlib raises ENAMETOOLONG where it says False for a missing file
+    assert evaluate_sr.main([str(root / "a.png"), str(too_long), "--factor", "4"]) == 1
+    assert "File name too long" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--out", str(too_long.with_suffix(".md"))])
+    assert "cannot write --out" in capsys.readouterr().err
+    for bad in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--max-pixels", bad])
+        assert f"--max-pixels must be at least 1, got {bad}" in capsys.readouterr().err
+    assert evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--device", "bogus"]) == 2  # no model: still checked
+    assert "unknown device 'bogus'" in capsys.readouterr().err
     assert evaluate_sr.main([str(root)]) == 2
     assert "--factor is required without --model" in capsys.readouterr().err
     for factor in ("-4", "1"):

@@ -187,6 +187,9 @@ def test_task_group_picks_network_data_and_loss_and_leaves_style_alone() -> None
     x8 = compose_train("experiment=sr_x8", "loss=pixel", "data=coco", "model.channels=32")
     assert (x8.name, x8.model.factor, x8.data.factor, x8.model.channels) == ("sr_x8", 8, 8, 32)
     assert (x8.loss.content_weight, x8.loss.pixel_weight, x8.data.source) == (0.0, 1.0, "coco")
+    for size in ("sr", "sr_small", "sr_tiny"):  # another network size keeps the experiment's factor
+        smaller = compose_train("experiment=sr_x8", f"model={size}")
+        assert (smaller.name, smaller.model.factor, smaller.data.factor) == ("sr_x8", 8, 8)
     mixed = compose_train("experiment=sr_x4", "loss=mixed")
     assert mixed.loss.content_weight > 0 and mixed.loss.pixel_weight > 0 and mixed.loss.tv_weight > 0
 
@@ -244,3 +247,22 @@ def test_sr_model_exports_to_pt2_and_onnx_at_any_size(tmp_path: Path) -> None:
         assert expected.shape[-2:] == (4 * shape[2], 4 * shape[3])
         onnx_output = session.run(None, {"image": image.numpy()})[0]
         torch.testing.assert_close(torch.from_numpy(onnx_output), expected, atol=1e-5, rtol=0)
+
+
+def test_a_held_out_photo_smaller_than_the_factor_ends_the_run_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The run's model is saved; its upscaled example is what a 2x3 px photo cannot give at x4."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from stylenet.cli.train import finish
+
+    export = save_model(tmp_path / "sr_x4.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
+                        {"task": "sr", "factor": 4})
+    tiny = make_photo(tmp_path / "tiny.png", size=(3, 2))
+    cfg = OmegaConf.create({"callbacks": {"export": {"path": str(export)}}, "style": {"name": "sr_x4"}})
+    with caplog.at_level("WARNING"):
+        finish(cfg, tmp_path, SimpleNamespace(hparams={}), SimpleNamespace(val_files=[tiny], report_path=None))
+    assert f"no upscaled held-out photo: {tiny} is 3x2 px, smaller than the factor 4" in caplog.text
+    assert not list(tmp_path.glob("tiny_*.png"))

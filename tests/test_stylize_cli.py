@@ -190,6 +190,11 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--scale", bad])
         assert "--scale: must be a finite number > 0" in capsys.readouterr().err
+    for huge in ("1e6", "1e300"):  # refused by the size it makes, before any allocation
+        code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "huge.png", "--scale", huge)
+        assert code == 1 and f"--scale {float(huge):g} makes this" in err and "over the limit of" in err
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / ("n" * 300 + ".png"))
+    assert code == 2 and "File name too long" in err
     (tmp_path / "afile").write_text("a file without an extension, not a folder")
     code, _, err = run(capsys, source, second, "--model", model, "-o", tmp_path / "afile")
     assert code == 2 and err.strip().endswith(f"-o {str(tmp_path / 'afile')!r} is a file, not a folder")

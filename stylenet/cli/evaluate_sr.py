@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, help="refuse larger images (decompression bombs); "
                         "default 120 Mpx")
     args = parser.parse_args(argv)
+    if args.max_pixels is not None and args.max_pixels < 1:
+        parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
     bad_out = [out for out in args.out if Path(out).suffix.lower() not in OUT_SUFFIXES]
     if bad_out:
         parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {bad_out[0]}")
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     from stylenet.fastpath import reuse_freed_memory
 
     try:
-        if args.model and resolve_device(args.device).type == "cpu":  # this process is ours (see fastpath)
+        # the device is checked with or without a model: a typo is not silently ignored
+        if resolve_device(args.device).type == "cpu" and args.model:  # this process is ours (see fastpath)
             reuse_freed_memory()
         rows, methods, factor, errors = evaluate(args.inputs, args.model, args.factor, args.device,
                                                  args.max_pixels)

@@ -301,8 +301,12 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     from stylenet.video import is_video, video_target
 
     output = Path(args.output)
-    as_file = not output.is_dir() and bool(output.suffix) and not args.output.endswith(("/", os.sep))  # res.v2/
-    if not as_file and output.is_file():
+    try:
+        is_dir, is_file = output.is_dir(), output.is_file()
+    except OSError as err:  # a name too long for the filesystem, ...: pathlib re-raises what it does not expect
+        raise StylenetError(f"cannot write -o {args.output!r}: {err.strerror or type(err).__name__}") from None
+    as_file = not is_dir and bool(output.suffix) and not args.output.endswith(("/", os.sep))  # res.v2/
+    if not as_file and is_file:
         raise StylenetError(f"-o {args.output!r} is a file, not a folder")
     if as_file and len(inputs) * len(models) > 1:
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and "

@@ -164,6 +164,10 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
     model, label = read_model(export), cfg.style.name
     if model.task == "sr":  # upscale the held-out photo's own low-resolution version
         factor = model.net.scale
+        if min(image.shape[-2:]) < factor:
+            log.warning("no upscaled held-out photo: %s is %dx%d px, smaller than the factor %d", photo,
+                        image.shape[-1], image.shape[-2], factor)
+            return
         image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
     out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
     log.info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized", photo.name, out)

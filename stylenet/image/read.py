@@ -298,11 +298,15 @@ def list_images(root: str | Path) -> list[Path]:
     not depend on the filesystem. A ``root`` that is itself an image file gives ``[root]``.
     """
     base = Path(root)
-    if base.is_file():
+    try:
+        is_file, is_dir = base.is_file(), base.is_dir()
+    except OSError as err:  # a name too long for the filesystem, ...: pathlib re-raises what it does not expect
+        raise ImageError(f"cannot read {str(base)!r}: {err.strerror or type(err).__name__}") from None
+    if is_file:
         if base.suffix.lower() in IMAGE_EXTENSIONS:
             return [base]
         raise ImageError(f"not an image file or folder: {str(base)!r}")
-    if not base.is_dir():
+    if not is_dir:
         raise ImageError(f"no such image file or folder: {str(base)!r}")
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base):

@@ -45,6 +45,9 @@ def target_size(height: int, width: int, *, scale: float = 1.0,
         raise StylenetError(f"--max-size must be at least 1, got {max_size}")
     if max_size is not None and max(height, width) * scale > max_size:
         return long_side_shape(height, width, max_size)
+    if height * scale * width * scale > DEFAULT_MAX_PIXELS:  # in floats: a huge scale is no overflow
+        raise StylenetError(f"--scale {scale:g} makes this {width}x{height} image {width * scale:.6g}x"
+                            f"{height * scale:.6g} px, over the limit of {DEFAULT_MAX_PIXELS} pixels")
     return scaled_shape(height, width, scale)
 
 
