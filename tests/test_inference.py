@@ -29,7 +29,7 @@ from stylenet.inference import (
     tile_weights,
 )
 from stylenet.modelfile import save_model
-from stylenet.nets import TransformerNet
+from stylenet.nets import SuperResolutionNet, TransformerNet
 
 
 def tiny_net(seed: int = 0, residual_blocks: int = 1) -> TransformerNet:
@@ -543,7 +543,6 @@ def test_sixteen_bits_survive_upscaling_and_histogram_matching(model_file: Path,
     import imagecodecs
 
     from stylenet.cli.stylize import main as stylize_main
-    from stylenet.nets import SuperResolutionNet
 
     torch.manual_seed(0)
     sr = save_model(tmp_path / "sr_x4.safetensors", SuperResolutionNet(4, channels=8, residual_blocks=1).eval(),
@@ -555,3 +554,27 @@ def test_sixteen_bits_survive_upscaling_and_histogram_matching(model_file: Path,
     written = _read16(output)
     assert written.dtype == np.uint16 and written.shape == (48, 64, 3)
     assert (written.astype(np.int32) % 257 != 0).any()  # 16-bit levels, not 8-bit ones scaled up
+
+
+def test_a_bright_photo_keeps_its_precision_in_bf16() -> None:
+    """Every pass takes the image less its per-channel mean (geometry.input_offset): the same image in
+    exact arithmetic, far fewer bf16 rounding errors on a bright, low-contrast photo."""
+    import copy
+
+    from stylenet.inference.geometry import forward, input_offset
+    from tests.test_frames import trained_like
+
+    net = trained_like(channels=8, residual_blocks=2)
+    exact = copy.deepcopy(net).double()
+    bright = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.88
+    offset = input_offset(net, bright)
+    assert offset is not None and torch.allclose(offset.flatten(), bright.mean(dim=(0, 2, 3)))
+    with torch.inference_mode():
+        truth = exact(bright.double())
+        assert (exact(bright.double() - offset.double()) - truth).abs().max() < 1e-10  # the same function
+        model = InferenceModel(net, device="cpu", precision="bf16")
+        uncentred = (forward(model.net, bright, "bf16") - truth).abs().mean() * 255
+        centred = (model.transform(bright[0]) - truth[0]).abs().mean() * 255
+    assert centred < 1.0 and centred < uncentred / 3, (centred, uncentred)  # grey levels
+    assert input_offset(TransformerNet(channels=8, residual_blocks=1, norm="batch"), bright) is None
+    assert input_offset(SuperResolutionNet(factor=4), bright) is None

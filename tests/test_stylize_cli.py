@@ -441,11 +441,12 @@ def test_out_of_memory_still_retries_with_smaller_tiles(tmp_path: Path, model: P
     real_run_tiles = InferenceModel._run_tiles
     sides: list[tuple[int, int]] = []
 
-    def run_tiles(self: InferenceModel, rgb: torch.Tensor, controls: object, side: int, *args: object) -> object:
+    def run_tiles(self: InferenceModel, rgb: torch.Tensor, source: torch.Tensor, controls: object, side: int,
+                  *args: object) -> object:
         sides.append((rgb.shape[-1], side))
         if side > MIN_TILE:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_run_tiles(self, rgb, controls, side, *args)
+        return real_run_tiles(self, rgb, source, controls, side, *args)
 
     monkeypatch.setattr(InferenceModel, "_run_tiles", run_tiles)
     code, out, err = run(capsys, small, big, "-m", model, "-o", tmp_path / "out")

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylenet.nets.transformer import ConditionalInstanceNorm2d, TransformerNet
+
 #: ``--precision`` names -> autocast dtypes (fp32 runs without autocast).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,6 +113,25 @@ def padded_forward(net: nn.Module, images: torch.Tensor, style: torch.Tensor | N
     padded = pad_to_multiple(images, size_multiple(net), min_size(net))
     output = net(padded) if style is None else net(padded, style)
     return crop_to(output, height * scale, width * scale)
+
+
+def input_offset(net: nn.Module, image: torch.Tensor) -> torch.Tensor | None:
+    """The per-channel mean of the (3, H, W) or (1, 3, H, W) ``image`` as (3, 1, 1) float32, for every
+    input of ``net`` made from the image to be taken less it; None for networks where that would
+    change the result (any but a TransformerNet whose first layer is instance-normalised).
+
+    InstanceNorm removes any per-channel constant from its input, and a convolution of a
+    reflection-padded input turns a per-channel constant offset of the input into one of the
+    output, so the first layer, and with it the whole network, computes the same image from
+    ``x - mean`` as from ``x``. It computes it more precisely: a bright or dark photo of low
+    contrast gives the first convolution outputs whose per-channel mean is many times their spread,
+    and bf16 keeps 8 bits of the whole value; an input around 0 leaves them for the spread. Every
+    pass over one image (tiles, statistics, bands) must take the same offset."""
+    first = getattr(net, "encoder", [None])[0]
+    if not (isinstance(net, TransformerNet) and isinstance(first, nn.Sequential) and len(first) > 1
+            and isinstance(first[1], (nn.InstanceNorm2d, ConditionalInstanceNorm2d))):
+        return None
+    return image.reshape(3, -1).mean(dim=1, dtype=torch.float32).reshape(3, 1, 1)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
