@@ -31,6 +31,7 @@ Conventions (and why):
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -267,7 +268,8 @@ def check_settings(*, iterations: int, optimizer: str, lr: float | None, history
     problems = [
         (iterations < 0, f"iterations must be >= 0, got {iterations}"),
         (optimizer not in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"),
-        (lr is not None and not lr > 0, f"lr must be > 0 (or null for the optimiser's default), got {lr}"),
+        (lr is not None and not 0 < lr < math.inf,
+         f"lr must be a finite number > 0 (or null for the optimiser's default), got {lr}"),
         (history_size < 1, f"history_size must be >= 1, got {history_size}"),
         (isinstance(init, str) and init not in INITS, f"init must be one of {', '.join(INITS)}, got {init}"),
         (scales < 1, f"scales must be >= 1, got {scales}"),

@@ -10,7 +10,8 @@ pictures themselves, so they can compare a network, a Gatys result and a plain p
   (Gaussian-derivative filters, 3 scales x 4 orientations, on rank-normalised luminance: a monotone
   change of brightness or a colour histogram match leaves it nearly unchanged);
 * **structure**: the Pearson correlation of the photo's and the output's edge maps (gradient
-  magnitude of lightly smoothed luminance), 1 for the photo itself, ~0 once its edges are gone;
+  magnitude of lightly smoothed luminance), 1 for the photo itself, ~0 once its edges are gone (0 for
+  an output without edges; undefined, NaN, for a photo without any, which means then leave out);
 * **clipping**: the share of channel values saturated at 0 or 1.
 
 "Moved" is ``1 - d(output, style) / d(photo, style)``: 0 for the photo itself, 1 for the style image
@@ -112,7 +113,11 @@ def structure(photo: torch.Tensor, output: torch.Tensor) -> float:
     if output.shape[-2:] != photo.shape[-2:]:
         output = F.interpolate(output[None].float(), size=photo.shape[-2:], mode="bilinear",
                                antialias=True, align_corners=False)[0]
-    return float(torch.corrcoef(torch.stack([edge_map(photo), edge_map(output)]))[0, 1])
+    edges = torch.stack([edge_map(photo), edge_map(output)])
+    flat = edges.amax(dim=1) == edges.amin(dim=1)  # a map without variance has no correlation
+    if flat[0]:
+        return math.nan  # no structure to keep
+    return 0.0 if flat[1] else float(torch.corrcoef(edges)[0, 1])
 
 
 def saturated(image: torch.Tensor) -> float:

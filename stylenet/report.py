@@ -14,6 +14,7 @@ Users: ``stylenet-report`` (:mod:`stylenet.cli.report`), the end of ``stylenet-t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,13 @@ class Report:
     errors: list[str] = field(default_factory=list)
 
     def means(self) -> dict[str, dict[str, float]]:
-        """Each method's measures averaged over the photos it was scored on."""
+        """Each method's measures averaged over the photos it was scored on (where a measure is
+        defined: structure is not on a photo without edges)."""
         means = {}
         for method in self.methods:
             scores = [entry.quality.as_dict() for entry in self.entries if entry.method == method]
             if scores:
-                means[method] = {key: sum(score[key] for score in scores) / len(scores) for key in MEASURES}
+                means[method] = {key: _mean([score[key] for score in scores]) for key in MEASURES}
         return means
 
     def missed(self, method: str) -> list[str]:
@@ -97,7 +99,31 @@ class Report:
                 "entries": [entry.as_dict() for entry in self.entries], "errors": self.errors}
 
 
-def meets(measure: str, value: float, target: float) -> bool:
+def _mean(values: list[float]) -> float:
+    defined = [value for value in values if math.isfinite(value)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def cell(value: float | None) -> str:
+    """A measure in a table: three decimals, ``n/a`` where it is undefined (NaN, or JSON's null)."""
+    return f"{value:.3f}" if value is not None and math.isfinite(value) else "n/a"
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: JSON has no such numbers (strict parsers refuse them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def meets(measure: str, value: float | None, target: float) -> bool:
+    """Whether ``value`` meets ``target``; an undefined value (NaN, JSON's null) meets none."""
+    if value is None or not math.isfinite(value):
+        return False
     return value <= target if measure in AT_MOST else value >= target
 
 
@@ -336,9 +362,9 @@ def markdown(report: Report, title: str = "Quality report") -> str:
              header, "|" + "---|" * (len(MEASURES) + 2)]
     for entry in report.entries:
         values = entry.quality.as_dict()
-        lines.append(f"| {entry.photo} | {entry.method} | " + " | ".join(f"{values[k]:.3f}" for k in MEASURES) + " |")
+        lines.append(f"| {entry.photo} | {entry.method} | " + " | ".join(cell(values[k]) for k in MEASURES) + " |")
     for method, mean in report.means().items():
-        lines.append(f"| **mean** | {method} | " + " | ".join(f"{mean[k]:.3f}" for k in MEASURES) + " |")
+        lines.append(f"| **mean** | {method} | " + " | ".join(cell(mean[k]) for k in MEASURES) + " |")
     lines += ["", targets_line(report)]
     if report.errors:
         lines += ["", "Not measured:", *(f"- {error}" for error in report.errors)]
@@ -357,7 +383,8 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     else:  # nothing to draw: a figure left by an earlier report here would no longer match its table
         paths.pop("figure").unlink(missing_ok=True)
     write_text(paths["table"], markdown(report, title))
-    write_text(paths["data"], json.dumps({**report.as_dict(), **(extra or {})}, indent=1) + "\n")
+    write_text(paths["data"], json.dumps(_json_safe({**report.as_dict(), **(extra or {})}), indent=1,
+                                         allow_nan=False) + "\n")
     return paths
 
 

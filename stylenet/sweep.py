@@ -78,7 +78,7 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
     per style instead, which one sheet of one style per run cannot show: a one-line error says so."""
     from stylenet.atomic import atomic_write, write_text
     from stylenet.image import load_rgb
-    from stylenet.report import GAP, MEASURES, figure, missed_targets, targets_text, verdict
+    from stylenet.report import GAP, MEASURES, cell, figure, missed_targets, targets_text, verdict
 
     sweep_dir = Path(sweep_dir)
     runs = sweep_runs(sweep_dir)
@@ -124,7 +124,7 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
             lines.append(f"| {folder} | {name} | " + " | ".join("-" for _ in MEASURES) + " | no quality.json |")
             continue
         result = verdict(missed_targets(mean, method[1]["targets"]))
-        lines.append(f"| {folder} | {name} | " + " | ".join(f"{mean[k]:.3f}" for k in MEASURES) + f" | {result} |")
+        lines.append(f"| {folder} | {name} | " + " | ".join(cell(mean[k]) for k in MEASURES) + f" | {result} |")
     targets = next(iter(first.quality["methods"].values()))["targets"]
     lines += ["", f"Targets: {targets_text(targets)}."]
     write_text(paths["table"], "\n".join(lines) + "\n")

@@ -188,3 +188,9 @@ def test_short_offline_training_moves_the_measures_towards_the_style(tmp_path: P
     assert styled.colour_moved > copied.colour_moved + 0.05
     assert styled.texture_moved > copied.texture_moved + 0.1
     assert styled.structure > 0.3
+
+
+def test_structure_of_a_photo_without_edges_is_undefined_and_of_an_output_without_edges_zero() -> None:
+    photo, flat = generated_photo(), torch.full((3, 32, 40), 0.5)
+    assert math.isnan(quality.structure(flat, photo))  # no edges to keep: no correlation
+    assert quality.structure(photo, flat) == 0.0  # every edge lost

@@ -125,12 +125,12 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     assert [(e["photo"], e["method"]) for e in data["entries"]] == [("wide", "a")]
     figure = Image.open(out / "figure.png")
     assert figure.size == (GAP + 3 * (SIZE + GAP), LABEL_HEIGHT + SIZE + GAP)
-    # a rerun into the same folder that measures nothing leaves no figure of the last run beside its table
+    # a rerun into the same folder that measures nothing leaves the last report as it was
+    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "figure.png")}
     code = main([str(broken), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
                  "--device", "cpu", "--out", str(out)])
-    capsys.readouterr()
-    assert code == 1 and json.loads((out / "report.json").read_text())["entries"] == []
-    assert not (out / "figure.png").exists()
+    assert code == 1 and f"nothing was measured: {str(out)!r} is left as it was" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before
 
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
@@ -278,3 +278,22 @@ def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> N
     assert "experiment=smoke" in table.split("|")[0]  # shared overrides: stated once, not per run
     mean = json.loads((sweep / "2" / "quality.json").read_text())["methods"]["network"]["mean"]
     assert f"| {mean['colour_moved']:.3f} | {mean['texture_moved']:.3f} |" in runs[1]
+
+
+def test_a_photo_without_edges_leaves_structure_out_of_the_mean_and_the_json_valid(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    flat = tmp_path / "in" / "flat.png"
+    Image.new("RGB", (40, 30), (128, 128, 128)).save(flat)
+    out = tmp_path / "report"
+    assert main([str(flat), str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    data = json.loads((out / "report.json").read_text(), parse_constant=refuse)  # no NaN in strict JSON
+    structures = {entry["photo"]: entry["structure"] for entry in data["entries"]}
+    assert structures["flat"] is None and structures["wide"] is not None
+    assert data["methods"]["a"]["mean"]["structure"] == pytest.approx(structures["wide"])  # the defined one
+    assert "| flat | a |" in (out / "report.md").read_text() and " n/a |" in (out / "report.md").read_text()

@@ -266,3 +266,21 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
     captured = capsys.readouterr()
     assert captured.err.count("error:") == 1 and "missing.png" in captured.err
     assert "1 photo(s)" in (tmp_path / "t.md").read_text()  # the readable photo was still measured
+
+
+def test_stability_writes_nothing_when_no_model_is_measured_and_names_a_bad_clip_once(
+        tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture) -> None:
+    model = tiny_model_file(tmp_path)
+    photo = make_photo(tmp_path / "photo.png", size=(64, 56))
+    table = tmp_path / "t.md"
+    table.write_text("an earlier table")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"")
+    assert stability_main([str(photo), "-m", str(broken), "--size", "24", "--frames", "2", "--out", str(table)]) == 1
+    assert "no model could be measured: nothing written" in capsys.readouterr().err
+    assert table.read_text() == "an earlier table"
+    # a still image is no clip (FFmpeg reads it as one frame): refused once, not once per model
+    status = stability_main([str(photo), "-m", str(model), "-m", str(model), "--size", "24", "--frames", "2",
+                             "--video", str(photo)])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(errors) == 1 and "has 1 frame(s): a change per frame needs at least 2" in errors[0]

@@ -90,6 +90,9 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     photos = args.photos or demo_held_out(config_dir(), exclude=resolve_image_path(args.style))
     report, rows = run_report(args.out, args.style, photos, methods, size=args.size, on_error=error,
                               on_done=lambda photo, method: print(f"{photo}: {method} done", file=sys.stderr))
+    if not report.entries:  # an earlier report in --out is not replaced by an empty one
+        error(f"nothing was measured: {str(args.out)!r} is left as it was")
+        return 1
     paths = write_report(args.out, report, rows)
     for method in report.methods:
         missed = report.missed(method)

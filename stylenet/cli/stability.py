@@ -134,6 +134,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     pictured = next(clip for clip in sequences if clip.kind == "rotation")
     outputs = {"input": pictured.frames[:3]}
     clips: list[str] = []
+    failed_clips: set[str] = set()  # reported once, not again for every model
     for path in args.models:
         try:
             loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
@@ -150,10 +151,15 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
                 error(_describe(err, path))
                 continue
             for clip in args.video:
+                if clip in failed_clips:
+                    continue
                 try:
                     clips.append(_clip_line(clip, name, model, args.max_frames))
                 except Exception as err:  # this clip only
+                    failed_clips.add(clip)
                     error(_describe(err, clip))
+    if len(rows) == 1:  # the input frames alone: an earlier table or strip is not replaced by nothing
+        raise StylenetError("no model could be measured: nothing written")
     if args.strip:
         from stylenet.image import save_image
         from stylenet.stability import strip
@@ -191,6 +197,8 @@ def _clip_line(clip: str, name: str, model: InferenceModel, max_frames: int) -> 
     from stylenet.video.io import iter_video_frames
 
     change = clip_change(iter_video_frames(clip, limit=max_frames), model.stylize_frames)
+    if change["frames"] < 2:  # a still image (which FFmpeg reads as a clip of one frame), or a clip of one
+        raise StylenetError(f"{clip!r} has {int(change['frames'])} frame(s): a change per frame needs at least 2")
     return (f"- {clip}, {name}: {int(change['frames'])} frames, output {change['output']:.2f} vs input "
             f"{change['input']:.2f} grey levels per frame (ratio {change['ratio']:.2f})")
 

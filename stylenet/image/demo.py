@@ -25,7 +25,8 @@ def resolve_image_path(spec: str | Path) -> Path:
     text = str(spec)
     if text.startswith("demo:"):
         name = text.removeprefix("demo:")
-        matches = sorted(demo_root().glob(f"{name}.*")) or sorted(demo_root().glob(name))
+        # names, not patterns: "demo:" or "demo:**" is no image (and no glob pattern pathlib accepts)
+        matches = sorted(path for path in demo_root().iterdir() if name in (path.stem, path.name))
         if not matches:
             raise StylenetError(f"no bundled demo image {name!r}; choose one of "
                                 f"{', '.join(Path(p).stem for p in DEMO_PHOTOS)}")
