@@ -15,18 +15,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: The longest file name (bytes) of the file systems this runs on (NAME_MAX of ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+
 
 def temporary_path(path: Path) -> Path:
     """A fresh hidden name beside ``path`` that keeps its extension (some writers, such as ONNX's,
-    choose the format from it): ``out.png`` -> ``.out.<random>.tmp.png``."""
-    return path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    choose the format from it): ``out.png`` -> ``.out.<random>.tmp.png``, the stem shortened where
+    the name would pass :data:`NAME_MAX` (a file name the system takes may leave no room for more)."""
+    tail = f".{secrets.token_hex(6)}.tmp{path.suffix}"
+    room = NAME_MAX - 1 - len(tail.encode(errors="surrogateescape"))
+    stem = path.stem.encode(errors="surrogateescape")[:max(room, 1)].decode(errors="surrogateescape")
+    return path.with_name(f".{stem}{tail}")
 
 
 def unwritable(path: str | Path) -> str | None:
-    """Why no file can be written at ``path`` (it is a folder, one of its parents is a file, or the
-    nearest existing folder is not writable), else None: checked before any work, so that
+    """Why no file can be written at ``path`` (its name is too long, it is a folder, one of its parents
+    is a file, or the nearest existing folder is not writable), else None: checked before any work, so that
     ``-o photo.png/out.png`` fails at once rather than after the compute."""
     path = Path(path)
+    length = len(path.name.encode(errors="surrogateescape"))
+    if length > NAME_MAX:
+        return f"its name is {length} bytes, longer than file systems allow ({NAME_MAX})"
     try:
         if path.is_dir():
             return "it is a folder"

@@ -226,6 +226,10 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
     return StoredModel(net.eval(), header(net, metadata), str(path))
 
 
+#: What a file that loads as neither kind is (torch.load's own reasons, such as "101", say little alone).
+NEITHER = "is not a model file: neither safetensors nor a PyTorch checkpoint or state dict"
+
+
 def _load_pickled(path: Path) -> StoredModel:
     """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler."""
     try:
@@ -238,9 +242,9 @@ def _load_pickled(path: Path) -> StoredModel:
             raise StylenetError(
                 f"refusing to load model file {str(path)!r}: it is a pickle with more than tensors and plain "
                 f"containers, and unpickling it could run code ({reason})") from None
-        raise StylenetError(f"model file {str(path)!r} is not a model file: {reason}") from None
+        raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {reason})") from None
     except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
-        raise StylenetError(f"model file {str(path)!r} is not a model file: {first_line(err)}") from None
+        raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {first_line(err)})") from None
     if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
         return _from_lightning(path, content)
     if isinstance(content, dict) and "conv1.conv2d.weight" in content:

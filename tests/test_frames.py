@@ -177,3 +177,13 @@ def test_prepadded_applies_only_where_it_was_measured() -> None:
     assert prepadded_forward(batch_norm.net, "fp32", torch.device("cpu")) is None
     # not rewritten by optimize_for_inference: its upsampling runs as nn.Upsample + ReflectConv in the one pass
     assert prepadded_forward(trained_like(), "fp32", torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_are_centred_in_float32_as_frames_are(dtype: torch.dtype) -> None:
+    """The network takes an image less its mean once it is float32 (geometry.input_offset): a photo
+    held in half precision, as stylenet-stylize holds 8-bit ones, gives what its frame gives."""
+    model = InferenceModel(trained_like(), device="cpu", precision="fp32")
+    bright = (torch.rand(3, 32, 44, generator=torch.Generator().manual_seed(5)) * 0.1 + 0.88).to(dtype)
+    (frame,) = model.stylize_frames([bright])
+    assert torch.equal(frame, model.stylize(bright))

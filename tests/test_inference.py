@@ -125,6 +125,10 @@ def test_target_size() -> None:
     assert target_size(1, 1000, max_size=10) == (1, 10)
     with pytest.raises(StylenetError):
         target_size(10, 10, scale=0)
+    assert target_size(3000, 4000, scale=4) == (12000, 16000)  # a 12 MP photo upscaled: 192 MP, a real size
+    for huge in ({"scale": 1e300}, {"scale": 1000, "max_size": 100_000}):  # 2^32 pixels and beyond: a typo
+        with pytest.raises(StylenetError, match=r"px, beyond 4294967296 pixels"):
+            target_size(3000, 4000, **huge)
 
 
 # ------------------------------------------------------------------------------------ tiles

@@ -292,6 +292,10 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--out", str(too_long.with_suffix(".md"))])
     assert "cannot write --out" in capsys.readouterr().err
+    longest = tmp_path / "new" / ("n" * 251 + ".md")  # a name the system takes, whose temporary name would not be
+    assert evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--out", str(longest)]) == 0
+    assert "| a.png |" in longest.read_text()
+    capsys.readouterr()
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit):
             evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--max-pixels", bad])

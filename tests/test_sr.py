@@ -187,9 +187,18 @@ def test_task_group_picks_network_data_and_loss_and_leaves_style_alone() -> None
     x8 = compose_train("experiment=sr_x8", "loss=pixel", "data=coco", "model.channels=32")
     assert (x8.name, x8.model.factor, x8.data.factor, x8.model.channels) == ("sr_x8", 8, 8, 32)
     assert (x8.loss.content_weight, x8.loss.pixel_weight, x8.data.source) == (0.0, 1.0, "coco")
-    for size in ("sr", "sr_small", "sr_tiny"):  # another network size keeps the experiment's factor
-        smaller = compose_train("experiment=sr_x8", f"model={size}")
-        assert (smaller.name, smaller.model.factor, smaller.data.factor) == ("sr_x8", 8, 8)
+    # another network size is no silent x4 run: stylenet-train stops, naming it, unless the factor is given
+    from stylenet.config_check import check_group_choices
+
+    for size in ("sr", "sr_small", "sr_tiny"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            clash = compose("train", overrides=["experiment=sr_x8", f"model={size}"], return_hydra_config=True)
+            given = compose("train", overrides=["experiment=sr_x8", f"model={size}", "model.factor=8"],
+                            return_hydra_config=True)
+        with pytest.raises(StylenetError, match=f"experiment=sr_x8 overrides model.factor of model={size}"):
+            check_group_choices(clash)
+        check_group_choices(given)
+        assert (given.name, given.model.factor, given.data.factor) == ("sr_x8", 8, 8)
     mixed = compose_train("experiment=sr_x4", "loss=mixed")
     assert mixed.loss.content_weight > 0 and mixed.loss.pixel_weight > 0 and mixed.loss.tv_weight > 0
 

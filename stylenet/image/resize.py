@@ -36,6 +36,11 @@ def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return scaled_shape(height, width, size / min(height, width))
 
 
+#: Pixels beyond which a resized image is refused: 2^32, 48 GiB as float32 RGB, what no machine this
+#: runs on holds; a --scale typo, then, not a size anyone works at (an upscaled 12 MP photo is 200 MP).
+MAX_SCALED_PIXELS = 1 << 32
+
+
 def target_size(height: int, width: int, *, scale: float = 1.0,
                 max_size: int | None = None) -> tuple[int, int]:
     """``(H, W)`` after multiplying by ``scale`` and capping the long side at ``max_size``."""
@@ -43,12 +48,12 @@ def target_size(height: int, width: int, *, scale: float = 1.0,
         raise StylenetError(f"--scale must be a finite number > 0, got {scale}")
     if max_size is not None and max_size < 1:
         raise StylenetError(f"--max-size must be at least 1, got {max_size}")
-    if max_size is not None and max(height, width) * scale > max_size:
-        return long_side_shape(height, width, max_size)
-    if height * scale * width * scale > DEFAULT_MAX_PIXELS:  # in floats: a huge scale is no overflow
-        raise StylenetError(f"--scale {scale:g} makes this {width}x{height} image {width * scale:.6g}x"
-                            f"{height * scale:.6g} px, over the limit of {DEFAULT_MAX_PIXELS} pixels")
-    return scaled_shape(height, width, scale)
+    capped = max_size is not None and max(height, width) * scale > max_size
+    shape = long_side_shape(height, width, max_size) if capped else (height * scale, width * scale)
+    if shape[0] * shape[1] > MAX_SCALED_PIXELS:  # in floats: a huge scale is no overflow
+        raise StylenetError(f"--scale {scale:g}{' and --max-size make' if capped else ' makes'} this {width}x{height} "
+                            f"image {shape[1]:.6g}x{shape[0]:.6g} px, beyond {MAX_SCALED_PIXELS} pixels")
+    return shape if capped else scaled_shape(height, width, scale)
 
 
 def resize(image: torch.Tensor, size: tuple[int, int], *, clamp: bool = False) -> torch.Tensor:

@@ -154,4 +154,6 @@ def run_network(net: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """(3, H, W) in [0, 1] -> the network's float32 (3, H * scale, W * scale) output in one pass, on
     the network's device. For previews of small images; :class:`InferenceModel` is the full tool."""
     device = next(net.parameters()).device
-    return forward(net, image.to(device).unsqueeze(0))[0]
+    batch = image.to(device, torch.float32).unsqueeze(0)
+    offset = input_offset(net, batch)
+    return forward(net, batch if offset is None else batch - offset.to(device))[0]

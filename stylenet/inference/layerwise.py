@@ -194,14 +194,16 @@ def plan(layers: list[Layer], height: int, width: int, precision: str, budget: i
 @torch.inference_mode()
 def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp32",
                     device: torch.device | None = None, budget: int | None = None,
-                    band_pixels: int = BAND_PIXELS, progress: Callable[[int, int], None] | None = None
-                    ) -> Iterator[tuple[int, torch.Tensor]]:
+                    band_pixels: int = BAND_PIXELS, progress: Callable[[int, int], None] | None = None,
+                    offset: torch.Tensor | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Run TransformerNet ``net`` layer by layer over the (3, H, W) ``image`` (kept where it is;
     bands go to ``device``, the network's by default) and yield ``(top, rows)``: the output's rows
     from ``top`` down, float32 (3, rows, W) on the device, top to bottom.
 
     The same image as :func:`~stylenet.inference.geometry.padded_forward` in one pass, up to
-    rounding (``budget``: see :func:`plan`). ``progress(done, total)`` is called after every band."""
+    rounding (``budget``: see :func:`plan`). ``progress(done, total)`` is called after every band.
+    ``offset`` ((3, 1, 1) on the device): what the network takes every band of the image less
+    (:func:`~stylenet.inference.geometry.input_offset`)."""
     layers = network_layers(net)
     if layers is None:
         raise StylenetError(f"layer-by-layer inference needs a TransformerNet with InstanceNorm, got "
@@ -219,7 +221,8 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
             progress(done, steps.passes)
 
     def image_rows(start: int, stop: int) -> torch.Tensor:
-        return padded[..., start:stop, :].to(device, torch.float32)
+        rows = padded[..., start:stop, :].to(device, torch.float32)
+        return rows if offset is None else rows - offset
 
     read: Rows = image_rows
     source_height = steps.height

@@ -229,15 +229,16 @@ class InferenceModel:
                                                    progress=progress)
         _check_transform(rgb, tile, tile_overlap, bits)
         controls = controls or Controls()
-        offset = input_offset(self.net, rgb)  # what every pass of the network takes, controls take rgb
-        source = rgb if offset is None else rgb - offset.to(rgb.device, rgb.dtype)
+        # every piece of the image the network sees is taken less this, once it is float32 on the device
+        offset = input_offset(self.net, rgb)
+        offset = None if offset is None else offset.to(self.device)
         height, width = rgb.shape[-2:]
         multiple = size_multiple(self.net)
         pixels: int | None = None  # the budget, in input pixels per forward pass
         side = MIN_TILE  # the size of the memory probe
         if tile is None and self._layerwise and padded_pixels(self.net, height, width) > self.max_pixels():
             try:
-                return self._run_layerwise(rgb, source, controls, bits if quantize else None, progress)
+                return self._run_layerwise(rgb, offset, controls, bits if quantize else None, progress)
             except Exception as err:
                 if not is_out_of_memory(err):
                     raise
@@ -253,7 +254,7 @@ class InferenceModel:
                 # with no tile asked for, the result must be the one-pass result: a network that cannot
                 # run layer by layer (a converted pytorch/examples model) gets exact statistics
                 exact = exact_statistics or (tile is None and not self._layerwise)
-                return self._run_tiles(rgb, source, controls, side, tile_overlap, pixels, exact,
+                return self._run_tiles(rgb, offset, controls, side, tile_overlap, pixels, exact,
                                        bits if quantize else None, progress)
             except Exception as err:
                 if not is_out_of_memory(err):
@@ -267,12 +268,12 @@ class InferenceModel:
                             self.device, side)
                 pixels = max(MIN_TILE * MIN_TILE, min(pixels, side * side) // 4)
 
-    def _run_tiles(self, rgb: torch.Tensor, source: torch.Tensor, controls: Controls, side: int, overlap: int,
-                   pixels: int, exact_statistics: bool, bits: int | None,
+    def _run_tiles(self, rgb: torch.Tensor, offset: torch.Tensor | None, controls: Controls, side: int,
+                   overlap: int, pixels: int, exact_statistics: bool, bits: int | None,
                    progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """One attempt at :meth:`transform` with ``side`` px tiles (one tile if the image fits) of
-        ``source``, the network's input (``rgb`` less its :func:`input_offset`); ``bits`` None keeps
-        float32, 8 or 16 quantises finished rows to that many bits."""
+        """One attempt at :meth:`transform` with ``side`` px tiles (one tile if the image fits), each
+        taken less ``offset`` (:func:`input_offset`) for the network; ``bits`` None keeps float32, 8
+        or 16 quantises finished rows to that many bits."""
         net, scale, multiple = self.net, self.scale, size_multiple(self.net)
         height, width = rgb.shape[-2:]
         overlap = min(round_up(overlap, multiple), side // 2 // multiple * multiple)
@@ -288,10 +289,10 @@ class InferenceModel:
                 progress(done, total)
 
         if norms:
-            stats = self._global_statistics(source, pixels)
+            stats = self._global_statistics(rgb, pixels, offset)
             if streaming:
-                stats = streaming_norm_statistics(self.net, source, grid.rows, grid.cols, stats,
-                                                  self.precision, tick)
+                stats = streaming_norm_statistics(self.net, rgb, grid.rows, grid.cols, stats,
+                                                  self.precision, tick, offset=offset)
             net = freeze_norm_statistics(net, stats)
 
         dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
@@ -303,8 +304,7 @@ class InferenceModel:
             if carry is not None:
                 band[:, : carry.shape[1]] += carry
             for (left, right), col_weight in zip(grid.cols, grid.col_weights, strict=True):
-                piece = self._run_tile(net, source[:, top:bottom, left:right], rgb[:, top:bottom, left:right],
-                                       controls)
+                piece = self._run_tile(net, rgb[:, top:bottom, left:right], offset, controls)
                 weight = row_weight.to(piece.device)[:, None] * col_weight.to(piece.device)[None, :]
                 band[:, :, left * scale: right * scale] += (piece * weight).cpu()
                 tick()
@@ -315,15 +315,15 @@ class InferenceModel:
             carry = band[:, finished:]
         return out
 
-    def _run_layerwise(self, rgb: torch.Tensor, source: torch.Tensor, controls: Controls, bits: int | None,
-                       progress: Callable[[int, int], None] | None) -> torch.Tensor:
-        """:meth:`transform` layer by layer over ``source`` (see :meth:`_run_tiles`); the output's
-        rows are finished (controls, quantised) band by band, as they come."""
+    def _run_layerwise(self, rgb: torch.Tensor, offset: torch.Tensor | None, controls: Controls,
+                       bits: int | None, progress: Callable[[int, int], None] | None) -> torch.Tensor:
+        """:meth:`transform` layer by layer (bands taken less ``offset``, see :meth:`_run_tiles`); the
+        output's rows are finished (controls, quantised) band by band, as they come."""
         height, width = rgb.shape[-2:]
         dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
         top_level = float(2**bits - 1) if bits else 1.0
         out = torch.empty(3, height, width, dtype=dtype)
-        bands = layerwise_bands(self.net, source, precision=self.precision, device=self.device,
+        bands = layerwise_bands(self.net, rgb, precision=self.precision, device=self.device, offset=offset,
                                 budget=self.budget(), progress=progress)
         for top, rows in bands:
             bottom = top + rows.shape[1]
@@ -332,17 +332,17 @@ class InferenceModel:
             out[:, top:bottom] = rows.mul_(top_level).round_() if bits else rows
         return out
 
-    def _run_tile(self, net: nn.Module, tile: torch.Tensor, content: torch.Tensor, controls: Controls
+    def _run_tile(self, net: nn.Module, tile: torch.Tensor, offset: torch.Tensor | None, controls: Controls
                   ) -> torch.Tensor:
-        """One (3, h, w) tile of the network's input and of the image -> (3, h * scale, w * scale)
-        float32 on the device, controls applied."""
-        output = forward(net, tile.to(self.device, torch.float32).unsqueeze(0), self.precision)
-        batch = content.to(self.device, torch.float32).unsqueeze(0) if controls.needs_content else None
-        return controls.apply(output, batch)[0]
+        """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied;
+        the network takes it less ``offset``."""
+        batch = tile.to(self.device, torch.float32).unsqueeze(0)
+        output = forward(net, batch if offset is None else batch - offset, self.precision)
+        return controls.apply(output, batch if controls.needs_content else None)[0]
 
-    def _global_statistics(self, rgb: torch.Tensor, pixels: int
-                           ) -> NormStats:
-        """InstanceNorm statistics of the whole image, from a copy downscaled to fit ``pixels``."""
+    def _global_statistics(self, rgb: torch.Tensor, pixels: int, offset: torch.Tensor | None) -> NormStats:
+        """InstanceNorm statistics of the whole image, from a copy downscaled to fit ``pixels`` (less
+        ``offset``: resizing keeps a constant)."""
         height, width = rgb.shape[-2:]
         factor = min(1.0, math.sqrt(pixels / (height * width)))
         size = (max(1, int(height * factor)), max(1, int(width * factor)))
@@ -350,7 +350,7 @@ class InferenceModel:
             log.info("InstanceNorm statistics from a %dx%d copy of the %dx%d image",
                      size[1], size[0], width, height)
         copy_ = resize(rgb, size).to(self.device, torch.float32).unsqueeze(0)
-        return record_norm_statistics(self.net, copy_, self.precision)
+        return record_norm_statistics(self.net, copy_ if offset is None else copy_ - offset, self.precision)
 
     # -------------------------------------------------------------------------- images
 

@@ -119,7 +119,8 @@ def _measure_core(module: nn.Module, inputs: tuple[torch.Tensor, ...], *, rows: 
 
 def streaming_norm_statistics(net: nn.Module, rgb: torch.Tensor, rows: list[tuple[int, int]],
                               cols: list[tuple[int, int]], stats: NormStats, precision: str = "fp32",
-                              tick: Callable[[], None] | None = None) -> NormStats:
+                              tick: Callable[[], None] | None = None, *, offset: torch.Tensor | None = None
+                              ) -> NormStats:
     """Exact whole-image InstanceNorm statistics of a (3, H, W) image, computed tile by tile.
 
     A layer's statistics depend on every earlier layer's, so they are measured one layer at a
@@ -129,7 +130,8 @@ def streaming_norm_statistics(net: nn.Module, rgb: torch.Tensor, rows: list[tupl
     only its core (:func:`core_spans`), far from its cut edges, and the per-tile means and
     variances are pooled exactly (Chan et al. 1979). Costs about (number of layers) / 2 full
     passes, about 6 for the paper's network: an option for accelerators, not the default.
-    ``tick()`` is called after every tile.
+    ``tick()`` is called after every tile; the network takes each tile less ``offset`` (on the
+    device; :func:`~stylenet.inference.geometry.input_offset`).
     """
     multiple, low = size_multiple(net), min_size(net)
     padded = [round_up(max(length, low), multiple) for length in rgb.shape[-2:]]
@@ -148,7 +150,7 @@ def streaming_norm_statistics(net: nn.Module, rgb: torch.Tensor, rows: list[tupl
                 handle = layer.register_forward_pre_hook(hook)
                 tile = rgb[:, top:bottom, left:right].to(device, torch.float32).unsqueeze(0)
                 with contextlib.suppress(_LayerReached):
-                    forward(frozen, tile, precision)
+                    forward(frozen, tile if offset is None else tile - offset, precision)
                 handle.remove()
                 if tick is not None:
                     tick()
