@@ -23,10 +23,16 @@ def temporary_path(path: Path) -> Path:
     """A fresh hidden name beside ``path`` that keeps its extension (some writers, such as ONNX's,
     choose the format from it): ``out.png`` -> ``.out.<random>.tmp.png``, the stem shortened where
     the name would pass :data:`NAME_MAX` (a file name the system takes may leave no room for more)."""
-    tail = f".{secrets.token_hex(6)}.tmp{path.suffix}"
-    room = NAME_MAX - 1 - len(tail.encode(errors="surrogateescape"))
-    stem = path.stem.encode(errors="surrogateescape")[:max(room, 1)].decode(errors="surrogateescape")
-    return path.with_name(f".{stem}{tail}")
+    tail, stem, suffix = f".{secrets.token_hex(6)}.tmp", path.stem, path.suffix
+
+    def name() -> str:
+        return f".{stem}{tail}{suffix}"
+
+    while stem and len(name().encode(errors="surrogateescape")) > NAME_MAX:
+        stem = stem[:-1]  # whole characters: the name stays as valid (UTF-8 or not) as the original
+    if len(name().encode(errors="surrogateescape")) > NAME_MAX:
+        suffix = ""  # a "suffix" this long is part of a dotted name, not a format's extension
+    return path.with_name(name())
 
 
 def unwritable(path: str | Path) -> str | None:

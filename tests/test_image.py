@@ -784,3 +784,20 @@ def test_scaled_shapes_round_halves_to_even_sides_and_refuse_bad_scales() -> Non
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(StylenetError, match="--scale must be a finite number > 0"):
             target_size(31, 41, scale=bad)
+
+
+def test_temporary_names_fit_the_file_system_whatever_the_name(tmp_path: Path) -> None:
+    """atomic_write's hidden temporary name beside a long output name: at most NAME_MAX bytes, whole
+    characters (valid UTF-8 where the name is), the format's extension kept where it fits."""
+    import os
+
+    from stylenet.atomic import NAME_MAX, temporary_path, unwritable, write_text
+
+    for name in ("short.png", "x" * 251 + ".png", "é" * 125 + "x.png", "€" * 83 + "a.png", "a." + "b" * 252):
+        assert unwritable(tmp_path / name) is None
+        temporary = os.fsencode(temporary_path(tmp_path / name).name)
+        assert len(temporary) <= NAME_MAX and temporary.decode("utf-8").startswith(".")
+        assert temporary.endswith(b".png") == name.endswith(".png")
+        write_text(tmp_path / name, "written")
+        assert (tmp_path / name).read_text() == "written"
+    assert unwritable(tmp_path / ("x" * 256)) == f"its name is 256 bytes, longer than file systems allow ({NAME_MAX})"

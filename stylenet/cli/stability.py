@@ -134,7 +134,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     pictured = next(clip for clip in sequences if clip.kind == "rotation")
     outputs = {"input": pictured.frames[:3]}
     clips: list[str] = []
-    failed_clips: set[str] = set()  # reported once, not again for every model
+    reported: set[str] = set()  # a clip's error once, not again for every model that meets it
     for path in args.models:
         try:
             loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
@@ -151,13 +151,13 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
                 error(_describe(err, path))
                 continue
             for clip in args.video:
-                if clip in failed_clips:
-                    continue
                 try:
                     clips.append(_clip_line(clip, name, model, args.max_frames))
                 except Exception as err:  # this clip only
-                    failed_clips.add(clip)
-                    error(_describe(err, clip))
+                    message = _describe(err, clip)
+                    if message not in reported:
+                        reported.add(message)
+                        error(message)
     if len(rows) == 1:  # the input frames alone: an earlier table or strip is not replaced by nothing
         raise StylenetError("no model could be measured: nothing written")
     if args.strip:
