@@ -187,3 +187,16 @@ def test_johnson_presets_are_their_cited_lua_settings_converted(tmp_path: Path, 
         assert cfg.loss[key] == pytest.approx(value, rel=1e-3), key
     assert (cfg.style.size, cfg.trainer.max_steps) == (int(size), int(steps) * 1000)
     assert cfg.model.channels == (16 if cfg.model.norm == "instance" else 32)  # released widths
+
+
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hydra makes the run folder before any of our code runs: the clash is caught before Hydra starts."""
+    from stylenet.cli import refuse_run_dir_file
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        refuse_run_dir_file("stylenet-train", ["experiment=smoke", f"hydra.run.dir={afile}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"stylenet-train: error: hydra.run.dir={afile} is a file, not a folder\n"
+    refuse_run_dir_file("stylenet-train", [f"hydra.run.dir={tmp_path}", f"hydra.run.dir={tmp_path / 'new'}"])

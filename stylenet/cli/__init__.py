@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from stylenet.errors import StylenetError
 
@@ -41,3 +42,13 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     except KeyboardInterrupt:
         return 130
     return status or int(failed)
+
+
+def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
+    """Exit 2 with one line when ``hydra.run.dir=`` on the command line names an existing file: Hydra
+    creates the run folder before any of our code runs, and reports the clash as a traceback."""
+    for item in sys.argv[1:] if argv is None else argv:
+        key, _, value = item.partition("=")
+        if key.lstrip("+") == "hydra.run.dir" and value and Path(value).exists() and not Path(value).is_dir():
+            print(f"{prog}: error: hydra.run.dir={value} is a file, not a folder", file=sys.stderr)
+            sys.exit(2)

@@ -23,6 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
+from stylenet.cli import refuse_run_dir_file
 from stylenet.cli.train import config_dir
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         if OmegaConf.is_missing(cfg, key):
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
+    if output.is_dir():
+        raise StylenetError(f"output {str(output)!r} is a folder: name a file, such as {str(output / 'gatys.png')!r}")
     check_output_path(output)
     check_setting_types(cfg)
     for key, spec in (("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))):
@@ -185,6 +188,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refuse_run_dir_file("stylenet-gatys")
     hydra_main()
 
 

@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
+from stylenet.cli import refuse_run_dir_file
 from stylenet.errors import first_line
 from stylenet.styles import style_name_of
 
@@ -212,6 +213,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refuse_run_dir_file("stylenet-train")
     hydra_main()
     if FAILED_SWEEP_JOBS:
         print(f"stylenet-train: error: {len(FAILED_SWEEP_JOBS)} sweep job(s) failed: {', '.join(FAILED_SWEEP_JOBS)}",
