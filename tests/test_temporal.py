@@ -284,3 +284,16 @@ def test_stability_writes_nothing_when_no_model_is_measured_and_names_a_bad_clip
                              "--video", str(photo)])
     errors = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(errors) == 1 and "has 1 frame(s): a change per frame needs at least 2" in errors[0]
+
+
+def test_stability_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import stylenet.stability
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stylenet.stability, "measure", interrupted)
+    photo = make_photo(tmp_path / "photo.png", size=(64, 56))
+    assert stability_main([str(photo), "-m", str(tiny_model_file(tmp_path)), "--size", "24", "--frames", "2"]) == 130
+    assert capsys.readouterr().err == "stylenet-stability: interrupted\n"

@@ -39,7 +39,8 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     except StylenetError as err:
         error(str(err))
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # one line, as stylenet-gatys and stylenet-prepare say it
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return status or int(failed)
 
