@@ -163,6 +163,10 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
     model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
     if task is not None and model.task != task:
         raise StylenetError(f"model file {str(path)!r} is a {model.task!r} model, not a {task!r} model")
+    factor, scale = model.metadata.get("factor"), getattr(model.net, "scale", None)
+    if model.task == "sr" and factor is not None and scale is not None and factor != scale:
+        raise StylenetError(f"model file {str(path)!r} says it upscales x{factor}, but its network upscales "
+                            f"x{scale}")
     return model
 
 

@@ -275,3 +275,10 @@ def test_a_held_out_photo_smaller_than_the_factor_ends_the_run_with_a_warning(
         finish(cfg, tmp_path, SimpleNamespace(hparams={}), SimpleNamespace(val_files=[tiny], report_path=None))
     assert f"no upscaled held-out photo: {tiny} is 3x2 px, smaller than the factor 4" in caplog.text
     assert not list(tmp_path.glob("tiny_*.png"))
+
+
+def test_a_model_file_whose_factor_disagrees_with_its_network_is_refused(tmp_path: Path) -> None:
+    path = save_model(tmp_path / "sr.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
+                      {"task": "sr", "factor": 8})
+    with pytest.raises(StylenetError, match=r"says it upscales x8, but its network upscales x4"):
+        read_model(path)
