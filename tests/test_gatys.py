@@ -241,7 +241,7 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
     ("style_size=100000", r"image needs about [\d.]+ GiB on cpu .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
-    ("output=/tmp", "output '/tmp' is a folder: name a file, such as '/tmp/gatys.png'"),
+    ("output=/tmp", "cannot write output '/tmp': it is a folder"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
     ("loss.style_layer_weights=[a,b,c,d]", "loss.style_layer.relu1_2 must be a number >= 0, got 'a'"),

@@ -98,6 +98,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    from stylenet.atomic import unwritable
     from stylenet.gatys import (
         check_memory,
         check_settings,
@@ -114,8 +115,9 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         if OmegaConf.is_missing(cfg, key):
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
-    if output.is_dir():
-        raise StylenetError(f"output {str(output)!r} is a folder: name a file, such as {str(output / 'gatys.png')!r}")
+    reason = unwritable(output)  # refused now, not after the optimisation
+    if reason is not None:
+        raise StylenetError(f"cannot write output {str(output)!r}: {reason}")
     check_output_path(output)
     check_setting_types(cfg)
     for key, spec in (("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))):

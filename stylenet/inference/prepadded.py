@@ -129,12 +129,11 @@ class PrepaddedNetwork:
                 if layer.block_start:
                     stream = step.interior
                 out = norm(step.convolve())
-                if layer.residual and stream is not None:
+                if layer.residual:
+                    assert stream is not None  # network_layers: a residual layer follows its block's start
                     torch.add(stream, out, out=following.interior)
-                elif layer.relu:
+                else:  # network_layers: every other normalised layer is rectified
                     torch.clamp_min(out, 0, out=following.interior)
-                else:
-                    following.interior.copy_(out)
                 following.fill_border()
             last = self.steps[-1]
             out = last.convolve()
