@@ -70,8 +70,7 @@ def filter_bank(image: torch.Tensor) -> torch.Tensor:
     Luminance is rank-normalised first (each pixel replaced by its quantile in the image), so the
     responses describe spatial patterns rather than the palette or the overall contrast."""
     brightness = luma(image.float())[None].double()  # (1, 1, H, W)
-    ranks = brightness.flatten().argsort().argsort().double() / max(1, brightness.numel() - 1)
-    ranked = ranks.view_as(brightness)
+    ranked = quantile_ranks(brightness.flatten()).view_as(brightness)
     responses = []
     for sigma in TEXTURE_SIGMAS:
         smooth = separable_filter(ranked, gaussian_kernel(sigma), "reflect")
@@ -81,6 +80,18 @@ def filter_bank(image: torch.Tensor) -> torch.Tensor:
             # sigma-normalised derivative: comparable magnitudes across scales
             responses.append((math.cos(angle) * dx + math.sin(angle) * dy) * sigma)
     return torch.cat(responses, dim=1).reshape(len(responses), -1).T.float()
+
+
+def quantile_ranks(values: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N,) each value's rank over N - 1, in [0, 1]; equal values share their mean rank.
+
+    Ties are common (8-bit photos, flat or clipped regions). Ranked one after the other, as
+    ``argsort`` ranks them (in raster order, say), a flat region would become a ramp of the ranking's
+    own making, which the filter bank would then count as texture."""
+    _, group, counts = torch.unique(values, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()  # (groups,) one past each group's last 0-based rank
+    mean_ranks = ends - (counts.double() + 1) / 2
+    return mean_ranks[group] / max(1, values.numel() - 1)
 
 
 def image_gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

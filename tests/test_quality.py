@@ -194,3 +194,21 @@ def test_structure_of_a_photo_without_edges_is_undefined_and_of_an_output_withou
     photo, flat = generated_photo(), torch.full((3, 32, 40), 0.5)
     assert math.isnan(quality.structure(flat, photo))  # no edges to keep: no correlation
     assert quality.structure(photo, flat) == 0.0  # every edge lost
+
+
+def test_quantile_ranks_share_ties_by_hand() -> None:
+    """[3, 1, 3, 2]: 1 has rank 0, 2 rank 1, the two 3s share (2 + 3) / 2; all over N - 1 = 3."""
+    ranks = quality.quantile_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(ranks, torch.tensor([2.5, 0.0, 2.5, 1.0], dtype=torch.float64) / 3)
+    torch.testing.assert_close(quality.quantile_ranks(torch.tensor([5.0])), torch.tensor([0.0], dtype=torch.float64))
+
+
+def test_a_flat_region_has_no_texture_however_its_pixels_are_ordered() -> None:
+    """Two flat halves: the filter bank responds only near their border (within a few sigma); ranking
+    equal pixels in raster order made each half a ramp, with responses everywhere."""
+    image = torch.full((3, 64, 64), 0.2)
+    image[:, :, 32:] = 0.7
+    responses = quality.filter_bank(image).T.reshape(-1, 64, 64)  # (S*O, H, W)
+    far = 3 * int(max(quality.TEXTURE_SIGMAS)) + 2  # a Gaussian's support, and the derivative's pixel
+    assert responses[:, :, : 32 - far].abs().max() < 1e-6 and responses[:, :, 32 + far:].abs().max() < 1e-6
+    assert responses[:, :, 30:34].abs().max() > 0.01
