@@ -495,6 +495,27 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
     assert [result.get("download") for result in job.results] == [f"photo_multi_{name}.png" for name in NAMES[:2]]
 
 
+def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path: Path) -> None:
+    """A ``stylenet-train`` checkpoint of several styles keeps its names in its pickled hyper-parameters,
+    not in a header: it lists one entry per style too, each stylizing as that style of the file."""
+    from stylenet.serve.catalog import Catalog
+    from tests.test_multistyle import NAMES, multi_net
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    net = multi_net(styles=len(NAMES))
+    records = [{"name": name, "sha256": f"{k:064d}", "image": f"{name}.jpg"} for k, name in enumerate(NAMES)]
+    torch.save({"state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
+                "hyper_parameters": {"model": net.config, "style": {"name": "multi"}, "styles": records},
+                "global_step": 3}, folder / "last.ckpt")
+    catalog = Catalog(folder, {"device": "cpu", "precision": "fp32"})
+    entries = catalog.entries()
+    assert [(entry.label, entry.style) for entry in entries] == [(f"last / {name}", name) for name in NAMES]
+    photo = torch.rand(3, 24, 32)
+    model = load_model(folder / "last.ckpt", device="cpu", precision="fp32")
+    torch.testing.assert_close(catalog.load(entries[1]).stylize(photo), model.stylize(photo, style=NAMES[1]))
+
+
 def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer, models: Path,
                                                             tmp_path: Path) -> None:
     """A file name that is not UTF-8 (as old archives unpack on Linux) and a file whose ``styles``

@@ -11,6 +11,7 @@ style is one entry, ``(label, file, style)``; ``style`` is None for a file's onl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError
-from stylenet.modelfile import read_header
+from stylenet.modelfile import read_header, read_model
 from stylenet.styles import style_names
 
 if TYPE_CHECKING:
@@ -50,14 +51,25 @@ class ModelEntry:
 
 def file_styles(path: Path) -> list[str | None]:
     """The styles a model file holds, one entry each on the page: the names of a network of several
-    styles (Dumoulin et al. 2017; read from the header alone), else ``[None]``, the file's only
-    style. A file whose header cannot be read is one entry too: its error shows when it is picked."""
+    styles (Dumoulin et al. 2017), else ``[None]``, the file's only style. A file that cannot be
+    read is one entry too: its error shows when it is picked."""
+    return list(stored_styles(path, file_stamp(path)))
+
+
+@functools.lru_cache(maxsize=1024)
+def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...]:
+    """:func:`file_styles` of one version of a file (``stamp``: :func:`file_stamp`), read once. A
+    safetensors file's names are in its header; a ``stylenet-train`` checkpoint's only in its
+    pickled hyper-parameters, so the whole file is loaded (weights-only) to list them."""
     try:
-        header = read_header(path) if path.suffix.lower() == ".safetensors" else {}
-        names = style_names(header)
+        if path.suffix.lower() == ".safetensors":
+            header = read_header(path)
+            names = style_names(header) if isinstance(header.get("styles"), list) else []
+        else:
+            names = read_model(path).styles
     except StylenetError:
-        return [None]
-    return list(names) if isinstance(header.get("styles"), list) and len(names) > 1 else [None]
+        return (None,)
+    return tuple(names) if len(names) > 1 else (None,)
 
 
 def model_files(folder: Path) -> list[Path]:
