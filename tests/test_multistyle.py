@@ -297,6 +297,30 @@ def test_cli_writes_one_output_per_style_or_the_chosen_ones(tmp_path: Path, caps
     assert error.count("\n") == 0 and "has no style 'nope' (available: a, b, c)" in error
 
 
+
+def test_cli_outputs_of_one_file_named_alike_say_what_tells_them_apart(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Without {style} in --name the styles of one file collide: the line names both styles and the
+    field that fixes it. A style named twice runs once. One output file for three styles asks for a
+    folder or one --style."""
+    model, photo = multi_file(tmp_path / "m.safetensors"), make_photo(tmp_path / "photo.png", size=(24, 20))
+    capsys.readouterr()
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "one"), "--name", "{stem}.png",
+                         "--style", "a", "--style", "b", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and error.endswith(f"(by {str(model)!r} style 'a' and {str(model)!r} style 'b'); "
+                                                      "add {style} to --name")
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "twice"), "--style", "b", "--style", "b",
+                         "--blend", "a=1,c=1", "--blend", "a=1,c=1", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "twice").iterdir()) == ["photo_a1+c1.png", "photo_b.png"]
+    capsys.readouterr()
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "out.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "names one file but there are 1 image(s) and 1 model file(s), 3 styles to run; give a folder, or pick one "
+        "style with --style")
+    assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "out.png"), "--style", "c"]) == 0
+    assert (tmp_path / "out.png").is_file()
+
 # ------------------------------------------------------------------------------------ training
 
 

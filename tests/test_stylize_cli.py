@@ -95,7 +95,7 @@ def test_two_model_files_of_one_style_name_are_told_apart_by_model(tmp_path: Pat
     photo = make_image(tmp_path / "a.png")
     code, out, err = run(capsys, photo, "-m", model, "-m", twin, "-o", tmp_path / "out")
     assert code == 1 and out.startswith("1 done, 1 failed")
-    assert f"(by models {str(model)!r} and {str(twin)!r}, both of style 'test'); add {{model}} to --name" in err
+    assert f"(by {str(model)!r} style 'test' and {str(twin)!r} style 'test'); add {{model}} to --name" in err
     code, out, err = run(capsys, photo, "-m", model, "-m", twin, "-o", tmp_path / "both",
                          "--name", "{stem}_{style}_{model}.png")
     assert code == 0, err
@@ -103,13 +103,37 @@ def test_two_model_files_of_one_style_name_are_told_apart_by_model(tmp_path: Pat
     same_stem = make_model(tmp_path / "run3" / "test.safetensors", seed=2)
     code, _, err = run(capsys, photo, "-m", model, "-m", same_stem, "-o", tmp_path / "three",
                        "--name", "{stem}_{model}.png")
-    assert code == 1 and err.strip().endswith("both of style 'test'); give each model its own -o folder")
+    assert code == 1 and err.strip().endswith("style 'test'); give each model its own -o folder")
     dots = make_model(tmp_path / "..safetensors", style="dots")  # a name {model} cannot use, and need not
     code, _, err = run(capsys, photo, "-m", dots, "-o", tmp_path / "dots")
     assert code == 0 and [p.name for p in (tmp_path / "dots").iterdir()] == ["a_dots.png"], err
     code, _, err = run(capsys, photo, "-m", dots, "-o", tmp_path / "dots", "--name", "{stem}_{model}.png")
     assert code == 1 and "model file name '.' cannot be part of a file name ({model} in --name)" in err
 
+
+
+def test_photos_of_one_name_and_two_formats_are_told_apart_by_ext(tmp_path: Path, model: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """a.png and a.jpg in one folder would both become a_test.png: refused, the line pointing at {ext},
+    which keeps both."""
+    photos = tmp_path / "photos"
+    make_image(photos / "a.png")
+    make_image(photos / "a.jpg")
+    code, out, err = run(capsys, photos, "-m", model, "-o", tmp_path / "out")
+    assert code == 1 and out.startswith("1 done, 1 failed") and err.strip().endswith("); add {ext} to --name")
+    code, _, err = run(capsys, photos, "-m", model, "-o", tmp_path / "both", "--name", "{stem}.{ext}_{style}.png")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["a.jpg_test.png", "a.png_test.png"]
+
+
+def test_quality_out_of_range_is_one_short_line(tmp_path: Path, model: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    photo = make_image(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as stop:
+        run(capsys, photo, "-m", model, "-o", tmp_path / "a.jpg", "--quality", "0")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "argument --quality: must be between 1 and 100, got 0")
 
 def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,7 +207,7 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
     for bad in ("{nope}.png", "{stem.upper}.png", "{style[0]}.png", "{}.png"):  # only the plain names
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", bad])
-        assert "only {stem}, {style} and {model} can be used" in capsys.readouterr().err
+        assert "only {stem}, {ext}, {style} and {model} can be used" in capsys.readouterr().err
     assert main([str(source), "--model", str(model), "-o", str(tmp_path / "big"), "--max-size", "1" + "0" * 400]) == 0
     capsys.readouterr()
     for bad in ("nan", "inf", "0"):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_NAME = "{stem}_{style}.png"
 #: What ``--name`` may hold between braces.
-NAME_FIELDS = {"stem", "style", "model"}
+NAME_FIELDS = {"stem", "ext", "style", "model"}
 #: ``--model`` help per task (``stylenet-stylize``: style, ``stylenet-upscale``: sr).
 MODEL_HELP = {"style": "a style model file (.safetensors, a stylenet-train .ckpt, or a pytorch/examples "
                        ".pth/.model); repeat -m for several styles: -m a.safetensors -m b.safetensors",
@@ -68,6 +68,16 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def _between(low: int, high: int) -> type:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:  # argparse's choices= would list every allowed value
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
 
 
 def _positive(kind: type) -> type:
@@ -103,9 +113,9 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="output file (one image, one model; format from the extension) or folder (a trailing / "
                              "makes it one: res.v2/)")
     parser.add_argument("--name", default=DEFAULT_NAME,
-                        help="output file name pattern inside the output folder; {stem} (the input's), "
-                             "{style} and {model} (the model file's name) are replaced, the extension picks "
-                             "the format (default: %(default)s)")
+                        help="output file name pattern inside the output folder; {stem} and {ext} (the input's "
+                             "name and extension), {style} and {model} (the model file's name) are replaced, "
+                             "the extension picks the format (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto (default): bf16 where the CPU or GPU runs it natively (within 40 dB "
@@ -132,7 +142,7 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="memory one forward pass may use, e.g. 2GB; larger images run layer by layer "
                              "(style networks; about two layers' activations, whatever this says) or in tiles "
                              "(default: 80%% of free GPU memory, 0.8 GB on the CPU)")
-    parser.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
+    parser.add_argument("--quality", type=_between(1, 100), default=95, metavar="1..100",
                         help="JPEG/WebP quality (default: %(default)s)")
     if task == "style":
         parser.add_argument("--style", action="append", dest="styles", metavar="NAME",
@@ -309,8 +319,10 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     if not as_file and is_file:
         raise StylenetError(f"-o {args.output!r} is a file, not a folder")
     if as_file and len(inputs) * len(models) > 1:
-        raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and "
-                            f"{len(models)} model(s); give a folder")
+        files = len({model.model.source for model in models})
+        runs = f"{files} model(s)" if files == len(models) else f"{files} model file(s), {len(models)} styles to run"
+        raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and {runs}; "
+                            "give a folder" + ("" if files == len(models) else ", or pick one style with --style"))
     sources = {image.resolve(): image for image, _ in inputs}
     targets: dict[Path, Job] = {}
     jobs = []
@@ -320,7 +332,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             try:
                 if not as_file:
                     target = output / folder / args.name.format(
-                        stem=image.stem, style=file_name_part(model.name),
+                        stem=image.stem, ext=image.suffix.lstrip("."), style=file_name_part(model.name),
                         model=model_name_part(model.file_stem) if "{model" in args.name else "")
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
                     target = video_target(image, target, in_folder=not as_file)
@@ -334,15 +346,18 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                 report.error(f"refusing to overwrite input {str(sources[resolved])!r} with an output")
             elif resolved in targets:
                 first = targets[resolved]
-                if first.source == image:  # two model files of one style name
-                    hint = ("add {model} to --name" if first.model.file_stem != model.file_stem
-                            else "give each model its own -o folder")
-                    report.error(f"output {str(target)!r} would be written twice (by models "
-                                 f"{first.model.model.source!r} and {model.model.source!r}, both of style "
-                                 f"{model.name!r}); {hint}")
+                if first.source == image:  # two models, or two styles of one, named alike
+                    hint = ("add {style} to --name" if first.model.name != model.name and "{style" not in args.name
+                            else "add {model} to --name" if first.model.file_stem != model.file_stem
+                            and "{model" not in args.name else "give each model its own -o folder")
+                    report.error(f"output {str(target)!r} would be written twice (by {first.model.model.source!r} "
+                                 f"style {first.model.name!r} and {model.model.source!r} style {model.name!r}); "
+                                 f"{hint}")
                 else:
+                    hint = ("add {ext} to --name" if first.source.stem == image.stem and first.source.suffix !=
+                            image.suffix and "{ext" not in args.name else "use separate folders")
                     report.error(f"output {str(target)!r} would be written twice (from "
-                                 f"{str(first.source)!r} and {str(image)!r}); use separate folders")
+                                 f"{str(first.source)!r} and {str(image)!r}); {hint}")
             else:
                 targets[resolved] = Job(image, target, model)
                 jobs.append(targets[resolved])
@@ -445,9 +460,9 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         fields = {field for _, field, _, _ in string.Formatter().parse(args.name) if field is not None}
         if not fields <= NAME_FIELDS:  # plain names: no attribute or item access ({stem.upper}, {style[0]})
             raise ValueError(f"got {{{sorted(fields - NAME_FIELDS)[0]}}}")
-        args.name.format(stem="x", style="y", model="z")
+        args.name.format(stem="x", ext="e", style="y", model="z")
     except (KeyError, IndexError, ValueError) as err:
-        parser.error(f"--name {args.name!r}: only {{stem}}, {{style}} and {{model}} can be used ({err})")
+        parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
     from stylenet.devices import resolve_device
     from stylenet.fastpath import reuse_freed_memory
     from stylenet.inference import MIN_TILE

@@ -164,10 +164,12 @@ class InferenceModel:
     def selected(self, styles: list[str] | None = None,
                  blends: list[dict[str, float]] | None = None) -> list[InferenceModel]:
         """The models ``stylenet-stylize`` runs: one per style named in ``styles`` and one per blend
-        in ``blends``; with neither, every style of the model (one, for a single-style model)."""
+        in ``blends``, a choice named twice once (its outputs would be the same file); with neither,
+        every style of the model (one, for a single-style model)."""
         if not styles and not blends:
             return [self.for_style(name) for name in self.styles] if self.multi else [self]
-        return [self.for_style(choice) for choice in [*(styles or []), *(blends or [])]]
+        chosen = {model.name: model for model in map(self.for_style, [*(styles or []), *(blends or [])])}
+        return list(chosen.values())  # in the order first named
 
     @property
     def name(self) -> str:
