@@ -128,6 +128,9 @@ def setting_difference(key: str, before: Any, now: Any) -> str:
     if isinstance(before, Mapping) and isinstance(now, Mapping):
         changed = [k for k in sorted({*before, *now}, key=str) if before.get(k) != now.get(k)]
         return "; ".join(f"{key}.{k}: {before.get(k)!r}, this run has {now.get(k)!r}" for k in changed)
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):  # one per style
+        changed = [i for i, (old, new) in enumerate(zip(before, now, strict=True)) if old != new]
+        return "; ".join(f"style {i + 1} of {len(now)}: {before[i]!r}, this run has {now[i]!r}" for i in changed)
     return f"{before!r}, this run has {now!r}"
 
 
@@ -274,6 +277,8 @@ def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str
     own = run_checkpoints(run_dir)
     if not own or (resumed is not None and resumed.resolve() in {path.resolve() for path in own}):
         return
-    reason = checkpoint_problem(own[0], None, hparams, max_steps) or "another run's checkpoint"
-    raise StylenetError(f"{str(run_dir)!r} already holds {reason} ({own[0].name}), which this run would overwrite: "
+    reason = checkpoint_problem(own[0], None, hparams, max_steps)
+    held = (f"{reason} ({own[0].name})" if reason and reason.startswith(FINISHED)
+            else f"another run's checkpoint {own[0].name}" + (f", {reason}" if reason else ""))
+    raise StylenetError(f"{str(run_dir)!r} already holds {held}, which this run would overwrite: "
                         "give another hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")

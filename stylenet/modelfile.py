@@ -153,6 +153,8 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
     failure is a :class:`StylenetError` with one line naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise StylenetError(f"model file {str(path)!r} is a folder: name one model file")
     if not path.is_file():
         raise StylenetError(f"model file {str(path)!r} does not exist")
     if path.stat().st_size == 0:

@@ -401,8 +401,9 @@ def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path
     (tmp_path / "zero.safetensors").write_bytes(b"")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
+    (tmp_path / "models").mkdir()
     cases = {"random.pth": "not a model file: neither safetensors nor a PyTorch checkpoint",
-             "zero.safetensors": "empty", "missing.pth": "does not exist",
+             "zero.safetensors": "empty", "missing.pth": "does not exist", "models": "is a folder: name one model file",
              "foreign.safetensors": "no stylenet metadata", "other.pth": "neither a stylenet model"}
     for name, reason in cases.items():
         with pytest.raises(StylenetError, match=reason) as info:

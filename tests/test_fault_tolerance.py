@@ -428,8 +428,9 @@ def test_a_run_folder_holding_checkpoints_this_run_does_not_continue_is_refused(
     before = other_style.read_bytes()
     this_run = {**HPARAMS, "style_sha256": "another painting"}
     for mode in ("auto", "must", "never"):
-        with pytest.raises(StylenetError, match=r"'.*run' already holds trained with another style_sha256 .*"
-                                                r"\(last.ckpt\), which this run would overwrite"):
+        with pytest.raises(StylenetError, match=r"'.*run' already holds another run's checkpoint last.ckpt, "
+                                                r"trained with another style_sha256 \('abc', this run has "
+                                                r"'another painting'\), which this run would overwrite"):
             resolve_resume(mode, None, run_dir, "exp", this_run, max_steps=20)
     elsewhere = fake_checkpoint(tmp_path / "elsewhere" / "checkpoints" / "step_000002.ckpt", 2,
                                 model=TINY_MODEL)
@@ -788,3 +789,14 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list
     log = output(run_dir).read_text()
     assert f"stylenet-train: error: run folder '{run_dir}' is in use by another stylenet-train" in log
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:
+    """A run of several styles records one image hash per style: the message names the style that changed,
+    not two lists of hashes; of two loss configs only the entries that differ."""
+    from stylenet.checkpoints import setting_difference
+
+    assert setting_difference("style_sha256", ["a", "b", "c"], ["a", "x", "c"]) == "style 2 of 3: 'b', this run has 'x'"
+    assert setting_difference("style_sha256", ["a"], ["a", "b"]) == "['a'], this run has ['a', 'b']"
+    before, now = {"tv_weight": 1, "style_weight": 5.0}, {"tv_weight": 1, "style_weight": 10.0}
+    assert setting_difference("loss", before, now) == "loss.style_weight: 5.0, this run has 10.0"

@@ -43,6 +43,23 @@ def test_uint8_frames_equal_stylize_per_frame(precision: str) -> None:
         assert np.abs(out.astype(np.int16) - expected).max() <= 1
 
 
+def test_read_only_and_strided_frames_stream_without_a_warning() -> None:
+    """np.asarray of a PIL image is read-only, and a crop of a bigger frame is strided: both are
+    taken as they are (torch.from_numpy would warn about the first), and give what a copy gives."""
+    import warnings
+
+    model = tiny_model("fp32")
+    frame = uint8_frames([(30, 42)])[0]
+    read_only = np.asarray(Image.fromarray(frame))
+    wide = np.zeros((30, 50, 3), np.uint8)
+    wide[:, 4:46] = frame
+    assert not read_only.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outputs = list(model.stylize_frames([read_only, wide[:, 4:46], frame.copy()]))
+    assert np.array_equal(outputs[0], outputs[2]) and np.array_equal(outputs[1], outputs[2])
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_tensor_frames_equal_stylize_per_frame(precision: str) -> None:
     model = tiny_model(precision)

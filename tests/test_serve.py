@@ -595,6 +595,24 @@ def test_a_content_length_of_unicode_digits_gets_a_json_refusal(server: StyleSer
     assert reply.startswith(b"HTTP/1.0 411 ") and b'{"error": "upload of \'a.png\' has no Content-Length"}' in reply
 
 
+def test_a_form_upload_is_refused_naming_what_to_send(server: StyleServer, tmp_path: Path) -> None:
+    """``curl -F file=@p.png`` sends a multipart form around the photo: refused in one line before any
+    work (415), where its bytes used to be taken for an image and fail to decode."""
+    tiny = model_ids(address(server))["tiny"]
+    photo = make_photo(tmp_path / "p.png").read_bytes()
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\n\r\n" + photo
+            + b"\r\n--xyz--\r\n")
+    status, data, _ = call(address(server), "POST", f"/api/jobs?models={tiny}&name=p.png", body,
+                           {"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert status == 415 and json.loads(data) == {"error": "upload of 'p.png' is a form (multipart/form-data); send "
+                                                           "the photo's own bytes as the body, as the page does "
+                                                           "(curl --data-binary @p.png)"}
+    status, data, _ = call(address(server), "POST", f"/api/jobs?models={tiny}&name=p.png", photo,
+                           {"Content-Type": "image/png"})
+    assert status == 202, data
+    assert finished(address(server), json.loads(data)["id"])["results"][0]["width"] == 80
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this system")
 @pytest.mark.parametrize("nohup", [False, True])
 def test_closing_the_terminal_stops_the_server_and_deletes_its_folder(tmp_path: Path, models: Path,

@@ -61,17 +61,17 @@ class FrameBuffers:
         self.size = (height, width)
         self.device = device
         self.input = torch.empty(1, 3, height, width, device=device)
-        pin = device.type == "cuda"
-        self.staging = torch.empty(height, width, 3, dtype=torch.uint8, pin_memory=pin) if pin else None
+        # the frame's pixels land here first (pinned for an asynchronous copy to a GPU): numpy copies any
+        # array into it, read-only (as np.asarray of a PIL image is) or strided, without a warning or a temporary
+        self.staging = torch.empty(height, width, 3, dtype=torch.uint8, pin_memory=device.type == "cuda")
 
     def load(self, frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``frame`` -> the (1, 3, H, W) float32 input, in [0, 1] as :func:`stylenet.image.from_pil`
         makes it (``k / 255`` in float32)."""
         if isinstance(frame, torch.Tensor):
             return self.input.copy_(frame.unsqueeze(0))
-        pixels = torch.from_numpy(np.ascontiguousarray(frame))
-        if self.staging is not None:
-            pixels = self.staging.copy_(pixels).to(self.device, non_blocking=True)
+        np.copyto(self.staging.numpy(), frame)
+        pixels = self.staging.to(self.device, non_blocking=True)  # the staging buffer itself on the CPU
         self.input.copy_(pixels.permute(2, 0, 1).unsqueeze(0))
         return self.input.div_(255.0)
 

@@ -11,8 +11,9 @@
                                   body: a webcam frame (JPEG) -> the stylized frame (JPEG)
 
 Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 404 unknown model or job, 413 upload
-too large, 503 busy (refused, not queued). Request bodies stream to files in the server's temporary
-folder; nothing from the browser is used as a path (files are named by the server's ids).
+too large, 415 a form instead of the photo's bytes, 503 busy (refused, not queued). Request bodies
+stream to files in the server's temporary folder; nothing from the browser is used as a path (files
+are named by the server's ids).
 """
 
 from __future__ import annotations
@@ -251,6 +252,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(411, f"upload of {name!r} has no Content-Length")
         if length == 0:
             raise HttpError(400, f"{name!r} is empty (0 bytes)")
+        form = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if form.startswith("multipart/") or form == "application/x-www-form-urlencoded":  # not the photo's bytes
+            raise HttpError(415, f"upload of {name!r} is a form ({form}); send the photo's own bytes as the body, "
+                                 f"as the page does (curl --data-binary @{name})")
         if length > limit:
             raise HttpError(413, f"{name!r} is {length / 1e6:.1f} MB; this server takes uploads up to "
                                  f"{limit / 1e6:.1f} MB (stylenet-serve --max-upload)")
