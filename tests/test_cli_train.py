@@ -144,6 +144,11 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     preset = compose_train(tmp_path, "style.image=???")
     with pytest.raises(StylenetError, match="style.image is required"):
         train(preset, tmp_path)
+    # a preset of a painting that is not shipped, named without style.image: not style=demo's bundled image
+    preset = compose_train(tmp_path, "trainer.max_steps=2", experiment="johnson2016_candy")
+    with pytest.raises(StylenetError, match=r"^style.image is required: pass style.image=/path/to/candy.jpg"):
+        train(preset, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(tmp_path: Path) -> None:

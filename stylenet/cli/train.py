@@ -86,7 +86,9 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
     from stylenet.checkpoints import resolve_resume
 
-    if "style" in cfg.task and OmegaConf.is_missing(cfg.style, "image"):  # super-resolution needs none
+    # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
+    if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
+                                or OmegaConf.select(cfg, "style.image", default="") is None):
         name = OmegaConf.select(cfg, "style.name", default="painting", throw_on_resolution_failure=False)
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
                             "(the presets' paintings are not shipped)")
