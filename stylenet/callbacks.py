@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from stylenet.atomic import unwritable
 from stylenet.checkpoints import EXPERIMENT_KEY
 from stylenet.errors import StylenetError
 from stylenet.modelfile import checkpoint_metadata, first_non_finite, save_model
@@ -25,7 +26,15 @@ class ExportStyleModel(pl.Callback):
     training ends, from rank 0 only, so one run ends with one small file to share."""
 
     def __init__(self, path: str) -> None:
+        """Checked here, before any step: a path that cannot take the file would fail only at the end,
+        with the run's training in its checkpoints alone."""
         self.path = Path(path)
+        if self.path.suffix.lower() != ".safetensors":  # what save_model writes, whatever the name says
+            raise StylenetError(f"callbacks.export.path={path}: the model file is safetensors, so its name must end "
+                                "in .safetensors (stylenet-export converts it to .onnx or .pt2)")
+        reason = unwritable(self.path)
+        if reason is not None:
+            raise StylenetError(f"callbacks.export.path={path}: cannot write it: {reason}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:

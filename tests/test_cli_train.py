@@ -151,6 +151,20 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints").exists()
 
 
+
+def test_a_model_file_path_that_cannot_be_written_stops_the_run_before_training(tmp_path: Path) -> None:
+    """Checked before the first step, not when training ends, where it failed with a traceback after
+    all the steps (and, in a short run, before any checkpoint was written)."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cases = {str(tmp_path / "afile" / "m.safetensors"): "is a file, not a folder", str(tmp_path / "adir"): "",
+             str(tmp_path / "m.onnx"): "its name must end in .safetensors"}
+    for path, reason in cases.items():
+        run_dir = tmp_path / f"run{len(reason)}"
+        with pytest.raises(StylenetError, match=rf"^callbacks.export.path={re.escape(path)}: .*{reason}"):
+            train(compose_train(run_dir, f"callbacks.export.path={path}"), run_dir)
+        assert not (run_dir / "checkpoints").exists()
+
 def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(tmp_path: Path) -> None:
     """After training nothing fails the run: a held-out photo that cannot be read is skipped (and
     listed), the next one is stylized and measured; without a model file there is nothing to show."""
