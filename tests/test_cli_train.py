@@ -219,3 +219,13 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"stylenet-train: error: hydra.run.dir={afile} is a file, not a folder\n"
     refuse_run_dir_file("stylenet-train", [f"hydra.run.dir={tmp_path}", f"hydra.run.dir={tmp_path / 'new'}"])
+
+
+def test_a_network_of_the_other_task_is_one_line(tmp_path: Path) -> None:
+    """experiment=sr_smoke model=tiny failed in Hydra's interpolation of ${model.factor} with a traceback."""
+    with pytest.raises(StylenetError, match=r"^a super-resolution run needs a super-resolution network: "
+                                            r"model=sr, sr_small, sr_tiny, sr_x8$"):
+        train(compose_train(tmp_path, "model=tiny", experiment="sr_smoke"), tmp_path)
+    with pytest.raises(StylenetError, match=r"^a style run needs a style network: model=half, tiny, transformer$"):
+        train(compose_train(tmp_path, "model=sr_tiny"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

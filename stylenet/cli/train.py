@@ -50,6 +50,14 @@ def config_dir() -> str:
     raise RuntimeError(f"stylenet configs not found next to {package}")
 
 
+def model_options(super_resolution: bool) -> list[str]:
+    """The ``model=`` options of one task: super-resolution networks have a ``factor`` (``sr``'s, or
+    their own on top of it)."""
+    options = {path.stem: OmegaConf.load(path) for path in sorted(Path(config_dir(), "model").glob("*.yaml"))}
+    return [name for name, option in options.items()
+            if ("factor" in option or "sr" in option.get("defaults", [])) == super_resolution]
+
+
 def build(node: DictConfig, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that surfaces our one-line errors (and wrong setting names)
     instead of Hydra's multi-line wrapper."""
@@ -92,6 +100,10 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
         name = OmegaConf.select(cfg, "style.name", default="painting", throw_on_resolution_failure=False)
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
                             "(the presets' paintings are not shipped)")
+    super_resolution = "style" not in cfg.task
+    if super_resolution != ("factor" in cfg.model):  # a network of the other task: refused before Hydra's interpolation
+        kind = "super-resolution" if super_resolution else "style"
+        raise StylenetError(f"a {kind} run needs a {kind} network: model={', '.join(model_options(super_resolution))}")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
