@@ -90,7 +90,8 @@ def load_style_image(spec: str | None, size: int) -> tuple[torch.Tensor, Path]:
                             "(the presets' paintings are not shipped)")
     path = resolve_image_path(spec)
     if not path.is_file():
-        raise StylenetError(f"style image {str(path)!r} does not exist (style.image)")
+        what = "is a folder, not an image" if path.is_dir() else "does not exist"
+        raise StylenetError(f"style image {str(path)!r} {what} (style.image)")
     try:
         image = load_rgb(path)
     except ImageError as err:

@@ -97,6 +97,7 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("style.name=../x", "style.name: style name '../x' must be letters"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
+    ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
 ])
 def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
                                                                   message: str) -> None:
@@ -218,7 +219,27 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.
         refuse_run_dir_file("stylenet-train", ["experiment=smoke", f"hydra.run.dir={afile}"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"stylenet-train: error: hydra.run.dir={afile} is a file, not a folder\n"
+    with pytest.raises(SystemExit) as exit_info:
+        refuse_run_dir_file("stylenet-train", [f"hydra.run.dir={afile / 'run' / 'one'}"])
+    assert capsys.readouterr().err == (f"stylenet-train: error: hydra.run.dir={afile / 'run' / 'one'}: "
+                                       f"{str(afile)!r} is a file, not a folder\n")
     refuse_run_dir_file("stylenet-train", [f"hydra.run.dir={tmp_path}", f"hydra.run.dir={tmp_path / 'new'}"])
+
+
+def test_a_refused_run_leaves_the_folder_s_hydra_record_as_it_was(tmp_path: Path) -> None:
+    """Hydra rewrites <run dir>/.hydra/ before any check runs: a launch refused there (the folder holds
+    another run's checkpoint) puts the record of the run that made the folder back."""
+    from tests.test_fault_tolerance import fake_checkpoint
+
+    run_dir = tmp_path / "run"
+    fake_checkpoint(run_dir / "checkpoints" / "last.ckpt", 40)
+    record = {name: f"- the earlier run's {name}\n" for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    for name, text in record.items():
+        (run_dir / ".hydra").mkdir(exist_ok=True)
+        (run_dir / ".hydra" / name).write_text(text)
+    result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}", "task.lr=5e-4", cwd=tmp_path)
+    assert result.returncode == 2 and "already holds another run's checkpoint last.ckpt" in result.stderr
+    assert {path.name: path.read_text() for path in (run_dir / ".hydra").iterdir()} == record
 
 
 def test_a_network_of_the_other_task_is_one_line(tmp_path: Path) -> None:
@@ -229,3 +250,46 @@ def test_a_network_of_the_other_task_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(StylenetError, match=r"^a style run needs a style network: model=half, tiny, transformer$"):
         train(compose_train(tmp_path, "model=sr_tiny"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_earlier_record_is_put_back_or_removed_as_it_was(tmp_path: Path) -> None:
+    """EarlierRecord (stylenet-train and stylenet-gatys): what the folder held is written back; what it did
+    not hold is removed, with .hydra/ itself once empty; a folder that did not exist keeps what it got."""
+    from stylenet.cli import EarlierRecord
+
+    kept, bare, new = tmp_path / "kept", tmp_path / "bare", tmp_path / "new"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    bare.mkdir()
+    records = {folder: EarlierRecord() for folder in (kept, bare, new)}
+    for folder, record in records.items():
+        record.take(["experiment=smoke", f"hydra.run.dir={folder}"])
+        (folder / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra then writes
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (folder / ".hydra" / name).write_text("this launch\n")
+        record.restore()
+    assert [path.name for path in (kept / ".hydra").iterdir()] == ["overrides.yaml"]
+    assert (kept / ".hydra" / "overrides.yaml").read_text() == "- a=1\n"
+    assert list(bare.iterdir()) == []
+    assert len(list((new / ".hydra").iterdir())) == 3
+
+
+def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Loading the loss network or listing the photos can take a while; Ctrl-C then exits 130 with one line
+    (not a traceback), and the folder keeps its earlier record."""
+    import stylenet.cli.train as train_cli
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- earlier\n")
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    monkeypatch.setattr("sys.argv", ["stylenet-train", "experiment=smoke", f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "stylenet-train: interrupted"
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"

@@ -183,6 +183,8 @@ def test_learning_rate_schedule_and_its_resume(tmp_path: Path, photo_folder: Pat
 def test_bad_task_settings_fail_before_training(tmp_path: Path, style_image: Path) -> None:
     with pytest.raises(StylenetError, match="does not exist"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path / "nope.jpg")})
+    with pytest.raises(StylenetError, match=r"is a folder, not an image \(style.image\)"):
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(tmp_path)})
     with pytest.raises(StylenetError, match="style.image is required"):
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": "???"})
     (tmp_path / "text.png").write_text("not an image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +46,62 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     return status or int(failed)
 
 
-def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
-    """Exit 2 with one line when ``hydra.run.dir=`` on the command line names an existing file: Hydra
-    creates the run folder before any of our code runs, and reports the clash as a traceback."""
+def explicit_run_dir(argv: list[str] | None = None) -> Path | None:
+    """The folder ``hydra.run.dir=`` names on the command line (the last, as Hydra takes it), else None."""
+    named = None
     for item in sys.argv[1:] if argv is None else argv:
         key, _, value = item.partition("=")
-        if key.lstrip("+") == "hydra.run.dir" and value and Path(value).exists() and not Path(value).is_dir():
-            print(f"{prog}: error: hydra.run.dir={value} is a file, not a folder", file=sys.stderr)
-            sys.exit(2)
+        if key.lstrip("+") == "hydra.run.dir" and value:
+            named = Path(value)
+    return named
+
+
+def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
+    """Exit 2 with one line when ``hydra.run.dir=`` on the command line names an existing file, or a
+    folder inside one: Hydra creates the run folder before any of our code runs, and reports the clash
+    as a traceback."""
+    run_dir = explicit_run_dir(argv)
+    if run_dir is None:
+        return
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                which = "" if path == run_dir else f": {str(path)!r}"
+                print(f"{prog}: error: hydra.run.dir={run_dir}{which} is a file, not a folder", file=sys.stderr)
+                sys.exit(2)
+            return
+
+
+#: What Hydra writes into a run folder before the application runs (``hydra.output_subdir``).
+HYDRA_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+class EarlierRecord:
+    """The Hydra record (``.hydra/*.yaml``) of the folder that ``hydra.run.dir=`` names on the command
+    line, as it was before this launch. Hydra rewrites it before any check of ours, so a launch that is
+    refused there (the folder holds another run, or a setting is bad) puts it back with
+    :meth:`restore`: the folder keeps the record of the run that made it."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, bytes | None] = {}
+
+    def take(self, argv: list[str] | None = None) -> None:
+        """Read the record now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
+        run_dir = explicit_run_dir(argv)
+        self.files.clear()
+        if run_dir is not None and run_dir.is_dir():  # a new folder has nothing to keep
+            for name in HYDRA_RECORD:
+                path = run_dir / ".hydra" / name
+                self.files[path] = path.read_bytes() if path.is_file() else None
+
+    def restore(self) -> None:
+        from stylenet.atomic import atomic_write
+
+        for path, data in self.files.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
+        if self.files and not any(self.files.values()):  # the folder had no record: nor has it now
+            with contextlib.suppress(OSError):  # unless something else is in .hydra/
+                next(iter(self.files)).parent.rmdir()

@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import refuse_run_dir_file
+from stylenet.cli import EarlierRecord, refuse_run_dir_file
 from stylenet.cli.train import config_dir
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ def hydra_main(cfg: DictConfig) -> None:
         status = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
+        EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         sys.exit(2)
     except KeyboardInterrupt:
         print("stylenet-gatys: interrupted", file=sys.stderr)
@@ -189,8 +190,13 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(status)
 
 
+#: The Hydra record of the run folder the command line names, before this launch (:class:`EarlierRecord`).
+EARLIER_RECORD = EarlierRecord()
+
+
 def main() -> None:
     refuse_run_dir_file("stylenet-gatys")
+    EARLIER_RECORD.take()
     hydra_main()
 
 

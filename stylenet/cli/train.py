@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import refuse_run_dir_file
+from stylenet.cli import EarlierRecord, refuse_run_dir_file
 from stylenet.errors import first_line
 from stylenet.styles import style_name_of
 
@@ -86,8 +87,9 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def train(cfg: DictConfig, run_dir: Path) -> None:
-    """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder)."""
+def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> None:
+    """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder); ``on_start`` is
+    called once every check has passed, as the first step begins."""
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -104,6 +106,8 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
     if super_resolution != ("factor" in cfg.model):  # a network of the other task: refused before Hydra's interpolation
         kind = "super-resolution" if super_resolution else "style"
         raise StylenetError(f"a {kind} run needs a {kind} network: model={', '.join(model_options(super_resolution))}")
+    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # Lightning's error: a traceback
+        raise StylenetError("trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
@@ -130,6 +134,8 @@ def train(cfg: DictConfig, run_dir: Path) -> None:
             raise StylenetError(f"the run would write its model file over task.base {base!r}: give another "
                                 "name= or hydra.run.dir")
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
+    if on_start is not None:
+        on_start()
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:  # Lightning's stop on SIGTERM exits 0, which a scheduler takes for success
@@ -199,6 +205,8 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
 
 #: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
 FAILED_SWEEP_JOBS: list[str] = []
+#: The Hydra record of the run folder the command line names, before this launch (:class:`EarlierRecord`).
+EARLIER_RECORD = EarlierRecord()
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
@@ -210,24 +218,33 @@ def hydra_main(cfg: DictConfig) -> None:
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    started = []
     try:
         check_group_choices(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         with run_folder_lock(run_dir):
-            train(cfg, run_dir)
+            train(cfg, run_dir, on_start=lambda: started.append(True))
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         if not sweep_job:
+            if not started:  # refused: the folder keeps the record of the run that made it
+                EARLIER_RECORD.restore()
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
+    except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on)
+        print("stylenet-train: interrupted", file=sys.stderr)
+        if not started and not sweep_job:
+            EARLIER_RECORD.restore()
+        sys.exit(130)
 
 
 def main() -> None:
     refuse_run_dir_file("stylenet-train")
+    EARLIER_RECORD.take()
     hydra_main()
     if FAILED_SWEEP_JOBS:
         print(f"stylenet-train: error: {len(FAILED_SWEEP_JOBS)} sweep job(s) failed: {', '.join(FAILED_SWEEP_JOBS)}",
