@@ -219,6 +219,11 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         reason = checkpoint_problem(path, None, hparams, max_steps)
         if reason:
             raise StylenetError(f"ckpt_path {str(path)!r} cannot resume this run: {reason}")
+        own = [p.resolve() for p in run_checkpoints(run_dir)]  # newest first
+        later = own[: own.index(path.resolve())] if path.resolve() in own else []
+        if later:  # going back, after a divergence say: on purpose, but not without a word
+            log.warning("ckpt_path: continuing from %s, older than %s of this run folder, which training "
+                        "will replace", path.name, ", ".join(p.name for p in later))
         found: Path | None = path
     elif mode == "never":
         found = None

@@ -462,6 +462,22 @@ def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path
         resolve_resume("never", "last", run_dir, "exp", HPARAMS)
 
 
+
+def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_replaced(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ckpt_path= an older checkpoint of this very run (after a divergence, say) is allowed, with a warning
+    naming the later ones that training will write over; the newest one, or another folder's, says nothing."""
+    run_dir = tmp_path / "outputs" / "exp" / "t0"
+    older = fake_checkpoint(run_dir / "checkpoints" / "step_000020.ckpt", 20)
+    fake_checkpoint(run_dir / "checkpoints" / "step_000040.ckpt", 40)
+    newest = fake_checkpoint(run_dir / "checkpoints" / "last.ckpt", 40)
+    with caplog.at_level(logging.WARNING, logger="stylenet.checkpoints"):
+        assert resolve_resume("auto", str(older), run_dir, "exp", HPARAMS, max_steps=60) == str(older)
+        assert resolve_resume("auto", str(newest), run_dir, "exp", HPARAMS, max_steps=60) == str(newest)
+    assert [record.getMessage() for record in caplog.records] == [
+        "ckpt_path: continuing from step_000020.ckpt, older than last.ckpt, step_000040.ckpt of this run folder, "
+        "which training will replace"]
+
 def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:
     run_dir = tmp_path / "smoke" / "run"
     with pytest.raises(StylenetError, match=f"no valid checkpoint of experiment 'smoke' in {run_dir}/"):
