@@ -170,6 +170,15 @@ def candidate_runs(run_dir: Path) -> list[list[Path]]:
     return [own, *siblings] if own else siblings
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a checkpoint was saved at; None if it cannot be read. Memory-mapped, so only
+    the few bytes of the step are read, not the weights."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # an unreadable or foreign file: no step to compare
+        return None
+
+
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes)."""
     return newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
@@ -219,11 +228,13 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         reason = checkpoint_problem(path, None, hparams, max_steps)
         if reason:
             raise StylenetError(f"ckpt_path {str(path)!r} cannot resume this run: {reason}")
-        own = [p.resolve() for p in run_checkpoints(run_dir)]  # newest first
-        later = own[: own.index(path.resolve())] if path.resolve() in own else []
-        if later:  # going back, after a divergence say: on purpose, but not without a word
-            log.warning("ckpt_path: continuing from %s, older than %s of this run folder, which training "
-                        "will replace", path.name, ", ".join(p.name for p in later))
+        own = run_checkpoints(run_dir)
+        if path.resolve() in {p.resolve() for p in own}:  # going back, after a divergence say: not without a word
+            step = checkpoint_step(path)
+            later = [p for p in own if (checkpoint_step(p) or 0) > (step or 0)]
+            if later:
+                log.warning("ckpt_path: continuing from %s (step %s), older than %s of this run folder, which "
+                            "training will replace", path.name, step, ", ".join(p.name for p in later))
         found: Path | None = path
     elif mode == "never":
         found = None
@@ -240,6 +251,10 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     if ckpt_path is None:
         log.info("resume=%s: continuing from %s (pass resume=never to start afresh)", mode, found)
     return str(found)
+
+
+class RunFolderInUse(StylenetError):
+    """Another live ``stylenet-train`` holds the run folder (:func:`run_folder_lock`): it owns the folder."""
 
 
 #: The file a training run holds locked in its run folder (:func:`run_folder_lock`).
@@ -269,8 +284,8 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
-                                "or give another hydra.run.dir") from None
+            raise RunFolderInUse(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
+                                 "or give another hydra.run.dir") from None
         yield
 
 

@@ -274,9 +274,12 @@ def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> StoredModel:
         state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
                  if key.startswith("net.")}
         config = dict(hparams["model"])
-    except (KeyError, TypeError, AttributeError) as err:
+        metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)))
+    except KeyError as err:
         raise StylenetError(f"checkpoint {str(path)!r} lacks {first_line(err)}") from None
-    metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)))
+    except (TypeError, AttributeError, ValueError) as err:  # another project's checkpoint, of other shapes
+        raise StylenetError(f"checkpoint {str(path)!r} is not a stylenet-train checkpoint "
+                            f"({first_line(err)})") from None
     return _build(path, TASK_NETWORKS[metadata["task"]], config, state, metadata)
 
 

@@ -97,12 +97,12 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("style.name=../x", "style.name: style name '../x' must be letters"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
-    ("+trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true needs GPUs"),
+    ("trainer=ddp_cpu model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
 ])
 def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
                                                                   message: str) -> None:
     with pytest.raises(StylenetError, match=message.replace("(", r"\(")):
-        train(compose_train(tmp_path, override), tmp_path)
+        train(compose_train(tmp_path, *override.split(" ")), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -157,8 +157,9 @@ def test_a_model_file_path_that_cannot_be_written_stops_the_run_before_training(
     """Checked before the first step, not when training ends, where it failed with a traceback after
     all the steps (and, in a short run, before any checkpoint was written)."""
     (tmp_path / "afile").write_text("x")
-    (tmp_path / "adir").mkdir()
-    cases = {str(tmp_path / "afile" / "m.safetensors"): "is a file, not a folder", str(tmp_path / "adir"): "",
+    (tmp_path / "adir.safetensors").mkdir()
+    cases = {str(tmp_path / "afile" / "m.safetensors"): "is a file, not a folder",
+             str(tmp_path / "adir.safetensors"): "cannot write it: it is a folder",
              str(tmp_path / "m.onnx"): "its name must end in .safetensors"}
     for path, reason in cases.items():
         run_dir = tmp_path / f"run{len(reason)}"
@@ -267,7 +268,16 @@ def test_the_earlier_record_is_put_back_or_removed_as_it_was(tmp_path: Path) -> 
         (folder / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra then writes
         for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
             (folder / ".hydra" / name).write_text("this launch\n")
+        record.note_launch()
         record.restore()
+    # a launch beside this one (a job submitted twice) rewrote the record since: it is not this one's to undo
+    (kept / ".hydra" / "config.yaml").write_text("this launch\n")
+    records[kept].take(["experiment=smoke", f"hydra.run.dir={kept}"])
+    records[kept].note_launch()
+    (kept / ".hydra" / "config.yaml").write_text("the other launch\n")
+    records[kept].restore()
+    assert (kept / ".hydra" / "config.yaml").read_text() == "the other launch\n"
+    (kept / ".hydra" / "config.yaml").unlink()
     assert [path.name for path in (kept / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (kept / ".hydra" / "overrides.yaml").read_text() == "- a=1\n"
     assert list(bare.iterdir()) == []
@@ -293,3 +303,12 @@ def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: p
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "stylenet-train: interrupted"
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
+
+
+def test_the_run_folder_is_read_from_the_command_line_as_hydra_reads_it(tmp_path: Path) -> None:
+    from stylenet.cli import explicit_run_dir
+
+    assert explicit_run_dir(["experiment=smoke", "hydra.run.dir='/tmp/a b'"]) == Path("/tmp/a b")
+    assert explicit_run_dir(["hydra.run.dir=/tmp/x", "+hydra.run.dir=\"/tmp/y\""]) == Path("/tmp/y")  # the last
+    assert explicit_run_dir(["hydra.run.dir=outputs/${name}/x"]) is None  # resolved by Hydra only
+    assert explicit_run_dir(["experiment=smoke", "name=hydra.run.dir"]) is None

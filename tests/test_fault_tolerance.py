@@ -474,9 +474,11 @@ def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_rep
     with caplog.at_level(logging.WARNING, logger="stylenet.checkpoints"):
         assert resolve_resume("auto", str(older), run_dir, "exp", HPARAMS, max_steps=60) == str(older)
         assert resolve_resume("auto", str(newest), run_dir, "exp", HPARAMS, max_steps=60) == str(newest)
+        assert resolve_resume("auto", str(run_dir / "checkpoints" / "step_000040.ckpt"), run_dir, "exp", HPARAMS,
+                              max_steps=60)  # last.ckpt is the same step: nothing to replace
     assert [record.getMessage() for record in caplog.records] == [
-        "ckpt_path: continuing from step_000020.ckpt, older than last.ckpt, step_000040.ckpt of this run folder, "
-        "which training will replace"]
+        "ckpt_path: continuing from step_000020.ckpt (step 20), older than last.ckpt, step_000040.ckpt of this run "
+        "folder, which training will replace"]
 
 def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:
     run_dir = tmp_path / "smoke" / "run"

@@ -202,15 +202,20 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, style_image: Path, 
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from stylenet.cli import gatys as gatys_cli
 
-    def interrupted(*args: object) -> int:
+    def interrupted(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt
 
+    run_dir = tmp_path / "run"  # a folder of an earlier run: its Hydra record is put back (EarlierRecord)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- earlier\n")
     monkeypatch.setattr(gatys_cli, "run", interrupted)
     monkeypatch.setattr(sys, "argv", ["stylenet-gatys", f"content={make_photo(tmp_path / 'c.png')}",
-                                      f"styles={style_image}", f"hydra.run.dir={tmp_path / 'run'}"])
+                                      f"styles={style_image}", f"hydra.run.dir={run_dir}"])
     with pytest.raises(SystemExit) as stopped:
         gatys_cli.main()
     assert stopped.value.code == 130 and capsys.readouterr().err.endswith("stylenet-gatys: interrupted\n")
+    assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
 
 
 def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:

@@ -320,6 +320,13 @@ def test_cli_outputs_of_one_file_named_alike_say_what_tells_them_apart(tmp_path:
         "style with --style")
     assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "out.png"), "--style", "c"]) == 0
     assert (tmp_path / "out.png").is_file()
+    # a trained style whose name is a blend's label is another choice: refused, not dropped
+    styles = [{"name": name, "sha256": f"{k:064d}", "image": f"{k}.jpg"} for k, name in enumerate(["a", "c", "a1+c1"])]
+    odd = save_model(tmp_path / "odd.safetensors", multi_net(), {"task": "style", "styles": styles})
+    capsys.readouterr()
+    assert stylize_main([str(photo), "-m", str(odd), "-o", str(tmp_path / "odd"), "--style", "a1+c1", "--blend",
+                         "a=1,c=1", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().endswith("style 'a1+c1'); give each model its own -o folder")
 
 # ------------------------------------------------------------------------------------ training
 

@@ -514,6 +514,12 @@ def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path:
     photo = torch.rand(3, 24, 32)
     model = load_model(folder / "last.ckpt", device="cpu", precision="fp32")
     torch.testing.assert_close(catalog.load(entries[1]).stylize(photo), model.stylize(photo, style=NAMES[1]))
+    # another project's checkpoints are one entry each, never a failed listing
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": {}, "style": "x"}}, folder / "odd.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": "resnet18"}}, folder / "other.ckpt")
+    assert [(entry.label, entry.style) for entry in catalog.entries()][-2:] == [("odd", None), ("other", None)]
+    with pytest.raises(StylenetError, match=r"^checkpoint '.*odd.ckpt' is not a stylenet-train checkpoint"):
+        load_model(folder / "odd.ckpt", device="cpu")
 
 
 def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer, models: Path,

@@ -47,12 +47,20 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
 
 
 def explicit_run_dir(argv: list[str] | None = None) -> Path | None:
-    """The folder ``hydra.run.dir=`` names on the command line (the last, as Hydra takes it), else None."""
-    named = None
+    """The folder ``hydra.run.dir=`` names on the command line (the last, as Hydra takes it, quotes and
+    escapes undone by Hydra's own parser), else None; None too for a value Hydra resolves later
+    (``${name}``, ``${now:...}``): this is read before Hydra starts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, named = OverridesParser.create(), None
     for item in sys.argv[1:] if argv is None else argv:
-        key, _, value = item.partition("=")
-        if key.lstrip("+") == "hydra.run.dir" and value:
-            named = Path(value)
+        if item.lstrip("+~").partition("=")[0] != "hydra.run.dir":
+            continue
+        try:
+            value = parser.parse_override(item).value()
+        except Exception:  # Hydra itself reports a bad override
+            continue
+        named = Path(value) if isinstance(value, str) and value and "${" not in value else None
     return named
 
 
@@ -72,6 +80,14 @@ def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
             return
 
 
+def read_if_file(path: Path) -> bytes | None:
+    """The bytes of ``path``, None if it is not a readable file."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 #: What Hydra writes into a run folder before the application runs (``hydra.output_subdir``).
 HYDRA_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
@@ -80,10 +96,13 @@ class EarlierRecord:
     """The Hydra record (``.hydra/*.yaml``) of the folder that ``hydra.run.dir=`` names on the command
     line, as it was before this launch. Hydra rewrites it before any check of ours, so a launch that is
     refused there (the folder holds another run, or a setting is bad) puts it back with
-    :meth:`restore`: the folder keeps the record of the run that made it."""
+    :meth:`restore`: the folder keeps the record of the run that made it. Only files that still hold
+    what this launch's Hydra wrote (:meth:`note_launch`) are put back: a launch beside it (a job
+    submitted twice, another node of the run) keeps its own."""
 
     def __init__(self) -> None:
         self.files: dict[Path, bytes | None] = {}
+        self.launch: dict[Path, bytes | None] = {}
 
     def take(self, argv: list[str] | None = None) -> None:
         """Read the record now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
@@ -92,12 +111,18 @@ class EarlierRecord:
         if run_dir is not None and run_dir.is_dir():  # a new folder has nothing to keep
             for name in HYDRA_RECORD:
                 path = run_dir / ".hydra" / name
-                self.files[path] = path.read_bytes() if path.is_file() else None
+                self.files[path] = read_if_file(path)
+
+    def note_launch(self) -> None:
+        """Read what Hydra wrote for this launch (call it first thing in the application)."""
+        self.launch = {path: read_if_file(path) for path in self.files}
 
     def restore(self) -> None:
         from stylenet.atomic import atomic_write
 
         for path, data in self.files.items():
+            if read_if_file(path) != self.launch.get(path):  # another launch's since: not ours to undo
+                continue
             if data is None:
                 path.unlink(missing_ok=True)
             else:

@@ -92,9 +92,10 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar
     return on_iteration
 
 
-def run(cfg: DictConfig, run_dir: Path) -> int:
+def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> int:
     """Optimise one image, writing into ``run_dir`` (Hydra's run folder); returns the exit status:
-    0, or 1 when the objective became non-finite."""
+    0, or 1 when the objective became non-finite. ``on_start`` is called once every check has passed,
+    before anything is written into ``run_dir``."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -146,6 +147,8 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     styles = [resize_to(style, *shape) for style, shape in zip(styles, style_shapes, strict=True)]
     check_sizes((height, width), cfg.scales, styles, loss)
 
+    if on_start is not None:
+        on_start()
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     writer.add_image("content", content)
     for index, style in enumerate(styles):
@@ -177,14 +180,19 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    EARLIER_RECORD.note_launch()
+    started: list[bool] = []
     try:
-        status = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=lambda: started.append(True))
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
-        EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
+        if not started:  # refused: the folder keeps the record of the run that made it
+            EARLIER_RECORD.restore()
         sys.exit(2)
     except KeyboardInterrupt:
         print("stylenet-gatys: interrupted", file=sys.stderr)
+        if not started:
+            EARLIER_RECORD.restore()
         sys.exit(130)
     if status:
         sys.exit(status)

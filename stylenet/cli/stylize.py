@@ -322,7 +322,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
         files = len({model.model.source for model in models})
         runs = f"{files} model(s)" if files == len(models) else f"{files} model file(s), {len(models)} styles to run"
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and {runs}; "
-                            "give a folder" + ("" if files == len(models) else ", or pick one style with --style"))
+                            "give a folder" + (", or pick one style with --style" if files == 1 < len(models) else ""))
     sources = {image.resolve(): image for image, _ in inputs}
     targets: dict[Path, Job] = {}
     jobs = []

@@ -106,8 +106,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if super_resolution != ("factor" in cfg.model):  # a network of the other task: refused before Hydra's interpolation
         kind = "super-resolution" if super_resolution else "style"
         raise StylenetError(f"a {kind} run needs a {kind} network: model={', '.join(model_options(super_resolution))}")
-    if cfg.trainer.get("sync_batchnorm") and cfg.trainer.get("accelerator") == "cpu":  # Lightning's error: a traceback
-        raise StylenetError("trainer.sync_batchnorm=true needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
+    settings = cfg.trainer
+    if (settings.get("sync_batchnorm") and settings.get("accelerator") == "cpu"
+            and "ddp" in str(settings.get("strategy")) and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
+        raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
+                            "SyncBatchNorm runs on GPUs only")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
@@ -214,10 +217,11 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.checkpoints import run_checkpoints, run_folder_lock
+    from stylenet.checkpoints import RunFolderInUse, run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    EARLIER_RECORD.note_launch()
     started = []
     try:
         check_group_choices(cfg)
@@ -229,7 +233,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         if not sweep_job:
-            if not started:  # refused: the folder keeps the record of the run that made it
+            if not started and not isinstance(err, RunFolderInUse):  # refused: the folder keeps its own run's record
                 EARLIER_RECORD.restore()
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);

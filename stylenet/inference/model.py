@@ -168,8 +168,13 @@ class InferenceModel:
         every style of the model (one, for a single-style model)."""
         if not styles and not blends:
             return [self.for_style(name) for name in self.styles] if self.multi else [self]
-        chosen = {model.name: model for model in map(self.for_style, [*(styles or []), *(blends or [])])}
-        return list(chosen.values())  # in the order first named
+        chosen: dict[tuple[object, ...], InferenceModel] = {}
+        for choice in [*(styles or []), *(blends or [])]:
+            label, weights = choice_weights(self.styles, choice, f"model file {self.source!r}")
+            key = (label, *weights)  # the same output; another choice of one label goes on to be refused
+            if key not in chosen:
+                chosen[key] = self.for_style(choice)
+        return list(chosen.values())
 
     @property
     def name(self) -> str:

@@ -67,7 +67,7 @@ def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...]:
             names = style_names(header) if isinstance(header.get("styles"), list) else []
         else:
             names = read_model(path).styles
-    except StylenetError:
+    except Exception:  # any file the listing cannot read is one entry, whose error shows when it is picked
         return (None,)
     return tuple(names) if len(names) > 1 else (None,)
 
