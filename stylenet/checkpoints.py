@@ -173,10 +173,12 @@ def candidate_runs(run_dir: Path) -> list[list[Path]]:
 def checkpoint_step(path: Path) -> int | None:
     """The training step a checkpoint was saved at; None if it cannot be read. Memory-mapped, so only
     the few bytes of the step are read, not the weights."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:  # an unreadable or foreign file: no step to compare
-        return None
+    for mmap in (True, False):  # files torch saved before its zip format cannot be mapped
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)["global_step"])
+        except Exception:  # an unreadable or foreign file: no step to compare
+            continue
+    return None
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
@@ -253,10 +255,6 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     return str(found)
 
 
-class RunFolderInUse(StylenetError):
-    """Another live ``stylenet-train`` holds the run folder (:func:`run_folder_lock`): it owns the folder."""
-
-
 #: The file a training run holds locked in its run folder (:func:`run_folder_lock`).
 LOCK_FILE = ".lock"
 
@@ -284,8 +282,8 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RunFolderInUse(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
-                                 "or give another hydra.run.dir") from None
+            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
+                                "or give another hydra.run.dir") from None
         yield
 
 

@@ -98,6 +98,7 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
     ("trainer=ddp_cpu model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
+    ("trainer.devices=2 model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
 ])
 def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
                                                                   message: str) -> None:
@@ -152,7 +153,6 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoints").exists()
 
 
-
 def test_a_model_file_path_that_cannot_be_written_stops_the_run_before_training(tmp_path: Path) -> None:
     """Checked before the first step, not when training ends, where it failed with a traceback after
     all the steps (and, in a short run, before any checkpoint was written)."""
@@ -166,6 +166,7 @@ def test_a_model_file_path_that_cannot_be_written_stops_the_run_before_training(
         with pytest.raises(StylenetError, match=rf"^callbacks.export.path={re.escape(path)}: .*{reason}"):
             train(compose_train(run_dir, f"callbacks.export.path={path}"), run_dir)
         assert not (run_dir / "checkpoints").exists()
+
 
 def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(tmp_path: Path) -> None:
     """After training nothing fails the run: a held-out photo that cannot be read is skipped (and
@@ -311,4 +312,5 @@ def test_the_run_folder_is_read_from_the_command_line_as_hydra_reads_it(tmp_path
     assert explicit_run_dir(["experiment=smoke", "hydra.run.dir='/tmp/a b'"]) == Path("/tmp/a b")
     assert explicit_run_dir(["hydra.run.dir=/tmp/x", "+hydra.run.dir=\"/tmp/y\""]) == Path("/tmp/y")  # the last
     assert explicit_run_dir(["hydra.run.dir=outputs/${name}/x"]) is None  # resolved by Hydra only
+    assert explicit_run_dir(["hydra.run.dir=42"]) == Path("42")  # a folder, though Hydra parses a number
     assert explicit_run_dir(["experiment=smoke", "name=hydra.run.dir"]) is None

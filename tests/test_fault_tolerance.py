@@ -462,7 +462,6 @@ def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path
         resolve_resume("never", "last", run_dir, "exp", HPARAMS)
 
 
-
 def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_replaced(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """ckpt_path= an older checkpoint of this very run (after a divergence, say) is allowed, with a warning
@@ -479,6 +478,7 @@ def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_rep
     assert [record.getMessage() for record in caplog.records] == [
         "ckpt_path: continuing from step_000020.ckpt (step 20), older than last.ckpt, step_000040.ckpt of this run "
         "folder, which training will replace"]
+
 
 def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:
     run_dir = tmp_path / "smoke" / "run"
@@ -799,7 +799,8 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list
     from stylenet.checkpoints import LOCK_FILE
 
     run_dir = tmp_path / "smoke" / "run"
-    run_dir.mkdir(parents=True)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- the live run's\n")
     with open(run_dir / LOCK_FILE, "a") as held:  # what a run training there holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         process = launch(run_dir, *inputs)
@@ -807,6 +808,7 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list
     log = output(run_dir).read_text()
     assert f"stylenet-train: error: run folder '{run_dir}' is in use by another stylenet-train" in log
     assert not (run_dir / "checkpoints").exists()
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the live run's\n"  # its record, not this launch's
 
 
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:

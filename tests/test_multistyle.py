@@ -297,7 +297,6 @@ def test_cli_writes_one_output_per_style_or_the_chosen_ones(tmp_path: Path, caps
     assert error.count("\n") == 0 and "has no style 'nope' (available: a, b, c)" in error
 
 
-
 def test_cli_outputs_of_one_file_named_alike_say_what_tells_them_apart(tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Without {style} in --name the styles of one file collide: the line names both styles and the
@@ -318,6 +317,9 @@ def test_cli_outputs_of_one_file_named_alike_say_what_tells_them_apart(tmp_path:
     assert capsys.readouterr().err.strip().endswith(
         "names one file but there are 1 image(s) and 1 model file(s), 3 styles to run; give a folder, or pick one "
         "style with --style")
+    second = make_photo(tmp_path / "second.png", size=(24, 20))
+    assert stylize_main([str(photo), str(second), "-m", str(model), "-o", str(tmp_path / "out.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith("2 image(s) and 1 model file(s), 3 styles to run; give a folder")
     assert stylize_main([str(photo), "-m", str(model), "-o", str(tmp_path / "out.png"), "--style", "c"]) == 0
     assert (tmp_path / "out.png").is_file()
     # a trained style whose name is a blend's label is another choice: refused, not dropped
@@ -326,7 +328,8 @@ def test_cli_outputs_of_one_file_named_alike_say_what_tells_them_apart(tmp_path:
     capsys.readouterr()
     assert stylize_main([str(photo), "-m", str(odd), "-o", str(tmp_path / "odd"), "--style", "a1+c1", "--blend",
                          "a=1,c=1", "--device", "cpu"]) == 1
-    assert capsys.readouterr().err.strip().endswith("style 'a1+c1'); give each model its own -o folder")
+    assert capsys.readouterr().err.strip().endswith("style 'a1+c1'); two choices of one model share this name (a "
+                                                    "style and a blend?): run one with its own -o folder")
 
 # ------------------------------------------------------------------------------------ training
 

@@ -464,7 +464,6 @@ def test_ctrl_c_before_the_server_listens_stops_without_a_traceback(
     assert capsys.readouterr().out == "stylenet-serve: stopped\n"
 
 
-
 def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
     """A network of several styles (issue 16) lists one entry per style, read from the header alone,
     and each entry stylizes as that style does through the Python API."""

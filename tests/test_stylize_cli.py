@@ -111,7 +111,6 @@ def test_two_model_files_of_one_style_name_are_told_apart_by_model(tmp_path: Pat
     assert code == 1 and "model file name '.' cannot be part of a file name ({model} in --name)" in err
 
 
-
 def test_photos_of_one_name_and_two_formats_are_told_apart_by_ext(tmp_path: Path, model: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """a.png and a.jpg in one folder would both become a_test.png: refused, the line pointing at {ext},
@@ -134,6 +133,7 @@ def test_quality_out_of_range_is_one_short_line(tmp_path: Path, model: Path,
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "argument --quality: must be between 1 and 100, got 0")
+
 
 def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:

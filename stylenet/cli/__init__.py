@@ -60,7 +60,8 @@ def explicit_run_dir(argv: list[str] | None = None) -> Path | None:
             value = parser.parse_override(item).value()
         except Exception:  # Hydra itself reports a bad override
             continue
-        named = Path(value) if isinstance(value, str) and value and "${" not in value else None
+        text = str(value) if isinstance(value, (str, int, float, bool)) else ""  # hydra.run.dir=42 is a folder too
+        named = Path(text) if text and "${" not in text else None
     return named
 
 

@@ -322,7 +322,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
         files = len({model.model.source for model in models})
         runs = f"{files} model(s)" if files == len(models) else f"{files} model file(s), {len(models)} styles to run"
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and {runs}; "
-                            "give a folder" + (", or pick one style with --style" if files == 1 < len(models) else ""))
+                            "give a folder" + (", or pick one style with --style"
+                                               if len(inputs) == files == 1 < len(models) else ""))
     sources = {image.resolve(): image for image, _ in inputs}
     targets: dict[Path, Job] = {}
     jobs = []
@@ -349,7 +350,10 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                 if first.source == image:  # two models, or two styles of one, named alike
                     hint = ("add {style} to --name" if first.model.name != model.name and "{style" not in args.name
                             else "add {model} to --name" if first.model.file_stem != model.file_stem
-                            and "{model" not in args.name else "give each model its own -o folder")
+                            and "{model" not in args.name
+                            else "two choices of one model share this name (a style and a blend?): run one with "
+                                 "its own -o folder" if first.model.model.source == model.model.source
+                            else "give each model its own -o folder")
                     report.error(f"output {str(target)!r} would be written twice (by {first.model.model.source!r} "
                                  f"style {first.model.name!r} and {model.model.source!r} style {model.name!r}); "
                                  f"{hint}")

@@ -107,8 +107,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         kind = "super-resolution" if super_resolution else "style"
         raise StylenetError(f"a {kind} run needs a {kind} network: model={', '.join(model_options(super_resolution))}")
     settings = cfg.trainer
-    if (settings.get("sync_batchnorm") and settings.get("accelerator") == "cpu"
-            and "ddp" in str(settings.get("strategy")) and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
+    distributed = ("ddp" in str(settings.get("strategy")) or str(settings.get("devices", 1)) not in ("1", "auto")
+                   or int(settings.get("num_nodes") or 1) > 1)  # Lightning picks DDP for several devices itself
+    if (settings.get("sync_batchnorm") and settings.get("accelerator") == "cpu" and distributed
+            and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
                             "SyncBatchNorm runs on GPUs only")
     max_steps = cfg.trainer.get("max_steps")
@@ -217,7 +219,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.checkpoints import RunFolderInUse, run_checkpoints, run_folder_lock
+    from stylenet.checkpoints import run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -233,7 +235,7 @@ def hydra_main(cfg: DictConfig) -> None:
     except StylenetError as err:
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         if not sweep_job:
-            if not started and not isinstance(err, RunFolderInUse):  # refused: the folder keeps its own run's record
+            if not started:  # refused: the folder keeps the record of the run that made it (or trains in it)
                 EARLIER_RECORD.restore()
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
