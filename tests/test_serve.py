@@ -497,7 +497,9 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
 def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path: Path) -> None:
     """A ``stylenet-train`` checkpoint of several styles keeps its names in its pickled hyper-parameters,
     not in a header: it lists one entry per style too, each stylizing as that style of the file."""
-    from stylenet.serve.catalog import Catalog
+    from unittest.mock import patch
+
+    from stylenet.serve.catalog import Catalog, stored_styles
     from tests.test_multistyle import NAMES, multi_net
 
     folder = tmp_path / "models"
@@ -513,6 +515,11 @@ def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path:
     photo = torch.rand(3, 24, 32)
     model = load_model(folder / "last.ckpt", device="cpu", precision="fp32")
     torch.testing.assert_close(catalog.load(entries[1]).stylize(photo), model.stylize(photo, style=NAMES[1]))
+    # a passing read error is one entry for that listing only, not remembered for the file
+    stored_styles.cache_clear()
+    with patch("stylenet.serve.catalog.read_model", side_effect=OSError(5, "Input/output error")):
+        assert [entry.style for entry in catalog.entries()] == [None]
+    assert [entry.style for entry in catalog.entries()] == NAMES
     # another project's checkpoints are one entry each, never a failed listing
     torch.save({"state_dict": {}, "hyper_parameters": {"model": {}, "style": "x"}}, folder / "odd.ckpt")
     torch.save({"state_dict": {}, "hyper_parameters": {"model": "resnet18"}}, folder / "other.ckpt")

@@ -53,7 +53,10 @@ def file_styles(path: Path) -> list[str | None]:
     """The styles a model file holds, one entry each on the page: the names of a network of several
     styles (Dumoulin et al. 2017), else ``[None]``, the file's only style. A file that cannot be
     read is one entry too: its error shows when it is picked."""
-    return list(stored_styles(path, file_stamp(path)))
+    try:
+        return list(stored_styles(path, file_stamp(path)))
+    except OSError:  # a passing read error is not remembered: the next listing tries again
+        return [None]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -67,6 +70,8 @@ def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...]:
             names = style_names(header) if isinstance(header.get("styles"), list) else []
         else:
             names = read_model(path).styles
+    except OSError:
+        raise
     except Exception:  # any file the listing cannot read is one entry, whose error shows when it is picked
         return (None,)
     return tuple(names) if len(names) > 1 else (None,)
