@@ -4,9 +4,10 @@ its output straight into the padded input of the next, in buffers kept from fram
 Eager PyTorch runs every layer of the network as separate passes over its activation: convolution,
 InstanceNorm, ReLU, and then reflection padding, which copies the whole map once more only to add
 a border of a pixel or four. On a CPU these passes take about as long as the convolutions
-(docs/experiments.md, "Frames: directions measured"). Here the ReLU (or a residual block's sum) writes each normalised layer into the
-interior of the next layer's input buffer, and the border is then filled from the interior's edge
-rows and columns: the padding costs a few rows instead of a pass, and the ReLU no pass of its own.
+(docs/experiments.md, "Frames: directions measured"). Here the ReLU (or a residual block's sum)
+writes each normalised layer into the interior of the next layer's input buffer, and the border is
+then filled from the interior's edge rows and columns: the padding costs a few rows instead of a
+pass, and the ReLU no pass of its own.
 
 Each convolution and InstanceNorm is the network's own module, called under the same autocast, so
 the same kernels run on the same values in the same order as in the one pass

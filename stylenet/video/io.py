@@ -245,7 +245,8 @@ def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
 
     x264's ``veryfast`` preset, not its ``medium`` default: at 640x480 on a 2-core CPU ``medium``
     encodes about as slowly as the network stylises, and the two share the cores; ``veryfast`` keeps
-    the quality of CRF 18 for a somewhat larger file (``stylenet-bench``'s frames section; docs/experiments.md, "Video speed")."""
+    the quality of CRF 18 for a somewhat larger file (``stylenet-bench``'s frames section;
+    docs/experiments.md, "Video speed")."""
     av = require_av()
     if suffix == ".webm":
         return "libvpx-vp9", {"crf": "24", "b": "0", "row-mt": "1", "cpu-used": "5", "deadline": "good"}
