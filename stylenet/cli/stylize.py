@@ -302,6 +302,21 @@ def model_name_part(stem: str) -> str:
     return stem
 
 
+def collision_hint(first: Job, image: Path, model: Pipeline, name: str) -> str:
+    """What tells apart two outputs that ``--name`` (``name``) gives one path: ``first``'s and that of
+    ``image`` through ``model``."""
+    if first.source != image:
+        same_stem = first.source.stem == image.stem and first.source.suffix != image.suffix
+        return "add {ext} to --name" if same_stem and "{ext" not in name else "use separate folders"
+    if first.model.name != model.name and "{style" not in name:
+        return "add {style} to --name"
+    if first.model.file_stem != model.file_stem and "{model" not in name:
+        return "add {model} to --name"
+    if first.model.model.source == model.model.source:
+        return "two choices of one model share this name (a style and a blend?): run one with its own -o folder"
+    return "give each model its own -o folder"
+
+
 def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: argparse.Namespace,
               report: Report) -> list[Job]:
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
@@ -347,21 +362,11 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                 report.error(f"refusing to overwrite input {str(sources[resolved])!r} with an output")
             elif resolved in targets:
                 first = targets[resolved]
-                if first.source == image:  # two models, or two styles of one, named alike
-                    hint = ("add {style} to --name" if first.model.name != model.name and "{style" not in args.name
-                            else "add {model} to --name" if first.model.file_stem != model.file_stem
-                            and "{model" not in args.name
-                            else "two choices of one model share this name (a style and a blend?): run one with "
-                                 "its own -o folder" if first.model.model.source == model.model.source
-                            else "give each model its own -o folder")
-                    report.error(f"output {str(target)!r} would be written twice (by {first.model.model.source!r} "
-                                 f"style {first.model.name!r} and {model.model.source!r} style {model.name!r}); "
-                                 f"{hint}")
-                else:
-                    hint = ("add {ext} to --name" if first.source.stem == image.stem and first.source.suffix !=
-                            image.suffix and "{ext" not in args.name else "use separate folders")
-                    report.error(f"output {str(target)!r} would be written twice (from "
-                                 f"{str(first.source)!r} and {str(image)!r}); {hint}")
+                by = (f"by {first.model.model.source!r} style {first.model.name!r} and {model.model.source!r} "
+                      f"style {model.name!r}" if first.source == image
+                      else f"from {str(first.source)!r} and {str(image)!r}")
+                report.error(f"output {str(target)!r} would be written twice ({by}); "
+                             f"{collision_hint(first, image, model, args.name)}")
             else:
                 targets[resolved] = Job(image, target, model)
                 jobs.append(targets[resolved])
