@@ -30,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 from stylenet.errors import StylenetError
+from stylenet.styles import style_name_of
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Bundled images (not among the demo's training photos) as the N styles and the added one.
@@ -97,12 +98,10 @@ def fit(task: pl.LightningModule, steps: int, args: argparse.Namespace, path: Pa
 
 
 def held_out_files() -> list[Path]:
-    """The demo data's held-out photos (never trained on)."""
-    from stylenet.data import ImageFolderDataModule
+    """The demo data's held-out photos (never trained on), as the training CLI's report takes them."""
+    from stylenet.report import demo_held_out
 
-    data = ImageFolderDataModule(source="demo", val_images=2)
-    data.setup("fit")
-    return data.val_files
+    return demo_held_out(ROOT / "configs")
 
 
 def held_out(size: int) -> list[torch.Tensor]:
@@ -139,16 +138,12 @@ def style_task(styles: list[str], args: argparse.Namespace, settings: dict[str, 
     from stylenet.tasks import StyleTransferTask
 
     pl.seed_everything(args.seed)
-    style = ({"image": styles[0], "name": stem(styles[0])} if len(styles) == 1 else {"images": styles})
+    style = ({"image": styles[0], "name": style_name_of(styles[0])} if len(styles) == 1 else {"images": styles})
     return StyleTransferTask(model={"channels": args.channels, "residual_blocks": args.residual_blocks},
                              loss=settings["loss"], style={**style, "size": args.style_size}, lr=settings["lr"],
                              image_size=settings["image_size"],
                              identity_steps=round(settings["identity_share"] * args.steps) * scale,
                              saturation_weight=settings["saturation_weight"])
-
-
-def stem(spec: str) -> str:
-    return Path(spec.removeprefix("demo:")).stem
 
 
 def compare_styles(args: argparse.Namespace, settings: dict[str, Any], out: Path,
@@ -161,11 +156,12 @@ def compare_styles(args: argparse.Namespace, settings: dict[str, Any], out: Path
                            out / "multi.safetensors"))
     rows = {}
     for spec in args.styles:
-        path = out / f"{stem(spec)}.safetensors"
+        path = out / f"{style_name_of(spec)}.safetensors"
         single = read_model(fit(style_task([spec], args, settings), args.steps, args, path))
+        name = style_name_of(spec)
         alone = objective(single.net, spec, photos, settings["evaluator"], args.style_size)
-        shared = objective(multi.for_style(stem(spec))[1], spec, photos, settings["evaluator"], args.style_size)
-        rows[stem(spec)] = {"single": alone, "multi": shared, "ratio": shared / alone}
+        shared = objective(multi.for_style(name)[1], spec, photos, settings["evaluator"], args.style_size)
+        rows[name] = {"single": alone, "multi": shared, "ratio": shared / alone}
     worst = max(row["ratio"] for row in rows.values())
     return {"styles": rows, "worst_ratio": worst, "met": worst <= 1.10}, out / "multi.safetensors"
 
@@ -176,7 +172,7 @@ def compare_added(args: argparse.Namespace, settings: dict[str, Any], out: Path,
     from stylenet.modelfile import read_model
     from stylenet.tasks import AddStyleTask
 
-    spec, name = args.new_style, stem(args.new_style)
+    spec, name = args.new_style, style_name_of(args.new_style)
     steps = max(1, round(args.add_fraction * args.steps))
     single = read_model(fit(style_task([spec], args, settings), args.steps, args, out / f"{name}.safetensors"))
     pl.seed_everything(args.seed)
@@ -196,7 +192,7 @@ def compare_blend(args: argparse.Namespace, multi: Path, photos: list[torch.Tens
     from stylenet.modelfile import read_model
     from stylenet.tasks import load_style_image
 
-    stored, (a, b) = read_model(multi), [stem(spec) for spec in args.styles[:2]]
+    stored, (a, b) = read_model(multi), [style_name_of(spec) for spec in args.styles[:2]]
     nets = {a: stored.for_style(a)[1], b: stored.for_style(b)[1], "blend": stored.for_style({a: 0.5, b: 0.5})[1]}
     result: dict[str, Any] = {}
     for spec in args.styles[:2]:
@@ -207,7 +203,7 @@ def compare_blend(args: argparse.Namespace, multi: Path, photos: list[torch.Tens
             means[label] = {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
         between = {key: min(means[a][key], means[b][key]) <= means["blend"][key] <= max(means[a][key], means[b][key])
                    for key in ("colour_moved", "texture_moved")}
-        result[stem(spec)] = {"means": means, "between": between}
+        result[style_name_of(spec)] = {"means": means, "between": between}
     result["met"] = all(all(r["between"].values()) for r in result.values() if isinstance(r, dict))
     return result
 
@@ -249,7 +245,7 @@ def check_styles(args: argparse.Namespace) -> None:
     for option, spec in given:
         if not resolve_image_path(spec).is_file():
             raise StylenetError(f"{option} {spec!r}: no such image")
-    names = [stem(spec) for _, spec in given]
+    names = [style_name_of(spec) for _, spec in given]
     for (option, spec), name in zip(given, names, strict=True):
         if name in ("multi", "multi_plus_new") or names.count(name) > 1:
             raise StylenetError(f"{option} {spec!r}: its name {name!r} is another model file's here (each style is "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from stylenet import StylenetError
+from stylenet.bench.measure import median_seconds, sync
 from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
 from stylenet.image import crop, resize_long_side, resize_short_side
 from stylenet.losses import PerceptualLoss
@@ -63,25 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work, so clock reads measure the computation, not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_network(net: TransformerNet, image: torch.Tensor, repeats: int) -> float:
     """Median seconds of one forward pass on a (1, 3, S, S) batch, after two warm-up passes."""
-    device = image.device
-    seconds = []
     with torch.inference_mode():
-        for run in range(2 + repeats):
-            synchronize(device)
-            start = time.perf_counter()
-            net(image)
-            synchronize(device)
-            if run >= 2:
-                seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+        return median_seconds(lambda: net(image), image.device, repeats, warmup=2)
 
 
 def time_gatys(content: torch.Tensor, loss: PerceptualLoss, counts: list[int],
@@ -94,10 +79,10 @@ def time_gatys(content: torch.Tensor, loss: PerceptualLoss, counts: list[int],
     elapsed: dict[int, float] = {}
 
     def clock(progress: Progress) -> None:
-        synchronize(device)
+        sync(device)
         elapsed[progress.iteration] = time.perf_counter() - start
 
-    synchronize(device)
+    sync(device)
     start = time.perf_counter()
     result = optimize(content, loss, iterations=run, callback=clock)
     if result.stopped:

@@ -5,7 +5,7 @@ in the system temp folder, no fsync, then ``shutil.move``, which is a copy (not 
 whenever /tmp is another filesystem. :class:`AtomicCheckpointIO` writes through
 :func:`stylenet.atomic.atomic_write` instead (next to the target, fsync, rename), so a crash leaves
 the previous checkpoint or the new one, never half of one. The temporary name is hidden, and
-:func:`candidate_checkpoints` skips hidden files, so nothing mistakes what a kill during a write
+:func:`run_checkpoints` skips hidden files, so nothing mistakes what a kill during a write
 leaves behind for a checkpoint.
 
 A kill -9, the OOM killer or a power cut lose what came after the newest checkpoint: the default

@@ -22,7 +22,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from stylenet.errors import StylenetError, first_line
-from stylenet.image import DEMO_PHOTOS, ImageError, crop, demo_root, list_images, load_rgb, resize_short_side
+from stylenet.image import (
+    DEMO_PHOTOS,
+    ImageError,
+    crop,
+    demo_root,
+    list_images,
+    load_rgb,
+    training_sample,
+)
 from stylenet.metrics import SSIM_RADIUS, degrade
 from stylenet.nets.sr import SuperResolutionNet
 from stylenet.shards import ShardStore
@@ -98,11 +106,7 @@ class ImageFileDataset(Dataset):
         rng = random.Random(f"{self.seed}:{position}") if position >= 0 else None
         with self.in_flight.loading(index) if self.in_flight else contextlib.nullcontext():
             try:
-                photo = self.read(path)
-                try:
-                    image = self.patch(photo, rng)
-                except ImageError as err:  # decoded, but unusable (too elongated to resize)
-                    raise ImageError(f"cannot use image {str(path)!r}: {err}") from None
+                image = self.patch(self.read(path), path, rng)
             except ImageError as err:
                 return {"image": None, "path": str(path), "error": str(err), "batch_number": batch_number}
         return {"image": image, "path": str(path), "error": None, "batch_number": batch_number}
@@ -112,10 +116,10 @@ class ImageFileDataset(Dataset):
         kwargs = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
         return load_rgb(path, **kwargs)
 
-    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
-        """The sample cut from one photo: short side resized to ``scale_size`` (the paper: 256, whole
-        256x256 COCO images), then a square ``image_size`` crop."""
-        return crop(resize_short_side(image, self.scale_size), self.image_size, rng)
+    def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
+        """The sample cut from one photo (the paper: whole 256x256 COCO images), one line naming
+        ``path`` when it is unusable (decoded, but too elongated to resize)."""
+        return training_sample(image, path, self.scale_size, self.image_size, rng)
 
 
 class ShardDataset(ImageFileDataset):
@@ -140,7 +144,7 @@ class ShardDataset(ImageFileDataset):
         """The prepared uint8 pixels as a (3, S, S) view of the memory map: no copy, no decoding."""
         return torch.from_numpy(self.store.image(self.rows[str(path)])).permute(2, 0, 1)
 
-    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
+    def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
         """Crop first, then convert: only the crop's pixels are copied to float."""
         return crop(image, self.image_size, rng).float().div_(255.0)
 
@@ -371,9 +375,9 @@ class SuperResolutionPatches(ImageFileDataset):
     of COCO photos), cut at the photo's own resolution: resizing first would soften exactly the
     detail the network must learn to restore. Photos smaller than a patch are enlarged to fit."""
 
-    def patch(self, image: torch.Tensor, rng: random.Random | None) -> torch.Tensor:
-        if min(image.shape[-2:]) < self.image_size:
-            image = resize_short_side(image, self.image_size)
+    def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
+        if min(image.shape[-2:]) < self.image_size:  # a small photo: upsampled to the patch size
+            return training_sample(image, path, self.image_size, self.image_size, rng)
         return crop(image, self.image_size, rng)
 
 

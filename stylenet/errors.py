@@ -22,3 +22,17 @@ def first_line(err: BaseException) -> str:
     when it has no message."""
     text = str(err).strip()
     return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def describe(err: Exception, subject: object) -> str:
+    """One line for ``err`` that names ``subject`` (the input, output or model it happened to).
+
+    A :class:`StylenetError` already says what went wrong (and usually where: ``'file'`` quoted),
+    so its message is kept, prefixed with ``subject`` unless it names it; anything else (a decoder
+    bug, a RuntimeError from an odd size, an OSError) is unexpected, so its type is kept too, for
+    the bug report; multi-line messages (torch's) are cut to their first line.
+    """
+    message = first_line(err)
+    if isinstance(err, StylenetError):
+        return message if repr(str(subject)) in message else f"{subject}: {message}"
+    return f"{subject}: {type(err).__name__}: {message}" if str(err).strip() else f"{subject}: {message}"

@@ -37,7 +37,7 @@ from torch import nn
 from stylenet.atomic import atomic_write
 from stylenet.errors import StylenetError, first_line
 from stylenet.nets import SuperResolutionNet, TransformerNet
-from stylenet.styles import StyleChoice, choice_weights, style_names
+from stylenet.styles import StyleChoice, choice_weights, style_name_of, style_names
 from stylenet.version import __version__
 
 FORMAT = "stylenet"
@@ -339,7 +339,7 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
     style = hparams.get("style", {})
     metadata = {
         "task": "style",
-        "style_name": style.get("name") or Path(str(style.get("image", "style"))).stem,
+        "style_name": style.get("name") or style_name_of(style.get("image", "style")),
         "style_image": str(style["image"]) if style.get("image") else None,
         "style_sha256": hparams.get("style_sha256"),
         "style_size": style.get("size"),

@@ -23,15 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stylenet.temporal import affine_flow, deformation_flow, pixel_grid, sample_at, warp, warping_error
+from stylenet.temporal import SENSOR_NOISE, affine_flow, deformation_flow, pixel_grid, sample_at, warp, warping_error
 
 #: The sequences, in table order; "still" is the flicker.
 KINDS = ("pan", "zoom", "rotation", "deformation", "still")
 MOTION_KINDS = KINDS[:-1]
 #: Per frame: pan (x, y) pixels, zoom factor, rotation degrees, deformation amplitude pixels.
 PAN, ZOOM, ROTATION, DEFORMATION = (2.0, 0.75), 1.015, 1.0, 1.5
-#: The still camera's sensor noise, standard deviation in grey levels.
-SENSOR_NOISE_LEVELS = 2.0
 
 StylizeFrames = Callable[[list[torch.Tensor]], Iterable[torch.Tensor]]
 
@@ -78,7 +76,7 @@ def make_sequence(photo: torch.Tensor, kind: str, size: int = 256, frames: int =
             flows.append(flow)
         frame = sample_at(photo[None], positions)[0][0]
         if kind == "still":
-            frame = frame + torch.randn(frame.shape, generator=generator) * (SENSOR_NOISE_LEVELS / 255)
+            frame = frame + torch.randn(frame.shape, generator=generator) * SENSOR_NOISE  # as validation's
         rendered.append(frame.clamp(0.0, 1.0).mul(255).round().div(255))
     return Clip(kind, torch.stack(rendered), flows)
 

@@ -24,7 +24,7 @@ from torchvision.utils import make_grid
 from stylenet import StylenetError, __version__, quality
 from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
-from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss
+from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss, setting_weight
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.modelfile import read_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
@@ -553,7 +553,7 @@ class SuperResolutionTask(ImageTask):
                  compile: bool = False, channels_last: bool | None = None, lr_schedule: str = "constant") -> None:
         super().__init__(lr, nan_policy, max_nan_skips, lr_schedule)
         check_fast_path_flags(compile, channels_last)
-        if float(loss.get("style_weight", 0.0)) != 0:
+        if setting_weight(loss.get("style_weight", 0.0), "loss.style_weight") != 0:
             raise StylenetError("super-resolution has no style target: set loss.style_weight=0 (or use "
                                 "loss=feature, loss=pixel or loss=mixed)")
         loss, temporal_weight = split_temporal_weight(loss)

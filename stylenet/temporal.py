@@ -143,26 +143,28 @@ def warping_error(current: torch.Tensor, previous: torch.Tensor, flow: torch.Ten
     return masked_mean((current.float() - warped).abs(), mask) * 255
 
 
-#: Standard deviation of the sensor noise of validation's still camera (image units: 2 grey levels).
+#: Standard deviation of the sensor noise of a still camera, in validation and in stylenet-stability
+#: (image units: 2 grey levels).
 SENSOR_NOISE = 2.0 / 255
 
 
 class TemporalConsistency:
     """The style task's temporal term (``loss.temporal_weight``) and its validation measures.
 
-    Each training step draws its motions and noise from a generator seeded by (``seed``, step), so
-    a resumed run draws what the uninterrupted one drew. With ``weight`` 0 the term costs nothing:
-    no motion is drawn and the network runs once per step, as without this class."""
+    Each training step draws its motions (of :class:`MotionRange`'s default size) and noise from a
+    generator seeded by the step, so a resumed run draws what the uninterrupted one drew. With
+    ``weight`` 0 the term costs nothing: no motion is drawn and the network runs once per step, as
+    without this class."""
 
-    def __init__(self, weight: float, motion: MotionRange = MotionRange(), seed: int = 0) -> None:
-        self.weight, self.motion, self.seed = float(weight), motion, int(seed)
+    def __init__(self, weight: float) -> None:
+        self.weight, self.motion = float(weight), MotionRange()
 
     def add_term(self, terms: dict[str, torch.Tensor], stylize: Stylize, images: torch.Tensor,
                  output: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """``terms`` with ``temporal`` (unweighted) added and ``total`` increased by weight x it."""
         if not self.weight:
             return terms
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
+        generator = torch.Generator().manual_seed(int(step))
         batch, _, height, width = images.shape
         flow = random_flow(batch, height, width, generator, self.motion).to(images.device)
         sigma = torch.rand(batch, 1, 1, 1, generator=generator) * self.motion.noise

@@ -207,6 +207,8 @@ def test_style_model_files_record_the_tasks_own_terms_of_the_objective() -> None
     assert (metadata["temporal_weight"], metadata["saturation_weight"], metadata["identity_steps"]) == (600.0, 0.03, 40)
     assert metadata["style_image"] == "demo:ihc" and metadata["loss"] == {"style_weight": 100.0}
     assert checkpoint_metadata({"styles": [{"name": "a"}], "style": {"images": ["a.png"]}}, 1)["style_image"] is None
+    # without a recorded name, the one the task gives the file's stem (stylenet.styles.style_name_of)
+    assert checkpoint_metadata({"style": {"image": "art/My Painting.jpg"}}, 1)["style_name"] == "My_Painting"
 
 
 def test_style_name_is_refused_for_a_super_resolution_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

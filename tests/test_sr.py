@@ -162,6 +162,8 @@ def test_feature_loss_with_tv_trains_x8_too(tmp_path: Path) -> None:
 def test_bad_task_settings_fail_early() -> None:
     with pytest.raises(StylenetError, match="set loss.style_weight=0"):
         SuperResolutionTask(model=TINY_SR, loss={**FEATURE_LOSS, "style_weight": 10.0})
+    with pytest.raises(StylenetError, match="^loss.style_weight must be a number >= 0, got 'abc'$"):
+        SuperResolutionTask(model=TINY_SR, loss={**FEATURE_LOSS, "style_weight": "abc"})
     with pytest.raises(StylenetError, match="model: model.factor must be one of"):
         SuperResolutionTask(model={**TINY_SR, "factor": 3}, loss=PIXEL_LOSS)
     with pytest.raises(StylenetError, match="task.lr must be a finite number > 0, got 0"):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from stylenet.cli.stylize import main, parse_bytes
+from stylenet.errors import StylenetError, describe
 from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
 
@@ -479,3 +480,12 @@ def test_out_of_memory_still_retries_with_smaller_tiles(tmp_path: Path, model: P
     with Image.open(tmp_path / "out" / "big_test.png") as image:
         assert image.size == (100, 90)
     assert out.startswith("2 done, 0 failed")
+
+
+def test_every_reported_error_is_one_line_naming_its_subject() -> None:
+    """stylenet-stylize, stylenet-stability and the web page report failures through one describe()."""
+    assert describe(StylenetError("cannot read 'a.png': truncated"), "a.png") == "cannot read 'a.png': truncated"
+    assert describe(StylenetError("truncated"), "a.png") == "a.png: truncated"
+    assert describe(StylenetError("bad size\nadvice"), "a.png") == "a.png: bad size"
+    assert describe(RuntimeError("no memory\n  try a smaller tile"), "b.jpg") == "b.jpg: RuntimeError: no memory"
+    assert describe(ValueError(), "c.jpg") == "c.jpg: ValueError"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from stylenet.inference.memory import max_rss_bytes
 
 
 def key(*parts: object) -> str:
@@ -20,6 +20,7 @@ def key(*parts: object) -> str:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so clock reads measure the computation, not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -68,8 +69,7 @@ def peak_rss_bytes() -> int:
     peak = proc_status_bytes("VmHWM")
     if peak is not None:
         return peak
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+    return max_rss_bytes()
 
 
 def peak_mib(device: torch.device, baseline: int | None = None) -> tuple[float, float | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import math
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from stylenet.bench.worker import MODELS, Job, run_worker
 from stylenet.errors import StylenetError
 from stylenet.fastpath import inference_precision, use_channels_last
 from stylenet.losses import PerceptualLoss
+from stylenet.metrics import psnr
 
 SECTIONS = ("train", "infer", "frames", "photo", "gatys", "conv", "data")
 #: the PSNR reported for identical outputs (a finite number, so the JSON stays standard).
@@ -165,8 +165,7 @@ def bench_photo(device: torch.device, profile: Profile, reps: int, model_file: s
             results[key("photo", mode, name, "peak_mb")] = measured.peak_mb
         one_pass, default = (torch.load(outputs[mode], weights_only=True).float() / 255
                              for mode in ("onepass", "default"))
-    error = float((one_pass - default).pow(2).mean())
-    results[key("photo_default", name, "psnr_db")] = min(PSNR_IDENTICAL, 10 * math.log10(1 / max(error, 1e-30)))
+    results[key("photo_default", name, "psnr_db")] = min(PSNR_IDENTICAL, float(psnr(default[None], one_pass[None])))
     results[key("photo_default", name, "time_ratio")] = (results[key("photo", "default", name, "seconds")]
                                                           / results[key("photo", "onepass", name, "seconds")])
     return results

@@ -35,7 +35,7 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
     Runs in worker processes: imports stay inside (and light: no Lightning), errors come back as values."""
     import torch
 
-    from stylenet.image import ImageError, crop, load_rgb, resize_short_side
+    from stylenet.image import ImageError, load_rgb, training_sample
 
     path, root, size = job
     relative = path.relative_to(root).as_posix()
@@ -45,9 +45,9 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
     except (ImageError, OSError) as err:
         return relative, "", None, first_line(err)
     try:
-        image = crop(resize_short_side(photo, size), size, None)
+        image = training_sample(photo, path, size, size, None)  # what training cuts from the photo
     except ImageError as err:  # decoded, but too elongated to resize
-        return relative, "", None, f"cannot use image {str(path)!r}: {err}"
+        return relative, "", None, str(err)
     pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None
 

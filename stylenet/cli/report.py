@@ -98,7 +98,7 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
         missed = report.missed(method)
         print(f"{method}: targets {'met' if not missed else 'NOT met: ' + ', '.join(missed)}")
     print(f"wrote {', '.join(str(path) for path in paths.values())}")
-    return 0 if report.entries else 1
+    return 0  # 1 where a photo or model was reported (run_reporting_errors)
 
 
 def model_on(net: nn.Module, device: str) -> nn.Module:

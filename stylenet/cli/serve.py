@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "largest photo accepted")
     parser.add_argument("--max-memory", type=parse_bytes,
                         help="memory one forward pass may use (as stylenet-stylize's); larger photos run layer "
-                             "by layer or in tiles (default: half of each worker's share of --memory-limit)")
+                             "by layer or in tiles (default: on the CPU, half of each worker's share of "
+                             "--memory-limit; on a GPU, each worker's share of stylenet-stylize's default)")
     parser.add_argument("--max-upload", type=parse_bytes, default=parse_bytes("50MB"),
                         help="largest upload in bytes (default: 50MB)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import StylenetError, describe
 
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
@@ -113,7 +113,7 @@ def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:
         try:
             photo = photo_for_sequences(load_rgb(resolve_image_path(spec)), args.size)
         except Exception as err:  # this photo only
-            error(_describe(err, str(spec)))
+            error(describe(err, str(spec)))
             continue
         sequences += [make_sequence(photo, kind, args.size, args.frames, seed=args.seed + index) for kind in KINDS]
     if not sequences:
@@ -140,7 +140,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
             loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
             models = loaded.selected()  # a model of several styles: a row per style
         except Exception as err:  # this model only
-            error(_describe(err, path))
+            error(describe(err, path))
             continue
         for model in models:
             name = row_name(path, model.name if loaded.multi else None, rows)
@@ -148,13 +148,13 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
                 rows[name] = measure(model.stylize_frames, sequences)
                 outputs[name] = torch.stack(list(model.stylize_frames(list(outputs["input"]))))
             except Exception as err:  # this model only
-                error(_describe(err, path))
+                error(describe(err, path))
                 continue
             for clip in args.video:
                 try:
                     clips.append(_clip_line(clip, name, model, args.max_frames))
                 except Exception as err:  # this clip only
-                    message = _describe(err, clip)
+                    message = describe(err, clip)
                     if message not in reported:
                         reported.add(message)
                         error(message)
@@ -167,7 +167,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
         try:
             save_image(args.strip, strip(pictured, outputs))
         except Exception as err:  # the picture only: the table is still printed and written
-            error(_describe(err, args.strip))
+            error(describe(err, args.strip))
     lines = [f"E_warp and flicker (grey levels, 0-255) on {len(sequences) // 5} photo(s) x 5 sequences of "
              f"{args.frames} frames, {args.size} px:", "", markdown_table(rows)]
     if clips:
@@ -183,12 +183,6 @@ def row_name(path: str, style: str | None, taken: Mapping[str, object]) -> str:
         if name not in taken:
             return name
     return f"{path}{suffix} #{len(taken)}"  # the very same file twice
-
-
-def _describe(err: Exception, subject: str) -> str:
-    if isinstance(err, StylenetError):
-        return str(err) if repr(subject) in str(err) else f"{subject}: {err}"
-    return f"{subject}: {type(err).__name__}: {first_line(err)}"
 
 
 def _clip_line(clip: str, name: str, model: InferenceModel, max_frames: int) -> str:

@@ -26,11 +26,12 @@ import re
 import string
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from stylenet.errors import StylenetError, first_line, one_line
+from stylenet.errors import StylenetError, describe, one_line
 
 if TYPE_CHECKING:
     from stylenet.image import LoadedImage
@@ -70,7 +71,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _between(low: int, high: int) -> type:
+def _between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if not low <= value <= high:  # argparse's choices= would list every allowed value
@@ -80,7 +81,7 @@ def _between(low: int, high: int) -> type:
     return parse
 
 
-def _positive(kind: type) -> type:
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         value = kind(text)
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):  # nan > 0 is False
@@ -235,20 +236,6 @@ class Report:
         rate = (f"{self.seconds / self.megapixels:.2f} s/megapixel" if self.megapixels
                 else "no pixels processed")
         return f"{self.done} done, {self.failed} failed, {rate}"
-
-
-def describe(err: Exception, subject: object) -> str:
-    """One line for ``err`` that names ``subject`` (the input, output or model it happened to).
-
-    A :class:`StylenetError` already says what went wrong (and usually where: ``'file'`` quoted),
-    so its message is kept, prefixed with ``subject`` unless it names it; anything else (a decoder
-    bug, a RuntimeError from an odd size, an OSError) is unexpected, so its type is kept too, for
-    the bug report; multi-line messages (torch's) are cut to their first line.
-    """
-    message = first_line(err)
-    if isinstance(err, StylenetError):
-        return message if repr(str(subject)) in message else f"{subject}: {message}"
-    return f"{subject}: {type(err).__name__}: {message}" if str(err).strip() else f"{subject}: {message}"
 
 
 def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:

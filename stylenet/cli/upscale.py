@@ -1,4 +1,4 @@
-"""``stylenet-upscale``: upscale photos x4 or x8 with a super-resolution model file.
+"""``stylenet-upscale``: upscale photos x2, x4 or x8 with a super-resolution model file.
 
 Johnson et al. 2016, Sec. 4.2. Everything ``stylenet-stylize`` does, with the same options: files,
 folders or globs; any size (tiled, seam-free); any image mode (EXIF rotation, 16-bit, greyscale,

@@ -54,6 +54,7 @@ from stylenet.image.resize import (
     resize_short_side,
     short_side_shape,
     target_size,
+    training_sample,
 )
 from stylenet.image.write import check_output_path, save_image, to_pil
 
@@ -87,4 +88,5 @@ __all__ = [
     "short_side_shape",
     "target_size",
     "to_pil",
+    "training_sample",
 ]

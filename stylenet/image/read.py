@@ -294,7 +294,7 @@ def list_images(root: str | Path) -> list[Path]:
     them: listing a 100k-image folder must stay cheap; broken files surface later as
     :class:`ImageError` from :func:`load_image`. Hidden files and folders (name starting with
     ``.``) are skipped: they are editor/OS debris such as macOS ``._x.jpg`` resource forks, and
-    our own in-progress ``.x.png.tmp`` files. Sorting is by path components, so the order does
+    our own in-progress ``.x.<random>.tmp.png`` files. Sorting is by path components, so the order does
     not depend on the filesystem. A ``root`` that is itself an image file gives ``[root]``.
     """
     base = Path(root)

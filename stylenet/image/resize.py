@@ -102,3 +102,15 @@ def crop(image: torch.Tensor, size: int, rng: random.Random | None) -> torch.Ten
     top = rng.randint(0, height - size) if rng else (height - size) // 2
     left = rng.randint(0, width - size) if rng else (width - size) // 2
     return image[:, top: top + size, left: left + size]
+
+
+def training_sample(photo: torch.Tensor, path: object, scale_size: int, size: int,
+                    rng: random.Random | None) -> torch.Tensor:
+    """One training sample of a photo (Sec. 4.1: COCO photos at 256x256): the short side resized to
+    ``scale_size``, then a ``size`` x ``size`` crop, random with ``rng``, centred without. Training and
+    ``stylenet-prepare``'s shards both cut this way, so prepared data is what training would have cut.
+    A photo too elongated to resize is an :class:`ImageError` naming ``path``."""
+    try:
+        return crop(resize_short_side(photo, scale_size), size, rng)
+    except ImageError as err:
+        raise ImageError(f"cannot use image {str(path)!r}: {err}") from None

@@ -4,6 +4,8 @@ what running out of memory looks like on each device.
 
 from __future__ import annotations
 
+import resource
+import sys
 import weakref
 from typing import Any
 
@@ -16,6 +18,12 @@ from stylenet.inference.geometry import forward, min_size, round_up, size_multip
 
 #: Per-forward-pass activation budget on the CPU when ``max_memory`` is not given.
 CPU_MAX_MEMORY = 800_000_000  # 0.8 GB: a 1024x1024 photo still runs in one pass (fp32 or bf16)
+
+
+def max_rss_bytes() -> int:
+    """This process's peak resident set size so far, by ``getrusage`` (whose unit is the platform's)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def default_max_memory(device: torch.device) -> int:

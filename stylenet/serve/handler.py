@@ -10,8 +10,9 @@
     POST   /api/frame?model=ID&strength=..&preserve_color=..
                                   body: a webcam frame (JPEG) -> the stylized frame (JPEG)
 
-Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 404 unknown model or job, 413 upload
-too large, 415 a form instead of the photo's bytes, 503 busy (refused, not queued). Request bodies
+Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header, 404 unknown
+model or job, 411 no Content-Length, 413 upload too large, 415 a form instead of the photo's bytes,
+503 busy (refused, not queued). Request bodies
 stream to files in the server's temporary folder; nothing from the browser is used as a path (files
 are named by the server's ids).
 """

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,8 +44,9 @@ def resident_bytes() -> int:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+        from stylenet.inference.memory import max_rss_bytes
+
+        return max_rss_bytes()
 
 
 @dataclass(frozen=True)

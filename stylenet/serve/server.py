@@ -36,7 +36,8 @@ class ServeConfig:
     queue: int = 8
     #: Bytes the whole server process may hold (resident memory).
     memory_limit: int = 4 * 10**9
-    #: Activation bytes one forward pass may use; None: half of each worker's share of the limit.
+    #: Activation bytes one forward pass may use; None: on the CPU half of each worker's share of the
+    #: limit, on a GPU each worker's share of stylenet-stylize's default for the device.
     max_memory: int | None = None
     max_upload: int = 50 * 10**6
     max_pixels: int = DEFAULT_MAX_PIXELS

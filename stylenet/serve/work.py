@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stylenet.cli.stylize import describe
-from stylenet.errors import StylenetError
+from stylenet.errors import StylenetError, describe
 from stylenet.serve.catalog import Catalog, ModelEntry
 from stylenet.serve.limits import MemoryPlan, tile_side
 
