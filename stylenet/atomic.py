@@ -102,8 +102,9 @@ def publish_together(writes: list[tuple[Path, Callable[[Path], Any]]]) -> None:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """:func:`atomic_write` of a UTF-8 text file (a table, a JSON summary)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """:func:`atomic_write` of a UTF-8 text file (a table, a JSON summary). A file name that is not
+    UTF-8 (Python holds its bytes as lone surrogates) is written as a ``\\udcXX`` escape, not an error."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace"))
 
 
 def _publish(tmp: Path, target: Path, overwrite: bool) -> None:

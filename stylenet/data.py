@@ -8,6 +8,7 @@ checkpoint sees exactly the batches the uninterrupted run would have seen, on on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -126,7 +127,8 @@ class ShardDataset(ImageFileDataset):
     """:class:`ImageFileDataset`'s items (same ``(batch_number, position, index)`` protocol, same
     seeded crops) read from a prepared dataset (:mod:`stylenet.shards`) instead of decoded photos.
 
-    ``files`` are the photos the shards were made from (the manifest's sources); no file is opened.
+    ``files`` are the photos the shards were made from (the manifest's sources); none is opened here
+    (the end of a run, :func:`stylenet.cli.train.finish`, reads the held-out ones' files).
     Shards prepared at the training size (``stylenet-prepare``'s default, like the original code's
     256x256 HDF5) are served as they are; shards prepared larger give random ``image_size`` crops in
     training and centre crops in validation, as photos do. Smaller shards are refused: upsampling
@@ -251,6 +253,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.bad_seen = 0  # bad samples consumed since step 0 (restored on resume), as samples_seen
         self.bad_restored = 0  # of which counted before this process resumed from a checkpoint
         self.report_path: Path | None = None
+        self.held_out_reported: set[str] = set()  # the errors of bad held-out photos already named
         self.shards: ShardStore | None = None  # source=shards: the prepared dataset, once listed
         self.worker_datasets: list[ImageFileDataset] = []
 
@@ -276,6 +279,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return
         files = self.list_files()
         count = min(self.val_images, max(0, len(files) - 1))
+        if count < self.val_images:  # one photo at least is kept for training
+            log.warning("data.val_images=%d, but the data lists %d photo(s): %d held out%s", self.val_images,
+                        len(files), count, "" if count else " (no validation, stylized photo or quality report)")
         held_out = set(range(0, len(files), max(1, len(files) // max(count, 1)))[:count]) if count else set()
         self.val_files = [f for i, f in enumerate(files) if i in held_out]
         self.train_files = [f for i, f in enumerate(files) if i not in held_out]
@@ -306,7 +312,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return self.dataset_class(files, self.image_size, self.seed, self.max_pixels, self.scale_size)
 
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        """Count what training consumes (not what the loader prefetched) and police bad files."""
+        """Count what training consumes (not what the loader prefetched) and police bad files; name
+        bad held-out photos (validation leaves them out)."""
+        for error in batch["skipped"] if self.trainer is not None and not self.trainer.training else ():
+            self.record_bad_held_out(error)
         if self.trainer is not None and self.trainer.training:
             self.next_batch = batch["batch_number"] + 1
             self.samples_seen += len(batch["images"]) + len(batch["skipped"])
@@ -328,7 +337,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             log.warning("skipped %s", error)
         self.bad_seen += len(errors)
         if self.report_path is not None:
-            with open(self.report_path, "a", encoding="utf-8") as report:
+            with open(self.report_path, "a", encoding="utf-8", errors="backslashreplace") as report:
                 report.writelines(f"{error}\n" for error in errors)
         fraction = self.bad_seen / max(self.samples_seen, 1)
         # judged after 20 batches, or at once when not one image of the first 2 batches could be read (a run
@@ -340,6 +349,17 @@ class ImageFolderDataModule(pl.LightningDataModule):
                     f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
                     f"see {self.report_path or 'the log'}")
         return None
+
+    def record_bad_held_out(self, error: str) -> None:
+        """Log and list a held-out photo that cannot be used, once per run: validation meets it at every
+        check, and the end of the run (``stylenet.cli.train.finish``) again."""
+        if error in self.held_out_reported:
+            return
+        self.held_out_reported.add(error)
+        log.warning("held-out photo skipped: %s", error)
+        if self.report_path is not None:
+            with open(self.report_path, "a", encoding="utf-8", errors="backslashreplace") as report:
+                report.write(f"held-out photo: {error}\n")
 
     def explain_failure(self, err: BaseException) -> StylenetError | None:
         """A one-line error naming the file(s) a DataLoader worker was decoding when it died, hung past
@@ -356,18 +376,39 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return StylenetError(f"{first_line(err)} while loading {', '.join(files)}: remove or "
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 
+    def listing(self) -> dict[str, Any]:
+        """How many photos the source lists and a digest of their paths (relative to ``root``): the
+        held-out set and the stream's order follow from this list alone."""
+        root = Path(self.root).expanduser() if self.root else None
+        files = sorted([*self.train_files, *self.val_files])
+        names = [path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
+                 for path in files]
+        return {"photos": len(files), "photos_sha256": hashlib.sha256("\n".join(names).encode(
+            "utf-8", "surrogateescape")).hexdigest()}
+
     def state_dict(self) -> dict[str, Any]:
         """Where the stream stands and what it consumed: ``bad_files`` is the count of bad samples (the
-        list is ``skipped_images.txt``; keeping it out of the checkpoint keeps checkpoints small)."""
-        return {"next_batch": self.next_batch, "samples_seen": self.samples_seen, "bad_files": self.bad_seen}
+        list is ``skipped_images.txt``; keeping it out of the checkpoint keeps checkpoints small), and,
+        once listed, the :meth:`listing` that the stream's positions refer to."""
+        state = {"next_batch": self.next_batch, "samples_seen": self.samples_seen, "bad_files": self.bad_seen}
+        return {**state, **self.listing()} if self.train_files else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the stream, and the bad-file budget, where the checkpoint left them. Checkpoints
         written while this count was saved but not restored hold it under the same key, so resuming
-        them restores it too; a state without it (hand-made) counts from zero."""
+        them restores it too; a state without it (hand-made) counts from zero. A source that now lists
+        other photos is a warning: the run goes on (new photos can be the point), but its held-out
+        photos and its stream are no longer the interrupted run's."""
         self.next_batch = int(state_dict["next_batch"])
         self.samples_seen = int(state_dict["samples_seen"])
         self.bad_seen = self.bad_restored = int(state_dict.get("bad_files", 0))
+        if "photos_sha256" in state_dict:
+            self.setup()
+            now = self.listing()
+            if now["photos_sha256"] != state_dict["photos_sha256"]:
+                log.warning("the data lists other photos than when this checkpoint was written (%d now, %d then): "
+                            "the held-out photos and the training stream differ from the interrupted run's",
+                            now["photos"], int(state_dict.get("photos", 0)))
 
 
 class SuperResolutionPatches(ImageFileDataset):

@@ -1,4 +1,5 @@
 import json
+import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,6 +154,48 @@ def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_pa
                     r"them before the resume\)", resumed.record_bad(["cannot read image 'b.jpg': truncated"]))
     resumed.load_state_dict({"next_batch": 2, "samples_seen": 4})  # a state without the count starts at 0
     assert resumed.bad_seen == 0 and resumed.next_batch == 2
+
+
+def test_resuming_on_a_folder_that_now_lists_other_photos_warns(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The held-out set and the stream's positions follow from the listing: a checkpoint records it."""
+    for name in ("a.png", "b.png", "sub/c.png"):
+        make_photo(tmp_path / name, (40, 40))
+
+    def module() -> ImageFolderDataModule:
+        datamodule = ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, val_images=1)
+        datamodule.setup("fit")
+        return datamodule
+
+    state = module().state_dict()
+    assert state["photos"] == 3 and len(state["photos_sha256"]) == 64
+    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+        module().load_state_dict(state)
+        assert "other photos" not in caplog.text  # the same listing
+        (tmp_path / "b.png").rename(tmp_path / "b2.png")  # as many photos, another one
+        module().load_state_dict(state)
+        make_photo(tmp_path / "d.png", (40, 40))
+        ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, val_images=1).load_state_dict(state)
+    warnings = [record.getMessage() for record in caplog.records if "other photos" in record.getMessage()]
+    assert [message.split(" (")[1].split(")")[0] for message in warnings] == ["3 now, 3 then", "4 now, 3 then"]
+
+
+def test_a_bad_held_out_photo_is_named_once_however_often_validation_meets_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    datamodule = ImageFolderDataModule(source="folder", root=str(tmp_path))
+    datamodule.report_path = tmp_path / "skipped_images.txt"
+    datamodule.trainer = SimpleNamespace(training=False)  # validating
+    batch = {"images": torch.zeros(1, 3, 8, 8), "skipped": ["cannot read image 'v.jpg': truncated"],
+             "batch_number": -1}
+    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+        for _ in range(3):  # three validation checks
+            datamodule.on_before_batch_transfer(batch, 0)
+        datamodule.record_bad_held_out("cannot read image 'v.jpg': truncated")  # the end of the run
+        datamodule.record_bad_held_out("cannot read image 'w.jpg': truncated")
+    assert datamodule.report_path.read_text() == ("held-out photo: cannot read image 'v.jpg': truncated\n"
+                                                  "held-out photo: cannot read image 'w.jpg': truncated\n")
+    assert caplog.text.count("held-out photo skipped") == 2
+    assert datamodule.samples_seen == 0 and datamodule.bad_seen == 0  # not training's budget
 
 
 def test_stream_is_deterministic_sharded_and_resumable() -> None:

@@ -581,6 +581,19 @@ def test_list_images_recursive_case_insensitive_sorted(tmp_path):
     assert "missing" in str(err.value)
 
 
+def test_list_images_follows_links_to_folders_once_each(tmp_path: Path) -> None:
+    """A dataset assembled from links: a linked folder is searched, a second link to it and a link
+    loop are not (each real folder once, the first in sorted order)."""
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for path in (root / "a" / "x.png", elsewhere / "y.jpg"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (root / "b").symlink_to(root / "a")  # the same photos again
+    (root / "a" / "loop").symlink_to(root)  # a loop
+    (root / "linked").symlink_to(elsewhere)
+    assert [p.relative_to(root).as_posix() for p in list_images(root)] == ["a/x.png", "linked/y.jpg"]
+
+
 def test_extension_tables_are_formats_pillow_reads_and_writes():
     """Against Pillow's own registry (the decoder and encoder behind load_image and save_image)."""
     registered = Image.registered_extensions()
@@ -801,3 +814,13 @@ def test_temporary_names_fit_the_file_system_whatever_the_name(tmp_path: Path) -
         write_text(tmp_path / name, "written")
         assert (tmp_path / name).read_text() == "written"
     assert unwritable(tmp_path / ("x" * 256)) == f"its name is 256 bytes, longer than file systems allow ({NAME_MAX})"
+
+
+def test_a_report_naming_a_file_whose_name_is_not_utf8_is_written(tmp_path: Path) -> None:
+    """A photo named in Latin-1 (b"caf\\xe9.jpg") reaches Python as a lone surrogate; the reports that name
+    it are written with an escape in its place rather than failing the run at its end."""
+    from stylenet.atomic import write_text
+
+    name = os.fsdecode(b"caf\xe9")
+    write_text(tmp_path / "quality.md", f"| {name} | 0.5 |\n")
+    assert (tmp_path / "quality.md").read_bytes() == b"| caf\\udce9 | 0.5 |\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,4 +151,31 @@ def test_ctrl_c_is_one_line_and_exit_130(square_photos: Path, tmp_path: Path, ca
     monkeypatch.setattr(prepare_cli, "prepare", interrupted)
     assert prepare_cli.main([str(square_photos), "-o", str(tmp_path / "out"), "--no-progress"]) == 130
     assert capsys.readouterr().err == ("stylenet-prepare: interrupted; run the same command again to go on "
+                                       "from the last complete shard\n")
+
+
+PREPARE_ONE = prepare_cli.prepare_one
+
+
+def prepare_then_stop(job: tuple[Path, Path, int]) -> Any:
+    """A worker's job that, on the first file, sends SIGTERM to the parent (as a scheduler would)."""
+    import os
+    import signal
+
+    result = PREPARE_ONE(job)
+    if result[0] == "broken.jpg":  # the first listed
+        os.kill(os.getppid(), signal.SIGTERM)
+    return result
+
+
+def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(prepare_cli, "prepare_one", prepare_then_stop)
+    status = prepare_cli.main([str(square_photos), "-o", str(tmp_path / "out"), "--workers", "2", "--no-progress"])
+    assert status == 143 and signal.getsignal(signal.SIGTERM) is before
+    assert capsys.readouterr().err == ("stylenet-prepare: terminated; run the same command again to go on "
                                        "from the last complete shard\n")

@@ -117,8 +117,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     jobs = ((path, source, size) for path in todo)
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
-    # the workers leave Ctrl-C to this process, which stops them: no traceback from each of them
-    pool = Pool(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) if workers > 0 else None
+    pool = Pool(workers, initializer=leave_signals_to_parent) if workers > 0 else None
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
     try:
@@ -146,6 +145,21 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     return manifest
 
 
+class Terminated(Exception):
+    """SIGTERM (a scheduler's stop, ``kill``): handled as Ctrl-C is, with exit status 143."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def leave_signals_to_parent() -> None:
+    """A decoding worker leaves Ctrl-C and SIGTERM to this process, which stops the workers: no
+    traceback from each of them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,16 +172,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoding processes (default: one per CPU; 0 decodes in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         manifest = prepare(args.source, args.output, args.size, args.shard_images, args.workers,
                            progress=not args.no_progress)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; run the same command again to go on from the last complete shard",
-              file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"{PROG}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; run the same command "
+              "again to go on from the last complete shard", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not manifest["count"]:
         print(f"{PROG}: error: no readable photos in {str(args.source)!r} ({len(manifest['skipped'])} skipped: "
               f"see {args.output / MANIFEST})", file=sys.stderr)

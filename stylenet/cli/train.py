@@ -175,10 +175,7 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
             break
         except ImageError as err:
             photos.remove(photo)
-            log.warning("held-out photo skipped: %s", err)
-            if datamodule.report_path is not None:
-                with open(datamodule.report_path, "a", encoding="utf-8") as report:
-                    report.write(f"held-out photo: {err}\n")
+            datamodule.record_bad_held_out(str(err))
     if first is None:
         return
     if task.hparams.get("styles"):  # several styles

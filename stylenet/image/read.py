@@ -294,8 +294,10 @@ def list_images(root: str | Path) -> list[Path]:
     them: listing a 100k-image folder must stay cheap; broken files surface later as
     :class:`ImageError` from :func:`load_image`. Hidden files and folders (name starting with
     ``.``) are skipped: they are editor/OS debris such as macOS ``._x.jpg`` resource forks, and
-    our own in-progress ``.x.<random>.tmp.png`` files. Sorting is by path components, so the order does
-    not depend on the filesystem. A ``root`` that is itself an image file gives ``[root]``.
+    our own in-progress ``.x.<random>.tmp.png`` files. Links to folders are followed (a dataset is
+    often assembled from links), each real folder listed once, so a link loop ends. Sorting is by path
+    components, so the order does not depend on the filesystem. A ``root`` that is itself an image file
+    gives ``[root]``.
     """
     base = Path(root)
     try:
@@ -309,8 +311,14 @@ def list_images(root: str | Path) -> list[Path]:
     if not is_dir:
         raise ImageError(f"no such image file or folder: {str(base)!r}")
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    walked: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:  # a second link to a folder already listed, or a link loop
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # which link comes first: fixed
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 found.append(Path(dirpath) / name)
