@@ -352,8 +352,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def record_bad_held_out(self, error: str) -> None:
         """Log and list a held-out photo that cannot be used, once per run: validation meets it at every
-        check, and the end of the run (``stylenet.cli.train.finish``) again."""
-        if error in self.held_out_reported:
+        check, and the end of the run (``stylenet.cli.train.finish``) again; by the first process only
+        (under DDP every process validates every held-out photo)."""
+        if error in self.held_out_reported or not getattr(self.trainer, "is_global_zero", True):
             return
         self.held_out_reported.add(error)
         log.warning("held-out photo skipped: %s", error)
@@ -379,7 +380,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def listing(self) -> dict[str, Any]:
         """How many photos the source lists and a digest of their paths (relative to ``root``): the
         held-out set and the stream's order follow from this list alone."""
-        root = Path(self.root).expanduser() if self.root else None
+        root = demo_root() if self.source == "demo" else Path(self.root).expanduser() if self.root else None
         files = sorted([*self.train_files, *self.val_files])
         names = [path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
                  for path in files]

@@ -389,15 +389,16 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
 
 
 def training_report(run_dir: str | Path, model_path: str | Path, style: str | Path, photos: Sequence[Path],
-                    size: int) -> dict[str, Path]:
+                    size: int, on_error: Callable[[str], None] | None = None) -> dict[str, Path]:
     """The end of a style run: photo | style | network for the held-out photos, measured, as
     ``figure.png``, ``quality.md`` and ``quality.json`` in ``run_dir`` (cells under ``quality/``).
-    ``quality.json`` is what a multirun's contact sheet reads (:mod:`stylenet.sweep`)."""
+    ``quality.json`` is what a multirun's contact sheet reads (:mod:`stylenet.sweep`). A photo left
+    out is passed to ``on_error`` (one line), as :func:`run_report` does."""
     from stylenet.modelfile import read_model
 
     style_path = resolve_image_path(style)
     photos = [photo for photo in photos if not same_file(photo, style_path)]
     method = network_method("network", read_model(model_path, task="style").net)
-    report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality")
+    report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality", on_error=on_error)
     return write_report(run_dir, report, rows, table="quality.md", data="quality.json",
                         title=f"Quality of {Path(model_path).name}", extra={"model": str(model_path)})

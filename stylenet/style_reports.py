@@ -8,7 +8,7 @@ Each style's network is the model file's single-style network of that style
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stylenet.errors import StylenetError, first_line
@@ -21,12 +21,13 @@ from stylenet.styles import style_records
 log = logging.getLogger(__name__)
 
 
-def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[Path], size: int
-                  ) -> dict[str, dict[str, Path]]:
+def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[Path], size: int,
+                  on_error: Callable[[str], None] | None = None) -> dict[str, dict[str, Path]]:
     """For every style of ``model_path``: the first held-out photo stylized, ``<photo>_<style>.png``
     in ``run_dir``, and photo | style | network for the held-out photos, measured, as ``figure.png``,
     ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image cannot
-    be read gets no report (a warning); the model file is written already."""
+    be read gets no report (a warning); the model file is written already. A photo left out is
+    passed to ``on_error`` (one line), for each style."""
     run_dir, stored = Path(run_dir), read_model(model_path, task="style")
     reports: dict[str, dict[str, Path]] = {}
     for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
@@ -34,7 +35,8 @@ def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[
         held_out = [photo for photo in photos if not same_file(photo, Path(str(record.get("image"))))]
         try:
             report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
-                                      [network_method("network", net)], size=size, images="quality")
+                                      [network_method("network", net)], size=size, images="quality",
+                                      on_error=on_error)
         except (StylenetError, OSError) as err:
             log.warning("no quality report for style %s: %s", name, first_line(err))
             continue

@@ -175,13 +175,17 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
     for k in range(6):
         make_photo(photos / f"p{k}.png", size=(40, 36), seed=k)
     (photos / "aaa.jpg").write_bytes(b"not a jpeg" * 50)  # sorts first: the first held-out photo
+    (photos / "p3.png").write_bytes(b"not a png" * 50)  # the third held-out photo (files 0, 2 and 4 of 7)
     run_dir = tmp_path / "run"
-    common = ["data=folder", f"data.root={photos}", "data.num_workers=0", "data.image_size=32", "data.val_images=2",
+    common = ["data=folder", f"data.root={photos}", "data.num_workers=0", "data.image_size=32", "data.val_images=3",
               "trainer.max_steps=2", "trainer.val_check_interval=2"]
     train(compose_run(run_dir, "experiment=smoke", *common), run_dir)
-    assert [p.name for p in run_dir.glob("*_ihc.png")] == ["p2_ihc.png"]
-    assert "aaa.jpg" in (run_dir / "skipped_images.txt").read_text()
-    assert json.loads((run_dir / "quality.json").read_text())["entries"]
+    assert [p.name for p in run_dir.glob("*_ihc.png")] == ["p1_ihc.png"]
+    # each named once, though validation, the stylized photo and the report each met them
+    listed = (run_dir / "skipped_images.txt").read_text().splitlines()
+    assert [line.split("'")[1].rsplit("/", 1)[1] for line in listed] == ["aaa.jpg", "p3.png"]
+    assert all(line.startswith("held-out photo: cannot read image") for line in listed)
+    assert [entry["photo"] for entry in json.loads((run_dir / "quality.json").read_text())["entries"]] == ["p1"]
     bare = tmp_path / "bare"
     train(compose_run(bare, "experiment=smoke", *common, "callbacks.export=null"), bare)
     assert (bare / "checkpoints" / "last.ckpt").is_file() and not list(bare.glob("*.png"))
@@ -314,3 +318,22 @@ def test_the_run_folder_is_read_from_the_command_line_as_hydra_reads_it(tmp_path
     assert explicit_run_dir(["hydra.run.dir=outputs/${name}/x"]) is None  # resolved by Hydra only
     assert explicit_run_dir(["hydra.run.dir=42"]) == Path("42")  # a folder, though Hydra parses a number
     assert explicit_run_dir(["experiment=smoke", "name=hydra.run.dir"]) is None
+
+
+def test_a_log_line_naming_a_file_whose_name_is_not_utf8_is_written_escaped(tmp_path: Path) -> None:
+    """Hydra's train.log handler writes strict UTF-8; after the launch's set-up it escapes instead."""
+    import logging
+    import os
+
+    from stylenet.cli import tolerate_any_file_name_in_log_files
+
+    handler = logging.FileHandler(tmp_path / "train.log", encoding="utf-8")
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        tolerate_any_file_name_in_log_files()
+        logging.getLogger("stylenet.test").warning("stylized %s", os.fsdecode(b"caf\xe9.jpg"))
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    assert (tmp_path / "train.log").read_bytes() == b"stylized caf\\udce9.jpg\n"

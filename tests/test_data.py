@@ -180,6 +180,25 @@ def test_resuming_on_a_folder_that_now_lists_other_photos_warns(tmp_path: Path,
     assert [message.split(" (")[1].split(")")[0] for message in warnings] == ["3 now, 3 then", "4 now, 3 then"]
 
 
+
+def test_the_demo_photos_listing_does_not_depend_on_where_they_are_installed(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import stylenet.data
+
+    def listing() -> dict[str, object]:
+        datamodule = ImageFolderDataModule(source="demo", image_size=32, val_images=1)
+        datamodule.setup("fit")
+        return datamodule.listing()
+
+    here = listing()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(stylenet.data.demo_root(), moved, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    monkeypatch.setattr(stylenet.data, "demo_root", lambda: moved)
+    assert listing() == here and here["photos"] == len(DEMO_PHOTOS)
+
+
 def test_a_bad_held_out_photo_is_named_once_however_often_validation_meets_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     datamodule = ImageFolderDataModule(source="folder", root=str(tmp_path))
@@ -196,6 +215,9 @@ def test_a_bad_held_out_photo_is_named_once_however_often_validation_meets_it(
                                                   "held-out photo: cannot read image 'w.jpg': truncated\n")
     assert caplog.text.count("held-out photo skipped") == 2
     assert datamodule.samples_seen == 0 and datamodule.bad_seen == 0  # not training's budget
+    datamodule.trainer = SimpleNamespace(training=False, is_global_zero=False)  # another DDP process
+    datamodule.on_before_batch_transfer({**batch, "skipped": ["cannot read image 'x.jpg': truncated"]}, 0)
+    assert "x.jpg" not in datamodule.report_path.read_text()
 
 
 def test_stream_is_deterministic_sharded_and_resumable() -> None:

@@ -297,3 +297,16 @@ def test_a_photo_without_edges_leaves_structure_out_of_the_mean_and_the_json_val
     assert structures["flat"] is None and structures["wide"] is not None
     assert data["methods"]["a"]["mean"]["structure"] == pytest.approx(structures["wide"])  # the defined one
     assert "| flat | a |" in (out / "report.md").read_text() and " n/a |" in (out / "report.md").read_text()
+
+
+def test_the_training_report_passes_each_photo_it_leaves_out_to_its_caller(tmp_path: Path,
+                                                                           inputs: dict[str, Path]) -> None:
+    """The end of a run lists held-out photos the report could not use in skipped_images.txt."""
+    from stylenet.report import training_report
+
+    left_out: list[str] = []
+    missing = tmp_path / "in" / "moved.png"
+    paths = training_report(tmp_path / "run", inputs["a"], inputs["style"], [inputs["wide"], missing], SIZE,
+                            on_error=left_out.append)
+    assert left_out == [f"cannot read image {str(missing)!r}: no such file"]
+    assert [entry["photo"] for entry in json.loads(paths["data"].read_text())["entries"]] == ["wide"]

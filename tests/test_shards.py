@@ -179,3 +179,28 @@ def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: P
     assert status == 143 and signal.getsignal(signal.SIGTERM) is before
     assert capsys.readouterr().err == ("stylenet-prepare: terminated; run the same command again to go on "
                                        "from the last complete shard\n")
+
+
+def test_sigterm_while_decoding_in_this_process_is_no_broken_photo(square_photos: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --workers 0 the signal lands inside the decoder, whose errors become skipped photos: the
+    stop must not be one of them (a skipped photo is never retried)."""
+    import os
+    import signal
+
+    from PIL import Image
+
+    load = Image.Image.load
+
+    def load_then_stop(self: Image.Image) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(self)
+
+    monkeypatch.setattr(Image.Image, "load", load_then_stop)
+    out = tmp_path / "out"
+    assert prepare_cli.main([str(square_photos), "-o", str(out), "--workers", "0", "--no-progress"]) == 143
+    assert "terminated" in capsys.readouterr().err
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).exists() else {"skipped": []}
+    assert not any("Terminated" in entry["reason"] for entry in manifest["skipped"])
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,17 @@ def measuring_parser(prog: str, description: str | None) -> argparse.ArgumentPar
     parser.add_argument("photos", nargs="*",
                         help="held-out photos (paths or demo:<name>); default: the demo data's held-out photos")
     return parser
+
+
+def tolerate_any_file_name_in_log_files() -> None:
+    """Hydra's ``train.log`` (``gatys.log``) handler writes strict UTF-8: a line naming a photo whose
+    file name is not UTF-8 (Python holds its bytes as lone surrogates) would become a logging
+    traceback on stderr instead. Such characters are written as ``\\udcXX`` escapes."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.errors = "backslashreplace"
+            if handler.stream is not None:
+                handler.stream.reconfigure(errors="backslashreplace")
 
 
 def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None]) -> int:

@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import EarlierRecord, refuse_run_dir_file
+from stylenet.cli import EarlierRecord, refuse_run_dir_file, tolerate_any_file_name_in_log_files
 from stylenet.cli.train import config_dir
 
 if TYPE_CHECKING:
@@ -181,6 +181,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     EARLIER_RECORD.note_launch()
+    tolerate_any_file_name_in_log_files()
     started: list[bool] = []
     try:
         status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=lambda: started.append(True))

@@ -145,8 +145,10 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     return manifest
 
 
-class Terminated(Exception):
-    """SIGTERM (a scheduler's stop, ``kill``): handled as Ctrl-C is, with exit status 143."""
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, ``kill``): handled as Ctrl-C is, with exit status 143. Not an
+    ``Exception``, as ``KeyboardInterrupt`` is not: a decoder's ``except Exception`` must not take it
+    for a broken photo."""
 
 
 def raise_terminated(signum: int, frame: object) -> None:

@@ -65,14 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
     """Check where the results go, measure, print the table and write it to ``--out``."""
-    from stylenet.atomic import atomic_write
+    from stylenet.atomic import write_text
 
     check_outputs(args)
     table = measure_models(args, error)
     print(table, end="")
     if args.out:
         try:
-            atomic_write(args.out, lambda tmp: tmp.write_text(table, encoding="utf-8"))
+            write_text(args.out, table)
         except OSError as err:  # the disk, after the checks: full, read-only, ...
             error(f"cannot write {args.out!r}: {err.strerror or err}")
 

@@ -27,7 +27,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import EarlierRecord, refuse_run_dir_file
+from stylenet.cli import EarlierRecord, refuse_run_dir_file, tolerate_any_file_name_in_log_files
 from stylenet.errors import first_line
 from stylenet.styles import style_name_of
 
@@ -181,7 +181,7 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
     if task.hparams.get("styles"):  # several styles
         from stylenet.style_reports import style_reports
 
-        style_reports(run_dir, export, photos, int(cfg.style.size))
+        style_reports(run_dir, export, photos, int(cfg.style.size), on_error=datamodule.record_bad_held_out)
         return
     photo, image = first
     model, label = read_model(export), cfg.style.name
@@ -198,7 +198,8 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
         from stylenet.report import training_report
 
         try:
-            paths = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size))
+            paths = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size),
+                                    on_error=datamodule.record_bad_held_out)
         except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
             log.warning("no quality report: %s", first_line(err))
         else:
@@ -221,6 +222,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch()
+    tolerate_any_file_name_in_log_files()
     started = []
     try:
         check_group_choices(cfg)
