@@ -191,6 +191,21 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
     assert (bare / "checkpoints" / "last.ckpt").is_file() and not list(bare.glob("*.png"))
 
 
+def test_a_held_out_photo_only_the_end_of_run_report_meets_is_listed(tmp_path: Path) -> None:
+    """Without validation (or with shards, whose validation reads no file) the report is the first to
+    open a held-out photo: what it leaves out is listed all the same."""
+    photos = tmp_path / "photos"
+    for k in range(6):
+        make_photo(photos / f"p{k}.png", size=(40, 36), seed=k)
+    (photos / "p4.png").write_bytes(b"not a png" * 50)  # held out: files 0, 2 and 4 of 6
+    run_dir = tmp_path / "run"
+    train(compose_run(run_dir, "experiment=smoke", "data=folder", f"data.root={photos}", "data.num_workers=0",
+                      "data.image_size=32", "data.val_images=3", "trainer.max_steps=2",
+                      "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"), run_dir)
+    listed = (run_dir / "skipped_images.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith("held-out photo: cannot read image") and "p4.png" in listed[0]
+
+
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     result = run_cli("experiment=smoke", "style.image=missing.png", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2

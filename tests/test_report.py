@@ -310,3 +310,20 @@ def test_the_training_report_passes_each_photo_it_leaves_out_to_its_caller(tmp_p
                             on_error=left_out.append)
     assert left_out == [f"cannot read image {str(missing)!r}: no such file"]
     assert [entry["photo"] for entry in json.loads(paths["data"].read_text())["entries"]] == ["wide"]
+
+
+def test_each_styles_report_passes_the_photos_it_leaves_out_to_its_caller(
+        tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of several styles: each style's report meets the moved photo (the caller lists it once)."""
+    from stylenet.style_reports import style_reports
+    from tests.test_multistyle import NAMES
+
+    monkeypatch.chdir(tmp_path)  # the model file records its style images as relative paths
+    for k, name in enumerate(NAMES):
+        make_photo(tmp_path / f"{name}.jpg", size=(48, 40), seed=10 + k)
+    left_out: list[str] = []
+    missing = tmp_path / "in" / "moved.png"
+    reports = style_reports(tmp_path / "run", multi_file(tmp_path / "models" / "mm.safetensors"),
+                            [inputs["wide"], missing], SIZE, on_error=left_out.append)
+    assert sorted(reports) == sorted(NAMES)
+    assert left_out == [f"cannot read image {str(missing)!r}: no such file"] * len(NAMES)
