@@ -287,6 +287,11 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+class FinishedRunError(StylenetError):
+    """The run folder holds this very run, finished: nothing is left to train there (a sweep launched
+    again to finish its interrupted jobs passes over its finished ones)."""
+
+
 def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str, Any],
                           max_steps: int | None) -> None:
     """Refuse to train in a run folder whose checkpoints this run does not continue: its own would
@@ -298,5 +303,7 @@ def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str
     reason = checkpoint_problem(own[0], None, hparams, max_steps)
     held = (f"{reason} ({own[0].name})" if reason and reason.startswith(FINISHED)
             else f"another run's checkpoint {own[0].name}" + (f", {reason}" if reason else ""))
-    raise StylenetError(f"{str(run_dir)!r} already holds {held}, which this run would overwrite: "
-                        "give another hydra.run.dir (hydra.sweep.dir for -m), or remove its checkpoints to train there")
+    finished = reason is not None and reason.startswith(FINISHED)
+    raise (FinishedRunError if finished else StylenetError)(
+        f"{str(run_dir)!r} already holds {held}, which this run would overwrite: give another hydra.run.dir "
+        "(hydra.sweep.dir for -m), or remove its checkpoints to train there")

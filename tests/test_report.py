@@ -257,11 +257,15 @@ def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> N
     end); each run leaves its own figure and quality.json, none resumes from the other, and the sweep
     folder gets one contact sheet (photo | style | run 1 | run 2) and one table."""
     sweep, size = tmp_path / "sweep", 32
-    result = subprocess.run(
-        [*console_script("stylenet-train"), "-m", "experiment=smoke", "loss.style_weight=-1,1,20",
-         "trainer.max_steps=2", "trainer.val_check_interval=2", "model.channels=8", "data.image_size=32",
-         "data.batch_size=1", f"style.size={size}", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    def launch(weights: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*console_script("stylenet-train"), "-m", "experiment=smoke", f"loss.style_weight={weights}",
+             "trainer.max_steps=2", "trainer.val_check_interval=2", "model.channels=8", "data.image_size=32",
+             "data.batch_size=1", f"style.size={size}", f"hydra.sweep.dir={sweep}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    result = launch("-1,1,20")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "loss.style_weight must be a number >= 0" in result.stderr and "1 sweep job(s) failed: #0" in result.stderr
     for job in ("1", "2"):
@@ -278,6 +282,17 @@ def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> N
     assert "experiment=smoke" in table.split("|")[0]  # shared overrides: stated once, not per run
     mean = json.loads((sweep / "2" / "quality.json").read_text())["methods"]["network"]["mean"]
     assert f"| {mean['colour_moved']:.3f} | {mean['texture_moved']:.3f} |" in runs[1]
+    # the same sweep again (as after an interruption): finished jobs are passed over, not failures
+    again = launch("-1,1,20")
+    assert again.returncode == 2 and "1 sweep job(s) failed: #0" in again.stderr, again.stderr[-2000:]
+    assert [line.split("'")[1] for line in again.stderr.splitlines() if "is finished already" in line] == [
+        str(sweep / "1"), str(sweep / "2")]
+    # another sweep into the same folder: a refused job's folder keeps the record of the run it holds,
+    # so the table still labels that run with its own settings
+    other = launch("-1,5,20")
+    assert other.returncode == 2 and "2 sweep job(s) failed: #0, #1" in other.stderr, other.stderr[-2000:]
+    assert (sweep / "1" / ".hydra" / "overrides.yaml").read_text().splitlines()[1] == "- loss.style_weight=1"
+    assert "| 1 | loss.style_weight=1 | " in (sweep / "sweep.md").read_text()
 
 
 def test_a_photo_without_edges_leaves_structure_out_of_the_mean_and_the_json_valid(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,15 +59,15 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     return status or int(failed)
 
 
-def explicit_run_dir(argv: list[str] | None = None) -> Path | None:
-    """The folder ``hydra.run.dir=`` names on the command line (the last, as Hydra takes it, quotes and
-    escapes undone by Hydra's own parser), else None; None too for a value Hydra resolves later
-    (``${name}``, ``${now:...}``): this is read before Hydra starts."""
+def explicit_run_dir(argv: list[str] | None = None, key: str = "hydra.run.dir") -> Path | None:
+    """The folder ``hydra.run.dir=`` (or another ``key``: ``hydra.sweep.dir``) names on the command line
+    (the last, as Hydra takes it, quotes and escapes undone by Hydra's own parser), else None; None too
+    for a value Hydra resolves later (``${name}``, ``${now:...}``): this is read before Hydra starts."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser, named = OverridesParser.create(), None
     for item in sys.argv[1:] if argv is None else argv:
-        if item.lstrip("+~").partition("=")[0] != "hydra.run.dir":
+        if item.lstrip("+~").partition("=")[0] != key:
             continue
         try:
             value = parser.parse_override(item).value()
@@ -107,39 +108,48 @@ HYDRA_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 class EarlierRecord:
     """The Hydra record (``.hydra/*.yaml``) of the folder that ``hydra.run.dir=`` names on the command
-    line, as it was before this launch. Hydra rewrites it before any check of ours, so a launch that is
-    refused there (the folder holds another run, or a setting is bad) puts it back with
-    :meth:`restore`: the folder keeps the record of the run that made it. Only files that still hold
-    what this launch's Hydra wrote (:meth:`note_launch`) are put back: a launch beside it (a job
-    submitted twice, another node of the run) keeps its own."""
+    line, and of each job folder under ``hydra.sweep.dir=`` (``-m``), as it was before this launch.
+    Hydra rewrites a job's record before any check of ours, so a job that is refused there (the folder
+    holds another run, or a setting is bad) puts it back with :meth:`restore`: the folder keeps the
+    record of the run that made it, and a sweep's report labels what the folder holds. Only files that
+    still hold what this launch's Hydra wrote (:meth:`note_launch`) are put back: a launch beside it (a
+    job submitted twice, another node of the run) keeps its own."""
 
     def __init__(self) -> None:
         self.files: dict[Path, bytes | None] = {}
         self.launch: dict[Path, bytes | None] = {}
 
     def take(self, argv: list[str] | None = None) -> None:
-        """Read the record now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
-        run_dir = explicit_run_dir(argv)
+        """Read the records now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
+        folders = [explicit_run_dir(argv)]
+        sweep_dir = explicit_run_dir(argv, "hydra.sweep.dir")
+        if sweep_dir is not None and sweep_dir.is_dir():
+            folders += [job for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()]
         self.files.clear()
-        if run_dir is not None and run_dir.is_dir():  # a new folder has nothing to keep
-            for name in HYDRA_RECORD:
-                path = run_dir / ".hydra" / name
-                self.files[path] = read_if_file(path)
+        for folder in folders:
+            if folder is not None and folder.is_dir():  # a new folder has nothing to keep
+                for name in HYDRA_RECORD:
+                    path = folder / ".hydra" / name
+                    self.files[path] = read_if_file(path)
 
-    def note_launch(self) -> None:
-        """Read what Hydra wrote for this launch (call it first thing in the application)."""
-        self.launch = {path: read_if_file(path) for path in self.files}
+    def note_launch(self, run_dir: Path | None = None) -> None:
+        """Read what Hydra wrote for this launch (call it first thing in the application) in ``run_dir``,
+        the folder the launch (or this job of a sweep) runs in; None: every folder taken."""
+        here = None if run_dir is None else os.path.realpath(run_dir)
+        self.launch = {path: read_if_file(path) for path in self.files
+                       if here is None or os.path.realpath(path.parent.parent) == here}
 
     def restore(self) -> None:
+        """Put back the noted folder's record as it was (what it did not hold is removed)."""
         from stylenet.atomic import atomic_write
 
-        for path, data in self.files.items():
-            if read_if_file(path) != self.launch.get(path):  # another launch's since: not ours to undo
+        for path, written in self.launch.items():
+            if read_if_file(path) != written:  # another launch's since: not ours to undo
                 continue
-            if data is None:
+            if self.files[path] is None:
                 path.unlink(missing_ok=True)
             else:
-                atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
-        if self.files and not any(self.files.values()):  # the folder had no record: nor has it now
+                atomic_write(path, lambda tmp, data=self.files[path]: tmp.write_bytes(data))
+        if self.launch and not any(self.files[path] for path in self.launch):  # no record before: none now
             with contextlib.suppress(OSError):  # unless something else is in .hydra/
-                next(iter(self.files)).parent.rmdir()
+                next(iter(self.launch)).parent.rmdir()

@@ -180,7 +180,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    EARLIER_RECORD.note_launch()
+    EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
     started: list[bool] = []
     try:

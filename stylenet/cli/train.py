@@ -217,32 +217,36 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.checkpoints import run_checkpoints, run_folder_lock
+    from stylenet.checkpoints import FinishedRunError, run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
-    EARLIER_RECORD.note_launch()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    EARLIER_RECORD.note_launch(run_dir)
     tolerate_any_file_name_in_log_files()
     started = []
     try:
         check_group_choices(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
         if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         with run_folder_lock(run_dir):
             train(cfg, run_dir, on_start=lambda: started.append(True))
     except StylenetError as err:
+        if not started:  # refused: the folder keeps the record of the run that made it (or trains in it)
+            EARLIER_RECORD.restore()
+        if sweep_job and isinstance(err, FinishedRunError):  # the same sweep again, to finish what was cut
+            print(f"stylenet-train: sweep job #{HydraConfig.get().job.num} in {str(run_dir)!r} is finished already",
+                  file=sys.stderr)
+            return
         print(f"stylenet-train: error: {err}", file=sys.stderr)
         if not sweep_job:
-            if not started:  # refused: the folder keeps the record of the run that made it (or trains in it)
-                EARLIER_RECORD.restore()
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
     except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on)
         print("stylenet-train: interrupted", file=sys.stderr)
-        if not started and not sweep_job:
+        if not started:
             EARLIER_RECORD.restore()
         sys.exit(130)
 
