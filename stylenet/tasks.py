@@ -476,7 +476,10 @@ class StyleTransferTask(ImageTask):
             for optimizer in self.trainer.optimizers:
                 optimizer.state.clear()
 
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:
+        """The style image(s) in TensorBoard, once: at step 0, which a resumed run has left behind by
+        now (Lightning restores the step after ``on_fit_start``)."""
+        super().on_train_start()
         if self.global_step == 0 and not self.multi:
             self.add_image("style", self.style_image.unsqueeze(0))
         elif self.global_step == 0:

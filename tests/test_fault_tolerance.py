@@ -189,6 +189,8 @@ def test_sigterm_saves_the_current_step_flushes_tensorboard_exits_143_and_resume
 
     run_in_process(run_dir, *inputs)  # resume=auto, the default, in the same run folder
     assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))  # steps continue, none repeated
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert [event.step for event in events.Images("style")] == [0]  # once: not again by the resumed run
     assert_bitwise_equal(weights(run_dir), reference)
 
 
