@@ -4,8 +4,8 @@ How to pick ``loss.style_weight`` is the question every user of a style-transfer
 grid search is the answer; reading N run folders is not. Each style run leaves ``quality.json``
 (:func:`stylenet.report.training_report`); :class:`SweepReport`, a Hydra callback registered in
 ``configs/hydra/default.yaml``, gathers them when the sweep ends into ``<sweep dir>/contact_sheet.png``
-(rows: the held-out photos; columns: photo | style | one per run, labelled with the overrides that
-differ between runs; a sweep over the style puts each run's style in a first row instead) and
+(rows: the held-out photos; columns: photo | style | one per run, labelled with its job number and the
+overrides that differ between runs; a sweep over the style puts each run's style in a first row instead) and
 ``<sweep dir>/sweep.md`` (one row per run: its overrides and mean measures).
 Sweeps without style runs (super-resolution, ``stylenet-gatys -m``) write nothing.
 """
@@ -66,9 +66,13 @@ def labels(runs: list[Run], sweep_dir: Path) -> list[str]:
             or run.folder.relative_to(sweep_dir).as_posix() for run in runs]
 
 
-def short_label(label: str) -> str:
-    """``loss.style_weight=5`` -> ``style_weight=5``: what fits above a column of the sheet."""
-    return " ".join(re.sub(r"^[\w.]*\.(?=\w+=)", "", item) for item in label.split())
+def column_label(run: Run, label: str, sweep_dir: Path) -> str:
+    """``loss.style_weight=5`` of job ``1`` -> ``1: style_weight=5``: the sheet's column label. The job
+    comes first, so that columns stay apart (and findable in ``sweep.md``) where a cell is too narrow for
+    the rest, which is cut at the column's edge."""
+    short = " ".join(re.sub(r"^[\w.]*\.(?=\w+=)", "", item) for item in label.split())
+    job = run.folder.relative_to(sweep_dir).as_posix()
+    return short if short == job else f"{job}: {short}"
 
 
 def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
@@ -108,13 +112,14 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
     size = max(int(run.quality["size"]) for run in measured)
     paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
     columns = ["photo", "style"] if one_style else ["photo / style"]
-    image = figure(rows, [*columns, *map(short_label, names)], size)
+    run_labels = [column_label(run, name, sweep_dir) for run, name in zip(runs, names, strict=True)]
+    image = figure(rows, [*columns, *run_labels], size)
     atomic_write(paths["sheet"], lambda tmp: image.save(tmp, format="PNG"))
 
     shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]
     lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
              f"stylenet.quality over the held-out photos ({', '.join(photos)}); contact sheet: `{sheet}` "
-             f"(photo | style | one column per run, {GAP} px gaps).", "",
+             f"(photo | style | one column per run, labelled `run: overrides`, {GAP} px gaps).", "",
              "| run | overrides | " + " | ".join(MEASURES) + " | targets |", "|" + "---|" * (len(MEASURES) + 3)]
     for run, name in zip(runs, names, strict=True):
         folder = run.folder.relative_to(sweep_dir).as_posix()

@@ -342,3 +342,17 @@ def test_each_styles_report_passes_the_photos_it_leaves_out_to_its_caller(
                             [inputs["wide"], missing], SIZE, on_error=left_out.append)
     assert sorted(reports) == sorted(NAMES)
     assert left_out == [f"cannot read image {str(missing)!r}: no such file"] * len(NAMES)
+
+
+def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:
+    """The job number leads, so that columns too narrow for their overrides still differ (and match the
+    rows of sweep.md); a run whose overrides all runs share is labelled by its job alone."""
+    from stylenet.sweep import Run, column_label, labels
+
+    runs = [Run(tmp_path / str(job), ["experiment=smoke", f"loss.style_weight={weight}", "loss.tv_weight=0.5"], None)
+            for job, weight in ((0, 1), (1, 20))]
+    assert [column_label(run, name, tmp_path) for run, name in zip(runs, labels(runs, tmp_path), strict=True)] == [
+        "0: style_weight=1", "1: style_weight=20"]
+    alone = [Run(tmp_path / "0", ["experiment=smoke"], None)]
+    assert [column_label(run, name, tmp_path) for run, name in zip(alone, labels(alone, tmp_path), strict=True)] == [
+        "0"]
