@@ -477,14 +477,18 @@ class StyleTransferTask(ImageTask):
                 optimizer.state.clear()
 
     def on_train_start(self) -> None:
-        """The style image(s) in TensorBoard, once: at step 0, which a resumed run has left behind by
-        now (Lightning restores the step after ``on_fit_start``)."""
+        """The style image(s) in TensorBoard, once per run folder: a run resumed in its own folder has
+        them already (Lightning restores the step after ``on_fit_start``, so it is read here); one
+        resumed from another folder's checkpoint starts new event files."""
         super().on_train_start()
-        if self.global_step == 0 and not self.multi:
+        resumed_from = Path(self.trainer.ckpt_path).resolve().parent.parent if self.trainer.ckpt_path else None
+        save_dir = getattr(self.logger, "save_dir", None)
+        if self.global_step and save_dir is not None and resumed_from == Path(save_dir).resolve():
+            return
+        if not self.multi:
             self.add_image("style", self.style_image.unsqueeze(0))
-        elif self.global_step == 0:
-            for style in self.styles:
-                self.add_image(f"style/{style.name}", style.image.unsqueeze(0))
+        for style in self.styles if self.multi else ():
+            self.add_image(f"style/{style.name}", style.image.unsqueeze(0))
 
 
 class AddStyleTask(StyleTransferTask):

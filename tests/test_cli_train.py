@@ -304,6 +304,38 @@ def test_the_earlier_record_is_put_back_or_removed_as_it_was(tmp_path: Path) -> 
     assert len(list((new / ".hydra").iterdir())) == 3
 
 
+def test_a_sweep_job_puts_back_its_own_folder_s_record_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under hydra.sweep.dir (job folders at any depth, the sweep dir given relative), a refused job restores
+    its own folder's record, never a sibling's; a job that trained leaves its record for a later job of
+    the same folder; the same overrides again are a relaunch."""
+    from stylenet.cli import EarlierRecord
+
+    monkeypatch.chdir(tmp_path)
+    jobs = [tmp_path / "sweep" / "0" / "r", tmp_path / "sweep" / "1" / "r"]
+    for job in jobs:
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- before {job.parent.name}\n")
+    record = EarlierRecord()
+    record.take(["-m", "experiment=smoke", "hydra.sweep.dir=sweep"])
+    monkeypatch.chdir(jobs[0])  # hydra.job.chdir=true
+    for job in jobs:
+        (job / ".hydra" / "overrides.yaml").write_text(f"- launch {job.parent.name}\n")
+    record.note_launch(jobs[0])
+    assert not record.relaunched()
+    record.restore()
+    assert [(job / ".hydra" / "overrides.yaml").read_text() for job in jobs] == ["- before 0\n", "- launch 1\n"]
+    (jobs[0] / ".hydra" / "overrides.yaml").write_text("- trained 0\n")
+    record.note_launch(jobs[0])
+    record.started()  # this job trains: its record is the folder's from now on
+    (jobs[0] / ".hydra" / "overrides.yaml").write_text("- refused later\n")
+    record.note_launch(jobs[0])
+    record.restore()
+    assert (jobs[0] / ".hydra" / "overrides.yaml").read_text() == "- trained 0\n"
+    (jobs[0] / ".hydra" / "overrides.yaml").write_text("- trained 0\n")
+    record.note_launch(jobs[0])
+    assert record.relaunched()
+
+
 def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """Loading the loss network or listing the photos can take a while; Ctrl-C then exits 130 with one line

@@ -156,6 +156,8 @@ def test_kill_9_then_resume_from_a_new_run_dir_matches_an_uninterrupted_run_bitw
     assert f"continuing from {killed / 'checkpoints'}" in caplog.text
     steps = tensorboard_steps(resumed)  # the new run folder's TensorBoard starts at the resumed step
     assert steps[0] >= 4 and steps == list(range(steps[0], MAX_STEPS))
+    events = EventAccumulator(str(resumed / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert [event.step for event in events.Images("style")] == [steps[0]]  # its own event files show the style
     assert_bitwise_equal(weights(resumed), reference)
 
 

@@ -226,6 +226,19 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
                                      "'/no/such/photo.jpg': no such file")
 
 
+def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Path) -> None:
+    """stylenet-gatys -m: a bad job is one line, the next job still runs, exit 2 at the end."""
+    content = make_photo(tmp_path / "content.png")
+    result = run_gatys_cli("-m", f"content=/no/such/photo.jpg,{content}", f"styles={style_image}", "size=32",
+                           "iterations=2", "loss.weights=random", "progress=false",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stylenet-gatys: error")]
+    assert errors == ["stylenet-gatys: error: content: cannot read image '/no/such/photo.jpg': no such file",
+                      "stylenet-gatys: error: 1 sweep job(s) failed: #0"]
+    assert load_rgb(tmp_path / "sweep" / "1" / "gatys.png").shape == (3, 26, 32)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("styles=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
     ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),

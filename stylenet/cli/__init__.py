@@ -37,6 +37,14 @@ def tolerate_any_file_name_in_log_files() -> None:
                 handler.stream.reconfigure(errors="backslashreplace")
 
 
+def exit_if_sweep_jobs_failed(prog: str, failed: list[str]) -> None:
+    """The end of a sweep (``-m``) whose jobs ``failed`` (``#3``), each reported when it failed while
+    the others ran on: one line and exit 2."""
+    if failed:
+        print(f"{prog}: error: {len(failed)} sweep job(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None]) -> int:
     """Run ``work(error)`` and return the exit status: 1 if it reported any error (each one line,
     ``<prog>: error: ...``, the other inputs still processed) or raised a :class:`StylenetError`,
@@ -123,13 +131,13 @@ class EarlierRecord:
         """Read the records now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
         folders = [explicit_run_dir(argv)]
         sweep_dir = explicit_run_dir(argv, "hydra.sweep.dir")
-        if sweep_dir is not None and sweep_dir.is_dir():
-            folders += [job for job in sweep_dir.iterdir() if (job / ".hydra").is_dir()]
+        if sweep_dir is not None and sweep_dir.is_dir():  # job folders at any depth (hydra.sweep.subdir)
+            folders += [record.parent for record in sweep_dir.glob("**/.hydra") if record.is_dir()]
         self.files.clear()
         for folder in folders:
             if folder is not None and folder.is_dir():  # a new folder has nothing to keep
-                for name in HYDRA_RECORD:
-                    path = folder / ".hydra" / name
+                for name in HYDRA_RECORD:  # absolute: a job may run in its folder (hydra.job.chdir)
+                    path = folder.absolute() / ".hydra" / name
                     self.files[path] = read_if_file(path)
 
     def note_launch(self, run_dir: Path | None = None) -> None:
@@ -138,6 +146,17 @@ class EarlierRecord:
         here = None if run_dir is None else os.path.realpath(run_dir)
         self.launch = {path: read_if_file(path) for path in self.files
                        if here is None or os.path.realpath(path.parent.parent) == here}
+
+    def relaunched(self) -> bool:
+        """Whether this launch's overrides in the noted folder are the ones its record held before: the
+        same job launched again (a sweep run again to finish it), not another run."""
+        return any(path.name == "overrides.yaml" and self.files[path] is not None and self.files[path] == written
+                   for path, written in self.launch.items())
+
+    def started(self) -> None:
+        """The noted folder now holds this launch's run: a later job of the sweep in the same folder
+        (a constant ``hydra.sweep.subdir``) puts back this record, not the one before it."""
+        self.files.update(self.launch)
 
     def restore(self) -> None:
         """Put back the noted folder's record as it was (what it did not hold is removed)."""

@@ -23,7 +23,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import EarlierRecord, refuse_run_dir_file, tolerate_any_file_name_in_log_files
+from stylenet.cli import (
+    EarlierRecord,
+    exit_if_sweep_jobs_failed,
+    refuse_run_dir_file,
+    tolerate_any_file_name_in_log_files,
+)
 from stylenet.cli.train import config_dir
 
 if TYPE_CHECKING:
@@ -128,7 +133,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
                if (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
     if earlier:  # its curves and snapshots would mix with this run's, its result be replaced
         raise StylenetError(f"{str(run_dir)!r} already holds a run ({', '.join(f'{name}/' for name in earlier)}): "
-                            "give another hydra.run.dir")
+                            "give another hydra.run.dir (hydra.sweep.dir for -m)")
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
     check_settings(**settings)
     device = resolve_device(cfg.device)
@@ -179,34 +184,49 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
 @hydra.main(config_path=config_dir(), config_name="gatys", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
     started: list[bool] = []
+
+    def on_start() -> None:
+        started.append(True)
+        EARLIER_RECORD.started()
+
     try:
-        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=lambda: started.append(True))
+        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=on_start)
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
         if not started:  # refused: the folder keeps the record of the run that made it
             EARLIER_RECORD.restore()
-        sys.exit(2)
+        if not sweep_job:
+            sys.exit(2)
+        FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")  # the other jobs still run
+        return
     except KeyboardInterrupt:
         print("stylenet-gatys: interrupted", file=sys.stderr)
         if not started:
             EARLIER_RECORD.restore()
         sys.exit(130)
-    if status:
+    if status and not sweep_job:
         sys.exit(status)
+    if status:
+        FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
 
 
 #: The Hydra record of the run folder the command line names, before this launch (:class:`EarlierRecord`).
 EARLIER_RECORD = EarlierRecord()
+#: The jobs of this process's sweep (``stylenet-gatys -m``) that failed, each already reported.
+FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:
     refuse_run_dir_file("stylenet-gatys")
     EARLIER_RECORD.take()
     hydra_main()
+    exit_if_sweep_jobs_failed("stylenet-gatys", FAILED_SWEEP_JOBS)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.cli import EarlierRecord, refuse_run_dir_file, tolerate_any_file_name_in_log_files
+from stylenet.cli import (
+    EarlierRecord,
+    exit_if_sweep_jobs_failed,
+    refuse_run_dir_file,
+    tolerate_any_file_name_in_log_files,
+)
 from stylenet.errors import first_line
 from stylenet.styles import style_name_of
 
@@ -225,16 +230,21 @@ def hydra_main(cfg: DictConfig) -> None:
     EARLIER_RECORD.note_launch(run_dir)
     tolerate_any_file_name_in_log_files()
     started = []
+
+    def on_start() -> None:
+        started.append(True)
+        EARLIER_RECORD.started()
+
     try:
         check_group_choices(cfg)
         if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         with run_folder_lock(run_dir):
-            train(cfg, run_dir, on_start=lambda: started.append(True))
+            train(cfg, run_dir, on_start=on_start)
     except StylenetError as err:
         if not started:  # refused: the folder keeps the record of the run that made it (or trains in it)
             EARLIER_RECORD.restore()
-        if sweep_job and isinstance(err, FinishedRunError):  # the same sweep again, to finish what was cut
+        if sweep_job and isinstance(err, FinishedRunError) and EARLIER_RECORD.relaunched():  # to finish a cut sweep
             print(f"stylenet-train: sweep job #{HydraConfig.get().job.num} in {str(run_dir)!r} is finished already",
                   file=sys.stderr)
             return
@@ -255,10 +265,7 @@ def main() -> None:
     refuse_run_dir_file("stylenet-train")
     EARLIER_RECORD.take()
     hydra_main()
-    if FAILED_SWEEP_JOBS:
-        print(f"stylenet-train: error: {len(FAILED_SWEEP_JOBS)} sweep job(s) failed: {', '.join(FAILED_SWEEP_JOBS)}",
-              file=sys.stderr)
-        sys.exit(2)
+    exit_if_sweep_jobs_failed("stylenet-train", FAILED_SWEEP_JOBS)
 
 
 if __name__ == "__main__":
