@@ -334,6 +334,10 @@ def test_a_sweep_job_puts_back_its_own_folder_s_record_only(tmp_path: Path, monk
     (jobs[0] / ".hydra" / "overrides.yaml").write_text("- trained 0\n")
     record.note_launch(jobs[0])
     assert record.relaunched()
+    unknown = EarlierRecord()
+    unknown.take(["-m", "experiment=smoke", "hydra.sweep.dir=sweep/${name}"])  # resolved by Hydra only
+    unknown.note_launch(jobs[0])
+    assert unknown.relaunched()  # nothing to compare: a finished job is passed over, as the message says
 
 
 def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

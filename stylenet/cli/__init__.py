@@ -149,9 +149,11 @@ class EarlierRecord:
 
     def relaunched(self) -> bool:
         """Whether this launch's overrides in the noted folder are the ones its record held before: the
-        same job launched again (a sweep run again to finish it), not another run."""
-        return any(path.name == "overrides.yaml" and self.files[path] is not None and self.files[path] == written
-                   for path, written in self.launch.items())
+        same job launched again (a sweep run again to finish it), not another run. True where no record
+        was taken (a folder named through ``${...}``, which only Hydra resolves): nothing tells then."""
+        noted = [path for path in self.launch if path.name == "overrides.yaml"]
+        return not noted or any(self.files[path] is not None and self.files[path] == self.launch[path]
+                                for path in noted)
 
     def started(self) -> None:
         """The noted folder now holds this launch's run: a later job of the sweep in the same folder
