@@ -314,8 +314,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Count what training consumes (not what the loader prefetched) and police bad files; name
         bad held-out photos (validation leaves them out)."""
-        for error in batch["skipped"] if self.trainer is not None and not self.trainer.training else ():
-            self.record_bad_held_out(error)
+        if self.trainer is not None and not self.trainer.training:  # validating
+            for error in batch["skipped"]:
+                self.record_bad_held_out(error)
         if self.trainer is not None and self.trainer.training:
             self.next_batch = batch["batch_number"] + 1
             self.samples_seen += len(batch["images"]) + len(batch["skipped"])
@@ -380,7 +381,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def listing(self) -> dict[str, Any]:
         """How many photos the source lists and a digest of their paths (relative to ``root``): the
         held-out set and the stream's order follow from this list alone."""
-        root = demo_root() if self.source == "demo" else Path(self.root).expanduser() if self.root else None
+        root = Path(self.root).expanduser() if self.root else None
+        if self.source == "demo":
+            root = demo_root()
         files = sorted([*self.train_files, *self.val_files])
         names = [path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
                  for path in files]

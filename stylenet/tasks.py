@@ -485,10 +485,11 @@ class StyleTransferTask(ImageTask):
         save_dir = getattr(self.logger, "save_dir", None)
         if self.global_step and save_dir is not None and resumed_from == Path(save_dir).resolve():
             return
-        if not self.multi:
+        if self.multi:
+            for style in self.styles:
+                self.add_image(f"style/{style.name}", style.image.unsqueeze(0))
+        else:
             self.add_image("style", self.style_image.unsqueeze(0))
-        for style in self.styles if self.multi else ():
-            self.add_image(f"style/{style.name}", style.image.unsqueeze(0))
 
 
 class AddStyleTask(StyleTransferTask):

@@ -156,16 +156,18 @@ class EarlierRecord:
                                 for path in noted)
 
     def started(self) -> None:
-        """The noted folder now holds this launch's run: a later job of the sweep in the same folder
-        (a constant ``hydra.sweep.subdir``) puts back this record, not the one before it."""
+        """The noted folder now holds this launch's run (pass it as the run's ``on_start``): from here on
+        :meth:`restore` keeps this record, and a later job of the sweep in the same folder (a constant
+        ``hydra.sweep.subdir``) puts back this one, not the one before it."""
         self.files.update(self.launch)
 
     def restore(self) -> None:
-        """Put back the noted folder's record as it was (what it did not hold is removed)."""
+        """Put back the noted folder's record as it was before this launch, unless the launch started
+        its run there (what the folder did not hold is removed)."""
         from stylenet.atomic import atomic_write
 
         for path, written in self.launch.items():
-            if read_if_file(path) != written:  # another launch's since: not ours to undo
+            if read_if_file(path) != written or self.files[path] == written:  # another launch's, or as it was
                 continue
             if self.files[path] is None:
                 path.unlink(missing_ok=True)

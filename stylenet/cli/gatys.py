@@ -189,30 +189,22 @@ def hydra_main(cfg: DictConfig) -> None:
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
-    started: list[bool] = []
-
-    def on_start() -> None:
-        started.append(True)
-        EARLIER_RECORD.started()
-
     try:
-        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=on_start)
+        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
     except StylenetError as err:
         print(f"stylenet-gatys: error: {err}", file=sys.stderr)
-        if not started:  # refused: the folder keeps the record of the run that made it
-            EARLIER_RECORD.restore()
+        EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if not sweep_job:
             sys.exit(2)
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")  # the other jobs still run
         return
     except KeyboardInterrupt:
         print("stylenet-gatys: interrupted", file=sys.stderr)
-        if not started:
-            EARLIER_RECORD.restore()
+        EARLIER_RECORD.restore()
         sys.exit(130)
     if status and not sweep_job:
         sys.exit(status)
-    if status:
+    if status:  # one job of a sweep: the others still run
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
 
 

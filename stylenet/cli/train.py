@@ -229,21 +229,14 @@ def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     EARLIER_RECORD.note_launch(run_dir)
     tolerate_any_file_name_in_log_files()
-    started = []
-
-    def on_start() -> None:
-        started.append(True)
-        EARLIER_RECORD.started()
-
     try:
         check_group_choices(cfg)
         if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
             cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
         with run_folder_lock(run_dir):
-            train(cfg, run_dir, on_start=on_start)
+            train(cfg, run_dir, on_start=EARLIER_RECORD.started)
     except StylenetError as err:
-        if not started:  # refused: the folder keeps the record of the run that made it (or trains in it)
-            EARLIER_RECORD.restore()
+        EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if sweep_job and isinstance(err, FinishedRunError) and EARLIER_RECORD.relaunched():  # to finish a cut sweep
             print(f"stylenet-train: sweep job #{HydraConfig.get().job.num} in {str(run_dir)!r} is finished already",
                   file=sys.stderr)
@@ -256,8 +249,7 @@ def hydra_main(cfg: DictConfig) -> None:
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
     except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on)
         print("stylenet-train: interrupted", file=sys.stderr)
-        if not started:
-            EARLIER_RECORD.restore()
+        EARLIER_RECORD.restore()
         sys.exit(130)
 
 
