@@ -291,10 +291,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if workers > 0:
             dataset.in_flight = InFlight(workers)
             self.worker_datasets.append(dataset)
+        # pinned for a GPU run only: a CPU run (trainer=cpu, ddp_cpu) on a GPU machine would start CUDA in each process
+        to_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
                           multiprocessing_context=worker_context() if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
-                          pin_memory=torch.cuda.is_available(), **kwargs)
+                          pin_memory=to_gpu, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -34,4 +34,7 @@ def resolve_device(name: str = "auto", *, hint: str = "--device cpu",
         raise StylenetError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
     if not is_available(device.type):
         raise StylenetError(f"device {name!r} is not available on this machine (try {hint})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise StylenetError(f"device {name!r} is not available: this machine has {torch.cuda.device_count()} "
+                            f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device

@@ -37,7 +37,10 @@ def bf16_is_native(device: torch.device | str) -> bool:
     CPUs by a large factor), so fp32 stays the default there."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(device):  # is_bf16_supported asks the current device: this one's index
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         capabilities = getattr(torch.cpu, "get_capabilities", dict)()
         return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))

@@ -368,7 +368,7 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     content = content.to(loss.device)
     target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:
-        styles = [match_luminance(style, content) for style in styles]
+        styles = [match_luminance(style.to(content.device), content) for style in styles]
     loss.set_style(styles, style_weights)
     start: str | torch.Tensor = styles[0] if init == "style" else init
     total = iterations * scales

@@ -420,7 +420,7 @@ class StyleTransferTask(ImageTask):
                      "total": terms["total"] + self.hparams["saturation_weight"] * saturation}
         # Wang et al. 2020: N(W(x) + noise) against W(N(x)) (stylenet.temporal); nothing at temporal_weight 0
         return self.temporal.add_term(terms, lambda x: self.net(x, None if style is None else torch.tensor(
-            self.trained_styles, device=style.device)[style]), images, output, self.global_step)
+            self.trained_styles, device=style.device)[style]), images, output, self.global_step, self.global_rank)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         images = batch["images"]

@@ -152,7 +152,8 @@ class TemporalConsistency:
     """The style task's temporal term (``loss.temporal_weight``) and its validation measures.
 
     Each training step draws its motions (of :class:`MotionRange`'s default size) and noise from a
-    generator seeded by the step, so a resumed run draws what the uninterrupted one drew. With
+    generator seeded by the step and the DDP rank, so a resumed run draws what the uninterrupted one
+    drew, and each process of a DDP run draws its own (the first what a single process draws). With
     ``weight`` 0 the term costs nothing: no motion is drawn and the network runs once per step, as
     without this class."""
 
@@ -160,11 +161,12 @@ class TemporalConsistency:
         self.weight, self.motion = float(weight), MotionRange()
 
     def add_term(self, terms: dict[str, torch.Tensor], stylize: Stylize, images: torch.Tensor,
-                 output: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+                 output: torch.Tensor, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
         """``terms`` with ``temporal`` (unweighted) added and ``total`` increased by weight x it."""
         if not self.weight:
             return terms
-        generator = torch.Generator().manual_seed(int(step))
+        # the CPU generator keeps 32 bits of its seed: other ranks' seeds lie ~2**31 steps away from the first's
+        generator = torch.Generator().manual_seed((int(step) ^ int(rank) * 0x9E3779B1) & 0xFFFFFFFF)
         batch, _, height, width = images.shape
         flow = random_flow(batch, height, width, generator, self.motion).to(images.device)
         sigma = torch.rand(batch, 1, 1, 1, generator=generator) * self.motion.noise

@@ -103,3 +103,15 @@ def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:
     assert [line for line in result.stderr.splitlines() if "error" in line] == [
         "stylenet-train: error: experiment=demo overrides loss.style_weight, loss.tv_weight of loss=perceptual: "
         "drop loss=perceptual, or set loss.style_weight=... yourself"]
+
+
+@pytest.mark.usefixtures("hydra_configs")
+@pytest.mark.parametrize("trainer", ["ddp", "ddp_cpu"])
+def test_ddp_presets_do_not_broadcast_the_constant_buffers_every_step(trainer: str) -> None:
+    """The loss network and the Grams are buffers: DDP's default would send them before every step."""
+    from hydra.utils import instantiate
+    from pytorch_lightning.strategies import DDPStrategy
+
+    strategy = instantiate(train_config(f"trainer={trainer}").trainer.strategy)
+    assert isinstance(strategy, DDPStrategy)
+    assert strategy._ddp_kwargs == {"broadcast_buffers": False}

@@ -126,6 +126,15 @@ def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path) -
     assert dm.next_batch == 1 and dm.samples_seen == 1 and dm.bad_seen == 0
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_batches_are_pinned_for_a_gpu_run_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str) -> None:
+    """Pinned memory starts CUDA: on a GPU machine a CPU run (trainer=cpu, ddp_cpu) must not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, num_workers=0)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    assert dm._loader(dm.make_dataset([])).pin_memory is (device == "cuda")
+
+
 def test_a_short_run_whose_first_batches_hold_no_readable_image_stops_at_once(tmp_path: Path) -> None:
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=4, max_bad_fraction=0.05)
     dm.samples_seen = 4

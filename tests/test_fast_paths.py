@@ -432,3 +432,32 @@ def test_depth_to_space_conv_equals_the_convolution_at_every_valid_factor() -> N
                                        atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="factor 3"):
         fastpath.DepthToSpaceConv(layer[1], 3)
+
+
+def test_bf16_is_asked_of_the_named_gpu_and_a_missing_gpu_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine of two GPUs where only the second has native bf16, ``cuda:1`` is asked, not the
+    current device; ``cuda:2`` is one line naming the devices there are."""
+    from stylenet.devices import resolve_device
+    from stylenet.errors import StylenetError
+
+    current = [0]
+
+    class Selected:
+        def __init__(self, device: torch.device) -> None:
+            self.index = torch.device(device).index
+
+        def __enter__(self) -> None:
+            current.insert(0, self.index)
+
+        def __exit__(self, *exc: object) -> None:
+            current.pop(0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device", Selected)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: current[0] == 1)
+    assert [fastpath.bf16_is_native(name) for name in ("cuda:0", "cuda:1")] == [False, True]
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(StylenetError, match=r"^device 'cuda:2' is not available: this machine has 2 CUDA device\(s\), "
+                                            r"cuda:0 to cuda:1$"):
+        resolve_device("cuda:2")

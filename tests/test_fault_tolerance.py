@@ -824,3 +824,18 @@ def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:
     assert setting_difference("style_sha256", ["a"], ["a", "b"]) == "['a'], this run has ['a', 'b']"
     before, now = {"tv_weight": 1, "style_weight": 5.0}, {"tv_weight": 1, "style_weight": 10.0}
     assert setting_difference("loss", before, now) == "loss.style_weight: 5.0, this run has 10.0"
+
+
+def test_a_gpu_runs_checkpoint_loads_onto_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint whose tensors were saved from a GPU (tagged ``cuda:0``) loads onto the CPU through
+    the plugin, as through Lightning's own loader, so a GPU run resumes on a machine without one."""
+    path = tmp_path / "last.ckpt"
+    with monkeypatch.context() as patched:  # torch.save tags every storage with this
+        patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save({"state_dict": {"net.weight": torch.arange(4.0)}, "global_step": 7}, path)
+    if not torch.cuda.is_available():  # the file really asks for a GPU
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = AtomicCheckpointIO().load_checkpoint(path)
+    assert loaded["state_dict"]["net.weight"].device.type == "cpu"
+    assert loaded["state_dict"]["net.weight"].tolist() == [0.0, 1.0, 2.0, 3.0]

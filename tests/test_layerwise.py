@@ -15,7 +15,7 @@ from stylenet.fastpath import optimize_for_inference
 from stylenet.inference import InferenceModel, layerwise
 from stylenet.inference.geometry import forward, padded_forward, padded_pixels
 from stylenet.inference.layerwise import layerwise_bands, layerwise_forward, network_layers, plan
-from stylenet.inference.memory import _PeakTensorMemory
+from stylenet.inference.memory import _PeakTensorMemory, default_max_memory
 from stylenet.nets import TransformerNet
 
 
@@ -154,3 +154,13 @@ def test_other_networks_are_refused_in_one_line() -> None:
     assert network_layers(TransformerNet(channels=4, residual_blocks=1, norm="batch")) is None
     with pytest.raises(StylenetError, match="TransformerNet with InstanceNorm"):
         layerwise_forward(nn.Sequential(nn.Conv2d(3, 3, 1)), image(16, 16))
+
+
+def test_the_gpu_budget_counts_the_allocators_cache_as_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """80% of the driver's free memory plus what PyTorch's allocator holds unused from earlier passes:
+    the same after a big image as before it."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
+    assert default_max_memory(torch.device("cuda")) == int(15 * gib * 0.8)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -410,6 +411,17 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
     assert [entry.id for entry in model_entries(models)] == [entry.id for entry in entries]
     assert len({entry.id for entry in entries}) == 2 and all(str(models) not in str(e.public()) for e in entries)
     assert file_styles(models / "tiny.safetensors") == [None]
+
+
+def test_on_a_gpu_the_share_holds_the_photo_and_the_gpu_the_activations() -> None:
+    """A worker's share of RAM bounds a GPU model's photo only; its activations are on the GPU, under
+    the model's own budget (one pass or layer by layer, exact), not tiled for the RAM's sake."""
+    plan = MemoryPlan.make(4 * 2**30, 1, at_rest=2**30, max_pixels=10**9, activation_bytes=0)
+    assert plan.activation_bytes == 0 and plan.max_pixels == plan.share // 48
+    pixels = plan.share // 48 // 2
+    for device, tiled in (("cpu", True), ("cuda", False)):
+        model = SimpleNamespace(device=torch.device(device), bytes_per_pixel=lambda: 1000.0, max_pixels=lambda: 10**6)
+        assert (tile_side(model, pixels, plan) is not None) == tiled, device
 
 
 def test_memory_plan_and_gate() -> None:

@@ -173,6 +173,20 @@ def test_a_few_steps_of_the_term_lower_e_warp(one_thread: None) -> None:
     assert errors[1000.0] < 0.7 * errors[0.0], errors
 
 
+def test_each_ddp_process_draws_its_own_motion_and_the_first_a_single_processs() -> None:
+    """Under DDP every process trains on other photos; the same motion and noise on all of them would
+    make the term see a world-size times smaller sample of motions per step."""
+    torch.manual_seed(0)
+    net = TransformerNet(channels=4, residual_blocks=0)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    term = TemporalConsistency(1.0)
+    with torch.no_grad():
+        output = net(images)
+        single, first, second = (float(term.add_term({"total": torch.zeros(())}, net, images, output, 5, *rank)
+                                       ["temporal"]) for rank in ((), (0,), (1,)))
+    assert single == first and second != first
+
+
 def make_photo_array(size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     return (np.stack([np.sin(9 * xx) * np.cos(7 * yy), np.cos(11 * xx * yy), np.sin(5 * (xx + yy))], -1)

@@ -112,8 +112,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         kind = "super-resolution" if super_resolution else "style"
         raise StylenetError(f"a {kind} run needs a {kind} network: model={', '.join(model_options(super_resolution))}")
     settings = cfg.trainer
-    distributed = ("ddp" in str(settings.get("strategy")) or str(settings.get("devices", 1)) not in ("1", "auto")
-                   or int(settings.get("num_nodes") or 1) > 1)  # Lightning picks DDP for several devices itself
+    # a strategy's name or a DDPStrategy's _target_; Lightning picks DDP for several devices itself
+    distributed = ("ddp" in str(settings.get("strategy")).lower()
+                   or str(settings.get("devices", 1)) not in ("1", "auto") or int(settings.get("num_nodes") or 1) > 1)
     if (settings.get("sync_batchnorm") and settings.get("accelerator") == "cpu" and distributed
             and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "

@@ -28,10 +28,15 @@ def max_rss_bytes() -> int:
 
 def default_max_memory(device: torch.device) -> int:
     """Activation budget of one forward pass: 80% of the free GPU memory, half of MPS's recommended
-    working set, :data:`CPU_MAX_MEMORY` on the CPU (the image and output stay in RAM beside it)."""
+    working set, :data:`CPU_MAX_MEMORY` on the CPU (the image and output stay in RAM beside it).
+
+    On a GPU, what PyTorch's caching allocator keeps from earlier passes (reserved, not allocated)
+    counts as free: the driver sees it as used, and without it the budget would shrink after the
+    first big image, sending later images of the same size down a slower path."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * 0.8)
     if device.type == "mps":
         return int(torch.mps.recommended_max_memory() * 0.5)
     return CPU_MAX_MEMORY

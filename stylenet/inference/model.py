@@ -387,7 +387,7 @@ class InferenceModel:
                 exact_statistics: bool = False, keep_gray: bool = False) -> ImageLike:
         """The notebook API: a PIL image -> a PIL image (EXIF orientation applied, alpha kept,
         mode L back for greyscale inputs with ``keep_gray``), or a float tensor (3, H, W) /
-        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``). ``style``: for
+        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``), on its device. ``style``: for
         a model of several styles, a name (``"candy"``) or a blend (``{"candy": 0.7, "mosaic": 0.3}``)."""
         controls = Controls(strength, preserve_color)
         tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics, "style": style}
@@ -395,8 +395,8 @@ class InferenceModel:
             if image.ndim == 4:
                 if not len(image):
                     raise StylenetError(f"expected a (B, 3, H, W) batch with B >= 1, got {tuple(image.shape)}")
-                return torch.stack([self.transform(one, controls, **tiling) for one in image])
-            return self.transform(image, controls, **tiling)
+                return torch.stack([self.transform(one, controls, **tiling) for one in image]).to(image.device)
+            return self.transform(image, controls, **tiling).to(image.device)
         if not isinstance(image, Image.Image):
             raise TypeError(f"stylize() takes a PIL image or a tensor, got {type(image).__name__}")
         result = self.process(from_pil(image), controls, keep_gray=keep_gray, quantize=True, **tiling)

@@ -66,8 +66,10 @@ class StyleServer(ThreadingHTTPServer):
         try:
             self.config, self.gate = config, gate
             device = resolve_device(config.device)
+            # a GPU's activations are not in the process's memory: a share is the photos' then
             self.plan = MemoryPlan.make(config.memory_limit, config.workers, at_rest=resident_bytes(),
-                                        max_pixels=config.max_pixels, activation_bytes=config.max_memory)
+                                        max_pixels=config.max_pixels,
+                                        activation_bytes=config.max_memory if device.type == "cpu" else 0)
             activations = self.plan.activation_bytes if device.type == "cpu" else (
                 config.max_memory or default_max_memory(device) // config.workers)
             self.catalog = Catalog(config.folder, {"device": device, "precision": config.precision,
