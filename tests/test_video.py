@@ -10,6 +10,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,6 +126,116 @@ def test_a_stream_the_muxer_refuses_at_its_header_is_refused_before_any_frame(
     err = capsys.readouterr().err
     assert f"{str(out)!r} cannot hold" in err and ".tmp" not in err, err
     assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def write_frames(av: Any, container: Any, stream: Any, count: int, side: int) -> None:
+    for index in range(count):
+        frame = av.VideoFrame.from_ndarray(make_scene(side, shift=index), format="rgb24")
+        frame.pts = index
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def make_scene(side: int, shift: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[0:side, shift:side + shift]
+    return np.stack([xx * 200 // side + 20, yy * 200 // side + 30, (xx + yy) * 100 // side + 60], -1).astype(np.uint8)
+
+
+def test_audio_the_muxer_refuses_only_as_it_finishes_is_refused_before_any_frame(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """Float PCM passes MP4's codec list and header, and fails its trailer once a packet is in: refused
+    at the start, naming the file asked for; into .mkv it is copied."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "pcm.mkv"
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream("pcm_f32le", rate=8000)
+        audio.layout = "stereo"  # (MP4 writes mono float PCM)
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 1333), np.float32), format="flt", layout="stereo")
+        sound.sample_rate, sound.pts = 8000, 0
+        container.mux(audio.encode(sound))
+        write_frames(av, container, video, 4, 32)
+    out = tmp_path / "pcm_styled.mp4"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(out)!r} cannot hold the pcm_f32le audio" in err and ".tmp" not in err, err
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "pcm_styled.mkv")]) == 0
+    assert len(read_clip(tmp_path / "pcm_styled.mkv")["audio"]) == 1
+
+
+@pytest.mark.parametrize("tags", [(6, 6, 6), (9, 9, 14)])  # BT.601 (SMPTE 170M); BT.2020 with HLG
+def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, model_file: Path,
+                                                              tags: tuple[int, int, int]) -> None:
+    """A player reads the output's YUV by its tags: they are the input's (matrix, primaries, transfer),
+    and the matrix is the one the frames were converted with, so strength 0 gives the input back."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "tagged.mp4"
+    matrix, primaries, transfer = tags
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24, options={"crf": "10"})
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        context = video.codec_context
+        context.colorspace, context.color_primaries, context.color_trc, context.color_range = matrix, primaries, \
+            transfer, 1
+        for index in range(3):
+            frame = av.VideoFrame.from_ndarray(make_scene(64, index), format="rgb24")
+            frame = frame.reformat(format="yuv420p", dst_colorspace=matrix, dst_color_range=1)
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    out = tmp_path / "tagged_plain.mp4"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out), "--strength", "0"]) == 0
+    with av.open(str(out)) as container:
+        context = container.streams.video[0].codec_context
+        assert (int(context.colorspace), int(context.color_primaries), int(context.color_trc)) == tags
+    # read_clip converts each by its own tag: 1.6 grey levels (x264 at CRF 10, 4:2:0); BT.601 numbers
+    # tagged BT.2020 read 3.4
+    difference = np.stack(read_clip(out)["frames"]).astype(int) - np.stack(read_clip(clip)["frames"])
+    assert np.abs(difference).mean() < 2.5
+
+
+def test_a_size_of_our_choosing_is_even_so_players_can_decode_it(tmp_path: Path, model_file: Path) -> None:
+    """--max-size 45 on a 48x64 clip: 34x45 by the aspect ratio, written 34x44 in 4:2:0 (odd sides would
+    need 4:4:4, which browsers and phones do not decode)."""
+    av = pytest.importorskip("av")
+    clip = make_clip(tmp_path / "clip.mp4", frames=3, audio=False, rotation=0)
+    out = tmp_path / "small.mp4"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out), "--max-size", "45"]) == 0
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.height, video.width, video.codec_context.pix_fmt) == (34, 44, "yuv420p")
+
+
+def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_path: Path, model_file: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(make_scene(32)).save(folder / "photo.png")
+    for name in ("a.mp4", "sub/b.MOV"):
+        (folder / name).write_bytes(b"never decoded")
+    assert stylize_main([str(folder), "-m", str(model_file), "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: folder {str(folder)!r} holds 2 video(s), which a folder does not stylize" in err, err
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["photo_tiny.png"]
+
+
+def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, model_file: Path) -> None:
+    """A small one-frame stream (a thumbnail) ahead of the real one: FFmpeg's choice of stream, as players'."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "two.mkv"
+    with av.open(str(clip), "w") as container:
+        thumbnail = container.add_stream("libx264", rate=24)
+        thumbnail.width, thumbnail.height, thumbnail.pix_fmt = 16, 16, "yuv420p"
+        main = container.add_stream("libx264", rate=24)
+        main.width, main.height, main.pix_fmt = 48, 48, "yuv420p"
+        write_frames(av, container, thumbnail, 1, 16)
+        write_frames(av, container, main, 6, 48)
+    out = tmp_path / "two_styled.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    frames = read_clip(out)["frames"]
+    assert len(frames) == 6 and frames[0].shape == (48, 48, 3)
 
 
 def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
@@ -332,7 +443,8 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     assert video_target(clip, tmp_path / "out" / "clip.webm", in_folder=True).name == "clip.webm"
     assert video_target(clip, tmp_path / "out" / "clip_tiny", in_folder=True).name == "clip_tiny.mov"
     for name in ("trip.day1-tiny", "clip_v1.5"):  # no image suffix to swap: a dotted name is not cut
-        with pytest.raises(StylenetError, match=f"{name}' for video .* needs a video extension"):
+        with pytest.raises(StylenetError, match=fr"{name}' for video .* needs a video extension \(.mp4, .m4v, .mov, "
+                                                fr".mkv, .webm\)$"):  # not .avi, which is refused
             video_target(clip, tmp_path / "out" / name, in_folder=True)
     # AVI holds neither reordered frames nor exact timestamps nor a rotation: read, never written
     assert video_target(tmp_path / "old.AVI", tmp_path / "out" / "old_tiny.png", in_folder=True).name == "old_tiny.mkv"

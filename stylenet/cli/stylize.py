@@ -226,6 +226,11 @@ class Report:
         self.progress("")
         print(f"{self.prog}: error: {one_line(message)}", file=self.stream)
 
+    def note(self, message: str) -> None:
+        """Print ONE line that is not a failure."""
+        self.progress("")
+        print(f"{self.prog}: note: {one_line(message)}", file=self.stream)
+
     def progress(self, text: str) -> None:
         if self.tty and (text or self._line):
             padded = f"{text[:120]:<{len(self._line)}}"
@@ -261,12 +266,18 @@ def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
 
 
 def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
-    """The images one input argument stands for (see :func:`collect_inputs`)."""
+    """The images one input argument stands for (see :func:`collect_inputs`); a folder's videos are
+    named in a note, not stylized (minutes each: a video is named as a file or a glob)."""
     from stylenet.image import list_images
+    from stylenet.video.formats import is_video
 
     path = Path(spec)
     if path.is_dir():
         images = list_images(path)
+        videos = sum(1 for found in path.rglob("*") if is_video(found) and found.is_file())
+        if videos:
+            report.note(f"folder {spec!r} holds {videos} video(s), which a folder does not stylize: name them as "
+                        f"files or a glob ({str(path / '*.mp4')!r})")
         if not images:
             report.error(f"no images found in folder {spec!r}")
         return [(image, image.parent.relative_to(path)) for image in images]

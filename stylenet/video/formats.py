@@ -31,8 +31,9 @@ def video_target(source: Path, target: Path, in_folder: bool) -> Path:
         suffix = source.suffix.lower()
         target = target.with_suffix(READ_ONLY_SUFFIXES.get(suffix, suffix))
     if not is_video(target):
+        writable = [suffix for suffix in VIDEO_SUFFIXES if suffix not in READ_ONLY_SUFFIXES]
         raise StylenetError(f"output {str(target)!r} for video {str(source)!r} needs a video extension "
-                            f"({', '.join(VIDEO_SUFFIXES)})")
+                            f"({', '.join(writable)})")
     if target.suffix.lower() in READ_ONLY_SUFFIXES:
         raise StylenetError(f"output {str(target)!r}: AVI cannot hold the timestamps, reordered frames and "
                             "rotation of the video; name a .mkv, .mp4, .mov or .webm file")

@@ -12,6 +12,7 @@ reported as :class:`TruncatedVideoError`, naming the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 import time
 from collections import deque
@@ -37,7 +38,11 @@ if TYPE_CHECKING:
 EXTRA_HINT = "pip install 'stylenet[video]'"
 #: Frames each hand-off queue holds (decode -> network -> encode).
 QUEUE_DEPTH = 4
-_BT709 = 1  # AVCOL_SPC_BT709, the same number as swscale's SWS_CS_ITU709
+#: The YUV matrices (AVColorSpace) the conversion to and from RGB knows, by the same numbers as swscale's
+#: SWS_CS_*: BT.709, FCC, BT.601 (BT.470BG and SMPTE 170M), SMPTE 240M, BT.2020 (non-constant luminance).
+#: A frame tagged otherwise (or not at all) is converted as BT.601, swscale's default, and left untagged.
+MATRICES = frozenset({1, 4, 5, 6, 7, 9})
+UNSPECIFIED = 2  # AVCOL_PRI_UNSPECIFIED, AVCOL_TRC_UNSPECIFIED, AVCOL_SPC_UNSPECIFIED
 
 
 def require_av() -> ModuleType:
@@ -71,7 +76,9 @@ class VideoInfo:
     display_matrix: tuple[int, ...] | None  # FFmpeg's 3x3 DISPLAYMATRIX (rotation, flips)
     rotation: int  # degrees counter-clockwise, from the display matrix
     color_range: int  # AVColorRange of the first frame (0 unspecified, 1 limited, 2 full)
-    colorspace: int  # AVColorSpace of the first frame
+    colorspace: int  # AVColorSpace of the first frame: its YUV matrix
+    color_primaries: int = UNSPECIFIED  # AVColorPrimaries and AVColorTransferCharacteristic: tags only, kept
+    color_trc: int = UNSPECIFIED        #   as they are (the network works on the RGB values as decoded)
     audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
 
 
@@ -134,9 +141,15 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
     return (round(seconds * rate) if seconds and rate else None), False
 
 
+def main_video(container: Any) -> Any:
+    """The video stream a player shows: FFmpeg's choice (``av_find_best_stream``), which passes over
+    cover pictures and small extra streams, as ``ffmpeg`` and players do; not merely the first."""
+    return container.streams.best("video")
+
+
 def _first_frame(container: Any, path: Path) -> Any:
     try:
-        for frame in container.decode(video=0):
+        for frame in container.decode(main_video(container)):
             return frame
     except Exception as err:
         raise StylenetError(f"{str(path)!r}: no video frame could be decoded ({first_line(err)})") from None
@@ -144,12 +157,12 @@ def _first_frame(container: Any, path: Path) -> Any:
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """The first video stream's size, rate, time base, expected frame count, display matrix and
-    colour tags, and the audio codecs, from the header and the first decoded frame."""
+    """The main video stream's (:func:`main_video`) size, rate, time base, expected frame count, display
+    matrix and colour tags, and the audio codecs, from the header and the first decoded frame."""
     av, path = require_av(), Path(path)
     container = _open_input(av, path)
     with container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         expected, exact = _expected_frames(stream, rate)
         audio = tuple(audio.codec_context.name for audio in container.streams.audio)
@@ -160,7 +173,8 @@ def probe_video(path: str | Path) -> VideoInfo:
                          expected_frames=expected, exact_count=exact,
                          display_matrix=struct.unpack("=9i", matrix) if matrix and len(matrix) == 36 else None,
                          rotation=int(frame.rotation or 0), color_range=int(frame.color_range),
-                         colorspace=int(frame.colorspace), audio=audio)
+                         colorspace=int(frame.colorspace), color_primaries=int(stream.codec_context.color_primaries),
+                         color_trc=int(stream.codec_context.color_trc), audio=audio)
 
 
 def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result: VideoResult) -> Iterator[Any]:
@@ -172,7 +186,7 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
     if info.color_range:
         convert["src_color_range"] = info.color_range
     with _open_input(av, path) as container:
-        video = container.streams.video[0]
+        video = main_video(container)
         # slice threads, not frame threads: with frames in flight on several threads the decoder reports a
         # damaged packet at a later call, and at the final flush that loses the frames still inside it
         video.thread_type = "SLICE"
@@ -255,10 +269,6 @@ def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
     return "mpeg4", {"qscale": "2"}
 
 
-#: Audio codecs that FFmpeg lists as supported by a container's muxer, which then refuses to write them.
-REFUSED_AUDIO = {".mov": {"opus"}}
-
-
 class VideoEncoder:
     """The output file: a video stream encoded from RGB frames with the input's timestamps, time
     base, frame rate, display matrix and colour tags, and a copy of each of the input's audio
@@ -295,25 +305,48 @@ class VideoEncoder:
         stream.codec_context.time_base = self.info.time_base
         if self.info.color_range:
             stream.codec_context.color_range = self.info.color_range
-        if self.info.colorspace == _BT709:
-            stream.codec_context.colorspace = _BT709
+        context = stream.codec_context
+        if self.info.colorspace in MATRICES:  # the matrix _write_frame converts with
+            context.colorspace = self.info.colorspace
+        if self.info.color_primaries != UNSPECIFIED:
+            context.color_primaries = self.info.color_primaries
+        if self.info.color_trc != UNSPECIFIED:
+            context.color_trc = self.info.color_trc
         if self.info.display_matrix is not None:
             stream.set_display_matrix(list(self.info.display_matrix))
         self.video = stream
 
     def _add_audio(self, source: Path, path: Path) -> dict[int, Any]:
         """One output stream per input audio stream, with its codec parameters; refused up front if
-        the output's container cannot hold the codec (AAC in WebM)."""
-        supported = self.container.supported_codecs - REFUSED_AUDIO.get(path.suffix.lower(), set())
+        the output's container cannot hold the codec (AAC in WebM, Opus in MOV, float PCM in MP4)."""
         streams: dict[int, Any] = {}
         with _open_input(self.av, source) as template:
             for audio in template.streams.audio:
                 name = audio.codec_context.name
-                if name not in supported:
+                if name not in self.container.supported_codecs or not self._muxes(template, audio):
                     raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
                                         "untouched: choose .mkv, which holds any audio")
                 streams[audio.index] = self.container.add_stream_from_template(audio)
         return streams
+
+    def _muxes(self, template: Any, audio: Any) -> bool:
+        """Whether the output's muxer writes a file of the input stream ``audio`` (of the open input
+        ``template``) from header to trailer, with its first packet, in memory: some refuse a codec of
+        their list only as they finish a file that holds some of it, after every frame was stylized."""
+        probe = self.av.open(io.BytesIO(), "w", format=self.container.format.name)
+        try:
+            stream = probe.add_stream_from_template(audio)
+            probe.start_encoding()
+            packet = next((packet for packet in template.demux(audio) if packet.dts is not None), None)
+            if packet is not None:
+                packet.stream = stream
+                probe.mux(packet)
+            probe.close()  # writes the trailer
+            return True
+        except self.av.FFmpegError:
+            with contextlib.suppress(self.av.FFmpegError):
+                probe.close()
+            return False
 
     def write(self, item: Any) -> None:
         """A ``(pts, rgb)`` frame or an input audio packet."""
@@ -335,8 +368,8 @@ class VideoEncoder:
         target = {"format": self.video.pix_fmt}
         if self.info.color_range:
             target["dst_color_range"] = self.info.color_range
-        if self.info.colorspace == _BT709:
-            target["dst_colorspace"] = _BT709
+        if self.info.colorspace in MATRICES:  # as the input's frames were converted to RGB (their own tag)
+            target["dst_colorspace"] = self.info.colorspace
         frame = frame.reformat(**target)
         frame.pts, frame.time_base = pts, self.info.time_base
         self.container.mux(self.video.encode(frame))
