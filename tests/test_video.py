@@ -221,6 +221,33 @@ def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_pat
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["photo_tiny.png"]
 
 
+@pytest.mark.parametrize("bframes", [2, 0])
+def test_an_avis_frames_are_timed_by_their_slots(tmp_path: Path, model_file: Path, bframes: int) -> None:
+    """AVI has no presentation times: FFmpeg's guesses for B-frames come out shuffled. The frames keep their
+    chunks' slots at the constant rate, an empty slot included (a frame given a time two slots after the
+    last: the muxer leaves the slots between empty), and a dropped frame does not make the clip count as
+    truncated."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "old.avi"
+    stamps = list(range(8)) if bframes else [0, *range(2, 9)]
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24, options={"bf": str(bframes)})
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        for index, stamp in enumerate(stamps):
+            frame = av.VideoFrame.from_ndarray(make_scene(32, index), format="rgb24")
+            frame.pts = stamp
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    with av.open(str(clip)) as container:  # the chunks that hold a picture, by slot
+        slots = [packet.dts for packet in container.demux(video=0) if packet.size]
+    assert slots == list(range(8)) if bframes else slots[:2] == [0, 2]
+    out = tmp_path / "old.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    with av.open(str(out)) as container:
+        times = [round(float(frame.time) * 24) for frame in container.decode(video=0)]
+    assert times == slots
+
+
 def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, model_file: Path) -> None:
     """A small one-frame stream (a thumbnail) ahead of the real one: FFmpeg's choice of stream, as players'."""
     av = pytest.importorskip("av")

@@ -96,7 +96,8 @@ class VideoResult:
     last_time: float | None = None  # when the last decoded frame ends (its time plus its duration), s
     damaged: int = 0  # video packets the decoder refused, skipped
     damage: str | None = None  # the decoder's message for the first of them
-    discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``)
+    discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``), and
+                        # an AVI's dropped frames: slots of the count without a picture
     problem: str | None = None  # why the input ended early, if it did
     info: VideoInfo | None = field(default=None, repr=False)
 
@@ -179,7 +180,9 @@ def probe_video(path: str | Path) -> VideoInfo:
 
 def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result: VideoResult) -> Iterator[Any]:
     """The input's video frames as :class:`_Frame` (uint8 RGB, resized to ``size`` (H, W) if given)
-    and its audio packets, in file order. Demuxer and decoder errors become :class:`_InputError`."""
+    and its audio packets, in file order. Demuxer and decoder errors become :class:`_InputError`.
+
+    An AVI's frames are timed by :class:`_AviSlots`."""
     av = require_av()
     height, width = size or (info.height, info.width)
     convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height}
@@ -190,16 +193,19 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         # slice threads, not frame threads: with frames in flight on several threads the decoder reports a
         # damaged packet at a later call, and at the final flush that loses the frames still inside it
         video.thread_type = "SLICE"
+        slots = _AviSlots(1 / (info.rate * info.time_base)) if container.format.name == "avi" else None
         try:
             for packet in container.demux(video, *container.streams.audio):
                 if packet.stream.type == "audio":
                     if packet.dts is not None:  # not the demuxer's end-of-stream marker
                         yield packet
                     continue
-                result.discarded += bool(packet.is_discard)
+                result.discarded += bool(packet.is_discard) + (slots.read(packet) if slots else 0)
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError as err:  # one damaged packet: skipped, as FFmpeg's own tools do
+                    if slots:
+                        slots.lost(packet)
                     result.damaged += 1
                     result.damage = result.damage or first_line(err)
                     continue
@@ -207,9 +213,43 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
                     result.decoded += 1
                     if frame.time is not None:
                         result.last_time = float(frame.time + (frame.duration or 0) * (frame.time_base or 0))
-                    yield _Frame(frame.pts, frame.to_ndarray(**convert))
+                    yield _Frame(slots.pts(frame) if slots else frame.pts, frame.to_ndarray(**convert))
         except av.FFmpegError as err:
             raise _InputError(first_line(err)) from err
+
+
+class _AviSlots:
+    """The times of an AVI's frames. AVI stores no presentation times, one chunk per slot of its constant
+    rate, and FFmpeg numbers its packets (their dts) by chunk, in decoding order: the times it gives the
+    frames of a stream with B-frames come out of the decoder shuffled. The decoder hands out frames in
+    presentation order, so the k-th frame takes the k-th picture's slot. A dropped frame (an empty chunk,
+    which FFmpeg passes over or hands on empty) is a slot without a picture: the frame before it shows
+    for two."""
+
+    def __init__(self, ticks: float) -> None:
+        self.ticks = ticks  # of the stream's time base per slot
+        self.slots: deque[int] = deque()  # the slots of the pictures read and not yet decoded
+        self.next: int | None = None
+
+    def read(self, packet: Any) -> int:
+        """Take note of a video packet; returns the dropped frames it reveals."""
+        if packet.dts is None:  # the demuxer's end-of-stream marker
+            return 0
+        dropped = 0 if self.next is None else max(0, packet.dts - self.next)
+        self.next = packet.dts + 1
+        if not packet.size:
+            return dropped + 1
+        self.slots.append(packet.dts)
+        return dropped
+
+    def lost(self, packet: Any) -> None:
+        """A packet the decoder refused: no frame will take its slot."""
+        with contextlib.suppress(ValueError):
+            self.slots.remove(packet.dts)
+
+    def pts(self, frame: Any) -> int | None:
+        """The decoded ``frame``'s time: the next picture's slot."""
+        return round(self.slots.popleft() * self.ticks) if self.slots else frame.pts
 
 
 def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
