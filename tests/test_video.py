@@ -5,6 +5,7 @@ valid, shorter file or nothing; without PyAV the error names the extra."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -507,3 +508,5 @@ def test_progress_line_shows_frames_per_second() -> None:
     info = VideoInfo(64, 48, Fraction(24), Fraction(1, 24), 100, True, None, 0, 0, 2)
     line = progress_line("[1/1] a.mp4 -> b.mp4", VideoResult(frames=50, seconds=2.0, info=info))
     assert line == "[1/1] a.mp4 -> b.mp4 [##########----------] 50/100 frames, 25.0 frames/s"
+    estimated = VideoResult(frames=5, seconds=1.0, info=dataclasses.replace(info, exact_count=False))
+    assert progress_line("a", estimated) == "a [#-------------------] 5/~100 frames, 5.0 frames/s"

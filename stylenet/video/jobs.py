@@ -20,13 +20,15 @@ _REFRESH_S = 0.25
 
 
 def progress_line(label: str, result: VideoResult) -> str:
-    """``label [#####-----] 57/100 frames, 12.3 frames/s`` (no bar when the frame count is unknown)."""
+    """``label [#####-----] 57/100 frames, 12.3 frames/s`` (no bar when the frame count is unknown;
+    ``57/~100`` when it is estimated from the duration, which a variable frame rate makes too high)."""
     expected = result.info.expected_frames if result.info else None
     rate = f"{result.frames_per_second:.1f} frames/s"
     if not expected:
         return f"{label} {result.frames} frames, {rate}"
     filled = min(_BAR, _BAR * result.frames // expected)
-    return f"{label} [{'#' * filled}{'-' * (_BAR - filled)}] {result.frames}/{expected} frames, {rate}"
+    about = "" if result.info is not None and result.info.exact_count else "~"
+    return f"{label} [{'#' * filled}{'-' * (_BAR - filled)}] {result.frames}/{about}{expected} frames, {rate}"
 
 
 def _check_options(args: argparse.Namespace) -> None:
