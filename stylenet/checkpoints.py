@@ -73,9 +73,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         """Always ``weights_only=True``, whatever the caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says:
         our checkpoints hold only tensors and primitives, and a checkpoint may come from anyone. Onto the
-        CPU unless the caller maps it elsewhere, as Lightning's own loader does (Lightning passes no
-        ``map_location``): a GPU run's checkpoint then resumes on a machine without one, and DDP's
-        processes do not all load it onto the first GPU."""
+        CPU unless the caller maps it elsewhere (Lightning passes no ``map_location``, and torch.load's
+        default would put each tensor back on the device it was saved from): a GPU run's checkpoint
+        then resumes on a machine without one, and DDP's processes do not all load it onto the first GPU."""
         return super().load_checkpoint(path, map_location="cpu" if map_location is None else map_location,
                                        weights_only=True)
 

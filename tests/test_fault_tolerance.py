@@ -828,7 +828,7 @@ def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:
 
 def test_a_gpu_runs_checkpoint_loads_onto_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint whose tensors were saved from a GPU (tagged ``cuda:0``) loads onto the CPU through
-    the plugin, as through Lightning's own loader, so a GPU run resumes on a machine without one."""
+    the plugin, so a GPU run resumes on a machine without one."""
     path = tmp_path / "last.ckpt"
     with monkeypatch.context() as patched:  # torch.save tags every storage with this
         patched.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")

@@ -413,15 +413,26 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
     assert file_styles(models / "tiny.safetensors") == [None]
 
 
-def test_on_a_gpu_the_share_holds_the_photo_and_the_gpu_the_activations() -> None:
-    """A worker's share of RAM bounds a GPU model's photo only; its activations are on the GPU, under
-    the model's own budget (one pass or layer by layer, exact), not tiled for the RAM's sake."""
-    plan = MemoryPlan.make(4 * 2**30, 1, at_rest=2**30, max_pixels=10**9, activation_bytes=0)
-    assert plan.activation_bytes == 0 and plan.max_pixels == plan.share // 48
-    pixels = plan.share // 48 // 2
-    for device, tiled in (("cpu", True), ("cuda", False)):
+@pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])
+def test_on_a_cuda_gpu_the_share_holds_the_photo_and_the_gpu_the_activations(
+        server_config: ServeConfig, monkeypatch: pytest.MonkeyPatch, device: str, on_the_gpu: bool) -> None:
+    """A worker's share of RAM bounds a CUDA model's photo only; its activations are on the GPU, under the
+    model's own budget (one pass or layer by layer, exact), not tiled for the RAM's sake. An Apple GPU's
+    memory is the machine's: there the share holds both, as on the CPU."""
+    import stylenet.devices
+    import stylenet.inference
+
+    monkeypatch.setattr(stylenet.devices, "resolve_device", lambda name: torch.device(device))
+    monkeypatch.setattr(stylenet.inference, "default_max_memory", lambda device: 2**30)
+    server = StyleServer(dataclasses.replace(server_config, device=device))
+    try:
+        plan = server.plan
+        assert (plan.activation_bytes == 0) == on_the_gpu
+        pixels = (plan.share - plan.activation_bytes) // 48 // 2
         model = SimpleNamespace(device=torch.device(device), bytes_per_pixel=lambda: 1000.0, max_pixels=lambda: 10**6)
-        assert (tile_side(model, pixels, plan) is not None) == tiled, device
+        assert (tile_side(model, pixels, plan) is None) == on_the_gpu
+    finally:
+        server.server_close()
 
 
 def test_memory_plan_and_gate() -> None:

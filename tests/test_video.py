@@ -144,13 +144,15 @@ def make_scene(side: int, shift: int = 0) -> np.ndarray:
 
 def test_audio_the_muxer_refuses_only_as_it_finishes_is_refused_before_any_frame(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
-    """Float PCM passes MP4's codec list and header, and fails its trailer once a packet is in: refused
-    at the start, naming the file asked for; into .mkv it is copied."""
+    """Stereo float PCM passes MP4's codec list and header, and fails its trailer once a packet is in:
+    refused at the start, naming the file asked for, also behind an audio stream without packets (which
+    the check reads to the end for); into .mkv it is copied."""
     av = pytest.importorskip("av")
     clip = tmp_path / "pcm.mkv"
     with av.open(str(clip), "w") as container:
         video = container.add_stream("libx264", rate=24)
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        container.add_stream("aac", rate=8000).layout = "mono"  # no packets
         audio = container.add_stream("pcm_f32le", rate=8000)
         audio.layout = "stereo"  # (MP4 writes mono float PCM)
         sound = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 1333), np.float32), format="flt", layout="stereo")
@@ -163,14 +165,19 @@ def test_audio_the_muxer_refuses_only_as_it_finishes_is_refused_before_any_frame
     assert f"{str(out)!r} cannot hold the pcm_f32le audio" in err and ".tmp" not in err, err
     assert not out.exists() and not list(tmp_path.glob(".*"))
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "pcm_styled.mkv")]) == 0
-    assert len(read_clip(tmp_path / "pcm_styled.mkv")["audio"]) == 1
+    with av.open(str(tmp_path / "pcm_styled.mkv")) as container:
+        assert [stream.codec_context.name for stream in container.streams.audio] == ["aac", "pcm_f32le"]
 
 
-@pytest.mark.parametrize("tags", [(6, 6, 6), (9, 9, 14)])  # BT.601 (SMPTE 170M); BT.2020 with HLG
+@pytest.mark.parametrize(("tags", "kept"), [((6, 6, 6), (6, 6, 6)),      # BT.601 (SMPTE 170M)
+                                            ((9, 9, 14), (9, 9, 14)),     # BT.2020 with HLG
+                                            ((8, 1, 1), (2, 1, 1))])      # YCgCo: swscale's refusal
 def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, model_file: Path,
-                                                              tags: tuple[int, int, int]) -> None:
+                                                              tags: tuple[int, int, int],
+                                                              kept: tuple[int, int, int]) -> None:
     """A player reads the output's YUV by its tags: they are the input's (matrix, primaries, transfer),
-    and the matrix is the one the frames were converted with, so strength 0 gives the input back."""
+    and the matrix is the one the frames were converted with, so strength 0 gives the input back. A
+    matrix swscale cannot convert is read as BT.601 (its default) and the output's is left untagged."""
     av = pytest.importorskip("av")
     clip = tmp_path / "tagged.mp4"
     matrix, primaries, transfer = tags
@@ -182,7 +189,7 @@ def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, m
             transfer, 1
         for index in range(3):
             frame = av.VideoFrame.from_ndarray(make_scene(64, index), format="rgb24")
-            frame = frame.reformat(format="yuv420p", dst_colorspace=matrix, dst_color_range=1)
+            frame = frame.reformat(format="yuv420p", dst_colorspace=kept[0] if kept[0] != 2 else 5, dst_color_range=1)
             frame.pts = index
             container.mux(video.encode(frame))
         container.mux(video.encode())
@@ -190,10 +197,10 @@ def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, m
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out), "--strength", "0"]) == 0
     with av.open(str(out)) as container:
         context = container.streams.video[0].codec_context
-        assert (int(context.colorspace), int(context.color_primaries), int(context.color_trc)) == tags
-    # read_clip converts each by its own tag: 1.6 grey levels (x264 at CRF 10, 4:2:0); BT.601 numbers
-    # tagged BT.2020 read 3.4
-    difference = np.stack(read_clip(out)["frames"]).astype(int) - np.stack(read_clip(clip)["frames"])
+        assert (int(context.colorspace), int(context.color_primaries), int(context.color_trc)) == kept
+    # each read by its own tag (the YCgCo input by ours, as BT.601: PyAV's default refuses it): 1.6 grey
+    # levels (x264 at CRF 10, 4:2:0); BT.601 numbers tagged BT.2020 read 3.4
+    difference = np.stack(read_clip(out)["frames"]).astype(int) - np.stack(list(iter_video_frames(clip)))
     assert np.abs(difference).mean() < 2.5
 
 
@@ -214,7 +221,7 @@ def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_pat
     folder = tmp_path / "mixed"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(make_scene(32)).save(folder / "photo.png")
-    for name in ("a.mp4", "sub/b.MOV"):
+    for name in ("a.mp4", "sub/b.MOV", "._a.mp4", ".a.1f2e.tmp.mp4"):  # (hidden files are not counted)
         (folder / name).write_bytes(b"never decoded")
     assert stylize_main([str(folder), "-m", str(model_file), "-o", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err

@@ -269,15 +269,15 @@ def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
     """The images one input argument stands for (see :func:`collect_inputs`); a folder's videos are
     named in a note, not stylized (minutes each: a video is named as a file or a glob)."""
     from stylenet.image import list_images
-    from stylenet.video.formats import is_video
+    from stylenet.video.formats import VIDEO_SUFFIXES
 
     path = Path(spec)
     if path.is_dir():
         images = list_images(path)
-        videos = sum(1 for found in path.rglob("*") if is_video(found) and found.is_file())
+        videos = len(list_images(path, VIDEO_SUFFIXES))
         if videos:
             report.note(f"folder {spec!r} holds {videos} video(s), which a folder does not stylize: name them as "
-                        f"files or a glob ({str(path / '*.mp4')!r})")
+                        f"files or a glob ({str(path / '**' / '*.mp4')!r})")
         if not images:
             report.error(f"no images found in folder {spec!r}")
         return [(image, image.parent.relative_to(path)) for image in images]

@@ -12,7 +12,7 @@ import contextlib
 import os
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -287,8 +287,9 @@ def _decode_sixteen_bit(p: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarra
     return rgb, alpha, colour == 1
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """All image files under ``root``, recursively, in a stable sorted order.
+def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All image files under ``root``, recursively, in a stable sorted order (or the files of other
+    ``suffixes``, lower case: ``stylenet-stylize`` counts a folder's videos by the same walk).
 
     Files are selected by suffix (case-insensitive, see :data:`IMAGE_EXTENSIONS`) without opening
     them: listing a 100k-image folder must stay cheap; broken files surface later as
@@ -305,7 +306,7 @@ def list_images(root: str | Path) -> list[Path]:
     except OSError as err:  # a name too long for the filesystem, ...: pathlib re-raises what it does not expect
         raise ImageError(f"cannot read {str(base)!r}: {err.strerror or type(err).__name__}") from None
     if is_file:
-        if base.suffix.lower() in IMAGE_EXTENSIONS:
+        if base.suffix.lower() in suffixes:
             return [base]
         raise ImageError(f"not an image file or folder: {str(base)!r}")
     if not is_dir:
@@ -320,7 +321,7 @@ def list_images(root: str | Path) -> list[Path]:
         walked.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # which link comes first: fixed
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes:
                 found.append(Path(dirpath) / name)
     return sorted(found, key=lambda p: p.relative_to(base).parts)
 

@@ -83,10 +83,11 @@ def tile_side(model: InferenceModel, pixels: int, plan: MemoryPlan) -> int | Non
     and the network's one-pass activations fit a worker's share, which bounds both; else the side of
     the tiles that fill the activation budget (the CLI's ``--tile`` path: memory bounded by the budget,
     InstanceNorm statistics from the whole image or a thumbnail of it). On a GPU the activations are
-    in the GPU's memory, not the share, and the model's own budget bounds them as the CLI's."""
+    in the GPU's memory, not the share, and the model's own budget bounds them as the CLI's (an Apple GPU's
+    memory is the machine's: there they count as on the CPU)."""
     from stylenet.inference import MIN_TILE
 
-    activations = model.bytes_per_pixel() if model.device.type == "cpu" else 0.0
+    activations = 0.0 if model.device.type == "cuda" else model.bytes_per_pixel()
     if pixels * (BYTES_PER_PIXEL + activations) <= plan.share:
         return None
     return max(MIN_TILE, math.isqrt(model.max_pixels()))

@@ -66,10 +66,11 @@ class StyleServer(ThreadingHTTPServer):
         try:
             self.config, self.gate = config, gate
             device = resolve_device(config.device)
-            # a GPU's activations are not in the process's memory: a share is the photos' then
+            # a CUDA GPU's activations are not in the process's memory: a share is the photos' then (an
+            # Apple GPU's memory is the machine's, as the CPU's)
             self.plan = MemoryPlan.make(config.memory_limit, config.workers, at_rest=resident_bytes(),
                                         max_pixels=config.max_pixels,
-                                        activation_bytes=config.max_memory if device.type == "cpu" else 0)
+                                        activation_bytes=0 if device.type == "cuda" else config.max_memory)
             activations = self.plan.activation_bytes if device.type == "cpu" else (
                 config.max_memory or default_max_memory(device) // config.workers)
             self.catalog = Catalog(config.folder, {"device": device, "precision": config.precision,

@@ -40,9 +40,12 @@ EXTRA_HINT = "pip install 'stylenet[video]'"
 QUEUE_DEPTH = 4
 #: The YUV matrices (AVColorSpace) the conversion to and from RGB knows, by the same numbers as swscale's
 #: SWS_CS_*: BT.709, FCC, BT.601 (BT.470BG and SMPTE 170M), SMPTE 240M, BT.2020 (non-constant luminance).
-#: A frame tagged otherwise (or not at all) is converted as BT.601, swscale's default, and left untagged.
+#: A frame tagged otherwise (YCgCo, BT.2020 constant luminance, ICtCp, ...), which swscale refuses, or not at
+#: all, is converted as BT.601 (swscale's default), and its output is left untagged.
 MATRICES = frozenset({1, 4, 5, 6, 7, 9})
-UNSPECIFIED = 2  # AVCOL_PRI_UNSPECIFIED, AVCOL_TRC_UNSPECIFIED, AVCOL_SPC_UNSPECIFIED
+BT601 = 5
+#: AVColorPrimaries and AVColorTransferCharacteristic values that say nothing: reserved (0, 3), unspecified (2).
+UNTAGGED = frozenset({0, 2, 3})
 
 
 def require_av() -> ModuleType:
@@ -65,7 +68,7 @@ class TruncatedVideoError(StylenetError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What is kept from the input's first video stream (see :func:`probe_video`)."""
+    """What is kept from the input's main video stream (see :func:`probe_video`)."""
 
     width: int
     height: int
@@ -77,8 +80,8 @@ class VideoInfo:
     rotation: int  # degrees counter-clockwise, from the display matrix
     color_range: int  # AVColorRange of the first frame (0 unspecified, 1 limited, 2 full)
     colorspace: int  # AVColorSpace of the first frame: its YUV matrix
-    color_primaries: int = UNSPECIFIED  # AVColorPrimaries and AVColorTransferCharacteristic: tags only, kept
-    color_trc: int = UNSPECIFIED        #   as they are (the network works on the RGB values as decoded)
+    color_primaries: int = 2  # AVColorPrimaries and AVColorTransferCharacteristic (2: unspecified): tags only,
+    color_trc: int = 2        #   kept as they are (the network works on the RGB values as decoded)
     audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
 
 
@@ -143,8 +146,8 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
 
 
 def main_video(container: Any) -> Any:
-    """The video stream a player shows: FFmpeg's choice (``av_find_best_stream``), which passes over
-    cover pictures and small extra streams, as ``ffmpeg`` and players do; not merely the first."""
+    """The video stream FFmpeg's tools and players show (``av_find_best_stream``: the default track,
+    cover art passed over), not merely the first."""
     return container.streams.best("video")
 
 
@@ -185,7 +188,8 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
     An AVI's frames are timed by :class:`_AviSlots`."""
     av = require_av()
     height, width = size or (info.height, info.width)
-    convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height}
+    convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height,
+                               "src_colorspace": info.colorspace if info.colorspace in MATRICES else BT601}
     if info.color_range:
         convert["src_color_range"] = info.color_range
     with _open_input(av, path) as container:
@@ -250,6 +254,22 @@ class _AviSlots:
     def pts(self, frame: Any) -> int | None:
         """The decoded ``frame``'s time: the next picture's slot."""
         return round(self.slots.popleft() * self.ticks) if self.slots else frame.pts
+
+
+def _first_audio_packets(av: ModuleType, source: Path) -> dict[int, Any]:
+    """The first packet of each audio stream of ``source``, by stream index, in one pass that stops when
+    each stream has one (a stream without packets: read to the end); a read error ends it early, and the
+    reader reports the file's damage itself."""
+    firsts: dict[int, Any] = {}
+    with _open_input(av, source) as container:
+        streams = container.streams.audio
+        with contextlib.suppress(av.FFmpegError):
+            for packet in container.demux(*streams):
+                if packet.dts is not None:
+                    firsts.setdefault(packet.stream_index, packet)
+                if len(firsts) == len(streams):
+                    break
+    return firsts
 
 
 def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
@@ -348,9 +368,9 @@ class VideoEncoder:
         context = stream.codec_context
         if self.info.colorspace in MATRICES:  # the matrix _write_frame converts with
             context.colorspace = self.info.colorspace
-        if self.info.color_primaries != UNSPECIFIED:
+        if self.info.color_primaries not in UNTAGGED:
             context.color_primaries = self.info.color_primaries
-        if self.info.color_trc != UNSPECIFIED:
+        if self.info.color_trc not in UNTAGGED:
             context.color_trc = self.info.color_trc
         if self.info.display_matrix is not None:
             stream.set_display_matrix(list(self.info.display_matrix))
@@ -358,26 +378,26 @@ class VideoEncoder:
 
     def _add_audio(self, source: Path, path: Path) -> dict[int, Any]:
         """One output stream per input audio stream, with its codec parameters; refused up front if
-        the output's container cannot hold the codec (AAC in WebM, Opus in MOV, float PCM in MP4)."""
+        the output's container cannot hold the codec (AAC in WebM, Opus in MOV, stereo float PCM in MP4)."""
         streams: dict[int, Any] = {}
+        firsts = _first_audio_packets(self.av, source)
         with _open_input(self.av, source) as template:
             for audio in template.streams.audio:
                 name = audio.codec_context.name
-                if name not in self.container.supported_codecs or not self._muxes(template, audio):
+                if name not in self.container.supported_codecs or not self._muxes(audio, firsts.get(audio.index)):
                     raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
                                         "untouched: choose .mkv, which holds any audio")
                 streams[audio.index] = self.container.add_stream_from_template(audio)
         return streams
 
-    def _muxes(self, template: Any, audio: Any) -> bool:
-        """Whether the output's muxer writes a file of the input stream ``audio`` (of the open input
-        ``template``) from header to trailer, with its first packet, in memory: some refuse a codec of
-        their list only as they finish a file that holds some of it, after every frame was stylized."""
+    def _muxes(self, audio: Any, packet: Any | None) -> bool:
+        """Whether the output's muxer writes a file of the input stream ``audio`` from header to trailer,
+        with its first ``packet`` (if it has one), in memory: some refuse a codec of their list only as
+        they finish a file that holds some of it, after every frame was stylized."""
         probe = self.av.open(io.BytesIO(), "w", format=self.container.format.name)
         try:
             stream = probe.add_stream_from_template(audio)
             probe.start_encoding()
-            packet = next((packet for packet in template.demux(audio) if packet.dts is not None), None)
             if packet is not None:
                 packet.stream = stream
                 probe.mux(packet)
