@@ -30,7 +30,7 @@ from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from stylenet.atomic import atomic_write
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import StylenetError, load_failure
 from stylenet.modelfile import first_non_finite
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,12 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     it: a finished run has nothing left to continue, and "resuming" it would train no step and export
     nothing. "Finished" is said only of a checkpoint that otherwise fits, a finished run of this very
     configuration (:func:`first_valid` ends its search there)."""
+    if path.suffix.lower() == ".safetensors":
+        return "a model file, not a training checkpoint (a run resumes from its checkpoints/*.ckpt)"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle, I/O error: all mean "not a checkpoint"
-        return f"unreadable ({first_line(err).split('. ')[0]})"
+        return f"unreadable ({load_failure(err, path).split('. ')[0]})"
     if (not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS)
             or not isinstance(checkpoint["state_dict"], dict)):
         return f"not a Lightning training checkpoint (needs {', '.join(REQUIRED_KEYS)})"

@@ -129,3 +129,16 @@ def lookup(tree: Any, dotted: str) -> Any:
             return KeyError
         tree = tree[part]
     return tree
+
+
+def unresolvable_setting(cfg: DictConfig) -> str | None:
+    """The first setting of ``cfg`` whose ``${...}`` does not resolve (None if all do): Hydra's
+    ``instantiate`` reports such an error without the setting's name."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    for key in flatten(OmegaConf.to_container(cfg, resolve=False)):
+        try:
+            OmegaConf.select(cfg, key)
+        except InterpolationResolutionError:
+            return key
+    return None

@@ -6,6 +6,8 @@ a traceback. So every message stylenet shows is one line, made here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class StylenetError(Exception):
     """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
@@ -22,6 +24,18 @@ def first_line(err: BaseException) -> str:
     when it has no message."""
     text = str(err).strip()
     return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def load_failure(err: BaseException, path: str | Path) -> str:
+    """Why ``torch.load`` refused ``path``, as one line. A file that is no PyTorch file at all (neither
+    ``torch.save``'s zip archive nor a legacy pickle) meets its weights-only unpickler as whatever its
+    bytes happen to trip: a bare ``KeyError('101')`` for a text file's ``e``, an ``IndexError``, ..."""
+    try:
+        with open(path, "rb") as file:
+            start = file.read(2)
+    except OSError:
+        return first_line(err)
+    return first_line(err) if start[:2] == b"PK" or start[:1] == b"\x80" else "not a PyTorch file"
 
 
 def describe(err: Exception, subject: object) -> str:

@@ -11,10 +11,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stylenet import StylenetError
-from stylenet.cli.train import config_dir, train
+from stylenet.cli.train import build, config_dir, train
 from stylenet.losses import lua_to_ours
 from stylenet.modelfile import read_model
 from tests.conftest import make_photo
@@ -95,6 +96,8 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("task.identity_steps=abc", "task.identity_steps must be a whole number >= 0, got 'abc'"),
     ("task.saturation_weight=lots", "task.saturation_weight must be a number >= 0, got 'lots'"),
     ("style.name=../x", "style.name: style name '../x' must be letters"),
+    ("name=../x", "name must be letters, digits"),  # the model file went to ../x.safetensors, out of the run folder
+    ("task=sr model=sr_tiny loss=pixel", "task=sr trains on low- and high-resolution pairs: use experiment=sr_x4"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
     ("trainer=ddp_cpu model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
@@ -116,6 +119,27 @@ def test_adding_a_style_never_writes_over_its_base(tmp_path: Path) -> None:
         train(compose_train(tmp_path, "task=add_style", f"task.base={base}", "style.image=demo:ihc", "style.size=32",
                             f"callbacks.export.path={tmp_path}/./plus.safetensors"), tmp_path)  # the same file
     assert base.read_bytes() == before and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_precision_whose_package_is_missing_is_one_line() -> None:
+    trainer = OmegaConf.create({"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu",
+                                "precision": "transformer-engine", "logger": False})
+    with pytest.raises(StylenetError, match=r"^trainer: .*transformer"):  # not Hydra's wrapped traceback
+        build(trainer)
+
+
+def test_logger_can_be_left_out_and_an_unresolved_setting_is_one_line(tmp_path: Path) -> None:
+    """``~logger``: a run without TensorBoard, its model exported; a ``${...}`` that does not resolve is
+    one line naming the setting, not OmegaConf's traceback."""
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=smoke", "~logger", "trainer.max_steps=2",
+                             f"hydra.run.dir={tmp_path / 'quiet'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "quiet" / "smoke.safetensors").is_file() and not (tmp_path / "quiet" / "tensorboard").exists()
+    result = subprocess.run([*console_script("stylenet-train"), "experiment=smoke", "data.batch_size=${oops}",
+                             f"hydra.run.dir={tmp_path / 'oops'}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith("stylenet-train: error: setting data.batch_size: ") and "oops" in line, line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -114,4 +114,4 @@ def test_ddp_presets_do_not_broadcast_the_constant_buffers_every_step(trainer: s
 
     strategy = instantiate(train_config(f"trainer={trainer}").trainer.strategy)
     assert isinstance(strategy, DDPStrategy)
-    assert strategy._ddp_kwargs == {"broadcast_buffers": False}
+    assert strategy._ddp_kwargs == {"forward_sync_buffers": False}

@@ -839,3 +839,14 @@ def test_a_gpu_runs_checkpoint_loads_onto_the_cpu(tmp_path: Path, monkeypatch: p
     loaded = AtomicCheckpointIO().load_checkpoint(path)
     assert loaded["state_dict"]["net.weight"].device.type == "cpu"
     assert loaded["state_dict"]["net.weight"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """torch.load meets a text file with a bare KeyError of its first byte ('101'), and a model file is
+    refused for a reason the user can act on."""
+    text, model = tmp_path / "notes.ckpt", tmp_path / "style.safetensors"
+    text.write_text("hello")
+    model.write_bytes(b"never read")
+    assert checkpoint_problem(text, None, HPARAMS) == "unreadable (not a PyTorch file)"
+    assert checkpoint_problem(model, None, HPARAMS) == (
+        "a model file, not a training checkpoint (a run resumes from its checkpoints/*.ckpt)")

@@ -94,3 +94,10 @@ def test_offline_imagenet_request_fails_fast_with_instructions(monkeypatch: pyte
     with pytest.raises(StylenetError, match=r"loss\.weights=/path/to/vgg16-397923af\.pth") as err:
         VGGFeatures(["relu2_2"], weights="imagenet")
     assert "\n" not in str(err.value)
+
+
+def test_a_weights_file_that_is_no_pytorch_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "vgg16.pth"
+    path.write_text("exported from somewhere else")
+    with pytest.raises(StylenetError, match=r"^cannot load VGG weights file .*vgg16.pth': not a PyTorch file$"):
+        VGGFeatures(["relu1_2"], weights=str(path))

@@ -25,6 +25,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from stylenet import StylenetError
 from stylenet.cli import (
@@ -34,10 +35,10 @@ from stylenet.cli import (
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.errors import first_line
-from stylenet.styles import style_name_of
+from stylenet.styles import STYLE_NAME, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # (a FutureWarning, once a DeprecationWarning)
 # The frozen VGG inside the loss is in eval mode on purpose (VGGFeatures.train is a no-op).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
@@ -81,7 +82,8 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError):  # an unknown or missing setting name
             raise StylenetError(f"{node.get('_target_')}: {cause}") from None
-        if isinstance(cause, ValueError) and "accelerator" in node:  # the Trainer's: trainer.precision=foo
+        if isinstance(cause, (ValueError, ImportError)) and "accelerator" in node:  # the Trainer's: precision=foo
+            # (or one whose package is missing: transformer-engine)
             raise StylenetError(f"trainer: {first_line(cause)}") from None
         if type(cause).__name__ == "MisconfigurationException":  # Lightning's: trainer=gpu with no GPU, ...
             if "accelerator" in node:
@@ -119,6 +121,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
                             "SyncBatchNorm runs on GPUs only")
+    if not isinstance(cfg.name, str) or not STYLE_NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+        raise StylenetError(f"name must be letters, digits, '.', '+', '-' or '_' (it names the run's folder and "
+                            f"model file), got {cfg.name!r}")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
@@ -135,6 +140,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if getattr(datamodule, "factor", None) not in (None, getattr(task, "factor", None)):  # super-resolution
         raise StylenetError(f"data.factor={datamodule.factor} but model.factor={task.factor}: they must be equal "
                             "(data.factor follows model.factor unless set)")
+    if super_resolution and getattr(datamodule, "factor", None) is None:  # task=sr alone: photos, no LR inputs
+        raise StylenetError("task=sr trains on low- and high-resolution pairs: use experiment=sr_x4 or "
+                            "experiment=sr_x8 (data._target_=stylenet.data.SuperResolutionDataModule)")
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
     ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
@@ -144,7 +152,8 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         if base and isinstance(callback, ExportStyleModel) and callback.path.resolve() == Path(base).resolve():
             raise StylenetError(f"the run would write its model file over task.base {base!r}: give another "
                                 "name= or hydra.run.dir")
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger))
+    # ~logger on the command line: no TensorBoard (Lightning's logger=False)
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger) if cfg.get("logger") else False)
     if on_start is not None:
         on_start()
     try:
@@ -224,18 +233,21 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from stylenet.checkpoints import FinishedRunError, run_checkpoints, run_folder_lock
-    from stylenet.config_check import check_group_choices
+    from stylenet.config_check import check_group_choices, unresolvable_setting
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     EARLIER_RECORD.note_launch(run_dir)
     tolerate_any_file_name_in_log_files()
     try:
-        check_group_choices(cfg)
-        if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
-            cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
-        with run_folder_lock(run_dir):
-            train(cfg, run_dir, on_start=EARLIER_RECORD.started)
+        try:
+            check_group_choices(cfg)
+            if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
+                cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
+            with run_folder_lock(run_dir):
+                train(cfg, run_dir, on_start=EARLIER_RECORD.started)
+        except InterpolationResolutionError as err:  # a ${...} that does not resolve, met where it is read
+            raise StylenetError(f"setting {err.full_key or unresolvable_setting(cfg)}: {first_line(err)}") from None
     except StylenetError as err:
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if sweep_job and isinstance(err, FinishedRunError) and EARLIER_RECORD.relaunched():  # to finish a cut sweep

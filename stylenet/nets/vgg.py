@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet import StylenetError
+from stylenet.errors import load_failure
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,7 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StylenetError(f"cannot load VGG weights file {str(path)!r}: {first_line}") from None
+        raise StylenetError(f"cannot load VGG weights file {str(path)!r}: {load_failure(err, path)}") from None
     if not isinstance(raw, dict):
         raise StylenetError(f"VGG weights file {str(path)!r} holds a {type(raw).__name__}, not a state dict")
     state = {key.removeprefix("features."): value for key, value in raw.items() if isinstance(value, torch.Tensor)}
