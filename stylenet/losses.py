@@ -158,15 +158,14 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
     command line) is one layer, not a sequence of characters."""
     if isinstance(layers, str):
         layers = [layers]
-    if isinstance(layers, Mapping):
-        weights = dict(layers)
-    else:
-        per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
-        if len(per_layer) != len(layers):
-            raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "
-                                f"{len(layers)} layers {list(layers)}")
-        weights = dict(zip(layers, per_layer, strict=True))
-    return {name: setting_weight(weight, f"{setting}.{name}") for name, weight in weights.items()}
+    if isinstance(layers, Mapping):  # the settings are loss.style_layers.<layer>
+        return {name: setting_weight(weight, f"{setting}s.{name}") for name, weight in layers.items()}
+    per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
+    if len(per_layer) != len(layers):
+        raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "
+                            f"{len(layers)} layers {list(layers)}")
+    return {name: setting_weight(weight, f"{setting}_weights[{index}] ({name})")
+            for index, (name, weight) in enumerate(zip(layers, per_layer, strict=True))}
 
 
 def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,

@@ -66,7 +66,7 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise StylenetError(f"style.size must be a whole number of pixels >= 1, got {size!r}")
     if specs is None:
-        image, path = load_style_image(style.get("image"), size)
+        image, path = load_style_image(style.get("image"), size, "style.image")
         name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") else style_name_of(path)
         return [StyleImage(name, image, str(style.get("image")), file_sha256(path))]
     if isinstance(specs, str) or not specs:
@@ -77,25 +77,26 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
         raise StylenetError(f"style.names has {len(names)} names for {len(specs)} style.images")
     names = check_style_names(names, "style.names")
     styles = []
-    for name, spec in zip(names, specs, strict=True):
-        image, path = load_style_image(spec, size)
+    for index, (name, spec) in enumerate(zip(names, specs, strict=True)):
+        image, path = load_style_image(spec, size, f"style.images[{index}]")
         styles.append(StyleImage(name, image, str(spec), file_sha256(path)))
     return styles
 
 
-def load_style_image(spec: str | None, size: int) -> tuple[torch.Tensor, Path]:
-    """The style image as a (3, H, W) tensor with its long side resized to ``size``."""
+def load_style_image(spec: str | None, size: int, setting: str = "style.image") -> tuple[torch.Tensor, Path]:
+    """The style image as a (3, H, W) tensor with its long side resized to ``size``; errors name
+    ``setting``, where it came from."""
     if spec in (None, "", "???"):
-        raise StylenetError("style.image is required: pass style.image=/path/to/painting.jpg "
+        raise StylenetError(f"{setting} is required: pass {setting}=/path/to/painting.jpg "
                             "(the presets' paintings are not shipped)")
     path = resolve_image_path(spec)
     if not path.is_file():
         what = "is a folder, not an image" if path.is_dir() else "does not exist"
-        raise StylenetError(f"style image {str(path)!r} {what} (style.image)")
+        raise StylenetError(f"style image {str(path)!r} {what} ({setting})")
     try:
         image = load_rgb(path)
     except ImageError as err:
-        raise StylenetError(f"style.image: {err}") from None
+        raise StylenetError(f"{setting}: {err}") from None
     return resize_long_side(image, size), path
 
 

@@ -262,7 +262,7 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("output=/tmp", "cannot write output '/tmp': it is a folder"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
-    ("loss.style_layer_weights=[a,b,c,d]", "loss.style_layer.relu1_2 must be a number >= 0, got 'a'"),
+    ("loss.style_layer_weights=[a,b,c,d]", r"loss.style_layer_weights\[0\] \(relu1_2\) must be a number >= 0, got 'a'"),
     ("loss.seed=abc", "loss.seed must be an integer, got 'abc'"),
 ])
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,

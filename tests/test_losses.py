@@ -111,7 +111,7 @@ def test_style_blend_mixes_grams_by_weight() -> None:
 def test_settings_are_validated() -> None:
     with pytest.raises(StylenetError, match="loss.style_weight must be a number >= 0"):
         PerceptualLoss(weights="random", style_weight=-1)
-    with pytest.raises(StylenetError, match="loss.style_layer.relu1_2 must be a number >= 0"):
+    with pytest.raises(StylenetError, match="loss.style_layers.relu1_2 must be a number >= 0"):
         PerceptualLoss(weights="random", style_layers={"relu1_2": -0.1})
     with pytest.raises(StylenetError, match="loss.style_layer_weights has 1 values for 2 layers"):
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0])
