@@ -110,11 +110,18 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     for key in IDENTITY_HPARAMS:
         before, now = (identity_setting(settings, key) for settings in (saved, hparams))
         if before != now:
+            if key == "style_sha256":  # two hashes say nothing to a reader: the file changed
+                return f"trained with another style image (sha256 {short(before)}, this run's {short(now)})"
             return f"trained with another {key} ({setting_difference(key, before, now)})"
     schedule = schedule_problem(checkpoint, saved, hparams, max_steps)
     if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
         return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one
     return schedule
+
+
+def short(digest: Any) -> str:
+    """A sha256 (or a list of them, one per style) cut to 12 hex digits, for a message."""
+    return ", ".join(str(one)[:12] for one in digest) if isinstance(digest, list) else str(digest)[:12]
 
 
 def identity_setting(settings: Mapping[str, Any], key: str) -> Any:
@@ -308,7 +315,7 @@ def check_own_checkpoints(run_dir: Path, resumed: Path | None, hparams: dict[str
         return
     reason = checkpoint_problem(own[0], None, hparams, max_steps)
     held = (f"{reason} ({own[0].name})" if reason and reason.startswith(FINISHED)
-            else f"another run's checkpoint {own[0].name}" + (f", {reason}" if reason else ""))
+            else f"an earlier run's checkpoint {own[0].name}" + (f", {reason}" if reason else ""))
     finished = reason is not None and reason.startswith(FINISHED)
     raise (FinishedRunError if finished else StylenetError)(
         f"{str(run_dir)!r} already holds {held}, which this run would overwrite: give another hydra.run.dir "

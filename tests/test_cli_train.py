@@ -96,8 +96,8 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("task.identity_steps=abc", "task.identity_steps must be a whole number >= 0, got 'abc'"),
     ("task.saturation_weight=lots", "task.saturation_weight must be a number >= 0, got 'lots'"),
     ("style.name=../x", "style.name: style name '../x' must be letters"),
-    ("name=../x", "name must be letters, digits"),
-    ("style=multi style.images=[demo:ihc,/no/such.jpg] style.size=32", "does not exist (style.images[1])"),  # the model file went to ../x.safetensors, out of the run folder
+    ("name=../x", "name must be letters, digits"),  # the model file went to ../x.safetensors, out of the run folder
+    ("style=multi style.images=[demo:ihc,/no/such.jpg] style.size=32", "does not exist (style.images[1])"),
     ("task=sr model=sr_tiny loss=pixel", "task=sr trains on low- and high-resolution pairs: use experiment=sr_x4"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
@@ -274,7 +274,7 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.
 
 def test_a_refused_run_leaves_the_folder_s_hydra_record_as_it_was(tmp_path: Path) -> None:
     """Hydra rewrites <run dir>/.hydra/ before any check runs: a launch refused there (the folder holds
-    another run's checkpoint) puts the record of the run that made the folder back."""
+    an earlier run's checkpoint) puts the record of the run that made the folder back."""
     from tests.test_fault_tolerance import fake_checkpoint
 
     run_dir = tmp_path / "run"
@@ -284,7 +284,7 @@ def test_a_refused_run_leaves_the_folder_s_hydra_record_as_it_was(tmp_path: Path
         (run_dir / ".hydra").mkdir(exist_ok=True)
         (run_dir / ".hydra" / name).write_text(text)
     result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}", "task.lr=5e-4", cwd=tmp_path)
-    assert result.returncode == 2 and "already holds another run's checkpoint last.ckpt" in result.stderr
+    assert result.returncode == 2 and "already holds an earlier run's checkpoint last.ckpt" in result.stderr
     assert {path.name: path.read_text() for path in (run_dir / ".hydra").iterdir()} == record
 
 

@@ -432,9 +432,9 @@ def test_a_run_folder_holding_checkpoints_this_run_does_not_continue_is_refused(
     before = other_style.read_bytes()
     this_run = {**HPARAMS, "style_sha256": "another painting"}
     for mode in ("auto", "must", "never"):
-        with pytest.raises(StylenetError, match=r"'.*run' already holds another run's checkpoint last.ckpt, "
-                                                r"trained with another style_sha256 \('abc', this run has "
-                                                r"'another painting'\), which this run would overwrite"):
+        with pytest.raises(StylenetError, match=r"'.*run' already holds an earlier run's checkpoint last.ckpt, "
+                                                r"trained with another style image \(sha256 abc, this run's "
+                                                r"another pain\), which this run would overwrite"):
             resolve_resume(mode, None, run_dir, "exp", this_run, max_steps=20)
     elsewhere = fake_checkpoint(tmp_path / "elsewhere" / "checkpoints" / "step_000002.ckpt", 2,
                                 model=TINY_MODEL)
