@@ -329,6 +329,9 @@ class StyleTransferTask(ImageTask):
         loss, temporal_weight = split_temporal_weight(loss)
         # The loss network first: a missing VGG weights file fails before any data is read.
         self.loss = PerceptualLoss(**loss)
+        if not self.loss.term_weights["style"]:  # loss=pixel, feature or mixed (super-resolution's) on a style
+            log.warning("loss.style_weight is 0: this style run has no style term and learns no style "
+                        "(loss=perceptual or loss=offline have one)")
         styles = load_styles(style)
         self.save_hyperparameters()
         self.hparams["stylenet_version"] = __version__

@@ -850,3 +850,13 @@ def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path: Path) ->
     assert checkpoint_problem(text, None, HPARAMS) == "unreadable (not a PyTorch file)"
     assert checkpoint_problem(model, None, HPARAMS) == (
         "a model file, not a training checkpoint (a run resumes from its checkpoints/*.ckpt)")
+
+
+def test_a_style_run_without_a_style_term_is_warned_of(style_image: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """loss=pixel (super-resolution's) on a style: it trains, copying the photo; the log says why."""
+    with caplog.at_level(logging.WARNING, logger="stylenet.tasks"):
+        tiny_task(style_image)
+        assert "no style term" not in caplog.text
+        StyleTransferTask(model=TINY_MODEL, loss={**RANDOM_LOSS, "style_weight": 0.0}, image_size=32,
+                          style={"name": "t", "image": str(style_image), "size": 32})
+    assert caplog.text.count("loss.style_weight is 0: this style run has no style term") == 1
