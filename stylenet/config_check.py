@@ -134,11 +134,12 @@ def lookup(tree: Any, dotted: str) -> Any:
 def unresolvable_setting(cfg: DictConfig) -> str | None:
     """The first setting of ``cfg`` whose ``${...}`` does not resolve (None if all do): Hydra's
     ``instantiate`` reports such an error without the setting's name."""
-    from omegaconf.errors import InterpolationResolutionError
+    from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
-    for key in flatten(OmegaConf.to_container(cfg, resolve=False)):
-        try:
-            OmegaConf.select(cfg, key)
-        except InterpolationResolutionError:
-            return key
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
+        for where in [f"{key}[{index}]" for index in range(len(value))] if isinstance(value, list) else [key]:
+            try:
+                OmegaConf.select(cfg, where)
+            except (InterpolationResolutionError, GrammarParseError):
+                return where
     return None

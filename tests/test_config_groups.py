@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 from stylenet.cli.train import config_dir
-from stylenet.config_check import check_group_choices, flatten
+from stylenet.config_check import check_group_choices, flatten, unresolvable_setting
 from tests.helpers import console_script
 
 CONFIGS = Path(config_dir())
@@ -114,4 +114,12 @@ def test_ddp_presets_do_not_broadcast_the_constant_buffers_every_step(trainer: s
 
     strategy = instantiate(train_config(f"trainer={trainer}").trainer.strategy)
     assert isinstance(strategy, DDPStrategy)
-    assert strategy._ddp_kwargs == {"forward_sync_buffers": False}
+    assert strategy._ddp_kwargs == {"broadcast_buffers": False}
+
+
+def test_the_setting_whose_interpolation_fails_is_found_in_lists_too() -> None:
+    """Hydra's instantiate reports an unresolvable ``${...}`` without its setting's name."""
+    cfg = OmegaConf.create({"name": "n", "style": {"size": 8, "images": ["a.jpg", "${oops}"]}})
+    assert unresolvable_setting(cfg) == "style.images[1]"
+    assert unresolvable_setting(OmegaConf.create({"data": {"batch_size": "${oops}"}})) == "data.batch_size"
+    assert unresolvable_setting(OmegaConf.create({"data": {"batch_size": "${name}"}, "name": 4})) is None

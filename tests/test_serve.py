@@ -423,11 +423,13 @@ def test_on_a_cuda_gpu_the_share_holds_the_photo_and_the_gpu_the_activations(
     import stylenet.inference
 
     monkeypatch.setattr(stylenet.devices, "resolve_device", lambda name: torch.device(device))
-    monkeypatch.setattr(stylenet.inference, "default_max_memory", lambda device: 2**30)
+    monkeypatch.setattr(stylenet.inference, "default_max_memory", lambda device: 2**40)
     server = StyleServer(dataclasses.replace(server_config, device=device))
     try:
         plan = server.plan
         assert (plan.activation_bytes == 0) == on_the_gpu
+        # the models' activation budget: the GPU's own on CUDA, else the plan's (not 1 TiB of a Mac's RAM)
+        assert server.catalog.options["max_memory"] == (2**40 if on_the_gpu else plan.activation_bytes)
         pixels = (plan.share - plan.activation_bytes) // 48 // 2
         model = SimpleNamespace(device=torch.device(device), bytes_per_pixel=lambda: 1000.0, max_pixels=lambda: 10**6)
         assert (tile_side(model, pixels, plan) is None) == on_the_gpu

@@ -25,7 +25,7 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
 from stylenet import StylenetError
 from stylenet.cli import (
@@ -39,6 +39,8 @@ from stylenet.styles import STYLE_NAME, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # (a FutureWarning, once a DeprecationWarning)
+# The DDP presets' broadcast_buffers=false, which torch 2.13 renamed: the old name is kept for torch 2.6 to 2.12.
+warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated")
 # The frozen VGG inside the loss is in eval mode on purpose (VGGFeatures.train is a no-op).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", module="pytorch_lightning")
 
@@ -121,7 +123,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
                             "SyncBatchNorm runs on GPUs only")
-    if not isinstance(cfg.name, str) or not STYLE_NAME.fullmatch(cfg.name) or cfg.name in (".", ".."):
+    name = cfg.name  # Hydra reads name=2024 as a number
+    if isinstance(name, bool) or not isinstance(name, (str, int, float)) or not STYLE_NAME.fullmatch(str(name)) \
+            or str(name) in (".", ".."):
         raise StylenetError(f"name must be letters, digits, '.', '+', '-' or '_' (it names the run's folder and "
                             f"model file), got {cfg.name!r}")
     max_steps = cfg.trainer.get("max_steps")
@@ -246,8 +250,9 @@ def hydra_main(cfg: DictConfig) -> None:
                 cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
             with run_folder_lock(run_dir):
                 train(cfg, run_dir, on_start=EARLIER_RECORD.started)
-        except InterpolationResolutionError as err:  # a ${...} that does not resolve, met where it is read
-            raise StylenetError(f"setting {err.full_key or unresolvable_setting(cfg)}: {first_line(err)}") from None
+        except (InterpolationResolutionError, GrammarParseError) as err:  # a ${...} that does not resolve, met
+            where = err.full_key or unresolvable_setting(cfg)                # where it is read
+            raise StylenetError(f"setting {where}: {first_line(err)}" if where else first_line(err)) from None
     except StylenetError as err:
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if sweep_job and isinstance(err, FinishedRunError) and EARLIER_RECORD.relaunched():  # to finish a cut sweep

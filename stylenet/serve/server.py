@@ -71,7 +71,7 @@ class StyleServer(ThreadingHTTPServer):
             self.plan = MemoryPlan.make(config.memory_limit, config.workers, at_rest=resident_bytes(),
                                         max_pixels=config.max_pixels,
                                         activation_bytes=0 if device.type == "cuda" else config.max_memory)
-            activations = self.plan.activation_bytes if device.type == "cpu" else (
+            activations = self.plan.activation_bytes if device.type != "cuda" else (
                 config.max_memory or default_max_memory(device) // config.workers)
             self.catalog = Catalog(config.folder, {"device": device, "precision": config.precision,
                                                    "max_memory": activations})

@@ -43,6 +43,7 @@ QUEUE_DEPTH = 4
 #: A frame tagged otherwise (YCgCo, BT.2020 constant luminance, ICtCp, ...), which swscale refuses, or not at
 #: all, is converted as BT.601 (swscale's default), and its output is left untagged.
 MATRICES = frozenset({1, 4, 5, 6, 7, 9})
+#: swscale's default matrix (SWS_CS_ITU601), for frames tagged with one it refuses.
 BT601 = 5
 #: AVColorPrimaries and AVColorTransferCharacteristic values that say nothing: reserved (0, 3), unspecified (2).
 UNTAGGED = frozenset({0, 2, 3})
@@ -146,7 +147,7 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
 
 
 def main_video(container: Any) -> Any:
-    """The video stream FFmpeg's tools and players show (``av_find_best_stream``: the default track,
+    """The video stream ffplay and players pick (FFmpeg's ``av_find_best_stream``: the default track,
     cover art passed over), not merely the first."""
     return container.streams.best("video")
 
@@ -263,6 +264,8 @@ def _first_audio_packets(av: ModuleType, source: Path) -> dict[int, Any]:
     firsts: dict[int, Any] = {}
     with _open_input(av, source) as container:
         streams = container.streams.audio
+        if not streams:  # (demux() of no stream reads them all)
+            return firsts
         with contextlib.suppress(av.FFmpegError):
             for packet in container.demux(*streams):
                 if packet.dts is not None:

@@ -27,7 +27,7 @@ def progress_line(label: str, result: VideoResult) -> str:
     if not expected:
         return f"{label} {result.frames} frames, {rate}"
     filled = min(_BAR, _BAR * result.frames // expected)
-    about = "" if result.info is not None and result.info.exact_count else "~"
+    about = "" if result.info.exact_count else "~"  # (expected is set: info is)
     return f"{label} [{'#' * filled}{'-' * (_BAR - filled)}] {result.frames}/{about}{expected} frames, {rate}"
 
 
