@@ -124,6 +124,14 @@ def test_adding_a_style_never_writes_over_its_base(tmp_path: Path) -> None:
     assert base.read_bytes() == before and not (tmp_path / "checkpoints").exists()
 
 
+def test_help_says_what_to_type_and_what_the_exit_status_means() -> None:
+    result = subprocess.run([*console_script("stylenet-train"), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert result.stdout.startswith("stylenet-train: train a fast style-transfer network")
+    assert "  stylenet-train experiment=demo " in result.stdout and "== Configuration groups ==" in result.stdout
+    assert result.stdout.rstrip().endswith("143 SIGTERM (last.ckpt saved: resume=auto continues the run).")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is not None, reason="transformer-engine installed")
 def test_a_precision_whose_package_is_missing_is_one_line() -> None:
     trainer = OmegaConf.create({"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu",
