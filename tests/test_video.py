@@ -110,8 +110,7 @@ def test_a_stream_the_muxer_refuses_at_its_header_is_refused_before_any_frame(
     av = pytest.importorskip("av")
     clip = tmp_path / "flac.mkv"
     with av.open(str(clip), "w") as container:
-        video = container.add_stream("libx264", rate=24)
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video = h264(container, 32)
         audio = container.add_stream("flac", rate=8000)
         audio.layout = "mono"
         for index in range(4):
@@ -142,6 +141,13 @@ def make_scene(side: int, shift: int = 0) -> np.ndarray:
     return np.stack([xx * 200 // side + 20, yy * 200 // side + 30, (xx + yy) * 100 // side + 60], -1).astype(np.uint8)
 
 
+def h264(container: Any, side: int, **options: str) -> Any:
+    """A side x side H.264 (4:2:0) stream at 24 frames/s in ``container``, x264 ``options`` given."""
+    video = container.add_stream("libx264", rate=24, options=options or None)
+    video.width, video.height, video.pix_fmt = side, side, "yuv420p"
+    return video
+
+
 def test_audio_the_muxer_refuses_only_as_it_finishes_is_refused_before_any_frame(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
     """Stereo float PCM passes MP4's codec list and header, and fails its trailer once a packet is in:
@@ -150,8 +156,7 @@ def test_audio_the_muxer_refuses_only_as_it_finishes_is_refused_before_any_frame
     av = pytest.importorskip("av")
     clip = tmp_path / "pcm.mkv"
     with av.open(str(clip), "w") as container:
-        video = container.add_stream("libx264", rate=24)
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video = h264(container, 32)
         container.add_stream("aac", rate=8000).layout = "mono"  # no packets
         audio = container.add_stream("pcm_f32le", rate=8000)
         audio.layout = "stereo"  # (MP4 writes mono float PCM)
@@ -182,8 +187,7 @@ def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, m
     clip = tmp_path / "tagged.mp4"
     matrix, primaries, transfer = tags
     with av.open(str(clip), "w") as container:
-        video = container.add_stream("libx264", rate=24, options={"crf": "10"})
-        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        video = h264(container, 64, crf="10")
         context = video.codec_context
         context.colorspace, context.color_primaries, context.color_trc, context.color_range = matrix, primaries, \
             transfer, 1
@@ -240,8 +244,7 @@ def test_an_avis_frames_are_timed_by_their_slots(tmp_path: Path, model_file: Pat
     clip = tmp_path / "old.avi"
     stamps = list(range(8)) if bframes else [0, *range(2, 9)]
     with av.open(str(clip), "w") as container:
-        video = container.add_stream("libx264", rate=24, options={"bf": str(bframes)})
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video = h264(container, 32, bf=str(bframes))
         for index, stamp in enumerate(stamps):
             frame = av.VideoFrame.from_ndarray(make_scene(32, index), format="rgb24")
             frame.pts = stamp
@@ -262,10 +265,8 @@ def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, 
     av = pytest.importorskip("av")
     clip = tmp_path / "two.mkv"
     with av.open(str(clip), "w") as container:
-        thumbnail = container.add_stream("libx264", rate=24)
-        thumbnail.width, thumbnail.height, thumbnail.pix_fmt = 16, 16, "yuv420p"
-        main = container.add_stream("libx264", rate=24)
-        main.width, main.height, main.pix_fmt = 48, 48, "yuv420p"
+        thumbnail = h264(container, 16)
+        main = h264(container, 48)
         write_frames(av, container, thumbnail, 1, 16)
         write_frames(av, container, main, 6, 48)
     out = tmp_path / "two_styled.mkv"
@@ -283,8 +284,7 @@ def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
     clip = tmp_path / "vfr.mkv"
     stamps = [*range(8), 30, 31, 60, 61]
     with av.open(str(clip), "w") as container:
-        video = container.add_stream("libx264", rate=24, options={"bf": "0"})
-        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video = h264(container, 32, bf="0")
         video.codec_context.time_base = Fraction(1, 24)
         packets = []
         for stamp in stamps:
