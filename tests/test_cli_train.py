@@ -297,6 +297,10 @@ def test_a_refused_run_leaves_the_folder_s_hydra_record_as_it_was(tmp_path: Path
     result = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}", "task.lr=5e-4", cwd=tmp_path)
     assert result.returncode == 2 and "already holds an earlier run's checkpoint last.ckpt" in result.stderr
     assert {path.name: path.read_text() for path in (run_dir / ".hydra").iterdir()} == record
+    # the reason in the run folder's log too (where a batch job's reader looks), once on the terminal
+    (logged,) = [line for line in (run_dir / "train.log").read_text().splitlines() if "ERROR" in line]
+    assert "[stylenet-train][ERROR] - " in logged and "already holds an earlier run's checkpoint last.ckpt" in logged
+    assert (result.stdout + result.stderr).count("already holds an earlier run's checkpoint") == 1
 
 
 def test_a_network_of_the_other_task_is_one_line(tmp_path: Path) -> None:

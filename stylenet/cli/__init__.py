@@ -37,6 +37,17 @@ def tolerate_any_file_name_in_log_files() -> None:
                 handler.stream.reconfigure(errors="backslashreplace")
 
 
+def report_refusal(prog: str, message: str) -> None:
+    """A refused run's one line, on stderr and in the run folder's log (``train.log``, ``gatys.log``),
+    where a batch job's reader looks first; through the log's file handlers only, so that a terminal
+    does not show it twice."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    record = logging.makeLogRecord({"name": prog, "levelno": logging.ERROR, "levelname": "ERROR", "msg": message})
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def exit_if_sweep_jobs_failed(prog: str, failed: list[str]) -> None:
     """The end of a sweep (``-m``) whose jobs ``failed`` (``#3``), each reported when it failed while
     the others ran on: one line and exit 2."""

@@ -27,6 +27,7 @@ from stylenet.cli import (
     EarlierRecord,
     exit_if_sweep_jobs_failed,
     refuse_run_dir_file,
+    report_refusal,
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.cli.train import config_dir
@@ -192,7 +193,7 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
     except StylenetError as err:
-        print(f"stylenet-gatys: error: {err}", file=sys.stderr)
+        report_refusal("stylenet-gatys", str(err))
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if not sweep_job:
             sys.exit(2)

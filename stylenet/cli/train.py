@@ -32,6 +32,7 @@ from stylenet.cli import (
     EarlierRecord,
     exit_if_sweep_jobs_failed,
     refuse_run_dir_file,
+    report_refusal,
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.errors import first_line
@@ -259,7 +260,7 @@ def hydra_main(cfg: DictConfig) -> None:
             print(f"stylenet-train: sweep job #{HydraConfig.get().job.num} in {str(run_dir)!r} is finished already",
                   file=sys.stderr)
             return
-        print(f"stylenet-train: error: {err}", file=sys.stderr)
+        report_refusal("stylenet-train", str(err))
         if not sweep_job:
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
