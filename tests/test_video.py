@@ -6,6 +6,8 @@ valid, shorter file or nothing; without PyAV the error names the extra."""
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ from stylenet.video import io as video_io
 from stylenet.video.io import iter_video_frames
 from stylenet.video.jobs import progress_line
 from stylenet.video.pipeline import Prefetch, Sink
+from tests.helpers import console_script
 
 
 def make_clip(path: Path, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 24,
@@ -498,6 +501,24 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     with pytest.raises(StylenetError, match="refusing to overwrite input"):  # the Python API
         stylize_video(clip, clip, load_model(model_file))
     assert clip.read_bytes() == b"never decoded"
+
+
+def test_sigterm_leaves_no_temporary_file_and_exits_143(tmp_path: Path, model_file: Path) -> None:
+    """A scheduler's stop in the middle of a clip: handled as Ctrl-C is (the hidden temporary output is
+    removed), one line, exit 143; SIGTERM's default would kill the process and leave the file."""
+    clip = make_clip(tmp_path / "long.mp4", frames=3000, size=(32, 32), audio=False, rotation=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [*console_script("stylenet-stylize"), str(clip), "-m", str(model_file), "-o", str(out / "styled.mp4")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*.tmp.mp4")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the output is being written
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("stylenet-stylize: terminated; 0 done")
+    assert not list(out.iterdir())
 
 
 def test_without_pyav_the_error_names_the_extra(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture,

@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stylenet.errors import StylenetError
@@ -35,6 +37,31 @@ def tolerate_any_file_name_in_log_files() -> None:
             handler.errors = "backslashreplace"
             if handler.stream is not None:
                 handler.stream.reconfigure(errors="backslashreplace")
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's stop, ``kill``): handled as Ctrl-C is, with exit status 143. Not an
+    ``Exception``, as ``KeyboardInterrupt`` is not: an ``except Exception`` that passes over one broken
+    input must not take it for one."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_terminated() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`Terminated` in the main thread, so that temporary files and
+    workers are cleaned up as on Ctrl-C, instead of the process dying where it stands (a thread
+    other than the main one cannot take signals, and leaves them as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report_refusal(prog: str, message: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from stylenet.atomic import atomic_write, unwritable
+from stylenet.cli import Terminated, sigterm_as_terminated
 from stylenet.errors import StylenetError, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
@@ -145,16 +146,6 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     return manifest
 
 
-class Terminated(BaseException):
-    """SIGTERM (a scheduler's stop, ``kill``): handled as Ctrl-C is, with exit status 143. Not an
-    ``Exception``, as ``KeyboardInterrupt`` is not: a decoder's ``except Exception`` must not take it
-    for a broken photo."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def leave_signals_to_parent() -> None:
     """A decoding worker leaves Ctrl-C and SIGTERM to this process, which stops the workers: no
     traceback from each of them."""
@@ -174,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="decoding processes (default: one per CPU; 0 decodes in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        manifest = prepare(args.source, args.output, args.size, args.shard_images, args.workers,
-                           progress=not args.no_progress)
+        with sigterm_as_terminated():
+            manifest = prepare(args.source, args.output, args.size, args.shard_images, args.workers,
+                               progress=not args.no_progress)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -185,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; run the same command "
               "again to go on from the last complete shard", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not manifest["count"]:
         print(f"{PROG}: error: no readable photos in {str(args.source)!r} ({len(manifest['skipped'])} skipped: "
               f"see {args.output / MANIFEST})", file=sys.stderr)

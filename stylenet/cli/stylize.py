@@ -10,8 +10,8 @@ Each ``-m`` takes one model file; repeat it for several styles:
 
 Every input and model is isolated: whatever goes wrong with one (a bad file, a decoder bug, an odd
 size, a full disk) is reported on one line naming it, and the others are still processed; the exit
-status is 1 if anything failed, 130 on Ctrl-C (which stops at once). Imports neither Hydra nor
-Lightning, so it starts fast. On the CPU it switches on :func:`stylenet.fastpath.reuse_freed_memory`
+status is 1 if anything failed, 130 on Ctrl-C and 143 on SIGTERM (both stop at once and leave no
+temporary file). Imports neither Hydra nor Lightning, so it starts fast. On the CPU it switches on :func:`stylenet.fastpath.reuse_freed_memory`
 for its own process (the library never does).
 """
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from stylenet.cli import Terminated, sigterm_as_terminated
 from stylenet.errors import StylenetError, describe, one_line
 
 if TYPE_CHECKING:
@@ -446,7 +447,7 @@ def load_inference_model(path: str, task: str, options: dict[str, Any]) -> Infer
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 all done, 1 something failed, 2 bad usage, 130 Ctrl-C)."""
+    """Run the CLI; returns the exit status (0 all done, 1 something failed, 2 bad usage, 130 Ctrl-C, 143 SIGTERM)."""
     return run_cli(argv, prog="stylenet-stylize", task="style", description=__doc__)
 
 
@@ -480,29 +481,32 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         parser.error("--tile-overlap must be >= 0")
 
     try:
-        options = {"device": resolve_device(args.device), "precision": args.precision,
-                   "max_memory": args.max_memory}
-        if options["device"].type == "cpu":  # this process is ours: keep freed activations for reuse
-            reuse_freed_memory()
-        upscale = getattr(args, "upscale", None)
-        upscaler = load_inference_model(upscale, "sr", options) if upscale else None
-        inputs = collect_inputs(args.inputs, report)
-        models = []
-        for path in args.models:
-            try:
-                model = load_inference_model(path, task, options)
-                models += [Pipeline(style, upscaler, args.match_histogram)  # one per style of several
-                           for style in model.selected(getattr(args, "styles", None), getattr(args, "blends", None))]
-            except Exception as err:  # this model only: the others still run
-                report.error(describe(err, path))
-        run_jobs(plan_jobs(inputs, models, args, report), args, report)
+        with sigterm_as_terminated():  # a scheduler's stop: no half-written temporary file left behind
+            options = {"device": resolve_device(args.device), "precision": args.precision,
+                       "max_memory": args.max_memory}
+            if options["device"].type == "cpu":  # this process is ours: keep freed activations for reuse
+                reuse_freed_memory()
+            upscale = getattr(args, "upscale", None)
+            upscaler = load_inference_model(upscale, "sr", options) if upscale else None
+            inputs = collect_inputs(args.inputs, report)
+            models = []
+            for path in args.models:
+                try:
+                    model = load_inference_model(path, task, options)
+                    models += [Pipeline(style, upscaler, args.match_histogram)  # one per style of several
+                               for style in model.selected(getattr(args, "styles", None),
+                                                           getattr(args, "blends", None))]
+                except Exception as err:  # this model only: the others still run
+                    report.error(describe(err, path))
+            run_jobs(plan_jobs(inputs, models, args, report), args, report)
     except StylenetError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         report.progress("")
-        print(f"{prog}: interrupted; {report.summary()}", file=sys.stderr)
-        return 130
+        print(f"{prog}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; {report.summary()}",
+              file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     print(report.summary())
     return 1 if report.failed else 0
 
