@@ -11,8 +11,8 @@ Each ``-m`` takes one model file; repeat it for several styles:
 Every input and model is isolated: whatever goes wrong with one (a bad file, a decoder bug, an odd
 size, a full disk) is reported on one line naming it, and the others are still processed; the exit
 status is 1 if anything failed, 130 on Ctrl-C and 143 on SIGTERM (both stop at once and leave no
-temporary file). Imports neither Hydra nor Lightning, so it starts fast. On the CPU it switches on :func:`stylenet.fastpath.reuse_freed_memory`
-for its own process (the library never does).
+temporary file). Imports neither Hydra nor Lightning, so it starts fast. On the CPU it switches on
+:func:`stylenet.fastpath.reuse_freed_memory` for its own process (the library never does).
 """
 
 from __future__ import annotations
