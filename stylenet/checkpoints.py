@@ -120,7 +120,10 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
 
 
 def short(digest: Any) -> str:
-    """A sha256 (or a list of them, one per style) cut to 12 hex digits, for a message."""
+    """A sha256 (or a list of them, one per style) cut to 12 hex digits, for a message ("none" where a
+    checkpoint recorded none)."""
+    if digest is None:
+        return "none"
     return ", ".join(str(one)[:12] for one in digest) if isinstance(digest, list) else str(digest)[:12]
 
 

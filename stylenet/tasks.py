@@ -19,6 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torchvision.utils import make_grid
 
 from stylenet import StylenetError, __version__, quality
@@ -329,9 +330,10 @@ class StyleTransferTask(ImageTask):
         loss, temporal_weight = split_temporal_weight(loss)
         # The loss network first: a missing VGG weights file fails before any data is read.
         self.loss = PerceptualLoss(**loss)
-        if not self.loss.term_weights["style"]:  # loss=pixel, feature or mixed (super-resolution's) on a style
+        # loss=pixel, feature or mixed (super-resolution's) on a style; said once, by the first DDP process
+        if not self.loss.term_weights["style"] and getattr(rank_zero_only, "rank", 0) == 0:
             log.warning("loss.style_weight is 0: this style run has no style term and learns no style "
-                        "(loss=perceptual or loss=offline have one)")
+                        "(loss=perceptual, offline or gatys_vgg19 have one)")
         styles = load_styles(style)
         self.save_hyperparameters()
         self.hparams["stylenet_version"] = __version__

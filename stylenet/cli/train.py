@@ -124,8 +124,8 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
                             "SyncBatchNorm runs on GPUs only")
-    name = cfg.name  # Hydra reads name=2024 as a number
-    if isinstance(name, bool) or not isinstance(name, (str, int, float)) or not STYLE_NAME.fullmatch(str(name)) \
+    name = cfg.name  # Hydra reads name=2024 as a number (name=1e3 as 1000.0: refused, not renamed)
+    if isinstance(name, bool) or not isinstance(name, (str, int)) or not STYLE_NAME.fullmatch(str(name)) \
             or str(name) in (".", ".."):
         raise StylenetError(f"name must be letters, digits, '.', '+', '-' or '_' (it names the run's folder and "
                             f"model file), got {cfg.name!r}")
