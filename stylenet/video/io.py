@@ -85,6 +85,12 @@ class VideoInfo:
     color_trc: int = 2        #   kept as they are (the network works on the RGB values as decoded)
     audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
 
+    @property
+    def matrix(self) -> int:
+        """The YUV matrix the frames are converted with, both ways: their own where swscale knows it
+        (:data:`MATRICES`), else BT.601."""
+        return self.colorspace if self.colorspace in MATRICES else BT601
+
 
 @dataclass
 class VideoResult:
@@ -189,8 +195,7 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
     An AVI's frames are timed by :class:`_AviSlots`."""
     av = require_av()
     height, width = size or (info.height, info.width)
-    convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height,
-                               "src_colorspace": info.colorspace if info.colorspace in MATRICES else BT601}
+    convert: dict[str, Any] = {"format": "rgb24", "width": width, "height": height, "src_colorspace": info.matrix}
     if info.color_range:
         convert["src_color_range"] = info.color_range
     with _open_input(av, path) as container:
@@ -365,11 +370,11 @@ class VideoEncoder:
         stream.width, stream.height = width, height
         # 4:2:0 needs even sides; odd ones keep every pixel in 4:4:4 rather than lose a row or column
         stream.pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-        stream.codec_context.time_base = self.info.time_base
-        if self.info.color_range:
-            stream.codec_context.color_range = self.info.color_range
         context = stream.codec_context
-        if self.info.colorspace in MATRICES:  # the matrix _write_frame converts with
+        context.time_base = self.info.time_base
+        if self.info.color_range:
+            context.color_range = self.info.color_range
+        if self.info.colorspace in MATRICES:  # the matrix _write_frame converts with (else BT.601, untagged)
             context.colorspace = self.info.colorspace
         if self.info.color_primaries not in UNTAGGED:
             context.color_primaries = self.info.color_primaries
@@ -428,11 +433,9 @@ class VideoEncoder:
         if self._last_pts is not None and pts <= self._last_pts:  # muxers refuse non-increasing times
             pts = self._last_pts + 1
         frame = self.av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        target = {"format": self.video.pix_fmt}
+        target = {"format": self.video.pix_fmt, "dst_colorspace": self.info.matrix}  # as the input was read
         if self.info.color_range:
             target["dst_color_range"] = self.info.color_range
-        if self.info.colorspace in MATRICES:  # as the input's frames were converted to RGB (their own tag)
-            target["dst_colorspace"] = self.info.colorspace
         frame = frame.reformat(**target)
         frame.pts, frame.time_base = pts, self.info.time_base
         self.container.mux(self.video.encode(frame))
