@@ -263,7 +263,8 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
     ("loss.style_layer_weights=[a,b,c,d]", r"loss.style_layer_weights\[0\] \(relu1_2\) must be a number >= 0, got 'a'"),
-    ("loss.seed=abc", "loss.seed must be an integer, got 'abc'"),
+    ("loss.seed=abc", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got 'abc'"),
+    ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
 ])
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
                                                  message: str) -> None:

@@ -496,6 +496,9 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     assert "needs a video extension" in capsys.readouterr().err
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "y.mp4"), "--tile", "64"]) == 1
     assert "--tile does not apply to videos" in capsys.readouterr().err
+    for option in (["--quality", "80"], ["--keep-gray"], ["--tile-overlap", "8"]):  # asked for, and not done: refused
+        assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "y.mp4"), *option]) == 1
+        assert f"{option[0]} does not apply to videos" in capsys.readouterr().err
     assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "z.mp4")]) == 1
     assert "not a readable video" in capsys.readouterr().err and not list(tmp_path.glob("*.mp4"))
     with pytest.raises(StylenetError, match="refusing to overwrite input"):  # the Python API

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from stylenet.inference import Controls, InferenceModel
 
 DEFAULT_NAME = "{stem}_{style}.png"
+#: JPEG/WebP quality of written images (``--quality``); videos are encoded at a constant quality of their own
+#: (:func:`stylenet.video.io._encoder_settings`).
+DEFAULT_QUALITY = 95
 #: What ``--name`` may hold between braces.
 NAME_FIELDS = {"stem", "ext", "style", "model"}
 #: ``--model`` help per task (``stylenet-stylize``: style, ``stylenet-upscale``: sr).
@@ -144,8 +147,8 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="memory one forward pass may use, e.g. 2GB; larger images run layer by layer "
                              "(style networks; about two layers' activations, whatever this says) or in tiles "
                              "(default: 80%% of free GPU memory, 0.8 GB on the CPU)")
-    parser.add_argument("--quality", type=_between(1, 100), default=95, metavar="1..100",
-                        help="JPEG/WebP quality (default: %(default)s)")
+    parser.add_argument("--quality", type=_between(1, 100), metavar="1..100",
+                        help=f"JPEG/WebP quality of images (default: {DEFAULT_QUALITY})")
     if task == "style":
         parser.add_argument("--style", action="append", dest="styles", metavar="NAME",
                             help="for a model of several styles: this style only (repeat for several; default: "
@@ -424,7 +427,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
                                        tile=args.tile, tile_overlap=overlap,
                                        exact_statistics=args.exact_stats, progress=progress)
             save_image(job.target, result.rgb, alpha=result.alpha, icc_profile=result.icc_profile,
-                       quality=args.quality, gray=result.was_gray)
+                       quality=args.quality or DEFAULT_QUALITY, gray=result.was_gray)
         except Exception as err:  # this output only; the next model and the next input go on
             report.error(describe(err, source))
             continue

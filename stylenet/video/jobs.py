@@ -13,8 +13,10 @@ from typing import Any
 from stylenet.errors import StylenetError
 from stylenet.video.io import TruncatedVideoError, VideoResult, probe_video, stylize_video
 
-#: Options of stylenet-stylize that have no meaning for video frames (value when unset).
-_IMAGE_ONLY = {"tile": None, "exact_stats": False, "upscale": None, "match_histogram": False}
+#: Options of stylenet-stylize that have no meaning for video frames (value when unset): refused rather
+#: than ignored, so that nobody waits for a clip stylized without what they asked for.
+_IMAGE_ONLY = {"tile": None, "tile_overlap": None, "exact_stats": False, "upscale": None, "match_histogram": False,
+               "keep_gray": False, "quality": None}
 _BAR = 20
 _REFRESH_S = 0.25
 
