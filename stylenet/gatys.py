@@ -315,7 +315,9 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
         start = torch.rand(content.shape, generator=torch.Generator().manual_seed(seed)).to(device)
     else:
         raise StylenetError(f"init={init} needs the style images: use optimize_image()")
-    image = start.detach().clone().clamp_(0, 1).requires_grad_(True)
+    # contiguous: torch.optim.LBFGS flattens the gradient with view(-1), which a 1 x 1 photo's
+    # channels-last strides (an HWC decode, permuted) would refuse
+    image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(0, 1).requires_grad_(True)
     objective = CachedObjective(loss, image, content)
     solver = make_optimizer(optimizer, image, lr, history_size)
     last_good = image.detach().clone()
@@ -351,15 +353,16 @@ def scale_shapes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
 def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: PerceptualLoss, *,
                    style_weights: Sequence[float] | None = None, iterations: int = 500,
                    optimizer: str = "lbfgs", lr: float | None = None, history_size: int = 100,
-                   init: str = "content", scales: int = 1, preserve_color: bool = False, seed: int = 0,
-                   callback: Callable[[Progress], None] | None = None) -> GatysResult:
+                   init: str | torch.Tensor = "content", scales: int = 1, preserve_color: bool = False,
+                   seed: int = 0, callback: Callable[[Progress], None] | None = None) -> GatysResult:
     """Gatys et al. 2016 style transfer of ``content`` (3, H, W) with the blend of ``styles``.
 
     Sets the style targets once (``loss.set_style``), then optimises with :func:`optimize` at each
     scale of a coarse-to-fine pyramid (``scales`` levels, each half the size of the next, each run
     for ``iterations`` iterations and started from the previous result upsampled); coarse scales
     settle the large structures cheaply, as in Gatys et al. 2017, "Controlling Perceptual Factors".
-    ``init=style`` starts from the first style image stretched to the content's shape.
+    ``init=style`` starts from the first style image stretched to the content's shape; a (3, h, w)
+    image (an interrupted run's result, to go on from it) is stretched likewise.
     """
     check_settings(iterations=iterations, optimizer=optimizer, lr=lr, history_size=history_size, init=init,
                    scales=scales)
@@ -370,7 +373,10 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     if preserve_color:
         styles = [match_luminance(style.to(content.device), content) for style in styles]
     loss.set_style(styles, style_weights)
-    start: str | torch.Tensor = styles[0] if init == "style" else init
+    if isinstance(init, torch.Tensor):  # its luminance alone where the colours are the content's
+        start: str | torch.Tensor = GREY.apply(init.to(content.device), None) if preserve_color else init
+    else:
+        start = styles[0] if init == "style" else init
     total = iterations * scales
     history: list[float] = []
     evaluations = 0

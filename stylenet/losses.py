@@ -189,6 +189,15 @@ def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,
             "tv_weight": tv * 0.5 * 255**2 * values / scale**2}
 
 
+def style_blend(weights: Sequence[float] | None, count: int) -> list[float]:
+    """The weights of ``count`` style images' Gram targets (None: equal), refused with one line unless
+    finite, >= 0, not all zero and one per image (:meth:`PerceptualLoss.set_style` normalises them)."""
+    blend = [1.0] * count if weights is None else [float(weight) for weight in weights]
+    if len(blend) != count or not all(math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0:
+        raise StylenetError(f"style weights {blend} must be finite, >= 0, not all zero, one per style image")
+    return blend
+
+
 class PerceptualLoss(nn.Module):
     """The full objective ``content_weight * l_feat + style_weight * l_style + tv_weight * l_tv
     (+ pixel_weight * l_pixel)`` over a frozen VGG, with the style targets computed once.
@@ -258,9 +267,7 @@ class PerceptualLoss(nn.Module):
             if min(style.shape[-2:]) < self.smallest_side:
                 raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
                                     f"needs at least {self.smallest_side} px a side")
-        blend = [1.0] * len(styles) if blend is None else [float(b) for b in blend]
-        if len(blend) != len(styles) or not all(math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0:
-            raise StylenetError(f"style weights {blend} must be finite, >= 0, not all zero, one per style image")
+        blend = style_blend(blend, len(styles))
         total = sum(blend)
         for name in self.style_layers:
             grams = [gram_matrix(self.vgg(s.unsqueeze(0).to(self.device), [name])[name]) for s in styles]

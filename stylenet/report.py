@@ -378,6 +378,7 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     out_dir = Path(out_dir)
     labels = ["photo", "style", *report.methods]
     paths = {"figure": out_dir / FIGURE, "table": out_dir / table, "data": out_dir / data}
+    earlier = report_cells(paths["data"])
     if rows:
         atomic_write(paths["figure"], lambda tmp: figure(rows, labels, report.size).save(tmp, format="PNG"))
     else:  # nothing to draw: a figure left by an earlier report here would no longer match its table
@@ -385,7 +386,21 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     write_text(paths["table"], markdown(report, title))
     write_text(paths["data"], json.dumps(_json_safe({**report.as_dict(), **(extra or {})}), indent=1,
                                          allow_nan=False) + "\n")
+    for stale in earlier - report_cells(paths["data"]):  # an earlier report's cells this one does not show
+        (out_dir / stale).unlink(missing_ok=True)
     return paths
+
+
+def report_cells(data: Path) -> set[str]:
+    """The images (relative to its folder) that the report whose JSON is ``data`` wrote, read back
+    from that file: none if it is missing or not such a report (then nothing is ever deleted)."""
+    try:
+        saved = json.loads(data.read_text())
+        cells = {saved["style_file"], *saved["photos"].values(), *(entry["output"] for entry in saved["entries"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {cell for cell in cells if isinstance(cell, str) and ".." not in Path(cell).parts
+            and not Path(cell).is_absolute()}
 
 
 def training_report(run_dir: str | Path, model_path: str | Path, style: str | Path, photos: Sequence[Path],

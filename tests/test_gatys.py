@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stylenet import StylenetError
+from stylenet.cli import Terminated
 from stylenet.cli.gatys import run
 from stylenet.cli.train import config_dir
 from stylenet.gatys import (
@@ -213,9 +216,53 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, style_image: Path, 
                                       f"styles={style_image}", f"hydra.run.dir={run_dir}"])
     with pytest.raises(SystemExit) as stopped:
         gatys_cli.main()
-    assert stopped.value.code == 130 and capsys.readouterr().err.endswith("stylenet-gatys: interrupted\n")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.endswith("stylenet-gatys: interrupted: before the optimisation started; "
+                                            "nothing written\n")
     assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated])
+def test_cli_stopped_mid_run_keeps_the_last_iteration_and_goes_on_from_it(
+        tmp_path: Path, style_image: Path, stop: type[BaseException], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM after three iterations: the third one's image is written, the run says how to
+    go on, and ``init=<it>`` starts a new run from exactly that image."""
+    from stylenet.cli import gatys as gatys_cli
+
+    content, seen = make_photo(tmp_path / "content.png"), []
+
+    def stopping_reporter(*args: object) -> Callable[[Progress], None]:
+        def on_iteration(progress: Progress) -> None:
+            seen.append(progress.image.clone())
+            if progress.iteration == 3:  # as the fourth iteration starts
+                raise stop
+        return on_iteration
+
+    monkeypatch.setattr(gatys_cli, "progress_reporter", stopping_reporter)
+    cfg = compose_gatys(tmp_path / "a", f"content={content}", f"styles={style_image}", "iterations=5")
+    with pytest.raises(gatys_cli.StoppedRun) as stopped:
+        run(cfg, tmp_path / "a")
+    how, status = ("terminated", 143) if stop is Terminated else ("interrupted", 130)
+    output = tmp_path / "a" / "gatys.png"
+    assert stopped.value.status == status
+    assert capsys.readouterr().err.strip() == (f"stylenet-gatys: {how}: after iteration 3 of 5; wrote its image to "
+                                               f"{output} (to go on from it: init={output})")
+    assert len(seen) == 3 and torch.equal(load_rgb(output), (seen[2] * 255).round() / 255)
+    monkeypatch.undo()
+    again = compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}", f"init={output}",
+                          "iterations=0")  # no step: the result is the image it starts from
+    assert run(again, tmp_path / "b") == 0
+    assert torch.equal(load_rgb(tmp_path / "b" / "gatys.png"), load_rgb(output))
+
+
+def test_cli_one_pixel_content_optimises(tmp_path: Path, style_image: Path) -> None:
+    """A 1 x 1 photo, stretched to the size, is a valid start (its decoded strides once broke L-BFGS)."""
+    one = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (90, 120, 200)).save(one)
+    assert run(compose_gatys(tmp_path / "run", f"content={one}", f"styles={style_image}"), tmp_path / "run") == 0
+    assert load_rgb(tmp_path / "run" / "gatys.png").shape == (3, 32, 32)
 
 
 def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:
@@ -243,14 +290,14 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("styles=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
     ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),
     ("optimizer=sgd", "optimizer must be one of lbfgs, adam"),
-    ("init=zeros", "init must be one of content, noise, style, got zeros"),
+    ("init=zeros", "init must be one of content, noise, style or an image file, got 'zeros'"),
     ("scales=0", "scales must be >= 1"),
     ("size=abc", "size must be a whole number of pixels >= 1 or null, got 'abc'"),
     ("iterations=ten", "iterations must be a whole number, got 'ten'"),
     ("scales=1.5", "scales must be a whole number, got 1.5"),
     ("lr=fast", "lr must be a number or null, got 'fast'"),
     ("lr=inf", "lr must be a finite number > 0 .*got inf"),
-    ("content=demo:", "no bundled demo image ''; choose one of"),
+    ("content=demo:", "no bundled demo image ''; choose one of astronaut, brick, .*ihc, "),  # every picture
     ("content=demo:**", r"no bundled demo image '\*\*'"),
     ("style_weights=0.5", r"style_weights must be a list of numbers, one per style image .*got 0.5"),
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
@@ -263,6 +310,10 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
     ("loss.style_layer_weights=[a,b,c,d]", r"loss.style_layer_weights\[0\] \(relu1_2\) must be a number >= 0, got 'a'"),
+    ("style_weights=[-1]", r"style weights \[-1.0\] must be finite, >= 0, not all zero, one per style image"),
+    ("styles=5", r"styles must be an image or a list of images: .*; got 5"),
+    ("styles=null", r"styles must be an image or a list of images: .*; got None"),
+    ("init=5", "init must be content, noise, style or an image"),
     ("loss.seed=abc", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got 'abc'"),
     ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
 ])

@@ -104,6 +104,15 @@ def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(
     assert last.startswith("Targets (stylenet.quality.TARGETS") and "colour_moved >= 0.6" in last
     assert re.search(r"\ba: (met|NOT met)", last) and re.search(r"\bb: (met|NOT met)", last)
 
+    # rerun into the same folder with fewer photos and models: the earlier cells it does not show go
+    user_file = out / "images" / "notes.txt"  # not a cell of the earlier report: never deleted
+    user_file.write_text("mine")
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    left = sorted(str(path.relative_to(out)) for path in (out / "images").rglob("*") if path.is_file())
+    assert left == ["images/a/wide.png", "images/notes.txt", "images/photo/wide.png", "images/style.png"]
+
 
 def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
         tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

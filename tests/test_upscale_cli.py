@@ -72,6 +72,10 @@ def test_any_size_and_mode_is_upscaled_by_the_factor(tmp_path: Path, models: dic
             assert after.size == (4 * before.size[0], 4 * before.size[1])
     rgb = pixels(tmp_path / "out" / "rgb_x4.png")
     assert np.abs(rgb - expected_upscale(sources[0], models["sr"])).max() <= 1
+    with Image.open(tmp_path / "out" / "grey_x4.png") as grey:  # no tint invented: grey in, grey out
+        assert grey.mode == "L"
+        luma = expected_upscale(sources[1], models["sr"]) @ np.array([0.299, 0.587, 0.114])
+        assert np.abs(np.asarray(grey, np.int16) - luma).max() <= 1.5
 
 
 def test_alpha_is_upscaled_beside_the_network(tmp_path: Path, models: dict[str, Path]) -> None:
@@ -86,13 +90,19 @@ def test_alpha_is_upscaled_beside_the_network(tmp_path: Path, models: dict[str, 
     assert np.abs(out[..., :3] - expected_upscale(source, models["sr"])).max() <= 1  # the net saw RGB only
 
 
-def test_tiled_upscale_matches_the_whole_image(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_tiled_upscale_matches_the_whole_image(tmp_path: Path, models: dict[str, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     source = make_photo(tmp_path / "big.png", size=(150, 130), seed=3)
     whole, tiled = tmp_path / "whole.png", tmp_path / "tiled.png"
     assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(whole)]) == 0
     assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(tiled), "--tile", "64"]) == 0
     difference = np.abs(pixels(whole) - pixels(tiled))
     assert difference.max() <= 1, difference.max()
+    capsys.readouterr()
+    assert upscale.main([str(source), "-m", str(models["sr"]), "-o", str(tiled), "--tile", "64",
+                         "--tile-overlap", "8"]) == 0  # allowed, with a word on what it risks
+    assert ("stylenet-upscale: note: --tile-overlap 8 is below the default 64 px: the tiles' borders can show as "
+            "seams in tiled images") in capsys.readouterr().err
 
 
 def test_match_histogram_gives_the_output_the_inputs_distribution(tmp_path: Path) -> None:

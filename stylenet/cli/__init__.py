@@ -64,12 +64,13 @@ def sigterm_as_terminated() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def report_refusal(prog: str, message: str) -> None:
-    """A refused run's one line, on stderr and in the run folder's log (``train.log``, ``gatys.log``),
-    where a batch job's reader looks first; through the log's file handlers only, so that a terminal
-    does not show it twice."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    record = logging.makeLogRecord({"name": prog, "levelno": logging.ERROR, "levelname": "ERROR", "msg": message})
+def report_refusal(prog: str, message: str, *, label: str = "error", level: int = logging.ERROR) -> None:
+    """A refused run's one line (or how a run ended: ``label`` "interrupted", ``level`` WARNING), on
+    stderr and in the run folder's log (``train.log``, ``gatys.log``), where a batch job's reader looks
+    first; through the log's file handlers only, so that a terminal does not show it twice."""
+    print(f"{prog}: {label}: {message}", file=sys.stderr)
+    record = logging.makeLogRecord({"name": prog, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message})
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

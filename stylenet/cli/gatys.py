@@ -6,8 +6,10 @@ image (``output``), ``tensorboard/`` (every objective term per iteration, interm
 ``steps/`` (snapshots every ``save_every`` iterations) and Hydra's config and log.
 
 Bad settings and unreadable images fail before any optimisation with one line,
-``stylenet-gatys: error: ...``, and exit status 2. A non-finite objective stops the optimisation,
-writes the last finite image to ``output`` and exits with status 1.
+``stylenet-gatys: error: ...``, and exit status 2, before anything is written into the run folder.
+A non-finite objective stops the optimisation, writes the last finite image to ``output`` and exits
+with status 1. Ctrl-C and SIGTERM write the last finished iteration's image to ``output`` (exit 130
+and 143): ``init=<that image>`` goes on from it in a new run. Each of these ends ``gatys.log`` too.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
+    Terminated,
     exit_if_sweep_jobs_failed,
     refuse_run_dir_file,
     report_refusal,
+    sigterm_as_terminated,
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.cli.train import config_dir
 
 if TYPE_CHECKING:
+    import torch
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -43,11 +48,11 @@ log = logging.getLogger(__name__)
 
 def style_specs(styles: object) -> list[str]:
     """``styles=a.jpg`` or ``styles=[a.jpg,b.jpg]`` -> a list of image specs."""
-    specs = [styles] if isinstance(styles, str) else list(styles)
-    if not specs:
-        raise StylenetError("styles is required: styles=painting.jpg, or styles=[a.jpg,b.jpg] "
-                            "style_weights=[0.7,0.3]")
-    return [str(spec) for spec in specs]
+    specs = [styles] if isinstance(styles, str) else list(styles) if OmegaConf.is_list(styles) else None
+    if not specs or not all(isinstance(spec, str) for spec in specs):
+        raise StylenetError(f"styles must be an image or a list of images: styles=painting.jpg, or "
+                            f"styles=[a.jpg,b.jpg] style_weights=[0.7,0.3]; got {styles!r}")
+    return specs
 
 
 def _whole(value: object, minimum: int | None = None) -> bool:
@@ -69,7 +74,21 @@ SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "style_weights": (lambda v: v is None or (OmegaConf.is_list(v) and all(map(_number, v))),
                       "a list of numbers, one per style image (e.g. [0.7,0.3]), or null"),
     **{key: (lambda v: isinstance(v, bool), "true or false") for key in ("preserve_color", "progress")},
+    "init": (lambda v: isinstance(v, str), "content, noise, style or an image (a path or demo:<name>)"),
 }
+
+
+def start_image(init: str) -> str | torch.Tensor:
+    """``init``: one of :data:`~stylenet.gatys.INITS`, or the image it names (an interrupted run's
+    result, to go on from it); a name that is neither is refused as a setting, not as a missing file."""
+    from stylenet.gatys import INITS, read_image
+    from stylenet.image import resolve_image_path
+
+    if init in INITS:
+        return init
+    if not init.startswith("demo:") and not resolve_image_path(init).exists():
+        raise StylenetError(f"init must be one of {', '.join(INITS)} or an image file, got {init!r}")
+    return read_image(init, "init")
 
 
 def check_setting_types(cfg: DictConfig) -> None:
@@ -98,6 +117,25 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar
     return on_iteration
 
 
+PROG = "stylenet-gatys"
+#: exit statuses of a stopped run, as a shell reports a process that SIGINT or SIGTERM ended
+STOP_STATUS = {"interrupted": 130, "terminated": 143}
+
+
+def stop_label(stop: BaseException) -> str:
+    """How a run was stopped: Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Terminated`)."""
+    return "terminated" if isinstance(stop, Terminated) else "interrupted"
+
+
+class StoppedRun(Exception):
+    """Ctrl-C or SIGTERM during the optimisation, after :func:`run` wrote the last iteration's image
+    and said so; ``status`` is the exit status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> int:
     """Optimise one image, writing into ``run_dir`` (Hydra's run folder); returns the exit status:
     0, or 1 when the objective became non-finite. ``on_start`` is called once every check has passed,
@@ -116,7 +154,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         resolve_device,
     )
     from stylenet.image import check_output_path, long_side_shape, resolve_image_path, save_image
-    from stylenet.losses import PerceptualLoss
+    from stylenet.losses import PerceptualLoss, style_blend
 
     for key in ("content", "styles"):
         if OmegaConf.is_missing(cfg, key):
@@ -135,11 +173,13 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     if earlier:  # its curves and snapshots would mix with this run's, its result be replaced
         raise StylenetError(f"{str(run_dir)!r} already holds a run ({', '.join(f'{name}/' for name in earlier)}): "
                             "give another hydra.run.dir (hydra.sweep.dir for -m)")
-    settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "init", "scales")}
+    settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "scales")}
     check_settings(**settings)
+    style_blend(cfg.style_weights, len(style_specs(cfg.styles)))
     device = resolve_device(cfg.device)
     content = read_image(cfg.content, "content")
     styles = [read_image(spec, "style") for spec in style_specs(cfg.styles)]
+    settings["init"] = start_image(cfg.init)
     height, width = long_side_shape(*content.shape[-2:], cfg.size)
     try:
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
@@ -161,12 +201,30 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         writer.add_image(f"style/{index}", style)
     bar = tqdm(total=cfg.iterations * cfg.scales, desc="gatys", unit="it", file=sys.stderr,
                disable=not cfg.progress, dynamic_ncols=True)
-    on_iteration = progress_reporter(cfg, run_dir, writer, bar)
+    report = progress_reporter(cfg, run_dir, writer, bar)
+    latest: list[Progress] = []  # the last finished iteration, written if the run is stopped
+
+    def on_iteration(progress: Progress) -> None:
+        latest[:] = [progress]
+        report(progress)
 
     started = time.perf_counter()
     try:
         result = optimize_image(content, styles, loss, style_weights=cfg.style_weights, **settings,
                                 preserve_color=cfg.preserve_color, seed=cfg.seed, callback=on_iteration)
+    except (KeyboardInterrupt, Terminated) as stop:
+        bar.close()
+        if not latest:
+            message = "before the first iteration ended; nothing written"
+        else:
+            image = resize_to(latest[0].image.cpu(), height, width)  # a coarse scale's, at full size
+            save_image(output, image)
+            writer.add_image("final", image, latest[0].iteration)
+            message = (f"after iteration {latest[0].iteration} of {latest[0].total}; wrote its image to {output} "
+                       f"(to go on from it: init={output})")
+        writer.close()
+        report_refusal(PROG, message, label=stop_label(stop), level=logging.WARNING)
+        raise StoppedRun(STOP_STATUS[stop_label(stop)]) from None
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -174,7 +232,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     writer.add_image("final", result.image.cpu(), result.iterations)
     writer.close()
     if result.stopped:
-        print(f"stylenet-gatys: error: {result.stopped}; wrote it to {output}", file=sys.stderr)
+        report_refusal(PROG, f"{result.stopped}; wrote it to {output}")
         return 1
     log.info("wrote %s: %d %s iterations (%d objective evaluations) in %.1f s on %s, objective %.4g -> %.4g",
              output, result.iterations, cfg.optimizer, result.evaluations, seconds, device, result.history[0],
@@ -191,18 +249,22 @@ def hydra_main(cfg: DictConfig) -> None:
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
     try:
-        status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
+        with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C
+            status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
     except StylenetError as err:
-        report_refusal("stylenet-gatys", str(err))
+        report_refusal(PROG, str(err))
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if not sweep_job:
             sys.exit(2)
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")  # the other jobs still run
         return
-    except KeyboardInterrupt:
-        print("stylenet-gatys: interrupted", file=sys.stderr)
+    except StoppedRun as stop:  # during the optimisation: run() wrote the last image and said so
+        sys.exit(stop.status)
+    except (KeyboardInterrupt, Terminated) as stop:  # before it: nothing was written
+        report_refusal(PROG, "before the optimisation started; nothing written", label=stop_label(stop),
+                       level=logging.WARNING)
         EARLIER_RECORD.restore()
-        sys.exit(130)
+        sys.exit(STOP_STATUS[stop_label(stop)])
     if status and not sweep_job:
         sys.exit(status)
     if status:  # one job of a sweep: the others still run
@@ -216,10 +278,10 @@ FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:
-    refuse_run_dir_file("stylenet-gatys")
+    refuse_run_dir_file(PROG)
     EARLIER_RECORD.take()
     hydra_main()
-    exit_if_sweep_jobs_failed("stylenet-gatys", FAILED_SWEEP_JOBS)
+    exit_if_sweep_jobs_failed(PROG, FAILED_SWEEP_JOBS)
 
 
 if __name__ == "__main__":

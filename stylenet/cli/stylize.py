@@ -129,7 +129,8 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="0 keeps the photo, 1 is the full style (default: 1)")
     parser.add_argument("--preserve-color", action="store_true",
                         help="keep the photo's colours, transfer only luminance")
-    parser.add_argument("--keep-gray", action="store_true", help="write greyscale inputs as grey")
+    parser.add_argument("--keep-gray", action="store_true",
+                        help="write greyscale inputs as grey" + (" (always, for upscaling)" if task == "sr" else ""))
     parser.add_argument("--max-size", type=_positive(int),
                         help="shrink so that the long side is at most this")
     parser.add_argument("--scale", type=_positive(float), default=1.0,
@@ -138,7 +139,8 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="process in tiles of this many pixels per side (default: none; images beyond "
                              "--max-memory run layer by layer, exactly, when the network allows, else in tiles)")
     parser.add_argument("--tile-overlap", type=int, default=None,
-                        help="overlap between neighbouring tiles in pixels (default: 64)")
+                        help="overlap between neighbouring tiles in pixels (default: 64; less can show the "
+                             "tiles' borders)")
     parser.add_argument("--exact-stats", action="store_true",
                         help="for tiled images that exceed --max-memory: compute the InstanceNorm statistics "
                              "exactly, layer by layer over all tiles (about 6x the time), instead of from a "
@@ -181,6 +183,12 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def keeps_gray(self) -> bool:
+        """Whether greyscale inputs come out grey whatever ``--keep-gray`` says: a super-resolution
+        network alone (``stylenet-upscale``) has learnt no colour to add, only to invent a tint."""
+        return self.upscaler is None and self.model.scale > 1
 
     @property
     def file_stem(self) -> str:
@@ -423,7 +431,8 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         report.progress(label)
         start = time.perf_counter()
         try:
-            result = job.model.process(image, controls, size=size, keep_gray=args.keep_gray, quantize=True,
+            result = job.model.process(image, controls, size=size, keep_gray=args.keep_gray or job.model.keeps_gray,
+                                       quantize=True,
                                        tile=args.tile, tile_overlap=overlap,
                                        exact_statistics=args.exact_stats, progress=progress)
             save_image(job.target, result.rgb, alpha=result.alpha, icc_profile=result.icc_profile,
@@ -476,12 +485,15 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
     from stylenet.devices import resolve_device
     from stylenet.fastpath import reuse_freed_memory
-    from stylenet.inference import MIN_TILE
+    from stylenet.inference import DEFAULT_TILE_OVERLAP, MIN_TILE
 
     if args.tile is not None and args.tile < MIN_TILE:
         parser.error(f"--tile must be at least {MIN_TILE}")
     if args.tile_overlap is not None and args.tile_overlap < 0:
         parser.error("--tile-overlap must be >= 0")
+    if args.tile_overlap is not None and args.tile_overlap < DEFAULT_TILE_OVERLAP:  # allowed: a quick look
+        report.note(f"--tile-overlap {args.tile_overlap} is below the default {DEFAULT_TILE_OVERLAP} px: the tiles' "
+                    "borders can show as seams in tiled images")
 
     try:
         with sigterm_as_terminated():  # a scheduler's stop: no half-written temporary file left behind

@@ -13,6 +13,10 @@ DEMO_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "moto
                "hubble_deep_field.jpg", "retina.jpg", "camera.png")
 
 
+#: The picture files among scikit-image's data files (the others are arrays, XML and Python).
+DEMO_SUFFIXES = (".png", ".jpg", ".gif", ".tif")
+
+
 def demo_root() -> Path:
     """The folder of scikit-image's sample images (shipped in its wheel, no download)."""
     import skimage
@@ -27,8 +31,8 @@ def resolve_image_path(spec: str | Path) -> Path:
         name = text.removeprefix("demo:")
         # names, not patterns: "demo:" or "demo:**" is no image (and no glob pattern pathlib accepts)
         matches = sorted(path for path in demo_root().iterdir() if name in (path.stem, path.name))
-        if not matches:
-            raise StylenetError(f"no bundled demo image {name!r}; choose one of "
-                                f"{', '.join(Path(p).stem for p in DEMO_PHOTOS)}")
+        if not matches:  # every picture scikit-image ships (demo:ihc is the demo's style)
+            pictures = sorted({path.stem for path in demo_root().iterdir() if path.suffix.lower() in DEMO_SUFFIXES})
+            raise StylenetError(f"no bundled demo image {name!r}; choose one of {', '.join(pictures)}")
         return matches[0]
     return Path(text).expanduser()
