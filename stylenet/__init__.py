@@ -33,9 +33,14 @@ def load_model(path: str | Path, *, device: str = "auto", precision: str = "auto
     ``auto`` (the default, as in ``stylenet-stylize``: bf16 where the device runs it natively, i.e.
     CPUs with AVX512-BF16 or AMX and CUDA GPUs with bf16, else fp32), ``fp32``, ``bf16`` or
     ``fp16``; ``max_memory``: bytes one forward pass may use before a larger image runs layer by
-    layer (or in tiles). See :class:`stylenet.inference.InferenceModel`.
+    layer (or in tiles); ``task``: ``"sr"`` for a super-resolution model (``.stylize`` then
+    upscales), None for either. See :class:`stylenet.inference.InferenceModel`.
     """
     from stylenet.inference.model import InferenceModel
+    from stylenet.modelfile import WrongTaskError
 
-    return InferenceModel.from_file(path, task=task, device=device, precision=precision,
-                                    max_memory=max_memory)
+    try:
+        return InferenceModel.from_file(path, task=task, device=device, precision=precision,
+                                        max_memory=max_memory)
+    except WrongTaskError as err:  # a super-resolution model, say: how to load it here
+        raise StylenetError(f"{err}; load it with load_model(..., task={err.found!r})") from None

@@ -44,6 +44,14 @@ FORMAT = "stylenet"
 FORMAT_VERSION = 1
 
 
+class WrongTaskError(StylenetError):
+    """A model file made for another task (``found``: ``"sr"`` where a style model was asked for)."""
+
+    def __init__(self, path: Path, found: str, wanted: str) -> None:
+        super().__init__(f"model file {str(path)!r} is a {found!r} model, not a {wanted!r} model")
+        self.found = found
+
+
 class ExamplesTransformerNet(TransformerNet):
     """The network of pytorch/examples ``fast_neural_style``, in our layout.
 
@@ -164,7 +172,7 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
                             "runtimes; stylenet reads the .safetensors (or .ckpt) it was exported from")
     model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
     if task is not None and model.task != task:
-        raise StylenetError(f"model file {str(path)!r} is a {model.task!r} model, not a {task!r} model")
+        raise WrongTaskError(path, model.task, task)
     factor, scale = model.metadata.get("factor"), getattr(model.net, "scale", None)
     if model.task == "sr" and factor is not None and scale is not None and factor != scale:
         raise StylenetError(f"model file {str(path)!r} says it upscales x{factor}, but its network upscales "

@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+import stylenet
 from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.cli.train import config_dir
@@ -222,6 +223,10 @@ def test_export_round_trip_records_task_and_factor(trained_sr: Path, tmp_path: P
         assert torch.equal(model.net(image), expected) and torch.equal(at_end.net(image), expected)
     with pytest.raises(StylenetError, match="is a 'sr' model, not a 'style' model"):
         read_model(exported, task="style")
+    with pytest.raises(StylenetError, match=r"is a 'sr' model, not a 'style' model; load it with "
+                                            r"load_model\(\.\.\., task='sr'\)$"):  # the notebook API says how
+        stylenet.load_model(exported, device="cpu")
+    assert stylenet.load_model(exported, device="cpu", task="sr").scale == 4
 
 
 def test_export_cli_and_training_cli_end_to_end(tmp_path: Path) -> None:
