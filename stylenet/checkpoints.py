@@ -53,6 +53,8 @@ EXPERIMENT_KEY = "stylenet_experiment"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
 #: (``last`` is ours: see :func:`resolve_resume`).
 LIGHTNING_CKPT_NAMES = ("hpc", "best", "registry")
+#: The file both checkpoint callbacks rewrite with each save (configs/callbacks/default.yaml, ``save_last``).
+LAST = "last.ckpt"
 #: How :func:`checkpoint_problem` starts the reason of a checkpoint at or past ``max_steps``.
 FINISHED = "a finished run"
 
@@ -198,8 +200,11 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes)."""
-    return newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
+    """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes):
+    ``last.ckpt``, which every save of the run rewrites after any other file (so it is the newest
+    state even where a copy without ``-p`` reset the files' times), then the others by time."""
+    found = newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
+    return sorted(found, key=lambda path: path.name != LAST)  # stable: the others keep their order
 
 
 def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:
