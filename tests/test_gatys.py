@@ -265,6 +265,16 @@ def test_cli_one_pixel_content_optimises(tmp_path: Path, style_image: Path) -> N
     assert load_rgb(tmp_path / "run" / "gatys.png").shape == (3, 32, 32)
 
 
+def test_cli_help_shows_its_own_settings_not_the_training_groups(tmp_path: Path) -> None:
+    """The config folder is stylenet-train's too: Hydra's stock page would offer experiment=, model=, ...,
+    which stylenet-gatys cannot take."""
+    result = run_gatys_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("stylenet-gatys: optimise one image against the perceptual objective")
+    assert "loss=gatys_vgg19" in result.stdout and "\ninit: content\n" in result.stdout
+    assert "experiment:" not in result.stdout and "trainer:" not in result.stdout and "powered by" not in result.stdout
+
+
 def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: Path) -> None:
     result = run_gatys_cli("content=/no/such/photo.jpg", f"styles={style_image}", "loss.weights=random",
                            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
