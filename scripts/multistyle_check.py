@@ -32,6 +32,7 @@ import torch
 from stylenet.errors import StylenetError
 from stylenet.styles import style_name_of
 
+PROG = "multistyle_check.py"
 ROOT = Path(__file__).resolve().parents[1]
 #: Bundled images (not among the demo's training photos) as the N styles and the added one.
 STYLES = ("demo:ihc", "demo:brick", "demo:gravel", "demo:color")
@@ -39,7 +40,8 @@ NEW_STYLE = "demo:grass"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--styles", nargs="+", default=list(STYLES), help="the N styles (default: 4 bundled images)")
     parser.add_argument("--new-style", default=NEW_STYLE, help="the style added by its norm parameters")
     parser.add_argument("--steps", type=int, default=200, help="training steps of each single-style network")
@@ -55,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "calibrated network; random: for tests only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", action="store_true",
-                        help="keep the model files already in --out (an interrupted measurement goes on)")
+                        help="keep the model files already in --out (an interrupted measurement goes on) that "
+                             "record this run's settings (network, styles, loss, sizes, steps); the others are "
+                             "retrained. Batch size, seed and --scale-size are not recorded: keep them as they were")
     parser.add_argument("--out", default="outputs/multistyle", help="output folder")
     return parser
 
@@ -76,15 +80,39 @@ def demo_settings(image_size: int | None, scale_size: int | None, weights: str |
             "add_lr": float(OmegaConf.load(ROOT / "configs" / "task" / "add_style.yaml").lr)}
 
 
+def recorded_difference(path: Path, task: pl.LightningModule, steps: int) -> str | None:
+    """How the model file at ``path`` records other settings than training ``task`` for ``steps`` steps
+    would (its network, styles and their images' digests, loss, sizes, steps, the base of an added
+    style: every field of its header), None where it records the same: only then is it this
+    measurement's file, and reusing it does not report another run's numbers under this one's settings."""
+    from stylenet.checkpoints import setting_difference
+    from stylenet.modelfile import checkpoint_metadata, header, read_header
+
+    recorded = read_header(path)
+    expected = json.loads(json.dumps(header(task.net, checkpoint_metadata(dict(task.hparams), steps))))
+    differences = []
+    for key in dict.fromkeys([*expected, *recorded]):
+        before, now = recorded.get(key), expected.get(key)
+        if before != now:
+            difference = setting_difference(key, before, now)  # of two mappings, it names their keys
+            differences.append(difference if isinstance(before, dict) and isinstance(now, dict)
+                               else f"{key}: {difference}")
+    return "; ".join(differences) or None
+
+
 def fit(task: pl.LightningModule, steps: int, args: argparse.Namespace, path: Path) -> Path:
-    """Train ``task`` for ``steps`` steps on the demo photos (seeded), write its model file to ``path``."""
+    """Train ``task`` for ``steps`` steps on the demo photos (seeded), write its model file to ``path``;
+    with ``--reuse``, a file already there that records these settings is kept instead."""
     from stylenet.callbacks import ExportStyleModel
     from stylenet.data import ImageFolderDataModule
     from stylenet.fastpath import training_precision
 
     if args.reuse and path.is_file():
-        print(f"reusing {path}", file=sys.stderr, flush=True)
-        return path
+        difference = recorded_difference(path, task, steps)
+        if difference is None:
+            print(f"reusing {path}", file=sys.stderr, flush=True)
+            return path
+        print(f"retraining {path}: it records other settings ({difference})", file=sys.stderr, flush=True)
     data = ImageFolderDataModule(source="demo", image_size=task.hparams["image_size"], batch_size=args.batch_size,
                                  val_images=2, seed=args.seed, scale_size=args.scale_size)
     trainer = pl.Trainer(accelerator="cpu", precision=training_precision("cpu"),  # as stylenet-train: bf16 if native
@@ -224,15 +252,32 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; a value that cannot work is a usage error before anything is trained (a size
+    of 0 is refused, not replaced by the default), as is an ``--out`` that cannot be written into."""
+    from stylenet.atomic import unwritable
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if len(args.styles) < 2 or args.steps < 1 or not 0 < args.add_fraction <= 1:
-        build_parser().error("need >= 2 --styles, --steps >= 1 and 0 < --add-fraction <= 1")
+        parser.error("need >= 2 --styles, --steps >= 1 and 0 < --add-fraction <= 1")
+    sizes = (args.channels, args.style_size, args.batch_size, args.image_size, args.scale_size)
+    if any(size is not None and size < 1 for size in sizes) or args.residual_blocks < 0:
+        parser.error("--channels, --style-size, --batch-size, --image-size and --scale-size must be >= 1 and "
+                     "--residual-blocks >= 0")
+    reason = unwritable(Path(args.out) / "results.json")
+    if reason:
+        parser.error(f"cannot write into --out {args.out!r}: {reason}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         check_styles(args)
         return measure(args)
     except StylenetError as err:
-        print(f"multistyle_check.py: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
 

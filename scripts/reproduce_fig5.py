@@ -31,11 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from stylenet import StylenetError
+from stylenet.cli import ErrorReporter, run_reporting_errors
 from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
-from stylenet.image import ImageError, crop, list_images, load_rgb, resize_long_side, resize_short_side
+from stylenet.image import ImageError, crop, list_images, load_rgb, long_side_shape, resize_long_side, resize_short_side
 from stylenet.inference import run_network
 from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model
+from stylenet.styles import style_records
 
 PROG = "reproduce_fig5.py"
 NETWORK = "network"
@@ -60,8 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
     parser.add_argument("--out", default="outputs/fig5", help="folder for fig5.csv and fig5.png")
-    return parse_comparison_args(parser, argv, ["max_images"],
+    args = parse_comparison_args(parser, argv, ["max_images"],
                                  "iterations must be >= 1, sizes >= 8 px and --max-images >= 1")
+    if args.style_size is not None and args.style_size < 1:  # not the model's size in its place
+        parser.error("--style-size must be >= 1 px")
+    return args
 
 
 def build_objective(model_path: str, args: argparse.Namespace, device: torch.device) -> tuple:
@@ -74,20 +79,24 @@ def build_objective(model_path: str, args: argparse.Namespace, device: torch.dev
     loss_config = dict(metadata["loss"])
     if args.weights:
         loss_config["weights"] = args.weights
-    net, style_image = model.net, metadata.get("style_image")
-    if len(model.styles) > 1:  # several styles in one network: measure the one asked for, as a plain network
-        if not args.model_style:
-            raise StylenetError(f"model file {model_path!r} holds {len(model.styles)} styles "
-                                f"({', '.join(model.styles)}): pick one with --model-style NAME")
-        name, net = model.for_style(args.model_style)
-        style_image = next(s.get("image") for s in metadata["styles"] if s["name"] == name)
+    if len(model.styles) > 1 and args.model_style is None:
+        raise StylenetError(f"model file {model_path!r} holds {len(model.styles)} styles "
+                            f"({', '.join(model.styles)}): pick one with --model-style NAME")
+    # the style asked for (of several in one network: as a plain network), else the file's one style; a
+    # single-style file's --model-style is checked too, so that a name it does not hold is not ignored
+    name, net = model.for_style(0 if args.model_style is None else args.model_style)
+    style_image = next(s.get("image") for s in style_records(metadata) if s["name"] == name)
     style_spec = args.style or style_image
     style_size = args.style_size or metadata.get("style_size")
     if style_spec in (None, "", "None") or not style_size:
         raise StylenetError(f"model file {model_path!r} does not record its style image and size: "
                             "pass --style and --style-size")
     loss = PerceptualLoss(**loss_config).to(device)
-    loss.set_style([resize_long_side(read_image(style_spec, "style image (--style)"), int(style_size))])
+    style = read_image(style_spec, "style image (--style)")
+    # refused before the resize allocates it; its Grams are one forward pass each: no optimiser state
+    check_memory(loss, *long_side_shape(*style.shape[-2:], int(style_size)), "adam", 0, device,
+                 setting="--style-size")
+    loss.set_style([resize_long_side(style, int(style_size))])
     return net.to(device), loss
 
 
@@ -192,19 +201,24 @@ def plot(path: Path, bands: dict, means: dict, inits: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_reporting_errors(PROG, lambda error: reproduce(args, error))  # Ctrl-C: one line, exit 130
+
+
+def reproduce(args: argparse.Namespace, error: ErrorReporter) -> int:
+    """Measure, then write the CSV and the plot and print the summary; a refusal is one line through
+    ``error`` and exit status 2."""
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401 - fail now, not after hours of optimisation
         except ImportError:
-            print(f"{PROG}: error: the plot needs matplotlib (pip install matplotlib), or pass --no-plot",
-                  file=sys.stderr)
+            error("the plot needs matplotlib (pip install matplotlib), or pass --no-plot")
             return 2
     try:
         device = resolve_device(args.device, hint="--device cpu")
         net, loss = build_objective(args.model, args, device)
         rows = measure(net, loss, content_images(args.images, args.max_images), args)
     except StylenetError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        error(str(err))
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

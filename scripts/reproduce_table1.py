@@ -31,6 +31,7 @@ import torch
 
 from stylenet import StylenetError
 from stylenet.bench.measure import median_seconds, sync
+from stylenet.cli import ErrorReporter, run_reporting_errors
 from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
 from stylenet.image import crop, resize_long_side, resize_short_side
 from stylenet.losses import PerceptualLoss
@@ -107,6 +108,13 @@ def device_name(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    command = argv if argv is not None else sys.argv[1:]
+    return run_reporting_errors(PROG, lambda error: reproduce(args, command, error))  # Ctrl-C: one line, exit 130
+
+
+def reproduce(args: argparse.Namespace, command: list[str], error: ErrorReporter) -> int:
+    """Time every size, then print and write the table (``command``: the arguments it names); a refusal
+    is one line through ``error`` and exit status 2."""
     try:
         device = resolve_device(args.device, hint="--device cpu")
         content_photo, style_photo = read_image(args.content, "--content"), read_image(args.style, "--style")
@@ -125,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                          "evaluations_per_iteration": evaluations, "measured_iterations": run})
             print(f"{size} px: network {network_s:.4g} s, Gatys {run} iterations timed", file=sys.stderr)
     except StylenetError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        error(str(err))
         return 2
-    report = markdown(rows, counts, device, args, argv if argv is not None else sys.argv[1:])
+    report = markdown(rows, counts, device, args, command)
     print(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

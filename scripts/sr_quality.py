@@ -11,7 +11,9 @@ Writes ``sr_quality.md`` / ``.csv`` into the run folder and exits 1 if the model
 beat bicubic's. The commands run with ``--threads`` (default 1) intra-op threads: a network this small
 gains nothing from more, and on a shared machine extra threads spin against the other processes.
 
-    python scripts/sr_quality.py [--run-dir outputs/sr_quality] [extra stylenet-train overrides...]
+    python scripts/sr_quality.py [--run-dir outputs/sr_quality] [--threads N] [stylenet-train overrides...]
+
+Each run needs its own ``--run-dir``: the one of a finished run is refused before anything is done.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+PROG = "sr_quality.py"
+#: The model file the training run ends with, in ``<--run-dir>/train``: there, a finished run.
+MODEL = "sr_demo.safetensors"
 
 
 def console_script(name: str, module: str) -> list[str]:
@@ -55,20 +61,39 @@ def held_out_files(run_dir: Path) -> list[str]:
     return [str(path) for path in data.val_files]
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, refused (exit 2, one line) before any step where it cannot work: a
+    ``--run-dir`` that cannot be written into, or that holds a finished run (``stylenet-train`` would
+    refuse its folder only after the data preparation), and ``--threads`` under 1."""
+    from stylenet.atomic import unwritable
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", default="outputs/sr_quality", help="folder for everything this writes")
+    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads of each command (default 1)")
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                        help="stylenet-train overrides, after the protocol's own (e.g. trainer.max_steps=500)")
+    args = parser.parse_intermixed_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    reason = unwritable(Path(args.run_dir) / "sr_quality.md")
+    if reason:
+        parser.error(f"cannot write into --run-dir {args.run_dir!r}: {reason}")
+    if (Path(args.run_dir) / "train" / MODEL).is_file():
+        parser.error(f"--run-dir {args.run_dir!r} holds a finished run (train/{MODEL}): pass another --run-dir")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        return measure()
+        return measure(args)
     except StepFailed as err:
-        print(f"sr_quality.py: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
 
 
-def measure() -> int:
+def measure(args: argparse.Namespace) -> int:
     """The three steps of the module docstring; 0 when the model beats bicubic on mean PSNR, else 1."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run-dir", default="outputs/sr_quality", help="folder for everything this writes")
-    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads of each command (default 1)")
-    args, overrides = parser.parse_known_args()
     from stylenet.image import DEMO_PHOTOS, demo_root
 
     root = Path(args.run_dir).resolve()
@@ -82,10 +107,10 @@ def measure() -> int:
          "--size", "288", "--workers", "0", "--no-progress"], args.threads)
     trained = run([*console_script("stylenet-train", "stylenet.cli.train"), "experiment=sr_demo",
                    "data=shards", f"data.root={shards}", "resume=never", f"hydra.run.dir={train_dir}",
-                   *overrides], args.threads)
+                   *args.overrides], args.threads)
     tables = ["--out", str(root / "sr_quality.md"), "--out", str(root / "sr_quality.csv")]
     evaluated = run([*console_script("stylenet-evaluate-sr", "stylenet.cli.evaluate_sr"),
-                     *held_out_files(train_dir), "--model", str(train_dir / "sr_demo.safetensors"), *tables],
+                     *held_out_files(train_dir), "--model", str(train_dir / MODEL), *tables],
                     args.threads)
     print(f"training {trained:.0f} s (wall, including start-up), evaluation {evaluated:.0f} s")
     with open(root / "sr_quality.csv", newline="") as handle:

@@ -1,4 +1,5 @@
-"""scripts/reproduce_table1.py and scripts/reproduce_fig5.py end to end, at tiny sizes."""
+"""The scripts of scripts/ (the reproductions of the paper and the checks behind the README's figures) end to
+end, at tiny sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
-from stylenet.modelfile import save_model
+from stylenet.modelfile import read_header, save_model
 from stylenet.nets import TransformerNet
 from tests.conftest import make_photo
 
@@ -185,3 +186,149 @@ def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,
     quality = load_script("sr_quality")
     with pytest.raises(quality.StepFailed, match=r"failed \(exit 1\)"):
         quality.run([sys.executable, "-c", "raise SystemExit(1)"], threads=1)
+
+
+@pytest.mark.parametrize("script", ["reproduce_table1", "reproduce_fig5"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, script: str, style_model: Path,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in the (hours-long) optimisation: one line, as stylenet's commands say it, not a traceback."""
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    make_photo(tmp_path / "val" / "photo.png")
+    module = load_script(script)
+    monkeypatch.setattr(module, "optimize", interrupted)
+    extra = (["--model", str(style_model), "--images", str(tmp_path / "val"), "--no-plot"]
+             if script == "reproduce_fig5" else ["--weights", "random", "--repeats", "1"])
+    assert module.main([*extra, "--sizes", "32", "--iterations", "2", "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == f"{script}.py: interrupted"
+    assert not (tmp_path / "out").exists()
+
+
+def test_fig5_refuses_a_style_size_that_cannot_work_before_measuring(tmp_path: Path, style_model: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """--style-size 0 is a usage error (not the model's size in its place), and one too large for the
+    memory is refused with the estimate, as --sizes is, not by the allocation's traceback."""
+    make_photo(tmp_path / "val" / "photo.png")
+    fig5 = load_script("reproduce_fig5")
+    common = ["--model", str(style_model), "--images", str(tmp_path / "val"), "--sizes", "32", "--iterations", "2",
+              "--no-plot", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        fig5.main([*common, "--style-size", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "reproduce_fig5.py: error: --style-size must be >= 1 px"
+    assert fig5.main([*common, "--style-size", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert "image needs about" in captured.err and "use a smaller --style-size" in captured.err
+    assert "\n" not in captured.err.strip() and "32 px" not in captured.out + captured.err  # nothing measured
+
+
+def test_fig5_refuses_a_model_style_a_single_style_file_does_not_hold(tmp_path: Path, style_model: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    make_photo(tmp_path / "val" / "photo.png")
+    fig5 = load_script("reproduce_fig5")
+    common = ["--model", str(style_model), "--images", str(tmp_path / "val"), "--sizes", "32", "--iterations", "2",
+              "--inits", "content", "--no-plot"]
+    assert fig5.main([*common, "--model-style", "foo", "--out", str(tmp_path / "foo")]) == 2
+    assert capsys.readouterr().err.strip() == (f"reproduce_fig5.py: error: model file '{style_model}' has no style "
+                                               "'foo' (available: t)")
+    assert fig5.main([*common, "--model-style", "t", "--out", str(tmp_path / "t")]) == 0  # its own name
+    assert len(read_csv(tmp_path / "t" / "fig5.csv")) == 2
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--out", "afile"], "cannot write into --out '{tmp}/afile': '{tmp}/afile' is a file, not a folder"),
+    (["--image-size", "0"], "--channels, --style-size, --batch-size, --image-size and --scale-size must be >= 1 "
+                            "and --residual-blocks >= 0"),
+    (["--residual-blocks", "-1"], "--channels, --style-size, --batch-size, --image-size and --scale-size must be "
+                                  ">= 1 and --residual-blocks >= 0"),
+])
+def test_multistyle_check_usage_errors(tmp_path: Path, options: list[str], message: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything is trained, not a traceback later nor a default in the place of a 0."""
+    (tmp_path / "afile").write_text("x")
+    options = [str(tmp_path / value) if value == "afile" else value for value in options]
+    with pytest.raises(SystemExit) as stop:
+        load_script("multistyle_check").main(["--steps", "1", "--out", str(tmp_path / "m"), *options])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "multistyle_check.py: error: " + message.format(tmp=tmp_path))
+    assert not (tmp_path / "m").exists()
+
+
+def test_multistyle_check_reuses_only_files_that_record_this_runs_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--reuse keeps a model file whose header records what this run would train; one of other settings
+    (here: fewer steps, a narrower network) is retrained, with a line naming the difference, instead of
+    its numbers being reported under this run's settings."""
+    check = load_script("multistyle_check")
+    settings = check.demo_settings(32, None, "random")
+    args = check.parse_args(["--steps", "2", "--channels", "8", "--residual-blocks", "1", "--style-size", "32",
+                             "--batch-size", "1", "--loss-weights", "random", "--reuse", "--out", str(tmp_path)])
+    args.scale_size = settings["scale_size"]
+    path = tmp_path / "ihc.safetensors"
+    task = check.style_task(["demo:ihc"], args, settings)
+    assert check.fit(task, 2, args, path) == path
+    assert "trained ihc.safetensors (2 steps)" in capsys.readouterr().err
+    written = path.read_bytes()
+    assert check.fit(check.style_task(["demo:ihc"], args, settings), 2, args, path) == path  # the same settings
+    assert capsys.readouterr().err.strip() == f"reusing {path}"
+    assert path.read_bytes() == written
+    args.steps, args.channels = 3, 4
+    assert check.fit(check.style_task(["demo:ihc"], args, settings), 3, args, path) == path
+    err = capsys.readouterr().err
+    assert (f"retraining {path}: it records other settings (network.channels: 8, this run has 4; steps: 2, this run "
+            "has 3)") in err and "trained ihc.safetensors (3 steps)" in err
+    assert read_header(path)["steps"] == 3
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--threads", "-3"], "--threads must be >= 1, got -3"),
+    (["--run-dir", "afile"], "cannot write into --run-dir '{tmp}/afile': '{tmp}/afile' is a file, not a folder"),
+    (["--run-dir", "done"], "--run-dir '{tmp}/done' holds a finished run (train/sr_demo.safetensors): pass another "
+                            "--run-dir"),
+])
+def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[str], message: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A --run-dir that is a file or holds a finished run (stylenet-train would refuse it only after the
+    data preparation), and --threads under 1: one usage line, before any command runs."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "done" / "train").mkdir(parents=True)
+    (tmp_path / "done" / "train" / "sr_demo.safetensors").write_bytes(b"finished")
+    quality = load_script("sr_quality")
+    monkeypatch.setattr(quality, "run", lambda *args: pytest.fail("a step ran"))
+    options = [str(tmp_path / value) if value in ("afile", "done") else value for value in options]
+    with pytest.raises(SystemExit) as stop:
+        quality.main([*options, "trainer.max_steps=5"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sr_quality.py: error: " + message.format(tmp=tmp_path)
+    assert sorted(path.name for path in (tmp_path / "done").iterdir()) == ["train"]  # no photos/ prepared
+
+
+def test_sr_quality_help_names_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load_script("sr_quality").main(["--help"])
+    assert "stylenet-train overrides" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options", [["psnr", "--size", "0"], ["psnr", "--size", "64", "--tile", "0"],
+                                     ["large", "--large", "0"]])
+def test_tile_check_usage_errors(options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        load_script("tile_check").main(options)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "tile_check.py: error: --size and --large must be >= 1 px and --tile >= 64 px")
+
+
+def test_tile_check_measures_seams_in_fp32_and_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Where auto would pick bf16 (its rounding alone caps the PSNR near 47 dB), the seam check still
+    runs in fp32, and prints the precision it used."""
+    tile_check = load_script("tile_check")
+    monkeypatch.setattr("stylenet.inference.model.inference_precision", lambda device: "bf16")
+    tile_check.main(["psnr", "--size", "96", "--tile", "64"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("whole 96x96 in fp32: ") and "overlap 64: PSNR vs whole" in printed
