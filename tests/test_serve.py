@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from stylenet.cli.serve import main as serve_main
 from stylenet.cli.stylize import main as stylize_main
 from stylenet.errors import StylenetError
 from stylenet.serve import Gate, MemoryPlan, ServeConfig, StyleServer, file_styles, model_entries
-from stylenet.serve.limits import Busy, tile_side
+from stylenet.serve.limits import Busy, Stopping, tile_side
 from tests.conftest import make_photo
 from tests.helpers import RunsCode, console_script, png_with_header_size
 from tests.test_stylize_cli import make_model
@@ -292,12 +293,21 @@ def test_the_ipv6_loopback_address_serves_the_page(server_config: ServeConfig, o
 
 
 def test_methods_the_page_does_not_use_get_a_json_refusal(server: StyleServer) -> None:
-    """The standard library's own refusals answer like every other error: one JSON line (no HTML page),
-    and no body to a HEAD request."""
+    """The standard library's own refusals answer like every other error: one JSON line (no HTML page).
+    HEAD answers as GET does, without the body (``curl -I``; the page asks whether a result is still kept)."""
     status, reply = call_json(address(server), "PUT", "/api/jobs", b"x")
     assert status == 501 and "PUT" in reply["error"], reply
-    status, data, kind = call(address(server), "HEAD", "/")
-    assert (status, data, kind) == (501, b"", "application/json")
+    page = call(address(server), "GET", "/")
+    connection = http.client.HTTPConnection(*address(server), timeout=TIMEOUT_S)
+    try:
+        connection.request("HEAD", "/")
+        response = connection.getresponse()
+        assert (response.status, response.read(), response.getheader("Content-Type")) == (200, b"", page[2])
+        assert int(response.getheader("Content-Length")) == len(page[1]) > 0
+    finally:
+        connection.close()
+    status, data, kind = call(address(server), "HEAD", f"/api/jobs/{'0' * 32}/0.png")  # dropped, or never there
+    assert (status, data, kind) == (404, b"", "application/json")
     status, reply = call_json(address(server), "GET", "/api/models")  # the server goes on
     assert status == 200 and reply
 
@@ -410,7 +420,7 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
         ("sub/other", models / "sub" / "other.safetensors", None), ("tiny", models / "tiny.safetensors", None)]
     assert [entry.id for entry in model_entries(models)] == [entry.id for entry in entries]
     assert len({entry.id for entry in entries}) == 2 and all(str(models) not in str(e.public()) for e in entries)
-    assert file_styles(models / "tiny.safetensors") == [None]
+    assert file_styles(models / "tiny.safetensors") == (None,)
 
 
 @pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])
@@ -454,6 +464,61 @@ def test_memory_plan_and_gate() -> None:
     assert gate.admitted == 2
 
 
+def test_sigterm_while_a_photo_runs_waits_for_it_and_exits_cleanly(tmp_path: Path, models: Path) -> None:
+    """A stop in the middle of a photo used to end in ``terminate called without an active exception``
+    (exit 134): Python finalised while a worker thread was inside torch's kernels."""
+    photo = make_photo(tmp_path / "big.png", size=(3000, 2000))  # a few seconds on one thread
+    Image.open(photo).save(tmp_path / "big.jpg", quality=90)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--device", "cpu",
+                                "--precision", "fp32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + process.stderr.read()
+        target = ("127.0.0.1", int(line.split("http://127.0.0.1:")[1].split("/")[0]))
+        status, reply = submit(target, tmp_path / "big.jpg", [model_ids(target)["tiny"]])
+        assert status == 202, reply
+        deadline = time.monotonic() + TIMEOUT_S
+        while call_json(target, "GET", f"/api/jobs/{reply['id']}")[1]["state"] != "running":
+            assert time.monotonic() < deadline, "the photo never started"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, err
+    assert "stopping: waiting up to 10 s for the photos in progress" in out and out.endswith("stopped\n"), out
+    assert "terminate" not in err, err
+
+
+def test_a_stopping_gate_waits_for_the_running_computation_and_starts_no_other() -> None:
+    """The process may not exit normally while a thread is inside torch's kernels (it aborts): a stop
+    waits for the computations running, up to its timeout, and those still waiting never start."""
+    gate, release, started = Gate(workers=1, queue=1), threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    def compute() -> None:
+        try:
+            with gate.running():
+                started.set()
+                release.wait(TIMEOUT_S)
+                outcomes.append("ran")
+        except Stopping:
+            outcomes.append("not started")
+
+    first = threading.Thread(target=compute)
+    first.start()
+    assert started.wait(TIMEOUT_S)
+    second = threading.Thread(target=compute)  # waits for the only worker
+    second.start()
+    assert gate.stop(timeout=0.2) == 1  # the first still runs: 1 left
+    release.set()
+    assert gate.stop(timeout=TIMEOUT_S) == 0
+    first.join(TIMEOUT_S)
+    second.join(TIMEOUT_S)
+    assert outcomes == ["ran", "not started"]
+
+
 def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert exposure_warning("127.0.0.1", 7860) is None and exposure_warning("localhost", 7860) is None
     assert exposure_warning("::1", 7860) is None
@@ -472,7 +537,10 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert serve_main([str(tmp_path / "models"), "--port", str(taken.getsockname()[1])]) == 2
-    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    assert "(another server on that port? try --port 0)" in capsys.readouterr().err
+    assert serve_main([str(tmp_path / "models"), "--host", "nosuchhost.invalid", "--port", "0"]) == 2
+    err = capsys.readouterr().err  # the name is the problem, not the port
+    assert "cannot listen on nosuchhost.invalid:0: " in err and "(is --host a name or address of this machine?)" in err
     with pytest.raises(SystemExit):
         serve_main(["--help"])
     assert "stylenet-serve" in capsys.readouterr().out
@@ -573,8 +641,18 @@ def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer,
     results = finished(address(server), reply["id"])["results"]
     assert "not valid UTF-8" in results[0]["error"]  # safetensors opens UTF-8 paths only: one line, on picking
     assert results[1]["width"] == 80
-    assert results[2]["error"].startswith("'p.png': model file ") and "odd.safetensors" in results[2]["error"]
+    assert results[2]["error"].startswith("'p.png': model file 'models/odd.safetensors'")  # not the server's path
     assert "'styles' metadata must list records with a 'name'" in results[2]["error"]
+    assert not any(str(models) in result.get("error", "") for result in results)
+    # the page ticks the first style the listing could read; a super-resolution model is no style to offer
+    from stylenet.nets import SuperResolutionNet
+
+    save_model(models / "upscale.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
+               {"task": "sr", "factor": 4})
+    (models / "a_broken.pth").write_text("not a model")
+    status, listing = call_json(address(server), "GET", "/api/models")
+    assert [(model["label"], model["readable"]) for model in listing["models"]] == [
+        ("a_broken", False), ("caf\ufffd", False), ("odd", False), ("sub/other", True), ("tiny", True)]
 
 
 def test_a_replaced_model_file_is_reloaded_even_with_the_old_modification_time(models: Path) -> None:
@@ -643,7 +721,8 @@ def test_a_form_upload_is_refused_naming_what_to_send(server: StyleServer, tmp_p
                            {"Content-Type": "multipart/form-data; boundary=xyz"})
     assert status == 415 and json.loads(data) == {"error": "upload of 'p.png' is a form (multipart/form-data); send "
                                                            "the photo's own bytes as the body, as the page does "
-                                                           "(curl --data-binary @p.png)"}
+                                                           "(curl -H 'Content-Type: image/jpeg' --data-binary "
+                                                           "@photo.jpg)"}
     status, data, _ = call(address(server), "POST", f"/api/jobs?models={tiny}&name=p.png", photo,
                            {"Content-Type": "image/png"})
     assert status == 202, data
@@ -695,7 +774,7 @@ def test_results_are_sent_in_pieces_that_a_slow_client_takes_within_the_stall_li
     result = tmp_path / "0.png"
     result.write_bytes(os.urandom(5 * handler_module.SEND_CHUNK + 123))
     handler = handler_module.Handler.__new__(handler_module.Handler)
-    handler.wfile, handler._send_headers = Recorder(), lambda *args, **kwargs: None
+    handler.wfile, handler._send_headers, handler.command = Recorder(), lambda *args, **kwargs: None, "GET"
     handler._send_file(result, "image/png")
     handler._send(200, result.read_bytes(), "image/png")
     assert handler.wfile.getvalue() == 2 * result.read_bytes()

@@ -122,6 +122,13 @@ def test_the_page_stylizes_an_uploaded_photo(browser: Any, page_server: StyleSer
     assert result.shape == (72, 96, 3) and np.abs(result - pixels(photo)).mean() > 5
     assert len(browser.find_elements("css selector", ".card img.photo")) == 1  # side by side with the photo
     assert screenshot("photo_and_result").stat().st_size > 1000
+    # a result the server has dropped since (it keeps its last photos only): its link says so when clicked
+    job = re.search(r"/api/jobs/([0-9a-f]{32})/", source)[1]
+    urllib.request.urlopen(urllib.request.Request(f"{page_server.url}api/jobs/{job}", method="DELETE"), timeout=WAIT_S)
+    browser.find_element("css selector", ".card figcaption a").click()
+    message = wait_for(browser, "const e = document.querySelector('.card figcaption .error');"
+                                "return e && e.textContent;", "that the result is no longer kept")
+    assert message == "no longer kept by the server: stylize the photo again"
 
 
 def test_a_bad_file_shows_its_error_on_the_page(browser: Any, page_server: StyleServer, tmp_path: Path,

@@ -15,8 +15,10 @@ stops (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from stylenet.serve import StyleServer
 
 PROG = "stylenet-serve"
+#: Seconds a stop waits for the photos or frames being processed to finish.
+STOP_GRACE_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +90,17 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
     print(f"{PROG}: {count} model(s) from {folder!r} on {server.url} (Ctrl-C stops)", flush=True)
 
 
+def listen_hint(err: OSError) -> str:
+    """What to try when the server cannot listen, by the reason (`` (...)``, or nothing)."""
+    if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:  # a name or address not of this machine
+        return " (is --host a name or address of this machine?)"
+    if err.errno == errno.EADDRINUSE:
+        return " (another server on that port? try --port 0)"
+    if err.errno == errno.EACCES:
+        return " (ports below 1024 need privileges: try --port 0)"
+    return ""
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -108,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {err.strerror or err} "
-              "(another server on that port? try --port 0)", file=sys.stderr)
+        print(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {err.strerror or err}{listen_hint(err)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while torch loads or the models are listed: nothing to close yet
         print(f"{PROG}: stopped", flush=True)
@@ -128,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if server.gate.admitted:
+            print(f"{PROG}: stopping: waiting up to {STOP_GRACE_S:g} s for the photos in progress", flush=True)
+        running = server.gate.stop(STOP_GRACE_S)
         server.server_close()
+    if running:  # still inside torch's kernels: exiting through Python's finalisation would abort
+        print(f"{PROG}: stopped; {running} photo(s) or frame(s) in progress abandoned", flush=True)
+        sys.stderr.flush()
+        os._exit(0)
     print(f"{PROG}: stopped", flush=True)
     return 0
 

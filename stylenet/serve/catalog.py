@@ -43,37 +43,44 @@ class ModelEntry:
     file: Path
     #: The style's name inside a multi-style file; None for a file's only style.
     style: str | None = None
+    #: Whether the listing could read the file (else its error shows when it is picked).
+    readable: bool = True
 
     def public(self) -> dict[str, Any]:
         """What the page is told: id and label only, never the server's paths."""
-        return {"id": self.id, "label": self.label, "style": self.style}
+        return {"id": self.id, "label": self.label, "style": self.style, "readable": self.readable}
 
 
-def file_styles(path: Path) -> list[str | None]:
+def file_styles(path: Path) -> tuple[str | None, ...] | None:
     """The styles a model file holds, one entry each on the page: the names of a network of several
-    styles (Dumoulin et al. 2017), else ``[None]``, the file's only style. A file that cannot be
-    read is one entry too: its error shows when it is picked."""
+    styles (Dumoulin et al. 2017), else ``(None,)``, the file's only style; ``()`` for a model made
+    for another task (a super-resolution model: no style to offer); None for a file the listing
+    cannot read, which is one entry too: its error shows when it is picked."""
     try:
-        return list(stored_styles(path, file_stamp(path)))
+        return stored_styles(path, file_stamp(path))
     except OSError:  # a passing read error is not remembered: the next listing tries again
-        return [None]
+        return None
 
 
 @functools.lru_cache(maxsize=1024)
-def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...]:
+def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...] | None:
     """:func:`file_styles` of one version of a file (``stamp``: :func:`file_stamp`), read once. A
-    safetensors file's names are in its header; a ``stylenet-train`` checkpoint's only in its
+    safetensors file's names and task are in its header; a ``stylenet-train`` checkpoint's only in its
     pickled hyper-parameters, so the whole file is loaded (weights-only) to list them."""
     try:
         if path.suffix.lower() == ".safetensors":
             header = read_header(path)
+            task = header.get("task", "style")
             names = style_names(header) if isinstance(header.get("styles"), list) else []
         else:
-            names = read_model(path).styles
+            model = read_model(path)
+            task, names = model.task, model.styles
     except OSError:
         raise
     except Exception:  # any file the listing cannot read is one entry, whose error shows when it is picked
-        return (None,)
+        return None
+    if task != "style":
+        return ()
     return tuple(names) if len(names) > 1 else (None,)
 
 
@@ -96,10 +103,12 @@ def model_entries(folder: Path) -> list[ModelEntry]:
         # shows with U+FFFD on the page
         relative = path.relative_to(folder).with_suffix("").as_posix()
         shown = relative.encode(errors="surrogateescape").decode(errors="replace")
-        for style in file_styles(path):
+        styles = file_styles(path)
+        for style in (None,) if styles is None else styles:
             key = f"{relative}\0{style or ''}".encode(errors="surrogateescape")
             label = shown if style is None else f"{shown} / {style}"
-            entries.append(ModelEntry(hashlib.sha256(key).hexdigest()[:16], label, path, style))
+            entries.append(ModelEntry(hashlib.sha256(key).hexdigest()[:16], label, path, style,
+                                      readable=styles is not None))
     return entries
 
 
@@ -135,7 +144,7 @@ class Catalog:
         entry = next((entry for entry in self.entries() if entry.id == model_id), None)
         if entry is None:
             raise UnknownModel(f"unknown model id {model_id[:40]!r}: reload the page to see the models "
-                               f"in {str(self.folder)!r}")
+                               f"in {self.folder.name!r}")
         return entry
 
     def load(self, entry: ModelEntry) -> InferenceModel:
@@ -146,6 +155,9 @@ class Catalog:
             stamp = file_stamp(entry.file)
             cached = self._loaded.get(entry.id)
             if cached is None or cached[0] != stamp:
-                model = load_inference_model(str(entry.file), "style", self.options)
+                try:
+                    model = load_inference_model(str(entry.file), "style", self.options)
+                except StylenetError as err:  # the page is told the folder's name, not where it is on the server
+                    raise StylenetError(str(err).replace(str(self.folder), self.folder.name)) from None
                 self._loaded[entry.id] = (stamp, model if entry.style is None else model.for_style(entry.style))
             return self._loaded[entry.id][1]

@@ -5,7 +5,7 @@
     POST   /api/jobs?models=ID,ID&name=photo.jpg&strength=0.8&preserve_color=1
                                   body: the photo's bytes -> 202 {"id": ...}
     GET    /api/jobs/ID           state, progress, results (polled)
-    GET    /api/jobs/ID/N.png     result N at full size
+    GET    /api/jobs/ID/N.png     result N at full size (HEAD: whether it is still kept)
     DELETE /api/jobs/ID           forget a job and delete its files
     POST   /api/frame?model=ID&strength=..&preserve_color=..
                                   body: a webcam frame (JPEG) -> the stylized frame (JPEG)
@@ -113,6 +113,11 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), template % args)
 
     def do_GET(self) -> None:
+        self._answer(self._get)
+
+    def do_HEAD(self) -> None:
+        """GET's status and headers without the body (``curl -I``, link checkers, the page's check that
+        a result is still kept)."""
         self._answer(self._get)
 
     def do_POST(self) -> None:
@@ -256,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
         form = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if form.startswith("multipart/") or form == "application/x-www-form-urlencoded":  # not the photo's bytes
             raise HttpError(415, f"upload of {name!r} is a form ({form}); send the photo's own bytes as the body, "
-                                 f"as the page does (curl --data-binary @{name})")
+                                 "as the page does (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)")
         if length > limit:
             raise HttpError(413, f"{name!r} is {length / 1e6:.1f} MB; this server takes uploads up to "
                                  f"{limit / 1e6:.1f} MB (stylenet-serve --max-upload)")
@@ -285,6 +290,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, data: bytes, kind: str, headers: dict[str, str] | None = None) -> None:
         self._send_headers(status, kind, len(data), headers)
+        if self.command == "HEAD":
+            return
         view = memoryview(data)
         for start in range(0, len(view), SEND_CHUNK):  # each within STALLED_S
             self.wfile.write(view[start:start + SEND_CHUNK])
@@ -293,7 +300,8 @@ class Handler(BaseHTTPRequestHandler):
         """A result file, streamed: a large photo's PNG is never held in memory whole."""
         with open(path, "rb") as handle:
             self._send_headers(200, kind, os.fstat(handle.fileno()).st_size)
-            shutil.copyfileobj(handle, self.wfile, SEND_CHUNK)
+            if self.command != "HEAD":
+                shutil.copyfileobj(handle, self.wfile, SEND_CHUNK)
 
     def _send_headers(self, status: int, kind: str, length: int, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

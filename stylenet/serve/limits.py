@@ -93,11 +93,15 @@ def tile_side(model: InferenceModel, pixels: int, plan: MemoryPlan) -> int | Non
     return max(MIN_TILE, math.isqrt(model.max_pixels()))
 
 
+class Stopping(StylenetError):
+    """The server is stopping: a computation that was still waiting for a worker does not start."""
+
+
 class Gate:
     """At most ``workers`` computations at once and ``queue`` more waiting; beyond that, :class:`Busy`.
 
     :meth:`admit` is called by the request handler, so a refusal is immediate; :meth:`running` by
-    whoever does the work, which may wait there for a worker.
+    whoever does the work, which may wait there for a worker; :meth:`stop` when the server stops.
     """
 
     def __init__(self, workers: int, queue: int) -> None:
@@ -106,7 +110,9 @@ class Gate:
         self.workers, self.queue = workers, queue
         self._slots = threading.Semaphore(workers)
         self._lock = threading.Lock()
-        self._admitted = 0
+        self._idle = threading.Condition(self._lock)
+        self._admitted = self._computing = 0
+        self._stopped = False
 
     @property
     def admitted(self) -> int:
@@ -128,6 +134,25 @@ class Gate:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
-        """Hold one worker for the block (waiting for one if all are busy)."""
+        """Hold one worker for the block (waiting for one if all are busy); :class:`Stopping` instead
+        once :meth:`stop` was called."""
         with self._slots:
-            yield
+            with self._lock:
+                if self._stopped:
+                    raise Stopping("the server is stopping")
+                self._computing += 1
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._computing -= 1
+                    self._idle.notify_all()
+
+    def stop(self, timeout: float) -> int:
+        """Start no more computations, and wait up to ``timeout`` seconds for those running to end;
+        returns how many still run. The process must not exit normally while one runs: a thread inside
+        torch's kernels as Python finalises aborts it (``terminate called without an active exception``)."""
+        with self._lock:
+            self._stopped = True
+            self._idle.wait_for(lambda: self._computing == 0, timeout)
+            return self._computing

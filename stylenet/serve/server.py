@@ -15,7 +15,7 @@ from stylenet.errors import StylenetError
 from stylenet.image import DEFAULT_MAX_PIXELS
 from stylenet.serve.catalog import Catalog
 from stylenet.serve.handler import Handler
-from stylenet.serve.limits import Gate, MemoryPlan, resident_bytes
+from stylenet.serve.limits import Gate, MemoryPlan, Stopping, resident_bytes
 from stylenet.serve.work import JobStore, PhotoJob, run_photo_job
 
 DEFAULT_PORT = 7860
@@ -95,6 +95,8 @@ class StyleServer(ThreadingHTTPServer):
                 with self.gate.running():
                     job.state = "running"
                     run_photo_job(job, self.catalog, self.plan)
+            except Stopping:  # still queued when the server stopped: nothing ran, nothing to tell
+                pass
             finally:
                 job.state = "done"
                 self.gate.leave()

@@ -39,10 +39,11 @@ async function loadModels() {
     `${(limits.max_pixels / 1e6).toFixed(1)} megapixels per photo; large photos are processed in parts, with progress.`;
   const box = $("models");
   $("models-empty").textContent = info.models.length ? "" : "No model files in this folder.";
-  info.models.forEach((model, index) => {
-    const input = element("input", { type: "checkbox", value: model.id, checked: index === 0 });
+  const first = info.models.find((model) => model.readable); // ticked: the first style that can run
+  info.models.forEach((model) => {
+    const input = element("input", { type: "checkbox", value: model.id, checked: model === first });
     input.dataset.label = model.label;
-    box.append(element("label", {}, input, " " + model.label));
+    box.append(element("label", {}, input, " " + model.label + (model.readable ? "" : " (cannot be read)")));
   });
 }
 
@@ -95,6 +96,7 @@ function showResults(view, job, photoUrl) {
       continue;
     }
     const link = element("a", { href: result.url, download: result.download, textContent: "download full size" });
+    link.addEventListener("click", (event) => checkStillKept(event, link));
     const image = element("img", { className: "result", src: result.url, alt: `${job.name} in ${result.label}` });
     image.dataset.width = result.width;
     image.dataset.height = result.height;
@@ -102,6 +104,22 @@ function showResults(view, job, photoUrl) {
       element("figure", {}, element("img", { className: "photo", src: photoUrl, alt: job.name }),
         element("figcaption", { textContent: "photo" })),
       element("figure", {}, image, element("figcaption", {}, `${result.label} · `, link))));
+  }
+}
+
+// The server keeps the results of its last photos only: a link to one it dropped says so on the page,
+// instead of a download that fails without a word.
+async function checkStillKept(event, link) {
+  if (link.dataset.checked) return; // checked just now: the browser downloads it
+  event.preventDefault();
+  try {
+    await request(link.href, { method: "HEAD" });
+    link.dataset.checked = "1";
+    link.click();
+    delete link.dataset.checked;
+  } catch (err) {
+    link.replaceWith(element("span", { className: "error", textContent:
+      err.status === 404 ? "no longer kept by the server: stylize the photo again" : err.message }));
   }
 }
 
