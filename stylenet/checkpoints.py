@@ -200,11 +200,20 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes):
-    ``last.ckpt``, which every save of the run rewrites after any other file (so it is the newest
-    state even where a copy without ``-p`` reset the files' times), then the others by time."""
+    """The ``*.ckpt`` files of one run folder, newest first (not the hidden files of cut writes): in
+    the order the run wrote them, except that ``last.ckpt`` leads when it holds a later step than the
+    file written last by time. Every save rewrites it last, so that can only be a copy without ``-p``
+    that gave the files new times in any order; a kill between a ``step_N.ckpt`` and its rewrite of
+    ``last.ckpt`` leaves the step file newer in both, and a run gone back to an earlier checkpoint
+    (``ckpt_path=``) has a ``last.ckpt`` of fewer steps than its abandoned later files: time decides."""
     found = newest_first(p for p in (run_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith("."))
-    return sorted(found, key=lambda path: path.name != LAST)  # stable: the others keep their order
+    last = next((path for path in found if path.name == LAST), None)
+    if last is not None and last != found[0]:
+        last_step, newest_step = checkpoint_step(last), checkpoint_step(found[0])
+        if last_step is not None and newest_step is not None and last_step > newest_step:
+            found.remove(last)
+            found.insert(0, last)
+    return found
 
 
 def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:

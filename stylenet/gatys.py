@@ -373,6 +373,8 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     if preserve_color:
         styles = [match_luminance(style.to(content.device), content) for style in styles]
     loss.set_style(styles, style_weights)
+    if isinstance(init, torch.Tensor) and (init.ndim != 3 or init.shape[0] != 3):
+        raise StylenetError(f"init must be a (3, H, W) image, got a tensor of shape {tuple(init.shape)}")
     if isinstance(init, torch.Tensor):  # its luminance alone where the colours are the content's
         start: str | torch.Tensor = GREY.apply(init.to(content.device), None) if preserve_color else init
     else:

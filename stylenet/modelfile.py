@@ -49,7 +49,11 @@ class WrongTaskError(StylenetError):
 
     def __init__(self, path: Path, found: str, wanted: str) -> None:
         super().__init__(f"model file {str(path)!r} is a {found!r} model, not a {wanted!r} model")
-        self.found = found
+        self.path, self.found, self.wanted = path, found, wanted
+
+    def __reduce__(self) -> tuple[type[WrongTaskError], tuple[Path, str, str]]:
+        """Pickled (to another process) and copied with its three arguments, not its message."""
+        return type(self), (self.path, self.found, self.wanted)
 
 
 class ExamplesTransformerNet(TransformerNet):

@@ -13,6 +13,7 @@ Users: ``stylenet-report`` (:mod:`stylenet.cli.report`), the end of ``stylenet-t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -386,8 +387,12 @@ def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[to
     write_text(paths["table"], markdown(report, title))
     write_text(paths["data"], json.dumps(_json_safe({**report.as_dict(), **(extra or {})}), indent=1,
                                          allow_nan=False) + "\n")
+    images = Path(report.style_file).parts[0]  # the folder of the cells: images/, or quality/ of a training run
     for stale in earlier - report_cells(paths["data"]):  # an earlier report's cells this one does not show
-        (out_dir / stale).unlink(missing_ok=True)
+        parts = Path(stale).parts
+        if len(parts) >= 2 and parts[0] == images and Path(stale).suffix == ".png":  # never anything else
+            with contextlib.suppress(OSError, ValueError):
+                (out_dir / stale).unlink(missing_ok=True)
     return paths
 
 

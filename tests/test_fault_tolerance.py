@@ -345,18 +345,28 @@ def test_resume_auto_takes_the_newest_valid_checkpoint_of_the_experiment_and_nam
         assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(good)
         assert resolve_resume("must", None, new_run, "exp", HPARAMS) == str(good)
     skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert [line.split(":")[0] for line in skipped[:4]] == [f"skipping checkpoint {p}" for p in  # last.ckpt first
-                                                           (other_model, truncated, other_name, nan)]
-    assert "another model" in skipped[0] and "unreadable" in skipped[1]
-    assert "experiment 'another'" in skipped[2] and "non-finite weights in net.w" in skipped[3]
+    assert [line.split(":")[0] for line in skipped[:4]] == [f"skipping checkpoint {p}" for p in
+                                                           (truncated, other_name, other_model, nan)]
+    assert "unreadable" in skipped[0] and "experiment 'another'" in skipped[1]
+    assert "another model" in skipped[2] and "non-finite weights in net.w" in skipped[3]
     assert resolve_resume("never", None, new_run, "exp", HPARAMS) is None
     # the run folder's own checkpoints come first, even when a sibling's are newer
     own = fake_checkpoint(new_run / "checkpoints" / "step_000001.ckpt", 1)
     fake_checkpoint(outputs / "t4" / "checkpoints" / "step_000050.ckpt", 50)
     assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(own)
-    # a folder copied without -p: its files' times are the copy's, in any order; last.ckpt is still the newest
+    # a folder copied without -p: its files' times are the copy's, in any order; last.ckpt, of the later
+    # step, is still the newest state
     last = fake_checkpoint(new_run / "checkpoints" / "last.ckpt", 2)
     os.utime(own, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 10**9))
+    assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(last)
+    # killed between a step file and its rewrite of last.ckpt: the step file is newer, by time and by step
+    later = fake_checkpoint(new_run / "checkpoints" / "step_000003.ckpt", 3)
+    os.utime(later, ns=(last.stat().st_atime_ns, last.stat().st_mtime_ns + 2 * 10**9))
+    assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(later)
+    # gone back with ckpt_path= to step 1 and saved there: its last.ckpt, newer by time, has fewer steps than
+    # the abandoned later file, and still leads
+    fake_checkpoint(last, 1)
+    os.utime(last, ns=(later.stat().st_atime_ns, later.stat().st_mtime_ns + 10**9))
     assert resolve_resume("auto", None, new_run, "exp", HPARAMS) == str(last)
 
 

@@ -217,8 +217,7 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, style_image: Path, 
     with pytest.raises(SystemExit) as stopped:
         gatys_cli.main()
     assert stopped.value.code == 130
-    assert capsys.readouterr().err.endswith("stylenet-gatys: interrupted: before the optimisation started; "
-                                            "nothing written\n")
+    assert capsys.readouterr().err.endswith("stylenet-gatys: interrupted: before any image was written\n")
     assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
 
@@ -248,13 +247,39 @@ def test_cli_stopped_mid_run_keeps_the_last_iteration_and_goes_on_from_it(
     output = tmp_path / "a" / "gatys.png"
     assert stopped.value.status == status
     assert capsys.readouterr().err.strip() == (f"stylenet-gatys: {how}: after iteration 3 of 5; wrote its image to "
-                                               f"{output} (to go on from it: init={output})")
+                                               f"{output} (a new run goes on from it with init={output})")
     assert len(seen) == 3 and torch.equal(load_rgb(output), (seen[2] * 255).round() / 255)
     monkeypatch.undo()
     again = compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}", f"init={output}",
                           "iterations=0")  # no step: the result is the image it starts from
     assert run(again, tmp_path / "b") == 0
     assert torch.equal(load_rgb(tmp_path / "b" / "gatys.png"), load_rgb(output))
+
+
+def test_cli_stopped_at_a_coarse_scale_keeps_the_contents_colours_at_full_size(
+        tmp_path: Path, style_image: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scales=2 preserve_color=true`` stopped in the half-size scale: the image is written at the
+    result's size, with the content's chroma at that size (not the half-size chroma upsampled)."""
+    from stylenet.cli import gatys as gatys_cli
+
+    def stopping_reporter(*args: object) -> Callable[[Progress], None]:
+        def on_iteration(progress: Progress) -> None:
+            raise KeyboardInterrupt  # after the first iteration, of the coarse scale
+        return on_iteration
+
+    monkeypatch.setattr(gatys_cli, "progress_reporter", stopping_reporter)
+    content = make_photo(tmp_path / "content.png", size=(64, 64))
+    cfg = compose_gatys(tmp_path, f"content={content}", f"styles={style_image}", "scales=2", "preserve_color=true",
+                        "iterations=3")
+    with pytest.raises(gatys_cli.StoppedRun):
+        run(cfg, tmp_path)
+    err = capsys.readouterr().err
+    assert "after iteration 1 of 6" in err and f"with init={tmp_path / 'gatys.png'} scales=1)" in err
+    written, photo = load_rgb(tmp_path / "gatys.png"), load_rgb(content)
+    photo = torch.nn.functional.interpolate(photo[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+    inside = ((written > 0.02) & (written < 0.98)).all(dim=0)  # where neither clamping nor rounding's ends act
+    chroma, expected = (written - luma(written))[:, inside], (photo - luma(photo))[:, inside]
+    assert (chroma - expected).abs().max() < 2.5 / 255  # 8-bit rounding of the file, in three channels
 
 
 def test_cli_one_pixel_content_optimises(tmp_path: Path, style_image: Path) -> None:
@@ -300,7 +325,8 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("styles=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
     ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),
     ("optimizer=sgd", "optimizer must be one of lbfgs, adam"),
-    ("init=zeros", "init must be one of content, noise, style or an image file, got 'zeros'"),
+    ("init=zeros", r"init must be one of content, noise, style or an image file \(a path or demo:<name>\), "
+                   "got 'zeros'"),
     ("scales=0", "scales must be >= 1"),
     ("size=abc", "size must be a whole number of pixels >= 1 or null, got 'abc'"),
     ("iterations=ten", "iterations must be a whole number, got 'ten'"),
@@ -323,7 +349,7 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("style_weights=[-1]", r"style weights \[-1.0\] must be finite, >= 0, not all zero, one per style image"),
     ("styles=5", r"styles must be an image or a list of images: .*; got 5"),
     ("styles=null", r"styles must be an image or a list of images: .*; got None"),
-    ("init=5", "init must be content, noise, style or an image"),
+    ("init=5", r"init must be one of content, noise, style or an image file \(.*\), got 5"),
     ("loss.seed=abc", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got 'abc'"),
     ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
 ])
@@ -339,8 +365,10 @@ def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Pa
 def test_cli_refuses_to_overwrite_its_input(tmp_path: Path, style_image: Path) -> None:
     content = make_photo(tmp_path / "content.png")
     before = content.read_bytes()
-    for key, path in (("content", content), ("styles", style_image)):
-        cfg = compose_gatys(tmp_path, f"content={content}", f"styles={style_image}", f"output={path}")
+    start = make_photo(tmp_path / "start.png", seed=3)  # an earlier run's result, to go on from
+    for key, path in (("content", content), ("styles", style_image), ("init", start)):
+        cfg = compose_gatys(tmp_path, f"content={content}", f"styles={style_image}", f"output={path}",
+                            f"init={start}")
         with pytest.raises(StylenetError, match=f"output '{path}' is the {key} image: refusing to overwrite"):
             run(cfg, tmp_path)
     assert content.read_bytes() == before

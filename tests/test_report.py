@@ -112,6 +112,13 @@ def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(
     assert code == 0, capsys.readouterr().err
     left = sorted(str(path.relative_to(out)) for path in (out / "images").rglob("*") if path.is_file())
     assert left == ["images/a/wide.png", "images/notes.txt", "images/photo/wide.png", "images/style.png"]
+    # an earlier report.json that names other files (edited, or another tool's) deletes none of them
+    data = json.loads((out / "report.json").read_text())
+    data["photos"] = {"x": "", "y": ".", "z": "images", "w": "report.md", "v": "images/notes.txt", "u": "a\0b.png"}
+    (out / "report.json").write_text(json.dumps(data))
+    assert main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (out / "report.md").is_file() and (out / "images" / "notes.txt").read_text() == "mine"
 
 
 def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(

@@ -242,6 +242,7 @@ def test_fig5_refuses_a_model_style_a_single_style_file_does_not_hold(tmp_path: 
                             "and --residual-blocks >= 0"),
     (["--residual-blocks", "-1"], "--channels, --style-size, --batch-size, --image-size and --scale-size must be "
                                   ">= 1 and --residual-blocks >= 0"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 2**32 - 1, got -1"),
 ])
 def test_multistyle_check_usage_errors(tmp_path: Path, options: list[str], message: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,18 +289,22 @@ def test_multistyle_check_reuses_only_files_that_record_this_runs_settings(
     (["--run-dir", "afile"], "cannot write into --run-dir '{tmp}/afile': '{tmp}/afile' is a file, not a folder"),
     (["--run-dir", "done"], "--run-dir '{tmp}/done' holds a finished run (train/sr_demo.safetensors): pass another "
                             "--run-dir"),
+    (["--run-dir", "cut"], "--run-dir '{tmp}/cut' holds an interrupted run (train/checkpoints/): pass another "
+                           "--run-dir, or resume=auto to go on with it"),
 ])
 def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[str], message: str,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """A --run-dir that is a file or holds a finished run (stylenet-train would refuse it only after the
-    data preparation), and --threads under 1: one usage line, before any command runs."""
+    """A --run-dir that is a file or holds a finished or interrupted run (stylenet-train would refuse it only
+    after the data preparation), and --threads under 1: one usage line, before any command runs."""
     (tmp_path / "afile").write_text("x")
     (tmp_path / "done" / "train").mkdir(parents=True)
     (tmp_path / "done" / "train" / "sr_demo.safetensors").write_bytes(b"finished")
+    (tmp_path / "cut" / "train" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "cut" / "train" / "checkpoints" / "last.ckpt").write_bytes(b"stopped at step 300")
     quality = load_script("sr_quality")
     monkeypatch.setattr(quality, "run", lambda *args: pytest.fail("a step ran"))
-    options = [str(tmp_path / value) if value in ("afile", "done") else value for value in options]
+    options = [str(tmp_path / value) if value in ("afile", "done", "cut") else value for value in options]
     with pytest.raises(SystemExit) as stop:
         quality.main([*options, "trainer.max_steps=5"])
     assert stop.value.code == 2

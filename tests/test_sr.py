@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -221,12 +223,17 @@ def test_export_round_trip_records_task_and_factor(trained_sr: Path, tmp_path: P
         expected = task.net.eval()(image)
         assert expected.shape == (1, 3, 36, 52)
         assert torch.equal(model.net(image), expected) and torch.equal(at_end.net(image), expected)
-    with pytest.raises(StylenetError, match="is a 'sr' model, not a 'style' model"):
+    with pytest.raises(StylenetError, match="is a 'sr' model, not a 'style' model") as refused:
         read_model(exported, task="style")
+    sent = pickle.loads(pickle.dumps(refused.value))  # as a worker process hands it back
+    assert (type(sent), str(sent), sent.found) == (type(refused.value), str(refused.value), "sr")
     with pytest.raises(StylenetError, match=r"is a 'sr' model, not a 'style' model; load it with "
                                             r"load_model\(\.\.\., task='sr'\)$"):  # the notebook API says how
         stylenet.load_model(exported, device="cpu")
-    assert stylenet.load_model(exported, device="cpu", task="sr").scale == 4
+    upscaler = stylenet.load_model(exported, device="cpu", task="sr")
+    assert upscaler.scale == 4
+    grey = upscaler.stylize(Image.new("L", (9, 7), 100))  # no tint invented: grey in, grey out
+    assert (grey.mode, grey.size) == ("L", (36, 28))
 
 
 def test_export_cli_and_training_cli_end_to_end(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ class Terminated(BaseException):
     input must not take it for one."""
 
 
+def stopped_by(stop: BaseException) -> tuple[str, int]:
+    """How a run was stopped, as its last line says it, and its exit status (as a shell reports a process
+    that the signal ended): Ctrl-C (``KeyboardInterrupt``) or SIGTERM (:class:`Terminated`)."""
+    return ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated
 

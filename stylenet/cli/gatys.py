@@ -32,6 +32,7 @@ from stylenet.cli import (
     refuse_run_dir_file,
     report_refusal,
     sigterm_as_terminated,
+    stopped_by,
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.cli.train import config_dir
@@ -63,6 +64,8 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: what ``init`` may be
+INIT_CHOICES = "one of content, noise, style or an image file (a path or demo:<name>)"
 #: setting -> (whether a value is acceptable, what it must be): types first, so that a bad value is one
 #: line naming the setting rather than a traceback from deep inside the optimiser (ranges: check_settings).
 SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
@@ -74,7 +77,7 @@ SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "style_weights": (lambda v: v is None or (OmegaConf.is_list(v) and all(map(_number, v))),
                       "a list of numbers, one per style image (e.g. [0.7,0.3]), or null"),
     **{key: (lambda v: isinstance(v, bool), "true or false") for key in ("preserve_color", "progress")},
-    "init": (lambda v: isinstance(v, str), "content, noise, style or an image (a path or demo:<name>)"),
+    "init": (lambda v: isinstance(v, str), INIT_CHOICES),
 }
 
 
@@ -87,7 +90,7 @@ def start_image(init: str) -> str | torch.Tensor:
     if init in INITS:
         return init
     if not init.startswith("demo:") and not resolve_image_path(init).exists():
-        raise StylenetError(f"init must be one of {', '.join(INITS)} or an image file, got {init!r}")
+        raise StylenetError(f"init must be {INIT_CHOICES}, got {init!r}")
     return read_image(init, "init")
 
 
@@ -118,13 +121,6 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar
 
 
 PROG = "stylenet-gatys"
-#: exit statuses of a stopped run, as a shell reports a process that SIGINT or SIGTERM ended
-STOP_STATUS = {"interrupted": 130, "terminated": 143}
-
-
-def stop_label(stop: BaseException) -> str:
-    """How a run was stopped: Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`Terminated`)."""
-    return "terminated" if isinstance(stop, Terminated) else "interrupted"
 
 
 class StoppedRun(Exception):
@@ -138,13 +134,15 @@ class StoppedRun(Exception):
 
 def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> int:
     """Optimise one image, writing into ``run_dir`` (Hydra's run folder); returns the exit status:
-    0, or 1 when the objective became non-finite. ``on_start`` is called once every check has passed,
-    before anything is written into ``run_dir``."""
+    0, or 1 when the objective became non-finite; raises :class:`StoppedRun` after Ctrl-C or SIGTERM
+    during the optimisation. ``on_start`` is called once every check has passed, before anything is
+    written into ``run_dir``."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     from stylenet.atomic import unwritable
     from stylenet.gatys import (
+        INITS,
         check_memory,
         check_settings,
         check_sizes,
@@ -152,6 +150,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         read_image,
         resize_to,
         resolve_device,
+        with_content_chroma,
     )
     from stylenet.image import check_output_path, long_side_shape, resolve_image_path, save_image
     from stylenet.losses import PerceptualLoss, style_blend
@@ -165,7 +164,10 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         raise StylenetError(f"cannot write output {str(output)!r}: {reason}")
     check_output_path(output)
     check_setting_types(cfg)
-    for key, spec in (("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))):
+    inputs = [("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))]
+    if cfg.init not in INITS:
+        inputs.append(("init", cfg.init))
+    for key, spec in inputs:
         if resolve_image_path(spec).resolve() == output.resolve():
             raise StylenetError(f"output {str(output)!r} is the {key} image: refusing to overwrite an input")
     earlier = [name for name in ("tensorboard", "steps")
@@ -218,13 +220,16 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
             message = "before the first iteration ended; nothing written"
         else:
             image = resize_to(latest[0].image.cpu(), height, width)  # a coarse scale's, at full size
+            if cfg.preserve_color:  # the content's own colours at full size, not a coarse scale's upsampled
+                image = with_content_chroma(image, content)
             save_image(output, image)
             writer.add_image("final", image, latest[0].iteration)
             message = (f"after iteration {latest[0].iteration} of {latest[0].total}; wrote its image to {output} "
-                       f"(to go on from it: init={output})")
+                       f"(a new run goes on from it with init={output}{' scales=1' if cfg.scales > 1 else ''})")
         writer.close()
-        report_refusal(PROG, message, label=stop_label(stop), level=logging.WARNING)
-        raise StoppedRun(STOP_STATUS[stop_label(stop)]) from None
+        how, status = stopped_by(stop)
+        report_refusal(PROG, message, label=how, level=logging.WARNING)
+        raise StoppedRun(status) from None
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -260,11 +265,11 @@ def hydra_main(cfg: DictConfig) -> None:
         return
     except StoppedRun as stop:  # during the optimisation: run() wrote the last image and said so
         sys.exit(stop.status)
-    except (KeyboardInterrupt, Terminated) as stop:  # before it: nothing was written
-        report_refusal(PROG, "before the optimisation started; nothing written", label=stop_label(stop),
-                       level=logging.WARNING)
+    except (KeyboardInterrupt, Terminated) as stop:  # outside it: no image was written
+        how, status = stopped_by(stop)
+        report_refusal(PROG, "before any image was written", label=how, level=logging.WARNING)
         EARLIER_RECORD.restore()
-        sys.exit(STOP_STATUS[stop_label(stop)])
+        sys.exit(status)
     if status and not sweep_job:
         sys.exit(status)
     if status:  # one job of a sweep: the others still run

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from stylenet.atomic import atomic_write, unwritable
-from stylenet.cli import Terminated, sigterm_as_terminated
+from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
-        print(f"{PROG}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; run the same command "
-              "again to go on from the last complete shard", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        how, status = stopped_by(stop)
+        print(f"{PROG}: {how}; run the same command again to go on from the last complete shard", file=sys.stderr)
+        return status
     if not manifest["count"]:
         print(f"{PROG}: error: no readable photos in {str(args.source)!r} ({len(manifest['skipped'])} skipped: "
               f"see {args.output / MANIFEST})", file=sys.stderr)

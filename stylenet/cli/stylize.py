@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from stylenet.cli import Terminated, sigterm_as_terminated
+from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, describe, one_line
 
 if TYPE_CHECKING:
@@ -183,12 +183,6 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.model.name
-
-    @property
-    def keeps_gray(self) -> bool:
-        """Whether greyscale inputs come out grey whatever ``--keep-gray`` says: a super-resolution
-        network alone (``stylenet-upscale``) has learnt no colour to add, only to invent a tint."""
-        return self.upscaler is None and self.model.scale > 1
 
     @property
     def file_stem(self) -> str:
@@ -431,9 +425,8 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         report.progress(label)
         start = time.perf_counter()
         try:
-            result = job.model.process(image, controls, size=size, keep_gray=args.keep_gray or job.model.keeps_gray,
-                                       quantize=True,
-                                       tile=args.tile, tile_overlap=overlap,
+            result = job.model.process(image, controls, size=size, keep_gray=args.keep_gray or None,  # None: SR's own
+                                       quantize=True, tile=args.tile, tile_overlap=overlap,
                                        exact_statistics=args.exact_stats, progress=progress)
             save_image(job.target, result.rgb, alpha=result.alpha, icc_profile=result.icc_profile,
                        quality=args.quality or DEFAULT_QUALITY, gray=result.was_gray)
@@ -519,9 +512,9 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
         report.progress("")
-        print(f"{prog}: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}; {report.summary()}",
-              file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        how, status = stopped_by(stop)
+        print(f"{prog}: {how}; {report.summary()}", file=sys.stderr)
+        return status
     print(report.summary())
     return 1 if report.failed else 0
 

@@ -362,11 +362,12 @@ class InferenceModel:
     # -------------------------------------------------------------------------- images
 
     def process(self, image: LoadedImage, controls: Controls | None = None, *,
-                size: tuple[int, int] | None = None, keep_gray: bool = False, quantize: bool = False,
+                size: tuple[int, int] | None = None, keep_gray: bool | None = None, quantize: bool = False,
                 **tiling: Any) -> LoadedImage:
         """A decoded image -> the output image: resized to ``size`` (H, W) first if given, alpha
         re-attached (bit-exact unless resized), ICC profile passed through, greyscale inputs
-        written as grey with ``keep_gray``; ``quantize`` rounds to the source's depth
+        written as grey with ``keep_gray`` (None: by a super-resolution model only, which has learnt no
+        colour to add, only to invent a tint); ``quantize`` rounds to the source's depth
         (``image.bits``: uint16 for 16-bit sources, which :func:`stylenet.image.save_image` writes as
         16-bit PNG or TIFF). ``tiling``: :meth:`transform`'s keyword arguments."""
         if not isinstance(image, LoadedImage):
@@ -375,6 +376,7 @@ class InferenceModel:
         if size is not None and (len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size)):
             raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
         controls = controls or Controls()
+        keep_gray = self.scale > 1 if keep_gray is None else keep_gray
         if keep_gray and image.was_gray:
             controls = Controls(controls.strength, controls.preserve_color, gray=True)
         rgb = resize(image.rgb, size) if size is not None else image.rgb
@@ -384,9 +386,10 @@ class InferenceModel:
 
     def stylize(self, image: ImageLike, *, style: StyleChoice | None = None, strength: float = 1.0,
                 preserve_color: bool = False, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
-                exact_statistics: bool = False, keep_gray: bool = False) -> ImageLike:
+                exact_statistics: bool = False, keep_gray: bool | None = None) -> ImageLike:
         """The notebook API: a PIL image -> a PIL image (EXIF orientation applied, alpha kept,
-        mode L back for greyscale inputs with ``keep_gray``), or a float tensor (3, H, W) /
+        mode L back for greyscale inputs with ``keep_gray``, by default from a super-resolution model
+        only), or a float tensor (3, H, W) /
         (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``), on its device. ``style``: for
         a model of several styles, a name (``"candy"``) or a blend (``{"candy": 0.7, "mosaic": 0.3}``)."""
         controls = Controls(strength, preserve_color)
