@@ -143,7 +143,7 @@ def setting_weight(value: object, setting: str) -> float:
     """``value`` as a weight: a finite number >= 0, or one line naming ``setting`` (the command line
     and YAML hand over strings such as ``abc`` and ``nan`` as readily as numbers)."""
     try:
-        weight = float(value)  # type: ignore[arg-type]
+        weight = math.nan if isinstance(value, bool) else float(value)  # type: ignore[arg-type]  # true is no 1.0
     except (TypeError, ValueError):
         weight = math.nan
     if not math.isfinite(weight) or weight < 0:

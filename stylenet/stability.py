@@ -66,27 +66,34 @@ def make_sequence(photo: torch.Tensor, kind: str, size: int = 256, frames: int =
     (3, H, W), which should exceed the window by the motion's reach (:func:`photo_for_sequences`)."""
     generator = torch.Generator().manual_seed(seed)
     height, width = photo.shape[-2:]
-    corner = torch.tensor([(width - size) / 2, (height - size) / 2]).view(1, 2, 1, 1)
-    positions = pixel_grid(size, size) + corner  # photo coordinates of each window pixel
+    grid = pixel_grid(size, size)
+    # where in the photo each window pixel is, less its own place: the window's corner at first
+    offset = torch.tensor([(width - size) / 2, (height - size) / 2]).view(1, 2, 1, 1).expand(1, 2, size, size)
     rendered, flows = [], []
     for index in range(frames):
         if index:
             flow = step_flow(kind, size, generator)
-            positions = warp(positions, flow)[0]  # exact for affine maps: bilinear keeps them linear
+            # position_t(p) = position_t-1(p + flow(p)), carried as the offset: exact for affine maps (bilinear
+            # keeps them linear), and where p + flow(p) leaves the window the border repeats an offset, the
+            # photo's next pixels, not a position, which would smear the last column across the edge
+            offset = flow + warp(offset, flow)[0]
             flows.append(flow)
-        frame = sample_at(photo[None], positions)[0][0]
+        frame = sample_at(photo[None], grid + offset)[0][0]
         if kind == "still":
             frame = frame + torch.randn(frame.shape, generator=generator) * SENSOR_NOISE  # as validation's
         rendered.append(frame.clamp(0.0, 1.0).mul(255).round().div(255))
     return Clip(kind, torch.stack(rendered), flows)
 
 
-def photo_for_sequences(photo: torch.Tensor, size: int) -> torch.Tensor:
-    """``photo`` resized so that its short side is 1.5 x ``size``: room for every sequence's motion."""
+def photo_for_sequences(photo: torch.Tensor, size: int, frames: int = 8) -> torch.Tensor:
+    """``photo`` resized so that its short side holds every sequence's window for ``frames`` frames:
+    1.5 x ``size`` (a rotated window's corners reach sqrt 2), more where a long clip's pan travels or
+    its zoom grows the window further (2 px of margin for the bilinear reads)."""
     from stylenet.image import resize
 
     height, width = photo.shape[-2:]
-    factor = 1.5 * size / min(height, width)
+    side = max(1.5 * size, size + 2 * (max(map(abs, PAN)) * (frames - 1) + 2), size * ZOOM ** (frames - 1) + 4)
+    factor = side / min(height, width)
     return resize(photo, (round(height * factor), round(width * factor)), clamp=True)
 
 

@@ -336,8 +336,9 @@ class StyleTransferTask(ImageTask):
                         "(loss=perceptual, offline or gatys_vgg19 have one)")
         styles = load_styles(style)
         self.save_hyperparameters()
-        self.hparams["stylenet_version"] = __version__
-        self.hparams["temporal_weight"] = temporal_weight
+        # two of ours beside the constructor's arguments, saved again so that they are in hparams_initial too,
+        # which Lightning writes to TensorBoard's hparams.yaml (runs with and without the term told apart there)
+        self.save_hyperparameters({**self.hparams, "stylenet_version": __version__, "temporal_weight": temporal_weight})
         self.temporal = TemporalConsistency(temporal_weight)
         #: the styles this run trains, and their rows in the network's norm tables
         self.styles, self.trained_styles = styles, list(range(len(styles)))
@@ -451,15 +452,17 @@ class StyleTransferTask(ImageTask):
                                for key in scores[0]}, len(images))
 
     def validate_styles(self, images: torch.Tensor) -> None:
-        """Every trained style on the held-out photos: its loss terms and measures under
-        ``val/<style>/``, their mean ``val/total``, and a grid (``val/styles``) whose first row is
-        the photos and each further row one style's outputs."""
+        """Every trained style on the held-out photos: its loss terms, measures and instability
+        (``temporal/e_warp``, ``temporal/flicker``) under ``val/<style>/``, their mean ``val/total``,
+        and a grid (``val/styles``) whose first row is the photos and each further row one style's outputs."""
         rows, totals = [images.float()], []
         for slot, (row, style) in enumerate(zip(self.trained_styles, self.styles, strict=True)):
             output = self.net(images, row)
             terms = self.loss(output, images, style=torch.full((len(images),), slot, device=images.device))
             self.log_terms(f"val/{style.name}", terms, len(images))
             self.log_quality(f"val/{style.name}", images, output, style.image)
+            self.log_terms(f"val/{style.name}", self.temporal.instability(
+                lambda x, row=row: self.net(x, row), images, output), len(images))
             rows.append(output.float())
             totals.append(terms["total"])
         self.log_terms("val", {"total": torch.stack(totals).mean()}, len(images))

@@ -42,6 +42,16 @@ def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) 
     assert "train/total" in events.Tags()["scalars"]
     assert "VGG loss network uses CALIBRATED RANDOM weights" in result.stderr + result.stdout  # never silent
     assert not (tmp_path / "outputs").exists()  # hydra.run.dir holds every artefact
+    assert "identity warm-up" not in result.stderr + result.stdout
+
+
+def test_a_run_that_ends_within_the_identity_warm_up_says_so(tmp_path: Path) -> None:
+    """``experiment=video trainer.max_steps=60``: the demo's 80 warm-up steps use the whole run."""
+    result = run_cli("experiment=smoke", "task.identity_steps=20", "callbacks.export=null",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("trainer.max_steps=20 ends within the identity warm-up (task.identity_steps=20): the run trains neither "
+            "the style nor any other term of its objective") in result.stderr + result.stdout
 
 
 def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smoke"):
@@ -75,6 +85,7 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("loss.tv_weight=nan", "loss.tv_weight must be a number >= 0, got nan"),
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
     ("loss.temporal_weight=abc", "loss.temporal_weight must be a number >= 0, got 'abc'"),
+    ("loss.temporal_weight=true", "loss.temporal_weight must be a number >= 0, got True"),  # not read as 1.0
     ("loss.normalize=no", "loss.normalize must be true or false, got 'no'"),
     ("task.compile=no", "task.compile must be true or false, got 'no'"),  # bool('no') compiled
     ("task.channels_last=abc", "task.channels_last must be true, false or null, got 'abc'"),

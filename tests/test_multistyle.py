@@ -370,7 +370,10 @@ def test_a_short_two_style_run_lowers_each_styles_loss(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
     for name in "xy":
         assert len(events.Scalars(f"val/{name}/total")) == 2
-        assert f"val/{name}/quality/structure" in events.Tags()["scalars"]
+        assert {f"val/{name}/quality/structure", f"val/{name}/temporal/e_warp", f"val/{name}/temporal/flicker"} \
+            <= set(events.Tags()["scalars"])
+    hparams = (tmp_path / "tb" / "hparams.yaml").read_text()  # what TensorBoard shows of the run
+    assert "temporal_weight: 0.0" in hparams and "stylenet_version:" in hparams
     grid = events.Images("val/styles")[-1]
     assert grid.height == 3 * 32 + 4 * 2  # photos, then one row per style
     assert read_model(tmp_path / "multi.safetensors").styles == ["x", "y"]

@@ -5,6 +5,7 @@ measure and its command."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -211,6 +212,23 @@ def test_sequences_follow_their_flows_and_the_measure_reads_zero_for_an_identity
     assert table.splitlines()[0].startswith("| | pan | zoom | rotation | deformation |") and "| noisy |" in table
 
 
+def test_every_frame_is_rendered_from_the_photo_up_to_its_edges() -> None:
+    """Frame t of a pan is the photo read at the window moved by t steps, at every pixel: the pixels whose
+    motion comes from beyond the window's edge too (once the last column, repeated across the edge)."""
+    from stylenet.stability import PAN, photo_for_sequences
+    from stylenet.temporal import pixel_grid, sample_at
+
+    photo = photo_for_sequences(torch.from_numpy(make_photo_array(80).astype(np.float32) / 255).permute(2, 0, 1), 40)
+    clip = make_sequence(photo, "pan", size=40, frames=5)
+    corner = torch.tensor([(photo.shape[2] - 40) / 2, (photo.shape[1] - 40) / 2]).view(1, 2, 1, 1)
+    for t in range(5):
+        direct = sample_at(photo[None], pixel_grid(40, 40) + corner + t * torch.tensor(PAN).view(1, 2, 1, 1))[0][0]
+        assert (clip.frames[t] - direct.mul(255).round().div(255)).abs().max() <= 1 / 255 + 1e-6, t
+    # a long clip gets a photo big enough for its window's travel: a pan of 59 steps, a zoom grown 59 times
+    long = photo_for_sequences(photo, 40, frames=60)
+    assert min(long.shape[-2:]) >= max(40 + 2 * (2 * 59 + 2), 40 * 1.015**59)
+
+
 def test_warping_error_is_in_grey_levels() -> None:
     previous = torch.zeros(1, 3, 8, 8)
     current = torch.full((1, 3, 8, 8), 10 / 255)
@@ -221,6 +239,16 @@ def test_clip_change_compares_output_and_input_change() -> None:
     frames = [np.full((4, 4, 3), 10 * t, dtype=np.uint8) for t in range(4)]  # +10 per frame
     change = clip_change(iter(frames), lambda inputs: (frame * 2 for frame in inputs))
     assert change == {"frames": 4.0, "input": 10.0, "output": 20.0, "ratio": 2.0}
+
+
+def test_a_clip_that_does_not_change_has_no_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylenet.cli.stability import _clip_line
+
+    still = [np.full((4, 4, 3), 90, dtype=np.uint8)] * 3
+    monkeypatch.setattr("stylenet.video.io.iter_video_frames", lambda clip, limit: iter(still))
+    model = SimpleNamespace(stylize_frames=lambda frames: (frame for frame in frames))
+    assert _clip_line("still.mp4", "m", model, 10) == ("- still.mp4, m: 3 frames, output 0.00 vs input 0.00 grey "
+                                                       "levels per frame (no ratio: the input does not change)")
 
 
 def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_thread: None,
@@ -242,17 +270,18 @@ def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_threa
 
 def test_stability_rows_for_each_style_and_for_two_files_of_one_name(tmp_path: Path, one_thread: None,
                                                                        capsys: pytest.CaptureFixture) -> None:
-    """A model of several styles gets a row per style; two runs' ``<name>.safetensors`` a row each."""
+    """A model of several styles gets a row per style; two runs' ``<name>.safetensors`` a row each, both by
+    their paths; one file given twice, ``#2``. Photos may stand after the options too."""
     from tests.test_multistyle import multi_file
 
     photo = make_photo(tmp_path / "photo.png", size=(48, 40))
     first, second = tiny_model_file(tmp_path / "run1"), tiny_model_file(tmp_path / "run2")
     multi = multi_file(tmp_path / "multi.safetensors")
-    assert stability_main([str(photo), "-m", str(first), "-m", str(second), "-m", str(multi),
-                           "--size", "24", "--frames", "2"]) == 0
+    assert stability_main(["-m", str(first), "-m", str(second), "-m", str(multi), "-m", str(second),
+                           "--size", "24", "--frames", "2", str(photo)]) == 0
     names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert names[2:] == ["tiny.safetensors", str(second), "multi.safetensors (a)", "multi.safetensors (b)",
-                         "multi.safetensors (c)"], names
+    assert names[2:] == [str(first), str(second), "multi.safetensors (a)", "multi.safetensors (b)",
+                         "multi.safetensors (c)", f"{second} #2"], names
 
 
 def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unreadable_photo(
@@ -270,7 +299,16 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
                        (["--out", str(tmp_path)], str(tmp_path)),
                        (["--out", str(tmp_path / "afile" / "t.md")], "afile"),
                        (["--out", str(model)], "is an input"),  # never overwrite a model or a photo
-                       (["--strip", str(photo)], "is an input")):
+                       (["--strip", str(photo)], "is an input"),
+                       (["--out", str(tmp_path / "both.png"), "--strip", str(tmp_path / "both.png")],
+                        "--out and --strip both name"),
+                       (["--strip", str(tmp_path / "afile" / "s.png")], "cannot write --strip"),
+                       (["--seed", "-1"], None)):
+        if named is None:  # a usage error, before anything runs
+            with pytest.raises(SystemExit):
+                stability_main([*common, *bad])
+            assert "--seed must be a whole number from 0 to 2**32 - 1, got -1" in capsys.readouterr().err
+            continue
         assert stability_main([*common, *bad]) == 1
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and named in errors[0]

@@ -106,7 +106,7 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     except StylenetError as err:
         error(str(err))
         return 1
-    except KeyboardInterrupt:  # one line, as stylenet-gatys and stylenet-prepare say it
+    except KeyboardInterrupt:  # one line, as the other commands end a stopped run
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return status or int(failed)

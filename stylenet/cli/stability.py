@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0, 1 if anything failed, 2 bad usage, 130 Ctrl-C)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # photos before, between and after the options
     if args.size < 16 or args.frames < 2 or args.max_frames < 2:
         parser.error("--size must be >= 16, --frames and --max-frames >= 2")
+    if not 0 <= args.seed < 2**32:  # as stylenet-train's seed
+        parser.error(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
     return run_reporting_errors(PROG, lambda error: write_table(args, error))
 
 
@@ -82,11 +85,14 @@ def check_outputs(args: argparse.Namespace) -> None:
     from stylenet.atomic import unwritable
     from stylenet.image import check_output_path
 
+    for option, output in (("--out", args.out), ("--strip", args.strip)):
+        reason = unwritable(output) if output else None
+        if reason is not None:
+            raise StylenetError(f"cannot write {option} {output!r}: {reason}")
     if args.strip:
         check_output_path(args.strip)
-    reason = unwritable(args.out) if args.out else None
-    if reason is not None:
-        raise StylenetError(f"cannot write --out {args.out!r}: {reason}")
+    if args.out and args.strip and Path(args.out).resolve() == Path(args.strip).resolve():
+        raise StylenetError(f"--out and --strip both name {args.out!r}: the table would replace the picture")
     inputs = {Path(path).resolve(): path for path in [*args.models, *args.photos, *args.video]
               if not str(path).startswith("demo:")}
     for option, output in (("--out", args.out), ("--strip", args.strip)):
@@ -111,7 +117,7 @@ def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:
     sequences = []
     for index, spec in enumerate(photos):
         try:
-            photo = photo_for_sequences(load_rgb(resolve_image_path(spec)), args.size)
+            photo = photo_for_sequences(load_rgb(resolve_image_path(spec)), args.size, args.frames)
         except Exception as err:  # this photo only
             error(describe(err, str(spec)))
             continue
@@ -135,7 +141,8 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     outputs = {"input": pictured.frames[:3]}
     clips: list[str] = []
     reported: set[str] = set()  # a clip's error once, not again for every model that meets it
-    for path in args.models:
+    names = Counter(Path(path).name for path in args.models)
+    for index, path in enumerate(args.models):
         try:
             loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})
             models = loaded.selected()  # a model of several styles: a row per style
@@ -143,7 +150,8 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
             error(describe(err, path))
             continue
         for model in models:
-            name = row_name(path, model.name if loaded.multi else None, rows)
+            name = row_name(path, model.name if loaded.multi else None, names[Path(path).name] > 1,
+                            args.models[:index].count(path))
             try:
                 rows[name] = measure(model.stylize_frames, sequences)
                 outputs[name] = torch.stack(list(model.stylize_frames(list(outputs["input"]))))
@@ -175,14 +183,12 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     return "\n".join(lines)
 
 
-def row_name(path: str, style: str | None, taken: Mapping[str, object]) -> str:
+def row_name(path: str, style: str | None, shared_name: bool, earlier: int) -> str:
     """A model's row: its file name (``(style)`` added for each style of a model of several), the
-    whole path where two files share a name (``outputs/<name>/<time>/<name>.safetensors``)."""
-    suffix = f" ({style})" if style else ""
-    for name in (f"{Path(path).name}{suffix}", f"{path}{suffix}"):
-        if name not in taken:
-            return name
-    return f"{path}{suffix} #{len(taken)}"  # the very same file twice
+    whole path as given where several files share a name (``outputs/<name>/<time>/<name>.safetensors``),
+    and ``#2``, ``#3`` ... where the very same path was given ``earlier`` times before."""
+    name = f"{path if shared_name else Path(path).name}{f' ({style})' if style else ''}"
+    return f"{name} #{earlier + 1}" if earlier else name
 
 
 def _clip_line(clip: str, name: str, model: InferenceModel, max_frames: int) -> str:
@@ -193,8 +199,9 @@ def _clip_line(clip: str, name: str, model: InferenceModel, max_frames: int) -> 
     change = clip_change(iter_video_frames(clip, limit=max_frames), model.stylize_frames)
     if change["frames"] < 2:  # a still image (which FFmpeg reads as a clip of one frame), or a clip of one
         raise StylenetError(f"{clip!r} has {int(change['frames'])} frame(s): a change per frame needs at least 2")
+    ratio = f"ratio {change['ratio']:.2f}" if change["input"] else "no ratio: the input does not change"
     return (f"- {clip}, {name}: {int(change['frames'])} frames, output {change['output']:.2f} vs input "
-            f"{change['input']:.2f} grey levels per frame (ratio {change['ratio']:.2f})")
+            f"{change['input']:.2f} grey levels per frame ({ratio})")
 
 
 if __name__ == "__main__":

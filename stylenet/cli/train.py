@@ -102,6 +102,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     called once every check has passed, as the first step begins."""
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
     from stylenet.checkpoints import resolve_resume
@@ -141,6 +142,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         raise StylenetError(f"seed must be a whole number from 0 to 2**32 - 1, got {cfg.seed!r}")
     pl.seed_everything(cfg.seed, workers=True)
     task = build(cfg.task, _convert_="all")
+    warm_up = task.hparams.get("identity_steps", 0)
+    if warm_up >= max_steps and getattr(rank_zero_only, "rank", 0) == 0:  # a smoke run cut short, say
+        logging.getLogger(__name__).warning(
+            "trainer.max_steps=%d ends within the identity warm-up (task.identity_steps=%d): the run trains "
+            "neither the style nor any other term of its objective", max_steps, warm_up)
     datamodule = build(cfg.data)
     if getattr(datamodule, "factor", None) not in (None, getattr(task, "factor", None)):  # super-resolution
         raise StylenetError(f"data.factor={datamodule.factor} but model.factor={task.factor}: they must be equal "
