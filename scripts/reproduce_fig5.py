@@ -94,7 +94,7 @@ def build_objective(model_path: str, args: argparse.Namespace, device: torch.dev
     loss = PerceptualLoss(**loss_config).to(device)
     style = read_image(style_spec, "style image (--style)")
     # refused before the resize allocates it; its Grams are one forward pass each: no optimiser state
-    check_memory(loss, *long_side_shape(*style.shape[-2:], int(style_size)), "adam", 0, device,
+    check_memory(loss, *long_side_shape(*style.shape[-2:], int(style_size)), None, 0, device,
                  setting="--style-size")
     loss.set_style([resize_long_side(style, int(style_size))])
     return net.to(device), loss

@@ -166,12 +166,14 @@ def activation_values(loss: PerceptualLoss, height: int, width: int) -> int:
     return total
 
 
-def estimate_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str = "lbfgs",
+def estimate_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str | None = "lbfgs",
                     history_size: int = 100) -> int:
     """Bytes that optimising one H x W image needs, roughly: the loss network's activations kept for
-    the backward pass, plus image-sized buffers (L-BFGS keeps ``2 * history_size`` of them)."""
+    the backward pass, plus image-sized buffers (L-BFGS keeps ``2 * history_size`` of them, Adam 2);
+    ``optimizer`` None: an image scored, not optimised (a style image's Grams), with no optimiser state."""
     image_values = 3 * height * width
-    buffers = IMAGE_BUFFERS + (2 * history_size if optimizer == "lbfgs" else 2)
+    state = {"lbfgs": 2 * history_size, "adam": 2}.get(optimizer or "", 0)
+    buffers = IMAGE_BUFFERS + state
     return 4 * (ACTIVATION_FACTOR * activation_values(loss, height, width) + buffers * image_values)
 
 
@@ -196,18 +198,19 @@ def available_memory(device: torch.device) -> int | None:
     return min(limits) if limits else None
 
 
-def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str, history_size: int,
+def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str | None, history_size: int,
                  device: torch.device, setting: str = "size") -> None:
     """Refuse, before any work, an image size whose estimated footprint exceeds the free memory,
-    instead of being killed by the OOM killer an hour later; ``setting`` is the one to lower."""
+    instead of being killed by the OOM killer an hour later; ``setting`` is the one to lower;
+    ``optimizer`` None for a style image (see :func:`estimate_memory`)."""
     needed, free = estimate_memory(loss, height, width, optimizer, history_size), available_memory(device)
     if free is not None and needed > free:
         gib = 1024**3
         more = ", optimizer=adam or a smaller history_size" if optimizer == "lbfgs" and setting == "size" else ""
+        held = f"VGG activations + {optimizer} state" if optimizer else "VGG activations"
         raise StylenetError(
-            f"a {width}x{height} image needs about {needed / gib:.1f} GiB on {device} "
-            f"(VGG activations + {optimizer} state), but only {free / gib:.1f} GiB is free; use a smaller "
-            f"{setting}{more}")
+            f"a {width}x{height} image needs about {needed / gib:.1f} GiB on {device} ({held}), but only "
+            f"{free / gib:.1f} GiB is free; use a smaller {setting}{more}")
 
 
 def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:

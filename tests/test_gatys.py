@@ -339,7 +339,7 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
     ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
     ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),
-    ("style_size=100000", r"image needs about [\d.]+ GiB on cpu .*use a smaller style_size$"),
+    ("style_size=100000", r"image needs about [\d.]+ GiB on cpu \(VGG activations\), .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("output=/tmp", "cannot write output '/tmp': it is a folder"),

@@ -190,7 +190,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
     style_shapes = [long_side_shape(*style.shape[-2:], cfg.style_size or max(height, width)) for style in styles]
     for style_height, style_width in style_shapes:  # their Grams are one forward pass each: no optimiser state
-        check_memory(loss, style_height, style_width, "adam", 0, device, setting="style_size")
+        check_memory(loss, style_height, style_width, None, 0, device, setting="style_size")
     content = resize_to(content, height, width)
     styles = [resize_to(style, *shape) for style, shape in zip(styles, style_shapes, strict=True)]
     check_sizes((height, width), cfg.scales, styles, loss)
