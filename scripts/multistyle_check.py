@@ -29,7 +29,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from stylenet.errors import StylenetError
+from stylenet.errors import StylenetError, check_seed
 from stylenet.styles import style_name_of
 
 PROG = "multistyle_check.py"
@@ -265,8 +265,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if any(size is not None and size < 1 for size in sizes) or args.residual_blocks < 0:
         parser.error("--channels, --style-size, --batch-size, --image-size and --scale-size must be >= 1 and "
                      "--residual-blocks >= 0")
-    if not 0 <= args.seed < 2**32:  # as stylenet-train's seed
-        parser.error(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
+    try:
+        check_seed(args.seed, "--seed")
+    except StylenetError as err:
+        parser.error(str(err))
     reason = unwritable(Path(args.out) / "results.json")
     if reason:
         parser.error(f"cannot write into --out {args.out!r}: {reason}")

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train = Path(args.run_dir) / "train"
     if (train / MODEL).is_file():
         parser.error(f"--run-dir {args.run_dir!r} holds a finished run (train/{MODEL}): pass another --run-dir")
-    resumed = any(override.startswith(("resume=", "ckpt_path=")) for override in args.overrides)
+    resumed = any(override.startswith(("resume=auto", "resume=must", "ckpt_path=")) for override in args.overrides)
     if any((train / "checkpoints").glob("*.ckpt")) and not resumed:  # stylenet-train would refuse it, later
         parser.error(f"--run-dir {args.run_dir!r} holds an interrupted run (train/checkpoints/): pass another "
                      "--run-dir, or resume=auto to go on with it")

@@ -13,6 +13,14 @@ class StylenetError(Exception):
     """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
 
 
+def check_seed(value: object, setting: str) -> int:
+    """``value`` as a seed, or one line naming ``setting``: a whole number from 0 to 2**32 - 1, what
+    NumPy's generator takes (``pl.seed_everything`` seeds it), so every seed of stylenet has one range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise StylenetError(f"{setting} must be a whole number from 0 to 2**32 - 1, got {value!r}")
+    return value
+
+
 def one_line(text: str) -> str:
     """``text`` with every run of whitespace, newlines included, as one space: logs, progress bars
     and CSVs get one line whatever a library put into its message."""

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet import StylenetError
+from stylenet.errors import check_seed
 from stylenet.fastpath import is_channels_last
 from stylenet.nets.vgg import IMAGENET_STD, VGGFeatures
 
@@ -226,8 +227,7 @@ class PerceptualLoss(nn.Module):
         self.normalize = normalize
         self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
             ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # as the run's own seed
-            raise StylenetError(f"loss.seed must be a whole number from 0 to 2**32 - 1, got {seed!r}")
+        check_seed(seed, "loss.seed")
         self.content_layers = layer_weights(
             DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, None, "loss.content_layer")
         self.style_layers = layer_weights(

@@ -87,12 +87,13 @@ def make_sequence(photo: torch.Tensor, kind: str, size: int = 256, frames: int =
 
 def photo_for_sequences(photo: torch.Tensor, size: int, frames: int = 8) -> torch.Tensor:
     """``photo`` resized so that its short side holds every sequence's window for ``frames`` frames:
-    1.5 x ``size`` (a rotated window's corners reach sqrt 2), more where a long clip's pan travels or
-    its zoom grows the window further (2 px of margin for the bilinear reads)."""
+    1.5 x ``size`` (a rotated window's corners reach sqrt 2), more where a long clip's pan travels
+    further (2 px of margin for the bilinear reads). The zoom magnifies, so its window shrinks; the
+    deformation's drift stays well within the pan's travel."""
     from stylenet.image import resize
 
     height, width = photo.shape[-2:]
-    side = max(1.5 * size, size + 2 * (max(map(abs, PAN)) * (frames - 1) + 2), size * ZOOM ** (frames - 1) + 4)
+    side = max(1.5 * size, size + 2 * (max(map(abs, PAN)) * (frames - 1) + 2))
     factor = side / min(height, width)
     return resize(photo, (round(height * factor), round(width * factor)), clamp=True)
 

@@ -46,7 +46,8 @@ def test_smoke_experiment_end_to_end_through_the_console_script(tmp_path: Path) 
 
 
 def test_a_run_that_ends_within_the_identity_warm_up_says_so(tmp_path: Path) -> None:
-    """``experiment=video trainer.max_steps=60``: the demo's 80 warm-up steps use the whole run."""
+    """As ``experiment=video trainer.max_steps=60`` would (the demo's 80 warm-up steps use the whole run):
+    here the smoke run's 20 steps, all of them warm-up."""
     result = run_cli("experiment=smoke", "task.identity_steps=20", "callbacks.export=null",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

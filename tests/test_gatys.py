@@ -217,7 +217,7 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, style_image: Path, 
     with pytest.raises(SystemExit) as stopped:
         gatys_cli.main()
     assert stopped.value.code == 130
-    assert capsys.readouterr().err.endswith("stylenet-gatys: interrupted: before any image was written\n")
+    assert capsys.readouterr().err.endswith("stylenet-gatys: interrupted: the run did not finish\n")
     assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
 

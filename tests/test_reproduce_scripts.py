@@ -306,7 +306,7 @@ def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[
     monkeypatch.setattr(quality, "run", lambda *args: pytest.fail("a step ran"))
     options = [str(tmp_path / value) if value in ("afile", "done", "cut") else value for value in options]
     with pytest.raises(SystemExit) as stop:
-        quality.main([*options, "trainer.max_steps=5"])
+        quality.main([*options, "trainer.max_steps=5", "resume=never"])  # resume=never continues nothing
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "sr_quality.py: error: " + message.format(tmp=tmp_path)
     assert sorted(path.name for path in (tmp_path / "done").iterdir()) == ["train"]  # no photos/ prepared

@@ -35,6 +35,7 @@ from stylenet.cli.serve import main as serve_main
 from stylenet.cli.stylize import main as stylize_main
 from stylenet.errors import StylenetError
 from stylenet.serve import Gate, MemoryPlan, ServeConfig, StyleServer, file_styles, model_entries
+from stylenet.serve.handler import status_of
 from stylenet.serve.limits import Busy, Stopping, tile_side
 from tests.conftest import make_photo
 from tests.helpers import RunsCode, console_script, png_with_header_size
@@ -467,9 +468,10 @@ def test_memory_plan_and_gate() -> None:
 def test_sigterm_while_a_photo_runs_waits_for_it_and_exits_cleanly(tmp_path: Path, models: Path) -> None:
     """A stop in the middle of a photo used to end in ``terminate called without an active exception``
     (exit 134): Python finalised while a worker thread was inside torch's kernels."""
-    photo = make_photo(tmp_path / "big.png", size=(3000, 2000))  # a few seconds on one thread
+    photo = make_photo(tmp_path / "big.png", size=(2000, 1200))  # a second or two on one thread, under the 10 s
     Image.open(photo).save(tmp_path / "big.jpg", quality=90)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
     process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--device", "cpu",
                                 "--precision", "fp32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -489,6 +491,38 @@ def test_sigterm_while_a_photo_runs_waits_for_it_and_exits_cleanly(tmp_path: Pat
     assert process.returncode == 0, err
     assert "stopping: waiting up to 10 s for the photos in progress" in out and out.endswith("stopped\n"), out
     assert "terminate" not in err, err
+    assert list((tmp_path / "tmp").iterdir()) == []  # its temporary folder deleted
+
+
+def test_a_second_sigterm_abandons_the_photo_at_once_and_still_cleans_up(tmp_path: Path, models: Path) -> None:
+    """Ctrl-C twice, as users do on seeing "waiting": the photo is abandoned, the temporary folder still goes,
+    and the process ends without the abort of a normal exit (``os._exit``)."""
+    make_photo(tmp_path / "big.png", size=(4000, 3000))  # several seconds on one thread
+    Image.open(tmp_path / "big.png").save(tmp_path / "big.jpg", quality=90)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}
+    process = subprocess.Popen([*console_script("stylenet-serve"), str(models), "--port", "0", "--device", "cpu",
+                                "--precision", "fp32"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line + process.stderr.read()
+        target = ("127.0.0.1", int(line.split("http://127.0.0.1:")[1].split("/")[0]))
+        status, reply = submit(target, tmp_path / "big.jpg", [model_ids(target)["tiny"]])
+        assert status == 202, reply
+        deadline = time.monotonic() + TIMEOUT_S
+        while call_json(target, "GET", f"/api/jobs/{reply['id']}")[1]["state"] != "running":
+            assert time.monotonic() < deadline, "the photo never started"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert "stopping: waiting up to 10 s" in process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, err
+    assert out.strip() == "stylenet-serve: stopped; 1 photo(s) or frame(s) in progress abandoned", out
+    assert "Traceback" not in err and "terminate" not in err, err
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_a_stopping_gate_waits_for_the_running_computation_and_starts_no_other() -> None:
@@ -512,6 +546,7 @@ def test_a_stopping_gate_waits_for_the_running_computation_and_starts_no_other()
     second = threading.Thread(target=compute)  # waits for the only worker
     second.start()
     assert gate.stop(timeout=0.2) == 1  # the first still runs: 1 left
+    assert status_of(Stopping("x")) == 503  # a frame refused while stopping: the server's state, not the request's
     release.set()
     assert gate.stop(timeout=TIMEOUT_S) == 0
     first.join(TIMEOUT_S)
@@ -653,6 +688,21 @@ def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer,
     status, listing = call_json(address(server), "GET", "/api/models")
     assert [(model["label"], model["readable"]) for model in listing["models"]] == [
         ("a_broken", False), ("caf\ufffd", False), ("odd", False), ("sub/other", True), ("tiny", True)]
+
+
+def test_a_folder_named_dot_is_named_by_its_own_name(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``stylenet-serve .``: the page is told the folder's name, and an error keeps its dots (the path of
+    the folder given as "." once became "", every "." of the message with it)."""
+    from stylenet.serve.catalog import Catalog
+
+    (models / "broken.pth").write_text("not a model")
+    monkeypatch.chdir(models)
+    catalog = Catalog(".", {"device": "cpu", "precision": "fp32"})
+    assert catalog.folder.name == "models"
+    entry = next(entry for entry in catalog.entries() if entry.label == "broken")
+    with pytest.raises(StylenetError, match=r"^model file 'models/broken.pth' is not a model file") as refused:
+        catalog.load(entry)
+    assert str(models) not in str(refused.value)
 
 
 def test_a_replaced_model_file_is_reloaded_even_with_the_old_modification_time(models: Path) -> None:

@@ -224,9 +224,11 @@ def test_every_frame_is_rendered_from_the_photo_up_to_its_edges() -> None:
     for t in range(5):
         direct = sample_at(photo[None], pixel_grid(40, 40) + corner + t * torch.tensor(PAN).view(1, 2, 1, 1))[0][0]
         assert (clip.frames[t] - direct.mul(255).round().div(255)).abs().max() <= 1 / 255 + 1e-6, t
-    # a long clip gets a photo big enough for its window's travel: a pan of 59 steps, a zoom grown 59 times
+    # a long clip gets a photo big enough for its window's travel: a pan of 59 steps; the zoom magnifies, so
+    # its window shrinks: a 300-frame clip needs no photo of many thousand pixels
     long = photo_for_sequences(photo, 40, frames=60)
-    assert min(long.shape[-2:]) >= max(40 + 2 * (2 * 59 + 2), 40 * 1.015**59)
+    assert min(long.shape[-2:]) == 40 + 2 * (2 * 59 + 2)
+    assert min(photo_for_sequences(photo, 256, frames=300).shape[-2:]) == 256 + 2 * (2 * 299 + 2)
 
 
 def test_warping_error_is_in_grey_levels() -> None:
@@ -282,6 +284,13 @@ def test_stability_rows_for_each_style_and_for_two_files_of_one_name(tmp_path: P
     names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert names[2:] == [str(first), str(second), "multi.safetensors (a)", "multi.safetensors (b)",
                          "multi.safetensors (c)", f"{second} #2"], names
+    assert stability_main(["-m", str(multi), "-m", str(multi), "--size", "24", "--frames", "2", str(photo)]) == 0
+    names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert names[2:] == ["multi.safetensors (a)", "multi.safetensors (b)", "multi.safetensors (c)",
+                         "multi.safetensors (a) #2", "multi.safetensors (b) #2", "multi.safetensors (c) #2"], names
+    with pytest.raises(SystemExit):  # -m takes one file: a second one after it is no photo
+        stability_main(["-m", str(first), str(second), str(photo)])
+    assert f"{str(second)!r} is a model file, not an image: each -m takes one model file" in capsys.readouterr().err
 
 
 def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unreadable_photo(

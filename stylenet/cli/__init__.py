@@ -28,6 +28,20 @@ def measuring_parser(prog: str, description: str | None) -> argparse.ArgumentPar
     return parser
 
 
+#: Extensions of model files (never of images), the exports that ``-m`` refuses among them. An input named
+#: like this is almost certainly a second model after one ``-m``: a usage error, not a bad image.
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model", ".pt2", ".onnx")
+
+
+def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], models: list[str]) -> None:
+    """A usage error for a model file among the images: ``-m a.safetensors b.safetensors photo.jpg`` gives
+    ``-m`` one file, and ``b`` would be read as an image after everything else was done."""
+    stray = [spec for spec in inputs if Path(spec).suffix.lower() in MODEL_SUFFIXES]
+    if stray:
+        parser.error(f"{stray[0]!r} is a model file, not an image: each -m takes one model file, "
+                     f"repeat it for several (-m {models[-1]} -m {stray[0]})")
+
+
 def tolerate_any_file_name_in_log_files() -> None:
     """Hydra's ``train.log`` (``gatys.log``) handler writes strict UTF-8: a line naming a photo whose
     file name is not UTF-8 (Python holds its bytes as lone surrogates) would become a logging

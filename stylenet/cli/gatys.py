@@ -265,9 +265,9 @@ def hydra_main(cfg: DictConfig) -> None:
         return
     except StoppedRun as stop:  # during the optimisation: run() wrote the last image and said so
         sys.exit(stop.status)
-    except (KeyboardInterrupt, Terminated) as stop:  # outside it: no image was written
+    except (KeyboardInterrupt, Terminated) as stop:  # outside the optimisation
         how, status = stopped_by(stop)
-        report_refusal(PROG, "before any image was written", label=how, level=logging.WARNING)
+        report_refusal(PROG, "the run did not finish", label=how, level=logging.WARNING)
         EARLIER_RECORD.restore()
         sys.exit(status)
     if status and not sweep_job:

@@ -15,11 +15,13 @@ stops (Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -83,9 +85,13 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
     warning = exposure_warning(host, server.server_address[1])
     if warning:
         print(warning, file=sys.stderr)
+    from stylenet.serve.catalog import model_files
+
     count = len(server.catalog.entries())
     if not count:
-        print(f"{PROG}: warning: no model files in {folder!r} yet; the page lists them once they are there",
+        others = len(model_files(server.catalog.folder))  # super-resolution models, which are not offered
+        what = f"no style models among the {others} model files" if others else "no model files"
+        print(f"{PROG}: warning: {what} in {folder!r} yet; the page lists them once they are there",
               file=sys.stderr)
     print(f"{PROG}: {count} model(s) from {folder!r} on {server.url} (Ctrl-C stops)", flush=True)
 
@@ -143,16 +149,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if server.gate.admitted:
-            print(f"{PROG}: stopping: waiting up to {STOP_GRACE_S:g} s for the photos in progress", flush=True)
-        running = server.gate.stop(STOP_GRACE_S)
-        server.server_close()
+        running = stop_serving(server)
     if running:  # still inside torch's kernels: exiting through Python's finalisation would abort
-        print(f"{PROG}: stopped; {running} photo(s) or frame(s) in progress abandoned", flush=True)
-        sys.stderr.flush()
+        say(f"{PROG}: stopped; {running} photo(s) or frame(s) in progress abandoned")
         os._exit(0)
-    print(f"{PROG}: stopped", flush=True)
+    say(f"{PROG}: stopped")
     return 0
+
+
+def say(line: str) -> None:
+    """A status line that cannot stop the cleanup: stdout may be a pipe whose reader is gone (``| tee``,
+    which Ctrl-C ends too) or a terminal that closed (SIGHUP)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, flush=True)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+
+
+def stop_serving(server: StyleServer) -> int:
+    """Stop taking connections, wait up to :data:`STOP_GRACE_S` for the photos and frames being
+    processed (a second Ctrl-C or SIGTERM abandons them at once), delete the temporary folder; returns
+    how many computations still run."""
+    give_up = threading.Event()
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # from here a signal cannot interrupt the cleanup itself
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, lambda signum, frame: give_up.set())
+    server.socket.close()  # new connections are refused, not left waiting
+    if server.gate.admitted:
+        say(f"{PROG}: stopping: waiting up to {STOP_GRACE_S:g} s for the photos in progress (Ctrl-C again: "
+            "abandon them)")
+    running = server.gate.stop(STOP_GRACE_S, give_up)
+    server.server_close()
+    return running
 
 
 if __name__ == "__main__":

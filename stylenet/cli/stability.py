@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
-from stylenet.errors import StylenetError, describe
+from stylenet.cli import ErrorReporter, measuring_parser, refuse_models_as_inputs, run_reporting_errors
+from stylenet.errors import StylenetError, check_seed, describe
 
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
@@ -59,10 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0, 1 if anything failed, 2 bad usage, 130 Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # photos before, between and after the options
+    refuse_models_as_inputs(parser, args.photos, args.models)
     if args.size < 16 or args.frames < 2 or args.max_frames < 2:
         parser.error("--size must be >= 16, --frames and --max-frames >= 2")
-    if not 0 <= args.seed < 2**32:  # as stylenet-train's seed
-        parser.error(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
+    try:
+        check_seed(args.seed, "--seed")
+    except StylenetError as err:
+        parser.error(str(err))
     return run_reporting_errors(PROG, lambda error: write_table(args, error))
 
 
@@ -141,7 +144,7 @@ def measure_models(args: argparse.Namespace, error: ErrorReporter) -> str:
     outputs = {"input": pictured.frames[:3]}
     clips: list[str] = []
     reported: set[str] = set()  # a clip's error once, not again for every model that meets it
-    names = Counter(Path(path).name for path in args.models)
+    names = Counter(Path(path).name for path in set(args.models))  # files of one name: a file given twice is one
     for index, path in enumerate(args.models):
         try:
             loaded = load_inference_model(path, "style", {"device": args.device, "precision": args.precision})

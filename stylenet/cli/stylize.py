@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+from stylenet.cli import Terminated, refuse_models_as_inputs, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, describe, one_line
 
 if TYPE_CHECKING:
@@ -49,9 +49,6 @@ MODEL_HELP = {"style": "a style model file (.safetensors, a stylenet-train .ckpt
                        ".pth/.model); repeat -m for several styles: -m a.safetensors -m b.safetensors",
               "sr": "a super-resolution model file (.safetensors or a stylenet-train .ckpt); repeat -m "
                     "for several: -m sr_x4.safetensors -m sr_x8.safetensors"}
-#: Extensions of model files (never of images). An input named like this is almost certainly a second
-#: model after one ``-m`` (``-m a.safetensors b.safetensors photo.jpg``): a usage error, not a bad image.
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model", ".pt2", ".onnx")
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -462,10 +459,7 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     parser = build_parser(prog, description, task)
     # intermixed: images may stand before, between and after the options (`a.jpg -m x.safetensors b.jpg`)
     args = parser.parse_intermixed_args(argv)
-    models_as_inputs = [spec for spec in args.inputs if Path(spec).suffix.lower() in MODEL_SUFFIXES]
-    if models_as_inputs:
-        parser.error(f"{models_as_inputs[0]!r} is a model file, not an image: each -m takes one model file, "
-                     f"repeat it for several (-m {args.models[-1]} -m {models_as_inputs[0]})")
+    refuse_models_as_inputs(parser, args.inputs, args.models)
     report = Report(sys.stderr, prog)
     if args.match_histogram and task == "style" and not args.upscale:
         parser.error("--match-histogram needs --upscale")

@@ -35,7 +35,7 @@ from stylenet.cli import (
     report_refusal,
     tolerate_any_file_name_in_log_files,
 )
-from stylenet.errors import first_line
+from stylenet.errors import check_seed, first_line
 from stylenet.styles import STYLE_NAME, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
@@ -138,9 +138,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
                                  or not interval > 0):
         raise StylenetError(f"trainer.val_check_interval must be > 0 (steps, or a share of an epoch), got {interval!r}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
-        raise StylenetError(f"seed must be a whole number from 0 to 2**32 - 1, got {cfg.seed!r}")
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(check_seed(cfg.seed, "seed"), workers=True)
     task = build(cfg.task, _convert_="all")
     warm_up = task.hparams.get("identity_steps", 0)
     if warm_up >= max_steps and getattr(rank_zero_only, "rank", 0) == 0:  # a smoke run cut short, say

@@ -127,7 +127,8 @@ class Catalog:
     """The model folder: lists its entries (rescanned on every call) and loads them on demand."""
 
     def __init__(self, folder: str | Path, options: dict[str, Any]) -> None:
-        self.folder = Path(folder)
+        # resolved: its name is what the page is told (``stylenet-serve .`` names the folder, not "")
+        self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
             raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
         self.options = options  # InferenceModel's: device, precision, max_memory
@@ -157,7 +158,8 @@ class Catalog:
             if cached is None or cached[0] != stamp:
                 try:
                     model = load_inference_model(str(entry.file), "style", self.options)
+                    model = model if entry.style is None else model.for_style(entry.style)
                 except StylenetError as err:  # the page is told the folder's name, not where it is on the server
                     raise StylenetError(str(err).replace(str(self.folder), self.folder.name)) from None
-                self._loaded[entry.id] = (stamp, model if entry.style is None else model.for_style(entry.style))
+                self._loaded[entry.id] = (stamp, model)
             return self._loaded[entry.id][1]

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -93,8 +94,9 @@ def tile_side(model: InferenceModel, pixels: int, plan: MemoryPlan) -> int | Non
     return max(MIN_TILE, math.isqrt(model.max_pixels()))
 
 
-class Stopping(StylenetError):
-    """The server is stopping: a computation that was still waiting for a worker does not start."""
+class Stopping(Busy):
+    """The server is stopping: a computation that was still waiting for a worker does not start (HTTP
+    503, as for a full queue: the request was fine, the server cannot take it)."""
 
 
 class Gate:
@@ -148,11 +150,17 @@ class Gate:
                     self._computing -= 1
                     self._idle.notify_all()
 
-    def stop(self, timeout: float) -> int:
-        """Start no more computations, and wait up to ``timeout`` seconds for those running to end;
-        returns how many still run. The process must not exit normally while one runs: a thread inside
-        torch's kernels as Python finalises aborts it (``terminate called without an active exception``)."""
+    def stop(self, timeout: float, give_up: threading.Event | None = None) -> int:
+        """Start no more computations, and wait up to ``timeout`` seconds (or until ``give_up`` is set:
+        a second Ctrl-C) for those running to end; returns how many still run. The process must not
+        exit normally while one runs: a thread inside torch's kernels as Python finalises aborts it
+        (``terminate called without an active exception``)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._stopped = True
-            self._idle.wait_for(lambda: self._computing == 0, timeout)
+            while self._computing and not (give_up is not None and give_up.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._idle.wait(min(left, 0.1))
             return self._computing

@@ -95,8 +95,8 @@ class StyleServer(ThreadingHTTPServer):
                 with self.gate.running():
                     job.state = "running"
                     run_photo_job(job, self.catalog, self.plan)
-            except Stopping:  # still queued when the server stopped: nothing ran, nothing to tell
-                pass
+            except Stopping:  # still queued when the server stopped: nothing ran
+                job.error = "the server stopped before this photo was processed"
             finally:
                 job.state = "done"
                 self.gate.leave()

@@ -38,7 +38,7 @@ async function loadModels() {
   $("limits").textContent = `Up to ${(limits.max_upload / 1e6).toFixed(0)} MB and ` +
     `${(limits.max_pixels / 1e6).toFixed(1)} megapixels per photo; large photos are processed in parts, with progress.`;
   const box = $("models");
-  $("models-empty").textContent = info.models.length ? "" : "No model files in this folder.";
+  $("models-empty").textContent = info.models.length ? "" : "No style models in this folder.";
   const first = info.models.find((model) => model.readable); // ticked: the first style that can run
   info.models.forEach((model) => {
     const input = element("input", { type: "checkbox", value: model.id, checked: model === first });
@@ -110,16 +110,21 @@ function showResults(view, job, photoUrl) {
 // The server keeps the results of its last photos only: a link to one it dropped says so on the page,
 // instead of a download that fails without a word.
 async function checkStillKept(event, link) {
-  if (link.dataset.checked) return; // checked just now: the browser downloads it
+  // checked just now (the browser downloads it), or a modified click (a new tab or window: left to the browser)
+  if (link.dataset.checked || event.ctrlKey || event.metaKey || event.shiftKey) return;
   event.preventDefault();
+  link.nextElementSibling?.remove(); // an earlier attempt's message
   try {
     await request(link.href, { method: "HEAD" });
     link.dataset.checked = "1";
     link.click();
     delete link.dataset.checked;
   } catch (err) {
-    link.replaceWith(element("span", { className: "error", textContent:
-      err.status === 404 ? "no longer kept by the server: stylize the photo again" : err.message }));
+    if (err.status === 404) {
+      link.replaceWith(element("span", { className: "error", textContent: "no longer kept by the server: stylize the photo again" }));
+    } else { // the server or the network, for now: the link stays, to try again
+      link.after(element("span", { className: "error", textContent: ` ${err.message}` }));
+    }
   }
 }
 
