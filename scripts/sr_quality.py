@@ -61,6 +61,14 @@ def held_out_files(run_dir: Path) -> list[str]:
     return [str(path) for path in data.val_files]
 
 
+def resumes(override: str) -> bool:
+    """Whether a stylenet-train override continues a run's checkpoints: ``resume=auto`` or ``must``, or
+    a ``ckpt_path`` (``+``/``++`` and quotes as Hydra takes them; ``ckpt_path=null`` names none)."""
+    key, _, value = override.lstrip("+").partition("=")
+    value = value.strip("'\"")
+    return (key == "resume" and value in ("auto", "must")) or (key == "ckpt_path" and value not in ("", "null"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, refused (exit 2, one line) before any step where it cannot work: a
     ``--run-dir`` that cannot be written into, or that holds a finished run (``stylenet-train`` would
@@ -81,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train = Path(args.run_dir) / "train"
     if (train / MODEL).is_file():
         parser.error(f"--run-dir {args.run_dir!r} holds a finished run (train/{MODEL}): pass another --run-dir")
-    resumed = any(override.startswith(("resume=auto", "resume=must", "ckpt_path=")) for override in args.overrides)
+    resumed = any(resumes(override) for override in args.overrides)
     if any((train / "checkpoints").glob("*.ckpt")) and not resumed:  # stylenet-train would refuse it, later
         parser.error(f"--run-dir {args.run_dir!r} holds an interrupted run (train/checkpoints/): pass another "
                      "--run-dir, or resume=auto to go on with it")

@@ -336,6 +336,7 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("content=demo:", "no bundled demo image ''; choose one of astronaut, brick, .*ihc, "),  # every picture
     ("content=demo:**", r"no bundled demo image '\*\*'"),
     ("style_weights=0.5", r"style_weights must be a list of numbers, one per style image .*got 0.5"),
+    ("seed=-5", r"seed must be a whole number from 0 to 2\*\*32 - 1, got -5"),
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
     ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
     ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),

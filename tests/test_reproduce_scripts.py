@@ -312,6 +312,12 @@ def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[
     assert sorted(path.name for path in (tmp_path / "done").iterdir()) == ["train"]  # no photos/ prepared
 
 
+def test_sr_quality_knows_which_overrides_continue_a_run() -> None:
+    resumes = load_script("sr_quality").resumes
+    assert all(resumes(o) for o in ("resume=auto", "+resume=must", "resume='auto'", "ckpt_path=last", "ckpt_path=x"))
+    assert not any(resumes(o) for o in ("resume=never", "ckpt_path=null", "ckpt_path=", "trainer.max_steps=5"))
+
+
 def test_sr_quality_help_names_the_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         load_script("sr_quality").main(["--help"])

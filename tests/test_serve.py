@@ -547,6 +547,8 @@ def test_a_stopping_gate_waits_for_the_running_computation_and_starts_no_other()
     second.start()
     assert gate.stop(timeout=0.2) == 1  # the first still runs: 1 left
     assert status_of(Stopping("x")) == 503  # a frame refused while stopping: the server's state, not the request's
+    with pytest.raises(Stopping):  # nor is a new request admitted, to be refused once its upload is in
+        gate.admit()
     release.set()
     assert gate.stop(timeout=TIMEOUT_S) == 0
     first.join(TIMEOUT_S)

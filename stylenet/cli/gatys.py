@@ -36,6 +36,7 @@ from stylenet.cli import (
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.cli.train import config_dir
+from stylenet.errors import check_seed
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +72,7 @@ INIT_CHOICES = "one of content, noise, style or an image file (a path or demo:<n
 SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     **{key: (lambda v: v is None or _whole(v, 1), "a whole number of pixels >= 1 or null")
        for key in ("size", "style_size")},
-    **{key: (_whole, "a whole number") for key in ("iterations", "history_size", "scales", "seed")},
+    **{key: (_whole, "a whole number") for key in ("iterations", "history_size", "scales")},
     **{key: (lambda v: _whole(v, 0), "a whole number >= 0 (0: never)") for key in ("save_every", "image_every")},
     "lr": (lambda v: v is None or _number(v), "a number or null"),
     "style_weights": (lambda v: v is None or (OmegaConf.is_list(v) and all(map(_number, v))),
@@ -164,6 +165,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         raise StylenetError(f"cannot write output {str(output)!r}: {reason}")
     check_output_path(output)
     check_setting_types(cfg)
+    check_seed(cfg.seed, "seed")
     inputs = [("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))]
     if cfg.init not in INITS:
         inputs.append(("init", cfg.init))

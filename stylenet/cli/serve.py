@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -90,9 +91,9 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
     count = len(server.catalog.entries())
     if not count:
         others = len(model_files(server.catalog.folder))  # super-resolution models, which are not offered
-        what = f"no style models among the {others} model files" if others else "no model files"
-        print(f"{PROG}: warning: {what} in {folder!r} yet; the page lists them once they are there",
-              file=sys.stderr)
+        what = (f"no style models among the {others} model files in {folder!r} (super-resolution models are not "
+                "offered)" if others else f"no model files in {folder!r} yet")
+        print(f"{PROG}: warning: {what}; the page lists style models once they are there", file=sys.stderr)
     print(f"{PROG}: {count} model(s) from {folder!r} on {server.url} (Ctrl-C stops)", flush=True)
 
 
@@ -147,12 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         announce(server, args.folder, args.host)
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
-    finally:
-        running = stop_serving(server)
+        failure = None
+    except BaseException as err:  # a bug, or a closed terminal under announce(): still cleaned up, then raised
+        failure = err
+    else:
+        failure = None
+    running = stop_serving(server)
     if running:  # still inside torch's kernels: exiting through Python's finalisation would abort
+        if failure is not None:
+            traceback.print_exception(failure)
         say(f"{PROG}: stopped; {running} photo(s) or frame(s) in progress abandoned")
-        os._exit(0)
+        os._exit(0 if failure is None else 1)
+    if failure is not None:
+        raise failure
     say(f"{PROG}: stopped")
     return 0
 
@@ -167,21 +175,27 @@ def say(line: str) -> None:
 
 
 def stop_serving(server: StyleServer) -> int:
-    """Stop taking connections, wait up to :data:`STOP_GRACE_S` for the photos and frames being
-    processed (a second Ctrl-C or SIGTERM abandons them at once), delete the temporary folder; returns
-    how many computations still run."""
-    give_up = threading.Event()
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # from here a signal cannot interrupt the cleanup itself
-        number = getattr(signal, name, None)
-        if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
-            signal.signal(number, lambda signum, frame: give_up.set())
-    server.socket.close()  # new connections are refused, not left waiting
-    if server.gate.admitted:
-        say(f"{PROG}: stopping: waiting up to {STOP_GRACE_S:g} s for the photos in progress (Ctrl-C again: "
-            "abandon them)")
-    running = server.gate.stop(STOP_GRACE_S, give_up)
-    server.server_close()
-    return running
+    """After ``serve_forever`` has returned: stop taking connections, wait up to :data:`STOP_GRACE_S`
+    for the photos and frames being processed (a second Ctrl-C or SIGTERM abandons them at once; a
+    SIGHUP, which a closing terminal may repeat, is ignored meanwhile), delete the temporary folder;
+    returns how many computations still run. The signal handlers are put back as they were."""
+    give_up, previous = threading.Event(), {}
+    if threading.current_thread() is threading.main_thread():  # only there can handlers be set
+        for name, handler in (("SIGINT", lambda signum, frame: give_up.set()),
+                              ("SIGTERM", lambda signum, frame: give_up.set()), ("SIGHUP", signal.SIG_IGN)):
+            number = getattr(signal, name, None)
+            if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+                previous[number] = signal.signal(number, handler)
+    try:
+        server.socket.close()  # new connections are refused, not left waiting
+        if server.gate.admitted:
+            say(f"{PROG}: stopping: waiting up to {STOP_GRACE_S:g} s for the photos in progress (Ctrl-C again: "
+                "abandon them)")
+        return server.gate.stop(STOP_GRACE_S, give_up)
+    finally:
+        server.server_close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 if __name__ == "__main__":

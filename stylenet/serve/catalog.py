@@ -127,8 +127,9 @@ class Catalog:
     """The model folder: lists its entries (rescanned on every call) and loads them on demand."""
 
     def __init__(self, folder: str | Path, options: dict[str, Any]) -> None:
-        # resolved: its name is what the page is told (``stylenet-serve .`` names the folder, not "")
-        self.folder = Path(folder).resolve()
+        # absolute, its name is what the page is told (``stylenet-serve .`` names the folder, not ""); not
+        # resolved: a link to the current release (models -> v3) is named and rescanned as the link
+        self.folder = Path(os.path.abspath(folder))
         if not self.folder.is_dir():
             raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
         self.options = options  # InferenceModel's: device, precision, max_memory

@@ -124,6 +124,8 @@ class Gate:
     def admit(self) -> None:
         """Count one more request in, or raise :class:`Busy` when workers and queue are full."""
         with self._lock:
+            if self._stopped:
+                raise Stopping("the server is stopping")
             if self._admitted >= self.workers + self.queue:
                 raise Busy(f"the server is busy: {self.workers} request(s) running and {self.queue} waiting "
                            f"(--workers {self.workers}, --queue {self.queue}); try again in a moment")
