@@ -274,9 +274,13 @@ def _load_pickled(path: Path) -> StoredModel:
 def _unpickler_reason(err: BaseException) -> str:
     """torch's reason for a refused load ("unsupported GLOBAL posix.system ...", "Unsupported operand
     110" for bytes that are no pickle at all) without the paragraphs of advice around it."""
-    paragraphs = [" ".join(text.split()) for text in str(err).split("\n\n") if text.strip()]
-    reasons = [text for text in paragraphs[1:-1] if not text.startswith("Please file an issue")]
-    return reasons[0] if reasons else first_line(err)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch sets its advice in bold for terminals
+    stated = re.search(r"WeightsUnpickler error: (.+?)(?: Please use `torch\.serialization|\n|$)", text)
+    if stated:  # torch 2.6 and later put it inside the advice: "Unsupported global: GLOBAL __main__.Net was not ..."
+        return stated[1].strip()
+    paragraphs = [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
+    reasons = [part for part in paragraphs[1:-1] if not part.startswith("Please file an issue")]
+    return reasons[0] if reasons else first_line(Exception(text))
 
 
 def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> StoredModel:

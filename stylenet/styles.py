@@ -97,10 +97,9 @@ def choice_weights(names: Sequence[str], choice: StyleChoice, where: str) -> tup
     normalised to sum to 1, as Dumoulin et al. 2017 mix the parameters convexly). An unknown name
     is one line naming ``where`` (the model file) and the styles it has."""
     if isinstance(choice, Mapping):
-        try:
-            blend = {name: float(weight) for name, weight in choice.items()}
-        except (TypeError, ValueError):
-            raise StylenetError(f"blend {dict(choice)} for {where}: weights must be numbers") from None
+        if not all(isinstance(weight, numbers.Real) and not isinstance(weight, bool) for weight in choice.values()):
+            raise StylenetError(f"blend {dict(choice)} for {where}: weights must be numbers")  # not "0.5", as strength
+        blend = {name: float(weight) for name, weight in choice.items()}
         if not blend or not all(0 <= weight < math.inf for weight in blend.values()) or \
                 not 0 < sum(blend.values()) < math.inf:  # 1e308 + 1e308 overflows: every share would be 0
             raise StylenetError(f"blend {blend} for {where}: weights must be finite, >= 0, not all zero and "

@@ -160,8 +160,9 @@ def test_export_never_writes_over_its_source_nor_one_output_twice(model_file: Pa
 
 def test_export_refuses_a_style_name_that_is_not_a_file_name_part_and_a_file_in_the_path(
         model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert export_main([str(model_file), "-o", str(tmp_path / "a.safetensors"), "--style-name", "../up"]) == 2
-    assert "--style-name" in capsys.readouterr().err and not (tmp_path / "a.safetensors").exists()
+    for name in ("../up", ""):  # an empty name was once taken for no --style-name at all
+        assert export_main([str(model_file), "-o", str(tmp_path / "a.safetensors"), "--style-name", name]) == 2
+        assert "--style-name" in capsys.readouterr().err and not (tmp_path / "a.safetensors").exists()
     (tmp_path / "afile").write_text("a file, not a folder")
     assert export_main([str(model_file), "-o", str(tmp_path / "afile" / "b.safetensors")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
@@ -396,6 +397,17 @@ def test_malicious_pickles_are_refused_without_running(tmp_path: Path, monkeypat
     assert not Exploit.marker.exists()
     if protocol != pickle.HIGHEST_PROTOCOL:  # torch's loader rejects newer protocols before reading them
         assert "refusing to load" in str(info.value) and "system" in str(info.value)
+
+
+def test_a_whole_pickled_network_is_refused_naming_its_class(tmp_path: Path) -> None:
+    """``torch.save(net, path)`` (the whole module, not its state_dict): the reason is the class torch would
+    have to import, not torch's advice with its terminal bold codes."""
+    torch.save(TransformerNet(channels=8, residual_blocks=1), tmp_path / "whole.pth")
+    with pytest.raises(StylenetError) as refused:
+        read_model(tmp_path / "whole.pth")
+    message = str(refused.value)
+    assert "refusing to load model file" in message and "\x1b" not in message
+    assert "(Unsupported global: GLOBAL stylenet.nets.transformer.TransformerNet was not an allowed global" in message
 
 
 def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path) -> None:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args.source, args.outputs)
         model = read_model(args.source)
-        if args.style_name:
+        if args.style_name is not None:  # --style-name "" is refused as a name, not ignored
             if model.task != "style":
                 raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} model")
             if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")

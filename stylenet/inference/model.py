@@ -446,7 +446,7 @@ def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bit
                             f"{tuple(rgb.shape)}")
     check_unit_range(rgb, "image tensor")
     if tile is not None and tile < MIN_TILE:
-        raise StylenetError(f"--tile must be at least {MIN_TILE} px, got {tile}")
+        raise StylenetError(f"tile (--tile) must be at least {MIN_TILE} px, got {tile}")
     if tile_overlap < 0:
         raise StylenetError(f"--tile-overlap must be >= 0, got {tile_overlap}")
     if bits not in (8, 16):
