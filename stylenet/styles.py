@@ -51,9 +51,10 @@ def style_name_of(image: str | Path) -> str:
 
 def check_style_names(names: Sequence[str], setting: str) -> list[str]:
     """``names`` if every one is a usable, distinct file-name part; else one line naming ``setting``."""
-    bad = [name for name in names if not STYLE_NAME.fullmatch(str(name))]
-    if bad:
-        raise StylenetError(f"{setting}: style name {bad[0]!r} must be letters, digits, '.', '+', '-' or '_'")
+    bad = [name for name in names if not STYLE_NAME.fullmatch(str(name)) or str(name) in (".", "..")]
+    if bad:  # "." and ".." are folders, not names: styles/../ would be the run folder itself
+        raise StylenetError(f"{setting}: style name {bad[0]!r} must be letters, digits, '.', '+', '-' or '_' "
+                            "(not '.' or '..')")
     if len(set(names)) != len(names):
         raise StylenetError(f"{setting}: style names {list(names)} are not distinct")
     return [str(name) for name in names]

@@ -73,6 +73,9 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
                             f"got {specs!r}")
+    if len(specs) == 1:  # a network of one style is style.image's (its file named after it, not "multi")
+        raise StylenetError(f"style.images holds one image ({specs[0]!r}): a network of several styles needs two or "
+                            f"more; for one style pass style=demo style.image={specs[0]}")
     names = style.get("names") or [style_name_of(spec) for spec in specs]
     if len(names) != len(specs):
         raise StylenetError(f"style.names has {len(names)} names for {len(specs)} style.images")
@@ -81,7 +84,19 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     for index, (name, spec) in enumerate(zip(names, specs, strict=True)):
         image, path = load_style_image(spec, size, f"style.images[{index}]")
         styles.append(StyleImage(name, image, str(spec), file_sha256(path)))
+    check_distinct_pictures([style.record() for style in styles], "style.images")
     return styles
+
+
+def check_distinct_pictures(records: list[dict[str, Any]], setting: str) -> None:
+    """One line naming ``setting`` where two styles (their records: name, sha256, image) are one picture,
+    under two names or two paths: the network would train one style twice."""
+    first: dict[str, dict[str, Any]] = {}
+    for record in records:
+        earlier = first.setdefault(record.get("sha256"), record)
+        if earlier is not record and record.get("sha256"):
+            raise StylenetError(f"{setting}: style {record['name']!r} ({record.get('image')!r}) is the same picture "
+                                f"as style {earlier['name']!r} ({earlier.get('image')!r})")
 
 
 def load_style_image(spec: str | None, size: int, setting: str = "style.image") -> tuple[torch.Tensor, Path]:
@@ -531,6 +546,7 @@ class AddStyleTask(StyleTransferTask):
         base: TransformerNet = stored.net
         records = style_records(stored.metadata)
         check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)")
+        check_distinct_pictures([*records, styles[0].record()], "style.image (a new picture)")
         new = base.styles
         net = base.with_styles([*range(new), torch.full((new,), 1.0 / new)])
         net.requires_grad_(False)

@@ -182,6 +182,12 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
     assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
+    grown = save_model(tmp_path / "grown.safetensors", named.net, {"task": "style", "styles": named.hparams["styles"]})
+    copy = tmp_path / "copy.png"  # the picture the file already holds, under another name
+    copy.write_bytes(style_image.read_bytes())
+    with pytest.raises(StylenetError, match=r"^style.image \(a new picture\): style 'copy' .* is the same picture as "
+                                            r"style 'wave'"):
+        AddStyleTask(base=str(grown), loss=RANDOM_LOSS, style={"image": str(copy)})
     batch_norm = save_model(tmp_path / "bn.safetensors", TransformerNet(channels=8, residual_blocks=1, norm="batch"),
                             {"task": "style", "style_name": "bn"})
     with pytest.raises(StylenetError, match=r"bn.safetensors': only stylenet TransformerNet files with InstanceNorm"):
@@ -206,6 +212,16 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
     with pytest.raises(StylenetError, match="style.names has 1 names for 2"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
                                                                 "names": ["x"]})
+    with pytest.raises(StylenetError, match=r"^style.names: style name '..' must be letters.*\(not '.' or '..'\)"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
+                                                                "names": ["..", "y"]})  # styles/../: the run folder
+    with pytest.raises(StylenetError, match=r"^style.images holds one image .*: a network of several styles needs"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image)]})
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(style_image.read_bytes())
+    with pytest.raises(StylenetError, match=r"^style.images: style 'copy' \(.*copy.png'\) is the same picture as "
+                                            r"style 'style'"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(copy)]})
 
 
 # ------------------------------------------------------------------------------------ files and inference
