@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while torch loads or the models are listed: nothing to close yet
         print(f"{PROG}: stopped", flush=True)
         return 130
+    failure: BaseException | None = None
     try:
         for name in ("SIGTERM", "SIGHUP"):  # from here on these stop cleanly, as Ctrl-C does; not a SIGHUP
             number = getattr(signal, name, None)  # that nohup ignores (and Windows has none)
@@ -147,12 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(server.temp / "torch")
         announce(server, args.folder, args.host)
         server.serve_forever()
-    except KeyboardInterrupt:
-        failure = None
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP through _stop: the way to end it
+        pass
     except BaseException as err:  # a bug, or a closed terminal under announce(): still cleaned up, then raised
         failure = err
-    else:
-        failure = None
     running = stop_serving(server)
     if running:  # still inside torch's kernels: exiting through Python's finalisation would abort
         if failure is not None:
