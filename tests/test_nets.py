@@ -42,6 +42,18 @@ def test_the_output_is_the_papers_scaled_tanh() -> None:
     torch.testing.assert_close(values, expected)
 
 
+def test_the_scaled_tanh_keeps_float32_under_autocast() -> None:
+    """A bf16 pre-activation gives the float32 image of its exact value: bf16's (tanh + 1) would
+    round to steps of 1/128 (a grey level), here the last step of 9 tanh values from 0.9 to 0.99."""
+    x = torch.atanh(torch.linspace(0.9, 0.99, 9)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = ScaledTanh()(x)
+    assert values.dtype == torch.float32
+    torch.testing.assert_close(values, 0.5 * (torch.tanh(x.double()) + 1).float(), rtol=0, atol=1e-7)
+    rounded = 0.5 * (torch.tanh(x) + 1)  # what bf16 arithmetic gives: a grey level apart, or the same
+    assert (rounded.float() - values).abs().max() * 255 > 0.3
+
+
 def test_architecture_uses_instance_norm_upsampling_and_no_transposed_conv() -> None:
     net = TransformerNet()
     modules = list(net.modules())

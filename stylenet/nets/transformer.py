@@ -153,10 +153,14 @@ class UpsampleConvNormReLU(nn.Sequential):
 
 class ScaledTanh(nn.Module):
     """Maps the last conv to [0, 1] with 0.5 * (tanh(x) + 1): the paper's scaled tanh, rescaled
-    from its [0, 255] to our [0, 1] image range, so every output is a valid image."""
+    from its [0, 255] to our [0, 1] image range, so every output is a valid image.
+
+    Computed in float32 under autocast too: bf16 keeps 8 significant bits, so ``tanh(x) + 1`` in
+    [1, 2) would be rounded to steps of 1/128, about a grey level of the image, before the image
+    is written (and bf16's tanh is also the slower one on CPUs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (torch.tanh(x) + 1.0)
+        return 0.5 * (torch.tanh(x.float()) + 1.0)
 
 
 class TransformerNet(nn.Module):
