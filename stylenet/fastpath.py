@@ -28,9 +28,6 @@ __all__ = ["DepthToSpaceConv", "PerImageInstanceNorm", "SubpixelConv", "bf16_is_
 #: convolutions with fewer output channels than this leave a CPU's vector units idle.
 FEW_CHANNELS = 16
 
-#: A convolution's (kernel, bias) as its ``F.conv2d`` (or ``F.conv_transpose2d``) call reads them.
-ConvWeights = tuple[torch.Tensor, torch.Tensor | None]
-
 
 def bf16_is_native(device: torch.device | str) -> bool:
     """True where bf16 matrix maths runs in hardware: CUDA GPUs with native bf16 (Ampere and
@@ -171,10 +168,6 @@ class RewrittenConv(nn.Module):
     def conv(self) -> nn.Conv2d:
         return self._modules["1"]
 
-    def weights(self) -> ConvWeights:
-        """The rewritten convolution's (kernel, bias), derived from the original's parameters."""
-        raise NotImplementedError
-
 
 def replicate_pad(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H + 2, W + 2), edge pixels repeated once on every side.
@@ -216,15 +209,11 @@ class SubpixelConv(RewrittenConv):
             x = replicate_pad(x)
         return self.convolve(x)
 
-    def weights(self) -> ConvWeights:
-        return self.kernel(self.conv.weight), self.conv.bias
-
-    def convolve(self, x: torch.Tensor, weights: ConvWeights | None = None) -> torch.Tensor:
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """(B, I, h + 2, w + 2), already padded by one pixel on every side -> (B, O, 2 h, 2 w). The
         padding is edge replication at the image's borders; a band of a larger image
         (:mod:`stylenet.inference.layerwise`) brings its neighbours' rows instead."""
-        weight, bias = weights or self.weights()
-        return F.conv_transpose2d(x, weight, bias, stride=2, padding=3)
+        return F.conv_transpose2d(x, self.kernel(self.conv.weight), self.conv.bias, stride=2, padding=3)
 
 
 class DepthToSpaceConv(RewrittenConv):
@@ -264,16 +253,12 @@ class DepthToSpaceConv(RewrittenConv):
                 x = F.pad(F.pad(x, (pad, pad, pad, pad), mode="reflect"), (0, extra_w, 0, extra_h))
         return self.convolve(x)[..., :height, :width]
 
-    def weights(self) -> ConvWeights:
-        bias = None if self.conv.bias is None else self.conv.bias.repeat_interleave(self.factor**2)
-        return self.kernel(), bias
-
-    def convolve(self, x: torch.Tensor, weights: ConvWeights | None = None) -> torch.Tensor:
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of an input already padded by K // 2 on every side, whose padded sides
         divide by ``factor`` (output rows and columns beyond the unpadded size are to be cropped:
         they read only the extra padding)."""
-        weight, bias = weights or self.weights()
-        return F.pixel_shuffle(F.conv2d(x, weight, bias, stride=self.factor), self.factor)
+        bias = None if self.conv.bias is None else self.conv.bias.repeat_interleave(self.factor**2)
+        return F.pixel_shuffle(F.conv2d(x, self.kernel(), bias, stride=self.factor), self.factor)
 
 
 def rewrite_layers(net: nn.Module, device: torch.device | str = "cpu") -> bool:

@@ -84,6 +84,16 @@ def test_python_api_onnx_and_pt2_agree_on_every_size(exported: dict[str, Path]) 
         assert (from_pt2 - expected).abs().max() <= 1e-4, shape
 
 
+def test_the_pt2_program_checks_no_dtype_or_device(exported: dict[str, Path]) -> None:
+    """The float32 cast of the output's tanh (ScaledTanh) is not traced into a float32 graph: a traced
+    cast records an assertion of the exporting dtype and device, so the program would refuse to run
+    under autocast or moved to a GPU."""
+    graph = torch.export.load(str(exported["pt2"])).graph
+    assert not [node for node in graph.nodes if "assert_tensor_metadata" in str(node.target)]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        assert torch.export.load(str(exported["pt2"])).module()(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
 def test_exports_refuse_sizes_below_the_networks_minimum(exported: dict[str, Path]) -> None:
     program = torch.export.load(str(exported["pt2"])).module()
     with pytest.raises(Exception, match=">= 8"):  # a runtime check recorded in the program

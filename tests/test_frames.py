@@ -13,7 +13,6 @@ from PIL import Image
 
 import stylenet
 from stylenet import StylenetError, fastpath
-from stylenet.fastpath import SubpixelConv
 from stylenet.inference import InferenceModel
 from stylenet.inference.geometry import forward
 from stylenet.inference.layerwise import network_layers
@@ -185,30 +184,6 @@ def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypat
         for parameter in model.net.parameters():
             parameter.mul_(0.9)
     assert torch.equal(run(batch), forward(model.net, batch, precision))
-
-
-def test_prepadded_frames_derive_the_rewritten_kernels_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sub-pixel kernels are composed (and cast) on the first frame only; a parameter changed in
-    place, or replaced, has them derived again."""
-    model = InferenceModel(trained_like(), device="cpu", precision="bf16")
-    derived = []
-    original = SubpixelConv.weights
-    monkeypatch.setattr(SubpixelConv, "weights", lambda self: derived.append(self) or original(self))
-    run = prepadded_forward(model.net, "bf16", torch.device("cpu"))
-    assert run is not None
-    batch = torch.rand(1, 3, 32, 44, generator=torch.Generator().manual_seed(5))
-    derived.clear()  # the layouts' probe ran the one pass
-    for _ in range(3):
-        run(batch)
-    assert len(derived) == 2  # the decoder's two upsampling layers, once each
-    upsampling = derived[0].conv
-    with torch.no_grad():
-        upsampling.weight.mul_(0.5)
-    assert torch.equal(run(batch), forward(model.net, batch, "bf16"))
-    assert len(derived) == 2 + 1 + 2  # the changed layer again, and the one pass's two
-    upsampling.bias = torch.nn.Parameter(upsampling.bias.detach() + 0.1)
-    assert torch.equal(run(batch), forward(model.net, batch, "bf16"))
-    assert len(derived) == 5 + 1 + 2
 
 
 def test_prepadded_applies_only_where_it_was_measured() -> None:

@@ -24,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stylenet.errors import StylenetError
-from stylenet.fastpath import ConvWeights, DepthToSpaceConv, RewrittenConv, SubpixelConv, is_channels_last
+from stylenet.fastpath import DepthToSpaceConv, SubpixelConv, is_channels_last
 from stylenet.inference.geometry import (
     PRECISIONS,
     autocast,
@@ -41,40 +40,11 @@ from stylenet.inference.geometry import (
 from stylenet.inference.layerwise import Layer, network_layers
 
 
-class LayerWeights:
-    """A layer's convolution weights as the pass reads them: in the pass's dtype, the rewritten
-    layers' kernels composed, derived again only when a parameter has changed since (its version
-    counter moves with every in-place change, ``load_state_dict`` included). Parameters made under
-    ``torch.inference_mode`` count no versions: theirs are derived on every call, as autocast does.
-
-    Under autocast the one pass casts every layer's weights anew on each call, and composes the
-    rewritten kernels; the same cast done once gives the same values, so frames stay bit for bit
-    what the one pass gives."""
-
-    def __init__(self, layer: Layer, dtype: torch.dtype) -> None:
-        self.layer, self.dtype = layer, dtype
-        self.parameters: list[torch.Tensor] = []
-        self.versions: list[int | None] = []
-        self.cast: ConvWeights | None = None
-
-    def current(self) -> ConvWeights:
-        conv, conv2d = self.layer.conv, self.layer.conv2d
-        parameters = [p for p in (conv2d.weight, conv2d.bias) if p is not None]
-        versions = [None if p.is_inference() else p._version for p in parameters]
-        if self.cast is None or None in versions or versions != self.versions or any(
-                new is not old for new, old in zip(parameters, self.parameters, strict=True)):
-            weight, bias = conv.weights() if isinstance(conv, RewrittenConv) else (conv2d.weight, conv2d.bias)
-            self.cast = weight.to(self.dtype), None if bias is None else bias.to(self.dtype)
-            self.parameters, self.versions = parameters, versions
-        return self.cast
-
-
 @dataclass
 class Step:
     """One layer of the pass: its padded input buffer, and its convolution on that buffer."""
 
     layer: Layer
-    weights: LayerWeights
     buffer: torch.Tensor     # (1, C_in, h + 2 pad, w + 2 pad), in the layout the one pass gives this input;
                              # every element is written before a convolution reads it
     pad: int
@@ -89,15 +59,14 @@ class Step:
         return self.buffer[..., self.pad: self.pad + self.height, self.pad: self.pad + self.width]
 
     def convolve(self) -> torch.Tensor:
-        """The layer's convolution of the padded buffer, as the one pass's modules compute it once
-        they have padded their input (:mod:`stylenet.fastpath`, ``ReflectConv``)."""
-        conv, weights = self.layer.conv, self.weights.current()
+        """The layer's convolution of the padded buffer, by the layer's own modules, as the one pass
+        calls them once it has padded their input (:mod:`stylenet.fastpath`, ``ReflectConv``)."""
+        conv = self.layer.conv
         if isinstance(conv, SubpixelConv):
-            return conv.convolve(self.buffer, weights)
+            return conv.convolve(self.buffer)
         if isinstance(conv, DepthToSpaceConv):  # a stride-1 convolution: the output is the input's size
-            return conv.convolve(self.buffer, weights)[..., : self.height, : self.width]
-        conv2d = self.layer.conv2d
-        return F.conv2d(self.buffer, *weights, conv2d.stride, conv2d.padding, conv2d.dilation, conv2d.groups)
+            return conv.convolve(self.buffer)[..., : self.height, : self.width]
+        return self.layer.conv2d(self.buffer)
 
     def fill_border(self) -> None:
         """Pad the interior in place as ``F.pad`` would: rows first, then whole columns, which so
@@ -137,8 +106,7 @@ class PrepaddedNetwork:
             layout = torch.channels_last if channels_last else torch.contiguous_format
             buffer = reusable.pop() if reusable else torch.empty(shape, dtype=PRECISIONS[precision], device=device,
                                                                  memory_format=layout)
-            self.steps.append(Step(layer, LayerWeights(layer, PRECISIONS[precision]), buffer, pad, layer.upsamples,
-                                   height, width, channels_last))
+            self.steps.append(Step(layer, buffer, pad, layer.upsamples, height, width, channels_last))
             # the buffers the next layer's output may overwrite: those of inputs no later layer reads
             done = self.steps[-2:] if layer.residual else [] if layer.block_start else self.steps[-1:]
             for used in done:

@@ -160,7 +160,9 @@ class ScaledTanh(nn.Module):
     is written (and bf16's tanh is also the slower one on CPUs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (torch.tanh(x.float()) + 1.0)
+        if x.dtype != torch.float32:  # no cast in a float32 graph: an exported one would check the dtype
+            x = x.float()
+        return 0.5 * (torch.tanh(x) + 1.0)
 
 
 class TransformerNet(nn.Module):
