@@ -186,6 +186,30 @@ def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypat
     assert torch.equal(run(batch), forward(model.net, batch, precision))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_photo_takes_the_prepadded_pass_where_its_peak_fits(precision: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image in one pass runs through pre-padded buffers (the same image, bit for bit) when their
+    measured peak fits the budget, and through the plain one pass when only that fits."""
+    image = torch.rand(3, 30, 41, generator=torch.Generator().manual_seed(6))
+    plain = InferenceModel(trained_like(), device="cpu", precision=precision)
+    plain._prepadded[precision] = None  # as for a network the pre-padded pass does not apply to
+    expected = plain.transform(image)
+    passes: list[tuple[int, int]] = []
+    original = PrepaddedNetwork.__call__
+    monkeypatch.setattr(PrepaddedNetwork, "__call__",
+                        lambda self, batch: passes.append(self.size) or original(self, batch))
+    model = InferenceModel(trained_like(), device="cpu", precision=precision)
+    assert torch.equal(model.transform(image), expected)
+    assert passes == [(64, 64), (32, 44)]  # the probe of its peak, then the photo padded to the network's multiple
+    per_pixel, one_pass = model._prepadded[precision][1], model.bytes_per_pixel()
+    assert per_pixel > one_pass  # every buffer allocated up front
+    passes.clear()
+    tight = InferenceModel(trained_like(), device="cpu", precision=precision,
+                           max_memory=int((per_pixel + one_pass) / 2 * 32 * 44))
+    assert torch.equal(tight.transform(image), expected) and passes == [(64, 64)]  # its probe alone
+
+
 def test_prepadded_applies_only_where_it_was_measured() -> None:
     model = InferenceModel(trained_like(), device="cpu", precision="fp32")
     assert prepadded_forward(model.net, "fp16", torch.device("cpu")) is None

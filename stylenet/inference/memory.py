@@ -7,6 +7,7 @@ from __future__ import annotations
 import resource
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,8 +73,10 @@ class _PeakTensorMemory(TorchDispatchMode):
 
 
 @torch.inference_mode()
-def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: str = "fp32") -> float:
-    """Peak activation bytes per input pixel, measured on one small probe pass.
+def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: str = "fp32",
+                               run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Peak activation bytes per input pixel, measured on one small probe pass (``forward``, or
+    ``run``: another way of computing it, such as :func:`~stylenet.inference.prepadded.prepadded_forward`).
 
     The probe counts every tensor the pass allocates (:class:`_PeakTensorMemory`); the process
     needs somewhat more (allocator slack, oneDNN's scratch buffers and reordered weights), so the
@@ -83,7 +86,7 @@ def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: 
     side = round_up(max(64, min_size(net)), size_multiple(net))
     probe = torch.zeros(1, 3, side, side, device=device)
     with _PeakTensorMemory() as memory:
-        forward(net, probe, precision)
+        run(probe) if run is not None else forward(net, probe, precision)
     return 1.3 * memory.peak / (side * side)
 
 

@@ -105,6 +105,8 @@ class InferenceModel:
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
         self._bytes_per_pixel: float | None = None
+        #: per precision: the pre-padded pass of one image and its activation bytes per pixel, or None
+        self._prepadded: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float] | None] = {}
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
             return
@@ -344,8 +346,24 @@ class InferenceModel:
         """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied;
         the network takes it less ``offset``."""
         batch = tile.to(self.device, torch.float32).unsqueeze(0)
-        output = forward(net, batch if offset is None else batch - offset, self.precision)
+        run = self._prepadded_pass(*batch.shape[-2:]) if net is self.net else None
+        centred = batch if offset is None else batch - offset
+        output = run(centred) if run is not None else forward(net, centred, self.precision)
         return controls.apply(output, batch if controls.needs_content else None)[0]
+
+    def _prepadded_pass(self, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The one pass over an ``height`` x ``width`` image through pre-padded buffers
+        (:func:`~stylenet.inference.prepadded.prepadded_forward`: the same image bit for bit, faster on
+        the CPU), where it applies and its peak fits the memory budget; else None. It allocates every
+        layer's buffer up front, so its peak is about twice the one pass's: it gets its own probe."""
+        if self.precision not in self._prepadded:
+            run = prepadded_forward(self.net, self.precision, self.device, keep=False)
+            self._prepadded[self.precision] = None if run is None else (
+                run, activation_bytes_per_pixel(self.net, self.device, self.precision, run=run))
+        found = self._prepadded[self.precision]
+        if found is None or found[1] * padded_pixels(self.net, height, width) > self.budget():
+            return None
+        return found[0]
 
     def _global_statistics(self, rgb: torch.Tensor, pixels: int, offset: torch.Tensor | None) -> NormStats:
         """InstanceNorm statistics of the whole image, from a copy downscaled to fit ``pixels`` (less

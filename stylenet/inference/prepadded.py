@@ -173,20 +173,34 @@ def input_layouts(net: nn.Module, layers: list[Layer], precision: str, device: t
     return [found[index] for index in range(len(layers))] if len(found) == len(layers) else None
 
 
-def prepadded_forward(net: nn.Module, precision: str, device: torch.device
-                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``forward(net, batch, precision)`` for (1, 3, H, W) frames, through a :class:`PrepaddedNetwork`
-    (padded to the network's multiple, output cropped, as the one pass does; prepared anew when the
-    frame size changes); None where it does not apply: networks other than a TransformerNet with
-    InstanceNorm as :func:`~stylenet.fastpath.optimize_for_inference` rewrites it, devices other
-    than the CPU, where it was measured (``stylenet-bench --sections frames``), and precisions other
-    than fp32 and bf16."""
+def prepadded_layers(net: nn.Module, precision: str, device: torch.device
+                     ) -> tuple[list[Layer], list[bool]] | None:
+    """The layers of ``net`` and their input layouts (:func:`input_layouts`) for a
+    :class:`PrepaddedNetwork`; None where it does not apply: networks other than a TransformerNet
+    with InstanceNorm as :func:`~stylenet.fastpath.optimize_for_inference` rewrites it, devices
+    other than the CPU, where it was measured (``stylenet-bench --sections frames``), and precisions
+    other than fp32 and bf16."""
     if device.type != "cpu" or precision not in ("fp32", "bf16"):
         return None
     layers = network_layers(net)
     layouts = None if layers is None else input_layouts(net, layers, precision, device)
-    if layers is None or layouts is None:
+    return None if layers is None or layouts is None else (layers, layouts)
+
+
+def prepadded_forward(net: nn.Module, precision: str, device: torch.device, *, keep: bool = True,
+                      plan: tuple[list[Layer], list[bool]] | None = None
+                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``forward(net, batch, precision)`` for (1, 3, H, W) batches, through a :class:`PrepaddedNetwork`
+    (padded to the network's multiple, output cropped, as the one pass does); None where it does not
+    apply (:func:`prepadded_layers`, or ``plan``, its result for ``net``, found before).
+
+    ``keep``: the buffers are kept for the next batch of the same size (frames: prepared anew only
+    when the size changes); else each call prepares its own and frees them as it returns (photos:
+    nothing held between images, and calls from several threads at once)."""
+    plan = plan or prepadded_layers(net, precision, device)
+    if plan is None:
         return None
+    layers, layouts = plan
     multiple, smallest = size_multiple(net), min_size(net)
     prepared: PrepaddedNetwork | None = None
 
@@ -194,7 +208,9 @@ def prepadded_forward(net: nn.Module, precision: str, device: torch.device
         nonlocal prepared
         height, width = batch.shape[-2:]
         padded = pad_to_multiple(batch, multiple, smallest)
-        if prepared is None or prepared.size != tuple(padded.shape[-2:]):
-            prepared = PrepaddedNetwork(layers, layouts, *padded.shape[-2:], precision, device)
-        return crop_to(prepared(padded), height, width)
+        network = prepared
+        if network is None or network.size != tuple(padded.shape[-2:]):
+            network = PrepaddedNetwork(layers, layouts, *padded.shape[-2:], precision, device)
+            prepared = network if keep else None
+        return crop_to(network(padded), height, width)
     return run
