@@ -3,6 +3,7 @@ of frame, across size changes, lazily; bad frames are refused in one line."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from PIL import Image
 import stylenet
 from stylenet import StylenetError, fastpath
 from stylenet.inference import InferenceModel
-from stylenet.inference.geometry import forward
+from stylenet.inference.geometry import forward, input_offset
 from stylenet.inference.layerwise import network_layers
+from stylenet.inference.memory import activation_bytes_per_pixel
 from stylenet.inference.prepadded import PrepaddedNetwork, input_layouts, prepadded_forward
 from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
@@ -130,7 +132,7 @@ def trained_like(channels: int = 8, residual_blocks: int = 3) -> TransformerNet:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_prepadded_frames_are_bit_for_bit_the_one_pass(precision: str) -> None:
     model = InferenceModel(trained_like(), device="cpu", precision=precision)
-    run = prepadded_forward(model.net, precision, torch.device("cpu"))
+    run = prepadded_forward(model.net, precision, torch.device("cpu"), keep=True)
     assert run is not None
     generator = torch.Generator().manual_seed(3)
     # a multiple of 4, sides padded up to one (bottom and right, by reflection), the smallest side, and back
@@ -176,7 +178,7 @@ def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypat
     reach it at a small size), and weights changed between frames are the next frame's."""
     monkeypatch.setattr(fastpath, "EXACT_STATISTICS_PIXELS", 100)
     model = InferenceModel(trained_like(), device="cpu", precision=precision)
-    run = prepadded_forward(model.net, precision, torch.device("cpu"))
+    run = prepadded_forward(model.net, precision, torch.device("cpu"), keep=True)
     assert run is not None
     batch = torch.rand(1, 3, 32, 44, generator=torch.Generator().manual_seed(4))
     assert torch.equal(run(batch), forward(model.net, batch, precision))
@@ -190,34 +192,77 @@ def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypat
 def test_a_photo_takes_the_prepadded_pass_where_its_peak_fits(precision: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """One image in one pass runs through pre-padded buffers (the same image, bit for bit) when their
-    measured peak fits the budget, and through the plain one pass when only that fits."""
-    image = torch.rand(3, 30, 41, generator=torch.Generator().manual_seed(6))
-    plain = InferenceModel(trained_like(), device="cpu", precision=precision)
-    plain._prepadded[precision] = None  # as for a network the pre-padded pass does not apply to
-    expected = plain.transform(image)
+    measured peak fits the budget, and through the plain one pass when only that fits, or when the
+    pre-padded pass runs out of memory."""
+    image = torch.rand(3, 66, 70, generator=torch.Generator().manual_seed(6))
+    model = InferenceModel(trained_like(), device="cpu", precision=precision)
+    centred = image[None] - input_offset(model.net, image)
+    expected = forward(model.net, centred, precision)[0].clamp(0, 1)  # the one pass, as transform runs it
     passes: list[tuple[int, int]] = []
     original = PrepaddedNetwork.__call__
     monkeypatch.setattr(PrepaddedNetwork, "__call__",
                         lambda self, batch: passes.append(self.size) or original(self, batch))
-    model = InferenceModel(trained_like(), device="cpu", precision=precision)
-    assert torch.equal(model.transform(image), expected)
-    assert passes == [(64, 64), (32, 44)]  # the probe of its peak, then the photo padded to the network's multiple
-    per_pixel, one_pass = model._prepadded[precision][1], model.bytes_per_pixel()
+    assert torch.equal(model.transform(image), expected) and (68, 72) in passes  # padded to a multiple of 4
+    model.transform(torch.rand(3, 40, 300))  # thinner than the memory probe, which would not bound its peak
+    assert (40, 300) not in passes
+    run = prepadded_forward(model.net, precision, torch.device("cpu"), keep=False)
+    per_pixel = activation_bytes_per_pixel(model.net, torch.device("cpu"), precision, run=run)
+    one_pass = model.bytes_per_pixel()
     assert per_pixel > one_pass  # every buffer allocated up front
     passes.clear()
     tight = InferenceModel(trained_like(), device="cpu", precision=precision,
-                           max_memory=int((per_pixel + one_pass) / 2 * 32 * 44))
-    assert torch.equal(tight.transform(image), expected) and passes == [(64, 64)]  # its probe alone
+                           max_memory=int((per_pixel + one_pass) / 2 * 68 * 72))
+    assert torch.equal(tight.transform(image), expected) and (68, 72) not in passes
+
+    def out_of_memory(self: PrepaddedNetwork, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == (68, 72):
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return original(self, batch)
+    monkeypatch.setattr(PrepaddedNetwork, "__call__", out_of_memory)
+    assert torch.equal(InferenceModel(trained_like(), device="cpu", precision=precision).transform(image), expected)
+
+
+def test_frames_take_the_prepadded_pass_only_where_its_peak_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream's pre-padded buffers hold about twice the one pass's peak: frames that only the one pass
+    fits in the budget run through it, and come out the same."""
+    frames = uint8_frames([(66, 70)] * 2)
+    probe = InferenceModel(trained_like(), device="cpu", precision="bf16")
+    run = prepadded_forward(probe.net, "bf16", torch.device("cpu"), keep=False)
+    per_pixel = activation_bytes_per_pixel(probe.net, torch.device("cpu"), "bf16", run=run)
+    budget = int((per_pixel + probe.bytes_per_pixel()) / 2 * 68 * 72)
+    passes: list[tuple[int, int]] = []
+    original = PrepaddedNetwork.__call__
+    monkeypatch.setattr(PrepaddedNetwork, "__call__",
+                        lambda self, batch: passes.append(self.size) or original(self, batch))
+    for max_memory, prepadded in ((None, True), (budget, False)):
+        model = InferenceModel(trained_like(), device="cpu", precision="bf16", max_memory=max_memory)
+        passes.clear()
+        outputs = list(model.stylize_frames(frames))
+        assert ((68, 72) in passes) == prepadded
+        passes.clear()
+        assert all(np.array_equal(out, np.asarray(model.stylize(Image.fromarray(frame))))
+                   for out, frame in zip(outputs, frames, strict=True))
+
+
+def test_photos_from_several_threads_at_once_are_each_their_own() -> None:
+    """The web page's workers share one model: each photo's pre-padded buffers are its own."""
+    model = InferenceModel(trained_like(), device="cpu", precision="bf16")
+    generator = torch.Generator().manual_seed(7)
+    images = [torch.rand(3, 96, 128, generator=generator) for _ in range(16)]  # one size: the same buffers if kept
+    expected = [model.transform(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(model.transform, images))
+    assert all(torch.equal(out, want) for out, want in zip(outputs, expected, strict=True))
 
 
 def test_prepadded_applies_only_where_it_was_measured() -> None:
     model = InferenceModel(trained_like(), device="cpu", precision="fp32")
-    assert prepadded_forward(model.net, "fp16", torch.device("cpu")) is None
-    assert prepadded_forward(SuperResolutionNet(factor=4), "fp32", torch.device("cpu")) is None
+    assert prepadded_forward(model.net, "fp16", torch.device("cpu"), keep=True) is None
+    assert prepadded_forward(SuperResolutionNet(factor=4), "fp32", torch.device("cpu"), keep=True) is None
     batch_norm = InferenceModel(TransformerNet(channels=8, residual_blocks=1, norm="batch").eval(), device="cpu")
-    assert prepadded_forward(batch_norm.net, "fp32", torch.device("cpu")) is None
+    assert prepadded_forward(batch_norm.net, "fp32", torch.device("cpu"), keep=True) is None
     # not rewritten by optimize_for_inference: its upsampling runs as nn.Upsample + ReflectConv in the one pass
-    assert prepadded_forward(trained_like(), "fp32", torch.device("cpu")) is None
+    assert prepadded_forward(trained_like(), "fp32", torch.device("cpu"), keep=True) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -52,7 +52,7 @@ The pieces, and why:
 
 The modules, one concept each: :mod:`~stylenet.inference.geometry` (padding, cropping, the one
 forward pass), :mod:`~stylenet.inference.memory` (budget and probe), :mod:`~stylenet.inference.layerwise`,
-:mod:`~stylenet.inference.frames` (and :mod:`~stylenet.inference.prepadded`, its pass on the CPU),
+:mod:`~stylenet.inference.frames`, :mod:`~stylenet.inference.prepadded` (the one pass on the CPU, faster),
 :mod:`~stylenet.inference.tiling`,
 :mod:`~stylenet.inference.norms` (InstanceNorm statistics), :mod:`~stylenet.inference.controls` and
 :mod:`~stylenet.inference.model` (:class:`InferenceModel`); their public names are importable from

@@ -18,7 +18,6 @@ inference faster by changing glibc's allocator for the whole process, is the app
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +46,7 @@ from stylenet.inference.geometry import (
 )
 from stylenet.inference.layerwise import layerwise_bands, network_layers
 from stylenet.inference.memory import (
+    PROBE_SIDE,
     activation_bytes_per_pixel,
     default_max_memory,
     is_out_of_memory,
@@ -105,8 +105,9 @@ class InferenceModel:
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
         self._bytes_per_pixel: float | None = None
-        #: per precision: the pre-padded pass of one image and its activation bytes per pixel, or None
-        self._prepadded: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], float] | None] = {}
+        #: per precision: the network, its pre-padded pass of one image (None where it does not apply) and
+        #: that pass's activation bytes per pixel
+        self._prepadded: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None, float]] = {}
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
             return
@@ -344,26 +345,44 @@ class InferenceModel:
     def _run_tile(self, net: nn.Module, tile: torch.Tensor, offset: torch.Tensor | None, controls: Controls
                   ) -> torch.Tensor:
         """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied;
-        the network takes it less ``offset``."""
+        the network takes it less ``offset``. The whole image (``net`` the model's own) runs through
+        pre-padded buffers where :meth:`_prepadded_fits` (the same image, faster), else, and after
+        running out of memory there, in the one pass."""
         batch = tile.to(self.device, torch.float32).unsqueeze(0)
-        run = self._prepadded_pass(*batch.shape[-2:]) if net is self.net else None
         centred = batch if offset is None else batch - offset
-        output = run(centred) if run is not None else forward(net, centred, self.precision)
+        run = self._prepadded_pass()[0] if net is self.net and self._prepadded_fits(*batch.shape[-2:]) else None
+        output = None
+        if run is not None:
+            try:
+                output = run(centred)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                release_cached_memory(self.device)
+        if output is None:
+            output = forward(net, centred, self.precision)
         return controls.apply(output, batch if controls.needs_content else None)[0]
 
-    def _prepadded_pass(self, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The one pass over an ``height`` x ``width`` image through pre-padded buffers
+    def _prepadded_pass(self) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+        """The one pass of one image through pre-padded buffers
         (:func:`~stylenet.inference.prepadded.prepadded_forward`: the same image bit for bit, faster on
-        the CPU), where it applies and its peak fits the memory budget; else None. It allocates every
-        layer's buffer up front, so its peak is about twice the one pass's: it gets its own probe."""
-        if self.precision not in self._prepadded:
+        the CPU; None where it does not apply) and its activation bytes per input pixel. It allocates
+        every layer's buffer up front, so its peak is about twice the one pass's: it gets its own probe."""
+        found = self._prepadded.get(self.precision)
+        if found is None or found[0] is not self.net:  # probed once per precision (and network)
             run = prepadded_forward(self.net, self.precision, self.device, keep=False)
-            self._prepadded[self.precision] = None if run is None else (
-                run, activation_bytes_per_pixel(self.net, self.device, self.precision, run=run))
-        found = self._prepadded[self.precision]
-        if found is None or found[1] * padded_pixels(self.net, height, width) > self.budget():
-            return None
-        return found[0]
+            per_pixel = 0.0 if run is None else activation_bytes_per_pixel(self.net, self.device, self.precision,
+                                                                          run=run)
+            found = self._prepadded[self.precision] = (self.net, run, per_pixel)
+        return found[1], found[2]
+
+    def _prepadded_fits(self, height: int, width: int) -> bool:
+        """Whether an ``height`` x ``width`` image runs through pre-padded buffers: where they apply and
+        their peak fits the memory budget. Images thinner than the probe are not estimated by it
+        (their borders are a larger share of their pixels), and they gain nothing."""
+        run, per_pixel = self._prepadded_pass()
+        return run is not None and min(height, width) >= PROBE_SIDE and \
+            per_pixel * padded_pixels(self.net, height, width) <= self.budget()
 
     def _global_statistics(self, rgb: torch.Tensor, pixels: int, offset: torch.Tensor | None) -> NormStats:
         """InstanceNorm statistics of the whole image, from a copy downscaled to fit ``pixels`` (less
@@ -448,12 +467,14 @@ class InferenceModel:
             return padded_pixels(self.net, height, width) <= self.max_pixels()
 
         # each layer written straight into the next one's padded input, in buffers kept across frames
-        run = prepadded_forward(self.net, self.precision, self.device) or functools.partial(
-            forward, self.net, precision=self.precision)
+        prepadded = prepadded_forward(self.net, self.precision, self.device, keep=True)
 
         def centred(batch: torch.Tensor) -> torch.Tensor:  # as transform runs a frame: less its mean
             offset = input_offset(self.net, batch)
-            return run(batch if offset is None else batch - offset.to(batch.device))
+            batch = batch if offset is None else batch - offset.to(batch.device)
+            if prepadded is not None and self._prepadded_fits(*batch.shape[-2:]):
+                return prepadded(batch)
+            return forward(self.net, batch, self.precision)
         return stream_frames(frames, centred, self.device, controls, fits, lambda rgb: self.transform(rgb, controls))
 
 

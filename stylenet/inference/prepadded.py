@@ -1,5 +1,6 @@
-"""One pass of a :class:`~stylenet.nets.TransformerNet` over frames of one size, each layer writing
-its output straight into the padded input of the next, in buffers kept from frame to frame.
+"""One pass of a :class:`~stylenet.nets.TransformerNet`, each layer writing its output straight into
+the padded input of the next: over frames of one size in buffers kept from frame to frame, or over
+one photo in buffers dropped after it.
 
 Eager PyTorch runs every layer of the network as separate passes over its activation: convolution,
 InstanceNorm, ReLU, and then reflection padding, which copies the whole map once more only to add
@@ -173,34 +174,23 @@ def input_layouts(net: nn.Module, layers: list[Layer], precision: str, device: t
     return [found[index] for index in range(len(layers))] if len(found) == len(layers) else None
 
 
-def prepadded_layers(net: nn.Module, precision: str, device: torch.device
-                     ) -> tuple[list[Layer], list[bool]] | None:
-    """The layers of ``net`` and their input layouts (:func:`input_layouts`) for a
-    :class:`PrepaddedNetwork`; None where it does not apply: networks other than a TransformerNet
-    with InstanceNorm as :func:`~stylenet.fastpath.optimize_for_inference` rewrites it, devices
-    other than the CPU, where it was measured (``stylenet-bench --sections frames``), and precisions
-    other than fp32 and bf16."""
+def prepadded_forward(net: nn.Module, precision: str, device: torch.device, *, keep: bool
+                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``forward(net, batch, precision)`` for (1, 3, H, W) batches, through a :class:`PrepaddedNetwork`
+    (padded to the network's multiple, output cropped, as the one pass does); None where it does not
+    apply: networks other than a TransformerNet with InstanceNorm as
+    :func:`~stylenet.fastpath.optimize_for_inference` rewrites it, devices other than the CPU, where
+    it was measured (``stylenet-bench --sections frames``), and precisions other than fp32 and bf16.
+
+    ``keep``: the buffers are kept for the next batch of the same size (one stream of frames, on one
+    thread: prepared anew only when the size changes); else each call prepares its own and frees them
+    as it returns (photos: nothing held between images, and calls from several threads at once)."""
     if device.type != "cpu" or precision not in ("fp32", "bf16"):
         return None
     layers = network_layers(net)
     layouts = None if layers is None else input_layouts(net, layers, precision, device)
-    return None if layers is None or layouts is None else (layers, layouts)
-
-
-def prepadded_forward(net: nn.Module, precision: str, device: torch.device, *, keep: bool = True,
-                      plan: tuple[list[Layer], list[bool]] | None = None
-                      ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``forward(net, batch, precision)`` for (1, 3, H, W) batches, through a :class:`PrepaddedNetwork`
-    (padded to the network's multiple, output cropped, as the one pass does); None where it does not
-    apply (:func:`prepadded_layers`, or ``plan``, its result for ``net``, found before).
-
-    ``keep``: the buffers are kept for the next batch of the same size (frames: prepared anew only
-    when the size changes); else each call prepares its own and frees them as it returns (photos:
-    nothing held between images, and calls from several threads at once)."""
-    plan = plan or prepadded_layers(net, precision, device)
-    if plan is None:
+    if layers is None or layouts is None:
         return None
-    layers, layouts = plan
     multiple, smallest = size_multiple(net), min_size(net)
     prepared: PrepaddedNetwork | None = None
 
