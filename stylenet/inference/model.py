@@ -307,6 +307,10 @@ class InferenceModel:
 
         dtype = {None: torch.float32, 8: torch.uint8, 16: torch.uint16}[bits]
         top_level = float(2**bits - 1) if bits else 1.0
+        if grid.count == 1:  # the whole image: its weight is 1 everywhere, so no band to blend into
+            rows = self._run_tile(net, rgb, offset, controls).cpu().clamp_(0.0, 1.0)
+            tick()
+            return rows.mul_(top_level).round_().to(dtype) if bits else rows
         out = torch.empty(3, height * scale, width * scale, dtype=dtype)
         carry: torch.Tensor | None = None  # output rows the next row of tiles still adds to
         for index, ((top, bottom), row_weight) in enumerate(zip(grid.rows, grid.row_weights, strict=True)):
