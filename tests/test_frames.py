@@ -3,6 +3,9 @@ of frame, across size changes, lazily; bad frames are refused in one line."""
 
 from __future__ import annotations
 
+import gc
+import math
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -209,10 +212,15 @@ def test_a_photo_takes_the_prepadded_pass_where_its_peak_fits(precision: str,
     per_pixel = activation_bytes_per_pixel(model.net, torch.device("cpu"), precision, run=run)
     one_pass = model.bytes_per_pixel()
     assert per_pixel > one_pass  # every buffer allocated up front
-    passes.clear()
-    tight = InferenceModel(trained_like(), device="cpu", precision=precision,
-                           max_memory=int((per_pixel + one_pass) / 2 * 68 * 72))
-    assert torch.equal(tight.transform(image), expected) and (68, 72) not in passes
+    for max_memory, taken in ((int((per_pixel + one_pass) / 2 * 68 * 72), False),
+                              (math.ceil(per_pixel * 68 * 72), True),  # the padded size is what must fit
+                              (math.ceil(per_pixel * 68 * 72) - 1, False)):
+        passes.clear()
+        tight = InferenceModel(trained_like(), device="cpu", precision=precision, max_memory=max_memory)
+        assert torch.equal(tight.transform(image), expected) and ((68, 72) in passes) == taken
+    other = InferenceModel(trained_like(channels=4), device="cpu", precision=precision)
+    model.net = other.net  # a network put in its place is probed anew, not run through the last one's layers
+    assert torch.equal(model.transform(image), other.transform(image))
 
     def out_of_memory(self: PrepaddedNetwork, batch: torch.Tensor) -> torch.Tensor:
         if self.size == (68, 72):
@@ -242,6 +250,27 @@ def test_frames_take_the_prepadded_pass_only_where_its_peak_fits(monkeypatch: py
         passes.clear()
         assert all(np.array_equal(out, np.asarray(model.stylize(Image.fromarray(frame))))
                    for out, frame in zip(outputs, frames, strict=True))
+
+
+def test_a_streams_buffers_go_before_a_frame_that_they_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept buffers of one frame size would sit beside the pass of a size that does not fit them."""
+    probe = InferenceModel(trained_like(), device="cpu", precision="bf16")
+    run = prepadded_forward(probe.net, "bf16", torch.device("cpu"), keep=False)
+    per_pixel = activation_bytes_per_pixel(probe.net, torch.device("cpu"), "bf16", run=run)
+    model = InferenceModel(trained_like(), device="cpu", precision="bf16", max_memory=int(per_pixel * 64 * 64 * 1.2))
+    made: list[weakref.ref[PrepaddedNetwork]] = []
+    original = PrepaddedNetwork.__init__
+
+    def record(self: PrepaddedNetwork, *args: object) -> None:
+        original(self, *args)  # type: ignore[arg-type]
+        made.append(weakref.ref(self))
+    monkeypatch.setattr(PrepaddedNetwork, "__init__", record)
+    stream = model.stylize_frames(uint8_frames([(64, 64), (64, 64), (96, 96)]))
+    next(stream), next(stream)
+    assert [ref().size for ref in made if ref() is not None] == [(64, 64)]  # kept across frames
+    next(stream)  # a size whose buffers would not fit
+    gc.collect()
+    assert [ref() for ref in made if ref() is not None and ref().size == (64, 64)] == []
 
 
 def test_photos_from_several_threads_at_once_are_each_their_own() -> None:

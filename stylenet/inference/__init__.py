@@ -37,8 +37,8 @@ The pieces, and why:
   sized to ``max_memory``, the image stays on the CPU (only tiles and a downscaled statistics copy
   go to the device), and finished output rows are quantised band by band, to uint8, or to uint16
   for 16-bit sources (tiles, blend and controls stay float32, so 16 bits survive). Running out of
-  memory is retried with smaller tiles, then reported as a :class:`~stylenet.StylenetError`; it is
-  never swallowed.
+  memory is retried in the plain one pass (after the faster pre-padded one) or with smaller tiles, then
+  reported as a :class:`~stylenet.StylenetError`; it is never swallowed.
 * **One geometry**: every pass pads and crops through :func:`padded_forward`, which the ONNX and
   ``.pt2`` exports call too, so all of them see the same padding (it enters InstanceNorm's statistics).
 * **Precision**: every pass over an image takes it less its per-channel mean

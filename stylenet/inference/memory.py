@@ -20,7 +20,7 @@ from stylenet.inference.geometry import forward, min_size, round_up, size_multip
 #: Per-forward-pass activation budget on the CPU when ``max_memory`` is not given.
 CPU_MAX_MEMORY = 800_000_000  # 0.8 GB: a 1024x1024 photo still runs in one pass (fp32 or bf16)
 #: The smallest side of :func:`activation_bytes_per_pixel`'s probe.
-PROBE_SIDE = 64
+MEMORY_PROBE_SIDE = 64
 
 
 def max_rss_bytes() -> int:
@@ -85,7 +85,7 @@ def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: 
     estimate is 1.3x that peak: the measured peak RSS of 1024x1024 passes of the paper's network on
     the CPU is 0.87x to 1.0x the estimate (fp32 and bf16, with and without the fast paths).
     """
-    side = round_up(max(PROBE_SIDE, min_size(net)), size_multiple(net))
+    side = round_up(max(MEMORY_PROBE_SIDE, min_size(net)), size_multiple(net))
     probe = torch.zeros(1, 3, side, side, device=device)
     with _PeakTensorMemory() as memory:
         run(probe) if run is not None else forward(net, probe, precision)

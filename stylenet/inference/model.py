@@ -46,7 +46,7 @@ from stylenet.inference.geometry import (
 )
 from stylenet.inference.layerwise import layerwise_bands, network_layers
 from stylenet.inference.memory import (
-    PROBE_SIDE,
+    MEMORY_PROBE_SIDE,
     activation_bytes_per_pixel,
     default_max_memory,
     is_out_of_memory,
@@ -363,6 +363,7 @@ class InferenceModel:
                 if not is_out_of_memory(err):
                     raise
                 release_cached_memory(self.device)
+                log.warning("out of memory on %s through pre-padded buffers; retrying in one pass", self.device)
         if output is None:
             output = forward(net, centred, self.precision)
         return controls.apply(output, batch if controls.needs_content else None)[0]
@@ -385,7 +386,7 @@ class InferenceModel:
         their peak fits the memory budget. Images thinner than the probe are not estimated by it
         (their borders are a larger share of their pixels), and they gain nothing."""
         run, per_pixel = self._prepadded_pass()
-        return run is not None and min(height, width) >= PROBE_SIDE and \
+        return run is not None and min(height, width) >= MEMORY_PROBE_SIDE and \
             per_pixel * padded_pixels(self.net, height, width) <= self.budget()
 
     def _global_statistics(self, rgb: torch.Tensor, pixels: int, offset: torch.Tensor | None) -> NormStats:
@@ -470,16 +471,26 @@ class InferenceModel:
         def fits(height: int, width: int) -> bool:  # one pass, as transform would run it
             return padded_pixels(self.net, height, width) <= self.max_pixels()
 
-        # each layer written straight into the next one's padded input, in buffers kept across frames
-        prepadded = prepadded_forward(self.net, self.precision, self.device, keep=True)
+        # each layer written straight into the next one's padded input, in buffers kept across frames of
+        # a size whose buffers fit the budget; they go before any other pass runs beside them
+        kept: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
         def centred(batch: torch.Tensor) -> torch.Tensor:  # as transform runs a frame: less its mean
             offset = input_offset(self.net, batch)
             batch = batch if offset is None else batch - offset.to(batch.device)
-            if prepadded is not None and self._prepadded_fits(*batch.shape[-2:]):
-                return prepadded(batch)
-            return forward(self.net, batch, self.precision)
-        return stream_frames(frames, centred, self.device, controls, fits, lambda rgb: self.transform(rgb, controls))
+            if not self._prepadded_fits(*batch.shape[-2:]):
+                kept.clear()
+                return forward(self.net, batch, self.precision)
+            if not kept:
+                run = prepadded_forward(self.net, self.precision, self.device, keep=True)
+                assert run is not None  # _prepadded_fits: the pass applies
+                kept.append(run)
+            return kept[0](batch)
+
+        def beyond_one_pass(rgb: torch.Tensor) -> torch.Tensor:
+            kept.clear()
+            return self.transform(rgb, controls)
+        return stream_frames(frames, centred, self.device, controls, fits, beyond_one_pass)
 
 
 def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:

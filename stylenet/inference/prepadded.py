@@ -200,6 +200,7 @@ def prepadded_forward(net: nn.Module, precision: str, device: torch.device, *, k
         padded = pad_to_multiple(batch, multiple, smallest)
         network = prepared
         if network is None or network.size != tuple(padded.shape[-2:]):
+            prepared = network = None  # the last size's buffers go before this size's are made
             network = PrepaddedNetwork(layers, layouts, *padded.shape[-2:], precision, device)
             prepared = network if keep else None
         return crop_to(network(padded), height, width)
