@@ -4,6 +4,7 @@ of frame, across size changes, lazily; bad frames are refused in one line."""
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -271,6 +272,34 @@ def test_a_streams_buffers_go_before_a_frame_that_they_do_not_fit(monkeypatch: p
     next(stream)  # a size whose buffers would not fit
     gc.collect()
     assert [ref() for ref in made if ref() is not None and ref().size == (64, 64)] == []
+
+
+def test_a_stream_out_of_memory_in_its_buffers_goes_on_in_one_pass(monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    model = InferenceModel(trained_like(), device="cpu", precision="bf16")
+    frames = uint8_frames([(64, 64)] * 3)
+    expected = [np.asarray(model.stylize(Image.fromarray(frame))) for frame in frames]
+    original, failures = PrepaddedNetwork.__call__, [1]
+
+    def out_of_memory_once(self: PrepaddedNetwork, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == (64, 64) and failures:
+            failures.pop()
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return original(self, batch)
+    monkeypatch.setattr(PrepaddedNetwork, "__call__", out_of_memory_once)
+    with caplog.at_level(logging.WARNING, logger="stylenet.inference.model"):
+        outputs = list(model.stylize_frames(frames))
+    assert all(np.array_equal(out, want) for out, want in zip(outputs, expected, strict=True))
+    assert "out of memory on cpu through pre-padded buffers; retrying in one pass" in caplog.text
+
+
+def test_the_memory_probe_follows_the_precision_and_the_network() -> None:
+    model = InferenceModel(trained_like(), device="cpu", precision="fp32")
+    fp32 = model.bytes_per_pixel()
+    model.precision = "bf16"
+    assert model.bytes_per_pixel() < 0.75 * fp32  # half the bytes per activation
+    model.net = InferenceModel(trained_like(channels=4), device="cpu", precision="bf16").net
+    assert model.bytes_per_pixel() < 0.75 * 0.75 * fp32  # half the channels
 
 
 def test_photos_from_several_threads_at_once_are_each_their_own() -> None:

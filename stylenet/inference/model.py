@@ -104,7 +104,8 @@ class InferenceModel:
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
-        self._bytes_per_pixel: float | None = None
+        #: per precision: the network and its one pass's activation bytes per pixel
+        self._bytes_per_pixel: dict[str, tuple[nn.Module, float]] = {}
         #: per precision: the network, its pre-padded pass of one image (None where it does not apply) and
         #: that pass's activation bytes per pixel
         self._prepadded: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None, float]] = {}
@@ -191,13 +192,15 @@ class InferenceModel:
         return output_scale(self.net)
 
     def bytes_per_pixel(self) -> float:
-        """Activation bytes per input pixel (:func:`activation_bytes_per_pixel`, probed once); of a
-        network of several styles, those of the single-style network each style runs as."""
+        """Activation bytes per input pixel (:func:`activation_bytes_per_pixel`, probed once per precision
+        and network); of a network of several styles, those of the single-style network each style runs as."""
         if self.multi:
             return self.for_style(self.styles[0]).bytes_per_pixel()
-        if self._bytes_per_pixel is None:
-            self._bytes_per_pixel = activation_bytes_per_pixel(self.net, self.device, self.precision)
-        return self._bytes_per_pixel
+        found = self._bytes_per_pixel.get(self.precision)
+        if found is None or found[0] is not self.net:
+            found = self._bytes_per_pixel[self.precision] = (
+                self.net, activation_bytes_per_pixel(self.net, self.device, self.precision))
+        return found[1]
 
     def budget(self) -> int:
         """Activation bytes one forward pass may use (``max_memory`` or the device's default)."""
@@ -355,18 +358,20 @@ class InferenceModel:
         batch = tile.to(self.device, torch.float32).unsqueeze(0)
         centred = batch if offset is None else batch - offset
         run = self._prepadded_pass()[0] if net is self.net and self._prepadded_fits(*batch.shape[-2:]) else None
-        output = None
-        if run is not None:
-            try:
-                output = run(centred)
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                release_cached_memory(self.device)
-                log.warning("out of memory on %s through pre-padded buffers; retrying in one pass", self.device)
-        if output is None:
-            output = forward(net, centred, self.precision)
+        output = self._one_pass(run, centred) if run is not None else forward(net, centred, self.precision)
         return controls.apply(output, batch if controls.needs_content else None)[0]
+
+    def _one_pass(self, prepadded: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """``batch`` through the network's ``prepadded`` pass; after running out of memory there (which drops
+        its buffers), through the plain one pass, whose peak is about half."""
+        try:
+            return prepadded(batch)
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            release_cached_memory(self.device)
+            log.warning("out of memory on %s through pre-padded buffers; retrying in one pass", self.device)
+            return forward(self.net, batch, self.precision)
 
     def _prepadded_pass(self) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
         """The one pass of one image through pre-padded buffers
@@ -485,7 +490,7 @@ class InferenceModel:
                 run = prepadded_forward(self.net, self.precision, self.device, keep=True)
                 assert run is not None  # _prepadded_fits: the pass applies
                 kept.append(run)
-            return kept[0](batch)
+            return self._one_pass(kept[0], batch)
 
         def beyond_one_pass(rgb: torch.Tensor) -> torch.Tensor:
             kept.clear()

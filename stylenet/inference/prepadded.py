@@ -203,5 +203,9 @@ def prepadded_forward(net: nn.Module, precision: str, device: torch.device, *, k
             prepared = network = None  # the last size's buffers go before this size's are made
             network = PrepaddedNetwork(layers, layouts, *padded.shape[-2:], precision, device)
             prepared = network if keep else None
-        return crop_to(network(padded), height, width)
+        try:
+            return crop_to(network(padded), height, width)
+        except BaseException:  # out of memory, say: the buffers go, and the next batch starts afresh
+            prepared = None
+            raise
     return run
