@@ -192,6 +192,12 @@ def test_prepadded_frames_follow_the_layers_themselves(precision: str, monkeypat
     assert torch.equal(run(batch), forward(model.net, batch, precision))
 
 
+def prepadded_bytes_per_pixel(net: torch.nn.Module, precision: str) -> float:
+    """The pre-padded pass's probed activation bytes per input pixel (what InferenceModel budgets it by)."""
+    run = prepadded_forward(net, precision, torch.device("cpu"), keep=False)
+    return activation_bytes_per_pixel(net, torch.device("cpu"), precision, run=run)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_photo_takes_the_prepadded_pass_where_its_peak_fits(precision: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,8 +215,7 @@ def test_a_photo_takes_the_prepadded_pass_where_its_peak_fits(precision: str,
     assert torch.equal(model.transform(image), expected) and (68, 72) in passes  # padded to a multiple of 4
     model.transform(torch.rand(3, 40, 300))  # thinner than the memory probe, which would not bound its peak
     assert (40, 300) not in passes
-    run = prepadded_forward(model.net, precision, torch.device("cpu"), keep=False)
-    per_pixel = activation_bytes_per_pixel(model.net, torch.device("cpu"), precision, run=run)
+    per_pixel = prepadded_bytes_per_pixel(model.net, precision)
     one_pass = model.bytes_per_pixel()
     assert per_pixel > one_pass  # every buffer allocated up front
     for max_memory, taken in ((int((per_pixel + one_pass) / 2 * 68 * 72), False),
@@ -236,9 +241,7 @@ def test_frames_take_the_prepadded_pass_only_where_its_peak_fits(monkeypatch: py
     fits in the budget run through it, and come out the same."""
     frames = uint8_frames([(66, 70)] * 2)
     probe = InferenceModel(trained_like(), device="cpu", precision="bf16")
-    run = prepadded_forward(probe.net, "bf16", torch.device("cpu"), keep=False)
-    per_pixel = activation_bytes_per_pixel(probe.net, torch.device("cpu"), "bf16", run=run)
-    budget = int((per_pixel + probe.bytes_per_pixel()) / 2 * 68 * 72)
+    budget = int((prepadded_bytes_per_pixel(probe.net, "bf16") + probe.bytes_per_pixel()) / 2 * 68 * 72)
     passes: list[tuple[int, int]] = []
     original = PrepaddedNetwork.__call__
     monkeypatch.setattr(PrepaddedNetwork, "__call__",
@@ -255,9 +258,7 @@ def test_frames_take_the_prepadded_pass_only_where_its_peak_fits(monkeypatch: py
 
 def test_a_streams_buffers_go_before_a_frame_that_they_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """Kept buffers of one frame size would sit beside the pass of a size that does not fit them."""
-    probe = InferenceModel(trained_like(), device="cpu", precision="bf16")
-    run = prepadded_forward(probe.net, "bf16", torch.device("cpu"), keep=False)
-    per_pixel = activation_bytes_per_pixel(probe.net, torch.device("cpu"), "bf16", run=run)
+    per_pixel = prepadded_bytes_per_pixel(InferenceModel(trained_like(), device="cpu", precision="bf16").net, "bf16")
     model = InferenceModel(trained_like(), device="cpu", precision="bf16", max_memory=int(per_pixel * 64 * 64 * 1.2))
     made: list[weakref.ref[PrepaddedNetwork]] = []
     original = PrepaddedNetwork.__init__

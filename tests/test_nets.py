@@ -43,8 +43,8 @@ def test_the_output_is_the_papers_scaled_tanh() -> None:
 
 
 def test_the_scaled_tanh_keeps_float32_under_autocast() -> None:
-    """A bf16 pre-activation gives the float32 image of its exact value: bf16's (tanh + 1) would
-    round to steps of 1/128 (a grey level), here the last step of 9 tanh values from 0.9 to 0.99."""
+    """A bf16 pre-activation gives the float32 image of its exact value, where bf16's (tanh + 1) would
+    round to steps of 1/128, about a grey level (here for tanh values from 0.9 to 0.99)."""
     x = torch.atanh(torch.linspace(0.9, 0.99, 9)).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         values = ScaledTanh()(x)

@@ -18,6 +18,7 @@ inference faster by changing glibc's allocator for the whole process, is the app
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -104,11 +105,10 @@ class InferenceModel:
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
-        #: per precision: the network and its one pass's activation bytes per pixel
-        self._bytes_per_pixel: dict[str, tuple[nn.Module, float]] = {}
-        #: per precision: the network, its pre-padded pass of one image (None where it does not apply) and
-        #: that pass's activation bytes per pixel
-        self._prepadded: dict[str, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None, float]] = {}
+        #: per (precision, pre-padded or not): the network, its pass of one image (None where the pre-padded
+        #: one does not apply) and that pass's activation bytes per pixel (:meth:`_probed`)
+        self._probes: dict[tuple[str, bool], tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None,
+                                                   float]] = {}
         if getattr(self.net, "styles", 1) > 1:
             self._layerwise = False
             return
@@ -196,11 +196,23 @@ class InferenceModel:
         and network); of a network of several styles, those of the single-style network each style runs as."""
         if self.multi:
             return self.for_style(self.styles[0]).bytes_per_pixel()
-        found = self._bytes_per_pixel.get(self.precision)
+        return self._probed(prepadded=False)[1]
+
+    def _probed(self, prepadded: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
+        """The pass of one image (the one pass, or through pre-padded buffers:
+        :func:`~stylenet.inference.prepadded.prepadded_forward`, the same image bit for bit, faster on the
+        CPU, None where it does not apply) and its activation bytes per input pixel, probed once per
+        precision and network. The pre-padded pass allocates every layer's buffer up front, so its peak is
+        about twice the one pass's: it gets its own probe."""
+        key = (self.precision, prepadded)
+        found = self._probes.get(key)
         if found is None or found[0] is not self.net:
-            found = self._bytes_per_pixel[self.precision] = (
-                self.net, activation_bytes_per_pixel(self.net, self.device, self.precision))
-        return found[1]
+            run = prepadded_forward(self.net, self.precision, self.device, keep=False) if prepadded else \
+                functools.partial(forward, self.net, precision=self.precision)
+            per_pixel = 0.0 if run is None else activation_bytes_per_pixel(self.net, self.device, self.precision,
+                                                                          run=run)
+            found = self._probes[key] = (self.net, run, per_pixel)
+        return found[1], found[2]
 
     def budget(self) -> int:
         """Activation bytes one forward pass may use (``max_memory`` or the device's default)."""
@@ -357,11 +369,14 @@ class InferenceModel:
         running out of memory there, in the one pass."""
         batch = tile.to(self.device, torch.float32).unsqueeze(0)
         centred = batch if offset is None else batch - offset
-        run = self._prepadded_pass()[0] if net is self.net and self._prepadded_fits(*batch.shape[-2:]) else None
-        output = self._one_pass(run, centred) if run is not None else forward(net, centred, self.precision)
+        run = self._probed(prepadded=True)[0] if net is self.net and self._prepadded_fits(*batch.shape[-2:]) \
+            else None
+        output = self._prepadded_or_one_pass(run, centred) if run is not None else \
+            forward(net, centred, self.precision)
         return controls.apply(output, batch if controls.needs_content else None)[0]
 
-    def _one_pass(self, prepadded: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+    def _prepadded_or_one_pass(self, prepadded: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
+                               ) -> torch.Tensor:
         """``batch`` through the network's ``prepadded`` pass; after running out of memory there (which drops
         its buffers), through the plain one pass, whose peak is about half."""
         try:
@@ -373,24 +388,11 @@ class InferenceModel:
             log.warning("out of memory on %s through pre-padded buffers; retrying in one pass", self.device)
             return forward(self.net, batch, self.precision)
 
-    def _prepadded_pass(self) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, float]:
-        """The one pass of one image through pre-padded buffers
-        (:func:`~stylenet.inference.prepadded.prepadded_forward`: the same image bit for bit, faster on
-        the CPU; None where it does not apply) and its activation bytes per input pixel. It allocates
-        every layer's buffer up front, so its peak is about twice the one pass's: it gets its own probe."""
-        found = self._prepadded.get(self.precision)
-        if found is None or found[0] is not self.net:  # probed once per precision (and network)
-            run = prepadded_forward(self.net, self.precision, self.device, keep=False)
-            per_pixel = 0.0 if run is None else activation_bytes_per_pixel(self.net, self.device, self.precision,
-                                                                          run=run)
-            found = self._prepadded[self.precision] = (self.net, run, per_pixel)
-        return found[1], found[2]
-
     def _prepadded_fits(self, height: int, width: int) -> bool:
         """Whether an ``height`` x ``width`` image runs through pre-padded buffers: where they apply and
         their peak fits the memory budget. Images thinner than the probe are not estimated by it
         (their borders are a larger share of their pixels), and they gain nothing."""
-        run, per_pixel = self._prepadded_pass()
+        run, per_pixel = self._probed(prepadded=True)
         return run is not None and min(height, width) >= MEMORY_PROBE_SIDE and \
             per_pixel * padded_pixels(self.net, height, width) <= self.budget()
 
@@ -490,7 +492,7 @@ class InferenceModel:
                 run = prepadded_forward(self.net, self.precision, self.device, keep=True)
                 assert run is not None  # _prepadded_fits: the pass applies
                 kept.append(run)
-            return self._one_pass(kept[0], batch)
+            return self._prepadded_or_one_pass(kept[0], batch)
 
         def beyond_one_pass(rgb: torch.Tensor) -> torch.Tensor:
             kept.clear()
