@@ -5,7 +5,9 @@ valid, shorter file or nothing; without PyAV the error names the extra."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -212,6 +214,61 @@ def test_colour_tags_are_kept_and_the_matrix_is_the_tagged_one(tmp_path: Path, m
     assert np.abs(difference).mean() < 2.5
 
 
+def labelled_clip(path: Path) -> Path:
+    """An anamorphic clip (pixels 32:27, as DVDs hold 4:3 pictures) with a title, date and place, and two
+    audio tracks labelled by language and title, the English one the default, as cameras and editors
+    write them."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        container.metadata.update({"title": "Harbour", "creation_time": "2024-05-01T10:00:00.000000Z",
+                                   "location": "+48.8577+002.2950/"})
+        video = h264(container, 32)
+        video.codec_context.sample_aspect_ratio = Fraction(32, 27)
+        tracks = []
+        for language, title in [("eng", "English"), ("fra", "Français")]:
+            audio = container.add_stream("aac", rate=8000)
+            audio.layout = "mono"
+            audio.metadata.update({"language": language, "title": title})
+            audio.disposition = av.stream.Disposition.default if language == "eng" else av.stream.Disposition(0)
+            tracks.append(audio)
+        container.start_encoding()
+        write_frames(av, container, video, 8, 32)
+        for audio in tracks:
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 8000, 0
+            container.mux(audio.encode(sound))
+            container.mux(audio.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_the_pixel_shape_the_labels_and_the_date_are_kept(tmp_path: Path, model_file: Path, suffix: str) -> None:
+    """A clip keeps the shape it is shown at (its pixel aspect ratio; resized unevenly through the API,
+    the ratio that keeps it, as FFmpeg's scale filter sets it), its title, date and place, and each audio
+    track's language, title and default flag: the packets alone would leave a player without them."""
+    av = pytest.importorskip("av")
+    clip = labelled_clip(tmp_path / f"labelled{suffix}")
+    out = tmp_path / f"out{suffix}"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out), "--max-size", "16"]) == 0
+    stylize_video(clip, tmp_path / f"uneven{suffix}", load_model(model_file), size=(16, 32))
+    with av.open(str(out)) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height, video.sample_aspect_ratio) == (16, 16, Fraction(32, 27))
+        assert {key: container.metadata.get(key) for key in ("title", "creation_time")} == {
+            "title": "Harbour", "creation_time": "2024-05-01T10:00:00.000000Z"}
+        assert "+48.8577+002.2950/" in container.metadata.values()  # MP4's "location", Matroska's "LOCATION"
+        labels = [(track.metadata.get("language"), track.metadata.get("title") or track.metadata.get("name"),
+                   track.disposition) for track in container.streams.audio]
+        assert labels == [("eng", "English", av.stream.Disposition.default), ("fra", "Français", 0)]
+    # what describes the input's encoding is not copied: the muxer writes the output's own
+    stale = {"ENCODER": "Lavf", "major_brand": "isom", "DURATION": "00:00:01.0", "BPS": "900",
+             "NUMBER_OF_FRAMES": "8", "_STATISTICS_TAGS": "BPS DURATION"}
+    assert video_io.kept_tags({**stale, "title": "Harbour", "LANGUAGE": "eng"}) == {"title": "Harbour",
+                                                                                  "LANGUAGE": "eng"}
+    with av.open(str(tmp_path / f"uneven{suffix}")) as container:
+        assert container.streams.video[0].sample_aspect_ratio == Fraction(32, 27) / 2  # shown as 32:27 x 32:32
+
+
 def test_a_size_of_our_choosing_is_even_so_players_can_decode_it(tmp_path: Path, model_file: Path) -> None:
     """--max-size 45 on a 48x64 clip: 34x45 by the aspect ratio, written 34x44 in 4:2:0 (odd sides would
     need 4:4:4, which browsers and phones do not decode)."""
@@ -327,8 +384,10 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
     model = load_model(multi_file(tmp_path / "multi.safetensors"), device="cpu", precision="fp32")
     with pytest.raises(StylenetError, match="holds 3 styles: pass style="):
         stylize_video(clip, tmp_path / "none.mkv", model)
-    with pytest.raises(StylenetError, match=r"size must be \(height, width\) in pixels >= 1, got \(0, 10\)"):
-        stylize_video(clip, tmp_path / "none.mkv", model, style="b", size=(0, 10))
+    for size in [(0, 10), (2.5, 3)]:
+        with pytest.raises(StylenetError, match=r"size must be \(height, width\) in pixels >= 1, got " +
+                           re.escape(str(size))):
+            stylize_video(clip, tmp_path / "none.mkv", model, style="b", size=size)
     assert not list(tmp_path.glob("none*"))
     result = stylize_video(clip, tmp_path / "b.mkv", model, style="b")
     first = read_clip(tmp_path / "b.mkv")["frames"][0].astype(int)
@@ -423,6 +482,34 @@ def test_a_damaged_packet_is_skipped_and_the_rest_written(tmp_path: Path, model_
     assert len(written["frames"]) == 47 and written["audio"] == source["audio"] and written["rotation"] == 90
     with pytest.raises(StylenetError, match=r"damaged.mp4' is truncated or corrupt: 1 damaged video packet"):
         list(iter_video_frames(damaged))
+
+
+def test_a_damaged_first_key_frame_is_skipped_like_any_other_packet(tmp_path: Path, model_file: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """The first frame is read to probe the clip (its size, rotation, colour tags): a first key frame the
+    decoder refuses is passed over there too, and the clip is written from the next key frame on. The
+    frames that depend on the damaged one are lost with it: the clip did not end early."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "keys.mp4"
+    with av.open(str(clip), "w") as container:
+        write_frames(av, container, h264(container, 32, g="5"), 20, 32)  # a key frame every 5 frames
+    with av.open(str(clip)) as container:
+        position, size = next((packet.pos, packet.size) for packet in container.demux(video=0) if packet.size)
+    data = bytearray(clip.read_bytes())
+    data[position:position + size] = b"\xff" * size
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with av.open(str(damaged)) as container:  # what FFmpeg itself decodes of it
+        decodable = 0
+        for packet in container.demux(video=0):
+            with contextlib.suppress(av.InvalidDataError):
+                decodable += len(packet.decode())
+    assert 10 <= decodable < 20
+    out = tmp_path / "out.mp4"
+    assert stylize_main([str(damaged), "-m", str(model_file), "-o", str(out)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"'{damaged}' is corrupt: 1 damaged video packet(s) skipped (" in line, line
+    assert f"wrote {decodable} frames" in line and len(read_clip(out)["frames"]) == decodable
 
 
 def test_an_mp4_trimmed_without_reencoding_is_whole(tmp_path: Path, model_file: Path,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import numbers
 import struct
 import time
 from collections import deque
@@ -84,6 +85,7 @@ class VideoInfo:
     color_primaries: int = 2  # AVColorPrimaries and AVColorTransferCharacteristic (2: unspecified): tags only,
     color_trc: int = 2        #   kept as they are (the network works on the RGB values as decoded)
     audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
+    sample_aspect_ratio: Fraction | None = None  # of a pixel (anamorphic video: not square); None: square
 
     @property
     def matrix(self) -> int:
@@ -158,18 +160,31 @@ def main_video(container: Any) -> Any:
     return container.streams.best("video")
 
 
-def _first_frame(container: Any, path: Path) -> Any:
+def _first_frame(av: ModuleType, container: Any, path: Path) -> Any:
+    """The main video stream's first frame that decodes: packets the decoder refuses before it are
+    passed over, as :func:`read_video` passes them over (a damaged first key frame, say)."""
+    refused: Exception | None = None
+    video = main_video(container)
+    video.thread_type = "SLICE"  # as read_video decodes: a refused packet is reported by its own call
     try:
-        for frame in container.decode(main_video(container)):
-            return frame
+        for packet in container.demux(video):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError as err:
+                refused = refused or err
+                continue
+            if frames:
+                return frames[0]
     except Exception as err:
-        raise StylenetError(f"{str(path)!r}: no video frame could be decoded ({first_line(err)})") from None
-    raise StylenetError(f"{str(path)!r}: no video frame could be decoded")
+        refused = err
+    detail = f" ({first_line(refused)})" if refused else ""
+    raise StylenetError(f"{str(path)!r}: no video frame could be decoded{detail}")
 
 
 def probe_video(path: str | Path) -> VideoInfo:
     """The main video stream's (:func:`main_video`) size, rate, time base, expected frame count, display
-    matrix and colour tags, and the audio codecs, from the header and the first decoded frame."""
+    matrix, pixel aspect ratio and colour tags, and the audio codecs, from the header and the first
+    decoded frame."""
     av, path = require_av(), Path(path)
     container = _open_input(av, path)
     with container:
@@ -177,7 +192,8 @@ def probe_video(path: str | Path) -> VideoInfo:
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         expected, exact = _expected_frames(stream, rate)
         audio = tuple(audio.codec_context.name for audio in container.streams.audio)
-        frame = _first_frame(container, path)
+        pixel = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio  # the container's first
+        frame = _first_frame(av, container, path)
         matrix = next((bytes(data) for data in frame.side_data if "DISPLAYMATRIX" in str(data.type)), None)
         return VideoInfo(width=frame.width, height=frame.height, rate=rate,
                          time_base=Fraction(stream.time_base or Fraction(1, 90000)),
@@ -185,7 +201,8 @@ def probe_video(path: str | Path) -> VideoInfo:
                          display_matrix=struct.unpack("=9i", matrix) if matrix and len(matrix) == 36 else None,
                          rotation=int(frame.rotation or 0), color_range=int(frame.color_range),
                          colorspace=int(frame.colorspace), color_primaries=int(stream.codec_context.color_primaries),
-                         color_trc=int(stream.codec_context.color_trc), audio=audio)
+                         color_trc=int(stream.codec_context.color_trc), audio=audio,
+                         sample_aspect_ratio=Fraction(pixel) if pixel else None)
 
 
 def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result: VideoResult) -> Iterator[Any]:
@@ -283,11 +300,12 @@ def _first_audio_packets(av: ModuleType, source: Path) -> dict[int, Any]:
 def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
     """Why an input read to its end is short: fewer frames (a damaged packet counts as one, and so does
     one the container says to discard) than its header (exactly) or its duration (within one frame)
-    promised; None if it is not."""
+    promised; None if it is not. A count from the duration, or a clip with damaged packets (whose
+    decoder also drops the frames that depend on them), is reached by a last frame that ends as late."""
     expected, exact = info.expected_frames, info.exact_count
     reached = result.decoded + result.damaged + result.discarded
-    if not exact and result.last_time is not None:  # a count from the duration: a variable frame rate
-        reached = max(reached, round(result.last_time * info.rate))  # has fewer frames, ending as late
+    if (not exact or result.damaged) and result.last_time is not None:  # a variable frame rate has fewer
+        reached = max(reached, round(result.last_time * info.rate))      # frames, ending as late
     if expected and reached < expected - (0 if exact else 1):
         return f"it ended after {result.decoded} of {expected} frames"
     return None
@@ -337,6 +355,27 @@ def _encoder_settings(suffix: str) -> tuple[str, dict[str, str]]:
     return "mpeg4", {"qscale": "2"}
 
 
+#: Tags of the input not copied: the muxer writes its own (the encoder, MP4's brands), or they describe the
+#: input's encoding (Matroska's DURATION and statistics tags), which the output's no longer is.
+STALE_TAGS = frozenset({"encoder", "major_brand", "minor_version", "compatible_brands", "duration", "bps",
+                        "number_of_frames", "number_of_bytes"})
+
+
+def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """A container's or stream's tags (title, language, creation time, location, ...) less :data:`STALE_TAGS`."""
+    return {key: value for key, value in metadata.items()
+            if key.lower() not in STALE_TAGS and not key.lower().startswith("_statistics")}
+
+
+def _copy_labels(source: Any, target: Any) -> None:
+    """A stream's tags (:func:`kept_tags`) and disposition (the default track, forced, ...) onto its copy."""
+    tags = kept_tags(source.metadata)
+    if "name" in tags and "title" not in tags:  # an MP4 track's name, which muxers write from "title"
+        tags["title"] = tags.pop("name")
+    target.metadata.update(tags)
+    target.disposition = source.disposition
+
+
 class VideoEncoder:
     """The output file: a video stream encoded from RGB frames with the input's timestamps, time
     base, frame rate, display matrix and colour tags, and a copy of each of the input's audio
@@ -350,8 +389,10 @@ class VideoEncoder:
         self.av, self.info = av, info
         self.container = av.open(str(path), "w")
         try:
-            self._add_video(path.suffix.lower(), height, width)
-            self.audio = self._add_audio(source, name or path)
+            with _open_input(av, source) as template:
+                self._add_video(path.suffix.lower(), height, width, main_video(template))
+                self.audio = self._add_audio(template, source, name or path)
+                self.container.metadata.update(kept_tags(template.metadata))
             try:  # the header now: a stream the muxer refuses is refused before any frame is stylized
                 self.container.start_encoding()
             except av.FFmpegError as err:
@@ -364,7 +405,7 @@ class VideoEncoder:
         self.frames = self.audio_packets = 0
         self._last_pts: int | None = None
 
-    def _add_video(self, suffix: str, height: int, width: int) -> None:
+    def _add_video(self, suffix: str, height: int, width: int, template: Any) -> None:
         codec, options = _encoder_settings(suffix)
         stream = self.container.add_stream(codec, rate=self.info.rate, options=options)
         stream.width, stream.height = width, height
@@ -382,20 +423,25 @@ class VideoEncoder:
             context.color_trc = self.info.color_trc
         if self.info.display_matrix is not None:
             stream.set_display_matrix(list(self.info.display_matrix))
+        if self.info.sample_aspect_ratio:  # the shape the picture is shown at is kept, as FFmpeg's scale filter
+            pixel = self.info.sample_aspect_ratio * self.info.width * height / (self.info.height * width)
+            context.sample_aspect_ratio = pixel.limit_denominator(65535)  # keeps it (H.264 holds 16 bits)
+        _copy_labels(template, stream)
         self.video = stream
 
-    def _add_audio(self, source: Path, path: Path) -> dict[int, Any]:
-        """One output stream per input audio stream, with its codec parameters; refused up front if
-        the output's container cannot hold the codec (AAC in WebM, Opus in MOV, stereo float PCM in MP4)."""
+    def _add_audio(self, template: Any, source: Path, path: Path) -> dict[int, Any]:
+        """One output stream per audio stream of ``source`` (open as ``template``), with its codec
+        parameters and labels; refused up front if the output's container cannot hold the codec (AAC in
+        WebM, Opus in MOV, stereo float PCM in MP4)."""
         streams: dict[int, Any] = {}
         firsts = _first_audio_packets(self.av, source)
-        with _open_input(self.av, source) as template:
-            for audio in template.streams.audio:
-                name = audio.codec_context.name
-                if name not in self.container.supported_codecs or not self._muxes(audio, firsts.get(audio.index)):
-                    raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
-                                        "untouched: choose .mkv, which holds any audio")
-                streams[audio.index] = self.container.add_stream_from_template(audio)
+        for audio in template.streams.audio:
+            name = audio.codec_context.name
+            if name not in self.container.supported_codecs or not self._muxes(audio, firsts.get(audio.index)):
+                raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
+                                    "untouched: choose .mkv, which holds any audio")
+            streams[audio.index] = self.container.add_stream_from_template(audio)
+            _copy_labels(audio, streams[audio.index])
         return streams
 
     def _muxes(self, audio: Any, packet: Any | None) -> bool:
@@ -465,7 +511,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     damaged packets (skipped, as FFmpeg's tools skip them), after its valid video has been written."""
     source, target = Path(source), Path(target)
     model = model.for_style(style)
-    if size is not None and (len(size) != 2 or min(size) < 1):
+    if size is not None and (len(size) != 2 or not all(isinstance(side, numbers.Integral) for side in size)
+                             or min(size) < 1):
         raise StylenetError(f"size must be (height, width) in pixels >= 1, got {size!r}")
     start = time.perf_counter()
     video_target(source, target, in_folder=False)  # a video suffix, not a folder: before any work
