@@ -765,8 +765,8 @@ def test_sixteen_bit_pixels_are_rounded_for_8_bit_formats(tmp_path: Path, suffix
 def test_compact_holds_every_level_of_the_source(tmp_path: Path) -> None:
     eight = torch.arange(256, dtype=torch.float32).expand(3, 1, 256) / 255
     held = im_mod.compact(LoadedImage(rgb=eight, alpha=None, icc_profile=None, was_gray=False))
-    assert held.rgb.dtype == torch.float16
-    assert torch.equal((held.rgb.float() * 255).round(), (eight * 255).round())
+    assert held.rgb.dtype == torch.uint8 and held.rgb.flatten().tolist() == [*range(256)] * 3
+    assert torch.equal(im_mod.unit_float(held.rgb), eight)  # the very float32 values: k / 255
     sixteen = torch.arange(65536, dtype=torch.float32).expand(3, 1, 65536) / 65535
     held = im_mod.compact(LoadedImage(rgb=sixteen, alpha=None, icc_profile=None, was_gray=False, bits=16))
     assert held.rgb.dtype == torch.float32

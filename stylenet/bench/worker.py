@@ -158,8 +158,9 @@ class PhotoWork:
         budget = 1 << 50 if job.mode == "onepass" else (job.max_memory or None)
         self.model = inference_model(job, device, max_memory=budget)
         generator = torch.Generator().manual_seed(0)
-        # held and written as stylenet-stylize does: float16 pixels in, uint8 out
-        self.image = torch.rand(3, job.height or job.size, job.size, generator=generator).half()
+        # held and written as stylenet-stylize does: uint8 levels in (stylenet.image.compact), uint8 out
+        self.image = torch.randint(0, 256, (3, job.height or job.size, job.size), generator=generator,
+                                   dtype=torch.uint8)
         self.output: torch.Tensor | None = None
 
     def __call__(self) -> None:

@@ -404,8 +404,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         return
     try:
         image = load_image(source)
-        # Held compactly while the models run: float16 for 8-bit sources (half the memory, exact once
-        # rounded on output), float32 for 16-bit ones, whose levels float16 cannot hold.
+        # held compactly while the models run: an 8-bit source as its uint8 levels (stylenet.image.compact)
         image = compact(image)
         size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)
     except Exception as err:

@@ -43,6 +43,7 @@ from stylenet.image.formats import (
     ImageError,
     LoadedImage,
     compact,
+    unit_float,
 )
 from stylenet.image.read import from_pil, list_images, load_image, load_rgb, read_image_size
 from stylenet.image.resize import (
@@ -89,4 +90,5 @@ __all__ = [
     "target_size",
     "to_pil",
     "training_sample",
+    "unit_float",
 ]

@@ -100,12 +100,22 @@ class LoadedImage:
 
 
 def compact(image: LoadedImage) -> LoadedImage:
-    """``image`` with its RGB held in the narrowest float type that still keeps every level of its
-    source: float16 for 8-bit sources (``k / 255`` stays within 0.07 of level ``k``, so outputs
-    round back exactly, at half the memory of float32), float32 for 16-bit ones (float16 has 11
-    significant bits, 32 16-bit levels apart near 1: ``--strength 0`` could not return the input)."""
-    dtype = torch.float16 if image.bits <= 8 else torch.float32
-    return dataclasses.replace(image, rgb=image.rgb.to(dtype))
+    """``image`` with its RGB held as compactly as its source allows while the networks run: an
+    8-bit source as its uint8 levels (a quarter of float32's memory; :func:`unit_float` makes them
+    ``k / 255`` in float32 again, the very values :func:`~stylenet.image.from_pil` gives, so a
+    command's output is the notebook API's), a 16-bit one in float32. Not float16: ``k / 255`` is
+    off by up to 0.07 of a level there, and a network amplifies that on a photo of low contrast."""
+    if image.bits > 8:
+        return image
+    return dataclasses.replace(image, rgb=image.rgb.mul(255.0).round_().to(torch.uint8))
+
+
+def unit_float(rgb: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """An image in float32 on ``device`` (its own by default): uint8 levels ``k`` (:func:`compact`)
+    as ``k / 255``, computed as :func:`~stylenet.image.from_pil` computes them; a float image in [0, 1]
+    as it is (the same tensor if it is already float32 there)."""
+    out = rgb.to(device or rgb.device, torch.float32)
+    return out.div_(255.0) if rgb.dtype == torch.uint8 else out
 
 
 def file_error(path: str | Path, reason: str, *, verb: str = "read") -> ImageError:

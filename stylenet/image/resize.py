@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from stylenet.errors import StylenetError
-from stylenet.image.formats import DEFAULT_MAX_PIXELS, ImageError
+from stylenet.image.formats import DEFAULT_MAX_PIXELS, ImageError, unit_float
 
 
 def scaled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
@@ -59,11 +59,12 @@ def target_size(height: int, width: int, *, scale: float = 1.0,
 def resize(image: torch.Tensor, size: tuple[int, int], *, clamp: bool = False) -> torch.Tensor:
     """Antialiased bilinear resize of (C, H, W) to ``size`` (H, W); the image itself when it is
     already that size. Float32 out, whatever float dtype comes in (PyTorch's CPU kernel has no
-    half-precision version). ``clamp`` clips a resized image to [0, 1]: bilinear filtering with
-    antialiasing overshoots slightly at edges, and a valid image must stay in range."""
+    half-precision version), and uint8 levels ``k`` as ``k / 255`` (:func:`~stylenet.image.unit_float`).
+    ``clamp`` clips a resized image to [0, 1]: bilinear filtering with antialiasing overshoots
+    slightly at edges, and a valid image must stay in range."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    resized = F.interpolate(image.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True,
+    resized = F.interpolate(unit_float(image).unsqueeze(0), size=size, mode="bilinear", antialias=True,
                             align_corners=False).squeeze(0)
     return resized.clamp_(0, 1) if clamp else resized
 

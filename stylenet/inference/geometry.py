@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylenet.image import unit_float
 from stylenet.nets.transformer import ConditionalInstanceNorm2d, TransformerNet
 
 #: ``--precision`` names -> autocast dtypes (fp32 runs without autocast).
@@ -131,7 +132,8 @@ def input_offset(net: nn.Module, image: torch.Tensor) -> torch.Tensor | None:
     if not (isinstance(net, TransformerNet) and isinstance(first, nn.Sequential) and len(first) > 1
             and isinstance(first[1], (nn.InstanceNorm2d, ConditionalInstanceNorm2d))):
         return None
-    return image.reshape(3, -1).mean(dim=1, dtype=torch.float32).reshape(3, 1, 1)
+    # uint8 levels (stylenet.image.compact) as the float image they stand for: the same mean, bit for bit
+    return unit_float(image).reshape(3, -1).mean(dim=1, dtype=torch.float32).reshape(3, 1, 1)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:

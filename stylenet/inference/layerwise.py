@@ -32,6 +32,7 @@ from torch import nn
 from stylenet.errors import StylenetError
 from stylenet.fastpath import DepthToSpaceConv, SubpixelConv, channel_moments, is_channels_last, pool_moments
 from stylenet.fastpath import Moments as PixelMoments
+from stylenet.image import unit_float
 from stylenet.inference.geometry import PRECISIONS, autocast, min_size, pad_to_multiple, size_multiple
 from stylenet.inference.norms import FrozenInstanceNorm
 from stylenet.nets.transformer import ReflectConv, ScaledTanh, TransformerNet, UpsampleConvNormReLU
@@ -221,7 +222,7 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
             progress(done, steps.passes)
 
     def image_rows(start: int, stop: int) -> torch.Tensor:
-        rows = padded[..., start:stop, :].to(device, torch.float32)
+        rows = unit_float(padded[..., start:stop, :], device)
         return rows if offset is None else rows - offset
 
     read: Rows = image_rows

@@ -33,7 +33,7 @@ from torch import nn
 from stylenet.devices import resolve_device
 from stylenet.errors import StylenetError, first_line
 from stylenet.fastpath import inference_precision, optimize_for_inference
-from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil
+from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil, unit_float
 from stylenet.inference.controls import Controls
 from stylenet.inference.frames import Frame, check_unit_range, stream_frames
 from stylenet.inference.geometry import (
@@ -230,7 +230,8 @@ class InferenceModel:
                   quantize: bool = False, bits: int = 8,
                   progress: Callable[[int, int], None] | None = None,
                   style: StyleChoice | None = None) -> torch.Tensor:
-        """(3, H, W) float in [0, 1] (on any device; kept where it is) -> the output on the CPU,
+        """(3, H, W) float in [0, 1], or uint8 levels ``k`` meaning ``k / 255`` (an 8-bit image held
+        compactly: :func:`stylenet.image.compact`), on any device (kept where it is) -> the output on the CPU,
         (3, H * scale, W * scale), float32 in [0, 1] or, with ``quantize``, rounded to ``bits``
         levels: uint8 (a quarter of the memory: what 8-bit files need) or, with ``bits=16``, uint16
         (what 16-bit files need; every step before is float32, so ``Controls(strength=0)`` returns
@@ -356,7 +357,7 @@ class InferenceModel:
                                 budget=self.budget(), progress=progress)
         for top, rows in bands:
             bottom = top + rows.shape[1]
-            content = rgb[:, top:bottom].to(self.device, torch.float32) if controls.needs_content else None
+            content = unit_float(rgb[:, top:bottom], self.device) if controls.needs_content else None
             rows = controls.apply(rows, content).cpu()
             out[:, top:bottom] = rows.mul_(top_level).round_() if bits else rows
         return out
@@ -367,7 +368,7 @@ class InferenceModel:
         the network takes it less ``offset``. The whole image (``net`` the model's own) runs through
         pre-padded buffers where :meth:`_prepadded_fits` (the same image, faster), else, and after
         running out of memory there, in the one pass."""
-        batch = tile.to(self.device, torch.float32).unsqueeze(0)
+        batch = unit_float(tile, self.device).unsqueeze(0)
         centred = batch if offset is None else batch - offset
         run = self._probed(prepadded=True)[0] if net is self.net and self._prepadded_fits(*batch.shape[-2:]) \
             else None
@@ -405,7 +406,7 @@ class InferenceModel:
         if factor < 1.0:
             log.info("InstanceNorm statistics from a %dx%d copy of the %dx%d image",
                      size[1], size[0], width, height)
-        copy_ = resize(rgb, size).to(self.device, torch.float32).unsqueeze(0)
+        copy_ = unit_float(resize(rgb, size), self.device).unsqueeze(0)
         return record_norm_statistics(self.net, copy_ if offset is None else copy_ - offset, self.precision)
 
     # -------------------------------------------------------------------------- images
@@ -502,10 +503,12 @@ class InferenceModel:
 
 def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
     """:meth:`InferenceModel.transform`'s arguments, refused with one line before any work."""
-    if rgb.ndim != 3 or rgb.shape[0] != 3 or not rgb.is_floating_point() or not rgb[0].numel():
-        raise StylenetError(f"expected a float (3, H, W) image tensor, H and W >= 1, got {rgb.dtype} "
+    levels = rgb.dtype == torch.uint8  # an 8-bit image's own levels (stylenet.image.compact)
+    if rgb.ndim != 3 or rgb.shape[0] != 3 or not (rgb.is_floating_point() or levels) or not rgb[0].numel():
+        raise StylenetError(f"expected a float or uint8 (3, H, W) image tensor, H and W >= 1, got {rgb.dtype} "
                             f"{tuple(rgb.shape)}")
-    check_unit_range(rgb, "image tensor")
+    if not levels:
+        check_unit_range(rgb, "image tensor")
     if tile is not None and tile < MIN_TILE:
         raise StylenetError(f"tile (--tile) must be at least {MIN_TILE} px, got {tile}")
     if tile_overlap < 0:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylenet.image import unit_float
 from stylenet.inference.geometry import forward, min_size, round_up, size_multiple
 
 #: Per InstanceNorm layer (by module name): per-channel input (mean, biased variance).
@@ -148,7 +149,7 @@ def streaming_norm_statistics(net: nn.Module, rgb: torch.Tensor, rows: list[tupl
                                          cols=(core_left - left, core_right - left),
                                          width=round_up(max(right - left, low), multiple), pieces=pieces)
                 handle = layer.register_forward_pre_hook(hook)
-                tile = rgb[:, top:bottom, left:right].to(device, torch.float32).unsqueeze(0)
+                tile = unit_float(rgb[:, top:bottom, left:right], device).unsqueeze(0)
                 with contextlib.suppress(_LayerReached):
                     forward(frozen, tile if offset is None else tile - offset, precision)
                 handle.remove()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 #: Bytes one photo in flight may hold per pixel, besides the network's activations. Decoding peaks
 #: at about 40 (Pillow's pixels, then float32 conversions: 3 + 3 x 12); while it runs, the photo's
-#: float16 copy (6), the uint8 output (3) and the encoder's copies of it (3 + 4) are held.
+#: uint8 levels (3), the uint8 output (3) and the encoder's copies of it (3 + 4) are held.
 BYTES_PER_PIXEL = 48
 #: What the server needs besides the photos in flight: the loaded models, HTTP threads, encoders.
 RESERVE_BYTES = 256 * 2**20
