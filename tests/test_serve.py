@@ -230,6 +230,9 @@ def test_bad_uploads_get_a_clear_one_line_message(server: StyleServer, tmp_path:
 
     photo = make_photo(tmp_path / "ok.png")
     refusals = {f"/api/jobs?models={tiny}&strength=2": (400, "strength must be a number from 0 to 1"),
+                f"/api/jobs?models={tiny}&strength=": (400, "strength must be a number from 0 to 1, got ''"),
+                f"/api/jobs?models={tiny}&preserve_color=yes": (400, "preserve_color must be 1 or 0, got 'yes'"),
+                f"/api/jobs?models={tiny},{tiny}": (400, "each model may be chosen once per photo"),
                 "/api/jobs?models=": (400, "choose at least one model"),
                 f"/api/frame?model={tiny}&strength=x": (400, "strength must be a number")}
     for path, (code, message) in refusals.items():
@@ -237,6 +240,32 @@ def test_bad_uploads_get_a_clear_one_line_message(server: StyleServer, tmp_path:
         assert (status, reply["error"][: len(message)]) == (code, message)
     status, reply = call_json(address(server), "POST", f"/api/jobs?models={tiny}&name=empty.png", b"")
     assert (status, reply["error"]) == (400, "'empty.png' is empty (0 bytes)")
+
+
+def test_another_sites_page_cannot_ask_for_work_and_a_result_goes_only_with_its_job(server: StyleServer,
+                                                                                    tmp_path: Path) -> None:
+    """A page elsewhere may send a "simple" cross-site POST (text/plain needs no preflight): browsers say
+    where it comes from, and it is refused; the page's own requests and programs (no Origin) are not.
+    DELETE of one result is refused rather than taken for its whole job."""
+    tiny, photo = model_ids(address(server))["tiny"], make_photo(tmp_path / "p.png").read_bytes()
+    host = f"{address(server)[0]}:{address(server)[1]}"
+    foreign = [{"Origin": "https://elsewhere.example", "Content-Type": "text/plain"},
+               {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://127.0.0.1:1"}]
+    for headers in foreign:
+        for path in (f"/api/jobs?models={tiny}", f"/api/frame?model={tiny}"):
+            status, data, _ = call(address(server), "POST", path, photo, headers)
+            assert status == 403 and b"takes work from its own page only" in data, (headers, data)
+    own = {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}
+    status, data, _ = call(address(server), "POST", f"/api/jobs?models={tiny}&name=p.png", photo, own)
+    assert status == 202, data
+    job_id = json.loads(data)["id"]
+    finished(address(server), job_id)
+    status, reply = call_json(address(server), "DELETE", f"/api/jobs/{job_id}/0.png")
+    assert status == 405 and reply["error"] == f"a result goes with its job: DELETE /api/jobs/{job_id}"
+    assert call(address(server), "GET", f"/api/jobs/{job_id}/0.png")[0] == 200  # still there
+    status, data, _ = call(address(server), "DELETE", f"/api/jobs/{job_id}", headers={"Origin": "https://x.example"})
+    assert status == 403
+    assert call_json(address(server), "DELETE", f"/api/jobs/{job_id}") == (200, {"removed": job_id})
 
 
 def test_an_upload_over_the_size_limit_is_refused(server_config: ServeConfig, tmp_path: Path,
@@ -699,6 +728,21 @@ def test_a_folder_named_dot_is_named_by_its_own_name(models: Path, monkeypatch: 
     with pytest.raises(StylenetError, match=r"^model file 'models/broken.pth' is not a model file") as refused:
         catalog.load(entry)
     assert str(models) not in str(refused.value)
+
+
+def test_a_folder_whose_path_repr_escapes_is_still_named_by_its_name(tmp_path: Path) -> None:
+    """Errors quote paths with repr(), which escapes a backslash, a quote or a control character: the
+    server's path must not show through because its quoted form differs from its text."""
+    from stylenet.serve.catalog import Catalog
+
+    folder = tmp_path / "back\\slash" / "models"
+    folder.mkdir(parents=True)
+    (folder / "broken.pth").write_text("not a model")
+    catalog = Catalog(str(folder), {"device": "cpu", "precision": "fp32"})
+    entry = next(entry for entry in catalog.entries() if entry.label == "broken")
+    with pytest.raises(StylenetError, match=r"^model file 'models/broken.pth' is not a model file") as refused:
+        catalog.load(entry)
+    assert "back" not in str(refused.value)
 
 
 def test_a_replaced_model_file_is_reloaded_even_with_the_old_modification_time(models: Path) -> None:

@@ -161,6 +161,9 @@ class Catalog:
                     model = load_inference_model(str(entry.file), "style", self.options)
                     model = model if entry.style is None else model.for_style(entry.style)
                 except StylenetError as err:  # the page is told the folder's name, not where it is on the server
-                    raise StylenetError(str(err).replace(str(self.folder), self.folder.name)) from None
+                    message = str(err)
+                    for where in (repr(str(self.folder))[1:-1], str(self.folder)):  # as repr() quotes a path too
+                        message = message.replace(where, self.folder.name)
+                    raise StylenetError(message) from None
                 self._loaded[entry.id] = (stamp, model)
             return self._loaded[entry.id][1]

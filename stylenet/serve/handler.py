@@ -10,11 +10,11 @@
     POST   /api/frame?model=ID&strength=..&preserve_color=..
                                   body: a webcam frame (JPEG) -> the stylized frame (JPEG)
 
-Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header, 404 unknown
-model or job, 411 no Content-Length, 413 upload too large, 415 a form instead of the photo's bytes,
-503 busy (refused, not queued). Request bodies
-stream to files in the server's temporary folder; nothing from the browser is used as a path (files
-are named by the server's ids).
+Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header or work asked
+for by another site's page, 404 unknown model or job, 405 a result deleted without its job, 411 no
+Content-Length, 413 upload too large, 415 a form instead of the photo's bytes, 503 busy (refused, not
+queued). Request bodies stream to files in the server's temporary folder; nothing from the browser is
+used as a path (files are named by the server's ids).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ STATIC = {"/": ("index.html", HTML), "/index.html": ("index.html", HTML), "/app.
 #: The page runs only its own script; images may be blobs (the browser's own photos, webcam frames).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
                "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
-JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{32})(?:/(\d{1,3})\.png)?")
+JOB_PATH = re.compile(r"/api/jobs/([0-9a-f]{32})(?:/(\d{1,6})\.png)?")
 CHUNK = 1 << 20
 #: Seconds a connection may stall, reading or writing one :data:`SEND_CHUNK`, before it is dropped: an
 #: upload holds its place in the queue, so a stalled client (a dead Wi-Fi link) must not keep it from
@@ -141,7 +141,10 @@ class Handler(BaseHTTPRequestHandler):
         self._unread = content_length(self.headers.get("Content-Length")) or 0
         try:
             self._check_host()
-            route(url.path, {key: values[-1] for key, values in parse_qs(url.query).items()})
+            if self.command in ("POST", "DELETE"):
+                self._check_origin()
+            # blank values kept: "strength=" is an error to report, not a setting to pass over
+            route(url.path, {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()})
         except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the browser went away or stalled:
             self.close_connection = True                                # no one to tell
             return
@@ -163,6 +166,16 @@ class Handler(BaseHTTPRequestHandler):
         host = header[1:].partition("]")[0] if header.startswith("[") else header.rsplit(":", 1)[0]  # [::1]:8000
         if not is_loopback(host):
             raise HttpError(403, f"this server answers requests for 127.0.0.1 or localhost, not {host[:60]!r}")
+
+    def _check_origin(self) -> None:
+        """Work is asked for by the page itself or by a program, not by another web site: a page
+        elsewhere may send a "simple" cross-site POST (``text/plain``, no preflight) that would fill the
+        queue and take the CPU. Browsers say where a request comes from (``Origin``, ``Sec-Fetch-Site``);
+        programs such as curl send neither."""
+        origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
+        foreign = origin is not None and urlsplit(origin).netloc != self.headers.get("Host", "")
+        if foreign or site in ("cross-site", "same-site"):
+            raise HttpError(403, f"this server takes work from its own page only, not from {(origin or site)[:60]!r}")
 
     # ---------------------------------------------------------------------------- routes
 
@@ -193,6 +206,8 @@ class Handler(BaseHTTPRequestHandler):
             entries = [self.server.catalog.find(model_id) for model_id in ids]
             if not entries:
                 raise HttpError(400, "choose at least one model")
+            if len(set(ids)) < len(ids):
+                raise HttpError(400, "each model may be chosen once per photo")
             controls, name = self._controls(query), upload_name(query.get("name", "photo"))
             self.server.gate.admit()
             job = self.server.jobs.new(name, entries, controls)
@@ -210,7 +225,9 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(404, f"no such page {path[:80]!r}")
 
     def _delete(self, path: str, query: dict[str, str]) -> None:
-        job, _ = self._job(path)
+        job, index = self._job(path)
+        if index is not None:
+            raise HttpError(405, f"a result goes with its job: DELETE /api/jobs/{job.id}")
         self.server.jobs.remove(job.id)
         self._send_json(200, {"removed": job.id})
 
@@ -248,7 +265,10 @@ class Handler(BaseHTTPRequestHandler):
             strength = -1.0
         if not 0.0 <= strength <= 1.0:
             raise HttpError(400, f"strength must be a number from 0 to 1, got {query.get('strength')!r}")
-        return Controls(strength, query.get("preserve_color", "0") in ("1", "true", "on"))
+        flag = query.get("preserve_color", "0").lower()
+        if flag not in ("0", "1", "true", "false", "on", "off"):
+            raise HttpError(400, f"preserve_color must be 1 or 0, got {query['preserve_color'][:20]!r}")
+        return Controls(strength, flag in ("1", "true", "on"))
 
     def _receive(self, target: Path, name: str) -> None:
         """Stream the request body to ``target`` (a file in the temporary folder), size-checked."""
