@@ -209,6 +209,14 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", bad])
         assert "only {stem}, {ext}, {style} and {model} can be used" in capsys.readouterr().err
+    for escape in (str(tmp_path / "abs_{stem}.png"), "../up_{stem}.png", "sub/../../up_{stem}.png"):
+        with pytest.raises(SystemExit):  # written inside -o, never beside or above it
+            main([str(source), "--model", str(model), "-o", str(tmp_path / "o"), "--name", escape])
+        assert "a name inside the output folder, not a path out of it" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*_in.png")) and not (tmp_path / "o").exists()
+    assert main([str(source), "--model", str(model), "-o", str(tmp_path / "o"), "--name", "sub/{stem}.png"]) == 0
+    assert (tmp_path / "o" / "sub" / "in.png").is_file()
+    capsys.readouterr()
     assert main([str(source), "--model", str(model), "-o", str(tmp_path / "big"), "--max-size", "1" + "0" * 400]) == 0
     capsys.readouterr()
     for bad in ("nan", "inf", "0"):

@@ -469,6 +469,8 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         args.name.format(stem="x", ext="e", style="y", model="z")
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
+    if Path(args.name).is_absolute() or ".." in Path(args.name).parts:  # written where -o says, nowhere else
+        parser.error(f"--name {args.name!r}: a name inside the output folder, not a path out of it")
     from stylenet.devices import resolve_device
     from stylenet.fastpath import reuse_freed_memory
     from stylenet.inference import DEFAULT_TILE_OVERLAP, MIN_TILE
