@@ -85,16 +85,25 @@ def make_sequence(photo: torch.Tensor, kind: str, size: int = 256, frames: int =
     return Clip(kind, torch.stack(rendered), flows)
 
 
-def photo_for_sequences(photo: torch.Tensor, size: int, frames: int = 8) -> torch.Tensor:
-    """``photo`` resized so that its short side holds every sequence's window for ``frames`` frames:
-    1.5 x ``size`` (a rotated window's corners reach sqrt 2), more where a long clip's pan travels
-    further (2 px of margin for the bilinear reads). The zoom magnifies, so its window shrinks; the
+def sequence_photo_side(size: int, frames: int) -> float:
+    """The short side a photo needs to hold every sequence's window for ``frames`` frames: 1.5 x
+    ``size`` (a rotated window's corners reach sqrt 2), more where a long clip's pan travels further
+    (2 px of margin for the bilinear reads). The zoom magnifies, so its window shrinks; the
     deformation's drift stays well within the pan's travel."""
+    return max(1.5 * size, size + 2 * (max(map(abs, PAN)) * (frames - 1) + 2))
+
+
+def sequence_pixels(size: int, frames: int) -> int:
+    """Pixels the sequences of one photo hold at least: its square copy and every frame of every kind."""
+    return int(sequence_photo_side(size, frames) ** 2) + len(KINDS) * frames * size * size
+
+
+def photo_for_sequences(photo: torch.Tensor, size: int, frames: int = 8) -> torch.Tensor:
+    """``photo`` resized so that its short side is :func:`sequence_photo_side`."""
     from stylenet.image import resize
 
     height, width = photo.shape[-2:]
-    side = max(1.5 * size, size + 2 * (max(map(abs, PAN)) * (frames - 1) + 2))
-    factor = side / min(height, width)
+    factor = sequence_photo_side(size, frames) / min(height, width)
     return resize(photo, (round(height * factor), round(width * factor)), clamp=True)
 
 

@@ -321,6 +321,11 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
         assert stability_main([*common, *bad]) == 1
         errors = capsys.readouterr().err.strip().splitlines()
         assert len(errors) == 1 and named in errors[0]
+    with pytest.raises(SystemExit):  # sequences beyond any memory: the setting is named, not the photo
+        stability_main([*common, "--frames", "10000000"])
+    err = capsys.readouterr().err
+    assert "--frames 10000000 of --size 24 px would hold over 120 megapixels per photo" in err
+    assert "photo.png" not in err
     assert measured == []  # refused before any model ran
     status = stability_main([str(tmp_path / "missing.png"), *common, "--out", str(tmp_path / "t.md")])
     assert status == 1

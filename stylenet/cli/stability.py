@@ -62,6 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     refuse_models_as_inputs(parser, args.photos, args.models)
     if args.size < 16 or args.frames < 2 or args.max_frames < 2:
         parser.error("--size must be >= 16, --frames and --max-frames >= 2")
+    from stylenet.image import DEFAULT_MAX_PIXELS
+    from stylenet.stability import sequence_pixels
+
+    if sequence_pixels(args.size, args.frames) > DEFAULT_MAX_PIXELS:  # before any photo is read
+        parser.error(f"--frames {args.frames} of --size {args.size} px would hold over "
+                     f"{DEFAULT_MAX_PIXELS // 10**6} megapixels per photo: fewer frames or a smaller size")
     try:
         check_seed(args.seed, "--seed")
     except StylenetError as err:
