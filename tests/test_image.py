@@ -689,6 +689,26 @@ def test_associated_alpha_tiff_is_unpremultiplied(tmp_path: Path) -> None:
     assert loaded.alpha.tolist() == [[[32768]]]
 
 
+def test_a_16_bit_grey_and_alpha_tiff_reads_back_as_written(tmp_path: Path) -> None:
+    """Pillow has no 16-bit mode of two samples and cannot open such a TIFF, which save_image writes for
+    a 16-bit grey + alpha source (stylenet-stylize --keep-gray): tifffile reads it, upright, every level."""
+    import tifffile
+
+    levels = _levels16((5, 7, 2), seed=4)
+    rgb = torch.from_numpy(np.repeat(levels[..., :1], 3, axis=2).transpose(2, 0, 1).copy())
+    alpha = torch.from_numpy(levels[..., 1].copy())[None]
+    written = save_image(tmp_path / "ga.tif", rgb, alpha=alpha, gray=True)
+    loaded = load_image(written)
+    assert (loaded.bits, loaded.was_gray, loaded.alpha.dtype) == (16, True, torch.uint16)
+    assert torch.equal((loaded.rgb * 65535).round().to(torch.int32), rgb.to(torch.int32))
+    assert torch.equal(loaded.alpha, alpha) and read_image_size(written) == (7, 5)
+    tifffile.imwrite(tmp_path / "turned.tif", levels, photometric="minisblack", extrasamples=["unassalpha"],
+                     extratags=[(0x0112, "H", 1, 6, True)])  # stored 7 wide, 5 high: displayed 5 x 7
+    turned = load_image(tmp_path / "turned.tif")
+    assert turned.rgb.shape == (3, 7, 5) and read_image_size(tmp_path / "turned.tif") == (5, 7)
+    assert torch.equal(turned.alpha[0], torch.from_numpy(np.rot90(levels[..., 1], -1).copy()))
+
+
 @pytest.mark.parametrize("where", ["png before pixels", "png after pixels", "tif"])
 def test_sixteen_bit_files_are_turned_upright(tmp_path: Path, where: str) -> None:
     import tifffile

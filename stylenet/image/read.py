@@ -13,7 +13,9 @@ import os
 import struct
 import warnings
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,16 +247,65 @@ def _is_sixteen_bit_colour(p: Path, im: Image.Image) -> bool:
     return False
 
 
-def _decode_sixteen_bit(p: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """A 16-bit colour PNG or TIFF (see :func:`_is_sixteen_bit_colour`) -> (HxWx3 float32 in [0, 1],
-    HxW uint16 alpha or None, was_gray), EXIF orientation applied.
+@dataclass(frozen=True)
+class TiffHeader:
+    """What :func:`load_image` needs of a TIFF's header when Pillow cannot read it."""
+
+    width: int  # as stored
+    height: int
+    orientation: int  # EXIF's numbering
+    icc_profile: bytes | None
+
+
+def _grey_alpha_tiff(p: Path) -> TiffHeader | None:
+    """The header of a 16-bit grey + alpha TIFF, which Pillow cannot open (it has no 16-bit mode of two
+    samples) and :func:`_decode_sixteen_bit` decodes (``stylenet-stylize --keep-gray`` writes such
+    files); None for any other file, which Pillow opens or refuses itself."""
+    if p.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with warnings.catch_warnings():  # what Pillow warns of, it says again where the file is opened
+            warnings.simplefilter("ignore")
+            with _open(p):
+                return None
+    except UnidentifiedImageError:
+        pass
+    except Exception:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            if page.dtype != np.uint16 or page.samplesperpixel != 2 or page.photometric != 1:  # 1: black is 0
+                return None
+            profile = page.tags.get(34675)  # InterColorProfile
+            return TiffHeader(page.imagewidth, page.imagelength, _tiff_orientation(page),
+                              profile.value if profile is not None else None)
+    except Exception:
+        return None
+
+
+def _tiff_orientation(page: Any) -> int:
+    """A tifffile page's Orientation tag (274), as EXIF numbers it; 1 if absent or malformed."""
+    try:
+        tag = page.tags.get(274)
+        return int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """A 16-bit colour PNG or TIFF (see :func:`_is_sixteen_bit_colour`), or a 16-bit grey + alpha TIFF
+    (:func:`_grey_alpha_tiff`; ``im`` None: Pillow cannot open it) -> (HxWx3 float32 in [0, 1], HxW
+    uint16 alpha or None, was_gray), EXIF orientation applied.
 
     imagecodecs decodes PNG (libpng: interlacing, and tRNS colour keys as an alpha channel);
     tifffile decodes TIFF (any compression imagecodecs has, strips or tiles, planar or not).
     Associated (premultiplied) TIFF alpha is divided out, as Pillow's ``RGBa`` -> ``RGBA`` does.
     """
     associated = False
-    if im.format == "PNG":
+    if im is not None and im.format == "PNG":
         import imagecodecs
 
         data = p.read_bytes()
@@ -269,11 +320,11 @@ def _decode_sixteen_bit(p: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarra
             page = tif.pages[0]
             samples, axes = page.asarray(), page.axes
             extras, colour = tuple(page.extrasamples), 3 if page.photometric == 2 else 1
+            orientation = _tiff_orientation(page)
         if axes.startswith("S"):  # planar configuration: one plane per sample
             samples = np.moveaxis(samples, 0, -1)
         alpha_index = colour if extras and int(extras[0]) in (1, 2) else None  # 1 associated, 2 unassociated
         associated = alpha_index is not None and int(extras[0]) == 1
-        orientation = _exif_orientation_from_header(im)
     if samples.ndim != 3 or samples.dtype != np.uint16 or samples.shape[-1] < colour:
         raise ValueError(f"unsupported 16-bit layout {samples.dtype} {samples.shape}")
     samples = orient(samples, orientation)
@@ -338,11 +389,15 @@ def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, 
     """
     p = Path(path)
     _check_is_file(p)
-    with _opened(p) as im:
-        width, height = im.size
-        if im.format == "TIFF":  # Pillow reports a TIFF's size already turned by its orientation
-            width, height = _tags(im, 256, width)[0], _tags(im, 257, height)[0]  # stored size
-        orientation = _exif_orientation_from_header(im) if apply_exif else 1
+    tiff = _grey_alpha_tiff(p)
+    if tiff is not None:
+        width, height, orientation = tiff.width, tiff.height, tiff.orientation if apply_exif else 1
+    else:
+        with _opened(p) as im:
+            width, height = im.size
+            if im.format == "TIFF":  # Pillow reports a TIFF's size already turned by its orientation
+                width, height = _tags(im, 256, width)[0], _tags(im, 257, height)[0]  # stored size
+            orientation = _exif_orientation_from_header(im) if apply_exif else 1
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return width, height
@@ -388,11 +443,36 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     p = Path(path)
     _check_is_file(p)
+    tiff = _grey_alpha_tiff(p)
+    if tiff is not None:  # Pillow cannot open it: tifffile alone reads it
+        _check_pixels(p, tiff.width, tiff.height, max_pixels)
+        try:
+            rgb, alpha, was_gray = _decode_sixteen_bit(p, None)
+        except Exception as err:  # a decoder failure is a property of the file
+            raise file_error(p, _describe(err)) from None
+        icc, bits = rgb_icc_profile(tiff.icc_profile), 16
+    else:
+        rgb, alpha, icc, was_gray, bits = _load_with_pillow(p, max_pixels)
+    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
+    alpha_t = None
+    if alpha is not None:
+        alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
+        alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits)
+
+
+def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels before it is decoded (a decompression bomb)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                            "(possible decompression bomb; pass a larger max_pixels to allow it)")
+
+
+def _load_with_pillow(p: Path, max_pixels: int | None
+                      ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, bool, int]:
+    """:func:`load_image`'s decoding of every file Pillow opens: (rgb, alpha, ICC profile, was_gray, bits)."""
     with _opened(p) as im:
-        width, height = im.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                                "(possible decompression bomb; pass a larger max_pixels to allow it)")
+        _check_pixels(p, *im.size, max_pixels)
         if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
             icc = rgb_icc_profile(im.info.get("icc_profile"))
             rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
@@ -403,13 +483,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             upright = _exif_transpose(im)
             rgb, alpha, was_gray = decode_pil(upright)
             bits = _source_bits(upright)
-
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
-    alpha_t = None
-    if alpha is not None:
-        alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
-        alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
-    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits)
+    return rgb, alpha, icc, was_gray, bits
 
 
 def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
