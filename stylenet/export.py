@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -131,8 +132,11 @@ def write_models(model: StoredModel, paths: list[str | Path]) -> list[Path]:
 
 def save_pt2(program: torch.export.ExportedProgram, path: Path, record: str) -> Path:
     """Write ``program`` as a ``.pt2`` file, with the model file's JSON ``record`` as the extra file
-    ``stylenet.json``."""
-    return atomic_write(path, functools.partial(torch.export.save, program, extra_files={"stylenet.json": record}))
+    ``stylenet.json``. Serialised in memory (a few MB), then written by Python: torch's own file writer
+    turns a full disk into a RuntimeError and then aborts the process as it is destroyed."""
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={"stylenet.json": record})
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
 def save_onnx(program: torch.export.ExportedProgram, path: Path, record: str,

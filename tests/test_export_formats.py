@@ -209,6 +209,29 @@ def test_a_failed_export_leaves_every_output_as_it_was(model_file: Path, tmp_pat
     assert (tmp_path / "b.safetensors").read_bytes() == b"the previous export"
 
 
+def test_a_full_disk_under_the_pt2_is_one_line(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """torch's own .pt2 writer, handed a file on a full disk, raises a RuntimeError and then aborts the
+    process as it is destroyed: the program is serialised in memory and written by Python, whose full
+    disk is an OSError, one line."""
+    real_save = torch.export.save
+
+    def save(program: object, f: object, **options: object) -> None:
+        if isinstance(f, (str, os.PathLike)):  # what torch's writer does on a full disk
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        real_save(program, f, **options)
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(torch.export, "save", save)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert export_main([str(model_file), "-o", str(tmp_path / "m.pt2")]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"stylenet-export: error: cannot write '{tmp_path / 'm.pt2'}': No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [model_file.name]
+
+
 def test_style_model_files_record_the_tasks_own_terms_of_the_objective() -> None:
     """The temporal term (experiment=video), the saturation term and the identity warm-up are part of
     what trained the network: a video-stable model file says so."""
