@@ -579,6 +579,23 @@ def test_a_stopping_gate_waits_for_the_running_computation_and_starts_no_other()
     assert outcomes == ["ran", "not started"]
 
 
+def test_a_stopping_gate_waits_until_every_admitted_request_is_answered() -> None:
+    """A webcam frame's answer is written after its computation ends, and a waiting request's refusal
+    after the stop: a stop waits for each to be counted out, which the handler does once it has
+    answered, so the process does not exit in the middle of an answer."""
+    gate, stopped = Gate(workers=1, queue=1), threading.Event()
+    gate.admit()  # a frame: computed, its answer still being written
+    stopper = threading.Thread(target=lambda: (gate.stop(timeout=TIMEOUT_S), stopped.set()))
+    stopper.start()
+    assert not stopped.wait(0.3)  # still waiting for the answer
+    gate.leave()  # answered
+    assert stopped.wait(TIMEOUT_S)
+    stopper.join(TIMEOUT_S)
+    gate = Gate(workers=1, queue=1)
+    gate.admit()
+    assert gate.stop(timeout=0.2) == 0  # a client that never finishes: the stop still ends at its timeout
+
+
 def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert exposure_warning("127.0.0.1", 7860) is None and exposure_warning("localhost", 7860) is None
     assert exposure_warning("::1", 7860) is None

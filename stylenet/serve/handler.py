@@ -19,6 +19,7 @@ used as a path (files are named by the server's ids).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -145,17 +146,20 @@ class Handler(BaseHTTPRequestHandler):
                 self._check_origin()
             # blank values kept: "strength=" is an error to report, not a setting to pass over
             route(url.path, {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()})
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the browser went away or stalled:
-            self.close_connection = True                                # no one to tell
-            return
         except Exception as err:  # every error is one JSON line; the server goes on
-            if not isinstance(err, StylenetError):
-                log.exception("error answering %s %s", self.command, url.path)
-            try:
-                self._drain()
-                self._send_json(status_of(err), {"error": one_line(str(err)) or type(err).__name__})
-            except OSError:
-                return
+            self._refuse(err)
+
+    def _refuse(self, err: Exception) -> None:
+        """Answer ``err`` (being handled) as one JSON line with its status; nothing if the browser went
+        away or stalled, as there is no one to tell."""
+        if isinstance(err, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            self.close_connection = True
+            return
+        if not isinstance(err, StylenetError):
+            log.exception("error answering %s %s", self.command, urlsplit(self.path).path)
+        with contextlib.suppress(OSError):
+            self._drain()
+            self._send_json(status_of(err), {"error": one_line(str(err)) or type(err).__name__})
 
     def _check_host(self) -> None:
         """On a loopback address, only requests addressed to it: a web page elsewhere cannot reach the
@@ -237,14 +241,18 @@ class Handler(BaseHTTPRequestHandler):
         entry, controls = server.catalog.find(query.get("model", "")), self._controls(query)
         path = server.jobs.root / f"frame-{uuid.uuid4().hex}"
         server.gate.admit()
-        try:
-            self._receive(path, "webcam frame")
-            with server.gate.running():
-                data = stylize_frame(path, entry, controls, server.catalog, server.plan)
+        try:  # answered, the frame or its refusal, before it is counted out: a stopping server waits for that
+            try:
+                self._receive(path, "webcam frame")
+                with server.gate.running():
+                    data = stylize_frame(path, entry, controls, server.catalog, server.plan)
+            finally:
+                path.unlink(missing_ok=True)
+            self._send(200, data, "image/jpeg")
+        except Exception as err:
+            self._refuse(err)
         finally:
             server.gate.leave()
-            path.unlink(missing_ok=True)
-        self._send(200, data, "image/jpeg")
 
     # ---------------------------------------------------------------------------- helpers
 

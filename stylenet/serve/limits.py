@@ -132,9 +132,10 @@ class Gate:
             self._admitted += 1
 
     def leave(self) -> None:
-        """Count an admitted request out (finished, failed or abandoned)."""
+        """Count an admitted request out (answered, failed or abandoned)."""
         with self._lock:
             self._admitted -= 1
+            self._idle.notify_all()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -154,13 +155,15 @@ class Gate:
 
     def stop(self, timeout: float, give_up: threading.Event | None = None) -> int:
         """Start no more computations, and wait up to ``timeout`` seconds (or until ``give_up`` is set:
-        a second Ctrl-C) for those running to end; returns how many still run. The process must not
-        exit normally while one runs: a thread inside torch's kernels as Python finalises aborts it
-        (``terminate called without an active exception``)."""
+        a second Ctrl-C) for those running to end and every admitted request to be answered (a webcam
+        frame's answer, or a waiting one's refusal, is still being written when its computation ends);
+        returns how many computations still run. The process must not exit normally while one runs: a
+        thread inside torch's kernels as Python finalises aborts it (``terminate called without an
+        active exception``)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stopped = True
-            while self._computing and not (give_up is not None and give_up.is_set()):
+            while (self._computing or self._admitted) and not (give_up is not None and give_up.is_set()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
