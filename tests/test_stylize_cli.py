@@ -308,6 +308,21 @@ def test_the_command_writes_what_the_python_api_gives(tmp_path: Path, model: Pat
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(expected))
 
 
+def test_max_pixels_guards_against_bombs_and_can_be_raised(tmp_path: Path, model: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """An image over --max-pixels is refused before it is decoded, and the line says which setting lets
+    a genuinely large photo through (the default is the library's limit)."""
+    from stylenet.cli.stylize import build_parser
+    from stylenet.image import DEFAULT_MAX_PIXELS
+
+    photo = make_image(tmp_path / "in.png")  # 40 x 30 = 1200 pixels
+    code, _, err = run(capsys, photo, "-m", model, "-o", tmp_path / "small.png", "--max-pixels", "1000")
+    assert code == 1 and "40x30 = 1200 pixels exceeds the limit of 1000" in err and "--max-pixels" in err
+    assert not (tmp_path / "small.png").exists()
+    assert run(capsys, photo, "-m", model, "-o", tmp_path / "ok.png", "--max-pixels", "1200")[0] == 0
+    assert f"(default: {DEFAULT_MAX_PIXELS})" in " ".join(build_parser().format_help().split())
+
+
 def test_parse_bytes() -> None:
     assert parse_bytes("2GB") == 2 * 10**9
     assert parse_bytes("512MiB") == 512 * 2**20

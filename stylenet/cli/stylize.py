@@ -146,6 +146,9 @@ def build_parser(prog: str = "stylenet-stylize", description: str = __doc__,
                         help="memory one forward pass may use, e.g. 2GB; larger images run layer by layer "
                              "(style networks; about two layers' activations, whatever this says) or in tiles "
                              "(default: 80%% of free GPU memory, 0.8 GB on the CPU)")
+    parser.add_argument("--max-pixels", type=_positive(int), metavar="PIXELS",
+                        help="largest input image, in pixels: a larger one is refused before it is decoded, as a "
+                             "possible decompression bomb (default: 120000000)")
     parser.add_argument("--quality", type=_between(1, 100), metavar="1..100",
                         help=f"JPEG/WebP quality of images (default: {DEFAULT_QUALITY})")
     if task == "style":
@@ -403,7 +406,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         run_video_jobs(source, jobs, counter, args, report, describe)
         return
     try:
-        image = load_image(source)
+        image = load_image(source, **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
         # held compactly while the models run: an 8-bit source as its uint8 levels (stylenet.image.compact)
         image = compact(image)
         size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)

@@ -465,7 +465,8 @@ def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> N
     """Refuse an image of more than ``max_pixels`` pixels before it is decoded (a decompression bomb)."""
     if max_pixels is not None and width * height > max_pixels:
         raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                            "(possible decompression bomb; pass a larger max_pixels to allow it)")
+                            "(a possible decompression bomb; max_pixels, --max-pixels on the command line, "
+                            "allows more)")
 
 
 def _load_with_pillow(p: Path, max_pixels: int | None
