@@ -787,6 +787,7 @@ def test_compact_holds_every_level_of_the_source(tmp_path: Path) -> None:
     held = im_mod.compact(LoadedImage(rgb=eight, alpha=None, icc_profile=None, was_gray=False))
     assert held.rgb.dtype == torch.uint8 and held.rgb.flatten().tolist() == [*range(256)] * 3
     assert torch.equal(im_mod.unit_float(held.rgb), eight)  # the very float32 values: k / 255
+    assert im_mod.compact(held) is held  # held so already: nothing to narrow again
     sixteen = torch.arange(65536, dtype=torch.float32).expand(3, 1, 65536) / 65535
     held = im_mod.compact(LoadedImage(rgb=sixteen, alpha=None, icc_profile=None, was_gray=False, bits=16))
     assert held.rgb.dtype == torch.float32

@@ -250,7 +250,7 @@ def test_another_sites_page_cannot_ask_for_work_and_a_result_goes_only_with_its_
     tiny, photo = model_ids(address(server))["tiny"], make_photo(tmp_path / "p.png").read_bytes()
     host = f"{address(server)[0]}:{address(server)[1]}"
     foreign = [{"Origin": "https://elsewhere.example", "Content-Type": "text/plain"},
-               {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://127.0.0.1:1"}]
+               {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://127.0.0.1:1"}, {"Origin": ""}]
     for headers in foreign:
         for path in (f"/api/jobs?models={tiny}", f"/api/frame?model={tiny}"):
             status, data, _ = call(address(server), "POST", path, photo, headers)

@@ -217,6 +217,10 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
     assert main([str(source), "--model", str(model), "-o", str(tmp_path / "o"), "--name", "sub/{stem}.png"]) == 0
     assert (tmp_path / "o" / "sub" / "in.png").is_file()
     capsys.readouterr()
+    dots = make_image(tmp_path / "dots" / "d.png").rename(tmp_path / "dots" / "...png")  # its stem is ".."
+    code, _, err = run(capsys, dots, "--model", model, "-o", tmp_path / "d" / "deep", "--name", "{stem}/{style}.png")
+    assert code == 1 and "gives '...png' an output outside -o" in err
+    assert not (tmp_path / "d").exists()
     assert main([str(source), "--model", str(model), "-o", str(tmp_path / "big"), "--max-size", "1" + "0" * 400]) == 0
     capsys.readouterr()
     for bad in ("nan", "inf", "0"):

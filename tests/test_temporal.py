@@ -326,6 +326,9 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
     err = capsys.readouterr().err
     assert "--frames 10000000 of --size 24 px would hold over 120 megapixels per photo" in err
     assert "photo.png" not in err
+    with pytest.raises(SystemExit):  # beyond a float: still the setting, not a traceback
+        stability_main([*common, "--size", "1" + "0" * 400])
+    assert "would hold over 120 megapixels per photo" in capsys.readouterr().err
     assert measured == []  # refused before any model ran
     status = stability_main([str(tmp_path / "missing.png"), *common, "--out", str(tmp_path / "t.md")])
     assert status == 1

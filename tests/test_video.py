@@ -262,7 +262,8 @@ def test_the_pixel_shape_the_labels_and_the_date_are_kept(tmp_path: Path, model_
         assert labels == [("eng", "English", av.stream.Disposition.default), ("fra", "Français", 0)]
     # what describes the input's encoding is not copied: the muxer writes the output's own
     stale = {"ENCODER": "Lavf", "major_brand": "isom", "DURATION": "00:00:01.0", "BPS": "900",
-             "NUMBER_OF_FRAMES": "8", "_STATISTICS_TAGS": "BPS DURATION"}
+             "NUMBER_OF_FRAMES": "8", "_STATISTICS_TAGS": "BPS DURATION", "BPS-eng": "900",
+             "DURATION-eng": "09:00:00.0"}  # mkvmerge's statistics, in a language: KEY-lang
     assert video_io.kept_tags({**stale, "title": "Harbour", "LANGUAGE": "eng"}) == {"title": "Harbour",
                                                                                   "LANGUAGE": "eng"}
     with av.open(str(tmp_path / f"uneven{suffix}")) as container:
@@ -510,6 +511,18 @@ def test_a_damaged_first_key_frame_is_skipped_like_any_other_packet(tmp_path: Pa
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"'{damaged}' is corrupt: 1 damaged video packet(s) skipped (" in line, line
     assert f"wrote {decodable} frames" in line and len(read_clip(out)["frames"]) == decodable
+
+
+def test_a_clip_with_damage_that_starts_late_and_breaks_off_is_still_called_short() -> None:
+    """With damaged packets, a clip is whole when its last frame ends where its count says, counted from
+    the stream's start (a clip may start at 1 s): one cut short is still reported."""
+    info = video_io.VideoInfo(width=8, height=8, rate=Fraction(24), time_base=Fraction(1, 24), expected_frames=48,
+                              exact_count=True, display_matrix=None, rotation=0, color_range=0, colorspace=2,
+                              start=1.0)
+    cut = video_io.VideoResult(decoded=26, damaged=1, last_time=1.0 + 27 / 24)
+    assert video_io.shortfall(info, cut) == "it ended after 26 of 48 frames"
+    whole = video_io.VideoResult(decoded=43, damaged=1, last_time=1.0 + 48 / 24)  # 4 frames lost with the damage
+    assert video_io.shortfall(info, whole) is None
 
 
 def test_an_mp4_trimmed_without_reencoding_is_whole(tmp_path: Path, model_file: Path,

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stylenet.image import DEFAULT_MAX_PIXELS
     from stylenet.stability import sequence_pixels
 
-    if sequence_pixels(args.size, args.frames) > DEFAULT_MAX_PIXELS:  # before any photo is read
+    if max(args.size, args.frames) > DEFAULT_MAX_PIXELS or sequence_pixels(args.size, args.frames) > DEFAULT_MAX_PIXELS:
         parser.error(f"--frames {args.frames} of --size {args.size} px would hold over "
                      f"{DEFAULT_MAX_PIXELS // 10**6} megapixels per photo: fewer frames or a smaller size")
     try:

@@ -354,6 +354,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                     target = output / folder / args.name.format(
                         stem=image.stem, ext=image.suffix.lstrip("."), style=file_name_part(model.name),
                         model=model_name_part(model.file_stem) if "{model" in args.name else "")
+                    if ".." in target.relative_to(output).parts:  # a {stem} of "..": an input named "...png"
+                        raise StylenetError(f"--name {args.name!r} gives {image.name!r} an output outside -o")
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
                     target = video_target(image, target, in_folder=not as_file)
                 else:

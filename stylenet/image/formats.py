@@ -105,17 +105,21 @@ def compact(image: LoadedImage) -> LoadedImage:
     ``k / 255`` in float32 again, the very values :func:`~stylenet.image.from_pil` gives, so a
     command's output is the notebook API's), a 16-bit one in float32. Not float16: ``k / 255`` is
     off by up to 0.07 of a level there, and a network amplifies that on a photo of low contrast."""
-    if image.bits > 8:
+    if image.bits > 8 or image.rgb.dtype == torch.uint8:  # nothing to narrow, or held so already
         return image
     return dataclasses.replace(image, rgb=image.rgb.mul(255.0).round_().to(torch.uint8))
 
 
 def unit_float(rgb: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """An image in float32 on ``device`` (its own by default): uint8 levels ``k`` (:func:`compact`)
-    as ``k / 255``, computed as :func:`~stylenet.image.from_pil` computes them; a float image in [0, 1]
-    as it is (the same tensor if it is already float32 there)."""
+    as ``k / 255``, correctly rounded as :func:`~stylenet.image.from_pil` computes them; a float image
+    in [0, 1] as it is (the same tensor if it is already float32 there). The divisor is a tensor on
+    the device: CUDA divides by a Python number as a product with its reciprocal, a unit off in the
+    last place for about half the levels."""
     out = rgb.to(device or rgb.device, torch.float32)
-    return out.div_(255.0) if rgb.dtype == torch.uint8 else out
+    if rgb.dtype != torch.uint8:
+        return out
+    return out.div_(torch.full((), 255.0, device=out.device))
 
 
 def file_error(path: str | Path, reason: str, *, verb: str = "read") -> ImageError:

@@ -179,7 +179,8 @@ class Handler(BaseHTTPRequestHandler):
         origin, site = self.headers.get("Origin"), self.headers.get("Sec-Fetch-Site")
         foreign = origin is not None and urlsplit(origin).netloc != self.headers.get("Host", "")
         if foreign or site in ("cross-site", "same-site"):
-            raise HttpError(403, f"this server takes work from its own page only, not from {(origin or site)[:60]!r}")
+            where = origin if origin is not None else site or ""
+            raise HttpError(403, f"this server takes work from its own page only, not from {where[:60]!r}")
 
     # ---------------------------------------------------------------------------- routes
 

@@ -86,6 +86,7 @@ class VideoInfo:
     color_trc: int = 2        #   kept as they are (the network works on the RGB values as decoded)
     audio: tuple[str, ...] = ()  # codec names of the audio streams, copied in this order
     sample_aspect_ratio: Fraction | None = None  # of a pixel (anamorphic video: not square); None: square
+    start: float = 0.0  # the stream's start time, s: where its first frame's time is counted from
 
     @property
     def matrix(self) -> int:
@@ -202,7 +203,9 @@ def probe_video(path: str | Path) -> VideoInfo:
                          rotation=int(frame.rotation or 0), color_range=int(frame.color_range),
                          colorspace=int(frame.colorspace), color_primaries=int(stream.codec_context.color_primaries),
                          color_trc=int(stream.codec_context.color_trc), audio=audio,
-                         sample_aspect_ratio=Fraction(pixel) if pixel else None)
+                         sample_aspect_ratio=Fraction(pixel) if pixel else None,
+                         start=float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base
+                         else 0.0)
 
 
 def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result: VideoResult) -> Iterator[Any]:
@@ -305,7 +308,7 @@ def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
     expected, exact = info.expected_frames, info.exact_count
     reached = result.decoded + result.damaged + result.discarded
     if (not exact or result.damaged) and result.last_time is not None:  # a variable frame rate has fewer
-        reached = max(reached, round(result.last_time * info.rate))      # frames, ending as late
+        reached = max(reached, round((result.last_time - info.start) * info.rate))  # frames, ending as late
     if expected and reached < expected - (0 if exact else 1):
         return f"it ended after {result.decoded} of {expected} frames"
     return None
@@ -363,8 +366,9 @@ STALE_TAGS = frozenset({"encoder", "major_brand", "minor_version", "compatible_b
 
 def kept_tags(metadata: dict[str, str]) -> dict[str, str]:
     """A container's or stream's tags (title, language, creation time, location, ...) less :data:`STALE_TAGS`."""
+    # Matroska's tags in a language other than "und" come as KEY-lang (BPS-eng, DURATION-eng)
     return {key: value for key, value in metadata.items()
-            if key.lower() not in STALE_TAGS and not key.lower().startswith("_statistics")}
+            if key.lower().partition("-")[0] not in STALE_TAGS and not key.lower().startswith("_statistics")}
 
 
 def _copy_labels(source: Any, target: Any) -> None:
