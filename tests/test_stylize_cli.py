@@ -386,6 +386,13 @@ def test_a_second_model_after_one_m_is_a_usage_error_that_says_what_to_write(
     assert f"{str(second)!r} is a model file, not an image" in err
     assert f"-m {model} -m {second}" in err
     assert not (tmp_path / "out").exists()
+    for argv, said in ([str(model), "-m", str(model)], "is given with -m already"), (
+            ["-m", str(model), "-m", str(tmp_path / "models" / ".." / "models" / "test.safetensors")],
+            "is given twice with -m"):  # the same file: no hint to repeat it, no outputs written twice
+        with pytest.raises(SystemExit):
+            main([*argv, str(source), "-o", str(tmp_path / "out")])
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------- every input isolated (issue 13.4)
