@@ -8,12 +8,15 @@ checkpoint sees exactly the batches the uninterrupted run would have seen, on on
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import multiprocessing
 import os
 import random
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,42 @@ def worker_context() -> multiprocessing.context.BaseContext:
     if WORKER_START == "forkserver":
         context.set_forkserver_preload([__name__])  # takes effect when the server starts (the first loader)
     return context
+
+
+#: Seconds between a DataLoader worker's checks that the training process still lives.
+MAIN_PROCESS_POLL_S = 1.0
+
+
+def exit_with_main(main_pid: int, _worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: end this worker once the training process ``main_pid`` is gone.
+
+    A forkserver's workers are its children, not the training process's: torch's watchdog watches the
+    parent, the forkserver, which lives on as long as any worker holds its pipe, so after a ``kill -9``
+    or the OOM killer the workers (hundreds of MB each) and the server would never end."""
+    def watch() -> None:
+        while process_alive(main_pid):
+            time.sleep(MAIN_PROCESS_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="stylenet-main-watch", daemon=True).start()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: not gone, and where /proc says so, not a zombie (killed, not yet
+    reaped, which the kernel still counts as a process)."""
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 class InFlight:
@@ -295,6 +334,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         to_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
                           multiprocessing_context=worker_context() if workers > 0 else None,
+                          worker_init_fn=functools.partial(exit_with_main, os.getpid()) if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=to_gpu, **kwargs)
 

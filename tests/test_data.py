@@ -281,3 +281,31 @@ def test_demo_source_and_demo_paths_use_bundled_photos() -> None:
 
 def test_resize_long_side() -> None:
     assert resize_long_side(torch.rand(3, 100, 50), 40).shape == (3, 40, 20)
+
+
+def test_a_dataloader_worker_ends_once_the_training_process_is_killed() -> None:
+    """Workers started by a forkserver are not the training process's children: after a ``kill -9`` or
+    the OOM killer nothing told them, and they lived on with their memory. Each watches the training
+    process's pid (a zombie counts as gone) and ends with it."""
+    import subprocess
+    import sys
+    import time
+
+    from stylenet.data import process_alive
+
+    main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; from stylenet.data import exit_with_main; "
+                               f"exit_with_main({main.pid}); time.sleep(120)"])
+    try:
+        time.sleep(1.0)
+        assert worker.poll() is None and process_alive(main.pid)
+        main.kill()
+        time.sleep(0.5)
+        assert not process_alive(main.pid)  # a zombie until reaped: already gone to the workers
+        main.wait()
+        assert worker.wait(timeout=30) == 0
+    finally:
+        for process in (main, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
