@@ -57,6 +57,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+#: The smallest training crop: the style network pads its input by 4 pixels for its 9x9 layer, and
+#: reflection cannot pad a side by as much as its own length.
+MIN_IMAGE_SIZE = 8
 #: Seconds between a DataLoader worker's checks that the training process still lives.
 MAIN_PROCESS_POLL_S = 1.0
 
@@ -270,8 +273,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.num_workers must be >= 0, got {num_workers}")
         if val_images < 0:
             raise StylenetError(f"data.val_images must be >= 0 (0: no validation), got {val_images}")
-        if image_size <= 0 or image_size % 4:
-            raise StylenetError(f"data.image_size must be a positive multiple of 4, got {image_size}")
+        if image_size < MIN_IMAGE_SIZE or image_size % 4:
+            raise StylenetError(f"data.image_size must be a multiple of 4 and at least {MIN_IMAGE_SIZE}, "
+                                f"got {image_size}")
         if scale_size is not None and scale_size < image_size:
             raise StylenetError(f"data.scale_size must be null or >= data.image_size ({image_size}), got {scale_size}")
         if scale_size is not None and source == "shards":

@@ -93,7 +93,8 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("seed=abc", "seed must be a whole number from 0 to 2**32 - 1, got 'abc'"),
     ("seed=-5", "seed must be a whole number from 0 to 2**32 - 1, got -5"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval must be > 0"),
-    ("data.image_size=30", "data.image_size must be a positive multiple of 4"),
+    ("data.image_size=30", "data.image_size must be a multiple of 4 and at least 8, got 30"),
+    ("data.image_size=4", "data.image_size must be a multiple of 4 and at least 8, got 4"),  # once a traceback
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
     ("loss.weights=/no/such/vgg16.pth", "VGG weights file '/no/such/vgg16.pth' does not exist"),
     ("loss.style_layers=[]", "loss.style_layers is empty but loss.style_weight is"),

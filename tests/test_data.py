@@ -92,8 +92,9 @@ def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
         ImageFolderDataModule(source="folder", root=str(tmp_path / "empty")).setup("fit")
     with pytest.raises(StylenetError, match="is not a folder"):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "missing")).setup("fit")
-    with pytest.raises(StylenetError, match="data.image_size must be a positive multiple of 4"):
-        ImageFolderDataModule(image_size=30)
+    for size in (30, 4):
+        with pytest.raises(StylenetError, match=f"data.image_size must be a multiple of 4 and at least 8, got {size}"):
+            ImageFolderDataModule(image_size=size)
     for setting, message in (({"batch_size": "abc"}, "data.batch_size must be a whole number, got 'abc'"),
                              ({"num_workers": -1}, "data.num_workers must be >= 0, got -1"),
                              ({"max_bad_fraction": "abc"}, "data.max_bad_fraction must be a number from 0 to 1")):
