@@ -251,7 +251,7 @@ class ImageTask(pl.LightningModule):
         if not strategy.reduce_boolean_decision(bad is None, all=True):
             self.nan_skips += 1
             files = ", ".join(batch.get("paths", [])) or "this batch"
-            where = f"train/{bad} = {float(terms[bad])} on {files}" if bad else "on another rank"
+            where = f"train/{bad} = {float(terms[bad].detach())} on {files}" if bad else "on another rank"
             if self.nan_policy == "stop":
                 raise NonFiniteLossError(f"non-finite loss at step {self.global_step}: {where}; weights and "
                                          "checkpoints are still finite: lower task.lr, check the loss "

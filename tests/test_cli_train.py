@@ -195,6 +195,8 @@ def test_empty_data_folder_and_style_presets(tmp_path: Path) -> None:
     preset = compose_train(tmp_path, "style.image=???")
     with pytest.raises(StylenetError, match="style.image is required"):
         train(preset, tmp_path)
+    with pytest.raises(StylenetError, match=r"^style.image is required: pass style.image=/path/to/painting.jpg"):
+        train(compose_train(tmp_path, "style.image=null"), tmp_path)  # not "/path/to/None.jpg"
     # a preset of a painting that is not shipped, named without style.image: not style=demo's bundled image
     preset = compose_train(tmp_path, "trainer.max_steps=2", experiment="johnson2016_candy")
     with pytest.raises(StylenetError, match=r"^style.image is required: pass style.image=/path/to/candy.jpg"):

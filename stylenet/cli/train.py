@@ -110,7 +110,8 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
     if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
                                 or OmegaConf.select(cfg, "style.image", default="") is None):
-        name = OmegaConf.select(cfg, "style.name", default="painting", throw_on_resolution_failure=False)
+        name = OmegaConf.select(cfg, "style.name", default=None, throw_on_resolution_failure=False)
+        name = name if isinstance(name, str) and name and name != "None" else "painting"
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
                             "(the presets' paintings are not shipped)")
     super_resolution = "style" not in cfg.task
