@@ -64,12 +64,19 @@ MIN_IMAGE_SIZE = 8
 MAIN_PROCESS_POLL_S = 1.0
 
 
-def exit_with_main(main_pid: int, _worker_id: int = 0) -> None:
+def exit_with_main(main_pid: int, rank: int, worker_id: int = 0) -> None:
     """A DataLoader ``worker_init_fn``: end this worker once the training process ``main_pid`` is gone.
 
     A forkserver's workers are its children, not the training process's: torch's watchdog watches the
     parent, the forkserver, which lives on as long as any worker holds its pipe, so after a ``kill -9``
-    or the OOM killer the workers (hundreds of MB each) and the server would never end."""
+    or the OOM killer the workers (hundreds of MB each) and the server would never end. Lightning seeds
+    workers (``seed_everything(workers=True)``) only through a loader without a ``worker_init_fn`` of its
+    own, so this one does what its function would, for the process's ``rank``."""
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+
     def watch() -> None:
         while process_alive(main_pid):
             time.sleep(MAIN_PROCESS_POLL_S)
@@ -330,7 +337,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_files = [f for i, f in enumerate(files) if i not in held_out]
 
     def _loader(self, dataset: ImageFileDataset, **kwargs: Any) -> DataLoader:
-        workers = self.num_workers
+        workers, rank = self.num_workers, getattr(self.trainer, "global_rank", 0)
         if workers > 0:
             dataset.in_flight = InFlight(workers)
             self.worker_datasets.append(dataset)
@@ -338,7 +345,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         to_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
                           multiprocessing_context=worker_context() if workers > 0 else None,
-                          worker_init_fn=functools.partial(exit_with_main, os.getpid()) if workers > 0 else None,
+                          worker_init_fn=functools.partial(exit_with_main, os.getpid(), rank) if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=to_gpu, **kwargs)
 

@@ -296,7 +296,7 @@ def test_a_dataloader_worker_ends_once_the_training_process_is_killed() -> None:
 
     main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     worker = subprocess.Popen([sys.executable, "-c", "import time; from stylenet.data import exit_with_main; "
-                               f"exit_with_main({main.pid}); time.sleep(120)"])
+                               f"exit_with_main({main.pid}, 0); time.sleep(120)"])
     try:
         time.sleep(1.0)
         assert worker.poll() is None and process_alive(main.pid)
@@ -310,3 +310,28 @@ def test_a_dataloader_worker_ends_once_the_training_process_is_killed() -> None:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_the_workers_are_still_seeded_as_lightning_seeds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning seeds workers (seed_everything(workers=True)) only through a loader without a
+    worker_init_fn: the one that watches the training process seeds them as Lightning's would, per rank."""
+    import os
+    import random
+
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+
+    from stylenet.data import exit_with_main
+
+    def draws() -> tuple[int, float, float]:
+        return int(torch.randint(0, 2**30, ())), random.random(), float(np.random.random())
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    torch.manual_seed(5)
+    pl_worker_init_function(1, rank=2)
+    expected = draws()
+    torch.manual_seed(5)
+    exit_with_main(os.getpid(), 2, 1)  # this process lives on: its watcher only waits
+    assert draws() == expected
+    torch.manual_seed(5)
+    exit_with_main(os.getpid(), 3, 1)
+    assert draws() != expected  # another rank, other streams

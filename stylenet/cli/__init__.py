@@ -38,7 +38,7 @@ def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], 
     ``-m`` one file, and ``b`` would be read as an image after everything else was done."""
     stray = [spec for spec in inputs if Path(spec).suffix.lower() in MODEL_SUFFIXES]
     if stray:
-        given = any(Path(model).resolve() == Path(stray[0]).resolve() for model in models)
+        given = os.path.realpath(stray[0]) in {os.path.realpath(model) for model in models}
         parser.error(f"{stray[0]!r} is a model file, not an image: " + (
             "it is given with -m already" if given else
             f"each -m takes one model file, repeat it for several (-m {models[-1]} -m {stray[0]})"))

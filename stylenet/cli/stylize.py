@@ -464,8 +464,8 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     # intermixed: images may stand before, between and after the options (`a.jpg -m x.safetensors b.jpg`)
     args = parser.parse_intermixed_args(argv)
     refuse_models_as_inputs(parser, args.inputs, args.models)
-    twice = next((model for index, model in enumerate(args.models)
-                  if any(Path(model).resolve() == Path(other).resolve() for other in args.models[:index])), None)
+    real = [os.path.realpath(model) for model in args.models]  # (a link loop is for the model's own error)
+    twice = next((model for index, model in enumerate(args.models) if real[index] in real[:index]), None)
     if twice is not None:  # the same outputs twice; --style and --blend choose among one file's styles
         parser.error(f"model file {twice!r} is given twice with -m")
     report = Report(sys.stderr, prog)
