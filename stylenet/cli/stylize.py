@@ -398,7 +398,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
     memory never reaches here before :meth:`InferenceModel.transform` has retried with smaller
     tiles. ``KeyboardInterrupt`` is no ``Exception``: Ctrl-C still stops the whole run at once.
     """
-    from stylenet.image import compact, load_image, save_image, target_size
+    from stylenet.image import DEFAULT_MAX_PIXELS, compact, load_image, save_image, target_size
     from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls
     from stylenet.video import is_video
 
@@ -408,7 +408,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         run_video_jobs(source, jobs, counter, args, report, describe)
         return
     try:
-        image = load_image(source, **({} if args.max_pixels is None else {"max_pixels": args.max_pixels}))
+        image = load_image(source, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
         # held compactly while the models run: an 8-bit source as its uint8 levels (stylenet.image.compact)
         image = compact(image)
         size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)

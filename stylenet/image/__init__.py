@@ -43,6 +43,7 @@ from stylenet.image.formats import (
     ImageError,
     LoadedImage,
     compact,
+    levels_to_unit_,
     unit_float,
 )
 from stylenet.image.read import from_pil, list_images, load_image, load_rgb, read_image_size
@@ -73,6 +74,7 @@ __all__ = [
     "crop",
     "demo_root",
     "from_pil",
+    "levels_to_unit_",
     "list_images",
     "load_image",
     "load_rgb",

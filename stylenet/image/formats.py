@@ -112,14 +112,18 @@ def compact(image: LoadedImage) -> LoadedImage:
 
 def unit_float(rgb: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """An image in float32 on ``device`` (its own by default): uint8 levels ``k`` (:func:`compact`)
-    as ``k / 255``, correctly rounded as :func:`~stylenet.image.from_pil` computes them; a float image
-    in [0, 1] as it is (the same tensor if it is already float32 there). The divisor is a tensor on
-    the device: CUDA divides by a Python number as a product with its reciprocal, a unit off in the
-    last place for about half the levels."""
+    as ``k / 255`` (:func:`levels_to_unit_`); a float image in [0, 1] as it is (the same tensor if it is
+    already float32 there)."""
     out = rgb.to(device or rgb.device, torch.float32)
-    if rgb.dtype != torch.uint8:
-        return out
-    return out.div_(torch.full((), 255.0, device=out.device))
+    return levels_to_unit_(out) if rgb.dtype == torch.uint8 else out
+
+
+def levels_to_unit_(levels: torch.Tensor) -> torch.Tensor:
+    """8-bit levels ``k`` held in a float32 tensor, divided in place into ``k / 255``, correctly rounded
+    as :func:`~stylenet.image.from_pil` computes them. The divisor is a tensor on the device: CUDA
+    divides by a Python number as a product with its reciprocal, a unit off in the last place for about
+    half the levels."""
+    return levels.div_(torch.full((), 255.0, device=levels.device))
 
 
 def file_error(path: str | Path, reason: str, *, verb: str = "read") -> ImageError:

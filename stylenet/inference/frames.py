@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from stylenet.errors import StylenetError
+from stylenet.image import levels_to_unit_
 from stylenet.inference.controls import Controls
 
 Frame = TypeVar("Frame", np.ndarray, torch.Tensor)
@@ -61,7 +62,6 @@ class FrameBuffers:
         self.size = (height, width)
         self.device = device
         self.input = torch.empty(1, 3, height, width, device=device)
-        self.levels = torch.full((), 255.0, device=device)
         # the frame's pixels land here first (pinned for an asynchronous copy to a GPU): numpy copies any
         # array into it, read-only (as np.asarray of a PIL image is) or strided, without a warning or a temporary
         self.staging = torch.empty(height, width, 3, dtype=torch.uint8, pin_memory=device.type == "cuda")
@@ -74,7 +74,7 @@ class FrameBuffers:
         np.copyto(self.staging.numpy(), frame)
         pixels = self.staging.to(self.device, non_blocking=True)  # the staging buffer itself on the CPU
         self.input.copy_(pixels.permute(2, 0, 1).unsqueeze(0))
-        return self.input.div_(self.levels)  # a tensor on the device: see stylenet.image.unit_float
+        return levels_to_unit_(self.input)
 
 
 def stream_frames(frames: Iterable[Frame], run: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
