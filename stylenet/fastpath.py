@@ -316,15 +316,20 @@ def channel_moments(x: torch.Tensor) -> Moments:
     """Per-channel moments of (B, C, H, W) ``x`` over B, H and W, exact for any size.
 
     The batch-norm kernel computes each chunk's statistics (about twice as fast as ``var_mean`` on
-    channels_last maps; from float32, since on bf16 input it returns them rounded to bf16), and
-    chunks of at most :data:`STATISTICS_CHUNK_PIXELS` pixels are pooled in float64."""
+    channels_last maps), and chunks of at most :data:`STATISTICS_CHUNK_PIXELS` pixels are pooled in
+    float64. A bf16 or fp16 map goes to the CPU kernel as it is, with float32 affine parameters: its
+    mixed-precision path sums in float32 and returns float32 statistics, where without them it
+    returns statistics rounded to the map's dtype, and a float32 copy of the map would cost a pass."""
     rows = max(1, STATISTICS_CHUNK_PIXELS // (x.shape[0] * x.shape[3]))
+    mixed = x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+    weight, bias = (torch.ones(x.shape[1]), torch.zeros(x.shape[1])) if mixed else (None, None)
     total: Moments | None = None
     for start in range(0, x.shape[2], rows):
-        chunk = x[:, :, start: start + rows].float()
+        chunk = x[:, :, start: start + rows]
+        chunk = chunk if mixed else chunk.float()
         count = chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
         if chunk.device.type in ("cpu", "cuda"):
-            _, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(chunk, None, None, True, 0.0, 0.0)
+            _, mean, invstd = torch.ops.aten._native_batch_norm_legit.no_stats(chunk, weight, bias, True, 0.0, 0.0)
             var = invstd.double().pow(-2)
         else:
             var, mean = torch.var_mean(chunk, dim=(0, 2, 3), unbiased=False)

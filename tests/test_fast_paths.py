@@ -377,11 +377,12 @@ def test_per_image_instance_norm_is_exact_on_a_multi_megapixel_map() -> None:
         expected = (xd - mean) / torch.sqrt(var + norm.eps)
         error = (single(x.to(dtype)).double() - expected).abs()
         assert error.mean() < tolerance and error.max() < 10 * tolerance, (dtype, error.mean(), error.max())
-    count, mean, squares = fastpath.channel_moments(x)
-    var, reference = torch.var_mean(x.double(), dim=(0, 2, 3), unbiased=False)
-    assert count == 2048 * 1024
-    torch.testing.assert_close(mean, reference, rtol=0, atol=5e-4)  # 1% of the spread (0.05)
-    torch.testing.assert_close(squares / count, var, rtol=1e-3, atol=0)
+    for values in (x, x.bfloat16()):  # bf16 as it is: summed in float32 by the kernel's mixed-precision path
+        count, mean, squares = fastpath.channel_moments(values)
+        var, reference = torch.var_mean(values.double(), dim=(0, 2, 3), unbiased=False)
+        assert count == 2048 * 1024
+        torch.testing.assert_close(mean, reference, rtol=0, atol=5e-4)  # 1% of the spread (0.05)
+        torch.testing.assert_close(squares / count, var, rtol=1e-3, atol=0)
 
 
 def test_inference_copy_is_channels_last_and_leaves_the_original_alone() -> None:

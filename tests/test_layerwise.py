@@ -164,3 +164,46 @@ def test_the_gpu_budget_counts_the_allocators_cache_as_free(monkeypatch: pytest.
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 6 * gib)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)
     assert default_max_memory(torch.device("cuda")) == int(15 * gib * 0.8)
+
+
+@pytest.mark.skipif(not layerwise.BufferPool(torch.device("cpu")).releases, reason="no madvise(MADV_DONTNEED) here")
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_released_rows_are_given_back_and_no_others(channels_last: bool) -> None:
+    """Rows [2, 7) of a mapped (1, C, H, W) layer given back read as zeros afterwards (a fresh page),
+    every other row keeps its values: one span of memory in channels_last, one per channel in NCHW.
+    Rows of exactly one page (4 KiB) here, so that every released row is a whole page."""
+    pool = layerwise.BufferPool(torch.device("cpu"), mapped_bytes=0)
+    shape = (1, 4, 10, 256) if channels_last else (1, 3, 10, 1024)  # float32 rows: 4 KiB in its layout
+    stored = pool.empty(shape, torch.float32, channels_last)
+    stored.fill_(1.0)
+    pool.release_rows(stored, 2, 7)
+    per_row = stored[0].sum(dim=(0, 2))
+    expected = torch.full((10,), float(shape[1] * shape[3]))
+    expected[2:7] = 0
+    assert torch.equal(per_row, expected)
+
+
+def test_streamed_layers_store_what_others_recompute_and_give_the_same_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With rows given back as the next layer reads them (every buffer mapped here), a budget between
+    the first layer's size and the first two layers' stores the full-resolution layers instead of
+    recomputing them; rows are given back only once no band reads them, so the image is bit for bit
+    that of storing everything (a row given back too soon would read as zeros)."""
+    monkeypatch.setattr(layerwise, "MAPPED_BYTES", 0)
+    plain, x = net(16, blocks=1), image(48, 256, seed=4)
+    layers = network_layers(plain)
+    assert layers is not None
+    first, second = 16 * 48 * 256 * 4, 32 * 24 * 128 * 4  # the first two layers' fp32 outputs, bytes
+    budget = first + second // 2
+    assert plan(layers, 48, 256, "fp32", budget).recompute[0]
+    streamed = plan(layers, 48, 256, "fp32", budget, streamed=True)
+    assert not any(streamed.recompute)
+    with monkeypatch.context() as keep_all:  # the reference: nothing given back, everything stored
+        keep_all.setattr(layerwise.BufferPool, "releases", property(lambda self: False))
+        expected = layerwise_forward(plain, x, band_pixels=8 * 256)
+    released: list[tuple[int, int]] = []
+    real = layerwise.BufferPool.release_rows
+    monkeypatch.setattr(layerwise.BufferPool, "release_rows", lambda self, stored, start, stop:
+                        released.append((start, stop)) or real(self, stored, start, stop))
+    out = layerwise_forward(plain, x, budget=budget, band_pixels=8 * 256)
+    assert (0, 7) in released  # the first layer's rows, as the second layer's first band is done
+    assert torch.equal(out, expected)

@@ -10,11 +10,13 @@ et al. 1979). Once a layer is done it is normalised in place and the next layer 
 InstanceNorm therefore sees the one-pass statistics, and memory holds about two layers'
 activations, in the precision the network computes in (bf16 on the bf16 path).
 
-The full-resolution layers (the first, and the one before the output) are the largest; when
-storing one beside the next layer's output would exceed the memory budget, a first pass over its
-bands only pools its statistics and the next layer recomputes the bands it needs (with their
-halo) as it goes: about an eighth more arithmetic for the paper's network, instead of the largest
-activation.
+The full-resolution layers (the first, and the one before the output) are the largest. On the CPU
+a stored layer that only the next layer reads gives its rows back to the operating system as the
+next layer's bands pass them, so storing one costs about that layer alone, not it and its
+neighbour. When even that would exceed the memory budget (or, where rows cannot be given back,
+storing it beside the next layer's output would), a first pass over its bands only pools its
+statistics and the next layer recomputes the bands it needs (with their halo) as it goes: about an
+eighth more arithmetic for the paper's network, instead of the largest activation.
 """
 
 from __future__ import annotations
@@ -74,16 +76,20 @@ class Layer:
         kernel, stride = self.conv2d.kernel_size[0], self.conv2d.stride[0]
         return (side + 2 * (kernel // 2) - kernel) // stride + 1
 
+    def input_rows(self, start: int, stop: int) -> tuple[int, int]:
+        """The input rows ``[first, last)`` that output rows ``[start, stop)`` read, padding included:
+        ``first`` is negative and ``last`` beyond the input at its borders."""
+        if self.upsamples:
+            return start // 2 - 1, stop // 2 + 1
+        kernel, stride = self.conv2d.kernel_size[0], self.conv2d.stride[0]
+        return start * stride - kernel // 2, (stop - 1) * stride - kernel // 2 + kernel
+
     def rows(self, read: Rows, height: int, start: int, stop: int) -> torch.Tensor:
         """Output rows ``[start, stop)`` (even, for upsampling) from the input rows ``read`` gives;
         ``height`` is the input's. Padding as in one pass at the image's borders, neighbours inside."""
-        if self.upsamples:
-            pad, mode = 1, "replicate"  # what reflecting the upsampled image is (SubpixelConv)
-            first, last = start // 2 - pad, stop // 2 + pad
-        else:
-            kernel, stride = self.conv2d.kernel_size[0], self.conv2d.stride[0]
-            pad, mode = kernel // 2, "reflect"
-            first, last = start * stride - pad, (stop - 1) * stride - pad + kernel
+        # edge replication is what reflecting the upsampled image is (SubpixelConv)
+        pad, mode = (1, "replicate") if self.upsamples else (self.conv2d.kernel_size[0] // 2, "reflect")
+        first, last = self.input_rows(start, stop)
         band = read(max(first, 0), min(last, height))
         with torch.autocast(band.device.type, enabled=False):  # padding is exact: keep the dtype
             band = F.pad(band, (pad, pad, max(0, -first), max(0, last - height)), mode=mode)
@@ -172,10 +178,11 @@ class Plan:
 
 
 def plan(layers: list[Layer], height: int, width: int, precision: str, budget: int | None,
-         band_pixels: int = BAND_PIXELS) -> Plan:
+         band_pixels: int = BAND_PIXELS, streamed: bool = False) -> Plan:
     """Bands of about ``band_pixels`` full-resolution pixels (rows a multiple of 8, so every
-    layer's bands are even); a full-resolution layer is recomputed when storing it beside the next
-    layer's output would take more than ``budget`` bytes (None: never)."""
+    layer's bands are even); a full-resolution layer is recomputed when storing it would take more
+    than ``budget`` bytes (None: never) beside the next layer's output, or, where ``streamed``
+    (:meth:`BufferPool.release_rows`: the rows a layer has read are given back as it goes), alone."""
     band = max(8, band_pixels // width // 8 * 8)
     heights, widths, channels = [], [], []
     side_h, side_w = height, width
@@ -187,7 +194,7 @@ def plan(layers: list[Layer], height: int, width: int, precision: str, budget: i
     size = PRECISIONS[precision].itemsize  # what activations are stored in
     sizes = [c * h * w * size for c, h, w in zip(channels, heights, widths, strict=True)]
     recompute = [budget is not None and index + 1 < len(layers) and heights[index] == height
-                 and sizes[index] + sizes[index + 1] > budget for index in range(len(layers))]
+                 and sizes[index] + (0 if streamed else sizes[index + 1]) > budget for index in range(len(layers))]
     rows = [max(2, band * h // height // 2 * 2) for h in heights]
     return Plan(layers, recompute, rows, heights, widths, height, width)
 
@@ -212,7 +219,8 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
     device = device or next(net.parameters()).device
     height, width = image.shape[-2:]
     padded = pad_to_multiple(image.unsqueeze(0), size_multiple(net), min_size(net))
-    steps = plan(layers, *padded.shape[-2:], precision, budget, band_pixels)
+    pool = BufferPool(device, MAPPED_BYTES)
+    steps = plan(layers, *padded.shape[-2:], precision, budget, band_pixels, streamed=pool.releases)
     done = 0
 
     def tick() -> None:
@@ -227,7 +235,6 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
 
     read: Rows = image_rows
     source_height = steps.height
-    pool = BufferPool(device, MAPPED_BYTES)
     stream: torch.Tensor | None = None  # the residual blocks' running sum
 
     def run(layer: Layer, start: int, stop: int) -> torch.Tensor:
@@ -239,9 +246,11 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
     for index, layer in enumerate(steps.layers):
         out_height, rows = steps.heights[index], steps.rows[index]
         spans = _spans(out_height, rows)
+        release = _releaser(layer, read, pool)
         if index == len(steps.layers) - 1:
             for start, stop in spans:
                 out = run(layer, start, stop)
+                release(stop)
                 tick()
                 if start < height:
                     yield start, out[0, :, : min(stop, height) - start, :width].float()
@@ -254,7 +263,9 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
             read = _recomputed(layer, read, source_height, out_height, moments.frozen(layer.norm))
             source_height = out_height
             continue
-        stored = _store(layer, spans, out_height, run, tick, pool, moments, _overwritable(layer, read, rows))
+        over = _overwritable(layer, read, rows)
+        stored = _store(layer, spans, out_height, run, tick, pool, moments, over,
+                        release=release if over is None else None)
         read, stream = _next_reader(layer, steps.layers[index + 1], stored, moments.frozen(layer.norm), spans,
                                     read, stream, device, precision)
         del stored  # only the readers hold stored layers: a layer no reader needs goes back to the pool now
@@ -265,8 +276,10 @@ def layerwise_bands(net: nn.Module, image: torch.Tensor, *, precision: str = "fp
 
 def _store(layer: Layer, spans: list[tuple[int, int]], out_height: int,
            run: Callable[[Layer, int, int], torch.Tensor], tick: Callable[[], None], pool: BufferPool,
-           moments: Moments, over: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``layer`` band by band into one stored activation, accumulating its statistics.
+           moments: Moments, over: torch.Tensor | None = None,
+           release: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Run ``layer`` band by band into one stored activation, accumulating its statistics; after
+    each band, ``release(stop)`` (:func:`_releaser`) with the band's last row.
 
     ``over`` (see :func:`_overwritable`): the layer's input, which it alone reads; an output of its
     shape and dtype is written over it one band behind, since the next band still reads the rows
@@ -291,11 +304,31 @@ def _store(layer: Layer, spans: list[tuple[int, int]], out_height: int,
             stored[..., start:stop, :] = out
         else:
             behind = (start, stop, out)
+        if release is not None:
+            release(stop)
         tick()
     if behind is not None:
         stored[..., behind[0]:behind[1], :] = behind[2]
     assert stored is not None and layer.norm is not None
     return stored
+
+
+def _releaser(layer: Layer, read: Rows, pool: BufferPool) -> Callable[[int], None]:
+    """``release(stop)`` for ``layer``, to call once its output rows above ``stop`` are done: the
+    rows of its stored input that no later band reads go back to the operating system, when the
+    layer alone reads that input (its bands go top to bottom, each reading from a halo above its
+    own first row). Storing a full-resolution layer then costs about that layer, not it and its
+    neighbour (:func:`plan`). A no-op for an input read again (a residual block's) or not mapped."""
+    stored: torch.Tensor | None = getattr(read, "only_reader", None)
+    released = 0  # rows [0, released) given back
+
+    def release(stop: int) -> None:
+        nonlocal released
+        unread = max(released, layer.input_rows(stop, stop + 1)[0])
+        if stored is not None and unread > released:
+            pool.release_rows(stored, released, unread)
+            released = unread
+    return release
 
 
 def _overwritable(layer: Layer, read: Rows, rows: int) -> torch.Tensor | None:
@@ -342,7 +375,7 @@ class BufferPool:
     layers as holes too small for the next one; a pool keeps the peak at the layers alive at once.
 
     On the CPU, buffers of at least ``mapped_bytes`` are mapped from the operating system for this
-    call alone (:func:`_mapped`), not taken from malloc: with
+    call alone (anonymous private mappings), not taken from malloc: with
     :func:`~stylenet.fastpath.reuse_freed_memory` (which the command-line tools switch on) malloc
     keeps every block it ever held, and the next image's layers, placed among the small blocks
     allocated in between, would grow its heap by another layer or two."""
@@ -351,6 +384,30 @@ class BufferPool:
         self.device = device
         self.mapped_bytes = mapped_bytes
         self.free: list[torch.Tensor] = []
+        self.mappings: dict[int, mmap.mmap] = {}  # by address: the mapped buffers alive
+
+    @property
+    def releases(self) -> bool:
+        """Whether :meth:`release_rows` gives memory back: mapped buffers, and ``madvise`` to do it."""
+        return self.device.type == "cpu" and bool(_MAP_FLAGS) and hasattr(mmap, "MADV_DONTNEED")
+
+    def release_rows(self, stored: torch.Tensor, start: int, stop: int) -> None:
+        """Give rows ``[start, stop)`` of the (1, C, H, W) ``stored`` tensor, which nothing reads any
+        more, back to the operating system: the whole pages inside them (``MADV_DONTNEED``; a later
+        touch finds a fresh zeroed page). Rows are one span of memory in channels_last, one per
+        channel in NCHW."""
+        mapping = self.mappings.get(stored.untyped_storage().data_ptr())
+        if mapping is None or not self.releases:
+            return
+        item, page = stored.element_size(), mmap.PAGESIZE
+        _, channel_stride, row_stride, _ = stored.stride()
+        planes = [0] if row_stride > channel_stride else range(0, stored.shape[1] * channel_stride, channel_stride)
+        for plane in planes:
+            begin = (stored.storage_offset() + plane + start * row_stride) * item
+            end = (stored.storage_offset() + plane + stop * row_stride) * item
+            begin, end = -(-begin // page) * page, end // page * page
+            if end > begin:
+                mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
     def empty(self, shape: tuple[int, int, int, int], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
         """An uninitialised (N, C, H, W) tensor, contiguous in the given layout."""
@@ -359,8 +416,14 @@ class BufferPool:
         if fitting:
             buffer = min(fitting, key=torch.Tensor.numel)
             del self.free[next(i for i, other in enumerate(self.free) if other is buffer)]  # in place: see below
+        elif self.free:  # every free buffer is too small: the decoder's layers only grow, so let them go
+            self.free.clear()
+            return self.empty(shape, dtype, channels_last)
         elif self.device.type == "cpu" and size >= self.mapped_bytes and _MAP_FLAGS:
-            buffer = _mapped(size)
+            mapping = _mapped(size)
+            buffer = torch.frombuffer(mapping, dtype=torch.uint8)
+            self.mappings[buffer.data_ptr()] = mapping
+            weakref.finalize(buffer, self._unmapped, buffer.data_ptr())
         else:
             buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
         layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -369,15 +432,19 @@ class BufferPool:
         weakref.finalize(tensor, self.free.append, buffer)  # the list every finaliser appends to
         return tensor
 
+    def _unmapped(self, address: int) -> None:
+        """The buffer at ``address`` died: its mapping goes, unmapped with its last reference."""
+        del self.mappings[address]
+
 
 #: Anonymous private mappings (POSIX); elsewhere (0) the pool's buffers come from the allocator.
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS if hasattr(mmap, "MAP_ANONYMOUS") else 0
 
 
-def _mapped(size: int) -> torch.Tensor:
-    """``size`` zeroed bytes mapped for one tensor: the tensor holds the mapping, which is unmapped
-    (the memory given back to the operating system) when the last view of it dies."""
-    return torch.frombuffer(mmap.mmap(-1, size, flags=_MAP_FLAGS), dtype=torch.uint8)
+def _mapped(size: int) -> mmap.mmap:
+    """``size`` zeroed bytes of their own: unmapped (the memory given back to the operating system)
+    when the last reference to them dies, a tensor's view of them included."""
+    return mmap.mmap(-1, size, flags=_MAP_FLAGS)
 
 
 def _reader(stored: torch.Tensor) -> Rows:
