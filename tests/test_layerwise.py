@@ -207,3 +207,17 @@ def test_streamed_layers_store_what_others_recompute_and_give_the_same_image(mon
     out = layerwise_forward(plain, x, budget=budget, band_pixels=8 * 256)
     assert (0, 7) in released  # the first layer's rows, as the second layer's first band is done
     assert torch.equal(out, expected)
+
+
+def test_the_pool_reuses_a_buffer_that_fits_and_lets_go_of_those_too_small() -> None:
+    """A layer goes into the smallest free buffer that holds it; where none does (the decoder's layers
+    only grow), the free buffers go, not kept beside the new one for the rest of the image."""
+    pool = layerwise.BufferPool(torch.device("cpu"), mapped_bytes=0)
+    small, large = pool.empty((1, 4, 8, 8), torch.float32, True), pool.empty((1, 4, 16, 16), torch.float32, True)
+    small_address, large_address = small.data_ptr(), large.data_ptr()
+    del small, large
+    assert len(pool.free) == 2
+    reused = pool.empty((1, 2, 8, 8), torch.float32, False)
+    assert reused.data_ptr() == small_address and len(pool.free) == 1
+    larger = pool.empty((1, 4, 32, 32), torch.float32, True)
+    assert larger.data_ptr() != large_address and not pool.free and len(pool.mappings) == 2
