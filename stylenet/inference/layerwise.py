@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -388,8 +389,10 @@ class BufferPool:
 
     @property
     def releases(self) -> bool:
-        """Whether :meth:`release_rows` gives memory back: mapped buffers, and ``madvise`` to do it."""
-        return self.device.type == "cpu" and bool(_MAP_FLAGS) and hasattr(mmap, "MADV_DONTNEED")
+        """Whether :meth:`release_rows` gives memory back: mapped buffers, and Linux's ``madvise``,
+        which frees the pages at once (elsewhere ``MADV_DONTNEED`` is only a hint)."""
+        return (self.device.type == "cpu" and bool(_MAP_FLAGS) and sys.platform.startswith("linux")
+                and hasattr(mmap, "MADV_DONTNEED"))
 
     def release_rows(self, stored: torch.Tensor, start: int, stop: int) -> None:
         """Give rows ``[start, stop)`` of the (1, C, H, W) ``stored`` tensor, which nothing reads any
