@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from stylenet.temporal import TemporalConsistency, split_temporal_weight
 
 log = logging.getLogger(__name__)
 
+#: A URL (``https://...``, ``s3://...``): pathlib would read it as a path with one slash lost.
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def file_sha256(path: Path) -> str:
@@ -105,6 +108,9 @@ def load_style_image(spec: str | None, size: int, setting: str = "style.image") 
     if spec in (None, "", "???"):
         raise StylenetError(f"{setting} is required: pass {setting}=/path/to/painting.jpg "
                             "(the presets' paintings are not shipped)")
+    if URL.match(str(spec)):
+        raise StylenetError(f"{setting} must be a local file, got {spec!r}: URLs are not downloaded (download it "
+                            "and pass its path)")
     path = resolve_image_path(spec)
     if not path.is_file():
         what = "is a folder, not an image" if path.is_dir() else "does not exist"

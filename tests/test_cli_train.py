@@ -80,6 +80,10 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("override,message", [
     ("style.image=/no/such/painting.jpg", "style image '/no/such/painting.jpg' does not exist"),
+    ("style.image=http://example.com/x.jpg", "style.image must be a local file, got 'http://example.com/x.jpg': "
+                                             "URLs are not downloaded"),  # was a missing 'http:/example.com/x.jpg'
+    ("style=multi style.images=[demo:ihc,s3://bucket/y.png] style.size=32",
+     "style.images[1] must be a local file, got 's3://bucket/y.png'"),
     ("loss.style_layers=[relu1_2,relu9_1]", "unknown VGG layer"),
     ("loss.style_layer_weights=[1,1,1,-1,1]", "loss.style_layer_weights[3] (relu2_2) must be a number >= 0"),
     ("loss.content_weight=-1", "loss.content_weight must be a number >= 0"),
