@@ -48,6 +48,9 @@ IDENTITY_HPARAMS = ("model", "style_sha256", "base_sha256", "loss", "temporal_we
                     "identity_steps", "style.size")
 #: what a checkpoint that predates an identity key had (style checkpoints before the temporal term: none)
 IDENTITY_DEFAULTS = {"temporal_weight": 0.0, "saturation_weight": 0.0, "identity_steps": 0}
+#: the hyper-parameter holding the sha256 of a ``loss.weights`` file (``ImageTask.record_loss_weights``), by which
+#: a resume compares the file, not by its path as typed (:func:`without_weights_path`)
+WEIGHTS_SHA256 = "loss_weights_sha256"
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
@@ -87,7 +90,8 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     """Why ``path`` cannot resume this run (None when it can).
 
     It must load with ``weights_only=True``, hold a full training state with finite weights, belong
-    to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` and
+    to experiment ``name`` (when given and recorded), have the same :data:`IDENTITY_HPARAMS` (a
+    ``loss.weights`` file by its content: :func:`without_weights_path`) and
     learning-rate schedule (:func:`schedule_problem`) and, when ``max_steps`` is given, be short of
     it: a finished run has nothing left to continue, and "resuming" it would train no step and export
     nothing. "Finished" is said only of a checkpoint that otherwise fits, a finished run of this very
@@ -109,6 +113,11 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
         return f"belongs to experiment {recorded!r}, not {name!r}"
     saved = checkpoint.get("hyper_parameters")
     saved = saved if isinstance(saved, dict) else {}
+    before, now = saved.get(WEIGHTS_SHA256), hparams.get(WEIGHTS_SHA256)
+    if before and now:  # two loss.weights files: one by content, however their paths are spelled
+        if before != now:
+            return f"trained with another loss.weights file (sha256 {short(before)}, this run's {short(now)})"
+        saved, hparams = without_weights_path(saved), without_weights_path(hparams)
     for key in IDENTITY_HPARAMS:
         before, now = (identity_setting(settings, key) for settings in (saved, hparams))
         if before != now:
@@ -119,6 +128,17 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     if schedule is None and max_steps is not None and max_steps > 0 and int(checkpoint["global_step"]) >= max_steps:
         return f"{FINISHED} (step {checkpoint['global_step']}, trainer.max_steps={max_steps})"  # a run of this one
     return schedule
+
+
+def without_weights_path(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without ``loss.weights``, a file whose sha256 (:data:`WEIGHTS_SHA256`) stands for it:
+    ``./vgg16.pth`` and ``/data/vgg16.pth`` are one file, and a file replaced at the same path is another.
+    A keyword (``imagenet``, ``random``), or a checkpoint saved before the hash was recorded, keeps its
+    path as given."""
+    loss = settings.get("loss")
+    if not isinstance(loss, Mapping):
+        return settings
+    return {**settings, "loss": {key: value for key, value in loss.items() if key != "weights"}}
 
 
 def short(digest: Any) -> str:

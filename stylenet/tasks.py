@@ -24,6 +24,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torchvision.utils import make_grid
 
 from stylenet import StylenetError, __version__, quality
+from stylenet.checkpoints import WEIGHTS_SHA256
 from stylenet.fastpath import prepare_for_training
 from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
 from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss, setting_weight
@@ -166,6 +167,13 @@ class ImageTask(pl.LightningModule):
         self.used_batch = False
         #: the validation grids being built: tag -> (the dimension parts join along, the batches' parts)
         self.val_grids: dict[str, tuple[int, list[torch.Tensor]]] = {}
+
+    def record_loss_weights(self) -> None:
+        """The sha256 of a ``loss.weights`` file in the hyper-parameters, as the style image's: a resume
+        then knows the loss network by its file's content, not by the path as typed (another spelling of
+        it, or another file put there: :func:`stylenet.checkpoints.checkpoint_problem`)."""
+        if self.loss.vgg is not None and self.loss.vgg.weights_file is not None:
+            self.hparams[WEIGHTS_SHA256] = file_sha256(self.loss.vgg.weights_file)
 
     def network_input(self, batch: dict[str, Any]) -> torch.Tensor:
         """What the network sees: the photos themselves (style transfer)."""
@@ -360,6 +368,7 @@ class StyleTransferTask(ImageTask):
         # two of ours beside the constructor's arguments, saved again so that they are in hparams_initial too,
         # which Lightning writes to TensorBoard's hparams.yaml (runs with and without the term told apart there)
         self.save_hyperparameters({**self.hparams, "stylenet_version": __version__, "temporal_weight": temporal_weight})
+        self.record_loss_weights()
         self.temporal = TemporalConsistency(temporal_weight)
         #: the styles this run trains, and their rows in the network's norm tables
         self.styles, self.trained_styles = styles, list(range(len(styles)))
@@ -602,6 +611,7 @@ class SuperResolutionTask(ImageTask):
         self.save_hyperparameters()
         self.hparams["task"] = "sr"
         self.hparams["stylenet_version"] = __version__
+        self.record_loss_weights()
         self.net = build_net(SuperResolutionNet, model)
         self.factor = int(self.net.scale)
         self.hparams["factor"] = self.factor  # recorded in exported model files

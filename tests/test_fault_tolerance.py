@@ -33,6 +33,7 @@ from stylenet import StylenetError
 from stylenet.callbacks import ResumableRun, TrainingInterrupted
 from stylenet.checkpoints import (
     EXPERIMENT_KEY,
+    WEIGHTS_SHA256,
     AtomicCheckpointIO,
     candidate_runs,
     checkpoint_problem,
@@ -42,6 +43,7 @@ from stylenet.cli.train import build, config_dir, train
 from stylenet.data import ImageFolderDataModule
 from stylenet.modelfile import read_model, save_model
 from stylenet.nets import TransformerNet
+from stylenet.nets.vgg import random_state
 from stylenet.tasks import NonFiniteLossError, StyleTransferTask
 from tests.conftest import make_photo
 from tests.helpers import BAD_FILES, RunsCode, console_script, png_with_header_size
@@ -400,6 +402,45 @@ def test_a_checkpoint_of_another_objective_is_not_continued(tmp_path: Path) -> N
     assert checkpoint_problem(sized, None, {**same, "style": {"image": "b/a.jpg", "size": 96}}) is None
     assert checkpoint_problem(sized, None, {**same, "style": {"image": "a.jpg", "size": 64}}) == (
         "trained with another style.size (96, this run has 64)")
+
+
+def test_a_loss_weights_file_is_known_by_its_content_not_by_its_path_as_typed(
+        tmp_path: Path, style_image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``loss.weights=./vgg16.pth``, then the same file spelled otherwise: one loss network, so the run
+    continues; another file put at that path is another one, so it does not (both were the other way
+    round). A keyword, and a checkpoint saved before the hash, keep the path as given."""
+    monkeypatch.chdir(tmp_path)
+    vgg = tmp_path / "vgg16.pth"
+
+    def write_weights(seed: int) -> None:
+        torch.save({f"features.{key}": value for key, value in random_state("vgg16", 4, seed).items()}, vgg)
+
+    def hparams(weights: str) -> dict[str, Any]:
+        loss = {"weights": weights, "content_layers": ["relu1_2"], "style_layers": ["relu1_2"]}
+        return dict(StyleTransferTask(model=TINY_MODEL, loss=loss, image_size=32,
+                                      style={"name": "t", "image": str(style_image), "size": 32}).hparams)
+
+    def saved(settings: dict[str, Any]) -> Path:
+        path = tmp_path / "last.ckpt"
+        torch.save({"state_dict": {"net.w": torch.ones(2)}, "optimizer_states": [], "global_step": 4, "loops": {},
+                    "hyper_parameters": settings}, path)
+        return path
+
+    write_weights(0)
+    first = hparams("./vgg16.pth")
+    checkpoint = saved(first)
+    assert checkpoint_problem(checkpoint, None, hparams(str(vgg))) is None
+    assert checkpoint_problem(checkpoint, None, hparams("vgg16.pth")) is None
+    assert checkpoint_problem(checkpoint, None, hparams("random")) == (
+        "trained with another loss (loss.weights: './vgg16.pth', this run has 'random')")
+    write_weights(1)
+    replaced = hparams("./vgg16.pth")
+    assert checkpoint_problem(checkpoint, None, replaced) == (
+        f"trained with another loss.weights file (sha256 {first[WEIGHTS_SHA256][:12]}, this run's "
+        f"{replaced[WEIGHTS_SHA256][:12]})")
+    older = saved({key: value for key, value in first.items() if key != WEIGHTS_SHA256})  # before the hash
+    assert checkpoint_problem(older, None, replaced) is None
+    assert "loss.weights: './vgg16.pth', this run has " in checkpoint_problem(older, None, hparams(str(vgg)))
 
 
 def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(

@@ -170,6 +170,8 @@ class VGGFeatures(nn.Module):
         if unknown or not layers:
             raise StylenetError(f"unknown VGG layer(s) {unknown or layers}; {arch} has {', '.join(names)}")
         self.arch, self.weights_source = arch, str(weights)
+        #: the local state dict the weights came from, None for a keyword (``imagenet``, ...)
+        self.weights_file: Path | None = None
         self.names = names[: max(names.index(name) for name in layers) + 1]
         if weights == "random":
             log.warning("VGG loss network uses RANDOM weights (seed %d): fine for tests and smoke runs, "
@@ -183,7 +185,8 @@ class VGGFeatures(nn.Module):
         elif weights == "imagenet":
             state = imagenet_state(arch)
         elif str(weights).endswith((".pth", ".pt")) or Path(str(weights)).exists():
-            state = file_state(Path(str(weights)), arch, len(self.names))
+            self.weights_file = Path(str(weights))
+            state = file_state(self.weights_file, arch, len(self.names))
         else:
             raise StylenetError(f"unknown VGG weight source {weights!r}; expected {WEIGHT_SOURCES}")
         for index in conv_shapes(arch, len(self.names)):
