@@ -8,6 +8,7 @@ import ast
 import logging
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -868,6 +869,26 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list
     assert f"stylenet-train: error: run folder '{run_dir}' is in use by another stylenet-train" in log
     assert not (run_dir / "checkpoints").exists()
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- the live run's\n"  # its record, not this launch's
+
+
+def test_a_model_file_or_report_in_a_folder_without_checkpoints_is_never_overwritten(
+        tmp_path: Path, inputs: list[str]) -> None:
+    """``hydra.run.dir=`` a folder holding an earlier model file or report, but no checkpoints: refused
+    before any step (the run's end wrote over them). With its checkpoints the folder holds this run,
+    which continues and rewrites its own files."""
+    for name, hint in (("smoke.safetensors", "give another hydra.run.dir or name=, or remove it"),
+                       ("quality.md", "give another hydra.run.dir, or remove it")):
+        run_dir = tmp_path / name.replace(".", "_")
+        run_dir.mkdir()
+        (run_dir / name).write_text("an earlier run's")
+        with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(run_dir / name)))} exists already and this "
+                                                f"run would overwrite it: {re.escape(hint)}$"):
+            run_in_process(run_dir, *inputs, "trainer.max_steps=2")
+        assert (run_dir / name).read_text() == "an earlier run's" and not (run_dir / "checkpoints").exists()
+    run_dir = tmp_path / "smoke" / "run"
+    run_in_process(run_dir, *inputs, "trainer.max_steps=2")
+    run_in_process(run_dir, *inputs, "trainer.max_steps=4")  # continued: its model file is its own
+    assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 4
 
 
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:

@@ -162,6 +162,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         if base and isinstance(callback, ExportStyleModel) and callback.path.resolve() == Path(base).resolve():
             raise StylenetError(f"the run would write its model file over task.base {base!r}: give another "
                                 "name= or hydra.run.dir")
+    refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger) if cfg.get("logger") else False)
     if on_start is not None:
@@ -177,6 +178,28 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         raise explained from err
     if trainer.is_global_zero:
         finish(cfg, run_dir, task, datamodule)
+
+
+#: What :func:`finish` writes beside the model file, in the run folder (:func:`stylenet.report.training_report`).
+REPORT_FILES = ("figure.png", "quality.md", "quality.json")
+
+
+def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
+    """Refuse, before any step, a run whose model file or report is there already while the run folder
+    holds no checkpoints: its end would write over another run's work without a word. A folder with
+    checkpoints holds this very run, continued (:func:`stylenet.checkpoints.check_own_checkpoints`
+    refuses any other), whose files it may well rewrite."""
+    from stylenet.callbacks import ExportStyleModel
+    from stylenet.checkpoints import run_checkpoints
+
+    models = [callback.path for callback in callbacks if isinstance(callback, ExportStyleModel)]
+    if not models or run_checkpoints(run_dir):  # no model file, no report (finish)
+        return
+    for path in [*models, *(run_dir / name for name in REPORT_FILES)]:
+        if path.exists():
+            also = " or name=" if path in models else ""
+            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
+                                f"hydra.run.dir{also}, or remove it")
 
 
 def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
