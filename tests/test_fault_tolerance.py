@@ -36,6 +36,7 @@ from stylenet.checkpoints import (
     EXPERIMENT_KEY,
     WEIGHTS_SHA256,
     AtomicCheckpointIO,
+    FinishedRunError,
     candidate_runs,
     checkpoint_problem,
     resolve_resume,
@@ -889,6 +890,31 @@ def test_a_model_file_or_report_in_a_folder_without_checkpoints_is_never_overwri
     run_in_process(run_dir, *inputs, "trainer.max_steps=2")
     run_in_process(run_dir, *inputs, "trainer.max_steps=4")  # continued: its model file is its own
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 4
+
+
+def test_a_run_stopped_while_writing_its_report_writes_it_when_run_again(
+        tmp_path: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (or a kill) after the export, while the held-out photos are measured: the run is finished,
+    so its folder was refused from then on and the report never made. ``resume=auto`` there writes the
+    report now, training nothing; with the report written, the finished folder is refused as before."""
+    import stylenet.report
+
+    def terminated(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit(143)  # where SIGTERM's default action ends the process
+
+    run_dir = tmp_path / "smoke" / "run"
+    monkeypatch.setattr(stylenet.report, "training_report", terminated)
+    with pytest.raises(SystemExit):
+        run_in_process(run_dir, *inputs, "trainer.max_steps=2")
+    monkeypatch.undo()
+    model, last = (run_dir / "smoke.safetensors").read_bytes(), run_dir / "checkpoints" / "last.ckpt"
+    saved = last.stat().st_mtime_ns
+    assert not (run_dir / "quality.json").exists()
+    run_in_process(run_dir, *inputs, "trainer.max_steps=2")
+    assert {"figure.png", "quality.md", "quality.json"} <= {path.name for path in run_dir.iterdir()}
+    assert (run_dir / "smoke.safetensors").read_bytes() == model and last.stat().st_mtime_ns == saved
+    with pytest.raises(FinishedRunError, match="already holds a finished run"):
+        run_in_process(run_dir, *inputs, "trainer.max_steps=2")
 
 
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:

@@ -10,7 +10,8 @@ beside it are the sweep's other jobs.
 
 Exit status: 0 done; 2 a bad setting, file or training error (one line on stderr, e.g. a non-finite
 loss or a dead DataLoader worker, with the step or file named); 143 SIGTERM and 130 Ctrl-C, after
-saving ``checkpoints/last.ckpt`` at the current step (``resume=auto``, the default, continues from it).
+saving ``checkpoints/last.ckpt`` at the current step (``resume=auto``, the default, continues from it; after
+the model file's export, while the report is written, ``resume=auto`` in the run folder writes the report).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
-    from stylenet.checkpoints import resolve_resume
+    from stylenet.checkpoints import FinishedRunError, resolve_resume
 
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
     if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
@@ -155,7 +156,16 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
                             "experiment=sr_x8 (data._target_=stylenet.data.SuperResolutionDataModule)")
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
-    ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
+    try:
+        ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
+    except FinishedRunError:  # nothing left to train; but a run stopped while writing its report gets it now
+        if cfg.resume != "auto" or cfg.ckpt_path is not None or not report_missing(cfg, run_dir, task, datamodule):
+            raise
+        logging.getLogger(__name__).warning("%s holds this run, finished, without its report (stopped while "
+                                            "writing it): writing the report", run_dir)
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            finish(cfg, run_dir, task, datamodule)
+        return
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     base = task.hparams.get("base")  # task=add_style: the model file that grows a style
     for callback in callbacks:
@@ -200,6 +210,19 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
             also = " or name=" if path in models else ""
             raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
                                 f"hydra.run.dir{also}, or remove it")
+
+
+def report_missing(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> bool:
+    """Whether a finished style run's folder holds its model file but not the report :func:`finish` writes
+    last (``quality.json``; one per style for several): SIGTERM or a kill came after the export, and
+    ``resume=auto`` there writes the report instead of refusing the finished run for ever. A super-resolution
+    run's upscaled photo is not looked for."""
+    export = OmegaConf.select(cfg, "callbacks.export.path")
+    if export is None or not Path(export).is_file() or not datamodule.val_files or "style" not in cfg.task:
+        return False
+    styles = [record["name"] for record in task.hparams.get("styles") or []]
+    folders = [run_dir / "styles" / name for name in styles] if styles else [run_dir]
+    return any(not (folder / "quality.json").is_file() for folder in folders)
 
 
 def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
