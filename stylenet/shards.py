@@ -35,18 +35,65 @@ def shard_name(index: int) -> str:
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset folder, checked for format and version."""
+    """The manifest of a prepared dataset folder, checked for format, version and shape
+    (:func:`manifest_problem`): every reader (training, a resumed ``stylenet-prepare``) can then index
+    it without meeting a damaged or hand-edited file as a traceback."""
     path = Path(root) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StylenetError(f"{str(root)!r} is not a prepared dataset (no {MANIFEST}); "
                             "make one with stylenet-prepare <photo folder> -o <dir>") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise StylenetError(f"cannot read {str(path)!r}: {err}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+    except (OSError, ValueError, RecursionError) as err:  # invalid JSON or UTF-8 (ValueErrors), nested too deep
+        raise StylenetError(f"cannot read {str(path)!r}: {first_line(err)}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise StylenetError(f"{str(path)!r} is not a {FORMAT} v{FORMAT_VERSION} manifest")
+    problem = manifest_problem(manifest)
+    if problem is not None:
+        raise StylenetError(f"{str(path)!r} is a damaged {FORMAT} manifest ({problem}); run stylenet-prepare "
+                            "again into a new folder")
     return manifest
+
+
+def _whole(value: object, least: int) -> bool:
+    """Whether ``value`` is a JSON whole number (not a bool, which Python counts as one) >= ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _strings(value: object, count: int) -> bool:
+    """Whether ``value`` is a JSON list of ``count`` strings."""
+    return isinstance(value, list) and len(value) == count and all(isinstance(item, str) for item in value)
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """The first field of a manifest (of the right format and version) that is not what
+    ``stylenet-prepare`` writes, as a phrase; None when every field the readers use is."""
+    missing = next((key for key in ("size", "source_root", "count", "shards", "skipped") if key not in manifest), None)
+    if missing is not None:
+        return f"no {missing!r}"
+    if not _whole(manifest.get("size"), 1):
+        return "'size' is not a whole number of pixels"
+    if not isinstance(manifest.get("source_root"), str):
+        return "'source_root' is not a path"
+    if not _whole(manifest.get("count"), 0):
+        return "'count' is not a whole number"
+    if not isinstance(manifest.get("complete", False), bool):
+        return "'complete' is neither true nor false"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' is not a list"
+    for index, entry in enumerate(shards):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            return f"shard {index} names no file of the folder"
+        sources = entry.get("sources")
+        if not isinstance(sources, list) or not all(_strings(source, 2) for source in sources):
+            return f"shard {index}'s 'sources' are not [path, sha256] pairs"
+    skipped = manifest.get("skipped")
+    if not isinstance(skipped, list) or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                                                for entry in skipped):
+        return "'skipped' is not a list of skipped paths"
+    return None
 
 
 class ShardStore:

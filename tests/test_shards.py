@@ -146,6 +146,37 @@ def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_
     assert prepare_cli.main([str(square_photos), "-o", str(prepare_out), "--workers", "0", "--no-progress"]) == 2
 
 
+#: manifests that parse (or not) but are no manifest stylenet-prepare writes, by what is wrong with them
+DAMAGED_MANIFESTS: dict[str, Any] = {
+    "a list": [1],
+    "not UTF-8": b"\xff\xfe{}",
+    "no size": {"format": "stylenet-shards", "version": 1},
+    "a shard without its file": lambda good: {**good, "shards": [{"sources": good["shards"][0]["sources"]}]},
+    "shards null": lambda good: {**good, "shards": None},
+    "a size that is no number": lambda good: {**good, "size": "abc"},
+    "sources of three fields": lambda good: {**good, "shards": [{**good["shards"][0], "sources": [["a", "b", 1]]}]},
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_MANIFESTS))
+def test_a_damaged_manifest_is_one_line_naming_it(square_photos: Path, tmp_path: Path, damage: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Training on the folder and stylenet-prepare run again onto it: one line naming the manifest, not a
+    traceback from whichever field the code reaches first."""
+    out = tmp_path / "prepared"
+    prepare_cli.prepare(square_photos, out, size=32, shard_images=7, progress=False)
+    made = DAMAGED_MANIFESTS[damage]
+    made = made(json.loads((out / MANIFEST).read_text())) if callable(made) else made
+    (out / MANIFEST).write_bytes(made if isinstance(made, bytes) else json.dumps(made).encode())
+    with pytest.raises(StylenetError) as refused:
+        ImageFolderDataModule(source="shards", root=str(out), image_size=32).setup("fit")
+    assert f"'{out / MANIFEST}'" in str(refused.value) and "\n" not in str(refused.value)
+    assert prepare_cli.main([str(square_photos), "-o", str(out), "--size", "32", "--workers", "0",
+                             "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("stylenet-prepare: error: ") and f"'{out / MANIFEST}'" in line, line
+
+
 def test_ctrl_c_is_one_line_and_exit_130(square_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
