@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], *, overwrite: b
 
     Parent folders are created. The temporary file is removed on any error, KeyboardInterrupt
     included. ``overwrite=False`` raises :class:`FileExistsError` if ``path`` exists, without a
-    check-then-replace race (the file is linked into place, which fails on an existing name)."""
+    check-then-replace race (the file is linked into place, which fails on an existing name). An
+    :class:`OSError` while writing names ``path``, not its temporary file (:func:`naming_output`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
-        write(tmp)
-        _fsync_file(tmp)
+        with naming_output(path, tmp):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+            write(tmp)
+            _fsync_file(tmp)
         _publish(tmp, path, overwrite)
     finally:
         with contextlib.suppress(OSError):
@@ -86,12 +88,9 @@ def publish_together(writes: list[tuple[Path, Callable[[Path], Any]]]) -> None:
     try:
         for path, write in writes:
             staged.append((temporary_path(path), path))
-            try:
+            with naming_output(path, staged[-1][0]):
                 write(staged[-1][0])
                 _fsync_file(staged[-1][0])
-            except OSError as err:
-                err.filename = str(path)
-                raise
         for tmp, path in staged:
             _publish(tmp, path, overwrite=True)
             _fsync_folder(path.parent)
@@ -99,6 +98,21 @@ def publish_together(writes: list[tuple[Path, Callable[[Path], Any]]]) -> None:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming_output(path: Path, tmp: Path) -> Iterator[None]:
+    """Within: an :class:`OSError` met while ``tmp`` is written for ``path`` (a full disk, a quota) names
+    ``path``, the output the user asked for, instead of the hidden temporary file or no file at all (what a
+    ``write()`` that finds the disk full raises). One that names another file (an input a writer reads) keeps
+    it; one without an errno (numpy's "N requested and M written") keeps its message as it is, which a name
+    would turn into "[Errno None] None: ..."."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is not None and (err.filename is None or str(err.filename) == str(tmp)):
+            err.filename = str(path)
+        raise
 
 
 def write_text(path: str | Path, text: str) -> Path:

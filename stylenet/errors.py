@@ -58,3 +58,10 @@ def describe(err: Exception, subject: object) -> str:
     if isinstance(err, StylenetError):
         return message if repr(str(subject)) in message else f"{subject}: {message}"
     return f"{subject}: {type(err).__name__}: {message}" if str(err).strip() else f"{subject}: {message}"
+
+
+def cannot_write(err: OSError, output: str | Path) -> str:
+    """One line for an output the disk refused after every check passed (full, read-only, a quota): the
+    file ``err`` names (:func:`stylenet.atomic.atomic_write` names the output, not its temporary file),
+    else ``output``, and the system's reason, instead of the traceback of whichever writer met it."""
+    return f"cannot write {str(err.filename or output)!r}: {err.strerror or first_line(err)}"

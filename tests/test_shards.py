@@ -177,6 +177,37 @@ def test_a_damaged_manifest_is_one_line_naming_it(square_photos: Path, tmp_path:
     assert line.startswith("stylenet-prepare: error: ") and f"'{out / MANIFEST}'" in line, line
 
 
+def test_a_full_disk_is_one_line_naming_the_shard_and_leaves_no_partial_file(
+        square_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while the second shard is written: one line naming it (as stylenet-export says
+    it), exit 1, the first shard and the manifest that lists it kept, nothing else; run again, it finishes."""
+    import errno
+
+    from stylenet.shards import shard_name
+
+    out, real_atomic_write = tmp_path / "out", prepare_cli.atomic_write
+
+    def full_at_the_second_shard(path: Path, write: Any, **options: Any) -> Path:
+        def half_then_full(tmp: Path) -> None:
+            tmp.write_bytes(b"\x93NUMPY half a shard")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises: no file name
+
+        return real_atomic_write(path, half_then_full if path.name == shard_name(1) else write, **options)
+
+    monkeypatch.setattr(prepare_cli, "atomic_write", full_at_the_second_shard)
+    arguments = [str(square_photos), "-o", str(out), "--size", "32", "--shard-images", "3", "--workers", "0",
+                 "--no-progress"]
+    assert prepare_cli.main(arguments) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"stylenet-prepare: error: cannot write '{out / shard_name(1)}': {os.strerror(errno.ENOSPC)}; free space "
+        "and run the same command again to go on from the last complete shard"]
+    assert sorted(path.name for path in out.iterdir()) == [MANIFEST, shard_name(0)]
+    assert len(json.loads((out / MANIFEST).read_text())["shards"]) == 1
+    monkeypatch.undo()
+    assert prepare_cli.main(arguments) == 0
+    assert len(ShardStore(out)) == 7
+
+
 def test_ctrl_c_is_one_line_and_exit_130(square_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:

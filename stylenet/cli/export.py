@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stylenet.errors import StylenetError
+from stylenet.errors import StylenetError, cannot_write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk, after every check: full, read-only, ...
-        print(f"stylenet-export: error: cannot write {err.filename or args.outputs[0]!r}: {err.strerror or err}",
-              file=sys.stderr)
+        print(f"stylenet-export: error: {cannot_write(err, args.outputs[0])}", file=sys.stderr)
         return 1
     for path in paths:
         print(path)

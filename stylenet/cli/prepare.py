@@ -24,7 +24,7 @@ import numpy as np
 
 from stylenet.atomic import atomic_write, unwritable
 from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import StylenetError, cannot_write, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 PROG = "stylenet-prepare"
@@ -73,10 +73,16 @@ def start_manifest(out: Path, source_root: Path, size: int) -> dict[str, Any]:
 
 
 def write_shard(out: Path, index: int, images: list[np.ndarray]) -> str:
-    """Write one shard atomically (:func:`stylenet.atomic.atomic_write`): a shard file is whole or absent."""
+    """Write one shard atomically (:func:`stylenet.atomic.atomic_write`): a shard file is whole or absent.
+
+    The bytes of ``np.save`` (a version 1.0 ``.npy`` header, then the pixels), but the pixels written by
+    Python, whose full disk is ``OSError(ENOSPC)``: numpy's own writer says only "N requested and M written"."""
+    array = np.ascontiguousarray(np.stack(images))
+
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.save(handle, np.stack(images))
+            np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
+            handle.write(memoryview(array).cast("B"))
 
     name = shard_name(index)
     atomic_write(out / name, write)
@@ -172,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the disk, after every check: full, read-only, ...; the unfinished shard is removed
+        print(f"{PROG}: error: {cannot_write(err, args.output)}; free space and run the same command again to go "
+              "on from the last complete shard", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, Terminated) as stop:
         how, status = stopped_by(stop)
         print(f"{PROG}: {how}; run the same command again to go on from the last complete shard", file=sys.stderr)

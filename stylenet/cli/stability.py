@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stylenet.cli import ErrorReporter, measuring_parser, refuse_models_as_inputs, run_reporting_errors
-from stylenet.errors import StylenetError, check_seed, describe
+from stylenet.errors import StylenetError, cannot_write, check_seed, describe
 
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
@@ -86,7 +86,7 @@ def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
         try:
             write_text(args.out, table)
         except OSError as err:  # the disk, after the checks: full, read-only, ...
-            error(f"cannot write {args.out!r}: {err.strerror or err}")
+            error(cannot_write(err, args.out))
 
 
 def check_outputs(args: argparse.Namespace) -> None:
