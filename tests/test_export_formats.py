@@ -6,6 +6,8 @@ import json
 import math
 import os
 import pickle
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +232,41 @@ def test_a_full_disk_under_the_pt2_is_one_line(model_file: Path, tmp_path: Path,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"stylenet-export: error: cannot write '{tmp_path / 'm.pt2'}': No space left on device"
     assert sorted(p.name for p in tmp_path.iterdir()) == [model_file.name]
+
+
+@pytest.mark.parametrize("signum,status,how", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_and_sigterm_are_one_line_and_leave_no_temporary_file(
+        model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        signum: signal.Signals, status: int, how: str) -> None:
+    """Stopped while the .pt2 is traced, after the .safetensors was written into its temporary file: one line
+    and the shell's status for the signal, as stylenet-stylize and stylenet-prepare, and no output nor
+    temporary file left (SIGTERM used to kill the process where it stood, leaving a full-size one)."""
+    from stylenet import export
+
+    out = tmp_path / "out"
+    staged: list[str] = []
+
+    def stopped(net: nn.Module) -> None:
+        staged.extend(path.name for path in out.iterdir())
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the signal's handler raises before this ends
+
+    def killed(signum: int, frame: object) -> None:  # not the default, which would end pytest itself
+        raise RuntimeError("SIGTERM reached the process's own handler: it dies where it stands")
+
+    monkeypatch.setattr(export, "export_program", stopped)
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        code = export_main([str(model_file), "-o", str(out / "m.safetensors"), "-o", str(out / "m.pt2")])
+    except KeyboardInterrupt:  # not pytest's to see: it would stop the session
+        pytest.fail("Ctrl-C escaped stylenet-export as a traceback")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == status
+    assert capsys.readouterr().err == f"stylenet-export: {how}; no output written\n"
+    assert len(staged) == 1 and staged[0].startswith(".m.")  # the model file, written before the signal
+    assert list(out.iterdir()) == []
 
 
 def test_style_model_files_record_the_tasks_own_terms_of_the_objective() -> None:

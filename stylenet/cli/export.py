@@ -4,7 +4,8 @@ The source is a ``stylenet-train`` Lightning checkpoint (.ckpt), a stylenet mode
 or a pytorch/examples fast_neural_style checkpoint (.pth/.model); it is read without unpickling
 code. Each ``-o`` picks its format by extension: .safetensors (weights + metadata, for
 stylenet-stylize), .onnx (onnxruntime etc.) or .pt2 (torch.export.load); ONNX and .pt2 accept any
-height and width >= 8.
+height and width >= 8. Ctrl-C (exit 130) and SIGTERM (exit 143) stop it with one line, every output as it
+was and no temporary file left.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, cannot_write
 
 
@@ -30,22 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     from stylenet.styles import check_style_names
 
     try:
-        check_outputs(args.source, args.outputs)
-        model = read_model(args.source)
-        if args.style_name is not None:  # --style-name "" is refused as a name, not ignored
-            if model.task != "style":
-                raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} model")
-            if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
-                raise StylenetError(f"--style-name renames a single-style model; {args.source!r} holds "
-                                    f"{len(model.styles)} styles ({', '.join(model.styles)})")
-            model.metadata["style_name"] = check_style_names([args.style_name], "--style-name")[0]
-        paths = write_models(model, args.outputs)
+        with sigterm_as_terminated():  # a scheduler's stop: the temporary files are removed as on Ctrl-C
+            check_outputs(args.source, args.outputs)
+            model = read_model(args.source)
+            if args.style_name is not None:  # --style-name "" is refused as a name, not ignored
+                if model.task != "style":
+                    raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} "
+                                        "model")
+                if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
+                    raise StylenetError(f"--style-name renames a single-style model; {args.source!r} holds "
+                                        f"{len(model.styles)} styles ({', '.join(model.styles)})")
+                model.metadata["style_name"] = check_style_names([args.style_name], "--style-name")[0]
+            paths = write_models(model, args.outputs)
     except StylenetError as err:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk, after every check: full, read-only, ...
         print(f"stylenet-export: error: {cannot_write(err, args.outputs[0])}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as stop:  # write_models publishes all outputs or none
+        how, status = stopped_by(stop)
+        print(f"stylenet-export: {how}; no output written", file=sys.stderr)
+        return status
     for path in paths:
         print(path)
     return 0
