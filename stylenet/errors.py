@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stylenet.version import __version__
+
 
 class StylenetError(Exception):
     """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
@@ -19,6 +21,19 @@ def check_seed(value: object, setting: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise StylenetError(f"{setting} must be a whole number from 0 to 2**32 - 1, got {value!r}")
     return value
+
+
+def check_format_version(version: object, supported: int, subject: str, made_by: object = None) -> None:
+    """Refuse, as one line naming ``subject``, a file (a model file, a shard manifest) of a format version
+    this stylenet cannot read: one that a newer stylenet (``made_by``: its version, when recorded) wrote, which
+    read as this version would be misread silently, and rewritten as this version would lose what the newer
+    one recorded; or one whose version is no whole number from 1."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise StylenetError(f"{subject} has no valid format version (got {version!r})")
+    if version > supported:
+        by = f"stylenet {made_by}, " if isinstance(made_by, str) and made_by else ""
+        raise StylenetError(f"{subject} was made by a newer stylenet ({by}format version {version}); stylenet "
+                            f"{__version__} reads format version {supported} and older: upgrade stylenet to read it")
 
 
 def one_line(text: str) -> str:

@@ -35,7 +35,7 @@ from safetensors.torch import save
 from torch import nn
 
 from stylenet.atomic import atomic_write
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import StylenetError, check_format_version, first_line
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.styles import StyleChoice, choice_weights, style_name_of, style_names
 from stylenet.version import __version__
@@ -202,6 +202,8 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StylenetError(f"model file {str(path)!r} has no stylenet metadata "
                             "(not exported by stylenet-export)")
+    check_format_version(header.get("format_version"), FORMAT_VERSION, f"model file {str(path)!r}",
+                         header.get("stylenet_version"))
     return header, tensors
 
 

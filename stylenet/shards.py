@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import StylenetError, check_format_version, first_line
 
 FORMAT = "stylenet-shards"
 FORMAT_VERSION = 1
@@ -46,8 +46,9 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
                             "make one with stylenet-prepare <photo folder> -o <dir>") from None
     except (OSError, ValueError, RecursionError) as err:  # invalid JSON or UTF-8 (ValueErrors), nested too deep
         raise StylenetError(f"cannot read {str(path)!r}: {first_line(err)}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise StylenetError(f"{str(path)!r} is not a {FORMAT} v{FORMAT_VERSION} manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StylenetError(f"{str(path)!r} is not a {FORMAT} manifest")
+    check_format_version(manifest.get("version"), FORMAT_VERSION, repr(str(path)))
     problem = manifest_problem(manifest)
     if problem is not None:
         raise StylenetError(f"{str(path)!r} is a damaged {FORMAT} manifest ({problem}); run stylenet-prepare "

@@ -497,6 +497,35 @@ def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path
         read_model(model_file, task="sr")
 
 
+def with_header(model_file: Path, path: Path, **changes: object) -> Path:
+    """A copy of ``model_file`` (same weights) whose stylenet header has ``changes``: what another stylenet
+    (or another tool) may write."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(model_file), "pt") as handle:
+        record = json.loads(handle.metadata()["stylenet"])
+    save_file(load_file(str(model_file)), str(path), metadata={"stylenet": json.dumps({**record, **changes})})
+    return path
+
+
+def test_a_model_file_of_a_newer_format_is_refused_not_misread(tmp_path: Path, model_file: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """format_version 2 once loaded silently, and stylenet-export rewrote it as version 1: now one line names
+    the file and says a newer stylenet made it (as a shard manifest of a newer version is refused)."""
+    newer = with_header(model_file, tmp_path / "newer.safetensors", format_version=2, stylenet_version="2.0.0")
+    with pytest.raises(StylenetError, match=r"^model file '.*newer\.safetensors' was made by a newer stylenet "
+                                            r"\(stylenet 2\.0\.0, format version 2\); .* upgrade stylenet"):
+        read_model(newer)
+    assert export_main([str(newer), "-o", str(tmp_path / "again.safetensors")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "newer.safetensors' was made by a newer stylenet" in line and not (tmp_path / "again.safetensors").exists()
+    for version in (None, "1", 0):
+        with pytest.raises(StylenetError, match=f"has no valid format version \\(got {version!r}\\)"):
+            read_model(with_header(model_file, tmp_path / "odd.safetensors", format_version=version))
+    assert read_model(with_header(model_file, tmp_path / "same.safetensors", format_version=1)).styles == ["test"]
+
+
 # ------------------------------------------------------------------------------------------ torch.hub
 
 

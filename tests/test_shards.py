@@ -177,6 +177,15 @@ def test_a_damaged_manifest_is_one_line_naming_it(square_photos: Path, tmp_path:
     assert line.startswith("stylenet-prepare: error: ") and f"'{out / MANIFEST}'" in line, line
 
 
+def test_a_manifest_of_a_newer_format_says_a_newer_stylenet_made_it(square_photos: Path, tmp_path: Path) -> None:
+    """As a model file of a newer format_version (stylenet.errors.check_format_version) is refused."""
+    out = tmp_path / "prepared"
+    prepare_cli.prepare(square_photos, out, size=32, progress=False)
+    (out / MANIFEST).write_text(json.dumps({**json.loads((out / MANIFEST).read_text()), "version": 2}))
+    with pytest.raises(StylenetError, match=r"manifest.json' was made by a newer stylenet \(format version 2\)"):
+        ShardStore(out)
+
+
 def test_a_full_disk_is_one_line_naming_the_shard_and_leaves_no_partial_file(
         square_photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills up while the second shard is written: one line naming it (as stylenet-export says
