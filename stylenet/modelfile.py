@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import struct
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -143,13 +142,13 @@ def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any]) -> Pa
 
 
 def _is_safetensors(path: Path) -> bool:
-    """safetensors files start with a little-endian u64 header length and then a JSON object."""
+    """safetensors files start with a little-endian u64 header length and then a JSON object (PyTorch's
+    zip archives have a compression method there, its pickles part of an opcode's argument). One cut short,
+    or whose length is damaged, is still a safetensors file, whose reader says what is wrong with it (the
+    pickle reader would only say "Unsupported operand")."""
     with open(path, "rb") as handle:
         head = handle.read(9)
-    if len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 8 + length <= path.stat().st_size
+    return head[8:9] == b"{"
 
 
 #: What stylenet-export writes for other runtimes, which stylenet itself does not read back.
@@ -251,11 +250,15 @@ NEITHER = "is not a model file: neither safetensors nor a PyTorch checkpoint or 
 
 
 def _load_pickled(path: Path) -> StoredModel:
-    """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler."""
+    """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler.
+
+    torch.load is given the open file, not its path: given a path ending in ``.safetensors`` it reads the
+    file as safetensors whatever its bytes (torch 2.14), and a checkpoint renamed so would be refused as
+    "header too large". stylenet tells the formats apart by content (:func:`_is_safetensors`)."""
     try:
-        with warnings.catch_warnings():  # the refusal below says it better than torch's protocol warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(), open(path, "rb") as handle:
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it better
+            content = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = _unpickler_reason(err)
         if "weights only load failed" in str(err).lower() and "unsupported operand" not in reason.lower():

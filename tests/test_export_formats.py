@@ -441,6 +441,26 @@ def test_stylenet_train_checkpoints_load(tmp_path: Path) -> None:
     assert read_model(tmp_path / "wave.safetensors").metadata["style_name"] == "wave"
 
 
+def test_a_checkpoint_named_safetensors_loads_as_the_checkpoint_it_is(tmp_path: Path, model_file: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """stylenet reads a file by its content: a stylenet-train checkpoint renamed *.safetensors loads as the
+    .ckpt does (torch.load, given the path, once read it as safetensors and refused it: "header too large").
+    A safetensors file cut inside its header is still reported by the safetensors reader."""
+    net = TransformerNet(channels=8, residual_blocks=1)
+    checkpoint = {"state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
+                  "hyper_parameters": {"model": net.config, "style": {"name": "wave", "image": "w.jpg"}},
+                  "global_step": 7}
+    torch.save(checkpoint, tmp_path / "last.safetensors")
+    model = read_model(tmp_path / "last.safetensors")
+    assert model.metadata["style_name"] == "wave" and model.metadata["steps"] == 7
+    assert all(torch.equal(model.net.state_dict()[key], value) for key, value in net.state_dict().items())
+    assert export_main([str(tmp_path / "last.safetensors"), "-o", str(tmp_path / "wave.safetensors")]) == 0
+    assert capsys.readouterr().err == "" and read_model(tmp_path / "wave.safetensors").styles == ["wave"]
+    (tmp_path / "cut.safetensors").write_bytes(model_file.read_bytes()[:40])
+    with pytest.raises(StylenetError, match="cut.safetensors' is not a valid stylenet safetensors file: .*header"):
+        read_model(tmp_path / "cut.safetensors")
+
+
 # ------------------------------------------------------------------------------------------ safety
 
 
