@@ -476,6 +476,20 @@ def test_a_model_of_nan_weights_is_refused_and_the_other_models_still_run(
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["photo_test.png"]
 
 
+def test_a_style_name_that_is_no_file_name_names_its_model_file_once(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The user renames the model file's style, so the line names the model file (once, not once per photo
+    under the output folder's name), and the other model still runs."""
+    bad = make_model(tmp_path / "models" / "bad.safetensors", style="../x", seed=1)
+    first, second = make_image(tmp_path / "a.png"), make_image(tmp_path / "b.png", seed=1)
+    code, out, err = run(capsys, "-m", model, "-m", bad, first, second, "-o", tmp_path / "out")
+    assert err.splitlines() == [f"stylenet-stylize: error: model file {str(bad)!r}: style name '../x' cannot be part "
+                                "of a file name (rename the style: stylenet-export MODEL -o NEW.safetensors "
+                                "--style-name NAME)"]
+    assert code == 1 and out.startswith("2 done, 1 failed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_test.png", "b_test.png"]
+
+
 def test_an_exception_on_one_model_spares_the_other_models(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from stylenet.inference import InferenceModel

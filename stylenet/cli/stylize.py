@@ -306,6 +306,23 @@ def model_name_part(stem: str) -> str:
     return stem
 
 
+def usable_style_names(models: list[Pipeline], report: Report) -> list[Pipeline]:
+    """The models whose style name can be part of a file name (:func:`stylenet.styles.file_name_part`); each
+    other one is reported once, naming its model file, which is what the user renames (a model file may
+    come from anywhere: ``../x`` would write outside the output folder)."""
+    from stylenet.styles import file_name_part
+
+    usable = []
+    for model in models:
+        try:
+            file_name_part(model.name)
+        except StylenetError as err:
+            report.error(f"model file {model.model.source!r}: {err}")
+        else:
+            usable.append(model)
+    return usable
+
+
 def collision_hint(first: Job, image: Path, model: Pipeline, name: str) -> str:
     """What tells apart two outputs that ``--name`` (``name``) gives one path: ``first``'s and that of
     ``image`` through ``model``."""
@@ -326,7 +343,6 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
     """Every (image, model) -> output path, validated BEFORE any computation: writable extension,
     never an input file, never the same output twice."""
     from stylenet.image import check_output_path
-    from stylenet.styles import file_name_part
     from stylenet.video import is_video, video_target
 
     output = Path(args.output)
@@ -343,6 +359,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
         raise StylenetError(f"-o {args.output!r} names one file but there are {len(inputs)} image(s) and {runs}; "
                             "give a folder" + (", or pick one style with --style"
                                                if len(inputs) == files == 1 < len(models) else ""))
+    if not as_file:  # each style's name is part of its outputs' names: a bad one is the model file's to fix
+        models = usable_style_names(models, report)
     sources = {image.resolve(): image for image, _ in inputs}
     targets: dict[Path, Job] = {}
     jobs = []
@@ -352,7 +370,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
             try:
                 if not as_file:
                     target = output / folder / args.name.format(
-                        stem=image.stem, ext=image.suffix.lstrip("."), style=file_name_part(model.name),
+                        stem=image.stem, ext=image.suffix.lstrip("."), style=model.name,
                         model=model_name_part(model.file_stem) if "{model" in args.name else "")
                     if ".." in target.relative_to(output).parts:  # a {stem} of "..": an input named "...png"
                         raise StylenetError(f"--name {args.name!r} gives {image.name!r} an output outside -o")
