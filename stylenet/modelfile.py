@@ -224,14 +224,36 @@ def first_non_finite(state_dict: Mapping[str, Any]) -> str | None:
     return None
 
 
+def weights_mismatch(needed: Mapping[str, torch.Tensor], found: Mapping[str, Any]) -> str | None:
+    """The first difference between the tensors a network needs (its ``state_dict()``) and those a file
+    holds, as a phrase, with how many more there are; None when every name and shape fits.
+    ``load_state_dict``'s own message spreads them over lines after a bare heading, and the first line
+    alone says nothing."""
+    problems = []
+    for key, tensor in needed.items():
+        shape = getattr(found.get(key), "shape", None)
+        if key not in found:
+            problems.append(f"{key} is missing")
+        elif shape is None or tuple(shape) != tuple(tensor.shape):
+            held = tuple(shape) if shape is not None else type(found[key]).__name__
+            problems.append(f"{key} is {held} in the file, the network needs {tuple(tensor.shape)}")
+    problems += [f"{key} is not part of the network" for key in found if key not in needed]
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
 def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict[str, torch.Tensor],
            metadata: dict[str, Any]) -> StoredModel:
     try:
         net = cls(**config)
-        net.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise StylenetError(f"model file {str(path)!r} does not match its network: "
-                            f"{first_line(err)}") from None
+        mismatch = weights_mismatch(net.state_dict(), state)
+        if mismatch is None:
+            net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as err:  # arguments the network refuses
+        mismatch = first_line(err)
+    if mismatch is not None:
+        raise StylenetError(f"model file {str(path)!r} does not match its network: {mismatch}")
     bad = first_non_finite(state)
     if bad:
         raise StylenetError(f"model file {str(path)!r} holds NaN or infinite weights ({bad}): a diverged run")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import time
 from pathlib import Path
@@ -544,6 +545,30 @@ def test_a_model_file_of_a_newer_format_is_refused_not_misread(tmp_path: Path, m
         with pytest.raises(StylenetError, match=f"has no valid format version \\(got {version!r}\\)"):
             read_model(with_header(model_file, tmp_path / "odd.safetensors", format_version=version))
     assert read_model(with_header(model_file, tmp_path / "same.safetensors", format_version=1)).styles == ["test"]
+
+
+def test_weights_that_do_not_fit_the_network_name_the_first_mismatch(tmp_path: Path, model_file: Path) -> None:
+    """The line used to stop at torch's heading ("Error(s) in loading state_dict for TransformerNet:"), its
+    reasons on the lines after it: now the first mismatching tensor, its shapes, and how many more."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(model_file))
+    with safe_open(str(model_file), "pt") as handle:
+        metadata = handle.metadata()
+    first = next(iter(TransformerNet(channels=8, residual_blocks=1).state_dict()))
+    save_file({key: value for key, value in tensors.items() if key != first}, str(tmp_path / "missing.safetensors"),
+              metadata=metadata)
+    save_file({**tensors, "extra.weight": torch.zeros(3)}, str(tmp_path / "extra.safetensors"), metadata=metadata)
+    wide = with_header(model_file, tmp_path / "wide.safetensors",
+                       network={"class": "TransformerNet", "channels": 16, "residual_blocks": 1, "norm": "instance"})
+    reasons = {wide: rf"{first} is \(8, 3, 9, 9\) in the file, the network needs \(16, 3, 9, 9\) \(and \d+ more\)$",
+               tmp_path / "missing.safetensors": f"{first} is missing$",
+               tmp_path / "extra.safetensors": "extra.weight is not part of the network$"}
+    for path, reason in reasons.items():
+        with pytest.raises(StylenetError, match=f"^model file {re.escape(repr(str(path)))} does not match its network: "
+                                                f"{reason}"):
+            read_model(path)
 
 
 # ------------------------------------------------------------------------------------------ torch.hub
