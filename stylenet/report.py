@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from stylenet import quality
 from stylenet.atomic import atomic_write, write_text
-from stylenet.errors import StylenetError
+from stylenet.errors import StylenetError, first_line, one_line
 from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
 
 #: figure layout, px: the label strip above the columns and the gap around each square cell.
@@ -181,7 +181,9 @@ def demo_held_out(configs: str | Path, exclude: Path | None = None) -> list[Path
 def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
     """The settings of a ``loss`` config: a name in ``<configs>/loss/`` (``offline``) or a YAML file.
     Its defaults list (names of files beside it or in ``<configs>/loss/``) is merged as Hydra would:
-    in order, ``_self_`` last unless placed."""
+    in order, ``_self_`` last unless placed. A file that is no YAML, no UTF-8 or names a setting that is not
+    there is one line naming it: PyYAML and OmegaConf say it in paragraphs, a traceback around them."""
+    import yaml
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -205,8 +207,18 @@ def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
             else:
                 raise StylenetError(f"loss config {str(path)!r}: unsupported defaults entry {entry}")
         settings = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as err:
-        raise StylenetError(f"loss config {str(path)!r}: {err}") from None
+    except OmegaConfBaseException as err:  # its message runs on with 'full_key: ...' lines: the key, on this one
+        key = getattr(err, "full_key", None)
+        raise StylenetError(f"loss config {str(path)!r}: {first_line(err)}" + (f" (at {key})" if key else "")) from None
+    except yaml.MarkedYAMLError as err:  # PyYAML's message spans lines, marks included: the problem and where
+        mark = err.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = one_line(err.problem or err)
+        raise StylenetError(f"loss config {str(path)!r} is not valid YAML: {problem}{where}") from None
+    except yaml.YAMLError as err:
+        raise StylenetError(f"loss config {str(path)!r} is not valid YAML: {first_line(err)}") from None
+    except UnicodeDecodeError as err:
+        raise StylenetError(f"loss config {str(path)!r} is not UTF-8 text: {first_line(err)}") from None
     settings.pop("_target_", None)
     return settings
 

@@ -211,6 +211,23 @@ def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[st
     assert "gatys (texture_moved >= 0.5): " in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"weights: [oops\n", " is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+    (b"\xff\xfeweights: random\n", " is not UTF-8 text: 'utf-8' codec can't decode byte 0xff in position 0"),
+    (b"style_weight: ${oops}\n", ": Interpolation key 'oops' not found (at style_weight)"),
+])
+def test_a_broken_loss_config_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    content: bytes, expected: str) -> None:
+    """PyYAML's and OmegaConf's errors span lines (a traceback around them): the user sees one line."""
+    config = tmp_path / "loss.yaml"
+    config.write_bytes(content)
+    code = main(["--style", "demo:ihc", "--gatys", "--loss-config", str(config), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"stylenet-report: error: loss config {str(config)!r}{expected}"), err
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_photos_are_the_demo_held_out_ones_and_never_the_style() -> None:
     photos = demo_held_out(config_dir())
     assert [p.stem for p in photos] == ["astronaut", "motorcycle_left"]  # data=demo's validation split
