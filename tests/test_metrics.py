@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +325,35 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert f"cannot write --out {str(out)!r}" in err and reason in err and "bicubic" not in err
+
+
+@pytest.mark.parametrize(("signum", "status", "how"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated")])
+def test_evaluate_stopped_while_scoring_is_one_line_and_writes_no_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        signum: signal.Signals, status: int, how: str) -> None:
+    """Ctrl-C or SIGTERM while an image is scored: the line and exit status of the other commands, not a
+    traceback of wherever torch was (or SIGTERM's silent death)."""
+    root = hr_folder(tmp_path / "hr")
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signum)
+        time.sleep(10)  # the signal's handler raises before this ends
+
+    def killed(signum: int, frame: object) -> None:  # not the default, which would end pytest itself
+        raise RuntimeError("SIGTERM reached the process's own handler: it dies where it stands")
+
+    monkeypatch.setattr("stylenet.metrics.sr_scores", stopped)
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        code = evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.md")])
+    except KeyboardInterrupt:  # not pytest's to see: it would stop the session
+        pytest.fail("Ctrl-C escaped stylenet-evaluate-sr as a traceback")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == status
+    assert capsys.readouterr().err == f"stylenet-evaluate-sr: {how}; no table written\n"
+    assert not (tmp_path / "t.md").exists()
 
 
 def test_evaluate_cli_imports_neither_lightning_nor_hydra(tmp_path: Path) -> None:

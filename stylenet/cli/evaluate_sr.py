@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError
 
 PROG = "stylenet-evaluate-sr"
@@ -221,18 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         reason = unwritable(out)
         if reason:
             parser.error(f"cannot write --out {out!r}: {reason}")
-    from stylenet.devices import resolve_device
-    from stylenet.fastpath import reuse_freed_memory
+    try:  # a stop while torch loads or a large image is scored ends as the other commands' do: one line
+        with sigterm_as_terminated():
+            from stylenet.devices import resolve_device
+            from stylenet.fastpath import reuse_freed_memory
 
-    try:
-        # the device is checked with or without a model: a typo is not silently ignored
-        if resolve_device(args.device).type == "cpu" and args.model:  # this process is ours (see fastpath)
-            reuse_freed_memory()
-        rows, methods, factor, errors = evaluate(args.inputs, args.model, args.factor, args.device,
-                                                 args.max_pixels)
+            # the device is checked with or without a model: a typo is not silently ignored
+            if resolve_device(args.device).type == "cpu" and args.model:  # this process is ours (see fastpath)
+                reuse_freed_memory()
+            rows, methods, factor, errors = evaluate(args.inputs, args.model, args.factor, args.device,
+                                                     args.max_pixels)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as stop:  # the table is written at the end: none is
+        how, status = stopped_by(stop)
+        print(f"{PROG}: {how}; no table written", file=sys.stderr)
+        return status
     for error in errors:
         print(f"{PROG}: error: {error}", file=sys.stderr)
     if not rows:
