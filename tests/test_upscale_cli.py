@@ -4,6 +4,8 @@ histogram matching, refusing the wrong kind of model, bad inputs."""
 from __future__ import annotations
 
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +230,24 @@ def test_narrow_networks_take_photos_down_to_their_minimum_size(tmp_path: Path, 
     for source in sources:
         assert np.abs(pixels(tmp_path / "out" / f"{source.stem}_x4.png") - expected_upscale(source, models["sr"])
                       ).max() <= 1
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path: Path, models: dict[str, Path],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in the first second, while run_cli imports torch (here: the import of stylenet.fastpath), ends
+    as it does later, not as a traceback of the import machinery."""
+
+    class Interrupted(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "stylenet.fastpath", Interrupted("stylenet.fastpath"))
+    photo = make_photo(tmp_path / "photo.png", size=(16, 16))
+    try:
+        code = upscale.main([str(photo), "-m", str(models["sr"]), "-o", str(tmp_path / "out")])
+    except KeyboardInterrupt:  # not pytest's to see: it would stop the session
+        pytest.fail("Ctrl-C escaped stylenet-upscale as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "stylenet-upscale: interrupted; 0 done, 0 failed, no pixels processed\n"
+    assert not (tmp_path / "out").exists()

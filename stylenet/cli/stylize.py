@@ -498,20 +498,20 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
     if Path(args.name).is_absolute() or ".." in Path(args.name).parts:  # written where -o says, nowhere else
         parser.error(f"--name {args.name!r}: a name inside the output folder, not a path out of it")
-    from stylenet.devices import resolve_device
-    from stylenet.fastpath import reuse_freed_memory
-    from stylenet.inference import DEFAULT_TILE_OVERLAP, MIN_TILE
-
-    if args.tile is not None and args.tile < MIN_TILE:
-        parser.error(f"--tile must be at least {MIN_TILE}")
-    if args.tile_overlap is not None and args.tile_overlap < 0:
-        parser.error("--tile-overlap must be >= 0")
-    if args.tile_overlap is not None and args.tile_overlap < DEFAULT_TILE_OVERLAP:  # allowed: a quick look
-        report.note(f"--tile-overlap {args.tile_overlap} is below the default {DEFAULT_TILE_OVERLAP} px: the tiles' "
-                    "borders can show as seams in tiled images")
-
-    try:
+    try:  # from torch's import on: a stop ends as one line, whenever it comes
         with sigterm_as_terminated():  # a scheduler's stop: no half-written temporary file left behind
+            from stylenet.devices import resolve_device
+            from stylenet.fastpath import reuse_freed_memory
+            from stylenet.inference import DEFAULT_TILE_OVERLAP, MIN_TILE
+
+            if args.tile is not None and args.tile < MIN_TILE:
+                parser.error(f"--tile must be at least {MIN_TILE}")
+            if args.tile_overlap is not None and args.tile_overlap < 0:
+                parser.error("--tile-overlap must be >= 0")
+            if args.tile_overlap is not None and args.tile_overlap < DEFAULT_TILE_OVERLAP:  # allowed: a quick look
+                report.note(f"--tile-overlap {args.tile_overlap} is below the default {DEFAULT_TILE_OVERLAP} px: "
+                            "the tiles' borders can show as seams in tiled images")
+
             options = {"device": resolve_device(args.device), "precision": args.precision,
                        "max_memory": args.max_memory}
             if options["device"].type == "cpu":  # this process is ours: keep freed activations for reuse
