@@ -397,6 +397,30 @@ def test_cli_refuses_to_overwrite_a_bundled_demo_input_or_an_earlier_run(
     assert (tmp_path / "b" / "gatys.png").read_bytes() == result
 
 
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_cli_refused_in_the_folder_of_a_finished_run_leaves_its_files_as_they_were(
+        tmp_path: Path, style_image: Path) -> None:
+    """The refusal is on stderr only: the run's gatys.log still ends with that run's own ending (README), and
+    its Hydra record is the one of the run that made it."""
+    content, run_dir = make_photo(tmp_path / "content.png"), tmp_path / "run"
+    settings = (f"content={content}", f"styles={style_image}", "loss.weights=random", "iterations=1",
+                "progress=false", f"hydra.run.dir={run_dir}")
+    first = run_gatys_cli(*settings, "size=32", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = folder_bytes(run_dir)
+    assert "wrote " in before["gatys.log"].decode().splitlines()[-1]
+    again = run_gatys_cli(*settings, "size=40", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"stylenet-gatys: error: {str(run_dir)!r} already holds a run (tensorboard/): give another hydra.run.dir "
+        "(hydra.sweep.dir for -m)")
+    assert folder_bytes(run_dir) == before
+
+
 def test_cli_non_finite_objective_writes_the_last_finite_image(tmp_path: Path, style_image: Path,
                                                                capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,11 +86,16 @@ def sigterm_as_terminated() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def report_refusal(prog: str, message: str, *, label: str = "error", level: int = logging.ERROR) -> None:
+def report_refusal(prog: str, message: str, *, label: str = "error", level: int = logging.ERROR,
+                   to_log: bool = True) -> None:
     """A refused run's one line (or how a run ended: ``label`` "interrupted", ``level`` WARNING), on
     stderr and in the run folder's log (``train.log``, ``gatys.log``), where a batch job's reader looks
-    first; through the log's file handlers only, so that a terminal does not show it twice."""
+    first; through the log's file handlers only, so that a terminal does not show it twice. ``to_log``
+    False: stderr only, for a launch refused in a folder that holds another run (:attr:`EarlierRecord.held`),
+    whose log ends with that run's own ending."""
     print(f"{prog}: {label}: {message}", file=sys.stderr)
+    if not to_log:
+        return
     record = logging.makeLogRecord({"name": prog, "levelno": level, "levelname": logging.getLevelName(level),
                                     "msg": message})
     for handler in logging.getLogger().handlers:
@@ -187,6 +192,9 @@ class EarlierRecord:
     def __init__(self) -> None:
         self.files: dict[Path, bytes | None] = {}
         self.launch: dict[Path, bytes | None] = {}
+        #: whether the noted folder held another run's record when this launch began (:meth:`note_launch`):
+        #: a refusal there leaves that run's files, its log included, as they are
+        self.held = False
 
     def take(self, argv: list[str] | None = None) -> None:
         """Read the records now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
@@ -207,6 +215,7 @@ class EarlierRecord:
         here = None if run_dir is None else os.path.realpath(run_dir)
         self.launch = {path: read_if_file(path) for path in self.files
                        if here is None or os.path.realpath(path.parent.parent) == here}
+        self.held = any(self.files[path] is not None for path in self.launch)
 
     def relaunched(self) -> bool:
         """Whether this launch's overrides in the noted folder are the ones its record held before: the
@@ -219,8 +228,9 @@ class EarlierRecord:
     def started(self) -> None:
         """The noted folder now holds this launch's run (pass it as the run's ``on_start``): from here on
         :meth:`restore` keeps this record, and a later job of the sweep in the same folder (a constant
-        ``hydra.sweep.subdir``) puts back this one, not the one before it."""
+        ``hydra.sweep.subdir``) puts back this one, not the one before it; and its log is this run's."""
         self.files.update(self.launch)
+        self.held = False
 
     def restore(self) -> None:
         """Put back the noted folder's record as it was before this launch, unless the launch started

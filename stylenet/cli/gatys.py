@@ -258,8 +258,8 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C
             status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
-    except StylenetError as err:
-        report_refusal(PROG, str(err))
+    except StylenetError as err:  # in a folder of another run: its gatys.log still ends with that run's ending
+        report_refusal(PROG, str(err), to_log=not EARLIER_RECORD.held)
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it
         if not sweep_job:
             sys.exit(2)
@@ -269,7 +269,8 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(stop.status)
     except (KeyboardInterrupt, Terminated) as stop:  # outside the optimisation
         how, status = stopped_by(stop)
-        report_refusal(PROG, "the run did not finish", label=how, level=logging.WARNING)
+        report_refusal(PROG, "the run did not finish", label=how, level=logging.WARNING,
+                       to_log=not EARLIER_RECORD.held)
         EARLIER_RECORD.restore()
         sys.exit(status)
     if status and not sweep_job:
