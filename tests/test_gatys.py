@@ -256,6 +256,29 @@ def test_cli_stopped_mid_run_keeps_the_last_iteration_and_goes_on_from_it(
     assert torch.equal(load_rgb(tmp_path / "b" / "gatys.png"), load_rgb(output))
 
 
+def test_cli_stopped_before_the_first_iteration_writes_nothing_and_its_folder_takes_a_run(
+        tmp_path: Path, style_image: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its "nothing written" is true: no TensorBoard events either, which used to make the folder refuse the
+    run started again in it ('already holds a run (tensorboard/)')."""
+    from stylenet.cli import gatys as gatys_cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    content, run_dir = make_photo(tmp_path / "content.png"), tmp_path / "run"
+    cfg = compose_gatys(run_dir, f"content={content}", f"styles={style_image}")
+    monkeypatch.setattr("stylenet.gatys.optimize_image", interrupted)
+    with pytest.raises(gatys_cli.StoppedRun) as stopped:
+        run(cfg, run_dir)
+    assert stopped.value.status == 130
+    assert capsys.readouterr().err.strip().endswith(
+        "stylenet-gatys: interrupted: before the first iteration ended; nothing written")
+    assert [path for path in run_dir.rglob("*") if path.is_file()] == []
+    monkeypatch.undo()
+    assert run(compose_gatys(run_dir, f"content={content}", f"styles={style_image}"), run_dir) == 0
+    assert (run_dir / "gatys.png").is_file() and any((run_dir / "tensorboard").iterdir())
+
+
 def test_cli_stopped_at_a_coarse_scale_keeps_the_contents_colours_at_full_size(
         tmp_path: Path, style_image: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``scales=2 preserve_color=true`` stopped in the half-size scale: the image is written at the

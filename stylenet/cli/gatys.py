@@ -102,13 +102,14 @@ def check_setting_types(cfg: DictConfig) -> None:
             raise StylenetError(f"{key} must be {what}, got {cfg[key]!r}")
 
 
-def progress_reporter(cfg: DictConfig, run_dir: Path, writer: SummaryWriter, bar: tqdm
+def progress_reporter(cfg: DictConfig, run_dir: Path, board: Callable[[], SummaryWriter], bar: tqdm
                       ) -> Callable[[Progress], None]:
-    """The per-iteration callback: loss curves and snapshots to TensorBoard, ``steps/`` PNGs every
-    ``save_every`` iterations, and the progress bar."""
+    """The per-iteration callback: loss curves and snapshots to TensorBoard (``board()``: its writer, made at
+    the first call), ``steps/`` PNGs every ``save_every`` iterations, and the progress bar."""
     from stylenet.image import save_image
 
     def on_iteration(progress: Progress) -> None:
+        writer = board()
         for name, value in progress.terms.items():
             writer.add_scalar(f"loss/{name}", value, progress.iteration)
         if cfg.image_every and progress.iteration % cfg.image_every == 0:
@@ -199,13 +200,21 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
 
     if on_start is not None:
         on_start()
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    writer.add_image("content", content)
-    for index, style in enumerate(styles):
-        writer.add_image(f"style/{index}", style)
+    writers: list[SummaryWriter] = []
+
+    def board() -> SummaryWriter:
+        """The TensorBoard writer, made when the first iteration ends (or the run does): a run stopped
+        before then has written nothing, as it says, and its folder takes a run again."""
+        if not writers:
+            writers.append(SummaryWriter(str(run_dir / "tensorboard")))
+            writers[0].add_image("content", content)
+            for index, style in enumerate(styles):
+                writers[0].add_image(f"style/{index}", style)
+        return writers[0]
+
     bar = tqdm(total=cfg.iterations * cfg.scales, desc="gatys", unit="it", file=sys.stderr,
                disable=not cfg.progress, dynamic_ncols=True)
-    report = progress_reporter(cfg, run_dir, writer, bar)
+    report = progress_reporter(cfg, run_dir, board, bar)
     latest: list[Progress] = []  # the last finished iteration, written if the run is stopped
 
     def on_iteration(progress: Progress) -> None:
@@ -225,10 +234,11 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
             if cfg.preserve_color:  # the content's own colours at full size, not a coarse scale's upsampled
                 image = with_content_chroma(image, content)
             save_image(output, image)
-            writer.add_image("final", image, latest[0].iteration)
+            board().add_image("final", image, latest[0].iteration)
             message = (f"after iteration {latest[0].iteration} of {latest[0].total}; wrote its image to {output} "
                        f"(a new run goes on from it with init={output}{' scales=1' if cfg.scales > 1 else ''})")
-        writer.close()
+        for writer in writers:
+            writer.close()
         how, status = stopped_by(stop)
         report_refusal(PROG, message, label=how, level=logging.WARNING)
         raise StoppedRun(status) from None
@@ -236,8 +246,8 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         bar.close()
     seconds = time.perf_counter() - started
     save_image(output, result.image.cpu())
-    writer.add_image("final", result.image.cpu(), result.iterations)
-    writer.close()
+    board().add_image("final", result.image.cpu(), result.iterations)
+    board().close()
     if result.stopped:
         report_refusal(PROG, f"{result.stopped}; wrote it to {output}")
         return 1
