@@ -4,15 +4,19 @@ a given memory layout."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
 import struct
 import sys
+import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tomllib
 import torch
 from PIL import Image
@@ -85,3 +89,27 @@ def output_and_gradients(layer: Callable[[torch.Tensor], torch.Tensor], x: torch
     for p in parameters:
         p.grad = None
     return [out.detach(), leaf.grad, *grads]
+
+
+def signal_self(signum: int) -> None:
+    """Send ``signum`` to this process, as Ctrl-C or a scheduler would, and wait for the handler the
+    command installed to raise: a stand-in for the work a stop interrupts."""
+    os.kill(os.getpid(), signum)
+    time.sleep(10)  # the handler raises before this ends
+
+
+@contextlib.contextmanager
+def stops_handled_by(prog: str) -> Iterator[None]:
+    """Within: a command run in the test's process (``main([...])``) must handle Ctrl-C and SIGTERM
+    itself. A Ctrl-C it lets escape fails the test (pytest would stop the session), and SIGTERM that
+    reaches the process's own handler raises instead of ending pytest, as it would end the command."""
+    def killed(signum: int, frame: object) -> None:
+        raise RuntimeError("SIGTERM reached the process's own handler: it dies where it stands")
+
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        yield
+    except KeyboardInterrupt:
+        pytest.fail(f"Ctrl-C escaped {prog} as a traceback")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

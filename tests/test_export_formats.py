@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from stylenet.export import AnySizeNetwork, export_checkpoint
 from stylenet.inference import InferenceModel
 from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_model, save_model
 from stylenet.nets import TransformerNet
+from tests.helpers import signal_self, stops_handled_by
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,20 +250,11 @@ def test_ctrl_c_and_sigterm_are_one_line_and_leave_no_temporary_file(
 
     def stopped(net: nn.Module) -> None:
         staged.extend(path.name for path in out.iterdir())
-        os.kill(os.getpid(), signum)
-        time.sleep(10)  # the signal's handler raises before this ends
-
-    def killed(signum: int, frame: object) -> None:  # not the default, which would end pytest itself
-        raise RuntimeError("SIGTERM reached the process's own handler: it dies where it stands")
+        signal_self(signum)
 
     monkeypatch.setattr(export, "export_program", stopped)
-    previous = signal.signal(signal.SIGTERM, killed)
-    try:
+    with stops_handled_by("stylenet-export"):
         code = export_main([str(model_file), "-o", str(out / "m.safetensors"), "-o", str(out / "m.pt2")])
-    except KeyboardInterrupt:  # not pytest's to see: it would stop the session
-        pytest.fail("Ctrl-C escaped stylenet-export as a traceback")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     assert code == status
     assert capsys.readouterr().err == f"stylenet-export: {how}; no output written\n"
     assert len(staged) == 1 and staged[0].startswith(".m.")  # the model file, written before the signal

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from stylenet.metrics import (
 from stylenet.modelfile import read_model, save_model
 from stylenet.nets import SuperResolutionNet
 from tests.conftest import make_photo
+from tests.helpers import signal_self, stops_handled_by
 
 
 def test_y_channel_is_bt601_studio_swing() -> None:
@@ -336,21 +335,9 @@ def test_evaluate_stopped_while_scoring_is_one_line_and_writes_no_table(
     traceback of wherever torch was (or SIGTERM's silent death)."""
     root = hr_folder(tmp_path / "hr")
 
-    def stopped(*args: object, **kwargs: object) -> None:
-        os.kill(os.getpid(), signum)
-        time.sleep(10)  # the signal's handler raises before this ends
-
-    def killed(signum: int, frame: object) -> None:  # not the default, which would end pytest itself
-        raise RuntimeError("SIGTERM reached the process's own handler: it dies where it stands")
-
-    monkeypatch.setattr("stylenet.metrics.sr_scores", stopped)
-    previous = signal.signal(signal.SIGTERM, killed)
-    try:
+    monkeypatch.setattr("stylenet.metrics.sr_scores", lambda *args, **kwargs: signal_self(signum))
+    with stops_handled_by("stylenet-evaluate-sr"):
         code = evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.md")])
-    except KeyboardInterrupt:  # not pytest's to see: it would stop the session
-        pytest.fail("Ctrl-C escaped stylenet-evaluate-sr as a traceback")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     assert code == status
     assert capsys.readouterr().err == f"stylenet-evaluate-sr: {how}; no table written\n"
     assert not (tmp_path / "t.md").exists()
