@@ -16,7 +16,7 @@ from stylenet.gatys import optimize_image
 from stylenet.image import save_image
 from stylenet.losses import PerceptualLoss
 from stylenet.metrics import gaussian_kernel, separable_filter
-from stylenet.nets.vgg import VGGFeatures
+from stylenet.nets.vgg import VGGFeatures, calibrate, calibrated_state
 from stylenet.tasks import StyleTransferTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -105,10 +105,17 @@ def test_clipping_counts_saturated_values_beyond_the_style() -> None:
 
 
 def test_calibrated_loss_network_is_deterministic_with_unit_variance_channels() -> None:
-    """Same seed, same weights; each conv channel standardised on the calibration photos."""
+    """Same seed, same weights, computed afresh or taken from the process's cache (whose tensors no
+    caller can change); each conv channel standardised on the calibration photos."""
+    calibrate.cache_clear()
     a = VGGFeatures(["relu2_2"], weights="calibrated", seed=3)
+    calibrate.cache_clear()
     b = VGGFeatures(["relu2_2"], weights="calibrated", seed=3)
     torch.testing.assert_close(a.weight2, b.weight2, rtol=0, atol=0)
+    calibrated_state("vgg16", len(b.names), 3)["2.weight"].zero_()  # a caller's copy
+    cached = VGGFeatures(["relu2_2"], weights="calibrated", seed=3)
+    assert calibrate.cache_info().hits == 2
+    torch.testing.assert_close(cached.weight2, b.weight2, rtol=0, atol=0)
     random = VGGFeatures(["relu2_2"], weights="random", seed=3)
     assert not torch.allclose(a.weight2, random.weight2)
     photo = generated_photo(128)[None]

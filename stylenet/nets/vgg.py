@@ -9,6 +9,7 @@ still moved by ``.to(device)``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable
@@ -72,8 +73,15 @@ def random_state(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tenso
     return state
 
 
-@torch.no_grad()
 def calibrated_state(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tensor]:
+    """:func:`calibrate`'s weights, computed once per process (every loss network, Gatys run and
+    report of a process that asks for the same ones shares the work); the tensors are the caller's."""
+    return {name: tensor.clone() for name, tensor in calibrate(arch, num_layers, seed).items()}
+
+
+@functools.lru_cache(maxsize=4)
+@torch.no_grad()
+def calibrate(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tensor]:
     """:func:`random_state`, then each convolution rescaled in order so that every channel's
     pre-ReLU response to natural photos has zero mean and unit variance (a data-dependent
     initialisation in the spirit of LSUV, Mishkin & Matas 2016).
