@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from stylenet.nets import TransformerNet
 from stylenet.report import GAP, LABEL_HEIGHT, MEASURES, demo_held_out, load_loss_config
 from stylenet.sweep import write_sweep_report
 from tests.conftest import make_photo
-from tests.helpers import console_script
+from tests.helpers import console_script, signal_self, stops_handled_by
 from tests.test_multistyle import multi_file
 
 SIZE = 32
@@ -151,6 +152,30 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
     assert code == 1 and err.strip().count("\n") == 0 and "nope.png" in err
+
+
+@pytest.mark.parametrize(("signum", "status", "how"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated")])
+def test_a_report_stopped_while_scoring_is_one_line_and_leaves_the_last_report(
+        tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], signum: signal.Signals, status: int, how: str) -> None:
+    """Ctrl-C or SIGTERM (a scheduler's stop) while a photo is scored: the line and exit status of the
+    other commands, not a traceback or SIGTERM's silent death; the table and figure already in --out
+    stay those of the last finished report, and no temporary file is left beside them."""
+    out = tmp_path / "report"
+    arguments = [str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(out)]
+    assert main(arguments) == 0
+    files = sorted(out.rglob("*"))
+    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "figure.png")}
+    capsys.readouterr()
+    monkeypatch.setattr("stylenet.report.quality.score", lambda *args, **kwargs: signal_self(signum))
+    with stops_handled_by("stylenet-report"):
+        code = main(arguments)
+    assert code == status
+    assert capsys.readouterr().err.splitlines()[-1] == f"stylenet-report: {how}"
+    assert sorted(out.rglob("*")) == files
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 def test_inputs_among_the_reports_own_files_are_refused_before_anything_is_written(

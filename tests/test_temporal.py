@@ -4,6 +4,7 @@ measure and its command."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ from stylenet.temporal import (
     warping_error,
 )
 from tests.conftest import make_photo
+from tests.helpers import signal_self, stops_handled_by
 from tests.test_video import tiny_model_file
 
 TINY_MODEL = {"channels": 8, "residual_blocks": 1, "norm": "instance"}
@@ -268,6 +270,22 @@ def test_stability_command_prints_and_writes_the_table(tmp_path: Path, one_threa
     assert "| input frames |" in table and "| tiny.safetensors |" in table and table in captured.out
     with Image.open(tmp_path / "strip.png") as picture:  # rows: input, tiny; columns: 3 frames and the error
         assert picture.size == (4 * (24 + 4), 2 * (24 + 4))
+
+
+@pytest.mark.parametrize(("signum", "status", "how"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated")])
+def test_stability_stopped_while_measuring_is_one_line_and_writes_no_table(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        signum: signal.Signals, status: int, how: str) -> None:
+    """Ctrl-C or SIGTERM while the clips are measured: one line, exit 130 or 143, no table."""
+    photo = make_photo(tmp_path / "photo.png", size=(64, 56))
+    monkeypatch.setattr("stylenet.stability.measure", lambda *args, **kwargs: signal_self(signum))
+    with stops_handled_by("stylenet-stability"):
+        code = stability_main([str(photo), "-m", str(tiny_model_file(tmp_path)), "--size", "24", "--frames", "3",
+                               "--out", str(tmp_path / "table.md")])
+    assert code == status
+    assert capsys.readouterr().err == f"stylenet-stability: {how}\n"
+    assert not (tmp_path / "table.md").exists()
 
 
 def test_stability_rows_for_each_style_and_for_two_files_of_one_name(tmp_path: Path, one_thread: None,

@@ -114,7 +114,8 @@ def exit_if_sweep_jobs_failed(prog: str, failed: list[str]) -> None:
 def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None]) -> int:
     """Run ``work(error)`` and return the exit status: 1 if it reported any error (each one line,
     ``<prog>: error: ...``, the other inputs still processed) or raised a :class:`StylenetError`,
-    130 on Ctrl-C, else what ``work`` returned (None: 0)."""
+    130 on Ctrl-C and 143 on SIGTERM (one line, after ``work``'s temporary files are cleaned up),
+    else what ``work`` returned (None: 0)."""
     failed = False
 
     def error(message: str) -> None:
@@ -123,13 +124,15 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
         print(f"{prog}: error: {message}", file=sys.stderr)
 
     try:
-        status = work(error)
+        with sigterm_as_terminated():
+            status = work(error)
     except StylenetError as err:
         error(str(err))
         return 1
-    except KeyboardInterrupt:  # one line, as the other commands end a stopped run
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:  # one line, as the other commands end a stopped run
+        how, code = stopped_by(stop)
+        print(f"{prog}: {how}", file=sys.stderr)
+        return code
     return status or int(failed)
 
 

@@ -10,7 +10,8 @@ PNG under ``images/``:
 
 Photos default to the demo data module's held-out photos (never the style image). A bad photo or
 model is reported on one line naming the file and the others are still processed; the exit status
-is then 1.
+is then 1. Ctrl-C (exit 130) and SIGTERM (143) stop it with one line; the table and figure of an
+earlier report in ``--out`` are then left as they were.
 """
 
 from __future__ import annotations

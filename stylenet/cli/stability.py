@@ -12,7 +12,7 @@ camera's flicker; the first row is the input frames' own (the measure's floor):
 frame against the input's and their ratio (no flow: not an E_warp); ``--strip picture.png`` draws the
 input and each model's frames of a rotation and their warping error. A bad photo, model or clip is one
 line on stderr and exit status 1; the others are still measured. ``--out`` and ``--strip`` are checked
-before anything is measured.
+before anything is measured. Ctrl-C (exit 130) and SIGTERM (143) stop it with one line and no table.
 """
 
 from __future__ import annotations
