@@ -917,6 +917,30 @@ def test_a_run_stopped_while_writing_its_report_writes_it_when_run_again(
         run_in_process(run_dir, *inputs, "trainer.max_steps=2")
 
 
+def test_a_super_resolution_run_stopped_before_its_upscaled_photo_writes_it_when_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for super-resolution, whose run ends with the first held-out photo upscaled
+    (``<photo>_x4.png``) instead of a report."""
+    import stylenet.inference
+
+    def terminated(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit(143)  # where SIGTERM's default action ends the process
+
+    run_dir = tmp_path / "sr" / "run"
+    sr = ["experiment=sr_smoke", "data.image_size=32", "trainer.max_steps=2", "+trainer.enable_progress_bar=false"]
+    monkeypatch.setattr(stylenet.inference, "run_network", terminated)
+    with pytest.raises(SystemExit):
+        run_in_process(run_dir, *sr)
+    monkeypatch.undo()
+    model = (run_dir / "sr_smoke.safetensors").read_bytes()
+    assert not list(run_dir.glob("*_x4.png"))
+    run_in_process(run_dir, *sr)
+    assert len(list(run_dir.glob("*_x4.png"))) == 1
+    assert (run_dir / "sr_smoke.safetensors").read_bytes() == model
+    with pytest.raises(FinishedRunError, match="already holds a finished run"):
+        run_in_process(run_dir, *sr)
+
+
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:
     """A run of several styles records one image hash per style: the message names the style that changed,
     not two lists of hashes; of two loss configs only the entries that differ."""

@@ -161,8 +161,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     except FinishedRunError:  # nothing left to train; but a run stopped while writing its report gets it now
         if cfg.resume != "auto" or cfg.ckpt_path is not None or not report_missing(cfg, run_dir, task, datamodule):
             raise
-        logging.getLogger(__name__).warning("%s holds this run, finished, without its report (stopped while "
-                                            "writing it): writing the report", run_dir)
+        missing = "upscaled held-out photo" if super_resolution else "report"
+        logging.getLogger(__name__).warning("%s holds this run, finished, without its %s (stopped while writing "
+                                            "it): writing it now", run_dir, missing)
         if getattr(rank_zero_only, "rank", 0) == 0:
             finish(cfg, run_dir, task, datamodule)
         return
@@ -213,13 +214,15 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
 
 
 def report_missing(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> bool:
-    """Whether a finished style run's folder holds its model file but not the report :func:`finish` writes
-    last (``quality.json``; one per style for several): SIGTERM or a kill came after the export, and
-    ``resume=auto`` there writes the report instead of refusing the finished run for ever. A super-resolution
-    run's upscaled photo is not looked for."""
+    """Whether a finished run's folder holds its model file but not what :func:`finish` writes last (a style's
+    ``quality.json``, one per style for several; super-resolution's upscaled held-out photo): SIGTERM or a
+    kill came after the export, and ``resume=auto`` there writes it instead of refusing the finished run for
+    ever."""
     export = OmegaConf.select(cfg, "callbacks.export.path")
-    if export is None or not Path(export).is_file() or not datamodule.val_files or "style" not in cfg.task:
+    if export is None or not Path(export).is_file() or not datamodule.val_files:
         return False
+    if "style" not in cfg.task:  # <photo>_x<factor>.png of the first held-out photo that can be read
+        return not any((run_dir / f"{photo.stem}_x{task.factor}.png").is_file() for photo in datamodule.val_files)
     styles = [record["name"] for record in task.hparams.get("styles") or []]
     folders = [run_dir / "styles" / name for name in styles] if styles else [run_dir]
     return any(not (folder / "quality.json").is_file() for folder in folders)
