@@ -941,6 +941,37 @@ def test_a_super_resolution_run_stopped_before_its_upscaled_photo_writes_it_when
         run_in_process(run_dir, *sr)
 
 
+def test_a_run_stopped_before_its_export_exports_from_its_finished_checkpoint_when_run_again(
+        tmp_path: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (or a kill) after the last checkpoint, before the model file: the finished run was refused
+    from then on, its training in its checkpoints alone. ``resume=auto`` there writes the very file the
+    export would have written, then the report, training nothing."""
+    from stylenet.callbacks import ExportStyleModel
+
+    run_dir, aside = tmp_path / "smoke" / "run", tmp_path / "would_have_been.safetensors"
+    export = ExportStyleModel.on_train_end
+
+    def terminated(self: ExportStyleModel, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        export(self, trainer, module)
+        self.path.rename(aside)  # what the export writes, kept aside: the stop came before it
+        raise SystemExit(143)
+
+    finished = ["trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=2"]  # saved before the export
+    monkeypatch.setattr(ExportStyleModel, "on_train_end", terminated)
+    with pytest.raises(SystemExit):
+        run_in_process(run_dir, *inputs, *finished)
+    monkeypatch.undo()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    saved = last.stat().st_mtime_ns
+    assert not (run_dir / "smoke.safetensors").exists() and not (run_dir / "quality.json").exists()
+    run_in_process(run_dir, *inputs, *finished)
+    assert (run_dir / "smoke.safetensors").read_bytes() == aside.read_bytes()
+    assert {"figure.png", "quality.md", "quality.json"} <= {path.name for path in run_dir.iterdir()}
+    assert last.stat().st_mtime_ns == saved
+    with pytest.raises(FinishedRunError, match="already holds a finished run"):
+        run_in_process(run_dir, *inputs, *finished)
+
+
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:
     """A run of several styles records one image hash per style: the message names the style that changed,
     not two lists of hashes; of two loss configs only the entries that differ."""

@@ -11,7 +11,7 @@ beside it are the sweep's other jobs.
 Exit status: 0 done; 2 a bad setting, file or training error (one line on stderr, e.g. a non-finite
 loss or a dead DataLoader worker, with the step or file named); 143 SIGTERM and 130 Ctrl-C, after
 saving ``checkpoints/last.ckpt`` at the current step (``resume=auto``, the default, continues from it; after
-the model file's export, while the report is written, ``resume=auto`` in the run folder writes the report).
+the last step, before the model file or report is written, ``resume=auto`` in the run folder writes them).
 """
 
 from __future__ import annotations
@@ -158,13 +158,19 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     datamodule.report_path = run_dir / "skipped_images.txt"
     try:
         ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
-    except FinishedRunError:  # nothing left to train; but a run stopped while writing its report gets it now
-        if cfg.resume != "auto" or cfg.ckpt_path is not None or not report_missing(cfg, run_dir, task, datamodule):
+    except FinishedRunError:  # nothing left to train; but a run stopped before its end's files were written gets them
+        missing = (None if cfg.resume != "auto" or cfg.ckpt_path is not None
+                   else missing_outputs(cfg, run_dir, task, datamodule))
+        if missing is None:
             raise
-        missing = "upscaled held-out photo" if super_resolution else "report"
-        logging.getLogger(__name__).warning("%s holds this run, finished, without its %s (stopped while writing "
-                                            "it): writing it now", run_dir, missing)
+        logging.getLogger(__name__).warning("%s holds this run, finished, without its %s (stopped before it was "
+                                            "written): writing it now", run_dir, missing)
         if getattr(rank_zero_only, "rank", 0) == 0:
+            if missing == MODEL_FILE:  # the finished checkpoint holds the very weights the export would have saved
+                from stylenet.checkpoints import run_checkpoints
+                from stylenet.export import export_checkpoint
+
+                export_checkpoint(run_checkpoints(run_dir)[0], cfg.callbacks.export.path)
             finish(cfg, run_dir, task, datamodule)
         return
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
@@ -213,19 +219,30 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
                                 f"hydra.run.dir{also}, or remove it")
 
 
-def report_missing(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> bool:
-    """Whether a finished run's folder holds its model file but not what :func:`finish` writes last (a style's
-    ``quality.json``, one per style for several; super-resolution's upscaled held-out photo): SIGTERM or a
-    kill came after the export, and ``resume=auto`` there writes it instead of refusing the finished run for
-    ever."""
+#: What :func:`missing_outputs` calls the model file that a finished run lacks.
+MODEL_FILE = "model file"
+
+
+def missing_outputs(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> str | None:
+    """What a finished run's folder lacks of what its end writes (None: nothing), as a warning names it.
+
+    A SIGTERM or a kill came after the last checkpoint but before the export (no model file: its
+    report is missing too), or after the export but before what :func:`finish` writes last (a style's
+    ``quality.json``, one per style for several; super-resolution's upscaled held-out photo).
+    ``resume=auto`` there writes it instead of refusing the finished run for ever."""
     export = OmegaConf.select(cfg, "callbacks.export.path")
-    if export is None or not Path(export).is_file() or not datamodule.val_files:
-        return False
+    if export is None:
+        return None
+    if not Path(export).is_file():
+        return MODEL_FILE
+    if not datamodule.val_files:
+        return None
     if "style" not in cfg.task:  # <photo>_x<factor>.png of the first held-out photo that can be read
-        return not any((run_dir / f"{photo.stem}_x{task.factor}.png").is_file() for photo in datamodule.val_files)
+        kept = any((run_dir / f"{photo.stem}_x{task.factor}.png").is_file() for photo in datamodule.val_files)
+        return None if kept else "upscaled held-out photo"
     styles = [record["name"] for record in task.hparams.get("styles") or []]
     folders = [run_dir / "styles" / name for name in styles] if styles else [run_dir]
-    return any(not (folder / "quality.json").is_file() for folder in folders)
+    return "report" if any(not (folder / "quality.json").is_file() for folder in folders) else None
 
 
 def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
