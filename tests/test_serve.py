@@ -664,6 +664,55 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
     assert [result.get("download") for result in job.results] == [f"photo_multi_{name}.png" for name in NAMES[:2]]
 
 
+def test_a_blend_of_two_styles_of_one_file_comes_back_as_stylenet_stylize_blends_them(
+        server_config: ServeConfig, tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The page's blend is a model id of its own, ``ID:WEIGHT;ID:WEIGHT`` over styles of one file of several
+    styles: its result is ``stylenet-stylize --blend``'s, pixel for pixel (the weights normalised to sum to
+    1), named as the CLI names it, for photos and webcam frames alike; a blend that is not one is refused."""
+    from tests.test_multistyle import NAMES, multi_file, multi_net
+
+    multi_file(server_config.folder / "multi.safetensors", multi_net(styles=len(NAMES)))
+    server = start(server_config)
+    try:
+        ids = model_ids(address(server))
+        blend = f"{ids['multi / a']}:1.4;{ids['multi / b']}:0.6"
+        photo = make_photo(tmp_path / "photo.png", size=(40, 30), seed=5)
+        status, reply = submit(address(server), photo, [ids["multi / a"], blend], "&strength=0.9")
+        assert status == 202, reply
+        job = finished(address(server), reply["id"])
+        assert [(r["label"], r["download"]) for r in job["results"]] == [
+            ("multi / a", "photo_multi_a.png"), ("multi / a0.7+b0.3", "photo_multi_a0.7+b0.3.png")]
+        served = [pixels(call(address(server), "GET", result["url"])[1]) for result in job["results"]]
+        frame = io.BytesIO()
+        Image.open(photo).save(frame, "JPEG", quality=95)
+        status, data, kind = call(address(server), "POST", f"/api/frame?model={blend}", frame.getvalue())
+        assert status == 200 and kind == "image/jpeg"
+        webcam = pixels(data)  # the blend too, through JPEG both ways
+        assert np.abs(webcam - served[1]).mean() < np.abs(webcam - served[0]).mean()
+        refused = {
+            f"{ids['multi / a']}:1;{ids['tiny']}:1": (400, "a blend mixes two or more different styles of one"),
+            f"{ids['multi / a']}:1;{ids['multi / a']}:1": (400, "a blend mixes two or more different styles"),
+            f"{ids['multi / a']}:1": (400, "a blend mixes two or more different styles"),
+            f"{ids['multi / a']}:0;{ids['multi / b']}:0": (400, "the weights must not all be zero"),
+            f"{ids['multi / a']}:-1;{ids['multi / b']}:1": (400, "weight must be a finite number >= 0, got '-1'"),
+            f"{ids['multi / a']}:nan;{ids['multi / b']}:1": (400, "weight must be a finite number >= 0, got 'nan'"),
+            f"{'0' * 16}:1;{ids['multi / b']}:1": (404, "unknown model id"),
+        }
+        for spec, (code, message) in refused.items():
+            status, reply = submit(address(server), photo, [spec])
+            assert status == code and message in reply["error"], (spec, reply)
+    finally:
+        server.shutdown()
+        server.server_close()
+    code = stylize_main([str(photo), "-m", str(server_config.folder / "multi.safetensors"), "-o",
+                         str(tmp_path / "cli"), "--style", "a", "--blend", "a=0.7,b=0.3", "--strength", "0.9",
+                         "--device", "cpu", "--precision", "fp32"])
+    assert code == 0, capsys.readouterr().err
+    assert np.array_equal(served[0], pixels(tmp_path / "cli" / "photo_a.png"))
+    assert np.array_equal(served[1], pixels(tmp_path / "cli" / "photo_a0.7+b0.3.png"))
+    assert np.abs(served[0] - served[1]).mean() > 1  # the blend is not the first style
+
+
 def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path: Path) -> None:
     """A ``stylenet-train`` checkpoint of several styles keeps its names in its pickled hyper-parameters,
     not in a header: it lists one entry per style too, each stylizing as that style of the file."""

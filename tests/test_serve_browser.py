@@ -2,8 +2,9 @@
 ``chromium-driver``) driven by Selenium.
 
 The page uploads a generated photo with a chosen model and shows a result of the photo's size that
-differs from it; a bad file shows its error on the page; the webcam mode (Chromium's fake camera)
-shows stylized frames and their rate. Screenshots are saved under pytest's temporary folder and,
+differs from it; a blend of two ticked styles of a file of several styles is one more result; a bad
+file shows its error on the page; the webcam mode (Chromium's fake camera) shows stylized frames and
+their rate. Screenshots are saved under pytest's temporary folder and,
 when ``STYLENET_ARTIFACTS`` names a folder, copied there. Without Chromium, chromedriver or
 Selenium the tests are skipped, saying which is missing and how to install it.
 """
@@ -129,6 +130,48 @@ def test_the_page_stylizes_an_uploaded_photo(browser: Any, page_server: StyleSer
     message = wait_for(browser, "const e = document.querySelector('.card figcaption .error');"
                                 "return e && e.textContent;", "that the result is no longer kept")
     assert message == "no longer kept by the server: stylize the photo again"
+
+
+def test_two_ticked_styles_of_one_file_can_be_blended_with_their_weights(
+        browser: Any, tmp_path: Path, screenshot: Callable[[str], Path]) -> None:
+    from tests.test_multistyle import multi_file, multi_net
+
+    folder = tmp_path / "models"
+    multi_file(folder / "multi.safetensors", multi_net(styles=3))
+    server = StyleServer(ServeConfig(folder, port=0, device="cpu", precision="fp32", temp_parent=tmp_path,
+                                     memory_limit=64 * 2**30))
+    server.serve_in_thread()
+    try:
+        browser.get(server.url)
+        wait_for(browser, "return document.querySelectorAll('#models input').length === 3", "the three styles")
+        assert browser.find_elements("css selector", "#blends .blend") == []  # one style ticked: nothing to blend
+        for box in browser.find_elements("css selector", "#models input"):
+            if box.is_selected() != (box.get_attribute("data-label") in ("multi / a", "multi / b")):
+                box.click()
+        row = browser.find_element("css selector", "#blends .blend")
+        assert row.text.startswith("Blend of multi")
+        row.find_element("css selector", "input[type=checkbox]").click()
+        for slider, weight in zip(row.find_elements("css selector", "input[type=range]"), ("0.7", "0.3"), strict=True):
+            browser.execute_script("arguments[0].value = arguments[1];"
+                                   "arguments[0].dispatchEvent(new Event('input'));", slider, weight)
+        assert [o.text for o in row.find_elements("css selector", "output")] == ["0.70", "0.30"]
+        photo = make_photo(tmp_path / "park.png", size=(64, 48), seed=2)
+        browser.find_element("id", "files").send_keys(str(photo))
+        found = wait_for(browser, """
+            const images = [...document.querySelectorAll('.card img.result')];
+            return images.length === 3 && images.every((i) => i.complete && i.naturalWidth)
+                ? [...document.querySelectorAll('.card figcaption a')].map((a) => [a.getAttribute('download'), a.href])
+                : null;""", "three results: two styles and their blend")
+        screenshot("blend")
+        results = []
+        for _, url in found:
+            with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+                results.append(pixels(response.read()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [download for download, _ in found] == ["park_multi_a.png", "park_multi_b.png", "park_multi_a0.7+b0.3.png"]
+    assert all(np.abs(results[2] - result).mean() > 0.5 for result in results[:2])  # its own result
 
 
 def test_a_bad_file_shows_its_error_on_the_page(browser: Any, page_server: StyleServer, tmp_path: Path,

@@ -6,13 +6,16 @@ refused, so no path from the browser reaches the file system. Models load weight
 on first use and stay loaded, reloaded when their file changes.
 
 Multi-style files: :func:`file_styles` is the one place that says which styles a file holds. Every
-style is one entry, ``(label, file, style)``; ``style`` is None for a file's only style.
+style is one entry, ``(label, file, style)``; ``style`` is None for a file's only style. A blend of
+styles of one such file (Dumoulin et al. 2017 mix their norm parameters) is named by the ids of its
+styles with their weights, ``ID:0.7;ID:0.3`` (:meth:`Catalog.find`), and made on demand.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -21,10 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError
 from stylenet.modelfile import read_header, read_model
-from stylenet.styles import style_names
+from stylenet.styles import StyleChoice, blend_label, style_names
 
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
+
+#: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
+BLEND_PART, BLEND_WEIGHT = ";", ":"
 
 #: What :func:`stylenet.modelfile.read_model` reads (ONNX and ``.pt2`` exports are other runtimes').
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model")
@@ -45,10 +51,19 @@ class ModelEntry:
     style: str | None = None
     #: Whether the listing could read the file (else its error shows when it is picked).
     readable: bool = True
+    #: The file as the page names it (its place in the folder, without suffix), never the server's path.
+    shown: str = ""
+    #: A blend (:meth:`Catalog.find`): ``(style, weight)`` pairs, the weights summing to 1; ``style`` is its label.
+    blend: tuple[tuple[str, float], ...] = ()
 
     def public(self) -> dict[str, Any]:
-        """What the page is told: id and label only, never the server's paths."""
-        return {"id": self.id, "label": self.label, "style": self.style, "readable": self.readable}
+        """What the page is told: ids, labels and names, never the server's paths."""
+        return {"id": self.id, "label": self.label, "file": self.shown, "style": self.style,
+                "readable": self.readable}
+
+    def choice(self) -> StyleChoice | None:
+        """What :meth:`stylenet.inference.InferenceModel.for_style` takes for this entry."""
+        return dict(self.blend) if self.blend else self.style
 
 
 def file_styles(path: Path) -> tuple[str | None, ...] | None:
@@ -108,7 +123,7 @@ def model_entries(folder: Path) -> list[ModelEntry]:
             key = f"{relative}\0{style or ''}".encode(errors="surrogateescape")
             label = shown if style is None else f"{shown} / {style}"
             entries.append(ModelEntry(hashlib.sha256(key).hexdigest()[:16], label, path, style,
-                                      readable=styles is not None))
+                                      readable=styles is not None, shown=shown))
     return entries
 
 
@@ -133,7 +148,7 @@ class Catalog:
         if not self.folder.is_dir():
             raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
         self.options = options  # InferenceModel's: device, precision, max_memory
-        self._loaded: dict[str, tuple[tuple[int, ...], InferenceModel]] = {}
+        self._loaded: dict[Path, tuple[tuple[int, ...], InferenceModel]] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[ModelEntry]:
@@ -142,28 +157,59 @@ class Catalog:
 
     def find(self, model_id: str) -> ModelEntry:
         """The entry with this id, or :class:`UnknownModel` (the id is only ever compared, never used
-        as a path)."""
+        as a path); a blend's id (``ID:0.7;ID:0.3``) gives its entry, made now (:meth:`blended`)."""
+        if BLEND_WEIGHT in model_id:
+            return self.blended(model_id)
         entry = next((entry for entry in self.entries() if entry.id == model_id), None)
         if entry is None:
             raise UnknownModel(f"unknown model id {model_id[:40]!r}: reload the page to see the models "
                                f"in {self.folder.name!r}")
         return entry
 
+    def blended(self, spec: str) -> ModelEntry:
+        """The blend ``ID:WEIGHT;ID:WEIGHT...`` of two or more styles of one model file of several styles,
+        its weights finite, >= 0 and normalised to sum to 1 (as ``stylenet-stylize --blend`` does); its
+        label and download name end in the CLI's ``a0.7+b0.3``."""
+        parts = []
+        for part in spec.split(BLEND_PART):
+            model_id, _, text = part.partition(BLEND_WEIGHT)
+            try:
+                weight = float(text)
+            except ValueError:
+                weight = -1.0
+            if not 0 <= weight < math.inf:
+                raise StylenetError(f"blend {spec[:80]!r}: each style's weight must be a finite number >= 0, "
+                                    f"got {text[:20]!r}")
+            parts.append((self.find(model_id), weight))
+        entries = [entry for entry, _ in parts]
+        if (len(entries) < 2 or len({entry.id for entry in entries}) < len(entries)
+                or len({entry.file for entry in entries}) > 1 or any(entry.style is None for entry in entries)):
+            raise StylenetError("a blend mixes two or more different styles of one model file of several styles: "
+                                "ID:WEIGHT;ID:WEIGHT")
+        total = sum(weight for _, weight in parts)
+        if not 0 < total < math.inf:
+            raise StylenetError(f"blend {spec[:80]!r}: the weights must not all be zero")
+        blend = tuple((str(entry.style), weight / total) for entry, weight in parts)
+        label = blend_label({name: round(weight, 3) for name, weight in blend})
+        first = entries[0]
+        return ModelEntry(spec, f"{first.shown} / {label}", first.file, label, shown=first.shown, blend=blend)
+
     def load(self, entry: ModelEntry) -> InferenceModel:
-        """The entry's model, loaded weights-only once (again when its file has changed)."""
+        """The entry's model. Its file loads weights-only once (again when it has changed); a style or
+        blend of a file of several styles is that model's :meth:`~stylenet.inference.InferenceModel.for_style`,
+        which keeps the last few it made."""
         from stylenet.cli.stylize import load_inference_model
 
         with self._lock:  # one load at a time: two tabs asking for one model load it once
-            stamp = file_stamp(entry.file)
-            cached = self._loaded.get(entry.id)
-            if cached is None or cached[0] != stamp:
-                try:
-                    model = load_inference_model(str(entry.file), "style", self.options)
-                    model = model if entry.style is None else model.for_style(entry.style)
-                except StylenetError as err:  # the page is told the folder's name, not where it is on the server
-                    message = str(err)
-                    for where in (repr(str(self.folder))[1:-1], str(self.folder)):  # as repr() quotes a path too
-                        message = message.replace(where, self.folder.name)
-                    raise StylenetError(message) from None
-                self._loaded[entry.id] = (stamp, model)
-            return self._loaded[entry.id][1]
+            try:
+                stamp = file_stamp(entry.file)
+                cached = self._loaded.get(entry.file)
+                if cached is None or cached[0] != stamp:
+                    cached = stamp, load_inference_model(str(entry.file), "style", self.options)
+                    self._loaded[entry.file] = cached
+                return cached[1].for_style(entry.choice())
+            except StylenetError as err:  # the page is told the folder's name, not where it is on the server
+                message = str(err)
+                for where in (repr(str(self.folder))[1:-1], str(self.folder)):  # as repr() quotes a path too
+                    message = message.replace(where, self.folder.name)
+                raise StylenetError(message) from None

@@ -10,6 +10,9 @@
     POST   /api/frame?model=ID&strength=..&preserve_color=..
                                   body: a webcam frame (JPEG) -> the stylized frame (JPEG)
 
+A model ID is one of /api/models' ids, or a blend of styles of one file of several styles,
+``ID:0.7;ID:0.3`` (URL-encoded; :meth:`stylenet.serve.catalog.Catalog.find`).
+
 Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header or work asked
 for by another site's page, 404 unknown model or job, 405 a result deleted without its job, 411 no
 Content-Length, 413 upload too large, 415 a form instead of the photo's bytes, 503 busy (refused, not

@@ -23,8 +23,53 @@ async function request(path, options = {}) {
   throw Object.assign(new Error(message), { status: response.status });
 }
 
-function chosenModels() {
+function chosenStyles() {
   return [...document.querySelectorAll("#models input:checked")].map((box) => ({ id: box.value, label: box.dataset.label }));
+}
+
+// A blend of the ticked styles of one file of several styles: the server's id "ID:WEIGHT;ID:WEIGHT" (catalog.py).
+const blendWeights = new Map(); // style id -> weight, kept while its box is unticked and ticked again
+const blendsOn = new Set(); // files whose blend is on
+
+function chosenBlends() {
+  return [...document.querySelectorAll("#blends .blend")].filter((row) => blendsOn.has(row.dataset.file)).map((row) => {
+    const sliders = [...row.querySelectorAll("input[type=range]")];
+    return { id: sliders.map((slider) => `${slider.dataset.id}:${slider.value}`).join(";"), label: `${row.dataset.file} / blend` };
+  });
+}
+
+function chosenModels() {
+  return [...chosenStyles(), ...chosenBlends()];
+}
+
+// One row per file with two or more ticked styles: a switch and a weight per style.
+function showBlends() {
+  const box = $("blends");
+  box.replaceChildren();
+  const byFile = new Map();
+  document.querySelectorAll("#models input:checked").forEach((input) => {
+    if (!input.dataset.style) return; // a file's only style
+    byFile.set(input.dataset.file, [...(byFile.get(input.dataset.file) || []), input]);
+  });
+  for (const [file, inputs] of byFile) {
+    if (inputs.length < 2) continue;
+    const on = element("input", { type: "checkbox", checked: blendsOn.has(file) });
+    on.addEventListener("change", () => { if (on.checked) blendsOn.add(file); else blendsOn.delete(file); });
+    const row = element("div", { className: "blend" }, element("label", { className: "check" }, on, ` Blend of ${file}`));
+    row.dataset.file = file;
+    for (const input of inputs) {
+      const weight = blendWeights.get(input.value) ?? 0.5;
+      const slider = element("input", { type: "range", min: 0, max: 1, step: 0.05, value: weight });
+      slider.dataset.id = input.value;
+      const shown = element("output", { value: weight.toFixed(2) });
+      slider.addEventListener("input", () => {
+        blendWeights.set(input.value, Number(slider.value));
+        shown.value = Number(slider.value).toFixed(2);
+      });
+      row.append(element("label", { className: "weight" }, `${input.dataset.style} `, slider, " ", shown));
+    }
+    box.append(row);
+  }
 }
 
 function controlsQuery() {
@@ -42,7 +87,8 @@ async function loadModels() {
   const first = info.models.find((model) => model.readable); // ticked: the first style that can run
   info.models.forEach((model) => {
     const input = element("input", { type: "checkbox", value: model.id, checked: model === first });
-    input.dataset.label = model.label;
+    Object.assign(input.dataset, { label: model.label, file: model.file, style: model.style || "" });
+    input.addEventListener("change", showBlends);
     box.append(element("label", {}, input, " " + model.label + (model.readable ? "" : " (cannot be read)")));
   });
 }
@@ -66,7 +112,8 @@ function showError(view, message) {
 }
 
 async function submit(file, models, view) {
-  const query = `models=${models.map((m) => m.id).join(",")}&name=${encodeURIComponent(file.name)}&${controlsQuery()}`;
+  const ids = encodeURIComponent(models.map((m) => m.id).join(","));
+  const query = `models=${ids}&name=${encodeURIComponent(file.name)}&${controlsQuery()}`;
   for (let attempt = 0; ; attempt++) {
     try {
       const response = await request(`/api/jobs?${query}`, { method: "POST", body: file });
@@ -167,7 +214,7 @@ async function sendFrame(video, canvas, model) {
   canvas.height = Math.max(8, Math.round(width * video.videoHeight / video.videoWidth));
   canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
-  const query = `model=${model.id}&${controlsQuery()}`;
+  const query = `model=${encodeURIComponent(model.id)}&${controlsQuery()}`;
   const response = await request(`/api/frame?${query}`, { method: "POST", body: blob });
   const image = $("webcam-result");
   const old = image.src;
@@ -189,7 +236,7 @@ async function webcamLoop() {
   const video = $("camera");
   const canvas = document.createElement("canvas");
   while (webcam.running) {
-    const model = chosenModels()[0];
+    const model = chosenBlends()[0] || chosenStyles()[0]; // a blend that is on, else the first ticked style
     if (!model || !video.videoWidth) { await sleep(200); continue; }
     try {
       await sendFrame(video, canvas, model);
