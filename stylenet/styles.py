@@ -66,7 +66,8 @@ def file_name_part(name: str) -> str:
     anywhere, and a name such as ``../x`` would put the output outside the folder asked for."""
     if name in {"", ".", ".."} or any(char in name for char in "/\\\0"):
         raise StylenetError(f"style name {name!r} cannot be part of a file name "
-                            "(rename the style: stylenet-export MODEL -o NEW.safetensors --style-name NAME)")
+                            "(rename the style: stylenet-export MODEL -o NEW.safetensors --style-name NAME; for a "
+                            "model of several styles NAME,NAME,... in its order)")
     return name
 
 

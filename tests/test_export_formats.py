@@ -292,14 +292,27 @@ def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) ->
     assert path.stat().st_mode & 0o777 == 0o644  # safetensors' own writer leaves 0600: unreadable to a server
 
 
-def test_export_style_name_refuses_a_model_of_several_styles(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_multistyle import multi_file, multi_net
+def test_export_style_name_renames_each_style_of_a_model_of_several_styles(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One name per style, in the file's order: each record keeps its image and hash, and the network is
+    unchanged; another count of names, or a name twice, is refused with nothing written."""
+    from tests.test_multistyle import NAMES, multi_file, multi_net
 
-    multi = multi_file(tmp_path / "multi.safetensors", multi_net())
-    assert export_main([str(multi), "-o", str(tmp_path / "m.safetensors"), "--style-name", "x"]) == 2
-    assert "--style-name renames a single-style model" in capsys.readouterr().err
-    assert not (tmp_path / "m.safetensors").exists()
+    multi = multi_file(tmp_path / "multi.safetensors", multi_net(styles=len(NAMES)))
+    out = tmp_path / "m.safetensors"
+    for names, message in (("x", "holds 3 styles (a, b, c): give 3 names, comma-separated, in that order"),
+                           ("x,y,x", "style names ['x', 'y', 'x'] are not distinct"),
+                           ("x,../y,z", "style name '../y' must be letters")):
+        assert export_main([str(multi), "-o", str(out), "--style-name", names]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    assert export_main([str(multi), "-o", str(out), "--style-name", "ink,brick,sky"]) == 0, capsys.readouterr().err
+    before, after = read_model(multi), read_model(out)
+    assert after.styles == ["ink", "brick", "sky"]
+    assert [{k: v for k, v in record.items() if k != "name"} for record in after.metadata["styles"]] == [
+        {k: v for k, v in record.items() if k != "name"} for record in before.metadata["styles"]]
+    photo = torch.rand(3, 24, 32)
+    for old, new in zip(NAMES, after.styles, strict=True):
+        torch.testing.assert_close(after.for_style(new)[1](photo[None]), before.for_style(old)[1](photo[None]))
 
 
 def test_stylize_refuses_a_model_whose_style_name_would_leave_the_output_folder(

@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, cannot_write
+
+if TYPE_CHECKING:
+    from stylenet.modelfile import StoredModel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a .ckpt from stylenet-train, a .safetensors model or a pytorch/examples .pth")
     parser.add_argument("-o", "--output", required=True, action="append", dest="outputs",
                         help="file to write (.safetensors, .onnx or .pt2); repeat for several formats")
-    parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names)")
+    parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names); for "
+                                             "a model of several styles, one name each in its order: a,b,c")
     args = parser.parse_args(argv)
     from stylenet.export import write_models
     from stylenet.modelfile import read_model
-    from stylenet.styles import check_style_names
 
     try:
         with sigterm_as_terminated():  # a scheduler's stop: the temporary files are removed as on Ctrl-C
@@ -39,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                 if model.task != "style":
                     raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} "
                                         "model")
-                if len(model.styles) > 1:  # its names are the norm tables' rows' (metadata "styles")
-                    raise StylenetError(f"--style-name renames a single-style model; {args.source!r} holds "
-                                        f"{len(model.styles)} styles ({', '.join(model.styles)})")
-                model.metadata["style_name"] = check_style_names([args.style_name], "--style-name")[0]
+                rename_styles(model, args.style_name, args.source)
             paths = write_models(model, args.outputs)
     except StylenetError as err:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
@@ -57,6 +58,24 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def rename_styles(model: StoredModel, names: str, source: str) -> None:
+    """``--style-name``: the style's new name, or for a network of several styles one name per row of its
+    norm tables, comma-separated in the file's order (a style name holds no comma); each record keeps
+    its image and hash."""
+    from stylenet.styles import check_style_names
+
+    styles = model.styles
+    new = check_style_names(names.split(",") if len(styles) > 1 else [names], "--style-name")
+    if len(new) != len(styles):
+        raise StylenetError(f"--style-name {names!r}: {source!r} holds {len(styles)} styles ({', '.join(styles)}): "
+                            f"give {len(styles)} names, comma-separated, in that order")
+    if len(styles) > 1:
+        model.metadata["styles"] = [{**record, "name": name}
+                                    for record, name in zip(model.metadata["styles"], new, strict=True)]
+    else:
+        model.metadata["style_name"] = new[0]
 
 
 def check_outputs(source: str, outputs: list[str]) -> None:
