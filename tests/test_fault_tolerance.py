@@ -941,6 +941,31 @@ def test_a_super_resolution_run_stopped_before_its_upscaled_photo_writes_it_when
         run_in_process(run_dir, *sr)
 
 
+def test_a_report_that_cannot_be_written_when_run_again_is_an_error_not_a_silent_success(
+        tmp_path: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report of a stopped run is written by ``resume=auto``; when it cannot be (every held-out photo
+    has become unreadable since), that run says so and fails, rather than exit 0 with nothing written."""
+    import stylenet.report
+
+    def terminated(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit(143)
+
+    root = tmp_path / "data"
+    for i in range(4):
+        make_photo(root / f"img{i}.png", size=(40, 36), seed=i)
+    run_dir, overrides = tmp_path / "smoke" / "run", [*inputs, f"data.root={root}", "trainer.max_steps=2"]
+    monkeypatch.setattr(stylenet.report, "training_report", terminated)
+    with pytest.raises(SystemExit):
+        run_in_process(run_dir, *overrides)
+    monkeypatch.undo()
+    for photo in root.iterdir():
+        photo.write_bytes(b"no longer a photo")
+    with pytest.raises(StylenetError, match=r"holds this run, finished, but its report cannot be written: see the "):
+        run_in_process(run_dir, *overrides)
+    skipped = (run_dir / "skipped_images.txt").read_text()  # each named, as the log's warnings name them
+    assert skipped.count("held-out photo: cannot read image") >= 1 and not (run_dir / "quality.json").exists()
+
+
 def test_a_run_stopped_before_its_export_exports_from_its_finished_checkpoint_when_run_again(
         tmp_path: Path, inputs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM (or a kill) after the last checkpoint, before the model file: the finished run was refused

@@ -172,6 +172,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
 
                 export_checkpoint(run_checkpoints(run_dir)[0], cfg.callbacks.export.path)
             finish(cfg, run_dir, task, datamodule)
+            still = missing_outputs(cfg, run_dir, task, datamodule)
+            if still is not None:  # not exit 0 with nothing written, run after run
+                raise StylenetError(f"{str(run_dir)!r} holds this run, finished, but its {still} cannot be written: "
+                                    "see the warnings above") from None
         return
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     base = task.hparams.get("base")  # task=add_style: the model file that grows a style
