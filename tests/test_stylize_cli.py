@@ -327,6 +327,23 @@ def test_max_pixels_guards_against_bombs_and_can_be_raised(tmp_path: Path, model
     assert f"(default: {DEFAULT_MAX_PIXELS})" in " ".join(build_parser().format_help().split())
 
 
+def test_max_pixels_beyond_pillow_s_own_limit_is_ours_to_enforce(tmp_path: Path, model: Path,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow refuses more than twice its ``MAX_IMAGE_PIXELS`` (179 MP) as it opens a file: a panorama of
+    200 MP with ``--max-pixels 250000000`` gets past it to its decoding (here: a header with no pixels
+    behind it), while ``--max-pixels`` itself still refuses a larger one before any decoding."""
+    from tests.helpers import png_with_header_size
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the command raises it: put back after
+    panorama = tmp_path / "panorama.png"
+    panorama.write_bytes(png_with_header_size(20_000, 10_000))
+    code, _, err = run(capsys, panorama, "-m", model, "-o", tmp_path / "out.png", "--max-pixels", "250000000")
+    assert code == 1 and "panorama.png" in err and "bomb" not in err and "exceeds" not in err, err
+    code, _, err = run(capsys, panorama, "-m", model, "-o", tmp_path / "out.png", "--max-pixels", "190000000")
+    assert code == 1 and "20000x10000 = 200000000 pixels exceeds the limit of 190000000" in err, err
+
+
 def test_parse_bytes() -> None:
     assert parse_bytes("2GB") == 2 * 10**9
     assert parse_bytes("512MiB") == 512 * 2**20

@@ -44,6 +44,18 @@ def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], 
             f"each -m takes one model file, repeat it for several (-m {models[-1]} -m {stray[0]})"))
 
 
+def allow_pixels(max_pixels: int | None) -> None:
+    """Let Pillow open images of up to ``max_pixels`` (a command's ``--max-pixels``) in this process.
+    Pillow refuses any image of more than twice its ``Image.MAX_IMAGE_PIXELS`` (179 MP by default) as
+    it opens it, so a larger ``--max-pixels`` would be refused by Pillow's limit, not ours. The library
+    never touches that global (:mod:`stylenet.image`); a command owns its process and may raise it. Our
+    own check, from the header, still refuses anything above ``max_pixels`` before it is decoded."""
+    from PIL import Image
+
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def tolerate_any_file_name_in_log_files() -> None:
     """Hydra's ``train.log`` (``gatys.log``) handler writes strict UTF-8: a line naming a photo whose
     file name is not UTF-8 (Python holds its bytes as lone surrogates) would become a logging

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from stylenet.cli import allow_pixels
 from stylenet.cli.stylize import parse_bytes
 from stylenet.errors import StylenetError
 from stylenet.image import DEFAULT_MAX_PIXELS
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C, SIGTERM or SIGHUP (its terminal closed); returns 0 after a clean stop, 2
     when it cannot start, 130 when Ctrl-C comes before it listens."""
     args = build_parser().parse_args(argv)
+    allow_pixels(args.max_pixels)
     try:
         from stylenet.fastpath import share_one_heap
         from stylenet.serve import ServeConfig, StyleServer

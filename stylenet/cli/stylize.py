@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from stylenet.cli import Terminated, refuse_models_as_inputs, sigterm_as_terminated, stopped_by
+from stylenet.cli import Terminated, allow_pixels, refuse_models_as_inputs, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, describe, one_line
 
 if TYPE_CHECKING:
@@ -498,6 +498,7 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
         parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
     if Path(args.name).is_absolute() or ".." in Path(args.name).parts:  # written where -o says, nowhere else
         parser.error(f"--name {args.name!r}: a name inside the output folder, not a path out of it")
+    allow_pixels(args.max_pixels)
     try:  # from torch's import on: a stop ends as one line, whenever it comes
         with sigterm_as_terminated():  # a scheduler's stop: no half-written temporary file left behind
             from stylenet.devices import resolve_device

@@ -13,7 +13,9 @@ Design rules (and why):
 * **Pillow's global switches are never touched.** ``Image.MAX_IMAGE_PIXELS`` and
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` are process-wide; flipping them would silently change the
   behaviour of every other library in the process. The pixel cap is ours (``max_pixels``, checked
-  from the header before any decoding) and Pillow's bomb warning is only silenced locally.
+  from the header before any decoding) and Pillow's bomb warning is only silenced locally. (A command,
+  which owns its process, raises ``Image.MAX_IMAGE_PIXELS`` for a ``--max-pixels`` beyond Pillow's limit:
+  :func:`stylenet.cli.allow_pixels`.)
 * **Only the formats we advertise are decoded.** Pillow identifies files by content, not name, and
   some of its plugins are risky or slow (EPS shells out to Ghostscript). A file named ``.jpg`` that
   is really something else outside :data:`IMAGE_EXTENSIONS`' formats is refused.
