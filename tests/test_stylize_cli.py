@@ -502,7 +502,7 @@ def test_a_style_name_that_is_no_file_name_names_its_model_file_once(
     code, out, err = run(capsys, "-m", model, "-m", bad, first, second, "-o", tmp_path / "out")
     assert err.splitlines() == [f"stylenet-stylize: error: model file {str(bad)!r}: style name '../x' cannot be part "
                                 "of a file name (rename the style: stylenet-export MODEL -o NEW.safetensors "
-                                "--style-name NAME)"]
+                                "--style-name NAME; for a model of several styles NAME,NAME,... in its order)"]
     assert code == 1 and out.startswith("2 done, 1 failed")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_test.png", "b_test.png"]
 
