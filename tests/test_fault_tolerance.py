@@ -960,7 +960,8 @@ def test_a_report_that_cannot_be_written_when_run_again_is_an_error_not_a_silent
     monkeypatch.undo()
     for photo in root.iterdir():
         photo.write_bytes(b"no longer a photo")
-    with pytest.raises(StylenetError, match=r"holds this run, finished, but its report cannot be written: see the "):
+    # finished all the same: a sweep launched again to finish its cut jobs passes over it
+    with pytest.raises(FinishedRunError, match=r"holds this run, finished, but its report cannot be written: see the "):
         run_in_process(run_dir, *overrides)
     skipped = (run_dir / "skipped_images.txt").read_text()  # each named, as the log's warnings name them
     assert skipped.count("held-out photo: cannot read image") >= 1 and not (run_dir / "quality.json").exists()
@@ -995,6 +996,10 @@ def test_a_run_stopped_before_its_export_exports_from_its_finished_checkpoint_wh
     assert last.stat().st_mtime_ns == saved
     with pytest.raises(FinishedRunError, match="already holds a finished run"):
         run_in_process(run_dir, *inputs, *finished)
+    (run_dir / "smoke.safetensors").rename(tmp_path / "shared.safetensors")  # moved away, beside its report
+    with pytest.raises(FinishedRunError, match="already holds a finished run"):
+        run_in_process(run_dir, *inputs, *finished)
+    assert not (run_dir / "smoke.safetensors").exists()
 
 
 def test_a_changed_setting_is_named_by_its_entry_or_its_style() -> None:

@@ -173,9 +173,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
                 export_checkpoint(run_checkpoints(run_dir)[0], cfg.callbacks.export.path)
             finish(cfg, run_dir, task, datamodule)
             still = missing_outputs(cfg, run_dir, task, datamodule)
-            if still is not None:  # not exit 0 with nothing written, run after run
-                raise StylenetError(f"{str(run_dir)!r} holds this run, finished, but its {still} cannot be written: "
-                                    "see the warnings above") from None
+            if still is not None:  # not exit 0 with nothing written, run after run; a sweep passes over it
+                raise FinishedRunError(f"{str(run_dir)!r} holds this run, finished, but its {still} cannot be "
+                                       "written: see the warnings above") from None
         return
     callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
     base = task.hparams.get("base")  # task=add_style: the model file that grows a style
@@ -230,15 +230,22 @@ MODEL_FILE = "model file"
 def missing_outputs(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> str | None:
     """What a finished run's folder lacks of what its end writes (None: nothing), as a warning names it.
 
-    A SIGTERM or a kill came after the last checkpoint but before the export (no model file: its
-    report is missing too), or after the export but before what :func:`finish` writes last (a style's
-    ``quality.json``, one per style for several; super-resolution's upscaled held-out photo).
-    ``resume=auto`` there writes it instead of refusing the finished run for ever."""
+    A SIGTERM or a kill came after the last checkpoint but before the export (no model file, nor its
+    report), or after the export but before the report (:func:`missing_report`). ``resume=auto`` there
+    writes it instead of refusing the finished run for ever. A model file gone from beside its report
+    was moved away after the run, not cut short: that run is finished."""
     export = OmegaConf.select(cfg, "callbacks.export.path")
     if export is None:
         return None
-    if not Path(export).is_file():
-        return MODEL_FILE
+    report = missing_report(cfg, run_dir, task, datamodule)
+    if Path(export).is_file():
+        return report
+    return MODEL_FILE if report is not None or not datamodule.val_files else None
+
+
+def missing_report(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> str | None:
+    """What :func:`finish` writes last, if the folder lacks it: a style's ``quality.json`` (one per style
+    for several), super-resolution's upscaled held-out photo; None without held-out photos."""
     if not datamodule.val_files:
         return None
     if "style" not in cfg.task:  # <photo>_x<factor>.png of the first held-out photo that can be read
