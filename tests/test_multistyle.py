@@ -273,6 +273,18 @@ def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
         model.stylize(image, style="d")
 
 
+def test_the_styles_kept_are_the_most_recently_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's slider makes a blend per position: the plain styles in use stay kept, the oldest unused goes."""
+    net = multi_net()
+    model = InferenceModel(net, read_model(multi_file(tmp_path / "m.safetensors", net)).metadata, device="cpu",
+                           precision="fp32")
+    monkeypatch.setattr(InferenceModel, "CACHED_STYLES", 2)
+    a, b = model.for_style("a"), model.for_style("b")
+    assert model.for_style("a") is a  # used again: now the most recent
+    model.for_style("c")  # one too many: b, the least recently used, goes
+    assert model.for_style("a") is a and model.for_style("b") is not b
+
+
 def test_exports_take_the_style_and_agree_with_eager(tmp_path: Path) -> None:
     import onnxruntime
 

@@ -451,6 +451,10 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
     assert [entry.id for entry in model_entries(models)] == [entry.id for entry in entries]
     assert len({entry.id for entry in entries}) == 2 and all(str(models) not in str(e.public()) for e in entries)
     assert file_styles(models / "tiny.safetensors") == (None,)
+    make_model(models / "tiny.pth", style="tiny")  # the same name but its suffix: told apart by it, id and label
+    entries = model_entries(models)
+    assert [entry.label for entry in entries] == ["sub/other", "tiny.pth", "tiny.safetensors"]
+    assert len({entry.id for entry in entries}) == 3
 
 
 @pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])
@@ -671,8 +675,8 @@ def test_each_style_of_a_multi_style_file_is_one_choice(tmp_path: Path) -> None:
 def test_a_blend_of_two_styles_of_one_file_comes_back_as_stylenet_stylize_blends_them(
         server_config: ServeConfig, tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
     """The page's blend is a model id of its own, ``ID:WEIGHT;ID:WEIGHT`` over styles of one file of several
-    styles: its result is ``stylenet-stylize --blend``'s, pixel for pixel (the weights normalised to sum to
-    1), named as the CLI names it, for photos and webcam frames alike; a blend that is not one is refused."""
+    styles: its result is ``stylenet-stylize --blend``'s with the same weights, pixel for pixel, named as the
+    CLI names it, for photos and webcam frames alike; a blend that is not one is refused."""
     from tests.test_multistyle import NAMES, multi_file, multi_net
 
     multi_file(server_config.folder / "multi.safetensors", multi_net(styles=len(NAMES)))
@@ -685,7 +689,7 @@ def test_a_blend_of_two_styles_of_one_file_comes_back_as_stylenet_stylize_blends
         assert status == 202, reply
         job = finished(address(server), reply["id"])
         assert [(r["label"], r["download"]) for r in job["results"]] == [
-            ("multi / a", "photo_multi_a.png"), ("multi / a0.7+b0.3", "photo_multi_a0.7+b0.3.png")]
+            ("multi / a", "photo_multi_a.png"), ("multi / a1.4+b0.6", "photo_multi_a1.4+b0.6.png")]
         served = [pixels(call(address(server), "GET", result["url"])[1]) for result in job["results"]]
         frame = io.BytesIO()
         Image.open(photo).save(frame, "JPEG", quality=95)
@@ -698,6 +702,7 @@ def test_a_blend_of_two_styles_of_one_file_comes_back_as_stylenet_stylize_blends
             f"{ids['multi / a']}:1;{ids['multi / a']}:1": (400, "a blend mixes two or more different styles"),
             f"{ids['multi / a']}:1": (400, "a blend mixes two or more different styles"),
             f"{ids['multi / a']}:0;{ids['multi / b']}:0": (400, "the weights must not all be zero"),
+            f"{ids['multi / a']}:1e308;{ids['multi / b']}:1e308": (400, "their sum must be a finite number"),
             f"{ids['multi / a']}:-1;{ids['multi / b']}:1": (400, "weight must be a finite number >= 0, got '-1'"),
             f"{ids['multi / a']}:nan;{ids['multi / b']}:1": (400, "weight must be a finite number >= 0, got 'nan'"),
             f"{'0' * 16}:1;{ids['multi / b']}:1": (404, "unknown model id"),
@@ -709,11 +714,11 @@ def test_a_blend_of_two_styles_of_one_file_comes_back_as_stylenet_stylize_blends
         server.shutdown()
         server.server_close()
     code = stylize_main([str(photo), "-m", str(server_config.folder / "multi.safetensors"), "-o",
-                         str(tmp_path / "cli"), "--style", "a", "--blend", "a=0.7,b=0.3", "--strength", "0.9",
+                         str(tmp_path / "cli"), "--style", "a", "--blend", "a=1.4,b=0.6", "--strength", "0.9",
                          "--device", "cpu", "--precision", "fp32"])
     assert code == 0, capsys.readouterr().err
     assert np.array_equal(served[0], pixels(tmp_path / "cli" / "photo_a.png"))
-    assert np.array_equal(served[1], pixels(tmp_path / "cli" / "photo_a0.7+b0.3.png"))
+    assert np.array_equal(served[1], pixels(tmp_path / "cli" / "photo_a1.4+b0.6.png"))
     assert np.abs(served[0] - served[1]).mean() > 1  # the blend is not the first style
 
 

@@ -154,7 +154,7 @@ class InferenceModel:
         # by label too (7:3 and 0.7:0.3 name their files apart), and by the settings it was built with: a later
         # model.precision = "bf16" applies, as it does to a single-style model
         key = (str(self.device), self.precision, self.max_memory, label, *weights)
-        model = self._by_style.get(key)
+        model = self._by_style.pop(key, None)  # put back last: the least recently used goes first
         if model is None:
             net = self.net.single_style(weights).eval()
             metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
@@ -162,7 +162,7 @@ class InferenceModel:
                                    self.max_memory, self.source)
             if len(self._by_style) >= self.CACHED_STYLES:
                 self._by_style.pop(next(iter(self._by_style)))
-            self._by_style[key] = model
+        self._by_style[key] = model
         return model
 
     def selected(self, styles: list[str] | None = None,

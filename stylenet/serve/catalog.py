@@ -13,6 +13,7 @@ styles with their weights, ``ID:0.7;ID:0.3`` (:meth:`Catalog.find`), and made on
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import math
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
 BLEND_PART, BLEND_WEIGHT = ";", ":"
+BLEND_FORM = "a blend mixes two or more different styles of one model file of several styles: ID:WEIGHT;ID:WEIGHT"
 
 #: What :func:`stylenet.modelfile.read_model` reads (ONNX and ``.pt2`` exports are other runtimes').
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model")
@@ -53,7 +55,7 @@ class ModelEntry:
     readable: bool = True
     #: The file as the page names it (its place in the folder, without suffix), never the server's path.
     shown: str = ""
-    #: A blend (:meth:`Catalog.find`): ``(style, weight)`` pairs, the weights summing to 1; ``style`` is its label.
+    #: A blend (:meth:`Catalog.blended`): ``(style, weight)`` pairs, mixed in proportion; ``style`` is its label.
     blend: tuple[tuple[str, float], ...] = ()
 
     def public(self) -> dict[str, Any]:
@@ -111,13 +113,16 @@ def model_files(folder: Path) -> list[Path]:
 
 def model_entries(folder: Path) -> list[ModelEntry]:
     """``(label, file, style)`` entries for every style of every model file under ``folder``; ids are
-    a hash of the file's place in the folder and the style, so they survive a rescan."""
+    a hash of the file's place in the folder and the style, so they survive a rescan. A file is shown
+    by its place without its suffix, unless another model file differs from it by the suffix alone."""
+    files = model_files(folder)
+    stems = collections.Counter(path.relative_to(folder).with_suffix("").as_posix() for path in files)
     entries = []
-    for path in model_files(folder):
+    for path in files:
         # a name that is not UTF-8 (os.fsdecode's surrogate escapes) keeps its bytes in the id and
         # shows with U+FFFD on the page
-        relative = path.relative_to(folder).with_suffix("").as_posix()
-        shown = relative.encode(errors="surrogateescape").decode(errors="replace")
+        relative, stem = path.relative_to(folder).as_posix(), path.relative_to(folder).with_suffix("").as_posix()
+        shown = (stem if stems[stem] == 1 else relative).encode(errors="surrogateescape").decode(errors="replace")
         styles = file_styles(path)
         for style in (None,) if styles is None else styles:
             key = f"{relative}\0{style or ''}".encode(errors="surrogateescape")
@@ -156,43 +161,52 @@ class Catalog:
         return model_entries(self.folder)
 
     def find(self, model_id: str) -> ModelEntry:
-        """The entry with this id, or :class:`UnknownModel` (the id is only ever compared, never used
-        as a path); a blend's id (``ID:0.7;ID:0.3``) gives its entry, made now (:meth:`blended`)."""
-        if BLEND_WEIGHT in model_id:
-            return self.blended(model_id)
-        entry = next((entry for entry in self.entries() if entry.id == model_id), None)
+        """The entry with this id (see :meth:`find_all`)."""
+        return self.find_all([model_id])[0]
+
+    def find_all(self, model_ids: list[str]) -> list[ModelEntry]:
+        """The entries with these ids, from one listing of the folder: each an id of :meth:`entries`
+        (only ever compared, never used as a path; an unknown one is :class:`UnknownModel`), or a
+        blend's, ``ID:0.7;ID:0.3``, whose entry is made now (:meth:`blended`)."""
+        listed = {entry.id: entry for entry in self.entries()}
+        return [self.blended(model_id, listed) if BLEND_WEIGHT in model_id else self.listed(model_id, listed)
+                for model_id in model_ids]
+
+    def listed(self, model_id: str, listed: dict[str, ModelEntry]) -> ModelEntry:
+        """``listed[model_id]``, or :class:`UnknownModel` saying to reload the page."""
+        entry = listed.get(model_id)
         if entry is None:
             raise UnknownModel(f"unknown model id {model_id[:40]!r}: reload the page to see the models "
                                f"in {self.folder.name!r}")
         return entry
 
-    def blended(self, spec: str) -> ModelEntry:
+    def blended(self, spec: str, listed: dict[str, ModelEntry]) -> ModelEntry:
         """The blend ``ID:WEIGHT;ID:WEIGHT...`` of two or more styles of one model file of several styles,
-        its weights finite, >= 0 and normalised to sum to 1 (as ``stylenet-stylize --blend`` does); its
-        label and download name end in the CLI's ``a0.7+b0.3``."""
-        parts = []
-        for part in spec.split(BLEND_PART):
-            model_id, _, text = part.partition(BLEND_WEIGHT)
+        its weights finite and >= 0, not all zero; mixed in proportion to them and named by them as
+        ``stylenet-stylize --blend`` mixes and names a blend (``a0.7+b0.3``)."""
+        parts = [part.partition(BLEND_WEIGHT) for part in spec.split(BLEND_PART)]
+        ids = [model_id for model_id, _, _ in parts]
+        if len(ids) < 2 or len(set(ids)) < len(ids):  # checked before any look-up
+            raise StylenetError(BLEND_FORM)
+        weights = []
+        for _, _, text in parts:
             try:
-                weight = float(text)
+                weights.append(float(text))
             except ValueError:
-                weight = -1.0
-            if not 0 <= weight < math.inf:
+                weights.append(-1.0)
+            if not 0 <= weights[-1] < math.inf:
                 raise StylenetError(f"blend {spec[:80]!r}: each style's weight must be a finite number >= 0, "
                                     f"got {text[:20]!r}")
-            parts.append((self.find(model_id), weight))
-        entries = [entry for entry, _ in parts]
-        if (len(entries) < 2 or len({entry.id for entry in entries}) < len(entries)
-                or len({entry.file for entry in entries}) > 1 or any(entry.style is None for entry in entries)):
-            raise StylenetError("a blend mixes two or more different styles of one model file of several styles: "
-                                "ID:WEIGHT;ID:WEIGHT")
-        total = sum(weight for _, weight in parts)
-        if not 0 < total < math.inf:
-            raise StylenetError(f"blend {spec[:80]!r}: the weights must not all be zero")
-        blend = tuple((str(entry.style), weight / total) for entry, weight in parts)
-        label = blend_label({name: round(weight, 3) for name, weight in blend})
-        first = entries[0]
-        return ModelEntry(spec, f"{first.shown} / {label}", first.file, label, shown=first.shown, blend=blend)
+        entries = [self.listed(model_id, listed) for model_id in ids]
+        if len({entry.file for entry in entries}) > 1 or any(entry.style is None for entry in entries):
+            raise StylenetError(BLEND_FORM)
+        if not 0 < sum(weights) < math.inf:
+            raise StylenetError(f"blend {spec[:80]!r}: the weights must not all be zero, and their sum must be "
+                                "a finite number")
+        given = {str(entry.style): weight for entry, weight in zip(entries, weights, strict=True)}
+        label, first = blend_label(given), entries[0]
+        return ModelEntry(spec, f"{first.shown} / {label}", first.file, label, shown=first.shown,
+                          blend=tuple(given.items()))
 
     def load(self, entry: ModelEntry) -> InferenceModel:
         """The entry's model. Its file loads weights-only once (again when it has changed); a style or

@@ -211,11 +211,11 @@ class Handler(BaseHTTPRequestHandler):
     def _post(self, path: str, query: dict[str, str]) -> None:
         if path == "/api/jobs":
             ids = [model_id for model_id in query.get("models", "").split(",") if model_id]
-            entries = [self.server.catalog.find(model_id) for model_id in ids]
-            if not entries:
+            if not ids:
                 raise HttpError(400, "choose at least one model")
-            if len(set(ids)) < len(ids):
+            if len(set(ids)) < len(ids):  # before any look-up
                 raise HttpError(400, "each model may be chosen once per photo")
+            entries = self.server.catalog.find_all(ids)
             controls, name = self._controls(query), upload_name(query.get("name", "photo"))
             self.server.gate.admit()
             job = self.server.jobs.new(name, entries, controls)
