@@ -305,7 +305,7 @@ def test_export_style_name_renames_each_style_of_a_model_of_several_styles(
                            ("x,../y,z", "style name '../y' must be letters")):
         assert export_main([str(multi), "-o", str(out), "--style-name", names]) == 2
         assert message in capsys.readouterr().err and not out.exists()
-    assert export_main([str(multi), "-o", str(out), "--style-name", "ink,brick,sky"]) == 0, capsys.readouterr().err
+    assert export_main([str(multi), "-o", str(out), "--style-name", "ink, brick,sky"]) == 0, capsys.readouterr().err
     before, after = read_model(multi), read_model(out)
     assert after.styles == ["ink", "brick", "sky"]
     assert [{k: v for k, v in record.items() if k != "name"} for record in after.metadata["styles"]] == [

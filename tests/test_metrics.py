@@ -302,6 +302,16 @@ def test_evaluate_reports_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit):
             evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--max-pixels", bad])
         assert f"--max-pixels must be at least 1, got {bad}" in capsys.readouterr().err
+    from PIL import Image
+
+    from tests.helpers import png_with_header_size
+
+    (tmp_path / "panorama.png").write_bytes(png_with_header_size(20_000, 10_000))  # 200 MP: beyond Pillow's 179
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the command raises it: put back after
+        assert evaluate_sr.main([str(tmp_path / "panorama.png"), "--factor", "4", "--max-pixels", "250000000"]) == 2
+    err = capsys.readouterr().err  # past Pillow's limit to its (missing) pixels: ours alone decides
+    assert "panorama.png" in err and "bomb" not in err and "exceeds" not in err, err
     assert evaluate_sr.main([str(root / "a.png"), "--factor", "4", "--device", "bogus"]) == 2  # no model: still checked
     assert "unknown device 'bogus'" in capsys.readouterr().err
     assert evaluate_sr.main([str(root)]) == 2

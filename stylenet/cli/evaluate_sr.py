@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+from stylenet.cli import Terminated, allow_pixels, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError
 
 PROG = "stylenet-evaluate-sr"
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_pixels is not None and args.max_pixels < 1:
         parser.error(f"--max-pixels must be at least 1, got {args.max_pixels}")
+    allow_pixels(args.max_pixels)
     bad_out = [out for out in args.out if Path(out).suffix.lower() not in OUT_SUFFIXES]
     if bad_out:
         parser.error(f"--out must end in {' or '.join(OUT_SUFFIXES)}: {bad_out[0]}")

@@ -67,7 +67,8 @@ def rename_styles(model: StoredModel, names: str, source: str) -> None:
     from stylenet.styles import check_style_names
 
     styles = model.styles
-    new = check_style_names(names.split(",") if len(styles) > 1 else [names], "--style-name")
+    new = check_style_names([name.strip() for name in names.split(",")] if len(styles) > 1 else [names],
+                            "--style-name")
     if len(new) != len(styles):
         raise StylenetError(f"--style-name {names!r}: {source!r} holds {len(styles)} styles ({', '.join(styles)}): "
                             f"give {len(styles)} names, comma-separated, in that order")
