@@ -151,12 +151,15 @@ def test_two_ticked_styles_of_one_file_can_be_blended_with_their_weights(
         row = browser.find_element("css selector", "#blends .blend")
         assert row.text.startswith("Blend of multi")
         row.find_element("css selector", "input[type=checkbox]").click()
-        for slider, weight in zip(row.find_elements("css selector", "input[type=range]"), ("0.7", "0.3"), strict=True):
-            browser.execute_script("arguments[0].value = arguments[1];"
-                                   "arguments[0].dispatchEvent(new Event('input'));", slider, weight)
-        assert [o.text for o in row.find_elements("css selector", "output")] == ["0.70", "0.30"]
         photo = make_photo(tmp_path / "park.png", size=(64, 48), seed=2)
-        browser.find_element("id", "files").send_keys(str(photo))
+        for weights in (("0", "0"), ("0.7", "0.3")):  # a blend of nothing is refused on the page, then a real one
+            for slider, weight in zip(row.find_elements("css selector", "input[type=range]"), weights, strict=True):
+                browser.execute_script("arguments[0].value = arguments[1];"
+                                       "arguments[0].dispatchEvent(new Event('input'));", slider, weight)
+            browser.find_element("id", "files").send_keys(str(photo))
+        assert browser.find_element("css selector", ".card .error").text == (
+            "multi / blend: set at least one weight above 0.")
+        assert [o.text for o in row.find_elements("css selector", "output")] == ["0.70", "0.30"]
         found = wait_for(browser, """
             const images = [...document.querySelectorAll('.card img.result')];
             return images.length === 3 && images.every((i) => i.complete && i.naturalWidth)

@@ -34,7 +34,8 @@ const blendsOn = new Set(); // files whose blend is on
 function chosenBlends() {
   return [...document.querySelectorAll("#blends .blend")].filter((row) => blendsOn.has(row.dataset.file)).map((row) => {
     const sliders = [...row.querySelectorAll("input[type=range]")];
-    return { id: sliders.map((slider) => `${slider.dataset.id}:${slider.value}`).join(";"), label: `${row.dataset.file} / blend` };
+    return { id: sliders.map((slider) => `${slider.dataset.id}:${slider.value}`).join(";"), label: `${row.dataset.file} / blend`,
+      empty: sliders.every((slider) => Number(slider.value) === 0) };
   });
 }
 
@@ -179,6 +180,8 @@ async function stylizePhoto(file) {
   const view = photoCard(file);
   const models = chosenModels();
   if (!models.length) return showError(view, "Choose at least one style.");
+  const empty = models.find((model) => model.empty);
+  if (empty) return showError(view, `${empty.label}: set at least one weight above 0.`);
   if (file.size > limits.max_upload) {
     return showError(view, `${file.name} is ${(file.size / 1e6).toFixed(1)} MB; this server takes uploads ` +
       `up to ${(limits.max_upload / 1e6).toFixed(1)} MB.`);
