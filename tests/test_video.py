@@ -458,6 +458,90 @@ def test_truncated_clips_give_one_line_and_a_valid_shorter_file_or_nothing(
         list(iter_video_frames(tmp_path / "cut.mkv"))  # stylenet-stability --video reads clips with it
 
 
+def test_a_truncated_clip_leaves_an_earlier_output_as_it_was(tmp_path: Path, model_file: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A failed run replaces no finished file: the shorter video is written only where there was none."""
+    whole = make_clip(tmp_path / "whole.mkv", frames=30).read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(whole[: len(whole) * 6 // 10])
+    earlier = tmp_path / "styled.mkv"
+    earlier.write_bytes(b"an earlier run's video")
+    assert stylize_main([str(tmp_path / "cut.mkv"), "-m", str(model_file), "-o", str(earlier)]) == 1
+    err = capsys.readouterr().err
+    assert "is truncated or corrupt" in err and f"{str(earlier)!r} exists already and is left as it was" in err
+    assert earlier.read_bytes() == b"an earlier run's video" and not list(tmp_path.glob(".*"))
+
+
+def remux(source: Path, target: Path, change: Any = None, extra_audio: str | None = None) -> Path:
+    """``source``'s packets into ``target``, each passed through ``change(packet, audio_count)`` (the count
+    of audio packets so far); ``extra_audio``: one more audio stream of that codec, a second of silence."""
+    av = pytest.importorskip("av")
+    with av.open(str(source)) as reader, av.open(str(target), "w") as writer:
+        streams = {stream.index: writer.add_stream_from_template(stream) for stream in reader.streams}
+        extra = writer.add_stream(extra_audio, rate=8000, layout="mono") if extra_audio else None
+        audio = 0
+        for packet in reader.demux():
+            if packet.dts is None:
+                continue
+            audio += packet.stream.type == "audio"
+            if change is not None:
+                change(packet, audio)
+            packet.stream = streams[packet.stream_index]
+            writer.mux(packet)
+        if extra is not None:
+            silence = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16", layout="mono")
+            silence.sample_rate, silence.pts = 8000, 0
+            writer.mux(extra.encode(silence))
+            writer.mux(extra.encode(None))
+    return target
+
+
+def test_an_audio_stream_of_a_codec_ffmpeg_does_not_know_is_left_out_with_a_note(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """A track no decoder of this FFmpeg knows (a new phone's extra audio, say) has no codec to copy it as:
+    the video and the other audio are written, and a note names what was left out."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=6)
+    both = remux(clip, tmp_path / "both.mkv", extra_audio="pcm_s16le")
+    data = both.read_bytes()
+    assert data.count(b"A_PCM/INT/LIT") == 1
+    (tmp_path / "unknown.mkv").write_bytes(data.replace(b"A_PCM/INT/LIT", b"A_QQQ/INT/LIT"))  # a codec id none knows
+    out = tmp_path / "styled.mp4"
+    assert stylize_main([str(tmp_path / "unknown.mkv"), "-m", str(model_file), "-o", str(out)]) == 0
+    assert "note: unknown.mkv: left out audio stream #2" in capsys.readouterr().err
+    styled, source = read_clip(out), read_clip(clip)
+    assert len(styled["frames"]) == 6 and styled["audio"] == source["audio"]
+
+
+def test_an_audio_time_that_goes_back_is_moved_on_as_ffmpeg_moves_it(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """An MP4 muxer refuses a packet whose time does not increase: at the very end, once every frame was
+    stylized. It is moved on by a tick, as ffmpeg does, and said in a note."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=24)
+    previous: dict[str, int] = {}
+
+    def repeat_a_time(packet: Any, audio: int) -> None:
+        if packet.stream.type != "audio":
+            return
+        if audio == 10:
+            packet.pts, packet.dts = previous["pts"], previous["dts"]
+        previous.update(pts=packet.pts, dts=packet.dts)
+
+    odd = remux(clip, tmp_path / "odd.mkv", repeat_a_time)
+    out = tmp_path / "styled.mp4"
+    assert stylize_main([str(odd), "-m", str(model_file), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert "note: odd.mkv: 1 audio packet(s) whose time went back were moved on by a tick" in capsys.readouterr().err
+    styled = read_clip(out)
+    assert len(styled["frames"]) == 24 and styled["audio"] == read_clip(clip)["audio"]
+
+
+def test_names_that_ffmpeg_would_read_as_urls_are_files(tmp_path: Path, model_file: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``take:1.mp4`` is a file here, not a URL of a protocol ``take``, going in and coming out."""
+    monkeypatch.chdir(tmp_path)
+    make_clip(Path("take:1.mp4"), frames=4)
+    assert stylize_main(["take:1.mp4", "-m", str(model_file), "-o", "v:2.mp4"]) == 0
+    assert len(read_clip(tmp_path / "v:2.mp4")["frames"]) == 4
+
+
 @pytest.mark.parametrize("index", [24, 46])
 def test_a_damaged_packet_is_skipped_and_the_rest_written(tmp_path: Path, model_file: Path,
                                                          capsys: pytest.CaptureFixture, index: int) -> None:

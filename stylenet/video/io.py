@@ -112,6 +112,8 @@ class VideoResult:
     discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``), and
                         # an AVI's dropped frames: slots of the count without a picture
     problem: str | None = None  # why the input ended early, if it did
+    dropped: list[str] = field(default_factory=list)  # the input's streams left out (no decoder for their codec)
+    retimed: int = 0  # audio packets whose time went back, moved on by a tick (as FFmpeg's tools move them)
     info: VideoInfo | None = field(default=None, repr=False)
 
     @property
@@ -129,9 +131,15 @@ class _InputError(Exception):
     """The input's demuxer or decoder failed: carried apart from the network's and encoder's errors."""
 
 
+def ffmpeg_path(path: Path) -> str:
+    """``path`` as FFmpeg must be given it: absolute, else a name such as ``take:1.mp4`` (or the hidden
+    temporary ``.take:1.mp4...``) reads as a URL of a protocol ``take``."""
+    return str(path.absolute())
+
+
 def _open_input(av: ModuleType, path: Path) -> Any:
     try:
-        container = av.open(str(path))
+        container = av.open(ffmpeg_path(path))
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         raise StylenetError(f"{str(path)!r} is not a readable video ({first_line(err)})") from None
     if not container.streams.video:
@@ -192,7 +200,7 @@ def probe_video(path: str | Path) -> VideoInfo:
         stream = main_video(container)
         rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
         expected, exact = _expected_frames(stream, rate)
-        audio = tuple(audio.codec_context.name for audio in container.streams.audio)
+        audio = tuple(audio.codec_context.name for audio in container.streams.audio if audio.codec_context)
         pixel = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio  # the container's first
         frame = _first_frame(av, container, path)
         matrix = next((bytes(data) for data in frame.side_data if "DISPLAYMATRIX" in str(data.type)), None)
@@ -390,8 +398,13 @@ class VideoEncoder:
         """``path``: where to encode (a hidden temporary file); ``name``: what errors call it (the
         file the user asked for; default ``path``)."""
         av = require_av()
-        self.av, self.info = av, info
-        self.container = av.open(str(path), "w")
+        self.av, self.info, self.name = av, info, name or path
+        #: the input's streams left out of the output, as a note names them
+        self.dropped: list[str] = []
+        #: per copied audio stream, the last decoding time muxed (muxers refuse times that go back)
+        self._last_dts: dict[int, int] = {}
+        self.retimed = 0  # audio packets whose time was moved on by a tick, as FFmpeg's own tools move them
+        self.container = av.open(ffmpeg_path(path), "w")
         try:
             with _open_input(av, source) as template:
                 self._add_video(path.suffix.lower(), height, width, main_video(template))
@@ -440,6 +453,9 @@ class VideoEncoder:
         streams: dict[int, Any] = {}
         firsts = _first_audio_packets(self.av, source)
         for audio in template.streams.audio:
+            if audio.codec_context is None:  # a codec this FFmpeg does not know: nothing to copy it as
+                self.dropped.append(f"audio stream #{audio.index} ({audio.metadata.get('title') or 'unknown codec'})")
+                continue
             name = audio.codec_context.name
             if name not in self.container.supported_codecs or not self._muxes(audio, firsts.get(audio.index)):
                 raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
@@ -473,9 +489,28 @@ class VideoEncoder:
             return
         # stream_index lives in the packet itself; its .stream belongs to the reader's container, which
         # may be closed by now
-        item.stream = self.audio[item.stream_index]
-        self.container.mux(item)
+        stream = self.audio.get(item.stream_index)
+        if stream is None:  # a stream left out (self.dropped)
+            return
+        last = self._last_dts.get(item.stream_index)
+        if item.dts is not None and last is not None and item.dts <= last:  # as ffmpeg does: "changing to"
+            shift = last + 1 - item.dts
+            item.dts += shift
+            if item.pts is not None and item.pts < item.dts:
+                item.pts = item.dts
+            self.retimed += 1
+        if item.dts is not None:
+            self._last_dts[item.stream_index] = item.dts
+        item.stream = stream
+        self._mux(item)
         self.audio_packets += 1
+
+    def _mux(self, packets: Any) -> None:
+        try:
+            self.container.mux(packets)
+        except self.av.FFmpegError as err:  # named as the user named the file, not its temporary name
+            raise StylenetError(f"cannot write {str(self.name)!r}: the muxer refused a packet "
+                                f"({err.strerror or type(err).__name__})") from None
 
     def _write_frame(self, pts: int | None, rgb: np.ndarray) -> None:
         if pts is None:  # no timestamp: the frame's place at the nominal rate
@@ -488,13 +523,13 @@ class VideoEncoder:
             target["dst_color_range"] = self.info.color_range
         frame = frame.reformat(**target)
         frame.pts, frame.time_base = pts, self.info.time_base
-        self.container.mux(self.video.encode(frame))
+        self._mux(self.video.encode(frame))
         self._last_pts = pts
         self.frames += 1
 
     def close(self) -> None:
         """Flush the encoder and finish the file."""
-        self.container.mux(self.video.encode(None))
+        self._mux(self.video.encode(None))
         self.container.close()
 
     def abort(self) -> None:
@@ -525,6 +560,7 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     info = probe_video(source)
     height, width = size or (info.height, info.width)
     result = VideoResult(width=width * model.scale, height=height * model.scale, info=info)
+    existing = target.exists()
 
     def write(tmp: Path) -> None:
         encoder = VideoEncoder(tmp, source, info, result.height, result.width, name=target)
@@ -537,7 +573,11 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
         except BaseException:
             encoder.abort()
             raise
-        result.audio_packets = encoder.audio_packets
+        result.audio_packets, result.dropped, result.retimed = encoder.audio_packets, encoder.dropped, encoder.retimed
+        if existing and what_went_wrong(result):  # a failed run's shorter video replaces no earlier output
+            raise TruncatedVideoError(f"{str(source)!r} is truncated or corrupt: {what_went_wrong(result)}; "
+                                      f"{str(target)!r} exists already and is left as it was: nothing written",
+                                      result)
 
     atomic_write(target, write)
     result.seconds = time.perf_counter() - start

@@ -79,13 +79,24 @@ def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.N
                                    preserve_color=args.preserve_color, size=size, progress=progress)
         except TruncatedVideoError as err:  # a valid, shorter video was written: an error all the same,
             report.error(describe(err, source))  # its pixels counted in the summary's rate
+            _note_streams(report, source, err.result)
             _count(report, err.result)
             continue
         except Exception as err:  # this output only: the next model and the next input go on
             report.error(describe(err, source))
             continue
+        _note_streams(report, source, result)
         _count(report, result)
         report.done += 1
+
+
+def _note_streams(report: Any, source: Path, result: VideoResult) -> None:
+    """What of the input's other streams was not copied as it was: one note each."""
+    if result.dropped:
+        report.note(f"{source.name}: left out {', '.join(result.dropped)}: this FFmpeg has no codec to copy it as")
+    if result.retimed:
+        report.note(f"{source.name}: {result.retimed} audio packet(s) whose time went back were moved on by a tick, "
+                    "as ffmpeg moves them")
 
 
 def _count(report: Any, result: VideoResult) -> None:

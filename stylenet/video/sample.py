@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from stylenet.video.io import require_av
+from stylenet.video.io import ffmpeg_path, require_av
 
 
 def write_sample_clip(path: str | Path, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 24,
@@ -20,7 +20,7 @@ def write_sample_clip(path: str | Path, frames: int = 24, size: tuple[int, int] 
     yy, xx = np.mgrid[0:height * 2, 0:width * 2]
     scene = np.stack([np.sin(xx / 7.0) * np.cos(yy / 5.0), np.cos((xx + yy) / 9.0), np.sin(xx * yy / 400.0)], -1)
     scene = ((scene * 0.5 + 0.5) * 255).astype(np.uint8)
-    with av.open(str(path), "w") as container:
+    with av.open(ffmpeg_path(Path(path)), "w") as container:
         video = container.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         if rotation:
