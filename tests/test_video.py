@@ -533,6 +533,27 @@ def test_an_audio_time_that_goes_back_is_moved_on_as_ffmpeg_moves_it(
     assert len(styled["frames"]) == 24 and styled["audio"] == read_clip(clip)["audio"]
 
 
+def test_frames_closer_than_the_output_s_time_step_keep_times_of_their_own(tmp_path: Path,
+                                                                         model_file: Path) -> None:
+    """Two frames 0.33 ms apart in an MP4 (1/90000 s steps) would share one millisecond in Matroska, where a
+    player drops one of them: the second is moved on to the next millisecond, and every frame is kept."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "close.mp4"
+    with av.open(str(clip), "w") as container:
+        video = h264(container, 32)
+        video.codec_context.time_base = Fraction(1, 90000)
+        for index, pts in enumerate([0, 30, 3000, 6000, 6030, 9000, 12000, 15000]):
+            frame = av.VideoFrame.from_ndarray(make_scene(32, shift=index), format="rgb24")
+            frame.pts = pts
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    out = tmp_path / "close.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    with av.open(str(out)) as container:
+        times = [frame.pts for frame in container.decode(video=0)]
+    assert len(times) == 8 and times == sorted(set(times)), times  # each its own, in order
+
+
 def test_names_that_ffmpeg_would_read_as_urls_are_files(tmp_path: Path, model_file: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``take:1.mp4`` is a file here, not a URL of a protocol ``take``, going in and coming out."""

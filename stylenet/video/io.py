@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import numbers
 import struct
 import time
@@ -421,6 +422,8 @@ class VideoEncoder:
             raise
         self.frames = self.audio_packets = 0
         self._last_pts: int | None = None
+        #: the least step of the input's time base that is a step of the output stream's too
+        self._tick = math.ceil(Fraction(self.video.time_base or info.time_base) / info.time_base)
 
     def _add_video(self, suffix: str, height: int, width: int, template: Any) -> None:
         codec, options = _encoder_settings(suffix)
@@ -515,8 +518,8 @@ class VideoEncoder:
     def _write_frame(self, pts: int | None, rgb: np.ndarray) -> None:
         if pts is None:  # no timestamp: the frame's place at the nominal rate
             pts = round(self.frames / (self.info.rate * self.info.time_base))
-        if self._last_pts is not None and pts <= self._last_pts:  # muxers refuse non-increasing times
-            pts = self._last_pts + 1
+        if self._last_pts is not None:  # muxers refuse times that do not increase in the file's own time base
+            pts = max(pts, self._last_pts + self._tick)  # (Matroska's is 1 ms: two frames 0.3 ms apart would share it)
         frame = self.av.VideoFrame.from_ndarray(rgb, format="rgb24")
         target = {"format": self.video.pix_fmt, "dst_colorspace": self.info.matrix}  # as the input was read
         if self.info.color_range:
