@@ -554,6 +554,16 @@ def test_frames_closer_than_the_output_s_time_step_keep_times_of_their_own(tmp_p
     assert len(times) == 8 and times == sorted(set(times)), times  # each its own, in order
 
 
+def test_a_transport_stream_is_read_and_its_output_is_matroska(tmp_path: Path, model_file: Path) -> None:
+    """A camcorder's AVCHD ``.mts`` (MPEG transport stream) is a video, not an image of an unknown format."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "00001.MTS"
+    with av.open(str(clip), "w", format="mpegts") as container:
+        write_frames(av, container, h264(container, 32), 6, 32)
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "out") + "/"]) == 0
+    assert len(read_clip(tmp_path / "out" / "00001_tiny.mkv")["frames"]) == 6
+
+
 def test_names_that_ffmpeg_would_read_as_urls_are_files(tmp_path: Path, model_file: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """``take:1.mp4`` is a file here, not a URL of a protocol ``take``, going in and coming out."""
@@ -692,8 +702,10 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
             video_target(clip, tmp_path / "out" / name, in_folder=True)
     # AVI holds neither reordered frames nor exact timestamps nor a rotation: read, never written
     assert video_target(tmp_path / "old.AVI", tmp_path / "out" / "old_tiny.png", in_folder=True).name == "old_tiny.mkv"
-    with pytest.raises(StylenetError, match=r"x.avi': AVI cannot hold .* name a .mkv"):
+    with pytest.raises(StylenetError, match=r"x.avi': .avi videos are read, not written .* name a .mkv"):
         video_target(clip, tmp_path / "x.avi", in_folder=False)
+    with pytest.raises(StylenetError, match=r"x.mts': .mts videos are read, not written"):  # a camcorder's AVCHD
+        video_target(clip, tmp_path / "x.mts", in_folder=False)
     (tmp_path / "taken.dat").write_bytes(b"a file")  # an output folder that is a file: before any work
     with pytest.raises(StylenetError, match=r"cannot write video .*x.mp4': '.*taken.dat' is a file, not a folder"):
         video_target(clip, tmp_path / "taken.dat" / "x.mp4", in_folder=False)

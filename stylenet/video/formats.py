@@ -8,11 +8,14 @@ from pathlib import Path
 from stylenet.atomic import unwritable
 from stylenet.errors import StylenetError
 
+#: Read, never written, each output in a folder Matroska: AVI holds neither H.264's reordered frames nor exact
+#: timestamps nor a rotation; MPEG transport (a camcorder's AVCHD .mts, broadcast .ts) and program streams,
+#: 3GP, Flash and Windows Media video hold no rotation either, and players take H.264 in them less readily.
+READ_ONLY_SUFFIXES = dict.fromkeys((".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv"), ".mkv")
+#: Written (and read): H.264 in MP4, MOV and Matroska, VP9 in WebM.
+WRITTEN_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 #: Suffixes that ``stylenet-stylize`` treats as videos (case-insensitive); everything else is an image.
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
-#: Read, never written: AVI holds neither H.264's reordered frames nor exact timestamps nor a rotation;
-#: an AVI's output in a folder is Matroska.
-READ_ONLY_SUFFIXES = {".avi": ".mkv"}
+VIDEO_SUFFIXES = (*WRITTEN_SUFFIXES, *READ_ONLY_SUFFIXES)
 
 
 def is_video(path: str | Path) -> bool:
@@ -31,12 +34,12 @@ def video_target(source: Path, target: Path, in_folder: bool) -> Path:
         suffix = source.suffix.lower()
         target = target.with_suffix(READ_ONLY_SUFFIXES.get(suffix, suffix))
     if not is_video(target):
-        writable = [suffix for suffix in VIDEO_SUFFIXES if suffix not in READ_ONLY_SUFFIXES]
         raise StylenetError(f"output {str(target)!r} for video {str(source)!r} needs a video extension "
-                            f"({', '.join(writable)})")
+                            f"({', '.join(WRITTEN_SUFFIXES)})")
     if target.suffix.lower() in READ_ONLY_SUFFIXES:
-        raise StylenetError(f"output {str(target)!r}: AVI cannot hold the timestamps, reordered frames and "
-                            "rotation of the video; name a .mkv, .mp4, .mov or .webm file")
+        raise StylenetError(f"output {str(target)!r}: {target.suffix} videos are read, not written (they cannot "
+                            "hold all of a video's timestamps, reordered frames and rotation); name a .mkv, .mp4, "
+                            ".mov or .webm file")
     problem = unwritable(target)
     if problem:
         raise StylenetError(f"cannot write video {str(target)!r}: {problem}")
