@@ -362,9 +362,12 @@ def test_preserve_color_keeps_the_contents_chroma(model: InferenceModel) -> None
     assert (chroma(stylized) - chroma(image)).abs().mean() > 0.02  # the style did change the colours
 
 
-def test_controls_validate_strength() -> None:
+def test_controls_validate_strength_and_switches() -> None:
     with pytest.raises(StylenetError, match="strength"):
         Controls(strength=1.5)
+    with pytest.raises(StylenetError, match="preserve_color must be True or False, got 'no'"):  # not "on"
+        Controls(preserve_color="no")
+    assert Controls(preserve_color=np.True_).needs_content
 
 
 def test_unknown_device_and_precision_are_clear_errors() -> None:
@@ -401,6 +404,29 @@ def test_load_model_on_tensors_and_batches(model_file: Path) -> None:
     out = model.stylize(batch, tile=64)
     assert out.shape == (2, 3, 20, 30)
     assert torch.allclose(out[0], model.stylize(image), atol=1e-6)
+
+
+def test_results_are_ordinary_tensors_and_wrong_inputs_are_one_line(model_file: Path) -> None:
+    """A notebook changes a result in place or feeds it to autograd: no inference tensor comes back."""
+    from stylenet.image import from_pil
+
+    model = stylenet.load_model(model_file, device="cpu")
+    image = photo(20, 30)
+    single, frame = model.stylize(image), next(model.stylize_frames([image]))
+    for result in (single, frame, model.stylize(image[None])[0]):
+        assert not torch.is_inference(result)
+        (result * torch.ones(1, requires_grad=True)).sum().backward()
+    torch.testing.assert_close(single.mul_(2), frame * 2)
+    pil = Image.fromarray(np.zeros((20, 30, 3), np.uint8))
+    for wrong, hint in ((np.zeros((20, 30, 3), np.uint8), "PIL.Image.fromarray"), (from_pil(pil), "model.process"),
+                        ("photo.png", "load_image or PIL.Image.open")):
+        with pytest.raises(StylenetError, match=f"stylize takes a PIL image or a tensor, got .*: .*{hint}"):
+            model.stylize(wrong)
+    with pytest.raises(StylenetError, match=r"process takes strength in controls=stylenet.inference.Controls"):
+        model.process(from_pil(pil), strength=0.5)
+    for tile in (64.5, True):
+        with pytest.raises(StylenetError, match=r"tile \(--tile\) must be a whole number of pixels, at least 64"):
+            model.stylize(image, tile=tile)
 
 
 def test_grey_in_rgb_out_unless_keep_gray(model_file: Path) -> None:

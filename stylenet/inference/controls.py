@@ -36,6 +36,9 @@ class Controls:
         if isinstance(self.strength, bool) or not isinstance(self.strength, numbers.Real) or \
                 not 0.0 <= self.strength <= 1.0:
             raise StylenetError(f"strength must be a number in [0, 1], got {self.strength!r}")
+        for name in ("preserve_color", "gray"):
+            if getattr(self, name) not in (True, False):  # "no" would count as on
+                raise StylenetError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def needs_content(self) -> bool:

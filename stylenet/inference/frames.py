@@ -96,8 +96,8 @@ def stream_frames(frames: Iterable[Frame], run: Callable[[torch.Tensor], torch.T
             with torch.inference_mode():
                 rgb = buffers.load(frame)[0].cpu()
             output = fallback(rgb)
-        if isinstance(frame, torch.Tensor):
-            yield output.cpu()
+        if isinstance(frame, torch.Tensor):  # copied outside inference mode: an ordinary tensor
+            yield output.to("cpu", copy=True)
             continue
         with torch.inference_mode():
             pixels = output.mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().cpu()

@@ -21,11 +21,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -423,6 +425,10 @@ class InferenceModel:
         if not isinstance(image, LoadedImage):
             raise StylenetError(f"process takes a LoadedImage (stylenet.image.load_image or from_pil), got "
                                 f"{type(image).__name__}; stylize takes PIL images and tensors")
+        asked = [name for name in ("strength", "preserve_color") if name in tiling]
+        if asked:  # stylize's keywords: here they are the controls'
+            raise StylenetError(f"process takes {asked[0]} in controls=stylenet.inference.Controls(strength, "
+                                "preserve_color), not as a keyword")
         if size is not None and (len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size)):
             raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
         controls = controls or Controls()
@@ -439,19 +445,22 @@ class InferenceModel:
                 exact_statistics: bool = False, keep_gray: bool | None = None) -> ImageLike:
         """The notebook API: a PIL image -> a PIL image (EXIF orientation applied, alpha kept,
         mode L back for greyscale inputs with ``keep_gray``, by default from a super-resolution model
-        only), or a float tensor (3, H, W) /
-        (B, 3, H, W) in [0, 1] -> a float tensor of the same shape (times ``scale``), on its device. ``style``: for
+        only), or a float (or uint8) tensor (3, H, W) / (B, 3, H, W) in [0, 1] -> a float32 tensor of the same
+        shape (times ``scale``), on its device, an ordinary tensor (not an inference-mode one). ``style``: for
         a model of several styles, a name (``"candy"``) or a blend (``{"candy": 0.7, "mosaic": 0.3}``)."""
         controls = Controls(strength, preserve_color)
         tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics, "style": style}
-        if isinstance(image, torch.Tensor):
-            if image.ndim == 4:
+        if isinstance(image, torch.Tensor):  # a copy made here, outside inference mode: an ordinary tensor, which
+            if image.ndim == 4:               # the caller may change in place or use in autograd
                 if not len(image):
                     raise StylenetError(f"expected a (B, 3, H, W) batch with B >= 1, got {tuple(image.shape)}")
                 return torch.stack([self.transform(one, controls, **tiling) for one in image]).to(image.device)
-            return self.transform(image, controls, **tiling).to(image.device)
+            return self.transform(image, controls, **tiling).to(image.device, copy=True)
         if not isinstance(image, Image.Image):
-            raise TypeError(f"stylize() takes a PIL image or a tensor, got {type(image).__name__}")
+            hint = ("model.process(image) takes a LoadedImage" if isinstance(image, LoadedImage) else
+                    "PIL.Image.fromarray(array) makes one of a uint8 (H, W, 3) array" if isinstance(image, np.ndarray)
+                    else "stylenet.image.load_image or PIL.Image.open reads a file")
+            raise StylenetError(f"stylize takes a PIL image or a tensor, got {type(image).__name__}: {hint}")
         result = self.process(from_pil(image), controls, keep_gray=keep_gray, quantize=True, **tiling)
         pil = to_pil(result.rgb, result.alpha)
         if result.was_gray:
@@ -509,8 +518,8 @@ def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bit
                             f"{tuple(rgb.shape)}")
     if not levels:
         check_unit_range(rgb, "image tensor")
-    if tile is not None and tile < MIN_TILE:
-        raise StylenetError(f"tile (--tile) must be at least {MIN_TILE} px, got {tile}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < MIN_TILE):
+        raise StylenetError(f"tile (--tile) must be a whole number of pixels, at least {MIN_TILE}, got {tile!r}")
     if tile_overlap < 0:
         raise StylenetError(f"--tile-overlap must be >= 0, got {tile_overlap}")
     if bits not in (8, 16):
