@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -56,7 +57,10 @@ def _row(mode: str, values: list, size: tuple[int, int] | None = None) -> Image.
     return img
 
 
+@functools.cache
 def _srgb_icc() -> bytes:
+    """One sRGB profile for the whole run: each one made records the second it was made, so two made a
+    second apart differ in their bytes."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
