@@ -497,8 +497,7 @@ class VideoEncoder:
             return
         last = self._last_dts.get(item.stream_index)
         if item.dts is not None and last is not None and item.dts <= last:  # as ffmpeg does: "changing to"
-            shift = last + 1 - item.dts
-            item.dts += shift
+            item.dts = last + 1
             if item.pts is not None and item.pts < item.dts:
                 item.pts = item.dts
             self.retimed += 1
