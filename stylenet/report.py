@@ -28,6 +28,7 @@ from stylenet import quality
 from stylenet.atomic import atomic_write, write_text
 from stylenet.errors import StylenetError, first_line, one_line
 from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
+from stylenet.markdown import table_row
 
 #: figure layout, px: the label strip above the columns and the gap around each square cell.
 LABEL_HEIGHT, GAP = 14, 4
@@ -369,15 +370,15 @@ def targets_line(report: Report) -> str:
 
 def markdown(report: Report, title: str = "Quality report") -> str:
     """The table: one row per photo x method, then each method's mean, then the targets line."""
-    header = "| photo | method | " + " | ".join(MEASURES) + " |"
+    header = table_row(["photo", "method", *MEASURES])
     lines = [f"# {title}", "", f"Style `{report.style}`, {report.size} px (long side); measures of "
              "stylenet.quality on the saved PNGs (moved: 0 = the photo's, 1 = the style's).", "",
              header, "|" + "---|" * (len(MEASURES) + 2)]
     for entry in report.entries:
         values = entry.quality.as_dict()
-        lines.append(f"| {entry.photo} | {entry.method} | " + " | ".join(cell(values[k]) for k in MEASURES) + " |")
+        lines.append(table_row([entry.photo, entry.method, *(cell(values[k]) for k in MEASURES)]))
     for method, mean in report.means().items():
-        lines.append(f"| **mean** | {method} | " + " | ".join(cell(mean[k]) for k in MEASURES) + " |")
+        lines.append(table_row(["**mean**", method, *(cell(mean[k]) for k in MEASURES)]))
     lines += ["", targets_line(report)]
     if report.errors:
         lines += ["", "Not measured:", *(f"- {error}" for error in report.errors)]

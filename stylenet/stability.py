@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stylenet.markdown import table_row
 from stylenet.temporal import SENSOR_NOISE, affine_flow, deformation_flow, pixel_grid, sample_at, warp, warping_error
 
 #: The sequences, in table order; "still" is the flicker.
@@ -134,12 +135,12 @@ def measure(stylize_frames: StylizeFrames | None, sequences: Sequence[Clip]) -> 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     """One row per measured method (``input frames`` first, if measured), one column per sequence
     kind, then the mean E_warp over the motions and the still camera's flicker."""
-    header = "| | " + " | ".join(MOTION_KINDS) + " | **E_warp** (mean) | **flicker** (still) |"
+    header = table_row(["", *MOTION_KINDS, "**E_warp** (mean)", "**flicker** (still)"])
     lines = [header, "|---" * (len(MOTION_KINDS) + 3) + "|"]
     for name, scores in rows.items():
         cells = [_cell(scores.get(kind)) for kind in MOTION_KINDS]
         mean, still = _cell(scores.get("e_warp"), bold=True), _cell(scores.get("still"), bold=True)
-        lines.append(f"| {name} | " + " | ".join([*cells, mean, still]) + " |")
+        lines.append(table_row([name, *cells, mean, still]))
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet.errors import StylenetError, first_line
+from stylenet.markdown import table_row
 
 if TYPE_CHECKING:
     import torch
@@ -120,16 +121,16 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
     lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
              f"stylenet.quality over the held-out photos ({', '.join(photos)}); contact sheet: `{sheet}` "
              f"(photo | style | one column per run, labelled `run: overrides`, {GAP} px gaps).", "",
-             "| run | overrides | " + " | ".join(MEASURES) + " | targets |", "|" + "---|" * (len(MEASURES) + 3)]
+             table_row(["run", "overrides", *MEASURES, "targets"]), "|" + "---|" * (len(MEASURES) + 3)]
     for run, name in zip(runs, names, strict=True):
         folder = run.folder.relative_to(sweep_dir).as_posix()
         method = next(iter(run.quality["methods"].items()), None) if run.quality else None
         mean = method[1]["mean"] if method else None
         if not mean:
-            lines.append(f"| {folder} | {name} | " + " | ".join("-" for _ in MEASURES) + " | no quality.json |")
+            lines.append(table_row([folder, name, *("-" for _ in MEASURES), "no quality.json"]))
             continue
         result = verdict(missed_targets(mean, method[1]["targets"]))
-        lines.append(f"| {folder} | {name} | " + " | ".join(cell(mean[k]) for k in MEASURES) + f" | {result} |")
+        lines.append(table_row([folder, name, *(cell(mean[k]) for k in MEASURES), result]))
     targets = next(iter(first.quality["methods"].values()))["targets"]
     lines += ["", f"Targets: {targets_text(targets)}."]
     write_text(paths["table"], "\n".join(lines) + "\n")

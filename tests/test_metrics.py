@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from skimage.metrics import structural_similarity
 
 from stylenet.cli import evaluate_sr
 from stylenet.image import load_rgb
+from stylenet.markdown import table_row
 from stylenet.metrics import (
     degrade,
     gaussian_kernel,
@@ -185,6 +187,17 @@ def sr_model_file(path: Path, factor: int = 4) -> Path:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_a_bar_in_a_file_name_stays_in_its_table_cell(tmp_path: Path) -> None:
+    """A ``|`` in a name would split its markdown cell and shift the scores under other headers."""
+    root = tmp_path / "pipes"
+    make_photo(root / "a|b.png", size=(48, 48))
+    assert evaluate_sr.main([str(root), "--factor", "4", "--out", str(tmp_path / "t.md")]) == 0
+    header, _, row, mean = (tmp_path / "t.md").read_text().splitlines()[2:6]
+    cells = [re.split(r"(?<!\\)\|", line)[1:-1] for line in (header, row, mean)]  # split at unescaped bars
+    assert [len(c) for c in cells] == [3, 3, 3] and cells[1][0].strip() == r"a\|b.png"
+    assert table_row(["x|y", "two\nlines", 1.5]) == r"| x\|y | two lines | 1.5 |"
 
 
 def test_evaluate_bicubic_table_matches_the_metric_functions(tmp_path: Path,

@@ -211,7 +211,7 @@ def test_sequences_follow_their_flows_and_the_measure_reads_zero_for_an_identity
     rough = measure(lambda frames: [f + 0.05 * torch.randn_like(f) for f in frames], clips)
     assert rough["e_warp"] > inputs["e_warp"] + 5
     table = markdown_table({"input frames": inputs, "noisy": rough})
-    assert table.splitlines()[0].startswith("| | pan | zoom | rotation | deformation |") and "| noisy |" in table
+    assert table.splitlines()[0].startswith("|  | pan | zoom | rotation | deformation |") and "| noisy |" in table
 
 
 def test_every_frame_is_rendered_from_the_photo_up_to_its_edges() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from stylenet.cli import Terminated, allow_pixels, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError
+from stylenet.markdown import table_row
 
 PROG = "stylenet-evaluate-sr"
 OUT_SUFFIXES = (".md", ".csv")
@@ -65,11 +66,11 @@ def with_mean(rows: list[Scored], methods: list[str]) -> list[Scored]:
 def markdown_table(rows: list[Scored], methods: list[str], factor: int) -> str:
     """Per-image rows and the mean, ``PSNR / SSIM`` per method."""
     lines = [f"x{factor}, PSNR (dB) / SSIM on Y (BT.601), {factor} px border shaved, {len(rows)} image(s)",
-             "", "| image | HR size | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+             "", table_row(["image", "HR size", *methods]), "|---|---|" + "---|" * len(methods)]
     for row in with_mean(rows, methods):
         name, size = (row.name, f"{row.size[1]}x{row.size[0]}") if row.size else (f"**{row.name}**", "")
         cells = [f"{row.scores[m][0]:.2f} / {row.scores[m][1]:.4f}" for m in methods]
-        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+        lines.append(table_row([name, size, *cells]))
     return "\n".join(lines) + "\n"
 
 
