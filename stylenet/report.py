@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from stylenet import quality
 from stylenet.atomic import atomic_write, write_text
 from stylenet.errors import StylenetError, first_line, one_line
-from stylenet.image import load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
+from stylenet.image import from_pil, load_rgb, resize_long_side, resolve_image_path, save_image, to_pil
 from stylenet.markdown import table_row
 
 #: figure layout, px: the label strip above the columns and the gap around each square cell.
@@ -78,6 +78,9 @@ class Report:
     methods: dict[str, dict[str, float]] = field(default_factory=dict)  # method name -> its targets
     entries: list[Entry] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: path -> the 8-bit image :func:`write_report` saves there; nothing is written before it, so a report
+    #: that measured nothing leaves the cells of an earlier one in its folder as they were.
+    cells: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def means(self) -> dict[str, dict[str, float]]:
         """Each method's measures averaged over the photos it was scored on (where a measure is
@@ -254,10 +257,9 @@ def network_method(name: str, net: torch.nn.Module) -> Method:
     return Method(name, stylize)
 
 
-def saved(path: Path, image: torch.Tensor) -> torch.Tensor:
-    """Write ``image`` as an 8-bit PNG and return what the file holds: every measure and figure
-    cell is of the saved pixels."""
-    return load_rgb(save_image(path, image.detach().float().cpu()))
+def as_saved(image: torch.Tensor) -> torch.Tensor:
+    """``image`` as its 8-bit PNG will hold it: every measure and figure cell is of the saved pixels."""
+    return from_pil(to_pil(image.detach().float().cpu())).rgb
 
 
 def read_photo(spec: str | Path, size: int) -> tuple[Path, torch.Tensor]:
@@ -269,8 +271,9 @@ def read_photo(spec: str | Path, size: int) -> tuple[Path, torch.Tensor]:
 def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Path], methods: Sequence[Method],
                *, size: int = 256, images: str = "images", on_error: Callable[[str], None] | None = None,
                on_done: Callable[[str, str], None] | None = None) -> tuple[Report, list[list[torch.Tensor | None]]]:
-    """Stylize each photo with each method at ``size`` px (long side), save every cell under
-    ``out_dir/images/<column>/``, and score it; returns the report and the figure's rows.
+    """Stylize each photo with each method at ``size`` px (long side) and score it; returns the report
+    and the figure's rows. Every cell is kept in ``report.cells`` for :func:`write_report` to save under
+    ``out_dir/images/<column>/``.
 
     A photo that cannot be read, or is the style image itself, is recorded in ``report.errors`` (one
     line naming the file, also passed to ``on_error``) and left out; the others go on. The style
@@ -278,9 +281,10 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
     out_dir = Path(out_dir)
     check_outside_outputs(out_dir, images, [style, *photos])
     style_path, style_image = read_photo(style, size)
-    style_image = saved(out_dir / images / "style.png", style_image)
+    style_image = as_saved(style_image)
     report = Report(str(style), size, f"{images}/style.png",
                     methods={method.name: dict(method.targets) for method in methods})
+    report.cells[report.style_file] = style_image
     rows: list[list[torch.Tensor | None]] = []
 
     def fail(message: str) -> None:
@@ -298,18 +302,20 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
         except StylenetError as err:
             fail(str(err))
             continue
-        photo = saved(out_dir / images / "photo" / f"{name}.png", photo)
+        photo = as_saved(photo)
         report.photos[name] = f"{images}/photo/{name}.png"
+        report.cells[report.photos[name]] = photo
         row: list[torch.Tensor | None] = [photo, style_image]
         for method in methods:
             relative = f"{images}/{method.name}/{name}.png"
             try:
-                output = saved(out_dir / relative, method.stylize(photo, style_image))
+                output = as_saved(method.stylize(photo, style_image))
             except StylenetError as err:
                 fail(f"{method.name} on {str(path)!r}: {err}")
                 row.append(None)
                 continue
             report.entries.append(Entry(name, method.name, relative, quality.score(photo, style_image, output)))
+            report.cells[relative] = output
             row.append(output)
             if on_done:
                 on_done(name, method.name)
@@ -388,8 +394,11 @@ def markdown(report: Report, title: str = "Quality report") -> str:
 def write_report(out_dir: str | Path, report: Report, rows: Sequence[Sequence[torch.Tensor | None]], *,
                  table: str = "report.md", data: str = "report.json", title: str = "Quality report",
                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """``figure.png``, the markdown ``table`` and the JSON ``data`` (``extra`` merged in) in ``out_dir``."""
+    """The cells (``report.cells``), ``figure.png``, the markdown ``table`` and the JSON ``data`` (``extra``
+    merged in) in ``out_dir``."""
     out_dir = Path(out_dir)
+    for relative, image in report.cells.items():
+        save_image(out_dir / relative, image)
     labels = ["photo", "style", *report.methods]
     paths = {"figure": out_dir / FIGURE, "table": out_dir / table, "data": out_dir / data}
     earlier = report_cells(paths["data"])

@@ -9,6 +9,7 @@ torch: the command-line tools parse ``--style`` and ``--blend`` before loading a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import re
@@ -22,6 +23,15 @@ from stylenet.errors import StylenetError
 StyleChoice = str | int | Mapping[str, float]
 #: Names a style may have: they end up in output file names (``photo_<style>.png``).
 STYLE_NAME = re.compile(r"[\w.+-]+")
+
+
+def file_sha256(path: Path) -> str:
+    """Hash of a file's bytes: identifies the style image a model was trained on (and a loss network's weights file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def style_records(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:

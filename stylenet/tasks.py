@@ -9,7 +9,6 @@ step, optimiser and logging. Lightning owns the loop, checkpointing, precision, 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -31,22 +30,13 @@ from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss, setting
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.modelfile import read_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
-from stylenet.styles import check_style_names, style_name_of, style_records
+from stylenet.styles import check_style_names, file_sha256, style_name_of, style_records
 from stylenet.temporal import TemporalConsistency, split_temporal_weight
 
 log = logging.getLogger(__name__)
 
 #: A URL (``https://...``, ``s3://...``): pathlib would read it as a path with one slash lost.
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def file_sha256(path: Path) -> str:
-    """Hash of a file's bytes: identifies the style image a model was trained on."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

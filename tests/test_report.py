@@ -18,13 +18,15 @@ from stylenet import StylenetError, quality
 from stylenet.cli.report import main
 from stylenet.cli.train import config_dir
 from stylenet.image import load_rgb, resize_long_side, resolve_image_path, to_pil
-from stylenet.modelfile import save_model
+from stylenet.inference import run_network
+from stylenet.modelfile import read_model, save_model
 from stylenet.nets import TransformerNet
 from stylenet.report import GAP, LABEL_HEIGHT, MEASURES, demo_held_out, load_loss_config
+from stylenet.styles import file_sha256
 from stylenet.sweep import write_sweep_report
 from tests.conftest import make_photo
 from tests.helpers import console_script, signal_self, stops_handled_by
-from tests.test_multistyle import multi_file
+from tests.test_multistyle import NAMES, multi_file, multi_net
 
 SIZE = 32
 
@@ -123,7 +125,8 @@ def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(
 
 
 def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
-        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(b"not a png")
     bad_model = tmp_path / "models" / "bad.safetensors"
@@ -142,12 +145,14 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     assert [(e["photo"], e["method"]) for e in data["entries"]] == [("wide", "a")]
     figure = Image.open(out / "figure.png")
     assert figure.size == (GAP + 3 * (SIZE + GAP), LABEL_HEIGHT + SIZE + GAP)
-    # a rerun into the same folder that measures nothing leaves the last report as it was
-    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "figure.png")}
-    code = main([str(broken), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--size", str(SIZE),
-                 "--device", "cpu", "--out", str(out)])
+    # a rerun into the same folder that measures nothing, with another style and photos that all fail,
+    # leaves the last report as it was, its style and photo cells too
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    monkeypatch.setattr("stylenet.inference.run_network", lambda *args: (_ for _ in ()).throw(StylenetError("no")))
+    code = main([str(broken), str(inputs["wide"]), "--style", str(inputs["tall"]), "-m", str(inputs["a"]),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
     assert code == 1 and f"nothing was measured: {str(out)!r} is left as it was" in capsys.readouterr().err
-    assert {name: (out / name).read_bytes() for name in before} == before
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
@@ -198,21 +203,39 @@ def test_inputs_among_the_reports_own_files_are_refused_before_anything_is_writt
     assert all(path.read_bytes() == data for path, data in cells.items())
 
 
-def test_every_column_has_its_own_name_when_a_several_style_model_expands(
+def test_a_several_style_model_is_measured_in_the_style_of_the_style_image(
         tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    """``mm.safetensors`` with styles a, b, c gives columns mm_a, mm_b, mm_c: a model named mm_a is a
-    fourth column, not a second writer of mm_a's cells."""
-    mm = multi_file(tmp_path / "models" / "mm.safetensors")
-    single = tiny_model(tmp_path / "models" / "mm_a.safetensors", seed=3)
+    """Every column is measured against --style: of ``mm.safetensors`` (styles a, b, c) that is the style
+    trained on that picture (the same bytes), column mm_b, and a model named mm_b is a second column, not
+    a second writer of mm_b's cells. A picture none of its styles was trained on is one line listing
+    them, and the other models are still measured."""
+    images = [make_photo(tmp_path / "styles" / f"{name}.png", size=(40, 36), seed=10 + k)
+              for k, name in enumerate(NAMES)]
+    styles = [{"name": name, "sha256": file_sha256(image), "image": str(image)}
+              for name, image in zip(NAMES, images, strict=True)]
+    mm = save_model(tmp_path / "models" / "mm.safetensors", multi_net(),
+                    {"task": "style", "style_name": "multi", "styles": styles})
+    single = tiny_model(tmp_path / "models" / "mm_b.safetensors", seed=3)
     out = tmp_path / "report"
-    assert main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(mm), "-m", str(single),
+    assert main([str(inputs["wide"]), "--style", str(images[1]), "-m", str(mm), "-m", str(single),
                  "--size", str(SIZE), "--device", "cpu", "--out", str(out)]) == 0
     capsys.readouterr()
     data = json.loads((out / "report.json").read_text())
-    assert list(data["methods"]) == ["mm_a", "mm_b", "mm_c", "mm_a_2"]
-    cells = [load_rgb(out / "images" / column / "wide.png") for column in data["methods"]]
-    assert not any(torch.equal(cells[i], cells[j]) for i in range(4) for j in range(i))
-    assert Image.open(out / "figure.png").size[0] == GAP + 6 * (SIZE + GAP)
+    assert list(data["methods"]) == ["mm_b", "mm_b_2"]
+    photo = load_rgb(out / "images" / "photo" / "wide.png")
+    for column, net in (("mm_b", read_model(mm).for_style("b")[1]), ("mm_b_2", read_model(single).net)):
+        with torch.inference_mode():
+            assert np.array_equal(pixels(run_network(net, photo)), np.asarray(Image.open(out / "images" / column /
+                                                                                         "wide.png")))
+    assert Image.open(out / "figure.png").size[0] == GAP + 4 * (SIZE + GAP)
+
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(mm), "-m", str(single),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "other")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 1 and len(errors) == 1, errors
+    assert f"model {str(mm)!r} holds 3 styles and none was trained on --style {str(inputs['style'])!r}" in errors[0]
+    assert f"b ({str(images[1])!r})" in errors[0]
+    assert list(json.loads((tmp_path / "other" / "report.json").read_text())["methods"]) == ["mm_b"]
 
 
 def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[str, Path],

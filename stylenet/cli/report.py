@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING
 
 from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
 from stylenet.errors import StylenetError, first_line
+from stylenet.styles import file_sha256, style_records
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from stylenet.modelfile import StoredModel
 
 PROG = "stylenet-report"
 
@@ -78,12 +81,13 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     for path in args.models:
         try:
             stored = read_model(path, task="style")
+            if len(stored.styles) == 1:
+                columns.append((Path(path).stem, stored.net))
+            else:
+                style, net = trained_on(path, stored, args.style)
+                columns.append((f"{Path(path).stem}_{style}", net))
         except StylenetError as err:
             error(str(err))
-            continue
-        networks = stored.style_networks()  # a model of several styles: one column per style
-        stem = Path(path).stem
-        columns += [(stem if len(networks) == 1 else f"{stem}_{style}", net) for style, net in networks]
     names = unique_names(["photo", "style", "gatys", *(name for name, _ in columns)])[3:]  # column folders
     methods += [network_method(name, model_on(net, args.device)) for name, (_, net) in zip(names, columns, strict=True)]
     if not methods:
@@ -100,6 +104,25 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
         print(f"{method}: targets {'met' if not missed else 'NOT met: ' + ', '.join(missed)}")
     print(f"wrote {', '.join(str(path) for path in paths.values())}")
     return 0  # 1 where a photo or model was reported (run_reporting_errors)
+
+
+def trained_on(path: str, stored: StoredModel, style: str) -> tuple[str, nn.Module]:
+    """(name, network) of the style of a model of several styles whose image is ``--style`` (the same
+    bytes): every column is measured against that one image, so another style's verdict would mean
+    nothing. None of them is one line naming the styles and their images."""
+    from stylenet.image import resolve_image_path
+
+    try:
+        style_sha256 = file_sha256(resolve_image_path(style))
+    except OSError as err:
+        raise StylenetError(f"cannot read --style {style!r}: {err.strerror or err}") from None
+    records = style_records(stored.metadata)
+    for record in records:
+        if record.get("sha256") == style_sha256:
+            return stored.for_style(record["name"])
+    listed = ", ".join(f"{record['name']} ({record.get('image')!r})" for record in records)
+    raise StylenetError(f"model {path!r} holds {len(records)} styles and none was trained on --style {style!r}: "
+                        f"pass one of their images as --style ({listed})")
 
 
 def model_on(net: nn.Module, device: str) -> nn.Module:
