@@ -399,10 +399,13 @@ def test_a_sweep_job_puts_back_its_own_folder_s_record_only(tmp_path: Path, monk
     assert unknown.relaunched()  # nothing to compare: a finished job is passed over, as the message says
 
 
+@pytest.mark.parametrize("stopped_in", ["train", "tolerate_any_file_name_in_log_files"])
 def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """Loading the loss network or listing the photos can take a while; Ctrl-C then exits 130 with one line
-    (not a traceback), and the folder keeps its earlier record."""
+                                                  capsys: pytest.CaptureFixture[str], stopped_in: str) -> None:
+    """Loading the loss network or listing the photos can take a while, and so can importing torch and
+    Lightning before the application's own handler (a Ctrl-C there printed a traceback and left this
+    launch's settings as the folder's record); Ctrl-C then exits 130 with one line (not a traceback),
+    and the folder keeps its earlier record."""
     import stylenet.cli.train as train_cli
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
@@ -411,12 +414,13 @@ def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: p
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- earlier\n")
-    monkeypatch.setattr(train_cli, "train", interrupted)
+    monkeypatch.setattr(train_cli, stopped_in, interrupted)
     monkeypatch.setattr("sys.argv", ["stylenet-train", "experiment=smoke", f"hydra.run.dir={run_dir}"])
     with pytest.raises(SystemExit) as exit_info:
         train_cli.main()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "stylenet-train: interrupted"
+    assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
 
 

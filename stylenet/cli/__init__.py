@@ -262,3 +262,21 @@ class EarlierRecord:
         if self.launch and not any(self.files[path] for path in self.launch):  # no record before: none now
             with contextlib.suppress(OSError):  # unless something else is in .hydra/
                 next(iter(self.launch)).parent.rmdir()
+
+
+def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, failed_jobs: list[str]) -> None:
+    """Run the Hydra application ``app`` of ``stylenet-train`` or ``stylenet-gatys`` with the run folder's
+    ``record`` (:class:`EarlierRecord`), and end with the failed jobs of a sweep. Ctrl-C before the
+    application's own handler takes over (while Hydra writes its record, or torch and Lightning import:
+    the first seconds, when a typo is noticed) is the one line and exit status 130 of a later one, and
+    the folder keeps its earlier record, not this launch's settings that never ran there."""
+    refuse_run_dir_file(prog)
+    record.take()
+    try:
+        app()
+    except KeyboardInterrupt:
+        record.note_launch()
+        record.restore()
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    exit_if_sweep_jobs_failed(prog, failed_jobs)

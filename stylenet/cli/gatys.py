@@ -28,8 +28,7 @@ from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
-    exit_if_sweep_jobs_failed,
-    refuse_run_dir_file,
+    launch_hydra_app,
     report_refusal,
     sigterm_as_terminated,
     stopped_by,
@@ -296,10 +295,7 @@ FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:
-    refuse_run_dir_file(PROG)
-    EARLIER_RECORD.take()
-    hydra_main()
-    exit_if_sweep_jobs_failed(PROG, FAILED_SWEEP_JOBS)
+    launch_hydra_app(PROG, hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
-    exit_if_sweep_jobs_failed,
-    refuse_run_dir_file,
+    launch_hydra_app,
     report_refusal,
     tolerate_any_file_name_in_log_files,
 )
@@ -355,10 +354,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    refuse_run_dir_file("stylenet-train")
-    EARLIER_RECORD.take()
-    hydra_main()
-    exit_if_sweep_jobs_failed("stylenet-train", FAILED_SWEEP_JOBS)
+    launch_hydra_app("stylenet-train", hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS)
 
 
 if __name__ == "__main__":
