@@ -6,6 +6,8 @@ a traceback. So every message stylenet shows is one line, made here.
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 from stylenet.version import __version__
@@ -52,13 +54,36 @@ def first_line(err: BaseException) -> str:
 def load_failure(err: BaseException, path: str | Path) -> str:
     """Why ``torch.load`` refused ``path``, as one line. A file that is no PyTorch file at all (neither
     ``torch.save``'s zip archive nor a legacy pickle) meets its weights-only unpickler as whatever its
-    bytes happen to trip: a bare ``KeyError('101')`` for a text file's ``e``, an ``IndexError``, ..."""
+    bytes happen to trip: a bare ``KeyError('101')`` for a text file's ``e``, an ``IndexError``, ...
+    A pickled module (``torch.save(model)``) is refused by that unpickler in paragraphs of advice."""
+    if refused_pickle(err):
+        reason = unpickler_reason(err).rstrip(".")
+        return f"it is a pickle of more than tensors ({reason}), and unpickling it could run code"
     try:
         with open(path, "rb") as file:
             start = file.read(2)
     except OSError:
         return first_line(err)
     return first_line(err) if start[:2] == b"PK" or start[:1] == b"\x80" else "not a PyTorch file"
+
+
+def refused_pickle(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a real pickle for holding more than tensors and
+    plain containers (a class, a function), rather than bytes that are no pickle at all."""
+    return (isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower()
+            and "unsupported operand" not in unpickler_reason(err).lower())
+
+
+def unpickler_reason(err: BaseException) -> str:
+    """torch's reason for a refused load ("unsupported GLOBAL posix.system ...", "Unsupported operand
+    110" for bytes that are no pickle at all) without the paragraphs of advice around it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch sets its advice in bold for terminals
+    stated = re.search(r"WeightsUnpickler error: (.+?)(?: Please use `torch\.serialization|\n|$)", text)
+    if stated:  # torch 2.6 and later put it inside the advice: "Unsupported global: GLOBAL __main__.Net was not ..."
+        return stated[1].strip()
+    paragraphs = [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
+    reasons = [part for part in paragraphs[1:-1] if not part.startswith("Please file an issue")]
+    return reasons[0] if reasons else first_line(Exception(text))
 
 
 def describe(err: Exception, subject: object) -> str:

@@ -34,7 +34,7 @@ from safetensors.torch import save
 from torch import nn
 
 from stylenet.atomic import atomic_write
-from stylenet.errors import StylenetError, check_format_version, first_line
+from stylenet.errors import StylenetError, check_format_version, first_line, refused_pickle, unpickler_reason
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.styles import StyleChoice, choice_weights, style_name_of, style_names
 from stylenet.version import __version__
@@ -282,12 +282,11 @@ def _load_pickled(path: Path) -> StoredModel:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it better
             content = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = _unpickler_reason(err)
-        if "weights only load failed" in str(err).lower() and "unsupported operand" not in reason.lower():
+        if refused_pickle(err):
             raise StylenetError(
                 f"refusing to load model file {str(path)!r}: it is a pickle with more than tensors and plain "
-                f"containers, and unpickling it could run code ({reason})") from None
-        raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {reason})") from None
+                f"containers, and unpickling it could run code ({unpickler_reason(err)})") from None
+        raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {unpickler_reason(err)})") from None
     except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
         raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {first_line(err)})") from None
     if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
@@ -296,18 +295,6 @@ def _load_pickled(path: Path) -> StoredModel:
         return _from_examples(path, content)
     raise StylenetError(f"model file {str(path)!r} is neither a stylenet model, a stylenet-train "
                         "checkpoint nor a pytorch/examples fast_neural_style checkpoint")
-
-
-def _unpickler_reason(err: BaseException) -> str:
-    """torch's reason for a refused load ("unsupported GLOBAL posix.system ...", "Unsupported operand
-    110" for bytes that are no pickle at all) without the paragraphs of advice around it."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch sets its advice in bold for terminals
-    stated = re.search(r"WeightsUnpickler error: (.+?)(?: Please use `torch\.serialization|\n|$)", text)
-    if stated:  # torch 2.6 and later put it inside the advice: "Unsupported global: GLOBAL __main__.Net was not ..."
-        return stated[1].strip()
-    paragraphs = [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
-    reasons = [part for part in paragraphs[1:-1] if not part.startswith("Please file an issue")]
-    return reasons[0] if reasons else first_line(Exception(text))
 
 
 def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> StoredModel:

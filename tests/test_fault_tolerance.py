@@ -823,7 +823,8 @@ def test_checkpoints_never_run_code_even_with_torch_force_no_weights_only_load(
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(malicious_checkpoint, weights_only=False)
     reason = checkpoint_problem(malicious_checkpoint, None, HPARAMS)
-    assert reason == "unreadable (Weights only load failed)"
+    assert reason == ("unreadable (it is a pickle of more than tensors (Trying to load unsupported GLOBAL posix.mkdir "
+                      "whose module posix is blocked), and unpickling it could run code)")
     with pytest.raises(StylenetError, match="cannot resume this run: unreadable"):
         resolve_resume("auto", str(malicious_checkpoint), malicious_checkpoint.parents[1], "t", HPARAMS)
     # Lightning's own restore, as stylenet-train calls it (weights_only=True) and through our plugin

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 from urllib.error import URLError
 
@@ -6,7 +7,7 @@ import torch
 import torchvision
 
 from stylenet import StylenetError
-from stylenet.nets.vgg import VGGFeatures, layer_names
+from stylenet.nets.vgg import VGGFeatures, layer_names, random_state
 
 
 def test_layer_names_follow_torchvision_order() -> None:
@@ -101,3 +102,22 @@ def test_a_weights_file_that_is_no_pytorch_file_says_so(tmp_path: Path) -> None:
     path.write_text("exported from somewhere else")
     with pytest.raises(StylenetError, match=r"^cannot load VGG weights file .*vgg16.pth': not a PyTorch file$"):
         VGGFeatures(["relu1_2"], weights=str(path))
+
+
+def test_a_weights_file_of_non_finite_weights_or_a_pickled_network_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Non-finite weights made every loss NaN, an error that blamed the photos; a whole pickled network
+    (``torch.save(model)``) gave torch's paragraphs of advice, cut at their first line and bold codes."""
+    state = {f"features.{key}": value for key, value in random_state("vgg16", num_layers=4, seed=0).items()}
+    for key, value in (("features.2.bias", math.nan), ("features.0.weight", math.inf)):
+        path = tmp_path / f"{key}.pth"
+        torch.save({**state, key: state[key].clone().fill_(value)}, path)
+        with pytest.raises(StylenetError) as err:
+            VGGFeatures(["relu1_2"], weights=str(path))
+        assert str(err.value) == f"VGG weights file {str(path)!r}: {key} holds NaN or infinite values"
+    pickled = tmp_path / "vgg16_full.pth"
+    torch.save(torchvision.models.vgg16(), pickled)
+    with pytest.raises(StylenetError) as err:
+        VGGFeatures(["relu1_2"], weights=str(pickled))
+    assert str(err.value) == (f"cannot load VGG weights file {str(pickled)!r}: it is a pickle of more than tensors "
+                              "(Unsupported global: GLOBAL torchvision.models.vgg.VGG was not an allowed global by "
+                              "default), and unpickling it could run code: save the network's state_dict() instead")

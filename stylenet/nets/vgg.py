@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylenet import StylenetError
-from stylenet.errors import load_failure
+from stylenet.errors import load_failure, refused_pickle
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,14 @@ def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
 
 def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor]:
     """A local torchvision VGG state dict (``features.N.weight`` keys, or bare ``N.weight``),
-    loaded without unpickling code and checked key by key and shape by shape."""
+    loaded without unpickling code and checked key by key: shape, and finite values."""
     if not path.is_file():
         raise StylenetError(f"VGG weights file {str(path)!r} does not exist; expected {WEIGHT_SOURCES}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise StylenetError(f"cannot load VGG weights file {str(path)!r}: {load_failure(err, path)}") from None
+        advice = ": save the network's state_dict() instead" if refused_pickle(err) else ""  # torch.save(model)
+        raise StylenetError(f"cannot load VGG weights file {str(path)!r}: {load_failure(err, path)}{advice}") from None
     if not isinstance(raw, dict):
         raise StylenetError(f"VGG weights file {str(path)!r} holds a {type(raw).__name__}, not a state dict")
     state = {key.removeprefix("features."): value for key, value in raw.items() if isinstance(value, torch.Tensor)}
@@ -154,6 +155,8 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
             if tuple(state[key].shape) != shape:
                 raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} has shape "
                                     f"{tuple(state[key].shape)}, {arch} needs {shape}")
+            if not torch.isfinite(state[key]).all():  # every loss would be NaN, blamed on the photos
+                raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} holds NaN or infinite values")
     return state
 
 
