@@ -6,6 +6,8 @@ across groups. Hydra lets ``model=half`` on the command line win over the experi
 ``experiment=demo loss=perceptual`` the demo's ``loss.style_weight`` would replace the one
 ``loss=perceptual`` chose, and nothing would say so. :func:`check_group_choices` stops such a run with
 one line naming both sides. Keys the user sets themselves (``loss.style_weight=...``) are their choice.
+Nor is a group the chosen task does not read: ``task=add_style model=half`` would train the base file's
+network, whatever ``model`` says.
 """
 
 from __future__ import annotations
@@ -17,16 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 
+#: ``task`` option -> the groups it does not read, and why: a setting of one would change nothing.
+UNUSED_GROUPS = {"add_style": {"model": "its network is task.base's, whose width and depth it keeps"}}
+
 
 def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> None:
     """Raise a one-line :class:`StylenetError` when the chosen experiment writes a key that a group
-    option named on the command line changes (from the experiment's own choice) to another value.
+    option named on the command line changes (from the experiment's own choice) to another value, or
+    when the command line sets a group the task does not read (:data:`UNUSED_GROUPS`).
     ``hydra``: the run's Hydra config (default: ``HydraConfig.get()``, or ``cfg.hydra`` as
     ``compose(..., return_hydra_config=True)`` leaves it)."""
     if hydra is None:
         from hydra.core.hydra_config import HydraConfig
 
         hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
+    task = hydra.runtime.choices.get("task")
+    for override in hydra.overrides.task:
+        key = override.lstrip("+~").partition("=")[0]
+        why = UNUSED_GROUPS.get(task, {}).get(key.partition(".")[0])
+        if why:
+            raise StylenetError(f"task={task} does not use {key}: {why}; drop {override}")
     experiment = hydra.runtime.choices.get("experiment")
     if not experiment:
         return

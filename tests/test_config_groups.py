@@ -96,6 +96,19 @@ def test_a_clash_stops_with_one_line_and_a_set_key_is_the_users_choice() -> None
     check_group_choices(train_config("experiment=sr_demo", "data=shards"))  # its own choice, with its own values
 
 
+@pytest.mark.usefixtures("hydra_configs")
+def test_a_group_the_task_does_not_read_stops_with_one_line() -> None:
+    """task=add_style trains the norms of its base file's network: model=half trained the base's width."""
+    for override in ("model=half", "model.channels=16", "+model.extra=1"):
+        with pytest.raises(StylenetError) as err:
+            check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors", override))
+        key = override.lstrip("+").partition("=")[0]
+        assert str(err.value) == (f"task=add_style does not use {key}: its network is task.base's, whose width and "
+                                  f"depth it keeps; drop {override}")
+    check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors"))
+    check_group_choices(train_config("experiment=smoke", "model=half"))  # the style task reads it
+
+
 def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:
     result = subprocess.run([*console_script("stylenet-train"), "experiment=demo", "loss=perceptual",
                              f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=120)
