@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -158,8 +159,10 @@ class ImageFileDataset(Dataset):
             try:
                 image = self.patch(self.read(path), path, rng)
             except ImageError as err:
-                return {"image": None, "path": str(path), "error": str(err), "batch_number": batch_number}
-        return {"image": image, "path": str(path), "error": None, "batch_number": batch_number}
+                image, error = None, str(err)
+            else:
+                error = None
+        return {"image": image, "path": str(path), "error": error, "batch_number": batch_number, "position": position}
 
     def read(self, path: Path) -> torch.Tensor:
         """The photo at ``path``, decoded to (3, H, W) in [0, 1]."""
@@ -202,30 +205,35 @@ class ShardDataset(ImageFileDataset):
 
 def collate_skipping_bad(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the good images; report the bad ones (their one-line errors) alongside the batch, and
-    the good ones' paths (so that an error about this batch can name its files)."""
+    the good ones' paths (so that an error about this batch can name its files); ``position``: the
+    stream position of its first sample (-1 in validation)."""
     good = [s["image"] for s in samples if s["image"] is not None]
     return {
         "images": torch.stack(good) if good else torch.empty(0, 3, 0, 0),  # (B, 3, S, S)
         "paths": [s["path"] for s in samples if s["image"] is not None],
         "skipped": [s["error"] for s in samples if s["image"] is None],
         "batch_number": samples[0]["batch_number"],
+        "position": samples[0]["position"],
     }
 
 
 class StreamSampler(Sampler):
     """An endless, resumable stream of shuffled samples, sharded over ranks.
 
-    Stream position p belongs to epoch p // N and picks ``permutation(seed, epoch)[p % N]``. Batch
-    n of rank r holds positions ``(n * world_size + r) * batch_size + j``, so all ranks together
-    consume consecutive blocks, no two ranks see the same sample, and restarting at batch n
-    reproduces the rest of the stream exactly. Yields batches (lists of items) for a DataLoader's
-    ``batch_sampler``.
+    Stream position p belongs to epoch p // N and picks ``permutation(seed, epoch)[p % N]``. The k-th
+    batch of rank r from the start holds positions ``start_position + (k * world_size + r) * batch_size
+    + j``, so all ranks together consume consecutive blocks, no two ranks see the same sample, and
+    restarting at the first position not consumed reproduces the rest of the stream exactly, also with
+    another batch size or number of processes. Batches are numbered on from ``start_batch`` (the
+    optimiser steps); ``start_position`` defaults to where batch ``start_batch`` starts at this batch
+    size and number of processes. Yields batches (lists of items) for a DataLoader's ``batch_sampler``.
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0) -> None:
+                 start_batch: int = 0, start_position: int | None = None) -> None:
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.start_position = start_batch * world_size * batch_size if start_position is None else start_position
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     def index_at(self, position: int) -> int:
@@ -236,11 +244,9 @@ class StreamSampler(Sampler):
         return int(self._order[position % self.num_items])
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        batch_number = self.start_batch
-        while True:
-            first = (batch_number * self.world_size + self.rank) * self.batch_size
-            yield [(batch_number, p, self.index_at(p)) for p in range(first, first + self.batch_size)]
-            batch_number += 1
+        for k in itertools.count():
+            first = self.start_position + (k * self.world_size + self.rank) * self.batch_size
+            yield [(self.start_batch + k, p, self.index_at(p)) for p in range(first, first + self.batch_size)]
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -299,6 +305,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_files: list[Path] = []
         self.val_files: list[Path] = []
         self.next_batch = 0
+        self.next_position: int | None = None
         self.samples_seen = 0
         self.bad_seen = 0  # bad samples consumed since step 0 (restored on resume), as samples_seen
         self.bad_restored = 0  # of which counted before this process resumed from a checkpoint
@@ -352,7 +359,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = StreamSampler(len(self.train_files), self.batch_size, self.seed, rank, world, self.next_batch)
+        sampler = StreamSampler(len(self.train_files), self.batch_size, self.seed, rank, world, self.next_batch,
+                                self.next_position)
         return self._loader(self.make_dataset(self.train_files), batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -372,6 +380,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.record_bad_held_out(error)
         if self.trainer is not None and self.trainer.training:
             self.next_batch = batch["batch_number"] + 1
+            # the first position no rank has taken: the stream goes on from there with any batch size
+            ranks_after = self.trainer.world_size - self.trainer.global_rank  # this one's included
+            self.next_position = batch["position"] + ranks_after * self.batch_size
             self.samples_seen += len(batch["images"]) + len(batch["skipped"])
             problem = self.record_bad(batch["skipped"])
             # decided by all ranks together: a rank that stopped alone would leave the others waiting
@@ -448,6 +459,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         list is ``skipped_images.txt``; keeping it out of the checkpoint keeps checkpoints small), and,
         once listed, the :meth:`listing` that the stream's positions refer to."""
         state = {"next_batch": self.next_batch, "samples_seen": self.samples_seen, "bad_files": self.bad_seen}
+        if self.next_position is not None:
+            state["next_position"] = self.next_position
         return {**state, **self.listing()} if self.train_files else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -457,6 +470,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         other photos is a warning: the run goes on (new photos can be the point), but its held-out
         photos and its stream are no longer the interrupted run's."""
         self.next_batch = int(state_dict["next_batch"])
+        # None (a checkpoint from before it was kept): where next_batch starts at this batch size
+        self.next_position = int(state_dict["next_position"]) if "next_position" in state_dict else None
         self.samples_seen = int(state_dict["samples_seen"])
         self.bad_seen = self.bad_restored = int(state_dict.get("bad_files", 0))
         if "photos_sha256" in state_dict:

@@ -401,11 +401,10 @@ class StyleTransferTask(ImageTask):
 
     def batch_styles(self, batch: dict[str, Any], count: int) -> torch.Tensor:
         """Which of the trained styles (0..len-1) each of the ``count`` samples takes: its position in
-        the data stream modulo the number of styles (as :class:`stylenet.data.StreamSampler` places
-        batches on ranks), so every style gets an equal share, reproducibly after a resume."""
-        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
-        size = count + len(batch.get("skipped", []))
-        first = (int(batch.get("batch_number", self.global_step)) * world + rank) * size
+        the data stream (:class:`stylenet.data.StreamSampler`) modulo the number of styles, so every
+        style gets an equal share, on every rank, reproducibly after a resume. A batch from elsewhere
+        (no ``position``) counts from the step."""
+        first = int(batch.get("position", self.global_step * (count + len(batch.get("skipped", [])))))
         return (first + torch.arange(count, device=self.device)) % len(self.trained_styles)
 
     def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -121,10 +121,11 @@ def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path) -
             return True
 
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1)
-    dm.trainer = SimpleNamespace(training=True, strategy=OtherProcessOverTheLimit())
+    dm.trainer = SimpleNamespace(training=True, strategy=OtherProcessOverTheLimit(), world_size=2, global_rank=1)
     with pytest.raises(StylenetError, match=r"^another process found too many unreadable training images"):
-        dm.on_before_batch_transfer({"batch_number": 0, "images": torch.zeros(1, 3, 8, 8), "skipped": []}, 0)
-    assert dm.next_batch == 1 and dm.samples_seen == 1 and dm.bad_seen == 0
+        dm.on_before_batch_transfer({"batch_number": 0, "position": 1, "images": torch.zeros(1, 3, 8, 8),
+                                     "skipped": []}, 0)
+    assert dm.next_batch == 1 and dm.next_position == 2 and dm.samples_seen == 1 and dm.bad_seen == 0
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -242,6 +243,11 @@ def test_stream_is_deterministic_sharded_and_resumable() -> None:
     assert [b[0][0] for b in full] == list(range(12))
     resumed = take(StreamSampler(10, batch_size=2, seed=3, start_batch=7), 5)
     assert resumed == full[7:12]
+    # resumed with another batch size from the first position not taken: the same samples, regrouped
+    regrouped = take(StreamSampler(10, batch_size=3, seed=3, start_batch=7, start_position=14), 2)
+    assert [[p for _, p, _ in batch] for batch in regrouped] == [[14, 15, 16], [17, 18, 19]]
+    assert [batch[0][0] for batch in regrouped] == [7, 8]
+    assert [i for batch in regrouped for _, _, i in batch] == [i for batch in full[7:10] for _, _, i in batch]
     rank0 = take(StreamSampler(10, batch_size=2, seed=3, rank=0, world_size=2), 3)
     rank1 = take(StreamSampler(10, batch_size=2, seed=3, rank=1, world_size=2), 3)
     positions0 = {p for batch in rank0 for _, p, _ in batch}

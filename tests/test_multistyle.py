@@ -206,7 +206,7 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
     other = make_photo(tmp_path / "other.png", seed=3)
     task = StyleTransferTask(model=TINY, loss=RANDOM_LOSS, image_size=32,
                              style={"images": [str(style_image), str(other)], "names": ["x", "y"], "size": 32})
-    draws = torch.cat([task.batch_styles({"batch_number": n}, 3) for n in range(4)])
+    draws = torch.cat([task.batch_styles({"batch_number": n, "position": 3 * n}, 3) for n in range(4)])
     assert draws.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
     assert task.hparams["model"]["styles"] == 2 and task.loss.target_gram("relu1_2").shape[0] == 2
     with pytest.raises(StylenetError, match="style.names has 1 names for 2"):

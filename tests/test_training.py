@@ -42,8 +42,8 @@ def make_trainer(run_dir: Path, max_steps: int, **kwargs: object) -> pl.Trainer:
                       **kwargs)
 
 
-def make_data(photo_folder: Path, val_images: int = 2) -> ImageFolderDataModule:
-    return ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=2,
+def make_data(photo_folder: Path, val_images: int = 2, batch_size: int = 2) -> ImageFolderDataModule:
+    return ImageFolderDataModule(source="folder", root=str(photo_folder), image_size=32, batch_size=batch_size,
                                  val_images=val_images)
 
 
@@ -109,20 +109,36 @@ def test_checkpoints_load_safely_and_export_round_trips(trained_run: Path, tmp_p
         assert torch.equal(at_end.net(image), expected)
 
 
-def test_resume_restores_step_optimizer_and_data_stream(tmp_path: Path, photo_folder: Path,
-                                                        style_image: Path) -> None:
+class StreamPositions(pl.Callback):
+    """The stream position of each training batch's first sample."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: dict, index: int) -> None:
+        self.seen.append(batch["position"])
+
+
+@pytest.mark.parametrize("resumed_batch_size", [2, 3])
+def test_resume_restores_step_optimizer_and_data_stream(tmp_path: Path, photo_folder: Path, style_image: Path,
+                                                        resumed_batch_size: int) -> None:
+    """The resumed run takes the stream on from the first sample the interrupted one did not take, also
+    with another data.batch_size (the stream's batch numbers at the new size skipped or repeated samples)."""
     pl.seed_everything(0)
     first = make_trainer(tmp_path / "a", max_steps=5)
     first.fit(make_task(style_image), datamodule=make_data(photo_folder), weights_only=True)
     checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["optimizer_states"][0]["state"][0]["step"] == 5
     assert checkpoint["ImageFolderDataModule"]["next_batch"] == 5
+    assert checkpoint["ImageFolderDataModule"]["next_position"] == 10
 
-    data = make_data(photo_folder)
-    resumed = make_trainer(tmp_path / "b", max_steps=8)
+    data, positions = make_data(photo_folder, batch_size=resumed_batch_size), StreamPositions()
+    resumed = make_trainer(tmp_path / "b", max_steps=8, callbacks=[positions])
     resumed.fit(make_task(style_image), datamodule=data, ckpt_path=tmp_path / "a" / "checkpoints" / "last.ckpt",
                 weights_only=True)
     assert resumed.global_step == 8 and data.next_batch == 8
+    assert positions.seen == [10 + k * resumed_batch_size for k in range(3)]
+    assert data.next_position == 10 + 3 * resumed_batch_size
     assert resumed.optimizers[0].state_dict()["state"][0]["step"] == 8
     assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
 
