@@ -209,6 +209,14 @@ def test_output_paths_are_validated_before_any_work(tmp_path: Path, model: Path,
         with pytest.raises(SystemExit):
             main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", bad])
         assert "only {stem}, {ext}, {style} and {model} can be used" in capsys.readouterr().err
+    for dressed in ("{stem!r}.png", "x_{style:>300}.png"):  # a quoted name, a name padded with spaces
+        with pytest.raises(SystemExit):
+            main([str(source), "--model", str(model), "-o", str(tmp_path), "--name", dressed])
+        field = dressed.partition("{")[2].partition("!")[0].partition(":")[0]
+        assert f"({{{field}}} takes no conversion or format)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(source), "--model", str(model), "-o", str(tmp_path / "s.png"), "--strength", "abc"])
+    assert "argument --strength: invalid float value: 'abc'" in capsys.readouterr().err
     for escape in (str(tmp_path / "abs_{stem}.png"), "../up_{stem}.png", "sub/../../up_{stem}.png"):
         with pytest.raises(SystemExit):  # written inside -o, never beside or above it
             main([str(source), "--model", str(model), "-o", str(tmp_path / "o"), "--name", escape])
@@ -250,6 +258,27 @@ def test_an_input_is_never_overwritten(tmp_path: Path, model: Path,
     assert code == 1 and "refusing to overwrite input" in err
     assert source.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no half-written files
+
+
+def test_a_second_run_into_an_output_folder_inside_the_photos_takes_no_output_for_a_photo(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run twice, -o inside the folder made out/out/photo_test_test.png; -o the folder itself made
+    photo_test_test.png and refusals, one more file each run."""
+    photos = tmp_path / "photos"
+    make_image(photos / "photo.png")
+    make_image(photos / "sub" / "other.png", seed=1)
+    for attempt in range(2):
+        code, out, err = run(capsys, photos, "-m", model, "-o", photos / "out")
+        assert code == 0 and out.startswith("2 done, 0 failed"), err
+        assert ("left out 2 file(s)" in err) is (attempt == 1)
+    assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.png")) == [
+        "out/photo_test.png", "out/sub/other_test.png", "photo.png", "sub/other.png"]
+    loose = make_image(tmp_path / "loose.png", seed=2)
+    code, out, err = run(capsys, photos / "sub", loose, "-m", model, "-o", photos / "sub")
+    assert code == 1 and out.startswith("1 done, 1 failed"), err
+    assert (f"error: folder {str(photos / 'sub')!r} is also -o: a second run would take this run's outputs for "
+            f"inputs; give -o a folder of its own, such as {str(photos / 'sub' / 'out') + os.sep!r}") in err
+    assert sorted(p.name for p in (photos / "sub").iterdir()) == ["loose_test.png", "other.png"]
 
 
 def test_a_malicious_model_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],

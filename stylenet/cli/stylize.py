@@ -72,6 +72,9 @@ def _fraction(text: str) -> float:
     return value
 
 
+_fraction.__name__ = "float"  # argparse names the type in its messages
+
+
 def _between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -249,17 +252,20 @@ class Report:
         return f"{self.done} done, {self.failed} failed, {rate}"
 
 
-def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
+def collect_inputs(specs: list[str], report: Report, output: Path) -> list[tuple[Path, Path]]:
     """``(file, folder of its output relative to -o)`` per input image, in order, without repeats.
 
     Folders are searched recursively and keep their sub-folder layout in the output (two
     ``img.png`` in different sub-folders must not collide); files and glob matches go flat. Files
     named explicitly are tried whatever their extension: the decoder, not the name, decides.
+    ``output`` (``-o``) is never searched: a second run would take the first one's outputs for
+    photos (``photo_candy_candy.png``), so a folder that is ``-o`` itself is refused, and ``-o``
+    inside a folder is left out of it.
     """
     found: list[tuple[Path, Path]] = []
     for spec in specs:
         try:
-            found += _expand(spec, report)
+            found += _expand(spec, report, output)
         except Exception as err:  # an unreadable folder, a permission error: this spec only
             report.error(describe(err, spec))
     seen: set[Path] = set()
@@ -271,7 +277,7 @@ def collect_inputs(specs: list[str], report: Report) -> list[tuple[Path, Path]]:
     return unique
 
 
-def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
+def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
     """The images one input argument stands for (see :func:`collect_inputs`); a folder's videos are
     named in a note, not stylized (minutes each: a video is named as a file or a glob)."""
     from stylenet.image import list_images
@@ -279,7 +285,17 @@ def _expand(spec: str, report: Report) -> list[tuple[Path, Path]]:
 
     path = Path(spec)
     if path.is_dir():
+        written = output.resolve()
+        if written == path.resolve():
+            raise StylenetError(f"folder {spec!r} is also -o: a second run would take this run's outputs for "
+                                f"inputs; give -o a folder of its own, such as {str(path / 'out') + os.sep!r}")
         images = list_images(path)
+        if written.is_relative_to(path.resolve()):  # -o inside the folder
+            kept = [image for image in images if not image.resolve().is_relative_to(written)]
+            if len(kept) < len(images):
+                report.note(f"left out {len(images) - len(kept)} file(s) of folder {spec!r} under -o "
+                            f"{str(output)!r}: outputs, not inputs")
+            images = kept
         videos = len(list_images(path, VIDEO_SUFFIXES))
         if videos:
             report.note(f"folder {spec!r} holds {videos} video(s), which a folder does not stylize: name them as "
@@ -490,9 +506,14 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     if args.match_histogram and task == "style" and not args.upscale:
         parser.error("--match-histogram needs --upscale")
     try:
-        fields = {field for _, field, _, _ in string.Formatter().parse(args.name) if field is not None}
+        parts = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(args.name)
+                 if field is not None]
+        fields = {field for field, _, _ in parts}
         if not fields <= NAME_FIELDS:  # plain names: no attribute or item access ({stem.upper}, {style[0]})
             raise ValueError(f"got {{{sorted(fields - NAME_FIELDS)[0]}}}")
+        dressed = next((field for field, spec, conversion in parts if spec or conversion), None)
+        if dressed:  # {stem!r} quotes the name, {stem:>300} pads it with spaces
+            raise ValueError(f"{{{dressed}}} takes no conversion or format")
         args.name.format(stem="x", ext="e", style="y", model="z")
     except (KeyError, IndexError, ValueError) as err:
         parser.error(f"--name {args.name!r}: only {{stem}}, {{ext}}, {{style}} and {{model}} can be used ({err})")
@@ -519,7 +540,7 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
                 reuse_freed_memory()
             upscale = getattr(args, "upscale", None)
             upscaler = load_inference_model(upscale, "sr", options) if upscale else None
-            inputs = collect_inputs(args.inputs, report)
+            inputs = collect_inputs(args.inputs, report, Path(args.output))
             models = []
             for path in args.models:
                 try:
