@@ -108,9 +108,10 @@ class ResumableRun(pl.Callback):
         if not isinstance(exception, (TrainingInterrupted, SIGTERMException)):
             return
         path = self.interrupt_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        log.warning("interrupted: saved %s at step %d; run again (resume=auto) to continue", path,
-                    trainer.global_step)
+        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes the file, and says so once
+        if trainer.is_global_zero:
+            log.warning("interrupted: saved %s at step %d; run again (resume=auto) to continue", path,
+                        trainer.global_step)
 
     @staticmethod
     def interrupt_checkpoint_path(trainer: pl.Trainer) -> Path:

@@ -66,14 +66,21 @@ def test_sections_and_bad_arguments(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("bad", "named"), [
-    (["--train-size", "18"], "--train-size a multiple of 4"), (["--sizes", "0"], "--sizes >= 16"),
-    (["--threads", "-1"], "--threads >= 1"), (["--weights", "nosuch.pth"], "--weights must be"),
+    (["--train-size", "18"], "--train-size must be a multiple of 4, >= 16, got 18"),
+    (["--sizes", "64", "0"], "--sizes must be each >= 16, got 64 0"),
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--reps", "0"], "--reps must be >= 1, got 0"), (["--weights", "nosuch.pth"], "--weights must be"),
+    (["--sections", "infer,nonsense"], "--sections: unknown section 'nonsense'; choose from train,"),
+    (["--sections", ""], "--sections is empty and there is no --loss-curve: nothing to measure"),
+    (["--compile"], "--compile is used by the train section only, and --sections has none of them"),
+    (["--model-file", "m.safetensors"], "--model-file is used by the frames and photo sections only"),
     (["--json", "."], "cannot write --json '.': it is a folder")])
 def test_bad_arguments_are_refused_before_any_measuring(bad: list[str], named: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         bench.main(["--quick", "--sections", "infer", *bad])
-    assert stop.value.code == 2 and named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"stylenet-bench: error: {named}" in err, err
 
 
 @pytest.mark.parametrize("section", ["gatys", "train"])  # in this process, and in a worker process
@@ -120,7 +127,8 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
 
 def test_derived_figures_and_targets_hand_computed() -> None:
     """The floor, the bound and the targets from a hand-made set of figures."""
-    results = {"train_fast_precision": "32-true", "train_fast_s": 4.0, "train_reference_s": 8.0,
+    results = {"train_size": 256, "train_batch": 4, "train_fast_precision": "32-true", "train_fast_s": 4.0,
+               "train_reference_s": 8.0,
                "train_fast_gflop": 600.0, "train_fast_executed_gflop": 500.0, "train_reference_gflop": 700.0,
                "conv_fp32_gflops": 250.0, "conv_bf16_gflops": 20.0,
                "gatys_size": 256, "gatys_iteration_s": 0.5, "infer_fast_paper_256_seconds": 0.2,
@@ -142,6 +150,14 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     assert targets["frames_half_640x480_fps"]["met"] and not targets["frames_paper_640x480_fps"]["met"]
     assert targets["photo_default_4000x3000_time_ratio"]["met"] and targets["photo_default_4000x3000_peak_mb"]["met"]
     assert not targets["photo_default_4000x3000_psnr_db"]["met"]
+    assert "targets_not_judged" not in results
+    # a step of another size than the targets' (--quick, --train-size): no verdict, and why
+    results |= {"train_size": 32, "train_batch": 2, "gatys_size": 32}
+    report.derived(results)
+    assert not {"train_fraction_of_peak", "gatys500_over_feedforward"} & set(results["targets"])
+    assert results["targets_not_judged"]["train_fraction_of_peak"] == (
+        "training step's executed FLOP rate / conv ceiling: measured at train_size 32 (the target's: 256), "
+        "train_batch 2 (the target's: 4)")
 
 
 def test_rows_timed_with_a_model_file_name_it() -> None:

@@ -79,8 +79,9 @@ PROG = "stylenet-bench"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, details = __doc__.replace("``", "").split("\n\n", 1)
+    parser = argparse.ArgumentParser(prog=PROG, description=summary,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=details)
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--sizes", type=int, nargs="+", help="inference sides, px (default 256 512 1024 2048)")
@@ -103,11 +104,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    if (not set(sections) <= set(SECTIONS) or args.reps < 1 or args.loss_curve < 0
-            or (args.train_size is not None and (args.train_size < 16 or args.train_size % 4))
-            or any(size < 16 for size in args.sizes or []) or (args.threads is not None and args.threads < 1)):
-        parser.error(f"--sections must be a subset of {','.join(SECTIONS)}, --reps >= 1, --loss-curve >= 0, "
-                     "--train-size a multiple of 4 >= 16, --sizes >= 16, --threads >= 1")
+    unknown = [section for section in sections if section not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown section {unknown[0]!r}; choose from {','.join(SECTIONS)}")
+    if not sections and not args.loss_curve:
+        parser.error("--sections is empty and there is no --loss-curve: nothing to measure")
+    sizes = args.sizes or []
+    for option, value, wrong, rule in (
+            ("--reps", args.reps, args.reps < 1, ">= 1"),
+            ("--loss-curve", args.loss_curve, args.loss_curve < 0, ">= 0"),
+            ("--train-size", args.train_size,
+             args.train_size is not None and (args.train_size < 16 or args.train_size % 4), "a multiple of 4, >= 16"),
+            ("--sizes", " ".join(map(str, sizes)), any(size < 16 for size in sizes), "each >= 16"),
+            ("--threads", args.threads, args.threads is not None and args.threads < 1, ">= 1")):
+        if wrong:
+            parser.error(f"{option} must be {rule}, got {value}")
+    for option, given, used_by in (("--model-file", args.model_file, ("frames", "photo")),
+                                   ("--compile", args.compile, ("train",))):
+        if given and not set(used_by) & set(sections):
+            parser.error(f"{option} is used by the {' and '.join(used_by)} section{'s' * (len(used_by) > 1)} only, "
+                         f"and --sections has none of them")
     if args.weights not in ("random", "calibrated", "imagenet") and not Path(args.weights).is_file():
         parser.error(f"--weights must be random, calibrated, imagenet or a .pth file, got {args.weights!r}")
     reason = unwritable(args.json) if args.json else None
