@@ -79,9 +79,10 @@ PLACEHOLDER = re.compile(r"<[^<>\s]+>|(?<![\w.])/(?:path|data)/")
 
 #: Hydra overrides that make any stylenet-train run tiny (the README's values are overridden, the
 #: command's groups, data source, task and style stay). 48 px: x8 super-resolution needs LR patches of 5 px.
-TRAIN_TINY = ("trainer.max_steps=2 trainer.val_check_interval=2 trainer.log_every_n_steps=1 "
-              "model.channels=8 model.residual_blocks=1 data.image_size=48 data.batch_size=1 "
-              "data.num_workers=0 data.val_images=1 style.size=32")
+#: A style added to a model file trains that file's network: no model settings (task=add_style refuses them).
+TRAIN_TINY_BASE = ("trainer.max_steps=2 trainer.val_check_interval=2 trainer.log_every_n_steps=1 "
+                   "data.image_size=48 data.batch_size=1 data.num_workers=0 data.val_images=1 style.size=32")
+TRAIN_TINY = f"{TRAIN_TINY_BASE} model.channels=8 model.residual_blocks=1"
 
 
 @dataclass
@@ -103,6 +104,8 @@ PROGRAMS: list[Program] = [
     Program(r"^\S*stylenet-train (?:-m|--multirun)\b", TRAIN_TINY, {"loss.weights=": "loss.weights=random"},
             expect=("outputs/multirun/*/contact_sheet.png", "outputs/multirun/*/sweep.md",
                     "outputs/multirun/*/0/*.safetensors")),
+    Program(r"^\S*stylenet-train\b.*\btask=add_style\b", TRAIN_TINY_BASE, {"loss.weights=": "loss.weights=random"},
+            expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),
     Program(r"^\S*stylenet-train\b", TRAIN_TINY, {"loss.weights=": "loss.weights=random"},
             expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),
     # 96 px: scales=3 with VGG-19 up to relu5_1 needs 16 px at the coarsest scale

@@ -121,9 +121,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"{option} must be {rule}, got {value}")
     for option, given, used_by in (("--model-file", args.model_file, ("frames", "photo")),
                                    ("--compile", args.compile, ("train",))):
-        if given and not set(used_by) & set(sections):
-            parser.error(f"{option} is used by the {' and '.join(used_by)} section{'s' * (len(used_by) > 1)} only, "
-                         f"and --sections has none of them")
+        if given and not set(used_by) & set(sections):  # said, not refused: the other figures are still wanted
+            print(f"{PROG}: note: {option} is used by the {' and '.join(used_by)} section"
+                  f"{'s' * (len(used_by) > 1)} only, and --sections has none of them: it changes nothing here",
+                  file=sys.stderr)
     if args.weights not in ("random", "calibrated", "imagenet") and not Path(args.weights).is_file():
         parser.error(f"--weights must be random, calibrated, imagenet or a .pth file, got {args.weights!r}")
     reason = unwritable(args.json) if args.json else None
