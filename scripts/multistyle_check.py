@@ -120,7 +120,12 @@ def fit(task: pl.LightningModule, steps: int, args: argparse.Namespace, path: Pa
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          use_distributed_sampler=False, callbacks=[ExportStyleModel(str(path))],
                          default_root_dir=path.parent)
-    trainer.fit(task, datamodule=data, weights_only=True)
+    try:
+        trainer.fit(task, datamodule=data, weights_only=True)
+    except SystemExit:  # Lightning ends a run stopped by Ctrl-C with exit 1: a stop here, said as one
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     print(f"trained {path.name} ({steps} steps)", file=sys.stderr, flush=True)
     return path
 
@@ -283,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 def check_styles(args: argparse.Namespace) -> None:

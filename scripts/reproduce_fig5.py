@@ -230,6 +230,9 @@ def reproduce(args: argparse.Namespace, error: ErrorReporter) -> int:
     print(report(bands, means, args.inits))
     if not args.no_plot:
         plot(out / "fig5.png", bands, means, args.inits)
+    elif (out / "fig5.png").exists():  # an earlier run's plot would no longer show this table
+        (out / "fig5.png").unlink()
+        print(f"removed the earlier run's {out / 'fig5.png'}", file=sys.stderr)
     written = [out / "fig5.csv"] + ([] if args.no_plot else [out / "fig5.png"])
     print("wrote " + " and ".join(map(str, written)), file=sys.stderr)
     return 0

@@ -45,7 +45,12 @@ def run(command: list[str], threads: int) -> float:
     """Run and echo ``command`` with ``threads`` OpenMP threads; returns its wall time in seconds."""
     print(f"$ OMP_NUM_THREADS={threads}", " ".join(command), flush=True)
     started = time.perf_counter()
-    status = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    try:
+        status = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the command too: let it end its own way (training saves a checkpoint)
+        process.wait()
+        raise
     if status:
         raise StepFailed(f"{Path(command[0]).name} failed (exit {status}); its own error is above")
     return time.perf_counter() - started
@@ -103,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except StepFailed as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the same command with resume=auto goes on from the training's checkpoint",
+              file=sys.stderr)
+        return 130
 
 
 def measure(args: argparse.Namespace) -> int:

@@ -431,16 +431,19 @@ def report_cells(data: Path) -> set[str]:
 
 
 def training_report(run_dir: str | Path, model_path: str | Path, style: str | Path, photos: Sequence[Path],
-                    size: int, on_error: Callable[[str], None] | None = None) -> dict[str, Path]:
+                    size: int, on_error: Callable[[str], None] | None = None) -> tuple[dict[str, Path], str]:
     """The end of a style run: photo | style | network for the held-out photos, measured, as
     ``figure.png``, ``quality.md`` and ``quality.json`` in ``run_dir`` (cells under ``quality/``).
     ``quality.json`` is what a multirun's contact sheet reads (:mod:`stylenet.sweep`). A photo left
-    out is passed to ``on_error`` (one line), as :func:`run_report` does."""
+    out is passed to ``on_error`` (one line), as :func:`run_report` does. Returns the files and whether the
+    network meets the quality targets (:func:`verdict`), for the run's log: a run that misses them says so
+    where its user looks, not only inside ``quality.md``."""
     from stylenet.modelfile import read_model
 
     style_path = resolve_image_path(style)
     photos = [photo for photo in photos if not same_file(photo, style_path)]
     method = network_method("network", read_model(model_path, task="style").net)
     report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality", on_error=on_error)
-    return write_report(run_dir, report, rows, table="quality.md", data="quality.json",
-                        title=f"Quality of {Path(model_path).name}", extra={"model": str(model_path)})
+    paths = write_report(run_dir, report, rows, table="quality.md", data="quality.json",
+                         title=f"Quality of {Path(model_path).name}", extra={"model": str(model_path)})
+    return paths, verdict(report.missed(method.name))

@@ -15,7 +15,7 @@ from stylenet.errors import StylenetError, first_line
 from stylenet.image import load_rgb, save_image
 from stylenet.inference import run_network
 from stylenet.modelfile import read_model
-from stylenet.report import network_method, run_report, same_file, write_report
+from stylenet.report import network_method, run_report, same_file, verdict, write_report
 from stylenet.styles import style_records
 
 log = logging.getLogger(__name__)
@@ -43,5 +43,6 @@ def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[
         reports[name] = write_report(run_dir / "styles" / name, report, rows, table="quality.md",
                                      data="quality.json", title=f"Quality of {Path(model_path).name}, style {name}",
                                      extra={"model": str(model_path), "style": name})
-        log.info("style %s: quality of the held-out photos in %s", name, reports[name]["table"])
+        log.info("style %s: quality of the held-out photos: targets %s; %s", name,
+                 verdict(report.missed("network")), reports[name]["table"])
     return reports

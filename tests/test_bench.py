@@ -53,6 +53,18 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
     assert "photo 128x96 (paper net)" in other_table and "ran on: " in other_table
 
 
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop while a section measures: one line and 130, as the other commands (it printed a traceback)."""
+    def stopped(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_conv", stopped)
+    assert bench.main(["--quick", "--sections", "conv", "--json", str(tmp_path / "b.json")]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "stylenet-bench: interrupted"
+    assert not (tmp_path / "b.json").exists()
+
+
 def test_sections_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "conv.json"
     assert bench.main(["--quick", "--sections", "conv", "--json", str(out), "--compile"]) == 0

@@ -376,6 +376,8 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     ("init=5", r"init must be one of content, noise, style or an image file \(.*\), got 5"),
     ("loss.seed=abc", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got 'abc'"),
     ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
+    ("loss=pixel", r"^the loss has no style term to optimise: choose loss=offline, perceptual or gatys_vgg19"),
+    ("loss.style_weight=0", r"^the loss has no style term to optimise"),
 ])
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
                                                  message: str) -> None:

@@ -402,10 +402,11 @@ def test_the_training_report_passes_each_photo_it_leaves_out_to_its_caller(tmp_p
 
     left_out: list[str] = []
     missing = tmp_path / "in" / "moved.png"
-    paths = training_report(tmp_path / "run", inputs["a"], inputs["style"], [inputs["wide"], missing], SIZE,
-                            on_error=left_out.append)
+    paths, said = training_report(tmp_path / "run", inputs["a"], inputs["style"], [inputs["wide"], missing], SIZE,
+                                  on_error=left_out.append)
     assert left_out == [f"cannot read image {str(missing)!r}: no such file"]
     assert [entry["photo"] for entry in json.loads(paths["data"].read_text())["entries"]] == ["wide"]
+    assert f"network: {said}." in paths["table"].read_text()  # the run's log says the table's verdict
 
 
 def test_each_styles_report_passes_the_photos_it_leaves_out_to_its_caller(

@@ -205,6 +205,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, script: str, style_mode
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("script", ["sr_quality", "multistyle_check", "tile_check"])
+def test_the_other_scripts_end_a_ctrl_c_in_one_line_and_exit_130(
+        tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """They printed a traceback (sr_quality, tile_check) or exited 1 after Lightning's shutdown line
+    (multistyle_check)."""
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    module = load_script(script)
+    monkeypatch.setattr(module, {"sr_quality": "run", "multistyle_check": "fit", "tile_check": "check_export"}[script],
+                        interrupted)
+    argv = {"sr_quality": ["--run-dir", str(tmp_path / "sq")],
+            "multistyle_check": ["--steps", "1", "--out", str(tmp_path / "ms")], "tile_check": ["export"]}[script]
+    assert module.main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{script}.py: interrupted")
+
+
 def test_fig5_refuses_a_style_size_that_cannot_work_before_measuring(tmp_path: Path, style_model: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """--style-size 0 is a usage error (not the model's size in its place), and one too large for the

@@ -72,6 +72,7 @@ from stylenet.bench.sections import (
 )
 from stylenet.bench.training import AUTOCAST, loss_curve
 from stylenet.bench.worker import MODELS
+from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.devices import resolve_device
 from stylenet.fastpath import training_precision
 
@@ -164,16 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         "data": lambda: bench_data(profile, results.get("train_fast_s")),
     }
     try:
-        for section in [name for name in sections if name in args.sections]:  # data reads train's step time
-            print(f"{PROG}: {section} ...", file=sys.stderr, flush=True)
-            results.update(sections[section]())
-        if args.loss_curve:
-            print(f"{PROG}: loss curve, {args.loss_curve} steps x 2 ...", file=sys.stderr, flush=True)
-            results.update(loss_curve(device, args.loss_curve, profile.train_size, profile.batch, profile.precision,
-                                      args.weights))
+        with sigterm_as_terminated():
+            for section in [name for name in sections if name in args.sections]:  # data reads train's step time
+                print(f"{PROG}: {section} ...", file=sys.stderr, flush=True)
+                results.update(sections[section]())
+            if args.loss_curve:
+                print(f"{PROG}: loss curve, {args.loss_curve} steps x 2 ...", file=sys.stderr, flush=True)
+                results.update(loss_curve(device, args.loss_curve, profile.train_size, profile.batch,
+                                          profile.precision, args.weights))
     except StylenetError as err:  # a setting a section refuses (a --weights file that is not there, ...)
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as stop:  # one line, as the other commands; --json is not written
+        how, status = stopped_by(stop)
+        print(f"{PROG}: {how}", file=sys.stderr)
+        return status
     derived(results)
     results["meta"]["load_average_end"] = load_average()
     print_table(results, profile.models, profile.sizes)

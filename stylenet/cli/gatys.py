@@ -189,6 +189,9 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
     except TypeError as err:
         raise StylenetError(f"loss: {err}") from None
+    if not loss.needs_style or not loss.term_weights["style"] > 0:  # loss=pixel: the photo is its own optimum
+        raise StylenetError("the loss has no style term to optimise: choose loss=offline, perceptual or "
+                            "gatys_vgg19 (with loss.style_weight > 0)")
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
     style_shapes = [long_side_shape(*style.shape[-2:], cfg.style_size or max(height, width)) for style in styles]
     for style_height, style_width in style_shapes:  # their Grams are one forward pass each: no optimiser state

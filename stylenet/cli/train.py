@@ -299,12 +299,13 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
         from stylenet.report import training_report
 
         try:
-            paths = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size),
+            paths, verdict = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size),
                                     on_error=datamodule.record_bad_held_out)
         except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
             log.warning("no quality report: %s", first_line(err))
         else:
-            log.info("quality of the held-out photos: %s, %s", paths["table"], paths.get("figure"))
+            log.info("quality of the held-out photos: targets %s; %s, %s", verdict, paths["table"],
+                     paths.get("figure"))
 
 
 #: The jobs of this process's sweep (``stylenet-train -m``) that failed, each already reported.
