@@ -358,6 +358,7 @@ def test_tile_check_measures_seams_in_fp32_and_says_so(monkeypatch: pytest.Monke
     runs in fp32, and prints the precision it used."""
     tile_check = load_script("tile_check")
     monkeypatch.setattr("stylenet.inference.model.inference_precision", lambda device: "bf16")
-    tile_check.main(["psnr", "--size", "96", "--tile", "64"])
+    assert tile_check.main(["psnr", "--size", "96", "--tile", "64"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("whole 96x96 in fp32: ") and "overlap 64: PSNR vs whole" in printed
+    assert printed.startswith("whole 96x96 in fp32: ") and "overlap 32: PSNR vs whole" in printed
+    assert "overlap 64" not in printed  # more than half a tile: the tiler would measure overlap 32 again
