@@ -160,6 +160,10 @@ def test_resizing_and_tiling_options(tmp_path: Path, model: Path, capsys: pytest
     assert code == 0, err
     with Image.open(tmp_path / "small.png") as image:
         assert image.size == (100, 75)
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "wide.png", "--tile", 64,
+                       "--tile-overlap", 48)
+    assert code == 0 and err == ("stylenet-stylize: note: --tile-overlap 48 is more than half of --tile 64: tiles "
+                                 "overlap by 32 px at most\n"), err
     code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "half.png", "--scale", 0.5)
     assert code == 0, err
     with Image.open(tmp_path / "half.png") as image:

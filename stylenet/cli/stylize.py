@@ -530,7 +530,10 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
                 parser.error(f"--tile must be at least {MIN_TILE}")
             if args.tile_overlap is not None and args.tile_overlap < 0:
                 parser.error("--tile-overlap must be >= 0")
-            if args.tile_overlap is not None and args.tile_overlap < DEFAULT_TILE_OVERLAP:  # allowed: a quick look
+            if None not in (args.tile, args.tile_overlap) and args.tile_overlap > args.tile // 2:  # the tiler's most
+                report.note(f"--tile-overlap {args.tile_overlap} is more than half of --tile {args.tile}: tiles "
+                            f"overlap by {args.tile // 2} px at most")
+            elif args.tile_overlap is not None and args.tile_overlap < DEFAULT_TILE_OVERLAP:  # allowed: a quick look
                 report.note(f"--tile-overlap {args.tile_overlap} is below the default {DEFAULT_TILE_OVERLAP} px: "
                             "the tiles' borders can show as seams in tiled images")
 
