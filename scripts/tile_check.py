@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402 - after the path setup
 
 from stylenet import metrics  # noqa: E402
+from stylenet.cli import ErrorReporter, run_reporting_errors  # noqa: E402
 from stylenet.export import write_models  # noqa: E402
 from stylenet.fastpath import reuse_freed_memory  # noqa: E402
 from stylenet.image import demo_root, load_image, resize  # noqa: E402
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.size < 1 or args.large < 1 or args.tile < MIN_TILE:
         parser.error(f"--size and --large must be >= 1 px and --tile >= {MIN_TILE} px")
     reuse_freed_memory()  # as stylenet-stylize runs on the CPU
-    try:
+
+    def run_checks(error: ErrorReporter) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             for check in args.checks:
@@ -140,10 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                     check_export(folder)
                 else:
                     check_large(folder, args.large)
-    except KeyboardInterrupt:  # one line, as the commands it checks
-        print("tile_check.py: interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_reporting_errors("tile_check.py", run_checks)  # Ctrl-C: one line, as the commands it checks
 
 
 if __name__ == "__main__":

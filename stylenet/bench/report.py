@@ -104,10 +104,9 @@ def derived(results: dict[str, Any]) -> None:
     feed_forward = key("infer_fast_paper", r.get("gatys_size"), "seconds")
     if "gatys_iteration_s" in r and feed_forward in r:
         r["gatys500_over_feedforward"] = 500 * r["gatys_iteration_s"] / r[feed_forward]
-    measured = [target for target in TARGETS if target.figure in r]
-    r["targets"] = {target.figure: target.verdict(r[target.figure]) for target in measured if not target.unlike(r)}
-    not_judged = {target.figure: f"{target.what}: measured at {target.unlike(r)}" for target in measured
-                  if target.unlike(r)}
+    unlike = {target: target.unlike(r) for target in TARGETS if target.figure in r}  # measured: how it differs
+    r["targets"] = {target.figure: target.verdict(r[target.figure]) for target, how in unlike.items() if not how}
+    not_judged = {target.figure: f"{target.what}: measured at {how}" for target, how in unlike.items() if how}
     if not_judged:
         r["targets_not_judged"] = not_judged
 

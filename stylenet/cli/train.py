@@ -300,7 +300,7 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
 
         try:
             paths, verdict = training_report(run_dir, export, cfg.style.image, photos, int(cfg.style.size),
-                                    on_error=datamodule.record_bad_held_out)
+                                             on_error=datamodule.record_bad_held_out)
         except (StylenetError, OSError) as err:  # the model is saved: a missing figure fails nothing
             log.warning("no quality report: %s", first_line(err))
         else:
