@@ -381,6 +381,24 @@ def test_a_full_queue_refuses_requests_cleanly(server_config: ServeConfig, tmp_p
         server.server_close()
 
 
+def test_a_burst_of_connections_waits_for_the_server_instead_of_being_dropped(server_config: ServeConfig) -> None:
+    """40 clients connecting before the server accepts any (it is busy): the system queues them all for
+    the handler, which answers each with a result or a 503. socketserver's default backlog of 5 let the
+    seventh wait for the kernel's SYN retry (a second and more) or be reset."""
+    server = StyleServer(server_config)  # bound and listening, not accepting yet
+    clients, failure = [], None
+    try:
+        for _ in range(40):
+            clients.append(socket.create_connection(address(server), timeout=0.5))
+    except OSError as err:
+        failure = err
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert failure is None, f"connection {len(clients) + 1} of 40: {failure!r}"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the server's peak memory from /proc (Linux)")
 def test_a_burst_of_requests_completes_or_is_refused_within_the_memory_limit(tmp_path: Path, models: Path) -> None:
     """The console script under a burst of photos and webcam frames from several threads: every request

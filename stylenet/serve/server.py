@@ -51,6 +51,10 @@ class StyleServer(ThreadingHTTPServer):
     """One page, its JSON API and its workers; ``with StyleServer(config) as server:`` cleans up."""
 
     daemon_threads = True
+    #: connections the system holds until the server accepts them (socketserver's default is 5): a burst beyond
+    #: that had its connections reset or stalled for a second by the kernel, where the handler answers each one,
+    #: with its result or a 503 when the workers and the queue are full
+    request_queue_size = 128
 
     def __init__(self, config: ServeConfig) -> None:
         from stylenet.devices import resolve_device
