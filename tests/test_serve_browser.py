@@ -132,6 +132,22 @@ def test_the_page_stylizes_an_uploaded_photo(browser: Any, page_server: StyleSer
     assert message == "no longer kept by the server: stylize the photo again"
 
 
+def test_a_tiff_the_browser_cannot_show_gets_a_line_in_the_photos_place(browser: Any, page_server: StyleServer,
+                                                                         tmp_path: Path) -> None:
+    """The server stylizes TIFFs, which Chrome's <img> does not decode: the result shows, and a line takes the
+    place of the broken photo beside it."""
+    photo = make_photo(tmp_path / "scan.tif", size=(64, 48), seed=3)
+    open_page(browser, page_server)
+    choose_only(browser, "tiny")
+    browser.find_element("id", "files").send_keys(str(photo))
+    note = wait_for(browser, """
+        const image = document.querySelector('.card img.result'), note = document.querySelector('.card .photo-note');
+        return image && image.complete && image.naturalWidth === 64 && note ? note.textContent : null;""",
+                    "the stylized TIFF beside a line for the photo")
+    assert note == "this browser cannot show the photo's format"
+    assert not browser.find_elements("css selector", ".card img.photo")
+
+
 def test_two_ticked_styles_of_one_file_can_be_blended_with_their_weights(
         browser: Any, tmp_path: Path, screenshot: Callable[[str], Path]) -> None:
     from tests.test_multistyle import multi_file, multi_net

@@ -149,10 +149,16 @@ function showResults(view, job, photoUrl) {
     image.dataset.width = result.width;
     image.dataset.height = result.height;
     view.card.append(element("div", { className: "pair" },
-      element("figure", {}, element("img", { className: "photo", src: photoUrl, alt: job.name }),
+      element("figure", {}, element("img", { className: "photo", src: photoUrl, alt: job.name, onerror: unshown }),
         element("figcaption", { textContent: "photo" })),
       element("figure", {}, image, element("figcaption", {}, `${result.label} · `, link))));
   }
+}
+
+// A photo the server reads and the browser does not (TIFF, in Chrome and Firefox): a line in its place, not the
+// broken-image icon beside its result
+function unshown(event) {
+  event.target.replaceWith(element("p", { className: "photo-note", textContent: "this browser cannot show the photo's format" }));
 }
 
 // The server keeps the results of its last photos only: a link to one it dropped says so on the page,
