@@ -282,6 +282,23 @@ def test_a_size_of_our_choosing_is_even_so_players_can_decode_it(tmp_path: Path,
         assert (video.height, video.width, video.codec_context.pix_fmt) == (34, 44, "yuv420p")
 
 
+def test_a_max_size_above_an_odd_clip_still_gives_even_sides(tmp_path: Path, model_file: Path) -> None:
+    """--max-size larger than a 33x33 clip leaves its size, but a size was asked for: 32x32 in 4:2:0; with
+    no size asked for, the clip's own odd sides are kept (in 4:4:4)."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "odd.mp4"
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 33, 33, "yuv444p"
+        write_frames(av, container, video, 2, 33)
+    for options, expected in ((["--max-size", "200"], (32, 32, "yuv420p")), ([], (33, 33, "yuv444p"))):
+        out = tmp_path / f"out{len(options)}.mp4"
+        assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out), *options]) == 0
+        with av.open(str(out)) as container:
+            stream = container.streams.video[0]
+            assert (stream.height, stream.width, stream.codec_context.pix_fmt) == expected
+
+
 def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_path: Path, model_file: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "mixed"
@@ -469,6 +486,37 @@ def test_a_truncated_clip_leaves_an_earlier_output_as_it_was(tmp_path: Path, mod
     err = capsys.readouterr().err
     assert "is truncated or corrupt" in err and f"{str(earlier)!r} exists already and is left as it was" in err
     assert earlier.read_bytes() == b"an earlier run's video" and not list(tmp_path.glob(".*"))
+
+
+def test_a_matroska_cut_in_its_audio_near_the_end_is_called_truncated(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """A Matroska file's frame count is estimated from its duration, which forgives a frame: a cut that
+    loses audio (here all of it is muxed after the video) and at most one frame was taken for a whole
+    file. Each stream must reach where the header says it ends, and the file the size of its Segment."""
+    av = pytest.importorskip("av")
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(whole), "w") as container:
+        video = h264(container, 32)  # (B-frames: x264's default)
+        audio = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+        write_frames(av, container, video, 12, 32)
+        for start in range(0, 4000, 100):  # 0.5 s in 40 packets
+            tone = (np.sin(np.arange(start, start + 100) / 5) * 9000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 8000, start
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode(None))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 9 // 10])
+    assert len(list(iter_video_frames(whole))) == 12  # the whole file is whole
+    out = tmp_path / "out.mkv"
+    assert stylize_main([str(cut), "-m", str(model_file), "-o", str(out)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{str(cut)!r} is truncated or corrupt: its audio stream #1 ended at" in line, line
+    assert 11 <= len(read_clip(out)["frames"]) <= 12  # the frames before the break, a valid file
+    cut.write_bytes(data[:-1])  # one byte: what is lost shows in no stream's time, but in the Segment's size
+    with pytest.raises(StylenetError, match=r"cut.mkv' is truncated or corrupt: it breaks off 1 bytes before"):
+        list(iter_video_frames(cut))
 
 
 def remux(source: Path, target: Path, change: Any = None, extra_audio: str | None = None) -> Path:

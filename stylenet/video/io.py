@@ -116,6 +116,12 @@ class VideoResult:
     dropped: list[str] = field(default_factory=list)  # the input's streams left out (no decoder for their codec)
     retimed: int = 0  # audio packets whose time went back, moved on by a tick (as FFmpeg's tools move them)
     info: VideoInfo | None = field(default=None, repr=False)
+    reached: dict[int, float] = field(default_factory=dict)  # per stream read (index): where its packets end, s
+    steps: dict[int, float] = field(default_factory=dict)  # per stream read: its longest packet, s (the tolerance)
+    promised: dict[int, float] = field(default_factory=dict)  # per stream read: where the header says it ends, s;
+                                                             # key -1: the container's, for the one ending last
+    kinds: dict[int, str] = field(default_factory=dict)  # per stream read: what the messages call it
+    missing_bytes: int = 0  # how much shorter the file is than its Matroska Segment says
 
     @property
     def frames_per_second(self) -> float:
@@ -157,11 +163,76 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
     seconds = None
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
-    elif "DURATION" in stream.metadata:  # HH:MM:SS.nnnnnnnnn; informational: a malformed one counts nothing
-        with contextlib.suppress(ValueError):
-            hours, minutes, rest = stream.metadata["DURATION"].split(":")
-            seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    else:
+        seconds = _tag_seconds(stream.metadata)
     return (round(seconds * rate) if seconds and rate else None), False
+
+
+def _tag_seconds(metadata: dict[str, str]) -> float | None:
+    """A Matroska stream's DURATION tag (``DURATION-eng`` in a language other than "und"), HH:MM:SS.nnnnnnnnn,
+    in seconds; None without one. Informational only: a malformed one says nothing."""
+    for key, value in metadata.items():
+        if key.upper().partition("-")[0] == "DURATION":
+            with contextlib.suppress(ValueError):
+                hours, minutes, rest = value.split(":")
+                return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    return None
+
+
+#: Containers whose header is finished with the length of each stream (or of the file) once every packet
+#: is written, so that a stream ending sooner broke off: Matroska and WebM, whose frame count is only
+#: estimated from a duration. An MP4 or MOV file's index counts its frames exactly, and its edit lists
+#: move where a stream ends; MPEG-TS and AVI give estimates or nothing.
+_LENGTHS_KNOWN = ("matroska",)
+#: EBML IDs (marker bits kept) of the EBML header and of the Matroska Segment after it.
+_EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
+
+
+def _promised_ends(container: Any, streams: list[Any]) -> dict[int, float]:
+    """Where each of ``streams`` ends, s, as the header says: its Matroska DURATION tag, else its own
+    duration (from its start); key -1: the container's duration, for the stream that ends last, where no
+    stream gives one and every stream is read (a subtitle stream may end after all of them). A file cut
+    short keeps its header, and its audio, muxed at the end or in longer packets, falls short of it."""
+    promised: dict[int, float] = {}
+    if not container.format.name.startswith(_LENGTHS_KNOWN):
+        return promised
+    for stream in streams:
+        seconds = _tag_seconds(stream.metadata)
+        if seconds is None and stream.duration and stream.time_base:
+            seconds = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+        if seconds:
+            promised[stream.index] = seconds
+    if not promised and container.duration and len(container.streams) == len(streams):
+        promised[-1] = container.duration / 1_000_000  # in AV_TIME_BASE
+    return promised
+
+
+def _ebml_number(data: bytes, offset: int) -> tuple[int, int]:
+    """The EBML variable-size number at ``offset`` (marker bit kept) and its width in bytes."""
+    width = 9 - data[offset].bit_length()  # the leading zeros of its first byte, plus one
+    if not 1 <= width <= 8 or offset + width > len(data):
+        raise ValueError("not an EBML number")
+    return int.from_bytes(data[offset:offset + width], "big"), width
+
+
+def _matroska_missing_bytes(path: Path) -> int:
+    """How many bytes the file lacks of the Matroska Segment its header sizes (0: none, or a size left
+    unknown, as a muxer writing to a pipe leaves it): a file cut short, even where all it lost is a
+    B-frame shown before the last frame read and audio that a packet's length of slack forgives."""
+    with contextlib.suppress(OSError, ValueError, IndexError), path.open("rb") as file:
+        head, offset = file.read(256), 0
+        for wanted in (_EBML_HEADER, _SEGMENT):
+            ident, width = _ebml_number(head, offset)
+            size, size_width = _ebml_number(head, offset + width)
+            offset += width + size_width
+            if ident != wanted:
+                return 0
+            size &= (1 << (7 * size_width)) - 1  # without its marker bit
+            if wanted == _SEGMENT:
+                unknown = size == (1 << (7 * size_width)) - 1
+                return 0 if unknown else max(0, offset + size - path.stat().st_size)
+            offset += size
+    return 0
 
 
 def main_video(container: Any) -> Any:
@@ -233,8 +304,14 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         # damaged packet at a later call, and at the final flush that loses the frames still inside it
         video.thread_type = "SLICE"
         slots = _AviSlots(1 / (info.rate * info.time_base)) if container.format.name == "avi" else None
+        copied = [audio for audio in container.streams.audio if audio.codec_context]  # (the others are left out)
+        result.kinds = {video.index: "video", **{audio.index: f"audio stream #{audio.index}" for audio in copied}}
+        result.promised = _promised_ends(container, [video, *copied])
+        if container.format.name.startswith("matroska"):
+            result.missing_bytes = _matroska_missing_bytes(path)
         try:
             for packet in container.demux(video, *container.streams.audio):
+                _reach(result, packet)
                 if packet.stream.type == "audio":
                     if packet.dts is not None:  # not the demuxer's end-of-stream marker
                         yield packet
@@ -309,17 +386,57 @@ def _first_audio_packets(av: ModuleType, source: Path) -> dict[int, Any]:
     return firsts
 
 
+def _reach(result: VideoResult, packet: Any) -> None:
+    """Take note of where a packet of a stream read ends (its time plus its duration), and of the longest
+    packet of its stream: its duration, or where the file leaves that unknown (Matroska's audio), its
+    step from where the stream had reached."""
+    index = packet.stream_index
+    if index not in result.kinds or packet.pts is None or not packet.time_base:  # (or an end-of-stream marker)
+        return
+    start = float(packet.pts * packet.time_base)
+    duration = float((packet.duration or 0) * packet.time_base)
+    before = result.reached.get(index)
+    step = duration or (max(0.0, start - before) if before is not None else 0.0)
+    result.steps[index] = max(result.steps.get(index, 0.0), step)
+    result.reached[index] = max(start + duration, before if before is not None else -math.inf)
+
+
+def _short_stream(result: VideoResult) -> str | None:
+    """The first stream read that ends more than two of its longest packets before where the header says
+    it ends (:func:`_promised_ends`), or None. Slack, for no false alarm: the file may leave its last
+    packet's duration unknown, which an encoder's last packet may make longer than the rest; a frame lost
+    from the video shows in its count (:func:`shortfall`), a few bytes cut in the Segment's size."""
+    for index, promised in result.promised.items():
+        if index == -1:  # the container's length: the stream that ends last
+            index = max(result.reached, key=result.reached.__getitem__, default=-1)
+        end = result.reached.get(index)
+        slack = 2 * result.steps.get(index, 0.0) + 0.002  # and Matroska's 1 ms ticks, rounded either way
+        if end is None or end < promised - slack:
+            where = f"at {end:.2f} s" if end is not None else "before its first packet"
+            return f"its {result.kinds.get(index, 'longest stream')} ended {where} of {promised:.2f} s"
+    return None
+
+
 def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
     """Why an input read to its end is short: fewer frames (a damaged packet counts as one, and so does
     one the container says to discard) than its header (exactly) or its duration (within one frame)
     promised; None if it is not. A count from the duration, or a clip with damaged packets (whose
-    decoder also drops the frames that depend on them), is reached by a last frame that ends as late."""
+    decoder also drops the frames that depend on them), is reached by a last frame that ends as late.
+    That forgives a frame, as the duration's count must (a variable rate, rounding), so a Matroska file
+    cut short is also told by a stream ending before its header says (:func:`_short_stream`: its audio)
+    and by the size its header gives its Segment (:func:`_matroska_missing_bytes`): a B-frame lost
+    before the last frame read shows in neither the count nor the times."""
     expected, exact = info.expected_frames, info.exact_count
     reached = result.decoded + result.damaged + result.discarded
     if (not exact or result.damaged) and result.last_time is not None:  # a variable frame rate has fewer
         reached = max(reached, round((result.last_time - info.start) * info.rate))  # frames, ending as late
     if expected and reached < expected - (0 if exact else 1):
         return f"it ended after {result.decoded} of {expected} frames"
+    short = _short_stream(result)
+    if short:
+        return short
+    if result.missing_bytes:
+        return f"it breaks off {result.missing_bytes} bytes before the end of the Matroska segment its header sizes"
     return None
 
 

@@ -41,16 +41,17 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _frame_size(source: Path, args: argparse.Namespace) -> tuple[int, int] | None:
     """The ``--scale`` / ``--max-size`` frame size, or None to keep the video's own. A size of our
-    choosing has even sides (one pixel less where needed): H.264 and VP9 in 4:2:0, which every player
-    decodes, where an odd side needs 4:4:4 (kept only for a video that has one)."""
+    choosing has even sides (one pixel less where needed), also where the option leaves the size as it
+    is (a ``--max-size`` above it): H.264 and VP9 in 4:2:0, which every player decodes, where an odd side
+    needs 4:4:4 (kept only for a video that has one and was given no size)."""
     from stylenet.image import target_size
 
+    if args.scale == 1 and args.max_size is None:  # (--scale's default): no size asked for
+        return None
     info = probe_video(source)
     size = target_size(info.height, info.width, scale=args.scale, max_size=args.max_size)
-    if size == (info.height, info.width):
-        return None
     height, width = (max(2, side - side % 2) for side in size)
-    return height, width
+    return None if (height, width) == (info.height, info.width) else (height, width)
 
 
 def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.Namespace, report: Any,
