@@ -429,7 +429,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def explain_failure(self, err: BaseException) -> StylenetError | None:
         """A one-line error naming the file(s) a DataLoader worker was decoding when it died, hung past
-        ``timeout_s`` or raised; None when ``err`` did not come from a worker."""
+        ``timeout_s`` or raised; None when ``err`` did not come from a worker. A worker that died
+        between photos (killed from outside: the OOM killer, a ``kill``) is one line too, not torch's
+        traceback: no file is to blame, and the run's checkpoints are intact."""
         # torch's messages for all three ("DataLoader worker (pid 12) exited unexpectedly", "DataLoader
         # timed out after 120 seconds", "Caught X in DataLoader worker process 0") are the only marker.
         message = str(err)
@@ -438,7 +440,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         files = [str(dataset.files[index]) for dataset in self.worker_datasets
                  for index in dataset.in_flight.suspects(message)]
         if not files:
-            return None
+            return StylenetError(f"{first_line(err)} while it was loading no photo (stopped from outside, or out "
+                                 "of memory?): resume=auto continues from the last checkpoint")
         return StylenetError(f"{first_line(err)} while loading {', '.join(files)}: remove or "
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 

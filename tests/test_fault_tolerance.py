@@ -787,6 +787,21 @@ def test_a_dead_or_stuck_dataloader_worker_is_an_error_naming_the_file(
     assert time.monotonic() - start < 60
 
 
+def test_a_worker_that_died_between_photos_is_one_line_too(tmp_path: Path) -> None:
+    """No file in flight to blame (the OOM killer or a kill between two photos): still one line, not torch's
+    traceback; an error that is not the DataLoader's is left alone."""
+    make_photo(tmp_path / "img0.png", size=(40, 40))
+    data = ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, batch_size=1, num_workers=1,
+                                 val_images=0)
+    data.setup()
+    died = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly\nand a paragraph of advice")
+    explained = data.explain_failure(died)
+    assert isinstance(explained, StylenetError) and "\n" not in str(explained)
+    assert str(explained).startswith("DataLoader worker (pid(s) 4242) exited unexpectedly while it was loading no "
+                                     "photo") and "resume=auto" in str(explained)
+    assert data.explain_failure(RuntimeError("CUDA out of memory")) is None
+
+
 def test_workers_start_from_a_clean_process_and_still_report_the_file_they_load(tmp_path: Path) -> None:
     """Forking the trainer copies the locks its threads hold (gloo, TensorBoard) into a worker; the
     workers start from a server process instead, and the in-flight table still reaches them."""
