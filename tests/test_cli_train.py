@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -223,7 +224,8 @@ def test_a_model_file_path_that_cannot_be_written_stops_the_run_before_training(
         assert not (run_dir / "checkpoints").exists()
 
 
-def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(tmp_path: Path) -> None:
+def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it_is(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """After training nothing fails the run: a held-out photo that cannot be read is skipped (and
     listed), the next one is stylized and measured; without a model file there is nothing to show."""
     photos = tmp_path / "photos"
@@ -244,6 +246,11 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
     bare = tmp_path / "bare"
     train(compose_run(bare, "experiment=smoke", *common, "callbacks.export=null"), bare)
     assert (bare / "checkpoints" / "last.ckpt").is_file() and not list(bare.glob("*.png"))
+    unread = tmp_path / "unread"  # its one held-out photo is aaa.jpg: the run says why it leaves no report
+    with caplog.at_level(logging.WARNING):
+        train(compose_run(unread, "experiment=smoke", *common, "data.val_images=1"), unread)
+    assert (unread / "smoke.safetensors").is_file() and not list(unread.glob("*.png"))
+    assert "no stylized photo and no quality report: none of the 1 held-out photo(s) can be read" in caplog.text
 
 
 def test_a_held_out_photo_only_the_end_of_run_report_meets_is_listed(tmp_path: Path) -> None:
