@@ -249,6 +249,26 @@ def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: P
                              "complete shard\n")
 
 
+def test_a_worker_killed_from_outside_is_one_line_and_exit_2_not_a_hang(square_photos: Path, tmp_path: Path) -> None:
+    """A decoding worker that dies (the OOM killer, a kill -9) while it holds photos: multiprocessing's Pool
+    replaced it and waited for them for ever; the run now stops with one line and exit 2, to be run again."""
+    script = (
+        "import os, sys\n"
+        "from stylenet.cli import prepare\n"
+        "decode = prepare.prepare_one\n"
+        "def dies_on_p3(job):  # runs in a forked worker\n"
+        "    if job[0].name == 'p3.png': os._exit(9)\n"
+        "    return decode(job)\n"
+        "prepare.prepare_one = dies_on_p3\n"
+        "sys.exit(prepare.main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script, str(square_photos), "-o", str(tmp_path / "out"),
+                             "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("stylenet-prepare: error: a decoding worker died (stopped from outside, or out of "
+                                    "memory?)") and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_sigterm_while_decoding_in_this_process_is_no_broken_photo(square_photos: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:

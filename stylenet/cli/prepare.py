@@ -16,7 +16,8 @@ import hashlib
 import os
 import signal
 import sys
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,13 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     jobs = ((path, source, size) for path in todo)
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
-    pool = Pool(workers, initializer=leave_signals_to_parent) if workers > 0 else None
+    # (an executor, not multiprocessing.Pool: a worker killed from outside, the OOM killer's way, breaks
+    # it with an error, where the Pool starts another and waits for the lost photos for ever)
+    pool = ProcessPoolExecutor(workers, initializer=leave_signals_to_parent) if workers > 0 else None
+    results = pool.map(prepare_one, jobs, chunksize=8) if pool else map(prepare_one, jobs)  # forks the workers
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
     try:
-        results = pool.imap(prepare_one, jobs, chunksize=8) if pool else map(prepare_one, jobs)
         pending: list[tuple[str, str, np.ndarray]] = []
         for relative, digest, pixels, error in results:
             bar.update(1)
@@ -143,10 +146,14 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
                 pending = []
         if pending:
             add_shard(out, manifest, pending)
+    except BrokenProcessPool:
+        raise StylenetError(f"a decoding worker died (stopped from outside, or out of memory?) after "
+                            f"{manifest['count']} photos in shards: run the same command again to go on, with "
+                            "--workers 0 to find a photo that crashes its decoder") from None
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
     manifest["complete"] = True
     write_manifest(out, manifest)
     return manifest
