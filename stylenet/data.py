@@ -39,6 +39,7 @@ from stylenet.image import (
 from stylenet.metrics import SSIM_RADIUS, degrade
 from stylenet.nets.sr import SuperResolutionNet
 from stylenet.shards import ShardStore
+from stylenet.styles import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,25 @@ class StreamSampler(Sampler):
             yield [(self.start_batch + k, p, self.index_at(p)) for p in range(first, first + self.batch_size)]
 
 
+def copies_of(held_out: Sequence[Path], files: Sequence[Path]) -> dict[Path, Path]:
+    """{file: the held-out photo it is a copy of}: each of ``files`` whose bytes are a held-out photo's (a
+    backup folder, a link to it). A folder of photos often holds such copies, and a held-out photo that is
+    also trained on measures nothing. Sizes first, so that only files of a held-out photo's size are read."""
+    by_size: dict[int, list[Path]] = {}
+    for photo in held_out:
+        with contextlib.suppress(OSError):  # an unreadable held-out photo is named when it is read
+            by_size.setdefault(photo.stat().st_size, []).append(photo)
+    digest = functools.cache(file_sha256)  # a held-out photo is read once, when a file of its size comes
+    copies = {}
+    for path in files:
+        with contextlib.suppress(OSError):
+            same_size = by_size.get(path.stat().st_size, [])
+            original = next((photo for photo in same_size if digest(photo) == digest(path)), None)
+            if original is not None:
+                copies[path] = original
+    return copies
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Photos from a folder searched recursively (``source=folder`` or ``coco``) or the bundled demo
     photos (``source=demo``); a fixed held-out set of ``val_images`` files for validation grids.
@@ -342,6 +362,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         held_out = set(range(0, len(files), max(1, len(files) // max(count, 1)))[:count]) if count else set()
         self.val_files = [f for i, f in enumerate(files) if i in held_out]
         self.train_files = [f for i, f in enumerate(files) if i not in held_out]
+        if self.source != "shards":  # (stylenet-prepare keeps one of identical photos)
+            copies = copies_of(self.val_files, self.train_files)
+            if copies:
+                log.warning("%d training photo(s) left out as copies of held-out photos (%s): validation and the "
+                            "quality report measure photos the network never saw", len(copies),
+                            ", ".join(f"{copy} = {original}" for copy, original in list(copies.items())[:3]))
+                self.train_files = [f for f in self.train_files if f not in copies]
 
     def _loader(self, dataset: ImageFileDataset, **kwargs: Any) -> DataLoader:
         workers, rank = self.num_workers, getattr(self.trainer, "global_rank", 0)

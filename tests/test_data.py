@@ -1,6 +1,7 @@
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,6 +85,27 @@ def test_datamodule_holds_out_fixed_validation_files(photo_folder: Path) -> None
     assert batch["images"].shape == (2, 3, 32, 32) and batch["batch_number"] == 0
     val = next(iter(dm.val_dataloader()))
     assert torch.equal(val["images"], next(iter(dm.val_dataloader()))["images"])  # centre crops, fixed
+
+
+def test_copies_of_held_out_photos_are_not_trained_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A backup folder and a link beside the photos: the copies of a held-out photo leave the training set
+    (a photo of the same size with other bytes stays), so validation measures photos never trained on."""
+    root = tmp_path / "photos"
+    for k in range(6):
+        make_photo(root / "a" / f"p{k}.bmp", size=(40, 36), seed=k)
+    (root / "b").mkdir()
+    shutil.copy(root / "a" / "p0.bmp", root / "b" / "backup_p0.bmp")
+    (root / "b" / "link_p4.bmp").symlink_to(root / "a" / "p4.bmp")
+    edited = np.asarray(Image.open(root / "a" / "p0.bmp")).copy()
+    edited[0, 0] ^= 1  # one bit differs: another photo, of the same file size (BMP)
+    Image.fromarray(edited).save(root / "b" / "edited_p0.bmp")
+    dm = ImageFolderDataModule(source="folder", root=str(root), image_size=32, val_images=2)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert [path.relative_to(root).as_posix() for path in dm.val_files] == ["a/p0.bmp", "a/p4.bmp"]  # 0 and 4 of 9
+    assert [path.relative_to(root).as_posix() for path in dm.train_files] == [
+        "a/p1.bmp", "a/p2.bmp", "a/p3.bmp", "a/p5.bmp", "b/edited_p0.bmp"]
+    assert "2 training photo(s) left out as copies of held-out photos" in caplog.text
 
 
 def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
