@@ -207,7 +207,8 @@ class ShardDataset(ImageFileDataset):
 def collate_skipping_bad(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the good images; report the bad ones (their one-line errors) alongside the batch, and
     the good ones' paths (so that an error about this batch can name its files); ``position``: the
-    stream position of its first sample (-1 in validation)."""
+    stream position of its first sample (-1 in validation), ``positions``: the good ones' (a style of
+    several is a sample's position's, :meth:`stylenet.tasks.StyleTransferTask.batch_styles`)."""
     good = [s["image"] for s in samples if s["image"] is not None]
     return {
         "images": torch.stack(good) if good else torch.empty(0, 3, 0, 0),  # (B, 3, S, S)
@@ -215,6 +216,7 @@ def collate_skipping_bad(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped": [s["error"] for s in samples if s["image"] is None],
         "batch_number": samples[0]["batch_number"],
         "position": samples[0]["position"],
+        "positions": [s["position"] for s in samples if s["image"] is not None],
     }
 
 
@@ -364,7 +366,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.train_files = [f for i, f in enumerate(files) if i not in held_out]
         if self.source != "shards":  # (stylenet-prepare keeps one of identical photos)
             copies = copies_of(self.val_files, self.train_files)
-            if copies:
+            if copies and len(copies) == len(self.train_files):  # leaving them out would leave nothing to train on
+                log.warning("every training photo is a copy of a held-out photo: validation and the quality report "
+                            "measure photos the network trains on")
+            elif copies:
                 log.warning("%d training photo(s) left out as copies of held-out photos (%s): validation and the "
                             "quality report measure photos the network never saw", len(copies),
                             ", ".join(f"{copy} = {original}" for copy, original in list(copies.items())[:3]))

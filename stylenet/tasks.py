@@ -67,6 +67,10 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
                             f"got {specs!r}")
+    if style.get("image") is not None:  # +style.image beside style=multi, or +style.images beside one style's image
+        raise StylenetError(f"style.image ({style['image']!r}) and style.images are both set, and a network trains "
+                            "one or the other: for several styles use style=multi and list every picture in "
+                            "style.images")
     if len(specs) == 1:  # a network of one style is style.image's (its file named after it, not "multi")
         raise StylenetError(f"style.images holds one image ({specs[0]!r}): a network of several styles needs two or "
                             f"more; for one style pass style=demo style.image={specs[0]}")
@@ -402,10 +406,15 @@ class StyleTransferTask(ImageTask):
     def batch_styles(self, batch: dict[str, Any], count: int) -> torch.Tensor:
         """Which of the trained styles (0..len-1) each of the ``count`` samples takes: its position in
         the data stream (:class:`stylenet.data.StreamSampler`) modulo the number of styles, so every
-        style gets an equal share, on every rank, reproducibly after a resume. A batch from elsewhere
-        (no ``position``) counts from the step."""
-        first = int(batch.get("position", self.global_step * (count + len(batch.get("skipped", [])))))
-        return (first + torch.arange(count, device=self.device)) % len(self.trained_styles)
+        style gets an equal share, on every rank, reproducibly after a resume, and a sample skipped as
+        unreadable leaves the others' styles as they were. A batch from elsewhere (no ``positions``)
+        counts from the step."""
+        if "positions" in batch:
+            positions = torch.tensor(batch["positions"], dtype=torch.long, device=self.device)
+        else:
+            first = int(batch.get("position", self.global_step * (count + len(batch.get("skipped", [])))))
+            positions = first + torch.arange(count, device=self.device)
+        return positions % len(self.trained_styles)
 
     def step_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if not self.multi:

@@ -192,8 +192,8 @@ def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_pa
 def test_resuming_on_a_folder_that_now_lists_other_photos_warns(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """The held-out set and the stream's positions follow from the listing: a checkpoint records it."""
-    for name in ("a.png", "b.png", "sub/c.png"):
-        make_photo(tmp_path / name, (40, 40))
+    for seed, name in enumerate(("a.png", "b.png", "sub/c.png")):
+        make_photo(tmp_path / name, (40, 40), seed=seed)
 
     def module() -> ImageFolderDataModule:
         datamodule = ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, val_images=1)
@@ -207,7 +207,7 @@ def test_resuming_on_a_folder_that_now_lists_other_photos_warns(tmp_path: Path,
         assert "other photos" not in caplog.text  # the same listing
         (tmp_path / "b.png").rename(tmp_path / "b2.png")  # as many photos, another one
         module().load_state_dict(state)
-        make_photo(tmp_path / "d.png", (40, 40))
+        make_photo(tmp_path / "d.png", (40, 40), seed=3)
         ImageFolderDataModule(source="folder", root=str(tmp_path), image_size=32, val_images=1).load_state_dict(state)
     warnings = [record.getMessage() for record in caplog.records if "other photos" in record.getMessage()]
     assert [message.split(" (")[1].split(")")[0] for message in warnings] == ["3 now, 3 then", "4 now, 3 then"]

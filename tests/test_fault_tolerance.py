@@ -766,7 +766,7 @@ def test_a_dead_or_stuck_dataloader_worker_is_an_error_naming_the_file(
     photos = tmp_path / "photos"
     for i in range(5):
         make_photo(photos / f"img{i}.png", size=(40, 40), seed=i)
-    make_photo(photos / f"zz_{fault}.png", size=(40, 40))  # sorted last: not the held-out file
+    make_photo(photos / f"zz_{fault}.png", size=(40, 40), seed=9)  # sorted last: not the held-out file
     load_rgb = stylenet.data.load_rgb
 
     def fragile(path: Path, **kwargs: Any) -> torch.Tensor:  # runs in the forked worker

@@ -16,6 +16,7 @@ import stylenet
 from stylenet import StylenetError
 from stylenet.checkpoints import checkpoint_problem
 from stylenet.cli.stylize import main as stylize_main
+from stylenet.data import collate_skipping_bad
 from stylenet.inference import InferenceModel
 from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model, save_model
@@ -208,6 +209,10 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
                              style={"images": [str(style_image), str(other)], "names": ["x", "y"], "size": 32})
     draws = torch.cat([task.batch_styles({"batch_number": n, "position": 3 * n}, 3) for n in range(4)])
     assert draws.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    # an unreadable photo at position 1 leaves positions 0, 2 and 3 their own styles (not 0, 1, 0)
+    samples = [{"image": None if p == 1 else torch.zeros(3, 4, 4), "path": f"p{p}", "error": "bad" if p == 1 else None,
+                "batch_number": 0, "position": p} for p in range(4)]
+    assert task.batch_styles(collate_skipping_bad(samples), 3).tolist() == [0, 0, 1]
     assert task.hparams["model"]["styles"] == 2 and task.loss.target_gram("relu1_2").shape[0] == 2
     with pytest.raises(StylenetError, match="style.names has 1 names for 2"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
@@ -217,6 +222,9 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
                                                                 "names": ["..", "y"]})  # styles/../: the run folder
     with pytest.raises(StylenetError, match=r"^style.images holds one image .*: a network of several styles needs"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image)]})
+    with pytest.raises(StylenetError, match=r"^style.image \(.*\) and style.images are both set"):  # +style.image
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
+                                                                "image": str(other)})
     copy = tmp_path / "copy.png"
     copy.write_bytes(style_image.read_bytes())
     with pytest.raises(StylenetError, match=r"^style.images: style 'copy' \(.*copy.png'\) is the same picture as "
