@@ -263,9 +263,10 @@ class PerceptualLoss(nn.Module):
         of several styles, Dumoulin et al. 2017)."""
         if not self.needs_style:
             return
-        for style in styles:
+        for index, style in enumerate(styles):
             if min(style.shape[-2:]) < self.smallest_side:
-                raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
+                which = f"style image {index + 1} of {len(styles)}" if len(styles) > 1 else "a style image"
+                raise StylenetError(f"{which} is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
                                     f"needs at least {self.smallest_side} px a side")
         blend = style_blend(blend, len(styles))
         total = sum(blend)

@@ -552,7 +552,10 @@ class AddStyleTask(StyleTransferTask):
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 
     def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:
-        stored = read_model(self.hparams["base"], task="style")
+        try:
+            stored = read_model(self.hparams["base"], task="style")
+        except StylenetError as err:  # which setting named the file
+            raise StylenetError(f"task.base: {err}") from None
         if type(stored.net) is not TransformerNet or stored.net.config["norm"] != "instance":
             raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files with "
                                 "InstanceNorm (model.norm=instance) can grow a style")

@@ -118,6 +118,10 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("name=2024 trainer.max_steps=0", "trainer.max_steps must be > 0"),  # a name Hydra reads as a number passes
     ("name=../x", "name must be letters, digits"),  # the model file went to ../x.safetensors, out of the run folder
     ("style=multi style.images=[demo:ihc,/no/such.jpg] style.size=32", "does not exist (style.images[1])"),
+    ("style=multi style.size=2", "style.size=2: style image 1 of 2 is 2x2 px, but the loss network"),
+    ("style=multi +style.image=demo:gravel", "style.image ('demo:gravel') and style.images are both set"),  # ignored
+    ("task=add_style task.base=/no/such.safetensors style.image=demo:gravel",
+     "task.base: model file '/no/such.safetensors' does not exist"),
     ("task=sr model=sr_tiny loss=pixel", "task=sr trains on low- and high-resolution pairs: use experiment=sr_x4"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
