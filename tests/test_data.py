@@ -92,12 +92,13 @@ def test_copies_of_held_out_photos_are_not_trained_on(tmp_path: Path, caplog: py
     (a photo of the same size with other bytes stays), so validation measures photos never trained on."""
     root = tmp_path / "photos"
     for k in range(6):
-        make_photo(root / "a" / f"p{k}.bmp", size=(40, 36), seed=k)
+        make_photo(root / "a" / f"p{k}.bmp", size=(120, 100), seed=k)
     (root / "b").mkdir()
     shutil.copy(root / "a" / "p0.bmp", root / "b" / "backup_p0.bmp")
     (root / "b" / "link_p4.bmp").symlink_to(root / "a" / "p4.bmp")
     edited = np.asarray(Image.open(root / "a" / "p0.bmp")).copy()
-    edited[0, 0] ^= 1  # one bit differs: another photo, of the same file size (BMP)
+    edited[30, 0] ^= 1  # one bit differs: another photo, of the same file size (BMP), the same first, middle and
+    # last 4 KB (stylenet.data.sampled_bytes; rows are stored bottom up, 360 bytes each): told apart by its hash
     Image.fromarray(edited).save(root / "b" / "edited_p0.bmp")
     dm = ImageFolderDataModule(source="folder", root=str(root), image_size=32, val_images=2)
     with caplog.at_level(logging.WARNING):
