@@ -24,6 +24,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from stylenet.errors import StylenetError, first_line
@@ -85,6 +86,15 @@ def exit_with_main(main_pid: int, rank: int, worker_id: int = 0) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="stylenet-main-watch", daemon=True).start()
+
+
+def start_worker(main_pid: int, rank: int, pixel_limit: int | None, worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: Pillow's pixel limit of the training process (which its command
+    raises for a ``data.max_pixels`` beyond it: :func:`stylenet.cli.allow_pixels`), then
+    :func:`exit_with_main`. A worker starts from a fresh interpreter (:data:`WORKER_START`), with
+    Pillow's default limit, and would refuse as a decompression bomb what the setting allows."""
+    Image.MAX_IMAGE_PIXELS = pixel_limit
+    exit_with_main(main_pid, rank, worker_id)
 
 
 def process_alive(pid: int) -> bool:
@@ -399,7 +409,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         to_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(dataset, num_workers=workers, collate_fn=collate_skipping_bad,
                           multiprocessing_context=worker_context() if workers > 0 else None,
-                          worker_init_fn=functools.partial(exit_with_main, os.getpid(), rank) if workers > 0 else None,
+                          worker_init_fn=functools.partial(start_worker, os.getpid(), rank, Image.MAX_IMAGE_PIXELS)
+                          if workers > 0 else None,
                           persistent_workers=workers > 0, timeout=self.timeout_s if workers > 0 else 0,
                           pin_memory=to_gpu, **kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -255,6 +256,30 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
         train(compose_run(unread, "experiment=smoke", *common, "data.val_images=1"), unread)
     assert (unread / "smoke.safetensors").is_file() and not list(unread.glob("*.png"))
     assert "no stylized photo and no quality report: none of the 1 held-out photo(s) can be read" in caplog.text
+
+
+def test_data_max_pixels_beyond_pillows_limit_lets_training_read_the_photos(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.max_pixels above Pillow's own limit (179 MP by default; lowered here, so that small photos are
+    beyond it) is the cap, as --max-pixels is for stylize: the photos were skipped as decompression bombs.
+    DataLoader workers take the training process's limit (they start with Pillow's default)."""
+    from PIL import Image
+
+    from stylenet.data import start_worker
+
+    photos = tmp_path / "photos"
+    for k in range(4):
+        make_photo(photos / f"p{k}.png", size=(1100, 1000), seed=k)  # beyond 2 x 500000 pixels: Pillow's refusal
+    style = make_photo(tmp_path / "style.png", size=(40, 40), seed=9)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500000)  # the offline loss network's photos still open
+    run_dir = tmp_path / "run"
+    train(compose_run(run_dir, "experiment=smoke", f"style.image={style}", "style.size=40", "data=folder",
+                      f"data.root={photos}", "data.num_workers=0",
+                      "data.image_size=32", "data.val_images=1", "data.max_pixels=2000000", "trainer.max_steps=2",
+                      "callbacks.export=null"), run_dir)
+    assert not (run_dir / "skipped_images.txt").exists() and Image.MAX_IMAGE_PIXELS == 2000000
+    start_worker(os.getpid(), 0, 4242)  # a worker: the main process's limit (its watcher only waits here)
+    assert Image.MAX_IMAGE_PIXELS == 4242
 
 
 def test_a_held_out_photo_only_the_end_of_run_report_meets_is_listed(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
+    allow_pixels,
     launch_hydra_app,
     report_refusal,
     tolerate_any_file_name_in_log_files,
@@ -153,6 +154,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if super_resolution and getattr(datamodule, "factor", None) is None:  # task=sr alone: photos, no LR inputs
         raise StylenetError("task=sr trains on low- and high-resolution pairs: use experiment=sr_x4 or "
                             "experiment=sr_x8 (data._target_=stylenet.data.SuperResolutionDataModule)")
+    allow_pixels(getattr(datamodule, "max_pixels", None))  # data.max_pixels beyond Pillow's own limit (checked by now)
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
     try:
