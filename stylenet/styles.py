@@ -94,8 +94,12 @@ def parse_blend(text: str) -> dict[str, float]:
             raise StylenetError(f"--blend {text!r}: expected NAME=WEIGHT,NAME=WEIGHT with finite weights >= 0, "
                                 "each name once (e.g. a=0.7,b=0.3)")
         blend[name.strip()] = weight
-    if sum(blend.values()) <= 0:
+    total = sum(blend.values())
+    if total <= 0:
         raise StylenetError(f"--blend {text!r}: the weights are all zero")
+    if total == math.inf:  # each finite, the sum not (1e308 twice): normalising it would give NaNs
+        raise StylenetError(f"--blend {text!r}: the weights' sum is beyond a float's range; give smaller weights "
+                            "(only their ratios count)")
     return blend
 
 

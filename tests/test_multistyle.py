@@ -111,6 +111,8 @@ def test_a_blend_with_weight_one_on_a_style_is_that_style() -> None:
             choice_weights(NAMES, {"a": float(weight), "b": 1.0}, "m")
     with pytest.raises(StylenetError, match="sum to a finite number"):  # the sum overflowed: every share 0
         choice_weights(NAMES, {"a": 1e308, "b": 1e308}, "m")
+    with pytest.raises(StylenetError, match="sum is beyond a float's range"):  # --blend: a usage error (exit 2)
+        parse_blend("a=1e308,b=1e308")
     for weight in ("x", None, "0.5", True):  # "0.5" as strength="0.5" is: a number is asked for
         with pytest.raises(StylenetError, match=r"^blend .* for m: weights must be numbers$"):
             choice_weights(NAMES, {"a": weight}, "m")
