@@ -52,6 +52,7 @@ BAD_FILES: dict[str, Callable[[], bytes]] = {
     "random_bytes.jpg": lambda: np.random.default_rng(5).integers(0, 256, 500, dtype=np.uint8).tobytes(),
     "truncated.jpg": lambda: encoded("JPEG", 3)[: len(encoded("JPEG", 3)) // 2],
     "truncated.png": lambda: encoded("PNG", 4)[: len(encoded("PNG", 4)) // 2],
+    "truncated_after_header.png": lambda: encoded("PNG", 4)[:33],  # signature and IHDR: "not an image" to Pillow
     "really_an_icon.png": icon_bytes,  # a format Pillow reads but we do not accept
 }
 

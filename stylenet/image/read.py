@@ -403,6 +403,23 @@ def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, 
     return width, height
 
 
+#: The first bytes of the readable formats (WebP: RIFF, 4 bytes of size, then WEBP) and of BMP ("BM").
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def _signature_format(p: Path) -> str | None:
+    """The format whose signature ``p`` starts with, or None: tells a cut-off photo from another file."""
+    try:
+        with open(p, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for signature, kind in _SIGNATURES if head.startswith(signature)), None)
+
+
 @contextlib.contextmanager
 def _opened(p: Path) -> Iterator[Image.Image]:
     """``p`` opened, header only, restricted to our formats, Pillow's bomb warning silenced here
@@ -417,6 +434,9 @@ def _opened(p: Path) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as err:
         raise file_error(p, f"refusing a possible decompression bomb ({err})") from None
     except UnidentifiedImageError:
+        kind = _signature_format(p)
+        if kind is not None:  # Pillow gives up on a PNG cut after its header as on a text file
+            raise file_error(p, f"truncated or corrupt {kind} file (it starts as one, but cannot be read)") from None
         raise file_error(p, "not a recognised image file (readable formats: " + ", ".join(READ_FORMATS) + ")") from None
     except Exception as err:  # any decoder failure is a property of the file, not a bug here
         raise file_error(p, _describe(err)) from None
