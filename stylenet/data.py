@@ -497,6 +497,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return None
         files = [str(dataset.files[index]) for dataset in self.worker_datasets
                  for index in dataset.in_flight.suspects(message)]
+        if not files and "exited unexpectedly" not in message:  # raised in a worker, or by the loader itself
+            return None
         if not files:
             return StylenetError(f"{first_line(err)} while it was loading no photo (stopped from outside, or out "
                                  "of memory?): resume=auto continues from the last checkpoint")

@@ -256,6 +256,11 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
         train(compose_run(unread, "experiment=smoke", *common, "data.val_images=1"), unread)
     assert (unread / "smoke.safetensors").is_file() and not list(unread.glob("*.png"))
     assert "no stylized photo and no quality report: none of the 1 held-out photo(s) can be read" in caplog.text
+    caplog.clear()
+    none_held_out = tmp_path / "none"  # data.val_images=0: nothing to say
+    with caplog.at_level(logging.WARNING):
+        train(compose_run(none_held_out, "experiment=smoke", *common, "data.val_images=0"), none_held_out)
+    assert "no stylized photo and no quality report" not in caplog.text
 
 
 def test_data_max_pixels_beyond_pillows_limit_lets_training_read_the_photos(tmp_path: Path,

@@ -800,6 +800,8 @@ def test_a_worker_that_died_between_photos_is_one_line_too(tmp_path: Path) -> No
     assert str(explained).startswith("DataLoader worker (pid(s) 4242) exited unexpectedly while it was loading no "
                                      "photo") and "resume=auto" in str(explained)
     assert data.explain_failure(RuntimeError("CUDA out of memory")) is None
+    # raised inside a worker (a collate or worker_init_fn error) with no photo in flight: torch's own report stays
+    assert data.explain_failure(RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nstack")) is None
 
 
 def test_workers_start_from_a_clean_process_and_still_report_the_file_they_load(tmp_path: Path) -> None:

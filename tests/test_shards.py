@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,25 @@ def test_a_worker_killed_from_outside_is_one_line_and_exit_2_not_a_hang(square_p
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("stylenet-prepare: error: a decoding worker died (stopped from outside, or out of "
                                     "memory?)") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_stop_ends_the_workers_at_once_not_after_the_photos_they_hold(square_photos: Path, tmp_path: Path) -> None:
+    """SIGTERM while every worker decodes slow photos: the workers are ended with the run (as Pool.terminate
+    did), not waited for until they finish the photos handed to them."""
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from stylenet.cli import prepare\n"
+        "def slow(job):  # runs in a forked worker\n"
+        "    time.sleep(60)\n"
+        "prepare.prepare_one = slow\n"
+        "threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "sys.exit(prepare.main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script, str(square_photos), "-o", str(tmp_path / "out"),
+                             "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 143 and "terminated" in result.stderr, result.stderr[-2000:]
+    assert time.monotonic() - start < 30  # not the 60 s the workers' photos take
 
 
 def test_sigterm_while_decoding_in_this_process_is_no_broken_photo(square_photos: Path, tmp_path: Path,

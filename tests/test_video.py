@@ -494,17 +494,25 @@ def test_a_matroska_cut_in_its_audio_near_the_end_is_called_truncated(
     loses audio (here all of it is muxed after the video) and at most one frame was taken for a whole
     file. Each stream must reach where the header says it ends, and the file the size of its Segment."""
     av = pytest.importorskip("av")
-    whole = tmp_path / "whole.mkv"
-    with av.open(str(whole), "w") as container:
-        video = h264(container, 32)  # (B-frames: x264's default)
-        audio = container.add_stream("pcm_s16le", rate=8000, layout="mono")
-        write_frames(av, container, video, 12, 32)
-        for start in range(0, 4000, 100):  # 0.5 s in 40 packets
-            tone = (np.sin(np.arange(start, start + 100) / 5) * 9000).astype(np.int16)[None]
-            frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 8000, start
-            container.mux(audio.encode(frame))
-        container.mux(audio.encode(None))
+
+    def write(path: Path, tags: dict[str, str]) -> Path:
+        with av.open(str(path), "w") as container:
+            video = h264(container, 32)  # (B-frames: x264's default)
+            video.metadata.update(tags)
+            audio = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+            write_frames(av, container, video, 12, 32)
+            for start in range(0, 4000, 100):  # 0.5 s in 40 packets
+                tone = (np.sin(np.arange(start, start + 100) / 5) * 9000).astype(np.int16)[None]
+                frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+                frame.sample_rate, frame.pts = 8000, start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode(None))
+        return path
+
+    whole = write(tmp_path / "whole.mkv", {})
+    # a clip cut by FFmpeg from a longer mkvmerge file keeps that file's DURATION-eng beside its own DURATION
+    stale = write(tmp_path / "stale.mkv", {"DURATION-eng": "00:23:40.003000000"})
+    assert len(list(iter_video_frames(stale))) == 12
     data = whole.read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[: len(data) * 9 // 10])

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +125,9 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     jobs = ((path, source, size) for path in todo)
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
-    # (an executor, not multiprocessing.Pool: a worker killed from outside, the OOM killer's way, breaks
-    # it with an error, where the Pool starts another and waits for the lost photos for ever)
-    pool = ProcessPoolExecutor(workers, initializer=leave_signals_to_parent) if workers > 0 else None
-    results = pool.map(prepare_one, jobs, chunksize=8) if pool else map(prepare_one, jobs)  # forks the workers
+    pool = multiprocessing.Pool(workers, initializer=leave_signals_to_parent) if workers > 0 else None
+    # one photo a task: imap's chunks come back through a generator, which has no timeout to watch the workers by
+    results = watched(pool.imap(prepare_one, jobs)) if pool else map(prepare_one, jobs)
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
     try:
@@ -146,17 +145,37 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
                 pending = []
         if pending:
             add_shard(out, manifest, pending)
-    except BrokenProcessPool:
+    except WorkerDied:
         raise StylenetError(f"a decoding worker died (stopped from outside, or out of memory?) after "
                             f"{manifest['count']} photos in shards: run the same command again to go on, with "
                             "--workers 0 to find a photo that crashes its decoder") from None
     finally:
         bar.close()
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.terminate()
     manifest["complete"] = True
     write_manifest(out, manifest)
     return manifest
+
+
+class WorkerDied(Exception):
+    """A decoding worker of the pool is gone (:func:`watched`)."""
+
+
+def watched(results: Any, poll_s: float = 1.0) -> Iterator[Any]:
+    """``results`` of ``Pool.imap``, ending in :class:`WorkerDied` when a worker the pool started is gone:
+    the pool starts another in its place, but the photos the dead one held never come, and the loop
+    would wait for them for ever (the OOM killer, a kill -9). The workers live as long as the pool (no
+    ``maxtasksperchild``), so any change in their set is a death."""
+    crew = {worker.pid for worker in multiprocessing.active_children()}
+    while True:
+        try:
+            yield results.next(timeout=poll_s)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            if not crew <= {worker.pid for worker in multiprocessing.active_children()}:
+                raise WorkerDied from None
 
 
 def leave_signals_to_parent() -> None:

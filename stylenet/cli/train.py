@@ -280,8 +280,9 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
             photos.remove(photo)
             datamodule.record_bad_held_out(str(err))
     if first is None:
-        log.warning("no stylized photo and no quality report: none of the %d held-out photo(s) can be read (%s)",
-                    len(datamodule.val_files), datamodule.report_path or "the warnings above")
+        if datamodule.val_files:  # (none held out: the data module has said so)
+            log.warning("no stylized photo and no quality report: none of the %d held-out photo(s) can be read "
+                        "(%s)", len(datamodule.val_files), datamodule.report_path or "the warnings above")
         return
     if task.hparams.get("styles"):  # several styles
         from stylenet.style_reports import style_reports

@@ -118,8 +118,7 @@ class VideoResult:
     info: VideoInfo | None = field(default=None, repr=False)
     reached: dict[int, float] = field(default_factory=dict)  # per stream read (index): where its packets end, s
     steps: dict[int, float] = field(default_factory=dict)  # per stream read: its longest packet, s (the tolerance)
-    promised: dict[int, float] = field(default_factory=dict)  # per stream read: where the header says it ends, s;
-                                                             # key -1: the container's, for the one ending last
+    promised: dict[int, float] = field(default_factory=dict)  # per stream read: where the header says it ends, s
     kinds: dict[int, str] = field(default_factory=dict)  # per stream read: what the messages call it
     missing_bytes: int = 0  # how much shorter the file is than its Matroska Segment says
 
@@ -169,13 +168,16 @@ def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
 
 
 def _tag_seconds(metadata: dict[str, str]) -> float | None:
-    """A Matroska stream's DURATION tag (``DURATION-eng`` in a language other than "und"), HH:MM:SS.nnnnnnnnn,
-    in seconds; None without one. Informational only: a malformed one says nothing."""
-    for key, value in metadata.items():
-        if key.upper().partition("-")[0] == "DURATION":
-            with contextlib.suppress(ValueError):
-                hours, minutes, rest = value.split(":")
-                return int(hours) * 3600 + int(minutes) * 60 + float(rest)
+    """A Matroska stream's DURATION tag, HH:MM:SS.nnnnnnnnn, in seconds; None without one. Informational
+    only: a malformed one says nothing. The plain ``DURATION`` first: FFmpeg writes it fresh, and copies a
+    ``DURATION-eng`` (mkvmerge's statistics, in a language other than "und") as it was, so a clip cut
+    from a longer file still carries the longer file's; that one counts only where it is the only one."""
+    keys = sorted((key for key in metadata if key.upper().partition("-")[0] == "DURATION"),
+                  key=lambda key: key.upper() != "DURATION")
+    for key in keys:
+        with contextlib.suppress(ValueError):
+            hours, minutes, rest = metadata[key].split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(rest)
     return None
 
 
@@ -190,9 +192,9 @@ _EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
 
 def _promised_ends(container: Any, streams: list[Any]) -> dict[int, float]:
     """Where each of ``streams`` ends, s, as the header says: its Matroska DURATION tag, else its own
-    duration (from its start); key -1: the container's duration, for the stream that ends last, where no
-    stream gives one and every stream is read (a subtitle stream may end after all of them). A file cut
-    short keeps its header, and its audio, muxed at the end or in longer packets, falls short of it."""
+    duration (from its start). A file cut short keeps its header, and its audio, muxed at the end or in
+    longer packets, falls short of it. Not the container's duration: tools that mend a browser's
+    recording (MediaRecorder writes none) set it from the wall clock, beyond the last packet."""
     promised: dict[int, float] = {}
     if not container.format.name.startswith(_LENGTHS_KNOWN):
         return promised
@@ -202,8 +204,6 @@ def _promised_ends(container: Any, streams: list[Any]) -> dict[int, float]:
             seconds = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
         if seconds:
             promised[stream.index] = seconds
-    if not promised and container.duration and len(container.streams) == len(streams):
-        promised[-1] = container.duration / 1_000_000  # in AV_TIME_BASE
     return promised
 
 
@@ -407,13 +407,11 @@ def _short_stream(result: VideoResult) -> str | None:
     packet's duration unknown, which an encoder's last packet may make longer than the rest; a frame lost
     from the video shows in its count (:func:`shortfall`), a few bytes cut in the Segment's size."""
     for index, promised in result.promised.items():
-        if index == -1:  # the container's length: the stream that ends last
-            index = max(result.reached, key=result.reached.__getitem__, default=-1)
         end = result.reached.get(index)
         slack = 2 * result.steps.get(index, 0.0) + 0.002  # and Matroska's 1 ms ticks, rounded either way
         if end is None or end < promised - slack:
             where = f"at {end:.2f} s" if end is not None else "before its first packet"
-            return f"its {result.kinds.get(index, 'longest stream')} ended {where} of {promised:.2f} s"
+            return f"its {result.kinds[index]} ended {where} of {promised:.2f} s"
     return None
 
 
