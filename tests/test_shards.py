@@ -229,22 +229,28 @@ def test_ctrl_c_is_one_line_and_exit_130(square_photos: Path, tmp_path: Path, ca
                                        "from the last complete shard\n")
 
 
+def prepare_in_a_fresh_python(patch: str, photos: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """stylenet-prepare with two workers in a fresh interpreter (this one's OpenMP threads would not survive
+    the workers' fork), after ``patch``: source run first, with os, signal, sys, threading, time and
+    ``stylenet.cli.prepare`` imported."""
+    script = ("import os, signal, sys, threading, time\nfrom stylenet.cli import prepare\n" + patch
+              + "sys.exit(prepare.main(sys.argv[1:]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-c", script, str(photos), "-o", str(out), "--workers", "2", *options],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
 def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: Path, tmp_path: Path) -> None:
     """A scheduler's stop while the decoding workers run: one line, exit 143, and not a word from the
     workers (their stderr is the same). In a fresh interpreter: this one's OpenMP threads would not
     survive the workers' fork."""
-    script = (
-        "import os, signal, sys, tqdm\n"
-        "from stylenet.cli import prepare\n"
+    result = prepare_in_a_fresh_python(
+        "import tqdm\n"
         "class Bar:  # the progress bar's first update, in this process, while the workers run\n"
         "    def __init__(self, *args, **kwargs): pass\n"
         "    def update(self, n): os.kill(os.getpid(), signal.SIGTERM)\n"
         "    def close(self): pass\n"
-        "tqdm.tqdm = Bar\n"
-        "sys.exit(prepare.main(sys.argv[1:]))\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", script, str(square_photos), "-o", str(tmp_path / "out"),
-                             "--workers", "2"], capture_output=True, text=True, timeout=120, env=env)
+        "tqdm.tqdm = Bar\n", square_photos, tmp_path / "out")
     assert result.returncode == 143, result.stderr[-2000:]
     assert result.stderr == ("stylenet-prepare: terminated; run the same command again to go on from the last "
                              "complete shard\n")
@@ -253,18 +259,12 @@ def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: P
 def test_a_worker_killed_from_outside_is_one_line_and_exit_2_not_a_hang(square_photos: Path, tmp_path: Path) -> None:
     """A decoding worker that dies (the OOM killer, a kill -9) while it holds photos: multiprocessing's Pool
     replaced it and waited for them for ever; the run now stops with one line and exit 2, to be run again."""
-    script = (
-        "import os, sys\n"
-        "from stylenet.cli import prepare\n"
+    result = prepare_in_a_fresh_python(
         "decode = prepare.prepare_one\n"
         "def dies_on_p3(job):  # runs in a forked worker\n"
         "    if job[0].name == 'p3.png': os._exit(9)\n"
         "    return decode(job)\n"
-        "prepare.prepare_one = dies_on_p3\n"
-        "sys.exit(prepare.main(sys.argv[1:]))\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", script, str(square_photos), "-o", str(tmp_path / "out"),
-                             "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
+        "prepare.prepare_one = dies_on_p3\n", square_photos, tmp_path / "out", "--no-progress")
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("stylenet-prepare: error: a decoding worker died (stopped from outside, or out of "
                                     "memory?)") and result.stderr.count("\n") == 1, result.stderr
@@ -273,18 +273,13 @@ def test_a_worker_killed_from_outside_is_one_line_and_exit_2_not_a_hang(square_p
 def test_a_stop_ends_the_workers_at_once_not_after_the_photos_they_hold(square_photos: Path, tmp_path: Path) -> None:
     """SIGTERM while every worker decodes slow photos: the workers are ended with the run (as Pool.terminate
     did), not waited for until they finish the photos handed to them."""
-    script = (
-        "import os, signal, sys, threading, time\n"
-        "from stylenet.cli import prepare\n"
+    start = time.monotonic()
+    result = prepare_in_a_fresh_python(
         "def slow(job):  # runs in a forked worker\n"
         "    time.sleep(60)\n"
         "prepare.prepare_one = slow\n"
-        "threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-        "sys.exit(prepare.main(sys.argv[1:]))\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    start = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", script, str(square_photos), "-o", str(tmp_path / "out"),
-                             "--workers", "2", "--no-progress"], capture_output=True, text=True, timeout=120, env=env)
+        "threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()\n", square_photos, tmp_path / "out",
+        "--no-progress")
     assert result.returncode == 143 and "terminated" in result.stderr, result.stderr[-2000:]
     assert time.monotonic() - start < 30  # not the 60 s the workers' photos take
 
