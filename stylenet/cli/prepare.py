@@ -126,8 +126,9 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
     pool = multiprocessing.Pool(workers, initializer=leave_signals_to_parent) if workers > 0 else None
+    crew = {worker.pid for worker in multiprocessing.active_children()}  # the pool's: no other children here
     # one photo a task: imap's chunks come back through a generator, which has no timeout to watch the workers by
-    results = watched(pool.imap(prepare_one, jobs)) if pool else map(prepare_one, jobs)
+    results = watched(pool.imap(prepare_one, jobs), crew) if pool else map(prepare_one, jobs)
     bar = tqdm(total=len(files), initial=len(files) - len(todo), unit="img", desc=PROG, disable=not progress,
                file=sys.stderr)
     try:
@@ -162,12 +163,12 @@ class WorkerDied(Exception):
     """A decoding worker of the pool is gone (:func:`watched`)."""
 
 
-def watched(results: Any, poll_s: float = 1.0) -> Iterator[Any]:
-    """``results`` of ``Pool.imap``, ending in :class:`WorkerDied` when a worker the pool started is gone:
-    the pool starts another in its place, but the photos the dead one held never come, and the loop
-    would wait for them for ever (the OOM killer, a kill -9). The workers live as long as the pool (no
-    ``maxtasksperchild``), so any change in their set is a death."""
-    crew = {worker.pid for worker in multiprocessing.active_children()}
+def watched(results: Any, crew: set[int], poll_s: float = 1.0) -> Iterator[Any]:
+    """``results`` of ``Pool.imap``, ending in :class:`WorkerDied` when one of the pool's workers ``crew``
+    is gone: the pool starts another in its place, but the photos the dead one held never come, and the
+    loop would wait for them for ever (the OOM killer, a kill -9). The workers live as long as the pool
+    (no ``maxtasksperchild``), so any change in their set is a death. ``crew`` is taken when the pool
+    starts, not at the first result: a worker that died before it would leave only its replacement."""
     while True:
         try:
             yield results.next(timeout=poll_s)

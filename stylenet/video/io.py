@@ -181,23 +181,18 @@ def _tag_seconds(metadata: dict[str, str]) -> float | None:
     return None
 
 
-#: Containers whose header is finished with the length of each stream (or of the file) once every packet
-#: is written, so that a stream ending sooner broke off: Matroska and WebM, whose frame count is only
-#: estimated from a duration. An MP4 or MOV file's index counts its frames exactly, and its edit lists
-#: move where a stream ends; MPEG-TS and AVI give estimates or nothing.
-_LENGTHS_KNOWN = ("matroska",)
 #: EBML IDs (marker bits kept) of the EBML header and of the Matroska Segment after it.
 _EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
 
 
-def _promised_ends(container: Any, streams: list[Any]) -> dict[int, float]:
-    """Where each of ``streams`` ends, s, as the header says: its Matroska DURATION tag, else its own
-    duration (from its start). A file cut short keeps its header, and its audio, muxed at the end or in
-    longer packets, falls short of it. Not the container's duration: tools that mend a browser's
+def _promised_ends(streams: list[Any]) -> dict[int, float]:
+    """Where each of a Matroska (or WebM) file's ``streams`` ends, s, as the header says: its DURATION tag,
+    else its own duration (from its start). A file cut short keeps its header, and its audio, muxed at the
+    end or in longer packets, falls short of it. Matroska only: its frame count is estimated from a
+    duration (an MP4 or MOV index counts frames exactly, and edit lists move where a stream ends; MPEG-TS
+    and AVI give estimates or nothing). Not the container's duration: tools that mend a browser's
     recording (MediaRecorder writes none) set it from the wall clock, beyond the last packet."""
     promised: dict[int, float] = {}
-    if not container.format.name.startswith(_LENGTHS_KNOWN):
-        return promised
     for stream in streams:
         seconds = _tag_seconds(stream.metadata)
         if seconds is None and stream.duration and stream.time_base:
@@ -306,8 +301,8 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         slots = _AviSlots(1 / (info.rate * info.time_base)) if container.format.name == "avi" else None
         copied = [audio for audio in container.streams.audio if audio.codec_context]  # (the others are left out)
         result.kinds = {video.index: "video", **{audio.index: f"audio stream #{audio.index}" for audio in copied}}
-        result.promised = _promised_ends(container, [video, *copied])
-        if container.format.name.startswith("matroska"):
+        if container.format.name.startswith("matroska"):  # (a file's length known once written: see shortfall)
+            result.promised = _promised_ends([video, *copied])
             result.missing_bytes = _matroska_missing_bytes(path)
         try:
             for packet in container.demux(video, *container.streams.audio):
