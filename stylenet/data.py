@@ -371,7 +371,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
             return self.shards.sources
         root = Path(self.root).expanduser()
         if not root.is_dir():
-            raise StylenetError(f"data.root {str(root)!r} is not a folder")
+            hint = " (data=coco: set data.root or $COCO_ROOT to the unpacked train2014 folder)" \
+                if self.source == "coco" else ""
+            raise StylenetError(f"data.root {str(root)!r} is not a folder{hint}")
+        if self.source == "coco" and (root / "train2014").is_dir():
+            # the dataset's own root: its val2014 (and test2015) are not the paper's training photos
+            root = root / "train2014"
+            log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
         files = list_images(root)
         if not files:
             raise StylenetError(f"data.root {str(root)!r} contains no images")

@@ -65,8 +65,10 @@ def check_style_names(names: Sequence[str], setting: str) -> list[str]:
     if bad:  # "." and ".." are folders, not names: styles/../ would be the run folder itself
         raise StylenetError(f"{setting}: style name {bad[0]!r} must be letters, digits, '.', '+', '-' or '_' "
                             "(not '.' or '..')")
-    if len(set(names)) != len(names):
-        raise StylenetError(f"{setting}: style names {list(names)} are not distinct")
+    if len({str(name).casefold() for name in names}) != len(names):
+        # photo_Ink.png and photo_ink.png would be one file on the file systems of macOS and Windows
+        raise StylenetError(f"{setting}: style names {list(names)} are not distinct (ignoring case, as the "
+                            "file systems of macOS and Windows do)")
     return [str(name) for name in names]
 
 

@@ -109,6 +109,20 @@ def test_copies_of_held_out_photos_are_not_trained_on(tmp_path: Path, caplog: py
     assert "2 training photo(s) left out as copies of held-out photos" in caplog.text
 
 
+def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path) -> None:
+    """data=coco with data.root (or $COCO_ROOT) at the unpacked dataset's root, beside val2014: the paper's
+    training photos are train2014's alone, and a missing root says where COCO is looked for."""
+    for split, count in (("train2014", 3), ("val2014", 2)):
+        for k in range(count):
+            make_photo(tmp_path / "coco" / split / f"COCO_{split}_{k:012d}.jpg", size=(40, 32), seed=k)
+    dm = ImageFolderDataModule(source="coco", root=str(tmp_path / "coco"), image_size=16, val_images=1)
+    dm.setup("fit")
+    assert {path.parent.name for path in dm.train_files + dm.val_files} == {"train2014"}
+    assert len(dm.train_files + dm.val_files) == 3
+    with pytest.raises(StylenetError, match=r"is not a folder \(data=coco: set data.root or \$COCO_ROOT"):
+        ImageFolderDataModule(source="coco", root=str(tmp_path / "missing")).setup("fit")
+
+
 def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(StylenetError, match="contains no images"):

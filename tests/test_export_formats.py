@@ -283,6 +283,29 @@ def test_style_name_is_refused_for_a_super_resolution_model(tmp_path: Path, caps
     assert not (tmp_path / "named.safetensors").exists()
 
 
+def test_info_lists_the_styles_and_the_record_and_writes_nothing(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--info: the style names stylenet-stylize --style takes and the parameter count on one line, then the
+    file's record as JSON; alone it writes nothing, and with neither -o nor --info it is a usage error."""
+    from tests.test_metrics import sr_model_file
+    from tests.test_multistyle import NAMES, multi_file, multi_net
+
+    net = multi_net(styles=len(NAMES))
+    multi = multi_file(tmp_path / "multi.safetensors", net)
+    assert export_main([str(multi), "--info"]) == 0
+    first, record = capsys.readouterr().out.split("\n", 1)
+    count = sum(parameter.numel() for parameter in net.parameters())
+    assert first == f"{multi}: 3 styles (a, b, c), TransformerNet of {count / 1e6:.2f} M parameters"
+    assert json.loads(record) == read_model(multi).metadata
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["multi.safetensors"]
+    sr = sr_model_file(tmp_path / "x4.safetensors")
+    assert export_main([str(sr), "--info"]) == 0
+    assert capsys.readouterr().out.startswith(f"{sr}: x4 super-resolution, ")
+    with pytest.raises(SystemExit) as usage:
+        export_main([str(multi)])
+    assert usage.value.code == 2 and "or --info to show what the source holds" in capsys.readouterr().err
+
+
 def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:
@@ -302,6 +325,7 @@ def test_export_style_name_renames_each_style_of_a_model_of_several_styles(
     out = tmp_path / "m.safetensors"
     for names, message in (("x", "holds 3 styles (a, b, c): give 3 names, comma-separated, in that order"),
                            ("x,y,x", "style names ['x', 'y', 'x'] are not distinct"),
+                           ("Ink,ink,z", "style names ['Ink', 'ink', 'z'] are not distinct (ignoring case"),
                            ("x,../y,z", "style name '../y' must be letters")):
         assert export_main([str(multi), "-o", str(out), "--style-name", names]) == 2
         assert message in capsys.readouterr().err and not out.exists()

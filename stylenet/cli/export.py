@@ -5,12 +5,14 @@ or a pytorch/examples fast_neural_style checkpoint (.pth/.model); it is read wit
 code. Each ``-o`` picks its format by extension: .safetensors (weights + metadata, for
 stylenet-stylize), .onnx (onnxruntime etc.) or .pt2 (torch.export.load); ONNX and .pt2 accept any
 height and width >= 8. Ctrl-C (exit 130) and SIGTERM (exit 143) stop it with one line, every output as it
-was and no temporary file left.
+was and no temporary file left. ``--info`` prints what the source holds (its styles, network and training
+record) instead of, or before, writing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,11 +29,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source",
                         help="a .ckpt from stylenet-train, a .safetensors model or a pytorch/examples .pth")
-    parser.add_argument("-o", "--output", required=True, action="append", dest="outputs",
+    parser.add_argument("-o", "--output", action="append", dest="outputs", default=[],
                         help="file to write (.safetensors, .onnx or .pt2); repeat for several formats")
+    parser.add_argument("--info", action="store_true",
+                        help="print the source's styles, network and training record (JSON after the first line)")
     parser.add_argument("--style-name", help="set the style's name (used in stylenet-stylize's output names); for "
                                              "a model of several styles, one name each in its order: a,b,c")
     args = parser.parse_args(argv)
+    if not args.outputs and not args.info:
+        parser.error("give -o FILE to write (.safetensors, .onnx or .pt2), or --info to show what the source holds")
     from stylenet.export import write_models
     from stylenet.modelfile import read_model
 
@@ -44,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} "
                                         "model")
                 rename_styles(model, args.style_name, args.source)
-            paths = write_models(model, args.outputs)
+            if args.info:
+                print(describe(model, args.source), flush=True)
+            paths = write_models(model, args.outputs) if args.outputs else []
     except StylenetError as err:
         print(f"stylenet-export: error: {err}", file=sys.stderr)
         return 2
@@ -58,6 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def describe(model: StoredModel, source: str) -> str:
+    """``--info``: one line a person reads (the task, the network's size, the style names that
+    ``stylenet-stylize --style`` takes), then the file's whole record as JSON for scripts."""
+    parameters = sum(parameter.numel() for parameter in model.net.parameters())
+    if model.task == "style":
+        styles = model.styles
+        kind = f"{len(styles)} style{'s' if len(styles) > 1 else ''} ({', '.join(styles)})"
+    else:
+        kind = f"x{model.metadata.get('factor')} super-resolution"
+    summary = f"{source}: {kind}, {type(model.net).__name__} of {parameters / 1e6:.2f} M parameters"
+    return summary + "\n" + json.dumps(model.metadata, indent=2, sort_keys=True)
 
 
 def rename_styles(model: StoredModel, names: str, source: str) -> None:
