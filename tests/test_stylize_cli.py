@@ -151,6 +151,16 @@ def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.C
     with Image.open(source) as before, Image.open(tmp_path / "out.png") as after:
         assert after.mode == "RGBA" and after.size == before.size
         assert np.array_equal(np.asarray(after)[..., 3], np.asarray(before)[..., 3])
+    # JPEG holds no alpha: the output is written, and the run says what it lost, only where something was
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.jpg")
+    assert code == 0 and err == ("stylenet-stylize: note: cutout.png: its transparency is not in out.jpg (JPEG "
+                                 "holds none: write .png or .webp to keep it)\n"), err
+    opaque = tmp_path / "opaque.png"
+    with Image.open(source) as image:
+        image.putalpha(255)
+        image.save(opaque)
+    code, _, err = run(capsys, opaque, "--model", model, "-o", tmp_path / "opaque.jpg")
+    assert code == 0 and err == "", err
 
 
 def test_resizing_and_tiling_options(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -432,7 +432,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
     memory never reaches here before :meth:`InferenceModel.transform` has retried with smaller
     tiles. ``KeyboardInterrupt`` is no ``Exception``: Ctrl-C still stops the whole run at once.
     """
-    from stylenet.image import DEFAULT_MAX_PIXELS, compact, load_image, save_image, target_size
+    from stylenet.image import DEFAULT_MAX_PIXELS, compact, drops_transparency, load_image, save_image, target_size
     from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls
     from stylenet.video import is_video
 
@@ -471,6 +471,9 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         report.seconds += time.perf_counter() - start
         report.megapixels += result.rgb.shape[-1] * result.rgb.shape[-2] / 1e6
         report.done += 1
+        if drops_transparency(job.target, result.alpha):
+            report.note(f"{source.name}: its transparency is not in {job.target.name} (JPEG holds none: write "
+                        ".png or .webp to keep it)")
 
 
 def load_inference_model(path: str, task: str, options: dict[str, Any]) -> InferenceModel:

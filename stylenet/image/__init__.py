@@ -60,7 +60,7 @@ from stylenet.image.resize import (
     target_size,
     training_sample,
 )
-from stylenet.image.write import check_output_path, save_image, to_pil
+from stylenet.image.write import check_output_path, drops_transparency, save_image, to_pil
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -75,6 +75,7 @@ __all__ = [
     "compact",
     "crop",
     "demo_root",
+    "drops_transparency",
     "from_pil",
     "levels_to_unit_",
     "list_images",

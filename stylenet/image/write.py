@@ -197,6 +197,14 @@ def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profil
     return lambda handle: img.save(handle, format=fmt, **params)
 
 
+def drops_transparency(path: str | Path, alpha: torch.Tensor | None) -> bool:
+    """Whether :func:`save_image` loses transparency writing ``alpha`` to ``path``: JPEG holds no alpha
+    (it is dropped), and an alpha opaque everywhere loses nothing, so a CLI can say so when it matters."""
+    if alpha is None or WRITE_FORMATS.get(Path(path).suffix.lower()) != "JPEG":
+        return False
+    return bool((_alpha_to_uint8(alpha, *alpha.shape[-2:]) < 255).any())
+
+
 def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | None = None,
                icc_profile: bytes | None = None, quality: int = 95, overwrite: bool = True,
                bits: int | None = None, gray: bool = False) -> Path:
