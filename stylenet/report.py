@@ -14,6 +14,7 @@ Users: ``stylenet-report`` (:mod:`stylenet.cli.report`), the end of ``stylenet-t
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -224,6 +225,13 @@ def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise StylenetError(f"loss config {str(path)!r} is not UTF-8 text: {first_line(err)}") from None
     settings.pop("_target_", None)
+    from stylenet.losses import PerceptualLoss
+
+    known = inspect.signature(PerceptualLoss).parameters
+    unknown = sorted(key for key in settings if key not in known)
+    if unknown:  # named here, with its file, not as PerceptualLoss's TypeError once the photos are loaded
+        raise StylenetError(f"loss config {str(path)!r}: unknown setting {unknown[0]!r} (the loss takes "
+                            f"{', '.join(known)})")
     return settings
 
 

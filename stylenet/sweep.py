@@ -70,8 +70,9 @@ def labels(runs: list[Run], sweep_dir: Path) -> list[str]:
 def column_label(run: Run, label: str, sweep_dir: Path) -> str:
     """``loss.style_weight=5`` of job ``1`` -> ``1: style_weight=5``: the sheet's column label. The job
     comes first, so that columns stay apart (and findable in ``sweep.md``) where a cell is too narrow for
-    the rest, which is cut at the column's edge."""
-    short = " ".join(re.sub(r"^[\w.]*\.(?=\w+=)", "", item) for item in label.split())
+    the rest, which is cut at the column's edge; a path is shortened to its file's name
+    (``style.image=/art/a.jpg`` -> ``image=a.jpg``), the part that tells such runs apart."""
+    short = " ".join(re.sub(r"^[\w.]*\.(?=\w+=)|(?<==)[^=,\[\]]*/(?=[^/,\[\]]+$)", "", item) for item in label.split())
     job = run.folder.relative_to(sweep_dir).as_posix()
     return short if short == job else f"{job}: {short}"
 

@@ -227,7 +227,8 @@ def test_cli_stopped_mid_run_keeps_the_last_iteration_and_goes_on_from_it(
         tmp_path: Path, style_image: Path, stop: type[BaseException], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C or SIGTERM after three iterations: the third one's image is written, the run says how to
-    go on, and ``init=<it>`` starts a new run from exactly that image."""
+    go on, and ``init=<it>`` starts a new run from exactly that image (with output= named, into another
+    file: an init image is never overwritten)."""
     from stylenet.cli import gatys as gatys_cli
 
     content, seen = make_photo(tmp_path / "content.png"), []
@@ -240,20 +241,25 @@ def test_cli_stopped_mid_run_keeps_the_last_iteration_and_goes_on_from_it(
         return on_iteration
 
     monkeypatch.setattr(gatys_cli, "progress_reporter", stopping_reporter)
-    cfg = compose_gatys(tmp_path / "a", f"content={content}", f"styles={style_image}", "iterations=5")
+    named = stop is Terminated  # SIGTERM's run names its output, Ctrl-C's writes into its run folder
+    output = tmp_path / "res.png" if named else tmp_path / "a" / "gatys.png"
+    cfg = compose_gatys(tmp_path / "a", f"content={content}", f"styles={style_image}", "iterations=5",
+                        *([f"output={output}"] if named else []))
     with pytest.raises(gatys_cli.StoppedRun) as stopped:
         run(cfg, tmp_path / "a")
     how, status = ("terminated", 143) if stop is Terminated else ("interrupted", 130)
-    output = tmp_path / "a" / "gatys.png"
     assert stopped.value.status == status
+    elsewhere = " and another output=, not res.png" if named else ""
     assert capsys.readouterr().err.strip() == (f"stylenet-gatys: {how}: after iteration 3 of 5; wrote its image to "
-                                               f"{output} (a new run goes on from it with init={output})")
+                                               f"{output} (a new run goes on from it with init={output}{elsewhere})")
     assert len(seen) == 3 and torch.equal(load_rgb(output), (seen[2] * 255).round() / 255)
     monkeypatch.undo()
+    result = tmp_path / "b" / "gatys.png"
+    # no step: the result is the image it starts from
     again = compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}", f"init={output}",
-                          "iterations=0")  # no step: the result is the image it starts from
+                          "iterations=0", *([f"output={result}"] if named else []))
     assert run(again, tmp_path / "b") == 0
-    assert torch.equal(load_rgb(tmp_path / "b" / "gatys.png"), load_rgb(output))
+    assert torch.equal(load_rgb(result), load_rgb(output))
 
 
 def test_cli_stopped_before_the_first_iteration_writes_nothing_and_its_folder_takes_a_run(

@@ -263,6 +263,7 @@ def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[st
     (b"weights: [oops\n", " is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
     (b"\xff\xfeweights: random\n", " is not UTF-8 text: 'utf-8' codec can't decode byte 0xff in position 0"),
     (b"style_weight: ${oops}\n", ": Interpolation key 'oops' not found (at style_weight)"),
+    (b"defaults: [offline]\nstyle_wieght: 5\n", ": unknown setting 'style_wieght' (the loss takes weights, arch, "),
 ])
 def test_a_broken_loss_config_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     content: bytes, expected: str) -> None:
@@ -435,6 +436,10 @@ def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:
             for job, weight in ((0, 1), (1, 20))]
     assert [column_label(run, name, tmp_path) for run, name in zip(runs, labels(runs, tmp_path), strict=True)] == [
         "0: style_weight=1", "1: style_weight=20"]
+    paths = [Run(tmp_path / str(job), ["experiment=smoke", f"style.image=/art/{name}.jpg"], None)
+             for job, name in ((0, "a"), (1, "b"))]
+    assert [column_label(run, name, tmp_path) for run, name in zip(paths, labels(paths, tmp_path), strict=True)] == [
+        "0: image=a.jpg", "1: image=b.jpg"]
     alone = [Run(tmp_path / "0", ["experiment=smoke"], None)]
     assert [column_label(run, name, tmp_path) for run, name in zip(alone, labels(alone, tmp_path), strict=True)] == [
         "0"]

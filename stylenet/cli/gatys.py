@@ -9,7 +9,8 @@ Bad settings and unreadable images fail before any optimisation with one line,
 ``stylenet-gatys: error: ...``, and exit status 2, before anything is written into the run folder.
 A non-finite objective stops the optimisation, writes the last finite image to ``output`` and exits
 with status 1. Ctrl-C and SIGTERM write the last finished iteration's image to ``output`` (exit 130
-and 143): ``init=<that image>`` goes on from it in a new run. Each of these ends ``gatys.log`` too.
+and 143): ``init=<that image>`` goes on from it in a new run (into another ``output=`` where one was
+named). Each of these ends ``gatys.log`` too.
 """
 
 from __future__ import annotations
@@ -237,8 +238,11 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
                 image = with_content_chroma(image, content)
             save_image(output, image)
             board().add_image("final", image, latest[0].iteration)
+            # output= named: the new run must write elsewhere (an init image is never overwritten)
+            elsewhere = f" and another output=, not {output.name}" if cfg.output else ""
             message = (f"after iteration {latest[0].iteration} of {latest[0].total}; wrote its image to {output} "
-                       f"(a new run goes on from it with init={output}{' scales=1' if cfg.scales > 1 else ''})")
+                       f"(a new run goes on from it with init={output}{' scales=1' if cfg.scales > 1 else ''}"
+                       f"{elsewhere})")
         for writer in writers:
             writer.close()
         how, status = stopped_by(stop)
