@@ -1,6 +1,8 @@
-"""Device choice: what ``auto`` means, and whether a named device exists on this machine."""
+"""Device choice: what ``auto`` means, whether a named device exists on this machine, and its free memory."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -38,3 +40,24 @@ def resolve_device(name: str = "auto", *, hint: str = "--device cpu",
         raise StylenetError(f"device {name!r} is not available: this machine has {torch.cuda.device_count()} "
                             f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or on the CPU the smaller of MemAvailable
+    (/proc/meminfo) and the cgroup's remaining limit. None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            limits += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from stylenet.devices import available_memory
 from stylenet.devices import resolve_device as resolve_any_device
 from stylenet.errors import StylenetError
 from stylenet.image import (
@@ -175,27 +176,6 @@ def estimate_memory(loss: PerceptualLoss, height: int, width: int, optimizer: st
     state = {"lbfgs": 2 * history_size, "adam": 2}.get(optimizer or "", 0)
     buffers = IMAGE_BUFFERS + state
     return 4 * (ACTIVATION_FACTOR * activation_values(loss, height, width) + buffers * image_values)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device``: CUDA's free memory, or on the CPU the smaller of MemAvailable
-    (/proc/meminfo) and the cgroup's remaining limit. None where neither can be read."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    limits = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            limits += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
-    except OSError:
-        pass
-    try:
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else None
 
 
 def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str | None, history_size: int,

@@ -608,3 +608,12 @@ def test_a_bright_photo_keeps_its_precision_in_bf16() -> None:
     assert centred < 1.0 and centred < uncentred / 3, (centred, uncentred)  # grey levels
     assert input_offset(TransformerNet(channels=8, residual_blocks=1, norm="batch"), bright) is None
     assert input_offset(SuperResolutionNet(factor=4), bright) is None
+
+
+def test_the_memory_check_counts_a_super_resolution_output_scale_squared(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylenet.inference.memory import check_image_memory
+
+    monkeypatch.setattr("stylenet.inference.memory.available_memory", lambda device: 12 * 100 * (1 + 4**2))
+    check_image_memory(10, 10, 4)  # (3, 10, 10) in and (3, 40, 40) out in float32: exactly what is free
+    with pytest.raises(StylenetError, match=r"^resized to 10x10 px, the image and its output alone need 3.1e-05 GB"):
+        check_image_memory(10, 10, 5)

@@ -15,6 +15,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from stylenet.devices import available_memory
+from stylenet.errors import StylenetError
 from stylenet.inference.geometry import forward, min_size, round_up, size_multiple
 
 #: Per-forward-pass activation budget on the CPU when ``max_memory`` is not given.
@@ -75,6 +77,19 @@ class _PeakTensorMemory(TorchDispatchMode):
 
 
 @torch.inference_mode()
+def check_image_memory(height: int, width: int, scale: int = 1) -> None:
+    """Refuse, before it is made, a size to resize an image to whose float32 copy and output (``scale``
+    times larger a side: super-resolution) alone exceed the free RAM. A slip such as ``--scale 1000``
+    asked for 74 GB and got a raw allocator error, or the OOM killer: the network's own activations have
+    a budget, the image and the output do not."""
+    needed = 3 * 4 * height * width * (1 + scale**2)  # (3, H, W) in, (3, sH, sW) out, float32
+    free = available_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise StylenetError(f"resized to {width}x{height} px, the image and its output alone need "
+                            f"{needed / 1e9:.2g} GB, but {free / 1e9:.2g} GB of memory is free: ask for a smaller "
+                            "size (--scale, --max-size)")
+
+
 def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: str = "fp32",
                                run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Peak activation bytes per input pixel, measured on one small probe pass (``forward``, or

@@ -51,6 +51,7 @@ from stylenet.inference.layerwise import layerwise_bands, network_layers
 from stylenet.inference.memory import (
     MEMORY_PROBE_SIDE,
     activation_bytes_per_pixel,
+    check_image_memory,
     default_max_memory,
     is_out_of_memory,
     release_cached_memory,
@@ -435,6 +436,8 @@ class InferenceModel:
         keep_gray = self.scale > 1 if keep_gray is None else keep_gray
         if keep_gray and image.was_gray:
             controls = Controls(controls.strength, controls.preserve_color, gray=True)
+        if size is not None:
+            check_image_memory(*size, self.scale)
         rgb = resize(image.rgb, size) if size is not None else image.rgb
         out = self.transform(rgb, controls, quantize=quantize, bits=16 if image.bits > 8 else 8, **tiling)
         return LoadedImage(rgb=out, alpha=resize_alpha(image.alpha, tuple(out.shape[-2:])),
