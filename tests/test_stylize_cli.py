@@ -163,6 +163,21 @@ def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.C
     assert code == 0 and err == "", err
 
 
+def test_inputs_after_a_double_dash_may_look_like_options(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--` ends the options, as in every Unix tool: `-- -p.png` alone was 'the following arguments are
+    required: inputs' (Python's intermixed parsing loses what follows it), and images still mix with options."""
+    dashed, plain = make_image(tmp_path / "-p.png"), make_image(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "-m", model, "-o", "one/", "--", "-p.png")
+    assert code == 0 and err == "", err
+    code, _, err = run(capsys, plain, "-m", model, "-o", "two/", "--", "-p.png", "--scale")
+    assert code == 1 and err == "stylenet-stylize: error: no such file or folder '--scale'\n", err
+    assert sorted(path.name for path in (tmp_path / "one").iterdir()) == ["-p_test.png"]
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["-p_test.png", "a_test.png"]
+    assert dashed.is_file()
+
+
 def test_a_scale_beyond_the_free_memory_is_refused_before_it_is_made(
         tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """--scale 1000 on a 64x48 photo asked for 74 GB and came back as the allocator's error (or the OOM

@@ -498,8 +498,14 @@ def run_cli(argv: list[str] | None, *, prog: str, task: str, description: str) -
     """``stylenet-stylize`` (``task="style"``) or ``stylenet-upscale`` (``task="sr"``): the same
     inputs, outputs, tiling and error handling; each refuses the other task's model files."""
     parser = build_parser(prog, description, task)
-    # intermixed: images may stand before, between and after the options (`a.jpg -m x.safetensors b.jpg`)
-    args = parser.parse_intermixed_args(argv)
+    # intermixed: images may stand before, between and after the options (`a.jpg -m x.safetensors b.jpg`).
+    # What follows `--` is inputs only (`-- -x.png`), taken apart here: the intermixed parsing of Python
+    # 3.11 and 3.12 loses an input after `--`, so the parser sees a stand-in, replaced after.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    after = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_intermixed_args([*argv[:after], "stand-in"] if after < len(argv) - 1 else argv)
+    if after < len(argv) - 1:
+        args.inputs[-1:] = argv[after + 1:]
     refuse_models_as_inputs(parser, args.inputs, args.models)
     real = [os.path.realpath(model) for model in args.models]  # (a link loop is for the model's own error)
     twice = next((model for index, model in enumerate(args.models) if real[index] in real[:index]), None)
