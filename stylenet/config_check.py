@@ -33,6 +33,8 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
         from hydra.core.hydra_config import HydraConfig
 
         hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
+    roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
+    check_added_keys(list(hydra.overrides.task), roots, hydra)
     task = hydra.runtime.choices.get("task")
     for override in hydra.overrides.task:
         key = override.lstrip("+~").partition("=")[0]
@@ -42,7 +44,6 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
     experiment = hydra.runtime.choices.get("experiment")
     if not experiment:
         return
-    roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
     named, explicit = command_line_choices(list(hydra.overrides.task), set(hydra.runtime.choices))
     picked = experiment_choices(roots, experiment)
     baseline = {**primary_choices(roots, hydra.job.config_name), **picked}
@@ -59,6 +60,23 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
         if clashes:
             raise StylenetError(f"experiment={experiment} overrides {', '.join(clashes)} of {group}={option}: "
                                 f"drop {group}={option}, or set {clashes[0]}=... yourself")
+
+
+def check_added_keys(overrides: list[str], roots: list[Path], hydra: DictConfig) -> None:
+    """Refuse ``+key=value`` where nothing reads ``key``: at the top level and in ``style``, where no
+    constructor's arguments catch it (``+resme=never`` quietly resumed the run it meant to avoid). The
+    other groups' settings are constructors' arguments, which refuse unknown names themselves."""
+    top = set(read_config(roots, "", hydra.job.config_name)) - {"defaults"} | set(hydra.runtime.choices)
+    style = {key for option in sorted({path.stem for root in roots for path in (root / "style").glob("*.yaml")})
+             for key in read_config(roots, "style", option)} - {"defaults"}
+    for override in overrides:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override.lstrip("+").partition("=")[0]
+        group, _, rest = key.partition(".")
+        if (not rest and key not in top) or (group == "style" and rest.partition(".")[0] not in style):
+            raise StylenetError(f"{override.partition('=')[0]}: no setting {key} exists to add (a typo? "
+                                "stylenet-train --help lists every setting)")
 
 
 def command_line_choices(overrides: list[str], groups: set[str]) -> tuple[dict[str, str], set[str]]:

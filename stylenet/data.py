@@ -321,8 +321,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         for setting, value in (("image_size", image_size), ("batch_size", batch_size),
                                ("num_workers", num_workers), ("val_images", val_images),
                                ("max_pixels", max_pixels), ("scale_size", scale_size)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise StylenetError(f"data.{setting} must be a whole number, got {value!r}")
+            optional = setting in ("max_pixels", "scale_size")  # null: the default limit, the crop size
+            if (value is not None or not optional) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise StylenetError(f"data.{setting} must be a whole number{' or null' if optional else ''}, "
+                                    f"got {value!r}")
         if max_pixels is not None and max_pixels < 1:
             raise StylenetError(f"data.max_pixels must be null or >= 1, got {max_pixels}")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s >= 0:
@@ -358,6 +360,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.bad_restored = 0  # of which counted before this process resumed from a checkpoint
         self.report_path: Path | None = None
         self.held_out_reported: set[str] = set()  # the errors of bad held-out photos already named
+        self.bad_listed: set[str] | None = None  # the training photos' errors listed so far (read at the first)
         self.shards: ShardStore | None = None  # source=shards: the prepared dataset, once listed
         self.worker_datasets: list[ImageFileDataset] = []
 
@@ -462,12 +465,18 @@ class ImageFolderDataModule(pl.LightningDataModule):
         none of the first 2 batches could be read) were bad, else None."""
         if not errors:
             return None
-        for error in errors:
+        self.bad_seen += len(errors)  # every time: the fraction counts samples, not files
+        if self.bad_listed is None:  # a resumed run's list goes on without repeating what it holds
+            listed = self.report_path.read_text(errors="backslashreplace") if self.report_path and \
+                self.report_path.is_file() else ""
+            self.bad_listed = set(listed.splitlines())
+        new = list(dict.fromkeys(error for error in errors if error not in self.bad_listed))
+        for error in new:  # once per file, not every epoch that meets it again
             log.warning("skipped %s", error)
-        self.bad_seen += len(errors)
-        if self.report_path is not None:
+        self.bad_listed.update(new)
+        if self.report_path is not None and new:
             with open(self.report_path, "a", encoding="utf-8", errors="backslashreplace") as report:
-                report.writelines(f"{error}\n" for error in errors)
+                report.writelines(f"{error}\n" for error in new)
         fraction = self.bad_seen / max(self.samples_seen, 1)
         # judged after 20 batches, or at once when not one image of the first 2 batches could be read (a run
         # shorter than 20 batches must not finish as if it had trained)

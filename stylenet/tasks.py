@@ -25,7 +25,14 @@ from torchvision.utils import make_grid
 from stylenet import StylenetError, __version__, quality
 from stylenet.checkpoints import WEIGHTS_SHA256
 from stylenet.fastpath import prepare_for_training
-from stylenet.image import ImageError, load_rgb, resize_long_side, resolve_image_path
+from stylenet.image import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    load_rgb,
+    read_image_size,
+    resize_long_side,
+    resolve_image_path,
+)
 from stylenet.losses import PerceptualLoss, pixel_loss, saturation_loss, setting_weight
 from stylenet.metrics import sr_scores, upscale_bicubic
 from stylenet.modelfile import read_model
@@ -62,7 +69,8 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
         raise StylenetError(f"style.size must be a whole number of pixels >= 1, got {size!r}")
     if specs is None:
         image, path = load_style_image(style.get("image"), size, "style.image")
-        name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") else style_name_of(path)
+        name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") is not None \
+            else style_name_of(path)  # (style.name='' is refused: the outputs would be photo_.png)
         return [StyleImage(name, image, str(style.get("image")), file_sha256(path))]
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
@@ -110,6 +118,14 @@ def load_style_image(spec: str | None, size: int, setting: str = "style.image") 
     if not path.is_file():
         what = "is a folder, not an image" if path.is_dir() else "does not exist"
         raise StylenetError(f"style image {str(path)!r} {what} ({setting})")
+    try:
+        width, height = read_image_size(path)
+    except ImageError:
+        width = height = 0  # load_rgb says what is wrong with it
+    if width * height > DEFAULT_MAX_PIXELS:  # the photos' limit and its --max-pixels do not apply here
+        raise StylenetError(f"style image {str(path)!r} is {width}x{height} px, beyond the {DEFAULT_MAX_PIXELS} pixels "
+                            f"a style image may have ({setting}): shrink it first; it is resized to style.size={size} "
+                            "px anyway")
     try:
         image = load_rgb(path)
     except ImageError as err:

@@ -108,14 +108,16 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("trainer.max_steps=-1", "trainer.max_steps must be > 0 (the photo stream is endless"),  # ran forever
     ("style.size=0", "style.size must be a whole number of pixels >= 1, got 0"),
     ("style.size=2", "style.size=2: a style image is 2x2 px, but the loss network needs at least"),
-    ("data.max_pixels=abc", "data.max_pixels must be a whole number, got 'abc'"),
+    ("data.max_pixels=abc", "data.max_pixels must be a whole number or null, got 'abc'"),
+    ("data.val_images=null", "data.val_images must be a whole number, got None"),  # Python's '<' TypeError
     ("data.max_pixels=-5", "data.max_pixels must be null or >= 1, got -5"),
-    ("data.scale_size=abc", "data.scale_size must be a whole number, got 'abc'"),
+    ("data.scale_size=abc", "data.scale_size must be a whole number or null, got 'abc'"),
     ("data.val_images=-1", "data.val_images must be >= 0"),
     ("data.timeout_s=-1", "data.timeout_s must be a number of seconds >= 0"),
     ("task.identity_steps=abc", "task.identity_steps must be a whole number >= 0, got 'abc'"),
     ("task.saturation_weight=lots", "task.saturation_weight must be a number >= 0, got 'lots'"),
     ("style.name=../x", "style.name: style name '../x' must be letters"),
+    ("style.name=''", "style.name: style name '' must be letters"),  # trained, and wrote photo_.png
     ("name=2024 trainer.max_steps=0", "trainer.max_steps must be > 0"),  # a name Hydra reads as a number passes
     ("name=../x", "name must be letters, digits"),  # the model file went to ../x.safetensors, out of the run folder
     ("style=multi style.images=[demo:ihc,/no/such.jpg] style.size=32", "does not exist (style.images[1])"),

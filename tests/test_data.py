@@ -144,9 +144,15 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     dm.report_path = tmp_path / "skipped_images.txt"
     dm.samples_seen = 100
     assert dm.record_bad(["cannot read image 'a.jpg': truncated"] * 5) is None
-    assert dm.report_path.read_text().count("a.jpg") == 5
+    assert dm.record_bad(["cannot read image 'a.jpg': truncated"]) is None  # met again, a later epoch
+    assert dm.report_path.read_text() == "cannot read image 'a.jpg': truncated\n"  # listed once, counted 6 times
+    dm.samples_seen = 104
     assert dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6).startswith(
-        "11 of 100 training images were unreadable")
+        "12 of 104 training images were unreadable")
+    resumed = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
+    resumed.report_path = dm.report_path  # a resumed run's list goes on without repeats
+    resumed.record_bad(["cannot read image 'b.jpg': truncated", "cannot read image 'c.jpg': truncated"])
+    assert dm.report_path.read_text().splitlines() == [f"cannot read image '{name}.jpg': truncated" for name in "abc"]
 
 
 def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path) -> None:

@@ -293,3 +293,18 @@ def test_adam_restarts_where_the_identity_warm_up_ends(tmp_path: Path, photo_fol
     states = list(trainer.optimizers[0].state.values())
     assert len(states) == len(list(task.net.parameters()))
     assert {int(state["step"]) for state in states} == {adam_steps}
+
+
+def test_a_style_image_beyond_the_pixel_limit_says_to_shrink_it(tmp_path: Path) -> None:
+    """Its error named --max-pixels, which stylenet-train does not have, and data.max_pixels, which the
+    style image does not read: it says what to do instead, from the header, before any decoding."""
+    from stylenet.tasks import load_style_image
+    from tests.helpers import png_with_header_size
+
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_with_header_size(12000, 11000))
+    with pytest.raises(StylenetError) as refused:
+        load_style_image(str(scan), 256)
+    assert str(refused.value) == (f"style image {str(scan)!r} is 12000x11000 px, beyond the 120000000 pixels a style "
+                                  "image may have (style.image): shrink it first; it is resized to style.size=256 px "
+                                  "anyway")
