@@ -12,6 +12,7 @@ network, whatever ``model`` says.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
 
         hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
     roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
-    check_added_keys(list(hydra.overrides.task), roots, hydra)
+    check_added_keys(cfg, list(hydra.overrides.task), roots, hydra)
     task = hydra.runtime.choices.get("task")
     for override in hydra.overrides.task:
         key = override.lstrip("+~").partition("=")[0]
@@ -62,18 +63,22 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
                                 f"drop {group}={option}, or set {clashes[0]}=... yourself")
 
 
-def check_added_keys(overrides: list[str], roots: list[Path], hydra: DictConfig) -> None:
+def check_added_keys(cfg: DictConfig, overrides: list[str], roots: list[Path], hydra: DictConfig) -> None:
     """Refuse ``+key=value`` where nothing reads ``key``: at the top level and in ``style``, where no
-    constructor's arguments catch it (``+resme=never`` quietly resumed the run it meant to avoid). The
-    other groups' settings are constructors' arguments, which refuse unknown names themselves."""
+    constructor's arguments catch it (``+resme=never`` quietly resumed the run it meant to avoid), unless
+    an interpolation reads it (``+tag=v1 'name=${tag}_run'``). The other groups' settings are
+    constructors' arguments, which refuse unknown names themselves."""
     top = set(read_config(roots, "", hydra.job.config_name)) - {"defaults"} | set(hydra.runtime.choices)
     style = {key for option in sorted({path.stem for root in roots for path in (root / "style").glob("*.yaml")})
              for key in read_config(roots, "style", option)} - {"defaults"}
+    text = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))  # unresolved
     for override in overrides:
         if not override.startswith("+") or override.startswith("++"):
             continue
         key = override.lstrip("+").partition("=")[0]
         group, _, rest = key.partition(".")
+        if re.search(r"\$\{\s*\.*" + re.escape(key) + r"(?![\w])", text):  # read through an interpolation
+            continue
         if (not rest and key not in top) or (group == "style" and rest.partition(".")[0] not in style):
             raise StylenetError(f"{override.partition('=')[0]}: no setting {key} exists to add (a typo? "
                                 "stylenet-train --help lists every setting)")

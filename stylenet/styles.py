@@ -59,13 +59,17 @@ def style_name_of(image: str | Path) -> str:
     return re.sub(r"[^\w.+-]", "_", stem) or "style"
 
 
-def check_style_names(names: Sequence[str], setting: str) -> list[str]:
-    """``names`` if every one is a usable, distinct file-name part; else one line naming ``setting``."""
+def check_style_names(names: Sequence[str], setting: str, *, new: int | None = None) -> list[str]:
+    """``names`` if every one is a usable, distinct file-name part; else one line naming ``setting``.
+    Distinct ignoring case too, for the names from index ``new`` on (default: all of them): the names
+    before it are a model file's own, kept as they are."""
     bad = [name for name in names if not STYLE_NAME.fullmatch(str(name)) or str(name) in (".", "..")]
     if bad:  # "." and ".." are folders, not names: styles/../ would be the run folder itself
         raise StylenetError(f"{setting}: style name {bad[0]!r} must be letters, digits, '.', '+', '-' or '_' "
                             "(not '.' or '..')")
-    if len({str(name).casefold() for name in names}) != len(names):
+    folded = [str(name).casefold() for name in names]
+    repeated = [i for i, name in enumerate(folded) if i >= (new or 0) and folded.index(name) != i]
+    if len(set(names)) != len(names) or repeated:
         # photo_Ink.png and photo_ink.png would be one file on the file systems of macOS and Windows
         raise StylenetError(f"{setting}: style names {list(names)} are not distinct (ignoring case, as the "
                             "file systems of macOS and Windows do)")

@@ -577,7 +577,8 @@ class AddStyleTask(StyleTransferTask):
                                 "InstanceNorm (model.norm=instance) can grow a style")
         base: TransformerNet = stored.net
         records = style_records(stored.metadata)
-        check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)")
+        check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)",
+                          new=len(records))  # a file of names equal but for case, from before they were refused
         check_distinct_pictures([*records, styles[0].record()], "style.image (a new picture)")
         new = base.styles
         net = base.with_styles([*range(new), torch.full((new,), 1.0 / new)])

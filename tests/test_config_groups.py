@@ -141,9 +141,12 @@ def test_the_setting_whose_interpolation_fails_is_found_in_lists_too() -> None:
 @pytest.mark.usefixtures("hydra_configs")
 def test_an_added_key_that_nothing_reads_is_refused() -> None:
     """+key at the top level or in style is no constructor's argument: a typo there was silently kept
-    (+resme=never resumed the run it meant to avoid); keys that exist, and the other groups', pass here."""
+    (+resme=never resumed the run it meant to avoid); keys that exist or an interpolation reads, and the
+    other groups', pass here."""
     for override, key in (("+resme=never", "resme"), ("+style.bogus=1", "style.bogus")):
         with pytest.raises(StylenetError, match=rf"^\{override.partition('=')[0]}: no setting {key} exists to add "):
             check_group_choices(train_config("experiment=smoke", override))
     check_group_choices(train_config("experiment=smoke", "+trainer.gradient_clip_val=1"))
+    check_group_choices(train_config("experiment=smoke", "+tag=v1", "name=${tag}_run", "+style.root=/art",
+                                     "style.image=${style.root}/a.jpg"))  # helper values an interpolation reads
     check_group_choices(train_config("style=multi", "+style.image=demo:gravel"))  # refused later, by its own error

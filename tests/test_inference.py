@@ -615,5 +615,6 @@ def test_the_memory_check_counts_a_super_resolution_output_scale_squared(monkeyp
 
     monkeypatch.setattr("stylenet.inference.memory.available_memory", lambda device: 12 * 100 * (1 + 4**2))
     check_image_memory(10, 10, 4)  # (3, 10, 10) in and (3, 40, 40) out in float32: exactly what is free
-    with pytest.raises(StylenetError, match=r"^resized to 10x10 px, the image and its output alone need 3.1e-05 GB"):
+    with pytest.raises(StylenetError, match=r"^resized to 10x10 px, the image and its output alone need 0.0312 MB of "
+                                            r"memory, but 0.0204 MB is free"):
         check_image_memory(10, 10, 5)

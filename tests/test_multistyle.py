@@ -179,8 +179,16 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
             assert param.grad[:3].abs().max() == 0 and param.grad[3].abs().max() > 0, name
         else:
             assert param.grad is None and not param.requires_grad, name
-    with pytest.raises(StylenetError, match=r"^task.style_name \(a new name\): .* not distinct"):
-        AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="b")
+    for taken in ("b", "B"):  # photo_b.png and photo_B.png: one file on macOS and Windows
+        with pytest.raises(StylenetError, match=r"^task.style_name \(a new name\): .* not distinct"):
+            AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name=taken)
+    stored = read_model(base)  # a file written before names equal but for case were refused still grows
+    older = [{**record, "name": name} for record, name in zip(stored.metadata["styles"], ["Ink", "ink", "c"],
+                                                              strict=True)]
+    save_model(tmp_path / "older.safetensors", stored.net, {**stored.metadata, "styles": older})
+    grown_older = AddStyleTask(base=str(tmp_path / "older.safetensors"), loss=RANDOM_LOSS,
+                               style={"image": str(style_image), "size": 32}, style_name="z")
+    assert [record["name"] for record in grown_older.hparams["styles"]] == ["Ink", "ink", "c", "z"]
     with pytest.raises(StylenetError, match=r"^task.style_name: style name 'a/b' must be letters"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})

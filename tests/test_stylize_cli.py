@@ -183,12 +183,12 @@ def test_a_scale_beyond_the_free_memory_is_refused_before_it_is_made(
     """--scale 1000 on a 64x48 photo asked for 74 GB and came back as the allocator's error (or the OOM
     killer): the image and output's float32 bytes, 3 x 4 x (1 + 1) per pixel, are held against the free memory
     first, and the next input goes on."""
-    monkeypatch.setattr("stylenet.inference.memory.available_memory", lambda device: 640 * 480 * 24 - 1)
+    monkeypatch.setattr("stylenet.inference.memory.available_memory", lambda device: 5_000_000)
     big, small = make_image(tmp_path / "big.png", size=(64, 48)), make_image(tmp_path / "small.png", size=(32, 24))
     code, _, err = run(capsys, big, small, "--model", model, "-o", f"{tmp_path / 'out'}/", "--scale", 10)
     assert code == 1 and err == (f"stylenet-stylize: error: {big}: resized to 640x480 px, the image and its output "
-                                 "alone need 0.0074 GB, but 0.0074 GB of memory is free: ask for a smaller size "
-                                 "(--scale, --max-size)\n"), err
+                                 "alone need 7.37 MB of memory, but 5 MB is free: ask for a smaller size "
+                                 "(stylenet-stylize: --scale, --max-size)\n"), err
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["small_test.png"]  # 320x240: 1.8 MB
 
 

@@ -76,7 +76,6 @@ class _PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-@torch.inference_mode()
 def check_image_memory(height: int, width: int, scale: int = 1) -> None:
     """Refuse, before it is made, a size to resize an image to whose float32 copy and output (``scale``
     times larger a side: super-resolution) alone exceed the free RAM. A slip such as ``--scale 1000``
@@ -85,11 +84,17 @@ def check_image_memory(height: int, width: int, scale: int = 1) -> None:
     needed = 3 * 4 * height * width * (1 + scale**2)  # (3, H, W) in, (3, sH, sW) out, float32
     free = available_memory(torch.device("cpu"))
     if free is not None and needed > free:
-        raise StylenetError(f"resized to {width}x{height} px, the image and its output alone need "
-                            f"{needed / 1e9:.2g} GB, but {free / 1e9:.2g} GB of memory is free: ask for a smaller "
-                            "size (--scale, --max-size)")
+        raise StylenetError(f"resized to {width}x{height} px, the image and its output alone need {gigabytes(needed)} "
+                            f"of memory, but {gigabytes(free)} is free: ask for a smaller size (stylenet-stylize: "
+                            "--scale, --max-size)")
 
 
+def gigabytes(count: int) -> str:
+    """Bytes for a message: ``73.7 GB``, or below 1 GB in MB to three significant digits (``7.37 MB``)."""
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.3g} MB"
+
+
+@torch.inference_mode()
 def activation_bytes_per_pixel(net: nn.Module, device: torch.device, precision: str = "fp32",
                                run: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Peak activation bytes per input pixel, measured on one small probe pass (``forward``, or
