@@ -256,6 +256,27 @@ def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: P
                              "complete shard\n")
 
 
+def test_a_worker_that_sigterm_cannot_stop_is_killed_and_the_stop_ends(square_photos: Path, tmp_path: Path) -> None:
+    """Pool.terminate() sends each worker SIGTERM and waits for it for ever: a worker that cannot take the
+    signal (here it ignores it) hung the stop (as a CI run under load once did). It is killed after
+    stylenet.cli.prepare.STOP_S, and the run ends as any stop does."""
+    start = time.monotonic()
+    result = prepare_in_a_fresh_python(
+        "def deaf():  # runs in each forked worker, instead of leave_signals_to_parent\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "prepare.leave_signals_to_parent = deaf\n"
+        "prepare.STOP_S = 2.0\n"
+        "import tqdm\n"
+        "class Bar:  # the progress bar's first update, in this process, while the workers run\n"
+        "    def __init__(self, *args, **kwargs): pass\n"
+        "    def update(self, n): os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    def close(self): pass\n"
+        "tqdm.tqdm = Bar\n", square_photos, tmp_path / "out")
+    assert result.returncode == 143 and "terminated" in result.stderr, result.stderr[-2000:]
+    assert time.monotonic() - start < 60
+
+
 def test_a_worker_killed_from_outside_is_one_line_and_exit_2_not_a_hang(square_photos: Path, tmp_path: Path) -> None:
     """A decoding worker that dies (the OOM killer, a kill -9) while it holds photos: multiprocessing's Pool
     replaced it and waited for them for ever; the run now stops with one line and exit 2, to be run again."""

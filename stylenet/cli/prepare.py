@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from stylenet.errors import StylenetError, cannot_write, first_line
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 PROG = "stylenet-prepare"
+#: How long the pool's own terminate may take before its workers are killed (stop_pool).
+STOP_S = 5.0
 
 
 def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | None, str | None]:
@@ -153,7 +156,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            stop_pool(pool)
     manifest["complete"] = True
     write_manifest(out, manifest)
     return manifest
@@ -177,6 +180,20 @@ def watched(results: Any, crew: set[int], poll_s: float = 1.0) -> Iterator[Any]:
         except multiprocessing.TimeoutError:
             if not crew <= {worker.pid for worker in multiprocessing.active_children()}:
                 raise WorkerDied from None
+
+
+def stop_pool(pool: Any) -> None:
+    """``pool.terminate()``, bounded: it sends each worker SIGTERM and then waits for it, for ever if the
+    worker cannot take the signal (a CI run under load once hung here past two minutes on a SIGTERM). After
+    :data:`STOP_S` the workers are killed, and after as long again the run goes on without the pool's
+    threads (daemons): a stop must end the command."""
+    stopper = threading.Thread(target=pool.terminate, name="stop-pool", daemon=True)
+    stopper.start()
+    stopper.join(STOP_S)
+    if stopper.is_alive():
+        for worker in multiprocessing.active_children():  # the pool's: no other children here
+            worker.kill()
+        stopper.join(STOP_S)
 
 
 def leave_signals_to_parent() -> None:
