@@ -240,17 +240,21 @@ def prepare_in_a_fresh_python(patch: str, photos: Path, out: Path, *options: str
                           capture_output=True, text=True, timeout=120, env=env)
 
 
+#: A patch for prepare_in_a_fresh_python: the progress bar's first update, in this process while the workers
+#: run, sends it SIGTERM.
+SIGTERM_AT_FIRST_PHOTO = ("import tqdm\n"
+                          "class Bar:\n"
+                          "    def __init__(self, *args, **kwargs): pass\n"
+                          "    def update(self, n): os.kill(os.getpid(), signal.SIGTERM)\n"
+                          "    def close(self): pass\n"
+                          "tqdm.tqdm = Bar\n")
+
+
 def test_sigterm_is_one_line_and_exit_143_and_stops_the_workers(square_photos: Path, tmp_path: Path) -> None:
     """A scheduler's stop while the decoding workers run: one line, exit 143, and not a word from the
     workers (their stderr is the same). In a fresh interpreter: this one's OpenMP threads would not
     survive the workers' fork."""
-    result = prepare_in_a_fresh_python(
-        "import tqdm\n"
-        "class Bar:  # the progress bar's first update, in this process, while the workers run\n"
-        "    def __init__(self, *args, **kwargs): pass\n"
-        "    def update(self, n): os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    def close(self): pass\n"
-        "tqdm.tqdm = Bar\n", square_photos, tmp_path / "out")
+    result = prepare_in_a_fresh_python(SIGTERM_AT_FIRST_PHOTO, square_photos, tmp_path / "out")
     assert result.returncode == 143, result.stderr[-2000:]
     assert result.stderr == ("stylenet-prepare: terminated; run the same command again to go on from the last "
                              "complete shard\n")
@@ -266,13 +270,7 @@ def test_a_worker_that_sigterm_cannot_stop_is_killed_and_the_stop_ends(square_ph
         "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "prepare.leave_signals_to_parent = deaf\n"
-        "prepare.STOP_S = 2.0\n"
-        "import tqdm\n"
-        "class Bar:  # the progress bar's first update, in this process, while the workers run\n"
-        "    def __init__(self, *args, **kwargs): pass\n"
-        "    def update(self, n): os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    def close(self): pass\n"
-        "tqdm.tqdm = Bar\n", square_photos, tmp_path / "out")
+        "prepare.STOP_S = 2.0\n" + SIGTERM_AT_FIRST_PHOTO, square_photos, tmp_path / "out")
     assert result.returncode == 143 and "terminated" in result.stderr, result.stderr[-2000:]
     assert time.monotonic() - start < 60
 
