@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import nn
 
 from stylenet.atomic import atomic_write
@@ -185,17 +185,45 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """A stylenet safetensors file's header (:func:`header`: network, style names, ...) without
-    reading its weights: what a listing of model files needs."""
-    header, _ = _read_safetensors(Path(path), weights=False)
-    return header
+    reading its weights: what a listing of model files needs. The tensors' names and shapes are held
+    against the network the header names (built on the meta device, so nothing is allocated): a file
+    that lists well but cannot load is refused here, as :func:`read_model` would refuse it."""
+    path = Path(path)
+    with torch.device("meta"):
+        return _load_safetensors(path, weights=False).metadata
+
+
+#: safetensors' own bound on a header's length.
+MAX_HEADER_BYTES = 100_000_000
 
 
 def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The stylenet header and the tensors; without ``weights``, shape-only tensors on the meta device
+    from the file's own layout. Read through a Python file, not ``safe_open(path)``: safetensors refuses
+    a file name that is not UTF-8 (an old archive's Latin-1 name, held by Python as lone surrogates)."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = json.loads((handle.metadata() or {}).get(FORMAT, "null"))
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if weights else {}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as err:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length > MAX_HEADER_BYTES:
+                raise ValueError(f"its header claims {length} bytes")
+            text = handle.read(length)
+            if len(text) < length:
+                raise ValueError(f"cut short inside its header ({len(text)} of {length} bytes)")
+            layout = json.loads(text)
+            if not isinstance(layout, dict) or not isinstance(layout.get("__metadata__", {}), dict):
+                raise ValueError("its header is not a JSON object of tensors")
+            entries = {key: entry for key, entry in layout.items() if key != "__metadata__"}
+            data_bytes = max((entry["data_offsets"][1] for entry in entries.values()), default=0)
+            if 8 + length + data_bytes > path.stat().st_size:
+                raise ValueError(f"cut short: its header promises {8 + length + data_bytes} bytes, "
+                                 f"the file has {path.stat().st_size}")
+            if weights:
+                handle.seek(0)
+                tensors = load(handle.read())
+            else:
+                tensors = {key: torch.empty(entry["shape"], device="meta") for key, entry in entries.items()}
+        header = json.loads(layout.get("__metadata__", {}).get(FORMAT, "null"))
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as err:
         raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
                             f"{first_line(err)}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -206,8 +234,8 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
     return header, tensors
 
 
-def _load_safetensors(path: Path) -> StoredModel:
-    header, tensors = _read_safetensors(path)
+def _load_safetensors(path: Path, *, weights: bool = True) -> StoredModel:
+    header, tensors = _read_safetensors(path, weights=weights)
     network = dict(header["network"]) if isinstance(header.get("network"), dict) else {}
     cls = NETWORKS.get(network.pop("class", None))
     if cls is None:
@@ -217,9 +245,11 @@ def _load_safetensors(path: Path) -> StoredModel:
 
 def first_non_finite(state_dict: Mapping[str, Any]) -> str | None:
     """The first floating-point tensor holding NaN or infinity: a diverged run, not worth resuming,
-    and a model whose every output would be NaN, written as a black image."""
+    and a model whose every output would be NaN, written as a black image. (A meta tensor, a shape
+    without values, holds neither.)"""
     for key, value in state_dict.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+        if (torch.is_tensor(value) and value.is_floating_point() and not value.is_meta
+                and not torch.isfinite(value).all()):
             return key
     return None
 

@@ -306,6 +306,27 @@ def test_info_lists_the_styles_and_the_record_and_writes_nothing(tmp_path: Path,
     assert usage.value.code == 2 and "or --info to show what the source holds" in capsys.readouterr().err
 
 
+def test_info_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_in_one_line(tmp_path: Path) -> None:
+    """``--info | head -1`` (a reader that stops early) and stdout on a full disk: the first
+    quietly, the second one line, each exit 1 (both were a traceback ending in IndexError)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import console_script
+
+    model = save_model(tmp_path / "m.safetensors", TransformerNet(channels=8, residual_blocks=1), {"task": "style"})
+    export = " ".join([*console_script("stylenet-export"), str(model), "--info"])
+    # `true` has closed the pipe long before the command, seconds into its start, prints
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {export} | true"],
+                           capture_output=True, text=True, timeout=120)
+    assert (piped.stderr, piped.returncode) == ("", 1)
+    with open("/dev/full", "w") as full:
+        filled = subprocess.run([*console_script("stylenet-export"), str(model), "--info"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert filled.stderr == "stylenet-export: error: cannot write to stdout: No space left on device\n"
+    assert filled.returncode == 1 and sys.platform == "linux"
+
+
 def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:

@@ -776,9 +776,10 @@ def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path:
 
 def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer, models: Path,
                                                             tmp_path: Path) -> None:
-    """A file name that is not UTF-8 (as old archives unpack on Linux) and a file whose ``styles``
-    metadata is not a list of records are each one entry: the others load and run, and picking either
-    gives one line naming it."""
+    """A file whose ``styles`` metadata is not a list of records and one whose weights do not fit its
+    network (its header alone reads well) are each one entry, never the one ticked first: the others
+    load and run, and picking either gives one line naming it. A file name that is not UTF-8 (as old
+    archives unpack on Linux) loads as any other (safetensors' own reader refused it)."""
     from tests.test_multistyle import multi_net
 
     with open(os.path.join(os.fsencode(models), b"caf\xe9.safetensors"), "wb") as handle:
@@ -792,20 +793,23 @@ def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer,
     status, reply = submit(address(server), photo, [labels["caf\ufffd"], labels["tiny"], labels["odd"]])
     assert status == 202
     results = finished(address(server), reply["id"])["results"]
-    assert "not valid UTF-8" in results[0]["error"]  # safetensors opens UTF-8 paths only: one line, on picking
+    assert results[0]["width"] == 80
     assert results[1]["width"] == 80
     assert results[2]["error"].startswith("'p.png': model file 'models/odd.safetensors'")  # not the server's path
     assert "'styles' metadata must list records with a 'name'" in results[2]["error"]
     assert not any(str(models) in result.get("error", "") for result in results)
     # the page ticks the first style the listing could read; a super-resolution model is no style to offer
-    from stylenet.nets import SuperResolutionNet
+    from stylenet.nets import SuperResolutionNet, TransformerNet
 
     save_model(models / "upscale.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
                {"task": "sr", "factor": 4})
     (models / "a_broken.pth").write_text("not a model")
+    save_model(models / "a_misfit.safetensors", TransformerNet(channels=8, residual_blocks=1),
+               {"task": "style", "network": {"class": "TransformerNet", "channels": 16, "residual_blocks": 1}})
     status, listing = call_json(address(server), "GET", "/api/models")
     assert [(model["label"], model["readable"]) for model in listing["models"]] == [
-        ("a_broken", False), ("caf\ufffd", False), ("odd", False), ("sub/other", True), ("tiny", True)]
+        ("a_broken", False), ("a_misfit", False), ("caf\ufffd", True), ("odd", False), ("sub/other", True),
+        ("tiny", True)]
 
 
 def test_a_folder_named_dot_is_named_by_its_own_name(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -214,6 +214,20 @@ def test_a_bad_file_shows_its_error_on_the_page(browser: Any, page_server: Style
     screenshot("bad_file")
 
 
+def test_a_page_that_the_browser_gives_no_camera_says_why_in_one_line(browser: Any,
+                                                                      page_server: StyleServer) -> None:
+    """Opened from another computer over plain http (``--host 0.0.0.0``), a page has no
+    ``navigator.mediaDevices``; the page said "Cannot read properties of undefined"."""
+    open_page(browser, page_server)
+    browser.execute_script("Object.defineProperty(navigator, 'mediaDevices', {value: undefined});")
+    browser.find_element("id", "webcam-start").click()
+    message = wait_for(browser, "const e = document.getElementById('webcam-error');"
+                                "return !e.hidden && e.textContent;", "the webcam's error")
+    port = page_server.server_address[1]
+    assert message.startswith("No camera: browsers give the camera only to a page opened as http://127.0.0.1"), message
+    assert message.endswith(f"(ssh -L {port}:127.0.0.1:{port} 127.0.0.1)"), message
+
+
 def test_the_webcam_mode_shows_stylized_frames_and_their_rate(browser: Any, page_server: StyleServer,
                                                               screenshot: Callable[[str], Path]) -> None:
     open_page(browser, page_server)

@@ -14,6 +14,21 @@ from pathlib import Path
 
 from stylenet.errors import StylenetError
 
+
+def print_out(text: str, prog: str) -> bool:
+    """Print ``text`` to stdout; False when stdout is gone: a pipe closed early (``--info | head -1``,
+    left without a word: the reader had what it wanted) or a full disk (one line on stderr). stdout then
+    points at /dev/null, so that the interpreter's own flush at exit raises nothing more."""
+    try:
+        print(text, flush=True)
+        return True
+    except OSError as err:
+        if not isinstance(err, BrokenPipeError):
+            print(f"{prog}: error: cannot write to stdout: {err.strerror or err}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+
+
 #: ``error(message)``: report one failed input on stderr and go on with the others.
 ErrorReporter = Callable[[str], None]
 

@@ -17,15 +17,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+from stylenet.cli import Terminated, print_out, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, cannot_write
 
 if TYPE_CHECKING:
     from stylenet.modelfile import StoredModel
 
+PROG = "stylenet-export"
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stylenet-export", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source",
                         help="a .ckpt from stylenet-train, a .safetensors model or a pytorch/examples .pth")
@@ -50,22 +52,19 @@ def main(argv: list[str] | None = None) -> int:
                     raise StylenetError(f"--style-name names a style model; {args.source!r} is a {model.task!r} "
                                         "model")
                 rename_styles(model, args.style_name, args.source)
-            if args.info:
-                print(describe(model, args.source), flush=True)
+            told = not args.info or print_out(describe(model, args.source), PROG)
             paths = write_models(model, args.outputs) if args.outputs else []
     except StylenetError as err:
-        print(f"stylenet-export: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the disk, after every check: full, read-only, ...
-        print(f"stylenet-export: error: {cannot_write(err, args.outputs[0])}", file=sys.stderr)
+        print(f"{PROG}: error: {cannot_write(err, args.outputs[0])}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Terminated) as stop:  # write_models publishes all outputs or none
         how, status = stopped_by(stop)
-        print(f"stylenet-export: {how}; no output written", file=sys.stderr)
+        print(f"{PROG}: {how}; no output written", file=sys.stderr)
         return status
-    for path in paths:
-        print(path)
-    return 0
+    return 0 if told and all(print_out(str(path), PROG) for path in paths) else 1
 
 
 def describe(model: StoredModel, source: str) -> str:

@@ -259,6 +259,13 @@ async function webcamLoop() {
 
 async function startWebcam() {
   $("webcam-error").hidden = true;
+  if (!window.isSecureContext || !navigator.mediaDevices) {
+    // Browsers give a camera only to pages of this computer (127.0.0.1, localhost) or over https.
+    const port = location.port || "80";
+    return stopWebcam("No camera: browsers give the camera only to a page opened as http://127.0.0.1 or "
+      + `over https; open the page on the computer that runs stylenet-serve, or reach it through a tunnel `
+      + `(ssh -L ${port}:127.0.0.1:${port} ${location.hostname})`);
+  }
   try {
     webcam.stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
   } catch (err) {
