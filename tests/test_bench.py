@@ -123,6 +123,26 @@ def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.Capture
     assert bench.main(["--quick", "--sections", "conv,photo", "--model-file", str(files[16])]) == 2
     error = capsys.readouterr().err
     assert "width16.safetensors" in error and "paper" in error and len(error.strip().splitlines()) == 1
+    # a super-resolution network of the paper's width is no style network to time in its rows
+    from stylenet.nets import SuperResolutionNet
+
+    save_model(upscaler := tmp_path / "x4.safetensors", SuperResolutionNet(factor=4, channels=32, residual_blocks=1),
+               {"task": "sr", "factor": 4})
+    assert bench.main(["--quick", "--sections", "frames", "--model-file", str(upscaler)]) == 2
+    assert capsys.readouterr().err == (f"stylenet-bench: error: model file {str(upscaler)!r} is a 'sr' model, "
+                                       "not a 'style' model\n")
+
+
+def test_a_json_the_disk_refuses_at_the_end_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --json path that passes the check before the sections but cannot be written after them (/proc,
+    a full disk): one line naming it, exit 1, the table already printed (it was a traceback)."""
+    monkeypatch.setattr(bench, "bench_conv", lambda *_args: {"conv_fp32_gflops": 1.0, "conv_bf16_gflops": 2.0})
+    assert bench.main(["--quick", "--sections", "conv", "--json", "/proc/bench.json"]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.splitlines()[-1] == ("stylenet-bench: error: cannot write '/proc/bench.json': No such file "
+                                            "or directory (the table above holds the figures)")
+    assert "ran on: " in printed.out
 
 
 def test_reference_and_fast_steps_give_the_same_first_loss() -> None:

@@ -106,7 +106,7 @@ def model_file_row(model_file: str, *, paper_only: bool = False) -> str:
     another width would be timed under a wrong label, so it is refused, naming the file."""
     from stylenet.modelfile import read_model
 
-    channels = read_model(model_file).style_networks()[0][1].config.get("channels")
+    channels = read_model(model_file, task="style").style_networks()[0][1].config.get("channels")
     rows = [name for name, config in MODELS.items() if config["channels"] == channels]
     if paper_only and rows != ["paper"]:
         raise StylenetError(f"--model-file {model_file}: a network of width {channels}, where the 12 MP photo row "

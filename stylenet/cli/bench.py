@@ -74,6 +74,7 @@ from stylenet.bench.training import AUTOCAST, loss_curve
 from stylenet.bench.worker import MODELS
 from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.devices import resolve_device
+from stylenet.errors import cannot_write
 from stylenet.fastpath import training_precision
 
 PROG = "stylenet-bench"
@@ -184,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["load_average_end"] = load_average()
     print_table(results, profile.models, profile.sizes)
     if args.json:
-        write_text(args.json, json.dumps(results, indent=1))
+        try:
+            write_text(args.json, json.dumps(results, indent=1))
+        except OSError as err:  # a disk that refuses only at the end (full, /proc, a folder removed meanwhile)
+            print(f"{PROG}: error: {cannot_write(err, args.json)} (the table above holds the figures)",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
