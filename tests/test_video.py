@@ -309,6 +309,8 @@ def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_pat
     assert stylize_main([str(folder), "-m", str(model_file), "-o", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert f"note: folder {str(folder)!r} holds 2 video(s), which a folder does not stylize" in err, err
+    # the globs that name them (a phone's .MOV matched no '*.mp4')
+    assert f"({str(folder / '**' / '*.MOV')!r} {str(folder / '**' / '*.mp4')!r})" in err, err
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["photo_tiny.png"]
 
 
@@ -608,6 +610,38 @@ def test_frames_closer_than_the_output_s_time_step_keep_times_of_their_own(tmp_p
     with av.open(str(out)) as container:
         times = [frame.pts for frame in container.decode(video=0)]
     assert len(times) == 8 and times == sorted(set(times)), times  # each its own, in order
+
+
+def test_max_pixels_holds_a_clips_frames_as_a_photos(tmp_path: Path, model_file: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """--max-pixels was passed over in silence for a clip: a frame above it is refused, one line, nothing written."""
+    clip = make_clip(tmp_path / "clip.mp4", frames=2)
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "a.mp4"), "--max-pixels", "100"]) == 1
+    width, height = video_io.probe_video(clip).width, video_io.probe_video(clip).height
+    assert (f"its frames of {width}x{height} = {width * height} pixels exceed --max-pixels 100"
+            in capsys.readouterr().err) and not (tmp_path / "a.mp4").exists()
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "b.mp4"),
+                         "--max-pixels", str(width * height)]) == 0
+
+
+def test_a_matroska_whose_video_starts_late_is_whole(tmp_path: Path, model_file: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """Matroska's DURATION tag is where a stream ends, not how long it is: a clip whose first frame is at
+    0.5 s (as stylenet's own .mkv of a camcorder's .mts, which keeps its start) is whole, not "ended
+    after 24 of 36 frames"."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "late.mkv"
+    with av.open(str(clip), "w") as container:
+        video = h264(container, 32)
+        video.codec_context.time_base = Fraction(1, 24)
+        for index in range(24):
+            frame = av.VideoFrame.from_ndarray(make_scene(32, shift=index), format="rgb24")
+            frame.pts, frame.time_base = 12 + index, Fraction(1, 24)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    assert video_io.probe_video(clip).expected_frames == 24
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "out.mkv")]) == 0, capsys.readouterr()
+    assert len(read_clip(tmp_path / "out.mkv")["frames"]) == 24
 
 
 def test_a_transport_stream_is_read_and_its_output_is_matroska(tmp_path: Path, model_file: Path) -> None:

@@ -296,10 +296,11 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
                 report.note(f"left out {len(images) - len(kept)} file(s) of folder {spec!r} under -o "
                             f"{str(output)!r}: outputs, not inputs")
             images = kept
-        videos = len(list_images(path, VIDEO_SUFFIXES))
+        videos = list_images(path, VIDEO_SUFFIXES)
         if videos:
-            report.note(f"folder {spec!r} holds {videos} video(s), which a folder does not stylize: name them as "
-                        f"files or a glob ({str(path / '**' / '*.mp4')!r})")
+            globs = " ".join(repr(str(path / "**" / f"*{suffix}")) for suffix in sorted({v.suffix for v in videos}))
+            report.note(f"folder {spec!r} holds {len(videos)} video(s), which a folder does not stylize: name them "
+                        f"as files or by a glob ({globs})")
         if not images:
             report.error(f"no images found in folder {spec!r}")
         return [(image, image.parent.relative_to(path)) for image in images]

@@ -156,15 +156,15 @@ def _open_input(av: ModuleType, path: Path) -> Any:
 
 def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
     """Frame count from the header (MP4/MOV), else from the stream's duration (Matroska's DURATION
-    tag included), else unknown."""
+    tag included: where the stream ends, so its start is taken off), else unknown."""
     if stream.frames:
         return int(stream.frames), True
     seconds = None
     if stream.duration and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
-    else:
-        seconds = _tag_seconds(stream.metadata)
-    return (round(seconds * rate) if seconds and rate else None), False
+    elif (seconds := _tag_seconds(stream.metadata)) is not None and stream.start_time and stream.time_base:
+        seconds -= float(stream.start_time * stream.time_base)
+    return (round(seconds * rate) if seconds and seconds > 0 and rate else None), False
 
 
 def _tag_seconds(metadata: dict[str, str]) -> float | None:

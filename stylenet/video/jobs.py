@@ -39,6 +39,15 @@ def _check_options(args: argparse.Namespace) -> None:
         raise StylenetError(f"--{used[0].replace('_', '-')} does not apply to videos")
 
 
+def _check_frame_pixels(source: Path, max_pixels: int | None) -> None:
+    """``--max-pixels`` holds a clip's frame as it holds a photo (it was passed over in silence). Its
+    default, a decompression bomb's bound, is for images: a video's frame size is no such risk."""
+    info = probe_video(source) if max_pixels is not None else None
+    if info is not None and info.width * info.height > max_pixels:
+        raise StylenetError(f"its frames of {info.width}x{info.height} = {info.width * info.height} pixels exceed "
+                            f"--max-pixels {max_pixels}")
+
+
 def _frame_size(source: Path, args: argparse.Namespace) -> tuple[int, int] | None:
     """The ``--scale`` / ``--max-size`` frame size, or None to keep the video's own. A size of our
     choosing has even sides (one pixel less where needed), also where the option leaves the size as it
@@ -60,6 +69,7 @@ def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.N
     frames; ``report`` counts and prints as for images, ``describe`` makes the one-line errors."""
     try:
         _check_options(args)
+        _check_frame_pixels(source, args.max_pixels)
         size = _frame_size(source, args)
     except Exception as err:
         report.error(describe(err, source))
