@@ -569,6 +569,34 @@ def test_an_audio_stream_of_a_codec_ffmpeg_does_not_know_is_left_out_with_a_note
     assert len(styled["frames"]) == 6 and styled["audio"] == source["audio"]
 
 
+def test_audio_no_written_format_can_hold_is_left_out_with_a_note(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
+    """Windows Media audio (WMA) fits none of .mkv, .mov, .mp4 and .webm: a .wmv clip was refused into
+    every one of them ("choose .mkv", also when the output was .mkv). Its video is stylized, the audio
+    left out with a note; audio that another format holds is still refused, naming that format."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "win.wmv"
+    with av.open(str(clip), "w", format="asf") as container:
+        video = container.add_stream("wmv2", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        audio = container.add_stream("wmav2", rate=22050)
+        audio.layout, audio.codec_context.bit_rate = "mono", 64000
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 22050 // 4), np.float32), format="fltp", layout="mono")
+        sound.sample_rate, sound.pts = 22050, 0
+        container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+        write_frames(av, container, video, 6, 32)
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(tmp_path / "out") + "/"]) == 0
+    assert ("note: win.wmv: left out audio stream #1 (wmav2): none of .mkv, .mov, .mp4, .webm can hold it "
+            "untouched") in capsys.readouterr().err
+    styled = read_clip(tmp_path / "out" / "win_tiny.mkv")
+    assert len(styled["frames"]) == 6 and not styled["audio"]
+    aac = make_clip(tmp_path / "clip.mp4", frames=2)
+    assert stylize_main([str(aac), "-m", str(model_file), "-o", str(tmp_path / "clip.webm")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot hold the aac audio of " in err and "choose .mkv or .mov or .mp4, which can" in err
+
+
 def test_an_audio_time_that_goes_back_is_moved_on_as_ffmpeg_moves_it(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
     """An MP4 muxer refuses a packet whose time does not increase: at the very end, once every frame was

@@ -14,6 +14,8 @@ from stylenet.errors import StylenetError
 READ_ONLY_SUFFIXES = dict.fromkeys((".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".3gp", ".flv", ".wmv"), ".mkv")
 #: Written (and read): H.264 in MP4, MOV and Matroska, VP9 in WebM.
 WRITTEN_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
+#: FFmpeg's muxer for each kind of file written (.m4v is MP4's): what audio an output of each can hold.
+HOLDERS = {".mkv": "matroska", ".mov": "mov", ".mp4": "mp4", ".webm": "webm"}
 #: Suffixes that ``stylenet-stylize`` treats as videos (case-insensitive); everything else is an image.
 VIDEO_SUFFIXES = (*WRITTEN_SUFFIXES, *READ_ONLY_SUFFIXES)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from stylenet.atomic import atomic_write
 from stylenet.errors import StylenetError, first_line
-from stylenet.video.formats import video_target
+from stylenet.video.formats import HOLDERS, video_target
 from stylenet.video.pipeline import Prefetch, Sink
 
 if TYPE_CHECKING:
@@ -561,27 +561,39 @@ class VideoEncoder:
 
     def _add_audio(self, template: Any, source: Path, path: Path) -> dict[int, Any]:
         """One output stream per audio stream of ``source`` (open as ``template``), with its codec
-        parameters and labels; refused up front if the output's container cannot hold the codec (AAC in
-        WebM, Opus in MOV, stereo float PCM in MP4)."""
+        parameters and labels. Audio the output's container cannot hold (AAC in WebM, Opus in MOV, stereo
+        float PCM in MP4) is refused up front, naming the formats that hold it; audio none of them holds
+        (Windows Media's WMA, ADPCM) is left out, with a note, rather than leave such a clip unstylizable."""
         streams: dict[int, Any] = {}
         firsts = _first_audio_packets(self.av, source)
         for audio in template.streams.audio:
-            if audio.codec_context is None:  # a codec this FFmpeg does not know: nothing to copy it as
-                self.dropped.append(f"audio stream #{audio.index} ({audio.metadata.get('title') or 'unknown codec'})")
+            if audio.codec_context is None:
+                self.dropped.append(f"audio stream #{audio.index} ({audio.metadata.get('title') or 'unknown codec'}"
+                                    "): this FFmpeg has no codec to copy it as")
                 continue
-            name = audio.codec_context.name
-            if name not in self.container.supported_codecs or not self._muxes(audio, firsts.get(audio.index)):
-                raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} "
-                                    "untouched: choose .mkv, which holds any audio")
+            first = firsts.get(audio.index)
+            if not self._muxes(self.container.format.name, audio, first):
+                name = audio.codec_context.codec.canonical_name  # mp3, not its decoder's mp3float
+                holders = [suffix for suffix, muxer in HOLDERS.items()
+                           if muxer != self.container.format.name and self._muxes(muxer, audio, first)]
+                if not holders:
+                    self.dropped.append(f"audio stream #{audio.index} ({name}): none of "
+                                        f"{', '.join(HOLDERS)} can hold it untouched")
+                    continue
+                raise StylenetError(f"{str(path)!r} cannot hold the {name} audio of {str(source)!r} untouched: "
+                                    f"choose {' or '.join(holders)}, which can")
             streams[audio.index] = self.container.add_stream_from_template(audio)
             _copy_labels(audio, streams[audio.index])
         return streams
 
-    def _muxes(self, audio: Any, packet: Any | None) -> bool:
-        """Whether the output's muxer writes a file of the input stream ``audio`` from header to trailer,
-        with its first ``packet`` (if it has one), in memory: some refuse a codec of their list only as
-        they finish a file that holds some of it, after every frame was stylized."""
-        probe = self.av.open(io.BytesIO(), "w", format=self.container.format.name)
+    def _muxes(self, muxer: str, audio: Any, packet: Any | None) -> bool:
+        """Whether ``muxer`` writes a file of the input stream ``audio`` from header to trailer, with its
+        first ``packet`` (if it has one), in memory: some refuse a codec of their list only as they
+        finish a file that holds some of it, after every frame was stylized."""
+        probe = self.av.open(io.BytesIO(), "w", format=muxer)
+        if audio.codec_context.name not in probe.supported_codecs:
+            probe.close()
+            return False
         try:
             stream = probe.add_stream_from_template(audio)
             probe.start_encoding()

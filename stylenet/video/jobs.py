@@ -104,7 +104,7 @@ def run_video_jobs(source: Path, jobs: list[Any], counter: str, args: argparse.N
 def _note_streams(report: Any, source: Path, result: VideoResult) -> None:
     """What of the input's other streams was not copied as it was: one note each."""
     if result.dropped:
-        report.note(f"{source.name}: left out {', '.join(result.dropped)}: this FFmpeg has no codec to copy it as")
+        report.note(f"{source.name}: left out {'; '.join(result.dropped)}")
     if result.retimed:
         report.note(f"{source.name}: {result.retimed} audio packet(s) whose time went back were moved on by a tick, "
                     "as ffmpeg moves them")
