@@ -18,6 +18,7 @@ from PIL import Image
 
 from stylenet.cli.stylize import main, parse_bytes
 from stylenet.errors import StylenetError, describe
+from stylenet.image import load_image
 from stylenet.modelfile import save_model
 from stylenet.nets import TransformerNet
 
@@ -142,6 +143,22 @@ def test_an_output_ending_in_a_slash_is_a_folder_even_with_a_dot_in_its_name(
     code, _, err = run(capsys, source, "--model", model, "-o", f"{tmp_path / 'res.v2'}/")
     assert code == 0, err
     assert [p.name for p in (tmp_path / "res.v2").iterdir()] == ["a_test.png"]
+
+
+def test_an_animation_is_said_to_give_its_first_frame(tmp_path: Path, model: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """An animated GIF became one still without a word: a note says the first of its frames was stylized;
+    that frame is what was read, and a one-frame GIF gets no note."""
+    frames = [Image.fromarray(np.full((24, 32, 3), 40 * index, np.uint8)) for index in range(4)]
+    frames[0].save(anim := tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[2].save(still := tmp_path / "still.gif")
+    loaded = load_image(anim)
+    assert loaded.frames == 4 and int(loaded.rgb.max() * 255) == 0 and load_image(still).frames == 1
+    code, _, err = run(capsys, anim, "--model", model, "-o", tmp_path / "anim.png")
+    assert code == 0 and err == ("stylenet-stylize: note: anim.gif holds 4 frames: only the first is stylized (a "
+                                 "video file, .mp4 or .mkv, has each of its frames stylized)\n"), err
+    code, _, err = run(capsys, still, "--model", model, "-o", tmp_path / "still.png")
+    assert code == 0 and "note" not in err, err
 
 
 def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -444,6 +444,9 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         return
     try:
         image = load_image(source, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+        if image.frames > 1:  # an animation or a multi-page scan: said, not passed over
+            report.note(f"{source.name} holds {image.frames} frames: only the first is stylized (a video file, "
+                        ".mp4 or .mkv, has each of its frames stylized)")
         # held compactly while the models run: an 8-bit source as its uint8 levels (stylenet.image.compact)
         image = compact(image)
         size = target_size(*image.rgb.shape[-2:], scale=args.scale, max_size=args.max_size)

@@ -97,6 +97,8 @@ class LoadedImage:
     #: TIFFs, 16 being the most an output file holds), 8 otherwise. The stylize and upscale commands
     #: quantise to this depth and :func:`save_image` writes it where the format holds it.
     bits: int = 8
+    #: Frames in the file (an animated GIF, PNG or WebP, a multi-page TIFF): only the first is here.
+    frames: int = 1
 
 
 def compact(image: LoadedImage) -> LoadedImage:

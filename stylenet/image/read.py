@@ -470,15 +470,15 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             rgb, alpha, was_gray = _decode_sixteen_bit(p, None)
         except Exception as err:  # a decoder failure is a property of the file
             raise file_error(p, _describe(err)) from None
-        icc, bits = rgb_icc_profile(tiff.icc_profile), 16
+        icc, bits, frames = rgb_icc_profile(tiff.icc_profile), 16, 1
     else:
-        rgb, alpha, icc, was_gray, bits = _load_with_pillow(p, max_pixels)
+        rgb, alpha, icc, was_gray, bits, frames = _load_with_pillow(p, max_pixels)
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
     alpha_t = None
     if alpha is not None:
         alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
         alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
-    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits)
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits, frames=frames)
 
 
 def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
@@ -490,10 +490,12 @@ def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> N
 
 
 def _load_with_pillow(p: Path, max_pixels: int | None
-                      ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, bool, int]:
-    """:func:`load_image`'s decoding of every file Pillow opens: (rgb, alpha, ICC profile, was_gray, bits)."""
+                      ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, bool, int, int]:
+    """:func:`load_image`'s decoding of every file Pillow opens: (rgb, alpha, ICC profile, was_gray, bits,
+    frames in the file)."""
     with _opened(p) as im:
         _check_pixels(p, *im.size, max_pixels)
+        frames = getattr(im, "n_frames", 1)
         if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
             icc = rgb_icc_profile(im.info.get("icc_profile"))
             rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
@@ -504,7 +506,7 @@ def _load_with_pillow(p: Path, max_pixels: int | None
             upright = _exif_transpose(im)
             rgb, alpha, was_gray = decode_pil(upright)
             bits = _source_bits(upright)
-    return rgb, alpha, icc, was_gray, bits
+    return rgb, alpha, icc, was_gray, bits, frames
 
 
 def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
