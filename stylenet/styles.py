@@ -37,7 +37,8 @@ def file_sha256(path: Path) -> str:
 def style_records(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The styles of a model file, in the order of its norm tables' rows: ``name``, ``sha256``,
     ``image`` each (one for a single-style file, from its ``style_name``, ``style_sha256`` and
-    ``style_image``)."""
+    ``style_image``); in a file grown by ``task=add_style``, also the ``style_size`` and ``loss`` each
+    was trained with (the file's own are the last run's)."""
     styles = metadata.get("styles")
     if isinstance(styles, list) and styles:
         if not all(isinstance(style, Mapping) and "name" in style for style in styles):

@@ -564,7 +564,10 @@ class AddStyleTask(StyleTransferTask):
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
         name = style_name or style.get("name") or style_name_of(str(style.get("image")))  # style.name: the stem
-        name = check_style_names([name], "task.style_name" if style_name else "style.name")[0]  # unless set
+        # the setting that gave the name, for the errors about it (build_network checks it against the base's)
+        self.name_setting = ("task.style_name" if style_name else "style.name" if style.get("name")
+                             else f"style.image ({style.get('image')}; its name)")
+        name = check_style_names([name], self.name_setting)[0]
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 
     def build_network(self, model: dict[str, Any], styles: list[StyleImage]) -> TransformerNet:
@@ -576,10 +579,14 @@ class AddStyleTask(StyleTransferTask):
             raise StylenetError(f"base {self.hparams['base']!r}: only stylenet TransformerNet files with "
                                 "InstanceNorm (model.norm=instance) can grow a style")
         base: TransformerNet = stored.net
-        records = style_records(stored.metadata)
-        check_style_names([r["name"] for r in records] + [styles[0].name], "task.style_name (a new name)",
+        # Each style's record keeps how it was trained: the file's own style_size and loss are this run's,
+        # the added style's (a base's styles may have been trained at another size and weights).
+        trained = {key: stored.metadata[key] for key in ("style_size", "loss") if key in stored.metadata}
+        records = [{**trained, **record} for record in style_records(stored.metadata)]
+        added = {**styles[0].record(), "style_size": self.hparams["style"].get("size"), "loss": self.hparams["loss"]}
+        check_distinct_pictures([*records, added], "style.image (a new picture)")  # before the names it gives
+        check_style_names([r["name"] for r in records] + [styles[0].name], f"{self.name_setting} (a new name)",
                           new=len(records))  # a file of names equal but for case, from before they were refused
-        check_distinct_pictures([*records, styles[0].record()], "style.image (a new picture)")
         new = base.styles
         net = base.with_styles([*range(new), torch.full((new,), 1.0 / new)])
         net.requires_grad_(False)
@@ -591,7 +598,7 @@ class AddStyleTask(StyleTransferTask):
         self.trained_styles = [new]
         self.hparams["base_sha256"] = file_sha256(Path(self.hparams["base"]))  # a resume must extend the same file
         self.hparams["model"] = net.config
-        self.hparams["styles"] = [*records, styles[0].record()]
+        self.hparams["styles"] = [*records, added]
         self.hparams["style_sha256"] = [r["sha256"] for r in self.hparams["styles"]]
         return net
 

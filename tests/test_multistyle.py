@@ -193,6 +193,16 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
     assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
+    # a name from the picture's file name is blamed on style.image (it named task.style_name, never set)
+    (stem_b := tmp_path / "b.png").write_bytes(style_image.read_bytes())
+    with pytest.raises(StylenetError, match=r"^style.image \(.*b.png; its name\) \(a new name\): .* not distinct"):
+        AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(stem_b)})
+    # each style keeps the size and objective it was trained with: the base's, and this run's for the new one
+    trained = save_model(tmp_path / "trained.safetensors", stored.net,
+                         {**stored.metadata, "style_size": 64, "loss": {"style_weight": 7.0}})
+    grown_trained = AddStyleTask(base=str(trained), loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32})
+    assert [(r["style_size"], r["loss"]) for r in grown_trained.hparams["styles"]] == [
+        *[(64, {"style_weight": 7.0})] * 3, (32, RANDOM_LOSS)]
     grown = save_model(tmp_path / "grown.safetensors", named.net, {"task": "style", "styles": named.hparams["styles"]})
     copy = tmp_path / "copy.png"  # the picture the file already holds, under another name
     copy.write_bytes(style_image.read_bytes())
