@@ -181,7 +181,7 @@ class ImageFileDataset(Dataset):
         return load_rgb(path, **kwargs)
 
     def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
-        """The sample cut from one photo (the paper: whole 256x256 COCO images), one line naming
+        """The sample cut from one photo (the paper: COCO photos resized to 256x256), one line naming
         ``path`` when it is unusable (decoded, but too elongated to resize)."""
         return training_sample(image, path, self.scale_size, self.image_size, rng)
 

@@ -108,7 +108,9 @@ def crop(image: torch.Tensor, size: int, rng: random.Random | None) -> torch.Ten
 def training_sample(photo: torch.Tensor, path: object, scale_size: int, size: int,
                     rng: random.Random | None) -> torch.Tensor:
     """One training sample of a photo (Sec. 4.1: COCO photos at 256x256): the short side resized to
-    ``scale_size``, then a ``size`` x ``size`` crop, random with ``rng``, centred without. Training and
+    ``scale_size``, then a ``size`` x ``size`` crop, random with ``rng``, centred without, as
+    pytorch/examples cuts them (the paper's Lua code resized whole photos to the square, squashing their
+    shapes; a crop keeps them, so a style's strokes are learnt at one aspect ratio). Training and
     ``stylenet-prepare``'s shards both cut this way, so prepared data is what training would have cut.
     A photo too elongated to resize is an :class:`ImageError` naming ``path``."""
     try:
