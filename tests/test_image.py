@@ -66,7 +66,7 @@ def _srgb_icc() -> bytes:
 
 def _assert_one_line_naming(err: pytest.ExceptionInfo, path: Path) -> str:
     msg = str(err.value)
-    assert type(err.value) is ImageError
+    assert isinstance(err.value, ImageError)
     assert path.name in msg
     assert "\n" not in msg and "\r" not in msg
     return msg

@@ -24,6 +24,11 @@ class ImageError(StylenetError, ValueError):
     """
 
 
+class TooManyPixelsError(ImageError):
+    """An image refused for its size before it is decoded: over ``max_pixels``, or over Pillow's own
+    bound (a possible decompression bomb)."""
+
+
 #: Lower-case suffixes that :func:`list_images` collects and :func:`load_image` is meant for.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -128,7 +133,8 @@ def levels_to_unit_(levels: torch.Tensor) -> torch.Tensor:
     return levels.div_(torch.full((), 255.0, device=levels.device))
 
 
-def file_error(path: str | Path, reason: str, *, verb: str = "read") -> ImageError:
-    """``cannot <verb> image '<path>': <reason>`` as an :class:`ImageError`, on one line (repr()
-    quotes the name and escapes any newline inside it)."""
-    return ImageError(f"cannot {verb} image {str(path)!r}: {one_line(reason)}")
+def file_error(path: str | Path, reason: str, *, verb: str = "read", kind: type[ImageError] = ImageError
+               ) -> ImageError:
+    """``cannot <verb> image '<path>': <reason>`` as an :class:`ImageError` (or ``kind`` of it), on one
+    line (repr() quotes the name and escapes any newline inside it)."""
+    return kind(f"cannot {verb} image {str(path)!r}: {one_line(reason)}")

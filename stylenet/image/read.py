@@ -32,6 +32,7 @@ from stylenet.image.formats import (
     SIXTEEN_BIT_MODES,
     ImageError,
     LoadedImage,
+    TooManyPixelsError,
     file_error,
 )
 
@@ -432,7 +433,7 @@ def _opened(p: Path) -> Iterator[Image.Image]:
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
-        raise file_error(p, f"refusing a possible decompression bomb ({err})") from None
+        raise file_error(p, f"refusing a possible decompression bomb ({err})", kind=TooManyPixelsError) from None
     except UnidentifiedImageError:
         kind = _signature_format(p)
         if kind is not None:  # Pillow gives up on a PNG cut after its header as on a text file
@@ -486,7 +487,7 @@ def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> N
     if max_pixels is not None and width * height > max_pixels:
         raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                             "(a possible decompression bomb; max_pixels, --max-pixels on the command line, "
-                            "allows more)")
+                            "allows more)", kind=TooManyPixelsError)
 
 
 def _load_with_pillow(p: Path, max_pixels: int | None

@@ -29,15 +29,20 @@ if TYPE_CHECKING:
 def read_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
     """The upload at ``path`` decoded (compactly held, see :func:`stylenet.image.compact`), or a
     one-line :class:`StylenetError` naming it ``name``: not an image, a bomb, too many pixels."""
-    from stylenet.image import compact, load_image, read_image_size
+    from PIL import Image
 
+    from stylenet.image import TooManyPixelsError, compact, load_image, read_image_size
+
+    limit = (f"this server takes photos up to {max_pixels / 1e6:.1f} megapixels (stylenet-serve --memory-limit, "
+             "--max-pixels)")
     try:
         width, height = read_image_size(path)
         if width * height > max_pixels:
-            raise StylenetError(f"{name!r} is {width}x{height} ({width * height / 1e6:.1f} megapixels); this server "
-                                f"takes photos up to {max_pixels / 1e6:.1f} megapixels (stylenet-serve "
-                                "--memory-limit, --max-pixels)")
+            raise StylenetError(f"{name!r} is {width}x{height} ({width * height / 1e6:.1f} megapixels); {limit}")
         return compact(load_image(path, max_pixels=max_pixels))
+    except TooManyPixelsError:  # Pillow's own bound, above any this server takes, met as the header is read
+        raise StylenetError(f"{name!r} declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
+                            f"{limit}") from None
     except StylenetError as err:
         raise StylenetError(str(err).replace(repr(str(path)), repr(name))) from None
     except Exception as err:  # a decoder bug: still this upload's problem, on one line
