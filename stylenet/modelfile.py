@@ -26,11 +26,11 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 
 from stylenet.atomic import atomic_write
@@ -188,42 +188,19 @@ def read_header(path: str | Path) -> dict[str, Any]:
     reading its weights: what a listing of model files needs. The tensors' names and shapes are held
     against the network the header names (built on the meta device, so nothing is allocated): a file
     that lists well but cannot load is refused here, as :func:`read_model` would refuse it."""
-    path = Path(path)
-    with torch.device("meta"):
-        return _load_safetensors(path, weights=False).metadata
-
-
-#: safetensors' own bound on a header's length.
-MAX_HEADER_BYTES = 100_000_000
+    return _load_safetensors(Path(path), weights=False).metadata
 
 
 def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The stylenet header and the tensors; without ``weights``, shape-only tensors on the meta device
-    from the file's own layout. Read through a Python file, not ``safe_open(path)``: safetensors refuses
-    a file name that is not UTF-8 (an old archive's Latin-1 name, held by Python as lone surrogates)."""
+    """The stylenet header and the tensors; without ``weights``, shape-only tensors on the meta device.
+    safetensors checks the layout (dtypes, offsets, the file covered) as it opens the file."""
     try:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if length > MAX_HEADER_BYTES:
-                raise ValueError(f"its header claims {length} bytes")
-            text = handle.read(length)
-            if len(text) < length:
-                raise ValueError(f"cut short inside its header ({len(text)} of {length} bytes)")
-            layout = json.loads(text)
-            if not isinstance(layout, dict) or not isinstance(layout.get("__metadata__", {}), dict):
-                raise ValueError("its header is not a JSON object of tensors")
-            entries = {key: entry for key, entry in layout.items() if key != "__metadata__"}
-            data_bytes = max((entry["data_offsets"][1] for entry in entries.values()), default=0)
-            if 8 + length + data_bytes > path.stat().st_size:
-                raise ValueError(f"cut short: its header promises {8 + length + data_bytes} bytes, "
-                                 f"the file has {path.stat().st_size}")
-            if weights:
-                handle.seek(0)
-                tensors = load(handle.read())
-            else:
-                tensors = {key: torch.empty(entry["shape"], device="meta") for key, entry in entries.items()}
-        header = json.loads(layout.get("__metadata__", {}).get(FORMAT, "null"))
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError) as err:
+        with path.open("rb") as handle, safe_open(_openable(path, handle), framework="pt", device="cpu") as stored:
+            header = json.loads((stored.metadata() or {}).get(FORMAT, "null"))
+            keys = list(stored.keys())
+            tensors = ({key: stored.get_tensor(key) for key in keys} if weights else
+                       {key: torch.empty(stored.get_slice(key).get_shape(), device="meta") for key in keys})
+    except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
                             f"{first_line(err)}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -234,13 +211,24 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
     return header, tensors
 
 
+def _openable(path: Path, handle: BinaryIO) -> str:
+    """A name safetensors opens ``path`` by: the path itself, or, for a file name that is not UTF-8 (an
+    old archive's Latin-1 name, held by Python as lone surrogates), which safetensors refuses, the
+    already open ``handle``'s ``/dev/fd`` entry (Linux and macOS: where such names occur)."""
+    try:
+        str(path).encode("utf-8")
+        return str(path)
+    except UnicodeEncodeError:
+        return f"/dev/fd/{handle.fileno()}"
+
+
 def _load_safetensors(path: Path, *, weights: bool = True) -> StoredModel:
     header, tensors = _read_safetensors(path, weights=weights)
     network = dict(header["network"]) if isinstance(header.get("network"), dict) else {}
     cls = NETWORKS.get(network.pop("class", None))
     if cls is None:
         raise StylenetError(f"model file {str(path)!r} names an unknown network {header.get('network')}")
-    return _build(path, cls, network, tensors, header)
+    return _build(path, cls, network, tensors, header, weights=weights)
 
 
 def first_non_finite(state_dict: Mapping[str, Any]) -> str | None:
@@ -274,11 +262,22 @@ def weights_mismatch(needed: Mapping[str, torch.Tensor], found: Mapping[str, Any
 
 
 def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict[str, torch.Tensor],
-           metadata: dict[str, Any]) -> StoredModel:
+           metadata: dict[str, Any], *, weights: bool = True) -> StoredModel:
+    """The network ``config`` describes, with ``state`` loaded (without ``weights``: ``state`` holds
+    shapes only, and the network stays on the meta device). A file's header is not trusted with memory:
+    the network is first built on the meta device and held against the file's tensors, and only a file
+    that holds every weight it names gets a network of real memory (a header asking for a million
+    channels or blocks is refused as a mismatch, not allocated)."""
+    blocks = config.get("residual_blocks")
+    if isinstance(blocks, int) and blocks > len(state):  # each block holds tensors: not worth building
+        raise StylenetError(f"model file {str(path)!r} does not match its network: it names {blocks} residual "
+                            f"blocks and holds {len(state)} tensors")
     try:
-        net = cls(**config)
+        with torch.device("meta"):
+            net = cls(**config)
         mismatch = weights_mismatch(net.state_dict(), state)
-        if mismatch is None:
+        if mismatch is None and weights:
+            net = cls(**config)
             net.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as err:  # arguments the network refuses
         mismatch = first_line(err)

@@ -580,8 +580,10 @@ class AddStyleTask(StyleTransferTask):
                                 "InstanceNorm (model.norm=instance) can grow a style")
         base: TransformerNet = stored.net
         # Each style's record keeps how it was trained: the file's own style_size and loss are this run's,
-        # the added style's (a base's styles may have been trained at another size and weights).
-        trained = {key: stored.metadata[key] for key in ("style_size", "loss") if key in stored.metadata}
+        # the added style's (a base's styles may have been trained at another size and weights). A base
+        # trained in one run gives its own to each of its styles; a grown base's are its last run's only.
+        trained = ({key: stored.metadata[key] for key in ("style_size", "loss") if key in stored.metadata}
+                   if "base" not in stored.metadata else {})
         records = [{**trained, **record} for record in style_records(stored.metadata)]
         added = {**styles[0].record(), "style_size": self.hparams["style"].get("size"), "loss": self.hparams["loss"]}
         check_distinct_pictures([*records, added], "style.image (a new picture)")  # before the names it gives

@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-# pytest-xdist's workers share the cores: one torch thread each, or their thread pools fight.
-torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# Two torch threads, as CI's two cores; pytest-xdist's workers share the cores this process may use, one
+# thread each where there are no more, or their thread pools fight.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+torch.set_num_threads(max(1, min(2, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 @pytest.fixture

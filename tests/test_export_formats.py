@@ -327,6 +327,28 @@ def test_info_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_in_one_line(tmp_p
     assert filled.returncode == 1 and sys.platform == "linux"
 
 
+def test_a_header_is_not_trusted_with_memory_and_its_layout_is_checked_unread(tmp_path: Path) -> None:
+    """A header naming 20000 residual blocks or 10^5 channels over a small network's weights is refused
+    without a network of that size being built (the listing of a folder read such headers); a layout
+    safetensors refuses (bytes the tensors do not cover) is refused by the header alone too."""
+    from stylenet.modelfile import read_header
+
+    net = TransformerNet(channels=8, residual_blocks=1)
+    blocks = save_model(tmp_path / "blocks.safetensors", net, {"task": "style", "network": {
+        "class": "TransformerNet", "channels": 8, "residual_blocks": 20000}})
+    channels = save_model(tmp_path / "channels.safetensors", net, {"task": "style", "network": {
+        "class": "TransformerNet", "channels": 100000, "residual_blocks": 1}})
+    for read in (read_header, read_model):
+        with pytest.raises(StylenetError, match="names 20000 residual blocks and holds 30 tensors"):
+            read(blocks)
+        with pytest.raises(StylenetError, match=r"is \(8, 3, 9, 9\) in the file, the network needs \(100000, 3"):
+            read(channels)
+    (padded := tmp_path / "padded.safetensors").write_bytes(save_model(tmp_path / "ok.safetensors", net, {
+        "task": "style"}).read_bytes() + bytes(64))
+    with pytest.raises(StylenetError, match="padded.safetensors' is not a valid stylenet safetensors file"):
+        read_header(padded)
+
+
 def test_model_files_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:
     umask = os.umask(0o022)
     try:

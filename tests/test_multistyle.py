@@ -203,6 +203,11 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
     grown_trained = AddStyleTask(base=str(trained), loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32})
     assert [(r["style_size"], r["loss"]) for r in grown_trained.hparams["styles"]] == [
         *[(64, {"style_weight": 7.0})] * 3, (32, RANDOM_LOSS)]
+    # a base grown before records held them: its top level is its last run's, no record of the others'
+    grown_before = save_model(tmp_path / "grown_before.safetensors", stored.net,
+                              {**stored.metadata, "style_size": 64, "loss": {"style_weight": 7.0}, "base": "x"})
+    regrown = AddStyleTask(base=str(grown_before), loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32})
+    assert ["style_size" in record for record in regrown.hparams["styles"]] == [False, False, False, True]
     grown = save_model(tmp_path / "grown.safetensors", named.net, {"task": "style", "styles": named.hparams["styles"]})
     copy = tmp_path / "copy.png"  # the picture the file already holds, under another name
     copy.write_bytes(style_image.read_bytes())

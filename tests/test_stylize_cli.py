@@ -159,6 +159,10 @@ def test_an_animation_is_said_to_give_its_first_frame(tmp_path: Path, model: Pat
                                  "video file, .mp4 or .mkv, has each of its frames stylized)\n"), err
     code, _, err = run(capsys, still, "--model", model, "-o", tmp_path / "still.png")
     assert code == 0 and "note" not in err, err
+    # a camera's MPO JPEG holds a preview (or a depth map) as a second picture: a photo, no animation
+    frames[1].save(camera := tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[frames[2]])
+    code, _, err = run(capsys, camera, "--model", model, "-o", tmp_path / "camera.png")
+    assert code == 0 and "note" not in err, err
 
 
 def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:

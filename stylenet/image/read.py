@@ -496,7 +496,8 @@ def _load_with_pillow(p: Path, max_pixels: int | None
     frames in the file)."""
     with _opened(p) as im:
         _check_pixels(p, *im.size, max_pixels)
-        frames = getattr(im, "n_frames", 1)
+        # animations and multi-page TIFFs; not a camera's MPO JPEG, whose second picture is a preview or a depth map
+        frames = getattr(im, "n_frames", 1) if im.format in ("GIF", "PNG", "WEBP", "TIFF") else 1
         if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
             icc = rgb_icc_profile(im.info.get("icc_profile"))
             rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
