@@ -7,7 +7,7 @@ across groups. Hydra lets ``model=half`` on the command line win over the experi
 ``loss=perceptual`` chose, and nothing would say so. :func:`check_group_choices` stops such a run with
 one line naming both sides. Keys the user sets themselves (``loss.style_weight=...``) are their choice.
 Nor is a group the chosen task does not read: ``task=add_style model=half`` would train the base file's
-network, whatever ``model`` says.
+network, whatever ``model`` says; nor a task's defining setting left to a group's default.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from stylenet import StylenetError
 
 #: ``task`` option -> the groups it does not read, and why: a setting of one would change nothing.
 UNUSED_GROUPS = {"add_style": {"model": "its network is task.base's, whose width and depth it keeps"}}
+#: ``task`` option -> (the settings one of which the command line must name, why): what the task is for, which
+#: a group's default would otherwise supply unasked.
+NAMED_SETTINGS = {"add_style": (("style.image", "style"), "the picture of the style to add; the style group's "
+                                "own (the experiment's) would be trained as the new style unasked")}
 
 
 def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> None:
@@ -37,11 +41,14 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
     roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
     check_added_keys(cfg, list(hydra.overrides.task), roots, hydra)
     task = hydra.runtime.choices.get("task")
-    for override in hydra.overrides.task:
-        key = override.lstrip("+~").partition("=")[0]
+    keys = [override.lstrip("+~").partition("=")[0] for override in hydra.overrides.task]
+    for key, override in zip(keys, hydra.overrides.task, strict=True):
         why = UNUSED_GROUPS.get(task, {}).get(key.partition(".")[0])
         if why:
             raise StylenetError(f"task={task} does not use {key}: {why}; drop {override}")
+    needed, why = NAMED_SETTINGS.get(task, ((), ""))
+    if needed and not set(needed) & set(keys):
+        raise StylenetError(f"task={task} needs {needed[0]}=... on the command line: {why}")
     experiment = hydra.runtime.choices.get("experiment")
     if not experiment:
         return

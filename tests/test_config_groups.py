@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
 from stylenet.cli.train import config_dir
-from stylenet.config_check import check_group_choices, flatten, unresolvable_setting
+from stylenet.config_check import NAMED_SETTINGS, check_group_choices, flatten, unresolvable_setting
 from tests.helpers import console_script
 
 CONFIGS = Path(config_dir())
@@ -58,7 +58,8 @@ def test_naming_another_option_of_a_touched_group_wins_or_stops(experiment: str)
             if option == own[group]:
                 continue
             alone = leaves(train_config(f"{group}={option}"), group)
-            both_cfg = train_config(f"experiment={experiment}", f"{group}={option}")
+            named = [f"{NAMED_SETTINGS[option][0][0]}=x.jpg"] if group == "task" and option in NAMED_SETTINGS else []
+            both_cfg = train_config(f"experiment={experiment}", f"{group}={option}", *named)
             both = leaves(both_cfg, group)
             changed = [key for key, value in alone.items() if reference.get(key, KeyError) != value]
             wins = all(both.get(key, KeyError) == alone[key] for key in changed)
@@ -105,8 +106,20 @@ def test_a_group_the_task_does_not_read_stops_with_one_line() -> None:
         key = override.lstrip("+").partition("=")[0]
         assert str(err.value) == (f"task=add_style does not use {key}: its network is task.base's, whose width and "
                                   f"depth it keeps; drop {override}")
-    check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors"))
+    check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors",
+                                     "style.image=new.jpg"))
     check_group_choices(train_config("experiment=smoke", "model=half"))  # the style task reads it
+
+
+@pytest.mark.usefixtures("hydra_configs")
+def test_a_style_to_add_is_named_not_taken_from_the_style_groups_default() -> None:
+    """task=add_style without style.image trained the experiment's picture (demo:ihc) as the new style,
+    or blamed task.style_name when the base already held it."""
+    with pytest.raises(StylenetError) as err:
+        check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors"))
+    assert str(err.value) == ("task=add_style needs style.image=... on the command line: the picture of the style "
+                              "to add; the style group's own (the experiment's) would be trained as the new style "
+                              "unasked")
 
 
 def test_the_training_cli_reports_a_clash_as_one_line(tmp_path: Path) -> None:
