@@ -42,8 +42,10 @@ def _check_options(args: argparse.Namespace) -> None:
 def _check_frame_pixels(source: Path, max_pixels: int | None) -> None:
     """``--max-pixels`` holds a clip's frame as it holds a photo (it was passed over in silence). Its
     default, a decompression bomb's bound, is for images: a video's frame size is no such risk."""
-    info = probe_video(source) if max_pixels is not None else None
-    if info is not None and info.width * info.height > max_pixels:
+    if max_pixels is None:
+        return
+    info = probe_video(source)
+    if info.width * info.height > max_pixels:
         raise StylenetError(f"its frames of {info.width}x{info.height} = {info.width * info.height} pixels exceed "
                             f"--max-pixels {max_pixels}")
 
