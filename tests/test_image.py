@@ -805,6 +805,20 @@ def test_eight_bit_and_16_bit_grey_sources_report_their_depth(tmp_path: Path) ->
     assert load_image(grey16).bits == 16
 
 
+def test_a_float_rgb_tiff_is_named_unsupported_not_corrupt(tmp_path: Path) -> None:
+    """Pillow cannot open a TIFF of float colour samples; the file is sound, so the error says what it holds
+    (it said "truncated or corrupt", sending the user to look for damage), and a cut one is still corrupt."""
+    import tifffile
+
+    tifffile.imwrite(path := tmp_path / "float.tif", np.full((6, 5, 3), 0.5, np.float32), photometric="rgb")
+    with pytest.raises(ImageError, match="a TIFF of 3 float32 samples per pixel is not supported") as err:
+        load_image(path)
+    _assert_one_line_naming(err, path)
+    (cut := tmp_path / "cut.tif").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ImageError, match="truncated or corrupt TIFF file"):
+        load_image(cut)
+
+
 def test_truncated_sixteen_bit_png_is_an_image_error(tmp_path: Path) -> None:
     data = _png16(_levels16((40, 40, 3), seed=4))
     path = tmp_path / "cut.png"

@@ -176,6 +176,12 @@ def test_alpha_is_kept_bit_exactly(tmp_path: Path, model: Path, capsys: pytest.C
     code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.jpg")
     assert code == 0 and err == ("stylenet-stylize: note: cutout.png: its transparency is not in out.jpg (JPEG "
                                  "holds none: write .png or .webp to keep it)\n"), err
+    # nor does BMP: Pillow would write the alpha as the 32-bit layout's reserved byte, which readers ignore
+    code, _, err = run(capsys, source, "--model", model, "-o", tmp_path / "out.bmp")
+    assert code == 0 and err == ("stylenet-stylize: note: cutout.png: its transparency is not in out.bmp (BMP "
+                                 "holds none: write .png or .webp to keep it)\n"), err
+    with Image.open(tmp_path / "out.bmp") as written:
+        assert written.mode == "RGB" and written.size == (50, 41)
     opaque = tmp_path / "opaque.png"
     with Image.open(source) as image:
         image.putalpha(255)
@@ -380,7 +386,7 @@ def test_keep_gray_writes_grey_files(tmp_path: Path, model: Path, capsys: pytest
     expected = load_model(model, device="cpu", precision="fp32").stylize(Image.open(grey), keep_gray=True)
     difference = np.abs(np.asarray(outputs["grey"], dtype=int) - np.asarray(expected, dtype=int))
     assert difference.max() == 0  # the CLI's file is the API's image
-    for suffix, mode in ((".jpg", "L"), (".bmp", "RGB"), (".webp", "RGBA")):  # formats without grey + alpha
+    for suffix, mode in ((".jpg", "L"), (".bmp", "L"), (".webp", "RGBA")):  # formats without grey + alpha
         target = tmp_path / f"grey_alpha{suffix}"
         code, _, err = run(capsys, tmp_path / "in" / "grey_alpha.png", "-m", model, "-o", target, "--keep-gray")
         assert code == 0 and Image.open(target).mode == mode, (suffix, err)

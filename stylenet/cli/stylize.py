@@ -475,9 +475,9 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         report.seconds += time.perf_counter() - start
         report.megapixels += result.rgb.shape[-1] * result.rgb.shape[-2] / 1e6
         report.done += 1
-        if drops_transparency(job.target, result.alpha):
-            report.note(f"{source.name}: its transparency is not in {job.target.name} (JPEG holds none: write "
-                        ".png or .webp to keep it)")
+        if opaque_format := drops_transparency(job.target, result.alpha):
+            report.note(f"{source.name}: its transparency is not in {job.target.name} ({opaque_format} holds none: "
+                        "write .png or .webp to keep it)")
 
 
 def load_inference_model(path: str, task: str, options: dict[str, Any]) -> InferenceModel:

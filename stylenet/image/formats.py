@@ -63,6 +63,10 @@ WRITE_FORMATS: dict[str, str] = {
     ".tiff": "TIFF",
 }
 
+#: Formats that hold no alpha: :func:`save_image` drops it (not composited). Pillow writes BMP's alpha as
+#: the 32-bit layout's reserved byte, which readers (Pillow among them) ignore.
+OPAQUE_FORMATS = frozenset({"JPEG", "BMP"})
+
 #: Lower-case suffixes :func:`save_image` can write.
 WRITABLE_EXTENSIONS: tuple[str, ...] = tuple(WRITE_FORMATS)
 

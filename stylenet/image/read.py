@@ -421,6 +421,20 @@ def _signature_format(p: Path) -> str | None:
     return next((kind for signature, kind in _SIGNATURES if head.startswith(signature)), None)
 
 
+def _tiff_layout(p: Path) -> str | None:
+    """``"3 float32 samples per pixel"`` for a TIFF whose first page tifffile reads, None if it cannot:
+    tells a layout Pillow cannot decode from a damaged file."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            page.asarray()  # the samples themselves, not only the header, are sound
+            return f"{page.samplesperpixel} {page.dtype} samples per pixel"
+    except Exception:
+        return None
+
+
 @contextlib.contextmanager
 def _opened(p: Path) -> Iterator[Image.Image]:
     """``p`` opened, header only, restricted to our formats, Pillow's bomb warning silenced here
@@ -436,6 +450,10 @@ def _opened(p: Path) -> Iterator[Image.Image]:
         raise file_error(p, f"refusing a possible decompression bomb ({err})", kind=TooManyPixelsError) from None
     except UnidentifiedImageError:
         kind = _signature_format(p)
+        layout = _tiff_layout(p) if kind == "TIFF" else None
+        if layout is not None:  # a sound TIFF whose samples Pillow has no mode for (float RGB, say)
+            raise file_error(p, f"a TIFF of {layout} is not supported (8- or 16-bit integer samples, or one float "
+                                "channel, are): convert it first") from None
         if kind is not None:  # Pillow gives up on a PNG cut after its header as on a text file
             raise file_error(p, f"truncated or corrupt {kind} file (it starts as one, but cannot be read)") from None
         raise file_error(p, "not a recognised image file (readable formats: " + ", ".join(READ_FORMATS) + ")") from None

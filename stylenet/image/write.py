@@ -22,6 +22,7 @@ from PIL import Image
 from stylenet.atomic import atomic_write, unwritable
 from stylenet.errors import first_line
 from stylenet.image.formats import (
+    OPAQUE_FORMATS,
     SIXTEEN_BIT_FORMATS,
     WRITABLE_EXTENSIONS,
     WRITE_FORMATS,
@@ -183,26 +184,24 @@ def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profil
     img = to_pil(rgb, alpha)
     if gray:  # equal channels: Pillow's luma weights sum to one, so L is that channel exactly
         img = img.convert("LA" if alpha is not None else "L")
-        if fmt == "BMP" and alpha is not None:  # BMP holds no grey with alpha
-            img = img.convert("RGBA")
+    if fmt in OPAQUE_FORMATS and img.mode in ("RGBA", "LA"):
+        img = img.convert(img.mode[:-1])
     params: dict[str, object] = {}
-    if fmt == "JPEG":
-        if img.mode in ("RGBA", "LA"):
-            img = img.convert(img.mode[:-1])
-        params["quality"] = int(quality)
-    elif fmt == "WEBP":
+    if fmt in ("JPEG", "WEBP"):
         params["quality"] = int(quality)
     if icc_profile and fmt != "BMP":
         params["icc_profile"] = bytes(icc_profile)
     return lambda handle: img.save(handle, format=fmt, **params)
 
 
-def drops_transparency(path: str | Path, alpha: torch.Tensor | None) -> bool:
-    """Whether :func:`save_image` loses transparency writing ``alpha`` to ``path``: JPEG holds no alpha
-    (it is dropped), and an alpha opaque everywhere loses nothing, so a CLI can say so when it matters."""
-    if alpha is None or WRITE_FORMATS.get(Path(path).suffix.lower()) != "JPEG":
-        return False
-    return bool((_alpha_to_uint8(alpha, *alpha.shape[-2:]) < 255).any())
+def drops_transparency(path: str | Path, alpha: torch.Tensor | None) -> str | None:
+    """The format's name where :func:`save_image` loses transparency writing ``alpha`` to ``path`` (JPEG
+    and BMP hold no alpha: it is dropped), else None: an alpha opaque everywhere loses nothing, so a CLI
+    can say so when it matters."""
+    fmt = WRITE_FORMATS.get(Path(path).suffix.lower())
+    if alpha is None or fmt not in OPAQUE_FORMATS:
+        return None
+    return fmt if bool((_alpha_to_uint8(alpha, *alpha.shape[-2:]) < 255).any()) else None
 
 
 def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | None = None,
@@ -211,9 +210,9 @@ def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | Non
     """Write ``rgb`` (float ``(3, H, W)`` in [0, 1], or uint8 / uint16 levels) to ``path``
     atomically; return the path.
 
-    The format comes from the extension: PNG (lossless, alpha), JPEG (``quality``; JPEG has no
-    alpha, so ``alpha`` is dropped, not composited), WebP (``quality``, alpha kept losslessly),
-    BMP, TIFF. ``icc_profile`` is embedded where the format supports it (all but BMP), so colours
+    The format comes from the extension: PNG (lossless, alpha), JPEG (``quality``), WebP
+    (``quality``, alpha kept losslessly), BMP, TIFF; JPEG and BMP hold no alpha, so ``alpha`` is
+    dropped there, not composited. ``icc_profile`` is embedded where the format supports it (all but BMP), so colours
     stay what the source meant. Parent folders are created.
 
     Bit depth: ``bits`` 16 (the default for uint16 ``rgb``, i.e. the output of a 16-bit source)
