@@ -275,6 +275,9 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         mode, ckpt_path = "must", None
     if ckpt_path is not None:
         path = Path(ckpt_path).expanduser()
+        if path.is_dir():
+            raise StylenetError(f"ckpt_path {str(path)!r} is a folder: give a .ckpt file in it, or ckpt_path=last "
+                                "(the newest checkpoint of this experiment)")
         if not path.is_file():
             raise StylenetError(f"ckpt_path {str(path)!r} does not exist")
         reason = checkpoint_problem(path, None, hparams, max_steps)

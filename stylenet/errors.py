@@ -64,6 +64,8 @@ def load_failure(err: BaseException, path: str | Path) -> str:
             start = file.read(2)
     except OSError:
         return first_line(err)
+    if start[:2] == b"PK" and (isinstance(err, OSError) or "zip archive" in str(err)):
+        return "truncated or damaged: torch.save's zip archive in it cannot be read"  # not "[Errno 22]" or miniz's
     return first_line(err) if start[:2] == b"PK" or start[:1] == b"\x80" else "not a PyTorch file"
 
 

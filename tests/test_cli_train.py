@@ -442,6 +442,34 @@ def test_a_sweep_job_puts_back_its_own_folder_s_record_only(tmp_path: Path, monk
     assert unknown.relaunched()  # nothing to compare: a finished job is passed over, as the message says
 
 
+def test_a_sweep_that_runs_no_job_puts_back_its_multirun_record(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra rewrites the sweep folder's multirun.yaml before any job runs: a sweep whose every job is refused
+    (or finished already) leaves the record of the sweep the folder holds, where it described a sweep that
+    never ran there; a sweep of which a job trains keeps its own."""
+    from stylenet.cli import EarlierRecord, launch_hydra_app
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("- loss.style_weight=50,200\n")
+    monkeypatch.setattr("sys.argv", ["stylenet-train", "-m", f"hydra.sweep.dir={sweep}"])
+
+    def launch(overrides: str, trains: bool) -> str:
+        record = EarlierRecord()
+
+        def app() -> None:  # Hydra's sweeper, then a job
+            (sweep / "multirun.yaml").write_text(overrides)
+            record.note_launch(sweep / "0")
+            if trains:
+                record.started()
+
+        launch_hydra_app("stylenet-train", app, record, [])
+        return (sweep / "multirun.yaml").read_text()
+
+    assert launch("- loss.style_weight=50,100\n", trains=False) == "- loss.style_weight=50,200\n"
+    assert launch("- loss.style_weight=50,100\n", trains=True) == "- loss.style_weight=50,100\n"
+
+
 @pytest.mark.parametrize("stopped_in", ["train", "tolerate_any_file_name_in_log_files"])
 def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str], stopped_in: str) -> None:

@@ -5,6 +5,7 @@ DataLoader workers and untrusted checkpoints. Every run is the smoke experiment 
 from __future__ import annotations
 
 import ast
+import io
 import logging
 import os
 import pickle
@@ -303,7 +304,7 @@ def test_ctrl_c_saves_the_current_step_exits_130_and_resumes_exactly_a_second_on
             tiny_task(style_image), datamodule=tiny_data(photo_folder))
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     last = tmp_path / "checkpoints" / "last.ckpt"
-    if presses == 2:  # Lightning's own KeyboardInterrupt path: exit 1, nothing saved at step 3
+    if presses == 2:  # Lightning's own KeyboardInterrupt path: exit 1 (train() hands it on as Ctrl-C), nothing saved
         assert stop.value.code == 1 and not last.exists()
         return
     assert isinstance(stop.value, TrainingInterrupted) and stop.value.code == 130
@@ -314,6 +315,17 @@ def test_ctrl_c_saves_the_current_step_exits_130_and_resumes_exactly_a_second_on
     uninterrupted = tiny_task(style_image)
     tiny_trainer(tmp_path / "reference", 8).fit(uninterrupted, datamodule=tiny_data(photo_folder))
     assert_bitwise_equal(resumed.lightning_module.net.state_dict(), uninterrupted.net.state_dict())
+
+
+def test_a_second_ctrl_c_reaches_the_command_as_a_ctrl_c(tmp_path: Path, inputs: list[str]) -> None:
+    """Lightning ends a KeyboardInterrupt with exit 1, the status of a command line Hydra cannot parse:
+    train() hands it on as the Ctrl-C it was, which stylenet-train reports in one line with exit 130
+    (test_cli_train's test_ctrl_c_before_the_first_step_is_one_line), and no checkpoint of that step."""
+    press = [f"+callbacks.press._target_={PressCtrlC.__module__}.PressCtrlC", "+callbacks.press.at_step=3",
+             "+callbacks.press.presses=2"]
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(tmp_path / "run", *inputs, *press)
+    assert checkpoint_names(tmp_path / "run") == []
 
 
 # ----------------------------------------------------------------------------- resume=auto|must|never
@@ -511,10 +523,19 @@ def test_resume_must_fails_clearly_and_explicit_paths_are_checked(tmp_path: Path
         resolve_resume("sometimes", None, run_dir, "exp", HPARAMS)
     with pytest.raises(StylenetError, match="does not exist"):
         resolve_resume("never", str(tmp_path / "nope.ckpt"), run_dir, "exp", HPARAMS)
+    with pytest.raises(StylenetError, match=r"ckpt_path '.*' is a folder: give a .ckpt file in it, or ckpt_path=last"):
+        resolve_resume("never", str(tmp_path), run_dir, "exp", HPARAMS)  # it said "does not exist"
     (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(StylenetError, match="junk.ckpt' cannot resume this run: unreadable"):
         resolve_resume("auto", str(tmp_path / "junk.ckpt"), run_dir, "exp", HPARAMS)
     explicit = fake_checkpoint(tmp_path / "elsewhere.ckpt", 3, name="another")
+    torch.save({"state_dict": {"net.w": torch.zeros(100_000)}}, buffer := io.BytesIO())
+    whole = buffer.getvalue()
+    for length in (5000, len(whole) // 2):  # cut short: torch said "[Errno 22] Invalid argument", or miniz's words
+        (cut := tmp_path / "cut.ckpt").write_bytes(whole[:length])
+        with pytest.raises(StylenetError, match=r"cut.ckpt' cannot resume this run: unreadable \(truncated or "
+                                                r"damaged: torch.save's zip archive in it cannot be read\)$"):
+            resolve_resume("never", str(cut), run_dir, "exp", HPARAMS)
     assert resolve_resume("never", str(explicit), run_dir, "exp", HPARAMS) == str(explicit)
     for name in ("best", "hpc", "registry"):  # Lightning's own names: nothing here keeps what they name
         with pytest.raises(StylenetError, match=f"ckpt_path={name} is Lightning's name for a checkpoint"):

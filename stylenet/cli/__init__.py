@@ -225,6 +225,11 @@ class EarlierRecord:
         #: whether the noted folder held another run's record when this launch began (:meth:`note_launch`):
         #: a refusal there leaves that run's files, its log included, as they are
         self.held = False
+        #: ``hydra.sweep.dir``'s multirun.yaml: its bytes before this launch, and as this launch's Hydra wrote them
+        self.sweep_file: Path | None = None
+        self.sweep_before: bytes | None = None
+        self.sweep_launch: bytes | None = None
+        self.ran = False  # whether a run (a sweep's job) of this launch started
 
     def take(self, argv: list[str] | None = None) -> None:
         """Read the records now, before Hydra starts (``argv``: default ``sys.argv[1:]``)."""
@@ -233,6 +238,8 @@ class EarlierRecord:
         if sweep_dir is not None and sweep_dir.is_dir():  # job folders at any depth (hydra.sweep.subdir)
             folders += [record.parent for record in sweep_dir.glob("**/.hydra") if record.is_dir()]
         self.files.clear()
+        self.sweep_file = None if sweep_dir is None else sweep_dir.absolute() / "multirun.yaml"
+        self.sweep_before = None if self.sweep_file is None else read_if_file(self.sweep_file)
         for folder in folders:
             if folder is not None and folder.is_dir():  # a new folder has nothing to keep
                 for name in HYDRA_RECORD:  # absolute: a job may run in its folder (hydra.job.chdir)
@@ -243,6 +250,8 @@ class EarlierRecord:
         """Read what Hydra wrote for this launch (call it first thing in the application) in ``run_dir``,
         the folder the launch (or this job of a sweep) runs in; None: every folder taken."""
         here = None if run_dir is None else os.path.realpath(run_dir)
+        if self.sweep_file is not None and self.sweep_launch is None:
+            self.sweep_launch = read_if_file(self.sweep_file)
         self.launch = {path: read_if_file(path) for path in self.files
                        if here is None or os.path.realpath(path.parent.parent) == here}
         self.held = any(self.files[path] is not None for path in self.launch)
@@ -261,6 +270,7 @@ class EarlierRecord:
         ``hydra.sweep.subdir``) puts back this one, not the one before it; and its log is this run's."""
         self.files.update(self.launch)
         self.held = False
+        self.ran = True
 
     def restore(self) -> None:
         """Put back the noted folder's record as it was before this launch, unless the launch started
@@ -279,6 +289,19 @@ class EarlierRecord:
                 next(iter(self.launch)).parent.rmdir()
 
 
+    def restore_sweep(self) -> None:
+        """Put back ``hydra.sweep.dir``'s multirun.yaml, which Hydra rewrites before any job, where no job
+        of this launch ran (each refused, or finished already): it describes the sweep whose jobs the
+        folder holds, not one that never ran there (unless another launch has rewritten it since)."""
+        from stylenet.atomic import atomic_write
+
+        earlier, path = self.sweep_before, self.sweep_file
+        if self.ran or path is None or earlier is None or self.sweep_launch in (None, earlier):
+            return
+        if read_if_file(path) == self.sweep_launch:
+            atomic_write(path, lambda tmp: tmp.write_bytes(earlier))
+
+
 def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, failed_jobs: list[str]) -> None:
     """Run the Hydra application ``app`` of ``stylenet-train`` or ``stylenet-gatys`` with the run folder's
     ``record`` (:class:`EarlierRecord`), and end with the failed jobs of a sweep. Ctrl-C before the
@@ -294,4 +317,6 @@ def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, 
         record.restore()
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:  # a job's own exit (Ctrl-C before its first step) included
+        record.restore_sweep()
     exit_if_sweep_jobs_failed(prog, failed_jobs)

@@ -193,6 +193,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:  # Lightning's stop on SIGTERM exits 0, which a scheduler takes for success
         raise TrainingInterrupted(signal.SIGTERM) from None
+    except SystemExit as stop:  # a second Ctrl-C: Lightning ends its KeyboardInterrupt with exit 1, a bad command's
+        if isinstance(stop.__context__, KeyboardInterrupt) and not isinstance(stop, TrainingInterrupted):
+            raise KeyboardInterrupt from None  # hydra_main's one line and exit 130
+        raise
     except Exception as err:  # a dead or stuck DataLoader worker: name the file it was decoding
         explained = datamodule.explain_failure(err)
         if explained is None:
