@@ -10,6 +10,7 @@ from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -94,10 +95,13 @@ class ResumableRun(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        # any rank's signal stops all ranks at the same step (a lone rank would hang the others)
-        if not trainer.strategy.reduce_boolean_decision(self.sigint or self.sigterm, all=False):
+        # any rank's signal stops all ranks at the same step and the same way (a lone rank would hang the
+        # others, as would one rank saving on Ctrl-C while another waits in Lightning's SIGTERM broadcast)
+        seen = torch.tensor([self.sigint, self.sigterm], dtype=torch.float32, device=trainer.strategy.root_device)
+        sigint, sigterm = (trainer.strategy.reduce(seen, reduce_op="sum") > 0).tolist()
+        if not (sigint or sigterm):
             return
-        if self.sigint:
+        if sigint:
             raise TrainingInterrupted(signal.SIGINT)
         # SIGTERM here or on another rank: Lightning's stop, at the end of this step, after its logging
         trainer._signal_connector.received_sigterm = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +31,19 @@ class RecordSamples(pl.Callback):
         with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as record:
             styles = pl_module.batch_styles(batch, len(batch["images"])).tolist()
             record.write(json.dumps({"step": trainer.global_step, "paths": batch["paths"], "styles": styles}) + "\n")
+
+
+class CtrlCOnOneRank(pl.Callback):
+    """Test probe, loaded into every rank by ``+callbacks.probe``: sends SIGINT to rank ``rank``'s own process
+    alone at the end of step ``at_step`` (a kill -INT of one process, or a terminal's Ctrl-C that reaches the
+    ranks either side of their agreement to stop)."""
+
+    def __init__(self, rank: int, at_step: int) -> None:
+        self.rank, self.at_step = rank, at_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Path) -> None:
@@ -98,3 +112,35 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert junk.name in (run_dir / "skipped_images.txt").read_text()
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> None:
+    """Every rank agreed to stop, but each chose how from its own flags: the signalled rank saved (a collective)
+    while the others waited in Lightning's SIGTERM broadcast, and the run hung for good. Now every rank takes
+    the signalled rank's way: last.ckpt at that step, exit 130."""
+    import torch
+
+    from tests.conftest import make_photo
+    from tests.helpers import console_script
+
+    for i in range(9):
+        make_photo(tmp_path / "photos" / f"img{i}.png", size=(40, 40), seed=i)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
+         "style.size=32", "trainer.max_steps=50", "trainer.val_check_interval=1000",
+         "callbacks.checkpoint.every_n_train_steps=1000", "+trainer.enable_progress_bar=false",
+         "+callbacks.probe._target_=tests.test_ddp.CtrlCOnOneRank", "+callbacks.probe.rank=1",
+         "+callbacks.probe.at_step=2", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    try:
+        _, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # both ranks: a hung run leaves no process behind
+        process.communicate()
+        raise AssertionError("the run hung after one rank's Ctrl-C") from None
+    assert process.returncode == 130, stderr[-3000:]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert step in (2, 3)  # the step after the signal is the latest either rank can stop at
