@@ -144,3 +144,23 @@ def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path: Path) -
     assert process.returncode == 130, stderr[-3000:]
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step in (2, 3)  # the step after the signal is the latest either rank can stop at
+
+
+def test_a_sweep_of_ddp_jobs_is_refused_before_any_job_trains(tmp_path: Path) -> None:
+    """Lightning starts a job's other ranks by running the command line again: with -m, rank 1 launched the
+    whole sweep again, and every job after the first trained in one process, at half the batch, without a
+    word. The sweep stops at its first job, with one line, before any process is started."""
+    from tests.helpers import console_script
+
+    result = subprocess.run(
+        [*console_script("stylenet-train"), "-m", "experiment=smoke", "trainer=ddp_cpu", "loss.style_weight=1,5",
+         "trainer.max_steps=2", "data.image_size=32", "style.size=32", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "stylenet-train: error: a sweep (-m) cannot give its jobs the 2 processes Lightning starts itself "
+        "(trainer.devices): it starts them by running the command line again, which would launch the sweep again; "
+        "run each job as a command of its own, or start the processes with torchrun or srun")
+    assert result.stdout.count("Launching 2 jobs") == 1 and "#1 :" not in result.stdout
+    assert not list((tmp_path / "sweep").glob("*/checkpoints")) and not (tmp_path / "sweep" / "sweep.md").exists()

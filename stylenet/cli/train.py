@@ -98,9 +98,24 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None) -> None:
+class SweepRefusedError(StylenetError):
+    """A setting no job of a sweep (``-m``) can run with: the sweep stops at its first job."""
+
+
+def relaunched_ranks(trainer: Any) -> int:
+    """How many processes Lightning will start by running this command line again (its subprocess-script
+    launcher: local DDP on several devices, no torchrun or SLURM to start them); 0 if none."""
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if not isinstance(launcher, _SubprocessScriptLauncher) or launcher.cluster_environment.creates_processes_externally:
+        return 0
+    return launcher.num_processes - 1
+
+
+def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = None, sweep_job: bool = False) -> None:
     """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder); ``on_start`` is
-    called once every check has passed, as the first step begins."""
+    called once every check has passed, as the first step begins. ``sweep_job``: one job of ``-m``."""
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -187,6 +202,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger) if cfg.get("logger") else False)
+    if sweep_job and relaunched_ranks(trainer):  # each would run the whole sweep again (and the jobs after
+        raise SweepRefusedError(                 # the first on one process)
+            f"a sweep (-m) cannot give its jobs the {relaunched_ranks(trainer) + 1} processes Lightning starts "
+            "itself (trainer.devices): it starts them by running the command line again, which would launch the "
+            "sweep again; run each job as a command of its own, or start the processes with torchrun or srun")
     if on_start is not None:
         on_start()
     try:
@@ -341,7 +361,7 @@ def hydra_main(cfg: DictConfig) -> None:
             if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
                 cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
             with run_folder_lock(run_dir):
-                train(cfg, run_dir, on_start=EARLIER_RECORD.started)
+                train(cfg, run_dir, on_start=EARLIER_RECORD.started, sweep_job=sweep_job)
         except (InterpolationResolutionError, GrammarParseError) as err:  # a ${...} that does not resolve, met
             where = err.full_key or unresolvable_setting(cfg)                # where it is read
             raise StylenetError(f"setting {where}: {first_line(err)}" if where else first_line(err)) from None
@@ -352,7 +372,7 @@ def hydra_main(cfg: DictConfig) -> None:
                   file=sys.stderr)
             return
         report_refusal("stylenet-train", str(err))
-        if not sweep_job:
+        if not sweep_job or isinstance(err, SweepRefusedError):
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
