@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from stylenet.errors import StylenetError, first_line
+from stylenet.errors import EveryRankError, StylenetError, first_line
 from stylenet.image import (
     DEMO_PHOTOS,
     ImageError,
@@ -296,6 +296,16 @@ def sampled_bytes(path: Path, chunk: int = 4096) -> bytes:
     return b"".join(parts)
 
 
+def first_problem(problem: str | None) -> str:
+    """The first rank's ``problem`` on every rank of a DDP run (each calls this together, once they agreed
+    that one has a problem): every rank then stops with that rank's own words."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return problem or "too many unreadable training images"
+    problems: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(problems, problem)
+    return next(found for found in problems if found)
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Photos from a folder searched recursively (``source=folder`` or ``coco``) or the bundled demo
     photos (``source=demo``); a fixed held-out set of ``val_images`` files for validation grids.
@@ -454,9 +464,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             problem = self.record_bad(batch["skipped"])
             # decided by all ranks together: a rank that stopped alone would leave the others waiting
             if self.trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
-                raise StylenetError(problem or "another process found too many unreadable training images "
-                                    f"(data.max_bad_fraction={self.max_bad_fraction}); see "
-                                    f"{self.report_path or 'its log'}")
+                raise EveryRankError(first_problem(problem))
         return batch
 
     def record_bad(self, errors: list[str]) -> str | None:

@@ -17,6 +17,11 @@ class StylenetError(Exception):
     """A user-facing error: ``str(err)`` is one line that names the offending file or setting."""
 
 
+class EveryRankError(StylenetError):
+    """Raised alike, with the same line, by every process of a DDP run (decided together): the first
+    process alone reports it, where each would print the same line."""
+
+
 def check_seed(value: object, setting: str) -> int:
     """``value`` as a seed, or one line naming ``setting``: a whole number from 0 to 2**32 - 1, what
     NumPy's generator takes (``pl.seed_everything`` seeds it), so every seed of stylenet has one range."""

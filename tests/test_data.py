@@ -17,6 +17,7 @@ from stylenet.data import (
     StreamSampler,
     collate_skipping_bad,
 )
+from stylenet.errors import EveryRankError
 from stylenet.image import DEMO_PHOTOS, resize_long_side, resolve_image_path
 from tests.conftest import make_photo
 
@@ -155,17 +156,28 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     assert dm.report_path.read_text().splitlines() == [f"cannot read image '{name}.jpg': truncated" for name in "abc"]
 
 
-def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path) -> None:
+def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Under DDP each process counts its own files; whether to stop is decided by all of them (any one
-    over the limit), so that none stops alone and leaves the others waiting in a collective."""
+    over the limit), so that none stops alone and leaves the others waiting in a collective; and each stops
+    with the words of the process that found the files (the first one's "another process found ..." was
+    the line a user saw first)."""
     class OtherProcessOverTheLimit:
         def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
             assert all is False
             return True
 
+    found = "2 of 2 training images were unreadable (100.0% > data.max_bad_fraction=0.05)"
+
+    def gather(into: list[str | None], mine: str | None) -> None:  # what this process and rank 0 hold
+        into[:] = [found, mine]
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1)
     dm.trainer = SimpleNamespace(training=True, strategy=OtherProcessOverTheLimit(), world_size=2, global_rank=1)
-    with pytest.raises(StylenetError, match=r"^another process found too many unreadable training images"):
+    with pytest.raises(EveryRankError, match=rf"^{re.escape(found)}$"):
         dm.on_before_batch_transfer({"batch_number": 0, "position": 1, "images": torch.zeros(1, 3, 8, 8),
                                      "skipped": []}, 0)
     assert dm.next_batch == 1 and dm.next_position == 2 and dm.samples_seen == 1 and dm.bad_seen == 0

@@ -164,3 +164,28 @@ def test_a_sweep_of_ddp_jobs_is_refused_before_any_job_trains(tmp_path: Path) ->
         "run each job as a command of its own, or start the processes with torchrun or srun")
     assert result.stdout.count("Launching 2 jobs") == 1 and "#1 :" not in result.stdout
     assert not list((tmp_path / "sweep").glob("*/checkpoints")) and not (tmp_path / "sweep" / "sweep.md").exists()
+
+
+def test_too_many_bad_photos_on_one_rank_end_the_run_in_that_rank_s_one_line(tmp_path: Path) -> None:
+    """Rank 1 reads the unreadable photos; every rank stops together, and the user reads one line, rank 1's
+    own words (rank 0 printed "another process found too many ...", then rank 1 its line)."""
+    from stylenet.data import StreamSampler
+    from tests.conftest import make_photo
+    from tests.helpers import console_script
+
+    photos = [make_photo(tmp_path / "photos" / f"img{i}.png", size=(40, 40), seed=i) for i in range(9)]
+    sampler = StreamSampler(8, 1, seed=0, rank=1, world_size=2)
+    for position in (1, 3):  # rank 1's first two photos (data.val_images=1 holds out the first)
+        photos[1:][sampler.index_at(position)].write_bytes(b"not an image")
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
+         "style.size=32", "trainer.max_steps=6", "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stylenet-train: error:")]
+    assert errors == [f"stylenet-train: error: 2 of 2 training images were unreadable (100.0% > "
+                      f"data.max_bad_fraction=0.05); see {run_dir / 'skipped_images.txt'}"], result.stderr[-3000:]
+    assert errors[0].removeprefix("stylenet-train: error: ") in (run_dir / "train_ddp_process_1.log").read_text()

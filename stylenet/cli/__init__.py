@@ -114,13 +114,15 @@ def sigterm_as_terminated() -> Iterator[None]:
 
 
 def report_refusal(prog: str, message: str, *, label: str = "error", level: int = logging.ERROR,
-                   to_log: bool = True) -> None:
+                   to_log: bool = True, to_stderr: bool = True) -> None:
     """A refused run's one line (or how a run ended: ``label`` "interrupted", ``level`` WARNING), on
     stderr and in the run folder's log (``train.log``, ``gatys.log``), where a batch job's reader looks
     first; through the log's file handlers only, so that a terminal does not show it twice. ``to_log``
     False: stderr only, for a launch refused in a folder that holds another run (:attr:`EarlierRecord.held`),
-    whose log ends with that run's own ending."""
-    print(f"{prog}: {label}: {message}", file=sys.stderr)
+    whose log ends with that run's own ending; ``to_stderr`` False: the log only (a DDP rank after the
+    first, with the first rank's very line)."""
+    if to_stderr:
+        print(f"{prog}: {label}: {message}", file=sys.stderr)
     if not to_log:
         return
     record = logging.makeLogRecord({"name": prog, "levelno": level, "levelname": logging.getLevelName(level),

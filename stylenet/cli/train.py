@@ -36,7 +36,7 @@ from stylenet.cli import (
     report_refusal,
     tolerate_any_file_name_in_log_files,
 )
-from stylenet.errors import check_seed, first_line
+from stylenet.errors import EveryRankError, check_seed, first_line
 from stylenet.styles import STYLE_NAME, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
@@ -96,6 +96,13 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
                                     "on the CPU)") from None
             raise StylenetError(f"{node.get('_target_')}: {first_line(cause)}") from None
         raise
+
+
+def first_rank() -> bool:
+    """Whether this process is its run's first (rank 0), or its only one."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 class SweepRefusedError(StylenetError):
@@ -371,7 +378,7 @@ def hydra_main(cfg: DictConfig) -> None:
             print(f"stylenet-train: sweep job #{HydraConfig.get().job.num} in {str(run_dir)!r} is finished already",
                   file=sys.stderr)
             return
-        report_refusal("stylenet-train", str(err))
+        report_refusal("stylenet-train", str(err), to_stderr=not isinstance(err, EveryRankError) or first_rank())
         if not sweep_job or isinstance(err, SweepRefusedError):
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
