@@ -193,6 +193,13 @@ def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str |
             f"{free / gib:.1f} GiB is free; use a smaller {setting}{more}")
 
 
+def check_style_term(loss: PerceptualLoss, choose: str) -> None:
+    """Refuse an objective without a style term (``loss=pixel``, a style weight of 0): the photo is then
+    its own optimum, and the "result" the photo untouched. ``choose`` names the settings that have one."""
+    if not loss.needs_style or not loss.term_weights["style"] > 0:
+        raise StylenetError(f"the loss has no style term to optimise: choose {choose}")
+
+
 def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor], loss: PerceptualLoss) -> None:
     """Refuse a result of (H, W) ``shape`` whose coarsest scale, or a style image, is too small for the loss
     network (``PerceptualLoss.smallest_side``): the result first, since a style's size follows the result's

@@ -39,6 +39,8 @@ FIGURE = "figure.png"
 MEASURES = tuple(quality.TARGETS)
 #: the issue's targets for the Gatys baseline: texture must move further than a network's.
 GATYS_TARGETS = {**quality.TARGETS, "texture_moved": 0.5}
+#: L-BFGS's history of the Gatys column (stylenet-gatys's default): its memory is checked before each photo.
+GATYS_HISTORY = 100
 #: measures that must stay at or below their target (the others must reach it).
 AT_MOST = ("clipped_beyond_style",)
 
@@ -240,16 +242,21 @@ def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device
     optimiser of Gatys et al. and of Johnson et al.'s comparison (Sec. 4.1). The same number of Adam
     steps stops well short of the optimum (README, "The offline loss network"), and the column would
     then show an unfinished image rather than what the objective asks for."""
-    from stylenet.gatys import optimize_image, resolve_device
+    from stylenet.gatys import check_memory, check_style_term, optimize_image, resolve_device
     from stylenet.losses import PerceptualLoss
 
+    on = resolve_device(device, hint="--device cpu")
     try:
-        loss = PerceptualLoss(**loss_settings).to(resolve_device(device, hint="--device cpu"))
+        loss = PerceptualLoss(**loss_settings).to(on)
     except TypeError as err:
         raise StylenetError(f"loss: {err}") from None
+    check_style_term(loss, "--loss-config offline, perceptual or gatys_vgg19 (with a style_weight > 0)")
 
     def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return optimize_image(photo, [style], loss, optimizer="lbfgs", iterations=iterations).image.cpu()
+        check_memory(loss, *style.shape[-2:], None, 0, on, setting="--size")  # one Gram pass: no optimiser state
+        check_memory(loss, *photo.shape[-2:], "lbfgs", GATYS_HISTORY, on, setting="--size")
+        return optimize_image(photo, [style], loss, optimizer="lbfgs", iterations=iterations,
+                              history_size=GATYS_HISTORY).image.cpu()
 
     return Method("gatys", stylize, dict(GATYS_TARGETS))
 

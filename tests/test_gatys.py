@@ -350,6 +350,23 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     assert load_rgb(tmp_path / "sweep" / "1" / "gatys.png").shape == (3, 26, 32)
 
 
+def test_a_sweep_refuses_one_output_for_every_job(tmp_path: Path, style_image: Path) -> None:
+    """output= names one file: in a sweep each job replaced the one before, silently. Refused at the first job;
+    swept, or resolved per job by Hydra, it is each job's own."""
+    content = make_photo(tmp_path / "content.png")
+    common = ["-m", f"content={content}", f"styles={style_image},{content}", "size=32", "iterations=1",
+              "loss.weights=random", "progress=false"]
+    result = run_gatys_cli(*common, "output=result.png", f"hydra.sweep.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "stylenet-gatys: error: output= names one file for every job of the sweep, each replacing the one before: "
+        "leave it out (each job writes <name>.png in its own folder) or sweep it too"), result.stderr[-2000:]
+    assert not (tmp_path / "result.png").exists() and "#1 :" not in result.stdout
+    result = run_gatys_cli(*common, "output=job${hydra:job.num}.png", f"hydra.sweep.dir={tmp_path / 'b'}",
+                           cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [load_rgb(tmp_path / f"job{n}.png").shape for n in (0, 1)] == [(3, 26, 32)] * 2
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("styles=/no/such/style.png", "style: cannot read image '/no/such/style.png': no such file"),
     ("size=100000", r"a 100000x80000 image needs about [\d.]+ GiB on cpu"),

@@ -277,6 +277,40 @@ def test_a_broken_loss_config_is_one_line_naming_it(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "out").exists()
 
 
+def test_what_the_report_cannot_do_is_refused_before_the_work(tmp_path: Path, inputs: dict[str, Path],
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of these was found out late or not at all: -m given two files read the second as a photo; an
+    --out that cannot be written failed after every column was made; a Gatys column on an objective without
+    a style term was the photo untouched, reported as a result; a size beyond memory was a traceback (or the
+    OOM killer) that stopped every photo."""
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as usage:
+        main(["--style", str(inputs["style"]), "-m", str(inputs["a"]), str(inputs["b"]), "--out", str(out)])
+    assert usage.value.code == 2 and f"{str(inputs['b'])!r} is a model file, not an image: each -m takes one" \
+        in capsys.readouterr().err
+    (occupied := tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as usage:
+        main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", str(occupied)])
+    assert usage.value.code == 2 and f"cannot write into --out {str(occupied)!r}: " in capsys.readouterr().err
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "--gatys", "--loss-config", "pixel",
+                 "--out", str(out)])
+    assert code == 1 and capsys.readouterr().err == (
+        "stylenet-report: error: the loss has no style term to optimise: choose --loss-config offline, perceptual "
+        "or gatys_vgg19 (with a style_weight > 0)\n")
+    assert not out.exists()
+    monkeypatch.setattr("stylenet.gatys.available_memory", lambda device: 1 << 20)  # 1 MiB free
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "--gatys", "--gatys-iterations", "1",
+                 "-m", str(inputs["a"]), "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylenet-report: error:")]
+    assert code == 1 and len(errors) == 1, errors
+    assert re.fullmatch(rf"stylenet-report: error: gatys on {re.escape(repr(str(inputs['wide'])))}: a \d+x\d+ "
+                        r"image needs about .* GiB on cpu \(VGG activations\), but only 0\.0 GiB is free; use a "
+                        r"smaller --size", errors[0]), errors
+    assert [(e["photo"], e["method"]) for e in json.loads((out / "report.json").read_text())["entries"]] == [
+        ("wide", "a")]  # the network's column is still measured
+
+
 def test_default_photos_are_the_demo_held_out_ones_and_never_the_style() -> None:
     photos = demo_held_out(config_dir())
     assert [p.stem for p in photos] == ["astronaut", "motorcycle_left"]  # data=demo's validation split

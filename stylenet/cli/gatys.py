@@ -29,6 +29,7 @@ from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
+    command_line_override,
     launch_hydra_app,
     report_refusal,
     sigterm_as_terminated,
@@ -148,6 +149,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         check_memory,
         check_settings,
         check_sizes,
+        check_style_term,
         optimize_image,
         read_image,
         resize_to,
@@ -190,9 +192,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
     except TypeError as err:
         raise StylenetError(f"loss: {err}") from None
-    if not loss.needs_style or not loss.term_weights["style"] > 0:  # loss=pixel: the photo is its own optimum
-        raise StylenetError("the loss has no style term to optimise: choose loss=offline, perceptual or "
-                            "gatys_vgg19 (with loss.style_weight > 0)")
+    check_style_term(loss, "loss=offline, perceptual or gatys_vgg19 (with loss.style_weight > 0)")
     check_memory(loss, height, width, cfg.optimizer, cfg.history_size, device)
     style_shapes = [long_side_shape(*style.shape[-2:], cfg.style_size or max(height, width)) for style in styles]
     for style_height, style_width in style_shapes:  # their Grams are one forward pass each: no optimiser state
@@ -271,6 +271,11 @@ def hydra_main(cfg: DictConfig) -> None:
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
+    if sweep_job and cfg.output and shared_by_every_job("output"):
+        report_refusal(PROG, "output= names one file for every job of the sweep, each replacing the one before: "
+                       "leave it out (each job writes <name>.png in its own folder) or sweep it too", to_log=False)
+        EARLIER_RECORD.restore()
+        sys.exit(2)
     try:
         with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C
             status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
@@ -293,6 +298,13 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(status)
     if status:  # one job of a sweep: the others still run
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
+
+
+def shared_by_every_job(key: str) -> bool:
+    """Whether every job of this sweep gets the same ``key``: it is not swept on the command line
+    (``output=a.png,b.png``) and takes no value Hydra resolves per job (``${hydra:job.num}``)."""
+    override = command_line_override(key)
+    return override is None or not (override.is_sweep_override() or "${" in str(override.value()))
 
 
 #: The Hydra record of the run folder the command line names, before this launch (:class:`EarlierRecord`).

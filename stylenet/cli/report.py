@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stylenet.cli import ErrorReporter, measuring_parser, run_reporting_errors
+from stylenet.cli import ErrorReporter, measuring_parser, refuse_models_as_inputs, run_reporting_errors
 from stylenet.errors import StylenetError, first_line
 from stylenet.styles import file_sha256, style_records
 
@@ -50,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from stylenet.atomic import unwritable
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not args.models and not args.gatys:
-        build_parser().error("nothing to compare: pass -m MODEL (repeatable) and/or --gatys")
+        parser.error("nothing to compare: pass -m MODEL (repeatable) and/or --gatys")
     if args.size < 16 or args.gatys_iterations < 1:
-        build_parser().error("--size must be >= 16 and --gatys-iterations >= 1")
+        parser.error("--size must be >= 16 and --gatys-iterations >= 1")
+    refuse_models_as_inputs(parser, args.photos, args.models)
+    reason = unwritable(Path(args.out) / "report.md")  # refused now, not after the stylizing and Gatys
+    if reason:
+        parser.error(f"cannot write into --out {args.out!r}: {reason}")
     return run_reporting_errors(PROG, lambda error: report(args, error))
 
 
