@@ -56,6 +56,10 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(err).__name__
 
 
+#: :func:`load_failure`'s reason for a ``torch.save`` file cut short or damaged.
+TRUNCATED_ARCHIVE = "truncated or damaged: torch.save's zip archive in it cannot be read"
+
+
 def load_failure(err: BaseException, path: str | Path) -> str:
     """Why ``torch.load`` refused ``path``, as one line. A file that is no PyTorch file at all (neither
     ``torch.save``'s zip archive nor a legacy pickle) meets its weights-only unpickler as whatever its
@@ -70,7 +74,7 @@ def load_failure(err: BaseException, path: str | Path) -> str:
     except OSError:
         return first_line(err)
     if start[:2] == b"PK" and (isinstance(err, OSError) or "zip archive" in str(err)):
-        return "truncated or damaged: torch.save's zip archive in it cannot be read"  # not "[Errno 22]" or miniz's
+        return TRUNCATED_ARCHIVE  # not "[Errno 22] Invalid argument", or miniz's paragraph
     return first_line(err) if start[:2] == b"PK" or start[:1] == b"\x80" else "not a PyTorch file"
 
 

@@ -34,7 +34,15 @@ from safetensors.torch import save
 from torch import nn
 
 from stylenet.atomic import atomic_write
-from stylenet.errors import StylenetError, check_format_version, first_line, refused_pickle, unpickler_reason
+from stylenet.errors import (
+    TRUNCATED_ARCHIVE,
+    StylenetError,
+    check_format_version,
+    first_line,
+    load_failure,
+    refused_pickle,
+    unpickler_reason,
+)
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.styles import StyleChoice, choice_weights, style_name_of, style_names
 from stylenet.version import __version__
@@ -168,6 +176,11 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
         raise StylenetError(f"model file {str(path)!r} is a folder: name one model file")
     if not path.is_file():
         raise StylenetError(f"model file {str(path)!r} does not exist")
+    try:
+        with path.open("rb"):  # another user's file, say: one line, not the loaders' guesses
+            pass
+    except OSError as err:
+        raise StylenetError(f"cannot read model file {str(path)!r}: {err.strerror or err}") from None
     if path.stat().st_size == 0:
         raise StylenetError(f"model file {str(path)!r} is empty (0 bytes)")
     if path.suffix.lower() in FOREIGN_EXPORTS:
@@ -199,7 +212,9 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
             header = json.loads((stored.metadata() or {}).get(FORMAT, "null"))
             keys = list(stored.keys())
             tensors = ({key: stored.get_tensor(key) for key in keys} if weights else
-                       {key: torch.empty(stored.get_slice(key).get_shape(), device="meta") for key in keys})
+                       {key: torch.empty(stored.get_slice(key).get_shape(), device="meta",
+                                         dtype=HEADER_DTYPES.get(stored.get_slice(key).get_dtype(), torch.float32))
+                        for key in keys})
     except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
                             f"{first_line(err)}") from None
@@ -209,6 +224,13 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
     check_format_version(header.get("format_version"), FORMAT_VERSION, f"model file {str(path)!r}",
                          header.get("stylenet_version"))
     return header, tensors
+
+
+#: safetensors' names of the dtypes a header may give, for its shape-only tensors (the rarer ones, float8
+#: say, read as float32: what matters there is floating point or not, :func:`weights_mismatch`).
+HEADER_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+                 "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                 "F64": torch.float64}
 
 
 def _openable(path: Path, handle: BinaryIO) -> str:
@@ -244,9 +266,9 @@ def first_non_finite(state_dict: Mapping[str, Any]) -> str | None:
 
 def weights_mismatch(needed: Mapping[str, torch.Tensor], found: Mapping[str, Any]) -> str | None:
     """The first difference between the tensors a network needs (its ``state_dict()``) and those a file
-    holds, as a phrase, with how many more there are; None when every name and shape fits.
-    ``load_state_dict``'s own message spreads them over lines after a bare heading, and the first line
-    alone says nothing."""
+    holds, as a phrase, with how many more there are; None when every name, shape and kind of number
+    fits. ``load_state_dict``'s own message spreads them over lines after a bare heading, and the first
+    line alone says nothing; and it casts integers to a weight's floats without a word (a grey picture)."""
     problems = []
     for key, tensor in needed.items():
         shape = getattr(found.get(key), "shape", None)
@@ -255,6 +277,9 @@ def weights_mismatch(needed: Mapping[str, torch.Tensor], found: Mapping[str, Any
         elif shape is None or tuple(shape) != tuple(tensor.shape):
             held = tuple(shape) if shape is not None else type(found[key]).__name__
             problems.append(f"{key} is {held} in the file, the network needs {tuple(tensor.shape)}")
+        elif tensor.is_floating_point() and not found[key].is_floating_point():
+            problems.append(f"{key} holds {str(found[key].dtype).removeprefix('torch.')} values in the file, "
+                            "the network needs floating point")
     problems += [f"{key} is not part of the network" for key in found if key not in needed]
     if not problems:
         return None
@@ -317,6 +342,8 @@ def _load_pickled(path: Path) -> StoredModel:
                 f"containers, and unpickling it could run code ({unpickler_reason(err)})") from None
         raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {unpickler_reason(err)})") from None
     except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
+        if load_failure(err, path) == TRUNCATED_ARCHIVE:  # a checkpoint cut short is still one
+            raise StylenetError(f"model file {str(path)!r} is {TRUNCATED_ARCHIVE}") from None
         raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {first_line(err)})") from None
     if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
         return _from_lightning(path, content)
@@ -333,7 +360,7 @@ def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> StoredModel:
         state = {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items()
                  if key.startswith("net.")}
         config = dict(hparams["model"])
-        metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)))
+        metadata = checkpoint_metadata(hparams, int(checkpoint.get("global_step", 0)), f"checkpoint {str(path)!r}")
     except KeyError as err:
         raise StylenetError(f"checkpoint {str(path)!r} lacks {first_line(err)}") from None
     except (TypeError, AttributeError, ValueError) as err:  # another project's checkpoint, of other shapes
@@ -383,14 +410,14 @@ def _from_examples(path: Path, state: dict[str, Any]) -> StoredModel:
     return _build(path, ExamplesTransformerNet, config, mapped, metadata)
 
 
-def checkpoint_metadata(hparams: dict[str, Any], steps: int) -> dict[str, Any]:
+def checkpoint_metadata(hparams: dict[str, Any], steps: int, source: str = "the checkpoint") -> dict[str, Any]:
     """What a model file records about how it was trained (all JSON primitives): the task
     (``style``, or ``sr`` with its ``factor``), the style, the objective (the loss network's
     settings and, for styles, the task's own terms: temporal, saturation, identity warm-up), image
-    size and steps."""
+    size and steps. ``source`` names the checkpoint in an error."""
     task = hparams.get("task", "style")
     if task not in TASK_NETWORKS:
-        raise StylenetError(f"checkpoint of an unknown task {task!r} (expected one of "
+        raise StylenetError(f"{source} is of an unknown task {task!r} (expected one of "
                             f"{sorted(TASK_NETWORKS)})")
     if task == "sr":
         return {"task": "sr", "factor": hparams.get("factor"), "loss": hparams.get("loss", {}),

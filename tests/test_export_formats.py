@@ -23,7 +23,7 @@ from stylenet import StylenetError
 from stylenet.cli.export import main as export_main
 from stylenet.export import AnySizeNetwork, export_checkpoint
 from stylenet.inference import InferenceModel
-from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_model, save_model
+from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_header, read_model, save_model
 from stylenet.nets import TransformerNet
 from tests.helpers import signal_self, stops_handled_by
 
@@ -589,6 +589,40 @@ def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path
         read_model(model_file, task="sr")
 
 
+def test_a_model_file_that_cannot_be_read_whole_is_one_line_saying_why(
+        tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each said something else: another user's file was a PermissionError traceback (stylenet-export --info
+    an IndexError after it), a checkpoint cut short "not a model file ... [Errno 22] Invalid argument", and
+    a checkpoint of a task this stylenet does not know did not name the file."""
+    net = TransformerNet(channels=8, residual_blocks=1)
+    checkpoint = {"state_dict": {f"net.{key}": value for key, value in net.state_dict().items()},
+                  "hyper_parameters": {"model": net.config, "style": {"name": "wave"}}, "global_step": 7}
+    torch.save(checkpoint, whole := tmp_path / "last.ckpt")
+    (cut := tmp_path / "cut.ckpt").write_bytes(whole.read_bytes()[:20000])
+    with pytest.raises(StylenetError, match=rf"^model file {re.escape(repr(str(cut)))} is truncated or damaged: "
+                                            r"torch.save's zip archive in it cannot be read$"):
+        read_model(cut)
+    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], "task": "colorize"}},
+               future := tmp_path / "future.ckpt")
+    with pytest.raises(StylenetError, match=rf"^checkpoint {re.escape(repr(str(future)))} is of an unknown task "
+                                            r"'colorize' \(expected one of \['sr', 'style'\]\)$"):
+        read_model(future)
+    opened = Path.open
+
+    def refused(self: Path, *args: object, **kwargs: object) -> object:  # another user's 0600 file (we are root)
+        if self == model_file:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(StylenetError, match=rf"^cannot read model file {re.escape(repr(str(model_file)))}: "
+                                            "Permission denied$"):
+        read_model(model_file)
+    assert export_main([str(model_file), "--info"]) == 2
+    assert capsys.readouterr().err == f"stylenet-export: error: cannot read model file {str(model_file)!r}: " \
+                                      "Permission denied\n"
+
+
 def with_header(model_file: Path, path: Path, **changes: object) -> Path:
     """A copy of ``model_file`` (same weights) whose stylenet header has ``changes``: what another stylenet
     (or another tool) may write."""
@@ -633,13 +667,18 @@ def test_weights_that_do_not_fit_the_network_name_the_first_mismatch(tmp_path: P
     save_file({**tensors, "extra.weight": torch.zeros(3)}, str(tmp_path / "extra.safetensors"), metadata=metadata)
     wide = with_header(model_file, tmp_path / "wide.safetensors",
                        network={"class": "TransformerNet", "channels": 16, "residual_blocks": 1, "norm": "instance"})
+    save_file({key: value.to(torch.int32) for key, value in tensors.items()}, str(tmp_path / "int.safetensors"),
+              metadata=metadata)  # its weights were cast to floats without a word: a grey picture
     reasons = {wide: rf"{first} is \(8, 3, 9, 9\) in the file, the network needs \(16, 3, 9, 9\) \(and \d+ more\)$",
+               tmp_path / "int.safetensors": rf"{first} holds int32 values in the file, the network needs floating "
+                                             r"point \(and \d+ more\)$",
                tmp_path / "missing.safetensors": f"{first} is missing$",
                tmp_path / "extra.safetensors": "extra.weight is not part of the network$"}
     for path, reason in reasons.items():
-        with pytest.raises(StylenetError, match=f"^model file {re.escape(repr(str(path)))} does not match its network: "
-                                                f"{reason}"):
-            read_model(path)
+        for read in (read_model, read_header):  # the web page's listing too
+            with pytest.raises(StylenetError, match=f"^model file {re.escape(repr(str(path)))} does not match its "
+                                                    f"network: {reason}"):
+                read(path)
 
 
 # ------------------------------------------------------------------------------------------ torch.hub
