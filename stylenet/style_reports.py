@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stylenet.errors import StylenetError, first_line
-from stylenet.image import load_rgb, save_image
+from stylenet.image import load_rgb, resolve_image_path, save_image
 from stylenet.inference import run_network
 from stylenet.modelfile import read_model
 from stylenet.report import network_method, run_report, same_file, verdict, write_report
@@ -32,7 +32,11 @@ def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[
     reports: dict[str, dict[str, Path]] = {}
     for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
         save_image(run_dir / f"{photos[0].stem}_{name}.png", run_network(net, load_rgb(photos[0])))
-        held_out = [photo for photo in photos if not same_file(photo, Path(str(record.get("image"))))]
+        try:  # demo:<name> too: that photo is the style here, no held-out photo (a single style's report, alike)
+            picture = resolve_image_path(str(record.get("image")))
+        except StylenetError:
+            picture = None
+        held_out = [photo for photo in photos if picture is None or not same_file(photo, picture)]
         try:
             report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
                                       [network_method("network", net)], size=size, images="quality",

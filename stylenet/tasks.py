@@ -71,7 +71,7 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
         image, path = load_style_image(style.get("image"), size, "style.image")
         name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") is not None \
             else style_name_of(path)  # (style.name='' is refused: the outputs would be photo_.png)
-        return [StyleImage(name, image, str(style.get("image")), file_sha256(path))]
+        return [StyleImage(name, image, recorded_spec(style.get("image")), file_sha256(path))]
     if isinstance(specs, str) or not specs:
         raise StylenetError(f"style.images must be a list of style images, e.g. 'style.images=[a.jpg,b.jpg]', "
                             f"got {specs!r}")
@@ -82,16 +82,25 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     if len(specs) == 1:  # a network of one style is style.image's (its file named after it, not "multi")
         raise StylenetError(f"style.images holds one image ({specs[0]!r}): a network of several styles needs two or "
                             f"more; for one style pass style=demo style.image={specs[0]}")
-    names = style.get("names") or [style_name_of(spec) for spec in specs]
-    if len(names) != len(specs):
-        raise StylenetError(f"style.names has {len(names)} names for {len(specs)} style.images")
-    names = check_style_names(names, "style.names")
+    named = style.get("names")
+    if named and len(named) != len(specs):
+        raise StylenetError(f"style.names has {len(named)} names for {len(specs)} style.images")
     styles = []
-    for index, (name, spec) in enumerate(zip(names, specs, strict=True)):
+    for index, spec in enumerate(specs):
         image, path = load_style_image(spec, size, f"style.images[{index}]")
-        styles.append(StyleImage(name, image, str(spec), file_sha256(path)))
-    check_distinct_pictures([style.record() for style in styles], "style.images")
+        name = str(named[index]) if named else style_name_of(spec)
+        styles.append(StyleImage(name, image, recorded_spec(spec), file_sha256(path)))
+    check_distinct_pictures([style.record() for style in styles], "style.images")  # one picture twice, first
+    check_style_names([style.name for style in styles], "style.names" if named else
+                      "style.images (named after their files: set style.names=[...])")
     return styles
+
+
+def recorded_spec(spec: Any) -> str:
+    """A style picture as a model file records it: ``demo:<name>``, or the file's absolute path, so that a
+    later run from another folder (``task=add_style``, its per-style reports) finds it."""
+    text = str(spec)
+    return text if text.startswith("demo:") else str(Path(text).absolute())
 
 
 def check_distinct_pictures(records: list[dict[str, Any]], setting: str) -> None:

@@ -442,6 +442,25 @@ def test_a_sweep_job_puts_back_its_own_folder_s_record_only(tmp_path: Path, monk
     assert unknown.relaunched()  # nothing to compare: a finished job is passed over, as the message says
 
 
+def test_a_finished_run_owes_no_report_for_a_style_whose_picture_is_gone(tmp_path: Path) -> None:
+    """task=add_style onto a base trained elsewhere: a base style's picture that cannot be found gets no report
+    (a warning), and the run is finished all the same; it was taken for one stopped before its report, and
+    the same command again failed with exit 2."""
+    from types import SimpleNamespace
+
+    from stylenet.cli.train import missing_report
+
+    kept = make_photo(tmp_path / "b.png")
+    task = SimpleNamespace(hparams={"styles": [{"name": "a", "image": str(tmp_path / "gone.png")},
+                                               {"name": "b", "image": str(kept)}, {"name": "c", "image": "demo:ihc"}]})
+    cfg, data = OmegaConf.create({"task": {"style": {}}}), SimpleNamespace(val_files=[kept])
+    for name in ("b", "c"):
+        assert missing_report(cfg, tmp_path, task, data) == "report"
+        (tmp_path / "styles" / name).mkdir(parents=True)
+        (tmp_path / "styles" / name / "quality.json").write_text("{}")
+    assert missing_report(cfg, tmp_path, task, data) is None
+
+
 def test_a_sweep_that_runs_no_job_puts_back_its_multirun_record(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Hydra rewrites the sweep folder's multirun.yaml before any job runs: a sweep whose every job is refused

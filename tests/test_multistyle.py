@@ -228,7 +228,8 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
     assert checkpoint_problem(checkpoint, None, dict(other.hparams), 10).startswith("trained with another base_sha256")
 
 
-def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_path: Path) -> None:
+def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     other = make_photo(tmp_path / "other.png", seed=3)
     task = StyleTransferTask(model=TINY, loss=RANDOM_LOSS, image_size=32,
                              style={"images": [str(style_image), str(other)], "names": ["x", "y"], "size": 32})
@@ -255,6 +256,19 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
     with pytest.raises(StylenetError, match=r"^style.images: style 'copy' \(.*copy.png'\) is the same picture as "
                                             r"style 'style'"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(copy)]})
+    # one picture twice, or two names alike once cleaned: style.images is said, not style.names (never set)
+    with pytest.raises(StylenetError, match=r"^style.images: style 'style' \(.*\) is the same picture as style "
+                                            r"'style'"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS,
+                          style={"images": [str(style_image), str(other), str(style_image)]})
+    spaced, underscored = make_photo(tmp_path / "My Art.png", seed=5), make_photo(tmp_path / "My_Art.png", seed=6)
+    with pytest.raises(StylenetError, match=r"^style.images \(named after their files: set style.names=\[...\]\): "
+                                            r"style names \['My_Art', 'My_Art'\] are not distinct"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(spaced), str(underscored)]})
+    # a picture is recorded by its absolute path: task=add_style, run from another folder, finds it for its reports
+    monkeypatch.chdir(tmp_path)
+    task = StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": ["other.png", "demo:ihc"], "size": 32})
+    assert [record["image"] for record in task.hparams["styles"]] == [str(tmp_path / "other.png"), "demo:ihc"]
 
 
 # ------------------------------------------------------------------------------------ files and inference

@@ -461,6 +461,27 @@ def test_each_styles_report_passes_the_photos_it_leaves_out_to_its_caller(
     assert left_out == [f"cannot read image {str(missing)!r}: no such file"] * len(NAMES)
 
 
+def test_a_demo_style_picture_among_the_held_out_photos_is_left_out_without_a_word(
+        tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """style.images=[demo:astronaut, ...]: that photo is a style, not a held-out photo, for its own style's report
+    (as for a single style); it was compared as the path 'demo:astronaut' and reported as a photo skipped."""
+    from stylenet.image import resolve_image_path
+    from stylenet.style_reports import style_reports
+    from tests.test_multistyle import NAMES, multi_net
+
+    styles = [{"name": name, "sha256": f"{k:064d}", "image": "demo:astronaut" if k == 0 else str(inputs["style"])}
+              for k, name in enumerate(NAMES)]
+    model = save_model(tmp_path / "mm.safetensors", multi_net(), {"task": "style", "style_name": "multi",
+                                                                   "styles": styles})
+    left_out: list[str] = []
+    astronaut = resolve_image_path("demo:astronaut")
+    reports = style_reports(tmp_path / "run", model, [astronaut, inputs["wide"]], SIZE, on_error=left_out.append)
+    assert left_out == [] and sorted(reports) == sorted(NAMES)
+    photos = {name: [entry["photo"] for entry in json.loads(reports[name]["data"].read_text())["entries"]]
+              for name in NAMES}
+    assert photos == {NAMES[0]: ["wide"], **{name: ["astronaut", "wide"] for name in NAMES[1:]}}
+
+
 def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:
     """The job number leads, so that columns too narrow for their overrides still differ (and match the
     rows of sweep.md); a run whose overrides all runs share is labelled by its job alone."""

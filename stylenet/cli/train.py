@@ -283,9 +283,21 @@ def missing_report(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -
     if "style" not in cfg.task:  # <photo>_x<factor>.png of the first held-out photo that can be read
         kept = any((run_dir / f"{photo.stem}_x{task.factor}.png").is_file() for photo in datamodule.val_files)
         return None if kept else "upscaled held-out photo"
-    styles = [record["name"] for record in task.hparams.get("styles") or []]
-    folders = [run_dir / "styles" / name for name in styles] if styles else [run_dir]
+    styles = task.hparams.get("styles") or []
+    # a style whose picture is gone (a base's, trained elsewhere) gets no report: finish() warned of it
+    folders = [run_dir / "styles" / record["name"] for record in styles if picture_found(record)] if styles \
+        else [run_dir]
     return "report" if any(not (folder / "quality.json").is_file() for folder in folders) else None
+
+
+def picture_found(record: dict[str, Any]) -> bool:
+    """Whether a style record's picture (``demo:<name>`` or a path) is a file that is there."""
+    from stylenet.image import resolve_image_path
+
+    try:
+        return resolve_image_path(str(record.get("image"))).is_file()
+    except (StylenetError, OSError):
+        return False
 
 
 def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
