@@ -100,7 +100,7 @@ def recorded_spec(spec: Any) -> str:
     """A style picture as a model file records it: ``demo:<name>``, or the file's absolute path, so that a
     later run from another folder (``task=add_style``, its per-style reports) finds it."""
     text = str(spec)
-    return text if text.startswith("demo:") else str(Path(text).absolute())
+    return text if text.startswith("demo:") else str(Path(text).expanduser().absolute())
 
 
 def check_distinct_pictures(records: list[dict[str, Any]], setting: str) -> None:
