@@ -213,7 +213,7 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
             keys = list(stored.keys())
             tensors = ({key: stored.get_tensor(key) for key in keys} if weights else
                        {key: torch.empty(stored.get_slice(key).get_shape(), device="meta",
-                                         dtype=HEADER_DTYPES.get(stored.get_slice(key).get_dtype(), torch.float32))
+                                         dtype=header_dtype(stored.get_slice(key).get_dtype()))
                         for key in keys})
     except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise StylenetError(f"model file {str(path)!r} is not a valid stylenet safetensors file: "
@@ -226,11 +226,19 @@ def _read_safetensors(path: Path, *, weights: bool = True) -> tuple[dict[str, An
     return header, tensors
 
 
-#: safetensors' names of the dtypes a header may give, for its shape-only tensors (the rarer ones, float8
-#: say, read as float32: what matters there is floating point or not, :func:`weights_mismatch`).
-HEADER_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-                 "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-                 "F64": torch.float64}
+#: safetensors' names of the dtypes a header may give, for its shape-only tensors (:func:`header_dtype`).
+HEADER_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "U16": torch.uint16, "I16": torch.int16,
+                 "U32": torch.uint32, "I32": torch.int32, "U64": torch.uint64, "I64": torch.int64,
+                 "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                 "C64": torch.complex64}
+
+
+def header_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name; for a rarer one, what matters to
+    :func:`weights_mismatch`: floating point (float8 and the like) or not (uint8 stands in)."""
+    if name in HEADER_DTYPES:
+        return HEADER_DTYPES[name]
+    return torch.float32 if name.startswith(("F", "BF")) else torch.uint8
 
 
 def _openable(path: Path, handle: BinaryIO) -> str:

@@ -512,6 +512,13 @@ def test_ctrl_c_before_the_first_step_is_one_line(tmp_path: Path, monkeypatch: p
     assert capsys.readouterr().err.strip().splitlines()[-1] == "stylenet-train: interrupted"
     assert [path.name for path in (run_dir / ".hydra").iterdir()] == ["overrides.yaml"]
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- earlier\n"
+    if stopped_in != "train":
+        return
+    # a DDP rank after the first (a terminal's second Ctrl-C reaches every rank): exit 130, the line once, rank 0's
+    monkeypatch.setattr("pytorch_lightning.utilities.rank_zero.rank_zero_only.rank", 1)
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main()
+    assert exit_info.value.code == 130 and "stylenet-train: interrupted" not in capsys.readouterr().err
 
 
 def test_the_run_folder_is_read_from_the_command_line_as_hydra_reads_it(tmp_path: Path) -> None:

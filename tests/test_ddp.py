@@ -34,16 +34,20 @@ class RecordSamples(pl.Callback):
 
 
 class CtrlCOnOneRank(pl.Callback):
-    """Test probe, loaded into every rank by ``+callbacks.probe``: sends SIGINT to rank ``rank``'s own process
-    alone at the end of step ``at_step`` (a kill -INT of one process, or a terminal's Ctrl-C that reaches the
-    ranks either side of their agreement to stop)."""
+    """Test probe, loaded into every rank by ``+callbacks.probe``: at the end of step ``at_step``, rank ``rank``
+    sends SIGINT to its own process alone (a kill -INT of one process, or a terminal's Ctrl-C that reaches the
+    ranks either side of their agreement to stop), or ``presses`` times to the whole process group (a
+    terminal's Ctrl-C, pressed twice)."""
 
-    def __init__(self, rank: int, at_step: int) -> None:
-        self.rank, self.at_step = rank, at_step
+    def __init__(self, rank: int, at_step: int, presses: int = 0) -> None:
+        self.rank, self.at_step, self.presses = rank, at_step, presses
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGINT)
+            if not self.presses:
+                os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(self.presses):
+                os.killpg(os.getpgrp(), signal.SIGINT)
 
 
 def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Path) -> None:
@@ -114,25 +118,21 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3
 
 
-def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> None:
-    """Every rank agreed to stop, but each chose how from its own flags: the signalled rank saved (a collective)
-    while the others waited in Lightning's SIGTERM broadcast, and the run hung for good. Now every rank takes
-    the signalled rank's way: last.ckpt at that step, exit 130."""
-    import torch
-
+def run_with_ctrl_c(tmp_path: Path, rank: int, presses: int) -> tuple[int, str]:
+    """A 2-process run whose probe presses Ctrl-C at step 2 (:class:`CtrlCOnOneRank`), in a session of its own:
+    (exit status, stderr). A run that hangs fails the test, and leaves no process behind."""
     from tests.conftest import make_photo
     from tests.helpers import console_script
 
     for i in range(9):
         make_photo(tmp_path / "photos" / f"img{i}.png", size=(40, 40), seed=i)
-    run_dir = tmp_path / "run"
     process = subprocess.Popen(
         [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
          f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
          "style.size=32", "trainer.max_steps=50", "trainer.val_check_interval=1000",
          "callbacks.checkpoint.every_n_train_steps=1000", "+trainer.enable_progress_bar=false",
-         "+callbacks.probe._target_=tests.test_ddp.CtrlCOnOneRank", "+callbacks.probe.rank=1",
-         "+callbacks.probe.at_step=2", f"hydra.run.dir={run_dir}"],
+         "+callbacks.probe._target_=tests.test_ddp.CtrlCOnOneRank", f"+callbacks.probe.rank={rank}",
+         "+callbacks.probe.at_step=2", f"+callbacks.probe.presses={presses}", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     try:
@@ -140,9 +140,19 @@ def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path: Path) -
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # both ranks: a hung run leaves no process behind
         process.communicate()
-        raise AssertionError("the run hung after one rank's Ctrl-C") from None
-    assert process.returncode == 130, stderr[-3000:]
-    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        raise AssertionError("the run hung after Ctrl-C") from None
+    return process.returncode, stderr
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_with_a_checkpoint(tmp_path: Path) -> None:
+    """Every rank agreed to stop, but each chose how from its own flags: the signalled rank saved (a collective)
+    while the others waited in Lightning's SIGTERM broadcast, and the run hung for good. Now every rank takes
+    the signalled rank's way: last.ckpt at that step, exit 130."""
+    import torch
+
+    status, stderr = run_with_ctrl_c(tmp_path, rank=1, presses=0)
+    assert status == 130, stderr[-3000:]
+    step = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step in (2, 3)  # the step after the signal is the latest either rank can stop at
 
 

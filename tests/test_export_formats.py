@@ -667,11 +667,13 @@ def test_weights_that_do_not_fit_the_network_name_the_first_mismatch(tmp_path: P
     save_file({**tensors, "extra.weight": torch.zeros(3)}, str(tmp_path / "extra.safetensors"), metadata=metadata)
     wide = with_header(model_file, tmp_path / "wide.safetensors",
                        network={"class": "TransformerNet", "channels": 16, "residual_blocks": 1, "norm": "instance"})
-    save_file({key: value.to(torch.int32) for key, value in tensors.items()}, str(tmp_path / "int.safetensors"),
-              metadata=metadata)  # its weights were cast to floats without a word: a grey picture
+    for dtype in (torch.int32, torch.uint16, torch.complex64):  # cast to floats without a word: a grey picture
+        save_file({key: value.to(dtype) for key, value in tensors.items()}, str(tmp_path / f"{dtype}.safetensors"),
+                  metadata=metadata)
     reasons = {wide: rf"{first} is \(8, 3, 9, 9\) in the file, the network needs \(16, 3, 9, 9\) \(and \d+ more\)$",
-               tmp_path / "int.safetensors": rf"{first} holds int32 values in the file, the network needs floating "
-                                             r"point \(and \d+ more\)$",
+               **{tmp_path / f"torch.{name}.safetensors": rf"{first} holds {name} values in the file, the network "
+                                                          r"needs floating point \(and \d+ more\)$"
+                  for name in ("int32", "uint16", "complex64")},
                tmp_path / "missing.safetensors": f"{first} is missing$",
                tmp_path / "extra.safetensors": "extra.weight is not part of the network$"}
     for path, reason in reasons.items():

@@ -350,21 +350,27 @@ def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Pa
     assert load_rgb(tmp_path / "sweep" / "1" / "gatys.png").shape == (3, 26, 32)
 
 
-def test_a_sweep_refuses_one_output_for_every_job(tmp_path: Path, style_image: Path) -> None:
-    """output= names one file: in a sweep each job replaced the one before, silently. Refused at the first job;
-    swept, or resolved per job by Hydra, it is each job's own."""
+def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path, style_image: Path) -> None:
+    """output= the same in every job: each job replaced the one before, silently. A job that would is refused
+    (the earlier result kept, the other jobs run); a sweep of one job, or outputs Hydra resolves per job, run."""
     content = make_photo(tmp_path / "content.png")
-    common = ["-m", f"content={content}", f"styles={style_image},{content}", "size=32", "iterations=1",
-              "loss.weights=random", "progress=false"]
-    result = run_gatys_cli(*common, "output=result.png", f"hydra.sweep.dir={tmp_path / 'a'}", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-        "stylenet-gatys: error: output= names one file for every job of the sweep, each replacing the one before: "
-        "leave it out (each job writes <name>.png in its own folder) or sweep it too"), result.stderr[-2000:]
-    assert not (tmp_path / "result.png").exists() and "#1 :" not in result.stdout
-    result = run_gatys_cli(*common, "output=job${hydra:job.num}.png", f"hydra.sweep.dir={tmp_path / 'b'}",
+    common = ["-m", f"content={content}", "size=32", "iterations=1", "loss.weights=random", "progress=false"]
+    result = run_gatys_cli(*common, f"styles={style_image},{content}", "output=result.png",
+                           f"hydra.sweep.dir={tmp_path / 'a'}", cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stylenet-gatys: error")]
+    assert result.returncode == 2 and errors == [
+        "stylenet-gatys: error: output=result.png is job #0's result in this sweep: give each job its own (sweep "
+        "output= too, or put ${hydra:job.num} in it), or leave it out",
+        "stylenet-gatys: error: 1 sweep job(s) failed: #1"], result.stderr[-2000:]
+    first = (tmp_path / "result.png").read_bytes()
+    result = run_gatys_cli(*common, f"styles={style_image}", "output=one.png", f"hydra.sweep.dir={tmp_path / 'b'}",
                            cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "one.png").is_file(), result.stderr[-2000:]
+    result = run_gatys_cli(*common, f"styles={style_image},{content}", "output=job${hydra:job.num}.png",
+                           f"hydra.sweep.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [load_rgb(tmp_path / f"job{n}.png").shape for n in (0, 1)] == [(3, 26, 32)] * 2
+    assert (tmp_path / "result.png").read_bytes() == first
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -805,15 +805,22 @@ def test_eight_bit_and_16_bit_grey_sources_report_their_depth(tmp_path: Path) ->
     assert load_image(grey16).bits == 16
 
 
-def test_a_float_rgb_tiff_is_named_unsupported_not_corrupt(tmp_path: Path) -> None:
-    """Pillow cannot open a TIFF of float colour samples; the file is sound, so the error says what it holds
-    (it said "truncated or corrupt", sending the user to look for damage), and a cut one is still corrupt."""
+def test_a_tiff_pillow_cannot_decode_is_named_by_its_layout_not_called_corrupt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow cannot open a TIFF of float colour samples, or one in a compression it lacks; the file is sound,
+    so the error says what it holds (it said "truncated or corrupt", sending the user to look for damage),
+    from the header alone (a small file may declare gigapixels); a cut one is still corrupt."""
     import tifffile
 
     tifffile.imwrite(path := tmp_path / "float.tif", np.full((6, 5, 3), 0.5, np.float32), photometric="rgb")
-    with pytest.raises(ImageError, match="a TIFF of 3 float32 samples per pixel is not supported") as err:
-        load_image(path)
-    _assert_one_line_naming(err, path)
+    tifffile.imwrite(lerc := tmp_path / "lerc.tif", np.zeros((6, 5, 3), np.uint8), photometric="rgb",
+                     compression="lerc")
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *args, **kwargs: pytest.fail("decoded the pixels"))
+    for tiff, layout in ((path, "3 float32 samples per pixel"), (lerc, "3 uint8 samples per pixel, LERC compressed")):
+        with pytest.raises(ImageError, match=f"this TIFF's {layout} cannot be decoded here: convert it to an 8- or "
+                                             "16-bit RGB or grey TIFF, or a PNG$") as err:
+            load_image(tiff)
+        _assert_one_line_naming(err, tiff)
     (cut := tmp_path / "cut.tif").write_bytes(path.read_bytes()[:200])
     with pytest.raises(ImageError, match="truncated or corrupt TIFF file"):
         load_image(cut)

@@ -289,6 +289,10 @@ def test_what_the_report_cannot_do_is_refused_before_the_work(tmp_path: Path, in
         main(["--style", str(inputs["style"]), "-m", str(inputs["a"]), str(inputs["b"]), "--out", str(out)])
     assert usage.value.code == 2 and f"{str(inputs['b'])!r} is a model file, not an image: each -m takes one" \
         in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # and without any -m (an IndexError, building that advice)
+        main([str(inputs["b"]), "--style", str(inputs["style"]), "--gatys", "--out", str(out)])
+    assert usage.value.code == 2 and capsys.readouterr().err.endswith(
+        f"error: {str(inputs['b'])!r} is a model file, not an image: pass it with -m (-m {inputs['b']})\n")
     (occupied := tmp_path / "afile").write_text("")
     with pytest.raises(SystemExit) as usage:
         main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", str(occupied)])

@@ -60,7 +60,8 @@ def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], 
         given = os.path.realpath(stray[0]) in {os.path.realpath(model) for model in models}
         parser.error(f"{stray[0]!r} is a model file, not an image: " + (
             "it is given with -m already" if given else
-            f"each -m takes one model file, repeat it for several (-m {models[-1]} -m {stray[0]})"))
+            f"each -m takes one model file, repeat it for several (-m {models[-1]} -m {stray[0]})" if models else
+            f"pass it with -m (-m {stray[0]})"))
 
 
 def allow_pixels(max_pixels: int | None) -> None:

@@ -16,6 +16,7 @@ named). Each of these ends ``gatys.log`` too.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from stylenet import StylenetError
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
-    command_line_override,
     launch_hydra_app,
     report_refusal,
     sigterm_as_terminated,
@@ -271,12 +271,9 @@ def hydra_main(cfg: DictConfig) -> None:
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
-    if sweep_job and cfg.output and shared_by_every_job("output"):
-        report_refusal(PROG, "output= names one file for every job of the sweep, each replacing the one before: "
-                       "leave it out (each job writes <name>.png in its own folder) or sweep it too", to_log=False)
-        EARLIER_RECORD.restore()
-        sys.exit(2)
     try:
+        if sweep_job:
+            claim_sweep_output(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().job.num)
         with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C
             status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
     except StylenetError as err:  # in a folder of another run: its gatys.log still ends with that run's ending
@@ -300,13 +297,19 @@ def hydra_main(cfg: DictConfig) -> None:
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
 
 
-def shared_by_every_job(key: str) -> bool:
-    """Whether every job of this sweep gets the same ``key``: it is not swept on the command line
-    (``output=a.png,b.png``) and takes no value Hydra resolves per job (``${hydra:job.num}``)."""
-    override = command_line_override(key)
-    return override is None or not (override.is_sweep_override() or "${" in str(override.value()))
+def claim_sweep_output(cfg: DictConfig, run_dir: Path, job: int) -> None:
+    """Refuse a sweep's job whose result file an earlier job of the sweep wrote (``output=`` the same in every
+    job): it would replace that job's result. Jobs a launcher runs in this process are seen; each job's own
+    folder (no ``output=``) never collides."""
+    output = os.path.realpath(cfg.output if cfg.output else run_dir / f"{cfg.name}.png")
+    if output in SWEEP_OUTPUTS:
+        raise StylenetError(f"output={cfg.output} is job #{SWEEP_OUTPUTS[output]}'s result in this sweep: give each "
+                            "job its own (sweep output= too, or put ${hydra:job.num} in it), or leave it out")
+    SWEEP_OUTPUTS[output] = job
 
 
+#: The result files of this process's sweep (``stylenet-gatys -m``), and the job that wrote each.
+SWEEP_OUTPUTS: dict[str, int] = {}
 #: The Hydra record of the run folder the command line names, before this launch (:class:`EarlierRecord`).
 EARLIER_RECORD = EarlierRecord()
 #: The jobs of this process's sweep (``stylenet-gatys -m``) that failed, each already reported.

@@ -396,8 +396,9 @@ def hydra_main(cfg: DictConfig) -> None:
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
-    except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on)
-        print("stylenet-train: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on), or a second one
+        if first_rank():  # every rank of a DDP run gets here on a second Ctrl-C: one line
+            print("stylenet-train: interrupted", file=sys.stderr)
         EARLIER_RECORD.restore()
         sys.exit(130)
 

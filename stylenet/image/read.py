@@ -422,15 +422,18 @@ def _signature_format(p: Path) -> str | None:
 
 
 def _tiff_layout(p: Path) -> str | None:
-    """``"3 float32 samples per pixel"`` for a TIFF whose first page tifffile reads, None if it cannot:
-    tells a layout Pillow cannot decode from a damaged file."""
+    """``"3 float32 samples per pixel"`` (with its compression where the samples are 8- or 16-bit integers,
+    which Pillow reads otherwise: ``"..., LERC compressed"``) for a TIFF whose header tifffile reads; None if
+    it cannot. From the header alone: a small file may declare gigapixels, and no pixel limit applies here."""
     import tifffile
 
     try:
         with tifffile.TiffFile(p) as tif:
             page = tif.pages[0]
-            page.asarray()  # the samples themselves, not only the header, are sound
-            return f"{page.samplesperpixel} {page.dtype} samples per pixel"
+            layout = f"{page.samplesperpixel} {page.dtype} sample{'s' if page.samplesperpixel > 1 else ''} per pixel"
+            if page.dtype in (np.uint8, np.uint16) and page.compression != tifffile.COMPRESSION.NONE:
+                layout += f", {page.compression.name} compressed"
+            return layout
     except Exception:
         return None
 
@@ -451,9 +454,9 @@ def _opened(p: Path) -> Iterator[Image.Image]:
     except UnidentifiedImageError:
         kind = _signature_format(p)
         layout = _tiff_layout(p) if kind == "TIFF" else None
-        if layout is not None:  # a sound TIFF whose samples Pillow has no mode for (float RGB, say)
-            raise file_error(p, f"a TIFF of {layout} is not supported (8- or 16-bit integer samples, or one float "
-                                "channel, are): convert it first") from None
+        if layout is not None:  # a TIFF whose samples or compression Pillow has no decoder for (float RGB, LERC)
+            raise file_error(p, f"this TIFF's {layout} cannot be decoded here: convert it to an 8- or 16-bit RGB or "
+                                "grey TIFF, or a PNG") from None
         if kind is not None:  # Pillow gives up on a PNG cut after its header as on a text file
             raise file_error(p, f"truncated or corrupt {kind} file (it starts as one, but cannot be read)") from None
         raise file_error(p, "not a recognised image file (readable formats: " + ", ".join(READ_FORMATS) + ")") from None
