@@ -18,6 +18,19 @@ import pytorch_lightning as pl
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_on_two_processes(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """``stylenet-train`` of the smoke experiment on 2 gloo processes, batch 1 of 32 px crops of the test's
+    photos in ``tmp_path/photos`` (the first held out), into ``tmp_path/run``, with ``overrides``."""
+    from tests.helpers import console_script
+
+    return subprocess.run(
+        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
+         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
+         "style.size=32", "+trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+
+
 class RecordSamples(pl.Callback):
     """Test probe, loaded into every rank by ``+callbacks.probe``: appends the files of each
     training batch, and the style each of its samples took, to ``<folder>/rank<r>.jsonl``."""
@@ -98,7 +111,6 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
     from stylenet.data import StreamSampler
     from stylenet.modelfile import read_model
     from tests.conftest import make_photo
-    from tests.helpers import console_script
 
     photos = [tmp_path / "photos" / f"img{i}.png" for i in range(9)]
     training = photos[1:]  # data.val_images=1 holds out the first
@@ -107,12 +119,7 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
         make_photo(photo, size=(40, 40), seed=i)
     junk.write_bytes(b"not an image")
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
-         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
-         "style.size=32", "trainer.max_steps=3", "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    result = run_on_two_processes(tmp_path, "trainer.max_steps=3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert junk.name in (run_dir / "skipped_images.txt").read_text()
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3
@@ -181,19 +188,13 @@ def test_too_many_bad_photos_on_one_rank_end_the_run_in_that_rank_s_one_line(tmp
     own words (rank 0 printed "another process found too many ...", then rank 1 its line)."""
     from stylenet.data import StreamSampler
     from tests.conftest import make_photo
-    from tests.helpers import console_script
 
     photos = [make_photo(tmp_path / "photos" / f"img{i}.png", size=(40, 40), seed=i) for i in range(9)]
     sampler = StreamSampler(8, 1, seed=0, rank=1, world_size=2)
     for position in (1, 3):  # rank 1's first two photos (data.val_images=1 holds out the first)
         photos[1:][sampler.index_at(position)].write_bytes(b"not an image")
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [*console_script("stylenet-train"), "experiment=smoke", "trainer=ddp_cpu", "trainer.devices=2", "data=folder",
-         f"data.root={tmp_path / 'photos'}", "data.image_size=32", "data.batch_size=1", "data.val_images=1",
-         "style.size=32", "trainer.max_steps=6", "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    result = run_on_two_processes(tmp_path, "trainer.max_steps=6")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("stylenet-train: error:")]
     assert errors == [f"stylenet-train: error: 2 of 2 training images were unreadable (100.0% > "
