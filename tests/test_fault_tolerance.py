@@ -206,21 +206,22 @@ def test_sigterm_only_marks_the_stop_which_every_rank_takes_at_a_batch_end() -> 
     handler and hangs them (Lightning-AI/pytorch-lightning#20806). Ours only notes the signal; at a
     batch's end the ranks agree (any rank's signal stops all), and Lightning's own stop follows once
     the step is logged. A rank that got no signal stops all the same."""
-    decisions: list[bool] = []
+    sent: list[list[float]] = []
 
-    def any_rank(decision: bool, all: bool = True) -> bool:
-        decisions.append(decision)
-        return True  # another rank got SIGTERM
+    def summed_with_another_rank(flags: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "sum"
+        sent.append(flags.tolist())
+        return flags + torch.tensor([0.0, 1.0])  # another rank got SIGTERM (and no Ctrl-C)
 
     for signalled in (True, False):
         run = ResumableRun("t")
-        trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=any_rank),
+        trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=summed_with_another_rank, root_device="cpu"),
                                   _signal_connector=SimpleNamespace(received_sigterm=False))
         if signalled:
             run.on_sigterm(signal.SIGTERM, None)
         run.on_train_batch_end(trainer, None, None, None, 0)  # no exception here: Lightning's, after logging
         assert trainer._signal_connector.received_sigterm is True
-    assert decisions == [True, False]
+    assert sent == [[0.0, 1.0], [0.0, 0.0]]  # (Ctrl-C, SIGTERM) noted on this rank
 
 
 def test_default_checkpoints_every_1000_steps_and_every_10_minutes_share_one_last_ckpt(tmp_path: Path) -> None:
