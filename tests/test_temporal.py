@@ -326,6 +326,7 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
                        (["--out", str(tmp_path)], str(tmp_path)),
                        (["--out", str(tmp_path / "afile" / "t.md")], "afile"),
                        (["--out", str(model)], "is an input"),  # never overwrite a model or a photo
+                       (["--out", str(tmp_path / "trip.mp4")], "names a picture, video or model file"),  # nor a clip
                        (["--strip", str(photo)], "is an input"),
                        (["--out", str(tmp_path / "both.png"), "--strip", str(tmp_path / "both.png")],
                         "--out and --strip both name"),

@@ -818,6 +818,8 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
         with pytest.raises(StylenetError, match=fr"{name}' for video .* needs a video extension \(.mp4, .m4v, .mov, "
                                                 fr".mkv, .webm\)$"):  # not .avi, which is refused
             video_target(clip, tmp_path / "out" / name, in_folder=True)
+        # unless the --name pattern gives no suffix itself ('{stem}_{style}' of trip.day1.mp4, a blend's a0.5+c0.5)
+        assert video_target(clip, tmp_path / "out" / name, in_folder=True, named_suffix=False).name == f"{name}.mov"
     # AVI holds neither reordered frames nor exact timestamps nor a rotation: read, never written
     assert video_target(tmp_path / "old.AVI", tmp_path / "out" / "old_tiny.png", in_folder=True).name == "old_tiny.mkv"
     with pytest.raises(StylenetError, match=r"x.avi': .avi videos are read, not written .* name a .mkv"):

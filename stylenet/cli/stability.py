@@ -92,7 +92,9 @@ def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
 def check_outputs(args: argparse.Namespace) -> None:
     """``--out`` and ``--strip`` refused before minutes of measuring, not after."""
     from stylenet.atomic import unwritable
-    from stylenet.image import check_output_path
+    from stylenet.cli import MODEL_SUFFIXES
+    from stylenet.image import IMAGE_EXTENSIONS, check_output_path
+    from stylenet.video.formats import VIDEO_SUFFIXES
 
     for option, output in (("--out", args.out), ("--strip", args.strip)):
         reason = unwritable(output) if output else None
@@ -108,6 +110,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         source = inputs.get(Path(output).resolve()) if output else None
         if source is not None:
             raise StylenetError(f"{option} {output!r} is an input ({source!r}): refusing to overwrite it")
+    if args.out and Path(args.out).suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES, *MODEL_SUFFIXES):
+        raise StylenetError(f"--out {args.out!r} names a picture, video or model file, and --out is the table (text): "
+                            "give a .md file (--strip writes the picture)")
 
 
 def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:

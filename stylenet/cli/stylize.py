@@ -392,7 +392,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], models: list[Pipeline], args: arg
                     if ".." in target.relative_to(output).parts:  # a {stem} of "..": an input named "...png"
                         raise StylenetError(f"--name {args.name!r} gives {image.name!r} an output outside -o")
                 if is_video(image):  # a video's output: a video, by default with the input's suffix
-                    target = video_target(image, target, in_folder=not as_file)
+                    target = video_target(image, target, in_folder=not as_file, named_suffix=bool(Path(
+                        args.name.format(stem="", ext="", style="", model="")).suffix))
                 else:
                     check_output_path(target)
                 resolved = target.resolve()

@@ -25,16 +25,20 @@ def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def video_target(source: Path, target: Path, in_folder: bool) -> Path:
+def video_target(source: Path, target: Path, in_folder: bool, named_suffix: bool = True) -> Path:
     """The output path for a video input: a name in an output folder (``--name``'s, by default
-    ``{stem}_{style}.png``) that ends in an image's suffix, or in none, takes the video's own; any
-    other name (``trip.day1-tiny``), and a file named by ``-o``, must name a video format. Checked
-    before any work, as images' outputs are."""
+    ``{stem}_{style}.png``) that ends in an image's suffix, or in none, takes the video's own, as does
+    one whose ``--name`` pattern gives no suffix of its own (``named_suffix`` False: a dot in a field,
+    ``trip.day1_tiny``, is no suffix); any other name, and a file named by ``-o``, must name a video
+    format. Checked before any work, as images' outputs are."""
     from stylenet.image.formats import WRITABLE_EXTENSIONS
 
+    suffix = source.suffix.lower()
+    suffix = READ_ONLY_SUFFIXES.get(suffix, suffix)
     if in_folder and target.suffix.lower() in ("", *WRITABLE_EXTENSIONS):
-        suffix = source.suffix.lower()
-        target = target.with_suffix(READ_ONLY_SUFFIXES.get(suffix, suffix))
+        target = target.with_suffix(suffix)
+    elif in_folder and not named_suffix and not is_video(target):
+        target = target.with_name(target.name + suffix)
     if not is_video(target):
         raise StylenetError(f"output {str(target)!r} for video {str(source)!r} needs a video extension "
                             f"({', '.join(WRITTEN_SUFFIXES)})")
