@@ -355,6 +355,37 @@ def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, 
     assert len(frames) == 6 and frames[0].shape == (48, 48, 3)
 
 
+def test_a_clip_cut_before_its_first_key_frame_is_not_taken_for_a_truncated_one(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A clip cut (without re-encoding) a few frames before a key frame: the decoder drops those frames, as
+    FFmpeg's tools do. They counted as a break at the end: "truncated after 20 of 26 frames", exit 1, and a
+    second run refused to replace the output. Now the frames after the key frame are the clip, with a note."""
+    av = pytest.importorskip("av")
+    with av.open(str(whole := tmp_path / "whole.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 48, "yuv420p", {"g": "10", "bf": "2"}
+        for k in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * k, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(whole)) as source, av.open(str(cut := tmp_path / "cut.mp4"), "w") as target:
+        kept = target.add_stream_from_template(source.streams.video[0])
+        for number, packet in enumerate(p for p in source.demux(source.streams.video[0]) if p.dts is not None):
+            if number >= 4:  # from a P or B frame on, before the key frame at 10
+                packet.stream = kept
+                target.mux(packet)
+    decodable = sum(1 for _ in av.open(str(cut)).decode(video=0))
+    assert 0 < decodable < 26
+    for _ in range(2):  # and again: the earlier output is replaced, as any finished output is
+        assert stylize_main([str(cut), "-m", str(model_file), "-o", str(tmp_path / "out.mp4")]) == 0
+        err = capsys.readouterr().err
+        assert "error" not in err and f"cut.mp4: {26 - decodable} frame(s) before its first key frame cannot be " \
+            "decoded" in err, err
+    assert len(read_clip(tmp_path / "out.mp4")["frames"]) == decodable
+
+
 def test_a_complete_variable_rate_matroska_is_not_taken_for_a_truncated_one(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture) -> None:
     """Matroska has no frame count: the one from its duration assumes a constant rate. Frames with gaps

@@ -112,6 +112,7 @@ class VideoResult:
     damage: str | None = None  # the decoder's message for the first of them
     discarded: int = 0  # video packets before the start an MP4's edit list sets (``ffmpeg -ss -c copy``), and
                         # an AVI's dropped frames: slots of the count without a picture
+    before_key: int = 0  # video packets before the first key frame (a clip cut there): no decoder can show them
     problem: str | None = None  # why the input ended early, if it did
     dropped: list[str] = field(default_factory=list)  # the input's streams left out (no decoder for their codec)
     retimed: int = 0  # audio packets whose time went back, moved on by a tick (as FFmpeg's tools move them)
@@ -304,6 +305,7 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         if container.format.name.startswith("matroska"):  # (a file's length known once written: see shortfall)
             result.promised = _promised_ends([video, *copied])
             result.missing_bytes = _matroska_missing_bytes(path)
+        keyed = False  # a key frame read: the packets after it decode (or are damaged)
         try:
             for packet in container.demux(video, *container.streams.audio):
                 _reach(result, packet)
@@ -312,6 +314,7 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
                         yield packet
                     continue
                 result.discarded += bool(packet.is_discard) + (slots.read(packet) if slots else 0)
+                keyed = keyed or bool(packet.is_keyframe)  # (a damaged one too: what depends on it is lost with it)
                 try:
                     frames = packet.decode()
                 except av.InvalidDataError as err:  # one damaged packet: skipped, as FFmpeg's own tools do
@@ -320,6 +323,8 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
                     result.damaged += 1
                     result.damage = result.damage or first_line(err)
                     continue
+                if not (keyed or frames or result.decoded or result.damaged) and packet.size:
+                    result.before_key += 1  # dropped by the decoder, as by FFmpeg's tools: not a break
                 for frame in frames:
                     result.decoded += 1
                     if frame.time is not None:
@@ -420,7 +425,7 @@ def shortfall(info: VideoInfo, result: VideoResult) -> str | None:
     and by the size its header gives its Segment (:func:`_matroska_missing_bytes`): a B-frame lost
     before the last frame read shows in neither the count nor the times."""
     expected, exact = info.expected_frames, info.exact_count
-    reached = result.decoded + result.damaged + result.discarded
+    reached = result.decoded + result.damaged + result.discarded + result.before_key
     if (not exact or result.damaged) and result.last_time is not None:  # a variable frame rate has fewer
         reached = max(reached, round((result.last_time - info.start) * info.rate))  # frames, ending as late
     if expected and reached < expected - (0 if exact else 1):

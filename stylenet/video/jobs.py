@@ -110,6 +110,9 @@ def _note_streams(report: Any, source: Path, result: VideoResult) -> None:
     if result.retimed:
         report.note(f"{source.name}: {result.retimed} audio packet(s) whose time went back were moved on by a tick, "
                     "as ffmpeg moves them")
+    if result.before_key:
+        report.note(f"{source.name}: {result.before_key} frame(s) before its first key frame cannot be decoded "
+                    "(the clip was cut there): left out, as ffmpeg leaves them")
 
 
 def _count(report: Any, result: VideoResult) -> None:
