@@ -213,11 +213,11 @@ def test_a_large_photo_shows_progress_and_matches_stylenet_stylize(
 def test_bad_uploads_get_a_clear_one_line_message(server: StyleServer, tmp_path: Path) -> None:
     tiny = model_ids(address(server))["tiny"]
     bad = {"notes.jpg": (b"this is not an image", "cannot read image 'notes.jpg': not a recognised image file"),
-           "large.png": (png_with_header_size(12000, 12000), "'large.png' is 12000x12000 (144.0 megapixels); "
-                                                              "this server takes photos up to 120.0 megapixels"),
+           "large.png": (png_with_header_size(12000, 12000), "'large.png' is 12000x12000 (144 megapixels); "
+                                                              "this server takes photos up to 120 megapixels"),
            # beyond Pillow's own bound: the server's limit, not Pillow's (it quoted "limit of 178956970 pixels")
            "bomb.png": (png_with_header_size(30000, 30000), "'bomb.png' declares more than 179 megapixels; this "
-                                                            "server takes photos up to 120.0 megapixels"),
+                                                            "server takes photos up to 120 megapixels"),
            "cut.png": (make_photo(tmp_path / "c.png").read_bytes()[:300],
                        "cannot read image 'cut.png': truncated file")}
     for name, (data, message) in bad.items():
@@ -269,6 +269,39 @@ def test_another_sites_page_cannot_ask_for_work_and_a_result_goes_only_with_its_
     assert call_json(address(server), "DELETE", f"/api/jobs/{job_id}") == (200, {"removed": job_id})
 
 
+def test_a_method_a_path_does_not_take_is_405_naming_the_one_it_does(server: StyleServer) -> None:
+    """GET /api/frame was "no such job or page ... (finished jobs are kept for a while only)", POST
+    /api/models "no such page": a page author is told the method instead, with HTTP's Allow header."""
+    import http.client
+
+    for method, path, allowed in (("GET", "/api/frame", "POST"), ("POST", "/api/models", "GET, HEAD"),
+                                  ("DELETE", "/api/jobs", "POST"), ("POST", "/app.js", "GET, HEAD")):
+        host, port = address(server)
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection.request(method, path, body=b"" if method == "POST" else None,
+                           headers={"Origin": server.url.rstrip("/")})
+        reply = connection.getresponse()
+        body = json.loads(reply.read())
+        connection.close()
+        assert (reply.status, reply.getheader("Allow")) == (405, allowed), (method, path, body)
+        assert body == {"error": f"{path} takes {allowed.replace(', ', ' or ')}, not {method}"}
+
+
+def test_the_results_kept_are_those_of_the_photos_finished_last(tmp_path: Path) -> None:
+    """The store forgets the oldest *finished* jobs beyond its ``keep``: a big photo that finished after the
+    small ones uploaded behind it was forgotten at the next upload, as the oldest job created."""
+    from stylenet.serve.work import JobStore
+
+    store = JobStore(tmp_path, keep=2)
+    slow, quick, quicker = (store.new(name, [], None) for name in ("slow.png", "a.png", "b.png"))
+    store.finish(quick)
+    store.finish(quicker)
+    store.finish(slow)  # the slow one ends last
+    store.new("c.png", [], None)  # three finished, two kept
+    assert store.get(quick.id) is None and not quick.folder.exists()
+    assert store.get(slow.id) is slow and store.get(quicker.id) is quicker and slow.state == "done"
+
+
 def test_an_upload_over_the_size_limit_is_refused(server_config: ServeConfig, tmp_path: Path,
                                                   one_thread: None) -> None:
     server_config.max_upload = 2000
@@ -277,7 +310,8 @@ def test_an_upload_over_the_size_limit_is_refused(server_config: ServeConfig, tm
         photo = make_photo(tmp_path / "photo.png", size=(200, 150))
         status, reply = submit(address(server), photo, [model_ids(address(server))["tiny"]])
         assert status == 413
-        assert reply["error"].startswith("'photo.png' is 0.") and "uploads up to 0.0 MB" in reply["error"]
+        assert reply["error"].startswith("'photo.png' is 0.0") and reply["error"].endswith(
+            "this server takes uploads up to 0.002 MB (stylenet-serve --max-upload)")  # it said "up to 0.0 MB"
         assert list(server.jobs.root.iterdir()) == []
     finally:
         server.shutdown()
@@ -795,6 +829,7 @@ def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer,
     assert status == 202
     results = finished(address(server), reply["id"])["results"]
     assert results[0]["width"] == 80
+    assert results[0]["download"] == "p_caf\ufffd.png"  # as the label: not a lone surrogate, which JSON cannot hold
     assert results[1]["width"] == 80
     assert results[2]["error"].startswith("'p.png': model file 'models/odd.safetensors'")  # not the server's path
     assert "'styles' metadata must list records with a 'name'" in results[2]["error"]

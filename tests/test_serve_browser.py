@@ -106,8 +106,13 @@ def choose_only(browser: Any, label: str) -> None:
 
 def test_the_page_stylizes_an_uploaded_photo(browser: Any, page_server: StyleServer, tmp_path: Path,
                                              screenshot: Callable[[str], Path]) -> None:
+    from stylenet.serve.limits import millions
+
     photo = make_photo(tmp_path / "harbour.png", size=(96, 72), seed=7)
     open_page(browser, page_server)
+    limits = browser.execute_script("return limits")  # what /api/models said: written as the server writes them
+    assert browser.find_element("id", "limits").text.startswith(
+        f"Up to {millions(limits['max_upload'])} MB and {millions(limits['max_pixels'])} megapixels per photo")
     choose_only(browser, "tiny")
     browser.find_element("id", "files").send_keys(str(photo))
     found = wait_for(browser, """

@@ -14,9 +14,9 @@ A model ID is one of /api/models' ids, or a blend of styles of one file of sever
 ``ID:0.7;ID:0.3`` (URL-encoded; :meth:`stylenet.serve.catalog.Catalog.find`).
 
 Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header or work asked
-for by another site's page, 404 unknown model or job, 405 a result deleted without its job, 411 no
-Content-Length, 413 upload too large, 415 a form instead of the photo's bytes, 503 busy (refused, not
-queued). Request bodies stream to files in the server's temporary folder; nothing from the browser is
+for by another site's page, 404 unknown model or job, 405 a method a path does not take (a result deleted
+without its job), 411 no Content-Length, 413 upload too large, 415 a form instead of the photo's bytes, 503
+busy (refused, not queued). Request bodies stream to files in the server's temporary folder; nothing from the browser is
 used as a path (files are named by the server's ids).
 """
 
@@ -39,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from stylenet.errors import StylenetError, one_line
 from stylenet.serve.catalog import UnknownModel
-from stylenet.serve.limits import Busy
+from stylenet.serve.limits import Busy, millions
 from stylenet.serve.work import stylize_frame
 
 if TYPE_CHECKING:
@@ -75,12 +75,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class HttpError(StylenetError):
-    """A refused request: its status and one-line message go back as JSON."""
+#: The methods of the API's fixed paths (the page's files take GET and HEAD; a job's path is matched apart).
+METHODS = {"/api/models": ("GET", "HEAD"), "/api/jobs": ("POST",), "/api/frame": ("POST",)}
 
-    def __init__(self, status: int, message: str) -> None:
+
+class HttpError(StylenetError):
+    """A refused request: its status and one-line message go back as JSON (with ``headers``)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 def status_of(err: Exception) -> int:
@@ -147,6 +151,10 @@ class Handler(BaseHTTPRequestHandler):
             self._check_host()
             if self.command in ("POST", "DELETE"):
                 self._check_origin()
+            allowed = ("GET", "HEAD") if url.path in STATIC else METHODS.get(url.path)
+            if allowed and self.command not in allowed:  # (it was "no such job or page", or "no such page")
+                raise HttpError(405, f"{url.path} takes {' or '.join(allowed)}, not {self.command}",
+                                {"Allow": ", ".join(allowed)})
             # blank values kept: "strength=" is an error to report, not a setting to pass over
             route(url.path, {key: values[-1] for key, values in parse_qs(url.query, keep_blank_values=True).items()})
         except Exception as err:  # every error is one JSON line; the server goes on
@@ -162,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("error answering %s %s", self.command, urlsplit(self.path).path)
         with contextlib.suppress(OSError):
             self._drain()
-            self._send_json(status_of(err), {"error": one_line(str(err)) or type(err).__name__})
+            data = json.dumps({"error": one_line(str(err)) or type(err).__name__}).encode()
+            self._send(status_of(err), data, "application/json", getattr(err, "headers", None))
 
     def _check_host(self) -> None:
         """On a loopback address, only requests addressed to it: a web page elsewhere cannot reach the
@@ -295,8 +304,8 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(415, f"upload of {name!r} is a form ({form}); send the photo's own bytes as the body, "
                                  "as the page does (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)")
         if length > limit:
-            raise HttpError(413, f"{name!r} is {length / 1e6:.1f} MB; this server takes uploads up to "
-                                 f"{limit / 1e6:.1f} MB (stylenet-serve --max-upload)")
+            raise HttpError(413, f"{name!r} is {millions(length)} MB; this server takes uploads up to "
+                                 f"{millions(limit)} MB (stylenet-serve --max-upload)")
         with open(target, "wb") as handle:
             while self._unread > 0:
                 chunk = self.rfile.read(min(CHUNK, self._unread))

@@ -38,6 +38,12 @@ class Busy(StylenetError):
     """Every worker is busy and the queue is full: the request is refused (HTTP 503), not queued."""
 
 
+def millions(value: float) -> str:
+    """``value`` in millions (MB, megapixels) to three significant digits: a limit of 10 kB or 1000 pixels
+    is 0.01 or 0.001, not "0.0"; 1.5 MB is 1.5, not "2" (the page writes its limits the same way)."""
+    return f"{float(f'{value / 1e6:.3g}'):g}"  # 1230, not 1.23e+03
+
+
 def resident_bytes() -> int:
     """This process's resident memory now (Linux: /proc/self/statm; elsewhere the peak so far, an
     upper bound), for the part of the limit the server needs at rest."""

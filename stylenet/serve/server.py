@@ -102,7 +102,7 @@ class StyleServer(ThreadingHTTPServer):
             except Stopping:  # still queued when the server stopped: nothing ran
                 job.error = "the server stopped before this photo was processed"
             finally:
-                job.state = "done"
+                self.jobs.finish(job)
                 self.gate.leave()
                 if self.jobs.get(job.id) is None:  # removed, or the server closed, while it ran
                     shutil.rmtree(job.folder, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError, describe
 from stylenet.serve.catalog import Catalog, ModelEntry
-from stylenet.serve.limits import MemoryPlan, tile_side
+from stylenet.serve.limits import MemoryPlan, millions, tile_side
 
 if TYPE_CHECKING:
     from stylenet.image import LoadedImage
@@ -33,12 +33,12 @@ def read_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
 
     from stylenet.image import TooManyPixelsError, compact, load_image, read_image_size
 
-    limit = (f"this server takes photos up to {max_pixels / 1e6:.1f} megapixels (stylenet-serve --memory-limit, "
+    limit = (f"this server takes photos up to {millions(max_pixels)} megapixels (stylenet-serve --memory-limit, "
              "--max-pixels)")
     try:
         width, height = read_image_size(path)
         if width * height > max_pixels:
-            raise StylenetError(f"{name!r} is {width}x{height} ({width * height / 1e6:.1f} megapixels); {limit}")
+            raise StylenetError(f"{name!r} is {width}x{height} ({millions(width * height)} megapixels); {limit}")
         return compact(load_image(path, max_pixels=max_pixels))
     except TooManyPixelsError:  # Pillow's own bound, above any this server takes, met as the header is read
         raise StylenetError(f"{name!r} declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
@@ -113,8 +113,9 @@ def run_photo_job(job: PhotoJob, catalog: Catalog, plan: MemoryPlan) -> None:
         except Exception as err:  # this model only: the others still run
             job.results.append({"label": entry.label, "error": describe(err, repr(job.name))})
             continue
+        file_stem = (entry.shown or entry.file.stem).rsplit("/", 1)[-1]  # as the page shows it: UTF-8, always
         job.results.append({"label": entry.label, "url": f"/api/jobs/{job.id}/{index}.png",
-                            "download": f"{stem}_{entry.file.stem}{f'_{entry.style}' if entry.style else ''}.png",
+                            "download": f"{stem}_{file_stem}{f'_{entry.style}' if entry.style else ''}.png",
                             "width": result.rgb.shape[-1], "height": result.rgb.shape[-2]})
 
 
@@ -154,6 +155,14 @@ class JobStore:
         for key in finished[: max(0, len(finished) - self.keep)]:
             self.remove(key)
         return job
+
+    def finish(self, job: PhotoJob) -> None:
+        """Mark ``job`` done, as the newest finished job: the oldest finished ones are forgotten first, so a
+        photo that took longer than those after it keeps its result as long as they keep theirs."""
+        with self._lock:
+            job.state = "done"
+            if self._jobs.get(job.id) is job:
+                self._jobs[job.id] = self._jobs.pop(job.id)
 
     def get(self, job_id: str) -> PhotoJob | None:
         with self._lock:

@@ -77,12 +77,17 @@ function controlsQuery() {
   return `strength=${$("strength").value}&preserve_color=${$("preserve-color").checked ? 1 : 0}`;
 }
 
+// A size in millions (MB, megapixels), three significant digits, as the server writes its limits: 0.01, 1.5, 2.
+function millions(value) {
+  return String(Number((value / 1e6).toPrecision(3)));
+}
+
 async function loadModels() {
   const info = await (await request("/api/models")).json();
   limits = info.limits;
   $("folder").textContent = `the folder ${info.folder}/`;
-  $("limits").textContent = `Up to ${(limits.max_upload / 1e6).toFixed(0)} MB and ` +
-    `${(limits.max_pixels / 1e6).toFixed(1)} megapixels per photo; large photos are processed in parts, with progress.`;
+  $("limits").textContent = `Up to ${millions(limits.max_upload)} MB and ` +
+    `${millions(limits.max_pixels)} megapixels per photo; large photos are processed in parts, with progress.`;
   const box = $("models");
   $("models-empty").textContent = info.models.length ? "" : "No style models in this folder.";
   const first = info.models.find((model) => model.readable); // ticked: the first style that can run
@@ -189,8 +194,8 @@ async function stylizePhoto(file) {
   const empty = models.find((model) => model.empty);
   if (empty) return showError(view, `${empty.label}: set at least one weight above 0.`);
   if (file.size > limits.max_upload) {
-    return showError(view, `${file.name} is ${(file.size / 1e6).toFixed(1)} MB; this server takes uploads ` +
-      `up to ${(limits.max_upload / 1e6).toFixed(1)} MB.`);
+    return showError(view, `${file.name} is ${millions(file.size)} MB; this server takes uploads ` +
+      `up to ${millions(limits.max_upload)} MB.`);
   }
   try {
     const id = await submit(file, models, view);
