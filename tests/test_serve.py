@@ -274,17 +274,20 @@ def test_a_method_a_path_does_not_take_is_405_naming_the_one_it_does(server: Sty
     /api/models "no such page": a page author is told the method instead, with HTTP's Allow header."""
     import http.client
 
+    job = f"/api/jobs/{'0' * 32}"  # PUT and PATCH: the standard library's 501 before
     for method, path, allowed in (("GET", "/api/frame", "POST"), ("POST", "/api/models", "GET, HEAD"),
-                                  ("DELETE", "/api/jobs", "POST"), ("POST", "/app.js", "GET, HEAD")):
+                                  ("DELETE", "/api/jobs", "POST"), ("POST", "/app.js", "GET, HEAD"),
+                                  ("PUT", "/api/jobs", "POST"), ("PATCH", job, "GET, HEAD, DELETE")):
         host, port = address(server)
         connection = http.client.HTTPConnection(host, port, timeout=30)
-        connection.request(method, path, body=b"" if method == "POST" else None,
+        connection.request(method, path, body=b"" if method in ("POST", "PUT", "PATCH") else None,
                            headers={"Origin": server.url.rstrip("/")})
         reply = connection.getresponse()
         body = json.loads(reply.read())
         connection.close()
         assert (reply.status, reply.getheader("Allow")) == (405, allowed), (method, path, body)
-        assert body == {"error": f"{path} takes {allowed.replace(', ', ' or ')}, not {method}"}
+        said = " or ".join(allowed.rsplit(", ", 1))  # "GET, HEAD or DELETE"
+        assert body == {"error": f"{path} takes {said}, not {method}"}
 
 
 def test_the_results_kept_are_those_of_the_photos_finished_last(tmp_path: Path) -> None:

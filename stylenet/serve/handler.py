@@ -134,6 +134,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._answer(self._delete)
 
+    def do_PUT(self) -> None:
+        """No path takes PUT (or PATCH): 405 naming the methods one does take, as for any method it does not."""
+        self._answer(self._unsupported)
+
+    do_PATCH = do_PUT
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The standard library's own refusals (a method the page does not use, such as PUT; a malformed
         request line) as the page's one-line JSON too, not an HTML page; no body to a HEAD request."""
@@ -247,6 +253,12 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(405, f"a result goes with its job: DELETE /api/jobs/{job.id}")
         self.server.jobs.remove(job.id)
         self._send_json(200, {"removed": job.id})
+
+    def _unsupported(self, path: str, query: dict[str, str]) -> None:
+        if JOB_PATH.fullmatch(path):
+            raise HttpError(405, f"{path[:80]} takes GET, HEAD or DELETE, not {self.command}",
+                            {"Allow": "GET, HEAD, DELETE"})
+        raise HttpError(404, f"no such page {path[:80]!r}")
 
     def _frame(self, query: dict[str, str]) -> None:
         """A webcam frame, answered at once (after waiting for a worker, like a photo)."""
