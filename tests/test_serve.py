@@ -363,8 +363,8 @@ def test_the_ipv6_loopback_address_serves_the_page(server_config: ServeConfig, o
 def test_methods_the_page_does_not_use_get_a_json_refusal(server: StyleServer) -> None:
     """The standard library's own refusals answer like every other error: one JSON line (no HTML page).
     HEAD answers as GET does, without the body (``curl -I``; the page asks whether a result is still kept)."""
-    status, reply = call_json(address(server), "PUT", "/api/jobs", b"x")
-    assert status == 501 and "PUT" in reply["error"], reply
+    status, reply = call_json(address(server), "TRACE", "/api/jobs")
+    assert status == 501 and "TRACE" in reply["error"], reply
     page = call(address(server), "GET", "/")
     connection = http.client.HTTPConnection(*address(server), timeout=TIMEOUT_S)
     try:
