@@ -11,12 +11,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stylenet.errors import StylenetError
-
-if TYPE_CHECKING:
-    from hydra.core.override_parser.types import Override
 
 
 def print_out(text: str, prog: str) -> bool:
@@ -170,30 +166,23 @@ def run_reporting_errors(prog: str, work: Callable[[ErrorReporter], int | None])
     return status or int(failed)
 
 
-def command_line_override(key: str, argv: list[str] | None = None) -> Override | None:
-    """The override of ``key`` on the command line (the last, as Hydra takes it, parsed by Hydra's own
-    parser), else None (None too for one Hydra will refuse itself)."""
+def explicit_run_dir(argv: list[str] | None = None, key: str = "hydra.run.dir") -> Path | None:
+    """The folder ``hydra.run.dir=`` (or another ``key``: ``hydra.sweep.dir``) names on the command line
+    (the last, as Hydra takes it, quotes and escapes undone by Hydra's own parser), else None; None too
+    for a value Hydra resolves later (``${name}``, ``${now:...}``): this is read before Hydra starts."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser, found = OverridesParser.create(), None
+    parser, named = OverridesParser.create(), None
     for item in sys.argv[1:] if argv is None else argv:
         if item.lstrip("+~").partition("=")[0] != key:
             continue
         try:
-            found = parser.parse_override(item)
+            value = parser.parse_override(item).value()
         except Exception:  # Hydra itself reports a bad override
             continue
-    return found
-
-
-def explicit_run_dir(argv: list[str] | None = None, key: str = "hydra.run.dir") -> Path | None:
-    """The folder ``hydra.run.dir=`` (or another ``key``: ``hydra.sweep.dir``) names on the command line
-    (quotes and escapes undone by Hydra's own parser), else None; None too for a value Hydra resolves
-    later (``${name}``, ``${now:...}``): this is read before Hydra starts."""
-    override = command_line_override(key, argv)
-    value = None if override is None else override.value()
-    text = str(value) if isinstance(value, (str, int, float, bool)) else ""  # hydra.run.dir=42 is a folder too
-    return Path(text) if text and "${" not in text else None
+        text = str(value) if isinstance(value, (str, int, float, bool)) else ""  # hydra.run.dir=42 is a folder too
+        named = Path(text) if text and "${" not in text else None
+    return named
 
 
 def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:

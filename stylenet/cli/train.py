@@ -209,9 +209,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
     trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger) if cfg.get("logger") else False)
-    if sweep_job and relaunched_ranks(trainer):  # each would run the whole sweep again (and the jobs after
-        raise SweepRefusedError(                 # the first on one process)
-            f"a sweep (-m) cannot give its jobs the {relaunched_ranks(trainer) + 1} processes Lightning starts "
+    relaunched = relaunched_ranks(trainer) if sweep_job else 0
+    if relaunched:  # each would run the whole sweep again (and the jobs after the first on one process)
+        raise SweepRefusedError(
+            f"a sweep (-m) cannot give its jobs the {relaunched + 1} processes Lightning starts "
             "itself (trainer.devices): it starts them by running the command line again, which would launch the "
             "sweep again; run each job as a command of its own, or start the processes with torchrun or srun")
     if on_start is not None:
