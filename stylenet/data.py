@@ -391,7 +391,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             # the dataset's own root: its val2014 (and test2015) are not the paper's training photos
             root = root / "train2014"
             log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
-        files = list_images(root)
+        files = list_images(root, skip_runs=True)
         if not files:
             raise StylenetError(f"data.root {str(root)!r} contains no images")
         return files

@@ -161,6 +161,9 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
         layers = [layers]
     if isinstance(layers, Mapping):  # the settings are loss.style_layers.<layer>
         return {name: setting_weight(weight, f"{setting}s.{name}") for name, weight in layers.items()}
+    repeated = sorted({name for name in layers if list(layers).count(name) > 1})
+    if repeated:  # {layer: weight} would keep the last weight of each: one of the given weights lost
+        raise StylenetError(f"{setting}s names {', '.join(repeated)} more than once: give each layer once")
     per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
     if len(per_layer) != len(layers):
         raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "

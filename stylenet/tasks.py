@@ -325,6 +325,14 @@ def build_net(cls: type[torch.nn.Module], model: dict[str, Any]) -> torch.nn.Mod
         raise StylenetError(f"model: {err}") from None
 
 
+def check_crop_size(loss: PerceptualLoss, image_size: int) -> None:
+    """The training crop must reach the loss network's deepest layer through its poolings (as a style picture
+    must, :meth:`PerceptualLoss.set_style`): refused before the first step, not as a pooling's traceback in it."""
+    if isinstance(image_size, int) and image_size < loss.smallest_side:
+        raise StylenetError(f"data.image_size={image_size} px is smaller than the {loss.smallest_side} px a side that "
+                            f"the loss network's deepest layer needs; use a larger data.image_size")
+
+
 def check_fast_path_flags(compile: object, channels_last: object) -> None:
     """``task.compile`` (true or false) and ``task.channels_last`` (also null: where faster), refused
     in one line otherwise: ``bool("no")`` is True, so ``task.compile=no`` would compile."""
@@ -378,6 +386,7 @@ class StyleTransferTask(ImageTask):
         loss, temporal_weight = split_temporal_weight(loss)
         # The loss network first: a missing VGG weights file fails before any data is read.
         self.loss = PerceptualLoss(**loss)
+        check_crop_size(self.loss, image_size)
         # loss=pixel, feature or mixed (super-resolution's) on a style; said once, by the first DDP process
         if not self.loss.term_weights["style"] and getattr(rank_zero_only, "rank", 0) == 0:
             log.warning("loss.style_weight is 0: this style run has no style term and learns no style "
@@ -644,6 +653,7 @@ class SuperResolutionTask(ImageTask):
         if temporal_weight:
             raise StylenetError("loss.temporal_weight applies to style networks only: set it to 0 for super-resolution")
         self.loss = PerceptualLoss(**loss)
+        check_crop_size(self.loss, image_size)
         self.save_hyperparameters()
         self.hparams["task"] = "sr"
         self.hparams["stylenet_version"] = __version__

@@ -598,6 +598,25 @@ def test_list_images_follows_links_to_folders_once_each(tmp_path: Path) -> None:
     assert [p.relative_to(root).as_posix() for p in list_images(root)] == ["a/x.png", "linked/y.jpg"]
 
 
+def test_list_images_can_leave_out_run_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``data.root=.`` where runs are written: an earlier run's figure, its style picture and a sweep's contact
+    sheet are not photos (a folder holding ``.hydra/`` or ``multirun.yaml`` is Hydra's); the root itself is
+    the user's choice even if it is one."""
+    names = ["photo.jpg", "outputs/a/2026/.hydra/config.yaml", "outputs/a/2026/figure.png",
+             "outputs/a/2026/quality/style.png", "outputs/multirun/x/multirun.yaml", "outputs/multirun/x/sheet.png",
+             "outputs/multirun/x/0/.hydra/config.yaml", "outputs/multirun/x/0/figure.png", "outputs/kept.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert len(list_images(tmp_path)) == 6
+    with caplog.at_level("WARNING"):
+        got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, skip_runs=True)]
+    assert got == ["outputs/kept.png", "photo.jpg"]
+    assert "left out 2 folder(s)" in caplog.text and "outputs/a/2026" in caplog.text
+    run = tmp_path / "outputs" / "a" / "2026"
+    assert [p.name for p in list_images(run, skip_runs=True)] == ["figure.png", "style.png"]
+
+
 def test_extension_tables_are_formats_pillow_reads_and_writes():
     """Against Pillow's own registry (the decoder and encoder behind load_image and save_image)."""
     registered = Image.registered_extensions()

@@ -117,6 +117,8 @@ def test_settings_are_validated() -> None:
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0])
     with pytest.raises(StylenetError, match="unknown VGG layer"):
         PerceptualLoss(weights="random", content_layers=["relu2_9"])
+    with pytest.raises(StylenetError, match="^loss.style_layers names relu2_2 more than once: give each layer once$"):
+        PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2", "relu2_2"], style_layer_weights=[1, 2, 3])
     with pytest.raises(StylenetError, match="loss.style_layers is empty but loss.style_weight is 100"):
         PerceptualLoss(weights="random", style_layers=[], style_weight=100)
     assert PerceptualLoss(weights="random", style_layers="relu1_2").style_layers == {"relu1_2": 1.0}  # not 7 letters

@@ -123,6 +123,10 @@ def test_prepare_fails_on_a_folder_without_a_readable_photo(tmp_path: Path, caps
     assert prepare_cli.main([str(source), "-o", str(tmp_path / "out"), "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stylenet-prepare: error: no readable photos in") and "1 skipped" in err
+    (source / "broken.jpg").unlink()  # a folder of no images at all: nothing made, no manifest of nothing
+    assert prepare_cli.main([str(source), "-o", str(tmp_path / "empty"), "--workers", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"stylenet-prepare: error: {str(source)!r} contains no images"
+    assert not (tmp_path / "empty").exists()
 
 
 def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_path: Path) -> None:

@@ -171,6 +171,8 @@ def test_bad_task_settings_fail_early() -> None:
         SuperResolutionTask(model={**TINY_SR, "factor": 3}, loss=PIXEL_LOSS)
     with pytest.raises(StylenetError, match="task.lr must be a finite number > 0, got 0"):
         SuperResolutionTask(model=TINY_SR, loss=PIXEL_LOSS, lr=0)
+    with pytest.raises(StylenetError, match=r"^data.image_size=1 px is smaller than the 2 px a side that"):
+        SuperResolutionTask(model=TINY_SR, loss=FEATURE_LOSS, image_size=1)  # relu2_2 lies behind one pooling
 
 
 def compose_train(*overrides: str):

@@ -69,6 +69,19 @@ def scalars(run: Path, tag: str) -> list[float]:
     return [event.value for event in events.Scalars(tag)]
 
 
+def test_a_crop_too_small_for_the_loss_network_is_refused_before_training(style_image: Path) -> None:
+    """relu4_3 lies behind three 2x2 poolings: an 8 px crop reaches it, 4 px would end the first step in a
+    pooling's traceback."""
+    task = StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image), "size": 64},
+                             image_size=8)
+    assert task.loss.smallest_side == 8 and set(task.loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)))
+    with pytest.raises(StylenetError) as err:
+        StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image), "size": 64},
+                          image_size=4)
+    assert str(err.value) == ("data.image_size=4 px is smaller than the 8 px a side that the loss network's deepest "
+                              "layer needs; use a larger data.image_size")
+
+
 def test_total_loss_falls_clearly(trained_run: Path) -> None:
     totals = scalars(trained_run, "train/total")
     assert len(totals) >= 25

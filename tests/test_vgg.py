@@ -92,6 +92,7 @@ def test_offline_imagenet_request_fails_fast_with_instructions(monkeypatch: pyte
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty cache
     with pytest.raises(StylenetError, match=r"loss\.weights=/path/to/vgg16-397923af\.pth") as err:
         VGGFeatures(["relu2_2"], weights="imagenet")
     assert "\n" not in str(err.value)
@@ -121,3 +122,41 @@ def test_a_weights_file_of_non_finite_weights_or_a_pickled_network_is_one_line_n
     assert str(err.value) == (f"cannot load VGG weights file {str(pickled)!r}: it is a pickle of more than tensors "
                               "(Unsupported global: GLOBAL torchvision.models.vgg.VGG was not an allowed global by "
                               "default), and unpickling it could run code: save the network's state_dict() instead")
+
+
+def test_another_networks_weights_are_refused_though_the_first_layers_fit(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """VGG-19's and vgg16_bn's first convolutions have VGG-16's shapes: their files loaded quietly as VGG-16 (and
+    were recorded as such) when the layers used stop early. Their other layers give them away, in a local file
+    and in the hub cache alike (torch.hub checks a hash only as it downloads); integer weights are refused."""
+    first = {f"features.{key}": value for key, value in random_state("vgg16", num_layers=4, seed=0).items()}
+    cases = {"vgg19": {"features.16.weight": torch.zeros(256, 256, 3, 3)},  # VGG-19's conv3_4 (VGG-16: pool3)
+             "vgg16_bn": {"features.1.running_mean": torch.zeros(64)}}
+    for name, extra in cases.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save({**first, **extra}, path)
+        key = next(iter(extra))
+        with pytest.raises(StylenetError) as err:
+            VGGFeatures(["relu1_2"], weights=str(path))
+        assert str(err.value) == (f"VGG weights file {str(path)!r} holds {key}, which vgg16 has not "
+                                  "(another VGG, or one with batch norm?)")
+    cache = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes((tmp_path / "vgg19.pth").read_bytes())
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(StylenetError, match=f"^VGG weights file {str(cache)!r} holds features.16.weight"):
+        VGGFeatures(["relu1_2"], weights="imagenet")
+    integers = tmp_path / "int.pth"
+    torch.save({**first, "features.0.weight": first["features.0.weight"].to(torch.int32)}, integers)
+    with pytest.raises(StylenetError, match=r"features\.0\.weight holds torch\.int32 values, not floating point$"):
+        VGGFeatures(["relu1_2"], weights=str(integers))
+
+
+def test_a_weights_path_may_start_with_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``loss.weights=~/vgg16.pth``: the shell leaves a ``~`` after ``=`` alone, as data.root's is."""
+    torch.save({f"features.{k}": v for k, v in random_state("vgg16", num_layers=4, seed=3).items()},
+               tmp_path / "vgg16.pth")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    vgg = VGGFeatures(["relu1_2"], weights="~/vgg16.pth")
+    assert vgg.weights_file == tmp_path / "vgg16.pth"
+    torch.testing.assert_close(vgg.weight2, random_state("vgg16", num_layers=4, seed=3)["2.weight"])

@@ -118,11 +118,13 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     reason = unwritable(out / MANIFEST)
     if reason:
         raise StylenetError(f"cannot prepare into -o {str(out)!r}: {reason}")
+    files = list_images(source, skip_runs=True)
+    if not files:  # refused before -o is made: a manifest of nothing would be all it held
+        raise StylenetError(f"{str(source)!r} contains no images")
     out.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(out, source, size)
     seen = {sha: relative for entry in manifest["shards"] for relative, sha in entry["sources"]}
     done = {*seen.values(), *(entry["path"] for entry in manifest["skipped"])}
-    files = list_images(source)
     todo = [path for path in files if path.relative_to(source).as_posix() not in done]
     manifest["complete"] = False
     jobs = ((path, source, size) for path in todo)

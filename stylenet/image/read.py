@@ -9,6 +9,7 @@ colour PNG and TIFF, which Pillow reduces to 8 bits, are decoded with imagecodec
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import warnings
@@ -36,6 +37,7 @@ from stylenet.image.formats import (
     file_error,
 )
 
+log = logging.getLogger(__name__)
 
 def _describe(err: BaseException) -> str:
     """Turn a decoder exception into a short human reason."""
@@ -339,9 +341,14 @@ def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np
     return rgb, alpha, colour == 1
 
 
-def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
+def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS, *,
+                skip_runs: bool = False) -> list[Path]:
     """All image files under ``root``, recursively, in a stable sorted order (or the files of other
     ``suffixes``, lower case: ``stylenet-stylize`` counts a folder's videos by the same walk).
+
+    With ``skip_runs`` the folders Hydra writes a run or a sweep into (those holding ``.hydra/`` or
+    ``multirun.yaml``) are left out, with a warning: training from a folder that is also where its
+    runs go (``data.root=.``) would otherwise take an earlier run's figure and its style picture for photos.
 
     Files are selected by suffix (case-insensitive, see :data:`IMAGE_EXTENSIONS`) without opening
     them: listing a 100k-image folder must stay cheap; broken files surface later as
@@ -365,16 +372,24 @@ def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS) 
         raise ImageError(f"no such image file or folder: {str(base)!r}")
     found: list[Path] = []
     walked: set[str] = set()
+    runs: list[str] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in walked:  # a second link to a folder already listed, or a link loop
             dirnames[:] = []
             continue
         walked.add(real)
+        if skip_runs and dirpath != str(base) and (".hydra" in dirnames or "multirun.yaml" in filenames):
+            runs.append(dirpath)
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # which link comes first: fixed
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes:
                 found.append(Path(dirpath) / name)
+    if runs:
+        log.warning("left out %d folder(s) under %s that hold a run's outputs, not photos: %s", len(runs), base,
+                    ", ".join(os.path.relpath(run, base) for run in runs[:3]) + (", ..." if len(runs) > 3 else ""))
     return sorted(found, key=lambda p: p.relative_to(base).parts)
 
 

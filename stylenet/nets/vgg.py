@@ -114,30 +114,35 @@ def calibrate(arch: str, num_layers: int, seed: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def imagenet_state(arch: str) -> dict[str, torch.Tensor]:
+def imagenet_state(arch: str, num_layers: int) -> dict[str, torch.Tensor]:
     """torchvision's ``IMAGENET1K_V1`` weights, from the hub cache or downloaded once.
 
     Raises a StylenetError that says how to pass a local file when the download is impossible,
-    rather than silently falling back to random weights."""
+    rather than silently falling back to random weights. The cached file is checked as a local one
+    is (:func:`file_state`): torch.hub checks its hash only as it downloads, and a file copied into
+    the cache by hand may be another network's."""
     from torchvision import models
 
     weights = models.get_model_weights(arch).IMAGENET1K_V1
     filename = weights.url.rsplit("/", 1)[-1]
-    try:
-        state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except Exception as err:  # URLError, hash mismatch, partial download: all mean "no weights"
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        raise StylenetError(
-            f"cannot get ImageNet {arch} weights ({type(err).__name__}: {err}); offline? download {weights.url} "
-            f"on a connected machine and pass its path (loss.weights=/path/to/{filename}; --weights in "
-            f"stylenet-bench and scripts/), or copy it to {cache}"
-        ) from None
-    return {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not cache.is_file():
+        try:
+            weights.get_state_dict(progress=False, check_hash=True, weights_only=True)  # into the cache
+        except Exception as err:  # URLError, hash mismatch, partial download: all mean "no weights"
+            raise StylenetError(
+                f"cannot get ImageNet {arch} weights ({type(err).__name__}: {err}); offline? download {weights.url} "
+                f"on a connected machine and pass its path (loss.weights=/path/to/{filename}; --weights in "
+                f"stylenet-bench and scripts/), or copy it to {cache}"
+            ) from None
+    return file_state(cache, arch, num_layers)
 
 
 def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor]:
     """A local torchvision VGG state dict (``features.N.weight`` keys, or bare ``N.weight``),
-    loaded without unpickling code and checked key by key: shape, and finite values."""
+    loaded without unpickling code and checked key by key: shape, floating-point and finite values,
+    and no layer that ``arch`` has not (VGG-19's ``16.weight``, ``vgg16_bn``'s norms: the shapes of
+    the first layers alone do not tell these networks apart)."""
     if not path.is_file():
         raise StylenetError(f"VGG weights file {str(path)!r} does not exist; expected {WEIGHT_SOURCES}")
     try:
@@ -148,6 +153,12 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
     if not isinstance(raw, dict):
         raise StylenetError(f"VGG weights file {str(path)!r} holds a {type(raw).__name__}, not a state dict")
     state = {key.removeprefix("features."): value for key, value in raw.items() if isinstance(value, torch.Tensor)}
+    every_conv = conv_shapes(arch, len(layer_names(arch)))
+    foreign = [key for key in state if key.split(".")[0].isdigit()
+               and (int(key.split(".")[0]) not in every_conv or key.split(".")[-1] not in ("weight", "bias"))]
+    if foreign:
+        raise StylenetError(f"VGG weights file {str(path)!r} holds features.{foreign[0]}, which {arch} has not "
+                            f"(another VGG, or one with batch norm?)")
     for index, (c_in, c_out) in conv_shapes(arch, num_layers).items():
         for key, shape in ((f"{index}.weight", (c_out, c_in, 3, 3)), (f"{index}.bias", (c_out,))):
             if key not in state:
@@ -155,6 +166,9 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
             if tuple(state[key].shape) != shape:
                 raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} has shape "
                                     f"{tuple(state[key].shape)}, {arch} needs {shape}")
+            if not state[key].is_floating_point():
+                raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} holds {state[key].dtype} "
+                                    "values, not floating point")
             if not torch.isfinite(state[key]).all():  # every loss would be NaN, blamed on the photos
                 raise StylenetError(f"VGG weights file {str(path)!r}: features.{key} holds NaN or infinite values")
     return state
@@ -194,9 +208,9 @@ class VGGFeatures(nn.Module):
                         "file for real styles", seed)
             state = calibrated_state(arch, len(self.names), seed)
         elif weights == "imagenet":
-            state = imagenet_state(arch)
-        elif str(weights).endswith((".pth", ".pt")) or Path(str(weights)).exists():
-            self.weights_file = Path(str(weights))
+            state = imagenet_state(arch, len(self.names))
+        elif str(weights).endswith((".pth", ".pt")) or Path(str(weights)).expanduser().exists():
+            self.weights_file = Path(str(weights)).expanduser()
             state = file_state(self.weights_file, arch, len(self.names))
         else:
             raise StylenetError(f"unknown VGG weight source {weights!r}; expected {WEIGHT_SOURCES}")
