@@ -13,6 +13,7 @@ import torch
 
 from stylenet import StylenetError
 from stylenet.bench import measure, report, sections, training
+from stylenet.bench.worker import Job, Measured, WorkerFailed, run_worker
 from stylenet.cli import bench
 from tests.helpers import console_script
 
@@ -65,6 +66,26 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "b.json").exists()
 
 
+def test_a_failed_worker_is_one_line_and_the_sections_before_it_are_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker out of memory at a large size (or killed) was two tracebacks, no table and no --json, after
+    minutes of other sections."""
+    with pytest.raises(WorkerFailed) as err:  # a worker that raises: its last line, not its traceback
+        run_worker(Job(section="nonsense", device="cpu", size=32, reps=1))
+    assert str(err.value) == "the nonsense worker (paper, 32 px) failed: KeyError: 'nonsense'"
+
+    def killed(*_args: object) -> None:
+        raise WorkerFailed("the frames worker (half, 640x480 px) failed: killed by signal 9")
+
+    monkeypatch.setattr(bench, "bench_conv", killed)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--sections", "infer,conv", "--sizes", "16", "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == ("stylenet-bench: error: the frames worker (half, 640x480 px) failed: "
+                                             "killed by signal 9; the sections finished before it follow")
+    assert "stylize 16 px" in captured.out and json.loads(out.read_text())["infer_fast_paper_16_seconds"] > 0
+
+
 def test_sections_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "conv.json"
     assert bench.main(["--quick", "--sections", "conv", "--json", str(out), "--compile"]) == 0
@@ -93,6 +114,20 @@ def test_bad_arguments_are_refused_before_any_measuring(bad: list[str], named: s
         bench.main(["--quick", "--sections", "infer", *bad])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and f"stylenet-bench: error: {named}" in err, err
+
+
+def test_a_json_that_would_replace_a_model_or_weights_file_is_refused(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json half.safetensors`` wrote the figures over the model they were measured with, exit 0."""
+    weights = tmp_path / "vgg16_weights"  # a weights file of any name
+    weights.write_bytes(b"weights")
+    for bad, named in ((["--weights", str(weights), "--json", str(weights)], f"is an input ({str(weights)!r})"),
+                       (["--json", str(tmp_path / "half.safetensors")], "names a picture, video or model file")):
+        with pytest.raises(SystemExit) as stop:
+            bench.main(["--quick", "--sections", "infer", *bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and named in err.splitlines()[-1], err
+    assert weights.read_bytes() == b"weights"
 
 
 @pytest.mark.parametrize("section", ["gatys", "train"])  # in this process, and in a worker process
@@ -145,6 +180,15 @@ def test_a_json_the_disk_refuses_at_the_end_is_one_line(tmp_path: Path, capsys: 
     assert "ran on: " in printed.out
 
 
+def test_the_loss_curve_trains_both_runs_on_the_same_stream() -> None:
+    """Its batches are made again for each run (not held: 10k steps of them were 30 GB): at one precision
+    the two runs are then the same run, step for step."""
+    curve = training.loss_curve(torch.device("cpu"), 3, 32, 2, "32-true", "random")
+    assert curve["loss_curve_fp32"] == curve["loss_curve_fast"] and len(curve["loss_curve_fast"]) == 3
+    assert curve["loss_curve_rel_diff_final_eval"] == 0.0
+    assert curve["loss_curve_fp32"][-1] < curve["loss_curve_fp32"][0]
+
+
 def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
     """Same seed, same batch: the first step's loss (before any update) is the same objective, up to
     bf16 where the fast path uses it."""
@@ -190,6 +234,14 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     assert results["targets_not_judged"]["train_fraction_of_peak"] == (
         "training step's executed FLOP rate / conv ceiling: measured at train_size 32 (the target's: 256), "
         "train_batch 2 (the target's: 4)")
+    # fp16 has no ceiling measured: no fraction (it was judged against bf16's); a short loss curve is not judged
+    results |= {"train_size": 256, "train_batch": 4, "train_fast_precision": "16-mixed", "loss_curve_steps": 2,
+                "loss_curve_rel_diff_final_eval": 0.02}
+    del results["train_fraction_of_peak"]
+    report.derived(results)
+    assert "train_fraction_of_peak" not in results and "loss_curve_rel_diff_final_eval" not in results["targets"]
+    assert results["targets_not_judged"]["loss_curve_rel_diff_final_eval"].endswith(
+        "measured at loss_curve_steps 2 (the target's: 200)")
 
 
 def test_rows_timed_with_a_model_file_name_it() -> None:
@@ -203,12 +255,34 @@ def test_rows_timed_with_a_model_file_name_it() -> None:
                 measure.key("photo_default", photo, "psnr_db"): 58.4}
     results |= {measure.key("photo", mode, photo, figure): 1.0 for mode in ("onepass", "default")
                 for figure in ("seconds", "peak_mb")}
+    results[measure.key("video", "half", "640x480", "fps")] = 9.0
     labels = [row[0] for row in report.stream_rows(results)]
     assert labels == ["frames 640x480 streamed (half net: demo.safetensors)", "frames 640x480 streamed (paper net)",
+                      "video 640x480 end to end, decode + encode (half net: demo.safetensors)",
                       "photo 4000x3000 (paper net: paper.safetensors): one pass / default"]
     results["frames_model_file"] = results["frames_model_file_row"] = results["photo_model_file"] = None
     labels = [row[0] for row in report.stream_rows(results)]
     assert labels[0] == "frames 640x480 streamed (half net)"
     results[measure.key("frames", "half", "640x480", "onepass_fps")] = 10.0  # the ablation: 12 / 10 frames/s
     assert next(report.stream_rows(results))[1:] == ("10.0 frames/s (one pass)", "12.0 frames/s", "1.20x")
-    assert labels[2] == "photo 4000x3000 (paper net): one pass / default"
+    assert labels[2:] == ["video 640x480 end to end, decode + encode (half net)",
+                          "photo 4000x3000 (paper net): one pass / default"]
+
+
+def test_a_model_file_is_timed_in_every_row_of_its_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The video row (issue 17's end-to-end figure) was timed with fresh weights though --model-file was given."""
+    jobs: list[Job] = []
+
+    def recorded(job: Job) -> Measured:
+        jobs.append(job)
+        return Measured(1.0, 1.0, None, 1.0, None)
+
+    monkeypatch.setattr(sections, "run_worker", recorded)
+    monkeypatch.setattr(sections, "model_file_row", lambda model_file: "half")
+    sections.bench_frames(torch.device("cpu"), sections.PROFILES["quick"], 1, "half.safetensors")
+    timed = {(job.section, job.model, job.mode): job.model_file for job in jobs}
+    assert timed == {("frames", "half", "fp32"): "half.safetensors", ("frames", "paper", "fp32"): "",
+                     ("frames", "half", "onepass"): "half.safetensors", ("video", "half", "fp32"): "half.safetensors"}
+    jobs.clear()  # --models paper: the half-width rows (its frames, the ablation, the video) are not timed
+    sections.bench_frames(torch.device("cpu"), sections.PROFILES["quick"], 1, models=["paper"])
+    assert [(job.section, job.model) for job in jobs] == [("frames", "paper")]

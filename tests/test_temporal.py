@@ -331,11 +331,12 @@ def test_stability_command_refuses_bad_outputs_before_measuring_and_skips_an_unr
                        (["--out", str(tmp_path / "both.png"), "--strip", str(tmp_path / "both.png")],
                         "--out and --strip both name"),
                        (["--strip", str(tmp_path / "afile" / "s.png")], "cannot write --strip"),
-                       (["--seed", "-1"], None)):
-        if named is None:  # a usage error, before anything runs
-            with pytest.raises(SystemExit):
+                       (["--seed", "-1"], "--seed must be a whole number from 0 to 2**32 - 1, got -1"),
+                       (["--device", "foo"], "unknown device 'foo'")):  # not each model file's fault
+        if bad[0] in ("--seed", "--device"):  # a usage error, before anything runs
+            with pytest.raises(SystemExit) as stop:
                 stability_main([*common, *bad])
-            assert "--seed must be a whole number from 0 to 2**32 - 1, got -1" in capsys.readouterr().err
+            assert stop.value.code == 2 and named in capsys.readouterr().err.strip().splitlines()[-1]
             continue
         assert stability_main([*common, *bad]) == 1
         errors = capsys.readouterr().err.strip().splitlines()

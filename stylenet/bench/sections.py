@@ -8,6 +8,7 @@ import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,28 +119,31 @@ def model_file_row(model_file: str, *, paper_only: bool = False) -> str:
     return rows[0]
 
 
-def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: str = "") -> dict[str, Any]:
+def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: str = "",
+                 models: Collection[str] = ("half", "paper")) -> dict[str, Any]:
     """Frames/s streamed through ``InferenceModel.stylize_frames`` (uint8 frames in and out, the default
     precision), each network in its own process, over ``profile.frames`` frames per repetition
     (``model_file``: in the row of its width, :func:`model_file_row`), and the half-width network's
     frames once more through the one pass (the ablation of :mod:`stylenet.inference.prepadded`); with
     PyAV (the ``video`` extra), also a generated clip of as many frames end to end through
-    ``stylize_video``, decoding and encoding included (half-width network)."""
+    ``stylize_video``, decoding and encoding included (half-width network); of ``models`` (``--models``) only."""
     width, height = profile.frame
     file_row = model_file_row(model_file) if model_file else None
     results: dict[str, Any] = {"frames_size": f"{width}x{height}", "frames_model_file": model_file or None,
                                "frames_model_file_row": file_row}
-    for model in ("half", "paper"):
+    for model in [name for name in ("half", "paper") if name in models]:
         measured = run_worker(Job("frames", str(device), width, reps, model=model, height=height,
                                   frames=profile.frames, model_file=model_file if model == file_row else ""))
         results[key("frames", model, f"{width}x{height}", "fps")] = profile.frames / measured.seconds
+    if "half" not in models:
+        return results
     # the ablation: the half-width network's frames through the one pass, without the pre-padded buffers
     measured = run_worker(Job("frames", str(device), width, reps, model="half", height=height, frames=profile.frames,
                               model_file=model_file if file_row == "half" else "", mode="onepass"))
     results[key("frames", "half", f"{width}x{height}", "onepass_fps")] = profile.frames / measured.seconds
     if importlib.util.find_spec("av") is not None:  # the video extra: a clip end to end, half-width net
         measured = run_worker(Job("video", str(device), width, reps, model="half", height=height,
-                                  frames=profile.frames))
+                                  frames=profile.frames, model_file=model_file if file_row == "half" else ""))
         results[key("video", "half", f"{width}x{height}", "fps")] = profile.frames / measured.seconds
     return results
 

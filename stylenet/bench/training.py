@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,15 +135,21 @@ def loss_curve(device: torch.device, steps: int, size: int, batch: int, precisio
 
     data = ImageFolderDataModule(source="demo", image_size=size, batch_size=batch, val_images=0)
     data.setup("fit")
-    loader = iter(data.train_dataloader())
-    batches = [next(loader)["images"].to(device) for _ in range(steps)]
+
+    def batches() -> Iterator[torch.Tensor]:
+        """The stream's first ``steps`` batches, made again for each run (a fresh loader starts the seeded
+        stream over): held in memory, 10k steps of 256 px batches would take 30 GB."""
+        loader = iter(data.train_dataloader())
+        for _ in range(steps):
+            yield next(loader)["images"].to(device)
+
     crops = ImageFileDataset(data.list_files(), size)
     fixed = torch.stack([crops[index]["image"] for index in range(len(crops))]).to(device)
     style = resize_long_side(load_rgb(resolve_image_path("demo:ihc")), size).to(device)
     curves, final = {}, {}
     for name, chosen in (("fp32", "32-true"), ("fast", precision)):
         step = TrainingStep("fast", device, style, weights=weights, precision=chosen)
-        curves[name] = [float(step(images)) for images in batches]
+        curves[name] = [float(step(images)) for images in batches()]
         final[name] = step.evaluate(fixed)
     tail = min(10, steps)
     fp32_tail, fast_tail = statistics.fmean(curves["fp32"][-tail:]), statistics.fmean(curves["fast"][-tail:])

@@ -191,6 +191,11 @@ def measure(job: Job) -> Measured:
     return Measured(seconds, first, gflop, *peak_mib(device, baseline))
 
 
+class WorkerFailed(StylenetError):
+    """A worker that ended in an error of its own (out of memory at a size too large, a crash) or was killed:
+    the figures measured before it are still worth printing."""
+
+
 def run_worker(job: Job) -> Measured:
     """:func:`measure` ``job`` in a fresh interpreter with this process's thread count."""
     command = [sys.executable, "-m", "stylenet.bench.worker", "--threads", str(torch.get_num_threads()),
@@ -201,7 +206,10 @@ def run_worker(job: Job) -> Measured:
         kind, _, message = last.partition(": ")
         if kind.endswith("StylenetError"):  # a setting the work refuses (a --weights file that is no VGG): one line
             raise StylenetError(message)
-        raise RuntimeError(f"benchmark worker {job} failed:\n{done.stderr[-2000:]}")
+        reason = f"killed by signal {-done.returncode}" if done.returncode < 0 else last or f"exit {done.returncode}"
+        size = f"{job.size}x{job.height}" if job.height else f"{job.size}"
+        raise WorkerFailed(f"the {job.section} worker ({job.model if job.section != 'train' else job.variant}, "
+                           f"{size} px) failed: {reason}")
     return Measured(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 

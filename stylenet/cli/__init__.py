@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from stylenet.errors import StylenetError
@@ -46,6 +46,20 @@ def measuring_parser(prog: str, description: str | None) -> argparse.ArgumentPar
 #: Extensions of model files (never of images), the exports that ``-m`` refuses among them. An input named
 #: like this is almost certainly a second model after one ``-m``: a usage error, not a bad image.
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model", ".pt2", ".onnx")
+
+
+def check_text_output(option: str, output: str | Path, holds: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse a text output (a table, JSON) before minutes of measuring, where writing it would replace one of
+    ``inputs`` or a file whose name says picture, video or model: ``--json half.safetensors`` would put the
+    figures in place of the model they were measured with. ``holds`` says what ``option`` writes instead."""
+    from stylenet.image import IMAGE_EXTENSIONS
+    from stylenet.video.formats import VIDEO_SUFFIXES
+
+    source = next((path for path in inputs if os.path.realpath(path) == os.path.realpath(output)), None)
+    if source is not None:
+        raise StylenetError(f"{option} {str(output)!r} is an input ({str(source)!r}): refusing to overwrite it")
+    if Path(output).suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES, *MODEL_SUFFIXES):
+        raise StylenetError(f"{option} {str(output)!r} names a picture, video or model file, and {option} is {holds}")
 
 
 def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], models: list[str]) -> None:

@@ -71,8 +71,8 @@ from stylenet.bench.sections import (
     model_file_row,
 )
 from stylenet.bench.training import AUTOCAST, loss_curve
-from stylenet.bench.worker import MODELS
-from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+from stylenet.bench.worker import MODELS, WorkerFailed
+from stylenet.cli import Terminated, check_text_output, sigterm_as_terminated, stopped_by
 from stylenet.devices import resolve_device
 from stylenet.errors import cannot_write
 from stylenet.fastpath import training_precision
@@ -132,6 +132,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     reason = unwritable(args.json) if args.json else None
     if reason:  # before minutes of measuring, not after
         parser.error(f"cannot write --json {str(args.json)!r}: {reason}")
+    if args.json:
+        try:
+            check_text_output("--json", args.json, "the figures: give a .json file",
+                              [path for path in (args.model_file, args.weights) if path and Path(path).is_file()])
+        except StylenetError as err:
+            parser.error(str(err))
     args.sections = sections
     return args
 
@@ -159,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "train": lambda: bench_train(device, profile, reps, args.weights, args.compile),
         "infer": lambda: bench_infer(device, profile, reps),
-        "frames": lambda: bench_frames(device, profile, reps, args.model_file),
+        "frames": lambda: bench_frames(device, profile, reps, args.model_file, args.models or MODELS),
         "photo": lambda: bench_photo(device, profile, reps, args.model_file),
         "gatys": lambda: bench_gatys(device, profile, max(reps, 3), args.weights),
         "conv": lambda: bench_conv(device, profile, reps),
         "data": lambda: bench_data(profile, results.get("train_fast_s")),
     }
+    status = 0
     try:
         with sigterm_as_terminated():
             for section in [name for name in sections if name in args.sections]:  # data reads train's step time
@@ -174,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{PROG}: loss curve, {args.loss_curve} steps x 2 ...", file=sys.stderr, flush=True)
                 results.update(loss_curve(device, args.loss_curve, profile.train_size, profile.batch,
                                           profile.precision, args.weights))
+    except WorkerFailed as err:  # minutes of other sections are not lost with it
+        print(f"{PROG}: error: {err}; the sections finished before it follow", file=sys.stderr)
+        status = 1
     except StylenetError as err:  # a setting a section refuses (a --weights file that is not there, ...)
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -191,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {cannot_write(err, args.json)} (the table above holds the figures)",
                   file=sys.stderr)
             return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -68,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if max(args.size, args.frames) > DEFAULT_MAX_PIXELS or sequence_pixels(args.size, args.frames) > DEFAULT_MAX_PIXELS:
         parser.error(f"--frames {args.frames} of --size {args.size} px would hold over "
                      f"{DEFAULT_MAX_PIXELS // 10**6} megapixels per photo: fewer frames or a smaller size")
+    from stylenet.devices import resolve_device
+
     try:
         check_seed(args.seed, "--seed")
+        resolve_device(args.device)  # once, not as each model file's fault after the clips are made
     except StylenetError as err:
         parser.error(str(err))
     return run_reporting_errors(PROG, lambda error: write_table(args, error))
@@ -92,9 +95,8 @@ def write_table(args: argparse.Namespace, error: ErrorReporter) -> None:
 def check_outputs(args: argparse.Namespace) -> None:
     """``--out`` and ``--strip`` refused before minutes of measuring, not after."""
     from stylenet.atomic import unwritable
-    from stylenet.cli import MODEL_SUFFIXES
-    from stylenet.image import IMAGE_EXTENSIONS, check_output_path
-    from stylenet.video.formats import VIDEO_SUFFIXES
+    from stylenet.cli import check_text_output
+    from stylenet.image import check_output_path
 
     for option, output in (("--out", args.out), ("--strip", args.strip)):
         reason = unwritable(output) if output else None
@@ -110,9 +112,8 @@ def check_outputs(args: argparse.Namespace) -> None:
         source = inputs.get(Path(output).resolve()) if output else None
         if source is not None:
             raise StylenetError(f"{option} {output!r} is an input ({source!r}): refusing to overwrite it")
-    if args.out and Path(args.out).suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES, *MODEL_SUFFIXES):
-        raise StylenetError(f"--out {args.out!r} names a picture, video or model file, and --out is the table (text): "
-                            "give a .md file (--strip writes the picture)")
+    if args.out:
+        check_text_output("--out", args.out, "the table (text): give a .md file (--strip writes the picture)")
 
 
 def _sequences(args: argparse.Namespace, error: ErrorReporter) -> list[Clip]:
