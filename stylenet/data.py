@@ -572,11 +572,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
 class SuperResolutionPatches(ImageFileDataset):
     """High-resolution patches for super-resolution (Johnson et al. 2016, Sec. 4.2: 288x288 patches
     of COCO photos), cut at the photo's own resolution: resizing first would soften exactly the
-    detail the network must learn to restore. Photos smaller than a patch are enlarged to fit."""
+    detail the network must learn to restore. A photo smaller than a patch is a bad file (skipped and
+    listed, as an unreadable one): enlarged to fit, it would teach the network its own blur."""
 
     def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
-        if min(image.shape[-2:]) < self.image_size:  # a small photo: upsampled to the patch size
-            return training_sample(image, path, self.image_size, self.image_size, rng)
+        if min(image.shape[-2:]) < self.image_size:
+            raise ImageError(f"cannot use image {str(path)!r}: {image.shape[-1]}x{image.shape[-2]} px, smaller than "
+                             f"the {self.image_size} px high-resolution patch (data.image_size); enlarged, it would "
+                             "be a blurred target")
         return crop(image, self.image_size, rng)
 
 

@@ -264,6 +264,20 @@ def test_evaluate_scores_only_the_hr_images_of_selfexsr_folders_at_the_factor(
         "image_SRF_2/img_001_SRF_2_HR.png", "plain/bird.png", "mean"]
 
 
+def test_evaluate_scores_one_copy_of_basicsr_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """BasicSR's Set5 holds the HR images twice, GTmod12/ (cropped to a multiple of 12) beside original/: each
+    image was scored twice, and the mean was over both. GTmod12 at x4 (12 = 3 x 4), original at x8."""
+    root = tmp_path / "Set5"
+    for name in ("GTmod12/baby.png", "GTmod12/bird.png", "original/baby.png", "original/bird.png",
+                 "LRbicx4/baby.png", "LRbicx4/bird.png"):
+        make_photo(root / name, size=(48, 48))
+    for factor, scored in ((4, "GTmod12"), (8, "original")):
+        assert evaluate_sr.main([str(root), "--factor", str(factor), "--out", str(tmp_path / f"x{factor}.csv")]) == 0
+        assert [r["image"] for r in read_csv(tmp_path / f"x{factor}.csv")] == [
+            f"{scored}/baby.png", f"{scored}/bird.png", "mean"]
+        assert "left out 4 files" in capsys.readouterr().err
+
+
 def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
     root = hr_folder(tmp_path / "hr")
     x4 = sr_model_file(tmp_path / "x4.safetensors")
@@ -279,6 +293,9 @@ def test_evaluate_models_against_bicubic(tmp_path: Path) -> None:
     assert float(scored["bicubic_psnr"]) == pytest.approx(float(row["bicubic_psnr"]), abs=1e-6)
     assert float(scored[f"{named_bicubic}_psnr"]) == pytest.approx(float(row[f"{x4}_psnr"]), abs=1e-4)
     assert evaluate_sr.main([str(root / "a.png"), "--model", str(x4), "--model", str(x4)]) == 2
+    (tmp_path / "link.safetensors").symlink_to(x4)  # the same file under another name: not a second column
+    link = str(tmp_path / "link.safetensors")
+    assert evaluate_sr.main([str(root / "a.png"), "--model", str(x4), "--model", link]) == 2
     hr = modcrop(load_rgb(root / "a.png"), 4).unsqueeze(0)
     with torch.no_grad():
         output = read_model(x4).net(degrade(hr, 4))

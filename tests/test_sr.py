@@ -20,7 +20,7 @@ import stylenet
 from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.cli.train import config_dir
-from stylenet.data import SuperResolutionDataModule
+from stylenet.data import SuperResolutionDataModule, SuperResolutionPatches
 from stylenet.export import export_checkpoint, write_models
 from stylenet.image import load_rgb
 from stylenet.metrics import degrade
@@ -96,6 +96,11 @@ def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -
     torch.testing.assert_close(batch["lr"], degrade(batch["images"], 4))
     train = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
     assert train["lr"].shape == (2, 3, 8, 8) and train["batch_number"] == 0
+    # a photo smaller than a patch is a bad file, not a target enlarged (blurred) to fit
+    small = SuperResolutionPatches([make_photo(tmp_path / "small.png", size=(60, 44))], image_size=48)
+    assert small[0]["image"] is None and small[0]["error"] == (
+        f"cannot use image {str(tmp_path / 'small.png')!r}: 60x44 px, smaller than the 48 px high-resolution patch "
+        "(data.image_size); enlarged, it would be a blurred target")
     with pytest.raises(StylenetError, match="multiple of the factor 8"):
         SuperResolutionDataModule(factor=8, image_size=36)
     with pytest.raises(StylenetError, match="smaller than the network's minimum of 5 px"):
@@ -152,9 +157,9 @@ def test_pixel_loss_falls_and_validation_logs_psnr_ssim_and_grids(trained_sr: Pa
 
 def test_feature_loss_with_tv_trains_x8_too(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    task = SuperResolutionTask(model={**TINY_SR, "factor": 8}, loss=FEATURE_LOSS, image_size=48)
+    task = SuperResolutionTask(model={**TINY_SR, "factor": 8}, loss=FEATURE_LOSS, image_size=40)
     data = SuperResolutionDataModule(factor=8, source="folder", root=str(photos(tmp_path / "photos")),
-                                     image_size=48, batch_size=2, val_images=1)
+                                     image_size=40, batch_size=2, val_images=1)
     make_trainer(tmp_path, 12).fit(task, datamodule=data, weights_only=True)
     assert {"train/content", "train/tv", "val/psnr"} <= set(EventAccumulator(str(tmp_path / "tensorboard"))
                                                             .Reload().Tags()["scalars"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import re
 import sys
 from collections import Counter
@@ -49,7 +50,8 @@ def method_names(models: list[str]) -> list[str]:
     the stem is ``bicubic``: every column keeps its own scores)."""
     stems = [Path(m).stem for m in models]
     names = [s if stems.count(s) == 1 and s != "bicubic" else m for s, m in zip(stems, models, strict=True)]
-    repeated = next((m for m in names if names.count(m) > 1), None)
+    real = [os.path.realpath(m) for m in models]  # one file under two spellings (a link, ./) is one column
+    repeated = next((m for m, r in zip(models, real, strict=True) if real.count(r) > 1), None)
     if repeated:
         raise StylenetError(f"--model {repeated!r} is given twice")
     return ["bicubic", *names]
@@ -95,31 +97,50 @@ LR_STEM = re.compile(r".*[_-]LR")
 #: ...: other methods' outputs) holds one folder per factor, each with its own copy of the HR image.
 HR_STEM = re.compile(r".*[_-]HR")
 FACTOR_FOLDER = re.compile(r"(?:.*[_-])?SRF[_-]?(\d+)")
+#: BasicSR's layout (``Set5/GTmod12/`` beside ``Set5/original/``, ``LRbicx4/``, ...): the HR images twice,
+#: cropped to a multiple of 12 and as published.
+GT_FOLDER = re.compile(r"GTmod(\d+)|original")
 
 
-def factor_folders(relatives: list[Path], factor: int) -> dict[tuple[str, ...], int]:
-    """For each folder holding per-factor folders (SelfExSR's ``image_SRF_<n>/``), keyed by its path, the
-    factor whose folder is scored: ``factor`` where it has one, else the smallest (each holds its own
-    copy of the same HR images, and they are cropped to a multiple of ``factor`` anyway: SelfExSR ships
-    no x8)."""
-    found: dict[tuple[str, ...], set[int]] = {}
+def copy_family(folder: str) -> str | None:
+    """``SRF`` for SelfExSR's per-factor folders, ``GT`` for BasicSR's copies, None for any other folder."""
+    return "SRF" if FACTOR_FOLDER.fullmatch(folder) else "GT" if GT_FOLDER.fullmatch(folder) else None
+
+
+def scored_copies(relatives: list[Path], factor: int) -> dict[tuple[tuple[str, ...], str], str]:
+    """For each folder holding copies of the same HR images, keyed by its path and the layout's family, the
+    copy scored: of SelfExSR's per-factor folders (``image_SRF_<n>/``) the one of ``factor``, else the
+    smallest (SelfExSR ships no x8; each copy is cropped to a multiple of ``factor`` anyway); of BasicSR's
+    ``GTmod<n>/`` and ``original/``, a ``GTmod<n>`` whose n is a multiple of ``factor`` (cropped as this
+    protocol crops), else ``original``."""
+    found: dict[tuple[tuple[str, ...], str], set[str]] = {}
     for relative in relatives:
         for depth, part in enumerate(relative.parts[:-1]):
-            if match := FACTOR_FOLDER.fullmatch(part):
-                found.setdefault(relative.parts[:depth], set()).add(int(match.group(1)))
-    return {place: factor if factor in factors else min(factors) for place, factors in found.items()}
+            if family := copy_family(part):
+                found.setdefault((relative.parts[:depth], family), set()).add(part)
+    return {place: chosen_copy(names, factor) for place, names in found.items()}
 
 
-def is_other_file(relative: Path, scored_factors: dict[tuple[str, ...], int], folder_has_hr: bool) -> bool:
+def chosen_copy(names: set[str], factor: int) -> str:
+    """The folder :func:`scored_copies` scores among ``names``, copies of one set in one layout."""
+    by_factor = {int(match.group(1)): name for name in names if (match := FACTOR_FOLDER.fullmatch(name))}
+    if by_factor:
+        return by_factor.get(factor, by_factor[min(by_factor)])
+    cropped = sorted(name for name in names if (match := GT_FOLDER.fullmatch(name)) and match.group(1)
+                     and int(match.group(1)) % factor == 0)
+    return cropped[0] if cropped else "original" if "original" in names else min(names)
+
+
+def is_other_file(relative: Path, copies: dict[tuple[tuple[str, ...], str], str], folder_has_hr: bool) -> bool:
     """Whether a file found in a folder is not one of its HR images: one of the folder's LR copies
     (see ``LR_FOLDER``), a file beside ``*_HR`` ones that is not one of them (another method's
-    output), or in a factor folder other than the scored one (``image_SRF_2/`` at x4: see
-    :func:`factor_folders`)."""
+    output), or in a copy of the set other than the scored one (``image_SRF_2/`` at x4, ``original/``
+    beside ``GTmod12/``: see :func:`scored_copies`)."""
     folders = relative.parts[:-1]
-    other_factor = any((match := FACTOR_FOLDER.fullmatch(part))
-                       and int(match.group(1)) != scored_factors[folders[:depth]] for depth, part in enumerate(folders))
+    other_copy = any((family := copy_family(part)) and part != copies[(folders[:depth], family)]
+                     for depth, part in enumerate(folders))
     return (bool(LR_STEM.fullmatch(relative.stem)) or any(LR_FOLDER.fullmatch(part) for part in folders)
-            or other_factor or (folder_has_hr and not HR_STEM.fullmatch(relative.stem)))
+            or other_copy or (folder_has_hr and not HR_STEM.fullmatch(relative.stem)))
 
 
 def list_inputs(inputs: list[str], factor: int) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -136,17 +157,17 @@ def list_inputs(inputs: list[str], factor: int) -> tuple[list[tuple[str, Path]],
             errors.append(str(err))
             continue
         with_hr = {p.parent for p in paths if HR_STEM.fullmatch(p.stem)}
-        scored_factors = factor_folders([p.relative_to(spec) for p in paths], factor) if spec.is_dir() else {}
+        copies = scored_copies([p.relative_to(spec) for p in paths], factor) if spec.is_dir() else {}
         for path in paths:
             if not spec.is_dir():
                 found.append((path.name, path))
-            elif is_other_file(path.relative_to(spec), scored_factors, path.parent in with_hr):
+            elif is_other_file(path.relative_to(spec), copies, path.parent in with_hr):
                 left_out.append(path)
             else:
                 found.append((str(path.relative_to(spec)), path))
     if left_out:
         print(f"{PROG}: left out {len(left_out)} files that are no HR image at x{factor} (LR copies, other "
-              f"methods' outputs, other factors' folders), such as {str(left_out[0])!r}", file=sys.stderr)
+              f"methods' outputs, other copies of the set), such as {str(left_out[0])!r}", file=sys.stderr)
     if not found:
         raise StylenetError("; ".join(errors) if errors else f"no HR images in {', '.join(inputs)}")
     seen: set[Path] = set()
