@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from stylenet import StylenetError
 
 #: ``task`` option -> the groups it does not read, and why: a setting of one would change nothing.
-UNUSED_GROUPS = {"add_style": {"model": "its network is task.base's, whose width and depth it keeps"}}
+UNUSED_GROUPS = {"add_style": {"model": "its network is task.base's, whose width and depth it keeps"},
+                 "sr": {"style": "super-resolution has no style picture"}}
 #: ``task`` option -> (the settings one of which the command line must name, why): what the task is for, which
 #: a group's default would otherwise supply unasked.
 NAMED_SETTINGS = {"add_style": (("style.image", "style"), "the picture of the style to add; the style group's "
@@ -38,8 +39,8 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
         from hydra.core.hydra_config import HydraConfig
 
         hydra = cfg.hydra if "hydra" in cfg else HydraConfig.get()
-    roots = [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
-    check_added_keys(cfg, list(hydra.overrides.task), roots, hydra)
+    check_added_keys(cfg, hydra)
+    roots = config_roots(hydra)
     task = hydra.runtime.choices.get("task")
     keys = [override.lstrip("+~").partition("=")[0] for override in hydra.overrides.task]
     for key, override in zip(keys, hydra.overrides.task, strict=True):
@@ -70,17 +71,23 @@ def check_group_choices(cfg: DictConfig, hydra: DictConfig | None = None) -> Non
                                 f"drop {group}={option}, or set {clashes[0]}=... yourself")
 
 
-def check_added_keys(cfg: DictConfig, overrides: list[str], roots: list[Path], hydra: DictConfig) -> None:
-    """Refuse ``+key=value`` where nothing reads ``key``: at the top level and in ``style``, where no
-    constructor's arguments catch it (``+resme=never`` quietly resumed the run it meant to avoid), unless
-    an interpolation reads it (``+tag=v1 'name=${tag}_run'``). The other groups' settings are
-    constructors' arguments, which refuse unknown names themselves."""
+def config_roots(hydra: DictConfig) -> list[Path]:
+    """The folders the run's configs were read from (``configs/``, or the wheel's ``stylenet/configs``)."""
+    return [Path(source.path) for source in hydra.runtime.config_sources if source.schema == "file"]
+
+
+def check_added_keys(cfg: DictConfig, hydra: DictConfig) -> None:
+    """Refuse ``+key=value`` (and ``++key=value``) where nothing reads ``key``: at the top level and in
+    ``style``, where no constructor's arguments catch it (``+resme=never`` quietly resumed the run it meant
+    to avoid), unless an interpolation reads it (``+tag=v1 'name=${tag}_run'``). The other groups' settings
+    are constructors' arguments, which refuse unknown names themselves. ``hydra``: the run's Hydra config."""
+    roots, overrides = config_roots(hydra), list(hydra.overrides.task)
     top = set(read_config(roots, "", hydra.job.config_name)) - {"defaults"} | set(hydra.runtime.choices)
     style = {key for option in sorted({path.stem for root in roots for path in (root / "style").glob("*.yaml")})
              for key in read_config(roots, "style", option)} - {"defaults"}
     text = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))  # unresolved
     for override in overrides:
-        if not override.startswith("+") or override.startswith("++"):
+        if not override.startswith("+"):  # ++key: add or override, so a misspelt key is added as +key is
             continue
         key = override.lstrip("+").partition("=")[0]
         group, _, rest = key.partition(".")
@@ -88,7 +95,7 @@ def check_added_keys(cfg: DictConfig, overrides: list[str], roots: list[Path], h
             continue
         if (not rest and key not in top) or (group == "style" and rest.partition(".")[0] not in style):
             raise StylenetError(f"{override.partition('=')[0]}: no setting {key} exists to add (a typo? "
-                                "stylenet-train --help lists every setting)")
+                                f"{hydra.help.app_name} --help lists every setting)")
 
 
 def command_line_choices(overrides: list[str], groups: set[str]) -> tuple[dict[str, str], set[str]]:

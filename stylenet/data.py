@@ -357,6 +357,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.batch_size must be >= 1, got {batch_size}")
         if source not in ("demo", "folder", "coco", "shards"):
             raise StylenetError(f"data.source must be demo, folder, coco or shards, got {source!r}")
+        if source == "demo" and root is not None:  # data=coco forgotten: the bundled photos, silently
+            raise StylenetError(f"data.root={root} is read by data=folder, coco or shards, and data=demo trains on "
+                                "the bundled photos: add data=folder (or data=coco, data=shards)")
         self.source, self.root, self.image_size, self.batch_size = source, root, image_size, batch_size
         self.num_workers, self.val_images, self.seed = num_workers, val_images, seed
         self.max_bad_fraction, self.max_pixels, self.timeout_s = max_bad_fraction, max_pixels, timeout_s

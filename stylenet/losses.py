@@ -164,6 +164,8 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
     repeated = sorted({name for name in layers if list(layers).count(name) > 1})
     if repeated:  # {layer: weight} would keep the last weight of each: one of the given weights lost
         raise StylenetError(f"{setting}s names {', '.join(repeated)} more than once: give each layer once")
+    if per_layer is not None and (isinstance(per_layer, str) or not isinstance(per_layer, Sequence)):
+        raise StylenetError(f"{setting}_weights must be a list of numbers, one per layer, got {per_layer!r}")
     per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
     if len(per_layer) != len(layers):
         raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "

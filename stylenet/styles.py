@@ -60,6 +60,15 @@ def style_name_of(image: str | Path) -> str:
     return re.sub(r"[^\w.+-]", "_", stem) or "style"
 
 
+def check_run_name(name: object, names: str) -> None:
+    """``name=`` of stylenet-train and stylenet-gatys (``names``: what it names), refused in one line unless it is
+    one file-name part: ``name=../../x`` would write outside the run's folder. Hydra reads ``name=2024`` as a
+    number (kept) and ``name=1e3`` as 1000.0 (refused, not renamed)."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)) or not STYLE_NAME.fullmatch(str(name)) \
+            or str(name) in (".", ".."):
+        raise StylenetError(f"name must be letters, digits, '.', '+', '-' or '_' ({names}), got {name!r}")
+
+
 def check_style_names(names: Sequence[str], setting: str, *, new: int | None = None) -> list[str]:
     """``names`` if every one is a usable, distinct file-name part; else one line naming ``setting``.
     Distinct ignoring case too, for the names from index ``new`` on (default: all of them): the names

@@ -98,7 +98,9 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("task.channels_last=abc", "task.channels_last must be true, false or null, got 'abc'"),
     ("seed=abc", "seed must be a whole number from 0 to 2**32 - 1, got 'abc'"),
     ("seed=-5", "seed must be a whole number from 0 to 2**32 - 1, got -5"),
-    ("trainer.val_check_interval=0", "trainer.val_check_interval must be > 0"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval must be a whole number of steps > 0"),
+    ("trainer.val_check_interval=0.5", "trainer.val_check_interval must be a whole number of steps > 0 (the photo "
+     "stream has no epochs to share), got 0.5"),  # Lightning's refusal, with a hint about GPUs
     ("data.image_size=30", "data.image_size must be a multiple of 4 and at least 8, got 30"),
     ("data.image_size=4", "data.image_size must be a multiple of 4 and at least 8, got 4"),  # once a traceback
     ("loss.weights=alexnet", "unknown VGG weight source 'alexnet'"),
@@ -130,6 +132,11 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),
     ("trainer=ddp_cpu model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
     ("trainer.devices=2 model.norm=batch +trainer.sync_batchnorm=true", "trainer.sync_batchnorm=true with model.norm"),
+    # read only as fit() starts, a traceback there (the logger's: test_a_bad_logger_setting_is_one_line)
+    ("model.channels=abc", "model: model.channels must be a whole number >= 1, got 'abc'"),  # Python's '<' error
+    ("~callbacks", "callbacks.checkpoint is no callback (it has no _target_); remove it with ~callbacks.checkpoint"),
+    ("callbacks.checkpoint_time.train_time_interval.minutes=0",  # last.ckpt rewritten after every step
+     "callbacks.checkpoint_time.train_time_interval must be longer than 0, got 0:00:00; callbacks.checkpoint_time="),
 ])
 def test_bad_settings_fail_before_training_with_the_setting_named(tmp_path: Path, override: str,
                                                                   message: str) -> None:
@@ -163,6 +170,16 @@ def test_a_precision_whose_package_is_missing_is_one_line() -> None:
                                 "precision": "transformer-engine", "logger": False})
     with pytest.raises(StylenetError, match=r"^trainer: .*transformer"):  # not Hydra's wrapped traceback
         build(trainer)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+logger.foo=1", "logger: SummaryWriter.__init__() got an unexpected keyword argument 'foo'"),
+    ("logger.name=123", "logger: join() argument must be str, bytes, or os.PathLike object, not 'int'")])
+def test_a_bad_logger_setting_is_one_line(tmp_path: Path, override: str, message: str) -> None:
+    """TensorBoard reads its settings as its writer starts, inside fit(): a traceback there, exit 1."""
+    with pytest.raises(StylenetError) as err:
+        train(compose_train(tmp_path, f"logger.save_dir={tmp_path}", override), tmp_path)
+    assert str(err.value) == message
 
 
 def test_logger_can_be_left_out_and_an_unresolved_setting_is_one_line(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ The truth here is Hydra's own composition: what naming ``group=option`` changes 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from functools import cache
@@ -109,6 +110,11 @@ def test_a_group_the_task_does_not_read_stops_with_one_line() -> None:
     check_group_choices(train_config("experiment=smoke", "task=add_style", "task.base=m.safetensors",
                                      "style.image=new.jpg"))
     check_group_choices(train_config("experiment=smoke", "model=half"))  # the style task reads it
+    for override in ("style=multi", "style.image=paint.png"):  # super-resolution: set and quietly ignored
+        with pytest.raises(StylenetError) as err:
+            check_group_choices(train_config("experiment=sr_smoke", override))
+        assert str(err.value) == (f"task=sr does not use {override.partition('=')[0]}: super-resolution has no style "
+                                  f"picture; drop {override}")
 
 
 @pytest.mark.usefixtures("hydra_configs")
@@ -156,9 +162,10 @@ def test_an_added_key_that_nothing_reads_is_refused() -> None:
     """+key at the top level or in style is no constructor's argument: a typo there was silently kept
     (+resme=never resumed the run it meant to avoid); keys that exist or an interpolation reads, and the
     other groups', pass here."""
-    for override, key in (("+resme=never", "resme"), ("+style.bogus=1", "style.bogus")):
-        with pytest.raises(StylenetError, match=rf"^\{override.partition('=')[0]}: no setting {key} exists to add "):
+    for override, key in (("+resme=never", "resme"), ("+style.bogus=1", "style.bogus"), ("++resme=never", "resme")):
+        with pytest.raises(StylenetError, match=f"^{re.escape(override.partition('=')[0])}: no setting {key} exists "):
             check_group_choices(train_config("experiment=smoke", override))
+    check_group_choices(train_config("experiment=smoke", "++resume=never", "++style.size=64"))  # ++: set if there
     check_group_choices(train_config("experiment=smoke", "+trainer.gradient_clip_val=1"))
     check_group_choices(train_config("experiment=smoke", "+tag=v1", "name=${tag}_run", "+style.root=/art",
                                      "style.image=${style.root}/a.jpg"))  # helper values an interpolation reads

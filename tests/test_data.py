@@ -135,7 +135,9 @@ def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
             ImageFolderDataModule(image_size=size)
     for setting, message in (({"batch_size": "abc"}, "data.batch_size must be a whole number, got 'abc'"),
                              ({"num_workers": -1}, "data.num_workers must be >= 0, got -1"),
-                             ({"max_bad_fraction": "abc"}, "data.max_bad_fraction must be a number from 0 to 1")):
+                             ({"max_bad_fraction": "abc"}, "data.max_bad_fraction must be a number from 0 to 1"),
+                             # data=coco forgotten: the run trained on the bundled photos without a word
+                             ({"root": "/data/coco"}, "^data.root=/data/coco is read by data=folder, coco or shards")):
         with pytest.raises(StylenetError, match=message):
             ImageFolderDataModule(**setting)
 

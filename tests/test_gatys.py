@@ -337,6 +337,15 @@ def test_cli_bad_input_is_one_line_naming_the_file(tmp_path: Path, style_image: 
                                      "'/no/such/photo.jpg': no such file")
 
 
+def test_cli_refuses_an_added_setting_that_nothing_reads(tmp_path: Path, style_image: Path) -> None:
+    """``+iteratons=5`` ran the default iterations without a word."""
+    result = run_gatys_cli("content=demo:astronaut", f"styles={style_image}", "loss.weights=random", "+iteratons=5",
+                           f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("stylenet-gatys: error: +iteratons: no setting iteratons exists to add (a typo? "
+                                     "stylenet-gatys --help lists every setting)")
+
+
 def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Path) -> None:
     """stylenet-gatys -m: a bad job is one line, the next job still runs, exit 2 at the end."""
     content = make_photo(tmp_path / "content.png")
@@ -407,6 +416,8 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
     ("loss=pixel", r"^the loss has no style term to optimise: choose loss=offline, perceptual or gatys_vgg19"),
     ("loss.style_weight=0", r"^the loss has no style term to optimise"),
+    ("name=../../victim", r"^name must be letters, digits, '\.', '\+', '-' or '_' \(it names the run's folder and its "
+                          r"picture\), got '\.\./\.\./victim'$"),  # it wrote (over) a picture outside the run
 ])
 def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Path, override: str,
                                                  message: str) -> None:

@@ -117,6 +117,10 @@ def test_settings_are_validated() -> None:
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"], style_layer_weights=[1.0])
     with pytest.raises(StylenetError, match="unknown VGG layer"):
         PerceptualLoss(weights="random", content_layers=["relu2_9"])
+    for given in ("abc", 3):  # the letters of a string were three weights; a number, "'int' is not iterable"
+        with pytest.raises(StylenetError, match=f"^loss.style_layer_weights must be a list of numbers, one per layer, "
+                                                f"got {given!r}$"):
+            PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2", "relu3_3"], style_layer_weights=given)
     with pytest.raises(StylenetError, match="^loss.style_layers names relu2_2 more than once: give each layer once$"):
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2", "relu2_2"], style_layer_weights=[1, 2, 3])
     with pytest.raises(StylenetError, match="loss.style_layers is empty but loss.style_weight is 100"):

@@ -75,6 +75,8 @@ def test_bad_network_settings_are_value_errors() -> None:
         SuperResolutionNet(3)
     with pytest.raises(ValueError, match="model.norm"):
         SuperResolutionNet(4, norm="layer")
+    with pytest.raises(ValueError, match="^model.residual_blocks must be a whole number >= 0, got -1$"):
+        SuperResolutionNet(4, residual_blocks=-1)
 
 
 def photos(root: Path, count: int = 6) -> Path:

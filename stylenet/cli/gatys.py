@@ -37,7 +37,9 @@ from stylenet.cli import (
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.cli.train import config_dir
+from stylenet.config_check import check_added_keys
 from stylenet.errors import check_seed
+from stylenet.styles import check_run_name
 
 if TYPE_CHECKING:
     import torch
@@ -162,6 +164,8 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     for key in ("content", "styles"):
         if OmegaConf.is_missing(cfg, key):
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
+    if not cfg.output:
+        check_run_name(cfg.name, "it names the run's folder and its picture")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     reason = unwritable(output)  # refused now, not after the optimisation
     if reason is not None:
@@ -272,6 +276,7 @@ def hydra_main(cfg: DictConfig) -> None:
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
     try:
+        check_added_keys(cfg, HydraConfig.get())  # +iteratons=5 ran the default iterations without a word
         if sweep_job:
             claim_sweep_output(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().job.num)
         with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C

@@ -37,7 +37,7 @@ from stylenet.cli import (
     tolerate_any_file_name_in_log_files,
 )
 from stylenet.errors import EveryRankError, check_seed, first_line
-from stylenet.styles import STYLE_NAME, style_name_of
+from stylenet.styles import check_run_name, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # (a FutureWarning, once a DeprecationWarning)
@@ -149,19 +149,15 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             and cfg.model.get("norm") == "batch"):  # not fit()'s traceback
         raise StylenetError("trainer.sync_batchnorm=true with model.norm=batch needs GPUs under DDP: PyTorch's "
                             "SyncBatchNorm runs on GPUs only")
-    name = cfg.name  # Hydra reads name=2024 as a number (name=1e3 as 1000.0: refused, not renamed)
-    if isinstance(name, bool) or not isinstance(name, (str, int)) or not STYLE_NAME.fullmatch(str(name)) \
-            or str(name) in (".", ".."):
-        raise StylenetError(f"name must be letters, digits, '.', '+', '-' or '_' (it names the run's folder and "
-                            f"model file), got {cfg.name!r}")
+    check_run_name(cfg.name, "it names the run's folder and model file")
     max_steps = cfg.trainer.get("max_steps")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
                             f"got {max_steps!r}")
     interval = cfg.trainer.get("val_check_interval")
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
-                                 or not interval > 0):
-        raise StylenetError(f"trainer.val_check_interval must be > 0 (steps, or a share of an epoch), got {interval!r}")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or not interval > 0):
+        raise StylenetError(f"trainer.val_check_interval must be a whole number of steps > 0 (the photo stream has no "
+                            f"epochs to share), got {interval!r}")
     pl.seed_everything(check_seed(cfg.seed, "seed"), workers=True)
     task = build(cfg.task, _convert_="all")
     warm_up = task.hparams.get("identity_steps", 0)
@@ -200,7 +196,18 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
                 raise FinishedRunError(f"{str(run_dir)!r} holds this run, finished, but its {still} cannot be "
                                        "written: see the warnings above") from None
         return
-    callbacks = [build(callback) for callback in cfg.callbacks.values() if callback]
+    settings = {name: node for name, node in (cfg.get("callbacks") or {}).items() if node}  # none after ~callbacks
+    callbacks = [build(node) for node in settings.values()]
+    not_one = next((name for name, built in zip(settings, callbacks, strict=True)
+                    if not isinstance(built, pl.Callback)), None)
+    if not_one is not None:  # a preset's settings left of a callback removed with ~callbacks.<name>: no _target_
+        raise StylenetError(f"callbacks.{not_one} is no callback (it has no _target_); remove it with "
+                            f"~callbacks.{not_one} or give it a _target_")
+    for name, built in zip(settings, callbacks, strict=True):  # 0 read as "off" saved after every step
+        interval = getattr(built, "_train_time_interval", None)
+        if interval is not None and interval.total_seconds() <= 0:
+            raise StylenetError(f"callbacks.{name}.train_time_interval must be longer than 0, got {interval}; "
+                                f"callbacks.{name}=null turns these saves off")
     base = task.hparams.get("base")  # task=add_style: the model file that grows a style
     for callback in callbacks:
         if base and isinstance(callback, ExportStyleModel) and callback.path.resolve() == Path(base).resolve():
@@ -208,7 +215,12 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
                                 "name= or hydra.run.dir")
     refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=build(cfg.logger) if cfg.get("logger") else False)
+    logger = build(cfg.logger) if cfg.get("logger") else False
+    try:  # TensorBoard reads its settings as its writer starts, in fit(): a bad one is a traceback there
+        _ = logger and logger.experiment
+    except (TypeError, ValueError) as err:
+        raise StylenetError(f"logger: {first_line(err)}") from None
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=logger)
     relaunched = relaunched_ranks(trainer) if sweep_job else 0
     if relaunched:  # each would run the whole sweep again (and the jobs after the first on one process)
         raise SweepRefusedError(

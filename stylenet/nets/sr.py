@@ -29,6 +29,7 @@ from stylenet.nets.transformer import (
     ResidualBlock,
     ScaledTanh,
     UpsampleConvNormReLU,
+    check_sizes,
 )
 
 FACTORS = (2, 4, 8)
@@ -50,9 +51,7 @@ class SuperResolutionNet(nn.Module):
         super().__init__()
         if factor not in FACTORS:
             raise ValueError(f"model.factor must be one of {FACTORS}, got {factor}")
-        if channels < 1 or residual_blocks < 0:
-            raise ValueError(f"model.channels must be >= 1 and model.residual_blocks >= 0, got "
-                             f"{channels} and {residual_blocks}")
+        check_sizes({"channels": 1, "residual_blocks": 0}, {"channels": channels, "residual_blocks": residual_blocks})
         self.scale = factor
         self.config = {"factor": factor, "channels": channels, "residual_blocks": residual_blocks,
                        "norm": norm}

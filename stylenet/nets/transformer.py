@@ -76,6 +76,14 @@ class ConditionalInstanceNorm2d(nn.Module):
         return f"{self.num_features}, styles={self.styles}, eps={self.eps}"
 
 
+def check_sizes(minimum: dict[str, int], given: dict[str, object]) -> None:
+    """A ValueError naming the first ``model.<setting>`` that is not a whole number >= its ``minimum``:
+    ``model.channels=abc`` was Python's "'<' not supported between 'str' and 'int'", naming no setting."""
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum[name]:
+            raise ValueError(f"model.{name} must be a whole number >= {minimum[name]}, got {value!r}")
+
+
 def make_norm(kind: str, channels: int, styles: int = 1) -> nn.Module:
     """Instance norm (affine, no running statistics; conditional on the style when ``styles`` > 1),
     batch norm, or none (an identity: what super-resolution networks train best with, see
@@ -185,9 +193,8 @@ class TransformerNet(nn.Module):
     def __init__(self, channels: int = 32, residual_blocks: int = 5, norm: str = "instance",
                  styles: int = 1) -> None:
         super().__init__()
-        if channels < 1 or residual_blocks < 0 or styles < 1:
-            raise ValueError(f"model.channels and model.styles must be >= 1 and model.residual_blocks >= 0, "
-                             f"got {channels}, {styles} and {residual_blocks}")
+        check_sizes({"channels": 1, "residual_blocks": 0, "styles": 1},
+                    {"channels": channels, "residual_blocks": residual_blocks, "styles": styles})
         c1, c2, c3 = channels, 2 * channels, 4 * channels
         self.styles = styles
         self.config = {"channels": channels, "residual_blocks": residual_blocks, "norm": norm}
