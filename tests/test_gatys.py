@@ -25,13 +25,15 @@ from stylenet.gatys import (
     Progress,
     check_memory,
     estimate_memory,
+    match_luminance,
     optimize,
     optimize_image,
+    resize_to,
     scale_shapes,
     with_content_chroma,
 )
 from stylenet.image import load_rgb, luma
-from stylenet.losses import PerceptualLoss
+from stylenet.losses import PerceptualLoss, gram_matrix
 from stylenet.tasks import StyleTransferTask, load_style_image
 from tests.conftest import make_photo
 
@@ -117,11 +119,18 @@ def test_coarse_to_fine_and_init_style() -> None:
     assert scale_shapes(64, 48, 3) == [(16, 12), (32, 24), (64, 48)]
     loss = PerceptualLoss(weights="random")
     seen: list[Progress] = []
-    result = optimize_image(smooth_image(32, 6), [smooth_image(40, 7)], loss, iterations=2, scales=2,
-                            init="style", callback=seen.append)
+    content, style = smooth_image(32, 6), smooth_image(40, 7)
+    result = optimize_image(content, [style], loss, iterations=2, scales=2, init="style", callback=seen.append)
     assert [(p.iteration, p.scale, p.total, p.image.shape[-1]) for p in seen] == [
         (1, 0, 4, 16), (2, 0, 4, 16), (3, 1, 4, 32), (4, 1, 4, 32)]
     assert result.iterations == 4 and len(result.history) == 6 and result.image.shape == (3, 32, 32)
+
+    def objective(image: torch.Tensor, size: int) -> float:
+        return float(loss(resize_to(image, size, size)[None], resize_to(content, size, size)[None])["total"])
+
+    # the first scale starts from the style picture stretched to it, the second from the first one's result
+    assert result.history[0] == pytest.approx(objective(style, 16), rel=1e-4)
+    assert result.history[3] == pytest.approx(objective(seen[1].image, 32), rel=1e-4)
 
 
 def test_preserve_color_keeps_the_content_chroma() -> None:
@@ -135,6 +144,20 @@ def test_preserve_color_keeps_the_content_chroma() -> None:
     chroma = result.image - luma(result.image)
     inside = ((result.image > 0) & (result.image < 1)).all(dim=0)  # where clamping did not act
     torch.testing.assert_close(chroma[:, inside], (content - luma(content))[:, inside])
+
+
+def test_preserve_color_optimises_against_the_style_made_grey_at_the_photo_s_brightness() -> None:
+    """Gatys et al. 2016, "Preserving Color", eq. 1: the style's luminance alone, its mean and standard
+    deviation set to the photo's, gives the Grams (the recolouring at the end would hide a colour style)."""
+    content, style = 0.4 + 0.2 * smooth_image(32, 8), 0.3 + 0.4 * smooth_image(32, 9)
+    matched = match_luminance(style, content)
+    assert torch.equal(matched[0], matched[1]) and torch.equal(matched[1], matched[2])
+    torch.testing.assert_close(matched[:1], (luma(style) - luma(style).mean()) / luma(style).std()
+                               * luma(content).std() + luma(content).mean())  # no clamping at these values
+    loss = PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2"])
+    optimize_image(content, [style], loss, iterations=1, preserve_color=True)
+    for layer in ("relu1_2", "relu2_2"):
+        torch.testing.assert_close(loss.target_gram(layer), gram_matrix(loss.vgg(matched[None], [layer])[layer]))
 
 
 def test_bad_settings_fail_with_one_line_errors() -> None:

@@ -20,6 +20,7 @@ from stylenet.stability import KINDS, clip_change, make_sequence, markdown_table
 from stylenet.tasks import StyleTransferTask
 from stylenet.temporal import (
     SENSOR_NOISE,
+    MotionRange,
     TemporalConsistency,
     affine_flow,
     random_flow,
@@ -203,7 +204,10 @@ def test_sequences_follow_their_flows_and_the_measure_reads_zero_for_an_identity
         assert clip.frames.shape == (3, 3, 40, 40) and len(clip.flows) == 2
         # each frame is what the one before showed at p + flow(p), up to interpolation (and noise)
         floor = sequence_error(clip.frames, clip.flows)
-        assert floor < (4.0 if kind == "still" else 2.5), (kind, floor)
+        if kind == "still":  # two frames' independent noise of 2 grey levels: E|n1 - n2| = 2 sqrt(2) sqrt(2 / pi)
+            assert floor == pytest.approx(2 * 2 ** 0.5 * (2 / np.pi) ** 0.5, abs=0.25), floor
+        else:
+            assert floor < 2.5, (kind, floor)
     clips = [make_sequence(photo, kind, size=40, frames=3) for kind in KINDS]
     inputs = measure(None, clips)
     same = measure(lambda frames: frames, clips)  # the identity network is exactly as stable as its input
@@ -237,6 +241,28 @@ def test_warping_error_is_in_grey_levels() -> None:
     previous = torch.zeros(1, 3, 8, 8)
     current = torch.full((1, 3, 8, 8), 10 / 255)
     assert float(warping_error(current, previous, torch.zeros(1, 2, 8, 8))) == pytest.approx(10.0)
+    # only the pixels that stay visible count: a shift by (2, 1) leaves the last two columns and the last row
+    previous = torch.arange(30, dtype=torch.float32).view(1, 1, 5, 6) / 255
+    flow = shift(5, 6, dx=2, dy=1)
+    current, mask = warp(previous, flow)
+    assert int(mask.sum()) == 4 * 4
+    current = torch.where(mask.bool(), current + 3 / 255, torch.ones_like(current))  # white where nothing was seen
+    assert float(warping_error(current, previous, flow)) == pytest.approx(3.0, abs=1e-4)
+
+
+def test_each_step_s_term_adds_its_own_noise_to_the_moved_frame() -> None:
+    """Without motion, an identity network's term is the mean square of the noise that step draws (Gupta et
+    al. 2017's noise robustness): the term alone, without its noise, would be 0."""
+    consistency = TemporalConsistency(2.0)
+    consistency.motion = MotionRange(shift=0, zoom=0, rotation=0, deformation=0)
+    images = torch.full((2, 3, 16, 20), 0.5)
+    terms = consistency.add_term({"total": torch.tensor(1.0)}, lambda x: x, images, images, step=7)
+    generator = torch.Generator().manual_seed(7)
+    random_flow(2, 16, 20, generator, consistency.motion)  # the step's draws before its noise
+    sigma = torch.rand(2, 1, 1, 1, generator=generator) * consistency.motion.noise
+    noise = torch.randn(images.shape, generator=generator) * sigma
+    assert float(terms["temporal"]) == pytest.approx(float(noise.square().mean()), rel=1e-4)
+    assert float(terms["temporal"]) > 1e-5 and float(terms["total"]) == pytest.approx(1 + 2 * float(terms["temporal"]))
 
 
 def test_clip_change_compares_output_and_input_change() -> None:
