@@ -11,11 +11,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from stylenet.atomic import unwritable
-from stylenet.checkpoints import EXPERIMENT_KEY
+from stylenet.checkpoints import EXPERIMENT_KEY, LAST
 from stylenet.errors import StylenetError
 from stylenet.modelfile import checkpoint_metadata, first_non_finite, save_model
 
@@ -122,7 +121,7 @@ class ResumableRun(pl.Callback):
         """``last.ckpt`` beside the periodic checkpoints, so ``ckpt_path=last`` finds it as well."""
         callback = trainer.checkpoint_callback
         folder = getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
-        return Path(folder) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        return Path(folder) / LAST
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

@@ -321,13 +321,13 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     The operating system drops the lock when the process ends, however it ends: nothing stale is
     left to clean up. Only global rank 0 takes it (all ranks of a DDP run share the folder); where
     ``fcntl`` is missing (Windows) nothing is locked."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    from stylenet.errors import first_rank
 
     try:
         import fcntl
     except ImportError:
         fcntl = None
-    if fcntl is None or getattr(rank_zero_only, "rank", 0) != 0:
+    if fcntl is None or not first_rank():
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)

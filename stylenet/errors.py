@@ -116,3 +116,11 @@ def cannot_write(err: OSError, output: str | Path) -> str:
     file ``err`` names (:func:`stylenet.atomic.atomic_write` names the output, not its temporary file),
     else ``output``, and the system's reason, instead of the traceback of whichever writer met it."""
     return f"cannot write {str(err.filename or output)!r}: {err.strerror or first_line(err)}"
+
+
+def first_rank() -> bool:
+    """Whether this process is its run's first (rank 0, as Lightning numbers DDP processes), or its only
+    one: what is said or written once per run is said by it."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0

@@ -159,6 +159,8 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{"
 
 
+#: What :func:`read_model` reads: its safetensors files, Lightning checkpoints and pytorch/examples' ``.pth``.
+READ_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model")
 #: What stylenet-export writes for other runtimes, which stylenet itself does not read back.
 FOREIGN_EXPORTS = {".onnx": "an ONNX export", ".pt2": "a torch.export program"}
 

@@ -6,7 +6,7 @@ small machine. ``stylenet-prepare`` (:mod:`stylenet.cli.prepare`) writes the sam
 NumPy files, so reading needs no extra dependency and no decoding:
 
 * ``shard_NNNNN.npy``: uint8 (N, S, S, 3), RGB, each photo's short side resized to S (antialiased
-  bilinear, as :func:`stylenet.data.resize_short_side`) and centre-cropped;
+  bilinear, as :func:`stylenet.image.resize_short_side`) and centre-cropped;
 * ``manifest.json``: the format, S, the image count, per shard its file and its sources (path
   relative to ``source_root`` and the SHA-256 of the file's bytes), and every skipped file with
   the reason. It is replaced atomically after each finished shard, so an interrupted preparation

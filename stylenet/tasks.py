@@ -19,11 +19,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torchvision.utils import make_grid
 
 from stylenet import StylenetError, __version__, quality
 from stylenet.checkpoints import WEIGHTS_SHA256
+from stylenet.errors import first_rank
 from stylenet.fastpath import prepare_for_training
 from stylenet.image import (
     DEFAULT_MAX_PIXELS,
@@ -388,7 +388,7 @@ class StyleTransferTask(ImageTask):
         self.loss = PerceptualLoss(**loss)
         check_crop_size(self.loss, image_size)
         # loss=pixel, feature or mixed (super-resolution's) on a style; said once, by the first DDP process
-        if not self.loss.term_weights["style"] and getattr(rank_zero_only, "rank", 0) == 0:
+        if not self.loss.term_weights["style"] and first_rank():
             log.warning("loss.style_weight is 0: this style run has no style term and learns no style "
                         "(loss=perceptual, offline or gatys_vgg19 have one)")
         styles = load_styles(style)

@@ -80,9 +80,11 @@ PLACEHOLDER = re.compile(r"<[^<>\s]+>|(?<![\w.])/(?:path|data)/")
 #: Hydra overrides that make any stylenet-train run tiny (the README's values are overridden, the
 #: command's groups, data source, task and style stay). 48 px: x8 super-resolution needs LR patches of 5 px.
 #: A style added to a model file trains that file's network: no model settings (task=add_style refuses them).
-TRAIN_TINY_BASE = ("trainer.max_steps=2 trainer.val_check_interval=2 trainer.log_every_n_steps=1 "
-                   "data.image_size=48 data.batch_size=1 data.num_workers=0 data.val_images=1 style.size=32")
+RUN_TINY = ("trainer.max_steps=2 trainer.val_check_interval=2 trainer.log_every_n_steps=1 "
+            "data.image_size=48 data.batch_size=1 data.num_workers=0 data.val_images=1")
+TRAIN_TINY_BASE = f"{RUN_TINY} style.size=32"
 TRAIN_TINY = f"{TRAIN_TINY_BASE} model.channels=8 model.residual_blocks=1"
+SR_TINY = f"{RUN_TINY} model.channels=8 model.residual_blocks=1"  # no style: refused for super-resolution
 
 
 @dataclass
@@ -105,6 +107,8 @@ PROGRAMS: list[Program] = [
             expect=("outputs/multirun/*/contact_sheet.png", "outputs/multirun/*/sweep.md",
                     "outputs/multirun/*/0/*.safetensors")),
     Program(r"^\S*stylenet-train\b.*\btask=add_style\b", TRAIN_TINY_BASE, {"loss.weights=": "loss.weights=random"},
+            expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),
+    Program(r"^\S*stylenet-train\b.*\bexperiment=sr_", SR_TINY, {"loss.weights=": "loss.weights=random"},
             expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),
     Program(r"^\S*stylenet-train\b", TRAIN_TINY, {"loss.weights=": "loss.weights=random"},
             expect=("outputs/*/*/*.safetensors", "outputs/*/*/checkpoints/last.ckpt")),

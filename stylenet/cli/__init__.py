@@ -43,9 +43,13 @@ def measuring_parser(prog: str, description: str | None) -> argparse.ArgumentPar
     return parser
 
 
-#: Extensions of model files (never of images), the exports that ``-m`` refuses among them. An input named
-#: like this is almost certainly a second model after one ``-m``: a usage error, not a bad image.
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model", ".pt2", ".onnx")
+def model_suffixes() -> tuple[str, ...]:
+    """Extensions of model files (never of images): what stylenet reads, and the exports that ``-m`` refuses.
+    An input named like this is almost certainly a second model after one ``-m``: a usage error, not a bad
+    image. (Imported when asked: the model-file module loads torch, which ``--help`` need not wait for.)"""
+    from stylenet.modelfile import FOREIGN_EXPORTS, READ_SUFFIXES
+
+    return (*READ_SUFFIXES, *FOREIGN_EXPORTS)
 
 
 def check_text_output(option: str, output: str | Path, holds: str, inputs: Iterable[str | Path] = ()) -> None:
@@ -58,14 +62,14 @@ def check_text_output(option: str, output: str | Path, holds: str, inputs: Itera
     source = next((path for path in inputs if os.path.realpath(path) == os.path.realpath(output)), None)
     if source is not None:
         raise StylenetError(f"{option} {str(output)!r} is an input ({str(source)!r}): refusing to overwrite it")
-    if Path(output).suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES, *MODEL_SUFFIXES):
+    if Path(output).suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES, *model_suffixes()):
         raise StylenetError(f"{option} {str(output)!r} names a picture, video or model file, and {option} is {holds}")
 
 
 def refuse_models_as_inputs(parser: argparse.ArgumentParser, inputs: list[str], models: list[str]) -> None:
     """A usage error for a model file among the images: ``-m a.safetensors b.safetensors photo.jpg`` gives
     ``-m`` one file, and ``b`` would be read as an image after everything else was done."""
-    stray = [spec for spec in inputs if Path(spec).suffix.lower() in MODEL_SUFFIXES]
+    stray = [spec for spec in inputs if Path(spec).suffix.lower() in model_suffixes()]
     if stray:
         given = os.path.realpath(stray[0]) in {os.path.realpath(model) for model in models}
         parser.error(f"{stray[0]!r} is a model file, not an image: " + (

@@ -12,7 +12,6 @@ again with the same arguments after an interruption: finished shards are kept, t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing
 import os
 import signal
@@ -41,11 +40,12 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
     import torch
 
     from stylenet.image import ImageError, load_rgb, training_sample
+    from stylenet.styles import file_sha256
 
     path, root, size = job
     relative = path.relative_to(root).as_posix()
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = file_sha256(path)
         photo = load_rgb(path)
     except (ImageError, OSError) as err:
         return relative, "", None, first_line(err)

@@ -36,7 +36,7 @@ from stylenet.cli import (
     report_refusal,
     tolerate_any_file_name_in_log_files,
 )
-from stylenet.errors import EveryRankError, check_seed, first_line
+from stylenet.errors import EveryRankError, check_seed, first_line, first_rank
 from stylenet.styles import check_run_name, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
@@ -98,13 +98,6 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def first_rank() -> bool:
-    """Whether this process is its run's first (rank 0), or its only one."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
 class SweepRefusedError(StylenetError):
     """A setting no job of a sweep (``-m``) can run with: the sweep stops at its first job."""
 
@@ -125,7 +118,6 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     called once every check has passed, as the first step begins. ``sweep_job``: one job of ``-m``."""
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
     from stylenet.checkpoints import FinishedRunError, resolve_resume
@@ -161,7 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     pl.seed_everything(check_seed(cfg.seed, "seed"), workers=True)
     task = build(cfg.task, _convert_="all")
     warm_up = task.hparams.get("identity_steps", 0)
-    if warm_up >= max_steps and getattr(rank_zero_only, "rank", 0) == 0:  # a smoke run cut short, say
+    if warm_up >= max_steps and first_rank():  # a smoke run cut short, say
         logging.getLogger(__name__).warning(
             "trainer.max_steps=%d ends within the identity warm-up (task.identity_steps=%d): the run trains "
             "neither the style nor any other term of its objective", max_steps, warm_up)
@@ -184,7 +176,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             raise
         logging.getLogger(__name__).warning("%s holds this run, finished, without its %s (stopped before it was "
                                             "written): writing it now", run_dir, missing)
-        if getattr(rank_zero_only, "rank", 0) == 0:
+        if first_rank():
             if missing == MODEL_FILE:  # the finished checkpoint holds the very weights the export would have saved
                 from stylenet.checkpoints import run_checkpoints
                 from stylenet.export import export_checkpoint

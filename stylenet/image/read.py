@@ -396,8 +396,8 @@ def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS, 
 def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, int]:
     """``(width, height)`` as displayed, from the header only (no pixel decoding).
 
-    Used to plan work (batching, tiling, bomb checks, dataset filtering) without paying for a
-    decode. With ``apply_exif`` the EXIF orientations that rotate by 90 degrees swap the two, so
+    Used to refuse a picture beyond a pixel limit (a style picture, an upload to the web page) before
+    paying for its decode. With ``apply_exif`` the EXIF orientations that rotate by 90 degrees swap the two, so
     the answer matches ``load_image(path).rgb.shape``. Limitation: a PNG whose eXIf chunk comes
     after the pixel data (rare) is reported unrotated, because reading it would need a decode.
     Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``) still applies at open time and is

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError
-from stylenet.modelfile import read_header, read_model
+from stylenet.modelfile import READ_SUFFIXES, read_header, read_model
 from stylenet.styles import StyleChoice, blend_label, style_names
 
 if TYPE_CHECKING:
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
 BLEND_PART, BLEND_WEIGHT = ";", ":"
 BLEND_FORM = "a blend mixes two or more different styles of one model file of several styles: ID:WEIGHT;ID:WEIGHT"
-
-#: What :func:`stylenet.modelfile.read_model` reads (ONNX and ``.pt2`` exports are other runtimes').
-MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".model")
 
 
 class UnknownModel(StylenetError):
@@ -107,7 +104,7 @@ def model_files(folder: Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / name for name in filenames
-                  if not name.startswith(".") and Path(name).suffix.lower() in MODEL_FILE_SUFFIXES]
+                  if not name.startswith(".") and Path(name).suffix.lower() in READ_SUFFIXES]
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 

@@ -444,15 +444,14 @@ def what_went_wrong(result: VideoResult) -> str:
     return "; ".join(filter(None, (result.problem, skipped)))
 
 
-def iter_video_frames(path: str | Path, *, size: tuple[int, int] | None = None,
-                      limit: int | None = None) -> Iterator[np.ndarray]:
-    """The first ``limit`` (all if None) video frames of ``path`` as uint8 (H, W, 3) RGB arrays,
-    resized to ``size`` (H, W) if given, streamed; a one-line error naming the file if it breaks."""
+def iter_video_frames(path: str | Path, *, limit: int | None = None) -> Iterator[np.ndarray]:
+    """The first ``limit`` (all if None) video frames of ``path`` as uint8 (H, W, 3) RGB arrays, streamed;
+    a one-line error naming the file if it breaks."""
     path = Path(path)
     info = probe_video(path)
     count, result = 0, VideoResult()
     try:
-        with contextlib.closing(read_video(path, size, info, result)) as items:  # closes the file early
+        with contextlib.closing(read_video(path, None, info, result)) as items:  # closes the file early
             for item in items:
                 if limit is not None and count >= limit:
                     return
