@@ -79,12 +79,17 @@ def test_tensor_frames_equal_stylize_per_frame(precision: str) -> None:
     assert outputs[0].data_ptr() != outputs[1].data_ptr()  # a new tensor per frame
 
 
-def test_frames_beyond_the_budget_take_the_photo_path() -> None:
+def test_frames_beyond_the_budget_take_the_photo_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same picture, but by the bounded path: the memory budget holds for video frames too."""
     model = tiny_model("fp32")
     frame = uint8_frames([(90, 80)])[0]
     expected = np.asarray(model.stylize(Image.fromarray(frame)))
     model.max_memory = int(40 * 40 * model.bytes_per_pixel())
+    bounded = []
+    real = InferenceModel._run_layerwise
+    monkeypatch.setattr(InferenceModel, "_run_layerwise", lambda self, *args: bounded.append(1) or real(self, *args))
     assert np.abs(next(model.stylize_frames([frame])).astype(np.int16) - expected).max() <= 1
+    assert bounded  # one pass would give the same picture, unbounded
 
 
 def test_frames_are_lazy_and_bad_frames_fail_clearly() -> None:

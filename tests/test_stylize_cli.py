@@ -71,6 +71,10 @@ def test_stylizes_a_file_to_a_file(tmp_path: Path, model: Path, capsys: pytest.C
     assert err == ""  # no progress output when stderr is not a terminal
     with Image.open(tmp_path / "out.jpg") as image:
         assert image.format == "JPEG" and image.size == (37, 23)
+        written = image.quantization
+    Image.new("RGB", (8, 8)).save(tmp_path / "q80.jpg", quality=80)  # a JPEG's tables follow its quality alone
+    with Image.open(tmp_path / "q80.jpg") as reference:
+        assert written == reference.quantization  # --quality reached the writer
 
 
 def test_folders_globs_and_several_models(tmp_path: Path, model: Path,

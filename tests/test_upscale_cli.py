@@ -155,6 +155,19 @@ def test_stylize_then_upscale_runs_the_style_net_at_the_working_size(tmp_path: P
                          str(models["sr"]), "-o", str(out)]) == 0
     with Image.open(out) as image:
         assert image.size == (160, 120)  # 40x30 working size, x4
+    # the style network first, then the upscaler: as the two commands in turn (up to the 8 bits between them);
+    # with an upscaler that passes the picture on (the random one's output is nearly flat)
+    upscaler = washed_out_upscaler(tmp_path / "nearest_x4.safetensors")
+    assert stylize.main([str(source), "-m", str(models["style"]), "--max-size", "40", "--upscale", str(upscaler),
+                         "-o", str(tmp_path / "combined.png")]) == 0
+    for strength, name in (("1", "styled"), ("0", "plain")):
+        assert stylize.main([str(source), "-m", str(models["style"]), "--max-size", "40", "--strength", strength,
+                             "-o", str(tmp_path / f"{name}.png")]) == 0
+        assert upscale.main([str(tmp_path / f"{name}.png"), "-m", str(upscaler), "-o",
+                             str(tmp_path / f"{name}_x4.png")]) == 0
+    combined = load_image(tmp_path / "combined.png").rgb
+    assert (combined - load_image(tmp_path / "styled_x4.png").rgb).abs().mean() < 1.5 / 255
+    assert (combined - load_image(tmp_path / "plain_x4.png").rgb).abs().mean() > 10 / 255  # not the photo upscaled
     assert stylize.main([str(source), "-m", str(models["style"]), "--upscale", str(models["style"]),
                          "-o", str(tmp_path / "never.png")]) != 0
     assert not (tmp_path / "never.png").exists()
