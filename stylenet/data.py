@@ -494,7 +494,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         nothing_read = self.bad_seen == self.samples_seen >= 2 * self.batch_size
         if (self.samples_seen >= 20 * self.batch_size or nothing_read) and fraction > self.max_bad_fraction:
             earlier = f", {self.bad_restored} of them before the resume" if self.bad_restored else ""
-            return (f"{self.bad_seen} of {self.samples_seen} training images were unreadable "
+            return (f"{self.bad_seen} of {self.samples_seen} training images were unreadable or unusable "
                     f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
                     f"see {self.report_path or 'the log'}")
         return None

@@ -139,7 +139,8 @@ def test_a_section_that_refuses_a_setting_is_one_line(tmp_path: Path, capsys: py
     assert err[-1].startswith("stylenet-bench: error: ") and str(weights) in err[-1], err
 
 
-def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A trained file is timed in the row of its width: a half-width one in the frames section's
     half-width row, and refused by the 12 MP photo row (the paper's width) before any section runs,
     with a one-line error naming it; a width the benchmark has no row for is refused too."""
@@ -158,6 +159,11 @@ def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.Capture
     assert bench.main(["--quick", "--sections", "conv,photo", "--model-file", str(files[16])]) == 2
     error = capsys.readouterr().err
     assert "width16.safetensors" in error and "paper" in error and len(error.strip().splitlines()) == 1
+    # --models without the file's row: said, not timed silently under no row (nor refused: the others are wanted)
+    monkeypatch.setattr(bench, "bench_frames", lambda *args: {})
+    assert bench.main(["--quick", "--sections", "frames", "--models", "paper", "--model-file", str(files[16])]) == 0
+    assert ("stylenet-bench: note: --model-file is timed in the half net's rows, which --models leaves out: it changes "
+            "nothing here") in capsys.readouterr().err
     # a super-resolution network of the paper's width is no style network to time in its rows
     from stylenet.nets import SuperResolutionNet
 
@@ -241,7 +247,10 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     report.derived(results)
     assert "train_fraction_of_peak" not in results and "loss_curve_rel_diff_final_eval" not in results["targets"]
     assert results["targets_not_judged"]["loss_curve_rel_diff_final_eval"].endswith(
-        "measured at loss_curve_steps 2 (the target's: 200)")
+        "measured at loss_curve_steps 2 (the target's: at least 200)")
+    results |= {"loss_curve_steps": 1000}  # a longer curve is judged
+    report.derived(results)
+    assert not results["targets"]["loss_curve_rel_diff_final_eval"]["met"]
 
 
 def test_rows_timed_with_a_model_file_name_it() -> None:

@@ -174,12 +174,14 @@ def test_a_precision_whose_package_is_missing_is_one_line() -> None:
 
 @pytest.mark.parametrize(("override", "message"), [
     ("+logger.foo=1", "logger: SummaryWriter.__init__() got an unexpected keyword argument 'foo'"),
-    ("logger.name=123", "logger: join() argument must be str, bytes, or os.PathLike object, not 'int'")])
+    ("logger.save_dir=/proc/nope", "logger: [Errno 2] No such file or directory: '/proc/nope'"),
+    ("+trainer.foo=1", "pytorch_lightning.Trainer: Trainer.__init__() got an unexpected keyword argument 'foo'")])
 def test_a_bad_logger_setting_is_one_line(tmp_path: Path, override: str, message: str) -> None:
     """TensorBoard reads its settings as its writer starts, inside fit(): a traceback there, exit 1."""
     with pytest.raises(StylenetError) as err:
         train(compose_train(tmp_path, f"logger.save_dir={tmp_path}", override), tmp_path)
     assert str(err.value) == message
+    assert not list(tmp_path.rglob("events.out.tfevents*"))  # a refused run starts no TensorBoard file
 
 
 def test_logger_can_be_left_out_and_an_unresolved_setting_is_one_line(tmp_path: Path) -> None:

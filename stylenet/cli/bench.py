@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device, accelerators=("cuda",))
         if args.model_file and {"frames", "photo"} & set(args.sections):  # before minutes of other sections
-            model_file_row(args.model_file, paper_only="photo" in args.sections)
+            row = model_file_row(args.model_file, paper_only="photo" in args.sections)
+            if args.models and row not in args.models and "photo" not in args.sections:
+                print(f"{PROG}: note: --model-file is timed in the {row} net's rows, which --models leaves out: it "
+                      "changes nothing here", file=sys.stderr)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

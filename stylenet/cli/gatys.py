@@ -164,8 +164,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     for key in ("content", "styles"):
         if OmegaConf.is_missing(cfg, key):
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
-    if not cfg.output:
-        check_run_name(cfg.name, "it names the run's folder and its picture")
+    check_run_name(cfg.name, "it names the run's folder and its picture")
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     reason = unwritable(output)  # refused now, not after the optimisation
     if reason is not None:

@@ -207,11 +207,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
                                 "name= or hydra.run.dir")
     refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
-    logger = build(cfg.logger) if cfg.get("logger") else False
-    try:  # TensorBoard reads its settings as its writer starts, in fit(): a bad one is a traceback there
-        _ = logger and logger.experiment
-    except (TypeError, ValueError) as err:
-        raise StylenetError(f"logger: {first_line(err)}") from None
+    # name=2024 is a number to Hydra, and so is logger.name=2024: TensorBoard joins them into a path
+    logger = build(cfg.logger, **{key: str(cfg.logger[key]) for key in ("name", "version")
+                                  if isinstance(cfg.logger.get(key), int)}) if cfg.get("logger") else False
     trainer = build(cfg.trainer, callbacks=callbacks, logger=logger)
     relaunched = relaunched_ranks(trainer) if sweep_job else 0
     if relaunched:  # each would run the whole sweep again (and the jobs after the first on one process)
@@ -219,6 +217,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             f"a sweep (-m) cannot give its jobs the {relaunched + 1} processes Lightning starts "
             "itself (trainer.devices): it starts them by running the command line again, which would launch the "
             "sweep again; run each job as a command of its own, or start the processes with torchrun or srun")
+    try:  # TensorBoard reads its settings as its writer starts, in fit(): a bad one is a traceback there
+        _ = logger and logger.experiment  # (started after every refusal: a refused run leaves no events file)
+    except (TypeError, ValueError, OSError) as err:
+        raise StylenetError(f"logger: {first_line(err)}") from None
     if on_start is not None:
         on_start()
     try:
