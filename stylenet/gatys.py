@@ -204,15 +204,11 @@ def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor
     """Refuse a result of (H, W) ``shape`` whose coarsest scale, or a style image, is too small for the loss
     network (``PerceptualLoss.smallest_side``): the result first, since a style's size follows the result's
     unless ``style_size`` is set."""
-    coarsest = scale_shapes(*shape, scales)[0]
-    if min(coarsest) < loss.smallest_side:
-        which = "coarsest image" if scales > 1 else "image"
-        raise StylenetError(f"the {which} is {coarsest[1]}x{coarsest[0]} px, but the loss network needs "
-                            f"at least {loss.smallest_side} px a side; use a larger size or fewer scales")
+    height, width = scale_shapes(*shape, scales)[0]
+    loss.check_side(width, height, "the coarsest image" if scales > 1 else "the image",
+                    "use a larger size or fewer scales")
     for style in styles:
-        if min(style.shape[-2:]) < loss.smallest_side:
-            raise StylenetError(f"a style image is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
-                                f"needs at least {loss.smallest_side} px a side; use a larger style_size")
+        loss.check_side(style.shape[-1], style.shape[-2], "a style image", "use a larger style_size")
 
 
 class CachedObjective:

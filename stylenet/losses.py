@@ -255,6 +255,13 @@ class PerceptualLoss(nn.Module):
         must still have a pixel to pool (1 without a network)."""
         return 2 ** sum(name.startswith("pool") for name in self.vgg.names) if self.vgg is not None else 1
 
+    def check_side(self, width: int, height: int, what: str, advice: str = "") -> None:
+        """Refuse ``what`` (a style picture, a training crop, Gatys' coarsest image) of ``width`` x ``height``
+        px if it is smaller than :attr:`smallest_side`: a pooling's traceback otherwise, mid-run."""
+        if min(width, height) < self.smallest_side:
+            raise StylenetError(f"{what} is {width}x{height} px, but the loss network needs at least "
+                                f"{self.smallest_side} px a side" + (f"; {advice}" if advice else ""))
+
     @property
     def needs_style(self) -> bool:
         return bool(self.style_layers)
@@ -269,10 +276,8 @@ class PerceptualLoss(nn.Module):
         if not self.needs_style:
             return
         for index, style in enumerate(styles):
-            if min(style.shape[-2:]) < self.smallest_side:
-                which = f"style image {index + 1} of {len(styles)}" if len(styles) > 1 else "a style image"
-                raise StylenetError(f"{which} is {style.shape[-1]}x{style.shape[-2]} px, but the loss network "
-                                    f"needs at least {self.smallest_side} px a side")
+            which = f"style image {index + 1} of {len(styles)}" if len(styles) > 1 else "a style image"
+            self.check_side(style.shape[-1], style.shape[-2], which)
         blend = style_blend(blend, len(styles))
         total = sum(blend)
         for name in self.style_layers:

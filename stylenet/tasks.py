@@ -325,12 +325,13 @@ def build_net(cls: type[torch.nn.Module], model: dict[str, Any]) -> torch.nn.Mod
         raise StylenetError(f"model: {err}") from None
 
 
-def check_crop_size(loss: PerceptualLoss, image_size: int) -> None:
-    """The training crop must reach the loss network's deepest layer through its poolings (as a style picture
-    must, :meth:`PerceptualLoss.set_style`): refused before the first step, not as a pooling's traceback in it."""
-    if isinstance(image_size, int) and image_size < loss.smallest_side:
-        raise StylenetError(f"data.image_size={image_size} px is smaller than the {loss.smallest_side} px a side that "
-                            f"the loss network's deepest layer needs; use a larger data.image_size")
+def check_crop_size(loss: PerceptualLoss, image_size: object) -> None:
+    """The training crop must reach the loss network's deepest layer through its poolings, as a style picture
+    must: refused before the first step, not as a pooling's traceback in it (a size that is no whole number
+    is the data module's to refuse, in words of its own)."""
+    if isinstance(image_size, int):
+        loss.check_side(image_size, image_size, f"data.image_size={image_size}: a training crop",
+                        "use a larger data.image_size")
 
 
 def check_fast_path_flags(compile: object, channels_last: object) -> None:

@@ -78,8 +78,8 @@ def test_a_crop_too_small_for_the_loss_network_is_refused_before_training(style_
     with pytest.raises(StylenetError) as err:
         StyleTransferTask(model=TINY_MODEL, loss=RANDOM_LOSS, style={"image": str(style_image), "size": 64},
                           image_size=4)
-    assert str(err.value) == ("data.image_size=4 px is smaller than the 8 px a side that the loss network's deepest "
-                              "layer needs; use a larger data.image_size")
+    assert str(err.value) == ("data.image_size=4: a training crop is 4x4 px, but the loss network needs at least 8 px "
+                              "a side; use a larger data.image_size")
 
 
 def test_total_loss_falls_clearly(trained_run: Path) -> None:
