@@ -295,6 +295,8 @@ def test_stream_is_deterministic_sharded_and_resumable() -> None:
 
     full = take(StreamSampler(10, batch_size=2, seed=3), 12)
     assert full == take(StreamSampler(10, batch_size=2, seed=3), 12)
+    assert [[index for *_, index in batch] for batch in full] != [  # seed= chooses the photos' order
+        [index for *_, index in batch] for batch in take(StreamSampler(10, batch_size=2, seed=4), 12)]
     first_epoch = [index for batch in full[:5] for _, _, index in batch]
     assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
     assert [b[0][0] for b in full] == list(range(12))
@@ -318,6 +320,8 @@ def test_random_crops_depend_only_on_seed_and_position(tmp_path: Path) -> None:
     assert torch.equal(dataset[(0, 3, 0)]["image"], dataset[(9, 3, 0)]["image"])
     crops = {dataset[(0, p, 0)]["image"].sum().item() for p in range(8)}
     assert len(crops) > 1
+    other_seed = ImageFileDataset([path], image_size=16, seed=6)  # seed= chooses the crops too
+    assert {other_seed[(0, p, 0)]["image"].sum().item() for p in range(8)} != crops
 
 
 def test_scale_size_crops_photos_resized_to_that_scale(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import stylenet.gatys
 from stylenet import StylenetError, quality
 from stylenet.cli.report import main
 from stylenet.cli.train import config_dir
@@ -239,7 +240,8 @@ def test_a_several_style_model_is_measured_in_the_style_of_the_style_image(
 
 
 def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[str, Path],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     offline = load_loss_config("offline", config_dir())  # the configs/loss defaults list, merged as Hydra would
     assert (offline["weights"], offline["normalize"], offline["style_weight"]) == ("calibrated", True, 100.0)
     assert offline["arch"] == "vgg16" and offline["content_layers"] == ["relu2_2"]  # from perceptual.yaml
@@ -248,11 +250,18 @@ def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[st
     config.write_text("defaults:\n  - offline\n  - _self_\nweights: random\nstyle_layers: [relu1_2, relu2_2]\n")
     mine = load_loss_config(config, config_dir())  # a user's file building on configs/loss/offline.yaml
     assert mine == {**offline, "weights": "random", "style_layers": ["relu1_2", "relu2_2"]}
+    losses = []
+    real = stylenet.gatys.optimize_image
+    monkeypatch.setattr(stylenet.gatys, "optimize_image", lambda *args, **kwargs: losses.append(args[2]) or
+                        real(*args, **kwargs))
     out = tmp_path / "report"
     code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "--gatys", "--gatys-iterations", "2",
                  "--loss-config", str(config), "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
     _, err = capsys.readouterr()
     assert code == 0, err
+    (loss,) = losses  # the Gatys column optimised the objective the user named
+    assert list(loss.style_layers) == ["relu1_2", "relu2_2"] and loss.vgg.weights_source == "random"
+    assert loss.term_weights["style"] == mine["style_weight"] and list(loss.content_layers) == ["relu2_2"]
     data = json.loads((out / "report.json").read_text())
     assert data["methods"]["gatys"]["targets"]["texture_moved"] == 0.5  # the Gatys target
     assert (out / "images" / "gatys" / "wide.png").is_file()

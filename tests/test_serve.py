@@ -414,6 +414,14 @@ def test_a_full_queue_refuses_requests_cleanly(server_config: ServeConfig, tmp_p
         assert server.gate.admitted == 0
         status, data, kind = call(address(server), "POST", f"/api/frame?model={tiny}", photo.read_bytes())
         assert status == 200 and kind == "image/jpeg" and pixels(data).shape == (64, 80, 3)
+        # the page sends its controls with every webcam frame: strength 0 is the photo (up to the JPEG),
+        # preserve_color keeps the photo's colours
+        frames = {query: pixels(call(address(server), "POST", f"/api/frame?model={tiny}{query}", photo.read_bytes())[1])
+                  .astype(np.float64) for query in ("&strength=0", "&preserve_color=1")}
+        original = np.asarray(Image.open(photo).convert("RGB"), dtype=np.float64)
+        styled = pixels(data).astype(np.float64)
+        assert np.abs(frames["&strength=0"] - original).mean() < 3 < np.abs(styled - original).mean()
+        assert np.abs(frames["&preserve_color=1"] - styled).mean() > 3
     finally:
         server.shutdown()
         server.server_close()

@@ -106,6 +106,11 @@ def test_shard_data_module_keeps_the_stream_and_resumes(square_photos: Path, tmp
     assert torch.equal(first_batches(resumed, 1)[0]["images"], batches[2]["images"])
     val = next(iter(shards.val_dataloader()))["images"]
     assert val.shape == (2, 3, 32, 32)
+    # a 48 px shard gives the crops a photo would: seeded by the stream's position, not always the centre
+    dataset = ShardDataset(shards.train_files, 32, seed=0, store=ShardStore(out))
+    crops = [dataset[(0, position, 0)]["image"] for position in range(6)]
+    assert len({crop.sum().item() for crop in crops}) > 1
+    assert torch.equal(crops[3], dataset[(5, 3, 0)]["image"])  # the position decides, not the batch
     with pytest.raises(StylenetError, match="smaller than data.image_size"):
         first_batches(ImageFolderDataModule(source="shards", root=str(out), image_size=64, batch_size=2), 1)
 
