@@ -190,13 +190,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         return
     settings = {name: node for name, node in (cfg.get("callbacks") or {}).items() if node}  # none after ~callbacks
     callbacks = [build(node) for node in settings.values()]
-    not_one = next((name for name, built in zip(settings, callbacks, strict=True)
-                    if not isinstance(built, pl.Callback)), None)
-    if not_one is not None:  # a preset's settings left of a callback removed with ~callbacks.<name>: no _target_
-        raise StylenetError(f"callbacks.{not_one} is no callback (it has no _target_); remove it with "
-                            f"~callbacks.{not_one} or give it a _target_")
-    for name, built in zip(settings, callbacks, strict=True):  # 0 read as "off" saved after every step
-        interval = getattr(built, "_train_time_interval", None)
+    for name, built in zip(settings, callbacks, strict=True):
+        if not isinstance(built, pl.Callback):  # a preset's settings left of one removed with ~callbacks.<name>
+            raise StylenetError(f"callbacks.{name} is no callback (it has no _target_); remove it with "
+                                f"~callbacks.{name} or give it a _target_")
+        interval = getattr(built, "_train_time_interval", None)  # 0 read as "off" saved after every step
         if interval is not None and interval.total_seconds() <= 0:
             raise StylenetError(f"callbacks.{name}.train_time_interval must be longer than 0, got {interval}; "
                                 f"callbacks.{name}=null turns these saves off")

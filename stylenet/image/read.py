@@ -39,6 +39,7 @@ from stylenet.image.formats import (
 
 log = logging.getLogger(__name__)
 
+
 def _describe(err: BaseException) -> str:
     """Turn a decoder exception into a short human reason."""
     text = one_line(str(err)) or type(err).__name__
@@ -397,8 +398,8 @@ def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, 
     """``(width, height)`` as displayed, from the header only (no pixel decoding).
 
     Used to refuse a picture beyond a pixel limit (a style picture, an upload to the web page) before
-    paying for its decode. With ``apply_exif`` the EXIF orientations that rotate by 90 degrees swap the two, so
-    the answer matches ``load_image(path).rgb.shape``. Limitation: a PNG whose eXIf chunk comes
+    paying for its decode. With ``apply_exif`` the EXIF orientations that rotate by 90 degrees swap
+    the two, so the answer matches ``load_image(path).rgb.shape``. Limitation: a PNG whose eXIf chunk comes
     after the pixel data (rare) is reported unrotated, because reading it would need a decode.
     Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``) still applies at open time and is
     reported as :class:`ImageError`.

@@ -29,7 +29,7 @@ from stylenet.nets.transformer import (
     ResidualBlock,
     ScaledTanh,
     UpsampleConvNormReLU,
-    check_sizes,
+    check_counts,
 )
 
 FACTORS = (2, 4, 8)
@@ -51,7 +51,7 @@ class SuperResolutionNet(nn.Module):
         super().__init__()
         if factor not in FACTORS:
             raise ValueError(f"model.factor must be one of {FACTORS}, got {factor}")
-        check_sizes({"channels": 1, "residual_blocks": 0}, {"channels": channels, "residual_blocks": residual_blocks})
+        check_counts({"channels": 1, "residual_blocks": 0}, {"channels": channels, "residual_blocks": residual_blocks})
         self.scale = factor
         self.config = {"factor": factor, "channels": channels, "residual_blocks": residual_blocks,
                        "norm": norm}

@@ -76,7 +76,7 @@ class ConditionalInstanceNorm2d(nn.Module):
         return f"{self.num_features}, styles={self.styles}, eps={self.eps}"
 
 
-def check_sizes(minimum: dict[str, int], given: dict[str, object]) -> None:
+def check_counts(minimum: dict[str, int], given: dict[str, object]) -> None:
     """A ValueError naming the first ``model.<setting>`` that is not a whole number >= its ``minimum``:
     ``model.channels=abc`` was Python's "'<' not supported between 'str' and 'int'", naming no setting."""
     for name, value in given.items():
@@ -193,7 +193,7 @@ class TransformerNet(nn.Module):
     def __init__(self, channels: int = 32, residual_blocks: int = 5, norm: str = "instance",
                  styles: int = 1) -> None:
         super().__init__()
-        check_sizes({"channels": 1, "residual_blocks": 0, "styles": 1},
+        check_counts({"channels": 1, "residual_blocks": 0, "styles": 1},
                     {"channels": channels, "residual_blocks": residual_blocks, "styles": styles})
         c1, c2, c3 = channels, 2 * channels, 4 * channels
         self.styles = styles

@@ -154,8 +154,8 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
         raise StylenetError(f"VGG weights file {str(path)!r} holds a {type(raw).__name__}, not a state dict")
     state = {key.removeprefix("features."): value for key, value in raw.items() if isinstance(value, torch.Tensor)}
     every_conv = conv_shapes(arch, len(layer_names(arch)))
-    foreign = [key for key in state if key.split(".")[0].isdigit()
-               and (int(key.split(".")[0]) not in every_conv or key.split(".")[-1] not in ("weight", "bias"))]
+    foreign = [key for key in state if (parts := key.split("."))[0].isdigit()
+               and (int(parts[0]) not in every_conv or parts[-1] not in ("weight", "bias"))]
     if foreign:
         raise StylenetError(f"VGG weights file {str(path)!r} holds features.{foreign[0]}, which {arch} has not "
                             f"(another VGG, or one with batch norm?)")

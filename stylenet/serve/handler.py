@@ -16,8 +16,8 @@ A model ID is one of /api/models' ids, or a blend of styles of one file of sever
 Every error is JSON ``{"error": "<one line>"}``: 400 bad input, 403 a foreign Host header or work asked
 for by another site's page, 404 unknown model or job, 405 a method a path does not take (a result deleted
 without its job), 411 no Content-Length, 413 upload too large, 415 a form instead of the photo's bytes, 503
-busy (refused, not queued). Request bodies stream to files in the server's temporary folder; nothing from the browser is
-used as a path (files are named by the server's ids).
+busy (refused, not queued). Request bodies stream to files in the server's temporary folder; nothing from
+the browser is used as a path (files are named by the server's ids).
 """
 
 from __future__ import annotations
