@@ -45,6 +45,12 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
                 "frames_paper_64x48_fps", "photo_default_128x96_seconds", "photo_onepass_128x96_peak_mb",
                 "photo_default_128x96_psnr_db", "photo_default_128x96_time_ratio"):
         assert numbers.get(key, 0) > 0, key
+    # the ratios the targets judge are their own measurements' (>= 4x, >= 20x, <= 1.2x)
+    assert results["train_speedup"] == pytest.approx(results["train_reference_s"] / results["train_fast_s"])
+    assert results["data_shard_feed_ratio"] == pytest.approx(
+        results["data_shard_img_s"] * results["train_fast_s"] / results["train_batch"])
+    assert other_results["photo_default_128x96_time_ratio"] == pytest.approx(
+        other_results["photo_default_128x96_seconds"] / other_results["photo_onepass_128x96_seconds"])
     # The reference pushes the content batch through VGG to relu4_3; the fast path stops at relu2_2.
     assert results["train_reference_gflop"] > results["train_fast_gflop"]
     assert results["meta"]["command"].startswith("stylenet-bench --quick")
@@ -98,6 +104,15 @@ def test_sections_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(conv["conv_fp32_gflops_by_shape"]) == len(sections.VGG_CONV_SHAPES) and conv["targets"] == {}
     with pytest.raises(SystemExit):
         bench.main(["--sections", "train,nonsense"])
+
+
+def test_the_conv_ceiling_counts_two_flops_per_multiply_add(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3 convolution of C to C channels on B x S x S: 2 * 9 * C * C * S * S * B FLOP per call."""
+    monkeypatch.setattr(sections, "median_seconds", lambda *_args: 0.5)
+    profile = sections.PROFILES["quick"]  # batch 2, 32 px: sides 32, 16, 8 and 4 (the smallest side)
+    by_shape = sections.bench_conv(torch.device("cpu"), profile, 1)["conv_fp32_gflops_by_shape"]
+    assert by_shape == pytest.approx({f"{c}x{s}": 2 * 9 * c * c * s * s * 2 / 0.5 / 1e9
+                                      for c, s in ((64, 32), (128, 16), (256, 8), (512, 4))})
 
 
 @pytest.mark.parametrize(("bad", "named"), [

@@ -162,17 +162,26 @@ def test_fuzz_model_loader_gives_only_clear_errors(tmp_path_factory: pytest.Temp
 
 
 CHECKPOINT_KEYS = {"state_dict": {}, "optimizer_states": [], "global_step": 1, "loops": {}}
-BAD_CHECKPOINTS = {"a_list": [1, 2], "no_keys": {"weights": torch.zeros(1)},
-                   "state_dict_a_list": {**CHECKPOINT_KEYS, "state_dict": [torch.zeros(1)]},
-                   "hparams_a_list": {**CHECKPOINT_KEYS, "hyper_parameters": [1]},
-                   "inf_weight": {**CHECKPOINT_KEYS, "state_dict": {"net.w": torch.tensor([float("inf")])}}}
+NOT_A_CHECKPOINT = "not a Lightning training checkpoint (needs state_dict, optimizer_states, global_step, loops)"
+#: name -> (checkpoint, the reason it cannot resume a run of no recorded settings)
+BAD_CHECKPOINTS = {
+    "a_list": ([1, 2], NOT_A_CHECKPOINT), "no_keys": ({"weights": torch.zeros(1)}, NOT_A_CHECKPOINT),
+    "state_dict_a_list": ({**CHECKPOINT_KEYS, "state_dict": [torch.zeros(1)]}, NOT_A_CHECKPOINT),
+    # settings that are not a mapping are no settings: a run that has some is another run's
+    "hparams_a_list": ({**CHECKPOINT_KEYS, "hyper_parameters": [1]}, None),
+    "inf_weight": ({**CHECKPOINT_KEYS, "state_dict": {"net.w": torch.tensor([float("inf")])}},
+                   "non-finite weights in net.w")}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CHECKPOINTS))
 def test_replay_bad_checkpoints(tmp_path: Path, name: str) -> None:
+    checkpoint, reason = BAD_CHECKPOINTS[name]
     path = tmp_path / f"{name}.ckpt"
-    path.write_bytes(torch_save_bytes(BAD_CHECKPOINTS[name]))
-    assert checkpoint_problem(path, "exp", {"model": {}}) is not None
+    path.write_bytes(torch_save_bytes(checkpoint))
+    assert checkpoint_problem(path, "exp", {}) == reason
+    if reason is None:
+        assert checkpoint_problem(path, "exp", {"model": {"channels": 8}}) == (
+            "trained with another model (None, this run has {'channels': 8})")
 
 
 @settings(max_examples=40, deadline=3000, suppress_health_check=[HealthCheck.too_slow])

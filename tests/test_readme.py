@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylenet.bench.worker import MODELS
 from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
 from stylenet.nets.vgg import layer_names, random_state
@@ -99,6 +100,8 @@ class Program:
     expect: tuple[str, ...] = ()
     #: run in the repository instead of a scratch folder (development commands)
     in_repo: bool = False
+    #: regexes its standard output must match
+    says: tuple[str, ...] = ()
 
 
 PROGRAMS: list[Program] = [
@@ -123,6 +126,9 @@ PROGRAMS: list[Program] = [
             expect=("report/figure.png", "report/report.md", "report/report.json")),
     Program(r"^stylenet-stability\b", "photo.jpg --size 24 --frames 3 --max-frames 4"),
     Program(r"^stylenet-prepare\b", "--workers 1 --no-progress", expect=("coco_shards/manifest.json",)),
+    # a trained model's rows, as written, and named in the table (the stand-ins have the widths they need)
+    Program(r"^stylenet-bench\b.*--sections (?:frames|photo) .*--model-file", "--quick --threads 1",
+            says=(r"(?:half|paper) net: (?:demo|paper)\.safetensors",)),
     # one section: tests/test_bench.py runs every section with --quick (~45 s here)
     Program(r"^stylenet-bench\b", "--quick --sections conv --threads 1"),
     Program(r"^python \S*/scripts/reproduce_table1\.py\b", "--sizes 32 --iterations 2 --repeats 1 --weights random"),
@@ -197,11 +203,11 @@ def runnable(command: str, assets: Path) -> tuple[str, Program]:
 # ------------------------------------------------------------------------------------ stand-ins
 
 
-def style_model(path: Path, name: str, style_image: Path) -> Path:
+def style_model(path: Path, name: str, style_image: Path, channels: int = 8) -> Path:
     """A tiny random style network with the metadata stylenet-train would record (Fig. 5 reads the
-    loss configuration and style image from it)."""
+    loss configuration and style image from it); ``channels``: the width stylenet-bench's rows need."""
     torch.manual_seed(len(name))
-    net = TransformerNet(channels=8, residual_blocks=1)
+    net = TransformerNet(channels=channels, residual_blocks=1)
     return save_model(path, net, {"task": "style", "style_name": name, "style_image": str(style_image),
                                   "style_size": 32, "loss": {"weights": "random"}})
 
@@ -241,8 +247,11 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        ("Set5/baby.png", (48, 48)), ("Set5/bird.png", (40, 40)),
                        ("coco/val2014/COCO_val2014_000000000001.jpg", (48, 40))):
         make_photo(cwd / name, size=size, seed=len(name))
-    for name in ("my_style", "candy", "mosaic", "demo", "video"):
+    for name in ("my_style", "candy", "mosaic", "video"):
         style_model(cwd / f"{name}.safetensors", name, painting)
+    # the main job's network is half width, the 12 MP photo row's the paper's (stylenet.bench.worker.MODELS)
+    style_model(cwd / "demo.safetensors", "demo", painting, channels=MODELS["half"]["channels"])
+    style_model(cwd / "paper.safetensors", "paper", painting, channels=MODELS["paper"]["channels"])
     make_clip(cwd / "clip.mp4", frames=6)  # the Video section's clip (PyAV: the test extra installs it)
     torch.manual_seed(2)  # several styles in one network (README: "Several styles in one network")
     styles = [{"name": name, "sha256": None, "image": str(painting)} for name in ("ihc", "brick")]
@@ -306,3 +315,5 @@ def test_readme_command_runs_as_written(command: str, assets: Path, tmp_path: Pa
         assert written.exists(), f"{line}: {written} was not written"
     for pattern in program.expect:
         assert list(cwd.glob(pattern)), f"{line}: nothing matches {pattern}"
+    for pattern in program.says:
+        assert re.search(pattern, result.stdout), f"{line}: its output does not say {pattern!r}\n{result.stdout}"

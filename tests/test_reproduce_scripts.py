@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -120,6 +121,22 @@ def test_fig5_writes_csv_plot_and_where_gatys_matches(tmp_path: Path, style_mode
         ("network", "", ""), ("gatys", "noise", "2"), ("gatys", "noise", "3"), ("gatys", "content", "2"),
         ("gatys", "content", "3")}
     assert (out / "fig5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the verdict is the CSV's: the fewest iterations whose Gatys mean is at most the network's mean
+    network = statistics.fmean(float(r["objective"]) for r in rows if r["method"] == "network")
+    for init in ("noise", "content"):
+        means = {n: statistics.fmean(float(r["objective"]) for r in rows if r["init"] == init and r["iterations"] == n)
+                 for n in ("2", "3")}
+        reached = [n for n in ("2", "3") if means[n] <= network]
+        assert (f"from {init} at {reached[0]} iterations" if reached else f"from {init} not within 3 iterations") \
+            in captured.out
+
+
+def test_fig5_report_names_the_first_iteration_count_at_or_below_the_network() -> None:
+    fig5 = load_script("reproduce_fig5")
+    means = {("noise", 2): 0.7, ("noise", 3): 0.5, ("noise", 5): 0.3, ("content", 2): 0.6, ("content", 5): 0.55}
+    assert fig5.report({32: (0.5, 0.1)}, {32: means}, ["noise", "content"]) == (
+        "32 px: network objective 0.5 +- 0.1; Gatys first matches it from noise at 3 iterations, "
+        "from content not within 5 iterations")
 
 
 def test_fig5_needs_the_style_image(tmp_path: Path, style_model: Path, style_image: Path,
