@@ -343,6 +343,9 @@ def test_johnson_presets_are_their_cited_lua_settings_converted(tmp_path: Path, 
     assert cfg.name == cfg.style.name == preset.removeprefix("johnson2016_")
     for key, value in expected.items():
         assert cfg.loss[key] == pytest.approx(value, rel=1e-3), key
+    # the Lua code's layers (-content_layers 16, -style_layers 4,9,16,23 of its VGG-16 modules), where the weights apply
+    assert (list(cfg.loss.content_layers), list(cfg.loss.style_layers)) == (
+        ["relu3_3"], ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
     assert (cfg.style.size, cfg.trainer.max_steps) == (int(size), int(steps) * 1000)
     assert cfg.model.channels == (16 if cfg.model.norm == "instance" else 32)  # released widths
 
