@@ -149,7 +149,7 @@ def save_model(path: str | Path, net: nn.Module, metadata: dict[str, Any]) -> Pa
     return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     """safetensors files start with a little-endian u64 header length and then a JSON object (PyTorch's
     zip archives have a compression method there, its pickles part of an opcode's argument). One cut short,
     or whose length is damaged, is still a safetensors file, whose reader says what is wrong with it (the
@@ -188,7 +188,7 @@ def read_model(path: str | Path, *, task: str | None = None) -> StoredModel:
     if path.suffix.lower() in FOREIGN_EXPORTS:
         raise StylenetError(f"model file {str(path)!r} is {FOREIGN_EXPORTS[path.suffix.lower()]} for other "
                             "runtimes; stylenet reads the .safetensors (or .ckpt) it was exported from")
-    model = _load_safetensors(path) if _is_safetensors(path) else _load_pickled(path)
+    model = _load_safetensors(path) if is_safetensors(path) else _load_pickled(path)
     if task is not None and model.task != task:
         raise WrongTaskError(path, model.task, task)
     factor, scale = model.metadata.get("factor"), getattr(model.net, "scale", None)
@@ -340,7 +340,7 @@ def _load_pickled(path: Path) -> StoredModel:
 
     torch.load is given the open file, not its path: given a path ending in ``.safetensors`` it reads the
     file as safetensors whatever its bytes (torch 2.14), and a checkpoint renamed so would be refused as
-    "header too large". stylenet tells the formats apart by content (:func:`_is_safetensors`)."""
+    "header too large". stylenet tells the formats apart by content (:func:`is_safetensors`)."""
     try:
         with warnings.catch_warnings(), open(path, "rb") as handle:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it better

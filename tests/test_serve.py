@@ -818,6 +818,11 @@ def test_each_style_of_a_multi_style_training_checkpoint_is_one_choice(tmp_path:
     assert [(entry.label, entry.style) for entry in catalog.entries()][-2:] == [("odd", None), ("other", None)]
     with pytest.raises(StylenetError, match=r"^checkpoint '.*odd.ckpt' is not a stylenet-train checkpoint"):
         load_model(folder / "odd.ckpt", device="cpu")
+    # a checkpoint renamed .safetensors is still the checkpoint it is, as read_model tells formats by content
+    (folder / "renamed.safetensors").write_bytes((folder / "last.ckpt").read_bytes())
+    renamed = [entry for entry in catalog.entries() if entry.label.startswith("renamed")]
+    assert [(entry.label, entry.style) for entry in renamed] == [(f"renamed / {name}", name) for name in NAMES]
+    torch.testing.assert_close(catalog.load(renamed[1]).stylize(photo), model.stylize(photo, style=NAMES[1]))
 
 
 def test_one_unreadable_model_file_leaves_the_others_usable(server: StyleServer, models: Path,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError
-from stylenet.modelfile import READ_SUFFIXES, read_header, read_model
+from stylenet.modelfile import READ_SUFFIXES, is_safetensors, read_header, read_model
 from stylenet.styles import StyleChoice, blend_label, style_names
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...] 
     safetensors file's names and task are in its header; a ``stylenet-train`` checkpoint's only in its
     pickled hyper-parameters, so the whole file is loaded (weights-only) to list them."""
     try:
-        if path.suffix.lower() == ".safetensors":
+        if is_safetensors(path):  # by content, as read_model tells them (a checkpoint may be named .safetensors)
             header = read_header(path)
             task = header.get("task", "style")
             names = style_names(header) if isinstance(header.get("styles"), list) else []
