@@ -380,6 +380,13 @@ def test_export_style_name_renames_each_style_of_a_model_of_several_styles(
     photo = torch.rand(3, 24, 32)
     for old, new in zip(NAMES, after.styles, strict=True):
         torch.testing.assert_close(after.for_style(new)[1](photo[None]), before.for_style(old)[1](photo[None]))
+    assert after.metadata["style_name"] == "multi"  # the run's name, no style's
+    # a task=add_style file's top level names the style it added, which is renamed with its record
+    added = read_model(multi)
+    added.metadata["style_name"] = NAMES[-1]
+    save_model(multi, added.net, added.metadata)
+    assert export_main([str(multi), "-o", str(tmp_path / "a.safetensors"), "--style-name", "ink,brick,sky"]) == 0
+    assert read_model(tmp_path / "a.safetensors").metadata["style_name"] == "sky"
 
 
 def test_stylize_refuses_a_model_whose_style_name_would_leave_the_output_folder(

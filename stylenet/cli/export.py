@@ -95,6 +95,9 @@ def rename_styles(model: StoredModel, names: str, source: str) -> None:
     if len(styles) > 1:
         model.metadata["styles"] = [{**record, "name": name}
                                     for record, name in zip(model.metadata["styles"], new, strict=True)]
+        renamed = dict(zip(styles, new, strict=True))  # a task=add_style file's top level names the style it added
+        if model.metadata.get("style_name") in renamed:
+            model.metadata["style_name"] = renamed[model.metadata["style_name"]]
     else:
         model.metadata["style_name"] = new[0]
 
