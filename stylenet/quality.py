@@ -15,7 +15,8 @@ pictures themselves, so they can compare a network, a Gatys result and a plain p
 * **clipping**: the share of channel values saturated at 0 or 1.
 
 "Moved" is ``1 - d(output, style) / d(photo, style)``: 0 for the photo itself, 1 for the style image
-itself (:func:`score`). Plain torch: usable in validation, the report script and tests alike.
+itself (:func:`score`), undefined for a photo that is the style. Plain torch: usable in validation, the
+report script and tests alike.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> float
 
 
 def subsample(values: torch.Tensor, limit: int = 1 << 16) -> torch.Tensor:
-    """At most ``limit`` evenly spaced rows (torch.quantile refuses very large inputs)."""
-    step = max(1, math.ceil(values.shape[0] / limit))
-    return values[::step]
+    """At most ``limit`` rows, a fixed random choice (torch.quantile refuses very large inputs). Not every
+    k-th row: of a raster whose width is a multiple of k that keeps every k-th column alone, and a style
+    network's grain sits on just such a grid (its two x2 upsamplings)."""
+    if values.shape[0] <= limit:
+        return values
+    return values[torch.randperm(values.shape[0], generator=torch.Generator().manual_seed(0))[:limit]]
 
 
 def colour_points(image: torch.Tensor) -> torch.Tensor:
@@ -138,8 +142,15 @@ def saturated(image: torch.Tensor) -> float:
 
 
 def moved(photo_to_style: float, output_to_style: float) -> float:
-    """How far the output moved from the photo towards the style: 0 = not at all, 1 = all the way."""
-    return 1.0 - output_to_style / photo_to_style if photo_to_style > 0 else 0.0
+    """How far the output moved from the photo towards the style: 0 = not at all, 1 = all the way;
+    undefined (NaN, left out of means) for a photo that already is the style."""
+    return 1.0 - output_to_style / photo_to_style if photo_to_style > 0 else math.nan
+
+
+def finite_mean(values: list[float]) -> float:
+    """The mean of the defined measures (NaN: a photo a measure cannot judge); NaN if none is."""
+    defined = [value for value in values if math.isfinite(value)]
+    return sum(defined) / len(defined) if defined else math.nan
 
 
 @dataclass(frozen=True)

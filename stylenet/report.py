@@ -92,7 +92,7 @@ class Report:
         for method in self.methods:
             scores = [entry.quality.as_dict() for entry in self.entries if entry.method == method]
             if scores:
-                means[method] = {key: _mean([score[key] for score in scores]) for key in MEASURES}
+                means[method] = {key: quality.finite_mean([score[key] for score in scores]) for key in MEASURES}
         return means
 
     def missed(self, method: str) -> list[str]:
@@ -107,14 +107,13 @@ class Report:
                 "entries": [entry.as_dict() for entry in self.entries], "errors": self.errors}
 
 
-def _mean(values: list[float]) -> float:
-    defined = [value for value in values if math.isfinite(value)]
-    return sum(defined) / len(defined) if defined else math.nan
+#: A measure's decimals in the tables; its target is judged on the value as shown.
+DECIMALS = 3
 
 
 def cell(value: float | None) -> str:
-    """A measure in a table: three decimals, ``n/a`` where it is undefined (NaN, or JSON's null)."""
-    return f"{value:.3f}" if value is not None and math.isfinite(value) else "n/a"
+    """A measure in a table: :data:`DECIMALS` decimals, ``n/a`` where it is undefined (NaN, or JSON's null)."""
+    return f"{value:.{DECIMALS}f}" if value is not None and math.isfinite(value) else "n/a"
 
 
 def _json_safe(value: Any) -> Any:
@@ -129,10 +128,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def meets(measure: str, value: float | None, target: float) -> bool:
-    """Whether ``value`` meets ``target``; an undefined value (NaN, JSON's null) meets none."""
+    """Whether ``value``, as the tables show it (:func:`cell`), meets ``target``: a mean shown as 0.350
+    beside a NOT met for texture >= 0.35 would contradict itself. An undefined value (NaN, JSON's null)
+    meets none."""
     if value is None or not math.isfinite(value):
         return False
-    return value <= target if measure in AT_MOST else value >= target
+    shown = round(value, DECIMALS)
+    return shown <= target if measure in AT_MOST else shown >= target
 
 
 def missed_targets(mean: dict[str, float] | None, targets: dict[str, float]) -> list[str]:
@@ -168,8 +170,12 @@ def unique_names(names: Iterable[str]) -> list[str]:
     return unique
 
 
-def same_file(a: Path, b: Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
+def same_picture(a: Path, b: Path) -> bool:
+    """Whether ``a`` is the picture ``b``: the same file, or a copy of its bytes (a bundled photo copied
+    out as a style picture would be measured against itself, moving nothing)."""
+    from stylenet.data import copies_of
+
+    return Path(a).resolve() == Path(b).resolve() or bool(copies_of([Path(b)], [Path(a)]))
 
 
 def demo_held_out(configs: str | Path, exclude: Path | None = None) -> list[Path]:
@@ -182,7 +188,7 @@ def demo_held_out(configs: str | Path, exclude: Path | None = None) -> list[Path
     count = OmegaConf.load(Path(configs, "data", "demo.yaml")).val_images
     datamodule = ImageFolderDataModule(source="demo", val_images=int(count))
     datamodule.setup("fit")
-    return [photo for photo in datamodule.val_files if exclude is None or not same_file(photo, exclude)]
+    return [photo for photo in datamodule.val_files if exclude is None or not same_picture(photo, exclude)]
 
 
 def load_loss_config(spec: str | Path, configs: str | Path) -> dict[str, Any]:
@@ -311,8 +317,8 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
     for spec, name in zip(photos, names, strict=True):
         try:
             path = resolve_image_path(spec)
-            if same_file(path, style_path):
-                raise StylenetError(f"photo {str(path)!r} is the style image; hold out another photo")
+            if same_picture(path, style_path):
+                raise StylenetError(f"photo {str(path)!r} is the style image (or a copy); hold out another photo")
             _, photo = read_photo(path, size)
         except StylenetError as err:
             fail(str(err))
@@ -456,7 +462,7 @@ def training_report(run_dir: str | Path, model_path: str | Path, style: str | Pa
     from stylenet.modelfile import read_model
 
     style_path = resolve_image_path(style)
-    photos = [photo for photo in photos if not same_file(photo, style_path)]
+    photos = [photo for photo in photos if not same_picture(photo, style_path)]
     method = network_method("network", read_model(model_path, task="style").net)
     report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality", on_error=on_error)
     paths = write_report(run_dir, report, rows, table="quality.md", data="quality.json",

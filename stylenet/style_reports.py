@@ -15,7 +15,7 @@ from stylenet.errors import StylenetError, first_line
 from stylenet.image import load_rgb, resolve_image_path, save_image
 from stylenet.inference import run_network
 from stylenet.modelfile import read_model
-from stylenet.report import network_method, run_report, same_file, verdict, write_report
+from stylenet.report import network_method, run_report, same_picture, verdict, write_report
 from stylenet.styles import style_records
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[
             picture = resolve_image_path(str(record.get("image")))
         except StylenetError:
             picture = None
-        held_out = [photo for photo in photos if picture is None or not same_file(photo, picture)]
+        held_out = [photo for photo in photos if picture is None or not same_picture(photo, picture)]
         try:
             report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
                                       [network_method("network", net)], size=size, images="quality",

@@ -506,13 +506,18 @@ class StyleTransferTask(ImageTask):
         self.keep_for_grid("val/content_stylized", torch.cat([images, output.float()], dim=3))
 
     def log_quality(self, stage: str, images: torch.Tensor, output: torch.Tensor, style: torch.Tensor) -> None:
-        """The loss-network-free measures of :mod:`stylenet.quality`, averaged over the held-out photos."""
+        """The loss-network-free measures of :mod:`stylenet.quality`, averaged over the held-out photos
+        each one can judge (a flat photo has no structure to keep), as quality.md averages them: each
+        batch's mean weighs as many photos as it is defined for, none where it is for none (the epoch's
+        mean is NaN only when no photo is judged; every rank logs every key, as DDP's reduction needs)."""
         scores = [quality.score(photo, style.float().cpu(), styled).as_dict()
                   for photo, styled in zip(images.float().cpu(), output.float().clamp(0, 1).cpu(), strict=True)]
-        # on the module's device: NCCL (GPU DDP) all-reduces no CPU tensor
-        self.log_terms(stage, {f"quality/{key}": torch.tensor(sum(s[key] for s in scores) / len(scores),
-                                                              device=self.device)
-                               for key in scores[0]}, len(images))
+        for key in scores[0]:
+            values = [score[key] for score in scores]
+            judged = sum(math.isfinite(value) for value in values)
+            mean = quality.finite_mean(values) if judged else 0.0
+            # on the module's device: NCCL (GPU DDP) all-reduces no CPU tensor
+            self.log_terms(stage, {f"quality/{key}": torch.tensor(mean, device=self.device)}, judged)
 
     def validate_styles(self, images: torch.Tensor) -> None:
         """Every trained style on the held-out photos: its loss terms, measures and instability

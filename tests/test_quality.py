@@ -56,6 +56,22 @@ def test_the_photo_itself_moved_nothing_and_the_style_itself_all_the_way() -> No
     assert itself.structure == pytest.approx(1.0)
     styled = quality.score(photo, style, style)
     assert styled.colour_moved == pytest.approx(1.0) and styled.texture_moved == pytest.approx(1.0)
+    # a photo that is the style: nothing to move towards, undefined, left out of means
+    assert math.isnan(quality.score(style, style, photo).colour_moved)
+    assert quality.finite_mean([0.2, math.nan, 0.4]) == pytest.approx(0.3) and math.isnan(quality.finite_mean([]))
+
+
+def test_a_large_image_is_measured_on_all_its_columns() -> None:
+    """Past 2**16 pixels the measures read a sample: every k-th pixel of a raster whose width is a multiple
+    of k was one column in k (a style network's grain sits on a 4 px grid). White with every 4th column
+    black is then 3/4 of the way to black at every size, not black itself at 512 px."""
+    def striped(side: int) -> torch.Tensor:
+        image = torch.ones(3, side, side)
+        image[:, :, ::4] = 0
+        return image
+
+    small, large = (quality.colour_distance(striped(side), torch.zeros(3, side, side)) for side in (256, 512))
+    assert small > 0.5 and large == pytest.approx(small, rel=0.02)
 
 
 def test_sliced_wasserstein_by_hand() -> None:

@@ -239,6 +239,52 @@ def test_a_several_style_model_is_measured_in_the_style_of_the_style_image(
     assert list(json.loads((tmp_path / "other" / "report.json").read_text())["methods"]) == ["mm_b"]
 
 
+def test_what_a_report_would_misjudge_or_lose_is_refused(tmp_path: Path, inputs: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A one-style model trained on another picture was measured against --style without a word; a copy of
+    the style picture among the photos moved nothing and pulled the means down; a model named
+    style.png.safetensors failed after all the stylizing (its column folder was the style's cell); an --out
+    that is a training run's folder lost the run's figure.png."""
+    style = inputs["style"]
+    record = {"task": "style", "style_name": "s", "style_image": str(style), "style_sha256": file_sha256(style)}
+    trained = save_model(tmp_path / "models" / "style.png.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                         record)
+    other = save_model(tmp_path / "models" / "other.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                       {**record, "style_image": "elsewhere.png", "style_sha256": "0" * 64})
+    (copy := tmp_path / "in" / "copy.png").write_bytes(style.read_bytes())
+    out = tmp_path / "report"
+    code = main([str(inputs["wide"]), str(copy), "--style", str(style), "-m", str(trained), "-m", str(other),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 1 and errors == [
+        f"stylenet-report: error: model {str(other)!r} was trained on another picture ('elsewhere.png') than "
+        f"--style {str(style)!r}: pass its picture as --style",
+        f"stylenet-report: error: photo {str(copy)!r} is the style image (or a copy); hold out another photo"]
+    data = json.loads((out / "report.json").read_text())
+    assert [(entry["photo"], entry["method"]) for entry in data["entries"]] == [("wide", "style.png_2")]
+    assert (out / "images" / "style.png_2" / "wide.png").is_file() and (out / "images" / "style.png").is_file()
+
+    (run := tmp_path / "run").mkdir()
+    (run / "quality.json").write_text("{}")
+    (run / "figure.png").write_bytes(b"the run's figure")
+    with pytest.raises(SystemExit) as usage:
+        main([str(inputs["wide"]), "--style", str(style), "-m", str(trained), "--out", str(run)])
+    assert usage.value.code == 2 and capsys.readouterr().err.endswith(
+        f"error: cannot write into --out {str(run)!r}: it is a training run's folder (its figure.png and "
+        "quality.json): name another\n")
+    assert (run / "figure.png").read_bytes() == b"the run's figure"
+
+
+def test_a_target_is_judged_on_the_mean_the_table_shows() -> None:
+    """texture 0.3496 is shown as 0.350: against texture >= 0.35 the table must not say NOT met beside it."""
+    from stylenet.report import cell, meets
+
+    assert cell(0.3496) == "0.350" and meets("texture_moved", 0.3496, 0.35)
+    assert cell(0.3494) == "0.349" and not meets("texture_moved", 0.3494, 0.35)
+    assert cell(0.0104) == "0.010" and meets("clipped_beyond_style", 0.0104, 0.01)
+    assert not meets("clipped_beyond_style", 0.0106, 0.01) and not meets("structure", float("nan"), 0.3)
+
+
 def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[str, Path],
                                                  capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:

@@ -321,3 +321,22 @@ def test_a_style_image_beyond_the_pixel_limit_says_to_shrink_it(tmp_path: Path) 
     assert str(refused.value) == (f"style image {str(scan)!r} is 12000x11000 px, beyond the 120000000 pixels a style "
                                   "image may have (style.image): shrink it first; it is resized to style.size=256 px "
                                   "anyway")
+
+
+def test_the_quality_means_of_validation_leave_out_a_photo_they_cannot_judge(style_image: Path) -> None:
+    """A flat held-out photo has no structure to keep (NaN): TensorBoard's val/quality/structure is the mean
+    of the photos that have one, as quality.md's, over every batch; it read NaN for the whole run."""
+    from stylenet import quality
+
+    torch.manual_seed(0)
+    task = make_task(style_image)
+    flat, textured = torch.full((3, 32, 32), 0.5), torch.rand(3, 32, 32)
+    batches = [{"images": torch.stack([flat, textured])}, {"images": flat[None]}]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    logged = trainer.validate(task, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None),
+                              weights_only=True)[0]
+    with torch.no_grad():
+        expected = quality.score(textured, task.style_image.float(), task.net(textured[None])[0].clamp(0, 1))
+    assert logged["val/quality/structure"] == pytest.approx(expected.structure, rel=1e-5)
+    assert math.isfinite(logged["val/quality/colour_moved"])

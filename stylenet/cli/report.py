@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--size must be >= 16 and --gatys-iterations >= 1")
     refuse_models_as_inputs(parser, args.photos, args.models)
     reason = unwritable(Path(args.out) / "report.md")  # refused now, not after the stylizing and Gatys
+    if (Path(args.out) / "quality.json").exists():  # a training run's figure.png would be replaced
+        reason = reason or "it is a training run's folder (its figure.png and quality.json): name another"
     if reason:
         parser.error(f"cannot write into --out {args.out!r}: {reason}")
     return run_reporting_errors(PROG, lambda error: report(args, error))
@@ -88,14 +90,12 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     for path in args.models:
         try:
             stored = read_model(path, task="style")
-            if len(stored.styles) == 1:
-                columns.append((Path(path).stem, stored.net))
-            else:
-                style, net = trained_on(path, stored, args.style)
-                columns.append((f"{Path(path).stem}_{style}", net))
+            style, net = trained_on(path, stored, args.style)
+            columns.append((Path(path).stem if len(stored.styles) == 1 else f"{Path(path).stem}_{style}", net))
         except StylenetError as err:
             error(str(err))
-    names = unique_names(["photo", "style", "gatys", *(name for name, _ in columns)])[3:]  # column folders
+    # column folders, beside images/photo/, images/gatys/ and the style's cell, images/style.png
+    names = unique_names(["photo", "style", "style.png", "gatys", *(name for name, _ in columns)])[4:]
     methods += [network_method(name, model_on(net, args.device)) for name, (_, net) in zip(names, columns, strict=True)]
     if not methods:
         return 1
@@ -114,9 +114,10 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
 
 
 def trained_on(path: str, stored: StoredModel, style: str) -> tuple[str, nn.Module]:
-    """(name, network) of the style of a model of several styles whose image is ``--style`` (the same
-    bytes): every column is measured against that one image, so another style's verdict would mean
-    nothing. None of them is one line naming the styles and their images."""
+    """(name, network) of the model's style whose image is ``--style`` (the same bytes): every column is
+    measured against that one image, so another style's verdict would mean nothing. None of them is one
+    line naming the styles and their images; a model of one style that records no picture's hash
+    (pytorch/examples' files) is taken at its word."""
     from stylenet.image import resolve_image_path
 
     try:
@@ -124,9 +125,14 @@ def trained_on(path: str, stored: StoredModel, style: str) -> tuple[str, nn.Modu
     except OSError as err:
         raise StylenetError(f"cannot read --style {style!r}: {err.strerror or err}") from None
     records = style_records(stored.metadata)
+    if len(records) == 1 and records[0].get("sha256") in (None, style_sha256):
+        return records[0]["name"], stored.net
     for record in records:
         if record.get("sha256") == style_sha256:
             return stored.for_style(record["name"])
+    if len(records) == 1:
+        raise StylenetError(f"model {path!r} was trained on another picture ({records[0].get('image')!r}) than "
+                            f"--style {style!r}: pass its picture as --style")
     listed = ", ".join(f"{record['name']} ({record.get('image')!r})" for record in records)
     raise StylenetError(f"model {path!r} holds {len(records)} styles and none was trained on --style {style!r}: "
                         f"pass one of their images as --style ({listed})")
