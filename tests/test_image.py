@@ -278,6 +278,25 @@ def test_exif_orientation_6_rotates(tmp_path, suffix):
     assert read_image_size(p, apply_exif=False) == (40, 16)
 
 
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_a_tiff_of_any_mode_is_turned_by_its_orientation_as_its_pixels_say(tmp_path: Path, mode: str,
+                                                                          compression: str | None) -> None:
+    """Each orientation of a TIFF reads as the unturned file's pixels turned (:func:`orient`). Pillow 13
+    turns TIFFs itself as it loads them, and scrambled uncompressed ones in these modes (5-8: the
+    transposing orientations), which were stylized with exit 0."""
+    rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).convert(mode) if mode == "I;16" \
+        else Image.fromarray(rgb).convert(mode)
+    image.save(stored := tmp_path / "stored.tif", compression=compression)
+    upright = load_image(stored).rgb.numpy().transpose(1, 2, 0)
+    for orientation in range(1, 9):
+        image.save(turned := tmp_path / f"turned{orientation}.tif", compression=compression,
+                   exif=_exif(orientation))
+        assert np.array_equal(load_image(turned).rgb.numpy().transpose(1, 2, 0), orient(upright, orientation)), \
+            orientation
+
+
 def test_read_image_size_does_not_decode(tmp_path):
     """A PNG with an intact header but missing pixel data still reports its size."""
     buf = io.BytesIO()

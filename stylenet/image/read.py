@@ -540,6 +540,8 @@ def _load_with_pillow(p: Path, max_pixels: int | None
             rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
             bits = 16
         else:
+            if im.format == "TIFF":  # Pillow 13 maps an uncompressed L, P, RGBA, I;16 ... TIFF into memory at
+                im.filename = ""  # its size as turned (orientation 5-8) and scrambles it: read it instead
             im.load()
             icc = rgb_icc_profile(im.info.get("icc_profile"))
             upright = _exif_transpose(im)
