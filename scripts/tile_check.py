@@ -2,7 +2,7 @@
 """Measure tiled inference: seam PSNR, memory, speed and export time (the README's numbers come from here).
 
     python scripts/tile_check.py psnr     # tiled vs whole PSNR, 1024x1024 photo, 256 px tiles, fp32
-    python scripts/tile_check.py large    # 8000x8000 on the CPU: peak RSS and time of stylenet-stylize
+    python scripts/tile_check.py large    # 8000x8000 on the CPU, --tile: peak RSS and time of stylenet-stylize
     python scripts/tile_check.py speed    # seconds per megapixel at 1024x1024, fp32 vs bf16
     python scripts/tile_check.py export   # ONNX and .pt2 export time of the paper's network
 
@@ -78,14 +78,14 @@ def check_psnr(folder: Path, size: int, tile: int, precision: str) -> None:
           f"{psnr(tiled, whole):.1f} dB ({time.perf_counter() - start:.1f} s)")
 
 
-def check_large(folder: Path, size: int) -> None:
+def check_large(folder: Path, size: int, tile: int) -> None:
     from PIL import Image
 
     source = folder / f"large_{size}.jpg"
     with Image.open(demo_root() / "astronaut.png") as image:
         image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(source, quality=90)
     command = [sys.executable, str(ROOT / "scripts" / "stylize.py"), str(source), "--model",
-               str(paper_model(folder)), "-o", str(folder / "large_out.jpg"), "--device", "cpu"]
+               str(paper_model(folder)), "-o", str(folder / "large_out.jpg"), "--device", "cpu", "--tile", str(tile)]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 elif check == "export":
                     check_export(folder)
                 else:
-                    check_large(folder, args.large)
+                    check_large(folder, args.large, args.tile)
 
     return run_reporting_errors("tile_check.py", run_checks)  # Ctrl-C: one line, as the commands it checks
 
