@@ -313,10 +313,11 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def run_folder_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir``'s :data:`LOCK_FILE` while a run trains there. A second run in the same folder
-    (a job submitted twice, two launches in the same second) would otherwise continue the first one's
-    checkpoint while it still trains, and both would write the same checkpoints and model file.
+def run_folder_lock(run_dir: Path, program: str = "stylenet-train") -> Iterator[None]:
+    """Hold ``run_dir``'s :data:`LOCK_FILE` while a run (of ``program``) works there. A second run in the
+    same folder (a job submitted twice, two launches in the same second) would otherwise continue the first
+    one's checkpoint while it still trains, and both would write the same checkpoints and model file (or
+    picture: stylenet-gatys).
 
     The operating system drops the lock when the process ends, however it ends: nothing stale is
     left to clean up. Only global rank 0 takes it (all ranks of a DDP run share the folder); where
@@ -335,7 +336,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
+            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another {program}: let it end, "
                                 "or give another hydra.run.dir") from None
         yield
 

@@ -207,8 +207,9 @@ def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor
     height, width = scale_shapes(*shape, scales)[0]
     loss.check_side(width, height, "the coarsest image" if scales > 1 else "the image",
                     "use a larger size or fewer scales")
-    for style in styles:
-        loss.check_side(style.shape[-1], style.shape[-2], "a style image", "use a larger style_size")
+    for index, style in enumerate(styles):
+        loss.check_side(style.shape[-1], style.shape[-2], f"style image {index + 1} of {len(styles)}"
+                        if len(styles) > 1 else "the style image", "use a larger style_size")
 
 
 class CachedObjective:

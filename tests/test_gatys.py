@@ -423,7 +423,9 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("seed=-5", r"seed must be a whole number from 0 to 2\*\*32 - 1, got -5"),
     ("save_every=-1", r"save_every must be a whole number >= 0 \(0: never\), got -1"),
     ("preserve_color=maybe", "preserve_color must be true or false, got 'maybe'"),
-    ("style_size=3", "a style image is 3x2 px, but the loss network needs at least 8 px a side"),
+    ("style_size=3", "the style image is 3x2 px, but the loss network needs at least 8 px a side"),
+    ("output=123", r"^output must be a file name or null \(the run folder's <name>.png\), got 123$"),
+    ("device=null", r"^device must be auto, cpu, cuda or cuda:N, got None$"),
     ("style_size=100000", r"image needs about [\d.]+ GiB on cpu \(VGG activations\), .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("output=/tmp/result.gif", "not a writable format"),
@@ -483,6 +485,48 @@ def test_cli_refuses_to_overwrite_a_bundled_demo_input_or_an_earlier_run(
     with pytest.raises(StylenetError, match=r"'.*b' already holds a run \(tensorboard/\): give another hydra.run.dir"):
         run(compose_gatys(tmp_path / "b", f"content={content}", f"styles={style_image}", "size=24"), tmp_path / "b")
     assert (tmp_path / "b" / "gatys.png").read_bytes() == result
+    # a training run's folder (here without its TensorBoard: ~logger), whose record and pictures it would replace
+    trained = tmp_path / "trained"
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    (trained / "smoke.safetensors").write_bytes(b"a model")
+    (trained / "quality.json").write_text("{}")
+    with pytest.raises(StylenetError, match=r"already holds a run \(checkpoints/, smoke.safetensors, quality.json\)"):
+        run(compose_gatys(trained, f"content={content}", f"styles={style_image}"), trained)
+
+
+def test_cli_a_folder_in_use_a_snapshot_it_cannot_write_and_a_style_too_small_among_several(
+        tmp_path: Path, style_image: Path) -> None:
+    """Two launches in the same second shared the default folder: both wrote one picture, one result lost.
+    A steps/ snapshot the disk refused lost the whole optimisation and output= (exit 2, a 'bad setting').
+    A style picture too small among several was 'a style image'."""
+    from stylenet.checkpoints import run_folder_lock
+
+    content, run_dir = make_photo(tmp_path / "content.png"), tmp_path / "run"
+    settings = (f"content={content}", f"styles={style_image}", "loss.weights=random", "progress=false", "size=32")
+    with run_folder_lock(run_dir, "stylenet-gatys"):  # another stylenet-gatys at work there
+        busy = run_gatys_cli(*settings, "iterations=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert busy.returncode == 2 and busy.stderr.strip().splitlines()[-1] == (
+        f"stylenet-gatys: error: run folder {str(run_dir)!r} is in use by another stylenet-gatys: let it end, "
+        "or give another hydra.run.dir")
+    assert not (run_dir / "gatys.png").exists()
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "steps").write_text("a file where the snapshots' folder goes")
+    stopped = run_gatys_cli(*settings, "iterations=4", "save_every=2", f"output={tmp_path / 'kept.png'}",
+                            f"hydra.run.dir={full}", cwd=tmp_path)
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert stopped.returncode == 1 and last.startswith("stylenet-gatys: error: cannot write image "), last
+    assert last.endswith(f"; the run stopped after iteration 2 of 4; wrote its image to {tmp_path / 'kept.png'} "
+                         f"(a new run goes on from it with init={tmp_path / 'kept.png'} and another output=, "
+                         "not kept.png)"), last
+    assert load_rgb(tmp_path / "kept.png").shape == (3, 26, 32)
+
+    strip = make_photo(tmp_path / "strip.png", size=(300, 4))
+    cfg = compose_gatys(tmp_path / "s", f"content={content}", f"styles=[{style_image},{strip}]", "size=32")
+    with pytest.raises(StylenetError, match=r"^style image 2 of 2 is \d+x\d+ px, but the loss network needs"):
+        run(cfg, tmp_path / "s")
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

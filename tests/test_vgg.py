@@ -1,4 +1,5 @@
 import math
+import re
 from pathlib import Path
 from urllib.error import URLError
 
@@ -80,6 +81,8 @@ def test_bad_weight_files_and_names_give_one_line_errors(tmp_path: Path) -> None
         VGGFeatures(["relu1_1"], weights=str(missing))
     with pytest.raises(StylenetError, match="does not exist"):
         VGGFeatures(["relu1_1"], weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(StylenetError, match=f"^VGG weights file {re.escape(repr(str(tmp_path)))} is a folder; "):
+        VGGFeatures(["relu1_1"], weights=str(tmp_path))
     with pytest.raises(StylenetError, match="unknown VGG weight source"):
         VGGFeatures(["relu1_1"], weights="imagenet21k")
     with pytest.raises(StylenetError, match="unknown VGG layer"):

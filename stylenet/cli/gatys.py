@@ -82,6 +82,8 @@ SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
                       "a list of numbers, one per style image (e.g. [0.7,0.3]), or null"),
     **{key: (lambda v: isinstance(v, bool), "true or false") for key in ("preserve_color", "progress")},
     "init": (lambda v: isinstance(v, str), INIT_CHOICES),
+    "output": (lambda v: v is None or isinstance(v, str), "a file name or null (the run folder's <name>.png)"),
+    "device": (lambda v: isinstance(v, str), "auto, cpu, cuda or cuda:N"),
 }
 
 
@@ -118,7 +120,10 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, board: Callable[[], Summar
         if cfg.image_every and progress.iteration % cfg.image_every == 0:
             writer.add_image("image", progress.image.cpu(), progress.iteration)
         if cfg.save_every and progress.iteration % cfg.save_every == 0:
-            save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
+            try:
+                save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
+            except StylenetError as err:  # a full disk: the result so far is still written (run)
+                raise SnapshotFailed(str(err)) from None
         bar.set_postfix(loss=f"{progress.terms['total']:.4g}", scale=progress.scale + 1, refresh=False)
         bar.update(1)
 
@@ -126,6 +131,10 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, board: Callable[[], Summar
 
 
 PROG = "stylenet-gatys"
+
+
+class SnapshotFailed(Exception):
+    """A ``steps/`` snapshot could not be written: the run stops as on Ctrl-C, its last image kept."""
 
 
 class StoppedRun(Exception):
@@ -165,12 +174,12 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
         if OmegaConf.is_missing(cfg, key):
             raise StylenetError(f"{key} is required: stylenet-gatys content=photo.jpg styles=painting.jpg")
     check_run_name(cfg.name, "it names the run's folder and its picture")
+    check_setting_types(cfg)
     output = Path(cfg.output) if cfg.output else run_dir / f"{cfg.name}.png"
     reason = unwritable(output)  # refused now, not after the optimisation
     if reason is not None:
         raise StylenetError(f"cannot write output {str(output)!r}: {reason}")
     check_output_path(output)
-    check_setting_types(cfg)
     check_seed(cfg.seed, "seed")
     inputs = [("content", cfg.content), *(("styles", spec) for spec in style_specs(cfg.styles))]
     if cfg.init not in INITS:
@@ -178,10 +187,12 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     for key, spec in inputs:
         if resolve_image_path(spec).resolve() == output.resolve():
             raise StylenetError(f"output {str(output)!r} is the {key} image: refusing to overwrite an input")
-    earlier = [name for name in ("tensorboard", "steps")
+    earlier = [f"{name}/" for name in ("tensorboard", "steps", "checkpoints")
                if (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    earlier += sorted(path.name for path in run_dir.glob("*.safetensors")) + [
+        name for name in ("quality.json",) if (run_dir / name).exists()]  # a training run's
     if earlier:  # its curves and snapshots would mix with this run's, its result be replaced
-        raise StylenetError(f"{str(run_dir)!r} already holds a run ({', '.join(f'{name}/' for name in earlier)}): "
+        raise StylenetError(f"{str(run_dir)!r} already holds a run ({', '.join(earlier)}): "
                             "give another hydra.run.dir (hydra.sweep.dir for -m)")
     settings = {key: cfg[key] for key in ("iterations", "optimizer", "lr", "history_size", "scales")}
     check_settings(**settings)
@@ -231,7 +242,7 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     try:
         result = optimize_image(content, styles, loss, style_weights=cfg.style_weights, **settings,
                                 preserve_color=cfg.preserve_color, seed=cfg.seed, callback=on_iteration)
-    except (KeyboardInterrupt, Terminated) as stop:
+    except (KeyboardInterrupt, Terminated, SnapshotFailed) as stop:
         bar.close()
         if not latest:
             message = "before the first iteration ended; nothing written"
@@ -248,6 +259,9 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
                        f"{elsewhere})")
         for writer in writers:
             writer.close()
+        if isinstance(stop, SnapshotFailed):
+            report_refusal(PROG, f"{stop}; the run stopped {message}")
+            raise StoppedRun(1) from None
         how, status = stopped_by(stop)
         report_refusal(PROG, message, label=how, level=logging.WARNING)
         raise StoppedRun(status) from None
@@ -260,9 +274,9 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     if result.stopped:
         report_refusal(PROG, f"{result.stopped}; wrote it to {output}")
         return 1
-    log.info("wrote %s: %d %s iterations (%d objective evaluations) in %.1f s on %s, objective %.4g -> %.4g",
+    log.info("wrote %s: %d %s iterations (%d objective evaluations) in %.1f s on %s, objective %.4g -> %.4g%s",
              output, result.iterations, cfg.optimizer, result.evaluations, seconds, device, result.history[0],
-             result.terms["total"])
+             result.terms["total"], " (from the coarsest scale's start)" if cfg.scales > 1 else "")
     return 0
 
 
@@ -271,6 +285,8 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from stylenet.checkpoints import run_folder_lock
+
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     EARLIER_RECORD.note_launch(Path(HydraConfig.get().runtime.output_dir))
     tolerate_any_file_name_in_log_files()
@@ -278,8 +294,11 @@ def hydra_main(cfg: DictConfig) -> None:
         check_added_keys(cfg, HydraConfig.get())  # +iteratons=5 ran the default iterations without a word
         if sweep_job:
             claim_sweep_output(cfg, Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().job.num)
-        with sigterm_as_terminated():  # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C
-            status = run(cfg, Path(HydraConfig.get().runtime.output_dir), on_start=EARLIER_RECORD.started)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C; two launches in one second share
+        # the default folder: the second is refused, not a writer of the first's picture
+        with sigterm_as_terminated(), run_folder_lock(run_dir, PROG):
+            status = run(cfg, run_dir, on_start=EARLIER_RECORD.started)
     except StylenetError as err:  # in a folder of another run: its gatys.log still ends with that run's ending
         report_refusal(PROG, str(err), to_log=not EARLIER_RECORD.held)
         EARLIER_RECORD.restore()  # refused: the folder keeps the record of the run that made it

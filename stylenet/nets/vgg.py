@@ -144,7 +144,8 @@ def file_state(path: Path, arch: str, num_layers: int) -> dict[str, torch.Tensor
     and no layer that ``arch`` has not (VGG-19's ``16.weight``, ``vgg16_bn``'s norms: the shapes of
     the first layers alone do not tell these networks apart)."""
     if not path.is_file():
-        raise StylenetError(f"VGG weights file {str(path)!r} does not exist; expected {WEIGHT_SOURCES}")
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise StylenetError(f"VGG weights file {str(path)!r} {state}; expected {WEIGHT_SOURCES}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
