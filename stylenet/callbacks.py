@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from stylenet.atomic import unwritable
-from stylenet.checkpoints import EXPERIMENT_KEY, LAST
+from stylenet.checkpoints import EXPERIMENT_KEY, LAST, SEED_KEY
 from stylenet.errors import StylenetError
 from stylenet.modelfile import checkpoint_metadata, first_non_finite, save_model
 
@@ -58,7 +58,8 @@ class ResumableRun(pl.Callback):
     """Makes every run resumable by ``resume=auto``.
 
     * Checkpoints carry the experiment ``name`` (how ``resume=auto`` recognises its own among the
-      sibling run folders) and are refused, with an error, if a weight is not finite.
+      sibling run folders) and its ``seed`` (a run of another seed is not its continuation), and are
+      refused, with an error, if a weight is not finite.
     * SIGTERM (preemption, ``scancel``, ``kill``) and a first Ctrl-C let the current step finish,
       save ``last.ckpt`` at that step and stop; Lightning then flushes and closes the loggers. A
       second Ctrl-C aborts at once without a new checkpoint. Ctrl-C stops with
@@ -70,8 +71,8 @@ class ResumableRun(pl.Callback):
       when a launcher (torchrun, SLURM) signals every rank at once (Lightning-AI/pytorch-lightning#20806).
     """
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, seed: int | None = None) -> None:
+        self.name, self.seed = name, seed
         self.sigint = self.sigterm = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -130,3 +131,5 @@ class ResumableRun(pl.Callback):
             raise StylenetError(f"not saving a checkpoint at step {trainer.global_step}: {bad} holds NaN or "
                                 "infinite values; the previous checkpoint is the last good one")
         checkpoint[EXPERIMENT_KEY] = self.name
+        if self.seed is not None:
+            checkpoint[SEED_KEY] = self.seed

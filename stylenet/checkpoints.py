@@ -53,6 +53,8 @@ IDENTITY_DEFAULTS = {"temporal_weight": 0.0, "saturation_weight": 0.0, "identity
 WEIGHTS_SHA256 = "loss_weights_sha256"
 #: key under which :class:`stylenet.callbacks.ResumableRun` stamps the experiment name.
 EXPERIMENT_KEY = "stylenet_experiment"
+#: key under which it stamps the run's ``seed``; a run passes its own to :func:`checkpoint_problem` in ``hparams``
+SEED_KEY = "stylenet_seed"
 #: ``ckpt_path`` names that Lightning resolves itself, which stylenet's callbacks give nothing to find
 #: (``last`` is ours: see :func:`resolve_resume`).
 LIGHTNING_CKPT_NAMES = ("hpc", "best", "registry")
@@ -111,6 +113,10 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
     recorded = checkpoint.get(EXPERIMENT_KEY)
     if name is not None and recorded is not None and recorded != name:
         return f"belongs to experiment {recorded!r}, not {name!r}"
+    seed, before = hparams.get(SEED_KEY), checkpoint.get(SEED_KEY)
+    if seed is not None and before is not None and before != seed:  # its data stream and crops are another's
+        return f"trained with another seed ({before}, this run has seed={seed})"
+    hparams = {key: value for key, value in hparams.items() if key != SEED_KEY}
     saved = checkpoint.get("hyper_parameters")
     saved = saved if isinstance(saved, dict) else {}
     before, now = saved.get(WEIGHTS_SHA256), hparams.get(WEIGHTS_SHA256)
@@ -189,8 +195,32 @@ def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams:
 
 
 def newest_first(paths: Iterable[Path]) -> list[Path]:
-    """By modification time (the name breaks ties): the order in which a run wrote them."""
-    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    """By modification time (the name breaks ties): the order in which a run wrote them. One whose time
+    cannot be read (a link to nothing, a file gone since it was listed) is skipped with a warning."""
+    timed = []
+    for path in paths:
+        try:
+            timed.append((path.stat().st_mtime_ns, path.name, path))
+        except OSError as err:
+            log.warning("skipping checkpoint %s: %s", path, err.strerror or err)
+    return [path for *_, path in sorted(timed, key=lambda entry: entry[:2], reverse=True)]
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether another process holds ``run_dir``'s :data:`LOCK_FILE` (:func:`run_folder_lock`): a run
+    training there now, whose checkpoints are not another run's to continue."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: nothing is locked
+        return False
+    try:
+        with open(run_dir / LOCK_FILE) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False
 
 
 def candidate_runs(run_dir: Path) -> list[list[Path]]:
@@ -202,6 +232,10 @@ def candidate_runs(run_dir: Path) -> list[list[Path]]:
     files are left out: they are the temporary files of writes that a kill interrupted."""
     folders = [run for run in run_dir.parent.iterdir() if run.is_dir() and run != run_dir] \
         if run_dir.parent.is_dir() else []
+    busy = [run for run in folders if in_use(run)]  # a job launched twice: the first one's run, still training
+    for run in busy:
+        log.warning("skipping run folder %s: another stylenet-train is training there", run)
+    folders = [run for run in folders if run not in busy]
     siblings = [run for run in map(run_checkpoints, folders) if run]  # each newest first: run[0] is its newest
     siblings.sort(key=lambda run: (run[0].stat().st_mtime_ns, run[0].name), reverse=True)
     own = run_checkpoints(run_dir)
@@ -287,9 +321,15 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
         if path.resolve() in {p.resolve() for p in own}:  # going back, after a divergence say: not without a word
             step = checkpoint_step(path)
             later = [p for p in own if (checkpoint_step(p) or 0) > (step or 0)]
+            # those beyond a lower trainer.max_steps are never reached again: left as the earlier run wrote them
+            beyond = [p for p in later if p.name != LAST and max_steps is not None and max_steps >= 0
+                      and (checkpoint_step(p) or 0) > max_steps]
+            replaced = [p for p in later if p not in beyond]
             if later:
                 log.warning("ckpt_path: continuing from %s (step %s), older than %s of this run folder, which "
-                            "training will replace", path.name, step, ", ".join(p.name for p in later))
+                            "training will replace%s", path.name, step, ", ".join(p.name for p in replaced),
+                            f"; kept from the earlier run (beyond trainer.max_steps={max_steps}): "
+                            f"{', '.join(p.name for p in beyond)}" if beyond else "")
         found: Path | None = path
     elif mode == "never":
         found = None

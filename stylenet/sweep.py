@@ -46,6 +46,10 @@ def job_order(folder: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", folder.as_posix())]
 
 
+#: a character of an override's value that Hydra's grammar needs escaped with a backslash
+HYDRA_ESCAPE = re.compile(r"\\([\\()\[\]{}:=, '\"])")
+
+
 def sweep_runs(sweep_dir: Path) -> list[Run]:
     """The jobs under ``sweep_dir`` (each folder with Hydra's ``.hydra/overrides.yaml``), in job order."""
     runs = []
@@ -56,7 +60,8 @@ def sweep_runs(sweep_dir: Path) -> list[Run]:
             quality = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
         except (OSError, json.JSONDecodeError) as err:
             raise StylenetError(f"cannot read {str(summary)!r}: {first_line(err)}") from None
-        runs.append(Run(folder, [str(item) for item in OmegaConf.load(record)], quality))
+        # as typed, with Hydra's escapes (style.image=demo\:ihc): shown as the value it set
+        runs.append(Run(folder, [HYDRA_ESCAPE.sub(r"\1", str(item)) for item in OmegaConf.load(record)], quality))
     return sorted(runs, key=lambda run: job_order(run.folder.relative_to(sweep_dir)))
 
 

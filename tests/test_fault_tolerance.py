@@ -561,6 +561,40 @@ def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_rep
     assert [record.getMessage() for record in caplog.records] == [
         "ckpt_path: continuing from step_000020.ckpt (step 20), older than last.ckpt, step_000040.ckpt of this run "
         "folder, which training will replace"]
+    caplog.clear()  # a lower trainer.max_steps: step 40 is never reached again, and stays as it was
+    with caplog.at_level(logging.WARNING, logger="stylenet.checkpoints"):
+        resolve_resume("auto", str(older), run_dir, "exp", HPARAMS, max_steps=30)
+    assert [record.getMessage() for record in caplog.records] == [
+        "ckpt_path: continuing from step_000020.ckpt (step 20), older than last.ckpt of this run folder, which "
+        "training will replace; kept from the earlier run (beyond trainer.max_steps=30): step_000040.ckpt"]
+
+
+def test_resume_auto_passes_over_another_seed_a_live_run_and_a_link_to_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``seed=1`` after an interrupted ``seed=0`` run went on from seed 0's steps with seed 1's stream; a job
+    launched twice took the first launch's checkpoints while it still trained; a checkpoint that is a link
+    to nothing was a FileNotFoundError traceback for every launch beside it."""
+    from stylenet.checkpoints import SEED_KEY, run_folder_lock
+
+    experiment = tmp_path / "outputs" / "exp"
+    seeded = fake_checkpoint(experiment / "t0" / "checkpoints" / "last.ckpt", 10)
+    stamped = torch.load(seeded, weights_only=True)
+    torch.save({**stamped, SEED_KEY: 0}, seeded)
+    assert checkpoint_problem(seeded, "exp", {**HPARAMS, SEED_KEY: 1}) == (
+        "trained with another seed (0, this run has seed=1)")
+    assert checkpoint_problem(seeded, "exp", {**HPARAMS, SEED_KEY: 0}) is None
+    assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 1}) is None
+    live = fake_checkpoint(experiment / "t1" / "checkpoints" / "last.ckpt", 20)
+    (experiment / "t2" / "checkpoints").mkdir(parents=True)
+    (experiment / "t2" / "checkpoints" / "last.ckpt").symlink_to(tmp_path / "gone" / "last.ckpt")
+    with caplog.at_level(logging.WARNING, logger="stylenet.checkpoints"):
+        with run_folder_lock(experiment / "t1"):  # its stylenet-train still at work
+            assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(seeded)
+        assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(live)
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"skipping run folder {experiment / 't1'}: another stylenet-train is training there" in messages
+    assert f"skipping checkpoint {experiment / 't2' / 'checkpoints' / 'last.ckpt'}: No such file or directory" \
+        in messages
 
 
 def test_resume_must_through_stylenet_train_fails_before_training(tmp_path: Path, inputs: list[str]) -> None:

@@ -544,7 +544,7 @@ def test_a_demo_style_picture_among_the_held_out_photos_is_left_out_without_a_wo
 def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:
     """The job number leads, so that columns too narrow for their overrides still differ (and match the
     rows of sweep.md); a run whose overrides all runs share is labelled by its job alone."""
-    from stylenet.sweep import Run, column_label, labels
+    from stylenet.sweep import Run, column_label, labels, sweep_runs
 
     runs = [Run(tmp_path / str(job), ["experiment=smoke", f"loss.style_weight={weight}", "loss.tv_weight=0.5"], None)
             for job, weight in ((0, 1), (1, 20))]
@@ -554,6 +554,14 @@ def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:
              for job, name in ((0, "a"), (1, "b"))]
     assert [column_label(run, name, tmp_path) for run, name in zip(paths, labels(paths, tmp_path), strict=True)] == [
         "0: image=a.jpg", "1: image=b.jpg"]
+    for job, name in ((0, "ihc"), (1, "brick")):  # Hydra records an override as typed, escaped
+        (tmp_path / "escaped" / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / "escaped" / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- experiment=smoke\n- style.image=demo\\:{name}\n")
+    escaped = sweep_runs(tmp_path / "escaped")
+    assert [column_label(run, name, tmp_path / "escaped")
+            for run, name in zip(escaped, labels(escaped, tmp_path / "escaped"), strict=True)] == [
+        "0: image=demo:ihc", "1: image=demo:brick"]
     alone = [Run(tmp_path / "0", ["experiment=smoke"], None)]
     assert [column_label(run, name, tmp_path) for run, name in zip(alone, labels(alone, tmp_path), strict=True)] == [
         "0"]

@@ -120,7 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
-    from stylenet.checkpoints import FinishedRunError, resolve_resume
+    from stylenet.checkpoints import SEED_KEY, FinishedRunError, resolve_resume
 
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
     if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
@@ -168,7 +168,8 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     datamodule.setup("fit")
     datamodule.report_path = run_dir / "skipped_images.txt"
     try:
-        ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, dict(task.hparams), max_steps)
+        ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, {**task.hparams, SEED_KEY: cfg.seed},
+                                   max_steps)
     except FinishedRunError:  # nothing left to train; but a run stopped before its end's files were written gets them
         missing = (None if cfg.resume != "auto" or cfg.ckpt_path is not None
                    else missing_outputs(cfg, run_dir, task, datamodule))
