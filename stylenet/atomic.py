@@ -9,6 +9,7 @@ a kill during a write leaves behind for a finished file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -113,6 +114,25 @@ def naming_output(path: Path, tmp: Path) -> Iterator[None]:
         if err.errno is not None and (err.filename is None or str(err.filename) == str(tmp)):
             err.filename = str(path)
         raise
+
+
+#: what a write fails with when the disk, a quota or a file size limit has no room left
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def no_room_as_error() -> Iterator[None]:
+    """Within: a write that finds no room (:data:`NO_ROOM`) is one :class:`StylenetError` line naming the
+    file, not a traceback; the atomic writes leave every file written before it whole."""
+    from stylenet.errors import StylenetError
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in NO_ROOM:
+            raise
+        raise StylenetError(f"cannot write {err.filename or 'a file'}: {err.strerror}; the files written before "
+                            "it are whole (free some space, then run the same command again)") from None
 
 
 def write_text(path: str | Path, text: str) -> Path:

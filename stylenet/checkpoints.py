@@ -20,6 +20,7 @@ newest checkpoint of this experiment that actually loads, wherever the previous 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -74,7 +75,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or get_protocol(str(path)) != "file":
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        # serialised in memory, then written by Python: torch's own file writer turns a full disk into a
+        # RuntimeError ("unexpected pos"), where Python's is the OSError that names the file and the reason
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(Path(path), lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ DataLoader workers and untrusted checkpoints. Every run is the smoke experiment 
 from __future__ import annotations
 
 import ast
+import errno
 import io
 import logging
 import os
@@ -613,11 +614,12 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
     io, target = AtomicCheckpointIO(), run_dir / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, target)
 
-    def dies_half_way(obj: object, file: str | Path) -> None:
-        Path(file).write_bytes(target.read_bytes()[:100])
-        raise OSError("No space left on device")
+    def dies_half_way(self: Path, data: bytes) -> int:  # the checkpoint's bytes, cut by a full disk
+        with open(self, "wb") as handle:
+            handle.write(bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
+    monkeypatch.setattr(Path, "write_bytes", dies_half_way)
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"global_step": 2}, target)
     monkeypatch.undo()
@@ -627,6 +629,31 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
     (run_dir.parent / "older" / "checkpoints").mkdir(parents=True)
     (run_dir.parent / "older" / "checkpoints" / ".last.4243.tmp.ckpt").write_bytes(b"PK")
     assert candidate_runs(run_dir) == [[target]]
+
+
+def test_a_checkpoint_the_disk_has_no_room_for_is_one_line_naming_it(tmp_path: Path) -> None:
+    """torch's own file writer made a full disk "RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos", two chained tracebacks from stylenet-train: written by Python, it is the OSError that
+    names the file, which the command's one line reports (here a file size limit, as a full disk)."""
+    from stylenet.atomic import no_room_as_error
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    script = ("import resource, signal, sys, torch\n"
+              "from stylenet.checkpoints import AtomicCheckpointIO\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
+              "try:\n"
+              f"    AtomicCheckpointIO().save_checkpoint({{'w': torch.zeros(1 << 16)}}, {str(target)!r})\n"
+              "except OSError as err:\n"
+              "    print(err.errno, err.filename)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == [str(errno.EFBIG), str(target)], result.stderr[-2000:]
+    assert not target.exists() and not list(target.parent.iterdir())  # nothing half written left
+    with pytest.raises(StylenetError, match=rf"^cannot write {re.escape(str(target))}: No space left on device; "
+                                            "the files written before it are whole"), no_room_as_error():
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+    with pytest.raises(PermissionError), no_room_as_error():  # not a lack of room: as it is
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
 
 
 def test_crash_while_writing_an_export_keeps_the_previous_model(tmp_path: Path,

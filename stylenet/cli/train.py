@@ -373,6 +373,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from stylenet.atomic import no_room_as_error
     from stylenet.checkpoints import FinishedRunError, run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices, unresolvable_setting
 
@@ -385,7 +386,7 @@ def hydra_main(cfg: DictConfig) -> None:
             check_group_choices(cfg)
             if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
                 cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
-            with run_folder_lock(run_dir):
+            with run_folder_lock(run_dir), no_room_as_error():
                 train(cfg, run_dir, on_start=EARLIER_RECORD.started, sweep_job=sweep_job)
         except (InterpolationResolutionError, GrammarParseError) as err:  # a ${...} that does not resolve, met
             where = err.full_key or unresolvable_setting(cfg)                # where it is read
