@@ -181,8 +181,8 @@ def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,
     The Lua objective is ``content * MSE(phi) + style * sum_j MSE(G_j) + TV``, on Caffe VGG-16 features of
     0-255 BGR mean-subtracted images (phi at relu3_3, its default ``-content_layers 16``, not the paper's
     relu2_2: a content weight converts only at its own layer), with ``nn.MSECriterion`` means (the same
-    per-term reductions as ours, so no C_j^2 factor enters), and a TV module whose gradient is that of ``tv
-    * 0.5 * sum(dx^2 + dy^2)`` over the whole batch in 0-255 units. Exact conversions: pixels x255, the TV
+    per-term reductions as ours, so no C_j^2 factor enters), and a TV module whose gradient is that of
+    ``tv * 0.5 * sum(dx^2 + dy^2)`` over the whole batch in 0-255 units. Exact conversions: pixels x255, the TV
     sum over B*C*H*W values where ours is a per-value mean (so it holds at the Lua run's batch size and
     image size; ours does not change with them), and the common factor ``CAFFE_FEATURE_SCALE^2`` by which
     the whole objective is divided. Approximate: content terms grow as the feature scale squared and Gram
