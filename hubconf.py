@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 dependencies = ["torch", "safetensors", "PIL", "numpy"]
 
 
-def style_model(path: str, device: str = "auto", precision: str = "auto") -> InferenceModel:
+def style_model(path: str, device: str = "auto", precision: str = "auto", max_memory: int | None = None,
+                task: str | None = "style") -> InferenceModel:
     """A style model file (stylenet ``.safetensors``, ``stylenet-train`` ``.ckpt`` or pytorch/examples
-    ``.pth``/``.model``) as a :class:`stylenet.inference.InferenceModel` with ``.stylize(...)``."""
+    ``.pth``/``.model``) as a :class:`stylenet.inference.InferenceModel` with ``.stylize(...)``; the
+    arguments are :func:`stylenet.load_model`'s (``task="sr"``: a super-resolution model)."""
     import stylenet
 
-    return stylenet.load_model(path, device=device, precision=precision)
+    return stylenet.load_model(path, device=device, precision=precision, max_memory=max_memory, task=task)

@@ -24,7 +24,7 @@ from stylenet.cli.export import main as export_main
 from stylenet.export import AnySizeNetwork, export_checkpoint
 from stylenet.inference import InferenceModel
 from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_header, read_model, save_model
-from stylenet.nets import TransformerNet
+from stylenet.nets import SuperResolutionNet, TransformerNet
 from tests.helpers import signal_self, stops_handled_by
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -698,3 +698,10 @@ def test_torch_hub_loads_a_local_checkpoint(model_file: Path) -> None:
     image = torch.rand(3, 21, 34)
     assert model.name == "test"
     assert model.stylize(image, strength=0.5).shape == (3, 21, 34)
+    # a super-resolution model: load_model's own arguments (its refusal says task='sr')
+    torch.manual_seed(1)
+    sr = save_model(model_file.with_name("sr.safetensors"), SuperResolutionNet(4, channels=8, residual_blocks=1),
+                    {"task": "sr", "factor": 4})
+    upscaler = torch.hub.load(str(ROOT), "style_model", path=str(sr), device="cpu", task="sr", max_memory=1 << 30,
+                              source="local")
+    assert upscaler.stylize(image).shape == (3, 84, 136) and upscaler.max_memory == 1 << 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -427,6 +428,33 @@ def test_results_are_ordinary_tensors_and_wrong_inputs_are_one_line(model_file: 
     for tile in (64.5, True):
         with pytest.raises(StylenetError, match=r"tile \(--tile\) must be a whole number of pixels, at least 64"):
             model.stylize(image, tile=tile)
+    for overlap in (None, "x", -1):  # None was '<' not supported between NoneType and int
+        with pytest.raises(StylenetError, match=r"^tile_overlap \(--tile-overlap\) must be a whole number of pixels "
+                                                f">= 0, got {re.escape(repr(overlap))}$"):
+            model.stylize(image, tile=64, tile_overlap=overlap)
+    grey = Image.fromarray(np.zeros((20, 30), np.uint8), "L")
+    with pytest.raises(StylenetError, match=r"^keep_gray must be True, False or None .*got 'no'$"):  # "no" was true
+        model.stylize(grey, keep_gray="no")
+    # whole numbers of numpy's types are whole numbers
+    assert model.process(from_pil(pil), size=(np.int64(10), np.int64(15))).rgb.shape == (3, 10, 15)
+    assert stylenet.load_model(model_file, device="cpu", max_memory=np.int64(1 << 30)).max_memory == 1 << 30
+
+
+def test_a_pil_image_cut_short_is_one_line_naming_its_file_and_16_bits_stay_16(model_file: Path,
+                                                                              tmp_path: Path) -> None:
+    """A truncated photo opened by the caller was Pillow's 'image file is truncated', naming nothing; a 16-bit
+    PIL image was 8 bits once through from_pil (process(quantize=True) rounds to the source's depth)."""
+    from stylenet.image import from_pil
+
+    model = stylenet.load_model(model_file, device="cpu")
+    whole = tmp_path / "whole.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(whole)
+    (cut := tmp_path / "cut.png").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(StylenetError, match=rf"^cannot read image {re.escape(repr(str(cut)))}: "):
+        model.stylize(Image.open(cut))
+    deep = Image.fromarray(np.arange(40 * 60, dtype=np.uint16).reshape(40, 60) * 27)
+    assert deep.mode == "I;16" and from_pil(deep).bits == 16
+    assert model.process(from_pil(deep), quantize=True).rgb.dtype == torch.uint16
 
 
 def test_grey_in_rgb_out_unless_keep_gray(model_file: Path) -> None:

@@ -439,6 +439,11 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
         with pytest.raises(StylenetError, match=r"size must be \(height, width\) in pixels >= 1, got " +
                            re.escape(str(size))):
             stylize_video(clip, tmp_path / "none.mkv", model, style="b", size=size)
+    path = str(tmp_path / "multi.safetensors")  # a file name was an AttributeError traceback, depth 0 a ValueError
+    for wrong, message in (({"model": path}, f"model must be a loaded model (stylenet.load_model(path)), got {path!r}"),
+                           ({"model": model, "depth": 0}, "depth must be a whole number of frames >= 1, got 0")):
+        with pytest.raises(StylenetError, match=f"^{re.escape(message)}$"):
+            stylize_video(clip, tmp_path / "none.mkv", style="b", **wrong)
     assert not list(tmp_path.glob("none*"))
     result = stylize_video(clip, tmp_path / "b.mkv", model, style="b")
     first = read_clip(tmp_path / "b.mkv")["frames"][0].astype(int)

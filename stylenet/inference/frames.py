@@ -8,7 +8,8 @@ float (3, H, W) tensor in [0, 1]; each comes back as the same kind, a new array 
 across frames of one size and filled in place (from a page-locked staging buffer on CUDA); a new
 size re-prepares it. The network is the model's, already rewritten for speed
 (:func:`stylenet.fastpath.optimize_for_inference`), and the input has the layout ``stylize`` gives
-it, so every frame comes out exactly as ``stylize`` makes it alone.
+it, so every frame comes out as ``stylize`` makes it alone: the same bytes for uint8 frames; for float
+tensors in fp32, within float rounding (a few 1e-6: the kept buffer's convolutions may sum in another order).
 """
 
 from __future__ import annotations

@@ -99,8 +99,8 @@ class InferenceModel:
         if self.precision not in (*PRECISIONS, "auto"):
             raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, "
                                 f"got {self.precision!r}")
-        if self.max_memory is not None and (not isinstance(self.max_memory, int) or isinstance(self.max_memory, bool)
-                                            or self.max_memory <= 0):
+        if self.max_memory is not None and (not isinstance(self.max_memory, numbers.Integral)
+                                            or isinstance(self.max_memory, bool) or self.max_memory <= 0):
             raise StylenetError(f"max_memory must be a number of bytes > 0 or None, got {self.max_memory!r}")
         self.device = resolve_device(str(self.device))
         if self.precision == "auto":  # bf16 where the hardware runs it natively, else fp32
@@ -430,8 +430,11 @@ class InferenceModel:
         if asked:  # stylize's keywords: here they are the controls'
             raise StylenetError(f"process takes {asked[0]} in controls=stylenet.inference.Controls(strength, "
                                 "preserve_color), not as a keyword")
-        if size is not None and (len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size)):
+        if size is not None and (len(size) != 2 or not all(
+                isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in size)):
             raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
+        if keep_gray not in (None, True, False):  # "no" would be true
+            raise StylenetError(f"keep_gray must be True, False or None (super-resolution only), got {keep_gray!r}")
         controls = controls or Controls()
         keep_gray = self.scale > 1 if keep_gray is None else keep_gray
         if keep_gray and image.was_gray:
@@ -477,7 +480,8 @@ class InferenceModel:
         """Video or webcam frames -> stylised frames, lazily, one per frame, of the same kind: uint8
         (H, W, 3) numpy arrays (RGB) or float (3, H, W) tensors in [0, 1] (see
         :mod:`stylenet.inference.frames`). Each equals ``stylize`` of that frame alone (a PIL
-        image of the array, or the tensor); buffers are kept across frames of one size.
+        image of the array, or the tensor; float frames in fp32 within float rounding); buffers are
+        kept across frames of one size.
 
             for out in model.stylize_frames(reader):  # e.g. imageio.v3.imiter("clip.mp4")
                 writer.write(out)
@@ -523,7 +527,8 @@ def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bit
         check_unit_range(rgb, "image tensor")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or tile < MIN_TILE):
         raise StylenetError(f"tile (--tile) must be a whole number of pixels, at least {MIN_TILE}, got {tile!r}")
-    if tile_overlap < 0:
-        raise StylenetError(f"--tile-overlap must be >= 0, got {tile_overlap}")
+    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, numbers.Integral) or tile_overlap < 0:
+        raise StylenetError(f"tile_overlap (--tile-overlap) must be a whole number of pixels >= 0, "
+                            f"got {tile_overlap!r}")
     if bits not in (8, 16):
         raise StylenetError(f"bits must be 8 or 16, got {bits}")

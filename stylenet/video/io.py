@@ -676,6 +676,12 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
     could be done; :class:`TruncatedVideoError` when the input broke off after some frames, or had
     damaged packets (skipped, as FFmpeg's tools skip them), after its valid video has been written."""
+    from stylenet.inference.model import InferenceModel
+
+    if not isinstance(model, InferenceModel):  # a model file's name, say
+        raise StylenetError(f"model must be a loaded model (stylenet.load_model(path)), got {model!r}")
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
+        raise StylenetError(f"depth must be a whole number of frames >= 1, got {depth!r}")
     source, target = Path(source), Path(target)
     model = model.for_style(style)
     if size is not None and (len(size) != 2 or not all(isinstance(side, numbers.Integral) for side in size)
