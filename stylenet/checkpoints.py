@@ -199,15 +199,21 @@ def schedule_problem(checkpoint: dict[str, Any], saved: dict[str, Any], hparams:
     return None
 
 
+#: the checkpoints :func:`newest_first` has warned of, once each (a launch lists a folder several times)
+UNLISTABLE: set[Path] = set()
+
+
 def newest_first(paths: Iterable[Path]) -> list[Path]:
     """By modification time (the name breaks ties): the order in which a run wrote them. One whose time
-    cannot be read (a link to nothing, a file gone since it was listed) is skipped with a warning."""
+    cannot be read (a link to nothing, a file gone since it was listed) is skipped, with a warning once."""
     timed = []
     for path in paths:
         try:
             timed.append((path.stat().st_mtime_ns, path.name, path))
         except OSError as err:
-            log.warning("skipping checkpoint %s: %s", path, err.strerror or err)
+            if path not in UNLISTABLE:
+                UNLISTABLE.add(path)
+                log.warning("skipping checkpoint %s: %s", path, err.strerror or err)
     return [path for *_, path in sorted(timed, key=lambda entry: entry[:2], reverse=True)]
 
 
@@ -377,12 +383,17 @@ def run_folder_lock(run_dir: Path, program: str = "stylenet-train") -> Iterator[
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a") as handle:
+    with open(run_dir / LOCK_FILE, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another {program}: let it end, "
+            handle.seek(0)
+            holder = handle.read().strip() or "stylenet run"  # the program that holds it wrote its name
+            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another {holder}: let it end, "
                                 "or give another hydra.run.dir") from None
+        handle.truncate(0)
+        handle.write(program)
+        handle.flush()
         yield
 
 

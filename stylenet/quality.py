@@ -37,6 +37,9 @@ TEXTURE_ORIENTATIONS = 4
 PROJECTIONS, QUANTILES = 64, 256
 #: Smoothing of luminance before the edge map: ignores pixel-scale grain a style adds.
 EDGE_SIGMA = 1.5
+#: An edge map whose values span less than this is flat: far below one 8-bit step's smoothed gradient (about
+#: 5e-4), far above the float rounding a resize leaves in a flat image (about 1e-8).
+FLAT_EDGES = 1e-5
 #: A channel value at most this far from 0 or 1 counts as saturated (half an 8-bit level).
 SATURATION_EPS = 0.5 / 255
 
@@ -129,7 +132,7 @@ def structure(photo: torch.Tensor, output: torch.Tensor) -> float:
         output = F.interpolate(output[None].float(), size=photo.shape[-2:], mode="bilinear",
                                antialias=True, align_corners=False)[0]
     edges = torch.stack([edge_map(photo), edge_map(output)])
-    flat = edges.amax(dim=1) == edges.amin(dim=1)  # a map without variance has no correlation
+    flat = edges.amax(dim=1) - edges.amin(dim=1) < FLAT_EDGES  # a map without variance has no correlation
     if flat[0]:
         return math.nan  # no structure to keep
     return 0.0 if flat[1] else float(torch.corrcoef(edges)[0, 1])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -504,10 +507,10 @@ def test_cli_a_folder_in_use_a_snapshot_it_cannot_write_and_a_style_too_small_am
 
     content, run_dir = make_photo(tmp_path / "content.png"), tmp_path / "run"
     settings = (f"content={content}", f"styles={style_image}", "loss.weights=random", "progress=false", "size=32")
-    with run_folder_lock(run_dir, "stylenet-gatys"):  # another stylenet-gatys at work there
+    with run_folder_lock(run_dir, "stylenet-train"):  # a training run at work there: the refusal names it
         busy = run_gatys_cli(*settings, "iterations=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert busy.returncode == 2 and busy.stderr.strip().splitlines()[-1] == (
-        f"stylenet-gatys: error: run folder {str(run_dir)!r} is in use by another stylenet-gatys: let it end, "
+        f"stylenet-gatys: error: run folder {str(run_dir)!r} is in use by another stylenet-train: let it end, "
         "or give another hydra.run.dir")
     assert not (run_dir / "gatys.png").exists()
 
@@ -522,6 +525,21 @@ def test_cli_a_folder_in_use_a_snapshot_it_cannot_write_and_a_style_too_small_am
                          f"(a new run goes on from it with init={tmp_path / 'kept.png'} and another output=, "
                          "not kept.png)"), last
     assert load_rgb(tmp_path / "kept.png").shape == (3, 26, 32)
+
+    def small_files() -> None:  # a disk that is full once TensorBoard's record passes 6 KiB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 10, 6 << 10))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    full = subprocess.run([sys.executable, "-m", "stylenet.cli.gatys", *settings, "iterations=6", "save_every=1",
+                           f"output={tmp_path / 'full.png'}", f"hydra.run.dir={tmp_path / 'small'}"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    # TensorBoard writes from a thread of its own: which of its writes meets the limit (one during the run, or
+    # its last as the run ends) varies, and so does how it ends (its thread's traceback may cut into our line);
+    # the picture is written either way
+    said = re.findall(r"stylenet-gatys: error: cannot write [^\n]*File too large", full.stderr)
+    assert full.returncode in (1, 2) and len(said) == 1, full.stderr[-2000:]
+    assert load_rgb(tmp_path / "full.png").shape == (3, 26, 32)
 
     strip = make_photo(tmp_path / "strip.png", size=(300, 4))
     cfg = compose_gatys(tmp_path / "s", f"content={content}", f"styles=[{style_image},{strip}]", "size=32")

@@ -15,6 +15,7 @@ named). Each of these ends ``gatys.log`` too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
+from stylenet.atomic import NO_ROOM
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
@@ -114,16 +116,20 @@ def progress_reporter(cfg: DictConfig, run_dir: Path, board: Callable[[], Summar
     from stylenet.image import save_image
 
     def on_iteration(progress: Progress) -> None:
-        writer = board()
-        for name, value in progress.terms.items():
-            writer.add_scalar(f"loss/{name}", value, progress.iteration)
-        if cfg.image_every and progress.iteration % cfg.image_every == 0:
-            writer.add_image("image", progress.image.cpu(), progress.iteration)
-        if cfg.save_every and progress.iteration % cfg.save_every == 0:
-            try:
+        try:  # a full disk: the result so far is still written (run)
+            writer = board()
+            for name, value in progress.terms.items():
+                writer.add_scalar(f"loss/{name}", value, progress.iteration)
+            if cfg.image_every and progress.iteration % cfg.image_every == 0:
+                writer.add_image("image", progress.image.cpu(), progress.iteration)
+            if cfg.save_every and progress.iteration % cfg.save_every == 0:
                 save_image(run_dir / "steps" / f"iter_{progress.iteration:05d}.png", progress.image.cpu())
-            except StylenetError as err:  # a full disk: the result so far is still written (run)
-                raise SnapshotFailed(str(err)) from None
+        except StylenetError as err:
+            raise SnapshotFailed(str(err)) from None
+        except OSError as err:
+            if err.errno not in NO_ROOM:
+                raise
+            raise SnapshotFailed(f"cannot write {err.filename or 'its TensorBoard events'}: {err.strerror}") from None
         bar.set_postfix(loss=f"{progress.terms['total']:.4g}", scale=progress.scale + 1, refresh=False)
         bar.update(1)
 
@@ -134,7 +140,8 @@ PROG = "stylenet-gatys"
 
 
 class SnapshotFailed(Exception):
-    """A ``steps/`` snapshot could not be written: the run stops as on Ctrl-C, its last image kept."""
+    """A ``steps/`` snapshot or TensorBoard's record could not be written (a full disk): the run stops as
+    on Ctrl-C, its last image kept."""
 
 
 class StoppedRun(Exception):
@@ -251,14 +258,16 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
             if cfg.preserve_color:  # the content's own colours at full size, not a coarse scale's upsampled
                 image = with_content_chroma(image, content)
             save_image(output, image)
-            board().add_image("final", image, latest[0].iteration)
+            with contextlib.suppress(OSError):  # a full disk's TensorBoard: the picture itself is written
+                board().add_image("final", image, latest[0].iteration)
             # output= named: the new run must write elsewhere (an init image is never overwritten)
             elsewhere = f" and another output=, not {output.name}" if cfg.output else ""
             message = (f"after iteration {latest[0].iteration} of {latest[0].total}; wrote its image to {output} "
                        f"(a new run goes on from it with init={output}{' scales=1' if cfg.scales > 1 else ''}"
                        f"{elsewhere})")
         for writer in writers:
-            writer.close()
+            with contextlib.suppress(OSError):
+                writer.close()
         if isinstance(stop, SnapshotFailed):
             report_refusal(PROG, f"{stop}; the run stopped {message}")
             raise StoppedRun(1) from None
@@ -285,6 +294,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from stylenet.atomic import no_room_as_error
     from stylenet.checkpoints import run_folder_lock
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -297,7 +307,7 @@ def hydra_main(cfg: DictConfig) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         # a scheduler's stop: the last iteration's image is kept, as on Ctrl-C; two launches in one second share
         # the default folder: the second is refused, not a writer of the first's picture
-        with sigterm_as_terminated(), run_folder_lock(run_dir, PROG):
+        with sigterm_as_terminated(), run_folder_lock(run_dir, PROG), no_room_as_error():
             status = run(cfg, run_dir, on_start=EARLIER_RECORD.started)
     except StylenetError as err:  # in a folder of another run: its gatys.log still ends with that run's ending
         report_refusal(PROG, str(err), to_log=not EARLIER_RECORD.held)
