@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from stylenet import StylenetError
-from stylenet.atomic import NO_ROOM
+from stylenet.atomic import NO_ROOM, no_room_as_error
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
@@ -294,7 +294,6 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.atomic import no_room_as_error
     from stylenet.checkpoints import run_folder_lock
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
