@@ -963,8 +963,10 @@ def test_a_second_run_in_a_folder_in_use_is_refused(tmp_path: Path, inputs: list
     run_dir = tmp_path / "smoke" / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- the live run's\n")
-    with open(run_dir / LOCK_FILE, "a") as held:  # what a run training there holds
+    with open(run_dir / LOCK_FILE, "a") as held:  # what a run training there holds, and its name in it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("stylenet-train")
+        held.flush()
         process = launch(run_dir, *inputs)
         assert process.wait(timeout=240) == 2
     log = output(run_dir).read_text()
