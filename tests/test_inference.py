@@ -381,10 +381,24 @@ def test_unknown_device_and_precision_are_clear_errors() -> None:
 # ------------------------------------------------------------------------------------ the notebook API
 
 
-def test_a_bad_max_memory_is_refused_when_the_model_is_made() -> None:
+def test_a_bad_max_memory_or_precision_is_refused_when_the_model_is_made_or_later() -> None:
+    """Later too: setting them on a loaded model is how a notebook changes them (a bad value was a KeyError or
+    TypeError at the next image)."""
+    from stylenet.fastpath import inference_precision
+
     for bad in ("2GB", -5, 0):
         with pytest.raises(StylenetError, match="max_memory must be a number of bytes > 0 or None"):
             InferenceModel(TransformerNet(channels=8, residual_blocks=1), device="cpu", max_memory=bad)
+    model = InferenceModel(TransformerNet(channels=8, residual_blocks=1), device="cpu", precision="fp32")
+    with pytest.raises(StylenetError, match=r"^max_memory must be a number of bytes > 0 or None, got '1GB'$"):
+        model.max_memory = "1GB"
+    with pytest.raises(StylenetError, match=r"^precision must be one of .* or auto, got 'garbage'$"):
+        model.precision = "garbage"
+    assert (model.precision, model.max_memory) == ("fp32", None)  # unchanged by a refused value
+    model.precision = "auto"  # as load_model resolves it: bf16 where the CPU runs it natively
+    assert model.precision == inference_precision(torch.device("cpu"))
+    model.max_memory = 1 << 30
+    assert model.stylize(photo(20, 30)).shape == (3, 20, 30)
 
 
 def test_load_model_stylizes_pil_images_keeping_alpha_bit_exactly(model_file: Path) -> None:

@@ -95,13 +95,20 @@ class InferenceModel:
     #: The model file it came from (named in errors).
     source: str | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``precision`` and ``max_memory`` are checked whenever they are set, as the model is made or later
+        (``model.precision = "bf16"`` applies to the next image; a bad value was a KeyError there)."""
+        if name == "precision":
+            if value not in (*PRECISIONS, "auto"):
+                raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {value!r}")
+            if value == "auto" and isinstance(self.__dict__.get("device"), torch.device):  # set after the model
+                value = inference_precision(self.device)  # was made (__post_init__ resolves the first "auto")
+        elif name == "max_memory" and value is not None and (not isinstance(value, numbers.Integral)
+                                                             or isinstance(value, bool) or value <= 0):
+            raise StylenetError(f"max_memory must be a number of bytes > 0 or None, got {value!r}")
+        super().__setattr__(name, value)
+
     def __post_init__(self) -> None:
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, "
-                                f"got {self.precision!r}")
-        if self.max_memory is not None and (not isinstance(self.max_memory, numbers.Integral)
-                                            or isinstance(self.max_memory, bool) or self.max_memory <= 0):
-            raise StylenetError(f"max_memory must be a number of bytes > 0 or None, got {self.max_memory!r}")
         self.device = resolve_device(str(self.device))
         if self.precision == "auto":  # bf16 where the hardware runs it natively, else fp32
             self.precision = inference_precision(self.device)
