@@ -217,6 +217,13 @@ def newest_first(paths: Iterable[Path]) -> list[Path]:
     return [path for *_, path in sorted(timed, key=lambda entry: entry[:2], reverse=True)]
 
 
+def lock_holder(run_dir: Path) -> str:
+    """The program whose run holds ``run_dir``'s :data:`LOCK_FILE`, as :func:`run_folder_lock` wrote it there."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (run_dir / LOCK_FILE).read_text(encoding="utf-8").strip() or "stylenet run"
+    return "stylenet run"
+
+
 def in_use(run_dir: Path) -> bool:
     """Whether another process holds ``run_dir``'s :data:`LOCK_FILE` (:func:`run_folder_lock`): a run
     training there now, whose checkpoints are not another run's to continue."""
@@ -245,7 +252,7 @@ def candidate_runs(run_dir: Path) -> list[list[Path]]:
         if run_dir.parent.is_dir() else []
     busy = [run for run in folders if in_use(run)]  # a job launched twice: the first one's run, still training
     for run in busy:
-        log.warning("skipping run folder %s: another stylenet-train is training there", run)
+        log.warning("skipping run folder %s: another %s is at work there", run, lock_holder(run))
     folders = [run for run in folders if run not in busy]
     siblings = [run for run in map(run_checkpoints, folders) if run]  # each newest first: run[0] is its newest
     siblings.sort(key=lambda run: (run[0].stat().st_mtime_ns, run[0].name), reverse=True)
@@ -383,13 +390,11 @@ def run_folder_lock(run_dir: Path, program: str = "stylenet-train") -> Iterator[
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as handle:
+    with open(run_dir / LOCK_FILE, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "stylenet run"  # the program that holds it wrote its name
-            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another {holder}: let it end, "
+            raise StylenetError(f"run folder {str(run_dir)!r} is in use by another {lock_holder(run_dir)}: let it end, "
                                 "or give another hydra.run.dir") from None
         handle.truncate(0)
         handle.write(program)

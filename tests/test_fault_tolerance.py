@@ -593,7 +593,7 @@ def test_resume_auto_passes_over_another_seed_a_live_run_and_a_link_to_nothing(
             assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(seeded)
         assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(live)
     messages = [record.getMessage() for record in caplog.records]
-    assert f"skipping run folder {experiment / 't1'}: another stylenet-train is training there" in messages
+    assert f"skipping run folder {experiment / 't1'}: another stylenet-train is at work there" in messages
     assert f"skipping checkpoint {experiment / 't2' / 'checkpoints' / 'last.ckpt'}: No such file or directory" \
         in messages
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
 from stylenet import StylenetError
+from stylenet.atomic import no_room_as_error
 from stylenet.cli import (
     EarlierRecord,
     allow_pixels,
@@ -373,7 +374,6 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.atomic import no_room_as_error
     from stylenet.checkpoints import FinishedRunError, run_checkpoints, run_folder_lock
     from stylenet.config_check import check_group_choices, unresolvable_setting
 
