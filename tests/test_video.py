@@ -355,6 +355,32 @@ def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, 
     assert len(frames) == 6 and frames[0].shape == (48, 48, 3)
 
 
+def test_a_video_stream_no_decoder_knows_is_passed_over_or_named_in_one_line(
+        tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A track whose codec this FFmpeg has no decoder for (no codec context in PyAV) was an AttributeError:
+    where another video stream decodes, that one is stylised; where none does, one line names the file."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "two.mkv"
+    with av.open(str(clip), "w") as container:
+        first, main = h264(container, 16), h264(container, 48)
+        write_frames(av, container, first, 3, 16)
+        write_frames(av, container, main, 6, 48)
+    data = clip.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 2
+    at = data.rindex(b"V_MPEG4/ISO/AVC")  # the main stream's codec id, made one none knows
+    (tmp_path / "main_unknown.mkv").write_bytes(data[:at] + b"V_QQQQQ/ISO/AVC" + data[at + 15:])
+    out = tmp_path / "styled.mkv"
+    assert stylize_main([str(tmp_path / "main_unknown.mkv"), "-m", str(model_file), "-o", str(out)]) == 0
+    frames = read_clip(out)["frames"]
+    assert len(frames) == 3 and frames[0].shape == (16, 16, 3)
+    (tmp_path / "unknown.mkv").write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QQQQQ/ISO/AVC"))
+    capsys.readouterr()
+    assert stylize_main([str(tmp_path / "unknown.mkv"), "-m", str(model_file), "-o", str(tmp_path / "no.mkv")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown.mkv': none of its video streams (#0, #1) is in a codec this FFmpeg can decode" in err
+    assert "Traceback" not in err and not (tmp_path / "no.mkv").exists()
+
+
 def test_a_clip_cut_before_its_first_key_frame_is_not_taken_for_a_truncated_one(
         tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A clip cut (without re-encoding) a few frames before a key frame: the decoder drops those frames, as

@@ -152,19 +152,25 @@ def _open_input(av: ModuleType, path: Path) -> Any:
     if not container.streams.video:
         container.close()
         raise StylenetError(f"{str(path)!r} has no video stream")
+    if not any(stream.codec_context for stream in container.streams.video):
+        numbers = ", ".join(f"#{stream.index}" for stream in container.streams.video)
+        container.close()
+        raise StylenetError(f"{str(path)!r}: none of its video streams ({numbers}) is in a codec this "
+                           "FFmpeg can decode")
     return container
 
 
 def _expected_frames(stream: Any, rate: Fraction) -> tuple[int | None, bool]:
-    """Frame count from the header (MP4/MOV), else from the stream's duration (Matroska's DURATION
-    tag included: where the stream ends, so its start is taken off), else unknown."""
+    """Frame count from the header (MP4/MOV), else from the stream's Matroska DURATION tag (where the
+    stream ends, so its start is taken off; the duration FFmpeg gives a Matroska stream is the whole
+    file's, a longer track's), else from the stream's duration, else unknown."""
     if stream.frames:
         return int(stream.frames), True
-    seconds = None
-    if stream.duration and stream.time_base:
-        seconds = float(stream.duration * stream.time_base)
-    elif (seconds := _tag_seconds(stream.metadata)) is not None and stream.start_time and stream.time_base:
+    seconds = _tag_seconds(stream.metadata)
+    if seconds is not None and stream.start_time and stream.time_base:
         seconds -= float(stream.start_time * stream.time_base)
+    elif seconds is None and stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
     return (round(seconds * rate) if seconds and seconds > 0 and rate else None), False
 
 
@@ -233,8 +239,12 @@ def _matroska_missing_bytes(path: Path) -> int:
 
 def main_video(container: Any) -> Any:
     """The video stream ffplay and players pick (FFmpeg's ``av_find_best_stream``: the default track,
-    cover art passed over), not merely the first."""
-    return container.streams.best("video")
+    cover art passed over), not merely the first; where that one's codec is unknown to this FFmpeg (no
+    decoder), the first video stream that has one (:func:`_open_input` refused a file with none)."""
+    best = container.streams.best("video")
+    if best.codec_context:
+        return best
+    return next(stream for stream in container.streams.video if stream.codec_context)
 
 
 def _first_frame(av: ModuleType, container: Any, path: Path) -> Any:
