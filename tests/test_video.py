@@ -340,6 +340,28 @@ def test_an_avis_frames_are_timed_by_their_slots(tmp_path: Path, model_file: Pat
     assert times == slots
 
 
+def test_an_avi_whose_time_base_is_finer_than_its_frames_is_whole(tmp_path: Path, model_file: Path) -> None:
+    """An AVI of 24 frames/s in a 1 ms time base: its header counts 1 ms slots (the 16 frames span 667),
+    and each picture holds about 42 of them. Complete, it was called truncated ("16 of 667 frames", exit
+    1): the last picture's slots after its own were never counted."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "fine.avi"
+    with av.open(str(clip), "w") as container:
+        video = container.add_stream("mpeg4", rate=24)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for index in range(16):
+            frame = av.VideoFrame.from_ndarray(make_scene(32, index), format="rgb24")
+            frame.pts, frame.time_base = index * 1000 // 24, Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].frames == 667
+    out = tmp_path / "fine.mkv"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    assert len(read_clip(out)["frames"]) == 16
+
+
 def test_the_main_video_stream_is_stylised_not_merely_the_first(tmp_path: Path, model_file: Path) -> None:
     """A small one-frame stream (a thumbnail) ahead of the real one: FFmpeg's choice of stream, as players'."""
     av = pytest.importorskip("av")

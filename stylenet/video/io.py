@@ -350,22 +350,26 @@ class _AviSlots:
     frames of a stream with B-frames come out of the decoder shuffled. The decoder hands out frames in
     presentation order, so the k-th frame takes the k-th picture's slot. A dropped frame (an empty chunk,
     which FFmpeg passes over or hands on empty) is a slot without a picture: the frame before it shows
-    for two."""
+    for two. The last picture shows for as many slots as the one before it (a time base finer than the
+    frame rate gives every picture several slots, which the header counts as frames)."""
 
     def __init__(self, ticks: float) -> None:
         self.ticks = ticks  # of the stream's time base per slot
         self.slots: deque[int] = deque()  # the slots of the pictures read and not yet decoded
         self.next: int | None = None
+        self.pictures: deque[int] = deque(maxlen=2)  # the slots of the last two pictures read
 
     def read(self, packet: Any) -> int:
-        """Take note of a video packet; returns the dropped frames it reveals."""
+        """Take note of a video packet; returns the dropped frames it reveals (at the end-of-stream
+        marker, the slots the last picture shows for after its own)."""
         if packet.dts is None:  # the demuxer's end-of-stream marker
-            return 0
+            return self.pictures[1] - self.pictures[0] - 1 if len(self.pictures) == 2 else 0
         dropped = 0 if self.next is None else max(0, packet.dts - self.next)
         self.next = packet.dts + 1
         if not packet.size:
             return dropped + 1
         self.slots.append(packet.dts)
+        self.pictures.append(packet.dts)
         return dropped
 
     def lost(self, packet: Any) -> None:
