@@ -13,7 +13,7 @@ from pathlib import Path
 
 from stylenet.errors import StylenetError, first_line
 from stylenet.image import load_rgb, resolve_image_path, save_image
-from stylenet.inference import run_network
+from stylenet.inference import InferenceModel
 from stylenet.modelfile import read_model
 from stylenet.report import network_method, run_report, same_picture, verdict, write_report
 from stylenet.styles import style_records
@@ -31,7 +31,11 @@ def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[
     run_dir, stored = Path(run_dir), read_model(model_path, task="style")
     reports: dict[str, dict[str, Path]] = {}
     for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
-        save_image(run_dir / f"{photos[0].stem}_{name}.png", run_network(net, load_rgb(photos[0])))
+        try:  # at the photo's own size, within stylenet-stylize's memory budget, as a single style's run
+            save_image(run_dir / f"{photos[0].stem}_{name}.png",
+                       InferenceModel(net, precision="fp32").transform(load_rgb(photos[0])))
+        except (StylenetError, RuntimeError) as err:
+            log.warning("no stylized held-out photo for style %s: %s", name, first_line(err))
         try:  # demo:<name> too: that photo is the style here, no held-out photo (a single style's report, alike)
             picture = resolve_image_path(str(record.get("image")))
         except StylenetError:

@@ -304,6 +304,45 @@ def test_a_held_out_photo_smaller_than_the_factor_ends_the_run_with_a_warning(
     assert not list(tmp_path.glob("tiny_*.png"))
 
 
+def test_the_held_out_photo_is_upscaled_at_the_end_of_a_run_within_the_memory_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera's held-out photo was upscaled in one pass (8.5 GB for 12 MP at x4 with a small network, a
+    traceback beyond): it is tiled within the budget stylenet-upscale keeps, here made small enough that the
+    network never sees the whole low-resolution photo, and the result is the one pass's."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from stylenet.cli.train import finish
+    from stylenet.image import load_rgb
+    from stylenet.inference import memory, run_network
+    from stylenet.metrics import degrade, modcrop
+
+    torch.manual_seed(0)
+    export = save_model(tmp_path / "sr_x4.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
+                        {"task": "sr", "factor": 4})
+    photo = make_photo(tmp_path / "photo.png", size=(640, 480))
+    low = degrade(modcrop(load_rgb(photo), 4).unsqueeze(0), 4)[0]  # (3, 120, 160)
+    widest, conv2d = [0], F.conv2d
+
+    def watched(input: torch.Tensor, weight: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if weight.shape[1] == 3:  # the network's first convolution (not the blur's, per channel): what it sees
+            widest[0] = max(widest[0], input.shape[-2] * input.shape[-1])
+        return conv2d(input, weight, *args, **kwargs)
+
+    monkeypatch.setattr(memory, "CPU_MAX_MEMORY", 12_000_000)  # some 6400 px of the low-resolution photo
+    monkeypatch.setattr(F, "conv2d", watched)
+    cfg = OmegaConf.create({"callbacks": {"export": {"path": str(export)}}, "style": {"name": "sr_x4"}})
+    finish(cfg, tmp_path, SimpleNamespace(hparams={}), SimpleNamespace(val_files=[photo], report_path=None))
+    assert 0 < widest[0] < 120 * 160
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    upscaled = load_rgb(tmp_path / "photo_x4.png")
+    expected = run_network(read_model(export).net, low)
+    assert upscaled.shape == expected.shape == (3, 480, 640)
+    assert (upscaled - expected).abs().max() <= 1.5 / 255
+
+
 def test_a_model_file_whose_factor_disagrees_with_its_network_is_refused(tmp_path: Path) -> None:
     path = save_model(tmp_path / "sr.safetensors", SuperResolutionNet(factor=4, channels=8, residual_blocks=1),
                       {"task": "sr", "factor": 8})

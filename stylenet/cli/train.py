@@ -312,7 +312,7 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
     the quality report. Never fails the run, whose model is saved: a held-out photo that cannot be read
     is named in a warning and in ``skipped_images.txt``, and the next one is used."""
     from stylenet.image import ImageError, load_rgb, save_image
-    from stylenet.inference import run_network
+    from stylenet.inference import InferenceModel
     from stylenet.metrics import degrade, modcrop
     from stylenet.modelfile import read_model
 
@@ -348,8 +348,14 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
                         image.shape[-1], image.shape[-2], factor)
             return
         image, label = degrade(modcrop(image, factor).unsqueeze(0), factor)[0], f"x{factor}"
-    out = save_image(run_dir / f"{photo.stem}_{label}.png", run_network(model.net, image))
-    log.info("%s %s -> %s", "upscaled" if model.task == "sr" else "stylized", photo.name, out)
+    done = "upscaled" if model.task == "sr" else "stylized"
+    try:  # at the photo's own size, within stylenet-stylize's memory budget (one pass of a camera's photo: GBs)
+        output = InferenceModel(model.net, precision="fp32").transform(image)
+        out = save_image(run_dir / f"{photo.stem}_{label}.png", output)
+    except (StylenetError, RuntimeError) as err:  # out of memory all the same: the model is saved
+        log.warning("no %s held-out photo: %s", done, first_line(err))
+    else:
+        log.info("%s %s -> %s", done, photo.name, out)
     if model.task == "style":  # photo | style | network for every held-out photo, measured
         from stylenet.report import training_report
 
