@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
         raise StylenetError(f"style.images holds one image ({specs[0]!r}): a network of several styles needs two or "
                             f"more; for one style pass style=demo style.image={specs[0]}")
     named = style.get("names")
+    if named is not None and (isinstance(named, str) or not isinstance(named, Sequence)
+                              or not all(isinstance(name, str | int) and not isinstance(name, bool) for name in named)):
+        raise StylenetError(f"style.names must be a list of names, one per style image, e.g. "
+                            f"'style.names=[a,b]', got {named!r}")
     if named and len(named) != len(specs):
         raise StylenetError(f"style.names has {len(named)} names for {len(specs)} style.images")
     styles = []
@@ -587,10 +592,12 @@ class AddStyleTask(StyleTransferTask):
                  **kwargs: Any) -> None:
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
-        name = style_name or style.get("name") or style_name_of(str(style.get("image")))  # style.name: the stem
-        # the setting that gave the name, for the errors about it (build_network checks it against the base's)
-        self.name_setting = ("task.style_name" if style_name else "style.name" if style.get("name")
+        # the setting that gave the name, for the errors about it (build_network checks it against the base's);
+        # '' or 0 is a name given, refused or kept as for one style, not the image's stem
+        given = style_name if style_name is not None else style.get("name")
+        self.name_setting = ("task.style_name" if style_name is not None else "style.name" if given is not None
                              else f"style.image ({style.get('image')}; its name)")
+        name = str(given) if given is not None else style_name_of(str(style.get("image")))
         name = check_style_names([name], self.name_setting)[0]
         super().__init__({}, loss, {**style, "name": name}, **kwargs)
 

@@ -193,6 +193,11 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
     assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
+    for setting, given in (("style_name", ""), ("style", {"image": str(style_image), "name": ""})):
+        with pytest.raises(StylenetError, match=r"^(task\.)?style.name: style name '' must be"):  # not the stem
+            AddStyleTask(base=str(base), loss=RANDOM_LOSS, **{"style": {"image": str(style_image)}, setting: given})
+    zero = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name=0)
+    assert zero.hparams["styles"][-1]["name"] == "0"  # Hydra's task.style_name=0, as style.name=0 for one style
     # a name from the picture's file name is blamed on style.image (it named task.style_name, never set)
     (stem_b := tmp_path / "b.png").write_bytes(style_image.read_bytes())
     with pytest.raises(StylenetError, match=r"^style.image \(.*b.png; its name\) \(a new name\): .* not distinct"):
@@ -243,6 +248,10 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
     with pytest.raises(StylenetError, match="style.names has 1 names for 2"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
                                                                 "names": ["x"]})
+    for names in ("xy", ["a", None], ["a", True], {"a": "b"}):  # "xy" was styles x and y, null a style "None"
+        with pytest.raises(StylenetError, match=r"^style.names must be a list of names, one per style image"):
+            StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
+                                                                    "names": names})
     with pytest.raises(StylenetError, match=r"^style.names: style name '..' must be letters.*\(not '.' or '..'\)"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
                                                                 "names": ["..", "y"]})  # styles/../: the run folder
