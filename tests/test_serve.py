@@ -939,6 +939,34 @@ def test_a_stalled_upload_gives_its_place_in_the_queue_back(server_config: Serve
         server.server_close()
 
 
+def test_a_temporary_folder_that_went_away_is_one_line_and_gives_every_place_back(
+        server_config: ServeConfig, tmp_path: Path, one_thread: None) -> None:
+    """A /tmp cleaner (or a full disk) that took the server's folder: each photo and frame was a 500 with a
+    traceback naming the server's path, and each photo kept its place in the queue for good, until every
+    later request was "busy". One line each; the places are given back, and the server works again once
+    the folder is back."""
+    server_config.workers, server_config.queue = 1, 1
+    server = start(server_config)
+    root = server.jobs.root
+    try:
+        tiny = model_ids(address(server))["tiny"]
+        photo = make_photo(tmp_path / "p.png")
+        root.rename(root.with_name(root.name + ".away"))
+        replies = [submit(address(server), photo, [tiny]) for _ in range(3)]
+        replies.append(call_json(address(server), "POST", f"/api/frame?model={tiny}", photo.read_bytes()))
+        for status, reply in replies:
+            assert status == 507 and str(root) not in reply["error"], reply
+            assert reply["error"].startswith("the server cannot keep ")
+            assert reply["error"].endswith("in its temporary folder (No such file or directory)")
+        assert server.gate.admitted == 0
+        root.with_name(root.name + ".away").rename(root)
+        status, reply = submit(address(server), photo, [tiny])
+        assert status == 202 and finished(address(server), reply["id"])["results"][0]["width"] == 80
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_content_length_of_unicode_digits_gets_a_json_refusal(server: StyleServer) -> None:
     tiny = model_ids(address(server))["tiny"]
     with socket.create_connection(address(server)) as connection:

@@ -96,6 +96,13 @@ def status_of(err: Exception) -> int:
     return 503 if isinstance(err, Busy) else 404 if isinstance(err, UnknownModel) else 400
 
 
+def not_stored(name: str, err: OSError) -> HttpError:
+    """The server's temporary folder refused an upload (a full disk, a cleaner that took the folder): one
+    line, without the server's paths, not a traceback: the browser's request was not at fault."""
+    return HttpError(507, f"the server cannot keep {name!r} in its temporary folder "
+                          f"({err.strerror or type(err).__name__})")
+
+
 def content_length(text: str | None) -> int | None:
     """The Content-Length header's byte count; None when it is missing or not plain ASCII digits
     (``str.isdigit`` also accepts superscript and other Unicode digits, which ``int`` refuses)."""
@@ -233,7 +240,11 @@ class Handler(BaseHTTPRequestHandler):
             entries = self.server.catalog.find_all(ids)
             controls, name = self._controls(query), upload_name(query.get("name", "photo"))
             self.server.gate.admit()
-            job = self.server.jobs.new(name, entries, controls)
+            try:
+                job = self.server.jobs.new(name, entries, controls)
+            except OSError as err:  # its place given back: the next photo may find the folder again
+                self.server.gate.leave()
+                raise not_stored(name, err) from None
             try:
                 self._receive(job.upload, name)
             except BaseException:
@@ -318,13 +329,18 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             raise HttpError(413, f"{name!r} is {millions(length)} MB; this server takes uploads up to "
                                  f"{millions(limit)} MB (stylenet-serve --max-upload)")
-        with open(target, "wb") as handle:
-            while self._unread > 0:
-                chunk = self.rfile.read(min(CHUNK, self._unread))
-                if not chunk:
-                    raise HttpError(400, f"upload of {name!r} was cut short")
-                handle.write(chunk)
-                self._unread -= len(chunk)
+        try:
+            with open(target, "wb") as handle:
+                while self._unread > 0:
+                    chunk = self.rfile.read(min(CHUNK, self._unread))
+                    if not chunk:
+                        raise HttpError(400, f"upload of {name!r} was cut short")
+                    handle.write(chunk)
+                    self._unread -= len(chunk)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            raise  # the browser's, not the folder's (see _refuse)
+        except OSError as err:
+            raise not_stored(name, err) from None
 
     def _drain(self) -> None:
         """Read and drop what is left of the body, so that the browser gets the answer, not a reset;
