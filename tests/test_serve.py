@@ -521,6 +521,36 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
     assert len({entry.id for entry in entries}) == 3
 
 
+def test_loaded_models_are_let_go_least_recently_used_first_beyond_their_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model file a page had used stayed loaded, outside the memory plan: 40 paper-width models took
+    the server past --memory-limit before any photo. Those kept hold at most LOADED_MODEL_BYTES of weights
+    (here room for two tiny ones), the least recently used let go first; a model let go loads again."""
+    from stylenet.inference import InferenceModel
+    from stylenet.serve import catalog as catalog_module
+    from stylenet.serve.catalog import Catalog
+    from tests.test_multistyle import multi_file
+
+    for index in range(4):
+        make_model(tmp_path / "models" / f"m{index}.safetensors", style=f"m{index}", seed=index)
+    catalog = Catalog(tmp_path / "models", {"device": "cpu", "precision": "fp32"})
+    entries = catalog.entries()
+    first = catalog.load(entries[0])
+    parameters = sum(tensor.numel() for tensor in (*first.net.parameters(), *first.net.buffers()))
+    assert first.weight_bytes == 4 * parameters  # float32 weights, by hand
+    monkeypatch.setattr(catalog_module, "LOADED_MODEL_BYTES", 2 * first.weight_bytes)
+    assert catalog.load(entries[0]) is first  # kept
+    second = catalog.load(entries[1])
+    assert catalog.load(entries[0]) is first  # m0 used last now: m1 is the least recently used
+    catalog.load(entries[2])  # three would pass the bytes: m1 is let go, m0 kept
+    assert catalog.load(entries[0]) is first and catalog.load(entries[1]) is not second
+    # a file of several styles holds its styles' single-style networks too
+    multi = InferenceModel.from_file(multi_file(tmp_path / "multi.safetensors"), device="cpu", precision="fp32")
+    alone = multi.weight_bytes
+    one = multi.for_style("a")
+    assert multi.weight_bytes == alone + one.weight_bytes > alone
+
+
 @pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])
 def test_on_a_cuda_gpu_the_share_holds_the_photo_and_the_gpu_the_activations(
         server_config: ServeConfig, monkeypatch: pytest.MonkeyPatch, device: str, on_the_gpu: bool) -> None:

@@ -191,6 +191,16 @@ class InferenceModel:
         return list(chosen.values())
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this model holds: its network's (and copies made for another precision),
+        and the single-style networks it keeps for the next image (:meth:`for_style`). What a program
+        that keeps models loaded (``stylenet-serve``) counts against its memory."""
+        nets = [self.net, *(probe[0] for probe in self._probes.values())]
+        held = {tensor.data_ptr(): tensor.numel() * tensor.element_size()  # shared storage counted once
+                for net in nets for tensor in (*net.parameters(), *net.buffers())}
+        return sum(held.values()) + sum(model.weight_bytes for model in self._by_style.values())
+
+    @property
     def name(self) -> str:
         """The style's name from the metadata (``{style}`` in output file names); ``x4`` etc. for
         super-resolution models."""

@@ -30,6 +30,10 @@ from stylenet.styles import StyleChoice, blend_label, style_names
 if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
 
+#: Bytes of weights the loaded models may keep between photos, within the part of the memory limit set aside
+#: for them (:data:`stylenet.serve.limits.RESERVE_BYTES`): some nine paper-width networks, or one file of
+#: several styles and the single-style networks it keeps. Beyond it the least recently used are let go.
+LOADED_MODEL_BYTES = 64 * 2**20
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
 BLEND_PART, BLEND_WEIGHT = ";", ":"
 BLEND_FORM = "a blend mixes two or more different styles of one model file of several styles: ID:WEIGHT;ID:WEIGHT"
@@ -150,6 +154,7 @@ class Catalog:
         if not self.folder.is_dir():
             raise StylenetError(f"model folder {str(folder)!r} does not exist or is not a folder")
         self.options = options  # InferenceModel's: device, precision, max_memory
+        #: per file, its stamp and model, least recently used first (see :data:`LOADED_MODEL_BYTES`)
         self._loaded: dict[Path, tuple[tuple[int, ...], InferenceModel]] = {}
         self._lock = threading.Lock()
 
@@ -206,21 +211,33 @@ class Catalog:
                           blend=tuple(given.items()))
 
     def load(self, entry: ModelEntry) -> InferenceModel:
-        """The entry's model. Its file loads weights-only once (again when it has changed); a style or
-        blend of a file of several styles is that model's :meth:`~stylenet.inference.InferenceModel.for_style`,
-        which keeps the last few it made."""
+        """The entry's model. Its file loads weights-only once (again when it has changed), and stays loaded
+        while the models used since hold less than :data:`LOADED_MODEL_BYTES`; a style or blend of a file
+        of several styles is that model's :meth:`~stylenet.inference.InferenceModel.for_style`, which keeps
+        the last few it made."""
         from stylenet.cli.stylize import load_inference_model
 
         with self._lock:  # one load at a time: two tabs asking for one model load it once
             try:
                 stamp = file_stamp(entry.file)
-                cached = self._loaded.get(entry.file)
+                cached = self._loaded.pop(entry.file, None)  # put back last: the least recently used goes first
                 if cached is None or cached[0] != stamp:
                     cached = stamp, load_inference_model(str(entry.file), "style", self.options)
-                    self._loaded[entry.file] = cached
-                return cached[1].for_style(entry.choice())
+                self._loaded[entry.file] = cached
+                model = cached[1].for_style(entry.choice())
+                self._let_go()
+                return model
             except StylenetError as err:  # the page is told the folder's name, not where it is on the server
                 message = str(err)
                 for where in (repr(str(self.folder))[1:-1], str(self.folder)):  # as repr() quotes a path too
                     message = message.replace(where, self.folder.name)
                 raise StylenetError(message) from None
+
+    def _let_go(self) -> None:
+        """Forget the least recently used files' models (a photo still running keeps its own) until those
+        kept hold at most :data:`LOADED_MODEL_BYTES`; the one just used stays, whatever its size."""
+        sizes = {path: model.weight_bytes for path, (_, model) in self._loaded.items()}
+        for path in list(self._loaded)[:-1]:
+            if sum(sizes.values()) <= LOADED_MODEL_BYTES:
+                break
+            del self._loaded[path], sizes[path]
