@@ -293,6 +293,29 @@ def test_rows_timed_with_a_model_file_name_it() -> None:
                           "photo 4000x3000 (paper net): one pass / default"]
 
 
+def test_the_video_rows_clip_is_written_in_a_folder_the_parent_removes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker made its own temporary folder for the clip and its outputs, and a worker stopped by
+    SIGTERM is killed (subprocess.run), so every stopped bench left one in /tmp: the parent owns it."""
+    pytest.importorskip("av")
+    from stylenet.bench.worker import VideoWork
+
+    work = VideoWork(Job("video", "cpu", 32, 1, model="half", height=24, frames=3, output=str(tmp_path)),
+                     torch.device("cpu"))
+    work()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["clip.mp4", "out1.mp4"]
+    seen: list[str] = []
+
+    def recorded(job: Job) -> Measured:
+        seen.append(job.output)
+        assert job.section != "video" or Path(job.output).is_dir()
+        return Measured(1.0, 1.0, None, 1.0, None)
+
+    monkeypatch.setattr(sections, "run_worker", recorded)
+    sections.bench_frames(torch.device("cpu"), sections.PROFILES["quick"], 1)
+    assert seen[-1] and not Path(seen[-1]).exists()  # the video job's folder, removed once it was measured
+
+
 def test_a_model_file_is_timed_in_every_row_of_its_width(monkeypatch: pytest.MonkeyPatch) -> None:
     """The video row (issue 17's end-to-end figure) was timed with fresh weights though --model-file was given."""
     jobs: list[Job] = []

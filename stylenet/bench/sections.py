@@ -142,8 +142,11 @@ def bench_frames(device: torch.device, profile: Profile, reps: int, model_file: 
                               model_file=model_file if file_row == "half" else "", mode="onepass"))
     results[key("frames", "half", f"{width}x{height}", "onepass_fps")] = profile.frames / measured.seconds
     if importlib.util.find_spec("av") is not None:  # the video extra: a clip end to end, half-width net
-        measured = run_worker(Job("video", str(device), width, reps, model="half", height=height,
-                                  frames=profile.frames, model_file=model_file if file_row == "half" else ""))
+        # its clip and outputs in a folder of this process's: a worker stopped by SIGTERM is killed, no clean-up
+        with tempfile.TemporaryDirectory(prefix="stylenet-bench-video-") as folder:
+            measured = run_worker(Job("video", str(device), width, reps, model="half", height=height,
+                                      frames=profile.frames, model_file=model_file if file_row == "half" else "",
+                                      output=folder))
         results[key("video", "half", f"{width}x{height}", "fps")] = profile.frames / measured.seconds
     return results
 

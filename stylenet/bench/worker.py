@@ -54,7 +54,8 @@ class Job:
     frames: int = 0             # frames, video: frames streamed per timed repetition
     max_memory: int = 0         # photo: the default path's budget, bytes (0: the device's default)
     model_file: str = ""        # frames, photo: a trained model file instead of MODELS' random weights
-    output: str = ""            # photo: save the first output here (torch.save), to compare paths
+    output: str = ""            # photo: save the first output here (torch.save), to compare paths;
+                                # video: the folder for the clip and its outputs
 
 
 @dataclass(frozen=True)
@@ -130,17 +131,15 @@ def frames_work(job: Job, device: torch.device) -> Callable[[], Any]:
 class VideoWork:
     """A generated clip of ``job.frames`` frames (:func:`stylenet.video.sample.write_sample_clip`)
     through :func:`stylenet.video.stylize_video`: decoding, the network and encoding overlapping, as
-    ``stylenet-stylize clip.mp4`` runs them. Each call writes a new output file."""
+    ``stylenet-stylize clip.mp4`` runs them. Each call writes a new output file, all in the folder
+    ``job.output``, which the parent process removes."""
 
     def __init__(self, job: Job, device: torch.device) -> None:
-        import tempfile
         from pathlib import Path
 
         from stylenet.video.sample import write_sample_clip
 
-        self.folder = tempfile.TemporaryDirectory(prefix="stylenet-bench-video-")  # removed at exit
-        self.clip = write_sample_clip(Path(self.folder.name) / "clip.mp4", job.frames, (job.height, job.size),
-                                      audio=False)
+        self.clip = write_sample_clip(Path(job.output) / "clip.mp4", job.frames, (job.height, job.size), audio=False)
         self.model, self.calls = inference_model(job, device), 0
 
     def __call__(self) -> None:
