@@ -551,6 +551,22 @@ def test_loaded_models_are_let_go_least_recently_used_first_beyond_their_bytes(
     assert multi.weight_bytes == alone + one.weight_bytes > alone
 
 
+def test_listing_a_large_file_of_something_else_does_not_read_it_whole(tmp_path: Path) -> None:
+    """VGG's weights (a 528 MB .pth) beside the models: the listing loaded the whole file to learn it is no
+    style model, before any memory plan. A zip archive is memory-mapped: the peak grows by its header."""
+    folder = tmp_path / "models"
+    make_model(folder / "tiny.safetensors", style="tiny")
+    torch.save({"features.0.weight": torch.zeros(50_000_000)}, folder / "vgg16.pth")  # 200 MB of weights
+    script = ("import sys; from pathlib import Path; import torch; from stylenet.serve import file_styles\n"
+              "def peak(): return next(int(line.split()[1]) for line in open('/proc/self/status') "
+              "if line.startswith('VmHWM'))\n"  # (ru_maxrss keeps the forking parent's)
+              "before = peak(); styles = file_styles(Path(sys.argv[1])); print(styles, (peak() - before) // 1024)")
+    result = subprocess.run([sys.executable, "-c", script, str(folder / "vgg16.pth")], capture_output=True,
+                            text=True, timeout=120)
+    styles, grown_mb = result.stdout.split()
+    assert styles == "None" and int(grown_mb) < 50, result.stdout  # one unreadable entry, read by its header
+
+
 @pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])
 def test_on_a_cuda_gpu_the_share_holds_the_photo_and_the_gpu_the_activations(
         server_config: ServeConfig, monkeypatch: pytest.MonkeyPatch, device: str, on_the_gpu: bool) -> None:
@@ -988,6 +1004,9 @@ def test_a_temporary_folder_that_went_away_is_one_line_and_gives_every_place_bac
             assert status == 507 and str(root) not in reply["error"], reply
             assert reply["error"].startswith("the server cannot keep ")
             assert reply["error"].endswith("in its temporary folder (No such file or directory)")
+        deadline = time.monotonic() + TIMEOUT_S  # (a frame's place is given back just after its answer)
+        while server.gate.admitted and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.gate.admitted == 0
         root.with_name(root.name + ".away").rename(root)
         status, reply = submit(address(server), photo, [tiny])
