@@ -152,6 +152,10 @@ def test_a_section_that_refuses_a_setting_is_one_line(tmp_path: Path, capsys: py
     assert bench.main(["--quick", "--sections", section, "--weights", str(weights)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("stylenet-bench: error: ") and str(weights) in err[-1], err
+    # the loss curve, which runs after every section: refused before them, not after their minutes
+    assert bench.main(["--quick", "--sections", "conv", "--loss-curve", "2", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("stylenet-bench: error: ") and "stylenet-bench: conv ..." not in err, err
 
 
 def test_model_file_rows_follow_its_width(tmp_path: Path, capsys: pytest.CaptureFixture[str],

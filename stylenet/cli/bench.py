@@ -151,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("stylenet.nets.vgg").setLevel(logging.ERROR)
     try:
         device = resolve_device(args.device, accelerators=("cuda",))
+        if args.weights not in ("random", "calibrated") and ({"train", "gatys"} & set(args.sections) or
+                                                            args.loss_curve):  # before minutes of other sections
+            from stylenet.nets.vgg import VGGFeatures  # (a file that is no VGG-16, ImageNet's weights offline)
+
+            VGGFeatures(["relu4_3"], weights=args.weights)
         if args.model_file and {"frames", "photo"} & set(args.sections):  # before minutes of other sections
             row = model_file_row(args.model_file, paper_only="photo" in args.sections)
             if args.models and row not in args.models and "photo" not in args.sections:
