@@ -228,7 +228,8 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
 
 def test_derived_figures_and_targets_hand_computed() -> None:
     """The floor, the bound and the targets from a hand-made set of figures."""
-    results = {"train_size": 256, "train_batch": 4, "train_fast_precision": "32-true", "train_fast_s": 4.0,
+    results = {"meta": {"bf16_native": True},
+               "train_size": 256, "train_batch": 4, "train_fast_precision": "32-true", "train_fast_s": 4.0,
                "train_reference_s": 8.0,
                "train_fast_gflop": 600.0, "train_fast_executed_gflop": 500.0, "train_reference_gflop": 700.0,
                "conv_fp32_gflops": 250.0, "conv_bf16_gflops": 20.0,
@@ -243,6 +244,11 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     assert results["train_floor_s"] == pytest.approx(500 / 250)
     assert results["train_speedup_bound"] == pytest.approx(8.0 / 2.0)
     assert results["gatys500_over_feedforward"] == pytest.approx(500 * 0.5 / 0.2)
+    # the targets are set for the default precision of a bf16-native CPU: fp32 there is not judged
+    assert results["targets_not_judged"]["train_fraction_of_peak"].endswith(
+        "measured at train_fast_precision 32-true (the target's: bf16-mixed)")
+    results |= {"train_fast_precision": "bf16-mixed", "conv_bf16_gflops": 250.0}
+    report.derived(results)
     targets = results["targets"]
     assert not targets["train_fraction_of_peak"]["met"]  # 0.5 < 0.83
     assert targets["infer_fast_paper_1024_seconds"]["met"] and targets["gatys500_over_feedforward"]["met"]
@@ -261,15 +267,24 @@ def test_derived_figures_and_targets_hand_computed() -> None:
         "train_batch 2 (the target's: 4)")
     # fp16 has no ceiling measured: no fraction (it was judged against bf16's); a short loss curve is not judged
     results |= {"train_size": 256, "train_batch": 4, "train_fast_precision": "16-mixed", "loss_curve_steps": 2,
-                "loss_curve_rel_diff_final_eval": 0.02}
+                "loss_curve_rel_diff_final_eval": 0.02, "loss_curve_fast_precision": "bf16-mixed"}
     del results["train_fraction_of_peak"]
     report.derived(results)
     assert "train_fraction_of_peak" not in results and "loss_curve_rel_diff_final_eval" not in results["targets"]
     assert results["targets_not_judged"]["loss_curve_rel_diff_final_eval"].endswith(
         "measured at loss_curve_steps 2 (the target's: at least 200)")
-    results |= {"loss_curve_steps": 1000}  # a longer curve is judged
+    results |= {"loss_curve_steps": 1000, "loss_curve_fast_precision": "32-true"}  # fp32 against fp32: no measure
+    report.derived(results)
+    assert results["targets_not_judged"]["loss_curve_rel_diff_final_eval"].endswith(
+        "measured at loss_curve_fast_precision 32-true (the target's: bf16-mixed)")
+    results |= {"loss_curve_fast_precision": "bf16-mixed"}  # a longer curve in bf16 is judged
     report.derived(results)
     assert not results["targets"]["loss_curve_rel_diff_final_eval"]["met"]
+    # on a CPU without native bf16 no target is judged: the README gives the bound its arithmetic allows
+    results["meta"]["bf16_native"] = False
+    report.derived(results)
+    assert not results["targets"] and results["targets_not_judged"]["infer_fast_paper_1024_seconds"].endswith(
+        "measured at bf16_native False (the target's: True)")
 
 
 def test_rows_timed_with_a_model_file_name_it() -> None:

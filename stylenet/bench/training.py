@@ -153,7 +153,8 @@ def loss_curve(device: torch.device, steps: int, size: int, batch: int, precisio
         final[name] = step.evaluate(fixed)
     tail = min(10, steps)
     fp32_tail, fast_tail = statistics.fmean(curves["fp32"][-tail:]), statistics.fmean(curves["fast"][-tail:])
-    return {"loss_curve_steps": steps, "loss_curve_fp32": curves["fp32"], "loss_curve_fast": curves["fast"],
+    return {"loss_curve_steps": steps, "loss_curve_fast_precision": precision,
+            "loss_curve_fp32": curves["fp32"], "loss_curve_fast": curves["fast"],
             "loss_curve_rel_diff_last": abs(curves["fast"][-1] / curves["fp32"][-1] - 1),
             "loss_curve_rel_diff_mean_last10": abs(fast_tail / fp32_tail - 1),
             "loss_curve_fp32_final_eval": final["fp32"], "loss_curve_fast_final_eval": final["fast"],
