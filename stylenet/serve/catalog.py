@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from stylenet.inference import InferenceModel
 
 #: Bytes of weights the loaded models may keep between photos, within the part of the memory limit set aside
-#: for them (:data:`stylenet.serve.limits.RESERVE_BYTES`): some nine paper-width networks, or one file of
+#: for them (:data:`stylenet.serve.limits.RESERVE_BYTES`): some ten paper-width networks, or one file of
 #: several styles and the single-style networks it keeps. Beyond it the least recently used are let go.
 LOADED_MODEL_BYTES = 64 * 2**20
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
