@@ -134,6 +134,28 @@ def test_prepare_fails_on_a_folder_without_a_readable_photo(tmp_path: Path, caps
     assert not (tmp_path / "empty").exists()
 
 
+def test_a_named_pipe_a_huge_photo_and_a_home_relative_output(square_photos: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named pipe among the photos hung prepare for ever (hashed before it was decoded); a photo over the
+    pixel limit could not be admitted (--max-pixels, which its reason named, did not exist); `--output=~/x`,
+    where the shell leaves the ~, made a folder named "~"."""
+    os.mkfifo(square_photos / "pipe.png")
+    make_photo(square_photos / "big.png", size=(40, 30))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert prepare_cli.main([str(square_photos), "--output=~/out", "--size", "32", "--max-pixels", "1100",
+                             "--workers", "0", "--no-progress"]) == 0
+    out = tmp_path / "home" / "out"
+    assert not (tmp_path / "~").exists() and (out / MANIFEST).is_file()
+    reasons = {entry["path"]: entry["reason"] for entry in json.loads((out / MANIFEST).read_text())["skipped"]}
+    assert "not a regular file" in reasons["pipe.png"]
+    assert "40x30 = 1200 pixels exceeds the limit of 1100" in reasons["big.png"]
+    again = tmp_path / "again"  # the default limit admits it
+    assert prepare_cli.main([str(square_photos), "-o", str(again), "--size", "32", "--workers", "0",
+                             "--no-progress"]) == 0
+    assert "big.png" not in {entry["path"] for entry in json.loads((again / MANIFEST).read_text())["skipped"]}
+
+
 def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_path: Path) -> None:
     """Missing, truncated or short shards are refused when the store opens, not mid-run with a traceback."""
     whole = tmp_path / "whole"

@@ -26,6 +26,7 @@ import numpy as np
 from stylenet.atomic import atomic_write, unwritable
 from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
 from stylenet.errors import StylenetError, cannot_write, first_line
+from stylenet.image import DEFAULT_MAX_PIXELS
 from stylenet.shards import FORMAT, FORMAT_VERSION, MANIFEST, read_manifest, shard_name
 
 PROG = "stylenet-prepare"
@@ -33,8 +34,8 @@ PROG = "stylenet-prepare"
 STOP_S = 5.0
 
 
-def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | None, str | None]:
-    """(photo, source root, size) -> (relative path, SHA-256, (S, S, 3) uint8 or None, error or None).
+def prepare_one(job: tuple[Path, Path, int, int]) -> tuple[str, str, np.ndarray | None, str | None]:
+    """(photo, source root, size, max pixels) -> (relative path, SHA-256, (S, S, 3) uint8 or None, error or None).
 
     Runs in worker processes: imports stay inside (and light: no Lightning), errors come back as values."""
     import torch
@@ -42,11 +43,11 @@ def prepare_one(job: tuple[Path, Path, int]) -> tuple[str, str, np.ndarray | Non
     from stylenet.image import ImageError, load_rgb, training_sample
     from stylenet.styles import file_sha256
 
-    path, root, size = job
+    path, root, size, max_pixels = job
     relative = path.relative_to(root).as_posix()
     try:
+        photo = load_rgb(path, max_pixels=max_pixels)  # first: it refuses a named pipe, which hashing waits on
         digest = file_sha256(path)
-        photo = load_rgb(path)
     except (ImageError, OSError) as err:
         return relative, "", None, first_line(err)
     try:
@@ -103,16 +104,17 @@ def add_shard(out: Path, manifest: dict[str, Any], group: list[tuple[str, str, n
 
 
 def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, workers: int = 0,
-            progress: bool = True) -> dict[str, Any]:
-    """Prepare (or finish preparing) ``out`` from the photos under ``source``; returns the manifest."""
+            progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
+    """Prepare (or finish preparing) ``out`` from the photos under ``source``; returns the manifest. A photo
+    of more than ``max_pixels`` is skipped before it is decoded (a possible decompression bomb)."""
     from tqdm import tqdm
 
     from stylenet.image import list_images
 
-    if size <= 0 or size % 4 or shard_images < 1 or workers < 0:
-        raise StylenetError(f"--size must be a positive multiple of 4, --shard-images >= 1 and --workers >= 0; "
-                            f"got {size}, {shard_images}, {workers}")
-    source = source.expanduser().resolve()
+    if size <= 0 or size % 4 or shard_images < 1 or workers < 0 or max_pixels < 1:
+        raise StylenetError(f"--size must be a positive multiple of 4, --shard-images >= 1, --workers >= 0 and "
+                            f"--max-pixels >= 1; got {size}, {shard_images}, {workers}, {max_pixels}")
+    source, out = source.expanduser().resolve(), out.expanduser()  # (`--output=~/x`: the shell leaves ~ there)
     if not source.is_dir():
         raise StylenetError(f"{str(source)!r} is not a folder")
     reason = unwritable(out / MANIFEST)
@@ -127,7 +129,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     done = {*seen.values(), *(entry["path"] for entry in manifest["skipped"])}
     todo = [path for path in files if path.relative_to(source).as_posix() not in done]
     manifest["complete"] = False
-    jobs = ((path, source, size) for path in todo)
+    jobs = ((path, source, size, max_pixels) for path in todo)
     # the workers fork before the progress bar starts its monitor thread: a fork copies the locks of the
     # threads alive at that moment, and a worker can hang on one before it runs (stylenet.data.WORKER_START)
     pool = multiprocessing.Pool(workers, initializer=leave_signals_to_parent) if workers > 0 else None
@@ -215,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-images", type=int, default=1000, help="images per shard file (default 1000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="decoding processes (default: one per CPU; 0 decodes in this process)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="PIXELS",
+                        help="largest photo, in pixels: a larger one is skipped before it is decoded, as a possible "
+                             f"decompression bomb (default: {DEFAULT_MAX_PIXELS}, as data.max_pixels)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         with sigterm_as_terminated():
             manifest = prepare(args.source, args.output, args.size, args.shard_images, args.workers,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, max_pixels=args.max_pixels)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

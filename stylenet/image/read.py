@@ -57,6 +57,8 @@ def _check_is_file(p: Path) -> None:
             raise file_error(p, "is a directory, not a file")
         if not p.exists():
             raise file_error(p, "no such file")
+        if not p.is_file():  # a named pipe, a socket, a device: opening one may wait for ever
+            raise file_error(p, "not a regular file (a named pipe, socket or device)")
         if p.stat().st_size == 0:
             raise file_error(p, "empty file (0 bytes)")
     except OSError as err:  # e.g. permission denied on a parent directory
