@@ -375,6 +375,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.held_out_reported: set[str] = set()  # the errors of bad held-out photos already named
         self.bad_listed: set[str] | None = None  # the training photos' errors listed so far (read at the first)
         self.shards: ShardStore | None = None  # source=shards: the prepared dataset, once listed
+        self.listed_root: Path | None = None  # the folder the files were listed from (coco's train2014 too)
         self.worker_datasets: list[ImageFileDataset] = []
 
     def list_files(self) -> list[Path]:
@@ -394,6 +395,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             # the dataset's own root: its val2014 (and test2015) are not the paper's training photos
             root = root / "train2014"
             log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
+        self.listed_root = root
         files = list_images(root, skip_runs=True)
         if not files:
             raise StylenetError(f"data.root {str(root)!r} contains no images")
@@ -532,11 +534,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 
     def listing(self) -> dict[str, Any]:
-        """How many photos the source lists and a digest of their paths (relative to ``root``): the
+        """How many photos the source lists and a digest of their paths (relative to the folder listed: a
+        COCO root and its train2014 folder, the two spellings of one data.root, list the same): the
         held-out set and the stream's order follow from this list alone."""
-        root = Path(self.root).expanduser() if self.root else None
-        if self.source == "demo":
-            root = demo_root()
+        root = demo_root() if self.source == "demo" else self.listed_root or (
+            Path(self.root).expanduser() if self.root else None)
         files = sorted([*self.train_files, *self.val_files])
         names = [path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
                  for path in files]

@@ -120,6 +120,12 @@ def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path) -> No
     dm.setup("fit")
     assert {path.parent.name for path in dm.train_files + dm.val_files} == {"train2014"}
     assert len(dm.train_files + dm.val_files) == 3
+    # the two spellings of one data.root list the same photos: a run resumed with the other is not warned of
+    # "other photos" (the listing named them relative to the root given, train2014/ or not)
+    folder = ImageFolderDataModule(source="coco", root=str(tmp_path / "coco" / "train2014"), image_size=16,
+                                   val_images=1)
+    folder.setup("fit")
+    assert folder.listing() == dm.listing()
     with pytest.raises(StylenetError, match=r"is not a folder \(data=coco: set data.root or \$COCO_ROOT"):
         ImageFolderDataModule(source="coco", root=str(tmp_path / "missing")).setup("fit")
 
