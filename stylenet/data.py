@@ -197,16 +197,23 @@ class ShardDataset(ImageFileDataset):
     training and centre crops in validation, as photos do. Smaller shards are refused: upsampling
     prepared pixels would silently train on blurred images."""
 
-    def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0, *, store: ShardStore) -> None:
+    def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0, *, store: ShardStore,
+                 refuse_enlarged: bool = False) -> None:
         super().__init__(files, image_size, seed)
         if store.size < image_size:
             raise StylenetError(f"the prepared dataset {str(store.root)!r} has {store.size} px images, smaller "
                                 f"than data.image_size={image_size}; prepare it again with --size {image_size}")
-        self.store = store
+        self.store, self.refuse_enlarged = store, refuse_enlarged
         self.rows = {str(path): row for row, path in enumerate(store.sources)}
 
     def read(self, path: Path) -> torch.Tensor:
-        """The prepared uint8 pixels as a (3, S, S) view of the memory map: no copy, no decoding."""
+        """The prepared uint8 pixels as a (3, S, S) view of the memory map: no copy, no decoding. With
+        ``refuse_enlarged`` (super-resolution), a photo the shards hold enlarged is a bad file, as
+        :class:`SuperResolutionPatches` refuses a photo smaller than its patch."""
+        enlarged = self.store.enlarged.get(path) if self.refuse_enlarged and self.store.enlarged else None
+        if enlarged:
+            raise ImageError(f"cannot use image {str(path)!r}: {enlarged[0]}x{enlarged[1]} px, enlarged to the "
+                             f"prepared dataset's {self.store.size} px; enlarged, it would be a blurred target")
         return torch.from_numpy(self.store.image(self.rows[str(path)])).permute(2, 0, 1)
 
     def patch(self, image: torch.Tensor, path: Path, rng: random.Random | None) -> torch.Tensor:
@@ -304,6 +311,24 @@ def first_problem(problem: str | None) -> str:
     problems: list[str | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(problems, problem)
     return next(found for found in problems if found)
+
+
+def append_once(path: Path, lines: list[str]) -> list[str]:
+    """Append to the text file ``path`` those of ``lines`` it does not hold yet, and return them. Under an
+    exclusive lock where the system has one (``fcntl``): the processes of a multi-GPU run each meet bad
+    files in their own part of the stream, and list them in one file, each once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; two processes that meet one file at once may each list it
+        fcntl = None
+    with open(path, "a+", encoding="utf-8", errors="backslashreplace") as report:
+        if fcntl is not None:
+            fcntl.flock(report, fcntl.LOCK_EX)  # released as the file closes
+        report.seek(0)
+        held = set(report.read().splitlines())
+        fresh = [line for line in lines if line not in held]
+        report.writelines(f"{line}\n" for line in fresh)
+    return fresh
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -484,12 +509,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.report_path.is_file() else ""
             self.bad_listed = set(listed.splitlines())
         new = list(dict.fromkeys(error for error in errors if error not in self.bad_listed))
-        for error in new:  # once per file, not every epoch that meets it again
-            log.warning("skipped %s", error)
         self.bad_listed.update(new)
         if self.report_path is not None and new:
-            with open(self.report_path, "a", encoding="utf-8", errors="backslashreplace") as report:
-                report.writelines(f"{error}\n" for error in new)
+            new = append_once(self.report_path, new)  # (under DDP another process may have met the file first)
+        for error in new:  # once per file, not every epoch that meets it again
+            log.warning("skipped %s", error)
         fraction = self.bad_seen / max(self.samples_seen, 1)
         # judged after 20 batches, or at once when not one image of the first 2 batches could be read (a run
         # shorter than 20 batches must not finish as if it had trained)
@@ -616,7 +640,19 @@ class SuperResolutionDataModule(ImageFolderDataModule):
             smallest = -(-(window + 2 * factor) // factor) * factor
             raise StylenetError(f"data.image_size ({image_size}) leaves {scored} px to score at x{factor} once "
                                 f"the border is shaved; SSIM's window needs {window}: use {smallest} or more")
-        self.factor = factor
+        self.factor, self.warned_unrecorded = factor, False
+
+    def make_dataset(self, files: list[Path]) -> ImageFileDataset:
+        """HR patches of ``files``; from prepared shards, those of photos the shards hold enlarged are bad
+        files (an older stylenet-prepare did not record them: a warning says so)."""
+        if self.source != "shards":
+            return super().make_dataset(files)
+        if self.shards.enlarged is None and not self.warned_unrecorded:
+            self.warned_unrecorded = True
+            log.warning("the prepared dataset %s does not record which photos it holds enlarged (an older "
+                        "stylenet-prepare made it): photos smaller than %d px, if any, train as blurred targets; "
+                        "prepare it again to have them skipped", self.shards.root, self.shards.size)
+        return ShardDataset(files, self.image_size, self.seed, store=self.shards, refuse_enlarged=True)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         images = batch["images"]

@@ -8,9 +8,11 @@ NumPy files, so reading needs no extra dependency and no decoding:
 * ``shard_NNNNN.npy``: uint8 (N, S, S, 3), RGB, each photo's short side resized to S (antialiased
   bilinear, as :func:`stylenet.image.resize_short_side`) and centre-cropped;
 * ``manifest.json``: the format, S, the image count, per shard its file and its sources (path
-  relative to ``source_root`` and the SHA-256 of the file's bytes), and every skipped file with
-  the reason. It is replaced atomically after each finished shard, so an interrupted preparation
-  resumes from the last finished shard and a reader never sees a half-written dataset.
+  relative to ``source_root`` and the SHA-256 of the file's bytes), every skipped file with the
+  reason, and the photos enlarged to S (``enlarged``: path -> [width, height]; training for style
+  takes them, super-resolution skips them, as it skips photos smaller than its patch). It is replaced
+  atomically after each finished shard, so an interrupted preparation resumes from the last finished
+  shard and a reader never sees a half-written dataset.
 
 This module only reads; it imports neither Lightning nor the data module.
 """
@@ -94,6 +96,10 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
     if not isinstance(skipped, list) or not all(isinstance(entry, dict) and isinstance(entry.get("path"), str)
                                                 for entry in skipped):
         return "'skipped' is not a list of skipped paths"
+    enlarged = manifest.get("enlarged", {})  # (none in a manifest of an older stylenet-prepare)
+    if not isinstance(enlarged, dict) or not all(isinstance(size, list) and len(size) == 2 and
+                                                 all(_whole(side, 1) for side in size) for size in enlarged.values()):
+        return "'enlarged' is not a map of paths to [width, height]"
     return None
 
 
@@ -125,6 +131,9 @@ class ShardStore:
             self.location += [(shard, row) for row in range(len(entry["sources"]))]
         if not self.sources:
             raise StylenetError(f"prepared dataset {str(self.root)!r} holds no images")
+        #: the photos enlarged to ``size``, (width, height) each; None: not recorded (an older stylenet-prepare)
+        self.enlarged: dict[Path, tuple[int, int]] | None = None if "enlarged" not in manifest else {
+            source_root / relative: (width, height) for relative, (width, height) in manifest["enlarged"].items()}
         self._maps: list[np.ndarray] | None = None
         self._shards()  # a missing, truncated or short shard is an error now, not a traceback mid-run
 

@@ -148,7 +148,7 @@ def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
             ImageFolderDataModule(**setting)
 
 
-def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
+def test_too_many_bad_files_stop_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dm = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
     dm.report_path = tmp_path / "skipped_images.txt"
     dm.samples_seen = 100
@@ -162,6 +162,14 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     resumed.report_path = dm.report_path  # a resumed run's list goes on without repeats
     resumed.record_bad(["cannot read image 'b.jpg': truncated", "cannot read image 'c.jpg': truncated"])
     assert dm.report_path.read_text().splitlines() == [f"cannot read image '{name}.jpg': truncated" for name in "abc"]
+    # the processes of a multi-GPU run share the list: a file two of them meet is listed (and warned of) once
+    other_rank = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
+    other_rank.report_path, other_rank.bad_listed = dm.report_path, set()  # (read its list before the others wrote)
+    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+        dm.record_bad(["cannot read image 'd.jpg': truncated"])
+        other_rank.record_bad(["cannot read image 'd.jpg': truncated", "cannot read image 'a.jpg': truncated"])
+    assert dm.report_path.read_text().splitlines() == [f"cannot read image '{name}.jpg': truncated" for name in "abcd"]
+    assert caplog.text.count("skipped cannot read image") == 1
 
 
 def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path,

@@ -63,7 +63,7 @@ def test_the_prepare_worker_does_not_import_lightning(tmp_path: Path) -> None:
         "from pathlib import Path\n"
         "from stylenet.cli.prepare import prepare_one\n"
         f"job = (Path({str(tmp_path / 'a.png')!r}), Path({str(tmp_path)!r}), 16, 10**8)\n"
-        "relative, digest, pixels, error = prepare_one(job)\n"
+        "relative, digest, pixels, error, enlarged = prepare_one(job)\n"
         "assert error is None and pixels.shape == (16, 16, 3), error\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'hydra'))\n"
         "print(heavy[:3])\n"

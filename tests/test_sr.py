@@ -20,7 +20,7 @@ import stylenet
 from stylenet import StylenetError
 from stylenet.callbacks import ExportStyleModel
 from stylenet.cli.train import config_dir
-from stylenet.data import SuperResolutionDataModule, SuperResolutionPatches
+from stylenet.data import ImageFolderDataModule, SuperResolutionDataModule, SuperResolutionPatches
 from stylenet.export import export_checkpoint, write_models
 from stylenet.image import load_rgb
 from stylenet.metrics import degrade
@@ -83,6 +83,46 @@ def photos(root: Path, count: int = 6) -> Path:
     for i in range(count):
         make_photo(root / f"img{i}.png", size=(48 + 8 * i, 40 + 4 * i), seed=i)
     return root
+
+
+def test_prepared_shards_of_enlarged_photos_are_not_super_resolution_targets(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """stylenet-prepare enlarges a photo smaller than --size to fit (as style training does); super-resolution
+    on those shards trained on it, a blurred target, where data=folder skips it. The manifest records the
+    photos it enlarged, and super-resolution skips them as bad files; a manifest of an older prepare, which
+    records none, is a warning."""
+    import json
+
+    from stylenet.cli.prepare import prepare
+    from stylenet.shards import MANIFEST
+
+    root = photos(tmp_path / "photos")  # 48x40 ... 88x60
+    manifest = prepare(root, tmp_path / "shards", size=48, progress=False)
+    assert manifest["enlarged"] == {"img0.png": [48, 40], "img1.png": [56, 44]}
+    data = SuperResolutionDataModule(factor=4, source="shards", root=str(tmp_path / "shards"), image_size=32,
+                                     val_images=1)
+    data.setup("fit")
+    items = {Path(item["path"]).name: item for item in (data.make_dataset(data.train_files)[(0, k, k)]
+                                                         for k in range(len(data.train_files)))}
+    assert {name for name, item in items.items() if item["image"] is None} == {"img1.png"}  # img0 is held out
+    assert items["img1.png"]["error"] == (
+        f"cannot use image {str(root / 'img1.png')!r}: 56x44 px, enlarged to the prepared dataset's 48 px; "
+        "enlarged, it would be a blurred target")
+    assert all(item["image"].shape == (3, 32, 32) for name, item in items.items() if name != "img1.png")
+    # style training takes them all, as it takes photos smaller than its crop
+    style = ImageFolderDataModule(source="shards", root=str(tmp_path / "shards"), image_size=32, val_images=1)
+    style.setup("fit")
+    assert all(style.make_dataset(style.train_files)[k]["image"] is not None for k in range(len(style.train_files)))
+    older = json.loads((tmp_path / "shards" / MANIFEST).read_text())
+    del older["enlarged"]
+    (tmp_path / "shards" / MANIFEST).write_text(json.dumps(older))
+    data = SuperResolutionDataModule(factor=4, source="shards", root=str(tmp_path / "shards"), image_size=32,
+                                     val_images=1)
+    data.setup("fit")
+    with caplog.at_level("WARNING", logger="stylenet.data"):
+        data.make_dataset(data.train_files)
+        data.make_dataset(data.val_files)
+    assert caplog.text.count("does not record which photos it holds enlarged") == 1
 
 
 def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -> None:

@@ -34,8 +34,13 @@ PROG = "stylenet-prepare"
 STOP_S = 5.0
 
 
-def prepare_one(job: tuple[Path, Path, int, int]) -> tuple[str, str, np.ndarray | None, str | None]:
-    """(photo, source root, size, max pixels) -> (relative path, SHA-256, (S, S, 3) uint8 or None, error or None).
+#: What :func:`prepare_one` gives for a photo: its path relative to the source, its SHA-256, its (S, S, 3) uint8
+#: pixels (None for a bad file), the error (None if none), and its (width, height) where it was enlarged to S.
+Prepared = tuple[str, str, np.ndarray | None, str | None, tuple[int, int] | None]
+
+
+def prepare_one(job: tuple[Path, Path, int, int]) -> Prepared:
+    """(photo, source root, size, max pixels) -> :data:`Prepared`.
 
     Runs in worker processes: imports stay inside (and light: no Lightning), errors come back as values."""
     import torch
@@ -49,13 +54,15 @@ def prepare_one(job: tuple[Path, Path, int, int]) -> tuple[str, str, np.ndarray 
         photo = load_rgb(path, max_pixels=max_pixels)  # first: it refuses a named pipe, which hashing waits on
         digest = file_sha256(path)
     except (ImageError, OSError) as err:
-        return relative, "", None, first_line(err)
+        return relative, "", None, first_line(err), None
     try:
         image = training_sample(photo, path, size, size, None)  # what training cuts from the photo
     except ImageError as err:  # decoded, but too elongated to resize
-        return relative, "", None, str(err)
+        return relative, "", None, str(err), None
     pixels = image.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None
+    height, width = photo.shape[-2:]
+    enlarged = (width, height) if min(width, height) < size else None
+    return relative, digest, pixels.permute(1, 2, 0).contiguous().numpy(), None, enlarged
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -74,7 +81,7 @@ def start_manifest(out: Path, source_root: Path, size: int) -> dict[str, Any]:
                                 f"use another -o for {source_root} at {size} px")
         return manifest
     return {"format": FORMAT, "version": FORMAT_VERSION, "size": size, "source_root": str(source_root),
-            "count": 0, "complete": False, "shards": [], "skipped": []}
+            "count": 0, "complete": False, "shards": [], "skipped": [], "enlarged": {}}
 
 
 def write_shard(out: Path, index: int, images: list[np.ndarray]) -> str:
@@ -140,13 +147,15 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
                file=sys.stderr)
     try:
         pending: list[tuple[str, str, np.ndarray]] = []
-        for relative, digest, pixels, error in results:
+        for relative, digest, pixels, error, enlarged in results:
             bar.update(1)
             reason = error if pixels is None else f"duplicate of {seen[digest]}" if digest in seen else None
             if reason is not None:
                 manifest["skipped"].append({"path": relative, "reason": reason})
                 continue
             seen[digest] = relative
+            if enlarged and "enlarged" in manifest:  # (a manifest begun by an older stylenet-prepare has none)
+                manifest["enlarged"][relative] = list(enlarged)
             pending.append((relative, digest, pixels))
             if len(pending) == shard_images:
                 add_shard(out, manifest, pending)
