@@ -254,6 +254,11 @@ class ImageTask(pl.LightningModule):
         # an empty batch: every file of it was unreadable
         terms = self.step_terms(batch) if images.numel() else None
         if not self.step_is_usable(terms, batch):
+            # no TensorBoard point at a step that trained nothing: Lightning logs the on-step values it
+            # holds at every logging step, and would log the last used batch's again (its results are
+            # the only handle on them)
+            if self.trainer._results is not None:
+                self.trainer._results.reset(metrics=False, fx="training_step")
             # Not None (Lightning's skip), which DDP refuses: a zero loss on every trained weight keeps
             # each rank in the gradient all-reduce, and adds nothing to the gradients
             return sum(weight.sum() for weight in self.net.parameters() if weight.requires_grad) * 0.0
@@ -309,17 +314,22 @@ class ImageTask(pl.LightningModule):
         self.val_grids.setdefault(tag, (dim, []))[1].append(images.detach().float().cpu())
 
     def on_validation_epoch_end(self) -> None:
-        for tag, (dim, parts) in self.val_grids.items():
-            self.add_image(tag, torch.cat(parts, dim=dim))
+        """The grids of the held-out photos; none for Lightning's sanity check (``trainer.num_sanity_val_steps``),
+        whose scalars Lightning drops: its grid of the untrained network would stand alone at step 0."""
+        if not self.trainer.sanity_checking:  # at the step Lightning logs the validation's scalars at: the
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped  # batches that stepped before it
+            for tag, (dim, parts) in self.val_grids.items():               # (global_step is one more by now)
+                self.add_image(tag, torch.cat(parts, dim=dim), step)
         self.val_grids = {}
 
-    def add_image(self, tag: str, images: torch.Tensor) -> None:
-        """Log a grid (one row per image) to TensorBoard, from rank 0 only."""
+    def add_image(self, tag: str, images: torch.Tensor, step: int | None = None) -> None:
+        """Log a grid (one row per image) to TensorBoard, from rank 0 only, at ``step`` (default: the
+        global step)."""
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
             return
         grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=1, padding=2)
-        experiment.add_image(tag, grid, global_step=self.global_step)
+        experiment.add_image(tag, grid, global_step=self.global_step if step is None else step)
 
 
 def build_net(cls: type[torch.nn.Module], model: dict[str, Any]) -> torch.nn.Module:

@@ -66,6 +66,28 @@ def compose_train(tmp_path: Path, *overrides: str, experiment: str | None = "smo
     return cfg
 
 
+def test_tensorboard_shows_each_step_that_trained_once_and_each_validation_at_one_step(tmp_path: Path) -> None:
+    """A batch of bad files trains nothing: its step had a point, the last used batch's values logged again.
+    A validation's grid was one step after its scalars (the optimiser's count, not the logger's), and
+    Lightning's sanity check left a grid of the untrained network at step 0, without scalars."""
+    for k in range(10):
+        make_photo(tmp_path / "photos" / f"p{k:02d}.png", size=(72, 72), seed=k)
+    for name in ("bad1.png", "bad2.png"):  # held out: bad1 (index 0 of 12); in training: bad2, met in 11 steps
+        (tmp_path / "photos" / name).write_bytes(f"not a png: {name}".encode())  # (not copies of each other)
+    from tests.test_fault_tolerance import run_in_process
+
+    run_dir = tmp_path / "run"
+    run_in_process(run_dir, "experiment=smoke", "data=folder", f"data.root={tmp_path / 'photos'}",
+                   "data.batch_size=1", "data.val_images=2", "data.max_bad_fraction=0.5", "trainer.max_steps=11",
+                   "trainer.val_check_interval=5", "trainer.log_every_n_steps=1", "trainer.num_sanity_val_steps=2",
+                   "callbacks.export=null")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    steps = [event.step for event in events.Scalars("train/total")]
+    assert len(steps) == len(set(steps)) == 10 and set(steps) < set(range(11))  # one of the 11 batches skipped
+    validated = [event.step for event in events.Scalars("val/total")]
+    assert len(validated) == 2 and [event.step for event in events.Images("val/content_stylized")] == validated
+
+
 def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     """Not after the default style's preset: two models of two paintings must not both be "demo"
     (stylenet-stylize -m a -m b would write photo_demo.png twice)."""

@@ -1024,14 +1024,14 @@ def test_a_super_resolution_run_stopped_before_its_upscaled_photo_writes_it_when
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same for super-resolution, whose run ends with the first held-out photo upscaled
     (``<photo>_x4.png``) instead of a report."""
-    import stylenet.inference
+    from stylenet.inference import InferenceModel
 
     def terminated(*args: Any, **kwargs: Any) -> None:
         raise SystemExit(143)  # where SIGTERM's default action ends the process
 
     run_dir = tmp_path / "sr" / "run"
     sr = ["experiment=sr_smoke", "data.image_size=32", "trainer.max_steps=2", "+trainer.enable_progress_bar=false"]
-    monkeypatch.setattr(stylenet.inference, "run_network", terminated)
+    monkeypatch.setattr(InferenceModel, "transform", terminated)
     with pytest.raises(SystemExit):
         run_in_process(run_dir, *sr)
     monkeypatch.undo()

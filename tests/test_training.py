@@ -95,8 +95,8 @@ def test_tensorboard_holds_every_loss_term_and_image_grids(trained_run: Path) ->
                 "train/style/relu4_3", "val/total"):
         assert tag in tags["scalars"], tag
     assert "style" in tags["images"] and "val/content_stylized" in tags["images"]
-    grids = events.Images("val/content_stylized")
-    assert [g.step for g in grids] == [5, 10, 15, 20, 25, 30]
+    grids = events.Images("val/content_stylized")  # after steps 5, 10, ..., beside the validation's scalars
+    assert [g.step for g in grids] == [event.step for event in events.Scalars("val/total")] == [4, 9, 14, 19, 24, 29]
     # one row per held-out image (of both validation batches), content | stylized side by side, make_grid's
     # padding of 2 px
     assert (grids[0].width, grids[0].height) == (2 * 32 + 2 * 2, 3 * 32 + 4 * 2)
