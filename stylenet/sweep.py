@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,11 +51,15 @@ def job_order(folder: Path) -> list[Any]:
 HYDRA_ESCAPE = re.compile(r"\\([\\()\[\]{}:=, '\"])")
 
 
-def sweep_runs(sweep_dir: Path) -> list[Run]:
-    """The jobs under ``sweep_dir`` (each folder with Hydra's ``.hydra/overrides.yaml``), in job order."""
+def sweep_runs(sweep_dir: Path, jobs: Collection[Path] | None = None) -> list[Run]:
+    """The jobs under ``sweep_dir`` (each folder with Hydra's ``.hydra/overrides.yaml``), in job order;
+    only the folders ``jobs`` where given (this sweep's: an earlier sweep into the same folder left its own)."""
     runs = []
+    chosen = None if jobs is None else {Path(job).resolve() for job in jobs}
     for record in sweep_dir.glob("**/.hydra/overrides.yaml"):
         folder = record.parent.parent
+        if chosen is not None and folder.resolve() not in chosen:
+            continue
         summary = folder / "quality.json"
         try:
             quality = json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else None
@@ -82,17 +87,30 @@ def column_label(run: Run, label: str, sweep_dir: Path) -> str:
     return short if short == job else f"{job}: {short}"
 
 
-def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
-                       table: str = "sweep.md") -> dict[str, Path] | None:
-    """Write the contact sheet and the table of a finished sweep; None when no run left a
-    ``quality.json`` (super-resolution, ``stylenet-gatys -m``). Runs of several styles each leave one
-    per style instead, which one sheet of one style per run cannot show: a one-line error says so."""
+def unmeasured(run: Run) -> str:
+    """Why a run has no row of measures: several styles (a report each), super-resolution (scored by PSNR
+    and SSIM in TensorBoard and ``stylenet-evaluate-sr``), or no ``quality.json`` (the run failed or stopped)."""
+    if any(run.folder.glob("styles/*/quality.md")):
+        return f"several styles: see {run.folder.name}/styles/*/quality.md"
+    task = OmegaConf.select(OmegaConf.load(run.folder / ".hydra" / "config.yaml"), "task._target_", default="") \
+        if (run.folder / ".hydra" / "config.yaml").is_file() else ""
+    if str(task).endswith("SuperResolutionTask"):
+        return "super-resolution: no quality report"
+    return "no quality.json"
+
+
+def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", table: str = "sweep.md",
+                       jobs: Collection[Path] | None = None) -> dict[str, Path] | None:
+    """Write the contact sheet and the table of a finished sweep (of the job folders ``jobs``, default every
+    one under ``sweep_dir``); None when no run left a ``quality.json`` (super-resolution,
+    ``stylenet-gatys -m``). Runs of several styles each leave one per style instead, which one sheet of one
+    style per run cannot show: a one-line error says so."""
     from stylenet.atomic import atomic_write, write_text
     from stylenet.image import load_rgb
     from stylenet.report import GAP, MEASURES, cell, figure, missed_targets, targets_text, verdict
 
     sweep_dir = Path(sweep_dir)
-    runs = sweep_runs(sweep_dir)
+    runs = sweep_runs(sweep_dir, jobs)
     measured = [run for run in runs if run.quality is not None]
     if not measured:
         several = next((run.folder for run in runs if any(run.folder.glob("styles/*/quality.json"))), None)
@@ -133,7 +151,7 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png",
         method = next(iter(run.quality["methods"].items()), None) if run.quality else None
         mean = method[1]["mean"] if method else None
         if not mean:
-            lines.append(table_row([folder, name, *("-" for _ in MEASURES), "no quality.json"]))
+            lines.append(table_row([folder, name, *("-" for _ in MEASURES), unmeasured(run)]))
             continue
         result = verdict(missed_targets(mean, method[1]["targets"]))
         lines.append(table_row([folder, name, *(cell(mean[k]) for k in MEASURES), result]))
@@ -148,11 +166,15 @@ class SweepReport(Callback):
 
     def __init__(self, sheet: str = "contact_sheet.png", table: str = "sweep.md") -> None:
         self.sheet, self.table = sheet, table
+        self.jobs: list[Path] = []  # this sweep's job folders (Hydra's launcher runs them in this process)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self.jobs.append(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            paths = write_sweep_report(sweep_dir, self.sheet, self.table)
+        try:  # (a launcher that ran the jobs elsewhere told this process of none: every folder then)
+            paths = write_sweep_report(sweep_dir, self.sheet, self.table, self.jobs or None)
         except (StylenetError, OSError, KeyError) as err:  # the runs are done: report, do not fail them
             log.warning("no sweep report in %s: %s", sweep_dir, first_line(err))
             return

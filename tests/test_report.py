@@ -427,6 +427,34 @@ def test_a_sweep_over_the_style_shows_each_runs_style_above_its_column(tmp_path:
     assert (cell(sheet, 0, 1, (size, size), size) == (255, 0, 0)).all()
 
 
+def test_a_sweep_table_says_why_a_run_has_no_measures_and_holds_this_sweeps_runs_only(tmp_path: Path) -> None:
+    """A run of several styles and a super-resolution run read "no quality.json", as a failed run does; and
+    a second sweep into the same folder listed the first sweep's jobs beside its own."""
+    from omegaconf import OmegaConf
+
+    from stylenet.sweep import SweepReport
+
+    fake_style_run(tmp_path / "0", "a.png", {"style": (255, 0, 0), "p": (0, 0, 255), "out_p": (0, 255, 0)}, 8)
+    for job, files in (("1", {"styles/ink/quality.md": "", "styles/ink/quality.json": "{}"}),
+                       ("2", {".hydra/config.yaml": "task:\n  _target_: stylenet.tasks.SuperResolutionTask\n"}),
+                       ("3", {})):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        for name, text in files.items():
+            (tmp_path / job / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / job / name).write_text(text)
+    write_sweep_report(tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line.rstrip(" |").split(" | ")[-1]
+            for line in (tmp_path / "sweep.md").read_text().splitlines() if line.startswith("| ") and "---" not in line}
+    assert (rows["1"], rows["2"], rows["3"]) == ("several styles: see 1/styles/*/quality.md",
+                                                 "super-resolution: no quality report", "no quality.json")
+    report = SweepReport()  # a later sweep of one job into the same folder: its own job alone
+    report.on_job_end(OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / "0")}}}), None)
+    report.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert [row for row in (tmp_path / "sweep.md").read_text().splitlines() if row.startswith("| 0")] != []
+    assert not [row for row in (tmp_path / "sweep.md").read_text().splitlines() if row.startswith(("| 1", "| 2"))]
+
+
 def test_multirun_ends_with_one_contact_sheet_and_one_table(tmp_path: Path) -> None:
     """A bad job and two tiny style runs: the bad one is reported and the sweep goes on (exit 2 at the
     end); each run leaves its own figure and quality.json, none resumes from the other, and the sweep
