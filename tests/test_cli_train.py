@@ -235,6 +235,15 @@ def test_a_gpu_trainer_without_a_gpu_is_one_line_naming_the_setting(tmp_path: Pa
     assert line.startswith("stylenet-train: error: trainer: Precision 'foo' is invalid. Allowed precision values:")
 
 
+def test_a_config_group_set_to_null_says_how_to_leave_it_out(tmp_path: Path) -> None:
+    """logger=null (Lightning users' habit) was Hydra's 25-line traceback; ~logger leaves the group out."""
+    result = run_cli("experiment=smoke", "logger=null", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip() == ("stylenet-train: error: logger=null: a config group is left out with ~logger, "
+                                     "not set to null (logger=<choice> picks one of configs/logger/)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_super_resolution_data_and_model_factors_must_agree(tmp_path: Path) -> None:
     with pytest.raises(StylenetError, match="data.factor=2 but model.factor=4"):
         train(compose_train(tmp_path, "data.factor=2", experiment="sr_smoke"), tmp_path)

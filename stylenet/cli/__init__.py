@@ -219,6 +219,22 @@ def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
             return
 
 
+def refuse_null_group(prog: str, argv: list[str] | None = None) -> None:
+    """Exit 2 with one line for ``logger=null`` (or any config group set to null): Lightning users' way of
+    turning the logger off, which Hydra refuses with a traceback ("Config group override must be a string
+    or a list"); Hydra leaves a group out with ``~logger``."""
+    from stylenet.cli.train import config_dir
+
+    groups = {path.name for path in Path(config_dir()).iterdir() if path.is_dir()}
+    for item in sys.argv[1:] if argv is None else argv:
+        key, equals, value = item.partition("=")
+        if equals and key.lstrip("+") in groups and value.strip().lower() in ("null", "none", ""):
+            group = key.lstrip("+")
+            print(f"{prog}: error: {item}: a config group is left out with ~{group}, not set to null "
+                  f"({group}=<choice> picks one of configs/{group}/)", file=sys.stderr)
+            sys.exit(2)
+
+
 def read_if_file(path: Path) -> bytes | None:
     """The bytes of ``path``, None if it is not a readable file."""
     try:
@@ -330,6 +346,7 @@ def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, 
     the first seconds, when a typo is noticed) is the one line and exit status 130 of a later one, and
     the folder keeps its earlier record, not this launch's settings that never ran there."""
     refuse_run_dir_file(prog)
+    refuse_null_group(prog)
     record.take()
     try:
         app()
