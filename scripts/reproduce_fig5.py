@@ -38,6 +38,7 @@ from stylenet.inference import run_network
 from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model
 from stylenet.styles import style_records
+from stylenet.temporal import split_temporal_weight
 
 PROG = "reproduce_fig5.py"
 NETWORK = "network"
@@ -76,18 +77,20 @@ def build_objective(model_path: str, args: argparse.Namespace, device: torch.dev
     if model.task != "style" or not isinstance(metadata.get("loss"), dict) or not metadata["loss"]:
         raise StylenetError(f"model file {model_path!r} is not a style model with its training loss config "
                             "in its metadata")
-    loss_config = dict(metadata["loss"])
-    if args.weights:
-        loss_config["weights"] = args.weights
     if len(model.styles) > 1 and args.model_style is None:
         raise StylenetError(f"model file {model_path!r} holds {len(model.styles)} styles "
                             f"({', '.join(model.styles)}): pick one with --model-style NAME")
     # the style asked for (of several in one network: as a plain network), else the file's one style; a
     # single-style file's --model-style is checked too, so that a name it does not hold is not ignored
     name, net = model.for_style(0 if args.model_style is None else args.model_style)
-    style_image = next(s.get("image") for s in style_records(metadata) if s["name"] == name)
-    style_spec = args.style or style_image
-    style_size = args.style_size or metadata.get("style_size")
+    # its own objective: a file grown by task=add_style records each style's loss and size (the file's own
+    # are its last run's); the temporal term is not the loss network's (files of before it was kept apart)
+    record = next(s for s in style_records(metadata) if s["name"] == name)
+    loss_config = split_temporal_weight(record.get("loss") or metadata["loss"])[0]
+    if args.weights:
+        loss_config["weights"] = args.weights
+    style_spec = args.style or record.get("image")
+    style_size = args.style_size or record.get("style_size") or metadata.get("style_size")
     if style_spec in (None, "", "None") or not style_size:
         raise StylenetError(f"model file {model_path!r} does not record its style image and size: "
                             "pass --style and --style-size")

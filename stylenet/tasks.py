@@ -411,7 +411,9 @@ class StyleTransferTask(ImageTask):
         self.save_hyperparameters()
         # two of ours beside the constructor's arguments, saved again so that they are in hparams_initial too,
         # which Lightning writes to TensorBoard's hparams.yaml (runs with and without the term told apart there)
-        self.save_hyperparameters({**self.hparams, "stylenet_version": __version__, "temporal_weight": temporal_weight})
+        # (and the loss network's settings alone: a subclass's own frame, task=add_style's, gave the loss as given)
+        self.save_hyperparameters({**self.hparams, "loss": loss, "stylenet_version": __version__,
+                                   "temporal_weight": temporal_weight})
         self.record_loss_weights()
         self.temporal = TemporalConsistency(temporal_weight)
         #: the styles this run trains, and their rows in the network's norm tables

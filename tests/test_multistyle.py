@@ -198,6 +198,12 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
             AddStyleTask(base=str(base), loss=RANDOM_LOSS, **{"style": {"image": str(style_image)}, setting: given})
     zero = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name=0)
     assert zero.hparams["styles"][-1]["name"] == "0"  # Hydra's task.style_name=0, as style.name=0 for one style
+    # the temporal term is the task's, not the loss network's: model files (the new style's record and the
+    # file's own loss) keep PerceptualLoss's settings, as one style's run does (it was a TypeError to rebuild)
+    steady = AddStyleTask(base=str(base), loss={**RANDOM_LOSS, "temporal_weight": 5.0},
+                          style={"image": str(style_image)})
+    assert steady.hparams["loss"] == steady.hparams["styles"][-1]["loss"] == RANDOM_LOSS
+    assert steady.hparams["temporal_weight"] == 5.0
     # a name from the picture's file name is blamed on style.image (it named task.style_name, never set)
     (stem_b := tmp_path / "b.png").write_bytes(style_image.read_bytes())
     with pytest.raises(StylenetError, match=r"^style.image \(.*b.png; its name\) \(a new name\): .* not distinct"):

@@ -168,6 +168,17 @@ def test_fig5_measures_one_style_of_a_several_styles_file(tmp_path: Path, style_
                                                "(a, b): pick one with --model-style NAME")
     assert fig5.main([*common, "--model-style", "b", "--out", str(tmp_path / "b")]) == 0
     assert len(read_csv(tmp_path / "b" / "fig5.csv")) == 2  # the network, and Gatys from the photo
+    # a file grown by task=add_style: each style keeps its own objective, and the file's own (its last run's,
+    # of a file written before the temporal term was kept apart from the loss network's: a TypeError) is not it
+    grown = [{**styles[0], "style_size": 24, "loss": {"weights": "random", "style_weight": 3.0}},
+             {**styles[1], "style_size": 32, "loss": {"weights": "random", "style_weight": 10.0}}]
+    grown_file = save_model(tmp_path / "grown.safetensors", TransformerNet(channels=8, residual_blocks=1, styles=2),
+                            {**metadata, "styles": grown, "base": "ab.safetensors",
+                             "loss": {"weights": "random", "style_weight": 10.0, "temporal_weight": 600.0}})
+    args = fig5.parse_args(["--model", str(grown_file), "--images", str(tmp_path / "val"), "--model-style", "a"])
+    _net, loss = fig5.build_objective(str(grown_file), args, torch.device("cpu"))
+    assert loss.term_weights["style"] == 3.0  # style a's own, not the file's
+    assert loss.target_gram("relu1_2").shape[-1] == loss.target_gram("relu1_2").shape[-2]
 
 
 @pytest.mark.parametrize("script", ["reproduce_table1", "reproduce_fig5"])
