@@ -152,21 +152,25 @@ class TemporalConsistency:
     """The style task's temporal term (``loss.temporal_weight``) and its validation measures.
 
     Each training step draws its motions (of :class:`MotionRange`'s default size) and noise from a
-    generator seeded by the step and the DDP rank, so a resumed run draws what the uninterrupted one
-    drew, and each process of a DDP run draws its own (the first what a single process draws). With
-    ``weight`` 0 the term costs nothing: no motion is drawn and the network runs once per step, as
-    without this class."""
+    generator seeded by the run's ``seed``, the step and the DDP rank, so a resumed run draws what the
+    uninterrupted one drew, each process of a DDP run draws its own (the first what a single process
+    draws), and runs of other seeds other motions. ``seed`` defaults to torch's (``stylenet-train``
+    seeds torch with ``seed=`` before it builds the task). With ``weight`` 0 the term costs nothing: no
+    motion is drawn and the network runs once per step, as without this class."""
 
-    def __init__(self, weight: float) -> None:
+    def __init__(self, weight: float, seed: int | None = None) -> None:
         self.weight, self.motion = float(weight), MotionRange()
+        self.seed = torch.initial_seed() if seed is None else int(seed)
 
     def add_term(self, terms: dict[str, torch.Tensor], stylize: Stylize, images: torch.Tensor,
                  output: torch.Tensor, step: int, rank: int = 0) -> dict[str, torch.Tensor]:
         """``terms`` with ``temporal`` (unweighted) added and ``total`` increased by weight x it."""
         if not self.weight:
             return terms
-        # the CPU generator keeps 32 bits of its seed: other ranks' seeds lie ~2**31 steps away from the first's
-        generator = torch.Generator().manual_seed((int(step) ^ int(rank) * 0x9E3779B1) & 0xFFFFFFFF)
+        # the CPU generator keeps 32 bits of its seed: other ranks' and seeds' lie ~2**31 steps away from seed 0's
+        # first rank's (whose draws are those of before the seed took part)
+        generator = torch.Generator().manual_seed(
+            (int(step) ^ int(rank) * 0x9E3779B1 ^ self.seed * 0x85EBCA6B) & 0xFFFFFFFF)
         batch, _, height, width = images.shape
         flow = random_flow(batch, height, width, generator, self.motion).to(images.device)
         sigma = torch.rand(batch, 1, 1, 1, generator=generator) * self.motion.noise
