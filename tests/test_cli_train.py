@@ -244,6 +244,25 @@ def test_a_config_group_set_to_null_says_how_to_leave_it_out(tmp_path: Path) -> 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_removed_setting_the_run_needs_is_refused_before_it_trains(tmp_path: Path) -> None:
+    """~seed, ~name, ~resume: a traceback before the first step; ~style.size: the whole run at 256 px, then a
+    traceback at its report (and again at every resume=auto)."""
+    for key in ("seed", "name", "resume", "style.size"):
+        with pytest.raises(StylenetError, match=rf"^~{key} removed {key}, which the run needs: set {key}=<value>"):
+            train(compose_train(tmp_path, f"~{key}"), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_style_named_null_names_its_outputs_after_the_picture_as_its_model_file(tmp_path: Path) -> None:
+    """style.name=null wrote astronaut_None.png beside a model file whose style is "ihc"."""
+    from tests.test_fault_tolerance import run_in_process
+
+    run_in_process(tmp_path / "run", "experiment=smoke", "trainer.max_steps=2", "style.name=null",
+                   "trainer.val_check_interval=2")
+    assert read_model(tmp_path / "run" / "smoke.safetensors").metadata["style_name"] == "ihc"
+    assert [path.name for path in (tmp_path / "run").glob("astronaut_*.png")] == ["astronaut_ihc.png"]
+
+
 def test_super_resolution_data_and_model_factors_must_agree(tmp_path: Path) -> None:
     with pytest.raises(StylenetError, match="data.factor=2 but model.factor=4"):
         train(compose_train(tmp_path, "data.factor=2", experiment="sr_smoke"), tmp_path)

@@ -123,6 +123,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
     from stylenet.checkpoints import SEED_KEY, FinishedRunError, resolve_resume
 
+    # settings the run reads beyond the task's constructor: removed (~seed, ~style.size), a traceback after the run
+    absent = object()
+    for key in ("name", "seed", "resume", *(("style.size",) if "style" in cfg.task else ())):
+        if OmegaConf.select(cfg, key, default=absent, throw_on_missing=False) is absent:
+            raise StylenetError(f"~{key} removed {key}, which the run needs: set {key}=<value> instead")
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
     if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
                                 or OmegaConf.select(cfg, "style.image", default="") is None):
@@ -340,7 +345,8 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
         style_reports(run_dir, export, photos, int(cfg.style.size), on_error=datamodule.record_bad_held_out)
         return
     photo, image = first
-    model, label = read_model(export), cfg.style.name
+    model = read_model(export)
+    label = model.metadata.get("style_name") or cfg.style.name  # (style.name=null: the picture's, as the file's)
     if model.task == "sr":  # upscale the held-out photo's own low-resolution version
         factor = model.net.scale
         if min(image.shape[-2:]) < factor:
