@@ -200,9 +200,7 @@ class ShardDataset(ImageFileDataset):
     def __init__(self, files: Sequence[Path], image_size: int, seed: int = 0, *, store: ShardStore,
                  refuse_enlarged: bool = False) -> None:
         super().__init__(files, image_size, seed)
-        if store.size < image_size:
-            raise StylenetError(f"the prepared dataset {str(store.root)!r} has {store.size} px images, smaller "
-                                f"than data.image_size={image_size}; prepare it again with --size {image_size}")
+        store.check_size(image_size)
         self.store, self.refuse_enlarged = store, refuse_enlarged
         self.rows = {str(path): row for row, path in enumerate(store.sources)}
 
@@ -410,6 +408,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.root must name a folder of images for data={self.source}")
         if self.source == "shards":
             self.shards = ShardStore(self.root)
+            self.shards.check_size(self.image_size)  # before the run starts (its loaders' datasets are made in fit)
             return self.shards.sources
         root = Path(self.root).expanduser()
         if not root.is_dir():

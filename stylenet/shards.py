@@ -140,6 +140,13 @@ class ShardStore:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def check_size(self, image_size: int) -> None:
+        """Refuse crops larger than the prepared images: upsampling prepared pixels would silently train on
+        blurred images."""
+        if self.size < image_size:
+            raise StylenetError(f"the prepared dataset {str(self.root)!r} has {self.size} px images, smaller "
+                                f"than data.image_size={image_size}; prepare it again with --size {image_size}")
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": None}
 
