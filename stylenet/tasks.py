@@ -69,6 +69,9 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise StylenetError(f"style.size must be a whole number of pixels >= 1, got {size!r}")
     if specs is None:
+        if style.get("names") is not None:  # +style.names beside one style.image: read by nothing, said to be
+            raise StylenetError(f"style.names ({style['names']!r}) names the styles of style.images; the one style "
+                                "of style.image is named by style.name")
         image, path = load_style_image(style.get("image"), size, "style.image")
         name = check_style_names([str(style["name"])], "style.name")[0] if style.get("name") is not None \
             else style_name_of(path)  # (style.name='' is refused: the outputs would be photo_.png)
@@ -88,15 +91,15 @@ def load_styles(style: dict[str, Any]) -> list[StyleImage]:
                               or not all(isinstance(name, str | int) and not isinstance(name, bool) for name in named)):
         raise StylenetError(f"style.names must be a list of names, one per style image, e.g. "
                             f"'style.names=[a,b]', got {named!r}")
-    if named and len(named) != len(specs):
+    if named is not None and len(named) != len(specs):  # ([]: no names, not the files' stems)
         raise StylenetError(f"style.names has {len(named)} names for {len(specs)} style.images")
     styles = []
     for index, spec in enumerate(specs):
         image, path = load_style_image(spec, size, f"style.images[{index}]")
-        name = str(named[index]) if named else style_name_of(spec)
+        name = str(named[index]) if named is not None else style_name_of(spec)
         styles.append(StyleImage(name, image, recorded_spec(spec), file_sha256(path)))
     check_distinct_pictures([style.record() for style in styles], "style.images")  # one picture twice, first
-    check_style_names([style.name for style in styles], "style.names" if named else
+    check_style_names([style.name for style in styles], "style.names" if named is not None else
                       "style.images (named after their files: set style.names=[...])")
     return styles
 

@@ -254,6 +254,10 @@ def test_each_style_takes_an_equal_share_of_the_stream(style_image: Path, tmp_pa
     with pytest.raises(StylenetError, match="style.names has 1 names for 2"):
         StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
                                                                 "names": ["x"]})
+    with pytest.raises(StylenetError, match="style.names has 0 names for 2"):  # not the files' stems
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)], "names": []})
+    with pytest.raises(StylenetError, match=r"^style.names \(\['foo'\]\) names the styles of style.images"):
+        StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"image": str(style_image), "names": ["foo"]})
     for names in ("xy", ["a", None], ["a", True], {"a": "b"}):  # "xy" was styles x and y, null a style "None"
         with pytest.raises(StylenetError, match=r"^style.names must be a list of names, one per style image"):
             StyleTransferTask(model=TINY, loss=RANDOM_LOSS, style={"images": [str(style_image), str(other)],
