@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,10 +46,14 @@ def run(command: list[str], threads: int) -> float:
     """Run and echo ``command`` with ``threads`` OpenMP threads; returns its wall time in seconds."""
     print(f"$ OMP_NUM_THREADS={threads}", " ".join(command), flush=True)
     started = time.perf_counter()
+    from stylenet.cli import Terminated
+
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     try:
         status = process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the command too: let it end its own way (training saves a checkpoint)
+    except (KeyboardInterrupt, Terminated) as stop:  # let the command end its own way (training saves a checkpoint):
+        if isinstance(stop, Terminated):  # Ctrl-C reached it too, SIGTERM (kill, a scheduler) only this process
+            process.send_signal(signal.SIGTERM)
         process.wait()
         raise
     if status:
@@ -64,6 +69,16 @@ def held_out_files(run_dir: Path) -> list[str]:
     data = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
     data.setup("fit")
     return [str(path) for path in data.val_files]
+
+
+def trained_steps(run_dir: Path) -> tuple[int, int]:
+    """The steps the run's model file was trained for, and the run's ``trainer.max_steps``."""
+    from omegaconf import OmegaConf
+
+    from stylenet.modelfile import read_header
+
+    planned = OmegaConf.load(run_dir / ".hydra" / "config.yaml").trainer.max_steps
+    return int(read_header(run_dir / MODEL).get("steps") or 0), int(planned)
 
 
 def resumes(override: str) -> bool:
@@ -94,6 +109,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train = Path(args.run_dir) / "train"
     if (train / MODEL).is_file():
         parser.error(f"--run-dir {args.run_dir!r} holds a finished run (train/{MODEL}): pass another --run-dir")
+    fixed = [override for override in args.overrides  # where the steps after training look for the model
+             if override.lstrip("+").partition("=")[0] in ("name", "callbacks.export.path", "callbacks.export",
+                                                            "hydra.run.dir")]
+    if fixed:
+        parser.error(f"{fixed[0]}: the protocol sets the run's name and folder (the model is {MODEL} in "
+                     "<--run-dir>/train); pass --run-dir instead")
     resumed = any(resumes(override) for override in args.overrides)
     if any((train / "checkpoints").glob("*.ckpt")) and not resumed:  # stylenet-train would refuse it, later
         parser.error(f"--run-dir {args.run_dir!r} holds an interrupted run (train/checkpoints/): pass another "
@@ -102,16 +123,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+
     args = parse_args(argv)
     try:
-        return measure(args)
+        with sigterm_as_terminated():
+            return measure(args)
     except StepFailed as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the same command with resume=auto goes on from the training's checkpoint",
+    except (KeyboardInterrupt, Terminated) as stop:
+        how, status = stopped_by(stop)
+        print(f"{PROG}: {how}; the same command with resume=auto goes on from the training's checkpoint",
               file=sys.stderr)
-        return 130
+        return status
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -130,6 +155,10 @@ def measure(args: argparse.Namespace) -> int:
     trained = run([*console_script("stylenet-train", "stylenet.cli.train"), "experiment=sr_demo",
                    "data=shards", f"data.root={shards}", "resume=never", f"hydra.run.dir={train_dir}",
                    *args.overrides], args.threads)
+    steps, planned = trained_steps(train_dir)
+    if steps < planned:  # trainer.max_time (the preset's cap on a busy machine): a verdict of another model
+        raise StepFailed(f"training stopped at step {steps} of trainer.max_steps={planned} (trainer.max_time): no "
+                         "verdict on a model trained short; pass trainer.max_time=null and another --run-dir")
     tables = ["--out", str(root / "sr_quality.md"), "--out", str(root / "sr_quality.csv")]
     evaluated = run([*console_script("stylenet-evaluate-sr", "stylenet.cli.evaluate_sr"),
                      *held_out_files(train_dir), "--model", str(train_dir / MODEL), *tables],

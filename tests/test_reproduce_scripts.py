@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -337,6 +339,9 @@ def test_multistyle_check_reuses_only_files_that_record_this_runs_settings(
                             "--run-dir"),
     (["--run-dir", "cut"], "--run-dir '{tmp}/cut' holds an interrupted run (train/checkpoints/): pass another "
                            "--run-dir, or resume=auto to go on with it"),
+    # the steps after training look for the model where the protocol puts it: a trained run then failed
+    (["name=foo"], "name=foo: the protocol sets the run's name and folder (the model is sr_demo.safetensors in "
+                   "<--run-dir>/train); pass --run-dir instead"),
 ])
 def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[str], message: str,
                                                   monkeypatch: pytest.MonkeyPatch,
@@ -356,6 +361,33 @@ def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "sr_quality.py: error: " + message.format(tmp=tmp_path)
     assert sorted(path.name for path in (tmp_path / "done").iterdir()) == ["train"]  # no photos/ prepared
+
+
+def test_sr_quality_passes_sigterm_on_and_gives_no_verdict_on_a_model_trained_short(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM ended the script and left stylenet-train training in the run folder (an orphan); and a run cut
+    short by the preset's trainer.max_time (131 of 2500 steps on a busy machine) was judged as the protocol's."""
+    import threading
+
+    from stylenet.cli import Terminated, sigterm_as_terminated
+
+    quality = load_script("sr_quality")
+    marker = tmp_path / "got"
+    child = [sys.executable, "-c", "import pathlib, signal, sys, time\n"
+             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(marker)!r}).write_text('TERM'), "
+             "sys.exit(143)))\ntime.sleep(60)"]
+    threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with sigterm_as_terminated(), pytest.raises(Terminated):
+        quality.run(child, threads=1)
+    assert marker.read_text() == "TERM"  # passed on, and waited for
+    train = tmp_path / "sq" / "train"
+    (train / ".hydra").mkdir(parents=True)
+    (train / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: 2500\n")
+    save_model(train / "sr_demo.safetensors", TransformerNet(channels=8, residual_blocks=1), {"task": "style",
+                                                                                               "steps": 131})
+    monkeypatch.setattr(quality, "run", lambda *args: 0.0)
+    with pytest.raises(quality.StepFailed, match=r"^training stopped at step 131 of trainer.max_steps=2500 "):
+        quality.measure(SimpleNamespace(run_dir=str(tmp_path / "sq"), threads=1, overrides=[]))
 
 
 def test_sr_quality_knows_which_overrides_continue_a_run() -> None:
