@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402 - after the path setup
 
-from stylenet import metrics  # noqa: E402
+from stylenet import StylenetError, metrics  # noqa: E402
 from stylenet.cli import ErrorReporter, run_reporting_errors  # noqa: E402
 from stylenet.export import write_models  # noqa: E402
 from stylenet.fastpath import reuse_freed_memory  # noqa: E402
@@ -79,6 +79,8 @@ def check_psnr(folder: Path, size: int, tile: int, precision: str) -> None:
 
 
 def check_large(folder: Path, size: int, tile: int) -> None:
+    """stylenet-stylize of a ``size`` px photo with ``--tile``: its time and peak memory (what README's row
+    states); a StylenetError naming stylize's own error where it failed (no figures of a failure)."""
     from PIL import Image
 
     source = folder / f"large_{size}.jpg"
@@ -90,6 +92,9 @@ def check_large(folder: Path, size: int, tile: int) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+    if result.returncode:
+        raise StylenetError(f"large: stylize of {size}x{size} failed (exit {result.returncode}): "
+                            f"{(result.stderr.strip().splitlines() or ['no message'])[-1]}")
     print(result.stdout.strip(), result.stderr.strip(), sep="\n")
     print(f"{size}x{size} on the CPU: exit {result.returncode}, {seconds:.0f} s, peak RSS {peak_gib:.2f} GiB")
 

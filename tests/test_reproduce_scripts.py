@@ -412,6 +412,22 @@ def test_tile_check_usage_errors(options: list[str], capsys: pytest.CaptureFixtu
         "tile_check.py: error: --size and --large must be >= 1 px and --tile >= 64 px")
 
 
+def test_tile_check_large_fails_when_stylize_fails(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed "exit 1, 2 s, peak RSS 0.98 GiB" and exited 0 when stylize refused the photo: figures of a
+    failure, for README's row."""
+    import subprocess
+
+    tile_check = load_script("tile_check")
+    monkeypatch.setattr(tile_check, "paper_model", lambda folder: folder / "random.safetensors")
+    monkeypatch.setattr(tile_check.subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(
+        command, 1, "", "stylenet-stylize: error: cannot read image 'large_16.jpg': too many pixels\n"))
+    assert tile_check.main(["large", "--large", "16", "--tile", "64"]) == 1
+    out, err = capsys.readouterr()
+    assert err.strip() == ("tile_check.py: error: large: stylize of 16x16 failed (exit 1): stylenet-stylize: error: "
+                           "cannot read image 'large_16.jpg': too many pixels") and "peak RSS" not in out
+
+
 def test_tile_check_measures_seams_in_fp32_and_says_so(monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Where auto would pick bf16 (its rounding alone caps the PSNR near 47 dB), the seam check still
