@@ -281,27 +281,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stylenet.cli import Terminated, sigterm_as_terminated, stopped_by
+
     args = parse_args(argv)
     try:
-        check_styles(args)
-        return measure(args)
+        with sigterm_as_terminated():
+            check_styles(args)
+            return measure(args)
     except StylenetError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:  # one line, exit 130 or 143, as the commands end a stopped run
+        print(f"{PROG}: {stopped_by(stop)[0]}", file=sys.stderr)
+        return stopped_by(stop)[1]
 
 
 def check_styles(args: argparse.Namespace) -> None:
-    """Before any training: every style image exists, and the names the model files take from them
+    """Before any training: every style image can be read, and the names the model files take from them
     (``<stem>.safetensors`` beside ``multi.safetensors`` and ``multi_plus_new.safetensors``) are distinct."""
-    from stylenet.image import resolve_image_path
+    from stylenet.tasks import load_style_image
 
     given = [*(("--styles", spec) for spec in args.styles), ("--new-style", args.new_style)]
-    for option, spec in given:
-        if not resolve_image_path(spec).is_file():
-            raise StylenetError(f"{option} {spec!r}: no such image")
+    for option, spec in given:  # decoded, not only found: a broken one was found after the others' training
+        load_style_image(spec, args.style_size, option)
     names = [style_name_of(spec) for _, spec in given]
     for (option, spec), name in zip(given, names, strict=True):
         if name in ("multi", "multi_plus_new") or names.count(name) > 1:

@@ -213,6 +213,13 @@ def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,
         err = capsys.readouterr().err.strip()
         assert f"its name {clash!r} is another model file's here" in err and "\n" not in err, err
     assert not list((tmp_path / "m").glob("*.safetensors"))
+    (broken := tmp_path / "broken.jpg").write_bytes(b"not a jpeg")  # found, but unreadable: before any training,
+    with pytest.MonkeyPatch.context() as patch:                     # not after every other network's
+        patch.setattr(check, "fit", lambda *args: pytest.fail("trained before the styles were read"))
+        assert check.main(["--styles", "demo:ihc", "demo:brick", "--new-style", str(broken), "--steps", "1",
+                           "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("multistyle_check.py: error: --new-style") and "broken.jpg" in err and "\n" not in err
     quality = load_script("sr_quality")
     with pytest.raises(quality.StepFailed, match=r"failed \(exit 1\)"):
         quality.run([sys.executable, "-c", "raise SystemExit(1)"], threads=1)
@@ -235,21 +242,27 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, script: str, style_mode
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
 @pytest.mark.parametrize("script", ["sr_quality", "multistyle_check", "tile_check"])
 def test_the_other_scripts_end_a_ctrl_c_in_one_line_and_exit_130(
-        tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, script: str, stop: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """They printed a traceback (sr_quality, tile_check) or exited 1 after Lightning's shutdown line
-    (multistyle_check)."""
+    (multistyle_check); SIGTERM is 143 and "terminated", as the commands say it (multistyle_check said
+    "interrupted", 130)."""
+    from stylenet.cli import Terminated
+
     def interrupted(*args: object, **kwargs: object) -> None:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if stop == "ctrl_c" else Terminated
 
     module = load_script(script)
     monkeypatch.setattr(module, {"sr_quality": "run", "multistyle_check": "fit", "tile_check": "check_export"}[script],
                         interrupted)
     argv = {"sr_quality": ["--run-dir", str(tmp_path / "sq")],
             "multistyle_check": ["--steps", "1", "--out", str(tmp_path / "ms")], "tile_check": ["export"]}[script]
-    assert module.main(argv) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{script}.py: interrupted")
+    assert module.main(argv) == (130 if stop == "ctrl_c" else 143)
+    said = "interrupted" if stop == "ctrl_c" else "terminated"
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{script}.py: {said}")
 
 
 def test_fig5_refuses_a_style_size_that_cannot_work_before_measuring(tmp_path: Path, style_model: Path,
