@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-plot", action="store_true", help="write the CSV only (no matplotlib needed)")
     parser.add_argument("--out", default="outputs/fig5", help="folder for fig5.csv and fig5.png")
     args = parse_comparison_args(parser, argv, ["max_images"],
-                                 "iterations must be >= 1, sizes >= 8 px and --max-images >= 1")
+                                 "iterations must be >= 1, sizes >= 8 px and --max-images >= 1",
+                                 ("fig5.csv", "fig5.png"))
     if args.style_size is not None and args.style_size < 1:  # not the model's size in its place
         parser.error("--style-size must be >= 1 px")
     return args

@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--style", default="demo:ihc", help="style image (path or demo:<name>)")
     parser.add_argument("--out", default="outputs/table1", help="folder for table1.md and table1.csv")
     args = parse_comparison_args(parser, argv, ["repeats"],
-                                 "sizes must be >= 8 px, iterations >= 1 and repeats >= 1")
+                                 "sizes must be >= 8 px, iterations >= 1 and repeats >= 1", ("table1.md", "table1.csv"))
     if args.extrapolate_from is not None and args.extrapolate_from < 2:
         parser.error("--extrapolate-from must be >= 2 (the rate is taken after the first iteration)")
     return args

@@ -394,14 +394,15 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
 
 
 def parse_comparison_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                          counts: Sequence[str], requirements: str) -> argparse.Namespace:
+                          counts: Sequence[str], requirements: str, results: Sequence[str] = ()) -> argparse.Namespace:
     """Parse the command line of a network-versus-Gatys comparison (scripts/reproduce_table1.py,
     scripts/reproduce_fig5.py): one place for the limits the two reproductions share.
 
     Refused, with ``requirements`` as the usage error (exit status 2): ``--sizes`` under 8 px (the
     smallest side the default objective's VGG layers accept: three 2x2 poolings), ``--iterations``
     under 1, and any of the script's own integer options ``counts`` (argparse destinations) under 1.
-    An ``--out`` folder that cannot be written is refused too, before the measuring rather than after.
+    An ``--out`` folder that cannot be written is refused too, before the measuring rather than after, and
+    one that holds any of the files ``results`` the run writes (an earlier run's hours of measuring).
     """
     from stylenet.atomic import unwritable
 
@@ -411,4 +412,7 @@ def parse_comparison_args(parser: argparse.ArgumentParser, argv: Sequence[str] |
     reason = unwritable(Path(args.out) / "results")  # a file in the folder: the folder must be one
     if reason:
         parser.error(f"cannot write into --out {args.out!r}: {reason}")
+    earlier = next((name for name in results if (Path(args.out) / name).exists()), None)
+    if earlier is not None:
+        parser.error(f"--out {args.out!r} holds an earlier run's {earlier}: pass another --out (or move it away)")
     return args

@@ -196,6 +196,16 @@ def test_an_out_that_cannot_be_written_is_refused_before_measuring(tmp_path: Pat
     # first miss the model)
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"{script}.py: error: cannot write into --out '{afile}': '{afile}' is a file, not a folder")
+    # a folder of an earlier run's results (hours of measuring, replaced without a word)
+    earlier = {"reproduce_table1": "table1.csv", "reproduce_fig5": "fig5.csv"}[script]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / earlier).write_text("measured")
+    with pytest.raises(SystemExit) as stop:
+        module.main([*inputs, "--sizes", "32", "--out", str(tmp_path / "done")])
+    assert stop.value.code == 2 and (tmp_path / "done" / earlier).read_text() == "measured"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{script}.py: error: --out '{tmp_path / 'done'}' holds an earlier run's {earlier}: pass another --out "
+        "(or move it away)")
 
 
 def test_multistyle_check_and_sr_quality_errors_are_one_line(tmp_path: Path,
