@@ -67,7 +67,8 @@ def check_psnr(folder: Path, size: int, tile: int, precision: str) -> None:
         tiled = model.transform(image, tile=tile, tile_overlap=overlap)
         print(f"tiles {tile} px, overlap {overlap}: PSNR vs whole {psnr(tiled, whole):.1f} dB "
               f"({time.perf_counter() - start:.1f} s)")
-    for stats_side in (size // 2, size // 4):  # a budget too small for a full-size statistics pass
+    # a budget too small for a full-size statistics pass; a thumbnail is a tile at least (its side as used)
+    for stats_side in dict.fromkeys(max(side, MIN_TILE) for side in (size // 2, size // 4)):
         model.max_memory = int(stats_side * stats_side * model.bytes_per_pixel())
         tiled = model.transform(image, tile=tile)
         print(f"tiles {tile} px, InstanceNorm statistics from a {stats_side} px thumbnail: "

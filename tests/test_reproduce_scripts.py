@@ -461,3 +461,6 @@ def test_tile_check_measures_seams_in_fp32_and_says_so(monkeypatch: pytest.Monke
     printed = capsys.readouterr().out
     assert printed.startswith("whole 96x96 in fp32: ") and "overlap 32: PSNR vs whole" in printed
     assert "overlap 64" not in printed  # more than half a tile: the tiler would measure overlap 32 again
+    # the thumbnails of 48 and 24 px are a tile's 64 px: one row, named by the side used (were "48", "24" twice)
+    assert [line.split(" from a ")[1].split(":")[0] for line in printed.splitlines() if " thumbnail:" in line] == [
+        "64 px thumbnail"]
