@@ -242,6 +242,10 @@ def test_a_config_group_set_to_null_says_how_to_leave_it_out(tmp_path: Path) -> 
     assert result.stderr.strip() == ("stylenet-train: error: logger=null: a config group is left out with ~logger, "
                                      "not set to null (logger=<choice> picks one of configs/logger/)")
     assert not (tmp_path / "run").exists()
+    result = subprocess.run([*console_script("stylenet-gatys"), "logger=null"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)  # a group of stylenet-train's that stylenet-gatys has not
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "stylenet-gatys: error: logger=null: stylenet-gatys has no logger group (its groups: loss)")
 
 
 def test_a_removed_setting_the_run_needs_is_refused_before_it_trains(tmp_path: Path) -> None:

@@ -219,19 +219,24 @@ def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
             return
 
 
-def refuse_null_group(prog: str, argv: list[str] | None = None) -> None:
+def refuse_null_group(prog: str, primary: Path, argv: list[str] | None = None) -> None:
     """Exit 2 with one line for ``logger=null`` (or any config group set to null): Lightning users' way of
     turning the logger off, which Hydra refuses with a traceback ("Config group override must be a string
-    or a list"); Hydra leaves a group out with ``~logger``."""
-    from stylenet.cli.train import config_dir
+    or a list"). A group of the program's ``primary`` config (its defaults list) is left out with
+    ``~logger``; a group of the config folder that the program does not use is not its setting."""
+    from omegaconf import OmegaConf
 
-    groups = {path.name for path in Path(config_dir()).iterdir() if path.is_dir()}
+    folders = {path.name for path in primary.parent.iterdir() if path.is_dir()}
+    own = {key.split()[-1] for entry in OmegaConf.load(primary).get("defaults", []) if not isinstance(entry, str)
+           for key in entry}  # (- loss: perceptual; - override hydra/...: the group's name last)
     for item in sys.argv[1:] if argv is None else argv:
         key, equals, value = item.partition("=")
-        if equals and key.lstrip("+") in groups and value.strip().lower() in ("null", "none", ""):
-            group = key.lstrip("+")
-            print(f"{prog}: error: {item}: a config group is left out with ~{group}, not set to null "
-                  f"({group}=<choice> picks one of configs/{group}/)", file=sys.stderr)
+        group = key.lstrip("+")
+        if equals and group in folders and value.strip().lower() in ("null", "none", ""):
+            why = (f"a config group is left out with ~{group}, not set to null ({group}=<choice> picks one of "
+                   f"configs/{group}/)" if group in own else
+                   f"{prog} has no {group} group (its groups: {', '.join(sorted(own - {'hydra'}))})")
+            print(f"{prog}: error: {item}: {why}", file=sys.stderr)
             sys.exit(2)
 
 
@@ -339,14 +344,16 @@ class EarlierRecord:
             atomic_write(path, lambda tmp: tmp.write_bytes(earlier))
 
 
-def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, failed_jobs: list[str]) -> None:
-    """Run the Hydra application ``app`` of ``stylenet-train`` or ``stylenet-gatys`` with the run folder's
-    ``record`` (:class:`EarlierRecord`), and end with the failed jobs of a sweep. Ctrl-C before the
+def launch_hydra_app(prog: str, app: Callable[[], None], record: EarlierRecord, failed_jobs: list[str],
+                     primary: Path) -> None:
+    """Run the Hydra application ``app`` of ``stylenet-train`` or ``stylenet-gatys`` (``primary``: its
+    primary config file) with the run folder's ``record`` (:class:`EarlierRecord`), and end with the failed
+    jobs of a sweep. Ctrl-C before the
     application's own handler takes over (while Hydra writes its record, or torch and Lightning import:
     the first seconds, when a typo is noticed) is the one line and exit status 130 of a later one, and
     the folder keeps its earlier record, not this launch's settings that never ran there."""
     refuse_run_dir_file(prog)
-    refuse_null_group(prog)
+    refuse_null_group(prog, primary)
     record.take()
     try:
         app()

@@ -349,7 +349,7 @@ FAILED_SWEEP_JOBS: list[str] = []
 
 
 def main() -> None:
-    launch_hydra_app(PROG, hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS)
+    launch_hydra_app(PROG, hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS, Path(config_dir()) / "gatys.yaml")
 
 
 if __name__ == "__main__":

@@ -423,7 +423,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    launch_hydra_app("stylenet-train", hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS)
+    launch_hydra_app("stylenet-train", hydra_main, EARLIER_RECORD, FAILED_SWEEP_JOBS, Path(config_dir()) / "train.yaml")
 
 
 if __name__ == "__main__":
