@@ -350,26 +350,31 @@ class _AviSlots:
     frames of a stream with B-frames come out of the decoder shuffled. The decoder hands out frames in
     presentation order, so the k-th frame takes the k-th picture's slot. A dropped frame (an empty chunk,
     which FFmpeg passes over or hands on empty) is a slot without a picture: the frame before it shows
-    for two. The last picture shows for as many slots as the one before it (a time base finer than the
-    frame rate gives every picture several slots, which the header counts as frames)."""
+    for two. The last picture shows for as many slots as the pictures' mean spacing: one, but where a time
+    base finer than the frame rate gives every picture several (which the header counts as frames; a
+    1 ms base at 24 frames/s: 41.7), those after its own are no frames lost (a dropped frame among many
+    pictures moves the mean by a fraction of a slot, and is not counted twice)."""
 
     def __init__(self, ticks: float) -> None:
         self.ticks = ticks  # of the stream's time base per slot
         self.slots: deque[int] = deque()  # the slots of the pictures read and not yet decoded
         self.next: int | None = None
-        self.pictures: deque[int] = deque(maxlen=2)  # the slots of the last two pictures read
+        self.first: int | None = None  # the first picture's slot
+        self.last, self.pictures = 0, 0  # the last picture's slot and the pictures read
 
     def read(self, packet: Any) -> int:
         """Take note of a video packet; returns the dropped frames it reveals (at the end-of-stream
         marker, the slots the last picture shows for after its own)."""
         if packet.dts is None:  # the demuxer's end-of-stream marker
-            return self.pictures[1] - self.pictures[0] - 1 if len(self.pictures) == 2 else 0
+            spacing = (self.last - self.first) / (self.pictures - 1) if self.pictures > 1 else 1.0
+            return max(0, round(spacing) - 1)
         dropped = 0 if self.next is None else max(0, packet.dts - self.next)
         self.next = packet.dts + 1
         if not packet.size:
             return dropped + 1
         self.slots.append(packet.dts)
-        self.pictures.append(packet.dts)
+        self.first = packet.dts if self.first is None else self.first
+        self.last, self.pictures = packet.dts, self.pictures + 1
         return dropped
 
     def lost(self, packet: Any) -> None:
