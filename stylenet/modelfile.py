@@ -23,7 +23,6 @@ import json
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,21 +338,13 @@ NEITHER = "is not a model file: neither safetensors nor a PyTorch checkpoint or 
 def _load_pickled(path: Path) -> StoredModel:
     """Lightning checkpoints and pytorch/examples state dicts, through the weights-only unpickler.
 
-    A zip archive (torch.save's format since 1.6) is memory-mapped, not read: only the tensors the network
-    takes are read, so that listing a folder that holds a large file of something else (VGG's 528 MB
-    weights beside the models the web page offers) costs no more than its pickled header. Otherwise
-    (the legacy format of 2017's pytorch/examples checkpoints, and a file named ``.safetensors``)
-    torch.load is given the open file: given a path ending in ``.safetensors`` it reads the file as
-    safetensors whatever its bytes (torch 2.14), and a checkpoint renamed so would be refused as "header
-    too large". stylenet tells the formats apart by content (:func:`is_safetensors`)."""
+    torch.load is given the open file, not its path: given a path ending in ``.safetensors`` it reads the
+    file as safetensors whatever its bytes (torch 2.14), and a checkpoint renamed so would be refused as
+    "header too large". stylenet tells the formats apart by content (:func:`is_safetensors`)."""
     try:
         with warnings.catch_warnings(), open(path, "rb") as handle:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the refusal below says it better
-            if path.suffix.lower() != ".safetensors" and zipfile.is_zipfile(handle):
-                content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            else:
-                handle.seek(0)
-                content = torch.load(handle, map_location="cpu", weights_only=True)
+            content = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if refused_pickle(err):
             raise StylenetError(

@@ -551,12 +551,18 @@ def test_loaded_models_are_let_go_least_recently_used_first_beyond_their_bytes(
     assert multi.weight_bytes == alone + one.weight_bytes > alone
 
 
-def test_listing_a_large_file_of_something_else_does_not_read_it_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zipped", [True, False])  # torch.save's format since 1.6, and the legacy one
+def test_a_large_pickle_of_something_else_is_neither_listed_nor_loaded_whole(tmp_path: Path, zipped: bool) -> None:
     """VGG's weights (a 528 MB .pth) beside the models: the listing loaded the whole file to learn it is no
-    style model, before any memory plan. A zip archive is memory-mapped: the peak grows by its header."""
+    style model, outside the memory plan (and again when it was picked). A pickle larger than any style
+    model's checkpoint is an unreadable entry, not read; its error shows when it is picked."""
+    from stylenet.serve.catalog import LARGEST_PICKLED_MODEL, Catalog
+
     folder = tmp_path / "models"
     make_model(folder / "tiny.safetensors", style="tiny")
-    torch.save({"features.0.weight": torch.zeros(50_000_000)}, folder / "vgg16.pth")  # 200 MB of weights
+    weights = torch.zeros(LARGEST_PICKLED_MODEL // 4 + 1_000_000)
+    torch.save({"features.0.weight": weights}, folder / "vgg16.pth", _use_new_zipfile_serialization=zipped)
+    del weights
     script = ("import sys; from pathlib import Path; import torch; from stylenet.serve import file_styles\n"
               "def peak(): return next(int(line.split()[1]) for line in open('/proc/self/status') "
               "if line.startswith('VmHWM'))\n"  # (ru_maxrss keeps the forking parent's)
@@ -564,7 +570,12 @@ def test_listing_a_large_file_of_something_else_does_not_read_it_whole(tmp_path:
     result = subprocess.run([sys.executable, "-c", script, str(folder / "vgg16.pth")], capture_output=True,
                             text=True, timeout=120)
     styles, grown_mb = result.stdout.split()
-    assert styles == "None" and int(grown_mb) < 50, result.stdout  # one unreadable entry, read by its header
+    assert styles == "None" and int(grown_mb) < 50, result.stdout  # one unreadable entry, not read
+    catalog = Catalog(folder, {"device": "cpu"})
+    entry = next(entry for entry in catalog.entries() if entry.label == "vgg16")
+    with pytest.raises(StylenetError, match=r"^model file 'models/vgg16.pth' is 132 MB, more than any style "
+                                            r"model's checkpoint \(128 MB at most\): not read$"):
+        catalog.load(entry)
 
 
 @pytest.mark.parametrize(("device", "on_the_gpu"), [("cpu", False), ("mps", False), ("cuda", True)])

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 #: for them (:data:`stylenet.serve.limits.RESERVE_BYTES`): some ten paper-width networks, or one file of
 #: several styles and the single-style networks it keeps. Beyond it the least recently used are let go.
 LOADED_MODEL_BYTES = 64 * 2**20
+#: The largest pickled model file (.pth, .ckpt) the page reads: a pickle is loaded whole to be told apart, and a
+#: stylenet-train checkpoint of the paper's network, Adam's moments included, is some 20 MB (pytorch/examples'
+#: 6.7 MB); a larger one (VGG's 528 MB weights beside the models) is an unreadable entry, not read.
+LARGEST_PICKLED_MODEL = 128 * 2**20
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
 BLEND_PART, BLEND_WEIGHT = ";", ":"
 BLEND_FORM = "a blend mixes two or more different styles of one model file of several styles: ID:WEIGHT;ID:WEIGHT"
@@ -91,6 +95,7 @@ def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...] 
             task = header.get("task", "style")
             names = style_names(header) if isinstance(header.get("styles"), list) else []
         else:
+            check_pickle_size(path)  # (a StylenetError: one unreadable entry)
             model = read_model(path)
             task, names = model.task, model.styles
     except OSError:
@@ -100,6 +105,18 @@ def stored_styles(path: Path, stamp: tuple[int, ...]) -> tuple[str | None, ...] 
     if task != "style":
         return ()
     return tuple(names) if len(names) > 1 else (None,)
+
+
+def check_pickle_size(path: Path) -> None:
+    """Refuse a pickled file larger than :data:`LARGEST_PICKLED_MODEL`, before it is read (one line); a file
+    that cannot be looked at is left to the reader, which says what is wrong with it."""
+    try:
+        size = 0 if is_safetensors(path) else path.stat().st_size  # (safetensors: its header alone is read)
+    except OSError:
+        return
+    if size > LARGEST_PICKLED_MODEL:
+        raise StylenetError(f"model file {str(path)!r} is {size / 2**20:.0f} MB, more than any style model's "
+                            f"checkpoint ({LARGEST_PICKLED_MODEL // 2**20} MB at most): not read")
 
 
 def model_files(folder: Path) -> list[Path]:
@@ -222,6 +239,7 @@ class Catalog:
                 stamp = file_stamp(entry.file)
                 cached = self._loaded.pop(entry.file, None)  # put back last: the least recently used goes first
                 if cached is None or cached[0] != stamp:
+                    check_pickle_size(entry.file)
                     cached = stamp, load_inference_model(str(entry.file), "style", self.options)
                 self._loaded[entry.file] = cached
                 model = cached[1].for_style(entry.choice())
