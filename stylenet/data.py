@@ -556,12 +556,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return StylenetError(f"{first_line(err)} while loading {', '.join(files)}: remove or "
                              "fix the file, or set data.num_workers=0 to debug it in the main process")
 
-    def listing(self) -> dict[str, Any]:
-        """How many photos the source lists and a digest of their paths (relative to the folder listed: a
-        COCO root and its train2014 folder, the two spellings of one data.root, list the same): the
-        held-out set and the stream's order follow from this list alone."""
-        root = demo_root() if self.source == "demo" else self.listed_root or (
-            Path(self.root).expanduser() if self.root else None)
+    def listing(self, root: Path | None = None) -> dict[str, Any]:
+        """How many photos the source lists and a digest of their paths (relative to ``root``, by default the
+        folder listed: a COCO root and its train2014 folder, the two spellings of one data.root, list the
+        same): the held-out set and the stream's order follow from this list alone."""
+        root = root or (demo_root() if self.source == "demo" else self.listed_root or (
+            Path(self.root).expanduser() if self.root else None))
         files = sorted([*self.train_files, *self.val_files])
         names = [path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
                  for path in files]
@@ -591,7 +591,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if "photos_sha256" in state_dict:
             self.setup()
             now = self.listing()
-            if now["photos_sha256"] != state_dict["photos_sha256"]:
+            digests = {now["photos_sha256"]}
+            given = Path(self.root).expanduser() if self.root else None
+            if given is not None and given != self.listed_root:  # a checkpoint written before the listing named
+                digests.add(self.listing(given)["photos_sha256"])  # a COCO root's photos by train2014/ (data.root's)
+            if state_dict["photos_sha256"] not in digests:
                 log.warning("the data lists other photos than when this checkpoint was written (%d now, %d then): "
                             "the held-out photos and the training stream differ from the interrupted run's",
                             now["photos"], int(state_dict.get("photos", 0)))

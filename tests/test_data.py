@@ -110,7 +110,7 @@ def test_copies_of_held_out_photos_are_not_trained_on(tmp_path: Path, caplog: py
     assert "2 training photo(s) left out as copies of held-out photos" in caplog.text
 
 
-def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path) -> None:
+def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """data=coco with data.root (or $COCO_ROOT) at the unpacked dataset's root, beside val2014: the paper's
     training photos are train2014's alone, and a missing root says where COCO is looked for."""
     for split, count in (("train2014", 3), ("val2014", 2)):
@@ -126,6 +126,13 @@ def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path) -> No
                                    val_images=1)
     folder.setup("fit")
     assert folder.listing() == dm.listing()
+    # a checkpoint written before, which named the photos relative to data.root as given (train2014/...)
+    older = {"next_batch": 1, "samples_seen": 1, **dm.listing(tmp_path / "coco")}
+    assert older["photos_sha256"] != dm.listing()["photos_sha256"]
+    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+        ImageFolderDataModule(source="coco", root=str(tmp_path / "coco"), image_size=16, val_images=1
+                              ).load_state_dict(older)
+    assert "other photos" not in caplog.text
     with pytest.raises(StylenetError, match=r"is not a folder \(data=coco: set data.root or \$COCO_ROOT"):
         ImageFolderDataModule(source="coco", root=str(tmp_path / "missing")).setup("fit")
 
