@@ -309,7 +309,9 @@ def read_video(path: Path, size: tuple[int, int] | None, info: VideoInfo, result
         # slice threads, not frame threads: with frames in flight on several threads the decoder reports a
         # damaged packet at a later call, and at the final flush that loses the frames still inside it
         video.thread_type = "SLICE"
-        slots = _AviSlots(1 / (info.rate * info.time_base)) if container.format.name == "avi" else None
+        per_frame = (float(video.average_rate / video.guessed_rate) if video.average_rate and video.guessed_rate
+                     else 1.0)
+        slots = _AviSlots(1 / (info.rate * info.time_base), per_frame) if container.format.name == "avi" else None
         copied = [audio for audio in container.streams.audio if audio.codec_context]  # (the others are left out)
         result.kinds = {video.index: "video", **{audio.index: f"audio stream #{audio.index}" for audio in copied}}
         if container.format.name.startswith("matroska"):  # (a file's length known once written: see shortfall)
@@ -350,31 +352,27 @@ class _AviSlots:
     frames of a stream with B-frames come out of the decoder shuffled. The decoder hands out frames in
     presentation order, so the k-th frame takes the k-th picture's slot. A dropped frame (an empty chunk,
     which FFmpeg passes over or hands on empty) is a slot without a picture: the frame before it shows
-    for two. The last picture shows for as many slots as the pictures' mean spacing: one, but where a time
-    base finer than the frame rate gives every picture several (which the header counts as frames; a
-    1 ms base at 24 frames/s: 41.7), those after its own are no frames lost (a dropped frame among many
-    pictures moves the mean by a fraction of a slot, and is not counted twice)."""
+    for two. The last picture shows for a frame's slots: one, but where a time base finer than the frame
+    rate gives every frame several (which the header counts as frames; a 1 ms base at 24 frames/s: 41.7,
+    FFmpeg's average rate of the slots over its guessed frame rate), those after its own are no frames
+    lost."""
 
-    def __init__(self, ticks: float) -> None:
+    def __init__(self, ticks: float, per_frame: float = 1.0) -> None:
         self.ticks = ticks  # of the stream's time base per slot
+        self.per_frame = per_frame  # slots per frame
         self.slots: deque[int] = deque()  # the slots of the pictures read and not yet decoded
         self.next: int | None = None
-        self.first: int | None = None  # the first picture's slot
-        self.last, self.pictures = 0, 0  # the last picture's slot and the pictures read
 
     def read(self, packet: Any) -> int:
         """Take note of a video packet; returns the dropped frames it reveals (at the end-of-stream
         marker, the slots the last picture shows for after its own)."""
         if packet.dts is None:  # the demuxer's end-of-stream marker
-            spacing = (self.last - self.first) / (self.pictures - 1) if self.pictures > 1 else 1.0
-            return max(0, round(spacing) - 1)
+            return max(0, round(self.per_frame) - 1) if self.next is not None else 0
         dropped = 0 if self.next is None else max(0, packet.dts - self.next)
         self.next = packet.dts + 1
         if not packet.size:
             return dropped + 1
         self.slots.append(packet.dts)
-        self.first = packet.dts if self.first is None else self.first
-        self.last, self.pictures = packet.dts, self.pictures + 1
         return dropped
 
     def lost(self, packet: Any) -> None:
