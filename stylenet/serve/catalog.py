@@ -34,10 +34,11 @@ if TYPE_CHECKING:
 #: for them (:data:`stylenet.serve.limits.RESERVE_BYTES`): some ten paper-width networks, or one file of
 #: several styles and the single-style networks it keeps. Beyond it the least recently used are let go.
 LOADED_MODEL_BYTES = 64 * 2**20
-#: The largest pickled model file (.pth, .ckpt) the page reads: a pickle is loaded whole to be told apart, and a
-#: stylenet-train checkpoint of the paper's network, Adam's moments included, is some 20 MB (pytorch/examples'
-#: 6.7 MB); a larger one (VGG's 528 MB weights beside the models) is an unreadable entry, not read.
-LARGEST_PICKLED_MODEL = 128 * 2**20
+#: The largest pickled model file (.pth, .ckpt) the page reads: a pickle is loaded whole to be told apart. A
+#: stylenet-train checkpoint of the paper's network, Adam's moments included, is some 20 MB (of 96 channels,
+#: 180 MB; pytorch/examples' 6.7 MB); a larger file (VGG's 528 MB weights beside the models) is an unreadable
+#: entry, not read. Model files (.safetensors) of any size are listed by their header.
+LARGEST_PICKLED_MODEL = 512 * 2**20
 #: A blend's model id: ``ID:WEIGHT`` parts joined by ``;`` (neither is in a listed id, nor special in a query).
 BLEND_PART, BLEND_WEIGHT = ";", ":"
 BLEND_FORM = "a blend mixes two or more different styles of one model file of several styles: ID:WEIGHT;ID:WEIGHT"
@@ -115,8 +116,9 @@ def check_pickle_size(path: Path) -> None:
     except OSError:
         return
     if size > LARGEST_PICKLED_MODEL:
-        raise StylenetError(f"model file {str(path)!r} is {size / 2**20:.0f} MB, more than any style model's "
-                            f"checkpoint ({LARGEST_PICKLED_MODEL // 2**20} MB at most): not read")
+        raise StylenetError(f"model file {str(path)!r} is {size / 2**20:.0f} MB, more than the web page reads as a "
+                            f"pickle ({LARGEST_PICKLED_MODEL // 2**20} MB; a checkpoint of a style model: export it "
+                            "with stylenet-export)")
 
 
 def model_files(folder: Path) -> list[Path]:
