@@ -592,9 +592,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
             self.setup()
             now = self.listing()
             digests = {now["photos_sha256"]}
-            given = Path(self.root).expanduser() if self.root else None
-            if given is not None and given != self.listed_root:  # a checkpoint written before the listing named
-                digests.add(self.listing(given)["photos_sha256"])  # a COCO root's photos by train2014/ (data.root's)
+            if self.source == "coco" and self.listed_root is not None and self.listed_root.name == "train2014":
+                # a checkpoint written before the listing's base moved to train2014: data.root=<the dataset's
+                # root> named its photos train2014/..., whichever spelling resumes it now
+                digests.add(self.listing(self.listed_root.parent)["photos_sha256"])
             if state_dict["photos_sha256"] not in digests:
                 log.warning("the data lists other photos than when this checkpoint was written (%d now, %d then): "
                             "the held-out photos and the training stream differ from the interrupted run's",
