@@ -558,7 +558,7 @@ def test_a_sweep_that_runs_no_job_puts_back_its_multirun_record(tmp_path: Path,
             if trains:
                 record.started()
 
-        launch_hydra_app("stylenet-train", app, record, [])
+        launch_hydra_app("stylenet-train", app, record, [], Path(config_dir()) / "train.yaml")
         return (sweep / "multirun.yaml").read_text()
 
     assert launch("- loss.style_weight=50,100\n", trains=False) == "- loss.style_weight=50,200\n"
