@@ -27,15 +27,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
-from stylenet.errors import EveryRankError, StylenetError, first_line
+from stylenet.errors import EveryRankError, StylenetError, first_line, first_rank
 from stylenet.image import (
     DEMO_PHOTOS,
+    UNREAD_PHOTO_SUFFIXES,
     ImageError,
     crop,
     demo_root,
     list_images,
     load_rgb,
     training_sample,
+    unread_photos_note,
 )
 from stylenet.metrics import SSIM_RADIUS, degrade
 from stylenet.nets.sr import SuperResolutionNet
@@ -421,8 +423,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
         self.listed_root = root
         files = list_images(root, skip_runs=True)
+        unread = list_images(root, UNREAD_PHOTO_SUFFIXES, skip_runs=True)
         if not files:
-            raise StylenetError(f"data.root {str(root)!r} contains no images")
+            held = f" (it holds {unread_photos_note(unread)})" if unread else ""
+            raise StylenetError(f"data.root {str(root)!r} contains no images{held}")
+        if unread and first_rank():
+            log.warning("data.root %s holds %s; they are not trained on", root, unread_photos_note(unread))
         return files
 
     def setup(self, stage: str | None = None) -> None:

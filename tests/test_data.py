@@ -137,10 +137,19 @@ def test_coco_at_the_dataset_root_trains_on_train2014_only(tmp_path: Path, caplo
         ImageFolderDataModule(source="coco", root=str(tmp_path / "missing")).setup("fit")
 
 
-def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
+def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(StylenetError, match="contains no images"):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "empty")).setup("fit")
+    (tmp_path / "empty" / "IMG_0001.HEIC").write_bytes(b"a phone's photo")  # named, not "no images" alone
+    with pytest.raises(StylenetError, match=r"contains no images \(it holds 1 photo\(s\) in a format not read here "
+                                            r"\(.heic\): convert them to JPEG or PNG\)$"):
+        ImageFolderDataModule(source="folder", root=str(tmp_path / "empty")).setup("fit")
+    make_photo(tmp_path / "empty" / "a.png", (40, 40))
+    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+        ImageFolderDataModule(source="folder", root=str(tmp_path / "empty"), val_images=0).setup("fit")
+    assert "holds 1 photo(s) in a format not read here (.heic): convert them to JPEG or PNG; they are not trained" \
+        in caplog.text
     with pytest.raises(StylenetError, match="is not a folder"):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "missing")).setup("fit")
     for size in (30, 4):

@@ -312,6 +312,12 @@ def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_pat
     # the globs that name them (a phone's .MOV matched no '*.mp4')
     assert f"({str(folder / '**' / '*.MOV')!r} {str(folder / '**' / '*.mp4')!r})" in err, err
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["photo_tiny.png"]
+    # so are a phone's HEIC photos and other formats not read here (they were passed over in silence)
+    for name in ("IMG_0001.HEIC", "sub/c.avif"):
+        (folder / name).write_bytes(b"never decoded")
+    assert stylize_main([str(folder), "-m", str(model_file), "-o", str(tmp_path / "out2")]) == 0
+    assert (f"note: folder {str(folder)!r} holds 2 photo(s) in a format not read here (.avif, .heic): convert them "
+            "to JPEG or PNG") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bframes", [2, 0])

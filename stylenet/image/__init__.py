@@ -41,6 +41,7 @@ from stylenet.image.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     SIXTEEN_BIT_EXTENSIONS,
+    UNREAD_PHOTO_SUFFIXES,
     WRITABLE_EXTENSIONS,
     ImageError,
     LoadedImage,
@@ -48,6 +49,7 @@ from stylenet.image.formats import (
     compact,
     levels_to_unit_,
     unit_float,
+    unread_photos_note,
 )
 from stylenet.image.read import from_pil, list_images, load_image, load_rgb, read_image_size
 from stylenet.image.resize import (
@@ -69,6 +71,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LUMA_WEIGHTS",
     "SIXTEEN_BIT_EXTENSIONS",
+    "UNREAD_PHOTO_SUFFIXES",
     "WRITABLE_EXTENSIONS",
     "ImageError",
     "LoadedImage",
@@ -98,4 +101,5 @@ __all__ = [
     "to_pil",
     "training_sample",
     "unit_float",
+    "unread_photos_note",
 ]

@@ -43,6 +43,18 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".pgm",
 )
 
+#: Photo formats of phones and cameras that this Pillow does not read (HEIC/HEIF, AVIF, JPEG XL, raw files): a
+#: folder's are named in a note (stylenet-stylize) or a warning (training), not passed over in silence.
+UNREAD_PHOTO_SUFFIXES: tuple[str, ...] = (".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                                          ".raf", ".orf", ".rw2")
+
+
+def unread_photos_note(files: list[Path]) -> str:
+    """``files`` (of :data:`UNREAD_PHOTO_SUFFIXES`) as a phrase: how many, of which formats, and what to do."""
+    suffixes = ", ".join(sorted({path.suffix.lower() for path in files}))
+    return f"{len(files)} photo(s) in a format not read here ({suffixes}): convert them to JPEG or PNG"
+
+
 #: Decompression-bomb cap in pixels (width * height), checked from the header before decoding.
 #: 120 MP fits any real camera photo (a 100 MP medium-format frame included) while a float32
 #: RGB tensor of that size is still only ~1.4 GB.
