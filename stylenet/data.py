@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from stylenet.errors import EveryRankError, StylenetError, first_line, first_rank
 from stylenet.image import (
     DEMO_PHOTOS,
+    IMAGE_EXTENSIONS,
     UNREAD_PHOTO_SUFFIXES,
     ImageError,
     crop,
@@ -422,8 +423,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             root = root / "train2014"
             log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
         self.listed_root = root
-        files = list_images(root, skip_runs=True)
-        unread = list_images(root, UNREAD_PHOTO_SUFFIXES, skip_runs=True)
+        listed = list_images(root, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES), skip_runs=True)  # one walk
+        unread = [path for path in listed if path.suffix.lower() in UNREAD_PHOTO_SUFFIXES]
+        files = [path for path in listed if path.suffix.lower() not in UNREAD_PHOTO_SUFFIXES]
         if not files:
             held = f" (it holds {unread_photos_note(unread)})" if unread else ""
             raise StylenetError(f"data.root {str(root)!r} contains no images{held}")

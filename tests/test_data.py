@@ -146,10 +146,12 @@ def test_bad_data_settings_fail_with_the_setting_named(tmp_path: Path, caplog: p
                                             r"\(.heic\): convert them to JPEG or PNG\)$"):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "empty")).setup("fit")
     make_photo(tmp_path / "empty" / "a.png", (40, 40))
-    with caplog.at_level(logging.WARNING, logger="stylenet.data"):
+    (tmp_path / "empty" / "run" / ".hydra").mkdir(parents=True)  # an earlier run's folder inside: left out
+    with caplog.at_level(logging.WARNING):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "empty"), val_images=0).setup("fit")
     assert "holds 1 photo(s) in a format not read here (.heic): convert them to JPEG or PNG; they are not trained" \
         in caplog.text
+    assert caplog.text.count("that hold a run's outputs") == 1  # one walk of the folder, one warning
     with pytest.raises(StylenetError, match="is not a folder"):
         ImageFolderDataModule(source="folder", root=str(tmp_path / "missing")).setup("fit")
     for size in (30, 4):

@@ -280,7 +280,7 @@ def collect_inputs(specs: list[str], report: Report, output: Path) -> list[tuple
 def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
     """The images one input argument stands for (see :func:`collect_inputs`); a folder's videos are
     named in a note, not stylized (minutes each: a video is named as a file or a glob)."""
-    from stylenet.image import UNREAD_PHOTO_SUFFIXES, list_images, unread_photos_note
+    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_images, unread_photos_note
     from stylenet.video.formats import VIDEO_SUFFIXES
 
     path = Path(spec)
@@ -289,17 +289,17 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
         if written == path.resolve():
             raise StylenetError(f"folder {spec!r} is also -o: a second run would take this run's outputs for "
                                 f"inputs; give -o a folder of its own, such as {str(path / 'out') + os.sep!r}")
-        images = list_images(path)
+        listed = list_images(path, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES, *VIDEO_SUFFIXES))  # one walk
+        images, unread, videos = ([file for file in listed if file.suffix.lower() in suffixes]
+                                  for suffixes in (IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, VIDEO_SUFFIXES))
         if written.is_relative_to(path.resolve()):  # -o inside the folder
             kept = [image for image in images if not image.resolve().is_relative_to(written)]
             if len(kept) < len(images):
                 report.note(f"left out {len(images) - len(kept)} file(s) of folder {spec!r} under -o "
                             f"{str(output)!r}: outputs, not inputs")
             images = kept
-        unread = list_images(path, UNREAD_PHOTO_SUFFIXES)
         if unread:  # a phone's HEIC photos: named, not passed over in silence
             report.note(f"folder {spec!r} holds {unread_photos_note(unread)}")
-        videos = list_images(path, VIDEO_SUFFIXES)
         if videos:
             globs = " ".join(repr(str(path / "**" / f"*{suffix}")) for suffix in sorted({v.suffix for v in videos}))
             report.note(f"folder {spec!r} holds {len(videos)} video(s), which a folder does not stylize: name them "
