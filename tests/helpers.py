@@ -14,12 +14,16 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import tomllib
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from stylenet.inference import InferenceModel
 
 
 def png_with_header_size(width: int, height: int) -> bytes:
@@ -114,3 +118,24 @@ def stops_handled_by(prog: str) -> Iterator[None]:
         pytest.fail(f"Ctrl-C escaped {prog} as a traceback")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def frames_setting_precision(model: InferenceModel, frame: np.ndarray) -> Iterator[np.ndarray]:
+    """The frame twice, ``model.precision`` set to fp32 between them (a page's switch, a notebook's cell)."""
+    yield frame
+    model.precision = "fp32"
+    yield frame
+
+
+def assert_precision_applies_to_the_next_frame(model: InferenceModel, photo: Path, **choice: Any) -> None:
+    """A precision set between frames applies from the next one, as it does to ``stylize`` (the stream's
+    kept buffers were built once, in the first frame's precision; a model of several styles kept the style's
+    model of the stream's start)."""
+    frame = np.asarray(Image.open(photo).convert("RGB"))
+    first, second = model.stylize_frames(frames_setting_precision(model, frame), **choice)
+    expected_fp32 = np.asarray(model.stylize(Image.fromarray(frame), **choice)).astype(np.int16)
+    model.precision = "bf16"
+    expected_bf16 = np.asarray(model.stylize(Image.fromarray(frame), **choice)).astype(np.int16)
+    assert np.abs(expected_fp32 - expected_bf16).max() > 2  # the two precisions tell apart
+    assert np.abs(first.astype(np.int16) - expected_bf16).max() <= 1
+    assert np.abs(second.astype(np.int16) - expected_fp32).max() <= 1

@@ -25,6 +25,8 @@ from stylenet.inference.memory import activation_bytes_per_pixel
 from stylenet.inference.prepadded import PrepaddedNetwork, input_layouts, prepadded_forward
 from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
+from tests.conftest import make_photo
+from tests.helpers import assert_precision_applies_to_the_next_frame
 
 
 def tiny_model(precision: str) -> InferenceModel:
@@ -125,6 +127,11 @@ def test_load_model_streams_frames(tmp_path: Path) -> None:
     model = stylenet.load_model(path, device="cpu")
     (out,) = model.stylize_frames(uint8_frames([(20, 28)]))
     assert out.shape == (20, 28, 3)
+
+
+def test_a_precision_set_between_frames_applies_to_the_next_frame(tmp_path: Path) -> None:
+    assert_precision_applies_to_the_next_frame(InferenceModel(trained_like(), device="cpu", precision="bf16"),
+                                               make_photo(tmp_path / "p.png", (128, 96)))
 
 
 def trained_like(channels: int = 8, residual_blocks: int = 3) -> TransformerNet:

@@ -31,6 +31,7 @@ from stylenet.inference import (
 )
 from stylenet.modelfile import save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
+from tests.conftest import make_photo
 
 
 def tiny_net(seed: int = 0, residual_blocks: int = 1) -> TransformerNet:
@@ -352,6 +353,23 @@ def test_strength_zero_returns_the_content(model: InferenceModel) -> None:
     assert torch.allclose(half, (image + model.transform(image)) / 2, atol=1e-6)
 
 
+@pytest.mark.parametrize("overlap", [0, 8])
+def test_a_tiled_upscales_content_is_the_whole_photos_bicubic_upscale(overlap: int) -> None:
+    """strength 0 of a super-resolution network is the photo's bicubic upscale, tiles or not: each tile's
+    content was upsampled alone, clamped at the tile's own edges, seams of up to 20 levels where little or
+    no overlap hid them."""
+    torch.manual_seed(0)
+    model = InferenceModel(SuperResolutionNet(4, channels=8, residual_blocks=1).eval(), device="cpu",
+                           precision="fp32")
+    image = photo(96, 136)
+    expected = torch.nn.functional.interpolate(image[None], scale_factor=4, mode="bicubic")[0].clamp(0.0, 1.0)
+    tiled = model.transform(image, Controls(strength=0.0), tile=64, tile_overlap=overlap)
+    assert (tiled - expected).abs().max() < 1e-5
+    half = model.transform(image, Controls(strength=0.5), tile=64, tile_overlap=overlap)
+    network = model.transform(image, tile=64, tile_overlap=overlap)
+    assert (half - (expected + network) / 2).abs().max() < 1e-5
+
+
 def test_preserve_color_keeps_the_contents_chroma(model: InferenceModel) -> None:
     image = photo(40, 60) * 0.6 + 0.2  # away from the gamut edges, so clamping cannot move chroma
     stylized = model.transform(image)
@@ -421,7 +439,7 @@ def test_load_model_on_tensors_and_batches(model_file: Path) -> None:
     assert torch.allclose(out[0], model.stylize(image), atol=1e-6)
 
 
-def test_results_are_ordinary_tensors_and_wrong_inputs_are_one_line(model_file: Path) -> None:
+def test_results_are_ordinary_tensors_and_wrong_inputs_are_one_line(model_file: Path, tmp_path: Path) -> None:
     """A notebook changes a result in place or feeds it to autograd: no inference tensor comes back."""
     from stylenet.image import from_pil
 
@@ -449,6 +467,18 @@ def test_results_are_ordinary_tensors_and_wrong_inputs_are_one_line(model_file: 
     grey = Image.fromarray(np.zeros((20, 30), np.uint8), "L")
     with pytest.raises(StylenetError, match=r"^keep_gray must be True, False or None .*got 'no'$"):  # "no" was true
         model.stylize(grey, keep_gray="no")
+    with pytest.raises(StylenetError, match=r"^keep_gray must be True, False or None .*got 'no'$"):  # not read
+        model.stylize(image, keep_gray="no")
+    for flag in ("exact_statistics", "quantize"):  # "no" was true: exact statistics, uint8 levels
+        with pytest.raises(StylenetError, match=f"^{flag} must be True or False, got 'no'$"):
+            model.transform(image, **{flag: "no"})
+    for size in (30, (True, 40), (10, 0), "ab"):  # 30 was a TypeError, (True, 40) a picture one pixel high
+        with pytest.raises(StylenetError, match=r"^size must be \(height, width\) in whole pixels >= 1, got "):
+            model.process(from_pil(pil), size=size)
+    with Image.open(make_photo(tmp_path / "p.png")) as closed:
+        pass
+    with pytest.raises(StylenetError, match=r"^the PIL image '.*p.png' was closed before stylenet read it: "):
+        model.stylize(closed)  # a bare AssertionError from Pillow
     # whole numbers of numpy's types are whole numbers
     assert model.process(from_pil(pil), size=(np.int64(10), np.int64(15))).rgb.shape == (3, 10, 15)
     assert stylenet.load_model(model_file, device="cpu", max_memory=np.int64(1 << 30)).max_memory == 1 << 30

@@ -3,6 +3,8 @@ normalisation, blends, per-style gradients, model files, inference paths, export
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from stylenet.nets.transformer import ConditionalInstanceNorm2d
 from stylenet.styles import choice_weights, parse_blend
 from stylenet.tasks import AddStyleTask, StyleTransferTask
 from tests.conftest import make_photo
-from tests.helpers import output_and_gradients
+from tests.helpers import assert_precision_applies_to_the_next_frame, output_and_gradients
 
 NAMES = ["a", "b", "c"]
 TINY = {"channels": 8, "residual_blocks": 1}
@@ -349,6 +351,36 @@ def test_the_styles_kept_are_the_most_recently_used(tmp_path: Path, monkeypatch:
     assert model.for_style("a") is a  # used again: now the most recent
     model.for_style("c")  # one too many: b, the least recently used, goes
     assert model.for_style("a") is a and model.for_style("b") is not b
+
+
+def test_a_precision_set_between_frames_applies_to_the_styles_next_frame(tmp_path: Path) -> None:
+    net = multi_net()
+    model = InferenceModel(net, read_model(multi_file(tmp_path / "m.safetensors", net)).metadata, device="cpu",
+                           precision="bf16")
+    assert_precision_applies_to_the_next_frame(model, make_photo(tmp_path / "p.png", (128, 96)), style="a")
+
+
+def test_styles_kept_are_made_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads of a web server choosing blends at once: each model is made and kept under a lock (the cache
+    went past its cap when two threads evicted and inserted at once)."""
+    net = multi_net()
+    model = InferenceModel(net, read_model(multi_file(tmp_path / "m.safetensors", net)).metadata, device="cpu",
+                           precision="fp32")
+    monkeypatch.setattr(InferenceModel, "CACHED_STYLES", 2)
+    making, most = [0], [0]
+    single_style = type(net).single_style
+
+    def slow_single_style(self: TransformerNet, weights: list[float]) -> TransformerNet:
+        making[0] += 1
+        most[0] = max(most[0], making[0])
+        time.sleep(0.05)  # a thread switch here let another thread in
+        making[0] -= 1
+        return single_style(self, weights)
+
+    monkeypatch.setattr(type(net), "single_style", slow_single_style)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda k: model.for_style({"a": 1.0, "b": k + 1.0}), range(8)))
+    assert most[0] == 1 and len(model._by_style) == 2
 
 
 def test_exports_take_the_style_and_agree_with_eager(tmp_path: Path) -> None:

@@ -506,8 +506,8 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
     model = load_model(multi_file(tmp_path / "multi.safetensors"), device="cpu", precision="fp32")
     with pytest.raises(StylenetError, match="holds 3 styles: pass style="):
         stylize_video(clip, tmp_path / "none.mkv", model)
-    for size in [(0, 10), (2.5, 3)]:
-        with pytest.raises(StylenetError, match=r"size must be \(height, width\) in pixels >= 1, got " +
+    for size in [(0, 10), (2.5, 3), (True, 40), 30]:  # (True, 40) wrote a clip one pixel high, 30 was a TypeError
+        with pytest.raises(StylenetError, match=r"size must be \(height, width\) in whole pixels >= 1, got " +
                            re.escape(str(size))):
             stylize_video(clip, tmp_path / "none.mkv", model, style="b", size=size)
     path = str(tmp_path / "multi.safetensors")  # a file name was an AttributeError traceback, depth 0 a ValueError

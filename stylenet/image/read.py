@@ -560,11 +560,19 @@ def load_rgb(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
 def from_pil(image: Image.Image) -> LoadedImage:
     """A PIL image already in memory -> :class:`LoadedImage`, with the mode handling files get
     (:func:`decode_pil`: 16-bit, palette transparency, LA, ...), EXIF orientation applied."""
+    name = getattr(image, "filename", "") or "given"
     try:  # a PIL image opened from a file decodes now: a file cut short fails here
+        image.load()  # the pixels of a lazily opened file; a closed image's are gone
+    except (ValueError, AssertionError):  # closed after loading / before (Pillow asserts on its missing file)
+        raise ImageError(f"the PIL image {name!r} was closed before stylenet read it: stylize it inside its "
+                         "with block, or pass a copy made there (image.copy())") from None
+    except (OSError, SyntaxError) as err:
+        raise ImageError(f"cannot read image {name!r}: {err}") from None
+    try:
         upright = ImageOps.exif_transpose(image)
         rgb, alpha, was_gray = decode_pil(upright)
     except (OSError, SyntaxError) as err:
-        raise ImageError(f"cannot read image {getattr(image, 'filename', '') or 'given'!r}: {err}") from None
+        raise ImageError(f"cannot read image {name!r}: {err}") from None
     rgb_t = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
     alpha_t = None if alpha is None else torch.from_numpy(alpha.copy())[None]
     return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=rgb_icc_profile(image.info.get("icc_profile")),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from stylenet.errors import StylenetError
+from stylenet.image import unit_float
 from stylenet.image.colour import luma
 
 
@@ -61,3 +62,23 @@ class Controls:
         if self.gray:
             output = luma(output).expand_as(output)
         return output.clamp(0.0, 1.0)
+
+
+#: Input pixels on each side that bicubic interpolation reads (its four taps reach two pixels out).
+BICUBIC_REACH = 2
+
+
+def upsampled_crop(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], scale: int,
+                   device: torch.device) -> torch.Tensor:
+    """The bicubic ``scale`` x upsampling of the whole (3, H, W) ``image`` (float, or uint8 levels), cropped to
+    the output of input ``rows`` x ``cols``, as (1, 3, h * scale, w * scale) float32 on ``device``: computed
+    from that region with the pixels around it that bicubic reads, so a tile's content matches its
+    neighbours' (a tile upsampled alone clamps at its own edges: seams where the controls blend it in,
+    with no overlap to hide them)."""
+    height, width = image.shape[-2:]
+    top, left = max(0, rows[0] - BICUBIC_REACH), max(0, cols[0] - BICUBIC_REACH)
+    bottom, right = min(height, rows[1] + BICUBIC_REACH), min(width, cols[1] + BICUBIC_REACH)
+    region = unit_float(image[:, top:bottom, left:right], device)[None]
+    region = F.interpolate(region, size=((bottom - top) * scale, (right - left) * scale), mode="bicubic")
+    return region[..., (rows[0] - top) * scale: (rows[1] - top) * scale,
+                  (cols[0] - left) * scale: (cols[1] - left) * scale]

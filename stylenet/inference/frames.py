@@ -36,8 +36,9 @@ def frame_size(frame: np.ndarray | torch.Tensor) -> tuple[int, int]:
         return int(frame.shape[0]), int(frame.shape[1])
     if isinstance(frame, torch.Tensor):
         if frame.ndim != 3 or frame.shape[0] != 3 or not frame.is_floating_point() or not frame.numel():
+            hint = " (a uint8 tensor: frame / 255)" if frame.dtype == torch.uint8 else ""
             raise StylenetError(f"expected a float (3, H, W) frame tensor, H and W >= 1, got {frame.dtype} "
-                                f"{tuple(frame.shape)}")
+                                f"{tuple(frame.shape)}{hint}")
         check_unit_range(frame, "frame tensor")
         return int(frame.shape[1]), int(frame.shape[2])
     raise StylenetError(f"frames must be uint8 numpy arrays or float tensors, got {type(frame).__name__}")

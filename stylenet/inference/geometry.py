@@ -19,12 +19,14 @@ to 1x1) and the output is cropped back. :func:`padded_forward` is the one geomet
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stylenet.errors import StylenetError
 from stylenet.image import unit_float
 from stylenet.nets.transformer import ConditionalInstanceNorm2d, TransformerNet
 
@@ -45,6 +47,14 @@ def min_size(net: nn.Module) -> int:
 def output_scale(net: nn.Module) -> int:
     """Output side / input side: 1 for style networks, 2/4/8 for super-resolution networks."""
     return int(getattr(net, "scale", 1))
+
+
+def check_size(size: object) -> None:
+    """A requested output size: (height, width) in whole pixels >= 1, else one line (``size=30``
+    was a TypeError, ``(True, 40)`` a picture one pixel high)."""
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(
+            isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in size):
+        raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
 
 
 def round_up(value: int, multiple: int) -> int:

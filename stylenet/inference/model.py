@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import numbers
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,11 @@ from stylenet.devices import resolve_device
 from stylenet.errors import StylenetError, first_line
 from stylenet.fastpath import inference_precision, optimize_for_inference
 from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil, unit_float
-from stylenet.inference.controls import Controls
+from stylenet.inference.controls import Controls, upsampled_crop
 from stylenet.inference.frames import Frame, check_unit_range, stream_frames
 from stylenet.inference.geometry import (
     PRECISIONS,
+    check_size,
     forward,
     input_offset,
     output_scale,
@@ -115,6 +117,7 @@ class InferenceModel:
         #: a network of several styles (Dumoulin et al. 2017) runs as the single-style network of the
         #: chosen style or blend (:meth:`for_style`), one per choice, kept for the next image
         self._by_style: dict[tuple[str | float | int | None, ...], InferenceModel] = {}
+        self._by_style_lock = threading.Lock()  # one model used by several threads (a web server's)
         #: per (precision, pre-padded or not): the network, its pass of one image (None where the pre-padded
         #: one does not apply) and that pass's activation bytes per pixel (:meth:`_probed`)
         self._probes: dict[tuple[str, bool], tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None,
@@ -164,15 +167,16 @@ class InferenceModel:
         # by label too (7:3 and 0.7:0.3 name their files apart), and by the settings it was built with: a later
         # model.precision = "bf16" applies, as it does to a single-style model
         key = (str(self.device), self.precision, self.max_memory, label, *weights)
-        model = self._by_style.pop(key, None)  # put back last: the least recently used goes first
-        if model is None:
-            net = self.net.single_style(weights).eval()
-            metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
-            model = InferenceModel(net, {**metadata, "style_name": label}, self.device, self.precision,
-                                   self.max_memory, self.source)
-            if len(self._by_style) >= self.CACHED_STYLES:
-                self._by_style.pop(next(iter(self._by_style)))
-        self._by_style[key] = model
+        with self._by_style_lock:
+            model = self._by_style.pop(key, None)  # put back last: the least recently used goes first
+            if model is None:
+                net = self.net.single_style(weights).eval()
+                metadata = {k: v for k, v in self.metadata.items() if k != "styles"}
+                model = InferenceModel(net, {**metadata, "style_name": label}, self.device, self.precision,
+                                       self.max_memory, self.source)
+                while len(self._by_style) >= self.CACHED_STYLES:
+                    self._by_style.pop(next(iter(self._by_style)))
+            self._by_style[key] = model
         return model
 
     def selected(self, styles: list[str] | None = None,
@@ -198,7 +202,9 @@ class InferenceModel:
         nets = [self.net, *(probe[0] for probe in self._probes.values())]
         held = {tensor.data_ptr(): tensor.numel() * tensor.element_size()  # shared storage counted once
                 for net in nets for tensor in (*net.parameters(), *net.buffers())}
-        return sum(held.values()) + sum(model.weight_bytes for model in self._by_style.values())
+        with self._by_style_lock:
+            kept = list(self._by_style.values())
+        return sum(held.values()) + sum(model.weight_bytes for model in kept)
 
     @property
     def name(self) -> str:
@@ -273,7 +279,7 @@ class InferenceModel:
             return self.for_style(style).transform(rgb, controls, tile=tile, tile_overlap=tile_overlap,
                                                    exact_statistics=exact_statistics, quantize=quantize, bits=bits,
                                                    progress=progress)
-        _check_transform(rgb, tile, tile_overlap, bits)
+        _check_transform(rgb, tile, tile_overlap, bits, exact_statistics=exact_statistics, quantize=quantize)
         controls = controls or Controls()
         # every piece of the image the network sees is taken less this, once it is float32 on the device
         offset = input_offset(self.net, rgb)
@@ -354,7 +360,9 @@ class InferenceModel:
             if carry is not None:
                 band[:, : carry.shape[1]] += carry
             for (left, right), col_weight in zip(grid.cols, grid.col_weights, strict=True):
-                piece = self._run_tile(net, rgb[:, top:bottom, left:right], offset, controls)
+                content = None if scale == 1 or not controls.needs_content else \
+                    upsampled_crop(rgb, (top, bottom), (left, right), scale, self.device)
+                piece = self._run_tile(net, rgb[:, top:bottom, left:right], offset, controls, content)
                 weight = row_weight.to(piece.device)[:, None] * col_weight.to(piece.device)[None, :]
                 band[:, :, left * scale: right * scale] += (piece * weight).cpu()
                 tick()
@@ -382,9 +390,10 @@ class InferenceModel:
             out[:, top:bottom] = rows.mul_(top_level).round_() if bits else rows
         return out
 
-    def _run_tile(self, net: nn.Module, tile: torch.Tensor, offset: torch.Tensor | None, controls: Controls
-                  ) -> torch.Tensor:
-        """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied;
+    def _run_tile(self, net: nn.Module, tile: torch.Tensor, offset: torch.Tensor | None, controls: Controls,
+                  content: torch.Tensor | None = None) -> torch.Tensor:
+        """One (3, h, w) tile -> (3, h * scale, w * scale) float32 on the device, controls applied
+        (with ``content``, the (1, 3, h * scale, w * scale) content to blend, if given, else the tile's);
         the network takes it less ``offset``. The whole image (``net`` the model's own) runs through
         pre-padded buffers where :meth:`_prepadded_fits` (the same image, faster), else, and after
         running out of memory there, in the one pass."""
@@ -394,7 +403,9 @@ class InferenceModel:
             else None
         output = self._prepadded_or_one_pass(run, centred) if run is not None else \
             forward(net, centred, self.precision)
-        return controls.apply(output, batch if controls.needs_content else None)[0]
+        if content is None and controls.needs_content:
+            content = batch
+        return controls.apply(output, content)[0]
 
     def _prepadded_or_one_pass(self, prepadded: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor
                                ) -> torch.Tensor:
@@ -447,11 +458,9 @@ class InferenceModel:
         if asked:  # stylize's keywords: here they are the controls'
             raise StylenetError(f"process takes {asked[0]} in controls=stylenet.inference.Controls(strength, "
                                 "preserve_color), not as a keyword")
-        if size is not None and (len(size) != 2 or not all(
-                isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in size)):
-            raise StylenetError(f"size must be (height, width) in whole pixels >= 1, got {size!r}")
-        if keep_gray not in (None, True, False):  # "no" would be true
-            raise StylenetError(f"keep_gray must be True, False or None (super-resolution only), got {keep_gray!r}")
+        if size is not None:
+            check_size(size)
+        _check_keep_gray(keep_gray)
         controls = controls or Controls()
         keep_gray = self.scale > 1 if keep_gray is None else keep_gray
         if keep_gray and image.was_gray:
@@ -472,6 +481,7 @@ class InferenceModel:
         shape (times ``scale``), on its device, an ordinary tensor (not an inference-mode one). ``style``: for
         a model of several styles, a name (``"candy"``) or a blend (``{"candy": 0.7, "mosaic": 0.3}``)."""
         controls = Controls(strength, preserve_color)
+        _check_keep_gray(keep_gray)  # read for PIL images only: a tensor is always RGB
         tiling = {"tile": tile, "tile_overlap": tile_overlap, "exact_statistics": exact_statistics, "style": style}
         if isinstance(image, torch.Tensor):  # a copy made here, outside inference mode: an ordinary tensor, which
             if image.ndim == 4:               # the caller may change in place or use in autograd
@@ -506,15 +516,16 @@ class InferenceModel:
         ``style``: as for :meth:`stylize`.
         """
         if style is not None or self.multi:
-            return self.for_style(style).stylize_frames(frames, strength=strength, preserve_color=preserve_color)
+            return self._style_frames(iter(frames), style, strength, preserve_color)
         controls = Controls(strength, preserve_color)
 
         def fits(height: int, width: int) -> bool:  # one pass, as transform would run it
             return padded_pixels(self.net, height, width) <= self.max_pixels()
 
         # each layer written straight into the next one's padded input, in buffers kept across frames of
-        # a size whose buffers fit the budget; they go before any other pass runs beside them
-        kept: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        # a size whose buffers fit the budget; they go before any other pass runs beside them. Kept per
+        # precision: a model.precision set between frames applies to the next frame, as it does to stylize.
+        kept: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
         def centred(batch: torch.Tensor) -> torch.Tensor:  # as transform runs a frame: less its mean
             offset = input_offset(self.net, batch)
@@ -522,20 +533,56 @@ class InferenceModel:
             if not self._prepadded_fits(*batch.shape[-2:]):
                 kept.clear()
                 return forward(self.net, batch, self.precision)
-            if not kept:
+            if self.precision not in kept:
+                kept.clear()
                 run = prepadded_forward(self.net, self.precision, self.device, keep=True)
                 assert run is not None  # _prepadded_fits: the pass applies
-                kept.append(run)
-            return self._prepadded_or_one_pass(kept[0], batch)
+                kept[self.precision] = run
+            return self._prepadded_or_one_pass(kept[self.precision], batch)
 
         def beyond_one_pass(rgb: torch.Tensor) -> torch.Tensor:
             kept.clear()
             return self.transform(rgb, controls)
         return stream_frames(frames, centred, self.device, controls, fits, beyond_one_pass)
 
+    def _style_frames(self, frames: Iterator[Frame], style: StyleChoice | None, strength: float,
+                      preserve_color: bool) -> Iterator[Frame]:
+        """:meth:`stylize_frames` of a style (or blend): the frames run through that style's model, looked up
+        again before every frame, so that a ``model.precision`` or ``max_memory`` set between frames applies
+        to the next one; a stream of one model's frames keeps its buffers."""
+        model = self.for_style(style)  # a bad style is refused before the first frame is asked for
+        pending: list[Frame] = []
 
-def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int) -> None:
+        def same_model() -> Iterator[Frame]:
+            yield from pending
+            pending.clear()
+            for frame in frames:
+                if self.for_style(style) is not model:
+                    pending.append(frame)  # the next model's first frame
+                    return
+                yield frame
+
+        def styled() -> Iterator[Frame]:
+            nonlocal model
+            while True:
+                yield from model.stylize_frames(same_model(), strength=strength, preserve_color=preserve_color)
+                if not pending:
+                    return
+                model = self.for_style(style)
+        return styled()
+
+
+def _check_keep_gray(keep_gray: bool | None) -> None:
+    if keep_gray not in (None, True, False):  # "no" would be true
+        raise StylenetError(f"keep_gray must be True, False or None (super-resolution only), got {keep_gray!r}")
+
+
+def _check_transform(rgb: torch.Tensor, tile: int | None, tile_overlap: int, bits: int,
+                     **flags: bool) -> None:
     """:meth:`InferenceModel.transform`'s arguments, refused with one line before any work."""
+    for name, value in flags.items():
+        if value not in (True, False):  # "no" would count as on
+            raise StylenetError(f"{name} must be True or False, got {value!r}")
     levels = rgb.dtype == torch.uint8  # an 8-bit image's own levels (stylenet.image.compact)
     if rgb.ndim != 3 or rgb.shape[0] != 3 or not (rgb.is_floating_point() or levels) or not rgb[0].numel():
         raise StylenetError(f"expected a float or uint8 (3, H, W) image tensor, H and W >= 1, got {rgb.dtype} "

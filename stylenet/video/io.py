@@ -693,6 +693,7 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
     could be done; :class:`TruncatedVideoError` when the input broke off after some frames, or had
     damaged packets (skipped, as FFmpeg's tools skip them), after its valid video has been written."""
+    from stylenet.inference.geometry import check_size
     from stylenet.inference.model import InferenceModel
 
     if not isinstance(model, InferenceModel):  # a model file's name, say
@@ -701,9 +702,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
         raise StylenetError(f"depth must be a whole number of frames >= 1, got {depth!r}")
     source, target = Path(source), Path(target)
     model = model.for_style(style)
-    if size is not None and (len(size) != 2 or not all(isinstance(side, numbers.Integral) for side in size)
-                             or min(size) < 1):
-        raise StylenetError(f"size must be (height, width) in pixels >= 1, got {size!r}")
+    if size is not None:
+        check_size(size)
     start = time.perf_counter()
     video_target(source, target, in_folder=False)  # a video suffix, not a folder: before any work
     if source.resolve() == target.resolve():
