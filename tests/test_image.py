@@ -26,6 +26,7 @@ from stylenet.image import (
     ImageError,
     LoadedImage,
     check_output_path,
+    from_pil,
     list_images,
     load_image,
     load_rgb,
@@ -353,12 +354,71 @@ def test_icc_profile_passes_through(tmp_path, suffix):
     assert load_image(save_image(tmp_path / f"plain{suffix}", loaded.rgb)).icc_profile is None
 
 
-def test_non_rgb_icc_profile_is_dropped(tmp_path):
+def test_a_grey_profile_is_kept_for_grey_files_only(tmp_path):
     gray_icc = bytearray(_srgb_icc())
     gray_icc[16:20] = b"GRAY"
     p = _save(tmp_path / "g.png", Image.new("L", (2, 2), 7), icc_profile=bytes(gray_icc))
     assert Image.open(p).info["icc_profile"] == bytes(gray_icc)
-    assert load_image(p).icc_profile is None
+    loaded = load_image(p)
+    assert loaded.icc_profile == bytes(gray_icc)
+    for bits in (8, 16):  # written grey: kept; in colour: left out, it would misdescribe the pixels
+        grey = save_image(tmp_path / f"grey{bits}.png", loaded.rgb, icc_profile=loaded.icc_profile, gray=True,
+                          bits=bits)
+        assert load_image(grey).icc_profile == bytes(gray_icc)
+        colour = save_image(tmp_path / f"colour{bits}.png", loaded.rgb, icc_profile=loaded.icc_profile, bits=bits)
+        assert Image.open(colour).info.get("icc_profile") is None
+    coloured = _save(tmp_path / "c.png", Image.new("RGB", (2, 2), 7), icc_profile=bytes(gray_icc))
+    assert load_image(coloured).icc_profile is None  # a colour photo's grey profile: of no use
+    cmyk = bytearray(_srgb_icc())
+    cmyk[16:20] = b"CMYK"
+    assert load_image(_save(tmp_path / "k.png", Image.new("L", (2, 2), 7), icc_profile=bytes(cmyk))).icc_profile \
+        is None
+
+
+def test_sixteen_bit_grey_written_grey_is_its_luma(tmp_path):
+    """gray=True of colour pixels: the luma Pillow's L gives at 8 bits, at 16 bits too (the red channel was)."""
+    rgb = torch.zeros(3, 2, 2)
+    rgb[0] = 1.0
+    rgb[1, 0] = 0.5
+    expected = (0.299 + 0.587 * np.array([0.5, 0.0]))[:, None].repeat(2, 1)
+    eight = np.asarray(Image.open(save_image(tmp_path / "g8.png", rgb, gray=True)), dtype=float) / 255
+    sixteen = load_image(save_image(tmp_path / "g16.png", rgb, gray=True, bits=16))
+    assert np.abs(eight - expected).max() <= 0.5 / 255
+    assert sixteen.bits == 16 and np.abs(sixteen.rgb[0].numpy() - expected).max() <= 1 / 65535
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_a_16_bit_min_is_white_tiff_reads_as_its_8_bit_version(tmp_path, alpha):
+    """Photometric 0 (MinIsWhite: 0 is white, as scanners write): Pillow turns an 8-bit file's samples round,
+    not a 16-bit one's, which came out as its negative."""
+    import tifffile
+
+    levels = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1365)
+    tifffile.imwrite(tmp_path / "w8.tif", (levels >> 8).astype(np.uint8), photometric="miniswhite")
+    samples = np.stack([levels, levels[::-1]], -1) if alpha else levels
+    tifffile.imwrite(tmp_path / "w16.tif", samples, photometric="miniswhite", extrasamples=[2] if alpha else None)
+    eight, sixteen = load_image(tmp_path / "w8.tif"), load_image(tmp_path / "w16.tif")
+    assert sixteen.bits == 16 and sixteen.was_gray
+    np.testing.assert_allclose(sixteen.rgb[0].numpy(), 1.0 - levels / 65535, atol=1e-6)
+    assert (sixteen.rgb - eight.rgb).abs().max() <= 1 / 255
+    if alpha:  # the alpha stays as stored
+        assert torch.equal(sixteen.alpha[0], torch.from_numpy(levels[::-1].copy()))
+        return
+    with Image.open(tmp_path / "w16.tif") as opened:  # a PIL image of the file, through the Python API
+        assert (from_pil(opened).rgb - sixteen.rgb).abs().max() == 0
+
+
+def test_an_xmp_orientation_turns_the_size_read_from_the_header(tmp_path):
+    """read_image_size matches load_image for a PNG whose only orientation is in its XMP packet."""
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    path = _save(tmp_path / "x.png", Image.new("RGB", (60, 40)), pnginfo=info)
+    assert load_image(path).rgb.shape == (3, 60, 40)
+    assert read_image_size(path) == (40, 60)
 
 
 # ------------------------------------------------------------------------------------------ to_pil

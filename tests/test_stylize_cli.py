@@ -396,6 +396,45 @@ def test_keep_gray_writes_grey_files(tmp_path: Path, model: Path, capsys: pytest
         assert code == 0 and Image.open(target).mode == mode, (suffix, err)
 
 
+def test_a_grey_photos_own_icc_profile_is_kept_on_its_grey_output(tmp_path: Path, model: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--keep-gray writes a grey file: the photo's grey profile describes it, and is kept (it was dropped, as
+    a profile of another space than RGB); a colour output leaves it out."""
+    from tests.test_image import _srgb_icc
+
+    profile = bytearray(_srgb_icc())
+    profile[16:20] = b"GRAY"
+    photo = tmp_path / "grey.jpg"
+    Image.open(make_image(tmp_path / "grey.png", mode="L")).save(photo, icc_profile=bytes(profile))
+    for keep_gray, name, expected in ((["--keep-gray"], "kept", bytes(profile)), ([], "colour", None)):
+        for suffix in (".png", ".jpg", ".tif", ".webp"):  # WebP writes colour: no grey profile there
+            target = tmp_path / f"{name}{suffix}"
+            code, _, err = run(capsys, photo, "-m", model, "-o", target, *keep_gray)
+            assert code == 0, err
+            assert Image.open(target).info.get("icc_profile") == (None if suffix == ".webp" else expected), target
+
+
+def test_an_output_beyond_its_formats_largest_side_is_refused_before_the_network_runs(
+        tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A panorama's WebP failed after the whole network pass, as the encoder's "error 5"; a JPEG beyond
+    65500 px as "broken data stream". Refused first; the other outputs are written."""
+    from stylenet.inference import InferenceModel
+
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((8, 16400, 3), np.uint8)).save(wide)
+    ran: list[int] = []
+    process = InferenceModel.process
+    monkeypatch.setattr(InferenceModel, "process", lambda self, *a, **k: ran.append(1) or process(self, *a, **k))
+    code, _, err = run(capsys, wide, "-m", model, "-o", tmp_path / "wide.webp")
+    assert code == 1 and not ran and not (tmp_path / "wide.webp").exists()
+    assert "cannot write image '" in err and "wide.webp': 16400x8 px is beyond WEBP's largest side, 16383 px" in err
+    code, _, err = run(capsys, wide, "-m", model, "-o", tmp_path / "wide.jpg", "--scale", "4")
+    assert code == 1 and not ran and "65600x32 px is beyond JPEG's largest side, 65500 px" in err
+    code, _, err = run(capsys, wide, "-m", model, "-o", tmp_path / "out", "--name", "{stem}.webp", "--max-size",
+                       "16383")
+    assert code == 0 and ran and Image.open(tmp_path / "out" / "wide.webp").size == (16383, 8), err
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_command_writes_what_the_python_api_gives(tmp_path: Path, model: Path, precision: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -188,6 +188,11 @@ class Pipeline:
         return self.model.name
 
     @property
+    def scale(self) -> int:
+        """Output side / input side, through both networks."""
+        return self.model.scale * (self.upscaler.scale if self.upscaler is not None else 1)
+
+    @property
     def file_stem(self) -> str:
         """The model file's name without its suffix (``--name``'s ``{model}``)."""
         return Path(self.model.source or "model").stem
@@ -437,7 +442,15 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
     memory never reaches here before :meth:`InferenceModel.transform` has retried with smaller
     tiles. ``KeyboardInterrupt`` is no ``Exception``: Ctrl-C still stops the whole run at once.
     """
-    from stylenet.image import DEFAULT_MAX_PIXELS, compact, drops_transparency, load_image, save_image, target_size
+    from stylenet.image import (
+        DEFAULT_MAX_PIXELS,
+        check_output_size,
+        compact,
+        drops_transparency,
+        load_image,
+        save_image,
+        target_size,
+    )
     from stylenet.inference import DEFAULT_TILE_OVERLAP, Controls
     from stylenet.video import is_video
 
@@ -468,6 +481,7 @@ def run_source(source: Path, jobs: list[Job], counter: str, args: argparse.Names
         report.progress(label)
         start = time.perf_counter()
         try:
+            check_output_size(job.target, size[0] * job.model.scale, size[1] * job.model.scale)
             result = job.model.process(image, controls, size=size, keep_gray=args.keep_gray or None,  # None: SR's own
                                        quantize=True, tile=args.tile, tile_overlap=overlap,
                                        exact_statistics=args.exact_stats, progress=progress)

@@ -47,6 +47,7 @@ from stylenet.image.formats import (
     LoadedImage,
     TooManyPixelsError,
     compact,
+    fitting_icc_profile,
     levels_to_unit_,
     unit_float,
     unread_photos_note,
@@ -63,7 +64,7 @@ from stylenet.image.resize import (
     target_size,
     training_sample,
 )
-from stylenet.image.write import check_output_path, drops_transparency, save_image, to_pil
+from stylenet.image.write import check_output_path, check_output_size, drops_transparency, save_image, to_pil
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -77,10 +78,12 @@ __all__ = [
     "LoadedImage",
     "TooManyPixelsError",
     "check_output_path",
+    "check_output_size",
     "compact",
     "crop",
     "demo_root",
     "drops_transparency",
+    "fitting_icc_profile",
     "from_pil",
     "levels_to_unit_",
     "list_images",

@@ -109,8 +109,9 @@ class LoadedImage:
     #: transparency information at all (an RGBA file that is fully opaque still has its band).
     alpha: torch.Tensor | None
     #: The embedded ICC profile if it describes an RGB colour space (so it is still valid for
-    #: :attr:`rgb`); ``None`` otherwise, e.g. for CMYK or GRAY profiles, which would be wrong on
-    #: an RGB output file.
+    #: :attr:`rgb`), or a grey one on a grey source (valid for it written back grey: writers embed a
+    #: profile only in a file of its own space, :func:`fitting_icc_profile`); ``None`` otherwise,
+    #: e.g. for CMYK profiles, which would be wrong on an RGB output file.
     icc_profile: bytes | None
     #: The source had no colour (modes 1, L, LA, I, I;16*, F), so callers may write grey back.
     was_gray: bool
@@ -120,6 +121,15 @@ class LoadedImage:
     bits: int = 8
     #: Frames in the file (an animated GIF, PNG or WebP, a multi-page TIFF): only the first is here.
     frames: int = 1
+
+
+def fitting_icc_profile(profile: object, *, gray: bool) -> bytes | None:
+    """``profile`` where it is an ICC profile for a grey image (a GRAY colour space, header bytes 16..20) if
+    ``gray``, else for a colour one (RGB), None otherwise: a profile of another space (a CMYK JPEG's, a grey
+    photo's on its colour output) would misdescribe the pixels."""
+    if isinstance(profile, (bytes, bytearray)) and profile[16:20] == (b"GRAY" if gray else b"RGB "):
+        return bytes(profile)
+    return None
 
 
 def compact(image: LoadedImage) -> LoadedImage:

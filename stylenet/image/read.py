@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import struct
 import warnings
 from collections.abc import Collection, Iterator
@@ -35,6 +36,7 @@ from stylenet.image.formats import (
     LoadedImage,
     TooManyPixelsError,
     file_error,
+    fitting_icc_profile,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,9 @@ def _exif_orientation_from_header(im: Image.Image) -> int:
     PngImageFile.getexif() decodes the whole image when the eXIf chunk was not seen before IDAT,
     so for PNG we only look at what the header pass found.
     """
-    if im.format == "PNG" and "exif" not in im.info:
-        return 1
+    if im.format == "PNG" and "exif" not in im.info:  # an XMP packet's orientation, as Pillow reads it there
+        match = re.search(r'tiff:Orientation(?:="|>)([1-8])', str(im.info.get("XML:com.adobe.xmp", "")))
+        return int(match[1]) if match else 1
     try:
         return int(im.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # malformed EXIF must not make an otherwise good image unreadable
@@ -183,16 +186,21 @@ def decode_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
     return rgb, alpha, was_gray
 
 
+def _stored_white_as_zero(im: Image.Image) -> bool:
+    """A 16-bit grey TIFF stored "MinIsWhite" (photometric 0: 0 is white, as scanners and fax software write
+    it). Pillow turns an 8-bit one's samples round as it reads them, not a 16-bit one's: its negative."""
+    return im.format == "TIFF" and im.mode in SIXTEEN_BIT_MODES and getattr(im, "tag_v2", {}).get(262) == 0
+
+
 def _source_bits(im: Image.Image) -> int:
     """16 for Pillow's 16-bit and wider modes (I;16*, I, F), else 8: the depth worth writing back."""
     return 16 if im.mode in SIXTEEN_BIT_MODES or im.mode in ("I", "F") else 8
 
 
-def rgb_icc_profile(profile: object) -> bytes | None:
-    """Keep an ICC profile only if its colour space (header bytes 16..20) is RGB."""
-    if isinstance(profile, (bytes, bytearray)) and len(profile) >= 20 and profile[16:20] == b"RGB ":
-        return bytes(profile)
-    return None
+def kept_icc_profile(profile: object, was_gray: bool) -> bytes | None:
+    """The ICC profile kept of a source: one of an RGB colour space, or of a grey one on a grey source
+    (written back on its grey output: ``--keep-gray``)."""
+    return fitting_icc_profile(profile, gray=False) or (fitting_icc_profile(profile, gray=True) if was_gray else None)
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -282,8 +290,8 @@ def _grey_alpha_tiff(p: Path) -> TiffHeader | None:
 
     try:
         with tifffile.TiffFile(p) as tif:
-            page = tif.pages[0]
-            if page.dtype != np.uint16 or page.samplesperpixel != 2 or page.photometric != 1:  # 1: black is 0
+            page = tif.pages[0]  # grey, 0 white or black
+            if page.dtype != np.uint16 or page.samplesperpixel != 2 or page.photometric not in (0, 1):
                 return None
             profile = page.tags.get(34675)  # InterColorProfile
             return TiffHeader(page.imagewidth, page.imagelength, _tiff_orientation(page),
@@ -310,7 +318,7 @@ def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np
     tifffile decodes TIFF (any compression imagecodecs has, strips or tiles, planar or not).
     Associated (premultiplied) TIFF alpha is divided out, as Pillow's ``RGBa`` -> ``RGBA`` does.
     """
-    associated = False
+    associated = white_as_zero = False
     if im is not None and im.format == "PNG":
         import imagecodecs
 
@@ -327,6 +335,7 @@ def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np
             samples, axes = page.asarray(), page.axes
             extras, colour = tuple(page.extrasamples), 3 if page.photometric == 2 else 1
             orientation = _tiff_orientation(page)
+            white_as_zero = page.photometric == 0  # MinIsWhite grey
         if axes.startswith("S"):  # planar configuration: one plane per sample
             samples = np.moveaxis(samples, 0, -1)
         alpha_index = colour if extras and int(extras[0]) in (1, 2) else None  # 1 associated, 2 unassociated
@@ -335,6 +344,8 @@ def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np
         raise ValueError(f"unsupported 16-bit layout {samples.dtype} {samples.shape}")
     samples = orient(samples, orientation)
     rgb = samples[..., :colour].astype(np.float32) / np.float32(65535.0)
+    if white_as_zero:
+        np.subtract(1.0, rgb, out=rgb)
     alpha = np.ascontiguousarray(samples[..., alpha_index]) if alpha_index is not None else None
     if associated and alpha is not None:
         weight = alpha[..., None].astype(np.float32) / np.float32(65535.0)
@@ -510,7 +521,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             rgb, alpha, was_gray = _decode_sixteen_bit(p, None)
         except Exception as err:  # a decoder failure is a property of the file
             raise file_error(p, _describe(err)) from None
-        icc, bits, frames = rgb_icc_profile(tiff.icc_profile), 16, 1
+        icc, bits, frames = tiff.icc_profile, 16, 1
     else:
         rgb, alpha, icc, was_gray, bits, frames = _load_with_pillow(p, max_pixels)
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
@@ -518,7 +529,8 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if alpha is not None:
         alpha = alpha.astype(np.uint16 if alpha.dtype.itemsize == 2 else np.uint8)  # native endian
         alpha_t = torch.from_numpy(np.ascontiguousarray(alpha)[None])
-    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=icc, was_gray=was_gray, bits=bits, frames=frames)
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=kept_icc_profile(icc, was_gray), was_gray=was_gray,
+                       bits=bits, frames=frames)
 
 
 def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
@@ -538,16 +550,18 @@ def _load_with_pillow(p: Path, max_pixels: int | None
         # animations and multi-page TIFFs; not a camera's MPO JPEG, whose second picture is a preview or a depth map
         frames = getattr(im, "n_frames", 1) if im.format in ("GIF", "PNG", "WEBP", "TIFF") else 1
         if _is_sixteen_bit_colour(p, im):  # the profile is in the header (PNG: before the pixels)
-            icc = rgb_icc_profile(im.info.get("icc_profile"))
+            icc = im.info.get("icc_profile")
             rgb, alpha, was_gray = _decode_sixteen_bit(p, im)
             bits = 16
         else:
             if im.format == "TIFF":  # Pillow 13 maps an uncompressed L, P, RGBA, I;16 ... TIFF into memory at
                 im.filename = ""  # its size as turned (orientation 5-8) and scrambles it: read it instead
             im.load()
-            icc = rgb_icc_profile(im.info.get("icc_profile"))
+            icc = im.info.get("icc_profile")
             upright = _exif_transpose(im)
             rgb, alpha, was_gray = decode_pil(upright)
+            if _stored_white_as_zero(im):
+                np.subtract(1.0, rgb, out=rgb)
             bits = _source_bits(upright)
     return rgb, alpha, icc, was_gray, bits, frames
 
@@ -571,9 +585,11 @@ def from_pil(image: Image.Image) -> LoadedImage:
     try:
         upright = ImageOps.exif_transpose(image)
         rgb, alpha, was_gray = decode_pil(upright)
+        if _stored_white_as_zero(image):
+            np.subtract(1.0, rgb, out=rgb)
     except (OSError, SyntaxError) as err:
         raise ImageError(f"cannot read image {name!r}: {err}") from None
     rgb_t = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
     alpha_t = None if alpha is None else torch.from_numpy(alpha.copy())[None]
-    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=rgb_icc_profile(image.info.get("icc_profile")),
+    return LoadedImage(rgb=rgb_t, alpha=alpha_t, icc_profile=kept_icc_profile(image.info.get("icc_profile"), was_gray),
                        was_gray=was_gray, bits=_source_bits(upright))

@@ -21,12 +21,14 @@ from PIL import Image
 
 from stylenet.atomic import atomic_write, unwritable
 from stylenet.errors import first_line
+from stylenet.image.colour import LUMA_WEIGHTS
 from stylenet.image.formats import (
     OPAQUE_FORMATS,
     SIXTEEN_BIT_FORMATS,
     WRITABLE_EXTENSIONS,
     WRITE_FORMATS,
     file_error,
+    fitting_icc_profile,
 )
 
 
@@ -170,13 +172,31 @@ def check_output_path(path: str | Path, *, overwrite: bool = True) -> None:
         raise file_error(p, "file exists and overwrite=False", verb="write")
 
 
+#: The longest side each format's encoder writes (WebP's 14-bit size fields; libjpeg's JPEG_MAX_DIMENSION).
+MAX_SIDE = {"WEBP": 16383, "JPEG": 65500}
+
+
+def check_output_size(path: str | Path, height: int, width: int) -> None:
+    """Raise :class:`ImageError` if ``path``'s format cannot hold a ``height`` x ``width`` image, BEFORE any
+    compute: a panorama's WebP failed after the whole network pass, as the encoder's "error 5"."""
+    fmt = WRITE_FORMATS.get(Path(path).suffix.lower())
+    limit = MAX_SIDE.get(fmt or "")
+    if limit is not None and max(height, width) > limit:
+        raise file_error(path, f"{width}x{height} px is beyond {fmt}'s largest side, {limit} px (write .png or "
+                               ".tif, or pass --max-size)", verb="write")
+
+
 def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profile: bytes | None,
              quality: int, depth: int, gray: bool = False) -> Callable[[BinaryIO], None]:
     """What writes the encoded image to an open file: 16-bit PNG/TIFF through
     :func:`_encode_sixteen_bit` at ``depth`` 16, Pillow otherwise; ``gray`` keeps one channel. Pixels
-    are converted now, so a bad tensor fails before any file is created."""
+    are converted now, so a bad tensor fails before any file is created. A profile not of the file's space
+    (:func:`fitting_icc_profile`: GRAY for ``gray``, else RGB) is left out."""
+    icc_profile = fitting_icc_profile(icc_profile, gray=gray and fmt != "WEBP")  # WebP holds colour only
     if depth == 16 and fmt in SIXTEEN_BIT_FORMATS:
-        pixels = _rgb_to_uint16(rgb)[..., :1] if gray else _rgb_to_uint16(rgb)
+        pixels = _rgb_to_uint16(rgb)
+        if gray:  # luma, as Pillow's L of the 8-bit image (the red channel was written)
+            pixels = np.rint(pixels.astype(np.float64) @ np.array(LUMA_WEIGHTS))[..., None].astype(np.uint16)
         if alpha is not None:
             pixels = np.dstack([pixels, _alpha_to_uint16(alpha, *pixels.shape[:2])])
         pixels = np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
@@ -213,7 +233,8 @@ def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | Non
     The format comes from the extension: PNG (lossless, alpha), JPEG (``quality``), WebP
     (``quality``, alpha kept losslessly), BMP, TIFF; JPEG and BMP hold no alpha, so ``alpha`` is
     dropped there, not composited. ``icc_profile`` is embedded where the format supports it (all but BMP), so colours
-    stay what the source meant. Parent folders are created.
+    stay what the source meant, if it is of the file's colour space (a GRAY profile in a grey file, an RGB one
+    in a colour file). Parent folders are created.
 
     Bit depth: ``bits`` 16 (the default for uint16 ``rgb``, i.e. the output of a 16-bit source)
     writes 16 bits per sample, alpha included, where the format holds them
@@ -234,6 +255,7 @@ def save_image(path: str | Path, rgb: torch.Tensor, *, alpha: torch.Tensor | Non
         raise ValueError(f"quality must be in 1..100, got {quality}")
     if bits not in (None, 8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
+    check_output_size(p, *rgb.shape[-2:])
     fmt = WRITE_FORMATS[p.suffix.lower()]
     depth = bits if bits is not None else (16 if rgb.dtype == torch.uint16 else 8)
     encode = _encoder(fmt, rgb, alpha, icc_profile, quality, depth, gray)

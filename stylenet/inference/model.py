@@ -36,7 +36,7 @@ from torch import nn
 from stylenet.devices import resolve_device
 from stylenet.errors import StylenetError, first_line
 from stylenet.fastpath import inference_precision, optimize_for_inference
-from stylenet.image import LoadedImage, from_pil, resize, resize_alpha, to_pil, unit_float
+from stylenet.image import LoadedImage, fitting_icc_profile, from_pil, resize, resize_alpha, to_pil, unit_float
 from stylenet.inference.controls import Controls, upsampled_crop
 from stylenet.inference.frames import Frame, check_unit_range, stream_frames
 from stylenet.inference.geometry import (
@@ -469,8 +469,10 @@ class InferenceModel:
             check_image_memory(*size, self.scale)
         rgb = resize(image.rgb, size) if size is not None else image.rgb
         out = self.transform(rgb, controls, quantize=quantize, bits=16 if image.bits > 8 else 8, **tiling)
+        gray = image.was_gray and keep_gray
         return LoadedImage(rgb=out, alpha=resize_alpha(image.alpha, tuple(out.shape[-2:])),
-                           icc_profile=image.icc_profile, was_gray=image.was_gray and keep_gray, bits=image.bits)
+                           icc_profile=fitting_icc_profile(image.icc_profile, gray=gray), was_gray=gray,
+                           bits=image.bits)
 
     def stylize(self, image: ImageLike, *, style: StyleChoice | None = None, strength: float = 1.0,
                 preserve_color: bool = False, tile: int | None = None, tile_overlap: int = DEFAULT_TILE_OVERLAP,
