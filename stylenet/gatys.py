@@ -195,8 +195,10 @@ def check_memory(loss: PerceptualLoss, height: int, width: int, optimizer: str |
 
 def check_style_term(loss: PerceptualLoss, choose: str) -> None:
     """Refuse an objective without a style term (``loss=pixel``, a style weight of 0): the photo is then
-    its own optimum, and the "result" the photo untouched. ``choose`` names the settings that have one."""
-    if not loss.needs_style or not loss.term_weights["style"] > 0:
+    its own optimum, and the "result" the photo untouched (every style layer weighted 0 is none either).
+    ``choose`` names the settings that have one."""
+    if not loss.needs_style or not loss.term_weights["style"] > 0 or not any(
+            weight > 0 for weight in loss.style_layers.values()):
         raise StylenetError(f"the loss has no style term to optimise: choose {choose}")
 
 
@@ -223,7 +225,7 @@ class CachedObjective:
     """
 
     def __init__(self, loss: PerceptualLoss, image: torch.Tensor, content: torch.Tensor) -> None:
-        self.loss, self.image, self.content = loss, image, content
+        self.loss, self.image, self.content = loss, image, content  # a (1, 1, H, W) image: grey, as RGB
         self.content_features = loss.content_targets(content)
         self.evaluations = 0
         self.point: torch.Tensor | None = None
@@ -233,7 +235,8 @@ class CachedObjective:
     def __call__(self) -> torch.Tensor:
         if self.point is None or not torch.equal(self.point, self.image.detach()):
             self.image.grad = None
-            terms = self.loss(self.image, self.content, content_features=self.content_features)
+            rgb = self.image.expand(-1, 3, -1, -1)
+            terms = self.loss(rgb, self.content, content_features=self.content_features)
             if not torch.isfinite(terms["total"]):
                 raise NonFiniteObjective({name: float(value.detach()) for name, value in terms.items()})
             terms["total"].backward()
@@ -278,7 +281,7 @@ def make_optimizer(name: str, image: torch.Tensor, lr: float | None,
 
 def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 500, optimizer: str = "lbfgs",
              lr: float | None = None, history_size: int = 100, init: str | torch.Tensor = "content",
-             seed: int = 0, callback: Callable[[Progress], None] | None = None) -> GatysResult:
+             seed: int = 0, callback: Callable[[Progress], None] | None = None, grey: bool = False) -> GatysResult:
     """Optimise one image at the content's size against ``loss``, whose style targets are already set.
 
     Args:
@@ -287,6 +290,9 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
         iterations: optimiser iterations (see the module docstring).
         init: ``content``, ``noise`` (uniform, seeded by ``seed``) or a (3, H, W) starting image.
         callback: called after every iteration with the current image and objective terms.
+        grey: optimise one luminance channel, seen by the loss as three equal ones: the luminance-only
+            transfer of Gatys et al. 2016, "Preserving Color" (Sec. 2), whose result stays grey (three
+            free channels drift apart, and the objective would not be that of the luminance kept).
 
     A non-finite objective stops the run; the result then holds the last finite image and says why
     in ``stopped``.
@@ -299,15 +305,18 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
     elif init == "content":
         start = content
     elif init == "noise":
-        start = torch.rand(content.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        shape = (1, 1 if grey else 3, *content.shape[-2:])
+        start = torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     else:
         raise StylenetError(f"init={init} needs the style images: use optimize_image()")
+    if grey and start.shape[1] == 3:
+        start = luma(start)
     # contiguous: torch.optim.LBFGS flattens the gradient with view(-1), which a 1 x 1 photo's
     # channels-last strides (an HWC decode, permuted) would refuse
     image = start.detach().clone(memory_format=torch.contiguous_format).clamp_(0, 1).requires_grad_(True)
     objective = CachedObjective(loss, image, content)
     solver = make_optimizer(optimizer, image, lr, history_size)
-    last_good = image.detach().clone()
+    last_good = image.detach().expand(-1, 3, -1, -1).clone()  # (1, 3, H, W)
     try:
         terms = objective.current_terms()
     except NonFiniteObjective as err:
@@ -325,7 +334,7 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
                        f"kept the image of iteration {done}")
             break
         terms, done = current, iteration
-        last_good.copy_(image.detach())
+        last_good.copy_(image.detach().expand_as(last_good))
         history.append(terms["total"])
         if callback is not None:
             callback(Progress(iteration, iterations, 0, terms, last_good[0]))
@@ -354,7 +363,8 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     check_settings(iterations=iterations, optimizer=optimizer, lr=lr, history_size=history_size, init=init,
                    scales=scales)
     check_sizes(content.shape[-2:], scales, styles, loss)
-    shapes = scale_shapes(*content.shape[-2:], scales)
+    # no iterations: no pyramid either (down and up again, it would only blur the start)
+    shapes = scale_shapes(*content.shape[-2:], scales if iterations else 1)
     content = content.to(loss.device)
     target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:
@@ -382,14 +392,18 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
 
         result = optimize(resize_to(target, height, width), loss, iterations=iterations, optimizer=optimizer,
                           lr=lr, history_size=history_size, seed=seed, callback=report if callback else None,
-                          init=resize_to(start, height, width) if isinstance(start, torch.Tensor) else start)
+                          init=resize_to(start, height, width) if isinstance(start, torch.Tensor) else start,
+                          grey=preserve_color)
         history += result.history
         evaluations += result.evaluations
         start = result.image
         if result.stopped:
             result.stopped += f" (scale {scale + 1} of {scales}, {width}x{height} px)" if scales > 1 else ""
             break
-    return replace(result, image=readout(result.image), history=history, evaluations=evaluations,
+    image = result.image
+    if image.shape[-2:] != content.shape[-2:]:  # stopped at a coarse scale: at full size, as an interrupted run's
+        image = resize_to(image, *content.shape[-2:])
+    return replace(result, image=readout(image), history=history, evaluations=evaluations,
                    iterations=offset + result.iterations)
 
 

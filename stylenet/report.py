@@ -261,8 +261,11 @@ def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device
     def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         check_memory(loss, *style.shape[-2:], None, 0, on, setting="--size")  # one Gram pass: no optimiser state
         check_memory(loss, *photo.shape[-2:], "lbfgs", GATYS_HISTORY, on, setting="--size")
-        return optimize_image(photo, [style], loss, optimizer="lbfgs", iterations=iterations,
-                              history_size=GATYS_HISTORY).image.cpu()
+        result = optimize_image(photo, [style], loss, optimizer="lbfgs", iterations=iterations,
+                                history_size=GATYS_HISTORY)
+        if result.stopped:  # its image is the last finite one: the photo itself, at worst
+            raise StylenetError(f"gatys: {result.stopped}")
+        return result.image.cpu()
 
     return Method("gatys", stylize, dict(GATYS_TARGETS))
 

@@ -25,6 +25,7 @@ from stylenet.cli import Terminated
 from stylenet.cli.gatys import run
 from stylenet.cli.train import config_dir
 from stylenet.gatys import (
+    GREY,
     Progress,
     check_memory,
     estimate_memory,
@@ -147,6 +148,42 @@ def test_preserve_color_keeps_the_content_chroma() -> None:
     chroma = result.image - luma(result.image)
     inside = ((result.image > 0) & (result.image < 1)).all(dim=0)  # where clamping did not act
     torch.testing.assert_close(chroma[:, inside], (content - luma(content))[:, inside])
+
+
+@pytest.mark.parametrize("init", ["content", "noise"])
+def test_preserve_color_optimises_a_grey_image_and_reports_its_objective(init: str) -> None:
+    """Luminance-only transfer optimises the luminance: the image stays grey (three free channels drifted
+    apart, from colour noise too), and the objective reported is that of the grey image whose luminance is
+    kept (it was a quarter of it)."""
+    content, style = 0.2 + 0.6 * smooth_image(32, 8), smooth_image(32, 9)
+    loss = PerceptualLoss(weights="random")
+    seen: list[Progress] = []
+    result = optimize(GREY.apply(content, None), (loss.set_style([match_luminance(style, content)]), loss)[1],
+                      iterations=5, init=init, grey=True, callback=seen.append)
+    assert torch.equal(result.image[0], result.image[1]) and torch.equal(result.image[1], result.image[2])
+    assert all(torch.equal(progress.image[0], progress.image[2]) for progress in seen)
+    grey_objective = float(loss(result.image[None], GREY.apply(content, None)[None])["total"])
+    assert result.terms["total"] == pytest.approx(grey_objective, rel=1e-5)
+    assert result.history[-1] < result.history[0]
+    final = optimize_image(content, [style], loss, iterations=5, init=init, preserve_color=True)
+    assert float(loss(luma(final.image).expand(3, -1, -1)[None], GREY.apply(content, None)[None])["total"]) == \
+        pytest.approx(final.terms["total"], rel=1e-3)  # the recoloured image's luminance: what was optimised
+
+
+def test_a_run_stopped_at_a_coarse_scale_and_one_of_no_iterations_give_a_full_size_image() -> None:
+    """A non-finite objective at a coarse scale returned the coarse image (written at its size); no
+    iterations with a pyramid returned the photo shrunk and enlarged: blurred, the objective up."""
+    content, style = smooth_image(32, 6), smooth_image(32, 7)
+    loss = PerceptualLoss(weights="random")
+
+    def poison(progress: Progress) -> None:
+        loss.term_weights["style"] = math.nan
+
+    stopped = optimize_image(content, [style], loss, iterations=3, scales=2, callback=poison)
+    assert "scale 1 of 2, 16x16 px" in stopped.stopped and stopped.image.shape == (3, 32, 32)
+    loss.term_weights["style"] = 1.0
+    unchanged = optimize_image(content, [style], loss, iterations=0, scales=3)
+    assert torch.equal(unchanged.image, content) and unchanged.iterations == 0
 
 
 def test_preserve_color_optimises_against_the_style_made_grey_at_the_photo_s_brightness() -> None:
@@ -444,6 +481,7 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("loss.seed=-1", r"loss.seed must be a whole number from 0 to 2\*\*32 - 1, got -1"),
     ("loss=pixel", r"^the loss has no style term to optimise: choose loss=offline, perceptual or gatys_vgg19"),
     ("loss.style_weight=0", r"^the loss has no style term to optimise"),
+    ("loss.style_layer_weights=[0,0,0,0]", r"^the loss has no style term to optimise"),  # TV alone ran
     ("name=../../victim", r"^name must be letters, digits, '\.', '\+', '-' or '_' \(it names the run's folder and its "
                           r"picture\), got '\.\./\.\./victim'$"),  # it wrote (over) a picture outside the run
 ])
