@@ -97,6 +97,8 @@ class ResumableRun(pl.Callback):
                            batch: Any, batch_idx: int) -> None:
         # any rank's signal stops all ranks at the same step and the same way (a lone rank would hang the
         # others, as would one rank saving on Ctrl-C while another waits in Lightning's SIGTERM broadcast)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # not the end of an optimiser step: a stop here
+            return  # would drop the gradients of the window's batches so far (the checkpoint holds the last step)
         seen = torch.tensor([self.sigint, self.sigterm], dtype=torch.float32, device=trainer.strategy.root_device)
         sigint, sigterm = (trainer.strategy.reduce(seen, reduce_op="sum") > 0).tolist()
         if not (sigint or sigterm):
@@ -114,8 +116,13 @@ class ResumableRun(pl.Callback):
         path = self.interrupt_checkpoint_path(trainer)
         trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes the file, and says so once
         if trainer.is_global_zero:
-            log.warning("interrupted: saved %s at step %d; run again (resume=auto) to continue", path,
-                        trainer.global_step)
+            if trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step:
+                # the last step: what is left is the run's end (model file, report), written in its own folder
+                log.warning("interrupted: saved %s at step %d, the last; run again with hydra.run.dir=%s to write "
+                            "its model file", path, trainer.global_step, Path(trainer.default_root_dir))
+            else:
+                log.warning("interrupted: saved %s at step %d; run again (resume=auto) to continue", path,
+                            trainer.global_step)
 
     @staticmethod
     def interrupt_checkpoint_path(trainer: pl.Trainer) -> Path:

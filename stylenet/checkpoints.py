@@ -220,8 +220,34 @@ def newest_first(paths: Iterable[Path]) -> list[Path]:
 def lock_holder(run_dir: Path) -> str:
     """The program whose run holds ``run_dir``'s :data:`LOCK_FILE`, as :func:`run_folder_lock` wrote it there."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        return (run_dir / LOCK_FILE).read_text(encoding="utf-8").strip() or "stylenet run"
+        return (run_dir / LOCK_FILE).read_text(encoding="utf-8").partition("\n")[0].strip() or "stylenet run"
     return "stylenet run"
+
+
+def note_continued(run_dir: Path, checkpoint: str | None) -> None:
+    """Write the checkpoint this run continues into its :data:`LOCK_FILE` (the line after the program's), where
+    a second launch of the same job finds it (:func:`refuse_continued_elsewhere`)."""
+    from stylenet.errors import first_rank
+
+    if checkpoint is not None and first_rank() and (run_dir / LOCK_FILE).is_file():
+        with open(run_dir / LOCK_FILE, "a", encoding="utf-8") as handle:
+            handle.write(f"\n{Path(checkpoint).resolve()}")
+
+
+def refuse_continued_elsewhere(checkpoint: Path, run_dir: Path) -> None:
+    """A job launched twice: the first launch continues ``checkpoint``'s run in a new folder, and trains there
+    now. The second would continue the same checkpoint beside it, two forks of one run, and the next resume
+    would keep whichever wrote last. Refused, naming the live run's folder."""
+    source = checkpoint.resolve().parent.parent
+    for folder in (run_dir.parent.iterdir() if run_dir.parent.is_dir() else []):
+        if folder == run_dir or not folder.is_dir() or not in_use(folder):
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            continued = (folder / LOCK_FILE).read_text(encoding="utf-8").partition("\n")[2].strip()
+            if continued and Path(continued).parent.parent == source:
+                raise StylenetError(f"the run of {str(checkpoint)!r} is being continued by another "
+                                    f"{lock_holder(folder)} in {str(folder)!r} now (a job launched twice?): let it "
+                                    "end, or pass resume=never to train afresh")
 
 
 def in_use(run_dir: Path) -> bool:
@@ -241,15 +267,15 @@ def in_use(run_dir: Path) -> bool:
     return False
 
 
-def candidate_runs(run_dir: Path) -> list[list[Path]]:
-    """The ``*.ckpt`` files of this run folder, newest first, then those of each sibling run folder
-    (the run with the newest checkpoint first), one list per run.
+def candidate_runs(run_dir: Path, siblings: bool = True) -> list[list[Path]]:
+    """The ``*.ckpt`` files of this run folder, newest first, then (with ``siblings``) those of each sibling
+    run folder (the run with the newest checkpoint first), one list per run.
 
     With the default ``hydra.run.dir=outputs/<name>/<time>`` the siblings are the earlier runs of
     the same experiment; with a custom ``hydra.run.dir`` they are the folders next to it. Hidden
     files are left out: they are the temporary files of writes that a kill interrupted."""
     folders = [run for run in run_dir.parent.iterdir() if run.is_dir() and run != run_dir] \
-        if run_dir.parent.is_dir() else []
+        if siblings and run_dir.parent.is_dir() else []
     busy = [run for run in folders if in_use(run)]  # a job launched twice: the first one's run, still training
     for run in busy:
         log.warning("skipping run folder %s: another %s is at work there", run, lock_holder(run))
@@ -288,12 +314,14 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
     return found
 
 
-def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None]) -> Path | None:
+def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None],
+                finished: Callable[[Path], None] = lambda path: None) -> Path | None:
     """The first checkpoint without a problem; each skipped one is named in a warning.
 
     Within a run, an older checkpoint stands in for a newer one that is unreadable or diverged.
-    A finished run ends the search: it has nothing left to continue, its mid-run checkpoints would
-    silently retrain its last steps, and the older runs it may itself have continued are done too."""
+    A finished run ends the search (after ``finished`` of its checkpoint, which may refuse it): it has
+    nothing left to continue, its mid-run checkpoints would silently retrain its last steps, and the
+    older runs it may itself have continued are done too."""
     for run in runs:
         for path in run:
             reason = problem(path)
@@ -301,12 +329,26 @@ def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None
                 return path
             log.warning("skipping checkpoint %s: %s", path, reason)
             if reason.startswith(FINISHED):
+                finished(path)
                 return None
     return None
 
 
+def refuse_unfinished_end(checkpoint: Path, run_dir: Path, name: str) -> None:
+    """A finished run in another folder whose end was cut short: a SIGTERM or Ctrl-C in its last step, a
+    kill during its export, left it without its model file and report. The same command run again would
+    train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written instead.
+    A model file moved away from beside its report leaves a finished run, passed over as before."""
+    folder = checkpoint.parent.parent
+    reported = (folder / "quality.json").is_file() or (folder / "quality").is_dir() or any(folder.glob("*_x*.png"))
+    if folder != run_dir and not (folder / f"{name}.safetensors").exists() and not reported:
+        raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its model "
+                            f"file was written: run again with hydra.run.dir={folder} to write it, or pass "
+                            "resume=never to train afresh")
+
+
 def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
-                   hparams: dict[str, Any], max_steps: int | None = None) -> str | None:
+                   hparams: dict[str, Any], max_steps: int | None = None, siblings: bool = True) -> str | None:
     """The checkpoint to resume from (for ``trainer.fit(ckpt_path=...)``), or None to start afresh.
 
     An explicit ``ckpt_path`` wins over ``resume`` and must be valid and short of ``max_steps``
@@ -314,7 +356,8 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     Lightning's other names, such as ``best``, are refused: nothing here keeps what they name).
     Otherwise ``never`` starts afresh, ``auto`` takes the newest valid checkpoint of
     :func:`candidate_runs` that is short of ``max_steps`` (an interrupted run; a finished one ends the
-    search) and ``must`` does the same but fails without one.
+    search) and ``must`` does the same but fails without one. Without ``siblings`` (a sweep's job, whose
+    sibling folders are the other jobs) only this run folder's checkpoints are looked at.
 
     Whatever the mode, a run folder holding checkpoints this run does not continue is refused
     (:func:`check_own_checkpoints`)."""
@@ -352,12 +395,17 @@ def resolve_resume(mode: str, ckpt_path: str | None, run_dir: Path, name: str,
     elif mode == "never":
         found = None
     else:
-        found = first_valid(candidate_runs(run_dir), lambda p: checkpoint_problem(p, name, hparams, max_steps))
+        found = first_valid(candidate_runs(run_dir, siblings),
+                            lambda p: checkpoint_problem(p, name, hparams, max_steps),
+                            lambda p: refuse_unfinished_end(p, run_dir, name))
+    if found is not None and ckpt_path is None:
+        refuse_continued_elsewhere(found, run_dir)
     check_own_checkpoints(run_dir, found, hparams, max_steps)
     if found is None:
         if mode == "must":
+            elsewhere = f" or {run_dir.parent}/*/checkpoints" if siblings else " (a sweep's job continues its own)"
             raise StylenetError(f"resume=must: no valid checkpoint of experiment {name!r} in "
-                                f"{run_dir / 'checkpoints'} or {run_dir.parent}/*/checkpoints")
+                                f"{run_dir / 'checkpoints'}{elsewhere}")
         if mode == "auto":
             log.info("resume=auto: no checkpoint of experiment %r to continue, starting afresh", name)
         return None

@@ -217,12 +217,46 @@ def test_sigterm_only_marks_the_stop_which_every_rank_takes_at_a_batch_end() -> 
     for signalled in (True, False):
         run = ResumableRun("t")
         trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=summed_with_another_rank, root_device="cpu"),
-                                  _signal_connector=SimpleNamespace(received_sigterm=False))
+                                  _signal_connector=SimpleNamespace(received_sigterm=False), accumulate_grad_batches=1)
         if signalled:
             run.on_sigterm(signal.SIGTERM, None)
         run.on_train_batch_end(trainer, None, None, None, 0)  # no exception here: Lightning's, after logging
         assert trainer._signal_connector.received_sigterm is True
     assert sent == [[0.0, 1.0], [0.0, 0.0]]  # (Ctrl-C, SIGTERM) noted on this rank
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_the_end_of_an_accumulation_window_only(signum: int) -> None:
+    """With trainer.accumulate_grad_batches, a stop inside a window dropped its batches' gradients: the
+    checkpoint holds the last optimiser step, and the resumed run never trained on them (no longer bitwise
+    the uninterrupted run)."""
+    run = ResumableRun("t")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda flags, reduce_op: flags, root_device="cpu"),
+                              _signal_connector=SimpleNamespace(received_sigterm=False), accumulate_grad_batches=3)
+    (run.on_sigint if signum == signal.SIGINT else run.on_sigterm)(signum, None)
+    for batch_idx in (3, 4):  # the second window's first two batches: the step is not taken yet
+        run.on_train_batch_end(trainer, None, None, None, batch_idx)
+    assert trainer._signal_connector.received_sigterm is False
+    if signum == signal.SIGINT:
+        with pytest.raises(TrainingInterrupted):
+            run.on_train_batch_end(trainer, None, None, None, 5)
+    else:
+        run.on_train_batch_end(trainer, None, None, None, 5)
+        assert trainer._signal_connector.received_sigterm is True
+
+
+def test_a_signal_in_the_last_step_says_which_folder_writes_the_runs_end(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """"run again (resume=auto)" in a new folder passed over the finished run: its own folder writes its end."""
+    saved: list[Path] = []
+    for step, expected in ((19, "at step 19; run again (resume=auto) to continue"),
+                           (20, f"at step 20, the last; run again with hydra.run.dir={tmp_path} to write its model")):
+        trainer = SimpleNamespace(checkpoint_callback=None, default_root_dir=str(tmp_path), global_step=step,
+                                  max_steps=20, is_global_zero=True, save_checkpoint=saved.append)
+        with caplog.at_level(logging.WARNING, logger="stylenet.callbacks"):
+            ResumableRun("t").on_exception(trainer, None, TrainingInterrupted(signal.SIGTERM))
+        assert expected in caplog.text
+    assert saved == [tmp_path / "checkpoints" / "last.ckpt"] * 2
 
 
 def test_default_checkpoints_every_1000_steps_and_every_10_minutes_share_one_last_ckpt(tmp_path: Path) -> None:
@@ -468,6 +502,7 @@ def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
     interrupted = fake_checkpoint(outputs / "t0" / "checkpoints" / "step_000100.ckpt", 100)
     fake_checkpoint(outputs / "t1" / "checkpoints" / "step_000150.ckpt", 150)  # the finished run's mid-run one
     finished = fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
+    (outputs / "t1" / "exp.safetensors").write_bytes(b"")  # its end written
     with caplog.at_level(logging.INFO, logger="stylenet.checkpoints"):
         assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
         assert "a finished run (step 200, trainer.max_steps=200)" in caplog.text
@@ -493,6 +528,35 @@ def test_resume_auto_skips_a_finished_run_instead_of_training_nothing(
     for mode in ("auto", "must", "never"):
         with pytest.raises(StylenetError, match=r"'.*t1' already holds a finished run \(step 200.*another hydra.run"):
             resolve_resume(mode, None, outputs / "t1", "exp", HPARAMS, max_steps=200)
+
+
+def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_again(tmp_path: Path) -> None:
+    """A SIGTERM in the last step (or a kill during the export) left a finished checkpoint without its model
+    file: the same command again passed over it and trained the whole run afresh in a new folder."""
+    outputs = tmp_path / "outputs" / "exp"
+    fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
+    for mode in ("auto", "must"):
+        with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(outputs / 't1')))} holds a finished run of "
+                           r"experiment 'exp' stopped before its model file was written: run again with "
+                           f"hydra.run.dir={re.escape(str(outputs / 't1'))} to write it, or pass resume=never"):
+            resolve_resume(mode, None, outputs / "t2", "exp", HPARAMS, max_steps=200)
+    assert resolve_resume("never", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+    (outputs / "t1" / "quality.json").write_text("{}")  # its model file moved away after its report: finished
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+
+
+def test_a_sweeps_jobs_never_continue_one_another(tmp_path: Path) -> None:
+    """resume=must and ckpt_path=last searched the sweep's other job folders (only auto was kept to its own):
+    a job trained on from another job's checkpoint, and its settings."""
+    sweep = tmp_path / "sweep"
+    fake_checkpoint(sweep / "0" / "checkpoints" / "last.ckpt", 5)
+    assert resolve_resume("must", None, sweep / "1", "exp", HPARAMS, max_steps=20) == \
+        str(sweep / "0" / "checkpoints" / "last.ckpt")  # a plain run's sibling folders are its earlier runs
+    for mode, ckpt_path in (("must", None), ("auto", "last")):
+        with pytest.raises(StylenetError, match=r"resume=must: no valid checkpoint .* \(a sweep's job continues "
+                                                r"its own\)$"):
+            resolve_resume(mode, ckpt_path, sweep / "1", "exp", HPARAMS, max_steps=20, siblings=False)
+    assert resolve_resume("auto", None, sweep / "1", "exp", HPARAMS, max_steps=20, siblings=False) is None
 
 
 def test_a_run_folder_holding_checkpoints_this_run_does_not_continue_is_refused(tmp_path: Path) -> None:
@@ -575,7 +639,7 @@ def test_resume_auto_passes_over_another_seed_a_live_run_and_a_link_to_nothing(
     """``seed=1`` after an interrupted ``seed=0`` run went on from seed 0's steps with seed 1's stream; a job
     launched twice took the first launch's checkpoints while it still trained; a checkpoint that is a link
     to nothing was a FileNotFoundError traceback for every launch beside it."""
-    from stylenet.checkpoints import SEED_KEY, run_folder_lock
+    from stylenet.checkpoints import SEED_KEY, note_continued, run_folder_lock
 
     experiment = tmp_path / "outputs" / "exp"
     seeded = fake_checkpoint(experiment / "t0" / "checkpoints" / "last.ckpt", 10)
@@ -592,6 +656,11 @@ def test_resume_auto_passes_over_another_seed_a_live_run_and_a_link_to_nothing(
         with run_folder_lock(experiment / "t1"):  # its stylenet-train still at work
             assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(seeded)
         assert resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0}) == str(live)
+    with run_folder_lock(experiment / "t1"):  # a job launched twice: the first launch continues t0's run in t1
+        note_continued(experiment / "t1", str(seeded))
+        with pytest.raises(StylenetError, match=f"^the run of {re.escape(repr(str(seeded)))} is being continued by "
+                           f"another stylenet-train in {re.escape(repr(str(experiment / 't1')))} now"):
+            resolve_resume("auto", None, experiment / "t9", "exp", {**HPARAMS, SEED_KEY: 0})
     messages = [record.getMessage() for record in caplog.records]
     assert f"skipping run folder {experiment / 't1'}: another stylenet-train is at work there" in messages
     assert f"skipping checkpoint {experiment / 't2' / 'checkpoints' / 'last.ckpt'}: No such file or directory" \

@@ -121,7 +121,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
-    from stylenet.checkpoints import SEED_KEY, FinishedRunError, resolve_resume
+    from stylenet.checkpoints import SEED_KEY, FinishedRunError, note_continued, resolve_resume
 
     # settings the run reads beyond the task's constructor: removed (~seed, ~style.size), a traceback after the run
     absent = object()
@@ -175,7 +175,8 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     datamodule.report_path = run_dir / "skipped_images.txt"
     try:
         ckpt_path = resolve_resume(cfg.resume, cfg.ckpt_path, run_dir, cfg.name, {**task.hparams, SEED_KEY: cfg.seed},
-                                   max_steps)
+                                   max_steps, siblings=not sweep_job)  # a sweep's other jobs are no earlier runs
+        note_continued(run_dir, ckpt_path)
     except FinishedRunError:  # nothing left to train; but a run stopped before its end's files were written gets them
         missing = (None if cfg.resume != "auto" or cfg.ckpt_path is not None
                    else missing_outputs(cfg, run_dir, task, datamodule))
@@ -386,7 +387,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from stylenet.checkpoints import FinishedRunError, run_checkpoints, run_folder_lock
+    from stylenet.checkpoints import FinishedRunError, run_folder_lock
     from stylenet.config_check import check_group_choices, unresolvable_setting
 
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -396,8 +397,6 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         try:
             check_group_choices(cfg)
-            if sweep_job and cfg.resume == "auto" and not run_checkpoints(run_dir):
-                cfg.resume = "never"  # a sweep job's sibling folders are the other jobs, not earlier runs of it
             with run_folder_lock(run_dir), no_room_as_error():
                 train(cfg, run_dir, on_start=EARLIER_RECORD.started, sweep_job=sweep_job)
         except (InterpolationResolutionError, GrammarParseError) as err:  # a ${...} that does not resolve, met
