@@ -334,14 +334,35 @@ def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None
     return None
 
 
+#: Where a run writes its model file, as its Hydra record holds it (configs/callbacks/default.yaml).
+DEFAULT_EXPORT_PATH = "${hydra:runtime.output_dir}/${name}.safetensors"
+
+
+def recorded_model_file(folder: Path, name: str) -> Path | None:
+    """The model file the run of experiment ``name`` in ``folder`` was to write, from its Hydra record
+    (``.hydra/config.yaml``): None where it wrote none (``callbacks.export=null``), where another path was set
+    (its folder is not known here) or where there is no record."""
+    from omegaconf import OmegaConf
+
+    try:
+        record = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        export = OmegaConf.to_container(record.callbacks.export, resolve=False)
+    except Exception:  # no record, or none that says
+        return None
+    if not isinstance(export, dict) or export.get("path") != DEFAULT_EXPORT_PATH:
+        return None
+    return folder / f"{name}.safetensors"
+
+
 def refuse_unfinished_end(checkpoint: Path, run_dir: Path, name: str) -> None:
     """A finished run in another folder whose end was cut short: a SIGTERM or Ctrl-C in its last step, a
     kill during its export, left it without its model file and report. The same command run again would
     train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written instead.
     A model file moved away from beside its report leaves a finished run, passed over as before."""
     folder = checkpoint.parent.parent
+    model_file = recorded_model_file(folder, name)
     reported = (folder / "quality.json").is_file() or (folder / "quality").is_dir() or any(folder.glob("*_x*.png"))
-    if folder != run_dir and not (folder / f"{name}.safetensors").exists() and not reported:
+    if folder != run_dir and model_file is not None and not model_file.exists() and not reported:
         raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its model "
                             f"file was written: run again with hydra.run.dir={folder} to write it, or pass "
                             "resume=never to train afresh")

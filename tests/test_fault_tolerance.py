@@ -535,6 +535,10 @@ def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_ag
     file: the same command again passed over it and trained the whole run afresh in a new folder."""
     outputs = tmp_path / "outputs" / "exp"
     fake_checkpoint(outputs / "t1" / "checkpoints" / "last.ckpt", 200)
+    record = outputs / "t1" / ".hydra" / "config.yaml"
+    record.parent.mkdir()
+    record.write_text("name: exp\ncallbacks:\n  export:\n    _target_: stylenet.callbacks.ExportStyleModel\n"
+                      "    path: ${hydra:runtime.output_dir}/${name}.safetensors\n")
     for mode in ("auto", "must"):
         with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(outputs / 't1')))} holds a finished run of "
                            r"experiment 'exp' stopped before its model file was written: run again with "
@@ -542,6 +546,9 @@ def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_ag
             resolve_resume(mode, None, outputs / "t2", "exp", HPARAMS, max_steps=200)
     assert resolve_resume("never", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
     (outputs / "t1" / "quality.json").write_text("{}")  # its model file moved away after its report: finished
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+    (outputs / "t1" / "quality.json").unlink()
+    record.write_text("name: exp\ncallbacks:\n  export: null\n")  # a run that was to write no model file
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
 
 
