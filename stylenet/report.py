@@ -178,6 +178,17 @@ def same_picture(a: Path, b: Path) -> bool:
     return Path(a).resolve() == Path(b).resolve() or bool(copies_of([Path(b)], [Path(a)]))
 
 
+def held_out_photos(photos: Sequence[Path], style: Path) -> list[Path]:
+    """The held-out photos a run's report measures: all but the style picture itself (measured against
+    itself, a network moves nothing, and the report would read "NOT met" of nothing measured). One line where
+    none is left."""
+    kept = [photo for photo in photos if not same_picture(photo, style)]
+    if photos and not kept:
+        raise StylenetError(f"the held-out photo is the style picture {style.name} itself: nothing to measure "
+                            "(hold out other photos: data.val_images)")
+    return kept
+
+
 def demo_held_out(configs: str | Path, exclude: Path | None = None) -> list[Path]:
     """The demo data module's held-out validation photos (``data=demo`` as ``configs/data/demo.yaml``
     sets it), without ``exclude`` (the style image: a photo must not be measured against itself)."""
@@ -464,8 +475,7 @@ def training_report(run_dir: str | Path, model_path: str | Path, style: str | Pa
     where its user looks, not only inside ``quality.md``."""
     from stylenet.modelfile import read_model
 
-    style_path = resolve_image_path(style)
-    photos = [photo for photo in photos if not same_picture(photo, style_path)]
+    photos = held_out_photos(photos, resolve_image_path(style))
     method = network_method("network", read_model(model_path, task="style").net)
     report, rows = run_report(run_dir, style, photos, [method], size=size, images="quality", on_error=on_error)
     paths = write_report(run_dir, report, rows, table="quality.md", data="quality.json",

@@ -15,33 +15,35 @@ from stylenet.errors import StylenetError, first_line
 from stylenet.image import load_rgb, resolve_image_path, save_image
 from stylenet.inference import InferenceModel
 from stylenet.modelfile import read_model
-from stylenet.report import network_method, run_report, same_picture, verdict, write_report
+from stylenet.report import held_out_photos, network_method, run_report, verdict, write_report
 from stylenet.styles import style_records
 
 log = logging.getLogger(__name__)
 
 
 def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[Path], size: int,
-                  on_error: Callable[[str], None] | None = None) -> dict[str, dict[str, Path]]:
-    """For every style of ``model_path``: the first held-out photo stylized, ``<photo>_<style>.png``
-    in ``run_dir``, and photo | style | network for the held-out photos, measured, as ``figure.png``,
-    ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image cannot
-    be read gets no report (a warning); the model file is written already. A photo left out is
+                  on_error: Callable[[str], None] | None = None, shown: Path | None = None
+                  ) -> dict[str, dict[str, Path]]:
+    """For every style of ``model_path``: the ``shown`` held-out photo (by default the first) stylized,
+    ``<photo>_<style>.png`` in ``run_dir``, and photo | style | network for the held-out photos, measured, as
+    ``figure.png``, ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image
+    cannot be read gets no report (a warning); the model file is written already. A photo left out is
     passed to ``on_error`` (one line), for each style."""
+    shown = shown or photos[0]
     run_dir, stored = Path(run_dir), read_model(model_path, task="style")
     reports: dict[str, dict[str, Path]] = {}
     for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
         try:  # at the photo's own size, within stylenet-stylize's memory budget, as a single style's run
-            save_image(run_dir / f"{photos[0].stem}_{name}.png",
-                       InferenceModel(net, precision="fp32").transform(load_rgb(photos[0])))
+            save_image(run_dir / f"{shown.stem}_{name}.png",
+                       InferenceModel(net, precision="fp32").transform(load_rgb(shown)))
         except (StylenetError, RuntimeError) as err:
             log.warning("no stylized held-out photo for style %s: %s", name, first_line(err))
         try:  # demo:<name> too: that photo is the style here, no held-out photo (a single style's report, alike)
             picture = resolve_image_path(str(record.get("image")))
         except StylenetError:
             picture = None
-        held_out = [photo for photo in photos if picture is None or not same_picture(photo, picture)]
         try:
+            held_out = photos if picture is None else held_out_photos(photos, picture)
             report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
                                       [network_method("network", net)], size=size, images="quality",
                                       on_error=on_error)

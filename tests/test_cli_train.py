@@ -323,6 +323,9 @@ def test_an_unreadable_held_out_photo_or_no_export_leaves_the_finished_run_as_it
     assert [line.split("'")[1].rsplit("/", 1)[1] for line in listed] == ["aaa.jpg", "p3.png"]
     assert all(line.startswith("held-out photo: cannot read image") for line in listed)
     assert [entry["photo"] for entry in json.loads((run_dir / "quality.json").read_text())["entries"]] == ["p1"]
+    # both named where the report says what it did not measure (the first, read before it, was left out)
+    not_measured = (run_dir / "quality.md").read_text().partition("Not measured:")[2]
+    assert "aaa.jpg" in not_measured and "p3.png" in not_measured
     bare = tmp_path / "bare"
     train(compose_run(bare, "experiment=smoke", *common, "callbacks.export=null"), bare)
     assert (bare / "checkpoints" / "last.ckpt").is_file() and not list(bare.glob("*.png"))
@@ -375,6 +378,24 @@ def test_a_held_out_photo_only_the_end_of_run_report_meets_is_listed(tmp_path: P
                       "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"), run_dir)
     listed = (run_dir / "skipped_images.txt").read_text().splitlines()
     assert len(listed) == 1 and listed[0].startswith("held-out photo: cannot read image") and "p4.png" in listed[0]
+
+
+def test_a_run_whose_held_out_photo_is_its_style_picture_writes_no_verdict_of_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder of photos and the painting among them, the painting held out: the run wrote a report of no
+    photo reading "targets NOT met" on every target, and the painting stylized as its held-out photo."""
+    photos = tmp_path / "photos"
+    for k in range(5):
+        make_photo(photos / f"p{k}.png", size=(40, 36), seed=k)
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        train(compose_run(run_dir, "experiment=smoke", "data=folder", f"data.root={photos}", "data.num_workers=0",
+                          "data.image_size=32", "data.val_images=1", "trainer.max_steps=2",
+                          f"style.image={photos / 'p0.png'}"), run_dir)
+    assert (run_dir / "smoke.safetensors").is_file()
+    assert not (run_dir / "quality.json").exists() and not (run_dir / "quality.md").exists()
+    assert not list(run_dir.glob("*.png"))
+    assert "no stylized photo and no quality report: the held-out photo is the style picture" in caplog.text
 
 
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:

@@ -69,6 +69,34 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
             "b": tiny_model(tmp_path / "models" / "b.safetensors", seed=1)}
 
 
+def test_a_columns_folder_is_never_the_style_cell_nor_outside_out(tmp_path: Path, inputs: dict[str, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Column folders came from the model file's stem and its styles' names unchecked: '..safetensors' wrote
+    images/./style.png over the style's cell; a style named '../../x' wrote outside --out."""
+    import shutil
+
+    from tests.test_multistyle import multi_net
+
+    dots = tmp_path / "m2" / "..safetensors"
+    dots.parent.mkdir()
+    shutil.copy(inputs["a"], dots)
+    (photo := tmp_path / "p2" / "style.png").parent.mkdir()
+    shutil.copy(inputs["wide"], photo)
+    out = tmp_path / "r"
+    assert main([str(photo), "--style", str(inputs["style"]), "-m", str(dots), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "images" / "model" / "style.png").is_file()
+    assert np.array_equal(np.asarray(Image.open(out / "images" / "style.png")),
+                          pixels(resize_long_side(load_rgb(inputs["style"]), SIZE)))
+    styles = [{"name": name, "sha256": file_sha256(inputs["style"]) if name.startswith("..") else f"{k:064d}",
+               "image": "x.png"} for k, name in enumerate(["a", "../../escaped", "c"])]
+    bad = save_model(tmp_path / "models" / "mm.safetensors", multi_net(), {"task": "style", "styles": styles})
+    code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(bad), "--size", str(SIZE),
+                 "--device", "cpu", "--out", str(tmp_path / "deep" / "x" / "rr")])
+    assert code == 1 and "style name '../../escaped' cannot be part of a file name" in capsys.readouterr().err
+    assert not (tmp_path / "deep" / "escaped").exists()
+
+
 def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(
         tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
@@ -312,6 +340,9 @@ def test_gatys_column_uses_the_named_loss_config(tmp_path: Path, inputs: dict[st
     assert data["methods"]["gatys"]["targets"]["texture_moved"] == 0.5  # the issue's Gatys target
     assert (out / "images" / "gatys" / "wide.png").is_file()
     assert "gatys (texture_moved >= 0.5): " in (out / "report.md").read_text()
+    # which objective the column optimised: a loss config's, not the model's own
+    assert data["gatys"] == {"loss_config": str(config), "iterations": 2}
+    assert f"(Gatys: loss config {config}, 2 L-BFGS iterations)" in (out / "report.md").read_text().splitlines()[0]
 
 
 @pytest.mark.parametrize(("content", "expected"), [
@@ -352,6 +383,13 @@ def test_what_the_report_cannot_do_is_refused_before_the_work(tmp_path: Path, in
     with pytest.raises(SystemExit) as usage:
         main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", str(occupied)])
     assert usage.value.code == 2 and f"cannot write into --out {str(occupied)!r}: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # the current folder's files
+        main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", ""])
+    assert usage.value.code == 2 and "--out must name a folder, got ''" in capsys.readouterr().err
+    (broken := tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    code = main([str(inputs["wide"]), "--style", str(broken), "-m", str(inputs["a"]), "--out", str(out)])
+    err = capsys.readouterr().err  # it was "trained on another picture", of every model
+    assert code == 1 and "broken.png" in err and "another picture" not in err and len(err.splitlines()) == 1, err
     code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "--gatys", "--loss-config", "pixel",
                  "--out", str(out)])
     assert code == 1 and capsys.readouterr().err == (

@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.size < 16 or args.gatys_iterations < 1:
         parser.error("--size must be >= 16 and --gatys-iterations >= 1")
     refuse_models_as_inputs(parser, args.photos, args.models)
+    if not args.out.strip():  # '' is the current folder: its files would be replaced without a word
+        parser.error("--out must name a folder, got ''")
     reason = unwritable(Path(args.out) / "report.md")  # refused now, not after the stylizing and Gatys
     if (Path(args.out) / "quality.json").exists():  # a training run's figure.png would be replaced
         reason = reason or "it is a training run's folder (its figure.png and quality.json): name another"
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     """Build the methods (a bad model file is reported and left out), run and write the report."""
     from stylenet.cli.train import config_dir
-    from stylenet.image import resolve_image_path
+    from stylenet.image import load_rgb, resolve_image_path
     from stylenet.modelfile import read_model
     from stylenet.report import (
         demo_held_out,
@@ -81,7 +83,10 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
         unique_names,
         write_report,
     )
+    from stylenet.styles import file_name_part
 
+    style_picture = resolve_image_path(args.style)
+    load_rgb(style_picture)  # unreadable: said as such, not as every model's "trained on another picture"
     methods = []
     if args.gatys:
         methods.append(gatys_method(load_loss_config(args.loss_config, config_dir()), iterations=args.gatys_iterations,
@@ -91,7 +96,8 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
         try:
             stored = read_model(path, task="style")
             style, net = trained_on(path, stored, args.style)
-            columns.append((Path(path).stem if len(stored.styles) == 1 else f"{Path(path).stem}_{style}", net))
+            stem = Path(path).stem.strip(".") or "model"  # '..safetensors': no column folder '.' or '..'
+            columns.append((stem if len(stored.styles) == 1 else f"{stem}_{file_name_part(style)}", net))
         except StylenetError as err:
             error(str(err))
     # column folders, beside images/photo/, images/gatys/ and the style's cell, images/style.png
@@ -99,13 +105,17 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     methods += [network_method(name, model_on(net, args.device)) for name, (_, net) in zip(names, columns, strict=True)]
     if not methods:
         return 1
-    photos = args.photos or demo_held_out(config_dir(), exclude=resolve_image_path(args.style))
+    photos = args.photos or demo_held_out(config_dir(), exclude=style_picture)
     report, rows = run_report(args.out, args.style, photos, methods, size=args.size, on_error=error,
                               on_done=lambda photo, method: print(f"{photo}: {method} done", file=sys.stderr))
     if not report.entries:  # an earlier report in --out is not replaced by an empty one
         error(f"nothing was measured: {str(args.out)!r} is left as it was")
         return 1
-    paths = write_report(args.out, report, rows)
+    title, extra = "Quality report", None
+    if args.gatys:  # which objective the Gatys column optimised: a loss config's, not a model's own
+        extra = {"gatys": {"loss_config": str(args.loss_config), "iterations": args.gatys_iterations}}
+        title += f" (Gatys: loss config {args.loss_config}, {args.gatys_iterations} L-BFGS iterations)"
+    paths = write_report(args.out, report, rows, title=title, extra=extra)
     for method in report.methods:
         missed = report.missed(method)
         print(f"{method}: targets {'met' if not missed else 'NOT met: ' + ', '.join(missed)}")

@@ -328,12 +328,22 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
         log.info("callbacks.export is off: no model file, so no stylized photo and no quality report")
         return
     photos, first = list(datamodule.val_files), None
-    for photo in datamodule.val_files:
+    single_style = "style" in cfg.task and not task.hparams.get("styles")
+    if single_style:  # the style picture held out too (a folder of photos and paintings): measured, it moves nothing
+        from stylenet.image import resolve_image_path
+        from stylenet.report import same_picture
+
+        style = resolve_image_path(str(cfg.style.image))
+        shown = [photo for photo in photos if not same_picture(photo, style)]
+        if photos and not shown:
+            log.warning("no stylized photo and no quality report: the held-out photo is the style picture %s "
+                        "itself (hold out other photos: data.val_images)", style)
+            return
+    for photo in shown if single_style else photos:
         try:
             first = photo, load_rgb(photo)
             break
         except ImageError as err:
-            photos.remove(photo)
             datamodule.record_bad_held_out(str(err))
     if first is None:
         if datamodule.val_files:  # (none held out: the data module has said so)
@@ -343,7 +353,8 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
     if task.hparams.get("styles"):  # several styles
         from stylenet.style_reports import style_reports
 
-        style_reports(run_dir, export, photos, int(cfg.style.size), on_error=datamodule.record_bad_held_out)
+        style_reports(run_dir, export, photos, int(cfg.style.size), on_error=datamodule.record_bad_held_out,
+                      shown=first[0])
         return
     photo, image = first
     model = read_model(export)
