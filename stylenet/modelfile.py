@@ -416,7 +416,9 @@ def _from_examples(path: Path, state: dict[str, Any]) -> StoredModel:
                                 "pytorch/examples fast_neural_style checkpoint")
         mapped[f"{target}.{match['param']}"] = value
     config = {"channels": int(state["conv1.conv2d.weight"].shape[0]), "residual_blocks": len(blocks)}
-    metadata = {"task": "style", "style_name": path.stem, "source": "pytorch/examples fast_neural_style"}
+    # named as a style picture names its run's style ("my mosaic (v2).pth": my_mosaic__v2_), a name every
+    # output file can hold and stylenet-export --style-name accepts
+    metadata = {"task": "style", "style_name": style_name_of(path), "source": "pytorch/examples fast_neural_style"}
     return _build(path, ExamplesTransformerNet, config, mapped, metadata)
 
 

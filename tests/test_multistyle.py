@@ -335,6 +335,9 @@ def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
     # the same mix under two labels: each keeps its own (they name output files)
     assert (model.for_style({"a": 0.7, "b": 0.3}).name, model.for_style({"a": 7, "b": 3}).name) == (
         "a0.7+b0.3", "a7+b3")
+    # two blends, two names: six digits gave these one name, and the second output was refused as a repeat
+    assert (model.for_style({"a": 0.1234567, "b": 1}).name, model.for_style({"a": 0.1234568, "b": 1}).name) == (
+        "a0.1234567+b1", "a0.1234568+b1")
     with pytest.raises(StylenetError, match=r"holds 3 styles: pass style= one of a, b, c"):
         model.stylize(image)
     with pytest.raises(StylenetError, match=r"'m.safetensors' has no style 'd' \(available: a, b, c\)"):
