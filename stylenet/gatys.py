@@ -341,6 +341,16 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
     return GatysResult(last_good[0], terms, history, done, objective.evaluations, stopped)
 
 
+def style_at(style: torch.Tensor, shrink: int, smallest_side: int) -> torch.Tensor:
+    """A (3, H, W) style picture shrunk ``shrink`` times for a coarse scale of :func:`optimize_image`, its
+    short side not below ``smallest_side`` (the loss network's: the picture's aspect ratio kept)."""
+    if shrink == 1:
+        return style
+    height, width = style.shape[-2:]
+    factor = max(1 / shrink, min(1.0, smallest_side / min(height, width)))
+    return resize_to(style, max(1, round(height * factor)), max(1, round(width * factor)))
+
+
 def scale_shapes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
     """Coarse-to-fine shapes: halving ``scales - 1`` times, coarsest first, ending at (height, width)."""
     return [(max(1, round(height / 2**k)), max(1, round(width / 2**k))) for k in range(scales - 1, -1, -1)]
@@ -353,10 +363,11 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
                    seed: int = 0, callback: Callable[[Progress], None] | None = None) -> GatysResult:
     """Gatys et al. 2016 style transfer of ``content`` (3, H, W) with the blend of ``styles``.
 
-    Sets the style targets once (``loss.set_style``), then optimises with :func:`optimize` at each
-    scale of a coarse-to-fine pyramid (``scales`` levels, each half the size of the next, each run
-    for ``iterations`` iterations and started from the previous result upsampled); coarse scales
-    settle the large structures cheaply, as in Gatys et al. 2017, "Controlling Perceptual Factors".
+    Optimises with :func:`optimize` at each scale of a coarse-to-fine pyramid (``scales`` levels, each
+    half the size of the next, each run for ``iterations`` iterations and started from the previous result
+    upsampled), against the style targets (``loss.set_style``) of the styles shrunk alike (:func:`style_at`);
+    coarse scales settle the large structures cheaply, as in Gatys et al. 2017, "Controlling Perceptual
+    Factors". The ``loss`` is left with the targets of the last scale run.
     ``init=style`` starts from the first style image stretched to the content's shape; a (3, h, w)
     image (an interrupted run's result, to go on from it) is stretched likewise.
     """
@@ -369,7 +380,6 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
     target = GREY.apply(content, None) if preserve_color else content
     if preserve_color:
         styles = [match_luminance(style.to(content.device), content) for style in styles]
-    loss.set_style(styles, style_weights)
     if isinstance(init, torch.Tensor) and (init.ndim != 3 or init.shape[0] != 3):
         raise StylenetError(f"init must be a (3, H, W) image, got a tensor of shape {tuple(init.shape)}")
     if isinstance(init, torch.Tensor):  # its luminance alone where the colours are the content's
@@ -385,6 +395,10 @@ def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: 
 
     for scale, (height, width) in enumerate(shapes):
         offset = scale * iterations
+        # each scale's style targets from the styles shrunk with the image (Gatys et al. 2017, Sec. 5: the
+        # low-resolution pass stylises the downsampled pair), the pattern's size kept to the image's
+        shrink = 2 ** (len(shapes) - 1 - scale)
+        loss.set_style([style_at(style, shrink, loss.smallest_side) for style in styles], style_weights)
 
         def report(progress: Progress, scale: int = scale, offset: int = offset) -> None:
             callback(replace(progress, iteration=offset + progress.iteration, total=total, scale=scale,

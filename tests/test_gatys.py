@@ -34,6 +34,7 @@ from stylenet.gatys import (
     optimize_image,
     resize_to,
     scale_shapes,
+    style_at,
     with_content_chroma,
 )
 from stylenet.image import load_rgb, luma
@@ -129,12 +130,16 @@ def test_coarse_to_fine_and_init_style() -> None:
         (1, 0, 4, 16), (2, 0, 4, 16), (3, 1, 4, 32), (4, 1, 4, 32)]
     assert result.iterations == 4 and len(result.history) == 6 and result.image.shape == (3, 32, 32)
 
-    def objective(image: torch.Tensor, size: int) -> float:
+    def objective(image: torch.Tensor, size: int, style_side: int) -> float:
+        loss.set_style([resize_to(style, style_side, style_side)])
         return float(loss(resize_to(image, size, size)[None], resize_to(content, size, size)[None])["total"])
 
-    # the first scale starts from the style picture stretched to it, the second from the first one's result
-    assert result.history[0] == pytest.approx(objective(style, 16), rel=1e-4)
-    assert result.history[3] == pytest.approx(objective(seen[1].image, 32), rel=1e-4)
+    # the first scale starts from the style picture stretched to it, the second from the first one's result;
+    # each against the style shrunk as the image is (the full-size style's Grams had patterns twice as large)
+    assert result.history[0] == pytest.approx(objective(style, 16, 20), rel=1e-4)
+    assert result.history[3] == pytest.approx(objective(seen[1].image, 32, 40), rel=1e-4)
+    # never below the loss network's smallest side (8 px here): a 40 px style at a 1/8 scale is 8 px, not 5
+    assert [tuple(style_at(style, shrink, 8).shape) for shrink in (1, 4, 8)] == [(3, 40, 40), (3, 10, 10), (3, 8, 8)]
 
 
 def test_preserve_color_keeps_the_content_chroma() -> None:

@@ -193,6 +193,28 @@ def test_default_objective_is_pytorch_examples_up_to_one_constant(tmp_path) -> N
         assert ratios == pytest.approx([1e5] * 5, rel=1e-4), ratios
 
 
+def test_gatys_vgg19_weighs_its_layers_as_gatys_eq_4() -> None:
+    """Gatys et al. 2016, eq. 4-5: equal weights of E_l = sum((G - A)^2) / (4 N_l^2 M_l^2), G and A the raw
+    Grams. With our layer terms (4 / N_l^2 of E_l) and the config's layer weights, each weighted layer is one
+    constant times E_l (they weighed relu5_1 64 times too little against relu1_1)."""
+    from stylenet.cli.train import config_dir
+    from stylenet.report import load_loss_config
+
+    loss = PerceptualLoss(**{**load_loss_config("gatys_vgg19", config_dir()), "weights": "random"})
+    generator = torch.Generator().manual_seed(0)
+    style, image = torch.rand(3, 48, 48, generator=generator), torch.rand(1, 3, 48, 48, generator=generator)
+    loss.set_style([style])
+    terms = loss(image, image)
+    ratios = []
+    for layer, weight in loss.style_layers.items():
+        ours = loss.vgg(image, [layer])[layer][0].flatten(1).double()  # (N, M)
+        target = loss.vgg(style[None], [layer])[layer][0].flatten(1).double()
+        channels, positions = ours.shape
+        gatys = ((ours @ ours.T - target @ target.T) ** 2).sum() / (4 * channels**2 * positions**2)
+        ratios.append(weight * float(terms[f"style/{layer}"]) / float(gatys))
+    assert len(ratios) == 5 and max(ratios) / min(ratios) == pytest.approx(1.0, rel=1e-3), ratios
+
+
 def test_lua_conversion_factors() -> None:
     """Lua -> ours: content unchanged, style x (255 * mean std)^2 (the TV weight: the next test)."""
     scale = 255 * (0.229 + 0.224 + 0.225) / 3

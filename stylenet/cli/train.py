@@ -328,7 +328,7 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
         log.info("callbacks.export is off: no model file, so no stylized photo and no quality report")
         return
     photos, first = list(datamodule.val_files), None
-    single_style = "style" in cfg.task and not task.hparams.get("styles")
+    single_style = "style" in (OmegaConf.select(cfg, "task") or {}) and not task.hparams.get("styles")
     if single_style:  # the style picture held out too (a folder of photos and paintings): measured, it moves nothing
         from stylenet.image import resolve_image_path
         from stylenet.report import same_picture
