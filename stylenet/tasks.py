@@ -272,7 +272,7 @@ class ImageTask(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """An update whose batches were all skipped has zero gradients, which must be no gradients:
         Adam leaves a weight without one as it is (its moments would otherwise still move it). With
-        ``trainer.accumulate_grad_batches`` the used batches of a window keep their update."""
+        ``+trainer.accumulate_grad_batches=N`` the used batches of a window keep their update."""
         if not self.used_batch:
             optimizer.zero_grad(set_to_none=True)
         self.used_batch = False

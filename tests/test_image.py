@@ -408,6 +408,23 @@ def test_a_16_bit_min_is_white_tiff_reads_as_its_8_bit_version(tmp_path, alpha):
         assert (from_pil(opened).rgb - sixteen.rgb).abs().max() == 0
 
 
+@pytest.mark.parametrize("layout", ["big-endian", "float"])
+def test_other_min_is_white_grey_tiffs_read_as_their_min_is_black_twins(tmp_path, layout):
+    """A big-endian 16-bit MinIsWhite grey, which Pillow cannot open, was refused as a layout to convert; a
+    float one was read as its negative."""
+    import tifffile
+
+    levels = np.arange(48, dtype=np.uint16).reshape(6, 8) * 1365
+    samples = levels if layout == "big-endian" else (levels / 65535).astype(np.float32)
+    options = {"byteorder": ">"} if layout == "big-endian" else {}
+    tifffile.imwrite(tmp_path / "white.tif", samples, photometric="miniswhite", **options)
+    tifffile.imwrite(tmp_path / "black.tif", samples, photometric="minisblack", **options)
+    white, black = load_image(tmp_path / "white.tif"), load_image(tmp_path / "black.tif")
+    assert white.bits == black.bits == 16 and white.was_gray
+    torch.testing.assert_close(white.rgb, 1.0 - black.rgb, atol=1e-6, rtol=0)
+    assert read_image_size(tmp_path / "white.tif") == (8, 6)
+
+
 def test_an_xmp_orientation_turns_the_size_read_from_the_header(tmp_path):
     """read_image_size matches load_image for a PNG whose only orientation is in its XMP packet."""
     from PIL import PngImagePlugin

@@ -383,7 +383,8 @@ def test_what_the_report_cannot_do_is_refused_before_the_work(tmp_path: Path, in
     with pytest.raises(SystemExit) as usage:
         main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", str(occupied)])
     assert usage.value.code == 2 and f"cannot write into --out {str(occupied)!r}: " in capsys.readouterr().err
-    with pytest.raises(SystemExit) as usage:  # the current folder's files
+    monkeypatch.chdir(tmp_path)  # '' is the current folder: without the refusal, the report would land there
+    with pytest.raises(SystemExit) as usage:
         main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]), "--out", ""])
     assert usage.value.code == 2 and "--out must name a folder, got ''" in capsys.readouterr().err
     (broken := tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")

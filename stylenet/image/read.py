@@ -187,9 +187,10 @@ def decode_pil(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, bool]:
 
 
 def _stored_white_as_zero(im: Image.Image) -> bool:
-    """A 16-bit grey TIFF stored "MinIsWhite" (photometric 0: 0 is white, as scanners and fax software write
-    it). Pillow turns an 8-bit one's samples round as it reads them, not a 16-bit one's: its negative."""
-    return im.format == "TIFF" and im.mode in SIXTEEN_BIT_MODES and getattr(im, "tag_v2", {}).get(262) == 0
+    """A 16-bit, 32-bit or float grey TIFF stored "MinIsWhite" (photometric 0: 0 is white, as scanners and fax
+    software write it). Pillow turns an 8-bit one's samples round as it reads them, not these: their negative."""
+    return im.format == "TIFF" and (im.mode in SIXTEEN_BIT_MODES or im.mode in ("I", "F")) and \
+        getattr(im, "tag_v2", {}).get(262) == 0
 
 
 def _source_bits(im: Image.Image) -> int:
@@ -271,10 +272,10 @@ class TiffHeader:
     icc_profile: bytes | None
 
 
-def _grey_alpha_tiff(p: Path) -> TiffHeader | None:
-    """The header of a 16-bit grey + alpha TIFF, which Pillow cannot open (it has no 16-bit mode of two
-    samples) and :func:`_decode_sixteen_bit` decodes (``stylenet-stylize --keep-gray`` writes such
-    files); None for any other file, which Pillow opens or refuses itself."""
+def _grey_tiff_beyond_pillow(p: Path) -> TiffHeader | None:
+    """The header of a 16-bit grey TIFF that Pillow cannot open, which :func:`_decode_sixteen_bit` decodes: grey
+    + alpha (Pillow has no 16-bit mode of two samples; ``stylenet-stylize --keep-gray`` writes such files), or a
+    big-endian MinIsWhite grey; None for any other file, which Pillow opens or refuses itself."""
     if p.suffix.lower() not in (".tif", ".tiff"):
         return None
     try:
@@ -291,7 +292,7 @@ def _grey_alpha_tiff(p: Path) -> TiffHeader | None:
     try:
         with tifffile.TiffFile(p) as tif:
             page = tif.pages[0]  # grey, 0 white or black
-            if page.dtype != np.uint16 or page.samplesperpixel != 2 or page.photometric not in (0, 1):
+            if page.dtype != np.uint16 or page.samplesperpixel not in (1, 2) or page.photometric not in (0, 1):
                 return None
             profile = page.tags.get(34675)  # InterColorProfile
             return TiffHeader(page.imagewidth, page.imagelength, _tiff_orientation(page),
@@ -311,7 +312,7 @@ def _tiff_orientation(page: Any) -> int:
 
 def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """A 16-bit colour PNG or TIFF (see :func:`_is_sixteen_bit_colour`), or a 16-bit grey + alpha TIFF
-    (:func:`_grey_alpha_tiff`; ``im`` None: Pillow cannot open it) -> (HxWx3 float32 in [0, 1], HxW
+    (:func:`_grey_tiff_beyond_pillow`; ``im`` None: Pillow cannot open it) -> (HxWx3 float32 in [0, 1], HxW
     uint16 alpha or None, was_gray), EXIF orientation applied.
 
     imagecodecs decodes PNG (libpng: interlacing, and tRNS colour keys as an alpha channel);
@@ -338,6 +339,8 @@ def _decode_sixteen_bit(p: Path, im: Image.Image | None) -> tuple[np.ndarray, np
             white_as_zero = page.photometric == 0  # MinIsWhite grey
         if axes.startswith("S"):  # planar configuration: one plane per sample
             samples = np.moveaxis(samples, 0, -1)
+        if samples.ndim == 2:  # one sample per pixel
+            samples = samples[..., None]
         alpha_index = colour if extras and int(extras[0]) in (1, 2) else None  # 1 associated, 2 unassociated
         associated = alpha_index is not None and int(extras[0]) == 1
     if samples.ndim != 3 or samples.dtype != np.uint16 or samples.shape[-1] < colour:
@@ -419,7 +422,7 @@ def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, 
     """
     p = Path(path)
     _check_is_file(p)
-    tiff = _grey_alpha_tiff(p)
+    tiff = _grey_tiff_beyond_pillow(p)
     if tiff is not None:
         width, height, orientation = tiff.width, tiff.height, tiff.orientation if apply_exif else 1
     else:
@@ -514,7 +517,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     """
     p = Path(path)
     _check_is_file(p)
-    tiff = _grey_alpha_tiff(p)
+    tiff = _grey_tiff_beyond_pillow(p)
     if tiff is not None:  # Pillow cannot open it: tifffile alone reads it
         _check_pixels(p, tiff.width, tiff.height, max_pixels)
         try:

@@ -183,7 +183,7 @@ def check_output_size(path: str | Path, height: int, width: int) -> None:
     limit = MAX_SIDE.get(fmt or "")
     if limit is not None and max(height, width) > limit:
         raise file_error(path, f"{width}x{height} px is beyond {fmt}'s largest side, {limit} px (write .png or "
-                               ".tif, or pass --max-size)", verb="write")
+                               ".tif, or a smaller image: stylenet-stylize --max-size)", verb="write")
 
 
 def _encoder(fmt: str, rgb: torch.Tensor, alpha: torch.Tensor | None, icc_profile: bytes | None,
