@@ -550,6 +550,9 @@ def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_ag
     (outputs / "t1" / "quality.json").unlink()
     record.write_text("name: exp\ncallbacks:\n  export: null\n")  # a run that was to write no model file
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+    record.write_text("name: exp\ncallbacks:\n  export:\n    _target_: stylenet.callbacks.ExportStyleModel\n"
+                      f"    path: {tmp_path}/elsewhere/exp.safetensors\n")  # its model file elsewhere: not known here
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
 
 
 def test_a_sweeps_jobs_never_continue_one_another(tmp_path: Path) -> None:

@@ -89,12 +89,12 @@ def test_a_columns_folder_is_never_the_style_cell_nor_outside_out(tmp_path: Path
     assert np.array_equal(np.asarray(Image.open(out / "images" / "style.png")),
                           pixels(resize_long_side(load_rgb(inputs["style"]), SIZE)))
     styles = [{"name": name, "sha256": file_sha256(inputs["style"]) if name.startswith("..") else f"{k:064d}",
-               "image": "x.png"} for k, name in enumerate(["a", "../../escaped", "c"])]
+               "image": "x.png"} for k, name in enumerate(["a", "../../../../escaped", "c"])]
     bad = save_model(tmp_path / "models" / "mm.safetensors", multi_net(), {"task": "style", "styles": styles})
     code = main([str(inputs["wide"]), "--style", str(inputs["style"]), "-m", str(bad), "--size", str(SIZE),
                  "--device", "cpu", "--out", str(tmp_path / "deep" / "x" / "rr")])
-    assert code == 1 and "style name '../../escaped' cannot be part of a file name" in capsys.readouterr().err
-    assert not (tmp_path / "deep" / "escaped").exists()
+    assert code == 1 and "style name '../../../../escaped' cannot be part of a file name" in capsys.readouterr().err
+    assert not list((tmp_path / "deep").rglob("escaped"))  # images/mm_../../../../escaped: deep/x/escaped
 
 
 def test_figure_geometry_round_trip_and_table_recomputed_from_the_saved_files(

@@ -180,7 +180,12 @@ def test_fig5_measures_one_style_of_a_several_styles_file(tmp_path: Path, style_
     args = fig5.parse_args(["--model", str(grown_file), "--images", str(tmp_path / "val"), "--model-style", "a"])
     _net, loss = fig5.build_objective(str(grown_file), args, torch.device("cpu"))
     assert loss.term_weights["style"] == 3.0  # style a's own, not the file's
-    assert loss.target_gram("relu1_2").shape[-1] == loss.target_gram("relu1_2").shape[-2]
+    from stylenet.image import load_rgb, resize_long_side
+    from stylenet.losses import PerceptualLoss
+
+    own = PerceptualLoss(weights="random", style_weight=3.0)  # its Grams of the picture at its own 24 px, not 32
+    own.set_style([resize_long_side(load_rgb(style_image), 24)])
+    assert torch.allclose(loss.target_gram("relu1_2"), own.target_gram("relu1_2"))
 
 
 @pytest.mark.parametrize("script", ["reproduce_table1", "reproduce_fig5"])
