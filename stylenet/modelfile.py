@@ -354,7 +354,9 @@ def _load_pickled(path: Path) -> StoredModel:
     except Exception as err:  # torch.load reports random bytes as IndexError, KeyError, RuntimeError...
         if load_failure(err, path) == TRUNCATED_ARCHIVE:  # a checkpoint cut short is still one
             raise StylenetError(f"model file {str(path)!r} is {TRUNCATED_ARCHIVE}") from None
-        raise StylenetError(f"model file {str(path)!r} {NEITHER} (torch.load: {first_line(err)})") from None
+        # a KeyError's message is the key it missed (a number, of random bytes): no reason worth a word
+        reason = "" if isinstance(err, LookupError) else f" (torch.load: {first_line(err)})"
+        raise StylenetError(f"model file {str(path)!r} {NEITHER}{reason}") from None
     if isinstance(content, dict) and "state_dict" in content and "hyper_parameters" in content:
         return _from_lightning(path, content)
     if isinstance(content, dict) and "conv1.conv2d.weight" in content:

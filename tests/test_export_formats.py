@@ -595,6 +595,10 @@ def test_other_bad_model_files_are_clear_errors(tmp_path: Path, model_file: Path
         with pytest.raises(StylenetError, match=reason) as info:
             read_model(tmp_path / name)
         assert name in str(info.value) and "\n" not in str(info.value)
+    (tmp_path / "hello.safetensors").write_text("hello world\n")  # torch.load's KeyError: a number, not a reason
+    with pytest.raises(StylenetError, match=r"^model file '.*hello.safetensors' is not a model file: neither "
+                                            r"safetensors nor a PyTorch checkpoint or state dict$"):
+        read_model(tmp_path / "hello.safetensors")
     with pytest.raises(StylenetError, match="is a 'style' model, not a 'sr' model"):
         read_model(model_file, task="sr")
 

@@ -95,7 +95,9 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
         what = (f"no style models among the {others} model files in {folder!r} (super-resolution models are not "
                 "offered)" if others else f"no model files in {folder!r} yet")
         print(f"{PROG}: warning: {what}; the page lists style models once they are there", file=sys.stderr)
-    print(f"{PROG}: {count} model(s) from {folder!r} on {server.url} (Ctrl-C stops)", flush=True)
+    files = len({entry.file for entry in server.catalog.entries()})  # a file of several styles lists each
+    print(f"{PROG}: {count} style(s) from {files} model file(s) in {folder!r} on {server.url} (Ctrl-C stops)",
+          flush=True)
 
 
 def listen_hint(err: OSError) -> str:
