@@ -398,6 +398,15 @@ def test_a_run_whose_held_out_photo_is_its_style_picture_writes_no_verdict_of_no
     assert "no stylized photo and no quality report: the held-out photo is the style picture" in caplog.text
 
 
+def test_several_styles_spelt_on_a_single_style_preset_train(tmp_path: Path) -> None:
+    """'+style.images=[..] style.image=null' on top of one style's preset: "style.image is required" before
+    style.images was looked at."""
+    run_dir = tmp_path / "run"
+    train(compose_run(run_dir, "experiment=smoke", "+style.images=[demo:ihc,demo:brick]", "style.image=null",
+                      "trainer.max_steps=2"), run_dir)
+    assert read_model(run_dir / "smoke.safetensors").styles == ["ihc", "brick"]
+
+
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:
     result = run_cli("experiment=smoke", "style.image=missing.png", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2

@@ -129,8 +129,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         if OmegaConf.select(cfg, key, default=absent, throw_on_missing=False) is absent:
             raise StylenetError(f"~{key} removed {key}, which the run needs: set {key}=<value> instead")
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
-    if "style" in cfg.task and (OmegaConf.is_missing(cfg.style, "image")
-                                or OmegaConf.select(cfg, "style.image", default="") is None):
+    several = OmegaConf.select(cfg, "style.images", default=None, throw_on_missing=False) is not None
+    if "style" in cfg.task and not several and (OmegaConf.is_missing(cfg.style, "image")
+                                                or OmegaConf.select(cfg, "style.image", default="") is None):
         name = OmegaConf.select(cfg, "style.name", default=None, throw_on_resolution_failure=False)
         name = name if isinstance(name, str) and name and name != "None" else "painting"
         raise StylenetError(f"style.image is required: pass style.image=/path/to/{name}.jpg "
