@@ -31,6 +31,7 @@ network's balance between layers. The ImageNet path never normalises.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -40,7 +41,7 @@ from torch import nn
 from stylenet import StylenetError
 from stylenet.errors import check_seed
 from stylenet.fastpath import is_channels_last
-from stylenet.nets.vgg import IMAGENET_STD, VGGFeatures
+from stylenet.nets.vgg import BLOCK_WIDTHS, IMAGENET_STD, VGGFeatures
 
 DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
 #: Caffe's VGG-16 (Johnson's Lua code) sees 0-255 pixels minus the mean pixel, torchvision's sees
@@ -152,20 +153,42 @@ def setting_weight(value: object, setting: str) -> float:
     return weight
 
 
-def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | None,
+#: ``loss.style_layer_weights`` that weighs each style layer as Gatys et al. 2016 do (:func:`gatys_layer_weights`).
+GATYS_WEIGHTS = "gatys"
+
+
+def gatys_layer_weights(layers: Sequence[str], setting: str) -> list[float]:
+    """(N_l / 64)^2 per layer, N_l its VGG block's channels: Gatys et al. 2016 weigh their layers equally in
+    E_l = sum((G - A)^2) / (4 N_l^2 M_l^2) (eq. 4-5), and our layer term (the mean over the N_l x N_l entries
+    of Grams normalised by N_l M_l, Johnson's eq. 3-4) is 4 / N_l^2 of E_l: these weights make ours Gatys'
+    up to one constant (in ``style_weight``), whichever layers are chosen."""
+    weights = []
+    for name in layers:
+        match = re.fullmatch(r"(?:conv|relu)([1-5])_\d", name)
+        if match is None:
+            raise StylenetError(f"{setting}_weights={GATYS_WEIGHTS} weighs VGG conv/relu layers by their channels, "
+                                f"got layer {name!r}")
+        weights.append((BLOCK_WIDTHS[int(match[1]) - 1] / 64) ** 2)
+    return weights
+
+
+def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | str | None,
                   setting: str) -> dict[str, float]:
-    """Layer names (weights from ``per_layer``, default 1 each) or a {layer: weight} mapping ->
-    {layer: weight}, rejecting negative weights. One name alone (``loss.style_layers=relu1_2`` on the
+    """Layer names (weights from ``per_layer``, default 1 each, or :data:`GATYS_WEIGHTS`) or a {layer: weight}
+    mapping -> {layer: weight}, rejecting negative weights. One name alone (``loss.style_layers=relu1_2`` on the
     command line) is one layer, not a sequence of characters."""
     if isinstance(layers, str):
         layers = [layers]
+    if per_layer == GATYS_WEIGHTS and not isinstance(layers, Mapping):
+        per_layer = gatys_layer_weights(layers, setting)
     if isinstance(layers, Mapping):  # the settings are loss.style_layers.<layer>
         return {name: setting_weight(weight, f"{setting}s.{name}") for name, weight in layers.items()}
     repeated = sorted({name for name in layers if list(layers).count(name) > 1})
     if repeated:  # {layer: weight} would keep the last weight of each: one of the given weights lost
         raise StylenetError(f"{setting}s names {', '.join(repeated)} more than once: give each layer once")
     if per_layer is not None and (isinstance(per_layer, str) or not isinstance(per_layer, Sequence)):
-        raise StylenetError(f"{setting}_weights must be a list of numbers, one per layer, got {per_layer!r}")
+        raise StylenetError(f"{setting}_weights must be a list of numbers, one per layer, or {GATYS_WEIGHTS}, "
+                            f"got {per_layer!r}")
     per_layer = [1.0] * len(layers) if per_layer is None else list(per_layer)
     if len(per_layer) != len(layers):
         raise StylenetError(f"{setting}_weights has {len(per_layer)} values for "
@@ -219,7 +242,7 @@ class PerceptualLoss(nn.Module):
         seed: int = 0,
         content_layers: Mapping[str, float] | Sequence[str] | None = None,
         style_layers: Mapping[str, float] | Sequence[str] | None = None,
-        style_layer_weights: Sequence[float] | None = None,
+        style_layer_weights: Sequence[float] | str | None = None,
         content_weight: float = 1.0,
         style_weight: float = 1e5,
         tv_weight: float = 7.7,

@@ -405,6 +405,14 @@ def test_several_styles_spelt_on_a_single_style_preset_train(tmp_path: Path) -> 
     train(compose_run(run_dir, "experiment=smoke", "+style.images=[demo:ihc,demo:brick]", "style.image=null",
                       "trainer.max_steps=2"), run_dir)
     assert read_model(run_dir / "smoke.safetensors").styles == ["ihc", "brick"]
+    # the preset's ??? left: read as null (it was "setting task.style.name is required", a key nobody types)
+    train(compose_run(tmp_path / "left", "experiment=smoke", "+style.images=[demo:ihc,demo:brick]",
+                      "style.image=???", "trainer.max_steps=1"), tmp_path / "left")
+    assert read_model(tmp_path / "left" / "smoke.safetensors").styles == ["ihc", "brick"]
+    for images in ("null", "???"):  # said for one style's picture, or as task.style.images
+        with pytest.raises(StylenetError, match=r"^style.images is required: pass style.images=\[a.jpg,b.jpg\]"):
+            train(compose_run(tmp_path / images, "experiment=smoke_multi", f"style.images={images}"),
+                  tmp_path / images)
 
 
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path: Path) -> None:

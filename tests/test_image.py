@@ -423,6 +423,8 @@ def test_other_min_is_white_grey_tiffs_read_as_their_min_is_black_twins(tmp_path
     assert white.bits == black.bits == 16 and white.was_gray
     torch.testing.assert_close(white.rgb, 1.0 - black.rgb, atol=1e-6, rtol=0)
     assert read_image_size(tmp_path / "white.tif") == (8, 6)
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([samples, samples]), photometric="miniswhite", **options)
+    assert load_image(tmp_path / "pages.tif").frames == 2  # a scanner's pages: said, not passed over
 
 
 def test_an_xmp_orientation_turns_the_size_read_from_the_header(tmp_path):

@@ -119,7 +119,7 @@ def test_settings_are_validated() -> None:
         PerceptualLoss(weights="random", content_layers=["relu2_9"])
     for given in ("abc", 3):  # the letters of a string were three weights; a number, "'int' is not iterable"
         with pytest.raises(StylenetError, match=f"^loss.style_layer_weights must be a list of numbers, one per layer, "
-                                                f"got {given!r}$"):
+                                                f"or gatys, got {given!r}$"):
             PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2", "relu3_3"], style_layer_weights=given)
     with pytest.raises(StylenetError, match="^loss.style_layers names relu2_2 more than once: give each layer once$"):
         PerceptualLoss(weights="random", style_layers=["relu1_2", "relu2_2", "relu2_2"], style_layer_weights=[1, 2, 3])
@@ -213,6 +213,13 @@ def test_gatys_vgg19_weighs_its_layers_as_gatys_eq_4() -> None:
         gatys = ((ours @ ours.T - target @ target.T) ** 2).sum() / (4 * channels**2 * positions**2)
         ratios.append(weight * float(terms[f"style/{layer}"]) / float(gatys))
     assert len(ratios) == 5 and max(ratios) / min(ratios) == pytest.approx(1.0, rel=1e-3), ratios
+    # the weights follow whichever layers are chosen (a list of five refused any other choice)
+    chosen = PerceptualLoss(weights="random", arch="vgg19", style_layers=["relu2_1", "conv4_1", "relu5_1"],
+                            style_layer_weights="gatys")
+    assert chosen.style_layers == {"relu2_1": 4.0, "conv4_1": 64.0, "relu5_1": 64.0}
+    with pytest.raises(StylenetError, match=r"^loss.style_layer_weights=gatys weighs VGG conv/relu layers by their "
+                                            r"channels, got layer 'pool2'$"):
+        PerceptualLoss(weights="random", style_layers=["relu1_2", "pool2"], style_layer_weights="gatys")
 
 
 def test_lua_conversion_factors() -> None:

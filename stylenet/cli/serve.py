@@ -89,13 +89,18 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
         print(warning, file=sys.stderr)
     from stylenet.serve.catalog import model_files
 
-    count = len(server.catalog.entries())
-    if not count:
+    entries = server.catalog.entries()
+    unread = sorted({entry.file.name for entry in entries if not entry.readable})
+    if unread:  # listed (picking one says why), but no style to count
+        print(f"{PROG}: warning: {len(unread)} model file(s) cannot be read: {', '.join(unread[:5])}"
+              + (" ..." if len(unread) > 5 else ""), file=sys.stderr)
+    count = len([entry for entry in entries if entry.readable])
+    if not count and not unread:
         others = len(model_files(server.catalog.folder))  # super-resolution models, which are not offered
         what = (f"no style models among the {others} model files in {folder!r} (super-resolution models are not "
                 "offered)" if others else f"no model files in {folder!r} yet")
         print(f"{PROG}: warning: {what}; the page lists style models once they are there", file=sys.stderr)
-    files = len({entry.file for entry in server.catalog.entries()})  # a file of several styles lists each
+    files = len({entry.file for entry in entries if entry.readable})  # a file of several styles lists each
     print(f"{PROG}: {count} style(s) from {files} model file(s) in {folder!r} on {server.url} (Ctrl-C stops)",
           flush=True)
 

@@ -130,6 +130,12 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
             raise StylenetError(f"~{key} removed {key}, which the run needs: set {key}=<value> instead")
     # ??? or null (a preset's painting, not shipped); a style of several has style.images; super-resolution none
     several = OmegaConf.select(cfg, "style.images", default=None, throw_on_missing=False) is not None
+    # style=multi's list, ??? or null (a DictConfig's "in" is False for a ??? value: its keys() hold it)
+    if "style" in cfg.task and "images" in cfg.style.keys() and not several:  # noqa: SIM118
+        raise StylenetError("style.images is required: pass style.images=[a.jpg,b.jpg] (several styles in one "
+                            "network)")
+    if several and OmegaConf.is_missing(cfg.style, "image"):
+        cfg.style.image = None  # a single style's preset (its ???) with several styles given: the name reads it
     if "style" in cfg.task and not several and (OmegaConf.is_missing(cfg.style, "image")
                                                 or OmegaConf.select(cfg, "style.image", default="") is None):
         name = OmegaConf.select(cfg, "style.name", default=None, throw_on_resolution_failure=False)

@@ -270,6 +270,7 @@ class TiffHeader:
     height: int
     orientation: int  # EXIF's numbering
     icc_profile: bytes | None
+    frames: int = 1  # pages: a scanner's multi-page file
 
 
 def _grey_tiff_beyond_pillow(p: Path) -> TiffHeader | None:
@@ -296,7 +297,7 @@ def _grey_tiff_beyond_pillow(p: Path) -> TiffHeader | None:
                 return None
             profile = page.tags.get(34675)  # InterColorProfile
             return TiffHeader(page.imagewidth, page.imagelength, _tiff_orientation(page),
-                              profile.value if profile is not None else None)
+                              profile.value if profile is not None else None, len(tif.pages))
     except Exception:
         return None
 
@@ -524,7 +525,7 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
             rgb, alpha, was_gray = _decode_sixteen_bit(p, None)
         except Exception as err:  # a decoder failure is a property of the file
             raise file_error(p, _describe(err)) from None
-        icc, bits, frames = tiff.icc_profile, 16, 1
+        icc, bits, frames = tiff.icc_profile, 16, tiff.frames
     else:
         rgb, alpha, icc, was_gray, bits, frames = _load_with_pillow(p, max_pixels)
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
