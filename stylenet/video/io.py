@@ -281,7 +281,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         audio = tuple(audio.codec_context.name for audio in container.streams.audio if audio.codec_context)
         pixel = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio  # the container's first
         frame = _first_frame(av, container, path)
-        matrix = next((bytes(data) for data in frame.side_data if "DISPLAYMATRIX" in str(data.type)), None)
+        # iterating a frame's side data gives the data in PyAV 18.1.0, their types (mapping keys) in 18.1.1
+        side_data = [entry if hasattr(entry, "type") else frame.side_data[entry] for entry in frame.side_data]
+        matrix = next((bytes(data) for data in side_data if "DISPLAYMATRIX" in str(data.type)), None)
         return VideoInfo(width=frame.width, height=frame.height, rate=rate,
                          time_base=Fraction(stream.time_base or Fraction(1, 90000)),
                          expected_frames=expected, exact_count=exact,
