@@ -129,8 +129,12 @@ def checkpoint_problem(path: Path, name: str | None, hparams: dict[str, Any],
         if before != now:
             return f"trained with another loss.weights file (sha256 {short(before)}, this run's {short(now)})"
         saved, hparams = without_weights_path(saved), without_weights_path(hparams)
+    from stylenet.losses import spelt_out_layer_weights
+
     for key in IDENTITY_HPARAMS:
         before, now = (identity_setting(settings, key) for settings in (saved, hparams))
+        if key == "loss":  # style_layer_weights: gatys and the numbers it stands for are one objective
+            before, now = spelt_out_layer_weights(before), spelt_out_layer_weights(now)
         if before != now:
             if key == "style_sha256":  # two hashes say nothing to a reader: the file changed
                 return f"trained with another style image (sha256 {short(before)}, this run's {short(now)})"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,8 @@ def gatys_layer_weights(layers: Sequence[str], setting: str) -> list[float]:
     """(N_l / 64)^2 per layer, N_l its VGG block's channels: Gatys et al. 2016 weigh their layers equally in
     E_l = sum((G - A)^2) / (4 N_l^2 M_l^2) (eq. 4-5), and our layer term (the mean over the N_l x N_l entries
     of Grams normalised by N_l M_l, Johnson's eq. 3-4) is 4 / N_l^2 of E_l: these weights make ours Gatys'
-    up to one constant (in ``style_weight``), whichever layers are chosen."""
+    up to one constant (in ``style_weight``), whichever layers are chosen, without ``normalize`` (which divides
+    each layer's term by its own target's scale)."""
     weights = []
     for name in layers:
         match = re.fullmatch(r"(?:conv|relu)([1-5])_\d", name)
@@ -170,6 +172,19 @@ def gatys_layer_weights(layers: Sequence[str], setting: str) -> list[float]:
                                 f"got layer {name!r}")
         weights.append((BLOCK_WIDTHS[int(match[1]) - 1] / 64) ** 2)
     return weights
+
+
+def spelt_out_layer_weights(loss: Any) -> Any:
+    """``loss`` settings with ``style_layer_weights: gatys`` as the numbers it stands for: the same objective
+    under either spelling (a run of gatys_vgg19's earlier list, [1, 4, 16, 64, 64], resumes under ``gatys``)."""
+    if not isinstance(loss, Mapping) or loss.get("style_layer_weights") != GATYS_WEIGHTS:
+        return loss
+    layers = loss.get("style_layers") or list(DEFAULT_STYLE_LAYERS)
+    try:
+        weights = gatys_layer_weights([layers] if isinstance(layers, str) else list(layers), "loss.style_layer")
+    except StylenetError:  # names gatys does not weigh: compared as spelt
+        return loss
+    return {**loss, "style_layer_weights": weights}
 
 
 def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequence[float] | str | None,

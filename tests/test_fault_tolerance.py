@@ -555,6 +555,19 @@ def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_ag
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
 
 
+def test_style_layer_weights_gatys_and_its_numbers_are_one_objective(tmp_path: Path) -> None:
+    """A run of gatys_vgg19's earlier [1, 4, 16, 64, 64] is continued under its 'gatys' (refused as another loss);
+    another list is another objective."""
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    recorded = {**HPARAMS, "loss": {"style_layers": layers, "style_layer_weights": [1, 4, 16, 64, 64]}}
+    checkpoint = fake_checkpoint(tmp_path / "last.ckpt", 10)
+    torch.save({**torch.load(checkpoint, weights_only=True), "hyper_parameters": recorded}, checkpoint)
+    gatys = {**HPARAMS, "loss": {"style_layers": layers, "style_layer_weights": "gatys"}}
+    assert checkpoint_problem(checkpoint, "exp", gatys) is None
+    other = {**HPARAMS, "loss": {"style_layers": layers, "style_layer_weights": [1, 1, 1, 1, 1]}}
+    assert "trained with another loss" in checkpoint_problem(checkpoint, "exp", other)
+
+
 def test_a_sweeps_jobs_never_continue_one_another(tmp_path: Path) -> None:
     """resume=must and ckpt_path=last searched the sweep's other job folders (only auto was kept to its own):
     a job trained on from another job's checkpoint, and its settings."""

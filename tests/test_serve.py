@@ -145,15 +145,16 @@ def test_the_address_line_counts_styles_and_their_files(capsys: pytest.CaptureFi
     """A file of two styles and one of one: "3 model(s)" read as three files; an unreadable file counted as one."""
     from stylenet.cli.serve import announce
 
-    entries = [SimpleNamespace(file=Path(name), readable=name != "broken.pth")
-               for name in ("multi.safetensors", "multi.safetensors", "one.pth", "broken.pth")]
+    entries = [SimpleNamespace(file=Path(name), readable="broken" not in name, shown=name.rsplit(".", 1)[0])
+               for name in ("multi.safetensors", "multi.safetensors", "one.pth", "a/broken.pth", "b/broken.pth")]
     server = SimpleNamespace(server_address=("127.0.0.1", 8000), url="http://127.0.0.1:8000/",
                              catalog=SimpleNamespace(entries=lambda: entries, folder=Path("models")))
     announce(server, "models", "127.0.0.1")
     out, err = capsys.readouterr()
     assert out == ("stylenet-serve: 3 style(s) from 2 model file(s) in 'models' on http://127.0.0.1:8000/ "
                    "(Ctrl-C stops)\n")
-    assert err == "stylenet-serve: warning: 1 model file(s) cannot be read: broken.pth\n"  # not a style to count
+    # not styles to count; two of one name in two folders, each named as the page names it
+    assert err == "stylenet-serve: warning: 2 model file(s) cannot be read: a/broken, b/broken\n"
 
 
 def test_a_photo_comes_back_stylized_at_full_size_for_each_chosen_model(

@@ -90,10 +90,12 @@ def announce(server: StyleServer, folder: str, host: str) -> None:
     from stylenet.serve.catalog import model_files
 
     entries = server.catalog.entries()
-    unread = sorted({entry.file.name for entry in entries if not entry.readable})
-    if unread:  # listed (picking one says why), but no style to count
-        print(f"{PROG}: warning: {len(unread)} model file(s) cannot be read: {', '.join(unread[:5])}"
-              + (" ..." if len(unread) > 5 else ""), file=sys.stderr)
+    # files listed (picking one says why) but with no style to count, named as the page names them
+    unread = {entry.file: entry.shown or entry.file.name for entry in entries if not entry.readable}
+    if unread:
+        names = sorted(unread.values())
+        print(f"{PROG}: warning: {len(unread)} model file(s) cannot be read: {', '.join(names[:5])}"
+              + (" ..." if len(names) > 5 else ""), file=sys.stderr)
     count = len([entry for entry in entries if entry.readable])
     if not count and not unread:
         others = len(model_files(server.catalog.folder))  # super-resolution models, which are not offered
