@@ -221,11 +221,20 @@ def newest_first(paths: Iterable[Path]) -> list[Path]:
     return [path for *_, path in sorted(timed, key=lambda entry: entry[:2], reverse=True)]
 
 
-def lock_holder(run_dir: Path) -> str:
-    """The program whose run holds ``run_dir``'s :data:`LOCK_FILE`, as :func:`run_folder_lock` wrote it there."""
+def lock_record(run_dir: Path) -> tuple[str, str]:
+    """What ``run_dir``'s :data:`LOCK_FILE` says: the program whose run holds it, as :func:`run_folder_lock`
+    wrote it there ("stylenet run" where it says none), and the checkpoint that run continues
+    (:func:`note_continued`; '' for none)."""
+    text = ""
     with contextlib.suppress(OSError, UnicodeDecodeError):
-        return (run_dir / LOCK_FILE).read_text(encoding="utf-8").partition("\n")[0].strip() or "stylenet run"
-    return "stylenet run"
+        text = (run_dir / LOCK_FILE).read_text(encoding="utf-8")
+    program, _, continued = text.partition("\n")
+    return program.strip() or "stylenet run", continued.strip()
+
+
+def lock_holder(run_dir: Path) -> str:
+    """The program whose run holds ``run_dir``'s :data:`LOCK_FILE`."""
+    return lock_record(run_dir)[0]
 
 
 def note_continued(run_dir: Path, checkpoint: str | None) -> None:
@@ -246,12 +255,11 @@ def refuse_continued_elsewhere(checkpoint: Path, run_dir: Path) -> None:
     for folder in (run_dir.parent.iterdir() if run_dir.parent.is_dir() else []):
         if folder == run_dir or not folder.is_dir() or not in_use(folder):
             continue
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            continued = (folder / LOCK_FILE).read_text(encoding="utf-8").partition("\n")[2].strip()
-            if continued and Path(continued).parent.parent == source:
-                raise StylenetError(f"the run of {str(checkpoint)!r} is being continued by another "
-                                    f"{lock_holder(folder)} in {str(folder)!r} now (a job launched twice?): let it "
-                                    "end, or pass resume=never to train afresh")
+        program, continued = lock_record(folder)
+        if continued and Path(continued).parent.parent == source:
+            raise StylenetError(f"the run of {str(checkpoint)!r} is being continued by another {program} in "
+                                f"{str(folder)!r} now (a job launched twice?): let it end, or pass resume=never "
+                                "to train afresh")
 
 
 def in_use(run_dir: Path) -> bool:

@@ -338,13 +338,12 @@ def finish(cfg: DictConfig, run_dir: Path, task: Any, datamodule: Any) -> None:
     single_style = "style" in (OmegaConf.select(cfg, "task") or {}) and not task.hparams.get("styles")
     if single_style:  # the style picture held out too (a folder of photos and paintings): measured, it moves nothing
         from stylenet.image import resolve_image_path
-        from stylenet.report import same_picture
+        from stylenet.report import held_out_photos
 
-        style = resolve_image_path(str(cfg.style.image))
-        shown = [photo for photo in photos if not same_picture(photo, style)]
-        if photos and not shown:
-            log.warning("no stylized photo and no quality report: the held-out photo is the style picture %s "
-                        "itself (hold out other photos: data.val_images)", style)
+        try:
+            shown = held_out_photos(photos, resolve_image_path(str(cfg.style.image)))
+        except StylenetError as err:
+            log.warning("no stylized photo and no quality report: %s", err)
             return
     for photo in shown if single_style else photos:
         try:
