@@ -111,7 +111,10 @@ def naming_output(path: Path, tmp: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno is not None and (err.filename is None or str(err.filename) == str(tmp)):
+        # FFmpeg names the absolute path it was given (stylenet.video.io.ffmpeg_path), ``tmp`` may be relative
+        named = err.filename
+        if err.errno is not None and (named is None or (isinstance(named, str)
+                                                        and os.path.abspath(named) == os.path.abspath(tmp))):
             err.filename = str(path)
         raise
 

@@ -348,6 +348,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     #: what cuts a sample from a photo (subclasses change the cut, not the listing or the stream)
     dataset_class: type[ImageFileDataset] = ImageFileDataset
+    #: what the crop side must be a multiple of: the style network's two stride-2 halvings (sec. 3.1)
+    #: give back its own size only then
+    size_multiple: int = 4
 
     def __init__(self, source: str = "demo", root: str | None = None, image_size: int = 256,
                  batch_size: int = 4, num_workers: int = 0, val_images: int = 4, seed: int = 0,
@@ -371,9 +374,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
             raise StylenetError(f"data.num_workers must be >= 0, got {num_workers}")
         if val_images < 0:
             raise StylenetError(f"data.val_images must be >= 0 (0: no validation), got {val_images}")
-        if image_size < MIN_IMAGE_SIZE or image_size % 4:
-            raise StylenetError(f"data.image_size must be a multiple of 4 and at least {MIN_IMAGE_SIZE}, "
-                                f"got {image_size}")
+        if image_size < MIN_IMAGE_SIZE or image_size % self.size_multiple:
+            multiple = f"a multiple of {self.size_multiple} and " if self.size_multiple > 1 else ""
+            raise StylenetError(f"data.image_size must be {multiple}at least {MIN_IMAGE_SIZE}, got {image_size}")
         if scale_size is not None and scale_size < image_size:
             raise StylenetError(f"data.scale_size must be null or >= data.image_size ({image_size}), got {scale_size}")
         if scale_size is not None and source == "shards":
@@ -636,6 +639,7 @@ class SuperResolutionDataModule(ImageFolderDataModule):
     """
 
     dataset_class = SuperResolutionPatches
+    size_multiple = 1  # a multiple of the factor instead (below): x2's 30 px patches are 15 px LR ones
 
     def __init__(self, factor: int = 4, image_size: int = 288, **kwargs: Any) -> None:
         if kwargs.get("scale_size") is not None:

@@ -325,9 +325,13 @@ def _build(path: Path, cls: type[nn.Module], config: dict[str, Any], state: dict
         names, held = style_names(metadata), getattr(net, "styles", 1)
     except StylenetError as err:
         raise StylenetError(f"model file {str(path)!r}: {err}") from None
-    if len(names) != held or len(set(names)) != len(names):  # one distinct name per row of the norm tables
+    if len(names) != held:  # one name per row of the norm tables
         raise StylenetError(f"model file {str(path)!r} does not match its network: it holds {held} style(s), "
                             f"its metadata names {names}")
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:  # an edited file: the network is whole, the outputs of two styles would be one file
+        raise StylenetError(f"model file {str(path)!r} names two styles {shared[0]!r} (its metadata names {names}): "
+                            "each style needs a name of its own")
     return StoredModel(net.eval(), header(net, metadata), str(path))
 
 

@@ -24,29 +24,38 @@ log = logging.getLogger(__name__)
 def style_reports(run_dir: str | Path, model_path: str | Path, photos: Sequence[Path], size: int,
                   on_error: Callable[[str], None] | None = None, shown: Path | None = None
                   ) -> dict[str, dict[str, Path]]:
-    """For every style of ``model_path``: the ``shown`` held-out photo (by default the first) stylized,
-    ``<photo>_<style>.png`` in ``run_dir``, and photo | style | network for the held-out photos, measured, as
-    ``figure.png``, ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image
-    cannot be read gets no report (a warning); the model file is written already. A photo left out is
-    passed to ``on_error`` (one line), for each style."""
+    """For every style of ``model_path``: the ``shown`` held-out photo (by default the first; the next one
+    for the style whose picture it is) stylized, ``<photo>_<style>.png`` in ``run_dir``, and photo | style |
+    network for the held-out photos but the style's own picture, measured at the style size the style was
+    trained at (its record's, in a file grown by ``task=add_style``; else ``size``), as ``figure.png``,
+    ``quality.md`` and ``quality.json`` in ``run_dir/styles/<style>/``. A style whose image cannot be read
+    gets no report (a warning); the model file is written already. A photo left out is passed to
+    ``on_error`` (one line), for each style."""
     shown = shown or photos[0]
     run_dir, stored = Path(run_dir), read_model(model_path, task="style")
     reports: dict[str, dict[str, Path]] = {}
     for record, (name, net) in zip(style_records(stored.metadata), stored.style_networks(), strict=True):
-        try:  # at the photo's own size, within stylenet-stylize's memory budget, as a single style's run
-            save_image(run_dir / f"{shown.stem}_{name}.png",
-                       InferenceModel(net, precision="fp32").transform(load_rgb(shown)))
-        except (StylenetError, RuntimeError) as err:
-            log.warning("no stylized held-out photo for style %s: %s", name, first_line(err))
         try:  # demo:<name> too: that photo is the style here, no held-out photo (a single style's report, alike)
             picture = resolve_image_path(str(record.get("image")))
         except StylenetError:
             picture = None
         try:
             held_out = photos if picture is None else held_out_photos(photos, picture)
+        except StylenetError as err:
+            log.warning("no stylized photo and no quality report for style %s: %s", name, first_line(err))
+            continue
+        # the shown photo, or for the style whose picture it is the next held-out one (those before it are unread)
+        later = [photo for photo in held_out if photos.index(photo) >= photos.index(shown)]
+        try:  # at the photo's own size, within stylenet-stylize's memory budget, as a single style's run
+            if later:
+                save_image(run_dir / f"{later[0].stem}_{name}.png",
+                           InferenceModel(net, precision="fp32").transform(load_rgb(later[0])))
+        except (StylenetError, RuntimeError) as err:
+            log.warning("no stylized held-out photo for style %s: %s", name, first_line(err))
+        try:
             report, rows = run_report(run_dir / "styles" / name, record["image"], held_out,
-                                      [network_method("network", net)], size=size, images="quality",
-                                      on_error=on_error)
+                                      [network_method("network", net)], size=int(record.get("style_size") or size),
+                                      images="quality", on_error=on_error)
         except (StylenetError, OSError) as err:
             log.warning("no quality report for style %s: %s", name, first_line(err))
             continue

@@ -121,8 +121,10 @@ def parse_blend(text: str) -> dict[str, float]:
 
 def blend_label(blend: Mapping[str, float]) -> str:
     """The name of a blend in output file names: ``a0.7+b0.3``; each weight as Python's shortest spelling of
-    it, so that two blends name two files (``:g``'s six digits gave 0.1234567 and 0.1234568 one name)."""
-    return "+".join(f"{name}{repr(float(weight)).removesuffix('.0')}" for name, weight in blend.items())
+    it, so that two blends name two files (``:g``'s six digits gave 0.1234567 and 0.1234568 one name); an
+    exponent without its ``+`` (``1e20``), which would read as the separator."""
+    return "+".join(f"{name}{repr(float(weight)).removesuffix('.0').replace('e+', 'e')}"
+                    for name, weight in blend.items())
 
 
 def choice_weights(names: Sequence[str], choice: StyleChoice, where: str) -> tuple[str, list[float]]:

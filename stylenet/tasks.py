@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -607,6 +608,13 @@ class AddStyleTask(StyleTransferTask):
                  **kwargs: Any) -> None:
         if "images" in style:
             raise StylenetError("task=add_style adds one style: pass style.image=new.jpg, not style.images")
+        if not isinstance(base, str) or not base.strip():  # null, 42, '': a TypeError, or the folder '.'
+            raise StylenetError(f"task.base must name the model file to grow (task.base=/path/to/model.safetensors), "
+                                f"got {base!r}")
+        if URL.match(base):
+            raise StylenetError(f"task.base must be a local file, got {base!r}: URLs are not downloaded (download it "
+                                "and pass its path)")
+        base = os.path.expanduser(base)  # (recorded so: save_hyperparameters reads the arguments from here)
         # the setting that gave the name, for the errors about it (build_network checks it against the base's);
         # '' or 0 is a name given, refused or kept as for one style, not the image's stem
         given = style_name if style_name is not None else style.get("name")

@@ -149,6 +149,12 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("style=multi +style.image=demo:gravel", "style.image ('demo:gravel') and style.images are both set"),  # ignored
     ("task=add_style task.base=/no/such.safetensors style.image=demo:gravel",
      "task.base: model file '/no/such.safetensors' does not exist"),
+    # null and 42 were TypeErrors, '' the folder '.'
+    ("task=add_style task.base=null style.image=demo:gravel", "task.base must name the model file to grow"),
+    ("task=add_style task.base=42 style.image=demo:gravel", "task.base must name the model file to grow"),
+    ("task=add_style task.base='' style.image=demo:gravel", "task.base must name the model file to grow"),
+    ("task=add_style task.base=https://x/y.safetensors style.image=demo:gravel",  # https:/x/y does not exist
+     "task.base must be a local file, got 'https://x/y.safetensors': URLs are not downloaded"),
     ("task=sr model=sr_tiny loss=pixel", "task=sr trains on low- and high-resolution pairs: use experiment=sr_x4"),
     ("task.lr=nan", "task.lr must be a finite number > 0, got nan"),
     ("ckpt_path=last", "resume=must: no valid checkpoint of experiment"),

@@ -169,7 +169,8 @@ def test_gradients_reach_only_the_sampled_style_and_the_shared_weights() -> None
             assert param.grad.abs().max() > 0, name
 
 
-def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, style_image: Path) -> None:
+def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, style_image: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     base = multi_file(tmp_path / "base.safetensors")
     task = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "size": 32},
                         image_size=32)
@@ -193,6 +194,9 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
     assert [record["name"] for record in grown_older.hparams["styles"]] == ["Ink", "ink", "c", "z"]
     with pytest.raises(StylenetError, match=r"^task.style_name: style name 'a/b' must be letters"):
         AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image)}, style_name="a/b")
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ in task.base is the home folder, as in style.image
+    home = AddStyleTask(base="~/base.safetensors", loss=RANDOM_LOSS, style={"image": str(style_image)})
+    assert home.hparams["base"] == str(base)
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
     assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
     for setting, given in (("style_name", ""), ("style", {"image": str(style_image), "name": ""})):
@@ -338,6 +342,7 @@ def test_inference_paths_run_the_chosen_style_or_blend(tmp_path: Path) -> None:
     # two blends, two names: six digits gave these one name, and the second output was refused as a repeat
     assert (model.for_style({"a": 0.1234567, "b": 1}).name, model.for_style({"a": 0.1234568, "b": 1}).name) == (
         "a0.1234567+b1", "a0.1234568+b1")
+    assert model.for_style({"a": 1e20, "b": 1}).name == "a1e20+b1"  # not a1e+20+b1: '+' parts the styles
     with pytest.raises(StylenetError, match=r"holds 3 styles: pass style= one of a, b, c"):
         model.stylize(image)
     with pytest.raises(StylenetError, match=r"'m.safetensors' has no style 'd' \(available: a, b, c\)"):
@@ -512,11 +517,14 @@ def test_a_file_whose_style_names_do_not_fit_its_network_is_refused_and_the_othe
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
     records = [{"name": name, "sha256": None, "image": None} for name in NAMES]
-    bad = {"two_names": records[:2], "duplicates": [records[0], records[0], records[2]]}
-    for label, styles in bad.items():
+    bad = {"two_names": (records[:2], "' does not match its network: it holds 3"),  # an edited file, each
+           "duplicates": ([records[0], records[0], records[2]], f"' names two styles {NAMES[0]!r} (its metadata "
+                          f"names {[NAMES[0], NAMES[0], NAMES[2]]}): each style needs a name of its own")}
+    for label, (styles, said) in bad.items():
         save_model(tmp_path / f"{label}.safetensors", multi_net(), {"task": "style", "styles": styles})
-        with pytest.raises(StylenetError, match=f"{label}.safetensors' does not match its network: it holds 3"):
+        with pytest.raises(StylenetError) as refused:
             read_model(tmp_path / f"{label}.safetensors")
+        assert str(refused.value).startswith(f"model file '{tmp_path / label}.safetensors{said}"), refused.value
     good = save_model(tmp_path / "good.safetensors", TransformerNet(channels=8, residual_blocks=1),
                       {"task": "style", "style_name": "good"})
     photo = make_photo(tmp_path / "photo.png", size=(24, 20))

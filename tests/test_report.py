@@ -597,6 +597,7 @@ def test_a_demo_style_picture_among_the_held_out_photos_is_left_out_without_a_wo
 
     styles = [{"name": name, "sha256": f"{k:064d}", "image": "demo:astronaut" if k == 0 else str(inputs["style"])}
               for k, name in enumerate(NAMES)]
+    styles[1]["style_size"] = SIZE + 16  # grown by task=add_style at another size: measured at its own
     model = save_model(tmp_path / "mm.safetensors", multi_net(), {"task": "style", "style_name": "multi",
                                                                    "styles": styles})
     left_out: list[str] = []
@@ -606,6 +607,11 @@ def test_a_demo_style_picture_among_the_held_out_photos_is_left_out_without_a_wo
     photos = {name: [entry["photo"] for entry in json.loads(reports[name]["data"].read_text())["entries"]]
               for name in NAMES}
     assert photos == {NAMES[0]: ["wide"], **{name: ["astronaut", "wide"] for name in NAMES[1:]}}
+    # each style's stylized photo is one of its own held-out photos (the first style's picture was shown once)
+    assert sorted(path.name for path in (tmp_path / "run").glob("*.png")) == sorted(
+        [f"wide_{NAMES[0]}.png", *(f"astronaut_{name}.png" for name in NAMES[1:])])
+    sizes = [json.loads(reports[name]["data"].read_text())["size"] for name in NAMES]
+    assert sizes == [SIZE, SIZE + 16, *[SIZE] * (len(NAMES) - 2)]
 
 
 def test_a_sweep_column_is_labelled_with_its_job_first(tmp_path: Path) -> None:

@@ -151,6 +151,9 @@ def test_data_serves_native_resolution_hr_patches_and_their_lr(tmp_path: Path) -
     with pytest.raises(StylenetError, match=r"leaves 8 px to score at x2 .* use 16 or more"):
         SuperResolutionDataModule(factor=2, image_size=12)
     SuperResolutionDataModule(factor=2, image_size=16)  # 12 px scored: enough
+    # the style network's multiple of 4 is not super-resolution's rule: 30 px at x2 (15 px LR), 21 px at x3
+    assert SuperResolutionDataModule(factor=2, image_size=30).image_size == 30
+    assert SuperResolutionDataModule(factor=3, image_size=21).image_size == 21
     with pytest.raises(StylenetError, match=r"^data.scale_size is not used by super-resolution"):
         SuperResolutionDataModule(factor=4, image_size=32, scale_size=64)
 

@@ -219,7 +219,7 @@ def test_a_scale_beyond_the_free_memory_is_refused_before_it_is_made(
     code, _, err = run(capsys, big, small, "--model", model, "-o", f"{tmp_path / 'out'}/", "--scale", 10)
     assert code == 1 and err == (f"stylenet-stylize: error: {big}: resized to 640x480 px, the image and its output "
                                  "alone need 7.37 MB of memory, but 5 MB is free: ask for a smaller size "
-                                 "(stylenet-stylize: --scale, --max-size)\n"), err
+                                 "(on the command line: --scale, --max-size)\n"), err
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["small_test.png"]  # 320x240: 1.8 MB
 
 

@@ -173,6 +173,24 @@ def test_stylize_then_upscale_runs_the_style_net_at_the_working_size(tmp_path: P
     assert not (tmp_path / "never.png").exists()
 
 
+def test_the_upscaled_output_is_held_against_the_free_memory_before_the_style_pass(
+        tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """stylenet-upscale refused a size whose x4 output would not fit; --upscale made the same output
+    unchecked (a 12 MP photo through an x8 model: 3 Gpx, the allocator's error or the OOM killer). At 40x30,
+    3 x 4 x 40 x 30 x (1 + 16) = 244,800 bytes against 200,000 free; 20x15 (61,200) goes on."""
+    monkeypatch.setattr("stylenet.inference.memory.available_memory", lambda device: 200_000)
+    big, small = make_photo(tmp_path / "big.png", size=(40, 30)), make_photo(tmp_path / "small.png", size=(20, 15))
+    out = tmp_path / "out"
+    assert stylize.main([str(big), str(small), "-m", str(models["style"]), "--upscale", str(models["sr"]),
+                         "-o", f"{out}/"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"stylenet-stylize: error: {big}: resized to 40x30 px, the image and its output alone need "
+                   "0.245 MB of memory, but 0.2 MB is free: ask for a smaller size (on the command line: --scale, "
+                   "--max-size)\n"), err
+    assert [path.name for path in out.iterdir()] == ["small_candy.png"]
+
+
 def test_console_script_runs(tmp_path: Path, models: dict[str, Path]) -> None:
     source = make_photo(tmp_path / "photo.png", size=(20, 16))
     result = subprocess.run([*console_script("stylenet-upscale"), str(source), "--model", str(models["sr"]), "-o",
@@ -232,6 +250,22 @@ def test_frames_through_a_super_resolution_model_blend_with_the_upscaled_frame(m
         streamed = next(model.stylize_frames([frame], **options))
         alone = np.asarray(model.stylize(Image.fromarray(frame), **options))
         assert streamed.shape == (48, 64, 3) and np.abs(streamed.astype(int) - alone).max() <= 1
+
+
+def test_a_style_named_for_a_super_resolution_model_is_refused_as_such(models: dict[str, Path]) -> None:
+    """It was refused as "no style 'candy' (available: stylized)", a name the model goes by nowhere else."""
+    from stylenet import StylenetError, load_model
+
+    model = load_model(models["sr"], device="cpu", precision="fp32", task="sr")
+    photo = Image.new("RGB", (8, 6))
+    for call in (lambda: model.stylize(photo, style="candy"), lambda: model.stylize(photo, style={"candy": 1.0}),
+                 lambda: next(model.stylize_frames([np.zeros((6, 8, 3), np.uint8)], style="candy")),
+                 lambda: model.selected(["candy"])):
+        with pytest.raises(StylenetError) as refused:
+            call()
+        assert str(refused.value) == (f"model file {str(models['sr'])!r} is a super-resolution model (x4): it has no "
+                                      "styles to choose from; leave the style out")
+    assert model.stylize(photo).size == (32, 24)
 
 
 def test_narrow_networks_take_photos_down_to_their_minimum_size(tmp_path: Path, models: dict[str, Path]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -301,7 +302,7 @@ def test_a_max_size_above_an_odd_clip_still_gives_even_sides(tmp_path: Path, mod
 
 def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_path: Path, model_file: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
-    folder = tmp_path / "mixed"
+    folder = tmp_path / "mixed [take 1]"  # the glob said for it matches: its brackets escaped
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(make_scene(32)).save(folder / "photo.png")
     for name in ("a.mp4", "sub/b.MOV", "._a.mp4", ".a.1f2e.tmp.mp4"):  # (hidden files are not counted)
@@ -310,7 +311,11 @@ def test_a_folders_videos_are_named_in_a_note_not_passed_over_in_silence(tmp_pat
     err = capsys.readouterr().err
     assert f"note: folder {str(folder)!r} holds 2 video(s), which a folder does not stylize" in err, err
     # the globs that name them (a phone's .MOV matched no '*.mp4')
-    assert f"({str(folder / '**' / '*.MOV')!r} {str(folder / '**' / '*.mp4')!r})" in err, err
+    globs = [str(tmp_path / "mixed [[]take 1]" / "**" / f"*{suffix}") for suffix in (".MOV", ".mp4")]
+    assert f"({globs[0]!r} {globs[1]!r})" in err, err
+    assert stylize_main([globs[1], "-m", str(model_file), "-o", str(tmp_path / "videos")]) == 1  # found, undecodable
+    err = capsys.readouterr().err
+    assert "no files match" not in err and str(folder / "a.mp4") in err, err
     assert [path.name for path in (tmp_path / "out").iterdir()] == ["photo_tiny.png"]
     # so are a phone's HEIC photos and other formats not read here (they were passed over in silence)
     for name in ("IMG_0001.HEIC", "sub/c.avif"):
@@ -726,6 +731,40 @@ def test_an_audio_time_that_goes_back_is_moved_on_as_ffmpeg_moves_it(
     assert len(styled["frames"]) == 24 and styled["audio"] == read_clip(clip)["audio"]
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_audio_packets_without_durations_are_all_kept_in_an_mp4(tmp_path: Path, model_file: Path,
+                                                                 suffix: str) -> None:
+    """Matroska leaves an ALAC track's packet durations out (0 when read); MP4 and MOV end a track where its
+    last packet ends, so its last 4096 samples were cut off. Each packet is timed by the next, the last as
+    long as the one before it."""
+    av = pytest.importorskip("av")
+    clip = tmp_path / "alac.mkv"
+    with av.open(str(clip), "w") as container:
+        video, audio = h264(container, 32), container.add_stream("alac", rate=48000)
+        audio.layout, audio.format = "mono", "s16p"
+        for start in range(0, 6 * 4096, 4096):
+            tone = (np.sin(np.arange(start, start + 4096) / 10) * 8000).astype(np.int16)[None]
+            frame = av.AudioFrame.from_ndarray(tone, format="s16p", layout="mono")
+            frame.sample_rate, frame.pts = 48000, start
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+        write_frames(av, container, video, 12, 32)
+
+    def packets(path: Path) -> list[Any]:
+        with av.open(str(path)) as container:
+            return [(bytes(packet), packet.duration) for packet in container.demux(audio=0) if packet.size]
+
+    def samples(path: Path) -> int:
+        with av.open(str(path)) as container:
+            return sum(frame.samples for frame in container.decode(audio=0))
+
+    assert [duration for _, duration in packets(clip)] == [0] * 6 and samples(clip) == 6 * 4096
+    out = tmp_path / f"styled{suffix}"
+    assert stylize_main([str(clip), "-m", str(model_file), "-o", str(out)]) == 0
+    assert [data for data, _ in packets(out)] == [data for data, _ in packets(clip)]
+    assert samples(out) == 6 * 4096
+
+
 def test_frames_closer_than_the_output_s_time_step_keep_times_of_their_own(tmp_path: Path,
                                                                          model_file: Path) -> None:
     """Two frames 0.33 ms apart in an MP4 (1/90000 s steps) would share one millisecond in Matroska, where a
@@ -948,6 +987,30 @@ def test_video_outputs_are_checked_before_any_work(tmp_path: Path, model_file: P
     with pytest.raises(StylenetError, match="refusing to overwrite input"):  # the Python API
         stylize_video(clip, clip, load_model(model_file))
     assert clip.read_bytes() == b"never decoded"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_full_disk_names_the_output_asked_for_and_leaves_nothing(tmp_path: Path, model_file: Path,
+                                                                   suffix: str) -> None:
+    """The muxer's refusal was replaced by a second error as the file was closed (its trailer, refused again),
+    naming the hidden temporary file by FFmpeg's absolute path. A file size limit stands in for the disk."""
+    make_clip(tmp_path / "clip.mp4", frames=48, size=(64, 64), audio=False, rotation=0)  # run as clip.mp4
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 10, 4 << 10))
+
+    target = out / f"styled{suffix}"
+    result = subprocess.run([*console_script("stylenet-stylize"), "clip.mp4", "-m", str(model_file), "-o",
+                             str(target.relative_to(tmp_path))], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, preexec_fn=small_files)
+    last = result.stderr.strip().splitlines()[-2:]
+    assert result.returncode == 1 and last[0].startswith(
+        f"stylenet-stylize: error: clip.mp4: cannot write {str(target.relative_to(tmp_path))!r}: ") and \
+        last[0].endswith("(File too large)") and ".tmp." not in result.stderr, result.stderr[-2000:]
+    assert not list(out.iterdir())
 
 
 def test_sigterm_leaves_no_temporary_file_and_exits_143(tmp_path: Path, model_file: Path) -> None:

@@ -201,7 +201,10 @@ class Pipeline:
                 quantize: bool, **options: Any) -> LoadedImage:
         """``image`` through the networks in turn (``options``: :meth:`InferenceModel.process`'s)."""
         from stylenet.image import match_histogram
+        from stylenet.inference.memory import check_image_memory
 
+        if size is not None and self.upscaler is not None:  # the upscaler's output, before the style pass
+            check_image_memory(*size, self.scale)
         low_resolution = image
         result = self.model.process(image, controls, size=size, quantize=quantize and self.upscaler is None,
                                     **options)
@@ -306,7 +309,8 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
         if unread:  # a phone's HEIC photos: named, not passed over in silence
             report.note(f"folder {spec!r} holds {unread_photos_note(unread)}")
         if videos:
-            globs = " ".join(repr(str(path / "**" / f"*{suffix}")) for suffix in sorted({v.suffix for v in videos}))
+            globs = " ".join(repr(os.path.join(glob.escape(str(path)), "**", f"*{suffix}"))  # take[1]/: a class
+                             for suffix in sorted({v.suffix for v in videos}))
             report.note(f"folder {spec!r} holds {len(videos)} video(s), which a folder does not stylize: name them "
                         f"as files or by a glob ({globs})")
         if not images:

@@ -85,7 +85,7 @@ def check_image_memory(height: int, width: int, scale: int = 1) -> None:
     free = available_memory(torch.device("cpu"))
     if free is not None and needed > free:
         raise StylenetError(f"resized to {width}x{height} px, the image and its output alone need {gigabytes(needed)} "
-                            f"of memory, but {gigabytes(free)} is free: ask for a smaller size (stylenet-stylize: "
+                            f"of memory, but {gigabytes(free)} is free: ask for a smaller size (on the command line: "
                             "--scale, --max-size)")
 
 

@@ -158,6 +158,7 @@ class InferenceModel:
         several styles and unknown names are one-line errors listing the styles."""
         if style is None and not self.multi:
             return self
+        self._check_has_styles()
         if style is None:
             raise StylenetError(f"model file {self.source!r} holds {len(self.styles)} styles: pass style= one "
                                 f"of {', '.join(self.styles)}, or a {{name: weight}} blend")
@@ -179,6 +180,12 @@ class InferenceModel:
             self._by_style[key] = model
         return model
 
+    def _check_has_styles(self) -> None:
+        """A style named for a super-resolution model was refused as not among its styles ("stylized")."""
+        if self.metadata.get("task") == "sr":
+            raise StylenetError(f"model file {self.source!r} is a super-resolution model ({self.name}): it has no "
+                                "styles to choose from; leave the style out")
+
     def selected(self, styles: list[str] | None = None,
                  blends: list[dict[str, float]] | None = None) -> list[InferenceModel]:
         """The models ``stylenet-stylize`` runs: one per style named in ``styles`` and one per blend
@@ -186,6 +193,7 @@ class InferenceModel:
         every style of the model (one, for a single-style model)."""
         if not styles and not blends:
             return [self.for_style(name) for name in self.styles] if self.multi else [self]
+        self._check_has_styles()
         chosen: dict[tuple[object, ...], InferenceModel] = {}
         for choice in [*(styles or []), *(blends or [])]:
             label, weights = choice_weights(self.styles, choice, f"model file {self.source!r}")

@@ -537,6 +537,9 @@ class VideoEncoder:
         self.dropped: list[str] = []
         #: per copied audio stream, the last decoding time muxed (muxers refuse times that go back)
         self._last_dts: dict[int, int] = {}
+        #: per copied audio stream, a packet without a duration, muxed once the next one gives it, and that length
+        self._untimed: dict[int, Any] = {}
+        self._audio_step: dict[int, int] = {}
         self.retimed = 0  # audio packets whose time was moved on by a tick, as FFmpeg's own tools move them
         self.container = av.open(ffmpeg_path(path), "w")
         try:
@@ -649,7 +652,15 @@ class VideoEncoder:
         if item.dts is not None:
             self._last_dts[item.stream_index] = item.dts
         item.stream = stream
-        self._mux(item)
+        held = self._untimed.pop(item.stream_index, None)
+        if held is not None:  # its length: the time to this packet
+            if item.dts is not None and held.dts is not None and item.dts > held.dts:
+                held.duration = self._audio_step[item.stream_index] = item.dts - held.dts
+            self._mux(held)
+        if item.duration:
+            self._mux(item)
+        else:  # Matroska may leave durations out; MP4 and MOV end a track where its last packet ends, and cut
+            self._untimed[item.stream_index] = item  # off a last packet of none: held until the next one times it
         self.audio_packets += 1
 
     def _mux(self, packets: Any) -> None:
@@ -677,11 +688,20 @@ class VideoEncoder:
     def close(self) -> None:
         """Flush the encoder and finish the file."""
         self._mux(self.video.encode(None))
-        self.container.close()
+        for index, held in self._untimed.items():  # a last packet as long as the one before it
+            held.duration = self._audio_step.get(index, 0)
+            self._mux(held)
+        try:
+            self.container.close()  # writes the trailer: a full disk may refuse it too
+        except self.av.FFmpegError as err:
+            raise StylenetError(f"cannot write {str(self.name)!r}: its end could not be written "
+                                f"({err.strerror or type(err).__name__})") from None
 
     def abort(self) -> None:
-        """Close the file without finishing it (it is deleted by the caller)."""
-        self.container.close()
+        """Close the file without finishing it (it is deleted by the caller). Closing writes the trailer, which
+        fails again on a full disk: that second error would hide the first, naming the temporary file."""
+        with contextlib.suppress(self.av.FFmpegError, OSError):
+            self.container.close()
 
 
 def stylize_video(source: str | Path, target: str | Path, model: InferenceModel, *, strength: float = 1.0,
