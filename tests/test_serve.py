@@ -8,6 +8,7 @@ to measure that process's peak memory); models are tiny random networks, photos 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import http.client
 import io
@@ -161,6 +162,8 @@ def test_a_photo_comes_back_stylized_at_full_size_for_each_chosen_model(
         server: StyleServer, tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     photo = make_photo(tmp_path / "in" / "photo.png", size=(70, 45))
+    with Image.open(photo) as first:  # an animation: its first frame, said (as stylenet-stylize says it)
+        first.save(animation := tmp_path / "in" / "anim.gif", save_all=True, append_images=[first.rotate(90)])
     before = {"models": snapshot(tmp_path / "models"), "root": snapshot(tmp_path / "in"),
               "top": sorted(os.listdir(tmp_path))}
     ids = model_ids(address(server))
@@ -169,9 +172,13 @@ def test_a_photo_comes_back_stylized_at_full_size_for_each_chosen_model(
     status, reply = submit(address(server), photo, [ids["tiny"], ids["sub/other"]], "&strength=0.7")
     assert status == 202
     job = finished(address(server), reply["id"])
-    assert job["error"] is None and job["size"] == [70, 45]
+    assert job["error"] is None and job["note"] is None and job["size"] == [70, 45]
     assert [(r["label"], r["download"], r["width"], r["height"]) for r in job["results"]] == [
         ("tiny", "photo_tiny.png", 70, 45), ("sub/other", "photo_other.png", 70, 45)]
+    animated = finished(address(server), submit(address(server), animation, [ids["tiny"]])[1]["id"])
+    assert animated["note"] == "anim.gif holds 2 frames: only the first is stylized", animated
+    assert [r["width"] for r in animated["results"]] == [70]
+    assert call_json(address(server), "DELETE", f"/api/jobs/{animated['id']}")[0] == 200
     results = []
     for result in job["results"]:
         status, data, kind = call(address(server), "GET", result["url"])
@@ -537,14 +544,29 @@ def test_model_entries_have_stable_ids_and_one_entry_per_style(models: Path) -> 
     assert len({entry.id for entry in entries}) == 3
 
 
+def test_linked_folders_are_listed_once_and_a_named_pipe_is_passed_over(models: Path, tmp_path: Path) -> None:
+    """A folder of models assembled from links lost the linked folders' models without a word (photo folders
+    are searched through links); a named pipe called x.pth hung every request that lists the models."""
+    make_model(tmp_path / "elsewhere" / "far.safetensors", style="far")
+    (models / "linked").symlink_to(tmp_path / "elsewhere")
+    (models / "loop").symlink_to(models)  # ends, each real folder once
+    (models / "gone.safetensors").symlink_to(tmp_path / "nothing")  # a broken link: an unreadable entry
+    os.mkfifo(models / "pipe.pth")
+    entries = model_entries(models)
+    assert [entry.label for entry in entries] == ["gone", "linked/far", "sub/other", "tiny"]
+    assert [entry.style for entry in entries] == [None] * 4 and file_styles(models / "gone.safetensors") is None
+
+
 def test_loaded_models_are_let_go_least_recently_used_first_beyond_their_bytes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every model file a page had used stayed loaded, outside the memory plan: 40 paper-width models took
     the server past --memory-limit before any photo. Those kept hold at most LOADED_MODEL_BYTES of weights
     (here room for two tiny ones), the least recently used let go first; a model let go loads again."""
+    from stylenet import modelfile
     from stylenet.inference import InferenceModel
     from stylenet.serve import catalog as catalog_module
     from stylenet.serve.catalog import Catalog
+    from tests.test_export_formats import ExamplesNet
     from tests.test_multistyle import multi_file
 
     for index in range(4):
@@ -560,6 +582,24 @@ def test_loaded_models_are_let_go_least_recently_used_first_beyond_their_bytes(
     assert catalog.load(entries[0]) is first  # m0 used last now: m1 is the least recently used
     catalog.load(entries[2])  # three would pass the bytes: m1 is let go, m0 kept
     assert catalog.load(entries[0]) is first and catalog.load(entries[1]) is not second
+    # a file whose weights alone pass them is refused, not loaded beside them (the current model stayed loaded
+    # whatever its size): a model file by its size, before it is read; a pickle by its network, once read
+    monkeypatch.setattr(catalog_module, "LOADED_MODEL_BYTES", first.weight_bytes - 1)
+    big = make_model(tmp_path / "models" / "big.safetensors", style="big")
+    checkpoint = tmp_path / "models" / "big.pth"  # pytorch/examples' paper-width network
+    torch.save(ExamplesNet().state_dict(), checkpoint)
+    for path in (big, checkpoint):
+        entry = next(entry for entry in catalog.entries() if entry.file == path)
+        with pytest.raises(StylenetError) as refused:
+            catalog.load(entry)
+        net = modelfile.read_model(path).net
+        held = (path.stat().st_size if path == big else
+                sum(tensor.numel() * 4 for tensor in (*net.parameters(), *net.buffers()))) / 2**20
+        assert str(refused.value) == (f"model file 'models/{path.name}' holds {held:.0f} MB of weights, more than "
+                                      f"this server keeps loaded within --memory-limit (0 MB): stylize with "
+                                      "stylenet-stylize"), refused.value
+    monkeypatch.setattr(catalog_module, "LOADED_MODEL_BYTES", 8 * 2**20)  # the paper's network: 6.4 MB, loaded
+    assert catalog.load(next(entry for entry in catalog.entries() if entry.file == checkpoint)).weight_bytes > 6e6
     # a file of several styles holds its styles' single-style networks too
     multi = InferenceModel.from_file(multi_file(tmp_path / "multi.safetensors"), device="cpu", precision="fp32")
     alone = multi.weight_bytes
@@ -1012,6 +1052,39 @@ def test_a_stalled_upload_gives_its_place_in_the_queue_back(server_config: Serve
         status, reply = submit(address(server), make_photo(tmp_path / "p.png"), [tiny])
         assert status == 202 and finished(address(server), reply["id"])["results"][0]["width"] == 80
         assert list(server.jobs.root.iterdir()) == [server.jobs.root / reply["id"]]  # the stalled job's folder went
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_upload_that_trickles_in_gives_its_place_in_the_queue_back(server_config: ServeConfig, tmp_path: Path,
+                                                                       one_thread: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte now and then never lets a read stall, and held the only place for ever (every other photo got
+    503): once the upload has run for Handler.timeout, it must have averaged MIN_UPLOAD_RATE."""
+    from stylenet.serve.handler import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    server_config.workers, server_config.queue = 1, 0
+    server = start(server_config)
+    try:
+        tiny = model_ids(address(server))["tiny"]
+        with socket.create_connection(address(server)) as trickle:
+            trickle.sendall(f"POST /api/jobs?models={tiny}&name=a.png HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            "Content-Length: 100000\r\n\r\na".encode())
+            deadline = time.monotonic() + TIMEOUT_S
+            while server.gate.admitted == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.gate.admitted == 1
+            sent = 1
+            with contextlib.suppress(OSError):  # a byte every 0.1 s, until the server hangs up
+                while server.gate.admitted and time.monotonic() < deadline:
+                    trickle.sendall(b"b")
+                    sent += 1
+                    time.sleep(0.1)
+            assert server.gate.admitted == 0 and sent < 40, sent  # dropped after about 0.5 s, its place back
+        status, reply = submit(address(server), make_photo(tmp_path / "p.png"), [tiny])
+        assert status == 202 and finished(address(server), reply["id"])["results"][0]["width"] == 80
     finally:
         server.shutdown()
         server.server_close()

@@ -389,19 +389,12 @@ def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS, 
     if not is_dir:
         raise ImageError(f"no such image file or folder: {str(base)!r}")
     found: list[Path] = []
-    walked: set[str] = set()
     runs: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in walked:  # a second link to a folder already listed, or a link loop
-            dirnames[:] = []
-            continue
-        walked.add(real)
+    for dirpath, dirnames, filenames in walk_folders(base):
         if skip_runs and dirpath != str(base) and (".hydra" in dirnames or "multirun.yaml" in filenames):
             runs.append(dirpath)
             dirnames[:] = []
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # which link comes first: fixed
         for name in filenames:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes:
                 found.append(Path(dirpath) / name)
@@ -409,6 +402,22 @@ def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS, 
         log.warning("left out %d folder(s) under %s that hold a run's outputs, not photos: %s", len(runs), base,
                     ", ".join(os.path.relpath(run, base) for run in runs[:3]) + (", ..." if len(runs) > 3 else ""))
     return sorted(found, key=lambda p: p.relative_to(base).parts)
+
+
+def walk_folders(base: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(base)``, following links to folders (a dataset, or a folder of models, is often assembled
+    from links), each real folder once, so that a link loop ends; hidden folders are not entered, the
+    others in a fixed order. The caller may empty the ``dirnames`` it is given (before they are filtered:
+    a run's ``.hydra``) to go no deeper there."""
+    walked: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:  # a second link to a folder already listed, or a link loop
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        yield dirpath, dirnames, filenames
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # which link comes first: fixed
 
 
 def read_image_size(path: str | Path, *, apply_exif: bool = True) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stylenet.errors import StylenetError
+from stylenet.image.read import walk_folders
 from stylenet.modelfile import READ_SUFFIXES, is_safetensors, read_header, read_model
 from stylenet.styles import StyleChoice, blend_label, style_names
 
@@ -121,13 +122,32 @@ def check_pickle_size(path: Path) -> None:
                             "with stylenet-export)")
 
 
+def check_weights_fit(path: Path, weight_bytes: int | None = None) -> None:
+    """Refuse a model whose weights alone pass :data:`LOADED_MODEL_BYTES` (one line): the memory plan sets that
+    much aside for models, and the model in use stays loaded whatever its size (a 320-channel network's 664 MB
+    took the server 0.7 GB past --memory-limit). A model file (.safetensors) is judged by its size before it is
+    read, a pickle by its network's ``weight_bytes`` once read (within :data:`LARGEST_PICKLED_MODEL`)."""
+    if weight_bytes is None:
+        try:
+            weight_bytes = path.stat().st_size if is_safetensors(path) else 0
+        except OSError:  # left to the reader, which says what is wrong with it
+            return
+    if weight_bytes > LOADED_MODEL_BYTES:
+        raise StylenetError(f"model file {str(path)!r} holds {weight_bytes / 2**20:.0f} MB of weights, more than "
+                            f"this server keeps loaded within --memory-limit ({LOADED_MODEL_BYTES // 2**20} MB): "
+                            "stylize with stylenet-stylize")
+
+
 def model_files(folder: Path) -> list[Path]:
-    """Model files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    """Model files under ``folder``, recursively (through links to folders, as photo folders are searched),
+    sorted; hidden files and folders skipped, and what is there but no file (a named pipe, whose reading
+    waits for a writer: it hung every request that lists the models). A broken link is listed: an
+    entry that says it cannot be read."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / name for name in filenames
-                  if not name.startswith(".") and Path(name).suffix.lower() in READ_SUFFIXES]
+    for dirpath, _, filenames in walk_folders(folder):
+        found += [path for path in (Path(dirpath) / name for name in filenames
+                                    if not name.startswith(".") and Path(name).suffix.lower() in READ_SUFFIXES)
+                  if path.is_file() or not path.exists()]
     return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
@@ -242,7 +262,9 @@ class Catalog:
                 cached = self._loaded.pop(entry.file, None)  # put back last: the least recently used goes first
                 if cached is None or cached[0] != stamp:
                     check_pickle_size(entry.file)
+                    check_weights_fit(entry.file)
                     cached = stamp, load_inference_model(str(entry.file), "style", self.options)
+                    check_weights_fit(entry.file, cached[1].weight_bytes)
                 self._loaded[entry.file] = cached
                 model = cached[1].for_style(entry.choice())
                 self._let_go()

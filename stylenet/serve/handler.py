@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -63,6 +64,9 @@ CHUNK = 1 << 20
 STALLED_S = 30.0
 #: Bytes of a result written at a time: a client that takes 2 KB/s or more is never dropped.
 SEND_CHUNK = 64 << 10
+#: Bytes per second an upload must average once it has run for :data:`STALLED_S`: a trickle (a byte every
+#: 20 s) never stalls a read, and held its place in the queue for ever.
+MIN_UPLOAD_RATE = 2000
 
 
 def is_loopback(host: str) -> bool:
@@ -329,14 +333,19 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             raise HttpError(413, f"{name!r} is {millions(length)} MB; this server takes uploads up to "
                                  f"{millions(limit)} MB (stylenet-serve --max-upload)")
+        started, received = time.monotonic(), 0
         try:
             with open(target, "wb") as handle:
                 while self._unread > 0:
-                    chunk = self.rfile.read(min(CHUNK, self._unread))
+                    chunk = self.rfile.read1(min(CHUNK, self._unread))  # what has arrived: the rate is checked
                     if not chunk:
                         raise HttpError(400, f"upload of {name!r} was cut short")
                     handle.write(chunk)
                     self._unread -= len(chunk)
+                    received += len(chunk)
+                    elapsed = time.monotonic() - started
+                    if elapsed > self.timeout and received < MIN_UPLOAD_RATE * elapsed:
+                        raise TimeoutError(f"upload of {name!r} arrived under {MIN_UPLOAD_RATE} bytes/s")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             raise  # the browser's, not the folder's (see _refuse)
         except OSError as err:

@@ -65,6 +65,7 @@ class PhotoJob:
     size: tuple[int, int] | None = None  # (width, height) of the photo, once read
     results: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None  # what the page says beside the results (an animation's later frames left out)
 
     @property
     def upload(self) -> Path:
@@ -78,7 +79,7 @@ class PhotoJob:
         return {"id": self.id, "name": self.name, "state": self.state, "size": self.size,
                 "progress": {"model": self.current, "models": len(self.entries), "done": self.done,
                              "total": self.total},
-                "results": self.results, "error": self.error}
+                "results": self.results, "error": self.error, "note": self.note}
 
     def progress(self, done: int, total: int) -> None:
         """The progress callback of :meth:`InferenceModel.transform` (passes of the current model)."""
@@ -100,6 +101,8 @@ def run_photo_job(job: PhotoJob, catalog: Catalog, plan: MemoryPlan) -> None:
     finally:
         job.upload.unlink(missing_ok=True)
     job.size = (image.rgb.shape[-1], image.rgb.shape[-2])
+    if image.frames > 1:  # as stylenet-stylize says it
+        job.note = f"{job.name} holds {image.frames} frames: only the first is stylized"
     stem = Path(job.name).stem or "photo"
     for index, entry in enumerate(job.entries):
         if not job.folder.is_dir():  # the job was removed meanwhile (or the server closed)

@@ -143,6 +143,7 @@ function showProgress(view, job) {
 function showResults(view, job, photoUrl) {
   view.bar.remove();
   view.status.textContent = job.size ? `${job.size[0]} × ${job.size[1]}` : "";
+  if (job.note) view.card.append(element("p", { className: "photo-note", textContent: job.note }));
   for (const result of job.results) {
     if (result.error) {
       view.card.append(element("p", { className: "error", textContent: `${result.label}: ${result.error}` }));
