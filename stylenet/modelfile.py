@@ -444,7 +444,7 @@ def checkpoint_metadata(hparams: dict[str, Any], steps: int, source: str = "the 
     metadata = {
         "task": "style",
         "style_name": style.get("name") or style_name_of(style.get("image", "style")),
-        "style_image": str(style["image"]) if style.get("image") else None,
+        "style_image": hparams.get("style_image") or (str(style["image"]) if style.get("image") else None),
         "style_sha256": hparams.get("style_sha256"),
         "style_size": style.get("size"),
         "loss": hparams.get("loss", {}),

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet.errors import StylenetError, first_line
 from stylenet.markdown import table_row
+from stylenet.styles import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -120,19 +121,28 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
         return None
     names = labels(runs, sweep_dir)
     first = measured[0]
-    photos = list(first.quality["photos"])
+    # each held-out photo of any run, as the first run that holds it copied it (runs of another data.root or
+    # data.val_images hold others: each of their outputs in its own row), by name and content
+    held: dict[Path, list[tuple[str, str]]] = {}
+    photo_files: dict[tuple[str, str], Path] = {}
+    for run in measured:
+        for photo, copy in run.quality["photos"].items():
+            key = (photo, file_sha256(run.folder / copy))
+            photo_files.setdefault(key, run.folder / copy)
+            held.setdefault(run.folder, []).append(key)
     # A sweep over the style itself (style.image=a.jpg,b.jpg) shows each run's style above its column;
     # otherwise the one style is a column beside the photos.
     one_style = len({run.quality["style"] for run in measured}) == 1
     rows: list[list[torch.Tensor | None]] = [] if one_style else [
         [None, *(load_rgb(run.folder / run.quality["style_file"]) if run.quality else None for run in runs)]]
-    for photo in photos:
-        row = [load_rgb(first.folder / first.quality["photos"][photo])]
+    for key, photo_file in photo_files.items():
+        row = [load_rgb(photo_file)]
         if one_style:
             row.append(load_rgb(first.folder / first.quality["style_file"]))
         for run in runs:
             outputs = {entry["photo"]: entry["output"] for entry in (run.quality or {}).get("entries", [])}
-            row.append(load_rgb(run.folder / outputs[photo]) if photo in outputs else None)
+            shown = key in held.get(run.folder, []) and key[0] in outputs
+            row.append(load_rgb(run.folder / outputs[key[0]]) if shown else None)
         rows.append(row)
     size = max(int(run.quality["size"]) for run in measured)
     paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
@@ -142,8 +152,13 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
     atomic_write(paths["sheet"], lambda tmp: image.save(tmp, format="PNG"))
 
     shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]
+    same = len({tuple(keys) for keys in held.values()}) == 1
+    over = (f"the held-out photos ({', '.join(photo for photo, _ in held[first.folder])})" if same else
+            "each run's held-out photos (they differ: " + "; ".join(
+                f"{folder.relative_to(sweep_dir).as_posix()}: {', '.join(photo for photo, _ in keys)}"
+                for folder, keys in held.items()) + ")")
     lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
-             f"stylenet.quality over the held-out photos ({', '.join(photos)}); contact sheet: `{sheet}` "
+             f"stylenet.quality over {over}; contact sheet: `{sheet}` "
              f"(photo | style | one column per run, labelled `run: overrides`, {GAP} px gaps).", "",
              table_row(["run", "overrides", *MEASURES, "targets"]), "|" + "---|" * (len(MEASURES) + 3)]
     for run, name in zip(runs, names, strict=True):

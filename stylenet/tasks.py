@@ -425,6 +425,7 @@ class StyleTransferTask(ImageTask):
         self.net: TransformerNet = self.build_network(model, styles)
         if "images" not in style and self.net.styles == 1:  # one style: as before multi-style networks
             self.hparams["style_sha256"] = styles[0].sha256
+            self.hparams["style_image"] = styles[0].spec  # absolute: a run from another folder finds it (add_style)
         try:
             self.loss.set_style([s.image for s in styles], separate=self.multi)
         except StylenetError as err:  # too small once its long side is style.size

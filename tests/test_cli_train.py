@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -121,6 +122,10 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("seed=abc", "seed must be a whole number from 0 to 2**32 - 1, got 'abc'"),
     ("seed=-5", "seed must be a whole number from 0 to 2**32 - 1, got -5"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval must be a whole number of steps > 0"),
+    ("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps must be a whole number of steps > 0, got 'abc'"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a whole number of steps > 0, got 0"),  # no
+    ("trainer.log_every_n_steps=2.5", "trainer.log_every_n_steps must be a whole number of steps > 0, got 2.5"),  # log
+    ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be a whole number of batches > 0"),
     ("trainer.val_check_interval=0.5", "trainer.val_check_interval must be a whole number of steps > 0 (the photo "
      "stream has no epochs to share), got 0.5"),  # Lightning's refusal, with a hint about GPUs
     ("data.image_size=30", "data.image_size must be a multiple of 4 and at least 8, got 30"),
@@ -670,3 +675,29 @@ def test_a_log_line_naming_a_file_whose_name_is_not_utf8_is_written_escaped(tmp_
         root.handlers = others
         handler.close()
     assert (tmp_path / "train.log").read_bytes() == b"stylized caf\\udce9.jpg\n"
+
+
+def test_a_sweep_job_that_fails_unforeseen_is_one_line_and_the_sweep_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Any error but ours (a batch size out of GPU memory, say) in one job was re-raised by Hydra's sweeper:
+    the jobs after it never ran and the sweep's report was never written. It is reported as a refused job
+    is, and counted for the exit status; outside a sweep it stays the traceback of a bug."""
+    from hydra.types import RunMode
+
+    from stylenet.cli import train as train_cli
+    from tests.test_fault_tolerance import compose_run
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_cli, "train", out_of_memory)
+    monkeypatch.setattr(train_cli, "FAILED_SWEEP_JOBS", [])
+    cfg = compose_run(tmp_path / "0", "experiment=smoke", "hydra.mode=MULTIRUN", "hydra.job.num=3")
+    assert HydraConfig.get().mode == RunMode.MULTIRUN
+    train_cli.hydra_main(cfg)
+    assert [f"#{cfg.hydra.job.num}"] == train_cli.FAILED_SWEEP_JOBS
+    assert capsys.readouterr().err == (f"stylenet-train: error: sweep job #{cfg.hydra.job.num} ({tmp_path / '0'}): "
+                                       "RuntimeError: CUDA out of memory.\n")
+    cfg = compose_run(tmp_path / "1", "experiment=smoke")
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        train_cli.hydra_main(cfg)

@@ -25,6 +25,7 @@ from stylenet.export import AnySizeNetwork, export_checkpoint
 from stylenet.inference import InferenceModel
 from stylenet.modelfile import ExamplesTransformerNet, checkpoint_metadata, read_header, read_model, save_model
 from stylenet.nets import SuperResolutionNet, TransformerNet
+from tests.conftest import make_photo
 from tests.helpers import signal_self, stops_handled_by
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,6 +273,20 @@ def test_style_model_files_record_the_tasks_own_terms_of_the_objective() -> None
     assert checkpoint_metadata({"styles": [{"name": "a"}], "style": {"images": ["a.png"]}}, 1)["style_image"] is None
     # without a recorded name, the one the task gives the file's stem (stylenet.styles.style_name_of)
     assert checkpoint_metadata({"style": {"image": "art/My Painting.jpg"}}, 1)["style_name"] == "My_Painting"
+
+
+def test_a_style_picture_typed_as_a_relative_path_is_recorded_by_its_absolute_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """style.image=art/p.png was recorded as typed: task=add_style, run from another folder, found no picture
+    for that style's report (style.images were recorded absolute already)."""
+    from stylenet.tasks import StyleTransferTask
+
+    make_photo(tmp_path / "art" / "p.png", size=(40, 40))
+    monkeypatch.chdir(tmp_path)
+    task = StyleTransferTask(model={"channels": 8, "residual_blocks": 1}, loss={"weights": "random"},
+                             style={"image": "art/p.png", "size": 32}, image_size=32)
+    assert task.hparams["style"]["image"] == "art/p.png"  # as typed, for what a resume compares
+    assert checkpoint_metadata(dict(task.hparams), 1)["style_image"] == str(tmp_path / "art" / "p.png")
 
 
 def test_style_name_is_refused_for_a_super_resolution_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -167,6 +167,19 @@ def test_kill_9_then_resume_from_a_new_run_dir_matches_an_uninterrupted_run_bitw
     assert_bitwise_equal(weights(resumed), reference)
 
 
+def test_steps_logged_after_the_last_checkpoint_are_not_shown_twice_once_resumed(tmp_path: Path,
+                                                                                 inputs: list[str]) -> None:
+    """A run killed after its checkpoint at step 4 had logged steps 5-8: resumed in its folder it logs them
+    again, and TensorBoard drew both (a line that goes back). The resumed writer purges them from step 4 on."""
+    run_dir = tmp_path / "smoke" / "run"
+    run_in_process(run_dir, *inputs, "trainer.max_steps=8", "callbacks.export=null")
+    for late in ("step_000008.ckpt", "last.ckpt"):  # as if killed before they were written
+        (run_dir / "checkpoints" / late).unlink()
+    run_in_process(run_dir, *inputs, "trainer.max_steps=8", "callbacks.export=null", "resume=must")
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) == 2
+    assert tensorboard_steps(run_dir) == list(range(8))
+
+
 def test_a_several_styles_run_resumed_from_its_checkpoint_matches_an_uninterrupted_run_bitwise(
         tmp_path: Path, inputs: list[str]) -> None:
     """Each sample's style follows its stream position (StyleTransferTask.batch_styles), so a run of two
@@ -1242,3 +1255,13 @@ def test_a_style_run_without_a_style_term_is_warned_of(style_image: Path, caplog
         StyleTransferTask(model=TINY_MODEL, loss={**RANDOM_LOSS, "style_weight": 0.0}, image_size=32,
                           style={"name": "t", "image": str(style_image), "size": 32})
     assert caplog.text.count("loss.style_weight is 0: this style run has no style term") == 1
+
+
+def test_validation_runs_every_n_steps_when_batches_are_accumulated(tmp_path: Path, inputs: list[str]) -> None:
+    """Lightning counts val_check_interval in batches: with two accumulated a step, validation ran every
+    step instead of every second one (README and the trainer config say steps)."""
+    run_dir = tmp_path / "accumulated"
+    run_in_process(run_dir, *inputs, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                   "+trainer.accumulate_grad_batches=2", "callbacks.export=null")
+    assert tensorboard_steps(run_dir, "val/total") == [1, 3]  # after steps 2 and 4 (TensorBoard's step: 0-based)
+    assert tensorboard_steps(run_dir) == [0, 1, 2, 3]

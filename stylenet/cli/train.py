@@ -37,7 +37,7 @@ from stylenet.cli import (
     report_refusal,
     tolerate_any_file_name_in_log_files,
 )
-from stylenet.errors import EveryRankError, check_seed, first_line, first_rank
+from stylenet.errors import EveryRankError, check_seed, describe, first_line, first_rank
 from stylenet.styles import check_run_name, style_name_of
 
 # Lightning 2.6 on torch 2.14 warns about torch's pytree API on every step; it is not actionable here.
@@ -121,7 +121,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
-    from stylenet.checkpoints import SEED_KEY, FinishedRunError, note_continued, resolve_resume
+    from stylenet.checkpoints import SEED_KEY, FinishedRunError, checkpoint_step, note_continued, resolve_resume
 
     # settings the run reads beyond the task's constructor: removed (~seed, ~style.size), a traceback after the run
     absent = object()
@@ -159,10 +159,11 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
                             f"got {max_steps!r}")
-    interval = cfg.trainer.get("val_check_interval")
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or not interval > 0):
-        raise StylenetError(f"trainer.val_check_interval must be a whole number of steps > 0 (the photo stream has no "
-                            f"epochs to share), got {interval!r}")
+    for setting, unit in (("val_check_interval", "steps > 0 (the photo stream has no epochs to share)"),
+                          ("log_every_n_steps", "steps > 0"), ("accumulate_grad_batches", "batches > 0")):
+        value = cfg.trainer.get(setting)  # log_every_n_steps=abc was fit()'s traceback, 0 logged nothing
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not value > 0):
+            raise StylenetError(f"trainer.{setting} must be a whole number of {unit}, got {value!r}")
     pl.seed_everything(check_seed(cfg.seed, "seed"), workers=True)
     task = build(cfg.task, _convert_="all")
     warm_up = task.hparams.get("identity_steps", 0)
@@ -221,9 +222,18 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     refuse_overwriting(run_dir, callbacks)
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
     # name=2024 is a number to Hydra, and so is logger.name=2024: TensorBoard joins them into a path
-    logger = build(cfg.logger, **{key: str(cfg.logger[key]) for key in ("name", "version")
-                                  if isinstance(cfg.logger.get(key), int)}) if cfg.get("logger") else False
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=logger)
+    logger_settings: dict[str, Any] = {key: str(cfg.logger[key]) for key in ("name", "version")
+                                       if isinstance(cfg.logger.get(key), int)} if cfg.get("logger") else {}
+    if ckpt_path is not None and cfg.get("logger") and str(cfg.logger.get("_target_")).endswith("TensorBoardLogger"):
+        # a run killed after its last checkpoint (kill -9, a lost node) logged steps it trains again: TensorBoard
+        # hides the earlier files' points from the checkpoint's step on (our step N is its N - 1: the first logged
+        # again is the checkpoint's step)
+        logger_settings["purge_step"] = checkpoint_step(Path(ckpt_path))
+    logger = build(cfg.logger, **logger_settings) if cfg.get("logger") else False
+    # Lightning counts val_check_interval in batches: with +trainer.accumulate_grad_batches=N, N of them a step
+    interval, accumulated = cfg.trainer.get("val_check_interval"), cfg.trainer.get("accumulate_grad_batches") or 1
+    in_batches = {"val_check_interval": interval * accumulated} if interval is not None and accumulated > 1 else {}
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=logger, **in_batches)
     relaunched = relaunched_ranks(trainer) if sweep_job else 0
     if relaunched:  # each would run the whole sweep again (and the jobs after the first on one process)
         raise SweepRefusedError(
@@ -430,6 +440,11 @@ def hydra_main(cfg: DictConfig) -> None:
             sys.exit(2)
         # one job of a sweep: the others still run and the sweep's report is written (stylenet.sweep);
         # main() exits non-zero at the end
+        FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
+    except Exception as err:  # a sweep job's unforeseen failure (a batch size out of GPU memory): Hydra re-raised
+        if not sweep_job:     # it, and the other jobs never ran and the sweep's report was never written
+            raise
+        report_refusal("stylenet-train", describe(err, f"sweep job #{HydraConfig.get().job.num} ({run_dir})"))
         FAILED_SWEEP_JOBS.append(f"#{HydraConfig.get().job.num}")
     except KeyboardInterrupt:  # before the first step (ResumableRun handles Ctrl-C from then on), or a second one
         if first_rank():  # every rank of a DDP run gets here on a second Ctrl-C: one line
