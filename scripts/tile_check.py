@@ -17,6 +17,7 @@ the tiled one differently everywhere, which caps their PSNR near 47 dB whatever 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import resource
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import torch  # noqa: E402 - after the path setup
 
 from stylenet import StylenetError, metrics  # noqa: E402
 from stylenet.cli import ErrorReporter, run_reporting_errors  # noqa: E402
-from stylenet.export import write_models  # noqa: E402
+from stylenet.export import ONNX_PACKAGES, write_models  # noqa: E402
 from stylenet.fastpath import reuse_freed_memory  # noqa: E402
 from stylenet.image import demo_root, load_image, resize  # noqa: E402
 from stylenet.inference import MIN_TILE, PRECISIONS, InferenceModel  # noqa: E402
@@ -121,19 +122,30 @@ def check_export(folder: Path) -> None:
         print(f"export {suffix}: {time.perf_counter() - start:.1f} s")
 
 
+#: what the script measures, in the order it runs them by default
+CHECKS = ("psnr", "speed", "export", "large")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tile_check.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checks", nargs="*", default=["psnr", "speed", "export", "large"],
-                        choices=["psnr", "speed", "export", "large"])
+    # (no choices=: Python 3.11's argparse checked the default list against them, and the plain command failed)
+    parser.add_argument("checks", nargs="*", metavar="CHECK", help=f"{', '.join(CHECKS)} (default: all of them)")
     parser.add_argument("--size", type=int, default=1024, help="photo side for psnr and speed")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="precision of the psnr check (default: fp32, so that it measures the seams)")
     parser.add_argument("--large", type=int, default=8000, help="image side for the memory check")
     args = parser.parse_args(argv)
+    args.checks = args.checks or list(CHECKS)
+    unknown = [check for check in args.checks if check not in CHECKS]
+    if unknown:
+        parser.error(f"no check {unknown[0]!r} (choose from {', '.join(CHECKS)})")
     if args.size < 1 or args.large < 1 or args.tile < MIN_TILE:
         parser.error(f"--size and --large must be >= 1 px and --tile >= {MIN_TILE} px")
+    missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if "export" in args.checks and missing:  # said before the other checks' minutes, not after them
+        parser.error(f"the export check needs {' and '.join(missing)}: pip install -e '.[export]'")
     reuse_freed_memory()  # as stylenet-stylize runs on the CPU
 
     def run_checks(error: ErrorReporter) -> None:

@@ -82,9 +82,12 @@ def check_added_keys(cfg: DictConfig, hydra: DictConfig) -> None:
     to avoid), unless an interpolation reads it (``+tag=v1 'name=${tag}_run'``). The other groups' settings
     are constructors' arguments, which refuse unknown names themselves. ``hydra``: the run's Hydra config."""
     roots, overrides = config_roots(hydra), list(hydra.overrides.task)
-    top = set(read_config(roots, "", hydra.job.config_name)) - {"defaults"} | set(hydra.runtime.choices)
+    # the program's own groups: hydra.runtime.choices holds those +group=option appended too (stylenet-gatys took
+    # +trainer=gpu, +model=tiny, +style.size=1024, all of them read by nothing, with exit 0)
+    groups = set(primary_choices(roots, hydra.job.config_name))
+    top = set(read_config(roots, "", hydra.job.config_name)) - {"defaults"} | groups
     style = {key for option in sorted({path.stem for root in roots for path in (root / "style").glob("*.yaml")})
-             for key in read_config(roots, "style", option)} - {"defaults"}
+             for key in read_config(roots, "style", option)} - {"defaults"} if "style" in groups else set()
     text = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))  # unresolved
     for override in overrides:
         if not override.startswith("+"):  # ++key: add or override, so a misspelt key is added as +key is

@@ -122,6 +122,9 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("seed=abc", "seed must be a whole number from 0 to 2**32 - 1, got 'abc'"),
     ("seed=-5", "seed must be a whole number from 0 to 2**32 - 1, got -5"),
     ("trainer.val_check_interval=0", "trainer.val_check_interval must be a whole number of steps > 0"),
+    # an int trained the same batches again each "epoch", a float was Lightning's traceback
+    ("+trainer.limit_train_batches=2", "trainer.limit_train_batches=2 would end epochs of the endless photo stream"),
+    ("+trainer.limit_train_batches=0.5", "trainer.limit_train_batches=0.5 would end epochs"),
     ("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps must be a whole number of steps > 0, got 'abc'"),
     ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a whole number of steps > 0, got 0"),  # no
     ("trainer.log_every_n_steps=2.5", "trainer.log_every_n_steps must be a whole number of steps > 0, got 2.5"),  # log
@@ -468,6 +471,11 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.
     assert capsys.readouterr().err == (f"stylenet-train: error: hydra.run.dir={afile / 'run' / 'one'}: "
                                        f"{str(afile)!r} is a file, not a folder\n")
     refuse_run_dir_file("stylenet-train", [f"hydra.run.dir={tmp_path}", f"hydra.run.dir={tmp_path / 'new'}"])
+    for empty in ("hydra.run.dir=", "hydra.sweep.dir=''"):  # an unset variable: the run filled the current folder
+        with pytest.raises(SystemExit) as exit_info:
+            refuse_run_dir_file("stylenet-train", ["experiment=smoke", empty])
+        assert exit_info.value.code == 2 and capsys.readouterr().err == (
+            f"stylenet-train: error: {empty.partition('=')[0]} is empty: name the run's folder (an unset variable?)\n")
 
 
 def test_a_refused_run_leaves_the_folder_s_hydra_record_as_it_was(tmp_path: Path) -> None:

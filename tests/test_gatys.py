@@ -412,6 +412,15 @@ def test_cli_refuses_an_added_setting_that_nothing_reads(tmp_path: Path, style_i
     assert result.returncode == 2
     assert result.stderr.strip() == ("stylenet-gatys: error: +iteratons: no setting iteratons exists to add (a typo? "
                                      "stylenet-gatys --help lists every setting)")
+    # stylenet-train's groups and style settings (Hydra itself suggests +trainer=gpu for trainer=gpu) were taken
+    # and read by nothing
+    for added in ("+trainer=gpu", "+style.size=1024"):
+        result = run_gatys_cli("content=demo:astronaut", f"styles={style_image}", "loss.weights=random", added,
+                               f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+        key = added.lstrip("+").partition("=")[0]
+        assert result.returncode == 2 and result.stderr.strip() == (
+            f"stylenet-gatys: error: +{key}: no setting {key} exists to add (a typo? stylenet-gatys --help lists "
+            "every setting)"), result.stderr
 
 
 def test_cli_sweep_runs_every_job_when_one_fails(tmp_path: Path, style_image: Path) -> None:

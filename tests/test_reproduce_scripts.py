@@ -440,6 +440,26 @@ def test_tile_check_usage_errors(options: list[str], capsys: pytest.CaptureFixtu
         "tile_check.py: error: --size and --large must be >= 1 px and --tile >= 64 px")
 
 
+def test_tile_check_runs_every_check_by_default_and_refuses_an_unknown_one(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """README's `python scripts/tile_check.py` failed at once, every time: argparse checked the default list
+    against choices. The export check's extra is looked for before minutes of the other checks."""
+    tile_check = load_script("tile_check")
+    ran: list[str] = []
+    for check in ("psnr", "speed", "export", "large"):
+        monkeypatch.setattr(tile_check, f"check_{check}", lambda *args, check=check: ran.append(check))
+    assert tile_check.main([]) == 0 and ran == ["psnr", "speed", "export", "large"]
+    with pytest.raises(SystemExit) as stop:
+        tile_check.main(["seams"])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        "tile_check.py: error: no check 'seams' (choose from psnr, speed, export, large)")
+    monkeypatch.setattr(tile_check.importlib.util, "find_spec", lambda name: None)  # no export extra
+    with pytest.raises(SystemExit) as stop:
+        tile_check.main(["psnr", "export"])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        "tile_check.py: error: the export check needs onnx and onnxscript: pip install -e '.[export]'")
+
+
 def test_tile_check_large_fails_when_stylize_fails(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """It printed "exit 1, 2 s, peak RSS 0.98 GiB" and exited 0 when stylize refused the photo: figures of a

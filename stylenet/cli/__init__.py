@@ -206,7 +206,14 @@ def explicit_run_dir(argv: list[str] | None = None, key: str = "hydra.run.dir") 
 def refuse_run_dir_file(prog: str, argv: list[str] | None = None) -> None:
     """Exit 2 with one line when ``hydra.run.dir=`` on the command line names an existing file, or a
     folder inside one: Hydra creates the run folder before any of our code runs, and reports the clash
-    as a traceback."""
+    as a traceback. An empty one (``hydra.run.dir=$UNSET``) is refused too: Hydra ran in the current folder,
+    which filled with the run's files (in a checkout, its root)."""
+    for item in sys.argv[1:] if argv is None else argv:
+        key, equals, value = item.partition("=")
+        if equals and key.lstrip("+~") in ("hydra.run.dir", "hydra.sweep.dir") and value.strip() in ("", "''", '""'):
+            print(f"{prog}: error: {key.lstrip('+~')} is empty: name the run's folder (an unset variable?)",
+                  file=sys.stderr)
+            sys.exit(2)
     run_dir = explicit_run_dir(argv)
     if run_dir is None:
         return

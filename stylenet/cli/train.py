@@ -159,6 +159,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
                             f"got {max_steps!r}")
+    limit = cfg.trainer.get("limit_train_batches")
+    if limit is not None and limit != 1.0:  # an epoch's end restarted the stream at its start: the same batches again
+        raise StylenetError(f"trainer.limit_train_batches={limit} would end epochs of the endless photo stream, each "
+                            "starting it again at the same photos: trainer.max_steps ends the run")
     for setting, unit in (("val_check_interval", "steps > 0 (the photo stream has no epochs to share)"),
                           ("log_every_n_steps", "steps > 0"), ("accumulate_grad_batches", "batches > 0")):
         value = cfg.trainer.get(setting)  # log_every_n_steps=abc was fit()'s traceback, 0 logged nothing
