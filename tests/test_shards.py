@@ -132,6 +132,16 @@ def test_prepare_fails_on_a_folder_without_a_readable_photo(tmp_path: Path, caps
     assert prepare_cli.main([str(source), "-o", str(tmp_path / "empty"), "--workers", "0", "--no-progress"]) == 2
     assert capsys.readouterr().err.strip() == f"stylenet-prepare: error: {str(source)!r} contains no images"
     assert not (tmp_path / "empty").exists()
+    (source / "IMG_0001.HEIC").write_bytes(b"a phone's photo")  # named, as training names them
+    assert prepare_cli.main([str(source), "-o", str(tmp_path / "empty"), "--workers", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (f"stylenet-prepare: error: {str(source)!r} contains no images (it "
+                                               "holds 1 photo(s) in a format not read here (.heic): convert them to "
+                                               "JPEG or PNG)")
+    make_photo(source / "a.png", size=(40, 40))
+    assert prepare_cli.main([str(source), "-o", str(tmp_path / "one"), "--workers", "0", "--no-progress"]) == 0
+    assert capsys.readouterr().err.strip() == (f"stylenet-prepare: warning: {str(source)!r} holds 1 photo(s) in a "
+                                               "format not read here (.heic): convert them to JPEG or PNG; they are "
+                                               "not in the shards")
 
 
 def test_a_named_pipe_a_huge_photo_and_a_home_relative_output(square_photos: Path, tmp_path: Path,
@@ -154,6 +164,12 @@ def test_a_named_pipe_a_huge_photo_and_a_home_relative_output(square_photos: Pat
     assert prepare_cli.main([str(square_photos), "-o", str(again), "--size", "32", "--workers", "0",
                              "--no-progress"]) == 0
     assert "big.png" not in {entry["path"] for entry in json.loads((again / MANIFEST).read_text())["skipped"]}
+    # and so does the same output folder, run again as the reason advises (it was passed over as done)
+    assert prepare_cli.main([str(square_photos), "--output=~/out", "--size", "32", "--workers", "0",
+                             "--no-progress"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert "big.png" in {relative for shard in manifest["shards"] for relative, _ in shard["sources"]}
+    assert sorted(entry["path"] for entry in manifest["skipped"]) == sorted(set(reasons) - {"big.png"})  # the rest
 
 
 def test_a_damaged_shard_is_a_one_line_error_naming_it(square_photos: Path, tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     of more than ``max_pixels`` is skipped before it is decoded (a possible decompression bomb)."""
     from tqdm import tqdm
 
-    from stylenet.image import list_images
+    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_images, unread_photos_note
 
     if size <= 0 or size % 4 or shard_images < 1 or workers < 0 or max_pixels < 1:
         raise StylenetError(f"--size must be a positive multiple of 4, --shard-images >= 1, --workers >= 0 and "
@@ -127,12 +127,22 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     reason = unwritable(out / MANIFEST)
     if reason:
         raise StylenetError(f"cannot prepare into -o {str(out)!r}: {reason}")
-    files = list_images(source, skip_runs=True)
+    listed = list_images(source, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES), skip_runs=True)  # one walk
+    unread = [path for path in listed if path.suffix.lower() in UNREAD_PHOTO_SUFFIXES]
+    files = [path for path in listed if path.suffix.lower() not in UNREAD_PHOTO_SUFFIXES]
     if not files:  # refused before -o is made: a manifest of nothing would be all it held
-        raise StylenetError(f"{str(source)!r} contains no images")
+        held = f" (it holds {unread_photos_note(unread)})" if unread else ""
+        raise StylenetError(f"{str(source)!r} contains no images{held}")
+    if unread:  # a phone's HEIC photos: said, as training says it, not passed over in silence
+        print(f"{PROG}: warning: {str(source)!r} holds {unread_photos_note(unread)}; they are not in the shards",
+              file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(out, source, size)
     seen = {sha: relative for entry in manifest["shards"] for relative, sha in entry["sources"]}
+    # a photo skipped as unreadable or over --max-pixels is tried again (replaced, or a larger --max-pixels, as
+    # its reason advises); a duplicate stays one
+    manifest["skipped"] = [entry for entry in manifest["skipped"]
+                           if str(entry.get("reason", "")).startswith("duplicate of ")]
     done = {*seen.values(), *(entry["path"] for entry in manifest["skipped"])}
     todo = [path for path in files if path.relative_to(source).as_posix() not in done]
     manifest["complete"] = False

@@ -550,8 +550,9 @@ def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> N
     """Refuse an image of more than ``max_pixels`` pixels before it is decoded (a decompression bomb)."""
     if max_pixels is not None and width * height > max_pixels:
         raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                            "(a possible decompression bomb; max_pixels, --max-pixels on the command line, "
-                            "allows more)", kind=TooManyPixelsError)
+                            "(a possible decompression bomb; a larger limit admits it: --max-pixels on the "
+                            "command line, data.max_pixels in training, max_pixels= in Python)",
+                         kind=TooManyPixelsError)
 
 
 def _load_with_pillow(p: Path, max_pixels: int | None
