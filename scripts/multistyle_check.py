@@ -277,6 +277,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     reason = unwritable(Path(args.out) / "results.json")
     if reason:
         parser.error(f"cannot write into --out {args.out!r}: {reason}")
+    out = Path(args.out)  # another run's results and model files were rewritten, or left beside the new ones
+    earlier = next((path.name for path in (out / "results.json", out / "results.md", *sorted(out.glob("*.safetensors")))
+                    if path.is_file()), None)
+    if earlier is not None and not args.reuse:
+        parser.error(f"--out {args.out!r} holds an earlier run's {earlier}: pass another --out, or --reuse to go on "
+                     "with its model files")
     return args
 
 

@@ -33,11 +33,20 @@ import torch
 from stylenet import StylenetError
 from stylenet.cli import ErrorReporter, run_reporting_errors
 from stylenet.gatys import Progress, check_memory, optimize, parse_comparison_args, read_image, resolve_device
-from stylenet.image import ImageError, crop, list_images, load_rgb, long_side_shape, resize_long_side, resize_short_side
+from stylenet.image import (
+    ImageError,
+    crop,
+    list_images,
+    load_rgb,
+    long_side_shape,
+    resize_long_side,
+    resize_short_side,
+    resolve_image_path,
+)
 from stylenet.inference import run_network
 from stylenet.losses import PerceptualLoss
 from stylenet.modelfile import read_model
-from stylenet.styles import style_records
+from stylenet.styles import file_sha256, style_records
 from stylenet.temporal import split_temporal_weight
 
 PROG = "reproduce_fig5.py"
@@ -97,6 +106,13 @@ def build_objective(model_path: str, args: argparse.Namespace, device: torch.dev
                             "pass --style and --style-size")
     loss = PerceptualLoss(**loss_config).to(device)
     style = read_image(style_spec, "style image (--style)")
+    trained_on = record.get("sha256")  # the recorded path may hold another picture now: another objective
+    if trained_on and file_sha256(resolve_image_path(style_spec)) != trained_on:
+        if args.style is None:
+            raise StylenetError(f"{style_spec!r} is not the picture {model_path!r} was trained on (its sha256 "
+                                "differs): pass that picture with --style")
+        print(f"{PROG}: warning: --style {style_spec!r} is not the picture {model_path!r} was trained on: the "
+              "network's objective is measured against another style", file=sys.stderr)
     # refused before the resize allocates it; its Grams are one forward pass each: no optimiser state
     check_memory(loss, *long_side_shape(*style.shape[-2:], int(style_size)), None, 0, device,
                  setting="--style-size")

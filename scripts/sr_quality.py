@@ -107,15 +107,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if reason:
         parser.error(f"cannot write into --run-dir {args.run_dir!r}: {reason}")
     train = Path(args.run_dir) / "train"
-    if (train / MODEL).is_file():
-        parser.error(f"--run-dir {args.run_dir!r} holds a finished run (train/{MODEL}): pass another --run-dir")
+    resumed = any(resumes(override) for override in args.overrides)
+    if (Path(args.run_dir) / "sr_quality.csv").is_file():
+        parser.error(f"--run-dir {args.run_dir!r} holds a finished measurement (sr_quality.csv): pass another "
+                     "--run-dir")
+    if (train / MODEL).is_file() and not resumed:  # trained, then stopped or failed in the evaluation
+        parser.error(f"--run-dir {args.run_dir!r} holds a trained model not yet evaluated (train/{MODEL}): "
+                     "resume=auto evaluates it, or pass another --run-dir")
     fixed = [override for override in args.overrides  # where the steps after training look for the model
              if override.lstrip("+").partition("=")[0] in ("name", "callbacks.export.path", "callbacks.export",
                                                             "hydra.run.dir")]
     if fixed:
         parser.error(f"{fixed[0]}: the protocol sets the run's name and folder (the model is {MODEL} in "
                      "<--run-dir>/train); pass --run-dir instead")
-    resumed = any(resumes(override) for override in args.overrides)
     if any((train / "checkpoints").glob("*.ckpt")) and not resumed:  # stylenet-train would refuse it, later
         parser.error(f"--run-dir {args.run_dir!r} holds an interrupted run (train/checkpoints/): pass another "
                      "--run-dir, or resume=auto to go on with it")
@@ -134,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
         how, status = stopped_by(stop)
-        print(f"{PROG}: {how}; the same command with resume=auto goes on from the training's checkpoint",
-              file=sys.stderr)
+        print(f"{PROG}: {how}; the same command with resume=auto goes on where it stopped (training from its "
+              "checkpoint, or the evaluation of the trained model)", file=sys.stderr)
         return status
 
 
@@ -145,16 +149,20 @@ def measure(args: argparse.Namespace) -> int:
 
     root = Path(args.run_dir).resolve()
     photos, shards, train_dir = root / "photos", root / "shards", root / "train"
-    photos.mkdir(parents=True, exist_ok=True)
-    for name in DEMO_PHOTOS:
-        link = photos / name
-        if not link.exists() and (demo_root() / name).is_file():
-            link.symlink_to(demo_root() / name)
-    run([*console_script("stylenet-prepare", "stylenet.cli.prepare"), str(photos), "-o", str(shards),
-         "--size", "288", "--workers", "0", "--no-progress"], args.threads)
-    trained = run([*console_script("stylenet-train", "stylenet.cli.train"), "experiment=sr_demo",
-                   "data=shards", f"data.root={shards}", "resume=never", f"hydra.run.dir={train_dir}",
-                   *args.overrides], args.threads)
+    trained = 0.0
+    if (train_dir / MODEL).is_file():  # (resume=auto: parse_args) stopped or failed in the evaluation
+        print(f"{train_dir / MODEL} is trained: evaluating it")
+    else:
+        photos.mkdir(parents=True, exist_ok=True)
+        for name in DEMO_PHOTOS:
+            link = photos / name
+            if not link.exists() and (demo_root() / name).is_file():
+                link.symlink_to(demo_root() / name)
+        run([*console_script("stylenet-prepare", "stylenet.cli.prepare"), str(photos), "-o", str(shards),
+             "--size", "288", "--workers", "0", "--no-progress"], args.threads)
+        trained = run([*console_script("stylenet-train", "stylenet.cli.train"), "experiment=sr_demo",
+                       "data=shards", f"data.root={shards}", "resume=never", f"hydra.run.dir={train_dir}",
+                       *args.overrides], args.threads)
     steps, planned = trained_steps(train_dir)
     if steps < planned:  # trainer.max_time (the preset's cap on a busy machine): a verdict of another model
         raise StepFailed(f"training stopped at step {steps} of trainer.max_steps={planned} (trainer.max_time): no "

@@ -15,6 +15,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import torch
 
+from stylenet import StylenetError
 from stylenet.modelfile import read_header, save_model
 from stylenet.nets import TransformerNet
 from tests.conftest import make_photo
@@ -149,6 +150,30 @@ def test_fig5_needs_the_style_image(tmp_path: Path, style_model: Path, style_ima
                       "--no-plot", "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == ("reproduce_fig5.py: error: style image (--style): cannot read "
                                                f"image '{style_image}': no such file")
+
+
+def test_fig5_refuses_a_recorded_style_picture_that_changed_since_training(
+        tmp_path: Path, style_image: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The file at the recorded path was measured, whatever picture it held now: another style's objective,
+    without a word. An explicit --style of another picture is measured, with a warning."""
+    from stylenet.styles import file_sha256
+
+    trained_on = file_sha256(style_image)
+    make_photo(style_image, size=(64, 64), seed=7)  # the picture replaced since
+    model = save_model(tmp_path / "t.safetensors", TransformerNet(channels=8, residual_blocks=1),
+                       {"task": "style", "style_name": "t", "style_image": str(style_image), "style_sha256": trained_on,
+                        "style_size": 64, "loss": {"weights": "random"}})
+    fig5 = load_script("reproduce_fig5")
+    args = fig5.parse_args(["--model", str(model), "--images", str(tmp_path)])
+    with pytest.raises(StylenetError) as refused:
+        fig5.build_objective(str(model), args, torch.device("cpu"))
+    assert str(refused.value) == (f"{str(style_image)!r} is not the picture {str(model)!r} was trained on (its "
+                                  "sha256 differs): pass that picture with --style")
+    args = fig5.parse_args(["--model", str(model), "--images", str(tmp_path), "--style", str(style_image)])
+    fig5.build_objective(str(model), args, torch.device("cpu"))
+    assert capsys.readouterr().err.strip() == (f"reproduce_fig5.py: warning: --style {str(style_image)!r} is not the "
+                                               f"picture {str(model)!r} was trained on: the network's objective is "
+                                               "measured against another style")
 
 
 def test_fig5_measures_one_style_of_a_several_styles_file(tmp_path: Path, style_image: Path,
@@ -332,6 +357,23 @@ def test_multistyle_check_usage_errors(tmp_path: Path, options: list[str], messa
     assert not (tmp_path / "m").exists()
 
 
+def test_multistyle_check_refuses_an_out_with_an_earlier_runs_results(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run into the same --out rewrote results.json and every model file without a word (and left an
+    earlier run's other styles beside the new results); with --reuse it goes on from them, as documented."""
+    check = load_script("multistyle_check")
+    for earlier in ("results.md", "brick.safetensors"):
+        out = tmp_path / earlier.split(".")[0]
+        out.mkdir()
+        (out / earlier).write_text("an earlier run's")
+        with pytest.raises(SystemExit) as stop:
+            check.parse_args(["--steps", "1", "--out", str(out)])
+        assert stop.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"multistyle_check.py: error: --out {str(out)!r} holds an earlier run's {earlier}: pass another --out, "
+            "or --reuse to go on with its model files")
+        assert check.parse_args(["--steps", "1", "--out", str(out), "--reuse"]).reuse
+
+
 def test_multistyle_check_reuses_only_files_that_record_this_runs_settings(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--reuse keeps a model file whose header records what this run would train; one of other settings
@@ -363,8 +405,10 @@ def test_multistyle_check_reuses_only_files_that_record_this_runs_settings(
     (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--threads", "-3"], "--threads must be >= 1, got -3"),
     (["--run-dir", "afile"], "cannot write into --run-dir '{tmp}/afile': '{tmp}/afile' is a file, not a folder"),
-    (["--run-dir", "done"], "--run-dir '{tmp}/done' holds a finished run (train/sr_demo.safetensors): pass another "
+    (["--run-dir", "done"], "--run-dir '{tmp}/done' holds a finished measurement (sr_quality.csv): pass another "
                             "--run-dir"),
+    (["--run-dir", "trained"], "--run-dir '{tmp}/trained' holds a trained model not yet evaluated "
+                               "(train/sr_demo.safetensors): resume=auto evaluates it, or pass another --run-dir"),
     (["--run-dir", "cut"], "--run-dir '{tmp}/cut' holds an interrupted run (train/checkpoints/): pass another "
                            "--run-dir, or resume=auto to go on with it"),
     # the steps after training look for the model where the protocol puts it: a trained run then failed
@@ -377,18 +421,44 @@ def test_sr_quality_refuses_before_preparing_data(tmp_path: Path, options: list[
     """A --run-dir that is a file or holds a finished or interrupted run (stylenet-train would refuse it only
     after the data preparation), and --threads under 1: one usage line, before any command runs."""
     (tmp_path / "afile").write_text("x")
-    (tmp_path / "done" / "train").mkdir(parents=True)
-    (tmp_path / "done" / "train" / "sr_demo.safetensors").write_bytes(b"finished")
+    for run_dir in ("done", "trained"):
+        (tmp_path / run_dir / "train").mkdir(parents=True)
+        (tmp_path / run_dir / "train" / "sr_demo.safetensors").write_bytes(b"trained")
+    (tmp_path / "done" / "sr_quality.csv").write_text("measured")
     (tmp_path / "cut" / "train" / "checkpoints").mkdir(parents=True)
     (tmp_path / "cut" / "train" / "checkpoints" / "last.ckpt").write_bytes(b"stopped at step 300")
     quality = load_script("sr_quality")
     monkeypatch.setattr(quality, "run", lambda *args: pytest.fail("a step ran"))
-    options = [str(tmp_path / value) if value in ("afile", "done", "cut") else value for value in options]
+    options = [str(tmp_path / value) if value in ("afile", "done", "trained", "cut") else value for value in options]
     with pytest.raises(SystemExit) as stop:
         quality.main([*options, "trainer.max_steps=5", "resume=never"])  # resume=never continues nothing
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "sr_quality.py: error: " + message.format(tmp=tmp_path)
-    assert sorted(path.name for path in (tmp_path / "done").iterdir()) == ["train"]  # no photos/ prepared
+    assert sorted(path.name for path in (tmp_path / "trained").iterdir()) == ["train"]  # no photos/ prepared
+
+
+def test_sr_quality_stopped_in_its_evaluation_evaluates_with_resume_auto(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopped after training, its own advice (resume=auto) was refused as a finished run: only training all
+    2500 steps again gave a verdict. The trained model is evaluated, nothing prepared or trained again."""
+    quality = load_script("sr_quality")
+    train = tmp_path / "sq" / "train"
+    train.mkdir(parents=True)
+    (train / "sr_demo.safetensors").write_bytes(b"trained")
+    ran: list[str] = []
+
+    def run(command: list[str], threads: int) -> float:
+        ran.append(next(part for part in command if "stylenet" in part))
+        (tmp_path / "sq" / "sr_quality.csv").write_text("photo,sr_demo_psnr,bicubic_psnr,sr_demo_ssim,bicubic_ssim\n"
+                                                        "mean,27.0,26.0,0.8,0.7\n")
+        return 1.0
+
+    monkeypatch.setattr(quality, "run", run)
+    monkeypatch.setattr(quality, "held_out_files", lambda run_dir: ["photo.png"])
+    monkeypatch.setattr(quality, "trained_steps", lambda run_dir: (5, 5))
+    assert quality.main(["--run-dir", str(tmp_path / "sq"), "trainer.max_steps=5", "resume=auto"]) == 0
+    assert len(ran) == 1 and "evaluate" in ran[0], ran  # neither stylenet-prepare nor stylenet-train
+    assert "+1.00 dB PSNR" in capsys.readouterr().out
 
 
 def test_sr_quality_passes_sigterm_on_and_gives_no_verdict_on_a_model_trained_short(
