@@ -96,7 +96,7 @@ def check_added_keys(cfg: DictConfig, hydra: DictConfig) -> None:
         group, _, rest = key.partition(".")
         if re.search(r"\$\{\s*\.*" + re.escape(key) + r"(?![\w])", text):  # read through an interpolation
             continue
-        if (not rest and key not in top) or (group == "style" and rest.partition(".")[0] not in style):
+        if group not in top or (group == "style" and rest.partition(".")[0] not in style):  # +resme.mode too
             raise StylenetError(f"{override.partition('=')[0]}: no setting {key} exists to add (a typo? "
                                 f"{hydra.help.app_name} --help lists every setting)")
 

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from stylenet.errors import StylenetError, first_line
 from stylenet.markdown import table_row
-from stylenet.styles import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -121,28 +120,25 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
         return None
     names = labels(runs, sweep_dir)
     first = measured[0]
-    # each held-out photo of any run, as the first run that holds it copied it (runs of another data.root or
-    # data.val_images hold others: each of their outputs in its own row), by name and content
-    held: dict[Path, list[tuple[str, str]]] = {}
-    photo_files: dict[tuple[str, str], Path] = {}
+    # each held-out photo of any run (by name: each run's copy is resized to its own style.size), as the first run
+    # that holds it copied it: runs of another data.val_images or data.root hold others, each output in its row
+    held = {run.folder: list(run.quality["photos"]) for run in measured}
+    photo_files: dict[str, Path] = {}
     for run in measured:
         for photo, copy in run.quality["photos"].items():
-            key = (photo, file_sha256(run.folder / copy))
-            photo_files.setdefault(key, run.folder / copy)
-            held.setdefault(run.folder, []).append(key)
+            photo_files.setdefault(photo, run.folder / copy)
     # A sweep over the style itself (style.image=a.jpg,b.jpg) shows each run's style above its column;
     # otherwise the one style is a column beside the photos.
     one_style = len({run.quality["style"] for run in measured}) == 1
     rows: list[list[torch.Tensor | None]] = [] if one_style else [
         [None, *(load_rgb(run.folder / run.quality["style_file"]) if run.quality else None for run in runs)]]
-    for key, photo_file in photo_files.items():
+    for photo, photo_file in photo_files.items():
         row = [load_rgb(photo_file)]
         if one_style:
             row.append(load_rgb(first.folder / first.quality["style_file"]))
         for run in runs:
             outputs = {entry["photo"]: entry["output"] for entry in (run.quality or {}).get("entries", [])}
-            shown = key in held.get(run.folder, []) and key[0] in outputs
-            row.append(load_rgb(run.folder / outputs[key[0]]) if shown else None)
+            row.append(load_rgb(run.folder / outputs[photo]) if photo in outputs else None)
         rows.append(row)
     size = max(int(run.quality["size"]) for run in measured)
     paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
@@ -152,11 +148,11 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
     atomic_write(paths["sheet"], lambda tmp: image.save(tmp, format="PNG"))
 
     shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]
-    same = len({tuple(keys) for keys in held.values()}) == 1
-    over = (f"the held-out photos ({', '.join(photo for photo, _ in held[first.folder])})" if same else
+    same = len({tuple(photos) for photos in held.values()}) == 1
+    over = (f"the held-out photos ({', '.join(held[first.folder])})" if same else
             "each run's held-out photos (they differ: " + "; ".join(
-                f"{folder.relative_to(sweep_dir).as_posix()}: {', '.join(photo for photo, _ in keys)}"
-                for folder, keys in held.items()) + ")")
+                f"{folder.relative_to(sweep_dir).as_posix()}: {', '.join(photos)}" for folder, photos in held.items())
+            + ")")
     lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
              f"stylenet.quality over {over}; contact sheet: `{sheet}` "
              f"(photo | style | one column per run, labelled `run: overrides`, {GAP} px gaps).", "",

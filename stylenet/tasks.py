@@ -257,8 +257,10 @@ class ImageTask(pl.LightningModule):
         images = batch["images"]
         # an empty batch: every file of it was unreadable
         terms = self.step_terms(batch) if images.numel() else None
-        if not self.step_is_usable(terms, batch):
-            # no TensorBoard point at a step that trained nothing: Lightning logs the on-step values it
+        usable = self.step_is_usable(terms, batch)
+        self.used_batch = self.used_batch or usable  # decided by every rank together: each steps, or none does
+        if not usable or terms is None:  # skipped; or under DDP this rank's batch alone was unreadable
+            # no TensorBoard point from a batch that trained nothing: Lightning logs the on-step values it
             # holds at every logging step, and would log the last used batch's again (its results are
             # the only handle on them)
             if self.trainer._results is not None:
@@ -266,7 +268,6 @@ class ImageTask(pl.LightningModule):
             # Not None (Lightning's skip), which DDP refuses: a zero loss on every trained weight keeps
             # each rank in the gradient all-reduce, and adds nothing to the gradients
             return sum(weight.sum() for weight in self.net.parameters() if weight.requires_grad) * 0.0
-        self.used_batch = True
         self.log_terms("train", terms, len(images))
         return terms["total"]
 
@@ -290,7 +291,9 @@ class ImageTask(pl.LightningModule):
         """Whether to take this optimiser step, applying ``nan_policy``; False skips the batch.
 
         Decided by all ranks together: under DDP a rank that skipped backward alone would leave the
-        others waiting for its gradients forever."""
+        others waiting for its gradients forever. A non-finite loss on any rank skips the step (it would
+        reach every rank's gradients); an unreadable batch only when every rank's is: the others' photos
+        still train (they were thrown away with it)."""
         strategy = self.trainer.strategy
         bad = None
         if terms is not None and not torch.isfinite(terms["total"]):  # one device sync per step
@@ -310,7 +313,7 @@ class ImageTask(pl.LightningModule):
             log.warning("skipping a batch: non-finite loss at step %d: %s", self.global_step, where)
             return False
         self.nan_skips = 0
-        return strategy.reduce_boolean_decision(terms is not None, all=True)
+        return strategy.reduce_boolean_decision(terms is not None, all=False)
 
     def keep_for_grid(self, tag: str, images: torch.Tensor, dim: int = 0) -> None:
         """A validation batch's part of grid ``tag``: the parts are joined along ``dim`` and logged once

@@ -125,6 +125,8 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     # an int trained the same batches again each "epoch", a float was Lightning's traceback
     ("+trainer.limit_train_batches=2", "trainer.limit_train_batches=2 would end epochs of the endless photo stream"),
     ("+trainer.limit_train_batches=0.5", "trainer.limit_train_batches=0.5 would end epochs"),
+    ("+trainer.limit_train_batches=1", "trainer.limit_train_batches=1 would end epochs"),  # one batch an epoch
+    ("+trainer.accumulate_grad_batches=null", "trainer.accumulate_grad_batches must be a whole number of batches"),
     ("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps must be a whole number of steps > 0, got 'abc'"),
     ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a whole number of steps > 0, got 0"),  # no
     ("trainer.log_every_n_steps=2.5", "trainer.log_every_n_steps must be a whole number of steps > 0, got 2.5"),  # log

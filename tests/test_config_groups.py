@@ -162,7 +162,8 @@ def test_an_added_key_that_nothing_reads_is_refused() -> None:
     """+key at the top level or in style is no constructor's argument: a typo there was silently kept
     (+resme=never resumed the run it meant to avoid); keys that exist or an interpolation reads, and the
     other groups', pass here."""
-    for override, key in (("+resme=never", "resme"), ("+style.bogus=1", "style.bogus"), ("++resme=never", "resme")):
+    for override, key in (("+resme=never", "resme"), ("+style.bogus=1", "style.bogus"), ("++resme=never", "resme"),
+                          ("+resme.mode=never", "resme.mode")):  # under no setting at all
         with pytest.raises(StylenetError, match=f"^{re.escape(override.partition('=')[0])}: no setting {key} exists "):
             check_group_choices(train_config("experiment=smoke", override))
     check_group_choices(train_config("experiment=smoke", "++resume=never", "++style.size=64"))  # ++: set if there

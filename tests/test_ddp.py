@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,8 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
 
 def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Path) -> None:
     """Batch size 1, and rank 1's first photo is no image: its batch is empty. Lightning's own skip
-    (training_step returning None) is refused under DDP; every rank must skip that step and go on."""
+    (training_step returning None) is refused under DDP: rank 1 gives a zero loss, and rank 0's photo still
+    trains that step (every rank skipped it, and its good photo was thrown away)."""
     from stylenet.data import StreamSampler
     from stylenet.modelfile import read_model
     from tests.conftest import make_photo
@@ -123,6 +125,8 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert junk.name in (run_dir / "skipped_images.txt").read_text()
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert [state["step"] for state in last["optimizer_states"][0]["state"].values()][:1] == [3]  # Adam: 3 updates
 
 
 def run_with_ctrl_c(tmp_path: Path, rank: int, presses: int) -> tuple[int, str]:

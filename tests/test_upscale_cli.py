@@ -255,6 +255,7 @@ def test_frames_through_a_super_resolution_model_blend_with_the_upscaled_frame(m
 def test_a_style_named_for_a_super_resolution_model_is_refused_as_such(models: dict[str, Path]) -> None:
     """It was refused as "no style 'candy' (available: stylized)", a name the model goes by nowhere else."""
     from stylenet import StylenetError, load_model
+    from stylenet.inference import InferenceModel
 
     model = load_model(models["sr"], device="cpu", precision="fp32", task="sr")
     photo = Image.new("RGB", (8, 6))
@@ -266,6 +267,9 @@ def test_a_style_named_for_a_super_resolution_model_is_refused_as_such(models: d
         assert str(refused.value) == (f"model file {str(models['sr'])!r} is a super-resolution model (x4): it has no "
                                       "styles to choose from; leave the style out")
     assert model.stylize(photo).size == (32, 24)
+    wrapped = InferenceModel(read_model(models["sr"]).net, precision="fp32")  # a network, no model file
+    with pytest.raises(StylenetError, match=r"^this model is a super-resolution model \(x4\): it has no styles"):
+        wrapped.for_style("candy")
 
 
 def test_narrow_networks_take_photos_down_to_their_minimum_size(tmp_path: Path, models: dict[str, Path]) -> None:

@@ -23,6 +23,7 @@ import glob
 import math
 import os
 import re
+import shlex
 import string
 import sys
 import time
@@ -309,7 +310,7 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
         if unread:  # a phone's HEIC photos: named, not passed over in silence
             report.note(f"folder {spec!r} holds {unread_photos_note(unread)}")
         if videos:
-            globs = " ".join(repr(os.path.join(glob.escape(str(path)), "**", f"*{suffix}"))  # take[1]/: a class
+            globs = " ".join(shlex.quote(os.path.join(glob.escape(str(path)), "**", f"*{suffix}"))  # as typed
                              for suffix in sorted({v.suffix for v in videos}))
             report.note(f"folder {spec!r} holds {len(videos)} video(s), which a folder does not stylize: name them "
                         f"as files or by a glob ({globs})")

@@ -159,14 +159,15 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:  # -1 would never end
         raise StylenetError(f"trainer.max_steps must be > 0 (the photo stream is endless: max_steps ends the run), "
                             f"got {max_steps!r}")
-    limit = cfg.trainer.get("limit_train_batches")
-    if limit is not None and limit != 1.0:  # an epoch's end restarted the stream at its start: the same batches again
+    limit = cfg.trainer.get("limit_train_batches")  # (an int 1 or true is one batch an epoch to Lightning)
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):  # each epoch restarted the stream
         raise StylenetError(f"trainer.limit_train_batches={limit} would end epochs of the endless photo stream, each "
                             "starting it again at the same photos: trainer.max_steps ends the run")
     for setting, unit in (("val_check_interval", "steps > 0 (the photo stream has no epochs to share)"),
                           ("log_every_n_steps", "steps > 0"), ("accumulate_grad_batches", "batches > 0")):
         value = cfg.trainer.get(setting)  # log_every_n_steps=abc was fit()'s traceback, 0 logged nothing
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not value > 0):
+        given = value is not None or (setting == "accumulate_grad_batches" and setting in cfg.trainer)
+        if given and (isinstance(value, bool) or not isinstance(value, int) or not value > 0):
             raise StylenetError(f"trainer.{setting} must be a whole number of {unit}, got {value!r}")
     pl.seed_everything(check_seed(cfg.seed, "seed"), workers=True)
     task = build(cfg.task, _convert_="all")

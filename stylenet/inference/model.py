@@ -180,11 +180,22 @@ class InferenceModel:
             self._by_style[key] = model
         return model
 
+    def let_go_of_styles(self, budget: int, keep: InferenceModel | None = None) -> None:
+        """Forget the single-style networks :meth:`for_style` keeps, the least recently used first, but
+        ``keep``, until :attr:`weight_bytes` is at most ``budget`` (a server's memory plan)."""
+        while self.weight_bytes > budget:
+            with self._by_style_lock:
+                victim = next((key for key, model in self._by_style.items() if model is not keep), None)
+                if victim is None:
+                    return
+                del self._by_style[victim]
+
     def _check_has_styles(self) -> None:
         """A style named for a super-resolution model was refused as not among its styles ("stylized")."""
-        if self.metadata.get("task") == "sr":
-            raise StylenetError(f"model file {self.source!r} is a super-resolution model ({self.name}): it has no "
-                                "styles to choose from; leave the style out")
+        if self.metadata.get("task") == "sr" or self.scale > 1:  # (a network wrapped directly has no metadata)
+            what = f"model file {self.source!r}" if self.source else "this model"
+            raise StylenetError(f"{what} is a super-resolution model ({self.name}): it has no styles to choose "
+                                "from; leave the style out")
 
     def selected(self, styles: list[str] | None = None,
                  blends: list[dict[str, float]] | None = None) -> list[InferenceModel]:

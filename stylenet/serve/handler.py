@@ -31,6 +31,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from importlib import resources
@@ -333,19 +334,12 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             raise HttpError(413, f"{name!r} is {millions(length)} MB; this server takes uploads up to "
                                  f"{millions(limit)} MB (stylenet-serve --max-upload)")
-        started, received = time.monotonic(), 0
         try:
             with open(target, "wb") as handle:
-                while self._unread > 0:
-                    chunk = self.rfile.read1(min(CHUNK, self._unread))  # what has arrived: the rate is checked
-                    if not chunk:
-                        raise HttpError(400, f"upload of {name!r} was cut short")
+                for chunk in self._body(f"upload of {name!r}"):
                     handle.write(chunk)
-                    self._unread -= len(chunk)
-                    received += len(chunk)
-                    elapsed = time.monotonic() - started
-                    if elapsed > self.timeout and received < MIN_UPLOAD_RATE * elapsed:
-                        raise TimeoutError(f"upload of {name!r} arrived under {MIN_UPLOAD_RATE} bytes/s")
+            if self._unread > 0:
+                raise HttpError(400, f"upload of {name!r} was cut short")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             raise  # the browser's, not the folder's (see _refuse)
         except OSError as err:
@@ -357,11 +351,28 @@ class Handler(BaseHTTPRequestHandler):
         if self._unread > self.server.config.max_upload:
             self.close_connection = True
             return
+        try:
+            for _ in self._body("the request's body"):
+                pass
+        except TimeoutError:  # a trickle: no answer, and what is left of it is no next request
+            self.close_connection = True
+            raise
+
+    def _body(self, name: str) -> Iterator[bytes]:
+        """What is left of the request body, as it arrives (to the end, or until the browser hangs up); a
+        :class:`TimeoutError` once it has taken :attr:`timeout` s at under :data:`MIN_UPLOAD_RATE` (a byte
+        now and then never stalls a read, and held its place in the queue for ever)."""
+        started, received = time.monotonic(), 0
         while self._unread > 0:
-            chunk = self.rfile.read(min(CHUNK, self._unread))
+            chunk = self.rfile.read1(min(CHUNK, self._unread))  # what has arrived: the rate is checked
             if not chunk:
-                break
+                return
             self._unread -= len(chunk)
+            received += len(chunk)
+            yield chunk
+            elapsed = time.monotonic() - started
+            if elapsed > self.timeout and received < MIN_UPLOAD_RATE * elapsed:
+                raise TimeoutError(f"{name} arrived under {MIN_UPLOAD_RATE} bytes/s")
 
     def _send_json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
