@@ -530,9 +530,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         nothing_read = self.bad_seen == self.samples_seen >= 2 * self.batch_size
         if (self.samples_seen >= 20 * self.batch_size or nothing_read) and fraction > self.max_bad_fraction:
             earlier = f", {self.bad_restored} of them before the resume" if self.bad_restored else ""
-            return (f"{self.bad_seen} of {self.samples_seen} training images were unreadable or unusable "
-                    f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}); "
-                    f"see {self.report_path or 'the log'}")
+            files = sum(not line.startswith("held-out photo") for line in self.bad_listed)  # (by every process)
+            # a small folder draws its one bad file again every epoch: said, or "12 of 80" reads as 12 files
+            return (f"{self.bad_seen} of {self.samples_seen} training samples drawn were unreadable or unusable "
+                    f"({fraction:.1%} > data.max_bad_fraction={self.max_bad_fraction}{earlier}), from {files} "
+                    f"file(s), each counted every time it is drawn: see {self.report_path or 'the log'} (remove "
+                    "them, or raise data.max_bad_fraction)")
         return None
 
     def record_bad_held_out(self, error: str) -> None:

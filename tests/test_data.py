@@ -174,8 +174,10 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path, caplog: pytest.LogCaptu
     assert dm.record_bad(["cannot read image 'a.jpg': truncated"]) is None  # met again, a later epoch
     assert dm.report_path.read_text() == "cannot read image 'a.jpg': truncated\n"  # listed once, counted 6 times
     dm.samples_seen = 104
-    assert dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6).startswith(
-        "12 of 104 training images were unreadable or unusable")
+    assert dm.record_bad(["cannot read image 'b.jpg': truncated"] * 6) == (  # two files, drawn 12 times
+        "12 of 104 training samples drawn were unreadable or unusable (11.5% > data.max_bad_fraction=0.1), from 2 "
+        f"file(s), each counted every time it is drawn: see {dm.report_path} (remove them, or raise "
+        "data.max_bad_fraction)")
     resumed = ImageFolderDataModule(source="folder", root=str(tmp_path), batch_size=1, max_bad_fraction=0.1)
     resumed.report_path = dm.report_path  # a resumed run's list goes on without repeats
     resumed.record_bad(["cannot read image 'b.jpg': truncated", "cannot read image 'c.jpg': truncated"])
@@ -201,7 +203,7 @@ def test_every_process_stops_when_one_finds_too_many_bad_files(tmp_path: Path,
             assert all is False
             return True
 
-    found = "2 of 2 training images were unreadable or unusable (100.0% > data.max_bad_fraction=0.05)"
+    found = "2 of 2 training samples drawn were unreadable or unusable (100.0% > data.max_bad_fraction=0.05)"
 
     def gather(into: list[str | None], mine: str | None) -> None:  # what this process and rank 0 hold
         into[:] = [found, mine]
@@ -233,7 +235,7 @@ def test_a_short_run_whose_first_batches_hold_no_readable_image_stops_at_once(tm
     dm.samples_seen = 8
     # two, and nothing read: no training at all
     assert dm.record_bad(["cannot read image 'e.jpg': truncated"] * 4).startswith(
-        "8 of 8 training images were unreadable or unusable")
+        "8 of 8 training samples drawn were unreadable or unusable")
 
 
 def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_path: Path) -> None:
@@ -250,8 +252,9 @@ def test_a_resumed_datamodule_keeps_counting_bad_files_against_the_budget(tmp_pa
     assert resumed.bad_seen == 2
     resumed.samples_seen = fresh.samples_seen = 21
     assert fresh.record_bad(["cannot read image 'b.jpg': truncated"]) is None  # 1 of 21 alone would pass
-    assert re.match(r"^3 of 21 training images were unreadable or unusable \(14\.3% > data\.max_bad_fraction=0\.1, "
-                    r"2 of them before the resume\)", resumed.record_bad(["cannot read image 'b.jpg': truncated"]))
+    assert re.match(r"^3 of 21 training samples drawn were unreadable or unusable \(14\.3% > "
+                    r"data\.max_bad_fraction=0\.1, 2 of them before the resume\)",
+                    resumed.record_bad(["cannot read image 'b.jpg': truncated"]))
     resumed.load_state_dict({"next_batch": 2, "samples_seen": 4})  # a state without the count starts at 0
     assert resumed.bad_seen == 0 and resumed.next_batch == 2
 

@@ -201,6 +201,8 @@ def test_too_many_bad_photos_on_one_rank_end_the_run_in_that_rank_s_one_line(tmp
     result = run_on_two_processes(tmp_path, "trainer.max_steps=6")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("stylenet-train: error:")]
-    assert errors == [f"stylenet-train: error: 2 of 2 training images were unreadable or unusable (100.0% > "
-                      f"data.max_bad_fraction=0.05); see {run_dir / 'skipped_images.txt'}"], result.stderr[-3000:]
+    assert errors == [f"stylenet-train: error: 2 of 2 training samples drawn were unreadable or unusable (100.0% > "
+                      f"data.max_bad_fraction=0.05), from 2 file(s), each counted every time it is drawn: see "
+                      f"{run_dir / 'skipped_images.txt'} (remove them, or raise data.max_bad_fraction)"], \
+        result.stderr[-3000:]
     assert errors[0].removeprefix("stylenet-train: error: ") in (run_dir / "train_ddp_process_1.log").read_text()

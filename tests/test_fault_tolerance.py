@@ -944,7 +944,8 @@ def test_the_bad_file_count_survives_kill_9_and_resume(tmp_path: Path, inputs: l
 
 def test_too_many_bad_files_stop_the_run_with_the_list_named(tmp_path: Path, inputs: list[str]) -> None:
     fault_folder(tmp_path / "photos")
-    with pytest.raises(StylenetError, match=r"\d+ of \d+ training images were unreadable or unusable .*skipped_images"):
+    with pytest.raises(StylenetError, match=r"\d+ of \d+ training samples drawn were unreadable or unusable "
+                                            r".*skipped_images"):
         run_in_process(tmp_path / "run", *inputs, f"data.root={tmp_path / 'photos'}", "data.batch_size=1",
                        "data.max_bad_fraction=0.1", "trainer.max_steps=100")
 
