@@ -149,8 +149,19 @@ def measure(args: argparse.Namespace) -> int:
 
     root = Path(args.run_dir).resolve()
     photos, shards, train_dir = root / "photos", root / "shards", root / "train"
-    trained = 0.0
+    trained = None
     if (train_dir / MODEL).is_file():  # (resume=auto: parse_args) stopped or failed in the evaluation
+        from omegaconf import OmegaConf
+
+        def settings(overrides: list[str]) -> list[str]:  # all but how to resume
+            return [item for item in overrides if item.lstrip("+").partition("=")[0] not in ("resume", "ckpt_path")]
+
+        # the protocol's three (experiment, data, data.root), then the user's: another trainer.max_steps would
+        # be dropped without a word, the verdict given on the model trained before
+        trained_with = settings([str(item) for item in OmegaConf.load(train_dir / ".hydra" / "overrides.yaml")])[3:]
+        if trained_with != settings(args.overrides):
+            raise StepFailed(f"{train_dir / MODEL} was trained with other overrides ({' '.join(trained_with) or 'none'}"
+                             "): pass those with resume=auto to evaluate it, or another --run-dir")
         print(f"{train_dir / MODEL} is trained: evaluating it")
     else:
         photos.mkdir(parents=True, exist_ok=True)
@@ -171,7 +182,8 @@ def measure(args: argparse.Namespace) -> int:
     evaluated = run([*console_script("stylenet-evaluate-sr", "stylenet.cli.evaluate_sr"),
                      *held_out_files(train_dir), "--model", str(train_dir / MODEL), *tables],
                     args.threads)
-    print(f"training {trained:.0f} s (wall, including start-up), evaluation {evaluated:.0f} s")
+    print(f"training {trained:.0f} s (wall, including start-up), " if trained is not None else "", end="")
+    print(f"evaluation {evaluated:.0f} s")
     with open(root / "sr_quality.csv", newline="") as handle:
         mean = list(csv.DictReader(handle))[-1]
     gain = {k: float(mean[f"sr_demo_{k}"]) - float(mean[f"bicubic_{k}"]) for k in ("psnr", "ssim")}

@@ -78,6 +78,8 @@ class Report:
     size: int
     style_file: str = ""  # the style image as measured (resized PNG)
     photos: dict[str, str] = field(default_factory=dict)  # photo name -> its saved, resized PNG
+    #: photo name -> the file it was read from (a sweep's runs of other data.root may hold others of one name)
+    sources: dict[str, str] = field(default_factory=dict)
     methods: dict[str, dict[str, float]] = field(default_factory=dict)  # method name -> its targets
     entries: list[Entry] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -102,6 +104,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         means = self.means()
         return {"style": self.style, "size": self.size, "style_file": self.style_file, "photos": self.photos,
+                "photo_sources": self.sources,
                 "methods": {name: {"targets": targets, "mean": means.get(name), "met": not self.missed(name)}
                             for name, targets in self.methods.items()},
                 "entries": [entry.as_dict() for entry in self.entries], "errors": self.errors}
@@ -339,6 +342,7 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
             continue
         photo = as_saved(photo)
         report.photos[name] = f"{images}/photo/{name}.png"
+        report.sources[name] = str(path.resolve())
         report.cells[report.photos[name]] = photo
         row: list[torch.Tensor | None] = [photo, style_image]
         for method in methods:

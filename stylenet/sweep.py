@@ -120,25 +120,30 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
         return None
     names = labels(runs, sweep_dir)
     first = measured[0]
-    # each held-out photo of any run (by name: each run's copy is resized to its own style.size), as the first run
-    # that holds it copied it: runs of another data.val_images or data.root hold others, each output in its row
-    held = {run.folder: list(run.quality["photos"]) for run in measured}
-    photo_files: dict[str, Path] = {}
+    # each held-out photo of any run, as the first run that holds it copied it: runs of another data.val_images or
+    # data.root hold others, each output in its row. Known by name and the file it was read from (not by the copy,
+    # resized to each run's own style.size), the name alone in a report from before it recorded them
+    def photo_key(run: Run, photo: str) -> tuple[str, str]:
+        return photo, str(run.quality.get("photo_sources", {}).get(photo, ""))
+
+    held = {run.folder: [photo_key(run, photo) for photo in run.quality["photos"]] for run in measured}
+    photo_files: dict[tuple[str, str], Path] = {}
     for run in measured:
         for photo, copy in run.quality["photos"].items():
-            photo_files.setdefault(photo, run.folder / copy)
+            photo_files.setdefault(photo_key(run, photo), run.folder / copy)
     # A sweep over the style itself (style.image=a.jpg,b.jpg) shows each run's style above its column;
     # otherwise the one style is a column beside the photos.
     one_style = len({run.quality["style"] for run in measured}) == 1
     rows: list[list[torch.Tensor | None]] = [] if one_style else [
         [None, *(load_rgb(run.folder / run.quality["style_file"]) if run.quality else None for run in runs)]]
-    for photo, photo_file in photo_files.items():
+    for key, photo_file in photo_files.items():
         row = [load_rgb(photo_file)]
         if one_style:
             row.append(load_rgb(first.folder / first.quality["style_file"]))
         for run in runs:
             outputs = {entry["photo"]: entry["output"] for entry in (run.quality or {}).get("entries", [])}
-            row.append(load_rgb(run.folder / outputs[photo]) if photo in outputs else None)
+            shown = key in held.get(run.folder, []) and key[0] in outputs
+            row.append(load_rgb(run.folder / outputs[key[0]]) if shown else None)
         rows.append(row)
     size = max(int(run.quality["size"]) for run in measured)
     paths = {"sheet": sweep_dir / sheet, "table": sweep_dir / table}
@@ -149,10 +154,10 @@ def write_sweep_report(sweep_dir: str | Path, sheet: str = "contact_sheet.png", 
 
     shared = [item for item in runs[0].overrides if all(item in run.overrides for run in runs)]
     same = len({tuple(photos) for photos in held.values()}) == 1
-    over = (f"the held-out photos ({', '.join(held[first.folder])})" if same else
+    over = (f"the held-out photos ({', '.join(photo for photo, _ in held[first.folder])})" if same else
             "each run's held-out photos (they differ: " + "; ".join(
-                f"{folder.relative_to(sweep_dir).as_posix()}: {', '.join(photos)}" for folder, photos in held.items())
-            + ")")
+                f"{folder.relative_to(sweep_dir).as_posix()}: {', '.join(photo for photo, _ in keys)}"
+                for folder, keys in held.items()) + ")")
     lines = [f"# Sweep {sweep_dir}", "", f"Shared overrides: `{' '.join(shared) or '(none)'}`. Mean measures of "
              f"stylenet.quality over {over}; contact sheet: `{sheet}` "
              f"(photo | style | one column per run, labelled `run: overrides`, {GAP} px gaps).", "",

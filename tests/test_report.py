@@ -468,8 +468,9 @@ def test_a_sweep_over_the_style_shows_each_runs_style_above_its_column(tmp_path:
 
 def test_a_sweep_whose_runs_hold_other_photos_shows_each_and_says_so(tmp_path: Path) -> None:
     """data.val_images=1,2: the sheet had the first run's photo rows only (run 1's second output left out), and
-    sweep.md said every mean was over the first run's photos. A photo is known by its name: each run's copy is
-    resized to its own style.size (a sweep over it split each photo into a row per run)."""
+    sweep.md said every mean was over the first run's photos. A photo is known by its name and the file it was
+    read from, not its copy (resized to each run's style.size: a sweep over it split each photo into a row per
+    run); by name alone in reports from before they recorded it (runs 0 and 1 here)."""
     size = 8
     fake_style_run(tmp_path / "0", "a.png", {"style": (255, 0, 0), "p": (0, 0, 255), "out_p": (0, 255, 0)}, size)
     fake_style_run(tmp_path / "1", "a.png", {"style": (255, 0, 0), "p": (0, 0, 255), "q": (9, 9, 9),
@@ -484,6 +485,19 @@ def test_a_sweep_whose_runs_hold_other_photos_shows_each_and_says_so(tmp_path: P
     for row, column in ((1, 2), (1, 4)):  # no such output: blank
         assert (cell(sheet, row, column, (size, size), size) == 255).all(), (row, column)
     assert "over each run's held-out photos (they differ: 0: p; 1: p, q; 2: p)" in (tmp_path / "sweep.md").read_text()
+    for run, source in (("1", "/photos/a/p.png"), ("2", "/photos/b/p.png")):  # another data.root: another p
+        record = json.loads((tmp_path / run / "quality.json").read_text())
+        record["photo_sources"] = {"p": source, "q": "/photos/a/q.png"}
+        (tmp_path / run / "quality.json").write_text(json.dumps(record))
+    (tmp_path / "0" / "quality.json").unlink()  # (a run that failed)
+    sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
+    assert sheet.size == (GAP + 5 * (size + GAP), LABEL_HEIGHT + 3 * (size + GAP))  # rows: p of a, q, p of b
+    expected = {(0, 0): (0, 0, 255), (0, 3): (0, 255, 255), (1, 0): (9, 9, 9), (1, 3): (90, 90, 90),
+                (2, 0): (0, 0, 254), (2, 4): (1, 2, 3)}
+    for (row, column), colour in expected.items():
+        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
+    for row, column in ((0, 4), (2, 3)):  # no such output: blank
+        assert (cell(sheet, row, column, (size, size), size) == 255).all(), (row, column)
 
 
 def test_a_sweep_table_says_why_a_run_has_no_measures_and_holds_this_sweeps_runs_only(tmp_path: Path) -> None:
@@ -627,6 +641,8 @@ def test_a_demo_style_picture_among_the_held_out_photos_is_left_out_without_a_wo
     photos = {name: [entry["photo"] for entry in json.loads(reports[name]["data"].read_text())["entries"]]
               for name in NAMES}
     assert photos == {NAMES[0]: ["wide"], **{name: ["astronaut", "wide"] for name in NAMES[1:]}}
+    sources = json.loads(reports[NAMES[1]]["data"].read_text())["photo_sources"]  # what a sweep tells photos by
+    assert sources == {"astronaut": str(astronaut.resolve()), "wide": str(inputs["wide"].resolve())}
     # each style's stylized photo is one of its own held-out photos (the first style's picture was shown once)
     assert sorted(path.name for path in (tmp_path / "run").glob("*.png")) == sorted(
         [f"wide_{NAMES[0]}.png", *(f"astronaut_{name}.png" for name in NAMES[1:])])

@@ -443,8 +443,10 @@ def test_sr_quality_stopped_in_its_evaluation_evaluates_with_resume_auto(
     2500 steps again gave a verdict. The trained model is evaluated, nothing prepared or trained again."""
     quality = load_script("sr_quality")
     train = tmp_path / "sq" / "train"
-    train.mkdir(parents=True)
+    (train / ".hydra").mkdir(parents=True)
     (train / "sr_demo.safetensors").write_bytes(b"trained")
+    (train / ".hydra" / "overrides.yaml").write_text("- experiment=sr_demo\n- data=shards\n- data.root=/x/shards\n"
+                                                     "- resume=never\n- trainer.max_steps=5\n")
     ran: list[str] = []
 
     def run(command: list[str], threads: int) -> float:
@@ -458,7 +460,14 @@ def test_sr_quality_stopped_in_its_evaluation_evaluates_with_resume_auto(
     monkeypatch.setattr(quality, "trained_steps", lambda run_dir: (5, 5))
     assert quality.main(["--run-dir", str(tmp_path / "sq"), "trainer.max_steps=5", "resume=auto"]) == 0
     assert len(ran) == 1 and "evaluate" in ran[0], ran  # neither stylenet-prepare nor stylenet-train
-    assert "+1.00 dB PSNR" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "+1.00 dB PSNR" in out and "training" not in out.replace("is trained", "")
+    # other settings than the model was trained with: not dropped without a word
+    (tmp_path / "sq" / "sr_quality.csv").unlink()  # (stopped in the evaluation again)
+    assert quality.main(["--run-dir", str(tmp_path / "sq"), "trainer.max_steps=9", "resume=auto"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sr_quality.py: error: {train / 'sr_demo.safetensors'} was trained with other overrides "
+        "(trainer.max_steps=5): pass those with resume=auto to evaluate it, or another --run-dir")
 
 
 def test_sr_quality_passes_sigterm_on_and_gives_no_verdict_on_a_model_trained_short(
@@ -481,6 +490,8 @@ def test_sr_quality_passes_sigterm_on_and_gives_no_verdict_on_a_model_trained_sh
     train = tmp_path / "sq" / "train"
     (train / ".hydra").mkdir(parents=True)
     (train / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: 2500\n")
+    (train / ".hydra" / "overrides.yaml").write_text("- experiment=sr_demo\n- data=shards\n- data.root=/x\n"
+                                                     "- resume=never\n")
     save_model(train / "sr_demo.safetensors", TransformerNet(channels=8, residual_blocks=1), {"task": "style",
                                                                                                "steps": 131})
     monkeypatch.setattr(quality, "run", lambda *args: 0.0)
