@@ -35,7 +35,7 @@ from stylenet.image import (
     ImageError,
     crop,
     demo_root,
-    list_images,
+    list_by_kind,
     load_rgb,
     training_sample,
     unread_photos_note,
@@ -426,9 +426,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             root = root / "train2014"
             log.info("data=coco: training on %s, the train2014 folder of the data.root given", root)
         self.listed_root = root
-        listed = list_images(root, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES), skip_runs=True)  # one walk
-        unread = [path for path in listed if path.suffix.lower() in UNREAD_PHOTO_SUFFIXES]
-        files = [path for path in listed if path.suffix.lower() not in UNREAD_PHOTO_SUFFIXES]
+        files, unread = list_by_kind(root, IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, skip_runs=True)
         if not files:
             held = f" (it holds {unread_photos_note(unread)})" if unread else ""
             raise StylenetError(f"data.root {str(root)!r} contains no images{held}")

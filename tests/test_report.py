@@ -46,6 +46,16 @@ def cell(figure: Image.Image, row: int, column: int, shape: tuple[int, int], siz
     return np.asarray(figure)[top:top + height, left:left + width]
 
 
+#: a cell of the contact sheet with no image: the page's white
+BLANK = (255, 255, 255)
+
+
+def assert_sheet_cells(sheet: Image.Image, size: int, colours: dict[tuple[int, int], tuple[int, int, int]]) -> None:
+    """Each (row, column) cell of a contact sheet of flat ``size`` px images is the colour given."""
+    for (row, column), colour in colours.items():
+        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
+
+
 def pixels(image: torch.Tensor) -> np.ndarray:
     return np.asarray(to_pil(image))
 
@@ -454,10 +464,8 @@ def test_a_sweep_over_the_style_shows_each_runs_style_above_its_column(tmp_path:
                    size)
     sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
     assert sheet.size == (GAP + 3 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))
-    expected = {(0, 1): (255, 0, 0), (0, 2): (255, 255, 0), (1, 0): (0, 0, 255), (1, 1): (0, 255, 0),
-                (1, 2): (0, 255, 255)}
-    for (row, column), colour in expected.items():
-        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
+    assert_sheet_cells(sheet, size, {(0, 1): (255, 0, 0), (0, 2): (255, 255, 0), (1, 0): (0, 0, 255),
+                                     (1, 1): (0, 255, 0), (1, 2): (0, 255, 255)})
     # one style for all runs: the style is a column, as before
     (tmp_path / "1" / "quality.json").write_text((tmp_path / "1" / "quality.json").read_text()
                                                  .replace('"style": "b.png"', '"style": "a.png"'))
@@ -478,12 +486,9 @@ def test_a_sweep_whose_runs_hold_other_photos_shows_each_and_says_so(tmp_path: P
     fake_style_run(tmp_path / "2", "a.png", {"style": (255, 0, 0), "p": (0, 0, 254), "out_p": (1, 2, 3)}, size)
     sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
     assert sheet.size == (GAP + 5 * (size + GAP), LABEL_HEIGHT + 2 * (size + GAP))  # rows: p, q
-    expected = {(0, 0): (0, 0, 255), (0, 2): (0, 255, 0), (0, 3): (0, 255, 255), (0, 4): (1, 2, 3),
-                (1, 0): (9, 9, 9), (1, 3): (90, 90, 90)}
-    for (row, column), colour in expected.items():
-        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
-    for row, column in ((1, 2), (1, 4)):  # no such output: blank
-        assert (cell(sheet, row, column, (size, size), size) == 255).all(), (row, column)
+    assert_sheet_cells(sheet, size, {(0, 0): (0, 0, 255), (0, 2): (0, 255, 0), (0, 3): (0, 255, 255),
+                                     (0, 4): (1, 2, 3), (1, 0): (9, 9, 9), (1, 3): (90, 90, 90),
+                                     (1, 2): BLANK, (1, 4): BLANK})  # no such output: blank
     assert "over each run's held-out photos (they differ: 0: p; 1: p, q; 2: p)" in (tmp_path / "sweep.md").read_text()
     for run, source in (("1", "/photos/a/p.png"), ("2", "/photos/b/p.png")):  # another data.root: another p
         record = json.loads((tmp_path / run / "quality.json").read_text())
@@ -492,12 +497,9 @@ def test_a_sweep_whose_runs_hold_other_photos_shows_each_and_says_so(tmp_path: P
     (tmp_path / "0" / "quality.json").unlink()  # (a run that failed)
     sheet = Image.open(write_sweep_report(tmp_path)["sheet"]).convert("RGB")
     assert sheet.size == (GAP + 5 * (size + GAP), LABEL_HEIGHT + 3 * (size + GAP))  # rows: p of a, q, p of b
-    expected = {(0, 0): (0, 0, 255), (0, 3): (0, 255, 255), (1, 0): (9, 9, 9), (1, 3): (90, 90, 90),
-                (2, 0): (0, 0, 254), (2, 4): (1, 2, 3)}
-    for (row, column), colour in expected.items():
-        assert (cell(sheet, row, column, (size, size), size) == colour).all(), (row, column)
-    for row, column in ((0, 4), (2, 3)):  # no such output: blank
-        assert (cell(sheet, row, column, (size, size), size) == 255).all(), (row, column)
+    assert_sheet_cells(sheet, size, {(0, 0): (0, 0, 255), (0, 3): (0, 255, 255), (1, 0): (9, 9, 9),
+                                     (1, 3): (90, 90, 90), (2, 0): (0, 0, 254), (2, 4): (1, 2, 3),
+                                     (0, 4): BLANK, (2, 3): BLANK})
 
 
 def test_a_sweep_table_says_why_a_run_has_no_measures_and_holds_this_sweeps_runs_only(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     of more than ``max_pixels`` is skipped before it is decoded (a possible decompression bomb)."""
     from tqdm import tqdm
 
-    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_images, unread_photos_note
+    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_by_kind, unread_photos_note
 
     if size <= 0 or size % 4 or shard_images < 1 or workers < 0 or max_pixels < 1:
         raise StylenetError(f"--size must be a positive multiple of 4, --shard-images >= 1, --workers >= 0 and "
@@ -127,9 +127,7 @@ def prepare(source: Path, out: Path, size: int = 256, shard_images: int = 1000, 
     reason = unwritable(out / MANIFEST)
     if reason:
         raise StylenetError(f"cannot prepare into -o {str(out)!r}: {reason}")
-    listed = list_images(source, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES), skip_runs=True)  # one walk
-    unread = [path for path in listed if path.suffix.lower() in UNREAD_PHOTO_SUFFIXES]
-    files = [path for path in listed if path.suffix.lower() not in UNREAD_PHOTO_SUFFIXES]
+    files, unread = list_by_kind(source, IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, skip_runs=True)
     if not files:  # refused before -o is made: a manifest of nothing would be all it held
         held = f" (it holds {unread_photos_note(unread)})" if unread else ""
         raise StylenetError(f"{str(source)!r} contains no images{held}")

@@ -289,7 +289,7 @@ def collect_inputs(specs: list[str], report: Report, output: Path) -> list[tuple
 def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
     """The images one input argument stands for (see :func:`collect_inputs`); a folder's videos are
     named in a note, not stylized (minutes each: a video is named as a file or a glob)."""
-    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_images, unread_photos_note
+    from stylenet.image import IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, list_by_kind, unread_photos_note
     from stylenet.video.formats import VIDEO_SUFFIXES
 
     path = Path(spec)
@@ -298,9 +298,7 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
         if written == path.resolve():
             raise StylenetError(f"folder {spec!r} is also -o: a second run would take this run's outputs for "
                                 f"inputs; give -o a folder of its own, such as {str(path / 'out') + os.sep!r}")
-        listed = list_images(path, (*IMAGE_EXTENSIONS, *UNREAD_PHOTO_SUFFIXES, *VIDEO_SUFFIXES))  # one walk
-        images, unread, videos = ([file for file in listed if file.suffix.lower() in suffixes]
-                                  for suffixes in (IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, VIDEO_SUFFIXES))
+        images, unread, videos = list_by_kind(path, IMAGE_EXTENSIONS, UNREAD_PHOTO_SUFFIXES, VIDEO_SUFFIXES)
         if written.is_relative_to(path.resolve()):  # -o inside the folder
             kept = [image for image in images if not image.resolve().is_relative_to(written)]
             if len(kept) < len(images):

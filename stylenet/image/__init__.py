@@ -52,7 +52,7 @@ from stylenet.image.formats import (
     unit_float,
     unread_photos_note,
 )
-from stylenet.image.read import from_pil, list_images, load_image, load_rgb, read_image_size
+from stylenet.image.read import from_pil, list_by_kind, list_images, load_image, load_rgb, read_image_size
 from stylenet.image.resize import (
     crop,
     long_side_shape,
@@ -86,6 +86,7 @@ __all__ = [
     "fitting_icc_profile",
     "from_pil",
     "levels_to_unit_",
+    "list_by_kind",
     "list_images",
     "load_image",
     "load_rgb",

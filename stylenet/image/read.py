@@ -404,6 +404,13 @@ def list_images(root: str | Path, suffixes: Collection[str] = IMAGE_EXTENSIONS, 
     return sorted(found, key=lambda p: p.relative_to(base).parts)
 
 
+def list_by_kind(root: str | Path, *kinds: Collection[str], skip_runs: bool = False) -> list[list[Path]]:
+    """:func:`list_images` of ``root`` for the suffixes of every kind at once (one walk), split by kind: a
+    folder's photos, beside its photos in formats not read here (named, not passed over) and its videos."""
+    listed = list_images(root, [suffix for suffixes in kinds for suffix in suffixes], skip_runs=skip_runs)
+    return [[path for path in listed if path.suffix.lower() in suffixes] for suffixes in kinds]
+
+
 def walk_folders(base: Path) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk(base)``, following links to folders (a dataset, or a folder of models, is often assembled
     from links), each real folder once, so that a link loop ends; hidden folders are not entered, the
