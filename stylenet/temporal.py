@@ -130,7 +130,7 @@ def split_temporal_weight(loss: Mapping[str, Any]) -> tuple[dict[str, Any], floa
     The term is the style task's, not the loss network's: PerceptualLoss (and the Gatys optimiser,
     the quality report, model files' recorded objective) never see the key."""
     settings = dict(loss)
-    return settings, setting_weight(settings.pop("temporal_weight", 0.0) or 0.0, "loss.temporal_weight")
+    return settings, setting_weight(settings.pop("temporal_weight", 0.0), "loss.temporal_weight")
 
 
 def warping_error(current: torch.Tensor, previous: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
     the conv ceiling), the inference half through the console script."""
     out, other_out = tmp_path / "bench.json", tmp_path / "other.json"
     other = subprocess.Popen([*console_script("stylenet-bench"), "--quick", "--threads", "1", "--sections",
-                              "gatys,photo,frames,infer", "--json", str(other_out)],
+                              "gatys,photo,frames,infer", "--sizes", "32", "32", "--json", str(other_out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert bench.main(["--quick", "--threads", "1", "--sections", "data,conv,train", "--json", str(out)]) == 0
@@ -56,7 +56,11 @@ def test_quick_benchmark_writes_valid_json(tmp_path: Path, capsys: pytest.Captur
     assert results["meta"]["command"].startswith("stylenet-bench --quick")
     table = capsys.readouterr().out
     assert "train step" in table and "conv ceiling" in table and "ran on: " in table and "bf16 native: " in table
-    assert "stylize 32 px" in other_table and "frames 64x48 streamed (half net)" in other_table
+    assert other_table.count("stylize 32 px (paper net)") == 1  # --sizes 32 32: measured once
+    assert "frames 64x48 streamed (half net)" in other_table
+    # the targets' sizes were not measured: each named, with the sizes that were
+    assert other_results["targets_not_judged"]["infer_fast_paper_1024_seconds"].endswith("measured at 32 only")
+    assert other_results["targets_not_judged"]["frames_half_640x480_fps"].endswith("measured at 64x48 only")
     assert "photo 128x96 (paper net)" in other_table and "ran on: " in other_table
 
 
@@ -228,7 +232,7 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
 
 def test_derived_figures_and_targets_hand_computed() -> None:
     """The floor, the bound and the targets from a hand-made set of figures."""
-    results = {"meta": {"bf16_native": True},
+    results = {"meta": {"bf16_native": True, "device": "cpu"}, "photo_model_file": "paper.safetensors",
                "train_size": 256, "train_batch": 4, "train_fast_precision": "32-true", "train_fast_s": 4.0,
                "train_reference_s": 8.0,
                "train_fast_gflop": 600.0, "train_fast_executed_gflop": 500.0, "train_reference_gflop": 700.0,
@@ -280,10 +284,31 @@ def test_derived_figures_and_targets_hand_computed() -> None:
     results |= {"loss_curve_fast_precision": "bf16-mixed"}  # a longer curve in bf16 is judged
     report.derived(results)
     assert not results["targets"]["loss_curve_rel_diff_final_eval"]["met"]
-    # on a CPU without native bf16 no target is judged: the README gives the bound its arithmetic allows
-    results["meta"]["bf16_native"] = False
+    # the 12 MP photo's PSNR with random weights is bf16 rounding (~47 dB), no measure of the path
+    results["photo_model_file"] = None
     report.derived(results)
-    assert not results["targets"] and results["targets_not_judged"]["infer_fast_paper_1024_seconds"].endswith(
+    assert "photo_default_4000x3000_psnr_db" not in results["targets"]
+    assert "photo_default_4000x3000_peak_mb" in results["targets"]
+    assert results["targets_not_judged"]["photo_default_4000x3000_psnr_db"].endswith(
+        "measured at photo_weights random (the target's: trained)")
+    # measured at other sizes only (--quick, --sizes): named, with the sizes
+    del results["infer_fast_paper_1024_seconds"], results["frames_half_640x480_fps"]
+    results |= {"infer_fast_paper_512_seconds": 0.1, "infer_fast_paper_2048_seconds": 1.0,
+                "frames_half_64x48_fps": 90.0, "frames_half_64x48_onepass_fps": 80.0}
+    report.derived(results)
+    assert results["targets_not_judged"]["infer_fast_paper_1024_seconds"] == (
+        "stylize 1024 px, paper net, seconds: measured at 256, 512, 2048 only")
+    assert results["targets_not_judged"]["frames_half_640x480_fps"].endswith("measured at 64x48 only")
+    assert "infer_fast_half_1024_seconds" in results["targets"]
+    # a GPU has native bf16 too, but the targets are a 2-core CPU's
+    results["meta"]["device"] = "cuda:0"
+    report.derived(results)
+    assert not results["targets"] and results["targets_not_judged"]["infer_fast_half_1024_seconds"].endswith(
+        "measured at device cuda (the target's: cpu)")
+    # on a CPU without native bf16 no target is judged: the README gives the bound its arithmetic allows
+    results["meta"] |= {"device": "cpu", "bf16_native": False}
+    report.derived(results)
+    assert not results["targets"] and results["targets_not_judged"]["infer_fast_half_1024_seconds"].endswith(
         "measured at bf16_native False (the target's: True)")
 
 

@@ -116,6 +116,9 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("loss.style_weight=abc", "loss.style_weight must be a number >= 0, got 'abc'"),
     ("loss.temporal_weight=abc", "loss.temporal_weight must be a number >= 0, got 'abc'"),
     ("loss.temporal_weight=true", "loss.temporal_weight must be a number >= 0, got True"),  # not read as 1.0
+    # an unset shell variable ($W) or null trained without the term, exit 0
+    ("loss.temporal_weight=", "loss.temporal_weight must be a number >= 0, got ''"),
+    ("loss.temporal_weight=null", "loss.temporal_weight must be a number >= 0, got None"),
     ("loss.normalize=no", "loss.normalize must be true or false, got 'no'"),
     ("task.compile=no", "task.compile must be true or false, got 'no'"),  # bool('no') compiled
     ("task.channels_last=abc", "task.channels_last must be true, false or null, got 'abc'"),

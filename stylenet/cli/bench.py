@@ -139,6 +139,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         except StylenetError as err:
             parser.error(str(err))
     args.sections = sections
+    for option in ("sizes", "models"):  # each measured once: a 2048 px worker takes minutes
+        if getattr(args, option):
+            setattr(args, option, list(dict.fromkeys(getattr(args, option))))
     return args
 
 
