@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,19 @@ def temporary_path(path: Path) -> Path:
     if len(name().encode(errors="surrogateescape")) > NAME_MAX:
         suffix = ""  # a "suffix" this long is part of a dotted name, not a format's extension
     return path.with_name(name())
+
+
+#: what :func:`temporary_path` names: ``.<stem>.<12 hex digits>.tmp<suffix>``
+TEMPORARY_NAME = re.compile(r"\..*\.[0-9a-f]{12}\.tmp(\.[^.]*)?")
+
+
+def remove_cut_writes(folder: Path) -> list[Path]:
+    """Remove the temporary files of writes a kill cut short in ``folder`` (a checkpoint's are its full
+    size); only for a folder that nothing else writes in now (a run holding its lock)."""
+    removed = [path for path in folder.glob(".*.tmp*") if TEMPORARY_NAME.fullmatch(path.name) and path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def unwritable(path: str | Path) -> str | None:

@@ -54,18 +54,24 @@ class TrainingInterrupted(SystemExit):
         self.signum = signum
 
 
+def stop_at_once(signum: int, frame: FrameType | None) -> None:
+    """A signal once training is over: stop where the run stands, its finished state saved (on_exception)."""
+    raise TrainingInterrupted(signum)
+
+
 class ResumableRun(pl.Callback):
     """Makes every run resumable by ``resume=auto``.
 
     * Checkpoints carry the experiment ``name`` (how ``resume=auto`` recognises its own among the
       sibling run folders) and its ``seed`` (a run of another seed is not its continuation), and are
       refused, with an error, if a weight is not finite.
-    * SIGTERM (preemption, ``scancel``, ``kill``) and a first Ctrl-C let the current step finish,
-      save ``last.ckpt`` at that step and stop; Lightning then flushes and closes the loggers. A
-      second Ctrl-C aborts at once without a new checkpoint. Ctrl-C stops with
-      :class:`TrainingInterrupted`; SIGTERM with Lightning's own :class:`SIGTERMException`, raised
-      once the step's metrics are logged (Lightning saves nothing and exits with status 0: the
-      checkpoint is ours, the exit status the CLI's).
+    * SIGTERM (preemption, ``scancel``, ``kill``) and a first Ctrl-C let the current step finish
+      (its periodic checkpoint, its validation, its logged points), save ``last.ckpt`` at that step and
+      stop; Lightning then flushes and closes the loggers. A second Ctrl-C aborts at once without a new
+      checkpoint. Both stop through Lightning's own :class:`SIGTERMException`, raised once the step is
+      done (Lightning saves nothing and exits with status 0: the checkpoint is ours, the exit status the
+      CLI's, from :attr:`stopping`). Once training is over, either signal stops the end (the model
+      file's export) at once.
     * Both handlers only note the signal, and the ranks agree to stop at a batch's end. Lightning's
       own SIGTERM handler, replaced while training, broadcasts from inside the handler, which hangs
       when a launcher (torchrun, SLURM) signals every rank at once (Lightning-AI/pytorch-lightning#20806).
@@ -74,14 +80,22 @@ class ResumableRun(pl.Callback):
     def __init__(self, name: str, seed: int | None = None) -> None:
         self.name, self.seed = name, seed
         self.sigint = self.sigterm = False
+        self.stopping: int | None = None  # the signal every rank agreed to stop on, at a step's end
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Installed after Lightning saved every signal handler at the start of fit, so Lightning's
         # teardown puts the previous handlers back, on success and on any exception alike.
         self.sigint = self.sigterm = False
+        self.stopping = None
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.on_sigint)
             signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # no step is left to stop after: a signal now stops the export at once (noted only, it was ignored)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, stop_at_once)
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.sigint:
@@ -103,10 +117,18 @@ class ResumableRun(pl.Callback):
         sigint, sigterm = (trainer.strategy.reduce(seen, reduce_op="sum") > 0).tolist()
         if not (sigint or sigterm):
             return
-        if sigint:
-            raise TrainingInterrupted(signal.SIGINT)
-        # SIGTERM here or on another rank: Lightning's stop, at the end of this step, after its logging
+        # a signal here or on another rank: Lightning's stop at the end of this step, after the hooks that follow
+        # this one (the periodic checkpoint), its validation and its logging (raised here, a Ctrl-C lost them)
+        self.stopping = signal.SIGINT if sigint else signal.SIGTERM
         trainer._signal_connector.received_sigterm = True
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopping is not None:  # the stopping step's validation runs whole: Lightning stops between its
+            trainer._signal_connector.received_sigterm = False  # batches on the flag
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopping is not None:
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:

@@ -30,7 +30,7 @@ import torch
 from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from stylenet.atomic import atomic_write
+from stylenet.atomic import atomic_write, remove_cut_writes
 from stylenet.errors import StylenetError, load_failure
 from stylenet.modelfile import first_non_finite
 
@@ -350,33 +350,41 @@ def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None
 DEFAULT_EXPORT_PATH = "${hydra:runtime.output_dir}/${name}.safetensors"
 
 
-def recorded_model_file(folder: Path, name: str) -> Path | None:
-    """The model file the run of experiment ``name`` in ``folder`` was to write, from its Hydra record
-    (``.hydra/config.yaml``): None where it wrote none (``callbacks.export=null``), where another path was set
-    (its folder is not known here) or where there is no record."""
+def recorded_end(folder: Path, name: str) -> tuple[Path, bool] | None:
+    """What the run of experiment ``name`` in ``folder`` was to write at its end, from its Hydra record
+    (``.hydra/config.yaml``): its model file, and whether a report with it (held-out photos,
+    ``data.val_images`` > 0). None where it wrote no model file (``callbacks.export=null``), where another
+    path was set (its folder is not known here) or where there is no record."""
     from omegaconf import OmegaConf
 
     try:
         record = OmegaConf.load(folder / ".hydra" / "config.yaml")
         export = OmegaConf.to_container(record.callbacks.export, resolve=False)
+        val_images = OmegaConf.select(record, "data.val_images", default=0)
     except Exception:  # no record, or none that says
         return None
     if not isinstance(export, dict) or export.get("path") != DEFAULT_EXPORT_PATH:
         return None
-    return folder / f"{name}.safetensors"
+    return folder / f"{name}.safetensors", not isinstance(val_images, int) or val_images > 0
 
 
 def refuse_unfinished_end(checkpoint: Path, run_dir: Path, name: str) -> None:
     """A finished run in another folder whose end was cut short: a SIGTERM or Ctrl-C in its last step, a
-    kill during its export, left it without its model file and report. The same command run again would
-    train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written instead.
-    A model file moved away from beside its report leaves a finished run, passed over as before."""
+    kill during its export or its report, left it without its model file or report. The same command run
+    again would train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written
+    instead. A model file moved away from beside its report leaves a finished run, passed over as before."""
     folder = checkpoint.parent.parent
-    model_file = recorded_model_file(folder, name)
-    reported = (folder / "quality.json").is_file() or (folder / "quality").is_dir() or any(folder.glob("*_x*.png"))
-    if folder != run_dir and model_file is not None and not model_file.exists() and not reported:
-        raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its model "
-                            f"file was written: run again with hydra.run.dir={folder} to write it, or pass "
+    end = recorded_end(folder, name)
+    if folder == run_dir or end is None:
+        return
+    model_file, reports = end
+    reported = ((folder / "quality.json").is_file() or any(folder.glob("styles/*/quality.json"))  # one or several
+                or (folder / "quality").is_dir() or any(folder.glob("*_x*.png")))  # styles; super-resolution
+    missing = ("model file" if not model_file.exists() and not reported
+               else "report" if model_file.exists() and reports and not reported else None)
+    if missing:
+        raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its {missing} "
+                            f"was written: run again with hydra.run.dir={folder} to write it, or pass "
                             "resume=never to train afresh")
 
 
@@ -458,8 +466,9 @@ def run_folder_lock(run_dir: Path, program: str = "stylenet-train") -> Iterator[
     one's checkpoint while it still trains, and both would write the same checkpoints and model file (or
     picture: stylenet-gatys).
 
-    The operating system drops the lock when the process ends, however it ends: nothing stale is
-    left to clean up. Only global rank 0 takes it (all ranks of a DDP run share the folder); where
+    The operating system drops the lock when the process ends, however it ends: no stale lock is left
+    to clean up; the temporary files of writes a kill cut short are, by the next holder. Only global
+    rank 0 takes it (all ranks of a DDP run share the folder); where
     ``fcntl`` is missing (Windows) nothing is locked."""
     from stylenet.errors import first_rank
 
@@ -480,6 +489,9 @@ def run_folder_lock(run_dir: Path, program: str = "stylenet-train") -> Iterator[
         handle.truncate(0)
         handle.write(program)
         handle.flush()
+        for folder in (run_dir, run_dir / "checkpoints"):  # what a kill -9 mid-write left (the lock's holder died)
+            for path in remove_cut_writes(folder):
+                log.info("removed %s, the temporary file of a write cut short", path)
         yield
 
 

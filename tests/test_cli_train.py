@@ -120,6 +120,9 @@ def test_a_style_is_named_after_its_image_unless_named(tmp_path: Path) -> None:
     ("loss.temporal_weight=", "loss.temporal_weight must be a number >= 0, got ''"),
     ("loss.temporal_weight=null", "loss.temporal_weight must be a number >= 0, got None"),
     ("loss.normalize=no", "loss.normalize must be true or false, got 'no'"),
+    # (a read-only folder too): the first save's traceback, up to 1000 steps or 10 minutes in
+    ("callbacks.checkpoint.dirpath=/dev/null/ck",
+     "callbacks.checkpoint: cannot write checkpoints in '/dev/null/ck': '/dev/null' is a file, not a folder"),
     ("task.compile=no", "task.compile must be true or false, got 'no'"),  # bool('no') compiled
     ("task.channels_last=abc", "task.channels_last must be true, false or null, got 'abc'"),
     ("seed=abc", "seed must be a whole number from 0 to 2**32 - 1, got 'abc'"),

@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import stylenet.data
@@ -250,12 +251,35 @@ def test_a_signal_stops_at_the_end_of_an_accumulation_window_only(signum: int) -
     for batch_idx in (3, 4):  # the second window's first two batches: the step is not taken yet
         run.on_train_batch_end(trainer, None, None, None, batch_idx)
     assert trainer._signal_connector.received_sigterm is False
-    if signum == signal.SIGINT:
-        with pytest.raises(TrainingInterrupted):
-            run.on_train_batch_end(trainer, None, None, None, 5)
-    else:
-        run.on_train_batch_end(trainer, None, None, None, 5)
-        assert trainer._signal_connector.received_sigterm is True
+    run.on_train_batch_end(trainer, None, None, None, 5)  # Lightning's stop after the step (Ctrl-C's too)
+    assert trainer._signal_connector.received_sigterm is True and run.stopping == signum
+
+
+def test_the_stopping_steps_validation_runs_whole_and_a_signal_after_training_stops_at_once() -> None:
+    """Lightning stops between validation batches on its flag: a signal at a validation step's end kept only its
+    first batch's figures. Once training is over (the model file's export) a signal was noted and ignored."""
+    run = ResumableRun("t")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce=lambda flags, reduce_op: flags, root_device="cpu"),
+                              _signal_connector=SimpleNamespace(received_sigterm=False), accumulate_grad_batches=1)
+    run.on_validation_start(trainer, None)  # no signal: no flag
+    assert trainer._signal_connector.received_sigterm is False
+    run.on_sigterm(signal.SIGTERM, None)
+    run.on_train_batch_end(trainer, None, None, None, 0)
+    run.on_validation_start(trainer, None)
+    assert trainer._signal_connector.received_sigterm is False  # the validation runs to its end
+    run.on_validation_end(trainer, None)
+    assert trainer._signal_connector.received_sigterm is True  # then Lightning stops
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        run.on_train_end(trainer, None)
+        for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            with pytest.raises(TrainingInterrupted) as stop:
+                os.kill(os.getpid(), signum)
+                time.sleep(1)  # (delivered at the next bytecode)
+            assert stop.value.code == code
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def test_a_signal_in_the_last_step_says_which_folder_writes_the_runs_end(
@@ -348,16 +372,20 @@ def test_ctrl_c_saves_the_current_step_exits_130_and_resumes_exactly_a_second_on
         tmp_path: Path, photo_folder: Path, style_image: Path, presses: int) -> None:
     handler = signal.getsignal(signal.SIGINT)
     pl.seed_everything(0)
+    trainer = tiny_trainer(tmp_path, 8, PressCtrlC(at_step=5, presses=presses))
     with pytest.raises(SystemExit) as stop:
-        tiny_trainer(tmp_path, 8, PressCtrlC(at_step=3, presses=presses)).fit(
-            tiny_task(style_image), datamodule=tiny_data(photo_folder))
+        trainer.fit(tiny_task(style_image), datamodule=tiny_data(photo_folder))
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     last = tmp_path / "checkpoints" / "last.ckpt"
     if presses == 2:  # Lightning's own KeyboardInterrupt path: exit 1 (train() hands it on as Ctrl-C), nothing saved
         assert stop.value.code == 1 and not last.exists()
         return
-    assert isinstance(stop.value, TrainingInterrupted) and stop.value.code == 130
-    assert torch.load(last, weights_only=True)["global_step"] == 3
+    # Lightning's stop after the step, which train() ends with 130: the step's periodic checkpoint is kept (a stop
+    # raised before the checkpoint callback's hook lost it)
+    stopping = next(callback.stopping for callback in trainer.callbacks if isinstance(callback, ResumableRun))
+    assert isinstance(stop.value, SIGTERMException) and stopping == signal.SIGINT
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    assert torch.load(tmp_path / "checkpoints" / "step_000005.ckpt", weights_only=True)["global_step"] == 5
     resumed = tiny_trainer(tmp_path, 8)
     resumed.fit(tiny_task(style_image), datamodule=tiny_data(photo_folder), ckpt_path=last, weights_only=True)
     pl.seed_everything(0)
@@ -561,6 +589,21 @@ def test_a_finished_run_stopped_before_its_end_elsewhere_is_named_not_trained_ag
     (outputs / "t1" / "quality.json").write_text("{}")  # its model file moved away after its report: finished
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
     (outputs / "t1" / "quality.json").unlink()
+    several = outputs / "t1" / "styles" / "a" / "quality.json"  # several styles' reports: one per style
+    several.parent.mkdir(parents=True)
+    several.write_text("{}")
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+    several.unlink()
+    # its model file written, its report not (a SIGTERM during it): named too, where held-out photos were to
+    # give one
+    (outputs / "t1" / "exp.safetensors").write_bytes(b"model")
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None  # val_images unset
+    record.write_text(record.read_text() + "data:\n  val_images: 2\n")
+    with pytest.raises(StylenetError, match=r"experiment 'exp' stopped before its report was written: run again "):
+        resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200)
+    (outputs / "t1" / "quality.json").write_text("{}")
+    assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
+    (outputs / "t1" / "quality.json").unlink()
     record.write_text("name: exp\ncallbacks:\n  export: null\n")  # a run that was to write no model file
     assert resolve_resume("auto", None, outputs / "t2", "exp", HPARAMS, max_steps=200) is None
     record.write_text("name: exp\ncallbacks:\n  export:\n    _target_: stylenet.callbacks.ExportStyleModel\n"
@@ -668,6 +711,22 @@ def test_going_back_to_an_earlier_checkpoint_of_the_folder_says_what_will_be_rep
     assert [record.getMessage() for record in caplog.records] == [
         "ckpt_path: continuing from step_000020.ckpt (step 20), older than last.ckpt of this run folder, which "
         "training will replace; kept from the earlier run (beyond trainer.max_steps=30): step_000040.ckpt"]
+
+
+def test_the_run_folders_lock_holder_removes_what_writes_cut_short_left(tmp_path: Path) -> None:
+    """A kill -9 during a checkpoint's write left its full-size hidden temporary file for good."""
+    from stylenet.atomic import temporary_path
+    from stylenet.checkpoints import run_folder_lock
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    cut = [temporary_path(checkpoints / "step_000010.ckpt"), temporary_path(tmp_path / "run" / "exp.safetensors")]
+    kept = [checkpoints / "step_000005.ckpt", checkpoints / ".notes.tmp.txt", tmp_path / "run" / ".hydra"]
+    for path in [*cut, *kept[:2]]:
+        path.write_bytes(b"x")
+    kept[2].mkdir()
+    with run_folder_lock(tmp_path / "run"):
+        assert not any(path.exists() for path in cut) and all(path.exists() for path in kept)
 
 
 def test_resume_auto_passes_over_another_seed_a_live_run_and_a_link_to_nothing(

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import GrammarParseError, InterpolationResolutionError
 
 from stylenet import StylenetError
-from stylenet.atomic import no_room_as_error
+from stylenet.atomic import no_room_as_error, unwritable
 from stylenet.cli import (
     EarlierRecord,
     allow_pixels,
@@ -118,9 +118,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
     """Run one training job whose artefacts go to ``run_dir`` (Hydra's run folder); ``on_start`` is
     called once every check has passed, as the first step begins. ``sweep_job``: one job of ``-m``."""
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from stylenet.callbacks import ExportStyleModel, TrainingInterrupted
+    from stylenet.callbacks import ExportStyleModel, ResumableRun, TrainingInterrupted
     from stylenet.checkpoints import SEED_KEY, FinishedRunError, checkpoint_step, note_continued, resolve_resume
 
     # settings the run reads beyond the task's constructor: removed (~seed, ~style.size), a traceback after the run
@@ -215,6 +216,10 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         if not isinstance(built, pl.Callback):  # a preset's settings left of one removed with ~callbacks.<name>
             raise StylenetError(f"callbacks.{name} is no callback (it has no _target_); remove it with "
                                 f"~callbacks.{name} or give it a _target_")
+        folder = getattr(built, "dirpath", None)  # a checkpoint folder not writable failed at the first save
+        reason = unwritable(Path(folder) / "last.ckpt") if isinstance(built, ModelCheckpoint) and folder else None
+        if reason:
+            raise StylenetError(f"callbacks.{name}: cannot write checkpoints in {str(folder)!r}: {reason}")
         interval = getattr(built, "_train_time_interval", None)  # 0 read as "off" saved after every step
         if interval is not None and interval.total_seconds() <= 0:
             raise StylenetError(f"callbacks.{name}.train_time_interval must be longer than 0, got {interval}; "
@@ -253,8 +258,9 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         on_start()
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:  # Lightning's stop on SIGTERM exits 0, which a scheduler takes for success
-        raise TrainingInterrupted(signal.SIGTERM) from None
+    except SIGTERMException:  # Lightning's stop (on SIGTERM or Ctrl-C) exits 0, which a scheduler takes for success
+        stopping = next((c.stopping for c in callbacks if isinstance(c, ResumableRun)), None)
+        raise TrainingInterrupted(stopping or signal.SIGTERM) from None
     except SystemExit as stop:  # a second Ctrl-C: Lightning ends its KeyboardInterrupt with exit 1, a bad command's
         if isinstance(stop.__context__, KeyboardInterrupt) and not isinstance(stop, TrainingInterrupted):
             raise KeyboardInterrupt from None  # hydra_main's one line and exit 130
