@@ -485,6 +485,9 @@ def test_bomb_header_refused_fast_without_global_changes(tmp_path, size, max_pix
             load_image(p, max_pixels=max_pixels)
     assert time.perf_counter() - start < 0.5
     _assert_one_line_naming(err, p)
+    # beyond Pillow's own refusal (179 MP) too: the limit in force and the settings that raise it
+    assert (f"{size * size} pixels exceeds the limit of {max_pixels} (a possible decompression bomb; a larger "
+            "limit admits it: --max-pixels" in str(err.value)) is (max_pixels is not None)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert before == (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
 

@@ -353,6 +353,17 @@ def test_a_second_run_into_an_output_folder_inside_the_photos_takes_no_output_fo
     assert (f"error: folder {str(photos / 'sub')!r} is also -o: a second run would take this run's outputs for "
             f"inputs; give -o a folder of its own, such as {str(photos / 'sub' / 'out') + os.sep!r}") in err
     assert sorted(p.name for p in (photos / "sub").iterdir()) == ["loose_test.png", "other.png"]
+    # a recursive glob run twice took out/photo_test.png for a photo (out/photo_test_test.png, then a refusal)
+    shots = tmp_path / "shots"
+    make_image(shots / "a.png")
+    for attempt in range(2):
+        code, out, err = run(capsys, str(shots / "**" / "*.png"), "-m", model, "-o", shots / "out")
+        assert code == 0 and out.startswith("1 done, 0 failed"), err
+        assert ("left out 1 file(s) matching" in err) is (attempt == 1)
+    assert sorted(p.relative_to(shots).as_posix() for p in shots.rglob("*.png")) == ["a.png", "out/a_test.png"]
+    # a glob of folders: "no files match" said nothing of what it matched
+    code, _, err = run(capsys, str(tmp_path / "sho*"), "-m", model, "-o", tmp_path / "elsewhere")
+    assert code == 1 and f"matches folders only (1, such as {str(shots)!r}): name them as inputs" in err
 
 
 def test_a_malicious_model_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],

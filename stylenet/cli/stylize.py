@@ -318,10 +318,19 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
     if path.exists():
         return [(path, Path())]
     if glob.has_magic(spec):
-        matches = sorted(Path(match) for match in glob.glob(spec, recursive=True) if Path(match).is_file())
-        if not matches:
-            report.error(f"no files match {spec!r}")
-        return [(match, Path()) for match in matches]
+        matched = sorted(Path(match) for match in glob.glob(spec, recursive=True))
+        matches = [match for match in matched if match.is_file()]
+        kept = [match for match in matches if not match.resolve().is_relative_to(output.resolve())]
+        if len(kept) < len(matches):  # "photos/**/*.png -o photos/out/" run twice
+            report.note(f"left out {len(matches) - len(kept)} file(s) matching {spec!r} under -o {str(output)!r}: "
+                        "outputs, not inputs")
+        folders = [match for match in matched if match.is_dir()]
+        if not matches and folders:
+            report.error(f"{spec!r} matches folders only ({len(folders)}, such as {str(folders[0])!r}): name them "
+                         f"as inputs, or match their files ({shlex.quote(os.path.join(spec, '*'))})")
+        elif not kept:
+            report.error(f"no files match {spec!r}" + (f" outside -o {str(output)!r}" if matches else ""))
+        return [(match, Path()) for match in kept]
     report.error(f"no such file or folder {spec!r}")
     return []
 

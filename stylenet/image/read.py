@@ -488,9 +488,11 @@ def _tiff_layout(p: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _opened(p: Path) -> Iterator[Image.Image]:
+def _opened(p: Path, max_pixels: int | None = None) -> Iterator[Image.Image]:
     """``p`` opened, header only, restricted to our formats, Pillow's bomb warning silenced here
-    only; any failure inside the block, decoding included, becomes one :class:`ImageError` line."""
+    only; any failure inside the block, decoding included, becomes one :class:`ImageError` line.
+    Pillow's own refusal (beyond twice its limit, before our ``max_pixels`` is looked at) is ours where
+    the image passes ``max_pixels`` too: the limit in force and the settings that raise it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -499,6 +501,9 @@ def _opened(p: Path) -> Iterator[Image.Image]:
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        if declared is not None:
+            _check_pixel_count(p, int(declared[1]), max_pixels)
         raise file_error(p, f"refusing a possible decompression bomb ({err})", kind=TooManyPixelsError) from None
     except UnidentifiedImageError:
         kind = _signature_format(p)
@@ -555,8 +560,13 @@ def load_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
 
 def _check_pixels(p: Path, width: int, height: int, max_pixels: int | None) -> None:
     """Refuse an image of more than ``max_pixels`` pixels before it is decoded (a decompression bomb)."""
-    if max_pixels is not None and width * height > max_pixels:
-        raise file_error(p, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+    _check_pixel_count(p, width * height, max_pixels, f"{width}x{height} = ")
+
+
+def _check_pixel_count(p: Path, pixels: int, max_pixels: int | None, size: str = "") -> None:
+    """:func:`_check_pixels` of a count alone (all Pillow's refusal says), ``size`` written before it."""
+    if max_pixels is not None and pixels > max_pixels:
+        raise file_error(p, f"{size}{pixels} pixels exceeds the limit of {max_pixels} "
                             "(a possible decompression bomb; a larger limit admits it: --max-pixels on the "
                             "command line, data.max_pixels in training, max_pixels= in Python)",
                          kind=TooManyPixelsError)
@@ -566,7 +576,7 @@ def _load_with_pillow(p: Path, max_pixels: int | None
                       ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, bool, int, int]:
     """:func:`load_image`'s decoding of every file Pillow opens: (rgb, alpha, ICC profile, was_gray, bits,
     frames in the file)."""
-    with _opened(p) as im:
+    with _opened(p, max_pixels) as im:
         _check_pixels(p, *im.size, max_pixels)
         # animations and multi-page TIFFs; not a camera's MPO JPEG, whose second picture is a preview or a depth map
         frames = getattr(im, "n_frames", 1) if im.format in ("GIF", "PNG", "WEBP", "TIFF") else 1
