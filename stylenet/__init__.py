@@ -6,12 +6,14 @@ process-wide (see :func:`stylenet.fastpath.reuse_freed_memory`, which only the c
 and the trainer switch on).
 
     >>> import stylenet
+    >>> from PIL import Image
     >>> model = stylenet.load_model("candy.safetensors")
     >>> model.stylize(Image.open("photo.jpg"), strength=0.8, preserve_color=True).save("out.png")
 """
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,18 @@ if TYPE_CHECKING:
     from stylenet.inference.model import InferenceModel
 
 __all__ = ["StylenetError", "__version__", "load_model"]
+
+#: submodules README's Python examples reach as attributes (``stylenet.video.stylize_video``), imported on first
+#: use so that ``import stylenet`` stays light
+LAZY_SUBMODULES = ("image", "inference", "video")
+
+
+def __getattr__(name: str) -> object:
+    if name in LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"stylenet.{name}")
+    raise AttributeError(f"module 'stylenet' has no attribute {name!r}")
 
 
 def load_model(path: str | Path, *, device: str = "auto", precision: str = "auto",
@@ -39,6 +53,10 @@ def load_model(path: str | Path, *, device: str = "auto", precision: str = "auto
     from stylenet.inference.model import InferenceModel
     from stylenet.modelfile import WrongTaskError
 
+    if not isinstance(path, (str, PathLike)):  # None, 123: pathlib's TypeError deep down
+        raise StylenetError(f"path must be a model file's path, got {path!r}")
+    if task not in ("style", "sr", None):  # "bogus" read the file, then said it was no 'bogus' model
+        raise StylenetError(f"task must be 'style', 'sr' or None, got {task!r}")
     try:
         return InferenceModel.from_file(path, task=task, device=device, precision=precision,
                                         max_memory=max_memory)

@@ -417,6 +417,23 @@ def test_a_bad_max_memory_or_precision_is_refused_when_the_model_is_made_or_late
     assert model.precision == inference_precision(torch.device("cpu"))
     model.max_memory = 1 << 30
     assert model.stylize(photo(20, 30)).shape == (3, 20, 30)
+    with pytest.raises(StylenetError, match=r"^device is fixed once a model is loaded \(cpu\): load it again with "
+                                            r"load_model\(\.\.\., device='cuda'\)$"):
+        model.device = "cuda"  # was kept, and every call after it an AttributeError
+    assert model.device == torch.device("cpu") and model.stylize(photo(20, 30)).shape == (3, 20, 30)
+
+
+def test_load_model_refuses_what_is_no_path_and_an_unknown_task(model_file: Path) -> None:
+    """None was pathlib's TypeError traceback; task="bogus" read the file, then said it was no 'bogus' model."""
+    import stylenet
+
+    for path in (None, 123):
+        with pytest.raises(StylenetError, match=f"^path must be a model file's path, got {path!r}$"):
+            stylenet.load_model(path)
+    for task in ("bogus", ""):
+        with pytest.raises(StylenetError, match=f"^task must be 'style', 'sr' or None, got {task!r}$"):
+            stylenet.load_model(model_file, task=task)
+    assert stylenet.load_model(str(model_file), task=None, device="cpu").stylize(photo(8, 8)).shape == (3, 8, 8)
 
 
 def test_load_model_stylizes_pil_images_keeping_alpha_bit_exactly(model_file: Path) -> None:

@@ -73,6 +73,17 @@ def test_the_prepare_worker_does_not_import_lightning(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_import_stylenet_is_light_and_reaches_the_submodules_readme_names() -> None:
+    """README's ``stylenet.video.stylize_video(src, dst, model)`` after ``import stylenet`` was an
+    AttributeError (as was ``stylenet.image.load_image`` before a ``load_model`` call)."""
+    script = ("import sys, stylenet\n"
+              "assert 'torch' not in sys.modules\n"
+              "assert callable(stylenet.image.load_image) and callable(stylenet.video.stylize_video)\n"
+              "assert callable(stylenet.inference.InferenceModel)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_importing_the_library_leaves_warning_filters_and_torch_settings_alone() -> None:
     """Warning filters and torch's global settings are the application's: only the CLIs set them.
     (Third-party packages add filters of their own on import; only calls made by stylenet's own

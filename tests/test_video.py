@@ -520,6 +520,10 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
                            ({"model": model, "depth": 0}, "depth must be a whole number of frames >= 1, got 0")):
         with pytest.raises(StylenetError, match=f"^{re.escape(message)}$"):
             stylize_video(clip, tmp_path / "none.mkv", style="b", **wrong)
+    still = tmp_path / "still.png"  # FFmpeg reads a photo as a clip of one frame: written, exit 0
+    Image.new("RGB", (24, 16)).save(still)
+    with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(still)))} is a picture, not a video: stylize it "):
+        stylize_video(still, tmp_path / "none.mkv", model, style="b")
     assert not list(tmp_path.glob("none*"))
     result = stylize_video(clip, tmp_path / "b.mkv", model, style="b")
     first = read_clip(tmp_path / "b.mkv")["frames"][0].astype(int)

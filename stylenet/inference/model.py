@@ -99,7 +99,11 @@ class InferenceModel:
 
     def __setattr__(self, name: str, value: Any) -> None:
         """``precision`` and ``max_memory`` are checked whenever they are set, as the model is made or later
-        (``model.precision = "bf16"`` applies to the next image; a bad value was a KeyError there)."""
+        (``model.precision = "bf16"`` applies to the next image; a bad value was a KeyError there). ``device`` is
+        the network's: fixed once the model is made (a string set later broke every call)."""
+        if name == "device" and "_by_style" in self.__dict__:  # (set last by __post_init__)
+            raise StylenetError(f"device is fixed once a model is loaded ({self.device}): load it again with "
+                                f"load_model(..., device={str(value)!r})")
         if name == "precision":
             if value not in (*PRECISIONS, "auto"):
                 raise StylenetError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {value!r}")

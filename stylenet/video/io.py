@@ -715,6 +715,7 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     Raises :class:`StylenetError` (one line, naming the file) and leaves no output when nothing
     could be done; :class:`TruncatedVideoError` when the input broke off after some frames, or had
     damaged packets (skipped, as FFmpeg's tools skip them), after its valid video has been written."""
+    from stylenet.image import IMAGE_EXTENSIONS
     from stylenet.inference.geometry import check_size
     from stylenet.inference.model import InferenceModel
 
@@ -723,6 +724,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise StylenetError(f"depth must be a whole number of frames >= 1, got {depth!r}")
     source, target = Path(source), Path(target)
+    if source.suffix.lower() in IMAGE_EXTENSIONS:  # FFmpeg reads a photo as a clip of one frame
+        raise StylenetError(f"{str(source)!r} is a picture, not a video: stylize it with model.stylize(...)")
     model = model.for_style(style)
     if size is not None:
         check_size(size)
