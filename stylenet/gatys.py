@@ -206,7 +206,7 @@ def check_sizes(shape: Sequence[int], scales: int, styles: Sequence[torch.Tensor
     """Refuse a result of (H, W) ``shape`` whose coarsest scale, or a style image, is too small for the loss
     network (``PerceptualLoss.smallest_side``): the result first, since a style's size follows the result's
     unless ``style_size`` is set."""
-    height, width = scale_shapes(*shape, scales)[0]
+    height, width = halved(*shape, min(scales - 1, 64))  # (not the whole list: a mistyped scales=300000 hung)
     loss.check_side(width, height, "the coarsest image" if scales > 1 else "the image",
                     "use a larger size or fewer scales")
     for index, style in enumerate(styles):
@@ -333,6 +333,13 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
             stopped = (f"the objective became non-finite ({err}) during iteration {iteration}; "
                        f"kept the image of iteration {done}")
             break
+        if (optimizer == "lbfgs" and torch.equal(image.detach(), last_good[:, :image.shape[1]])
+                and image.grad is not None and image.grad.abs().max() > solver.defaults["tolerance_grad"]):
+            # its line search found no step down (not a minimum), and every later iteration would try the same
+            stopped = (f"L-BFGS made no progress in iteration {iteration}: its line search found no step that "
+                       "lowers the objective from this image (large flat areas do this: max-pooling's ties give "
+                       "no direction of descent); optimizer=adam, or init=noise, moves it")
+            break
         terms, done = current, iteration
         last_good.copy_(image.detach().expand_as(last_good))
         history.append(terms["total"])
@@ -351,9 +358,14 @@ def style_at(style: torch.Tensor, shrink: int, smallest_side: int) -> torch.Tens
     return resize_to(style, max(1, round(height * factor)), max(1, round(width * factor)))
 
 
+def halved(height: int, width: int, times: int) -> tuple[int, int]:
+    """(height, width) halved ``times`` times, at least 1 px each."""
+    return max(1, round(height / 2**times)), max(1, round(width / 2**times))
+
+
 def scale_shapes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
     """Coarse-to-fine shapes: halving ``scales - 1`` times, coarsest first, ending at (height, width)."""
-    return [(max(1, round(height / 2**k)), max(1, round(width / 2**k))) for k in range(scales - 1, -1, -1)]
+    return [halved(height, width, k) for k in range(scales - 1, -1, -1)]
 
 
 def optimize_image(content: torch.Tensor, styles: Sequence[torch.Tensor], loss: PerceptualLoss, *,

@@ -235,11 +235,12 @@ def lua_to_ours(content: float, style: float, tv: float, *, batch_size: int = 4,
 
 def style_blend(weights: Sequence[float] | None, count: int) -> list[float]:
     """The weights of ``count`` style images' Gram targets (None: equal), refused with one line unless
-    finite, >= 0, not all zero and one per image (:meth:`PerceptualLoss.set_style` normalises them)."""
+    finite, >= 0, not all zero and one per image; as fractions of the largest (:meth:`PerceptualLoss.set_style`
+    normalises them by their sum, which [1e308, 1e308] would overflow: the targets became zeros)."""
     blend = [1.0] * count if weights is None else [float(weight) for weight in weights]
-    if len(blend) != count or not all(math.isfinite(b) and b >= 0 for b in blend) or sum(blend) <= 0:
+    if len(blend) != count or not all(math.isfinite(b) and b >= 0 for b in blend) or max(blend, default=0) <= 0:
         raise StylenetError(f"style weights {blend} must be finite, >= 0, not all zero, one per style image")
-    return blend
+    return [b / max(blend) for b in blend]
 
 
 class PerceptualLoss(nn.Module):

@@ -32,6 +32,7 @@ from stylenet.gatys import (
     match_luminance,
     optimize,
     optimize_image,
+    read_image,
     resize_to,
     scale_shapes,
     style_at,
@@ -108,6 +109,22 @@ def test_non_finite_objective_stops_and_keeps_the_last_finite_image() -> None:
     assert "non-finite" in result.stopped and "during iteration 3" in result.stopped
     assert "kept the image of iteration 2" in result.stopped
     assert torch.equal(result.image, images[2]) and math.isfinite(result.terms["total"])
+
+
+def test_lbfgs_stuck_on_a_flat_start_stops_and_says_so_but_a_minimum_is_no_stall() -> None:
+    """A white photo under the offline loss: every line search returned no step (max-pooling's ties), and the
+    run wrote the photo unchanged as a success ("objective 3921 -> 3921", exit 0)."""
+    offline = PerceptualLoss(weights="calibrated", style_layers=["relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1"],
+                             normalize=True, style_weight=100.0)
+    white = torch.ones(3, 64, 64)
+    stuck = optimize_image(white, [read_image("demo:ihc", "styles")], offline, iterations=3)
+    assert stuck.iterations == 0 and stuck.stopped.startswith("L-BFGS made no progress in iteration 1")
+    assert torch.equal(stuck.image, white)
+    moved = optimize_image(white, [read_image("demo:ihc", "styles")], offline, iterations=1, optimizer="adam")
+    assert moved.stopped is None and moved.history[-1] < moved.history[0]
+    content_only = PerceptualLoss(weights="random", style_weight=0.0, tv_weight=0.0)  # the start is the minimum
+    result = optimize_image(smooth_image(32, 1), [torch.rand(3, 32, 32)], content_only, iterations=2)
+    assert result.stopped is None and result.history == [0.0, 0.0, 0.0]
 
 
 def test_non_finite_initial_objective_keeps_the_initial_image() -> None:
@@ -482,6 +499,7 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("device=null", r"^device must be auto, cpu, cuda or cuda:N, got None$"),
     ("style_size=100000", r"image needs about [\d.]+ GiB on cpu \(VGG activations\), .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
+    ("scales=300000", r"the coarsest image is 1x1 px, .* use a larger size or fewer scales"),  # hung, building every
     ("output=/tmp/result.gif", "not a writable format"),
     ("output=/tmp", "cannot write output '/tmp': it is a folder"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),

@@ -106,6 +106,8 @@ def test_style_blend_mixes_grams_by_weight() -> None:
     loss.set_style([a, b], blend=[3.0, 1.0])
     grams = [gram_matrix(loss.vgg(x.unsqueeze(0), ["relu1_2"])["relu1_2"]) for x in (a, b)]
     torch.testing.assert_close(loss.target_gram("relu1_2"), 0.75 * grams[0] + 0.25 * grams[1])
+    loss.set_style([a, b], blend=[1.5e308, 0.5e308])  # their sum overflows: the targets were zeros
+    torch.testing.assert_close(loss.target_gram("relu1_2"), 0.75 * grams[0] + 0.25 * grams[1])
 
 
 def test_settings_are_validated() -> None:
