@@ -42,6 +42,7 @@ from stylenet.devices import available_memory
 from stylenet.devices import resolve_device as resolve_any_device
 from stylenet.errors import StylenetError
 from stylenet.image import (
+    DEFAULT_MAX_PIXELS,
     load_rgb,
     luma,
     resize,
@@ -114,10 +115,11 @@ def resolve_device(spec: str, hint: str = "device=cpu") -> torch.device:
     return resolve_any_device(spec, hint=hint, accelerators=ACCELERATORS)
 
 
-def read_image(spec: str | Path, what: str) -> torch.Tensor:
-    """A (3, H, W) image from a path or ``demo:<name>``; errors name the setting and the file."""
+def read_image(spec: str | Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """A (3, H, W) image from a path or ``demo:<name>``, of at most ``max_pixels`` (None: any); errors name
+    the setting and the file."""
     try:
-        return load_rgb(resolve_image_path(spec))
+        return load_rgb(resolve_image_path(spec), max_pixels=max_pixels)
     except StylenetError as err:
         raise StylenetError(f"{what}: {err}") from None
 

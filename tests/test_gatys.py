@@ -500,6 +500,9 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("style_size=100000", r"image needs about [\d.]+ GiB on cpu \(VGG activations\), .*use a smaller style_size$"),
     ("size=4", r"the image is 4x3 px, but the loss network needs at least 8 px a side; use a larger size"),
     ("scales=300000", r"the coarsest image is 1x1 px, .* use a larger size or fewer scales"),  # hung, building every
+    # the advice named --max-pixels and data.max_pixels, which stylenet-gatys has not
+    ("max_pixels=1000", r"^content: cannot read image .* pixels exceeds the limit of 1000 .*stylenet-gatys\)$"),
+    ("max_pixels=0", r"^max_pixels must be a whole number >= 1 or null, got 0$"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("output=/tmp", "cannot write output '/tmp': it is a folder"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),

@@ -32,6 +32,7 @@ from stylenet.atomic import NO_ROOM, no_room_as_error
 from stylenet.cli import (
     EarlierRecord,
     Terminated,
+    allow_pixels,
     launch_hydra_app,
     report_refusal,
     sigterm_as_terminated,
@@ -89,7 +90,7 @@ SETTING_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def start_image(init: str) -> str | torch.Tensor:
+def start_image(init: str, max_pixels: int | None) -> str | torch.Tensor:
     """``init``: one of :data:`~stylenet.gatys.INITS`, or the image it names (an interrupted run's
     result, to go on from it); a name that is neither is refused as a setting, not as a missing file."""
     from stylenet.gatys import INITS, read_image
@@ -99,7 +100,7 @@ def start_image(init: str) -> str | torch.Tensor:
         return init
     if not init.startswith("demo:") and not resolve_image_path(init).exists():
         raise StylenetError(f"init must be {INIT_CHOICES}, got {init!r}")
-    return read_image(init, "init")
+    return read_image(init, "init", max_pixels)
 
 
 def check_setting_types(cfg: DictConfig) -> None:
@@ -205,9 +206,13 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     check_settings(**settings)
     style_blend(cfg.style_weights, len(style_specs(cfg.styles)))
     device = resolve_device(cfg.device)
-    content = read_image(cfg.content, "content")
-    styles = [read_image(spec, "style") for spec in style_specs(cfg.styles)]
-    settings["init"] = start_image(cfg.init)
+    max_pixels = cfg.max_pixels
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise StylenetError(f"max_pixels must be a whole number >= 1 or null, got {max_pixels!r}")
+    allow_pixels(max_pixels)
+    content = read_image(cfg.content, "content", max_pixels)
+    styles = [read_image(spec, "style", max_pixels) for spec in style_specs(cfg.styles)]
+    settings["init"] = start_image(cfg.init, max_pixels)
     height, width = long_side_shape(*content.shape[-2:], cfg.size)
     try:
         loss = PerceptualLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)

@@ -568,7 +568,7 @@ def _check_pixel_count(p: Path, pixels: int, max_pixels: int | None, size: str =
     if max_pixels is not None and pixels > max_pixels:
         raise file_error(p, f"{size}{pixels} pixels exceeds the limit of {max_pixels} "
                             "(a possible decompression bomb; a larger limit admits it: --max-pixels on the "
-                            "command line, data.max_pixels in training, max_pixels= in Python)",
+                            "command line, data.max_pixels in training, max_pixels= in Python and stylenet-gatys)",
                          kind=TooManyPixelsError)
 
 
