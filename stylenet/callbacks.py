@@ -75,12 +75,15 @@ class ResumableRun(pl.Callback):
     * Both handlers only note the signal, and the ranks agree to stop at a batch's end. Lightning's
       own SIGTERM handler, replaced while training, broadcasts from inside the handler, which hangs
       when a launcher (torchrun, SLURM) signals every rank at once (Lightning-AI/pytorch-lightning#20806).
+    * A resumed run logs its first step at the step an uninterrupted run logs it at
+      (:meth:`on_train_batch_start`).
     """
 
     def __init__(self, name: str, seed: int | None = None) -> None:
         self.name, self.seed = name, seed
         self.sigint = self.sigterm = False
         self.stopping: int | None = None  # the signal every rank agreed to stop on, at a step's end
+        self.restored = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Installed after Lightning saved every signal handler at the start of fit, so Lightning's
@@ -106,6 +109,25 @@ class ResumableRun(pl.Callback):
     def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.sigterm = True
         log.warning("SIGTERM: stopping after this step with a checkpoint")
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.restored = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """The first batch after a resume logs at ``global_step``, as every batch of an uninterrupted run does.
+
+        Lightning logs at ``_batches_that_stepped``, which its restart sets from the checkpoint's loop state
+        by guessing when the checkpoint was written. A whole batch at a validation step it takes for a save in
+        ``on_validation_end``, before that step's count, and adds one (it skips the validation, then counts
+        the step). ``last.ckpt`` of a finished run (written in ``on_train_end``) and of a SIGTERM (in
+        :meth:`on_exception`) come after the count: a run trained on from them logged every later point, and
+        its validation images, one step late, with a gap before the first. Each optimiser step is one step of
+        both counts, so ``global_step`` is the one to resume at, however the checkpoint was written."""
+        if self.restored:
+            self.restored = False
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

@@ -181,6 +181,39 @@ def test_steps_logged_after_the_last_checkpoint_are_not_shown_twice_once_resumed
     assert tensorboard_steps(run_dir) == list(range(8))
 
 
+class SignalAt(pl.Callback):
+    """Sends this process ``signum`` as step ``at_step`` starts: the run stops at that step's end."""
+
+    def __init__(self, at_step: int, signum: int) -> None:
+        self.at_step, self.signum = at_step, signum
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.at_step - 1:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("stop", ["finished", "SIGTERM", "SIGINT"])
+def test_a_run_continued_from_a_validation_step_logs_each_later_step_at_its_own_step(
+        tmp_path: Path, inputs: list[str], stop: str) -> None:
+    """last.ckpt written after a step that validated (the end of a finished run, or a SIGTERM) was taken by
+    Lightning's restart for one written during that validation: a run trained on from it logged every later
+    point one step late (train/total 9..16 for 8..15, no point at 8, val/total at 16 for 15)."""
+    run_dir = tmp_path / "smoke" / "run"
+    first = (["trainer.max_steps=8"] if stop == "finished" else
+             [f"+callbacks.stop._target_={SignalAt.__module__}.SignalAt", "+callbacks.stop.at_step=8",
+              f"+callbacks.stop.signum={int(getattr(signal, stop, 0))}"])
+    try:
+        run_in_process(run_dir, *inputs, *first, "callbacks.export=null")
+    except TrainingInterrupted as stopped:
+        assert stopped.code == 128 + getattr(signal, stop)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    run_in_process(run_dir, *inputs, "callbacks.export=null")  # resume=auto, on to MAX_STEPS
+    assert tensorboard_steps(run_dir) == list(range(MAX_STEPS))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert [event.step for event in events.Scalars("val/total")] == [7, 15]
+    assert [event.step for event in events.Images("val/content_stylized")] == [7, 15]
+
+
 def test_a_several_styles_run_resumed_from_its_checkpoint_matches_an_uninterrupted_run_bitwise(
         tmp_path: Path, inputs: list[str]) -> None:
     """Each sample's style follows its stream position (StyleTransferTask.batch_styles), so a run of two
