@@ -273,7 +273,10 @@ def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device
     check_style_term(loss, "--loss-config offline, perceptual or gatys_vgg19 (with a style_weight > 0)")
 
     def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        check_memory(loss, *style.shape[-2:], None, 0, on, setting="--size")  # one Gram pass: no optimiser state
+        try:  # one Gram pass: no optimiser state
+            check_memory(loss, *style.shape[-2:], None, 0, on, setting="--size")
+        except StylenetError as err:  # (said of the photo, it named the picture's size for the photo's)
+            raise StylenetError(f"the style picture at this size: {err}") from None
         check_memory(loss, *photo.shape[-2:], "lbfgs", GATYS_HISTORY, on, setting="--size")
         result = optimize_image(photo, [style], loss, optimizer="lbfgs", iterations=iterations,
                                 history_size=GATYS_HISTORY)
@@ -287,10 +290,18 @@ def gatys_method(loss_settings: dict[str, Any], *, iterations: int = 300, device
 def network_method(name: str, net: torch.nn.Module) -> Method:
     """A trained style network's column (one forward pass, the photo's size kept)."""
     from stylenet.inference import run_network
+    from stylenet.inference.memory import is_out_of_memory
 
     def stylize(photo: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return run_network(net, photo).float().cpu()
+        try:
+            with torch.inference_mode():
+                return run_network(net, photo).float().cpu()
+        except (RuntimeError, MemoryError) as err:  # this photo only: the next ones are still measured
+            if not is_out_of_memory(err):
+                raise
+            height, width = photo.shape[-2:]
+            raise StylenetError(f"a {width}x{height} image is beyond the memory free for one pass: use a smaller "
+                                "--size") from None
 
     return Method(name, stylize)
 
@@ -308,14 +319,16 @@ def read_photo(spec: str | Path, size: int) -> tuple[Path, torch.Tensor]:
 
 def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Path], methods: Sequence[Method],
                *, size: int = 256, images: str = "images", on_error: Callable[[str], None] | None = None,
-               on_done: Callable[[str, str], None] | None = None) -> tuple[Report, list[list[torch.Tensor | None]]]:
+               on_done: Callable[[str, str], None] | None = None,
+               refused: Sequence[str] = ()) -> tuple[Report, list[list[torch.Tensor | None]]]:
     """Stylize each photo with each method at ``size`` px (long side) and score it; returns the report
     and the figure's rows. Every cell is kept in ``report.cells`` for :func:`write_report` to save under
     ``out_dir/images/<column>/``.
 
     A photo that cannot be read, or is the style image itself, is recorded in ``report.errors`` (one
     line naming the file, also passed to ``on_error``) and left out; the others go on. The style
-    image is required: without it nothing can be measured."""
+    image is required: without it nothing can be measured. ``refused``: what the caller left out already
+    (a model that cannot be measured), under "Not measured" too."""
     out_dir = Path(out_dir)
     check_outside_outputs(out_dir, images, [style, *photos])
     style_path, style_image = read_photo(style, size)
@@ -323,6 +336,7 @@ def run_report(out_dir: str | Path, style: str | Path, photos: Sequence[str | Pa
     report = Report(str(style), size, f"{images}/style.png",
                     methods={method.name: dict(method.targets) for method in methods})
     report.cells[report.style_file] = style_image
+    report.errors += refused
     rows: list[list[torch.Tensor | None]] = []
 
     def fail(message: str) -> None:

@@ -182,6 +182,9 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
         assert sum(str(bad) in line for line in errors) == 1, (bad, errors)
     data = json.loads((out / "report.json").read_text())
     assert [(e["photo"], e["method"]) for e in data["entries"]] == [("wide", "a")]
+    # the refused model is in the saved report too, not only on stderr
+    assert sum(str(bad_model) in line for line in data["errors"]) == 1 and len(data["errors"]) == 4
+    assert str(bad_model) in (out / "report.md").read_text()
     figure = Image.open(out / "figure.png")
     assert figure.size == (GAP + 3 * (SIZE + GAP), LABEL_HEIGHT + SIZE + GAP)
     # a rerun into the same folder that measures nothing, with another style and photos that all fail,
@@ -196,6 +199,32 @@ def test_bad_inputs_fail_with_one_line_each_and_the_others_are_processed(
     code = main(["--style", str(tmp_path / "nope.png"), "-m", str(inputs["a"]), "--out", str(tmp_path / "r2")])
     _, err = capsys.readouterr()
     assert code == 1 and err.strip().count("\n") == 0 and "nope.png" in err
+
+
+def test_a_photo_beyond_the_memory_for_one_pass_is_one_line_and_the_next_is_measured(
+        tmp_path: Path, inputs: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large --size was the allocator's traceback, and the photos after it were never measured."""
+    import stylenet.inference
+
+    calls: list[int] = []
+    run_network = stylenet.inference.run_network
+
+    def first_runs_out(net: torch.nn.Module, photo: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return run_network(net, photo)
+
+    monkeypatch.setattr("stylenet.inference.run_network", first_runs_out)
+    out = tmp_path / "report"
+    code = main([str(inputs["wide"]), str(inputs["tall"]), "--style", str(inputs["style"]), "-m", str(inputs["a"]),
+                 "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylenet-report: error:")]
+    assert code == 1 and len(errors) == 1 and str(inputs["wide"]) in errors[0], errors
+    assert errors[0].endswith("is beyond the memory free for one pass: use a smaller --size")
+    data = json.loads((out / "report.json").read_text())
+    assert [(e["photo"], e["method"]) for e in data["entries"]] == [("tall", "a")]
 
 
 @pytest.mark.parametrize(("signum", "status", "how"), [(signal.SIGINT, 130, "interrupted"),

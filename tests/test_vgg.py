@@ -99,6 +99,7 @@ def test_offline_imagenet_request_fails_fast_with_instructions(monkeypatch: pyte
     with pytest.raises(StylenetError, match=r"loss\.weights=/path/to/vgg16-397923af\.pth") as err:
         VGGFeatures(["relu2_2"], weights="imagenet")
     assert "\n" not in str(err.value)
+    assert "weights: in stylenet-report's --loss-config file" in str(err.value)  # it has no loss.weights=
 
 
 def test_a_weights_file_that_is_no_pytorch_file_says_so(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
     if args.gatys:
         methods.append(gatys_method(load_loss_config(args.loss_config, config_dir()), iterations=args.gatys_iterations,
                                     device=args.device))
-    columns = []
+    columns, refused = [], []
     for path in args.models:
         try:
             stored = read_model(path, task="style")
@@ -100,6 +100,7 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
             columns.append((stem if len(stored.styles) == 1 else f"{stem}_{file_name_part(style)}", net))
         except StylenetError as err:
             error(str(err))
+            refused.append(str(err))  # and in the report's "Not measured": one asked for is not lost without a word
     # column folders, beside images/photo/, images/gatys/ and the style's cell, images/style.png
     names = unique_names(["photo", "style", "style.png", "gatys", *(name for name, _ in columns)])[4:]
     methods += [network_method(name, model_on(net, args.device)) for name, (_, net) in zip(names, columns, strict=True)]
@@ -107,7 +108,8 @@ def report(args: argparse.Namespace, error: ErrorReporter) -> int:
         return 1
     photos = args.photos or demo_held_out(config_dir(), exclude=style_picture)
     report, rows = run_report(args.out, args.style, photos, methods, size=args.size, on_error=error,
-                              on_done=lambda photo, method: print(f"{photo}: {method} done", file=sys.stderr))
+                              on_done=lambda photo, method: print(f"{photo}: {method} done", file=sys.stderr),
+                              refused=refused)
     if not report.entries:  # an earlier report in --out is not replaced by an empty one
         error(f"nothing was measured: {str(args.out)!r} is left as it was")
         return 1

@@ -133,7 +133,7 @@ def imagenet_state(arch: str, num_layers: int) -> dict[str, torch.Tensor]:
             raise StylenetError(
                 f"cannot get ImageNet {arch} weights ({type(err).__name__}: {err}); offline? download {weights.url} "
                 f"on a connected machine and pass its path (loss.weights=/path/to/{filename}; --weights in "
-                f"stylenet-bench and scripts/), or copy it to {cache}"
+                f"stylenet-bench and scripts/; weights: in stylenet-report's --loss-config file), or copy it to {cache}"
             ) from None
     return file_state(cache, arch, num_layers)
 
