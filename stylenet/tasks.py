@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -426,9 +425,10 @@ class StyleTransferTask(ImageTask):
         #: the styles this run trains, and their rows in the network's norm tables
         self.styles, self.trained_styles = styles, list(range(len(styles)))
         self.net: TransformerNet = self.build_network(model, styles)
+        if "images" not in style:  # absolute: a run from another folder finds it (add_style; the one added)
+            self.hparams["style_image"] = recorded_spec(style["image"])
         if "images" not in style and self.net.styles == 1:  # one style: as before multi-style networks
             self.hparams["style_sha256"] = styles[0].sha256
-            self.hparams["style_image"] = styles[0].spec  # absolute: a run from another folder finds it (add_style)
         try:
             self.loss.set_style([s.image for s in styles], separate=self.multi)
         except StylenetError as err:  # too small once its long side is style.size
@@ -618,7 +618,8 @@ class AddStyleTask(StyleTransferTask):
         if URL.match(base):
             raise StylenetError(f"task.base must be a local file, got {base!r}: URLs are not downloaded (download it "
                                 "and pass its path)")
-        base = os.path.expanduser(base)  # (recorded so: save_hyperparameters reads the arguments from here)
+        base = str(Path(base).expanduser().absolute())  # (recorded so: save_hyperparameters reads the arguments
+        # from here; absolute as the style pictures are, the file recorded where another folder finds it)
         # the setting that gave the name, for the errors about it (build_network checks it against the base's);
         # '' or 0 is a name given, refused or kept as for one style, not the image's stem
         given = style_name if style_name is not None else style.get("name")

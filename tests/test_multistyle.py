@@ -197,6 +197,9 @@ def test_add_style_trains_only_the_new_styles_norm_parameters(tmp_path: Path, st
     monkeypatch.setenv("HOME", str(tmp_path))  # ~ in task.base is the home folder, as in style.image
     home = AddStyleTask(base="~/base.safetensors", loss=RANDOM_LOSS, style={"image": str(style_image)})
     assert home.hparams["base"] == str(base)
+    monkeypatch.chdir(tmp_path)  # relative paths recorded absolute, as a style's picture is (its file is read
+    relative = AddStyleTask(base="base.safetensors", loss=RANDOM_LOSS, style={"image": style_image.name})
+    assert (relative.hparams["base"], relative.hparams["style_image"]) == (str(base), str(style_image))  # elsewhere)
     named = AddStyleTask(base=str(base), loss=RANDOM_LOSS, style={"image": str(style_image), "name": "wave"})
     assert named.hparams["styles"][-1]["name"] == "wave"  # style.name, as for any style run
     for setting, given in (("style_name", ""), ("style", {"image": str(style_image), "name": ""})):
