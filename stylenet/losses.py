@@ -194,10 +194,13 @@ def layer_weights(layers: Mapping[str, float] | Sequence[str], per_layer: Sequen
     command line) is one layer, not a sequence of characters."""
     if isinstance(layers, str):
         layers = [layers]
-    if per_layer == GATYS_WEIGHTS and not isinstance(layers, Mapping):
-        per_layer = gatys_layer_weights(layers, setting)
     if isinstance(layers, Mapping):  # the settings are loss.style_layers.<layer>
+        if per_layer is not None:  # (the mapping's were kept, these dropped without a word)
+            raise StylenetError(f"{setting}s gives each layer its weight ({{layer: weight}}): set {setting}_weights "
+                                f"to null, or give {setting}s as a list, got {setting}_weights={per_layer!r}")
         return {name: setting_weight(weight, f"{setting}s.{name}") for name, weight in layers.items()}
+    if per_layer == GATYS_WEIGHTS:
+        per_layer = gatys_layer_weights(layers, setting)
     repeated = sorted({name for name in layers if list(layers).count(name) > 1})
     if repeated:  # {layer: weight} would keep the last weight of each: one of the given weights lost
         raise StylenetError(f"{setting}s names {', '.join(repeated)} more than once: give each layer once")
@@ -269,6 +272,10 @@ class PerceptualLoss(nn.Module):
         if not isinstance(normalize, bool):  # bool("no") is True
             raise StylenetError(f"loss.normalize must be true or false, got {normalize!r}")
         self.normalize = normalize
+        if normalize and style_layer_weights == GATYS_WEIGHTS:  # each layer's term is a relative error already:
+            raise StylenetError("loss.style_layer_weights=gatys weighs raw layer terms as Gatys et al. do; with "  # the
+                                "loss.normalize=true each term is a relative error already (the weights would "  # x64
+                                "weigh relu5_1 64 times relu1_1): set one of them otherwise")
         self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
             ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}
         check_seed(seed, "loss.seed")

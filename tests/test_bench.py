@@ -230,6 +230,11 @@ def test_reference_and_fast_steps_give_the_same_first_loss() -> None:
     assert fast == pytest.approx(reference, rel=2e-2)
 
 
+def test_repeated_sizes_and_models_are_measured_once() -> None:
+    args = bench.parse_args(["--quick", "--sizes", "64", "32", "64", "--models", "half", "paper", "half"])
+    assert (args.sizes, args.models) == ([64, 32], ["half", "paper"])
+
+
 def test_derived_figures_and_targets_hand_computed() -> None:
     """The floor, the bound and the targets from a hand-made set of figures."""
     results = {"meta": {"bf16_native": True, "device": "cpu"}, "photo_model_file": "paper.safetensors",

@@ -106,13 +106,14 @@ def test_two_cpu_processes_split_the_stream_and_rank_0_alone_writes(tmp_path: Pa
     print(f"2-process DDP run: {elapsed:.1f} s")
 
 
-def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Path) -> None:
+def test_a_batch_that_one_rank_cannot_read_leaves_the_other_ranks_photo_to_train(tmp_path: Path) -> None:
     """Batch size 1, and rank 1's first photo is no image: its batch is empty. Lightning's own skip
     (training_step returning None) is refused under DDP: rank 1 gives a zero loss, and rank 0's photo still
     trains that step (every rank skipped it, and its good photo was thrown away)."""
     from stylenet.data import StreamSampler
     from stylenet.modelfile import read_model
     from tests.conftest import make_photo
+    from tests.test_fault_tolerance import tensorboard_steps
 
     photos = [tmp_path / "photos" / f"img{i}.png" for i in range(9)]
     training = photos[1:]  # data.val_images=1 holds out the first
@@ -121,9 +122,10 @@ def test_a_batch_that_one_rank_cannot_read_is_skipped_by_every_rank(tmp_path: Pa
         make_photo(photo, size=(40, 40), seed=i)
     junk.write_bytes(b"not an image")
     run_dir = tmp_path / "run"
-    result = run_on_two_processes(tmp_path, "trainer.max_steps=3")
+    result = run_on_two_processes(tmp_path, "trainer.max_steps=3", "trainer.log_every_n_steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert junk.name in (run_dir / "skipped_images.txt").read_text()
+    assert tensorboard_steps(run_dir) == [0, 1, 2]  # step 0 trained on rank 0's photo (Adam counts empty steps too)
     assert read_model(run_dir / "smoke.safetensors").metadata["steps"] == 3
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert [state["step"] for state in last["optimizer_states"][0]["state"].values()][:1] == [3]  # Adam: 3 updates

@@ -125,6 +125,13 @@ def test_lbfgs_stuck_on_a_flat_start_stops_and_says_so_but_a_minimum_is_no_stall
     content_only = PerceptualLoss(weights="random", style_weight=0.0, tv_weight=0.0)  # the start is the minimum
     result = optimize_image(smooth_image(32, 1), [torch.rand(3, 32, 32)], content_only, iterations=2)
     assert result.stopped is None and result.history == [0.0, 0.0, 0.0]
+    # a run that has converged (its line search finds nothing lower) is no stall: it was called one at iteration 39
+    converged = PerceptualLoss(weights="calibrated", style_layers=["relu1_1", "relu1_2", "relu2_1"],
+                               content_layers=["relu1_2"], normalize=True, style_weight=0.0, tv_weight=1e-3)
+    ramp = torch.linspace(0, 1, 32)
+    photo = torch.stack([ramp[:, None].expand(32, 32), ramp[None, :].expand(32, 32), ramp[:, None] * ramp[None, :]])
+    result = optimize_image(photo, [torch.rand(3, 32, 32)], converged, iterations=60, init="noise")
+    assert result.stopped is None and result.iterations == 60 and result.history[-1] < 1e-4 * result.history[0]
 
 
 def test_non_finite_initial_objective_keeps_the_initial_image() -> None:
@@ -502,7 +509,8 @@ def test_a_sweep_refuses_a_job_whose_output_an_earlier_job_wrote(tmp_path: Path,
     ("scales=300000", r"the coarsest image is 1x1 px, .* use a larger size or fewer scales"),  # hung, building every
     # the advice named --max-pixels and data.max_pixels, which stylenet-gatys has not
     ("max_pixels=1000", r"^content: cannot read image .* pixels exceeds the limit of 1000 .*stylenet-gatys\)$"),
-    ("max_pixels=0", r"^max_pixels must be a whole number >= 1 or null, got 0$"),
+    ("max_pixels=0", r"^max_pixels must be a whole number >= 1, got 0$"),
+    ("max_pixels=null", r"^max_pixels must be a whole number >= 1, got None$"),
     ("output=/tmp/result.gif", "not a writable format"),
     ("output=/tmp", "cannot write output '/tmp': it is a folder"),
     ("loss.style_layers=[relu9_1]", "unknown VGG layer"),
@@ -527,6 +535,15 @@ def test_cli_bad_settings_fail_before_optimising(tmp_path: Path, style_image: Pa
     with pytest.raises(StylenetError, match=message):
         run(cfg, tmp_path)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_max_pixels_applies_to_every_picture_stylenet_gatys_reads(tmp_path: Path) -> None:
+    small, big = make_photo(tmp_path / "small.png", size=(40, 40)), make_photo(tmp_path / "big.png", size=(60, 60))
+    for pictures, what in (([f"styles={big}"], "style"), ([f"styles={small}", f"init={big}"], "init")):
+        cfg = compose_gatys(tmp_path, f"content={small}", *pictures, "max_pixels=2000")
+        with pytest.raises(StylenetError, match=f"^{what}: cannot read image .*60x60 = 3600 pixels exceeds the limit "
+                                                "of 2000"):
+            run(cfg, tmp_path)
 
 
 def test_cli_refuses_to_overwrite_its_input(tmp_path: Path, style_image: Path) -> None:

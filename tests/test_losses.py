@@ -128,6 +128,16 @@ def test_settings_are_validated() -> None:
     with pytest.raises(StylenetError, match="loss.style_layers is empty but loss.style_weight is 100"):
         PerceptualLoss(weights="random", style_layers=[], style_weight=100)
     assert PerceptualLoss(weights="random", style_layers="relu1_2").style_layers == {"relu1_2": 1.0}  # not 7 letters
+    # a {layer: weight} mapping kept its own weights and dropped these without a word
+    for given in ([5, 7], "gatys"):
+        with pytest.raises(StylenetError, match=r"^loss.style_layers gives each layer its weight \({layer: "
+                                                r"weight}\): set loss.style_layer_weights to null, .*got "):
+            PerceptualLoss(weights="random", style_layers={"relu1_2": 1.0, "relu4_3": 1.0}, style_layer_weights=given)
+    # gatys' (N_l / 64)^2 on normalised terms weighed relu5_1 64 times relu1_1, Gatys' equal weights intended
+    with pytest.raises(StylenetError, match=r"^loss.style_layer_weights=gatys weighs raw layer terms .* "
+                                            r"loss.normalize=true each term is a relative error already"):
+        PerceptualLoss(weights="random", style_layers=["relu1_1", "relu2_1"], style_layer_weights="gatys",
+                       normalize=True)
     loss = PerceptualLoss(weights="random")
     with pytest.raises(StylenetError, match="set_style"):
         loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))

@@ -441,9 +441,10 @@ def test_what_the_report_cannot_do_is_refused_before_the_work(tmp_path: Path, in
                  "-m", str(inputs["a"]), "--size", str(SIZE), "--device", "cpu", "--out", str(out)])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stylenet-report: error:")]
     assert code == 1 and len(errors) == 1, errors
-    assert re.fullmatch(rf"stylenet-report: error: gatys on {re.escape(repr(str(inputs['wide'])))}: a \d+x\d+ "
-                        r"image needs about .* GiB on cpu \(VGG activations\), but only 0\.0 GiB is free; use a "
-                        r"smaller --size", errors[0]), errors
+    # the style picture's Gram pass is checked first: said of the picture (it read as the photo's size)
+    assert re.fullmatch(rf"stylenet-report: error: gatys on {re.escape(repr(str(inputs['wide'])))}: the style picture "
+                        r"at this size: a \d+x\d+ image needs about .* GiB on cpu \(VGG activations\), but only "
+                        r"0\.0 GiB is free; use a smaller --size", errors[0]), errors
     assert [(e["photo"], e["method"]) for e in json.loads((out / "report.json").read_text())["entries"]] == [
         ("wide", "a")]  # the network's column is still measured
 

@@ -362,8 +362,8 @@ def test_multistyle_check_refuses_an_out_with_an_earlier_runs_results(tmp_path: 
     """A second run into the same --out rewrote results.json and every model file without a word (and left an
     earlier run's other styles beside the new results); with --reuse it goes on from them, as documented."""
     check = load_script("multistyle_check")
-    for earlier in ("results.md", "brick.safetensors"):
-        out = tmp_path / earlier.split(".")[0]
+    for earlier in ("results.json", "results.md", "brick.safetensors"):
+        out = tmp_path / earlier.replace(".", "_")
         out.mkdir()
         (out / earlier).write_text("an earlier run's")
         with pytest.raises(SystemExit) as stop:

@@ -361,6 +361,9 @@ def test_a_second_run_into_an_output_folder_inside_the_photos_takes_no_output_fo
         assert code == 0 and out.startswith("1 done, 0 failed"), err
         assert ("left out 1 file(s) matching" in err) is (attempt == 1)
     assert sorted(p.relative_to(shots).as_posix() for p in shots.rglob("*.png")) == ["a.png", "out/a_test.png"]
+    # -o the folder above ('*.png' -o .): no output of its own among the matches, none left out
+    code, out, err = run(capsys, str(shots / "*.png"), "-m", model, "-o", tmp_path)
+    assert code == 0 and out.startswith("1 done, 0 failed") and (tmp_path / "a_test.png").is_file(), err
     # a glob of folders: "no files match" said nothing of what it matched
     code, _, err = run(capsys, str(tmp_path / "sho*"), "-m", model, "-o", tmp_path / "elsewhere")
     assert code == 1 and f"matches folders only (1, such as {str(shots)!r}): name them as inputs" in err

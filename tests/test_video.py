@@ -524,6 +524,10 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
     Image.new("RGB", (24, 16)).save(still)
     with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(still)))} is a picture, not a video: stylize it "):
         stylize_video(still, tmp_path / "none.mkv", model, style="b")
+    animated = tmp_path / "animated.gif"  # a picture of several frames is a clip
+    frames = [Image.new("RGB", (24, 16), (40 * i, 90, 200 - 40 * i)) for i in range(3)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100)
+    assert stylize_video(animated, tmp_path / "gif.mkv", model, style="b").frames == 3
     assert not list(tmp_path.glob("none*"))
     result = stylize_video(clip, tmp_path / "b.mkv", model, style="b")
     first = read_clip(tmp_path / "b.mkv")["frames"][0].astype(int)

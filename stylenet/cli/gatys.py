@@ -206,9 +206,9 @@ def run(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = No
     check_settings(**settings)
     style_blend(cfg.style_weights, len(style_specs(cfg.styles)))
     device = resolve_device(cfg.device)
-    max_pixels = cfg.max_pixels
-    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
-        raise StylenetError(f"max_pixels must be a whole number >= 1 or null, got {max_pixels!r}")
+    max_pixels = cfg.max_pixels  # (no null for "none": Pillow's own bound would still refuse, naming no setting)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise StylenetError(f"max_pixels must be a whole number >= 1, got {max_pixels!r}")
     allow_pixels(max_pixels)
     content = read_image(cfg.content, "content", max_pixels)
     styles = [read_image(spec, "style", max_pixels) for spec in style_specs(cfg.styles)]

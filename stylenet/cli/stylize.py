@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import itertools
 import math
 import os
 import re
@@ -320,8 +321,13 @@ def _expand(spec: str, report: Report, output: Path) -> list[tuple[Path, Path]]:
     if glob.has_magic(spec):
         matched = sorted(Path(match) for match in glob.glob(spec, recursive=True))
         matches = [match for match in matched if match.is_file()]
-        kept = [match for match in matches if not match.resolve().is_relative_to(output.resolve())]
-        if len(kept) < len(matches):  # "photos/**/*.png -o photos/out/" run twice
+        # -o inside the folder the pattern searches ("photos/**/*.png -o photos/out/" run twice), as for a folder;
+        # not -o that folder itself or one above it ('*.png' -o .): every match would be left out
+        searched = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), Path(spec).parts)).resolve()
+        written = output.resolve()
+        inside = written != searched and written.is_relative_to(searched)
+        kept = [match for match in matches if not (inside and match.resolve().is_relative_to(written))]
+        if len(kept) < len(matches):
             report.note(f"left out {len(matches) - len(kept)} file(s) matching {spec!r} under -o {str(output)!r}: "
                         "outputs, not inputs")
         folders = [match for match in matched if match.is_dir()]

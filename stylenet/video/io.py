@@ -704,6 +704,18 @@ class VideoEncoder:
             self.container.close()
 
 
+def frames_in_picture(path: Path) -> int | None:
+    """How many frames a picture file holds (an animated GIF, PNG or WebP several), from its header; None where
+    Pillow cannot open it (the video reader says what it is)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return int(getattr(picture, "n_frames", 1))
+    except Exception:  # not a picture Pillow reads
+        return None
+
+
 def stylize_video(source: str | Path, target: str | Path, model: InferenceModel, *, strength: float = 1.0,
                   preserve_color: bool = False, size: tuple[int, int] | None = None,
                   progress: Callable[[VideoResult], None] | None = None, depth: int = QUEUE_DEPTH,
@@ -724,8 +736,8 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise StylenetError(f"depth must be a whole number of frames >= 1, got {depth!r}")
     source, target = Path(source), Path(target)
-    if source.suffix.lower() in IMAGE_EXTENSIONS:  # FFmpeg reads a photo as a clip of one frame
-        raise StylenetError(f"{str(source)!r} is a picture, not a video: stylize it with model.stylize(...)")
+    if source.suffix.lower() in IMAGE_EXTENSIONS and frames_in_picture(source) == 1:  # FFmpeg reads a photo as a
+        raise StylenetError(f"{str(source)!r} is a picture, not a video: stylize it with model.stylize(...)")  # clip
     model = model.for_style(style)
     if size is not None:
         check_size(size)
