@@ -350,59 +350,40 @@ def first_valid(runs: Iterable[list[Path]], problem: Callable[[Path], str | None
 DEFAULT_EXPORT_PATH = "${hydra:runtime.output_dir}/${name}.safetensors"
 
 
-def recorded_end(folder: Path, name: str) -> tuple[Path, int] | None:
-    """What the run of experiment ``name`` in ``folder`` was to write at its end, from its Hydra record
-    (``.hydra/config.yaml``): its model file, and its ``data.val_images``. None where it wrote no model file
-    (``callbacks.export=null``), where another path was set (its folder is not known here) or where there is
-    no record."""
+def recorded_model_file(folder: Path, name: str) -> Path | None:
+    """The model file the run of experiment ``name`` in ``folder`` was to write, from its Hydra record
+    (``.hydra/config.yaml``): None where it wrote none (``callbacks.export=null``), where another path was set
+    (its folder is not known here) or where there is no record."""
     from omegaconf import OmegaConf
 
     try:
         record = OmegaConf.load(folder / ".hydra" / "config.yaml")
         export = OmegaConf.to_container(record.callbacks.export, resolve=False)
-        val_images = OmegaConf.select(record, "data.val_images", default=0)
     except Exception:  # no record, or none that says
         return None
     if not isinstance(export, dict) or export.get("path") != DEFAULT_EXPORT_PATH:
         return None
-    return folder / f"{name}.safetensors", val_images if isinstance(val_images, int) else 0
+    return folder / f"{name}.safetensors"
 
 
-def held_out_photos(checkpoint: Path, val_images: int) -> int:
-    """How many photos the run held out (its report's), from the photos its checkpoint's data module listed:
-    ``val_images`` of them, one at least kept for training (:meth:`ImageFolderDataModule.setup`); 0 where the
-    checkpoint does not say."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # an unreadable file: nothing known
-        return 0
-    listed = next((value["photos"] for value in state.values() if isinstance(value, dict)
-                   and isinstance(value.get("photos"), int) and "photos_sha256" in value), 0)
-    return min(val_images, max(0, listed - 1))
-
-
-#: what a finished run's end leaves: a style's report (one per style for several), super-resolution's upscaled photo
+#: what a finished run's end leaves beside its model file: a style's report (one per style for several),
+#: super-resolution's upscaled photo (<photo>_x4.png; not a style named x...'s <photo>_xmas.png)
 REPORTS = ("quality.json", "quality", "styles/*/quality.json", "*_x[0-9].png", "*_x[0-9][0-9].png")
 
 
 def refuse_unfinished_end(checkpoint: Path, run_dir: Path, name: str) -> None:
     """A finished run in another folder whose end was cut short: a SIGTERM or Ctrl-C in its last step, a
-    kill during its export or its report, left it without its model file or report. The same command run
-    again would train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written
-    instead. A model file moved away from beside its report leaves a finished run, passed over as before; one
-    without a report is finished where it held out no photo (and so wrote none)."""
+    kill during its export, left it without its model file and report. The same command run again would
+    train it all afresh in a new folder; in its own folder (``hydra.run.dir``) the end is written instead.
+    A model file moved away from beside its report leaves a finished run, passed over as before. (One cut
+    short after its model file, before its report, is not told apart here from one that wrote no report on
+    purpose: no held-out photo, the style picture held out.)"""
     folder = checkpoint.parent.parent
-    end = recorded_end(folder, name)
-    if folder == run_dir or end is None:
-        return
-    model_file, val_images = end
+    model_file = recorded_model_file(folder, name)
     reported = any(any(folder.glob(pattern)) for pattern in REPORTS)
-    missing = ("model file" if not model_file.exists() and not reported
-               else "report" if model_file.exists() and not reported and held_out_photos(checkpoint, val_images)
-               else None)
-    if missing:
-        raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its {missing} "
-                            f"was written: run again with hydra.run.dir={folder} to write it, or pass "
+    if folder != run_dir and model_file is not None and not model_file.exists() and not reported:
+        raise StylenetError(f"{str(folder)!r} holds a finished run of experiment {name!r} stopped before its model "
+                            f"file was written: run again with hydra.run.dir={folder} to write it, or pass "
                             "resume=never to train afresh")
 
 

@@ -32,7 +32,7 @@ from stylenet.video import io as video_io
 from stylenet.video.io import iter_video_frames
 from stylenet.video.jobs import progress_line
 from stylenet.video.pipeline import Prefetch, Sink
-from tests.helpers import console_script
+from tests.helpers import console_script, png_with_header_size
 
 
 def make_clip(path: Path, frames: int = 24, size: tuple[int, int] = (48, 64), fps: int = 24,
@@ -524,6 +524,10 @@ def test_the_python_api_takes_the_style_of_a_several_style_model_and_checks_the_
     Image.new("RGB", (24, 16)).save(still)
     with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(still)))} is a picture, not a video: stylize it "):
         stylize_video(still, tmp_path / "none.mkv", model, style="b")
+    huge = tmp_path / "huge.png"  # beyond Pillow's bound (its header only): a picture still, not a clip to stylize
+    huge.write_bytes(png_with_header_size(20000, 20000))
+    with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(huge)))} is a picture, not a video"):
+        stylize_video(huge, tmp_path / "none.mkv", model, style="b")
     animated = tmp_path / "animated.gif"  # a picture of several frames is a clip
     frames = [Image.new("RGB", (24, 16), (40 * i, 90, 200 - 40 * i)) for i in range(3)]
     frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100)

@@ -712,6 +712,8 @@ def frames_in_picture(path: Path) -> int | None:
     try:
         with Image.open(path) as picture:
             return int(getattr(picture, "n_frames", 1))
+    except Image.DecompressionBombError:  # one frame beyond Pillow's bound: a picture all the same
+        return 1
     except Exception:  # not a picture Pillow reads
         return None
 
