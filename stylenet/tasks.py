@@ -152,7 +152,7 @@ def load_style_image(spec: str | None, size: int, setting: str = "style.image") 
 
 #: what a training step does when a loss term is NaN or infinite (``task.nan_policy``).
 NAN_POLICIES = ("stop", "skip")
-#: The identity warm-up copies the photo squeezed into [m, 1 - m] (5 grey levels): see StyleTransferTask.objective.
+#: The identity warm-up copies the photo clipped to [m, 1 - m] (5 grey levels): see StyleTransferTask.objective.
 IDENTITY_MARGIN = 0.02
 
 
@@ -494,7 +494,7 @@ class StyleTransferTask(ImageTask):
         satisfies, wins before the content term has taught the network to keep the photo: the result
         is the style's palette in blobs. A network that starts as a rough identity map keeps the
         photo's layout while the style moves in, as the Gatys optimiser starting from the photo does.
-        Not in the paper (40k steps make it irrelevant there). Its targets are the photo squeezed into
+        Not in the paper (40k steps make it irrelevant there). Its targets are the photo clipped to
         [``IDENTITY_MARGIN``, 1 - ``IDENTITY_MARGIN``]: the output tanh reaches 0 or 1 only at an
         infinite input, so copying a black or white pixel exactly would drive its input without bound
         and leave it stuck there (see :func:`stylenet.losses.saturation_loss`).

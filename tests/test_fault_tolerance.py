@@ -1184,6 +1184,13 @@ def test_a_model_file_or_report_in_a_folder_without_checkpoints_is_never_overwri
                                                 f"run would overwrite it: {re.escape(hint)}$"):
             run_in_process(run_dir, *inputs, "trainer.max_steps=2")
         assert (run_dir / name).read_text() == "an earlier run's" and not (run_dir / "checkpoints").exists()
+    # a model file callbacks.export.path names outside the run folder: another hydra.run.dir or name= moves nothing
+    elsewhere = tmp_path / "models" / "m.safetensors"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("an earlier run's")
+    with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(elsewhere)))} exists already and this run would "
+                                            "overwrite it: give callbacks.export.path another file, or remove it$"):
+        run_in_process(tmp_path / "fresh", *inputs, "trainer.max_steps=2", f"callbacks.export.path={elsewhere}")
     run_dir = tmp_path / "smoke" / "run"
     run_in_process(run_dir, *inputs, "trainer.max_steps=2")
     run_in_process(run_dir, *inputs, "trainer.max_steps=4")  # continued: its model file is its own

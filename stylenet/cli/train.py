@@ -290,10 +290,14 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
     if not models or run_checkpoints(run_dir):  # no model file, no report (finish)
         return
     for path in [*models, *(run_dir / name for name in REPORT_FILES)]:
-        if path.exists():
-            also = " or name=" if path in models else ""
-            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
-                                f"hydra.run.dir{also}, or remove it")
+        if not path.exists():
+            continue
+        if path in models and path.parent.resolve() != run_dir.resolve():  # set by callbacks.export.path: no run
+            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give "  # folder or
+                                "callbacks.export.path another file, or remove it")  # name= moves it
+        also = " or name=" if path in models else ""
+        raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
+                            f"hydra.run.dir{also}, or remove it")
 
 
 #: What :func:`missing_outputs` calls the model file that a finished run lacks.
