@@ -272,9 +272,10 @@ class PerceptualLoss(nn.Module):
         if not isinstance(normalize, bool):  # bool("no") is True
             raise StylenetError(f"loss.normalize must be true or false, got {normalize!r}")
         self.normalize = normalize
-        if normalize and style_layer_weights == GATYS_WEIGHTS:  # each layer's term is a relative error already:
-            raise StylenetError("loss.style_layer_weights=gatys weighs raw layer terms as Gatys et al. do; with "  # the
-                                "loss.normalize=true each term is a relative error already (the weights would "  # x64
+        # (N_l / 64)^2 on terms that are relative errors already would weigh relu5_1 64 times relu1_1
+        if normalize and style_layer_weights == GATYS_WEIGHTS:
+            raise StylenetError("loss.style_layer_weights=gatys weighs raw layer terms as Gatys et al. do; with "
+                                "loss.normalize=true each term is a relative error already (the weights would "
                                 "weigh relu5_1 64 times relu1_1): set one of them otherwise")
         self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
             ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}

@@ -292,9 +292,10 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
     for path in [*models, *(run_dir / name for name in REPORT_FILES)]:
         if not path.exists():
             continue
-        if path in models and path.parent.resolve() != run_dir.resolve():  # set by callbacks.export.path: no run
-            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give "  # folder or
-                                "callbacks.export.path another file, or remove it")  # name= moves it
+        # a model file callbacks.export.path puts outside the run folder: no other run folder or name= moves it
+        if path in models and path.parent.resolve() != run_dir.resolve():
+            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give "
+                                "callbacks.export.path another file, or remove it")
         also = " or name=" if path in models else ""
         raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
                             f"hydra.run.dir{also}, or remove it")

@@ -738,8 +738,9 @@ def stylize_video(source: str | Path, target: str | Path, model: InferenceModel,
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise StylenetError(f"depth must be a whole number of frames >= 1, got {depth!r}")
     source, target = Path(source), Path(target)
-    if source.suffix.lower() in IMAGE_EXTENSIONS and frames_in_picture(source) == 1:  # FFmpeg reads a photo as a
-        raise StylenetError(f"{str(source)!r} is a picture, not a video: stylize it with model.stylize(...)")  # clip
+    # FFmpeg reads a photo as a clip of one frame (an animated GIF is a clip)
+    if source.suffix.lower() in IMAGE_EXTENSIONS and frames_in_picture(source) == 1:
+        raise StylenetError(f"{str(source)!r} is a picture, not a video: stylize it with model.stylize(...)")
     model = model.for_style(style)
     if size is not None:
         check_size(size)
