@@ -364,6 +364,8 @@ def test_paths_from_the_browser_never_reach_the_file_system(server: StyleServer,
     # a page elsewhere that points its own host name at 127.0.0.1 (DNS rebinding) is refused
     status, data, _ = call(address(server), "GET", "/api/models", headers={"Host": "attacker.example"})
     assert status == 403 and b"attacker.example" in data
+    port = address(server)[1]  # host names are case-insensitive: curl http://LOCALHOST:port/ was refused
+    assert call(address(server), "GET", "/api/models", headers={"Host": f"LocalHost:{port}"})[0] == 200
 
 
 def test_the_ipv6_loopback_address_serves_the_page(server_config: ServeConfig, one_thread: None) -> None:

@@ -71,8 +71,8 @@ MIN_UPLOAD_RATE = 2000
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (``localhost``, 127.x, ::1)."""
-    if host == "localhost":
+    """Whether ``host`` is reachable from this machine only (``localhost`` in any case, 127.x, ::1)."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
