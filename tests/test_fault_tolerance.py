@@ -1191,6 +1191,12 @@ def test_a_model_file_or_report_in_a_folder_without_checkpoints_is_never_overwri
     with pytest.raises(StylenetError, match=f"^{re.escape(repr(str(elsewhere)))} exists already and this run would "
                                             "overwrite it: give callbacks.export.path another file, or remove it$"):
         run_in_process(tmp_path / "fresh", *inputs, "trainer.max_steps=2", f"callbacks.export.path={elsewhere}")
+    inside = tmp_path / "fresh" / "model.safetensors"  # in the run folder, not named by name=: name= moves nothing
+    inside.parent.mkdir(exist_ok=True)
+    inside.write_text("an earlier run's")
+    with pytest.raises(StylenetError, match=r"would overwrite it: give another hydra.run.dir or "
+                                            r"callbacks.export.path, or remove it$"):
+        run_in_process(tmp_path / "fresh", *inputs, "trainer.max_steps=2", f"callbacks.export.path={inside}")
     run_dir = tmp_path / "smoke" / "run"
     run_in_process(run_dir, *inputs, "trainer.max_steps=2")
     run_in_process(run_dir, *inputs, "trainer.max_steps=4")  # continued: its model file is its own

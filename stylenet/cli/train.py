@@ -229,7 +229,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
         if base and isinstance(callback, ExportStyleModel) and callback.path.resolve() == Path(base).resolve():
             raise StylenetError(f"the run would write its model file over task.base {base!r}: give another "
                                 "name= or hydra.run.dir")
-    refuse_overwriting(run_dir, callbacks)
+    refuse_overwriting(run_dir, callbacks, str(cfg.name))
     # ~logger on the command line: no TensorBoard (Lightning's logger=False)
     # name=2024 is a number to Hydra, and so is logger.name=2024: TensorBoard joins them into a path
     logger_settings: dict[str, Any] = {key: str(cfg.logger[key]) for key in ("name", "version")
@@ -278,7 +278,7 @@ def train(cfg: DictConfig, run_dir: Path, on_start: Callable[[], None] | None = 
 REPORT_FILES = ("figure.png", "quality.md", "quality.json")
 
 
-def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
+def refuse_overwriting(run_dir: Path, callbacks: list[Any], name: str) -> None:
     """Refuse, before any step, a run whose model file or report is there already while the run folder
     holds no checkpoints: its end would write over another run's work without a word. A folder with
     checkpoints holds this very run, continued (:func:`stylenet.checkpoints.check_own_checkpoints`
@@ -296,7 +296,9 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any]) -> None:
         if path in models and path.parent.resolve() != run_dir.resolve():
             raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give "
                                 "callbacks.export.path another file, or remove it")
-        also = " or name=" if path in models else ""
+        # name= moves the model file only where its path is the default one, <run folder>/<name>.safetensors
+        also = "" if path not in models else " or name=" if path.name == f"{name}.safetensors" else \
+            " or callbacks.export.path"
         raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
                             f"hydra.run.dir{also}, or remove it")
 
