@@ -30,6 +30,7 @@ network's balance between layers. The ImageNet path never normalises.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,8 @@ from stylenet import StylenetError
 from stylenet.errors import check_seed
 from stylenet.fastpath import is_channels_last
 from stylenet.nets.vgg import BLOCK_WIDTHS, IMAGENET_STD, VGGFeatures
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_LAYERS = {"relu2_2": 1.0}
 #: Caffe's VGG-16 (Johnson's Lua code) sees 0-255 pixels minus the mean pixel, torchvision's sees
@@ -279,6 +282,12 @@ class PerceptualLoss(nn.Module):
                                 "weigh relu5_1 64 times relu1_1): set one of them otherwise")
         self.term_weights = {term: setting_weight(weight, f"loss.{term}_weight") for term, weight in (
             ("content", content_weight), ("style", style_weight), ("tv", tv_weight), ("pixel", pixel_weight))}
+        if not any(self.term_weights.values()):  # the total was the int 0: a traceback at the first step
+            raise StylenetError("every term's weight is 0 (loss.content_weight, loss.style_weight, loss.tv_weight, "
+                                "loss.pixel_weight): there is nothing to optimise")
+        if normalize and weights not in ("calibrated", "random"):  # (relative errors of shallow layers: README)
+            log.warning("loss.normalize=true is the offline network's (loss=offline): with loss.weights=%s, "
+                        "loss=perceptual is the paper's objective", weights)
         check_seed(seed, "loss.seed")
         self.content_layers = layer_weights(
             DEFAULT_CONTENT_LAYERS if content_layers is None else content_layers, None, "loss.content_layer")

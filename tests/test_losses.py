@@ -133,6 +133,8 @@ def test_settings_are_validated() -> None:
         with pytest.raises(StylenetError, match=r"^loss.style_layers gives each layer its weight \({layer: "
                                                 r"weight}\): set loss.style_layer_weights to null, .*got "):
             PerceptualLoss(weights="random", style_layers={"relu1_2": 1.0, "relu4_3": 1.0}, style_layer_weights=given)
+    with pytest.raises(StylenetError, match=r"^every term's weight is 0 \(loss.content_weight, .*nothing to optimise$"):
+        PerceptualLoss(weights="random", content_weight=0, style_weight=0, tv_weight=0)  # training's traceback
     # gatys' (N_l / 64)^2 on normalised terms weighed relu5_1 64 times relu1_1, Gatys' equal weights intended
     with pytest.raises(StylenetError, match=r"^loss.style_layer_weights=gatys weighs raw layer terms .* "
                                             r"loss.normalize=true each term is a relative error already"):
@@ -141,6 +143,18 @@ def test_settings_are_validated() -> None:
     loss = PerceptualLoss(weights="random")
     with pytest.raises(StylenetError, match="set_style"):
         loss(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def test_normalised_terms_with_real_weights_are_said(caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """experiment=demo loss.weights=imagenet trained the offline network's relative errors on real features,
+    without a word (configs/loss/perceptual.yaml: normalize is the calibrated network's only)."""
+    monkeypatch.setattr("stylenet.losses.VGGFeatures", lambda *args, **kwargs: None)  # no download here
+    with caplog.at_level("WARNING", logger="stylenet.losses"):
+        PerceptualLoss(weights="random", normalize=True)
+        assert not caplog.records
+        PerceptualLoss(weights="imagenet", normalize=True)
+    assert "loss.normalize=true is the offline network's (loss=offline): with loss.weights=imagenet" in caplog.text
 
 
 def test_pixel_only_objective_needs_no_vgg() -> None:
