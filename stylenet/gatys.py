@@ -335,9 +335,9 @@ def optimize(content: torch.Tensor, loss: PerceptualLoss, *, iterations: int = 5
             stopped = (f"the objective became non-finite ({err}) during iteration {iteration}; "
                        f"kept the image of iteration {done}")
             break
-        unmoved = torch.equal(image.detach(), last_good[:, :image.shape[1]])
-        if (optimizer == "lbfgs" and unmoved and current["total"] >= history[0] and image.grad is not None
-                and image.grad.abs().max() > solver.defaults["tolerance_grad"]):
+        if (optimizer == "lbfgs" and current["total"] >= history[0]
+                and torch.equal(image.detach(), last_good[:, :image.shape[1]])
+                and image.grad is not None and image.grad.abs().max() > solver.defaults["tolerance_grad"]):
             # its line search found no step down from the start (a run that converged went down; a start at the
             # minimum has no gradient), and every later iteration would try the same direction
             stopped = (f"L-BFGS made no progress in iteration {iteration}: its line search found no step that "

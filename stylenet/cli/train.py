@@ -292,15 +292,18 @@ def refuse_overwriting(run_dir: Path, callbacks: list[Any], name: str) -> None:
     for path in [*models, *(run_dir / name for name in REPORT_FILES)]:
         if not path.exists():
             continue
-        # a model file callbacks.export.path puts outside the run folder: no other run folder or name= moves it
-        if path in models and path.parent.resolve() != run_dir.resolve():
-            raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give "
-                                "callbacks.export.path another file, or remove it")
-        # name= moves the model file only where its path is the default one, <run folder>/<name>.safetensors
-        also = "" if path not in models else " or name=" if path.name == f"{name}.safetensors" else \
-            " or callbacks.export.path"
-        raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give another "
-                            f"hydra.run.dir{also}, or remove it")
+        # what moves it: another run folder moves a report or a model file in the folder; name= only the default
+        # <run folder>/<name>.safetensors; callbacks.export.path a model file it puts anywhere else
+        if path not in models:
+            advice = "another hydra.run.dir"
+        elif path.parent.resolve() != run_dir.resolve():
+            advice = "callbacks.export.path another file"
+        elif path.name == f"{name}.safetensors":
+            advice = "another hydra.run.dir or name="
+        else:
+            advice = "another hydra.run.dir or callbacks.export.path"
+        raise StylenetError(f"{str(path)!r} exists already and this run would overwrite it: give {advice}, or "
+                            "remove it")
 
 
 #: What :func:`missing_outputs` calls the model file that a finished run lacks.
